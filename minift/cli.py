@@ -1,0 +1,142 @@
+"""The `minift` command.
+
+    minift lessons                     the course, in order, with expected times
+    minift run NN|all [--fast]         run a lesson's walkthrough (or all of them, in order)
+    minift check NN [--impl FILE]      grade a lesson's exercise (pytest -m lessonNN --impl FILE)
+    minift verify [--impl FILE] [--only NAME,...]   property checks against an implementation
+    minift bench NAME [--fast]         benchmarks (tables with ratios against a baseline)
+    minift pretrain [--out DIR]        train the tokenizer and base model shipped in data/
+    minift data [--out DIR]            regenerate TinyWorld as JSONL
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+LESSONS_DIR = ROOT / "lessons"
+
+
+def list_lessons() -> list[dict]:
+    """Lesson folders NN_name with a walkthrough.py, in order. EXPECTED_SECONDS and FAST_SECONDS
+    are read from the walkthrough's source (without importing it)."""
+    if not LESSONS_DIR.is_dir():
+        raise SystemExit(f"minift: no lessons/ folder next to the package ({LESSONS_DIR}); "
+                         f"run from a clone installed with `pip install -e .`")
+    out = []
+    for d in sorted(LESSONS_DIR.iterdir()):
+        m = re.fullmatch(r"(\d\d)_(\w+)", d.name)
+        if not (m and (d / "walkthrough.py").is_file()):
+            continue
+        src = (d / "walkthrough.py").read_text()
+        exp = re.search(r"^EXPECTED_SECONDS\s*=\s*(\d+)", src, re.M)
+        fast = re.search(r"^FAST_SECONDS\s*=\s*(\d+)", src, re.M)
+        title = re.search(r'^"""(.*)', src, re.M)
+        out.append({"nn": m.group(1), "name": m.group(2), "dir": d,
+                    "title": title.group(1).strip() if title else m.group(2),
+                    "expected": int(exp.group(1)) if exp else None,
+                    "fast": int(fast.group(1)) if fast else None})
+    return out
+
+
+def _find_lesson(nn: str) -> dict:
+    lessons = list_lessons()
+    for les in lessons:
+        if les["nn"] == nn.zfill(2) or les["dir"].name == nn:
+            return les
+    raise SystemExit(f"minift: no lesson {nn!r}; lessons are {[les['nn'] for les in lessons]}")
+
+
+def cmd_lessons(args) -> int:
+    print(f"{'NN':<4}{'lesson':<24}{'time':>8}{'--fast':>8}  title")
+    for les in list_lessons():
+        t = f"~{les['expected']}s" if les["expected"] else "?"
+        f = f"~{les['fast']}s" if les["fast"] else "?"
+        print(f"{les['nn']:<4}{les['name']:<24}{t:>8}{f:>8}  {les['title']}")
+    return 0
+
+
+def cmd_run(args) -> int:
+    lessons = list_lessons() if args.lesson == "all" else [_find_lesson(args.lesson)]
+    for les in lessons:
+        print(f"\n=== lesson {les['nn']}: {les['name']} ===", flush=True)
+        t0 = time.perf_counter()
+        cmd = [sys.executable, str(les["dir"] / "walkthrough.py")] + (["--fast"] if args.fast else [])
+        rc = subprocess.call(cmd, cwd=str(ROOT))
+        print(f"=== lesson {les['nn']} finished in {time.perf_counter() - t0:.1f}s (exit {rc}) ===", flush=True)
+        if rc:
+            return rc
+    return 0
+
+
+def cmd_check(args) -> int:
+    les = _find_lesson(args.lesson)
+    impl = args.impl or str(les["dir"] / "exercise.py")
+    cmd = [sys.executable, "-m", "pytest", "-q", "-m", f"lesson{les['nn']}", "--impl", impl, str(ROOT / "tests")]
+    print("+", " ".join(cmd), flush=True)
+    return subprocess.call(cmd, cwd=str(ROOT))
+
+
+def cmd_verify(args, rest) -> int:
+    from .conformance import verify_main
+    return verify_main(rest)
+
+
+def cmd_bench(args) -> int:
+    from .bench import BENCHES
+    if args.name not in BENCHES:
+        raise SystemExit(f"minift bench: unknown benchmark {args.name!r}; choose from {sorted(BENCHES)}")
+    BENCHES[args.name](fast=args.fast)
+    return 0
+
+
+def cmd_pretrain(args) -> int:
+    from .pretrain import pretrain
+    pretrain(out=args.out, steps=args.steps, fast=args.fast)
+    return 0
+
+
+def cmd_data(args) -> int:
+    from .world import write_jsonl
+    manifest = write_jsonl(args.out, seed=args.seed)
+    print(f"wrote {len(manifest)} files to {args.out}")
+    return 0
+
+
+def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    p = argparse.ArgumentParser(prog="minift", description="minift: fine-tuning from scratch")
+    sub = p.add_subparsers(dest="cmd", required=True)
+    sub.add_parser("lessons", help="list the lessons in order")
+    r = sub.add_parser("run", help="run a lesson walkthrough: NN or all")
+    r.add_argument("lesson")
+    r.add_argument("--fast", action="store_true", help="the quick version used by the tests")
+    c = sub.add_parser("check", help="grade a lesson's exercise file")
+    c.add_argument("lesson")
+    c.add_argument("--impl", default=None, help="file with the run_* functions (default: the lesson's exercise.py)")
+    sub.add_parser("verify", help="property checks against an implementation (--impl FILE, --only NAMES, --list)",
+                   add_help=False)
+    b = sub.add_parser("bench", help="benchmarks: train")
+    b.add_argument("name")
+    b.add_argument("--fast", action="store_true")
+    pt = sub.add_parser("pretrain", help="train the shipped tokenizer + base model")
+    pt.add_argument("--out", default=str(ROOT / "data" / "base"))
+    pt.add_argument("--steps", type=int, default=None)
+    pt.add_argument("--fast", action="store_true", help="a tiny run, to check the pipeline")
+    d = sub.add_parser("data", help="regenerate TinyWorld as JSONL")
+    d.add_argument("--out", default=os.path.join("runs", "tinyworld"))
+    d.add_argument("--seed", type=int, default=0)
+    if argv[:1] == ["verify"]:
+        return cmd_verify(None, argv[1:])
+    args = p.parse_args(argv)
+    return {"lessons": cmd_lessons, "run": cmd_run, "check": cmd_check, "bench": cmd_bench,
+            "pretrain": cmd_pretrain, "data": cmd_data}[args.cmd](args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,427 @@
+"""The GPT: a GPT-2-shaped decoder-only transformer, small enough to read in one sitting.
+
+Architecture (Radford et al., 2019, "Language Models are Unsupervised Multitask Learners"):
+pre-LayerNorm blocks, GELU (tanh approximation), learned absolute positions, and the output
+projection tied to the token embedding.
+
+    h_0     = W_te[idx] + W_pe[pos]                            (B, T, C)
+    a_l     = h_{l-1} + Attn(LN_1(h_{l-1}))                    (B, T, C)
+    h_l     = a_l + MLP(LN_2(a_l))                             (B, T, C)
+    logits  = LN_f(h_L) W_te^T                                 (B, T, V)
+
+    Attn(x) = softmax(Q K^T / sqrt(d) + M) V,  [Q K V] = x W_qkv  (one fused c_attn)
+    MLP(x)  = GELU(x W_fc) W_proj                              C -> 4C -> C
+
+Module names follow GPT-2 (`transformer.h.3.attn.c_attn`, ...) so that checkpoints, LoRA target
+patterns and adapter files read the same as in the wider ecosystem.
+
+The three doors the fine-tuning methods use:
+- `prefix_kv`: per-layer extra keys/values that every query attends to (prefix tuning);
+- `inputs_embeds`: feed embeddings instead of token ids (prompt tuning's soft prompts);
+- `output_hidden_states`: every layer's hidden states out (task heads, ReFT, distillation).
+
+Padding is given by `attention_mask` (1 = real token, 0 = pad). Positions are counted over real
+tokens only, so a left-padded, right-padded or unpadded sequence gets the same logits at its
+real tokens. Targets follow nanoGPT's convention: `targets[b, t]` is the token that should
+follow `idx[b, t]`, and -100 means "no loss here".
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+import os
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+IGNORE_INDEX = -100
+
+# Past keys/values: one (k, v) pair per layer, each (B, n_head, L, head_dim).
+KVCache = tuple[tuple[torch.Tensor, torch.Tensor], ...]
+
+
+@dataclass
+class GPTConfig:
+    vocab_size: int = 4096
+    block_size: int = 256      # the longest sequence (context) the position table covers
+    n_layer: int = 4
+    n_head: int = 4
+    n_embd: int = 128
+    dropout: float = 0.0
+    bias: bool = True
+    layer_norm_epsilon: float = 1e-5
+
+    def __post_init__(self):
+        for name in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd"):
+            v = getattr(self, name)
+            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+                raise ValueError(f"GPTConfig.{name}={v!r} must be a positive integer")
+        if self.n_embd % self.n_head:
+            raise ValueError(f"GPTConfig.n_embd={self.n_embd} must be divisible by n_head={self.n_head}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"GPTConfig.dropout={self.dropout} must be in [0, 1)")
+
+    @property
+    def head_dim(self) -> int:
+        return self.n_embd // self.n_head
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "GPTConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ValueError(f"unknown GPTConfig field(s) {unknown}; expected a subset of {sorted(known)}")
+        return cls(**d)
+
+    def fingerprint(self) -> str:
+        """sha256 of the architecture (dropout excluded: it does not change the weights' meaning).
+        Adapter files store it to refuse loading onto a different base model."""
+        d = {k: v for k, v in self.to_dict().items() if k != "dropout"}
+        return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
+
+
+@dataclass
+class GPTOutput:
+    logits: torch.Tensor                                   # (B, T, V)
+    loss: Optional[torch.Tensor] = None                    # scalar, mean over non-ignored targets
+    hidden_states: Optional[tuple[torch.Tensor, ...]] = None  # n_layer + 1 of (B, T, C)
+    past_kv: Optional[KVCache] = None                      # the cache, extended by this call
+
+
+def at_least_fp32(t: torch.Tensor) -> torch.Tensor:
+    """Upcast half precision to float32 for softmax/log-softmax; leave float32/float64 alone."""
+    return t.float() if t.dtype in (torch.float16, torch.bfloat16) else t
+
+
+# ----------------------------------------------------------------------------------------------
+# Attention
+
+
+def causal_attention(q, k, v, mask=None, dropout_p: float = 0.0):
+    """softmax(Q K^T / sqrt(d) + M) V through `F.scaled_dot_product_attention`.
+
+    q: (B, H, T, D); k, v: (B, H, S, D) with S >= T, the last T keys being the queries' own.
+    mask: None for plain causal attention (S == T), else a boolean (B or 1, 1, T, S) with True =
+    may attend. Returns (B, H, T, D).
+    """
+    if mask is None:
+        return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=True)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p)
+
+
+def build_attention_mask(key_mask: torch.Tensor, T: int, n_prefix: int = 0) -> torch.Tensor:
+    """The boolean attention mask for T queries that are the last T of the keys.
+
+    key_mask: (B, S) 1 = real key, 0 = padding, over cached + current tokens (S = L_past + T).
+    Query i (absolute index S - T + i) may attend key j when j <= its own index and j is real;
+    it may always attend itself, so a padding query still has one key and never yields NaN.
+    Prefix keys (n_prefix of them, in front) are visible to every query.
+    Returns (B, 1, T, n_prefix + S) bool.
+    """
+    B, S = key_mask.shape
+    q_pos = torch.arange(S - T, S, device=key_mask.device)                 # (T,)
+    k_pos = torch.arange(S, device=key_mask.device)                        # (S,)
+    causal = k_pos[None, :] <= q_pos[:, None]                              # (T, S)
+    allowed = causal[None] & key_mask[:, None, :].bool()                   # (B, T, S)
+    allowed = allowed | (k_pos[None, :] == q_pos[:, None])[None]           # self always visible
+    if n_prefix:
+        allowed = torch.cat([allowed.new_ones(B, T, n_prefix), allowed], dim=2)
+    return allowed[:, None]                                                # (B, 1, T, P + S)
+
+
+class CausalSelfAttention(nn.Module):
+    def __init__(self, cfg: GPTConfig):
+        super().__init__()
+        self.n_head, self.n_embd = cfg.n_head, cfg.n_embd
+        self.c_attn = nn.Linear(cfg.n_embd, 3 * cfg.n_embd, bias=cfg.bias)  # fused [W_q W_k W_v]
+        self.c_proj = nn.Linear(cfg.n_embd, cfg.n_embd, bias=cfg.bias)
+        self.attn_dropout = cfg.dropout
+        self.resid_dropout = nn.Dropout(cfg.dropout)
+
+    def forward(self, x, mask=None, past=None, prefix=None):
+        B, T, C = x.shape
+        H = self.n_head
+        q, k, v = self.c_attn(x).split(C, dim=2)                           # 3 x (B, T, C)
+        q, k, v = (t.view(B, T, H, C // H).transpose(1, 2) for t in (q, k, v))  # (B, H, T, D)
+        if past is not None:
+            k = torch.cat([past[0], k], dim=2)                             # (B, H, L+T, D)
+            v = torch.cat([past[1], v], dim=2)
+        present = (k, v)                                                   # the new cache entry
+        if prefix is not None:                                             # prefix tuning's door
+            pk, pv = prefix
+            k = torch.cat([pk.expand(B, -1, -1, -1).to(k.dtype), k], dim=2)  # (B, H, P+L+T, D)
+            v = torch.cat([pv.expand(B, -1, -1, -1).to(v.dtype), v], dim=2)
+        y = causal_attention(q, k, v, mask, self.attn_dropout if self.training else 0.0)
+        y = y.transpose(1, 2).contiguous().view(B, T, C)                   # (B, T, C)
+        return self.resid_dropout(self.c_proj(y)), present
+
+
+class MLP(nn.Module):
+    def __init__(self, cfg: GPTConfig):
+        super().__init__()
+        self.c_fc = nn.Linear(cfg.n_embd, 4 * cfg.n_embd, bias=cfg.bias)
+        self.c_proj = nn.Linear(4 * cfg.n_embd, cfg.n_embd, bias=cfg.bias)
+        self.dropout = nn.Dropout(cfg.dropout)
+
+    def forward(self, x):
+        return self.dropout(self.c_proj(F.gelu(self.c_fc(x), approximate="tanh")))  # (B, T, C)
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: GPTConfig):
+        super().__init__()
+        self.ln_1 = nn.LayerNorm(cfg.n_embd, eps=cfg.layer_norm_epsilon, bias=cfg.bias)
+        self.attn = CausalSelfAttention(cfg)
+        self.ln_2 = nn.LayerNorm(cfg.n_embd, eps=cfg.layer_norm_epsilon, bias=cfg.bias)
+        self.mlp = MLP(cfg)
+
+    def forward(self, x, mask=None, past=None, prefix=None):
+        a, present = self.attn(self.ln_1(x), mask, past, prefix)
+        x = x + a                                                          # a_l = h + Attn(LN_1 h)
+        x = x + self.mlp(self.ln_2(x))                                     # h_l = a_l + MLP(LN_2 a_l)
+        return x, present
+
+
+# ----------------------------------------------------------------------------------------------
+# The model
+
+
+class GPT(nn.Module):
+    def __init__(self, cfg: GPTConfig):
+        super().__init__()
+        self.config = cfg
+        self.transformer = nn.ModuleDict(dict(
+            wte=nn.Embedding(cfg.vocab_size, cfg.n_embd),
+            wpe=nn.Embedding(cfg.block_size, cfg.n_embd),
+            drop=nn.Dropout(cfg.dropout),
+            h=nn.ModuleList([Block(cfg) for _ in range(cfg.n_layer)]),
+            ln_f=nn.LayerNorm(cfg.n_embd, eps=cfg.layer_norm_epsilon, bias=cfg.bias),
+        ))
+        self.lm_head = nn.Linear(cfg.n_embd, cfg.vocab_size, bias=False)
+        self.lm_head.weight = self.transformer.wte.weight                  # weight tying
+        self.apply(self._init_weights)
+        for name, p in self.named_parameters():                            # GPT-2: scale residual
+            if name.endswith("c_proj.weight"):                             # projections by
+                nn.init.normal_(p, 0.0, 0.02 / math.sqrt(2 * cfg.n_layer)) # 1/sqrt(2 L)
+
+    @staticmethod
+    def _init_weights(m):
+        if isinstance(m, nn.Linear):
+            nn.init.normal_(m.weight, 0.0, 0.02)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.Embedding):
+            nn.init.normal_(m.weight, 0.0, 0.02)
+
+    def num_parameters(self, trainable_only: bool = False) -> int:
+        """Unique parameters (the tied embedding counted once)."""
+        return sum(p.numel() for p in self.parameters() if p.requires_grad or not trainable_only)
+
+    # ---- input checks: the user's terms, before any matmul can fail --------------------------
+
+    def _check_inputs(self, idx, inputs_embeds, targets, attention_mask, past_kv, prefix_kv):
+        cfg = self.config
+        if (idx is None) == (inputs_embeds is None):
+            raise ValueError("give exactly one of idx (token ids) or inputs_embeds")
+        if idx is not None:
+            if not isinstance(idx, torch.Tensor) or idx.dtype not in (torch.long, torch.int32, torch.int64):
+                raise TypeError(f"idx must be an integer tensor of token ids, got "
+                                f"{getattr(idx, 'dtype', type(idx).__name__)}")
+            if idx.dim() != 2:
+                raise ValueError(f"idx must have shape (batch, time), got {tuple(idx.shape)}")
+            if idx.numel() and (idx.min() < 0 or idx.max() >= cfg.vocab_size):
+                raise ValueError(f"idx holds token id {int(idx.max() if idx.max() >= cfg.vocab_size else idx.min())}"
+                                 f" outside [0, vocab_size={cfg.vocab_size})")
+            B, T = idx.shape
+        else:
+            if inputs_embeds.dim() != 3 or inputs_embeds.shape[-1] != cfg.n_embd:
+                raise ValueError(f"inputs_embeds must have shape (batch, time, n_embd={cfg.n_embd}), "
+                                 f"got {tuple(inputs_embeds.shape)}")
+            B, T = inputs_embeds.shape[:2]
+        L = 0
+        if past_kv is not None:
+            if len(past_kv) != cfg.n_layer:
+                raise ValueError(f"past_kv has {len(past_kv)} layers, expected n_layer={cfg.n_layer}")
+            L = past_kv[0][0].shape[2]
+        if L + T > cfg.block_size:
+            raise ValueError(f"sequence length {L + T} (past {L} + new {T}) exceeds the context "
+                             f"block_size={cfg.block_size}")
+        if attention_mask is not None and tuple(attention_mask.shape) != (B, L + T):
+            raise ValueError(f"attention_mask must have shape (batch, past + time)=({B}, {L + T}), "
+                             f"got {tuple(attention_mask.shape)}")
+        if targets is not None and tuple(targets.shape) != (B, T):
+            raise ValueError(f"targets must have shape (batch, time)=({B}, {T}), got {tuple(targets.shape)}")
+        if prefix_kv is not None:
+            if len(prefix_kv) != cfg.n_layer:
+                raise ValueError(f"prefix_kv has {len(prefix_kv)} layers, expected n_layer={cfg.n_layer}")
+            P = prefix_kv[0][0].shape[2]
+            for i, (pk, pv) in enumerate(prefix_kv):
+                for name, t in (("keys", pk), ("values", pv)):
+                    if t.dim() != 4 or t.shape[0] not in (1, B) or t.shape[1] != cfg.n_head \
+                            or t.shape[2] != P or t.shape[3] != cfg.head_dim:
+                        raise ValueError(f"prefix_kv[{i}] {name} must have shape (1 or {B}, n_head={cfg.n_head}, "
+                                         f"{P}, head_dim={cfg.head_dim}), got {tuple(t.shape)}")
+        return B, T, L
+
+    # ---- forward -----------------------------------------------------------------------------
+
+    def forward(self, idx=None, targets=None, *, attention_mask=None, prefix_kv=None,
+                inputs_embeds=None, past_kv=None, output_hidden_states=False, use_cache=None):
+        """Logits for every position; loss when `targets` is given.
+
+        idx: (B, T) token ids, or inputs_embeds: (B, T, C).
+        attention_mask: (B, L + T), 1 = real token, 0 = padding, over past + current tokens.
+        prefix_kv: n_layer pairs (k, v) of shape (1 or B, n_head, P, head_dim), always visible.
+        past_kv: the cache a previous call returned (L tokens). The cache is returned when
+        `use_cache` is true (default: whenever past_kv is given).
+        """
+        B, T, L = self._check_inputs(idx, inputs_embeds, targets, attention_mask, past_kv, prefix_kv)
+        tr = self.transformer
+        if attention_mask is None:
+            pos = torch.arange(L, L + T, device=self.lm_head.weight.device).expand(B, T)  # (B, T)
+            mask = None if (L == 0 and prefix_kv is None) else build_attention_mask(
+                torch.ones(B, L + T, dtype=torch.bool, device=pos.device), T,
+                0 if prefix_kv is None else prefix_kv[0][0].shape[2])
+        else:
+            am = attention_mask.to(torch.long)
+            pos = (am.cumsum(1) - 1).clamp(min=0)[:, L:]                   # real tokens: 0, 1, 2 ...
+            mask = build_attention_mask(am, T, 0 if prefix_kv is None else prefix_kv[0][0].shape[2])
+        x = tr.wte(idx) if inputs_embeds is None else inputs_embeds         # (B, T, C)
+        x = tr.drop(x + tr.wpe(pos))                                       # h_0 = W_te[idx] + W_pe[pos]
+        hidden = [x] if output_hidden_states else None
+        want_cache = past_kv is not None if use_cache is None else use_cache
+        presents = [] if want_cache else None
+        for i, block in enumerate(tr.h):
+            x, present = block(x, mask,
+                               None if past_kv is None else past_kv[i],
+                               None if prefix_kv is None else prefix_kv[i])
+            if want_cache:
+                presents.append(present)
+            if output_hidden_states and i < len(tr.h) - 1:
+                hidden.append(x)
+        x = tr.ln_f(x)                                                     # (B, T, C)
+        if output_hidden_states:
+            hidden.append(x)                  # as in GPT-2: the last entry is after ln_f
+        logits = self.lm_head(x)                                           # (B, T, V)
+        loss = None
+        if targets is not None:
+            if bool((targets != IGNORE_INDEX).any()):
+                loss = F.cross_entropy(at_least_fp32(logits.reshape(-1, logits.size(-1))), targets.reshape(-1),
+                                       ignore_index=IGNORE_INDEX)
+            else:  # nothing to predict (e.g. a batch of truncated prompts): zero, not NaN
+                loss = logits.sum() * 0.0
+        return GPTOutput(logits, loss, tuple(hidden) if hidden else None,
+                         tuple(presents) if want_cache else None)
+
+    # ---- generation --------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def generate(self, idx, max_new_tokens: int, *, temperature: float = 0.0, top_k: Optional[int] = None,
+                 eos_token_id: Optional[int] = None, pad_token_id: Optional[int] = None,
+                 attention_mask=None, prefix_kv=None, use_cache: bool = True,
+                 generator: Optional[torch.Generator] = None):
+        """Continue each row of idx (B, T) by up to max_new_tokens tokens.
+
+        temperature 0 is greedy (argmax); otherwise sample from softmax(logits / temperature),
+        restricted to the top_k most likely tokens when top_k is given. A row stops at
+        eos_token_id (which is kept); later slots are filled with pad_token_id (default: eos).
+        Padding may be on either side: rows are left-aligned internally, which positions
+        counted over real tokens make harmless. Returns only the new tokens: (B, N), N <= max_new_tokens.
+        """
+        if not isinstance(max_new_tokens, int) or max_new_tokens < 0:
+            raise ValueError(f"max_new_tokens={max_new_tokens!r} must be a non-negative integer")
+        if temperature < 0:
+            raise ValueError(f"temperature={temperature} must be >= 0 (0 means greedy)")
+        if top_k is not None and not (isinstance(top_k, int) and top_k >= 1):
+            raise ValueError(f"top_k={top_k!r} must be a positive integer or None")
+        if idx.dim() != 2:
+            raise ValueError(f"idx must have shape (batch, time), got {tuple(idx.shape)}")
+        B, T = idx.shape
+        if T + max_new_tokens > self.config.block_size:
+            raise ValueError(f"prompt length {T} + max_new_tokens {max_new_tokens} exceeds the context "
+                             f"block_size={self.config.block_size}")
+        if attention_mask is not None:
+            if tuple(attention_mask.shape) != (B, T):
+                raise ValueError(f"attention_mask must have shape {(B, T)}, got {tuple(attention_mask.shape)}")
+            # left-align: padding first, real tokens last, order among each kept (stable sort)
+            order = torch.sort(attention_mask.to(torch.long), dim=1, stable=True).indices
+            idx, attention_mask = idx.gather(1, order), attention_mask.gather(1, order).to(torch.long)
+        else:
+            attention_mask = torch.ones_like(idx)
+        fill = eos_token_id if pad_token_id is None else pad_token_id
+        done = torch.zeros(B, dtype=torch.bool, device=idx.device)
+        out, past, seq, mask = [], None, idx, attention_mask
+        step_in = idx
+        for _ in range(max_new_tokens):
+            if use_cache:
+                o = self(step_in, attention_mask=mask, prefix_kv=prefix_kv, past_kv=past, use_cache=True)
+                past = o.past_kv
+            else:
+                o = self(seq, attention_mask=mask, prefix_kv=prefix_kv)
+            logits = at_least_fp32(o.logits[:, -1, :])                     # (B, V)
+            if temperature == 0:
+                nxt = logits.argmax(dim=-1)                                # (B,)
+            else:
+                logits = logits / temperature
+                if top_k is not None:
+                    kth = torch.topk(logits, min(top_k, logits.size(-1)), dim=-1).values[:, -1:]
+                    logits = logits.masked_fill(logits < kth, float("-inf"))
+                nxt = torch.multinomial(F.softmax(logits, dim=-1), 1, generator=generator).squeeze(1)
+            if fill is not None:
+                nxt = torch.where(done, torch.full_like(nxt, fill), nxt)
+            out.append(nxt)
+            if eos_token_id is not None:
+                done = done | (nxt == eos_token_id)
+                if bool(done.all()):
+                    break
+            step_in = nxt[:, None]                                         # (B, 1)
+            seq = torch.cat([seq, step_in], dim=1)
+            mask = torch.cat([mask, torch.ones_like(step_in)], dim=1)
+        if not out:
+            return idx.new_zeros(B, 0)
+        return torch.stack(out, dim=1)                                     # (B, N)
+
+    # ---- loading a GPT-2 checkpoint in the Hugging Face layout ----------------------------------
+
+    @classmethod
+    def from_gpt2(cls, path: str) -> "GPT":
+        """Load `config.json` + `model.safetensors` of a GPT-2 checkpoint in the Hugging Face
+        layout from the local folder `path`. Nothing is downloaded.
+
+        GPT-2's Conv1D stores weights as (in, out), the transpose of nn.Linear's (out, in); the
+        four Conv1D matrices per block (c_attn, c_proj, c_fc, mlp.c_proj) are transposed here.
+        """
+        from .checkpoint import load_state_dict_strict, load_tensors
+        cfg_path, w_path = os.path.join(path, "config.json"), os.path.join(path, "model.safetensors")
+        for p in (cfg_path, w_path):
+            if not os.path.isfile(p):
+                raise ValueError(f"from_gpt2: {p} not found; expected a folder with config.json and model.safetensors")
+        with open(cfg_path) as f:
+            hf = json.load(f)
+        act = hf.get("activation_function", "gelu_new")
+        if act not in ("gelu_new", "gelu_pytorch_tanh"):
+            raise ValueError(f"from_gpt2: activation_function={act!r} is not supported; expected 'gelu_new'")
+        cfg = GPTConfig(vocab_size=hf["vocab_size"], block_size=hf.get("n_positions", hf.get("n_ctx", 1024)),
+                        n_layer=hf["n_layer"], n_head=hf["n_head"], n_embd=hf["n_embd"],
+                        layer_norm_epsilon=hf.get("layer_norm_epsilon", 1e-5), bias=True)
+        sd = load_tensors(w_path)
+        model = cls(cfg)
+        ours = {}
+        for k, t in sd.items():
+            k = k[len("transformer."):] if k.startswith("transformer.") else k
+            if k.endswith(".attn.bias") or k.endswith(".attn.masked_bias") or k == "lm_head.weight":
+                continue                                                   # buffers; tied head
+            if any(k.endswith(s) for s in ("attn.c_attn.weight", "attn.c_proj.weight",
+                                           "mlp.c_fc.weight", "mlp.c_proj.weight")):
+                t = t.t()                                                  # Conv1D (in, out) -> (out, in)
+            ours["transformer." + k] = t.contiguous()
+        load_state_dict_strict(model, ours, source=w_path, skip={"lm_head.weight"})
+        return model

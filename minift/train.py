@@ -1,0 +1,184 @@
+"""One small training loop for every lesson: AdamW, linear warmup + cosine decay, gradient
+clipping and accumulation, an eval hook, a tqdm bar, and a history of dicts.
+
+    lr(s) = lr_max * s / warmup                                  s <  warmup
+    lr(s) = lr_min + (lr_max - lr_min) * (1 + cos(pi p)) / 2     p = (s - warmup) / (steps - warmup)
+
+What is trained is whatever `requires_grad` says: a fine-tuning method freezes the rest before
+calling `train`. The loss is pluggable: `loss_fn(model, batch) -> (loss, {name: float})`, so the
+same loop trains a language model, a classifier, a reward model or DPO. Loss masks travel in the
+batch (targets = -100 where no loss is taken).
+
+Runs are deterministic for a given seed: batches are drawn with a private torch.Generator, and
+dropout uses the global RNG seeded at the start.
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Optional
+
+import torch
+from tqdm.auto import tqdm
+
+from .model import IGNORE_INDEX, at_least_fp32
+
+
+@dataclass
+class TrainConfig:
+    steps: int = 200
+    batch_size: int = 16
+    lr: float = 1e-3
+    min_lr_ratio: float = 0.1        # lr_min = lr * min_lr_ratio
+    warmup_steps: int = 20
+    weight_decay: float = 0.0        # applied to matrices only (never biases, norms)
+    betas: tuple = (0.9, 0.95)
+    grad_clip: float = 1.0           # max global grad norm; 0 disables
+    grad_accum: int = 1              # micro-batches per optimizer step
+    eval_every: int = 0              # 0: evaluate only at the end (if eval_fn is given)
+    log_every: int = 1
+    seed: int = 0
+    progress: bool = True
+    desc: str = "train"
+    extra: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        for name in ("steps", "batch_size", "grad_accum"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"TrainConfig.{name}={getattr(self, name)} must be >= 1")
+        if self.lr <= 0:
+            raise ValueError(f"TrainConfig.lr={self.lr} must be > 0")
+        if not 0 <= self.min_lr_ratio <= 1:
+            raise ValueError(f"TrainConfig.min_lr_ratio={self.min_lr_ratio} must be in [0, 1]")
+        if self.warmup_steps < 0:
+            raise ValueError(f"TrainConfig.warmup_steps={self.warmup_steps} must be >= 0")
+
+
+def lr_at(step: int, cfg: TrainConfig) -> float:
+    """The learning rate for optimizer step `step` (0-based)."""
+    if step < cfg.warmup_steps:
+        return cfg.lr * (step + 1) / cfg.warmup_steps                    # linear warmup
+    span = max(1, cfg.steps - cfg.warmup_steps)
+    p = min(1.0, (step - cfg.warmup_steps) / span)
+    lo = cfg.lr * cfg.min_lr_ratio
+    return lo + (cfg.lr - lo) * 0.5 * (1.0 + math.cos(math.pi * p))    # cosine to lr_min
+
+
+def lm_loss(model, batch):
+    """Next-token cross-entropy over the positions whose target is not -100."""
+    out = model(batch["idx"], batch["targets"], attention_mask=batch.get("attention_mask"))
+    return out.loss, {}
+
+
+def stack_collate(items: list[dict]) -> dict:
+    """Stack equal-length items (dicts of tensors) into a batch."""
+    return {k: torch.stack([it[k] for it in items]) for k in items[0]}
+
+
+def make_optimizer(model, cfg: TrainConfig) -> torch.optim.AdamW:
+    params = [p for p in model.parameters() if p.requires_grad]
+    if not params:
+        raise ValueError("train: the model has no trainable parameters (everything is frozen)")
+    decay = [p for p in params if p.dim() >= 2]
+    no_decay = [p for p in params if p.dim() < 2]
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay},
+              {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW([g for g in groups if g["params"]], lr=cfg.lr, betas=cfg.betas)
+
+
+class BatchSampler:
+    """Endless shuffled epochs of indices drawn with a private generator (deterministic)."""
+
+    def __init__(self, n: int, batch_size: int, seed: int):
+        if n < 1:
+            raise ValueError("train: the dataset is empty")
+        self.n, self.bs = n, batch_size
+        self.g = torch.Generator().manual_seed(seed)
+        self.perm, self.pos = torch.randperm(n, generator=self.g), 0
+
+    def next(self) -> list[int]:
+        out = []
+        while len(out) < self.bs:
+            if self.pos == self.n:
+                self.perm, self.pos = torch.randperm(self.n, generator=self.g), 0
+            take = min(self.bs - len(out), self.n - self.pos)
+            out += self.perm[self.pos:self.pos + take].tolist()
+            self.pos += take
+        return out
+
+
+def train(model, dataset, cfg: TrainConfig, *, loss_fn: Callable = lm_loss,
+          collate_fn: Callable = stack_collate, eval_fn: Optional[Callable] = None,
+          optimizer: Optional[torch.optim.Optimizer] = None) -> list[dict]:
+    """Train `model` on `dataset` (a sequence of items) for cfg.steps optimizer steps.
+
+    Returns the history: one dict per logged step {step, lr, loss, grad_norm, tokens, time, ...}
+    plus, every eval_every steps and at the end, the dict eval_fn(model) returned (prefixed "eval_").
+    """
+    torch.manual_seed(cfg.seed)
+    opt = optimizer or make_optimizer(model, cfg)
+    sampler = BatchSampler(len(dataset), cfg.batch_size, cfg.seed)
+    history: list[dict] = []
+    model.train()
+    t0, tokens = time.perf_counter(), 0
+    bar = tqdm(range(cfg.steps), desc=cfg.desc, disable=not cfg.progress, leave=False, dynamic_ncols=True)
+    for step in bar:
+        lr = lr_at(step, cfg)
+        for g in opt.param_groups:
+            g["lr"] = lr
+        total, metrics = 0.0, {}
+        for _ in range(cfg.grad_accum):
+            batch = collate_fn([dataset[i] for i in sampler.next()])
+            loss, m = loss_fn(model, batch)
+            if not torch.isfinite(loss):
+                raise ValueError(f"train: loss became {loss.item()} at step {step}; lower the lr "
+                                 f"(now {lr:.2e}) or check the inputs")
+            (loss / cfg.grad_accum).backward()
+            total += loss.item() / cfg.grad_accum
+            for k, v in m.items():
+                metrics[k] = metrics.get(k, 0.0) + float(v) / cfg.grad_accum
+            if "targets" in batch:
+                tokens += int((batch["targets"] != IGNORE_INDEX).sum())
+        params = [p for g in opt.param_groups for p in g["params"]]
+        gn = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip if cfg.grad_clip > 0 else float("inf"))
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        rec = {"step": step + 1, "lr": lr, "loss": total, "grad_norm": float(gn), "tokens": tokens,
+               "time": time.perf_counter() - t0, **metrics}
+        last = step + 1 == cfg.steps
+        if eval_fn is not None and ((cfg.eval_every and (step + 1) % cfg.eval_every == 0) or last):
+            model.eval()
+            with torch.no_grad():
+                rec.update({f"eval_{k}": v for k, v in eval_fn(model).items()})
+            model.train()
+        if (step + 1) % cfg.log_every == 0 or last or any(k.startswith("eval_") for k in rec):
+            history.append(rec)
+        bar.set_postfix(loss=f"{total:.3f}", lr=f"{lr:.1e}")
+    bar.close()
+    model.eval()
+    return history
+
+
+@torch.no_grad()
+def evaluate_nll(model, dataset, *, batch_size: int = 16, collate_fn: Callable = stack_collate,
+                 max_batches: Optional[int] = None) -> float:
+    """Mean negative log-likelihood (nats per predicted token) over the dataset's targets.
+    Token-weighted, so batches with more real targets count more. exp() of it is perplexity."""
+    was_training = model.training
+    model.eval()
+    total, count = 0.0, 0
+    for b, start in enumerate(range(0, len(dataset), batch_size)):
+        if max_batches is not None and b >= max_batches:
+            break
+        batch = collate_fn([dataset[i] for i in range(start, min(start + batch_size, len(dataset)))])
+        logits = model(batch["idx"], attention_mask=batch.get("attention_mask")).logits
+        t = batch["targets"]
+        nll = torch.nn.functional.cross_entropy(at_least_fp32(logits.reshape(-1, logits.size(-1))), t.reshape(-1),
+                                                ignore_index=IGNORE_INDEX, reduction="sum")
+        total += nll.item()
+        count += int((t != IGNORE_INDEX).sum())
+    model.train(was_training)
+    if count == 0:
+        raise ValueError("evaluate_nll: the dataset has no target tokens")
+    return total / count
