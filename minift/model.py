@@ -321,6 +321,26 @@ class GPT(nn.Module):
         return GPTOutput(logits, loss, tuple(hidden) if hidden else None,
                          tuple(presents) if want_cache else None)
 
+    @torch.no_grad()
+    def attention_weights(self, idx, layer: int) -> torch.Tensor:
+        """The attention probabilities of block `layer` for unpadded idx (B, T): (B, H, T, T).
+
+        SDPA never materialises them, so this recomputes softmax(Q K^T / sqrt(d) + causal mask)
+        explicitly, for looking at, not for training.
+        """
+        if not 0 <= layer < self.config.n_layer:
+            raise ValueError(f"layer={layer} must be in [0, n_layer={self.config.n_layer})")
+        out = self(idx, output_hidden_states=True)
+        block = self.transformer.h[layer]
+        x = block.ln_1(out.hidden_states[layer])                           # (B, T, C)
+        B, T, C = x.shape
+        H = self.config.n_head
+        q, k, _ = block.attn.c_attn(x).split(C, dim=2)
+        q, k = (t.view(B, T, H, C // H).transpose(1, 2) for t in (q, k))   # (B, H, T, D)
+        scores = q @ k.transpose(-2, -1) / math.sqrt(C // H)               # (B, H, T, T)
+        causal = torch.ones(T, T, dtype=torch.bool, device=x.device).tril()
+        return scores.masked_fill(~causal, float("-inf")).softmax(dim=-1)
+
     # ---- generation --------------------------------------------------------------------------
 
     @torch.no_grad()

@@ -215,6 +215,25 @@ def test_all_ignored_targets_give_zero_loss_with_a_graph():
     assert loss.item() == 0.0 and loss.requires_grad
 
 
+def test_attention_weights_are_causal_distributions_that_reproduce_the_block():
+    cfg = GPTConfig(vocab_size=20, block_size=10, n_layer=2, n_head=2, n_embd=8)
+    m = tiny_model(cfg)
+    idx = _ids(cfg, 2, 7, 0)
+    w = m.attention_weights(idx, layer=1)                                 # (B, H, T, T)
+    assert w.shape == (2, 2, 7, 7)
+    torch.testing.assert_close(w.sum(-1), torch.ones(2, 2, 7, dtype=w.dtype))
+    assert bool((w.triu(1) == 0).all())                                  # nothing from the future
+    # weights @ V, projected, is what the block's attention adds to the residual stream
+    blk = m.transformer.h[1]
+    h = m(idx, output_hidden_states=True).hidden_states[1]
+    x = blk.ln_1(h)
+    v = blk.attn.c_attn(x).split(8, dim=2)[2].view(2, 7, 2, 4).transpose(1, 2)
+    y = blk.attn.c_proj((w @ v).transpose(1, 2).reshape(2, 7, 8))
+    torch.testing.assert_close(y, blk.attn(x)[0], atol=1e-10, rtol=1e-10)
+    with pytest.raises(ValueError, match="layer=2 must be in"):
+        m.attention_weights(idx, layer=2)
+
+
 def test_gpt2_module_names():
     names = set(dict(GPT(GPTConfig(n_layer=2)).named_parameters(remove_duplicate=False)))
     for n in ["transformer.wte.weight", "transformer.wpe.weight", "transformer.h.1.ln_1.weight",

@@ -1,0 +1,144 @@
+"""The conformance harness itself: it must catch known bugs (tests/wrong_impl.py) with a
+counterexample, blame nothing else, pass minift's reference, and `minift verify` must report
+all of that with the right exit status."""
+from pathlib import Path
+
+import pytest
+
+from minift.conformance import (CHECKS, FAIL, MISSING, NOT_IMPLEMENTED, PASS, load_impl, run_checks,
+                                verify_main)
+
+pytestmark = pytest.mark.conformance
+
+ROOT = Path(__file__).resolve().parents[1]
+WRONG = Path(__file__).resolve().with_name("wrong_impl.py")
+EXERCISE = ROOT / "lessons" / "00_transformer" / "exercise.py"
+
+# What wrong_impl.py's three bugs must break, and nothing more (see its docstring).
+EXPECTED_FAILURES = {
+    "softmax_stable_large",                     # no max shift: exp overflows
+    "layer_norm_matches_formula",               # unbiased variance
+    "layer_norm_standardizes",
+    "causal_attention_matches_naive_loop",      # no causal mask
+    "causal_attention_is_causal",
+    "gpt_block_matches_formula",                # the block inherits both
+    "gpt_block_is_causal",
+}
+
+
+@pytest.fixture(scope="module")
+def wrong_results():
+    return {r.name: r for r in run_checks(load_impl(WRONG))}
+
+
+def test_expected_failures_name_real_checks():
+    assert EXPECTED_FAILURES <= set(CHECKS)
+
+
+def test_wrong_impl_fails_exactly_the_expected_checks(wrong_results):
+    failed = {n for n, r in wrong_results.items() if r.status == FAIL}
+    assert failed == EXPECTED_FAILURES
+    assert all(r.status == PASS for n, r in wrong_results.items() if n not in EXPECTED_FAILURES)
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED_FAILURES))
+def test_each_failure_comes_with_a_minimal_counterexample(wrong_results, name):
+    r = wrong_results[name]
+    assert r.error.strip(), "a failure must say what was wrong"
+    assert "Falsifying example" in r.counterexample
+    assert f"{name}(" in r.counterexample                # the property, with its arguments
+
+
+def test_softmax_counterexample_is_an_overflowing_input(wrong_results):
+    r = wrong_results["softmax_stable_large"]
+    assert "x=array(" in r.counterexample
+    assert "nan" in r.error or "inf" in r.error
+
+
+def test_reference_passes_every_check():
+    results = run_checks()
+    assert [r.name for r in results] == list(CHECKS)
+    assert {r.name: r.status for r in results} == {n: PASS for n in CHECKS}
+
+
+def test_exercise_stubs_are_not_implemented():
+    results = run_checks(load_impl(EXERCISE))
+    assert {r.status for r in results} == {NOT_IMPLEMENTED}
+    assert all(r.adapter in r.error for r in results)
+
+
+def test_missing_adapter_is_skipped(tmp_path):
+    f = tmp_path / "only_gelu.py"
+    f.write_text("import torch\n\ndef run_gelu(x):\n    return torch.nn.functional.gelu(x, approximate='tanh')\n")
+    results = {r.name: r.status for r in run_checks(load_impl(f))}
+    assert results["gelu_matches_formula"] == PASS
+    assert results["softmax_sums_to_one"] == MISSING
+
+
+# ---- minift verify -----------------------------------------------------------------------------
+
+def test_verify_wrong_impl_exits_1_and_prints_counterexamples(capsys):
+    assert verify_main(["--impl", str(WRONG)]) == 1
+    out = capsys.readouterr().out
+    for name in EXPECTED_FAILURES:
+        assert f"=== FAIL {name}" in out
+        assert f"Falsifying example: {name}(" in out
+    assert "gelu_matches_formula" in out and "PASS" in out
+    assert f"{len(CHECKS)} checks: {len(CHECKS) - len(EXPECTED_FAILURES)} passed, {len(EXPECTED_FAILURES)} failed" in out
+
+
+def test_verify_reference_exits_0(capsys):
+    assert verify_main([]) == 0
+    out = capsys.readouterr().out
+    assert f"{len(CHECKS)} checks: {len(CHECKS)} passed, 0 failed" in out
+    assert "FAIL" not in out
+
+
+def test_verify_only_selects_checks(capsys):
+    assert verify_main(["--impl", str(WRONG), "--only", "gelu_matches_formula,run_cross_entropy"]) == 0
+    out = capsys.readouterr().out
+    assert "gelu_matches_formula" in out and "cross_entropy_stable_large" in out
+    assert "softmax" not in out
+    assert verify_main(["--impl", str(WRONG), "--only", "softmax_stable_large"]) == 1
+
+
+def test_verify_unknown_only_name_lists_valid_names(capsys):
+    assert verify_main(["--only", "softmax_sums_to_one,no_such_check"]) == 2
+    err = capsys.readouterr().err
+    assert "no_such_check" in err and "softmax_sums_to_one" in err and "gpt_block_is_causal" in err
+    with pytest.raises(ValueError, match="no_such_check"):
+        run_checks(only=["no_such_check"])
+
+
+def test_verify_missing_impl_file_is_a_clean_error(tmp_path, capsys):
+    missing = tmp_path / "nope.py"
+    assert verify_main(["--impl", str(missing)]) == 2
+    assert "no such file" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="no such file"):
+        load_impl(missing)
+
+
+def test_load_impl_without_run_functions_is_an_error(tmp_path):
+    f = tmp_path / "empty.py"
+    f.write_text("x = 1\n")
+    with pytest.raises(ValueError, match="no run_\\* function"):
+        load_impl(f)
+
+
+def test_verify_missing_adapters_fail_only_when_named(tmp_path, capsys):
+    f = tmp_path / "only_gelu.py"
+    f.write_text("import torch\n\ndef run_gelu(x):\n    return torch.nn.functional.gelu(x, approximate='tanh')\n")
+    assert verify_main(["--impl", str(f)]) == 0
+    assert "MISSING" in capsys.readouterr().out
+    assert verify_main(["--impl", str(f), "--only", "gelu_matches_formula,softmax_sums_to_one"]) == 1
+
+
+def test_verify_exercise_reports_not_implemented(capsys):
+    assert verify_main(["--impl", str(EXERCISE), "--only", "lesson00"]) == 1
+    assert "NOT IMPLEMENTED" in capsys.readouterr().out
+
+
+def test_verify_list(capsys):
+    assert verify_main(["--list"]) == 0
+    out = capsys.readouterr().out
+    assert all(name in out for name in CHECKS)
