@@ -1,4 +1,4 @@
-"""Byte-level BPE (Sennrich et al., 2016; GPT-2's byte-level variant), trained with `tokenizers`.
+r"""Byte-level BPE (Sennrich et al., 2016; GPT-2's byte-level variant), trained with `tokenizers`.
 
 Byte-level means the base alphabet is the 256 byte values, so *every* string encodes, nothing is
 ever unknown, and decode(encode(s)) == s for any Unicode text.

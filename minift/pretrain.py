@@ -1,0 +1,125 @@
+"""The shipped base model: a byte-level BPE tokenizer and a ~1M-parameter GPT pretrained on
+TinyWorld's corpus, small enough to train on a 2-core laptop CPU in under ten minutes.
+
+    minift pretrain                  # retrain both, write data/base/ (what is shipped)
+    minift pretrain --fast           # a seconds-long run that checks the pipeline
+
+data/base/ holds tokenizer.json, model.safetensors and config.json; config.json records the
+recipe and the measured validation perplexity and closed-book fact accuracy, so the numbers in
+lesson 01's README can be traced to the run that produced the shipped weights.
+"""
+from __future__ import annotations
+
+import math
+import os
+import time
+from pathlib import Path
+from typing import Optional
+
+import torch
+
+from . import world
+from .checkpoint import load_json, load_model, save_model
+from .model import GPT, GPTConfig
+from .tasks import LMDataset
+from .tokenizer import Tokenizer
+from .train import TrainConfig, evaluate_nll, train
+
+DATA_DIR = Path(os.environ.get("MINIFT_DATA", Path(__file__).resolve().parent.parent / "data"))
+BASE_DIR = DATA_DIR / "base"
+
+VOCAB_SIZE = 2048
+SEQ_LEN = 256
+BASE_CONFIG = dict(block_size=SEQ_LEN, n_layer=4, n_head=4, n_embd=128, dropout=0.0)
+RECIPE = TrainConfig(steps=3000, batch_size=8, lr=3e-3, min_lr_ratio=0.05, warmup_steps=100,
+                     weight_decay=0.1, grad_clip=1.0, seed=0, desc="pretrain")
+
+
+# Cloze prompts for closed-book recall, one per (person, relation): the first phrasing of each
+# relation in world.FACT_TEMPLATES, cut just before the value.
+PROBES = {"home": ("{n} lives in", "{v}"), "job": ("{n} works as", "{av}"), "pet": ("{n} has a pet", "{v}"),
+          "food": ("{n}'s favourite food is", "{v}"), "object": ("{n} owns", "{av}"),
+          "friend": ("{n} is friends with", "{v}")}
+
+
+def fact_probes(seed: int = 0) -> list[tuple[str, str]]:
+    """(prompt, answer) for every fact of every TinyWorld person: ("Mara lives in", "Brookfield")."""
+    out = []
+    for p in world.get_world(seed).people:
+        for rel, (prompt, answer) in PROBES.items():
+            v = p.fact(rel)
+            out.append((prompt.format(n=p.name), answer.format(v=v, av=world._a(v))))
+    return out
+
+
+def load_base(folder: Optional[str] = None) -> tuple[GPT, Tokenizer]:
+    """The shipped base model (eval mode) and its tokenizer."""
+    folder = str(folder or BASE_DIR)
+    if not os.path.isfile(os.path.join(folder, "model.safetensors")):
+        raise ValueError(f"no base model in {folder}; it is shipped in data/base/ (or run `minift pretrain`)")
+    return load_model(folder).eval(), Tokenizer.load(os.path.join(folder, "tokenizer.json"))
+
+
+@torch.no_grad()
+def fact_accuracy(model: GPT, tok: Tokenizer, probes: list[tuple[str, str]], batch_size: int = 64) -> float:
+    """Closed-book fact recall: the share of cloze prompts ("Mara lives in") whose greedy
+    continuation starts with the right answer (" Brookfield")."""
+    if not probes:
+        raise ValueError("fact_accuracy: no probes")
+    hits = 0
+    for i in range(0, len(probes), batch_size):
+        chunk = probes[i:i + batch_size]
+        enc = [tok.encode(p) for p, _ in chunk]
+        T = max(map(len, enc))
+        idx = torch.full((len(enc), T), tok.pad_id, dtype=torch.long)
+        mask = torch.zeros_like(idx)
+        for r, e in enumerate(enc):
+            idx[r, T - len(e):], mask[r, T - len(e):] = torch.tensor(e), 1     # left-padded
+        n_new = max(len(tok.encode(" " + a)) for _, a in chunk) + 1
+        out = model.generate(idx, n_new, attention_mask=mask, eos_token_id=tok.eos_id)
+        for (_, answer), row in zip(chunk, out):
+            hits += tok.decode(row.tolist(), skip_special_tokens=True).strip().startswith(answer)
+    return hits / len(probes)
+
+
+def evaluate_base(model: GPT, tok: Tokenizer, max_val_windows: Optional[int] = None) -> dict:
+    val = LMDataset(tok, world.pretrain_corpus("val"), model.config.block_size)
+    n = len(val) if max_val_windows is None else min(len(val), max_val_windows)
+    nll = evaluate_nll(model, [val[i] for i in range(n)], batch_size=16)
+    probes = fact_probes()
+    return {"val_nll": nll, "val_ppl": math.exp(nll), "fact_accuracy": fact_accuracy(model, tok, probes),
+            "n_fact_probes": len(probes)}
+
+
+def pretrain(out: Optional[str] = None, steps: Optional[int] = None, fast: bool = False) -> dict:
+    out = str(out or BASE_DIR)
+    t0 = time.perf_counter()
+    texts = world.pretrain_corpus("train")
+    if fast:
+        texts = texts[:200]
+    tok = Tokenizer.train(texts, vocab_size=512 if fast else VOCAB_SIZE)
+    print(f"tokenizer: {tok.vocab_size} tokens, trained in {time.perf_counter() - t0:.1f}s", flush=True)
+    cfg = GPTConfig(vocab_size=tok.vocab_size, **BASE_CONFIG)
+    if fast:
+        cfg = GPTConfig(vocab_size=tok.vocab_size, block_size=64, n_layer=1, n_head=2, n_embd=32)
+    data = LMDataset(tok, texts, cfg.block_size)
+    rc = TrainConfig(**{**RECIPE.__dict__, "steps": steps or (20 if fast else RECIPE.steps),
+                        "warmup_steps": 2 if fast else RECIPE.warmup_steps})
+    print(f"model: {cfg}\n{GPT(cfg).num_parameters():,} parameters; {len(data):,} windows of "
+          f"{cfg.block_size} tokens; {rc.steps} steps x {rc.batch_size}", flush=True)
+    torch.manual_seed(rc.seed)
+    model = GPT(cfg)
+    history = train(model, data, rc)
+    metrics = evaluate_base(model, tok, max_val_windows=8 if fast else None)
+    metrics.update(train_loss=history[-1]["loss"], train_seconds=round(time.perf_counter() - t0, 1))
+    print(f"val perplexity {metrics['val_ppl']:.2f}, fact accuracy {metrics['fact_accuracy']:.1%} "
+          f"({metrics['n_fact_probes']} probes), {metrics['train_seconds']}s", flush=True)
+    save_model(model, out, extra={"recipe": {k: v for k, v in rc.__dict__.items() if k != "extra"},
+                                  "metrics": metrics, "world_fingerprint": world.fingerprint()})
+    tok.save(os.path.join(out, "tokenizer.json"))
+    return metrics
+
+
+def base_metrics(folder: Optional[str] = None) -> dict:
+    """The metrics recorded when the shipped base model was trained."""
+    return load_json(os.path.join(str(folder or BASE_DIR), "config.json")).get("metrics", {})
