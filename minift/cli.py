@@ -104,7 +104,8 @@ def cmd_pretrain(args) -> int:
 def cmd_data(args) -> int:
     from .world import write_jsonl
     manifest = write_jsonl(args.out, seed=args.seed)
-    print(f"wrote {len(manifest)} files to {args.out}")
+    print(f"wrote {len(manifest['files'])} files + MANIFEST.json to {args.out} "
+          f"(fingerprint {manifest['fingerprint'][:16]})")
     return 0
 
 

@@ -52,6 +52,17 @@ def fact_probes(seed: int = 0) -> list[tuple[str, str]]:
     return out
 
 
+def corpus_fingerprint(seed: int = 0) -> str:
+    """sha256 of the pretraining corpus (train + val): what the base model depends on. Task sets
+    may change without retraining the base; this corpus may not."""
+    import hashlib
+    import json
+    h = hashlib.sha256()
+    for split in world.CORPUS_SPLITS:
+        h.update(json.dumps(world.pretrain_corpus(split, seed), ensure_ascii=False).encode())
+    return h.hexdigest()
+
+
 def load_base(folder: Optional[str] = None) -> tuple[GPT, Tokenizer]:
     """The shipped base model (eval mode) and its tokenizer."""
     folder = str(folder or BASE_DIR)
@@ -115,7 +126,7 @@ def pretrain(out: Optional[str] = None, steps: Optional[int] = None, fast: bool 
     print(f"val perplexity {metrics['val_ppl']:.2f}, fact accuracy {metrics['fact_accuracy']:.1%} "
           f"({metrics['n_fact_probes']} probes), {metrics['train_seconds']}s", flush=True)
     save_model(model, out, extra={"recipe": {k: v for k, v in rc.__dict__.items() if k != "extra"},
-                                  "metrics": metrics, "world_fingerprint": world.fingerprint()})
+                                  "metrics": metrics, "corpus_fingerprint": corpus_fingerprint()})
     tok.save(os.path.join(out, "tokenizer.json"))
     return metrics
 
