@@ -74,7 +74,17 @@ def cmd_run(args) -> int:
     return 0
 
 
+def _need(module: str, what: str) -> None:
+    """verify/check use the test tools (hypothesis, pytest), which are an extra, not a dependency."""
+    import importlib.util
+    if importlib.util.find_spec(module) is None:
+        raise SystemExit(f"minift {what} needs {module}: install the test extra with "
+                         f"`python -m pip install -e \".[test]\"`")
+
+
 def cmd_check(args) -> int:
+    _need("pytest", "check")
+    _need("hypothesis", "check")
     les = _find_lesson(args.lesson)
     impl = args.impl or str(les["dir"] / "exercise.py")
     cmd = [sys.executable, "-m", "pytest", "-q", "-m", f"lesson{les['nn']}", "--impl", impl, str(ROOT / "tests")]
@@ -83,6 +93,7 @@ def cmd_check(args) -> int:
 
 
 def cmd_verify(args, rest) -> int:
+    _need("hypothesis", "verify")
     from .conformance import verify_main
     return verify_main(rest)
 

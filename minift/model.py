@@ -90,7 +90,7 @@ class GPTConfig:
 
 @dataclass
 class GPTOutput:
-    logits: torch.Tensor                                   # (B, T, V)
+    logits: Optional[torch.Tensor]                         # (B, T, V); None if not asked for
     loss: Optional[torch.Tensor] = None                    # scalar, mean over non-ignored targets
     hidden_states: Optional[tuple[torch.Tensor, ...]] = None  # n_layer + 1 of (B, T, C)
     past_kv: Optional[KVCache] = None                      # the cache, extended by this call
@@ -274,7 +274,8 @@ class GPT(nn.Module):
     # ---- forward -----------------------------------------------------------------------------
 
     def forward(self, idx=None, targets=None, *, attention_mask=None, prefix_kv=None,
-                inputs_embeds=None, past_kv=None, output_hidden_states=False, use_cache=None):
+                inputs_embeds=None, past_kv=None, output_hidden_states=False, use_cache=None,
+                return_logits=True):
         """Logits for every position; loss when `targets` is given.
 
         idx: (B, T) token ids, or inputs_embeds: (B, T, C).
@@ -282,6 +283,7 @@ class GPT(nn.Module):
         prefix_kv: n_layer pairs (k, v) of shape (1 or B, n_head, P, head_dim), always visible.
         past_kv: the cache a previous call returned (L tokens). The cache is returned when
         `use_cache` is true (default: whenever past_kv is given).
+        return_logits=False skips the vocabulary projection (task heads only need hidden states).
         """
         B, T, L = self._check_inputs(idx, inputs_embeds, targets, attention_mask, past_kv, prefix_kv)
         tr = self.transformer
@@ -310,6 +312,11 @@ class GPT(nn.Module):
         x = tr.ln_f(x)                                                     # (B, T, C)
         if output_hidden_states:
             hidden.append(x)                  # as in GPT-2: the last entry is after ln_f
+        if not return_logits:
+            if targets is not None:
+                raise ValueError("targets need logits: do not pass return_logits=False with targets")
+            return GPTOutput(None, None, tuple(hidden) if hidden else None,
+                             tuple(presents) if want_cache else None)
         logits = self.lm_head(x)                                           # (B, T, V)
         loss = None
         if targets is not None:

@@ -225,9 +225,10 @@ class SFTDataset(Dataset):
         idx       = ids[:-1]                             # (T,)
         targets   = ids[1:], -100 where mask[1:] == 0    # (T,) loss on response + EOS only
 
-    T varies per item (at most block_size); `collate` pads."""
+    T varies per item (at most block_size); `collate` pads. train_on_prompt=True drops the mask
+    (loss on every token, prompt included): the ablation that shows why the mask matters."""
 
-    def __init__(self, tok, examples: Sequence, block_size: int):
+    def __init__(self, tok, examples: Sequence, block_size: int, train_on_prompt: bool = False):
         if isinstance(block_size, bool) or not isinstance(block_size, int) or block_size < 1:
             raise ValueError(f"block_size={block_size!r} must be an int >= 1")
         self.items = []
@@ -241,7 +242,8 @@ class SFTDataset(Dataset):
                 raise ValueError(f"example {k}: {e}") from None
             x = torch.tensor(ids[:-1], dtype=torch.long)
             y = torch.tensor(ids[1:], dtype=torch.long)
-            y[torch.tensor(mask[1:], dtype=torch.bool).logical_not()] = IGNORE_INDEX
+            if not train_on_prompt:
+                y[torch.tensor(mask[1:], dtype=torch.bool).logical_not()] = IGNORE_INDEX
             self.items.append({"idx": x, "targets": y})
         if not self.items:
             raise ValueError("SFTDataset: no examples")
@@ -284,7 +286,26 @@ def collate(batch: Sequence[dict], pad_id: int, side: str = "right") -> dict:
     out = {"idx": idx, "attention_mask": attn}
     if all(has_t):
         out["targets"] = targets
+    if "labels" in batch[0]:
+        out["labels"] = _collate_labels(batch, T, side)
     return out
+
+
+def _collate_labels(batch: Sequence[dict], T: int, side: str) -> torch.Tensor:
+    """Labels ride along with idx: one class per item (sequence classification) -> (B,), or one
+    per token (token classification) -> (B, T) padded like idx with -100."""
+    if not all("labels" in b for b in batch):
+        raise ValueError("collate: some items have 'labels' and some do not")
+    labels = [torch.as_tensor(b["labels"], dtype=torch.long) for b in batch]
+    if all(lab.dim() == 0 for lab in labels):
+        return torch.stack(labels)                                   # (B,)
+    out = torch.full((len(batch), T), IGNORE_INDEX, dtype=torch.long)
+    for i, (b, lab) in enumerate(zip(batch, labels)):
+        n = len(torch.as_tensor(b["idx"]).reshape(-1))
+        if lab.dim() != 1 or len(lab) != n:
+            raise ValueError(f"collate: item {i} has {n} idx tokens but labels of shape {tuple(lab.shape)}")
+        out[i, slice(0, n) if side == "right" else slice(T - n, T)] = lab
+    return out                                                       # (B, T)
 
 
 def collate_fn(pad_id: int, side: str = "right"):
