@@ -134,3 +134,20 @@ def pretrain(out: Optional[str] = None, steps: Optional[int] = None, fast: bool 
 def base_metrics(folder: Optional[str] = None) -> dict:
     """The metrics recorded when the shipped base model was trained."""
     return load_json(os.path.join(str(folder or BASE_DIR), "config.json")).get("metrics", {})
+
+
+def forgetting_probe(model: GPT, tok: Tokenizer, n_windows: int = 16, n_facts: int = 72) -> dict:
+    """What fine-tuning may have cost the language model: perplexity on the first n_windows
+    validation windows (128 tokens) of the original pretraining corpus, and closed-book fact
+    accuracy on a fixed, evenly spread subset of n_facts probes. Compare before vs after."""
+    val = LMDataset(tok, world.pretrain_corpus("val"), min(128, model.config.block_size))
+    n = min(n_windows, len(val))
+    nll = evaluate_nll(model, [val[i] for i in range(n)], batch_size=16)
+    return {"pretrain_ppl": math.exp(nll), "fact_accuracy": fact_accuracy(model, tok, probe_subset(n_facts))}
+
+
+def probe_subset(n: int) -> list[tuple[str, str]]:
+    """n probes spread over people and relations: person i, relation i mod 6 (a fixed subset)."""
+    probes, k = fact_probes(), len(PROBES)
+    people = len(probes) // k
+    return [probes[(i % people) * k + i % k] for i in range(min(n, len(probes)))]
