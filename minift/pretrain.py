@@ -21,7 +21,7 @@ import torch
 from . import world
 from .checkpoint import load_json, load_model, save_model
 from .model import GPT, GPTConfig
-from .tasks import LMDataset
+from .tasks import LMDataset, collate
 from .tokenizer import Tokenizer
 from .train import TrainConfig, evaluate_nll, train
 
@@ -80,14 +80,9 @@ def fact_accuracy(model: GPT, tok: Tokenizer, probes: list[tuple[str, str]], bat
     hits = 0
     for i in range(0, len(probes), batch_size):
         chunk = probes[i:i + batch_size]
-        enc = [tok.encode(p) for p, _ in chunk]
-        T = max(map(len, enc))
-        idx = torch.full((len(enc), T), tok.pad_id, dtype=torch.long)
-        mask = torch.zeros_like(idx)
-        for r, e in enumerate(enc):
-            idx[r, T - len(e):], mask[r, T - len(e):] = torch.tensor(e), 1     # left-padded
+        b = collate([{"idx": tok.encode(p)} for p, _ in chunk], tok.pad_id, side="left")
         n_new = max(len(tok.encode(" " + a)) for _, a in chunk) + 1
-        out = model.generate(idx, n_new, attention_mask=mask, eos_token_id=tok.eos_id)
+        out = model.generate(b["idx"], n_new, attention_mask=b["attention_mask"], eos_token_id=tok.eos_id)
         for (_, answer), row in zip(chunk, out):
             hits += tok.decode(row.tolist(), skip_special_tokens=True).strip().startswith(answer)
     return hits / len(probes)

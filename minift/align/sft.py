@@ -90,13 +90,9 @@ def generate_responses(model, tok, prompts: Sequence[str], max_new_tokens: int =
     for i in range(0, len(prompts), batch_size):
         enc = [tok.encode_prompt(p) for p in prompts[i:i + batch_size]]
         enc = [e if len(e) <= limit else e[:1] + e[len(e) - limit + 1:] for e in enc]  # keep the newest
-        L = max(map(len, enc))
-        idx = torch.full((len(enc), L), tok.pad_id, dtype=torch.long)
-        mask = torch.zeros_like(idx)
-        for r, e in enumerate(enc):
-            idx[r, L - len(e):], mask[r, L - len(e):] = torch.tensor(e), 1
-        new = model.generate(idx, max_new_tokens, attention_mask=mask, eos_token_id=tok.eos_id,
-                             pad_token_id=tok.pad_id)
+        b = T.collate([{"idx": e} for e in enc], tok.pad_id, side="left")
+        new = model.generate(b["idx"], max_new_tokens, attention_mask=b["attention_mask"],
+                             eos_token_id=tok.eos_id, pad_token_id=tok.pad_id)
         for row in new.tolist():
             row = row[: row.index(tok.eos_id)] if tok.eos_id in row else row
             out.append(tok.decode([t for t in row if t != tok.pad_id]).strip())
