@@ -3,7 +3,8 @@
 Why a synthetic world? To fine-tune a model you first need a model that *knows* something, and
 to measure what fine-tuning does you need tasks whose answers you control. TinyWorld is small
 enough that a ~1-3M-parameter GPT pretrained for a few CPU minutes memorises it, and regular
-enough that a ~2-4k-token BPE covers it.
+enough that its few hundred distinct words fit a small BPE (the shipped one stops at 1442 tokens:
+every word of the corpus is one token or a few, so merges run out before the 2048 asked for).
 
 The world (`get_world(seed)`)
 -----------------------------

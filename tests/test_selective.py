@@ -1,7 +1,7 @@
 """Selective fine-tuning: the selection, frozen weights stay bit-identical, the report adds up."""
 import pytest
 import torch
-from hypothesis import given, settings, strategies as st
+from hypothesis import example, given, settings, strategies as st
 
 from minift.heads import SequenceClassifier
 from minift.model import GPT, GPTConfig
@@ -87,6 +87,20 @@ def test_selecting_the_embeddings_trains_the_tied_lm_head():
     m = GPT(CFG)
     apply_selective(m, SelectiveConfig(components=["embeddings"]))
     assert m.lm_head.weight.requires_grad and m.transformer.wte.weight.requires_grad
+
+
+@settings(deadline=None, max_examples=30)
+@given(cfg=selections)
+@example(cfg=SelectiveConfig(components=["head"], include_head=False))   # lm_head matched, wte forgotten
+def test_returned_names_are_exactly_the_trainable_names_tied_aliases_included(cfg):
+    m = GPT(CFG)                                       # a bare LM: lm_head.weight IS transformer.wte.weight
+    try:
+        names = apply_selective(m, cfg)
+    except ValueError:
+        return                                         # an empty selection is refused (tested below)
+    trainable = {n for n, p in m.named_parameters(remove_duplicate=False) if p.requires_grad}
+    assert set(names) == trainable
+    assert ("lm_head.weight" in names) == ("transformer.wte.weight" in names)
 
 
 def test_bad_selections_raise():

@@ -2,8 +2,10 @@
 
 Fill in each function below (delete the `raise NotImplementedError`), then grade your file:
 
-    minift verify --impl lessons/00_transformer/exercise.py
-    pytest -m lesson00 --impl lessons/00_transformer/exercise.py
+    minift check 00                                   # = pytest -m lesson00 --impl this file
+    python -m pytest -m lesson00 --impl lessons/00_transformer/exercise.py
+    minift verify --impl lessons/00_transformer/exercise.py --only lesson00   # a report
+    minift verify --impl lessons/00_transformer/exercise.py --only run_softmax  # one function
 
 Every check is a property tested on many small random inputs; a failing check prints the
 smallest input hypothesis could find that breaks it ("Falsifying example: ..."). Paste it into
@@ -56,7 +58,10 @@ def run_cross_entropy(logits, targets, ignore_index=-100):
              = mean over kept rows of    logsumexp(logits[n]) - logits[n, targets[n]]
 
     logits: (N, V) float; targets: (N,) int64, each in [0, V) or equal to ignore_index.
-    Returns a scalar tensor. Must be stable for large logits (shift by the row max).
+    Returns a scalar tensor. Must be stable for large logits: work with the shifted row
+    z = logits[n] - max(logits[n]) all the way, loss_n = log(sum_j exp(z_j)) - z[target].
+    (Adding the max back first, (max + log sum exp z) - logits[target], is the same maths but
+    loses digits in float32 when the logits are large: near 4096 float32 numbers are 2^-11 apart.)
     """
     raise NotImplementedError("run_cross_entropy: mean(logsumexp(logits) - logits[target]) over kept rows")
 

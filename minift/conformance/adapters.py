@@ -90,3 +90,246 @@ def run_gpt_block(x: torch.Tensor, params: dict, n_head: int, eps: float = 1e-5)
     with torch.no_grad():
         y, _ = block(x)
     return y                                                               # (B, T, C)
+
+
+# ---- lesson 01: pretraining ------------------------------------------------------------------
+#
+#     run_next_token_loss(logits, tokens, loss_mask=None)   mean -log p(tokens[:, t+1] | logits[:, t])
+#     run_lr_schedule(step, steps, warmup_steps, lr, min_lr_ratio)   minift.train.lr_at
+#     run_perplexity(nll_sums, n_tokens)                    exp(sum nll / sum tokens)
+
+from minift.model import IGNORE_INDEX, at_least_fp32  # noqa: E402
+from minift.tasks import perplexity  # noqa: E402
+from minift.train import TrainConfig, lr_at  # noqa: E402
+
+__all__ += ["run_next_token_loss", "run_lr_schedule", "run_perplexity"]
+
+
+def run_next_token_loss(logits: torch.Tensor, tokens: torch.Tensor,
+                        loss_mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Next-token cross-entropy with minift's conventions (`SFTDataset` targets, `GPT.forward` loss):
+
+        targets = tokens[:, 1:], -100 where loss_mask[:, 1:] == 0     the mask marks *targets*
+        loss    = mean over kept (b, t) of -log softmax(logits[b, t])[targets[b, t]],  t < T - 1
+
+    logits: (B, T, V) float; tokens: (B, T) integer; loss_mask: (B, T) of 0/1 or None (all count).
+    Returns a scalar; 0 (not NaN) when no target counts, as `GPT.forward` does."""
+    logits, tokens = _tensor("logits", logits), _tensor("tokens", tokens)
+    if logits.dim() != 3 or tokens.dim() != 2 or tuple(tokens.shape) != tuple(logits.shape[:2]):
+        raise ValueError(f"run_next_token_loss: expected logits (B, T, V) and tokens (B, T), got "
+                         f"{tuple(logits.shape)} and {tuple(tokens.shape)}")
+    if loss_mask is not None and tuple(_tensor("loss_mask", loss_mask).shape) != tuple(tokens.shape):
+        raise ValueError(f"run_next_token_loss: loss_mask must have tokens' shape {tuple(tokens.shape)}, "
+                         f"got {tuple(loss_mask.shape)}")
+    targets = tokens[:, 1:].long().clone()                                 # (B, T-1)
+    if loss_mask is not None:
+        targets[loss_mask[:, 1:] == 0] = IGNORE_INDEX
+    if not bool((targets != IGNORE_INDEX).any()):
+        return logits.sum() * 0.0                                          # nothing to predict
+    V = logits.shape[-1]
+    return F.cross_entropy(at_least_fp32(logits[:, :-1].reshape(-1, V)), targets.reshape(-1),
+                           ignore_index=IGNORE_INDEX)
+
+
+def run_lr_schedule(step: int, steps: int, warmup_steps: int, lr: float, min_lr_ratio: float) -> float:
+    """The learning rate at optimizer step `step` (0-based): `minift.train.lr_at`.
+
+        step <  warmup:  lr (step + 1) / warmup
+        step >= warmup:  lr_min + (lr - lr_min) (1 + cos(pi p)) / 2,  p = min(1, (step - warmup) / (steps - warmup))
+    with lr_min = lr * min_lr_ratio. Returns a float."""
+    cfg = TrainConfig(steps=steps, warmup_steps=warmup_steps, lr=lr, min_lr_ratio=min_lr_ratio,
+                      progress=False)
+    return float(lr_at(int(step), cfg))
+
+
+def run_perplexity(nll_sums: torch.Tensor, n_tokens: torch.Tensor) -> float:
+    """Perplexity of a corpus scored in batches, as `minift.train.evaluate_nll` + `minift.tasks.perplexity`:
+
+        ppl = exp( sum_i nll_sums[i] / sum_i n_tokens[i] )      (token-weighted mean NLL, in nats)
+
+    nll_sums: (N,) summed NLL of each batch; n_tokens: (N,) target tokens in each batch. Returns a float."""
+    nll_sums, n_tokens = _tensor("nll_sums", nll_sums), _tensor("n_tokens", n_tokens)
+    if nll_sums.shape != n_tokens.shape or nll_sums.dim() != 1:
+        raise ValueError(f"run_perplexity: nll_sums and n_tokens must both have shape (N,), got "
+                         f"{tuple(nll_sums.shape)} and {tuple(n_tokens.shape)}")
+    count = float(n_tokens.double().sum())
+    if count <= 0:
+        raise ValueError("run_perplexity: n_tokens sums to 0; perplexity needs at least one token")
+    return perplexity(float(nll_sums.double().sum()) / count)
+
+
+# ---- lesson 02: task heads (full vs head-only fine-tuning) ---------------------------------------
+#
+#     run_last_token_pool(hidden, attention_mask)     hidden[b, max{t : mask[b, t] = 1}]      (B, C)
+#     run_first_subtoken_labels(word_lengths, tags)   each word's tag on its first token, -100 elsewhere
+#     run_entity_f1(pred_tags, gold_tags)             span-level micro F1 over BIO tag sequences
+
+from minift.heads import encode_words, last_real_index  # noqa: E402
+from minift.tasks import entity_f1  # noqa: E402
+
+__all__ += ["run_last_token_pool", "run_first_subtoken_labels", "run_entity_f1"]
+
+
+def run_last_token_pool(hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """The pooling of `minift.heads.SequenceClassifier`: each row's hidden state at its last real
+    token, found with `minift.heads.last_real_index` (left, right or no padding alike).
+
+    hidden: (B, T, C) float; attention_mask: (B, T) of 0/1, at least one 1 per row. Returns (B, C)."""
+    hidden, attention_mask = _tensor("hidden", hidden), _tensor("attention_mask", attention_mask)
+    if hidden.dim() != 3 or tuple(attention_mask.shape) != tuple(hidden.shape[:2]):
+        raise ValueError(f"run_last_token_pool: expected hidden (B, T, C) and attention_mask (B, T), got "
+                         f"{tuple(hidden.shape)} and {tuple(attention_mask.shape)}")
+    B, T, _ = hidden.shape
+    last = last_real_index(attention_mask, B, T, hidden.device)                 # (B,)
+    return hidden[torch.arange(B, device=hidden.device), last]                   # (B, C)
+
+
+class _LengthTokenizer:
+    """A stand-in tokenizer for `encode_words`: a word of n letters is n tokens. (encode_words puts
+    a space before every word but the first; the space is not a token here.)"""
+
+    def encode(self, text: str) -> list[int]:
+        return list(range(len(text.strip())))
+
+
+def run_first_subtoken_labels(word_lengths: list, tags: list) -> list[int]:
+    """Token labels of a pre-split sentence, as `minift.heads.encode_words` builds them for NER:
+    word w is word_lengths[w] tokens; its first token gets tags[w], its other tokens -100.
+
+    word_lengths: list of ints >= 1; tags: list of ints, as long. Returns a list of
+    sum(word_lengths) ints."""
+    word_lengths, tags = list(word_lengths), list(tags)
+    if len(word_lengths) != len(tags):
+        raise ValueError(f"run_first_subtoken_labels: {len(word_lengths)} word lengths but {len(tags)} tags")
+    bad = [n for n in word_lengths if isinstance(n, bool) or not isinstance(n, int) or n < 1]
+    if bad:
+        raise ValueError(f"run_first_subtoken_labels: word lengths must be ints >= 1, got {bad[0]!r}")
+    _, labels, _ = encode_words(_LengthTokenizer(), ["x" * n for n in word_lengths], [int(t) for t in tags])
+    return labels
+
+
+def run_entity_f1(pred_tags: list, gold_tags: list) -> float:
+    """Span-level micro F1 of `minift.tasks.entity_f1` over BIO sequences (a list of tag lists):
+    a predicted span counts when its type, start and end all match a gold span;
+    F1 = 2 P R / (P + R), P = tp / #pred spans, R = tp / #gold spans, 0 when undefined."""
+    return float(entity_f1(pred_tags, gold_tags)["f1"])
+
+
+# ---- lesson 04: selective fine-tuning (BitFit, layers, components) -----------------------------
+#
+#     run_bitfit_select(names)                 the names BitFit trains: every bias, and the task head
+#     run_layer_select(names, layers)          the parameters of the chosen blocks (negative from the end) + head
+#     run_trainable_share(shapes, trainable)   sum of trainable sizes / sum of all sizes
+
+import torch.nn as nn  # noqa: E402
+
+from minift.peft.selective import SelectiveConfig, bitfit, select, trainable_report  # noqa: E402
+
+__all__ += ["run_bitfit_select", "run_layer_select", "run_trainable_share"]
+
+
+def _module_with(shapes: dict) -> nn.Module:
+    """A module whose parameters are exactly `shapes` (dotted name -> shape), built as nested
+    submodules, so minift's selection code sees the names a real model would give."""
+    root = nn.Module()
+    for name, shape in shapes.items():
+        if not isinstance(name, str) or not name or any(not part for part in name.split(".")):
+            raise ValueError(f"parameter name {name!r} must be a non-empty dotted name like 'transformer.h.0.ln_1.bias'")
+        *path, leaf = name.split(".")
+        m = root
+        for part in path:
+            if part not in m._modules:
+                m.add_module(part, nn.Module())
+            m = m._modules[part]
+        m.register_parameter(leaf, nn.Parameter(torch.zeros(tuple(shape))))
+    return root
+
+
+def run_bitfit_select(names: list) -> list[str]:
+    """The parameter names `minift.peft.selective.bitfit` leaves trainable: every name whose last
+    part is `bias`, and every parameter of a task head (a `head` module: `head.weight`,
+    `body.head.bias`; not `lm_head`). Order does not matter."""
+    return bitfit(_module_with({n: (1,) for n in names}))
+
+
+def run_layer_select(names: list, layers: list) -> list[str]:
+    """`minift.peft.selective.select(model, SelectiveConfig(layers=layers))`: the parameters of
+    blocks `transformer.h.<i>` for i in layers (negative i counts from the end: -1 is the last of
+    n_layer = 1 + the largest block index in names), plus a task head's (`head.*`). Order does not matter."""
+    return select(_module_with({n: (1,) for n in names}), SelectiveConfig(layers=list(layers)))
+
+
+def run_trainable_share(shapes: dict, trainable: list) -> float:
+    """The share of trainable parameters `minift.peft.selective.trainable_report` reports:
+    sum over trainable names of prod(shape) / sum over all names of prod(shape).
+
+    shapes: name -> shape tuple (() is a scalar, 1 parameter); trainable: some of the names."""
+    unknown = [n for n in trainable if n not in shapes]
+    if unknown:
+        raise ValueError(f"run_trainable_share: trainable name(s) {unknown} are not in shapes")
+    model = _module_with(shapes)
+    keep = set(trainable)
+    for n, p in model.named_parameters():
+        p.requires_grad = n in keep
+    return float(trainable_report(model)["total"]["share"])
+
+
+# ---- lesson 03: instruction tuning (SFT) ---------------------------------------------------------
+#
+#     run_response_loss_mask(prompt_len, response_len, train_on_prompt=False)   which targets count
+#     run_sft_loss(logits, targets)                          mean CE over targets != -100 (0 if none)
+
+from minift.tasks import SFTDataset  # noqa: E402
+from minift.tokenizer import Tokenizer  # noqa: E402
+
+__all__ += ["run_response_loss_mask", "run_sft_loss"]
+
+
+class _OneTokenPerChar(Tokenizer):
+    """minift's Tokenizer (its encode_prompt / encode_pair template) over a toy encode: one token
+    per character, so a prompt of n - 2 characters gives prompt_len = n ids (markers included)."""
+
+    def __init__(self):                                    # no BPE file: only the ids the template needs
+        self.eos_id, self.pad_id, self.prompt_id, self.response_id = 0, 1, 2, 3
+
+    def encode(self, text: str) -> list[int]:
+        return [4] * len(text)
+
+
+def run_response_loss_mask(prompt_len: int, response_len: int, train_on_prompt: bool = False) -> list[int]:
+    """Which *targets* of an SFT example take loss, as `minift.tasks.SFTDataset` builds them.
+
+        ids     = [<|prompt|>] prompt [<|response|>]  response  [<|endoftext|>]
+                  \\______ prompt_len ids ________/  response_len   EOS
+        targets = ids[1:]                                       (prompt_len + response_len targets)
+        mask    = [0] * (prompt_len - 1) + [1] * (response_len + 1)     (1 = trained on)
+
+    prompt_len >= 2 counts both markers; response_len >= 0 excludes the EOS. train_on_prompt=True
+    (the ablation): every target counts. Returns a list of 0/1 ints."""
+    for name, v, lo in (("prompt_len", prompt_len, 2), ("response_len", response_len, 0)):
+        if isinstance(v, bool) or not isinstance(v, int) or v < lo:
+            raise ValueError(f"run_response_loss_mask: {name}={v!r} must be an int >= {lo}")
+    n = prompt_len + response_len + 1                                      # ids, EOS included
+    item = SFTDataset(_OneTokenPerChar(), [("p" * (prompt_len - 2), "r" * response_len)], block_size=n,
+                      train_on_prompt=bool(train_on_prompt))[0]
+    return [int(t != IGNORE_INDEX) for t in item["targets"].tolist()]
+
+
+def run_sft_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """The SFT loss of a padded batch, as `GPT.forward(idx, targets)` computes it:
+
+        L = -(1/N) sum over (b, t) with targets[b, t] != -100 of log softmax(logits[b, t])[targets[b, t]]
+
+    N counts the kept targets of the *whole batch* (a token-weighted mean: a long response weighs
+    more than a short one). targets are already shifted (targets[b, t] is the token after idx[b, t]);
+    -100 marks prompt and padding. logits: (B, T, V) float; targets: (B, T) integer.
+    Returns a scalar; 0 (not NaN) when no target counts."""
+    logits, targets = _tensor("logits", logits), _tensor("targets", targets)
+    if logits.dim() != 3 or targets.dim() != 2 or tuple(targets.shape) != tuple(logits.shape[:2]):
+        raise ValueError(f"run_sft_loss: expected logits (B, T, V) and targets (B, T), got "
+                         f"{tuple(logits.shape)} and {tuple(targets.shape)}")
+    targets = targets.long()
+    if not bool((targets != IGNORE_INDEX).any()):                          # GPT.forward's convention
+        return logits.sum() * 0.0
+    return F.cross_entropy(at_least_fp32(logits.reshape(-1, logits.size(-1))), targets.reshape(-1),
+                           ignore_index=IGNORE_INDEX)

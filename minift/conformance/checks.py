@@ -558,6 +558,436 @@ def check_gpt_block_is_causal(impl):
     _run(gpt_block_is_causal)
 
 
+# ---- lesson 01: the next-token loss -----------------------------------------------------------
+
+from hypothesis.extra import numpy as hnp  # noqa: E402  (integer token arrays)
+
+def next_token_loss64(logits: np.ndarray, tokens: np.ndarray, mask: Optional[np.ndarray]) -> float:
+    """The naive loop: position t of row b predicts tokens[b, t + 1]; it counts when
+    mask[b, t + 1] is 1 (the mask marks targets). Mean of logsumexp(z) - z[target]; 0 if none."""
+    B, T, V = logits.shape
+    total, n = 0.0, 0
+    for b in range(B):
+        for t in range(T - 1):
+            if mask is not None and not mask[b, t + 1]:
+                continue
+            z = logits[b, t]
+            m = z.max()
+            total += m + math.log(np.exp(z - m).sum()) - z[tokens[b, t + 1]]
+            n += 1
+    return total / n if n else 0.0
+
+
+def _ntl_inputs(key: str, lo: float, hi: float):
+    """logits (B, T, V) float32, tokens (B, T) int64 in [0, V), loss_mask (B, T) int64 of 0/1
+    with mask[0, 1] = 1 (at least one target counts); T >= 2, V >= 2."""
+    shape = shared(st.tuples(st.integers(1, MAX_B), st.integers(2, MAX_T), st.integers(2, MAX_V)), key)
+    logits = shape.flatmap(lambda s: arrays(s, f32(lo, hi)))
+    tokens = shape.flatmap(lambda s: hnp.arrays(np.int64, s[:2], elements=st.integers(0, s[2] - 1)))
+
+    def one_target(m):
+        m = m.copy()
+        m[0, 1] = 1
+        return m
+    mask = shape.flatmap(lambda s: hnp.arrays(np.int64, s[:2], elements=st.integers(0, 1))).map(one_target)
+    return shape, logits, tokens, mask
+
+
+@_register("run_next_token_loss", "next_token_loss(logits, tokens, loss_mask) equals the mean over "
+           "(b, t) with loss_mask[b, t+1] = 1 of -log softmax(logits[b, t])[tokens[b, t+1]] (logits "
+           "at t predict the token at t+1; mask None = every target counts), in float64.",
+           lesson="lesson01")
+def check_next_token_loss_matches_formula(impl):
+    ntl = _adapter(impl, "run_next_token_loss")
+    _, logits_s, tokens_s, mask_s = _ntl_inputs("ntl1", -20, 20)
+
+    @check_settings(50)
+    @given(logits=logits_s, tokens=tokens_s, loss_mask=mask_s, use_mask=st.booleans())
+    def next_token_loss_matches_formula(logits, tokens, loss_mask, use_mask):
+        mask = loss_mask if use_mask else None
+        what = f"run_next_token_loss(logits, tokens, {'loss_mask' if use_mask else 'None'})"
+        loss = _out(ntl(_t(logits), torch.tensor(tokens), None if mask is None else torch.tensor(mask)),
+                    (), what)
+        _assert_close(loss, next_token_loss64(logits.astype(np.float64), tokens, mask),
+                      f"{what} vs mean over counted targets of -log softmax(logits[t])[tokens[t+1]]",
+                      atol=1e-5, rtol=1e-5)
+    _run(next_token_loss_matches_formula)
+
+
+@_register("run_next_token_loss", "only counted targets matter: new logits at the last position and "
+           "at positions whose target is masked, and new tokens where loss_mask is 0 or t = 0, leave "
+           "the loss unchanged; loss_mask=None equals an all-ones mask; no counted target gives 0.",
+           lesson="lesson01")
+def check_next_token_loss_counts_only_targets(impl):
+    ntl = _adapter(impl, "run_next_token_loss")
+    shape, logits_s, tokens_s, mask_s = _ntl_inputs("ntl2", -20, 20)
+    other_logits = shape.flatmap(lambda s: arrays(s, f32(-1e3, 1e3)))
+    other_tokens = shape.flatmap(lambda s: hnp.arrays(np.int64, s[:2], elements=st.integers(0, s[2] - 1)))
+
+    @check_settings(50)
+    @given(logits=logits_s, tokens=tokens_s, loss_mask=mask_s, other_logits=other_logits,
+           other_tokens=other_tokens)
+    def next_token_loss_counts_only_targets(logits, tokens, loss_mask, other_logits, other_tokens):
+        B, T, V = logits.shape
+        mt = torch.tensor                                                 # int64 arrays -> long tensors
+        loss = _out(ntl(_t(logits), mt(tokens), mt(loss_mask)), (), "run_next_token_loss(logits, tokens, loss_mask)")
+        # logits at t are scored against tokens[t+1]: position T-1 and masked targets never count
+        unused = np.zeros((B, T), dtype=bool)
+        unused[:, -1] = True
+        unused[:, :-1] = loss_mask[:, 1:] == 0
+        logits2 = np.where(unused[..., None], other_logits, logits)
+        not_target = loss_mask == 0                                       # a token is a target only if counted
+        not_target[:, 0] = True                                           # tokens[:, 0] is never a target
+        tokens2 = np.where(not_target, other_tokens, tokens)
+        loss2 = _out(ntl(_t(logits2), mt(tokens2), mt(loss_mask)), (),
+                     "run_next_token_loss with logits and tokens changed where they do not count")
+        _assert_close(loss2, loss, "loss after changing logits/tokens that are not scored vs before",
+                      atol=1e-5, rtol=1e-5)
+        ones = np.ones((B, T), dtype=np.int64)
+        loss_none = _out(ntl(_t(logits), mt(tokens), None), (), "run_next_token_loss(logits, tokens, None)")
+        loss_ones = _out(ntl(_t(logits), mt(tokens), mt(ones)), (), "run_next_token_loss(logits, tokens, ones)")
+        _assert_close(loss_none, loss_ones, "loss_mask=None vs an all-ones loss_mask", atol=1e-6, rtol=1e-6)
+        none_counted = loss_mask.copy()
+        none_counted[:, 1:] = 0                                           # mask[:, 0] is never a target
+        loss0 = _out(ntl(_t(logits), mt(tokens), mt(none_counted)), (),
+                     "run_next_token_loss with loss_mask[:, 1:] = 0 (no target counts)")
+        _assert_close(loss0, np.zeros(()), "loss with no counted target (0, not NaN)", atol=0, rtol=0)
+    _run(next_token_loss_counts_only_targets)
+
+
+# ---- lesson 01: the learning-rate schedule ----------------------------------------------------
+
+def lr_schedule64(step: int, steps: int, warmup: int, lr: float, ratio: float) -> float:
+    """Linear warmup to lr over `warmup` steps (step 0 gets lr / warmup), then half a cosine from lr
+    down to lr_min = lr * ratio at step `steps`, flat afterwards."""
+    if step < warmup:
+        return lr * (step + 1) / warmup
+    lo = lr * ratio
+    p = min(1.0, (step - warmup) / (steps - warmup))
+    return lo + (lr - lo) * 0.5 * (1.0 + math.cos(math.pi * p))
+
+
+def _scalar(y, what: str) -> float:
+    """The impl's output as a Python float: a real number or a one-element tensor."""
+    if isinstance(y, torch.Tensor):
+        if y.numel() != 1:
+            raise AssertionError(f"{what} must return a number, got a tensor of shape {tuple(y.shape)}")
+        y = y.item()
+    if isinstance(y, bool) or not isinstance(y, (int, float, np.integer, np.floating)):
+        raise AssertionError(f"{what} must return a number, got {type(y).__name__}")
+    return float(y)
+
+
+def _schedules(min_span: int = 1):
+    """(steps, warmup_steps) with 0 <= warmup < steps, steps - warmup >= min_span."""
+    return st.tuples(st.integers(0, 40), st.integers(min_span, 120)).map(lambda t: (t[0] + t[1], t[0]))
+
+
+_LRS = st.floats(1e-5, 1.0, allow_nan=False, allow_infinity=False)
+_RATIOS = st.one_of(st.just(0.0), st.just(1.0), st.floats(0.0, 1.0, allow_nan=False))
+
+
+@_register("run_lr_schedule", "lr_schedule(step, steps, warmup, lr, ratio) equals lr (step + 1) / warmup "
+           "for step < warmup, then lr_min + (lr - lr_min) (1 + cos(pi p)) / 2 with p = min(1, (step - "
+           "warmup) / (steps - warmup)) and lr_min = lr ratio, in float64.", lesson="lesson01")
+def check_lr_schedule_matches_formula(impl):
+    sched = _adapter(impl, "run_lr_schedule")
+
+    @check_settings(80)
+    @given(sw=_schedules(), lr=_LRS, min_lr_ratio=_RATIOS, frac=st.floats(0.0, 1.5))
+    def lr_schedule_matches_formula(sw, lr, min_lr_ratio, frac):
+        steps, warmup = sw
+        step = int(frac * steps)
+        y = _scalar(sched(step, steps, warmup, lr, min_lr_ratio),
+                    f"run_lr_schedule({step}, {steps}, {warmup}, {lr!r}, {min_lr_ratio!r})")
+        _assert_close(y, lr_schedule64(step, steps, warmup, lr, min_lr_ratio),
+                      f"run_lr_schedule(step={step}, steps={steps}, warmup_steps={warmup}, lr={lr!r}, "
+                      f"min_lr_ratio={min_lr_ratio!r}) vs warmup + cosine formula", atol=1e-12, rtol=1e-6)
+    _run(lr_schedule_matches_formula)
+
+
+@_register("run_lr_schedule", "warmup is linear and reaches lr: for step < warmup the rate is "
+           "lr (step + 1) / warmup (equal increments of lr / warmup), and step warmup - 1 gets lr.",
+           lesson="lesson01")
+def check_lr_warmup_is_linear(impl):
+    sched = _adapter(impl, "run_lr_schedule")
+
+    @check_settings(40)
+    @given(warmup=st.integers(1, 60), extra=st.integers(1, 100), lr=_LRS, min_lr_ratio=_RATIOS)
+    def lr_warmup_is_linear(warmup, extra, lr, min_lr_ratio):
+        steps = warmup + extra
+        ys = np.array([_scalar(sched(s, steps, warmup, lr, min_lr_ratio), f"run_lr_schedule({s}, ...)")
+                       for s in range(warmup)])
+        _assert_close(ys, lr * np.arange(1, warmup + 1) / warmup,
+                      f"warmup rates lr (step + 1) / warmup for steps 0..{warmup - 1} (steps={steps}, lr={lr!r})",
+                      atol=1e-12, rtol=1e-6)
+        _assert_close(ys[-1], lr, f"rate at the last warmup step {warmup - 1} vs lr", atol=1e-12, rtol=1e-6)
+    _run(lr_warmup_is_linear)
+
+
+@_register("run_lr_schedule", "the rate stays in range: 0 < rate <= lr during warmup, lr_min <= rate "
+           "<= lr after it, and rate = lr_min from step `steps` on (lr_min = lr min_lr_ratio).",
+           lesson="lesson01")
+def check_lr_schedule_bounded(impl):
+    sched = _adapter(impl, "run_lr_schedule")
+
+    @check_settings(40)
+    @given(sw=_schedules(), lr=_LRS, min_lr_ratio=_RATIOS)
+    def lr_schedule_bounded(sw, lr, min_lr_ratio):
+        steps, warmup = sw
+        lo, tol = lr * min_lr_ratio, 1e-6 * lr
+        for s in range(steps + 10):
+            y = _scalar(sched(s, steps, warmup, lr, min_lr_ratio), f"run_lr_schedule({s}, ...)")
+            where = (f"run_lr_schedule(step={s}, steps={steps}, warmup_steps={warmup}, lr={lr!r}, "
+                     f"min_lr_ratio={min_lr_ratio!r}) = {y!r}")
+            if not (y <= lr + tol and (y > 0 or s >= warmup)):
+                raise AssertionError(f"{where} is outside {'(0, lr]' if s < warmup else '[lr_min, lr]'}")
+            if s >= warmup and y < lo - tol:
+                raise AssertionError(f"{where} is below lr_min = {lo!r} after warmup")
+            if s >= steps and abs(y - lo) > tol:
+                raise AssertionError(f"{where} but from step `steps` on the rate must be lr_min = {lo!r}")
+    _run(lr_schedule_bounded)
+
+
+@_register("run_lr_schedule", "the cosine starts at lr (step = warmup), passes (lr + lr_min) / 2 "
+           "half-way (step = warmup + (steps - warmup) / 2) and ends at lr_min (step = steps).",
+           lesson="lesson01")
+def check_lr_cosine_midpoint(impl):
+    sched = _adapter(impl, "run_lr_schedule")
+
+    @check_settings(40)
+    @given(warmup=st.integers(0, 40), half=st.integers(1, 60), lr=_LRS, min_lr_ratio=_RATIOS)
+    def lr_cosine_midpoint(warmup, half, lr, min_lr_ratio):
+        steps = warmup + 2 * half
+        lo = lr * min_lr_ratio
+        for s, want, name in ((warmup, lr, "lr at the end of warmup"),
+                              (warmup + half, (lr + lo) / 2, "(lr + lr_min) / 2 half-way through the cosine"),
+                              (steps, lo, "lr_min at step `steps`")):
+            y = _scalar(sched(s, steps, warmup, lr, min_lr_ratio), f"run_lr_schedule({s}, ...)")
+            _assert_close(y, want, f"run_lr_schedule(step={s}, steps={steps}, warmup_steps={warmup}, "
+                                   f"lr={lr!r}, min_lr_ratio={min_lr_ratio!r}) vs {name}", atol=1e-12, rtol=1e-6)
+    _run(lr_cosine_midpoint)
+
+
+@_register("run_lr_schedule", "the rate rises during warmup and never rises after it: "
+           "rate(s + 1) <= rate(s) for every s >= warmup - 1, past `steps` too.", lesson="lesson01")
+def check_lr_monotone_after_warmup(impl):
+    sched = _adapter(impl, "run_lr_schedule")
+
+    @check_settings(40)
+    @given(sw=_schedules(), lr=_LRS, min_lr_ratio=st.floats(0.0, 0.9))
+    def lr_monotone_after_warmup(sw, lr, min_lr_ratio):
+        steps, warmup = sw
+        ys = [_scalar(sched(s, steps, warmup, lr, min_lr_ratio), f"run_lr_schedule({s}, ...)")
+              for s in range(steps + 10)]
+        for s in range(steps + 9):
+            rising = ys[s + 1] > ys[s] + 1e-9 * lr
+            if (s < warmup - 1 and not ys[s + 1] > ys[s]) or (s >= warmup - 1 and rising):
+                raise AssertionError(
+                    f"run_lr_schedule(steps={steps}, warmup_steps={warmup}, lr={lr!r}, min_lr_ratio="
+                    f"{min_lr_ratio!r}): rate {ys[s]!r} at step {s}, {ys[s + 1]!r} at step {s + 1}; it must "
+                    f"{'rise during warmup' if s < warmup - 1 else 'not rise after warmup'}")
+    _run(lr_monotone_after_warmup)
+
+
+# ---- lesson 01: perplexity --------------------------------------------------------------------
+
+def _ppl_inputs(key: str, max_nll: float = 10.0):
+    """(N,) per-batch summed NLL (float32) and (N,) token counts (int64, 1..500), N in 1..8."""
+    n = shared(st.integers(1, 8), key)
+    counts = n.flatmap(lambda k: hnp.arrays(np.int64, (k,), elements=st.integers(1, 500)))
+    means = n.flatmap(lambda k: arrays((k,), f32(0.0, max_nll)))          # mean NLL of each batch
+    return counts, means
+
+
+@_register("run_perplexity", "perplexity(nll_sums, n_tokens) equals exp(sum nll_sums / sum n_tokens) "
+           "(the token-weighted mean NLL, not the mean of per-batch means), in float64.", lesson="lesson01")
+def check_perplexity_matches_formula(impl):
+    ppl = _adapter(impl, "run_perplexity")
+    counts_s, means_s = _ppl_inputs("ppl1")
+
+    @check_settings(50)
+    @given(n_tokens=counts_s, batch_mean_nll=means_s)
+    def perplexity_matches_formula(n_tokens, batch_mean_nll):
+        sums = (batch_mean_nll.astype(np.float64) * n_tokens).astype(np.float32)   # (N,) summed NLL
+        y = _scalar(ppl(_t(sums), torch.tensor(n_tokens)), "run_perplexity(nll_sums, n_tokens)")
+        want = math.exp(sums.astype(np.float64).sum() / n_tokens.sum())
+        _assert_close(y, want, "run_perplexity vs exp(sum nll_sums / sum n_tokens)", atol=0, rtol=1e-5)
+    _run(perplexity_matches_formula)
+
+
+@_register("run_perplexity", "a uniform model over V tokens has perplexity V: every token costs "
+           "log V nats, so nll_sums = n_tokens log V gives V (V up to 50000).", lesson="lesson01")
+def check_perplexity_uniform_is_vocab_size(impl):
+    ppl = _adapter(impl, "run_perplexity")
+    counts_s, _ = _ppl_inputs("ppl2")
+
+    @check_settings(40)
+    @given(n_tokens=counts_s, V=st.integers(1, 50_000))
+    def perplexity_uniform_is_vocab_size(n_tokens, V):
+        # uniform logits: -log softmax = logsumexp(0, ..., 0) - 0 = log V for every target
+        sums = (n_tokens * math.log(V)).astype(np.float32)
+        y = _scalar(ppl(_t(sums), torch.tensor(n_tokens)), "run_perplexity(n_tokens log V, n_tokens)")
+        _assert_close(y, float(V), f"perplexity of a uniform model over V={V} tokens vs V", atol=0, rtol=1e-5)
+    _run(perplexity_uniform_is_vocab_size)
+
+
+@_register("run_perplexity", "how the corpus is cut into batches does not matter: the per-batch "
+           "(nll_sums, n_tokens) give the same perplexity as their totals in one batch.", lesson="lesson01")
+def check_perplexity_is_token_weighted(impl):
+    ppl = _adapter(impl, "run_perplexity")
+    counts_s, means_s = _ppl_inputs("ppl3")
+
+    @check_settings(40)
+    @given(n_tokens=counts_s, batch_mean_nll=means_s)
+    def perplexity_is_token_weighted(n_tokens, batch_mean_nll):
+        sums = (batch_mean_nll.astype(np.float64) * n_tokens).astype(np.float32)
+        y = _scalar(ppl(_t(sums), torch.tensor(n_tokens)), "run_perplexity(nll_sums, n_tokens)")
+        merged = _scalar(ppl(_t(np.array([sums.astype(np.float64).sum()])), torch.tensor([int(n_tokens.sum())])),
+                         "run_perplexity([sum nll_sums], [sum n_tokens])")
+        _assert_close(y, merged, "perplexity over the batches vs over one merged batch", atol=0, rtol=1e-5)
+    _run(perplexity_is_token_weighted)
+
+
+
+# ---- lesson 03: the SFT loss mask and loss -----------------------------------------------------
+
+def _mask_list(y, n: int, what: str) -> list:
+    """The impl's mask as a list of n ints in {0, 1} (a list, tuple or 1-D tensor is accepted)."""
+    if isinstance(y, torch.Tensor):
+        y = y.reshape(-1).tolist() if y.dim() <= 1 else y
+    if not isinstance(y, (list, tuple)):
+        raise AssertionError(f"{what} must return a list of 0/1 ints, got {type(y).__name__}")
+    if len(y) != n:
+        raise AssertionError(f"{what} returned {len(y)} values, expected one per target: "
+                             f"prompt_len + response_len = {n}")
+    if any(isinstance(v, bool) or v not in (0, 1) for v in y):
+        raise AssertionError(f"{what} = {list(y)} must hold only the ints 0 and 1")
+    return [int(v) for v in y]
+
+
+@_register("run_response_loss_mask", "response_loss_mask(P, R) marks the P + R targets ids[1:] of "
+           "[<|prompt|>] prompt [<|response|>] response [EOS] (P prompt ids, markers included; R "
+           "response tokens): 0 for the P - 1 targets inside the prompt, then 1 for the R response "
+           "tokens and the EOS.", lesson="lesson03")
+def check_response_loss_mask_layout(impl):
+    mask_fn = _adapter(impl, "run_response_loss_mask")
+
+    @check_settings(60)
+    @given(prompt_len=st.integers(2, 40), response_len=st.integers(0, 20))
+    def response_loss_mask_layout(prompt_len, response_len):
+        what = f"run_response_loss_mask(prompt_len={prompt_len}, response_len={response_len})"
+        got = _mask_list(mask_fn(prompt_len, response_len), prompt_len + response_len, what)
+        # the token sequence, position by position, and which of its targets are response or EOS
+        kinds = ["marker"] + ["prompt"] * (prompt_len - 2) + ["marker"] + ["response"] * response_len + ["eos"]
+        want = [int(k in ("response", "eos")) for k in kinds[1:]]          # targets = ids[1:]
+        if got != want:
+            bad = next(i for i, (g, w) in enumerate(zip(got, want)) if g != w)
+            raise AssertionError(f"{what} = {got}, expected {want}: target {bad} is the token at position "
+                                 f"{bad + 1} ({kinds[bad + 1]}), which must {'' if want[bad] else 'not '}"
+                                 f"take loss")
+    _run(response_loss_mask_layout)
+
+
+@_register("run_response_loss_mask", "the mask selects exactly the response and its EOS from real "
+           "sequences: [ids[t + 1] for t where mask[t] = 1] equals response + [EOS], and with "
+           "train_on_prompt=True every one of the P + R targets counts.", lesson="lesson03")
+def check_response_loss_mask_selects_response(impl):
+    mask_fn = _adapter(impl, "run_response_loss_mask")
+    EOS, PROMPT, RESPONSE = 0, 2, 3
+
+    @check_settings(40)
+    @given(prompt=st.lists(st.integers(4, 50), max_size=30), response=st.lists(st.integers(4, 50), max_size=15))
+    def response_loss_mask_selects_response(prompt, response):
+        ids = [PROMPT] + prompt + [RESPONSE] + response + [EOS]
+        P, R = len(prompt) + 2, len(response)
+        what = f"run_response_loss_mask(prompt_len={P}, response_len={R})"
+        mask = _mask_list(mask_fn(P, R), P + R, what)
+        picked = [ids[t + 1] for t, m in enumerate(mask) if m]
+        if picked != response + [EOS]:
+            raise AssertionError(f"{what}: on ids {ids} the targets with mask 1 are {picked}, expected the "
+                                 f"response and EOS {response + [EOS]}")
+        what_all = f"run_response_loss_mask(prompt_len={P}, response_len={R}, train_on_prompt=True)"
+        full = _mask_list(mask_fn(P, R, train_on_prompt=True), P + R, what_all)
+        if full != [1] * (P + R):
+            raise AssertionError(f"{what_all} = {full}: without the mask every target takes loss")
+    _run(response_loss_mask_selects_response)
+
+
+def sft_loss64(logits: np.ndarray, targets: np.ndarray) -> float:
+    """The naive loop: every (b, t) whose target is not -100 adds logsumexp(z) - z[target]; the sum
+    is divided by the number of such targets in the whole batch; 0 if there are none."""
+    B, T, V = logits.shape
+    total, n = 0.0, 0
+    for b in range(B):
+        for t in range(T):
+            y = int(targets[b, t])
+            if y == -100:
+                continue
+            z = logits[b, t]
+            m = z.max()
+            total += m + math.log(np.exp(z - m).sum()) - z[y]
+            n += 1
+    return total / n if n else 0.0
+
+
+def _sft_inputs(key: str, lo: float, hi: float):
+    """logits (B, T, V) float32 and targets (B, T) int64 in [0, V) or -100 (prompt / padding)."""
+    shape = shared(st.tuples(st.integers(1, MAX_B), st.integers(1, MAX_T), st.integers(1, MAX_V)), key)
+    logits = shape.flatmap(lambda s: arrays(s, f32(lo, hi)))
+    targets = shape.flatmap(lambda s: hnp.arrays(np.int64, s[:2], elements=st.one_of(
+        st.integers(0, s[2] - 1), st.just(-100))))
+    return logits, targets
+
+
+@_register("run_sft_loss", "sft_loss(logits, targets) equals the mean over the whole batch of "
+           "-log softmax(logits[b, t])[targets[b, t]] for targets != -100 (one token-weighted mean, "
+           "not a mean of per-sequence means), and 0 (not NaN) when every target is -100; float64 loop.",
+           lesson="lesson03")
+def check_sft_loss_matches_formula(impl):
+    loss_fn = _adapter(impl, "run_sft_loss")
+    logits_s, targets_s = _sft_inputs("sft1", -20, 20)
+
+    @check_settings(60)
+    @given(logits=logits_s, targets=targets_s)
+    def sft_loss_matches_formula(logits, targets):
+        loss = _out(loss_fn(_t(logits), torch.tensor(targets)), (), "run_sft_loss(logits, targets)")
+        _assert_close(loss, sft_loss64(logits.astype(np.float64), targets),
+                      f"run_sft_loss vs mean over the {int((targets != -100).sum())} targets != -100 of "
+                      f"-log softmax(logits)[target]", atol=1e-5, rtol=1e-5)
+    _run(sft_loss_matches_formula)
+
+
+@_register("run_sft_loss", "prompt and padding positions (target -100) do not count: new logits there "
+           "(up to |1e3|) leave the loss unchanged, the loss is finite for logits up to |1e4|, and a "
+           "batch's loss is the token-weighted average of its rows' losses.", lesson="lesson03")
+def check_sft_loss_ignores_prompt_and_padding(impl):
+    loss_fn = _adapter(impl, "run_sft_loss")
+    logits_s, targets_s = _sft_inputs("sft2", -1e4, 1e4)
+    other_s = shared(st.tuples(st.integers(1, MAX_B), st.integers(1, MAX_T), st.integers(1, MAX_V)),
+                     "sft2").flatmap(lambda s: arrays(s, f32(-1e3, 1e3)))
+
+    @check_settings(50)
+    @given(logits=logits_s, targets=targets_s, other=other_s)
+    def sft_loss_ignores_prompt_and_padding(logits, targets, other):
+        what = "run_sft_loss(logits, targets)"
+        loss = _out(loss_fn(_t(logits), torch.tensor(targets)), (), what)
+        _assert_close(loss, sft_loss64(logits.astype(np.float64), targets), f"{what} for large logits "
+                      f"vs the float64 log-sum-exp formula", atol=1e-3, rtol=1e-5)
+        changed = np.where((targets == -100)[..., None], other, logits)
+        loss_changed = _out(loss_fn(_t(changed), torch.tensor(targets)), (),
+                            "run_sft_loss with new logits where targets == -100")
+        _assert_close(loss_changed, loss, f"{what}, logits changed where targets == -100, vs unchanged",
+                      atol=1e-6, rtol=1e-6)
+        n = (targets != -100).sum(axis=1)                                   # (B,) counted targets per row
+        rows = [_out(loss_fn(_t(logits[b:b + 1]), torch.tensor(targets[b:b + 1])), (), f"run_sft_loss on row {b}")
+                for b in range(len(n))]
+        want = float(np.dot(n, rows) / n.sum()) if n.sum() else 0.0
+        _assert_close(loss, want, f"{what} vs sum_b n_b loss(row b) / sum_b n_b (n_b = targets != -100 in "
+                      f"row b: {n.tolist()})", atol=1e-3, rtol=1e-5)
+    _run(sft_loss_ignores_prompt_and_padding)
+
+
 # ---- running checks and collecting results -------------------------------------------------
 
 def _notes(e: BaseException) -> list[str]:
@@ -640,3 +1070,284 @@ def run_checks(impl=None, only=None) -> list[Result]:
         from .verify import load_impl
         impl = load_impl(impl)
     return [run_check(CHECKS[name], impl) for name in select(only)]
+
+
+# ---- lesson 02: last-token pooling, first-subtoken labels, entity F1 --------------------------
+
+from hypothesis.extra import numpy as hnp  # noqa: E402,F811  (integer masks; also imported for lesson 01)
+
+def _pool_masks(B: int, T: int):
+    """(B, T) int64 masks of 0/1 with at least one 1 per row: any padding side, holes allowed."""
+    def one_real(m):
+        m = m.copy()
+        for b in range(m.shape[0]):
+            if not m[b].any():
+                m[b, -1] = 1
+        return m
+    return hnp.arrays(np.int64, (B, T), elements=st.integers(0, 1)).map(one_real)
+
+
+@_register("run_last_token_pool", "last_token_pool(hidden, mask)[b] equals hidden[b, t] at the largest t "
+           "with mask[b, t] = 1 (the naive loop), for any 0/1 mask with a 1 in each row: left, right or no "
+           "padding, holes too.", lesson="lesson02")
+def check_last_token_pool_matches_loop(impl):
+    pool = _adapter(impl, "run_last_token_pool")
+    shape = shared(st.tuples(st.integers(1, MAX_B), st.integers(1, MAX_T), st.integers(1, MAX_D)), "ltp1")
+
+    @check_settings(50)
+    @given(hidden=shape.flatmap(lambda s: arrays(s, f32(-10, 10))),
+           mask=shape.flatmap(lambda s: _pool_masks(s[0], s[1])))
+    def last_token_pool_matches_loop(hidden, mask):
+        B, T, C = hidden.shape
+        expected = np.zeros((B, C))
+        for b in range(B):
+            last = max(t for t in range(T) if mask[b, t] == 1)
+            expected[b] = hidden[b, last]
+        y = _out(pool(_t(hidden), torch.tensor(mask)), (B, C), "run_last_token_pool(hidden, attention_mask)")
+        _assert_close(y, expected, f"run_last_token_pool with attention_mask={mask.tolist()} vs hidden at "
+                                   f"each row's last 1", atol=0, rtol=0)
+    _run(last_token_pool_matches_loop)
+
+
+@_register("run_last_token_pool", "padding side does not matter: the same sequences padded on the right "
+           "and on the left (different junk in the pads) pool to the same vectors, each row's last real "
+           "token.", lesson="lesson02")
+def check_last_token_pool_padding_side(impl):
+    pool = _adapter(impl, "run_last_token_pool")
+    dims = shared(st.tuples(st.integers(1, MAX_B), st.integers(1, MAX_T), st.integers(1, MAX_D)), "ltp2")
+
+    @check_settings(40)
+    @given(dims=dims, real=dims.flatmap(lambda s: arrays(s, f32(-10, 10))),
+           junk=dims.flatmap(lambda s: arrays(s, f32(-10, 10))),
+           lengths=dims.flatmap(lambda s: st.lists(st.integers(1, s[1]), min_size=s[0], max_size=s[0])))
+    def last_token_pool_padding_side(dims, real, junk, lengths):
+        B, T, C = dims
+        right, left = junk.copy(), junk[:, ::-1].copy()
+        m_right, m_left = np.zeros((B, T), np.int64), np.zeros((B, T), np.int64)
+        expected = np.zeros((B, C))
+        for b, n in enumerate(lengths):                       # row b: real tokens real[b, :n]
+            right[b, :n], m_right[b, :n] = real[b, :n], 1
+            left[b, T - n:], m_left[b, T - n:] = real[b, :n], 1
+            expected[b] = real[b, n - 1]
+        y_r = _out(pool(_t(right), torch.tensor(m_right)), (B, C), "run_last_token_pool(right-padded)")
+        y_l = _out(pool(_t(left), torch.tensor(m_left)), (B, C), "run_last_token_pool(left-padded)")
+        _assert_close(y_r, expected, f"right-padded batch, lengths {lengths}: pooled vs last real token",
+                      atol=0, rtol=0)
+        _assert_close(y_l, expected, f"left-padded batch, lengths {lengths}: pooled vs last real token",
+                      atol=0, rtol=0)
+    _run(last_token_pool_padding_side)
+
+
+def _int_list(y, what: str) -> list[int]:
+    """The impl's output as a list of Python ints (a list, tuple or 1-D integer tensor)."""
+    if isinstance(y, torch.Tensor):
+        if y.dim() != 1 or y.is_floating_point():
+            raise AssertionError(f"{what} must return a list of ints, got a tensor {tuple(y.shape)} {y.dtype}")
+        y = y.tolist()
+    if not isinstance(y, (list, tuple)) or not all(
+            isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in y):
+        raise AssertionError(f"{what} must return a list of ints, got {y!r:.120}")
+    return [int(v) for v in y]
+
+
+@_register("run_first_subtoken_labels", "first_subtoken_labels(word_lengths, tags) has one label per "
+           "token (sum of word_lengths): word w's tag on its first token, -100 on its other tokens "
+           "(the naive loop).", lesson="lesson02")
+def check_first_subtoken_labels_matches_loop(impl):
+    labels_of = _adapter(impl, "run_first_subtoken_labels")
+    n_words = shared(st.integers(1, MAX_T), "fsl")
+
+    @check_settings(60)
+    @given(word_lengths=n_words.flatmap(lambda n: st.lists(st.integers(1, 4), min_size=n, max_size=n)),
+           tags=n_words.flatmap(lambda n: st.lists(st.integers(0, 8), min_size=n, max_size=n)))
+    def first_subtoken_labels_matches_loop(word_lengths, tags):
+        expected = []
+        for n, tag in zip(word_lengths, tags):
+            expected.append(tag)
+            for _ in range(n - 1):
+                expected.append(-100)
+        what = f"run_first_subtoken_labels({word_lengths}, {tags})"
+        got = _int_list(labels_of(list(word_lengths), list(tags)), what)
+        if got != expected:
+            raise AssertionError(f"{what} = {got}, expected {expected}")
+    _run(first_subtoken_labels_matches_loop)
+
+
+_ENTITY_TYPES = ("PER", "LOC", "ANIMAL", "FOOD")
+
+
+def _bio(spans, n: int) -> list[str]:
+    """Strict BIO tags of n tokens from non-overlapping spans (type, start, end), end exclusive."""
+    tags = ["O"] * n
+    for typ, a, b in spans:
+        tags[a] = "B-" + typ
+        for i in range(a + 1, b):
+            tags[i] = "I-" + typ
+    return tags
+
+
+@st.composite
+def _tagged_sentences(draw):
+    """(pred_tags, gold_tags, pred_spans, gold_spans): 1-3 sentences of 1-10 tokens. Gold spans are
+    drawn first; predicted spans copy, drop, retype or move the end of each, plus spurious one-token
+    spans. Both are written in strict BIO, so the spans are known without reading the tags back."""
+    preds, golds, pred_spans, gold_spans = [], [], set(), set()
+    for s in range(draw(st.integers(1, 3))):
+        n = draw(st.integers(1, 10))
+        gold, t = [], 0
+        while t < n:
+            if draw(st.booleans()):
+                length = draw(st.integers(1, min(3, n - t)))
+                gold.append((draw(st.sampled_from(_ENTITY_TYPES)), t, t + length))
+                t += length
+            else:
+                t += 1
+        pred = []
+        for k, (typ, a, b) in enumerate(gold):
+            nxt = gold[k + 1][1] if k + 1 < len(gold) else n
+            op = draw(st.sampled_from(("keep", "keep", "drop", "type", "end")))
+            if op == "keep" or (op == "end" and nxt == a + 1 == b):
+                pred.append((typ, a, b))
+            elif op == "type":
+                pred.append((draw(st.sampled_from([x for x in _ENTITY_TYPES if x != typ])), a, b))
+            elif op == "end":
+                pred.append((typ, a, draw(st.sampled_from([e for e in range(a + 1, nxt + 1) if e != b]))))
+        taken = {i for _, a, b in pred for i in range(a, b)}
+        for i in range(n):
+            if i not in taken and draw(st.integers(0, 4)) == 0:
+                pred.append((draw(st.sampled_from(_ENTITY_TYPES)), i, i + 1))
+        golds.append(_bio(gold, n))
+        preds.append(_bio(pred, n))
+        gold_spans |= {(s, *g) for g in gold}
+        pred_spans |= {(s, *p) for p in pred}
+    return preds, golds, pred_spans, gold_spans
+
+
+@_register("run_entity_f1", "entity_f1(pred_tags, gold_tags) is the span-level micro F1 = 2 P R / (P + R) "
+           "with P = tp / #predicted spans, R = tp / #gold spans, a span counting only when type, start "
+           "and end all match, summed over sentences; a ratio with denominator 0 is 0 (strict BIO inputs).",
+           lesson="lesson02")
+def check_entity_f1_matches_span_sets(impl):
+    f1_of = _adapter(impl, "run_entity_f1")
+
+    @check_settings(80)
+    @given(data=_tagged_sentences())
+    def entity_f1_matches_span_sets(data):
+        preds, golds, pred_spans, gold_spans = data
+        tp = len(pred_spans & gold_spans)
+        p = tp / len(pred_spans) if pred_spans else 0.0
+        r = tp / len(gold_spans) if gold_spans else 0.0
+        expected = 2 * p * r / (p + r) if p + r else 0.0
+        what = f"run_entity_f1(pred_tags={preds}, gold_tags={golds})"
+        got = _scalar(f1_of([list(x) for x in preds], [list(x) for x in golds]), what)
+        _assert_close(got, expected, f"{what} vs F1 of {len(pred_spans)} predicted and {len(gold_spans)} gold "
+                                     f"spans with {tp} exact matches", atol=1e-12, rtol=1e-9)
+    _run(entity_f1_matches_span_sets)
+
+
+# ---- lesson 04: selective fine-tuning ------------------------------------------------------------
+
+_BLOCK_PARAMS = ("ln_1.weight", "ln_1.bias", "attn.c_attn.weight", "attn.c_attn.bias", "attn.c_proj.weight",
+                 "attn.c_proj.bias", "ln_2.weight", "ln_2.bias", "mlp.c_fc.weight", "mlp.c_fc.bias",
+                 "mlp.c_proj.weight", "mlp.c_proj.bias")
+_OUTER_PARAMS = ("transformer.wte.weight", "transformer.wpe.weight", "transformer.ln_f.weight",
+                 "transformer.ln_f.bias", "lm_head.weight")
+
+
+@st.composite
+def _gpt_param_names(draw):
+    """(n_layer, names): GPT-2 parameter names of 1-4 blocks, each block with a non-empty subset of
+    its tensors, some of the outer ones, sometimes wrapped as a classifier (`body.` + `head.*`);
+    shuffled."""
+    L = draw(st.integers(1, 4))
+    prefix = draw(st.sampled_from(("", "body.")))
+    names = [f"{prefix}transformer.h.{i}.{p}" for i in range(L)
+             for p in draw(st.lists(st.sampled_from(_BLOCK_PARAMS), min_size=1, unique=True))]
+    names += [prefix + n for n in draw(st.lists(st.sampled_from(_OUTER_PARAMS), unique=True))]
+    if prefix:
+        names += draw(st.lists(st.sampled_from(("head.weight", "head.bias")), unique=True))
+    return L, draw(st.permutations(names))
+
+
+def _name_list(y, what: str) -> list[str]:
+    if not isinstance(y, (list, tuple)) or not all(isinstance(n, str) for n in y):
+        raise AssertionError(f"{what} must return a list of parameter names (str), got {y!r:.120}")
+    if len(set(y)) != len(y):
+        raise AssertionError(f"{what} lists a name twice: {sorted(n for n in set(y) if list(y).count(n) > 1)}")
+    return list(y)
+
+
+def _is_head(name: str) -> bool:
+    return "head" in name.split(".")[:-1]                  # a module called `head` (lm_head is not)
+
+
+def _diff(got: list[str], expected: set) -> str:
+    return (f"missing {sorted(expected - set(got))}, unexpected {sorted(set(got) - expected)}")
+
+
+@_register("run_bitfit_select", "bitfit_select(names) is exactly the names whose last part is `bias` "
+           "plus the task head's (a module named `head`, never `lm_head`), any order, no duplicates "
+           "(GPT-2 names of 1-4 blocks, bare or wrapped as `body.` + `head.`).", lesson="lesson04")
+def check_bitfit_select_matches_rule(impl):
+    bitfit_select = _adapter(impl, "run_bitfit_select")
+
+    @check_settings(60)
+    @given(model=_gpt_param_names())
+    def bitfit_select_matches_rule(model):
+        _, names = model
+        expected = {n for n in names if n.split(".")[-1] == "bias" or _is_head(n)}
+        assume(expected)                                   # BitFit on a model without biases is an error
+        what = f"run_bitfit_select({names})"
+        got = _name_list(bitfit_select(list(names)), what)
+        if set(got) != expected:
+            raise AssertionError(f"{what}: {_diff(got, expected)}")
+    _run(bitfit_select_matches_rule)
+
+
+@_register("run_layer_select", "layer_select(names, layers) is exactly the parameters of the blocks "
+           "transformer.h.<i>, i in layers (i < 0 counts from the end: i + n_layer, n_layer = 1 + the "
+           "largest block index), plus the task head's (`head.*`); any order, no duplicates.",
+           lesson="lesson04")
+def check_layer_select_matches_rule(impl):
+    layer_select = _adapter(impl, "run_layer_select")
+    model = shared(_gpt_param_names(), "lsel")
+
+    @check_settings(60)
+    @given(model=model,
+           layers=model.flatmap(lambda m: st.lists(st.integers(-m[0], m[0] - 1), min_size=1, max_size=3)))
+    def layer_select_matches_rule(model, layers):
+        L, names = model
+        blocks = {i + L if i < 0 else i for i in layers}
+        expected = set()
+        for n in names:
+            parts = n.split(".")
+            for j in range(len(parts) - 2):
+                if parts[j] == "transformer" and parts[j + 1] == "h" and int(parts[j + 2]) in blocks:
+                    expected.add(n)
+            if _is_head(n):
+                expected.add(n)
+        what = f"run_layer_select({names}, layers={layers}) (n_layer={L})"
+        got = _name_list(layer_select(list(names), list(layers)), what)
+        if set(got) != expected:
+            raise AssertionError(f"{what}: {_diff(got, expected)}")
+    _run(layer_select_matches_rule)
+
+
+@_register("run_trainable_share", "trainable_share(shapes, trainable) equals the sum over trainable "
+           "names of prod(shape) over the sum over all names (a scalar () counts 1): 0 when nothing "
+           "trains, 1 when everything does.", lesson="lesson04")
+def check_trainable_share_matches_count(impl):
+    share_of = _adapter(impl, "run_trainable_share")
+    shape_s = st.lists(st.integers(1, 6), min_size=0, max_size=3).map(tuple)
+
+    @check_settings(60)
+    @given(shapes=st.lists(shape_s, min_size=1, max_size=8), data=st.data())
+    def trainable_share_matches_count(shapes, data):
+        named = {f"layer{i}.{'weight' if len(s) > 1 else 'bias'}": s for i, s in enumerate(shapes)}
+        trainable = data.draw(st.lists(st.sampled_from(list(named)), unique=True), label="trainable")
+        size = {n: math.prod(s) for n, s in named.items()}            # math.prod(()) = 1
+        expected = sum(size[n] for n in trainable) / sum(size.values())
+        what = f"run_trainable_share({named}, {trainable})"
+        _assert_close(_scalar(share_of(dict(named), list(trainable)), what), expected,
+                      f"{what} vs trainable / total parameter count", atol=1e-12, rtol=1e-12)
+    _run(trainable_share_matches_count)

@@ -103,7 +103,9 @@ def select(model: nn.Module, cfg: SelectiveConfig) -> list[str]:
                    and ".lm_head." not in n}
     if not chosen:
         raise ValueError(f"the selection {cfg} matches no parameter")
-    return [n for n in names if n in chosen]
+    params = _all_names(model)                         # a tied tensor is chosen under all its names
+    chosen_ids = {id(params[n]) for n in chosen}
+    return [n for n in names if id(params[n]) in chosen_ids]
 
 
 def apply_selective(model: nn.Module, cfg: SelectiveConfig) -> list[str]:

@@ -1,0 +1,325 @@
+"""Lesson 03: instruction tuning, supervised fine-tuning with the loss on the response only.
+
+Prints, top to bottom:
+
+  1. the template: one Natural-Instructions-style example (definition, a positive and a negative
+     example with reasons, the instance) in token space, with the loss mask: which tokens are
+     trained;
+  2. before: the base model's greedy responses to instructions of task types it will never be
+     trained on (the test split of "instructions") and of seen types (val), and every metric;
+  3. SFT: full fine-tuning on a multi-task mixture (instructions + closed-book QA + sentiment +
+     summarization), loss on response tokens only; then the same generations and metrics per
+     task, and what it cost the language model (`forgetting_probe`, before -> after);
+  4. why the loss mask matters: the same run (same budget, same seed) with the loss on the
+     prompt too (`SFTDataset(..., train_on_prompt=True)`), side by side.
+
+    python lessons/03_instruction_tuning/walkthrough.py          # or: minift run 03
+    python lessons/03_instruction_tuning/walkthrough.py --fast   # the seconds-long version the tests run
+
+Everything it uses lives in the library (minift/align/sft.py, minift/tasks.py, minift/train.py,
+minift/pretrain.py); this file only calls it and prints.
+"""
+EXPECTED_SECONDS = 100
+FAST_SECONDS = 10
+
+import argparse
+import random
+import sys
+import time
+from collections import Counter, defaultdict
+
+import torch
+
+torch.set_num_threads(1)   # a 1M-parameter model gains nothing from a second thread; on a shared 2-core box it loses a lot
+
+from minift import world
+from minift.align.sft import TASK_METRIC, evaluate_task, mixture
+from minift.pretrain import BASE_DIR, forgetting_probe, load_base
+from minift.tasks import IGNORE_INDEX, SFTDataset, collate_fn, exact_match, format_example
+from minift.train import TrainConfig, evaluate_nll, train
+
+parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+parser.add_argument("--fast", action="store_true", help="tiny budgets and eval slices (seconds)")
+parser.add_argument("--steps", type=int, default=None, help="optimizer steps of each SFT run")
+parser.add_argument("--lr", type=float, default=7e-4, help="peak learning rate of each SFT run")
+parser.add_argument("--seed", type=int, default=0, help="training seed of both SFT runs (batch order)")
+parser.add_argument("--no-space", action="store_true",
+                    help="train on responses as format_example gives them, without a leading space (see part 1)")
+args = parser.parse_args()
+
+if not (BASE_DIR / "model.safetensors").is_file():
+    sys.exit(f"lesson 03 needs the base model in {BASE_DIR}/ (model.safetensors, config.json, "
+             f"tokenizer.json). It is shipped with minift; to rebuild it, run `minift pretrain`.")
+
+FAST = args.fast
+STEPS = args.steps or (500 if not FAST else 8)
+BATCH = 4
+N_INSTRUCTIONS = 1350 if not FAST else 200     # training examples of "instructions" (all of train)
+N_OTHER = 300 if not FAST else 50              # ... and of each other task in the mixture
+N_EVAL = 100 if not FAST else 12               # test examples of each other task
+N_EVAL_INST = None if not FAST else 16         # instructions: the whole val (150) and test (230) splits
+PROBE = {} if not FAST else {"n_windows": 2, "n_facts": 12}     # forgetting_probe's size
+OTHER_TASKS = ("qa_closed", "sentiment", "summarization")
+ECHO = ("<|prompt|>", "<|response|>", "Definition:", "Positive example", "Negative example", "Now do the task",
+        "Input:", "Output:", "Reason:", "Question:", "Summarize in", "Is this review")   # pieces of the prompt format
+t_start = time.perf_counter()
+
+
+def header(title):
+    print(f"\n{'=' * 88}\n{title}\n{'=' * 88}", flush=True)
+
+
+def table(headers, rows):
+    """Print rows (tuples of str) as an aligned text table."""
+    widths = [max(len(str(r[i])) for r in [headers] + rows) for i in range(len(headers))]
+    fmt = lambda r: "  ".join(str(c).rjust(w) if k else str(c).ljust(w) for k, (c, w) in enumerate(zip(r, widths)))  # noqa: E731
+    print(fmt(headers))
+    print("  ".join("-" * w for w in widths))
+    for r in rows:
+        print(fmt(r))
+
+
+def show(tok, ids):
+    """Token ids as readable pieces: 'a|b|c', a newline as \\n."""
+    return "|".join(repr(tok.decode([i]))[1:-1] for i in ids)
+
+
+def with_space(pairs):
+    """(prompt, ' ' + response): see part 1, 'the first response token'."""
+    if args.no_space:
+        return list(pairs)
+    return [(p, r if r.startswith(" ") else " " + r) for p, r in pairs]
+
+
+# ==============================================================================================
+base, tok = load_base()
+T = base.config.block_size
+W = world.get_world()
+inst_val = world.task("instructions", "val")[:N_EVAL_INST]
+inst_test = world.task("instructions", "test")[:N_EVAL_INST]
+evals = {("instructions", "val"): inst_val, ("instructions", "test"): inst_test}
+evals.update({(t, "test"): world.task(t, "test")[:N_EVAL] for t in OTHER_TASKS})
+print(f"The base model: {base.num_parameters():,} parameters, context {T} tokens, trained only on TinyWorld's "
+      f"plain text (lesson 01).")
+print(f"Task types of 'instructions': {len(world.INSTRUCTION_TYPES)}; train/val hold "
+      f"{len(world.INSTRUCTION_TYPES) - len(world.HELDOUT_INSTRUCTION_TYPES)}, test holds only the 3 never "
+      f"trained on: {', '.join(world.HELDOUT_INSTRUCTION_TYPES)}.")
+
+# ==============================================================================================
+header("1. The template: an instruction example in token space, and its loss mask")
+
+ex = next(e for e in world.task("instructions", "train") if e["task"] == "town_of_person")
+prompt, response = format_example("instructions", ex)
+print(f"format_example('instructions', example) -> (prompt, response). The prompt:\n")
+print("    " + prompt.replace("\n", "\n    "))
+print(f"\nthe response: {response!r}")
+ids, mask = tok.encode_pair(prompt, " " + response)
+n_p = mask.index(1)
+print(f"\ntok.encode_pair(prompt, ' ' + response) -> {len(ids)} ids: <|prompt|> + {n_p - 2} prompt tokens + "
+      f"<|response|>, then {len(ids) - n_p - 1} response token(s) + <|endoftext|>")
+print(f"  first prompt tokens:  {show(tok, ids[:14])} ...")
+print(f"  last prompt tokens:   ... {show(tok, ids[n_p - 8:n_p])}")
+print(f"  response + EOS:       {show(tok, ids[n_p:])}")
+item = SFTDataset(tok, [(prompt, " " + response)], T)[0]
+kept = (item["targets"] != IGNORE_INDEX).nonzero().flatten().tolist()
+print(f"\nSFTDataset item: idx = ids[:-1] ({len(item['idx'])} tokens), targets = ids[1:] with -100 on the prompt.")
+print(f"  {'pos':>4}  {'idx (read)':<16}{'target (predicted)':<22}loss?")
+for t in list(range(n_p - 4, len(item["idx"]))):
+    tgt = int(item["targets"][t])
+    read = repr(tok.decode([int(item["idx"][t])]))[1:-1]
+    want = repr(tok.decode([int(ids[t + 1])]))[1:-1]
+    print(f"  {t:>4}  {read:<16}{want:<22}{'yes' if tgt != IGNORE_INDEX else 'no  (-100)'}")
+print(f"  loss is taken on {len(kept)} of {len(item['targets'])} targets ({len(kept) / len(item['targets']):.1%}); "
+      f"with train_on_prompt=True on all {len(item['targets'])}.")
+
+print("\nThe first response token. encode_pair encodes the response on its own, as if it started a document; "
+      "but in the base\nmodel's corpus an answer word almost always follows a space, and byte-level BPE has "
+      "separate tokens for the two.\nWithout the space, common answers split into rare pieces the base model "
+      "has hardly seen:")
+for w in ("smith", "parrot", "negative", W.people[0].home):
+    print(f"  {w!r:>12} -> {show(tok, tok.encode(w)):<22} {' ' + w!r:>13} -> {show(tok, tok.encode(' ' + w))}")
+print("So every training response here starts with a space (answers are scored after .strip()); "
+      + ("--no-space: not in this run." if args.no_space else "--no-space turns that off."))
+
+# ==============================================================================================
+header("2. Before: the base model on instructions (and the other tasks)")
+
+
+def measure(model):
+    """Every metric of part 2-4: greedy responses, scores per task and instruction type, the
+    response NLL on held-out instructions, and the language model's forgetting probe."""
+    out = {"resp": {}, "score": {}, "per_type": {}}
+    for (task, split), exs in evals.items():
+        r = evaluate_task(model, tok, task, exs, max_new_tokens=32 if task == "summarization" else 24)
+        out["resp"][task, split], out["score"][task, split] = r["responses"], r["score"]
+        if task == "instructions":
+            by = defaultdict(list)
+            for e, resp in zip(exs, r["responses"]):
+                by[e["task"]].append(exact_match(resp, e["output"]))
+            out["per_type"].update({k: sum(v) / len(v) for k, v in by.items()})
+    for split, exs in (("val", inst_val), ("test", inst_test)):
+        data = SFTDataset(tok, with_space([format_example("instructions", e) for e in exs]), T)
+        out[f"nll_{split}"] = evaluate_nll(model, data, batch_size=16, collate_fn=collate_fn(tok.pad_id))
+    everything = [x for rs in out["resp"].values() for x in rs]
+    out["echo"] = sum(any(k in x for k in ECHO) for x in everything) / len(everything)
+    out["probe"] = forgetting_probe(model, tok, **PROBE)
+    return out
+
+
+t2 = time.perf_counter()
+before = measure(base)
+show_ids = [next(i for i, e in enumerate(inst_test) if e["task"] == k) for k in world.HELDOUT_INSTRUCTION_TYPES
+            if any(e["task"] == k for e in inst_test)]
+seen_ids = [next(i for i, e in enumerate(inst_val) if e["task"] == k)
+            for k in ("town_of_person", "extract_person", "past_tense") if any(e["task"] == k for e in inst_val)]
+print("Greedy responses of the base model to unseen instruction types (test) and seen types (val):")
+for split, exs, pick in (("test", inst_test, show_ids), ("val", inst_val, seen_ids)):
+    for i in pick:
+        e = exs[i]
+        print(f"  [{split}] {e['task']}: {e['definition'][:70]}...\n        Input: {e['input']!r}  gold: {e['output']!r}"
+              f"\n        base: {before['resp']['instructions', split][i][:90]!r}")
+rows = [(f"instructions {s} ({'seen' if s == 'val' else 'unseen'} types)", "exact match", str(len(evals['instructions', s])),
+         f"{before['score']['instructions', s]:.3f}") for s in ("val", "test")]
+rows += [(f"{t} test", TASK_METRIC[t].replace("_", " "), str(len(evals[t, 'test'])), f"{before['score'][t, 'test']:.3f}")
+         for t in OTHER_TASKS]
+print()
+table(("task", "metric", "n", "base"), rows)
+p0 = before["probe"]
+print(f"\nThe base model does not answer: it continues the text (a pronoun, a half sentence), because nothing in "
+      f"its corpus\nlooks like <|prompt|> ... <|response|>. Its language model: pretraining-val perplexity "
+      f"{p0['pretrain_ppl']:.2f}, fact recall {p0['fact_accuracy']:.1%}.")
+print(f"part 2: {time.perf_counter() - t2:.1f}s", flush=True)
+
+# ==============================================================================================
+header("3. SFT: full fine-tuning on an instruction mixture, loss on the response only")
+
+t3 = time.perf_counter()
+parts = {"instructions": mixture(["instructions"], "train", N_INSTRUCTIONS)}
+parts.update({t: mixture([t], "train", N_OTHER) for t in OTHER_TASKS})
+pairs = with_space([pair for ps in parts.values() for pair in ps])
+random.Random(0).shuffle(pairs)                       # (the loop draws random batches anyway)
+n_long = sum(len(tok.encode_pair(p, r)[0]) > T + 1 for p, r in pairs)
+print(f"mixture: {len(pairs):,} (prompt, response) pairs: " + ", ".join(f"{k} {len(v)}" for k, v in parts.items())
+      + f"; {n_long} prompt(s) longer than the {T}-token context lose their oldest tokens.")
+cfg = TrainConfig(steps=STEPS, batch_size=BATCH, lr=args.lr, min_lr_ratio=0.1, warmup_steps=max(1, STEPS // 10),
+                  weight_decay=0.0, seed=args.seed, progress=False, desc="sft")
+print(f"full fine-tuning of all {base.num_parameters():,} parameters: {cfg.steps} steps x batch {cfg.batch_size} "
+      f"({cfg.steps * cfg.batch_size / len(pairs):.2f} epochs), AdamW lr {cfg.lr:g} (warmup {cfg.warmup_steps}, "
+      f"cosine to {cfg.lr * cfg.min_lr_ratio:g}), seed {cfg.seed}")
+
+
+def finetune(train_on_prompt):
+    """A fresh copy of the base, trained on the mixture; returns (model, history, seconds)."""
+    model, _ = load_base()
+    data = SFTDataset(tok, pairs, T, train_on_prompt=train_on_prompt)
+    t0 = time.perf_counter()
+    hist = train(model, data, cfg, collate_fn=collate_fn(tok.pad_id))
+    return model, hist, time.perf_counter() - t0
+
+
+sft, h, secs = finetune(train_on_prompt=False)
+print("\ntrain loss (mean over the response tokens of that step's batch):")
+marks = sorted({0, 4, 9} | {len(h) * k // 5 - 1 for k in range(1, 6)})
+table(("step", "lr", "loss", "tokens trained"),
+      [(str(h[i]["step"]), f"{h[i]['lr']:.1e}", f"{h[i]['loss']:.3f}", f"{h[i]['tokens']:,}") for i in marks if i < len(h)])
+print(f"trained in {secs:.1f}s ({cfg.steps / secs:.1f} steps/s)")
+after = measure(sft)
+print("\nthe same prompts after SFT:")
+for split, exs, pick in (("test", inst_test, show_ids), ("val", inst_val, seen_ids)):
+    for i in pick:
+        e = exs[i]
+        print(f"  [{split}] {e['task']}: gold {e['output']!r}\n        base: {before['resp']['instructions', split][i][:70]!r}"
+              f"\n        SFT:  {after['resp']['instructions', split][i][:70]!r}")
+for t in OTHER_TASKS:
+    e = evals[t, "test"][0]
+    print(f"  [test] {t}: {format_example(t, e)[0].splitlines()[-1][:80]!r}\n        gold {format_example(t, e)[1]!r}"
+          f"\n        SFT:  {after['resp'][t, 'test'][0][:80]!r}")
+print()
+table(("task", "metric", "n", "base", "SFT"), [r + (f"{after['score'][key]:.3f}",) for r, key in zip(rows, evals)])
+gold_pos = sum(int(e["label"]) for e in evals["sentiment", "test"]) / len(evals["sentiment", "test"])
+said = Counter(r.split()[0].lower() if r.split() else "(nothing)" for r in after["resp"]["sentiment", "test"])
+print(f"sentiment: {gold_pos:.0%} of the test reviews are positive; SFT's first words: "
+      + ", ".join(f"{w!r} {n / len(evals['sentiment', 'test']):.0%}" for w, n in said.most_common(3)))
+p1 = after["probe"]
+print(f"\nforgetting_probe, base -> SFT: pretraining-val perplexity {p0['pretrain_ppl']:.2f} -> "
+      f"{p1['pretrain_ppl']:.2f} (x{p1['pretrain_ppl'] / p0['pretrain_ppl']:.1f}), fact recall "
+      f"{p0['fact_accuracy']:.1%} -> {p1['fact_accuracy']:.1%}")
+print(f"part 3: {time.perf_counter() - t3:.1f}s", flush=True)
+
+# ==============================================================================================
+header("4. Why the loss mask matters: the same run with the loss on the prompt too")
+
+t4 = time.perf_counter()
+n_all = int((SFTDataset(tok, pairs[:1], T, train_on_prompt=True)[0]["targets"] != IGNORE_INDEX).sum())
+n_resp = int((SFTDataset(tok, pairs[:1], T)[0]["targets"] != IGNORE_INDEX).sum())
+print(f"SFTDataset(..., train_on_prompt=True): every target counts ({n_all} in the first pair, against {n_resp} with "
+      f"the mask).\nSame pairs, steps, batch, lr and seed: the batches are identical, only the targets differ.")
+sft_p, h_p, secs_p = finetune(train_on_prompt=True)
+print(f"trained in {secs_p:.1f}s; its train loss ({h_p[-1]['loss']:.3f} at the end) averages over every token, so it "
+      f"is not comparable with part 3's: compare held-out metrics instead.\n")
+runs = {"SFT": {"m": after}, "SFT + prompt loss": {"m": measure(sft_p)}}
+a, b = runs["SFT"]["m"], runs["SFT + prompt loss"]["m"]
+cols = ("base", "SFT (response loss)", "SFT + prompt loss")
+res = [before, a, b]
+table(("task", "metric", "n") + cols,
+      [r[:3] + tuple(f"{m['score'][key]:.3f}" for m in res) for r, key in zip(rows, list(evals))]
+      + [(f"response NLL, instructions {s}", "nats/token", str(len(evals['instructions', s])))
+         + tuple(f"{m[f'nll_{s}']:.3f}" for m in res) for s in ("val", "test")]
+      + [("echoes the prompt format", "share of all responses", str(sum(map(len, evals.values()))))
+         + tuple(f"{m['echo']:.1%}" for m in res),
+         ("pretraining-val perplexity", "forgetting_probe", "-") + tuple(f"{m['probe']['pretrain_ppl']:.2f}" for m in res),
+         ("fact recall", "forgetting_probe", "-") + tuple(f"{m['probe']['fact_accuracy']:.1%}" for m in res)])
+
+# A floor for the seen types: always give the answer that type's training examples give most often.
+train_answers = defaultdict(Counter)
+for e in world.task("instructions", "train"):
+    train_answers[e["task"]][e["output"]] += 1
+constant = {k: sum(exact_match(c.most_common(1)[0][0], e["output"]) for e in inst_val if e["task"] == k)
+            / max(1, sum(e["task"] == k for e in inst_val)) for k, c in train_answers.items()}
+print("\nexact match per instruction type (val: seen in training; test: never seen). 'constant' = always "
+      "answering the\ntype's most frequent training answer (e.g. 'yes'), a floor no reading is needed for:")
+types = sorted(before["per_type"], key=lambda k: (k in world.HELDOUT_INSTRUCTION_TYPES, k))
+table(("type", "split", "n", "constant") + cols,
+      [(k, "test" if k in world.HELDOUT_INSTRUCTION_TYPES else "val", str(sum(e["task"] == k for e in inst_test + inst_val)),
+        f"{constant[k]:.2f}" if k in constant else "-") + tuple(f"{m['per_type'][k]:.2f}" for m in res)
+       for k in types])
+
+# What *kind* of answer does each model give to the unseen types? (a job, a town, a person, ...)
+kinds = [("a person", {p.name for p in W.people}), ("a town", {t.name for t in W.towns}), ("a job", set(world.JOBS)),
+         ("an animal", set(world.PETS) | set(world.HELDOUT_ANIMALS)), ("yes/no", {"yes", "no"})]
+
+
+def kind(text):
+    s = text.strip().rstrip(".")
+    if s.isdigit():
+        return "a number"
+    hit = next((k for k, vals in kinds if s in vals), None)
+    return hit or ("one other word" if len(s.split()) == 1 else "a sentence" if s else "nothing")
+
+
+print("\nwhat kind of answer the unseen types get (share of that type's test responses):")
+krows = []
+for k in world.HELDOUT_INSTRUCTION_TYPES:
+    idx = [i for i, e in enumerate(inst_test) if e["task"] == k]
+    if not idx:
+        continue
+    gold = Counter(kind(inst_test[i]["output"]) for i in idx).most_common(1)[0][0]
+    for col, m in zip(cols, res):
+        c = Counter(kind(m["resp"]["instructions", "test"][i]) for i in idx)
+        krows.append((k, f"(gold: {gold})", col, ", ".join(f"{v / len(idx):.0%} {n}" for n, v in c.most_common(3))))
+table(("type", "gold kind", "model", "answers"), krows)
+
+print("\nsample generations side by side (unseen types, then seen types, then the other tasks):")
+for split, exs, pick in (("test", inst_test, show_ids), ("val", inst_val, seen_ids)):
+    for i in pick:
+        e = exs[i]
+        print(f"  [{split}] {e['task']}  Input: {e['input']!r}  gold: {e['output']!r}")
+        for col, m in zip(cols[1:], res[1:]):
+            print(f"        {col:<20} {m['resp']['instructions', split][i][:80]!r}")
+for t in OTHER_TASKS:
+    e = evals[t, "test"][1]
+    print(f"  [test] {t}  gold: {format_example(t, e)[1]!r}")
+    for col, m in zip(cols[1:], res[1:]):
+        print(f"        {col:<20} {m['resp'][t, 'test'][1][:80]!r}")
+print(f"part 4: {time.perf_counter() - t4:.1f}s")
+print(f"\ntotal: {time.perf_counter() - t_start:.1f}s")
