@@ -287,13 +287,15 @@ __all__ += ["run_response_loss_mask", "run_sft_loss"]
 
 class _OneTokenPerChar(Tokenizer):
     """minift's Tokenizer (its encode_prompt / encode_pair template) over a toy encode: one token
-    per character, so a prompt of n - 2 characters gives prompt_len = n ids (markers included)."""
+    per character, so a prompt of n - 2 characters gives prompt_len = n ids (markers included).
+    Leading whitespace rides on the first token, as in byte-level BPE (" parrot" is one token), so
+    the space encode_pair puts before a response adds none."""
 
     def __init__(self):                                    # no BPE file: only the ids the template needs
         self.eos_id, self.pad_id, self.prompt_id, self.response_id = 0, 1, 2, 3
 
     def encode(self, text: str) -> list[int]:
-        return [4] * len(text)
+        return [4] * len(text.lstrip())
 
 
 def run_response_loss_mask(prompt_len: int, response_len: int, train_on_prompt: bool = False) -> list[int]:
@@ -333,3 +335,131 @@ def run_sft_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         return logits.sum() * 0.0
     return F.cross_entropy(at_least_fp32(logits.reshape(-1, logits.size(-1))), targets.reshape(-1),
                            ignore_index=IGNORE_INDEX)
+
+
+# ---- lesson 05: LoRA (and DoRA) -----------------------------------------------------------------
+#
+#     run_lora_linear(x, W0, b, A, B, alpha, r, rslora=False)  x W0^T + b + s (x A^T) B^T, s = alpha/r (rsLoRA: alpha/sqrt(r))
+#     run_lora_merge(W0, A, B, scaling)                        W0 + scaling B A in float32, cast back to W0's dtype
+#     run_dora_linear(x, W0, b, A, B, m, alpha, r)             x W'^T + b, W' = m ⊙ (W0 + s B A) / ‖row of W0 + s B A‖
+
+import torch.nn as nn  # noqa: E402,F811
+
+from minift.peft.lora import LoRALinear  # noqa: E402
+
+__all__ += ["run_lora_linear", "run_lora_merge", "run_dora_linear"]
+
+
+def _lora_shapes(fn: str, x, W0, b, A, B, r=None):
+    """Check the LoRA argument shapes in the user's terms; returns (in, out, r)."""
+    if W0.dim() != 2:
+        raise ValueError(f"{fn}: W0 must be (out, in) (nn.Linear layout), got {tuple(W0.shape)}")
+    out_f, in_f = W0.shape
+    r = A.shape[0] if r is None else r
+    if tuple(A.shape) != (r, in_f) or tuple(B.shape) != (out_f, r):
+        raise ValueError(f"{fn}: expected A (r, in)=({r}, {in_f}) and B (out, r)=({out_f}, {r}) for W0 "
+                         f"{tuple(W0.shape)}, got A {tuple(A.shape)} and B {tuple(B.shape)}")
+    if x is not None and x.shape[-1:] != (in_f,):
+        raise ValueError(f"{fn}: x must be (..., in={in_f}), got {tuple(x.shape)}")
+    if b is not None and tuple(b.shape) != (out_f,):
+        raise ValueError(f"{fn}: b must be (out,)=({out_f},) or None, got {tuple(b.shape)}")
+    return in_f, out_f, r
+
+
+def _lora_layer(W0, b, A, B, alpha, r, rslora=False, m=None) -> LoRALinear:
+    out_f, in_f = W0.shape
+    lin = nn.Linear(in_f, out_f, bias=b is not None, device=W0.device, dtype=W0.dtype)
+    with torch.no_grad():
+        lin.weight.copy_(W0)
+        if b is not None:
+            lin.bias.copy_(b)
+    layer = LoRALinear(lin, int(r), float(alpha), use_rslora=bool(rslora), use_dora=m is not None)
+    with torch.no_grad():
+        layer.lora_A.copy_(A)
+        layer.lora_B.copy_(B)
+        if m is not None:
+            layer.lora_magnitude.copy_(m)
+    return layer.eval()
+
+
+def run_lora_linear(x: torch.Tensor, W0: torch.Tensor, b, A: torch.Tensor, B: torch.Tensor,
+                    alpha: float, r: int, rslora: bool = False) -> torch.Tensor:
+    """The LoRA layer's forward, `minift.peft.lora.LoRALinear` (no dropout, unmerged):
+
+        h = x W0^T + b + s (x A^T) B^T,    s = alpha / r,   or alpha / sqrt(r) when rslora
+
+    x: (N, in); W0: (out, in) frozen weight (nn.Linear layout); b: (out,) or None; A: (r, in);
+    B: (out, r); 1 <= r <= min(in, out). Returns (N, out) in x's dtype."""
+    x, W0, A, B = _tensor("x", x), _tensor("W0", W0), _tensor("A", A), _tensor("B", B)
+    _lora_shapes("run_lora_linear", x, W0, b, A, B, r)
+    with torch.no_grad():
+        return _lora_layer(W0, b, A, B, alpha, r, rslora)(x)
+
+
+def run_lora_merge(W0: torch.Tensor, A: torch.Tensor, B: torch.Tensor, scaling: float) -> torch.Tensor:
+    """The merged weight of `LoRALinear.merge`: W = W0 + scaling B A, computed in float32 and cast
+    back to W0's dtype (so a bfloat16 W0 gives a bfloat16 W, rounded once).
+
+    W0: (out, in); A: (r, in); B: (out, r). Returns (out, in), W0's dtype; W0 is not modified."""
+    W0, A, B = _tensor("W0", W0), _tensor("A", A), _tensor("B", B)
+    _, _, r = _lora_shapes("run_lora_merge", None, W0, None, A, B)
+    layer = _lora_layer(W0.clone(), None, A, B, alpha=1.0, r=r)
+    layer.scaling = float(scaling)                                         # s given directly
+    layer.merge()
+    return layer.weight.detach().clone()
+
+
+def run_dora_linear(x: torch.Tensor, W0: torch.Tensor, b, A: torch.Tensor, B: torch.Tensor, m: torch.Tensor,
+                    alpha: float, r: int) -> torch.Tensor:
+    """DoRA's forward, `LoRALinear(use_dora=True)` (no dropout, unmerged):
+
+        V  = W0 + s B A,  s = alpha / r                            (out, in)
+        W' = m ⊙ V / ‖V‖   with ‖V‖ the L2 norm of each row of V     (one scale per output)
+        h  = x W'^T + b
+
+    x: (N, in); W0: (out, in); b: (out,) or None; A: (r, in); B: (out, r); m: (out,) magnitudes.
+    Returns (N, out). (m = ‖W0‖ row-wise and B = 0 give the base layer back.)"""
+    x, W0, A, B, m = _tensor("x", x), _tensor("W0", W0), _tensor("A", A), _tensor("B", B), _tensor("m", m)
+    _, out_f, _ = _lora_shapes("run_dora_linear", x, W0, b, A, B, r)
+    if tuple(m.shape) != (out_f,):
+        raise ValueError(f"run_dora_linear: m must be (out,)=({out_f},), got {tuple(m.shape)}")
+    with torch.no_grad():
+        return _lora_layer(W0, b, A, B, alpha, r, m=m)(x)
+
+
+# ---- lesson 06: bottleneck adapters -------------------------------------------------------------
+#
+#     run_adapter(h, W_down, b_down, W_up, b_up, activation="relu", scaling=1.0)
+#                                             h + scaling (f(h W_down^T + b_down) W_up^T + b_up)
+
+from minift.peft.adapters import ACTIVATIONS, Bottleneck  # noqa: E402
+
+__all__ += ["run_adapter"]
+
+
+def run_adapter(h: torch.Tensor, W_down: torch.Tensor, b_down: torch.Tensor, W_up: torch.Tensor,
+                b_up: torch.Tensor, activation: str = "relu", scaling: float = 1.0) -> torch.Tensor:
+    """A series bottleneck adapter (Houlsby et al., 2019), as `minift.peft.adapters.SeriesAdapterLinear`
+    applies it to a sublayer's output h:
+
+        out = h + scaling · ( f(h W_down^T + b_down) W_up^T + b_up )
+
+    nn.Linear layout: W_down (m, C), b_down (m,), W_up (C, m), b_up (C,); the paper's "h W_down" is
+    h @ W_down.T here. f: "relu", "gelu" (tanh approximation), "silu", "tanh" or "identity".
+    h: (N, C). Returns (N, C). With W_up = 0 and b_up = 0 the output is h exactly."""
+    h, W_down, b_down = _tensor("h", h), _tensor("W_down", W_down), _tensor("b_down", b_down)
+    W_up, b_up = _tensor("W_up", W_up), _tensor("b_up", b_up)
+    C = h.shape[-1]
+    mb = W_down.shape[0] if W_down.dim() == 2 else -1
+    if (W_down.dim() != 2 or tuple(W_down.shape) != (mb, C) or tuple(b_down.shape) != (mb,)
+            or tuple(W_up.shape) != (C, mb) or tuple(b_up.shape) != (C,)):
+        raise ValueError(f"run_adapter: for h (..., C={C}) expected W_down (m, C), b_down (m,), W_up (C, m), "
+                         f"b_up (C,); got {tuple(W_down.shape)}, {tuple(b_down.shape)}, {tuple(W_up.shape)}, "
+                         f"{tuple(b_up.shape)}")
+    if activation not in ACTIVATIONS:
+        raise ValueError(f"run_adapter: activation={activation!r} must be one of {sorted(ACTIVATIONS)}")
+    ad = Bottleneck(C, mb, activation, scaling, device=h.device, dtype=h.dtype)
+    with torch.no_grad():
+        for p, v in ((ad.down.weight, W_down), (ad.down.bias, b_down), (ad.up.weight, W_up), (ad.up.bias, b_up)):
+            p.copy_(v)
+        return h + ad(h)                                                   # SeriesAdapterLinear: h + adapter(h)

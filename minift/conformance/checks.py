@@ -1351,3 +1351,280 @@ def check_trainable_share_matches_count(impl):
         _assert_close(_scalar(share_of(dict(named), list(trainable)), what), expected,
                       f"{what} vs trainable / total parameter count", atol=1e-12, rtol=1e-12)
     _run(trainable_share_matches_count)
+
+
+# ---- lesson 05: LoRA, rsLoRA, DoRA ----------------------------------------------------------------
+
+def lora64(x, W0, b, A, B, s):
+    """x W0^T + b + s (x A^T) B^T in float64 (None bias = 0)."""
+    return x @ W0.T + (0.0 if b is None else b) + s * ((x @ A.T) @ B.T)
+
+
+def _lora_bound(x, W0, b, A, B, s):
+    """The same sum with every term in absolute value: the scale float32 rounding is relative to."""
+    ax = np.abs(x)
+    return ax @ np.abs(W0).T + (0.0 if b is None else np.abs(b)) + abs(s) * ((ax @ np.abs(A).T) @ np.abs(B).T) + 1e-6
+
+
+@st.composite
+def _lora_inputs(draw, bias=None):
+    """x (N, in), W0 (out, in), b (out,) or None, A (r, in), B (out, r), alpha; 1 <= r <= min(in, out)."""
+    n, fin, fout = draw(st.integers(1, 2 * MAX_B)), draw(st.integers(1, MAX_D)), draw(st.integers(1, MAX_D))
+    r = draw(st.integers(1, min(fin, fout)))
+    x = draw(arrays((n, fin), f32(-2, 2)))
+    W0 = draw(arrays((fout, fin), f32(-1, 1)))
+    has_bias = draw(st.booleans()) if bias is None else bias
+    b = draw(arrays((fout,), f32(-1, 1))) if has_bias else None
+    A = draw(arrays((r, fin), f32(-1, 1)))
+    B = draw(arrays((fout, r), f32(-1, 1)))
+    alpha = draw(st.one_of(st.sampled_from([1.0, 2.0, 8.0, 16.0]), f32(0.125, 32)))
+    return dict(x=x, W0=W0, b=b, A=A, B=B, alpha=float(alpha), r=r)
+
+
+def _opt(a):
+    return None if a is None else _t(a)
+
+
+@_register("run_lora_linear", "lora_linear(x, W0, b, A, B, alpha, r, rslora) equals x W0^T + b + s (x A^T) B^T "
+           "with s = alpha / r, or alpha / sqrt(r) when rslora, in float64 (b may be None).", lesson="lesson05")
+def check_lora_linear_matches_formula(impl):
+    lora = _adapter(impl, "run_lora_linear")
+
+    @check_settings(60)
+    @given(inp=_lora_inputs(), rslora=st.booleans())
+    def lora_linear_matches_formula(inp, rslora):
+        x, W0, b, A, B, alpha, r = (inp[k] for k in ("x", "W0", "b", "A", "B", "alpha", "r"))
+        s = alpha / math.sqrt(r) if rslora else alpha / r
+        what = f"run_lora_linear(x, W0, b, A, B, alpha={alpha!r}, r={r}, rslora={rslora})"
+        y = _out(lora(_t(x), _t(W0), _opt(b), _t(A), _t(B), alpha, r, rslora=rslora), (x.shape[0], W0.shape[0]), what)
+        f64 = [None if a is None else a.astype(np.float64) for a in (x, W0, b, A, B)]
+        _assert_close(y, lora64(*f64, s), f"{what} vs x W0^T + b + s (x A^T) B^T with s = {s!r}",
+                      atol=1e-5 * _lora_bound(*f64, s), rtol=0)
+    _run(lora_linear_matches_formula)
+
+
+@_register("run_lora_linear", "with B = 0 LoRA is an exact no-op: the output is bit-for-bit the same for any A, "
+           "alpha and rslora, and equals x W0^T + b.", lesson="lesson05")
+def check_lora_zero_B_is_base(impl):
+    lora = _adapter(impl, "run_lora_linear")
+
+    @check_settings(40)
+    @given(inp=_lora_inputs(), A2=st.data(), alpha2=f32(0.125, 32), rslora=st.booleans())
+    def lora_zero_B_is_base(inp, A2, alpha2, rslora):
+        x, W0, b, A, r = (inp[k] for k in ("x", "W0", "b", "A", "r"))
+        other_A = A2.draw(arrays(A.shape, f32(-1, 1)), label="other_A")
+        Z = np.zeros((W0.shape[0], r), np.float32)
+        shape_out = (x.shape[0], W0.shape[0])
+        y1 = _out(lora(_t(x), _t(W0), _opt(b), _t(A), _t(Z), inp["alpha"], r), shape_out,
+                  "run_lora_linear(x, W0, b, A, B=0, alpha, r)")
+        y2 = _out(lora(_t(x), _t(W0), _opt(b), _t(other_A), _t(Z), float(alpha2), r, rslora=rslora), shape_out,
+                  "run_lora_linear(x, W0, b, other A, B=0, other alpha, r, rslora)")
+        _assert_close(y2, y1, "with B = 0, changing A, alpha and rslora must not change a single bit", atol=0, rtol=0)
+        f64 = [None if a is None else a.astype(np.float64) for a in (x, W0, b)]
+        base = f64[0] @ f64[1].T + (0.0 if b is None else f64[2])
+        _assert_close(y1, base, "run_lora_linear with B = 0 vs the base layer x W0^T + b",
+                      atol=1e-5 * _lora_bound(*f64, np.zeros_like(A, np.float64), np.zeros(Z.shape), 0.0), rtol=0)
+    _run(lora_zero_B_is_base)
+
+
+@_register("run_lora_linear", "rsLoRA only changes the scaling: lora_linear(..., alpha, r, rslora=True) equals "
+           "lora_linear(..., alpha sqrt(r), r, rslora=False) (alpha / sqrt(r) = alpha sqrt(r) / r).", lesson="lesson05")
+def check_rslora_is_rescaled_alpha(impl):
+    lora = _adapter(impl, "run_lora_linear")
+
+    @check_settings(40)
+    @given(inp=_lora_inputs())
+    def rslora_is_rescaled_alpha(inp):
+        x, W0, b, A, B, alpha, r = (inp[k] for k in ("x", "W0", "b", "A", "B", "alpha", "r"))
+        shape_out = (x.shape[0], W0.shape[0])
+        y_rs = _out(lora(_t(x), _t(W0), _opt(b), _t(A), _t(B), alpha, r, rslora=True), shape_out,
+                    f"run_lora_linear(..., alpha={alpha!r}, r={r}, rslora=True)")
+        y_plain = _out(lora(_t(x), _t(W0), _opt(b), _t(A), _t(B), alpha * math.sqrt(r), r, rslora=False), shape_out,
+                       f"run_lora_linear(..., alpha={alpha * math.sqrt(r)!r}, r={r}, rslora=False)")
+        f64 = [None if a is None else a.astype(np.float64) for a in (x, W0, b, A, B)]
+        _assert_close(y_rs, y_plain, f"rsLoRA with alpha={alpha!r} vs plain LoRA with alpha sqrt(r) (r={r})",
+                      atol=2e-5 * _lora_bound(*f64, alpha / math.sqrt(r)), rtol=0)
+    _run(rslora_is_rescaled_alpha)
+
+
+@st.composite
+def _merge_inputs(draw):
+    fin, fout = draw(st.integers(1, MAX_D)), draw(st.integers(1, MAX_D))
+    r = draw(st.integers(1, min(fin, fout)))
+    return (draw(arrays((fout, fin), f32(-2, 2))), draw(arrays((r, fin), f32(-1, 1))),
+            draw(arrays((fout, r), f32(-1, 1))), float(draw(f32(-4, 4))))
+
+
+@_register("run_lora_merge", "lora_merge(W0, A, B, scaling) equals W0 + scaling B A (float64), keeps W0's shape "
+           "and dtype (float32 here).", lesson="lesson05")
+def check_lora_merge_matches_formula(impl):
+    merge = _adapter(impl, "run_lora_merge")
+
+    @check_settings(60)
+    @given(inp=_merge_inputs())
+    def lora_merge_matches_formula(inp):
+        W0, A, B, s = inp
+        what = f"run_lora_merge(W0, A, B, scaling={s!r})"
+        y = merge(_t(W0), _t(A), _t(B), s)
+        if isinstance(y, torch.Tensor) and y.dtype != torch.float32:
+            raise AssertionError(f"{what} returned dtype {y.dtype}; the merged weight keeps W0's dtype (float32)")
+        W, a, b_ = (t.astype(np.float64) for t in (W0, A, B))
+        _assert_close(_out(y, W0.shape, what), W + s * (b_ @ a), f"{what} vs W0 + scaling B A",
+                      atol=1e-5 * (np.abs(W) + abs(s) * (np.abs(b_) @ np.abs(a))) + 1e-7, rtol=0)
+    _run(lora_merge_matches_formula)
+
+
+@_register("run_lora_merge", "merging a bfloat16 W0 is computed in float32 and rounded once: the result is "
+           "bfloat16 and within half a bfloat16 step (2^-8 relative) of W0 + scaling B A (float64).",
+           lesson="lesson05")
+def check_lora_merge_bfloat16_rounds_once(impl):
+    merge = _adapter(impl, "run_lora_merge")
+
+    @check_settings(60)
+    @given(inp=_merge_inputs())
+    def lora_merge_bfloat16_rounds_once(inp):
+        W0, A, B, s = (_t(a).to(torch.bfloat16) if isinstance(a, np.ndarray) else a for a in inp)
+        what = f"run_lora_merge(W0, A, B, scaling={s!r}) in bfloat16"
+        y = merge(W0.clone(), A.clone(), B.clone(), s)
+        if not isinstance(y, torch.Tensor) or y.dtype != torch.bfloat16:
+            raise AssertionError(f"{what} returned {getattr(y, 'dtype', type(y).__name__)}; expected bfloat16, "
+                                 f"W0's dtype")
+        W, a, b_ = (t.to(torch.float64).numpy() for t in (W0, A, B))
+        expected = W + s * (b_ @ a)
+        tol = 2.0 ** -8 * np.abs(expected) + 2.0 ** -20 * (np.abs(W) + abs(s) * (np.abs(b_) @ np.abs(a))) + 1e-30
+        _assert_close(_out(y, W.shape, what), expected, f"{what} vs W0 + scaling B A rounded once to bfloat16",
+                      atol=tol, rtol=0)
+    _run(lora_merge_bfloat16_rounds_once)
+
+
+@_register("run_lora_merge", "merge then forward equals the unmerged forward: x W^T + b with W = "
+           "lora_merge(W0, A, B, alpha / r) matches lora_linear(x, W0, b, A, B, alpha, r) (both adapters).",
+           lesson="lesson05")
+def check_lora_merge_then_forward(impl):
+    merge, lora = _adapter(impl, "run_lora_merge"), _adapter(impl, "run_lora_linear")
+
+    @check_settings(40)
+    @given(inp=_lora_inputs())
+    def lora_merge_then_forward(inp):
+        x, W0, b, A, B, alpha, r = (inp[k] for k in ("x", "W0", "b", "A", "B", "alpha", "r"))
+        W = _out(merge(_t(W0), _t(A), _t(B), alpha / r), W0.shape, "run_lora_merge(W0, A, B, alpha / r)")
+        merged = x.astype(np.float64) @ W.T + (0.0 if b is None else b.astype(np.float64))
+        y = _out(lora(_t(x), _t(W0), _opt(b), _t(A), _t(B), alpha, r), merged.shape,
+                 "run_lora_linear(x, W0, b, A, B, alpha, r)")
+        f64 = [None if a is None else a.astype(np.float64) for a in (x, W0, b, A, B)]
+        _assert_close(y, merged, f"unmerged run_lora_linear vs x W_merged^T + b (alpha={alpha!r}, r={r})",
+                      atol=2e-5 * _lora_bound(*f64, alpha / r), rtol=0)
+    _run(lora_merge_then_forward)
+
+
+def dora64(x, W0, b, A, B, m, s):
+    V = W0 + s * (B @ A)                                                  # (out, in)
+    n = np.sqrt((V ** 2).sum(axis=1))                                     # one norm per output row
+    return x @ (m[:, None] * V / n[:, None]).T + (0.0 if b is None else b), n
+
+
+@_register("run_dora_linear", "dora_linear(x, W0, b, A, B, m, alpha, r) equals x W'^T + b with W' = m V / ‖V‖, "
+           "V = W0 + (alpha/r) B A and ‖V‖ the L2 norm of each output row of V (out, in), in float64 "
+           "(rows with ‖V‖ >= 0.25).", lesson="lesson05")
+def check_dora_linear_matches_formula(impl):
+    dora = _adapter(impl, "run_dora_linear")
+
+    @check_settings(60)
+    @given(inp=_lora_inputs(), data=st.data())
+    def dora_linear_matches_formula(inp, data):
+        x, W0, b, A, B, alpha, r = (inp[k] for k in ("x", "W0", "b", "A", "B", "alpha", "r"))
+        m = data.draw(arrays((W0.shape[0],), f32(0.125, 3)), label="m")
+        s = alpha / r
+        f64 = [None if a is None else a.astype(np.float64) for a in (x, W0, b, A, B, m)]
+        expected, n = dora64(*f64, s)
+        assume(n.min() >= 0.25)                                           # no near-zero row to divide by
+        what = f"run_dora_linear(x, W0, b, A, B, m, alpha={alpha!r}, r={r})"
+        y = _out(dora(_t(x), _t(W0), _opt(b), _t(A), _t(B), _t(m), alpha, r), expected.shape, what)
+        Vabs = np.abs(f64[1]) + s * (np.abs(f64[4]) @ np.abs(f64[3]))     # |W0| + s |B| |A|
+        cond = np.sqrt((Vabs ** 2).sum(axis=1)) / n                       # cancellation inside a row's norm
+        bound = np.abs(f64[0]) @ (f64[5][:, None] * Vabs / n[:, None]).T * cond + (0.0 if b is None else np.abs(b))
+        _assert_close(y, expected, f"{what} vs x (m V / ‖V‖_row)^T + b", atol=2e-5 * bound + 1e-6, rtol=0)
+    _run(dora_linear_matches_formula)
+
+
+@_register("run_dora_linear", "DoRA starts as the base layer: with m = ‖W0‖ (per output row) and B = 0 the output "
+           "equals x W0^T + b for any A and alpha (rows of W0 with norm >= 0.1).", lesson="lesson05")
+def check_dora_init_is_base(impl):
+    dora = _adapter(impl, "run_dora_linear")
+
+    @check_settings(40)
+    @given(inp=_lora_inputs())
+    def dora_init_is_base(inp):
+        x, W0, b, A, alpha, r = (inp[k] for k in ("x", "W0", "b", "A", "alpha", "r"))
+        W = W0.astype(np.float64)
+        n = np.sqrt((W ** 2).sum(axis=1))
+        assume(n.min() >= 0.1)
+        Z = np.zeros((W0.shape[0], r), np.float32)
+        base = x.astype(np.float64) @ W.T + (0.0 if b is None else b.astype(np.float64))
+        what = f"run_dora_linear(x, W0, b, A, B=0, m=‖W0‖_row, alpha={alpha!r}, r={r})"
+        y = _out(dora(_t(x), _t(W0), _opt(b), _t(A), _t(Z), _t(n), alpha, r), base.shape, what)
+        _assert_close(y, base, f"{what} vs the base layer x W0^T + b",
+                      atol=2e-5 * (np.abs(x) @ np.abs(W).T + (0.0 if b is None else np.abs(b))) + 1e-6, rtol=0)
+    _run(dora_init_is_base)
+
+
+# ---- lesson 06: bottleneck adapters -------------------------------------------------------------
+
+_ACT64 = {
+    "relu": lambda z: np.maximum(z, 0.0),
+    "gelu": gelu64,
+    "silu": lambda z: z / (1.0 + np.exp(-z)),
+    "tanh": np.tanh,
+    "identity": lambda z: z,
+}
+
+
+@st.composite
+def _adapter_inputs(draw):
+    """h (N, C), W_down (m, C), b_down (m,), W_up (C, m), b_up (C,), activation, scaling."""
+    n, C, mb = draw(st.integers(1, 2 * MAX_B)), draw(st.integers(1, MAX_D)), draw(st.integers(1, MAX_D))
+    return dict(h=draw(arrays((n, C), f32(-3, 3))), W_down=draw(arrays((mb, C), f32(-1, 1))),
+                b_down=draw(arrays((mb,), f32(-1, 1))), W_up=draw(arrays((C, mb), f32(-1, 1))),
+                b_up=draw(arrays((C,), f32(-1, 1))), activation=draw(st.sampled_from(sorted(_ACT64))),
+                scaling=float(draw(st.one_of(st.sampled_from([1.0, 4.0]), f32(-4, 4)))))
+
+
+@_register("run_adapter", "adapter(h, W_down, b_down, W_up, b_up, activation, scaling) equals h + scaling "
+           "(f(h W_down^T + b_down) W_up^T + b_up) in float64 (nn.Linear layout; f relu, gelu (tanh "
+           "approximation), silu, tanh or identity).", lesson="lesson06")
+def check_adapter_matches_formula(impl):
+    adapter = _adapter(impl, "run_adapter")
+
+    @check_settings(60)
+    @given(inp=_adapter_inputs())
+    def adapter_matches_formula(inp):
+        h, Wd, bd, Wu, bu = (inp[k].astype(np.float64) for k in ("h", "W_down", "b_down", "W_up", "b_up"))
+        f, s = inp["activation"], inp["scaling"]
+        z = h @ Wd.T + bd                                                  # (N, m)
+        expected = h + s * (_ACT64[f](z) @ Wu.T + bu)
+        what = f"run_adapter(h, W_down, b_down, W_up, b_up, activation={f!r}, scaling={s!r})"
+        y = _out(adapter(*(_t(inp[k]) for k in ("h", "W_down", "b_down", "W_up", "b_up")), activation=f, scaling=s),
+                 h.shape, what)
+        zb = np.abs(h) @ np.abs(Wd).T + np.abs(bd)                         # |z| bound; |f'| <= 1.1 for all f
+        bound = np.abs(h) + abs(s) * ((np.abs(_ACT64[f](z)) + zb) @ np.abs(Wu).T + np.abs(bu))
+        _assert_close(y, expected, f"{what} vs h + scaling (f(h W_down^T + b_down) W_up^T + b_up)",
+                      atol=1e-5 * bound + 1e-6, rtol=0)
+    _run(adapter_matches_formula)
+
+
+@_register("run_adapter", "an adapter with W_up = 0 and b_up = 0 (its initialisation) is an exact no-op: the "
+           "output is h, bit for bit, for any W_down, b_down, activation and scaling.", lesson="lesson06")
+def check_adapter_zero_up_is_identity(impl):
+    adapter = _adapter(impl, "run_adapter")
+
+    @check_settings(40)
+    @given(inp=_adapter_inputs())
+    def adapter_zero_up_is_identity(inp):
+        h = inp["h"]
+        Wu, bu = np.zeros_like(inp["W_up"]), np.zeros_like(inp["b_up"])
+        what = f"run_adapter(h, W_down, b_down, W_up=0, b_up=0, activation={inp['activation']!r}, " \
+               f"scaling={inp['scaling']!r})"
+        y = _out(adapter(_t(h), _t(inp["W_down"]), _t(inp["b_down"]), _t(Wu), _t(bu),
+                         activation=inp["activation"], scaling=inp["scaling"]), h.shape, what)
+        _assert_close(y, h, f"{what} vs h (a zero up-projection adds exactly 0)", atol=0, rtol=0)
+    _run(adapter_zero_up_is_identity)
