@@ -96,11 +96,21 @@ class Tokenizer:
         """[<|prompt|>] prompt [<|response|>]: what generation is conditioned on."""
         return [self.prompt_id] + self.encode(prompt) + [self.response_id]
 
+    @staticmethod
+    def response_text(response: str) -> str:
+        """The text a response is encoded as: with one leading space unless it is empty or already
+        starts with whitespace. Byte-level BPE has separate tokens for a word at the start of a text
+        and after a space (" parrot" is one token, "parrot" three rare pieces), and in the
+        pretraining corpus an answer word always follows a space, so that is how it is encoded.
+        Generated responses are compared after .strip(), so the space never counts."""
+        return response if not response or response[0].isspace() else " " + response
+
     def encode_pair(self, prompt: str, response: str) -> tuple[list[int], list[int]]:
         """(ids, loss_mask) for prompt+response; mask 1 on the response tokens and the final EOS.
-        encode_prompt(prompt) is always an exact prefix of ids."""
+        encode_prompt(prompt) is always an exact prefix of ids; the response is encoded as
+        response_text(response) (a leading space, see there)."""
         p = self.encode_prompt(prompt)
-        r = self.encode(response) + [self.eos_id]
+        r = self.encode(self.response_text(response)) + [self.eos_id]
         return p + r, [0] * len(p) + [1] * len(r)
 
     def __repr__(self) -> str:

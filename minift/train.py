@@ -31,7 +31,7 @@ class TrainConfig:
     batch_size: int = 16
     lr: float = 1e-3
     min_lr_ratio: float = 0.1        # lr_min = lr * min_lr_ratio
-    warmup_steps: int = 20
+    warmup_steps: Optional[int] = None   # None: steps // 10
     weight_decay: float = 0.0        # applied to matrices only (never biases, norms)
     betas: tuple = (0.9, 0.95)
     grad_clip: float = 1.0           # max global grad norm; 0 disables
@@ -51,8 +51,11 @@ class TrainConfig:
             raise ValueError(f"TrainConfig.lr={self.lr} must be > 0")
         if not 0 <= self.min_lr_ratio <= 1:
             raise ValueError(f"TrainConfig.min_lr_ratio={self.min_lr_ratio} must be in [0, 1]")
-        if self.warmup_steps < 0:
-            raise ValueError(f"TrainConfig.warmup_steps={self.warmup_steps} must be >= 0")
+        if self.warmup_steps is None:
+            self.warmup_steps = self.steps // 10
+        if not 0 <= self.warmup_steps <= self.steps:
+            raise ValueError(f"TrainConfig.warmup_steps={self.warmup_steps} must be in [0, steps={self.steps}]: "
+                             f"a warmup longer than the run never reaches the peak lr")
 
 
 def lr_at(step: int, cfg: TrainConfig) -> float:
@@ -114,6 +117,7 @@ def train(model, dataset, cfg: TrainConfig, *, loss_fn: Callable = lm_loss,
     """Train `model` on `dataset` (a sequence of items) for cfg.steps optimizer steps.
 
     Returns the history: one dict per logged step {step, lr, loss, grad_norm, tokens, time, ...}
+    (time: seconds spent training so far, eval_fn's time excluded)
     plus, every eval_every steps and at the end, the dict eval_fn(model) returned (prefixed "eval_").
     """
     torch.manual_seed(cfg.seed)
@@ -121,7 +125,7 @@ def train(model, dataset, cfg: TrainConfig, *, loss_fn: Callable = lm_loss,
     sampler = BatchSampler(len(dataset), cfg.batch_size, cfg.seed)
     history: list[dict] = []
     model.train()
-    t0, tokens = time.perf_counter(), 0
+    t0, t_eval, tokens = time.perf_counter(), 0.0, 0          # "time" counts training, not eval_fn
     bar = tqdm(range(cfg.steps), desc=cfg.desc, disable=not cfg.progress, leave=False, dynamic_ncols=True)
     for step in bar:
         lr = lr_at(step, cfg)
@@ -145,13 +149,15 @@ def train(model, dataset, cfg: TrainConfig, *, loss_fn: Callable = lm_loss,
         opt.step()
         opt.zero_grad(set_to_none=True)
         rec = {"step": step + 1, "lr": lr, "loss": total, "grad_norm": float(gn), "tokens": tokens,
-               "time": time.perf_counter() - t0, **metrics}
+               "time": time.perf_counter() - t0 - t_eval, **metrics}
         last = step + 1 == cfg.steps
         if eval_fn is not None and ((cfg.eval_every and (step + 1) % cfg.eval_every == 0) or last):
+            te = time.perf_counter()
             model.eval()
             with torch.no_grad():
                 rec.update({f"eval_{k}": v for k, v in eval_fn(model).items()})
             model.train()
+            t_eval += time.perf_counter() - te
         if (step + 1) % cfg.log_every == 0 or last or any(k.startswith("eval_") for k in rec):
             history.append(rec)
         bar.set_postfix(loss=f"{total:.3f}", lr=f"{lr:.1e}")

@@ -42,14 +42,17 @@ qa_closed       1248/120/120     closed-book QA about world facts. Split by pers
 qa_extractive   1400/150/150     reading comprehension over paragraphs about *new* invented people
                                  (not in the world), so the answer (an exact substring) must be
                                  read. Each split has its own name pool: contexts are disjoint.
-instructions    ~1350/150/~230   Natural-Instructions-style: definition, a positive and a negative
-                                 example with reasons, an instance. 12 task types; test holds 3
+instructions    1450/250/230     Natural-Instructions-style: definition, a positive and a negative
+                                 example with reasons, an instance. 18 task types; test holds 3
                                  types never seen in train/val (generalisation to unseen tasks).
 sentiment       2000/300/300     reviews with negation and contrast; every sentiment word occurs
                                  with both labels about equally often, so a bag of words cannot
-                                 solve it. Test uses held-out sentence frames.
+                                 solve it. Test reviews are about foods, towns and objects no
+                                 training review mentions.
 ner             1500/200/200     BIO tags PER, LOC, ANIMAL, FOOD (multi-word entities give I-
-                                 tags). Val and test use entity names never seen in train.
+                                 tags). Val and test name only their split's people (never
+                                 tagged in train, known from pretraining); towns, pets and foods
+                                 are closed sets shared by all splits.
 summarization   1500/200/200     a 3-6 sentence document -> the one-line summary it determines.
 paraphrase      2000/200/200     same meaning? Balanced. Negatives change one value or swap the
                                  roles, half of them with the very same words (PAWS-style).
@@ -57,7 +60,8 @@ preference      1500/200/200     prompt, chosen (true fact / follows the instruc
                                  (wrong fact / ignores the instruction): for reward models, DPO.
 pairs           2000/180/180     two phrasings of one fact, for contrastive learning.
 Train and val sets that state facts of world people use only the people of their split (test
-sets use test people, except unseen instruction types, which may ask about anyone).
+sets use test people, except unseen instruction types, which may ask about anyone; instruction
+types that state no facts, such as copying a word, may name anyone in every split).
 
 `write_jsonl(out_dir)` writes all of it as JSONL plus a MANIFEST.json of sha256 sums;
 `fingerprint(seed)` is one sha256 over the same bytes.
@@ -104,7 +108,8 @@ FEATURES = ("a river", "a bakery", "a lighthouse", "a market", "a windmill", "an
             "a fountain", "a tall tower")
 REGIONS = ("the Green Valley", "the Stone Hills", "the Blue Coast", "the Wide Plains",
            "the Misty Lakes", "the Pine Woods")
-# Held out of the world: only the NER val/test splits and extractive contexts use these.
+# Held out of the world (never in the corpus): TinyWorld.heldout exposes them; extractive QA
+# contexts use its towns. (NER val/test used these once; see _ner for why they no longer do.)
 HELDOUT_ANIMALS = ("fox", "owl", "badger", "lizard", "hedgehog", "sea turtle", "barn owl",
                    "red squirrel", "donkey", "lamb", "canary", "field mouse")
 HELDOUT_FOODS = ("lemon tart", "corn bread", "onion soup", "fig cake", "potato salad",
@@ -400,6 +405,7 @@ def _build_world(seed: int) -> TinyWorld:
     people_names = names.draw(N_PEOPLE)
     spare = {pool: names.draw(k) for pool, k in (("extractive_train", 160), ("extractive_val", 40),
                                                  ("extractive_test", 40), ("ner_val", 30), ("ner_test", 30))}
+    # (the ner_* pools are unused now, and still drawn: dropping them would rename the people below)
     homes = [t.name for t in towns] * (N_PEOPLE // N_TOWNS)
     rng.shuffle(homes)
     order = list(people_names)
@@ -710,7 +716,15 @@ def _qa_extractive(w, rng):
     return out
 
 
-# ---- instructions: 12 task types, 3 of them only in test -------------------------------------
+# ---- instructions: 18 task types, 3 of them only in test -------------------------------------
+# Each held-out type but one has close relatives among the seen ones (near transfer):
+#   job_of_person: the five seen "X of a person" lookups. All six share one frame, a question of
+#     closed-book QA about "this person" (any of QUESTION_TEMPLATES, drawn per instance) and
+#     "Answer with the <kind> only.": the definitions differ only in the question, and no lookup
+#     has a fixed one, so the question must be read. qa_closed asks the very same questions (about
+#     "{n}" instead of "this person"), job ones included.
+#   last_word: first and second word of a sentence, first and last word of a list.
+#   negate_fact: none (past_tense and make_plural also rewrite a sentence): the far transfer.
 
 _PLACES = ("by the river", "in the garden", "near the market", "under the bridge", "behind the house",
            "on the hill", "next to the well")
@@ -740,6 +754,30 @@ def _action(rng, w, people, one_person=False) -> tuple:
     return _cap(text), A.name
 
 
+_TWO_PEOPLE = ("{A} gave {B} {agift} in {town}", "{A} and {B} ate {food} by the {feat}",
+               "{A} told {B} a long story about {aanimal}", "{A} sent {B} a letter from {town}",
+               "on {day} {A} met {B} at the {feat}", "the {animal} of {A} followed {B} to {town}",
+               "{A} and {B} walked to the {feat} with {aanimal}", "{A} asked {B} for {aobj}")
+
+
+def _two_people(rng, w, people) -> tuple:
+    """A plain sentence naming two people: (sentence, first person, second person)."""
+    A, B = rng.sample(people, 2)
+    animal = rng.choice(PETS)
+    text = rng.choice(_TWO_PEOPLE).format(A=A.name, B=B.name, town=rng.choice(w.towns).name, animal=animal,
+                                          aanimal=_a(animal), aobj=_a(rng.choice(OBJECTS)), food=rng.choice(FOODS),
+                                          agift=_a(rng.choice(GIFTS)), day=rng.choice(DAYS),
+                                          feat=rng.choice(w.towns).feature.split(" ", 1)[1])
+    return _cap(text), A.name, B.name
+
+
+def _word_list(rng, w, people) -> list:
+    """4 to 6 distinct one-word things of TinyWorld (people, towns, jobs, pets, objects)."""
+    pool = ([p.name for p in people] + [t.name for t in w.towns if " " not in t.name] + list(JOBS)
+            + [x for x in PETS if " " not in x] + list(OBJECTS))
+    return rng.sample(pool, rng.randint(4, 6))
+
+
 def _wrong(rng, w, p, rel):
     return rng.choice([v for v in w.values(rel) if v not in (p.fact(rel), p.name)])
 
@@ -762,6 +800,16 @@ def _inst_friend(rng, w, ppl):
 def _inst_job(rng, w, ppl):
     p = rng.choice(ppl)
     return p.name, p.job, (p.home, f"{p.home} is a town, not a job. {p.name} works as {_a(p.job)}.")
+
+
+def _inst_food(rng, w, ppl):
+    p = rng.choice(ppl)
+    return p.name, p.food, (p.pet, f"{_cap(_a(p.pet))} is an animal, not a food. {p.name} likes {p.food}.")
+
+
+def _inst_object(rng, w, ppl):
+    p = rng.choice(ppl)
+    return p.name, p.obj, (p.home, f"{p.home} is a town, not a thing. {p.name} owns {_a(p.obj)}.")
 
 
 def _inst_yes_no(rng, w, ppl):
@@ -788,10 +836,33 @@ def _inst_last(rng, w, ppl):
     return s, s.split()[-1], (s.split()[0], f"That is the first word. The last word is {s.split()[-1]}.")
 
 
-def _inst_person(rng, w, ppl):
-    s, name = _action(rng, w, ppl, one_person=True)
-    town = rng.choice(w.towns).name
-    return s, name, (town, f"{town} is a town, not a person. The person is {name}.")
+def _inst_first(rng, w, ppl):
+    # mostly sentences that do not start with the person, so that the first word is not
+    # the first person named (first_person is another type)
+    s, name = _action(rng, w, ppl)
+    while s.split()[0] == name and rng.random() < 0.8:
+        s, name = _action(rng, w, ppl)
+    return s, s.split()[0], (s.split()[-1], f"That is the last word. The first word is {s.split()[0]}.")
+
+
+def _inst_second(rng, w, ppl):
+    s, _ = _action(rng, w, ppl)
+    return s, s.split()[1], (s.split()[0], f"That is the first word. The second word is {s.split()[1]}.")
+
+
+def _inst_first_item(rng, w, ppl):
+    xs = _word_list(rng, w, ppl)
+    return " ".join(xs), xs[0], (xs[-1], f"That is the last word. The first word is {xs[0]}.")
+
+
+def _inst_last_item(rng, w, ppl):
+    xs = _word_list(rng, w, ppl)
+    return " ".join(xs), xs[-1], (xs[0], f"That is the first word. The last word is {xs[-1]}.")
+
+
+def _inst_first_person(rng, w, ppl):
+    s, a, b = _two_people(rng, w, ppl)
+    return s, a, (b, f"{b} is the last person named. The first is {a}.")
 
 
 def _inst_plural(rng, w, ppl):
@@ -819,41 +890,58 @@ def _inst_negate(rng, w, ppl):
     return src, f"{A.name} does not {neg.format(**sl)}.", (src, "The sentence was copied without negating it.")
 
 
-# name -> (definition, generator, why the positive example is right). A generator returns
+def _lookup(rel: str, kind: str) -> tuple:
+    """The definitions of the "X of a person" type for relation rel, one per question of
+    closed-book QA (QUESTION_TEMPLATES[rel]); each instance draws one."""
+    return tuple(f"You are given the name of a person. Answer this question about them: "
+                 f"{q.format(n='this person')} Answer with the {kind} only." for q in QUESTION_TEMPLATES[rel])
+
+
+# name -> (definition, generator, why the positive example is right). A definition is a string,
+# or a tuple of paraphrases of which each instance draws one. A generator returns
 # (input, output, (wrong output, why it is wrong)).
 INSTRUCTION_TYPES = {
-    "town_of_person": ("You are given the name of a person who lives in TinyWorld. Write the name of the "
-                       "town where this person lives. Answer with the town name only.", _inst_town,
-                       "{i} lives in {o}, and the answer is only the town name."),
-    "pet_of_person": ("You are given the name of a person. Say which animal this person keeps as a pet. "
-                      "Answer with the animal only.", _inst_pet, "{i} keeps a pet {o}."),
-    "friend_of_person": ("You are given the name of a person. Write the name of this person's friend.",
-                         _inst_friend, "{i} and {o} are friends."),
+    "town_of_person": (_lookup("home", "town"), _inst_town, "{i} lives in {o}."),
+    "pet_of_person": (_lookup("pet", "animal"), _inst_pet, "{i} keeps a pet {o}."),
+    "friend_of_person": (_lookup("friend", "name"), _inst_friend, "{i} and {o} are friends."),
+    "food_of_person": (_lookup("food", "food"), _inst_food, "{i} likes {o} best."),
+    "object_of_person": (_lookup("object", "thing"), _inst_object, "The thing {i} owns is {o}."),
+    "first_word": ("Write the first word of the sentence.", _inst_first, "The sentence starts with the word {o}."),
+    "second_word": ("Write the second word of the sentence.", _inst_second,
+                    "The word {o} comes right after the first word."),
+    "first_item": ("Write the first word of the list.", _inst_first_item, "The list starts with the word {o}."),
+    "last_item": ("Write the last word of the list.", _inst_last_item, "The list ends with the word {o}."),
+    "first_person": ("Write the first person named in the sentence.", _inst_first_person,
+                     "{o} is named before the other person."),
     "fact_yes_no": ("You are given a sentence about TinyWorld. Answer yes if the sentence is true and no "
                     "if it is false.", _inst_yes_no, "The answer {o} is right for this sentence in TinyWorld."),
-    "reverse_words": ("Copy the sentence, but write its words in reverse order. Keep every word as it is.",
-                      _inst_reverse, "The same words are written from the last to the first."),
-    "count_words": ("Count how many words the sentence has. Answer with a number written in digits.",
-                    _inst_count, "The sentence has {o} words."),
-    "make_plural": ("Rewrite the sentence so that it talks about many animals instead of one. Use the "
-                    "plural of the animal and change the verb to match.", _inst_plural,
+    "count_words": ("Count the words of the sentence. Answer with a number in digits.", _inst_count,
+                    "The sentence has {o} words."),
+    "reverse_words": ("Write the words of the sentence in reverse order.", _inst_reverse,
+                      "The same words, from the last to the first."),
+    "make_plural": ("Rewrite the sentence about many animals instead of one.", _inst_plural,
                     "The animal is plural and the verb agrees with it."),
-    "extract_person": ("Find the person mentioned in the sentence and write their name.", _inst_person,
-                       "{o} is the only person in the sentence."),
     "past_tense": ("Rewrite the sentence in the past tense.", _inst_past, "The verb is now in the past tense."),
-    # held out: these three appear only in the test split
-    "job_of_person": ("You are given the name of a person who lives in TinyWorld. Write this person's "
-                      "job. Answer with the job only.", _inst_job, "{i} works as a {o}."),
+    # held out: these three appear only in the test split (see the top of this section)
+    "job_of_person": (_lookup("job", "job"), _inst_job, "{i} works as a {o}."),
     "last_word": ("Write the last word of the sentence.", _inst_last, "The sentence ends with the word {o}."),
     "negate_fact": ("Rewrite the sentence so that it says the opposite. Use 'does not' and the plain "
                     "form of the verb.", _inst_negate, "The new sentence says the opposite of the old one."),
 }
 HELDOUT_INSTRUCTION_TYPES = ("job_of_person", "last_word", "negate_fact")
-_NAME_INPUT = ("town_of_person", "pet_of_person", "friend_of_person", "job_of_person")
+_NAME_INPUT = ("town_of_person", "pet_of_person", "friend_of_person", "food_of_person", "object_of_person",
+               "job_of_person")
+# Types whose instances state facts about people use only the people of their split. The others
+# (copying, counting, rewriting made-up sentences) may name anyone: a name the model has never
+# written in training is one it will not copy (measured: val first_person 0.0 with split people,
+# 1.0 with all).
+_SPLIT_PEOPLE = _NAME_INPUT + ("fact_yes_no",)
+# instances per type and split; a lookup has at most one instance per person of the split
+_INSTRUCTION_SIZES = {"train": 120, "val": 20, "test": 80}
 
 
 def _instructions(w, rng):
-    sizes = {"train": 200, "val": 20, "test": 80}
+    sizes = _INSTRUCTION_SIZES
     out = {s: [] for s in SPLITS}
     for name, (definition, gen, why) in INSTRUCTION_TYPES.items():
         trng = random.Random(f"tinyworld/{w.seed}/instructions/{name}")
@@ -864,8 +952,8 @@ def _instructions(w, rng):
         negative = {"input": nin, "output": nout, "reason": nreason}
         seen = {pin, nin}                                  # instances never repeat an example input
         for split in (("test",) if name in HELDOUT_INSTRUCTION_TYPES else ("train", "val")):
-            # train/val instances are about the split's people; unseen task types may ask about anyone
-            ppl = w.people if split == "test" else w.people_in(split)
+            # unseen task types may ask about anyone
+            ppl = w.people if split == "test" or name not in _SPLIT_PEOPLE else w.people_in(split)
             target = min(sizes[split], len(ppl)) if name in _NAME_INPUT else sizes[split]
             got, misses = 0, 0
             while got < target and misses < 5000:
@@ -874,7 +962,8 @@ def _instructions(w, rng):
                     misses += 1
                     continue
                 seen.add(i)
-                out[split].append({"task": name, "definition": definition, "positive": positive,
+                d = definition if isinstance(definition, str) else trng.choice(definition)
+                out[split].append({"task": name, "definition": d, "positive": positive,
                                    "negative": negative, "input": i, "output": o})
                 got += 1
     for split in SPLITS:
@@ -891,9 +980,6 @@ SENTIMENT_FRAMES = ("{S} was {D}.", "I think {S} is {D}.", "{S} looked {A}, but 
                     "Although {S} seemed {A}, it was {D}.", "I {V} {S}.",
                     "At first {S} seemed {A}, but in the end it was {D}.", "{S} was {A}, but I {V} it.",
                     "To be honest, {S} was {D}.")
-SENTIMENT_TEST_FRAMES = ("It was {D}, even though {S} looked {A}.",
-                         "Everyone said {S} was {A}, but to me it was {D}.",
-                         "I expected {S} to be {A}, but it was {D}.")
 
 
 def _adj_clause(rng, positive: bool) -> str:
@@ -913,12 +999,15 @@ def _verb_clause(rng, positive: bool) -> str:
 def _sentiment(w, rng):
     def make(rng, split, i):
         label = rng.random() < 0.5
-        frame = rng.choice(SENTIMENT_TEST_FRAMES if split == "test" else SENTIMENT_FRAMES)
-        t, obj = rng.choice(w.towns), rng.choice(OBJECTS)
-        subject = rng.choice((f"the {rng.choice(FOODS)}", f"the {rng.choice(FOODS)} at the inn",
-                              f"our visit to {t.name}", f"the market in {t.name}",
-                              f"the {t.feature.split(' ', 1)[1]} in {t.name}", f"the {obj} I bought",
-                              f"my new {obj}", f"the {obj} from {rng.choice(w.towns).name}"))
+        frame = rng.choice(SENTIMENT_FRAMES)
+        # test reviews are about things no training review mentions (other foods, towns, objects)
+        foods, objs = (HELDOUT_FOODS, GIFTS) if split == "test" else (FOODS, OBJECTS)
+        towns = list(w.heldout["test"]["LOC"]) if split == "test" else [t.name for t in w.towns]
+        feature = rng.choice(FEATURES).split(" ", 1)[1]
+        town, obj = rng.choice(towns), rng.choice(objs)
+        subject = rng.choice((f"the {rng.choice(foods)}", f"the {rng.choice(foods)} at the inn",
+                              f"our visit to {town}", f"the market in {town}", f"the {feature} in {town}",
+                              f"the {obj} I bought", f"my new {obj}", f"the {obj} from {rng.choice(towns)}"))
         contrast = (not label) if rng.random() < 0.8 else rng.random() < 0.5
         text = _cap(frame.format(S=subject, D=_adj_clause(rng, label), A=_adj_clause(rng, contrast),
                                  V=_verb_clause(rng, label)))
@@ -945,10 +1034,15 @@ NER_TEMPLATES = (
 
 
 def _ner(w, rng):
-    ents = {"train": {"PER": [p.name for p in w.people], "LOC": [t.name for t in w.towns],
-                      "ANIMAL": list(PETS), "FOOD": list(FOODS)}}
-    for s in ("val", "test"):
-        ents[s] = {"PER": list(w.spare_names[f"ner_{s}"]), **{k: list(v) for k, v in w.heldout[s].items()}}
+    # People are held out: val/test sentences name only their split's people, never tagged in
+    # train but known to the pretrained body, so the split measures whether fine-tuning transfers
+    # what pretraining knows ("Mara" is a person) to new names. Towns, pets and foods form small
+    # closed sets (12 each, one and two words) that every split uses. Holding them out too was
+    # tried: with a single two-word town or pet left in train, even full fine-tuning tagged the
+    # held-out "Low Oaks" as O + B-LOC (F1 0.70), and names the body never read (HELDOUT_ANIMALS)
+    # scored F1 0.06.
+    closed = {"LOC": [t.name for t in w.towns], "ANIMAL": list(PETS), "FOOD": list(FOODS)}
+    ents = {s: {"PER": [p.name for p in w.people_in(s)], **closed} for s in SPLITS}
 
     def make(rng, split, i):
         tokens, tags = [], []

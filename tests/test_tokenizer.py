@@ -36,7 +36,14 @@ def test_prompt_tokens_are_an_exact_prefix_and_mask_marks_the_response(tok, prom
     assert len(mask) == len(ids)
     assert mask == [0] * len(p) + [1] * (len(ids) - len(p))
     assert ids[-1] == tok.eos_id and mask[-1] == 1                     # EOS trained, by position
-    assert tok.decode(ids[len(p):-1]) == response
+    assert tok.decode(ids[len(p):-1]).strip() == response.strip()
+    assert tok.decode(ids[len(p):-1]) == (response if response[:1].isspace() or not response else " " + response)
+
+
+def test_a_response_word_is_encoded_as_it_follows_a_space_in_running_text(tok):
+    ids, mask = tok.encode_pair("Question: what pet?", "parrot")
+    first = mask.index(1)
+    assert ids[first:-1] == tok.encode(" parrot") and ids[first:-1] != tok.encode("parrot")
 
 
 def test_save_load_round_trip_and_bad_files(tok, tmp_path):

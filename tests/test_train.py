@@ -101,6 +101,9 @@ def test_bad_configuration_and_frozen_model_raise():
         TrainConfig(steps=0)
     with pytest.raises(ValueError, match="TrainConfig.lr=0"):
         TrainConfig(lr=0)
+    with pytest.raises(ValueError, match=r"warmup_steps=11 must be in \[0, steps=10\]"):
+        TrainConfig(steps=10, warmup_steps=11)
+    assert TrainConfig(steps=50).warmup_steps == 5                 # default: a tenth of the run
     m = GPT(CFG)
     for p in m.parameters():
         p.requires_grad = False
@@ -108,3 +111,13 @@ def test_bad_configuration_and_frozen_model_raise():
         train(m, _data(), TrainConfig(steps=1, progress=False))
     with pytest.raises(ValueError, match="dataset is empty"):
         train(GPT(CFG), [], TrainConfig(steps=1, progress=False))
+
+
+def test_history_time_excludes_the_eval_hook():
+    import time as _time
+
+    def slow_eval(model):
+        _time.sleep(0.3)
+        return {"x": 1.0}
+    h = train(GPT(CFG), _data(), TrainConfig(steps=4, batch_size=2, eval_every=1, progress=False), eval_fn=slow_eval)
+    assert h[-1]["time"] < 0.3 and h[-1]["eval_x"] == 1.0          # 4 evals took >= 1.2 s

@@ -5,14 +5,15 @@ Prints, top to bottom:
   1. how a GPT becomes a classifier: a sentiment review pooled at its last real token, and an
      NER sentence with one label per word on the word's first sub-word token;
   2. sentiment (`SequenceClassifier`, 2 classes): head-only transfer (the body frozen), then
-     full fine-tuning; accuracy on the in-distribution dev split and on the test split;
+     full fine-tuning; accuracy on the in-distribution dev split and on the test split (reviews
+     about foods, towns and objects no training review mentions);
   3. NER (`TokenClassifier`, BIO tags over PER, LOC, ANIMAL, FOOD): the same two methods;
-     entity F1 on sentences with entities seen in training and on the test split (unseen
-     entities);
+     entity F1 on held-out training sentences and on the test split (people never tagged in
+     training);
   4. one table: method | trainable parameters | dev | test | train time | forgetting (the body's
      perplexity on the original pretraining text and its closed-book fact accuracy, before ->
-     after); then where the test splits break: sentiment accuracy per test sentence frame, and
-     NER errors on unseen entities.
+     after); then a closer look: full fine-tuning's sentiment accuracy by review shape (one
+     clause or a contrast; decisive clause negated or not), and its remaining NER test errors.
 
     python lessons/02_full_finetuning/walkthrough.py          # or: minift run 02
     python lessons/02_full_finetuning/walkthrough.py --fast   # the seconds-long version the tests run
@@ -20,8 +21,8 @@ Prints, top to bottom:
 Everything it uses lives in the library (minift/heads.py, minift/peft/selective.py,
 minift/train.py, minift/tasks.py, minift/pretrain.py); this file only calls it and prints.
 """
-EXPECTED_SECONDS = 60
-FAST_SECONDS = 10
+EXPECTED_SECONDS = 115
+FAST_SECONDS = 8
 
 import argparse
 import re
@@ -52,11 +53,14 @@ if not (BASE_DIR / "model.safetensors").is_file():
 # shared machine two threads per process thrash. One thread keeps the timings honest.
 torch.set_num_threads(1)
 
-# (steps, batch size, peak lr) per task and method. Each lr was picked on the dev split from
-# {1e-3, 3e-3, 1e-2} (ties to the smaller lr); sentiment needs more steps than NER (see README).
+# (steps, batch size, peak lr) per task and method, all chosen on the dev split. Head-only and
+# NER full: lr from {1e-3, 3e-3, 1e-2}, ties to the smaller (NER full: dev 0.999 at all three;
+# sentiment head-only: chance, 0.48, at all three). Sentiment full: the lead's sweep on val,
+# 800 x 16 at 1e-3 stayed at chance (0.51), 1600 x 16 at 5e-4 reached 0.987, 1000 x 32 at 1e-3
+# 1.000. Sentiment needs far more steps than NER: the model must first learn the words (README).
 RECIPES = {
     ("sentiment", "head-only"): (400, 16, 3e-3),
-    ("sentiment", "full"): (800, 16, 1e-3),
+    ("sentiment", "full"): (1000, 32, 1e-3),
     ("ner", "head-only"): (150, 32, 1e-2),
     ("ner", "full"): (150, 32, 1e-3),
 }
@@ -125,7 +129,9 @@ for pos, (i, lab) in enumerate(zip(it["idx"].tolist(), it["labels"].tolist())):
 print(f"train: sentiment {len(sent['train'])} reviews, NER {len(ner['train'])} sentences. "
       f"dev (in-distribution): sentiment val = {len(sent['val'])} new reviews in the training frames; "
       f"NER dev = the last {len(ner['dev'])} training sentences, held out (entities seen in training). "
-      f"test: sentiment in held-out sentence frames, NER with entity names never seen in training.")
+      f"test: sentiment = {len(sent['test'])} reviews in the training frames about foods, towns and objects no "
+      f"training review mentions; NER = {len(ner['test'])} sentences naming people never tagged in training "
+      f"(the body knows them from pretraining), with the same closed sets of towns, pets and foods.")
 
 
 # ==============================================================================================
@@ -180,30 +186,46 @@ for r in results:
                  f"{before['fact_accuracy']:.0%} -> {a['fact_accuracy']:.0%}"))
 table(("task", "method", "trainable", "share", "dev", "test", "train time", "pretrain ppl", "facts"), rows)
 print("dev: sentiment val (training frames, new reviews) / NER held-out training sentences (seen entities).\n"
-      "test: sentiment in held-out frames / NER with unseen entity names. Quality target (issue): full "
-      "fine-tuning >= 0.90 test accuracy and >= 0.90 test entity F1.")
+      "test: sentiment about unseen foods, towns, objects / NER naming people never tagged in training. Quality "
+      "target (issue): full fine-tuning >= 0.90 test accuracy and >= 0.90 test entity F1.")
+
+
+def shape(text):
+    """A review's shape: one clause or a contrast, and whether its decisive clause is negated. The
+    decisive clause is always the last one (every training frame ends with it)."""
+    contrast = " but " in text or "lthough " in text
+    decisive = text.rsplit(",", 1)[-1] if contrast else text
+    return ("contrast" if contrast else "one clause") + (", negated" if " not " in decisive else "")
+
+
+def names_town(text):
+    """Does the review name a town ("our visit to X", "the market in X", "the kite from X")? The
+    test split's towns are held out of the world: the body has never read them."""
+    return re.search(r"\b(in|to|from) [A-Z]", text) is not None
+
 
 full_s = next(r for r in results if r["task"] == "sentiment" and r["method"] == "full")
-print("\nWhere sentiment's test split breaks: accuracy of full fine-tuning per held-out test frame "
-      "(S = subject, D = the decisive clause, A = the contrast)")
-labels = [int(i["labels"]) for i in sent_items["test"]]
-texts = [e["text"] for e in cut(sent["test"])]
-for frame in world.SENTIMENT_TEST_FRAMES:
-    key = max(re.split(r"\{\w\}", frame), key=len)         # the frame's longest literal piece
-    pick = [k for k, t in enumerate(texts) if key in t]
-    if pick:
-        acc = accuracy([full_s["pred"]["test"][k] for k in pick], [labels[k] for k in pick])
-        print(f"  {frame!r:<54} {len(pick):>4} reviews  accuracy {acc:.3f}")
-print("  The training frames always end with the decisive clause ('..., but it was D'); the first test "
-      "frame puts it first, behind 'even though', a phrase that occurs in neither the pretraining "
-      "corpus nor the training reviews.")
+print("\nSentiment, full fine-tuning, by review shape (negated = the decisive clause says 'not' / 'do not'), "
+      "and by whether the review names a town:")
+groups = {sh: (lambda t, sh=sh: shape(t) == sh) for sh in ("one clause", "one clause, negated", "contrast",
+                                                            "contrast, negated")}
+groups.update({"names a town": names_town, "names no town": lambda t: not names_town(t)})
+rows = []
+for name, keep in groups.items():
+    row = [name]
+    for split in ("val", "test"):
+        gold = [int(i["labels"]) for i in sent_items[split]]
+        pick = [k for k, e in enumerate(cut(sent[split])) if keep(e["text"])]
+        acc = accuracy([full_s["pred"][split][k] for k in pick], [gold[k] for k in pick]) if pick else float("nan")
+        row += [len(pick), f"{acc:.3f}"]
+    rows.append(tuple(row))
+table(("reviews", "dev n", "dev acc", "test n", "test acc"), rows)
 
 full_n = next(r for r in results if r["task"] == "ner" and r["method"] == "full")
 errs = Counter((g, p) for e, pp in zip(cut(ner["test"]), full_n["pred"]["test"])
                for g, p in zip(e["tags"], pp) if g != p)
-print("\nWhere NER's test split breaks: the commonest (gold -> predicted) word-tag errors of full fine-tuning "
-      "on unseen entities:")
-print("  " + ", ".join(f"{g} -> {p}: {n}" for (g, p), n in errs.most_common(6)))
+print(f"\nNER, full fine-tuning: {sum(errs.values())} word-tag errors on the test split (new people), the commonest "
+      f"(gold -> predicted): " + (", ".join(f"{g} -> {p}: {n}" for (g, p), n in errs.most_common(6)) or "none"))
 e = next((e for e, pp in zip(cut(ner["test"]), full_n["pred"]["test"]) if pp != e["tags"]), None)
 if e is not None:
     pp = full_n["pred"]["test"][cut(ner["test"]).index(e)]
