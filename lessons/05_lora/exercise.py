@@ -1,0 +1,68 @@
+"""Lesson 05 exercise: the LoRA layer's forward, its merge, and DoRA's forward.
+
+Fill in each function below (delete the `raise NotImplementedError`), then grade your file:
+
+    minift check 05                                   # = pytest -m lesson05 --impl this file
+    python -m pytest -m lesson05 --impl lessons/05_lora/exercise.py tests
+    minift verify --impl lessons/05_lora/exercise.py --only lesson05          # a report
+    minift verify --impl lessons/05_lora/exercise.py --only run_lora_merge    # one function
+
+Every check is a property tested on many small random inputs; a failing check prints the
+smallest input hypothesis could find that breaks it ("Falsifying example: ..."). Paste it into
+a Python shell and compare your output with the formula by hand.
+
+Layouts are nn.Linear's, as in minift/peft/lora.py: a weight is (out, in) and a layer computes
+x W^T + b. So A is (r, in), B is (out, r), and the update s B A is (out, in), like W0.
+
+Rules: plain PyTorch tensor operations (@, .T, .to, torch.linalg.vector_norm or .pow/.sum/.sqrt).
+Do not call minift. Inputs are float32 unless a docstring says otherwise; return tensors.
+"""
+import math  # noqa: F401  (math.sqrt for rsLoRA)
+
+import torch  # noqa: F401
+
+
+def run_lora_linear(x, W0, b, A, B, alpha, r, rslora=False):
+    """The LoRA layer's forward (Hu et al., 2021), unmerged and without dropout:
+
+        h = x W0^T + b + s (x A^T) B^T        s = alpha / r           (LoRA)
+                                              s = alpha / sqrt(r)     (rsLoRA, when rslora=True)
+
+    x: (N, in); W0: (out, in), frozen; b: (out,) or None (then no bias term); A: (r, in);
+    B: (out, r); alpha: float > 0; r: int, 1 <= r <= min(in, out). Returns (N, out).
+
+    Compute the low-rank branch as (x A^T) B^T, never by forming B A: that is the point of LoRA
+    (2 small matmuls, r (in + out) multiply-adds per row instead of in * out).
+    With B = 0 the result must be bit-for-bit x W0^T + b, whatever A, alpha and rslora are.
+    """
+    raise NotImplementedError("run_lora_linear: x @ W0.T + b + s * ((x @ A.T) @ B.T), s = alpha / r "
+                              "(alpha / sqrt(r) if rslora)")
+
+
+def run_lora_merge(W0, A, B, scaling):
+    """Fold the update into the weight, for inference at no extra cost:
+
+        W = W0 + scaling * (B @ A)            (out, in)
+
+    Compute it in float32 (W0, A, B may be bfloat16: upcast them first) and cast the result back
+    to W0's dtype once, at the end. W0: (out, in); A: (r, in); B: (out, r); scaling: a float
+    (s = alpha / r for LoRA). Returns a new (out, in) tensor with W0's dtype; do not modify W0.
+    """
+    raise NotImplementedError("run_lora_merge: (W0.float() + scaling * (B.float() @ A.float())).to(W0.dtype)")
+
+
+def run_dora_linear(x, W0, b, A, B, m, alpha, r):
+    """DoRA (Liu et al., 2024), weight-decomposed LoRA: a magnitude m and a direction V / ‖V‖.
+
+        V  = W0 + s B A,   s = alpha / r                          (out, in)
+        n  = ‖V‖ per output row: n_o = sqrt(sum_i V[o, i]^2)      (out,)
+        W' = (m / n)[:, None] * V                                 each row rescaled to length m_o
+        h  = x W'^T + b
+
+    (The paper writes weights as (in, out) and calls n the column-wise norm; in nn.Linear's
+    (out, in) layout it is the norm of each row.) x: (N, in); W0: (out, in); b: (out,) or None;
+    A: (r, in); B: (out, r); m: (out,); alpha: float; r: int. Returns (N, out).
+    With m = ‖W0‖ row-wise and B = 0, W' = W0: DoRA starts as the base layer.
+    """
+    raise NotImplementedError("run_dora_linear: V = W0 + (alpha / r) B A; W' = m[:, None] * V / ‖V‖_row; "
+                              "x @ W'.T + b")

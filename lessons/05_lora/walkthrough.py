@@ -1,0 +1,406 @@
+"""Lesson 05: LoRA: low-rank updates, rank vs full fine-tuning, merging, one base with many adapters.
+
+Prints, top to bottom:
+
+  1. the low-rank idea: NER fully fine-tuned, then the singular values of its weight change
+     ΔW = W - W0 for a few matrices: the share of ΔW's energy (Σσ²) in the top r directions,
+     beside a random matrix of the same shape;
+  2. LoRA on the same task (`TokenClassifier`, same data, steps, batch and seed) at r = 1, 4, 16
+     on W_q and W_v (the q and v slices of GPT-2's fused c_attn), at r = 4 on every linear layer,
+     and DoRA at r = 4, against full fine-tuning (also with the embeddings frozen) and head-only
+     transfer, in ONE table: trainable parameters (the task head included) and their share of full
+     fine-tuning's, val and test entity F1, train time, forgetting (the body's pretraining
+     perplexity and fact accuracy, measured with the adapter on); then the issue's quality target
+     row by row, and the commonest val errors of four of the methods;
+  3. what the same ranks cost on a GPT-3-175B-shaped model, built on the meta device (no memory):
+     trainable counts for r = 1, 2, 4, 8 on W_q, W_v, as in the LoRA paper's tables;
+  4. merging for inference: merged vs unmerged outputs (max abs difference), unmerge gives W0
+     back, and inference time unmerged / merged / a plain model, as ratios measured in one run;
+  5. one base, two task adapters (all entities / people only) written by `save_adapter`, swapped
+     at run time with `load_adapter`; `disable_adapters` gives the base back, bit for bit.
+  With --sweep, before part 2: the learning-rate sweep behind the lr column (every method at three
+  rates, picked on the val split; part 2 then reuses those runs).
+
+    python lessons/05_lora/walkthrough.py            # or: minift run 05
+    python lessons/05_lora/walkthrough.py --fast     # the seconds-long version the tests run
+    python lessons/05_lora/walkthrough.py --sweep    # re-pick every lr on val (about 4 minutes)
+
+Everything it uses lives in the library (minift/peft/lora.py, minift/peft/common.py,
+minift/peft/io.py, minift/heads.py, minift/train.py, minift/pretrain.py); this file only calls it
+and prints.
+"""
+EXPECTED_SECONDS = 100
+FAST_SECONDS = 10
+
+import argparse
+import copy
+import os
+import statistics
+import sys
+import tempfile
+import time
+from collections import Counter
+
+import torch
+
+from minift import world
+from minift.heads import TokenClassifier, classifier_loss, encode_ner, predict_tags
+from minift.model import GPT, GPTConfig
+from minift.peft.common import disable_adapters, remove_adapters
+from minift.peft.io import load_adapter, save_adapter
+from minift.peft.lora import (LoRAConfig, apply_lora, lora_parameter_count, lora_report, merge_and_unload,
+                              merge_lora, unmerge_lora)
+from minift.peft.selective import SelectiveConfig, apply_selective, trainable_report
+from minift.pretrain import BASE_DIR, forgetting_probe, load_base
+from minift.tasks import collate_fn, entity_f1
+from minift.train import TrainConfig, train
+
+parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+parser.add_argument("--fast", action="store_true", help="tiny budgets and eval slices (seconds)")
+parser.add_argument("--sweep", action="store_true", help="pick every method's lr on the val split first "
+                                                         "(three rates each, about 4 minutes)")
+args = parser.parse_args()
+FAST = args.fast
+
+if not (BASE_DIR / "model.safetensors").is_file():
+    sys.exit(f"lesson 05 needs the base model in {BASE_DIR}/; it is shipped with minift "
+             f"(or rebuild it with `minift pretrain`).")
+
+torch.set_num_threads(1)        # tiny matrices: one thread is as fast, and fair on a shared machine
+
+ALL_LINEAR = ("attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj")
+# What each method trains. A task head (head.*) trains in every one of them.
+METHODS = {
+    "full": None,                                                       # every weight
+    "full, frozen embeddings": SelectiveConfig(components=["attention", "mlp", "layernorm"]),  # all but wte, wpe
+    "head-only": SelectiveConfig(patterns=()),                          # the body frozen
+    "LoRA r=1 q,v": LoRAConfig(r=1),                                    # the LoRA paper's W_q, W_v
+    "LoRA r=4 q,v": LoRAConfig(r=4),
+    "LoRA r=16 q,v": LoRAConfig(r=16),
+    "LoRA r=4 all linear": LoRAConfig(r=4, targets=ALL_LINEAR, qkv=None),  # c_attn whole, c_proj, c_fc, mlp.c_proj
+    "DoRA r=4 q,v": LoRAConfig(r=4, use_dora=True),
+}
+# Every LoRA row keeps the default alpha = 16 for every rank (the LoRA paper fixes alpha too): s = alpha / r.
+# Peak lr per method, picked on the val split by `--sweep` (best val F1; ties within 0.005 go to
+# the smaller rate). LoRA wants a larger rate than full fine-tuning: B starts at 0 and the update
+# is s B A, so it has further to go in the same 150 steps.
+GRID = {m: (3e-3, 1e-2, 3e-2) for m in METHODS}
+GRID["full"] = GRID["full, frozen embeddings"] = (3e-4, 1e-3, 3e-3)
+LR = {"full": 3e-4, "full, frozen embeddings": 1e-3, "head-only": 1e-2, "LoRA r=1 q,v": 1e-2,
+      "LoRA r=4 q,v": 3e-3, "LoRA r=16 q,v": 3e-3, "LoRA r=4 all linear": 1e-2, "DoRA r=4 q,v": 1e-2}
+STEPS, BATCH = (5, 32) if FAST else (150, 32)
+N_EVAL = 40 if FAST else None
+PROBE = dict(n_windows=2, n_facts=12) if FAST else dict(n_windows=16, n_facts=72)
+BLOCK = 128
+t_start = time.perf_counter()
+
+
+def header(title):
+    print(f"\n{'=' * 88}\n{title}\n{'=' * 88}", flush=True)
+
+
+def table(headers, rows):
+    widths = [max(len(str(r[i])) for r in [headers] + rows) for i in range(len(headers))]
+    fmt = lambda r: "  ".join(str(c).rjust(w) if k else str(c).ljust(w) for k, (c, w) in enumerate(zip(r, widths)))  # noqa: E731
+    print(fmt(headers))
+    print("  ".join("-" * w for w in widths))
+    for r in rows:
+        print(fmt(r))
+
+
+def cut(xs):
+    return xs[:N_EVAL] if N_EVAL else xs
+
+
+base, tok = load_base()
+col = collate_fn(tok.pad_id)
+before = forgetting_probe(base, tok, **PROBE)
+ner = {s: cut(world.task("ner", s)) if s != "train" else world.task("ner", s) for s in ("train", "val", "test")}
+items = {s: encode_ner(tok, v, world.NER_TAGS, BLOCK) for s, v in ner.items()}
+train_items = [{"idx": it["idx"], "labels": it["labels"]} for it in items["train"]]
+C = base.config.n_embd
+print(f"task: NER (BIO tags over {', '.join(world.NER_TYPES)}), {len(ner['train'])} training sentences; val "
+      f"({len(ner['val'])}) and test ({len(ner['test'])}) name only people never tagged in training. Every run: "
+      f"{STEPS} steps x batch {BATCH}, AdamW, warmup + cosine, seed 0, the same head init.")
+print(f"base body before fine-tuning: pretraining perplexity {before['pretrain_ppl']:.3f}, fact accuracy "
+      f"{before['fact_accuracy']:.1%} ({PROBE['n_facts']} probes)")
+
+
+def fresh(method):
+    """A TokenClassifier on a fresh copy of the base, with `method` applied."""
+    torch.manual_seed(0)                                        # the same head (and LoRA A) init
+    body, _ = load_base()
+    clf = TokenClassifier(body, len(world.NER_TAGS))
+    sel = METHODS[method]
+    if isinstance(sel, SelectiveConfig):
+        apply_selective(clf, sel)
+    elif sel is not None:
+        apply_lora(clf, sel)
+    return clf
+
+
+def f1_on(clf, split):
+    pred = predict_tags(clf, items[split], col, world.NER_TAGS)
+    return entity_f1(pred, [e["tags"] for e in ner[split]])["f1"], pred
+
+
+def train_and_measure(method, lr, data=None):
+    clf = fresh(method)
+    rep = trainable_report(clf)["total"]
+    cfg = TrainConfig(steps=STEPS, batch_size=BATCH, lr=lr, warmup_steps=max(1, STEPS // 10), seed=0,
+                      progress=False, desc=method)
+    hist = train(clf, data or train_items, cfg, loss_fn=classifier_loss, collate_fn=col)
+    f1, pred = {}, {}
+    for s in ("val", "test"):
+        f1[s], pred[s] = f1_on(clf, s)
+    after = forgetting_probe(clf.body, tok, **PROBE)            # LoRA: with the adapter on (unmerged)
+    return dict(method=method, lr=lr, rep=rep, f1=f1, pred=pred, time=hist[-1]["time"], after=after, model=clf,
+                loss=(hist[0]["loss"], hist[-1]["loss"]))
+
+
+done = {}                                                       # (method, lr) -> result: --sweep reuses its runs
+
+
+def run(method, lr, quiet=False):
+    if (method, lr) not in done:
+        done[(method, lr)] = train_and_measure(method, lr)
+    r = done[(method, lr)]
+    if not quiet:
+        print(f"{method:<24} lr {lr:g}: loss {r['loss'][0]:.3f} -> {r['loss'][1]:.3f}, val F1 {r['f1']['val']:.3f}, "
+              f"test F1 {r['f1']['test']:.3f}, {r['time']:.1f}s", flush=True)
+    return r
+
+
+# ==============================================================================================
+if args.sweep:
+    header("learning-rate sweep: every method at three rates, picked on val F1 (ties within 0.005: smaller lr)")
+    rows = []
+    for method in METHODS:
+        runs = [run(method, lr, quiet=True) for lr in GRID[method]]
+        best = max(r["f1"]["val"] for r in runs)
+        LR[method] = min(r["lr"] for r in runs if r["f1"]["val"] >= best - 0.005)
+        for r in runs:
+            rows.append((method, f"{r['lr']:g}", f"{r['f1']['val']:.3f}", f"{r['f1']['test']:.3f}",
+                         f"{r['after']['pretrain_ppl']:.2f}", f"{r['after']['fact_accuracy']:.0%}",
+                         "<-" if r["lr"] == LR[method] else ""))
+        print(f"  {method}: done", flush=True)
+        for r in runs:                                          # keep the picked model only
+            if r["lr"] != LR[method]:
+                r["model"] = None
+    table(("method", "lr", "val F1", "test F1", "pretrain ppl", "facts", "picked"), rows)
+
+# ==============================================================================================
+header("1. The low-rank idea: how many directions does full fine-tuning's ΔW use?")
+
+full = run("full", LR["full"])
+W_full = dict(full["model"].body.named_parameters())
+W_base = dict(base.named_parameters())
+
+
+def energy(M, ranks):
+    s = torch.linalg.svdvals(M.double())
+    e = (s ** 2).cumsum(0) / (s ** 2).sum()
+    return [float(e[r - 1]) for r in ranks], s
+
+
+RANKS = (1, 4, 16)
+MATRICES = (("h.0.attn.c_attn", "W_q"), ("h.0.attn.c_attn", "W_v"), ("h.3.attn.c_attn", "W_q"),
+            ("h.3.attn.c_attn", "W_v"), ("h.3.mlp.c_fc", None), ("wte", None))
+gen = torch.Generator().manual_seed(0)
+rows = []
+for module, part in MATRICES:
+    name = f"transformer.{module}.weight"
+    W0 = W_base[name].detach()                                      # (out, in)
+    dW = W_full[name].detach() - W0
+    if part is not None:                                            # the q or v rows of the fused c_attn
+        k = "qkv".index(part[-1])
+        W0, dW = W0[k * C:(k + 1) * C], dW[k * C:(k + 1) * C]       # (C, C)
+    e, s = energy(dW, RANKS)
+    e_rand, _ = energy(torch.randn(dW.shape, generator=gen, dtype=torch.float64), RANKS)
+    rows.append((f"{module} {part or ''}".strip(), f"{tuple(dW.shape)}", f"{float(dW.norm() / W0.norm()):.2f}",
+                 *[f"{x:.0%}" for x in e], f"{e_rand[1]:.0%}"))
+table(("matrix", "shape", "|ΔW|/|W0|", *[f"top-{r} energy" for r in RANKS], "random top-4"), rows)
+print(f"ΔW = W_full - W0 after full fine-tuning (lr {LR['full']:g}); top-r energy = Σ_(i<=r) σ_i² / Σ σ_i², the share "
+      f"of ΔW's squared Frobenius norm that the best rank-r matrix keeps (Eckart-Young). 'random': a Gaussian "
+      f"matrix of the same shape.")
+
+# ==============================================================================================
+header(f"2. LoRA at several ranks vs full fine-tuning: NER, {STEPS} steps x batch {BATCH}")
+results = [run(m, LR[m]) for m in METHODS]
+print("\nwhat trains (the first tensors of each):")
+for r in results:
+    names = [n for n, p in r["model"].named_parameters() if p.requires_grad]
+    print(f"  {r['method']:<24} {len(names):>3} tensors: {', '.join(n.removeprefix('body.') for n in names[:2])}"
+          + (", ..." if len(names) > 2 else ""))
+
+n_full, f_full = full["rep"]["trainable"], full["f1"]["test"]
+quality = {r["method"]: r for r in results}
+
+
+def rel(r):
+    """Test F1 as a share of full fine-tuning's (n/a while full fine-tuning has not learned the task: --fast)."""
+    return f"{r['f1']['test'] / f_full:.1%}" if f_full >= 0.05 else "n/a"
+
+
+print()
+rows = []
+for r in results:
+    rep, a = r["rep"], r["after"]
+    rows.append((r["method"], f"{r['lr']:g}", f"{rep['trainable']:,}", f"{rep['trainable'] / n_full:.2%}",
+                 f"{r['f1']['val']:.3f}", f"{r['f1']['test']:.3f}", rel(r), f"{r['time']:.1f}s",
+                 f"{before['pretrain_ppl']:.2f} -> {a['pretrain_ppl']:.2f}",
+                 f"{before['fact_accuracy']:.0%} -> {a['fact_accuracy']:.0%}"))
+table(("method", "lr", "trainable", "of full", "val F1", "test F1", "of full", "time", "pretrain ppl", "facts"), rows)
+head = quality["head-only"]["rep"]["trainable"]
+print(f"'of full': trainable parameters, then test F1, as a share of full fine-tuning's. 'trainable' counts the task "
+      f"head ({head:,} = K (C + 1), K = 9 tags) in every row; LoRA on W_q, W_v adds 2 r (C + C) = "
+      f"{2 * lora_parameter_count(C, C, 1):,} r per block, x {base.config.n_layer} blocks. Forgetting: the body with "
+      f"the adapter on (merged, it is the same model).")
+print("\nThe issue's target: LoRA at a small rank reaches >= 95% of full fine-tuning's score with < 2% of its "
+      "trainable parameters, and forgets less.")
+for r in results:
+    if "LoRA" in r["method"] or "DoRA" in r["method"]:
+        a, fa = r["after"], full["after"]
+        small = r["rep"]["trainable"] < 0.02 * n_full
+        good = f_full >= 0.05 and r["f1"]["test"] >= 0.95 * f_full
+        less = a["pretrain_ppl"] < fa["pretrain_ppl"] and a["fact_accuracy"] > fa["fact_accuracy"]
+        print(f"  {r['method']:<20} < 2% of full's trainable: {'yes' if small else 'no '} | test F1 >= 95% of full's: "
+              f"{'yes' if good else 'no '} ({rel(r)}) | forgets less (ppl and facts): {'yes' if less else 'no '} -> "
+              f"{'holds' if small and good and less else 'fails'}")
+
+def errors(r, split="val"):
+    return Counter((w, g, p) for e, pp in zip(ner[split], r["pred"][split])
+                   for w, g, p in zip(e["tokens"], e["tags"], pp) if g != p)
+
+
+print("\nWhere the points go: word-tag errors on val (word: gold -> predicted), the commonest five")
+for m in ("full", "full, frozen embeddings", "LoRA r=4 q,v", "LoRA r=4 all linear"):
+    err = errors(quality[m])
+    print(f"  {m:<24} {sum(err.values()):>3} errors: "
+          + ", ".join(f"{w}: {g} -> {p} ({n})" for (w, g, p), n in err.most_common(5)))
+surnames = sorted({w for e in ner["train"] for w, t in zip(e["tokens"], e["tags"]) if t == "I-PER"})
+corpus = " ".join(world.pretrain_corpus("train"))
+print(f"the surnames (every I-PER word: {', '.join(surnames)}) occur in the pretraining corpus "
+      f"{sum(corpus.count(w) for w in surnames)} times; ' {surnames[-1]}' is tokenized as "
+      f"{[tok.decode([i]) for i in tok.encode(' ' + surnames[-1])]}, and its tag sits on the first piece.")
+
+# ==============================================================================================
+header("3. The same ranks on a GPT-3-175B-shaped model (meta device: shapes only, no memory)")
+big_cfg = GPTConfig(vocab_size=50257, block_size=2048, n_layer=96, n_head=96, n_embd=12288)
+t0 = time.perf_counter()
+with torch.device("meta"):
+    big = GPT(big_cfg)
+n_big = big.num_parameters()
+print(f"GPTConfig(n_layer=96, n_head=96, n_embd=12288, vocab_size=50257, block_size=2048): {n_big:,} parameters "
+      f"(embedding tied to the output layer; built in {time.perf_counter() - t0:.1f}s, no weight allocated)")
+rows = []
+for r in (1, 2, 4, 8):
+    apply_lora(big, LoRAConfig(r=r))                            # W_q and W_v of every block
+    n = sum(p.numel() for p in big.parameters() if p.requires_grad)
+    by_formula = sum(row["lora"] for row in lora_report(big))
+    rows.append((r, f"{n:,}", f"{by_formula:,}", f"{n / 1e6:.1f}M", f"{n / n_big:.4%}", f"{n_big / n:,.0f}x",
+                 f"{2 * n / 1e6:.1f} MB"))
+    remove_adapters(big)
+table(("r", "trainable", "Σ r (in + out)", "rounded", "share", "full / LoRA", "fp16 file"), rows)
+print(f"per block: W_q and W_v are ({big_cfg.n_embd}, {big_cfg.n_embd}), so LoRA adds 2 r (12288 + 12288) = 49,152 r; "
+      f"x 96 blocks = 4,718,592 r. Full fine-tuning's training state in fp32 (weights, gradients, AdamW's two moments: "
+      f"16 bytes a parameter) would be {16 * n_big / 1e12:.2f} TB; the frozen weights alone in fp16 are "
+      f"{2 * n_big / 1e9:.0f} GB.")
+del big
+
+# ==============================================================================================
+header("4. Merging: W = W0 + s B A, and inference costs nothing extra")
+clf4 = quality["LoRA r=4 q,v"]["model"]
+layer = clf4.body.transformer.h[0].attn.c_attn
+batch = col([{"idx": it["idx"], "labels": it["labels"]} for it in items["val"]])
+W0 = layer.weight.detach().clone()
+with torch.no_grad():
+    y_unmerged = clf4(batch["idx"], attention_mask=batch["attention_mask"]).logits
+    merge_lora(clf4)
+    y_merged = clf4(batch["idx"], attention_mask=batch["attention_mask"]).logits
+    f1_merged = f1_on(clf4, "val")[0]
+    unmerge_lora(clf4)
+    W_back = layer.weight.detach().clone()
+    y_again = clf4(batch["idx"], attention_mask=batch["attention_mask"]).logits
+mask = batch["attention_mask"].bool()
+print(f"{layer.__class__.__name__}({layer.extra_repr()})")
+print(f"val logits, merged vs unmerged: max |diff| = {float((y_merged - y_unmerged)[mask].abs().max()):.2e} (float32 "
+      f"rounding; logits up to {float(y_unmerged[mask].abs().max()):.1f}), same predicted tag at "
+      f"{float((y_merged.argmax(-1) == y_unmerged.argmax(-1))[mask].float().mean()):.2%} of tokens, val F1 "
+      f"{f1_merged:.3f} merged vs {quality['LoRA r=4 q,v']['f1']['val']:.3f} unmerged")
+print(f"unmerge: max |W - W0| = {float((W_back - W0).abs().max()):.2e} (W0 back up to float32 rounding); unmerged "
+      f"logits after the round trip vs before: max |diff| = {float((y_again - y_unmerged)[mask].abs().max()):.2e}")
+
+plain = merge_and_unload(copy.deepcopy(clf4))                   # plain nn.Linear again: the base architecture
+merged = copy.deepcopy(clf4)
+merge_lora(merged)
+models = {"unmerged LoRA": clf4, "merged LoRA": merged, "plain (merge_and_unload)": plain}
+reps, per = (3, 1) if FAST else (9, 2)
+times = {k: [] for k in models}
+with torch.no_grad():
+    for m in models.values():                                   # warm-up
+        m(batch["idx"], attention_mask=batch["attention_mask"])
+    for _ in range(reps):                                      # interleaved, so load changes hit all three
+        for k, m in models.items():
+            t0 = time.perf_counter()
+            for _ in range(per):
+                m(batch["idx"], attention_mask=batch["attention_mask"])
+            times[k].append((time.perf_counter() - t0) / per)
+med = {k: statistics.median(v) for k, v in times.items()}
+table(("model", "forward, median", "vs plain"),
+      [(k, f"{1000 * med[k]:.1f} ms", f"{med[k] / med['plain (merge_and_unload)']:.2f}x") for k in models])
+print(f"one forward over the {batch['idx'].shape[0]} val sentences ({tuple(batch['idx'].shape)} tokens), median of "
+      f"{reps} rounds; the unmerged layer computes W0 x + s B (A x) on the side, the merged one only W x.")
+del merged, plain
+
+# ==============================================================================================
+header("5. One base, several task adapters, swapped at run time")
+people = [{"tokens": e["tokens"], "tags": [t if t.endswith("PER") else "O" for t in e["tags"]]} for e in ner["train"]]
+people_items = [{"idx": it["idx"], "labels": it["labels"]} for it in encode_ner(tok, people, world.NER_TAGS, BLOCK)]
+gold_people = [[t if t.endswith("PER") else "O" for t in e["tags"]] for e in ner["val"]]
+print(f"task B, 'people only' (e.g. to redact names): the same sentences with every tag but B-PER/I-PER set to O. "
+      f"Its adapter: LoRA r=4 q,v, lr {LR['LoRA r=4 q,v']:g}, {STEPS} steps (the task A recipe, not tuned again).")
+res_b = train_and_measure("LoRA r=4 q,v", LR["LoRA r=4 q,v"], data=people_items)
+trained = {"A: all entities": quality["LoRA r=4 q,v"], "B: people only": res_b}
+tmp = tempfile.TemporaryDirectory()
+dirs = {}
+for k, r in trained.items():
+    dirs[k] = os.path.join(tmp.name, k.split(":")[0])
+    save_adapter(r["model"], dirs[k])                           # LoRA A, B (+ the head): what was trained
+size = {k: os.path.getsize(os.path.join(d, "adapter.safetensors")) for k, d in dirs.items()}
+print(f"adapter files: {', '.join(f'{k}: {size[k] / 1024:.1f} KiB' for k in dirs)} (LoRA A, B and the task head), "
+      f"vs {os.path.getsize(BASE_DIR / 'model.safetensors') / 1024 ** 2:.1f} MiB for the base model itself")
+
+body, _ = load_base()                                           # the ONE base model, loaded once
+model = TokenClassifier(body, len(world.NER_TAGS))
+probe = col([{"idx": it["idx"]} for it in items["val"][:16]])
+with torch.no_grad():
+    lm_base = body(probe["idx"], attention_mask=probe["attention_mask"]).logits.clone()
+ex = next((i for i, e in enumerate(ner["val"]) if {"B-PER", "B-LOC"} <= set(e["tags"]) and
+           any(t.endswith(("FOOD", "ANIMAL")) for t in e["tags"])), 0)   # a sentence with all kinds
+rows, tagged = [], []
+for k in ("A: all entities", "B: people only", "A: all entities"):
+    t0 = time.perf_counter()
+    load_adapter(model, dirs[k])                                # 1st call applies LoRA; later calls swap tensors
+    ms = 1000 * (time.perf_counter() - t0)
+    f1_a, pred = f1_on(model, "val")
+    f1_b = entity_f1(pred, gold_people)["f1"]
+    with torch.no_grad():
+        lm = body(probe["idx"], attention_mask=probe["attention_mask"]).logits
+    rows.append((k, f"{ms:.0f} ms", f"{f1_a:.3f}", f"{f1_b:.3f}", str(pred == trained[k]["pred"]["val"]),
+                 f"{float((lm - lm_base).abs().max()):.2f}"))
+    tagged.append((k, pred[ex]))
+table(("adapter loaded", "load", "val F1, task A", "val F1, task B", "= trained model", "body logits vs base"), rows)
+print("'= trained model': every val tag equals the one the model predicted right after training. 'body logits vs "
+      "base': max |diff| of the body's language-model logits on 16 val sentences.")
+with disable_adapters(model), torch.no_grad():
+    lm_off = body(probe["idx"], attention_mask=probe["attention_mask"]).logits
+print(f"inside `with disable_adapters(model)`: body logits bit-identical to the base model: "
+      f"{torch.equal(lm_off, lm_base)}")
+print(f"\n{' '.join(ner['val'][ex]['tokens'])}")
+for k, p in tagged[:2]:
+    print(f"  {k:<16} " + ", ".join(f"{w}/{t}" for w, t in zip(ner["val"][ex]["tokens"], p) if t != "O"))
+tmp.cleanup()
+
+print(f"\ntotal: {time.perf_counter() - t_start:.1f}s wall ({torch.get_num_threads()} thread; wall grows when "
+      f"other jobs share the cores)")

@@ -1,0 +1,419 @@
+"""Lesson 06: bottleneck adapters, series (Houlsby, Pfeiffer) and parallel, against LoRA at one budget.
+
+Prints, top to bottom:
+
+  1. where each adapter sits in a GPT-2 block: the modules `apply_adapters` wraps and the block's
+     module tree for Houlsby series, Pfeiffer series and parallel adapters (and LoRA on q, v for
+     comparison); the bottleneck h + s f(h W_down) W_up; the parameter count of each at the
+     matched budget; and the check that every adapted model equals the base exactly at step 0
+     (W_up = 0);
+  2. one NER model per method (`TokenClassifier` on the shipped base, same data, steps, batch,
+     seed and head initialisation; each method's lr picked on the dev split), then ONE table:
+     method | adapter parameters | trainable (adapter + head) | share | dev F1 | test F1 | train
+     time | forward time vs the base | the body as a language model with the adapter left on;
+     then what "forgetting" means when the base never moves: the base tensors after training vs
+     the shipped file, `disable_adapters` vs the base model's outputs, and LoRA merged;
+  3. what limits the adapters: a bottleneck sweep for the Pfeiffer adapter (m = 1 and 64 next to
+     part 2's m), and the same adapter with the token embeddings trainable too.
+  With --seeds K, at the end: part 2 again with seeds 0..K-1, and the spread of the F1 scores.
+  With --sweep, before part 2: the learning-rate sweep behind part 2's rates (~4 minutes).
+
+    python lessons/06_adapters/walkthrough.py           # or: minift run 06
+    python lessons/06_adapters/walkthrough.py --fast    # the seconds-long version the tests run
+    python lessons/06_adapters/walkthrough.py --sweep   # re-pick every lr from {1e-3, 3e-3, 1e-2, 3e-2}
+
+Everything it uses lives in the library (minift/peft/adapters.py, minift/peft/lora.py,
+minift/peft/common.py, minift/peft/io.py, minift/heads.py, minift/train.py, minift/pretrain.py);
+this file only calls it and prints.
+"""
+EXPECTED_SECONDS = 100
+FAST_SECONDS = 12
+
+import argparse
+import copy
+import os
+import sys
+import tempfile
+import time
+from collections import Counter
+
+import torch
+
+from minift import world
+from minift.heads import TokenClassifier, classifier_loss, encode_ner, predict_tags
+from minift.peft.adapters import AdapterConfig, adapter_parameter_count, adapters_state_dict, apply_adapters
+from minift.peft.common import count_adapter_parameters, disable_adapters
+from minift.peft.io import save_adapter
+from minift.peft.lora import LoRAConfig, apply_lora, lora_parameter_count, merge_lora
+from minift.peft.selective import SelectiveConfig, apply_selective, trainable_report
+from minift.pretrain import BASE_DIR, forgetting_probe, load_base
+from minift.tasks import LMDataset, collate_fn, entity_f1
+from minift.train import TrainConfig, train
+
+parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+parser.add_argument("--fast", action="store_true", help="tiny budgets and eval slices (seconds)")
+parser.add_argument("--sweep", action="store_true", help="sweep every method's lr over {1e-3, 3e-3, 1e-2, 3e-2} "
+                                                         "on the dev split first (about 4 minutes)")
+parser.add_argument("--seeds", type=int, default=1, metavar="K",
+                    help="at the end, retrain part 2's methods with seeds 0..K-1 (init and data order) and "
+                         "print the spread of dev/test F1 (K=3: about 2 more minutes)")
+args = parser.parse_args()
+FAST = args.fast
+
+if not (BASE_DIR / "model.safetensors").is_file():
+    sys.exit(f"lesson 06 needs the base model in {BASE_DIR}/; it is shipped with minift "
+             f"(or rebuild it with `minift pretrain`).")
+
+torch.set_num_threads(1)        # tiny matrices: one thread is as fast, and fair on a shared machine
+t_start = time.perf_counter()
+
+base, tok = load_base()
+C, L = base.config.n_embd, base.config.n_layer
+
+# ---- the matched budget -----------------------------------------------------------------------
+# LoRA as in its paper: W_q and W_v of every block (two slices of GPT-2's fused c_attn), rank 8:
+# 2 L r (C + C) parameters. Each adapter gets the bottleneck m whose count comes closest to it.
+LORA = LoRAConfig(r=8, alpha=16, targets=("attn.c_attn",), qkv=("q", "v"))
+BUDGET = L * len(LORA.qkv) * lora_parameter_count(C, C, LORA.r)
+PER_BLOCK = {"houlsby": 2, "pfeiffer": 1, "parallel": 1}          # adapters per block
+
+
+def closest_m(n_per_block):
+    return min(range(1, C + 1), key=lambda m: (abs(L * n_per_block * adapter_parameter_count(C, m) - BUDGET), m))
+
+
+M = {k: closest_m(n) for k, n in PER_BLOCK.items()}
+METHODS = {                                                        # what trains; a task head always does
+    "full": None,
+    "head-only": SelectiveConfig(patterns=()),
+    "series Houlsby": AdapterConfig(kind="series", placement="houlsby", bottleneck=M["houlsby"]),
+    "series Pfeiffer": AdapterConfig(kind="series", placement="pfeiffer", bottleneck=M["pfeiffer"]),
+    "parallel": AdapterConfig(kind="parallel", bottleneck=M["parallel"]),
+    "LoRA q,v": LORA,
+}
+PEFT = ["series Houlsby", "series Pfeiffer", "parallel", "LoRA q,v"]
+# Peak lr per method, picked on the dev split from LRS by `--sweep` (best dev F1; ties within
+# 0.005 go to the smaller lr). full and head-only are the reference rows of lessons 02 and 04.
+LRS = (1e-3, 3e-3, 1e-2, 3e-2)
+LR = {"full": 1e-3, "head-only": 1e-2, "series Houlsby": 1e-2, "series Pfeiffer": 1e-2, "parallel": 3e-3,
+      "LoRA q,v": 1e-2}
+STEPS, BATCH = (8, 32) if FAST else (150, 32)
+N_EVAL = 60 if FAST else None
+PROBE = dict(n_windows=4, n_facts=24) if FAST else dict(n_windows=16, n_facts=72)
+SWEEP_M = (1,) if FAST else (1, 64)
+TIMING_ROUNDS = 3 if FAST else 20
+BLOCK = 128
+
+
+def header(title):
+    print(f"\n{'=' * 96}\n{title}\n{'=' * 96}", flush=True)
+
+
+def table(headers, rows):
+    widths = [max(len(str(r[i])) for r in [headers] + rows) for i in range(len(headers))]
+    fmt = lambda r: "  ".join(str(c).rjust(w) if k else str(c).ljust(w) for k, (c, w) in enumerate(zip(r, widths)))  # noqa: E731
+    print(fmt(headers))
+    print("  ".join("-" * w for w in widths))
+    for r in rows:
+        print(fmt(r))
+
+
+def kib(n):
+    return f"{n / 1024:,.1f} KiB" if n < 1024 ** 2 else f"{n / 1024 ** 2:,.2f} MiB"
+
+
+def cut(xs):
+    return xs[:N_EVAL] if N_EVAL else xs
+
+
+def apply(model, cfg):
+    """Apply one method's config to a model (a bare GPT or a classifier)."""
+    if isinstance(cfg, AdapterConfig):
+        apply_adapters(model, cfg)
+    elif isinstance(cfg, LoRAConfig):
+        apply_lora(model, cfg)
+    elif cfg is not None:
+        apply_selective(model, cfg)
+    return model
+
+
+def fresh(method, seed=0, cfg=None):
+    """A TokenClassifier on a fresh copy of the base, with `method` (or `cfg`) applied."""
+    torch.manual_seed(seed)                                     # the same head init for every method
+    body, _ = load_base()
+    return apply(TokenClassifier(body, len(world.NER_TAGS)), METHODS[method] if cfg is None else cfg)
+
+
+col = collate_fn(tok.pad_id)
+ner = {"train": world.task("ner", "train"), "dev": cut(world.task("ner", "val")),
+       "test": cut(world.task("ner", "test"))}
+items = {s: encode_ner(tok, v, world.NER_TAGS, BLOCK) for s, v in ner.items()}
+train_items = [{"idx": it["idx"], "labels": it["labels"]} for it in items["train"]]
+lm_val = LMDataset(tok, world.pretrain_corpus("val"), BLOCK)
+lm_batch = torch.stack([lm_val[i]["idx"] for i in range(4)])     # (4, 128) pretraining text
+print(f"task: NER (BIO tags over {', '.join(world.NER_TYPES)}), {len(ner['train'])} training sentences; "
+      f"dev = the val split ({len(ner['dev'])} sentences), test = the test split ({len(ner['test'])}). Both name "
+      f"only people never tagged in training (known to the body from pretraining); towns, pets and foods are "
+      f"closed sets shared by all splits.")
+
+# ==============================================================================================
+header("1. Where each adapter sits in a GPT-2 block (n_embd C = %d, %d blocks)" % (C, L))
+
+
+def tree(module, indent="  "):
+    """The module tree of one block: names, types, Linear shapes; adapter modules marked."""
+    for name, m in module.named_children():
+        if isinstance(m, torch.nn.Dropout):
+            continue
+        kind = type(m).__name__
+        if isinstance(m, torch.nn.Linear):
+            kind += f" ({m.in_features} -> {m.out_features})"
+        elif hasattr(m, "weight") and getattr(m, "weight") is not None and m.weight.dim() == 2 and \
+                kind not in ("LayerNorm",):
+            kind += f" ({m.weight.shape[1]} -> {m.weight.shape[0]})"
+        if kind.startswith(("SeriesAdapter", "ParallelAdapter", "LoRALinear", "Bottleneck")):
+            kind += "   <- new"
+        extra = m.extra_repr() if kind.startswith(("Bottleneck", "LoRALinear")) else ""
+        print(f"{indent}{name:<8} {kind}" + (f"   [{extra}]" if extra else ""))
+        if not isinstance(m, (torch.nn.Linear, torch.nn.LayerNorm)):
+            tree(m, indent + "  ")
+
+
+FLOW = {
+    "series Houlsby": "a = x + Adapter(Attn(LN1(x)));   y = a + Adapter(MLP(LN2(a)))     Adapter(h) = h + s f(h Wd) Wu",
+    "series Pfeiffer": "a = x + Attn(LN1(x));            y = a + Adapter(MLP(LN2(a)))     (after the MLP only)",
+    "parallel": "a = x + Attn(LN1(x));            y = a + MLP(u) + s f(u Wd) Wu,   u = LN2(a)  (beside the MLP)",
+    "LoRA q,v": "q = u (W_q + s B_q A_q)^T, v = u (W_v + s B_v A_v)^T, u = LN1(x); k, proj and MLP untouched",
+}
+for method in PEFT:
+    body, _ = load_base()
+    cfg = METHODS[method]
+    names = apply_adapters(body, cfg) if isinstance(cfg, AdapterConfig) else apply_lora(body, cfg)
+    n = count_adapter_parameters(body)
+    what = f"m = {cfg.bottleneck}, f = {cfg.activation}, s = {cfg.scaling:g}" if isinstance(cfg, AdapterConfig) \
+        else f"r = {cfg.r}, alpha = {cfg.alpha:g} (s = {cfg.scaling:g}), slices {'+'.join(cfg.qkv)} of c_attn"
+    print(f"\n{method}: {what}.  {FLOW[method]}")
+    print(f"  wraps {len(names)} modules: {', '.join(names[:2])}{', ...' if len(names) > 2 else ''}")
+    print("  block 0 after apply:")
+    tree(body.transformer.h[0], "    ")
+    if isinstance(cfg, AdapterConfig):
+        per = adapter_parameter_count(C, cfg.bottleneck)
+        print(f"  new tensors in block 0: " + ", ".join(
+            f"{k.split('h.0.')[1]} {tuple(v.shape)}" for k, v in adapters_state_dict(body).items() if ".h.0." in k))
+        print(f"  parameters: {len(names)} adapters x (2 C m + m + C = {per:,}) = {n:,}")
+    else:
+        print(f"  parameters: {L} blocks x {len(cfg.qkv)} slices x r (C + C) = {n:,}")
+
+print(f"\nthe matched budget: LoRA r = {LORA.r} on W_q, W_v = {BUDGET:,} parameters; each adapter takes the "
+      f"bottleneck m whose count comes closest:")
+rows = []
+for method in PEFT:
+    cfg = METHODS[method]
+    body = apply(load_base()[0], cfg)
+    n = count_adapter_parameters(body)
+    rows.append((method, f"m = {cfg.bottleneck}" if isinstance(cfg, AdapterConfig) else f"r = {cfg.r}", f"{n:,}",
+                 f"{n / BUDGET - 1:+.1%}"))
+table(("method", "size", "parameters", "vs LoRA"), rows)
+
+print("\nstep 0: W_up = 0 (LoRA: B = 0), so the adapted classifier IS the base classifier (same head init):")
+ref = fresh("head-only").eval()
+batch = col([{"idx": it["idx"], "labels": it["labels"]} for it in items["dev"][:32]])
+with torch.no_grad():
+    want = ref(batch["idx"], attention_mask=batch["attention_mask"]).logits
+    for method in PEFT:
+        got = fresh(method).eval()(batch["idx"], attention_mask=batch["attention_mask"]).logits
+        print(f"  {method:<16} logits identical to the base: {torch.equal(got, want)}   "
+              f"max |difference| = {(got - want).abs().max().item():.1e}")
+
+# ==============================================================================================
+done = {}                                                       # (method, lr) -> result: --sweep reuses its runs
+
+
+def train_and_measure(method, lr, cfg=None, seed=0, unfreeze=()):
+    """Train one classifier (method's config, or `cfg`; `unfreeze`: extra parameter names made
+    trainable after apply) and measure it."""
+    clf = fresh(method, seed, cfg)
+    for n, p in clf.named_parameters():
+        if any(u in n for u in unfreeze):
+            p.requires_grad = True
+    rep = trainable_report(clf)["total"]
+    n_adapter = count_adapter_parameters(clf)
+    tc = TrainConfig(steps=STEPS, batch_size=BATCH, lr=lr, seed=seed, progress=False, desc=method)
+    hist = train(clf, train_items, tc, loss_fn=classifier_loss, collate_fn=col)
+    pred = {s: predict_tags(clf, items[s], col, world.NER_TAGS) for s in ("dev", "test")}
+    f1 = {s: entity_f1(pred[s], [e["tags"] for e in ner[s]])["f1"] for s in ("dev", "test")}
+    return dict(method=method, lr=lr, rep=rep, n_adapter=n_adapter, f1=f1, pred=pred, time=hist[-1]["time"],
+                clf=clf, loss=(hist[0]["loss"], hist[-1]["loss"]))
+
+
+def run(method, lr, quiet=False):
+    if (method, lr) not in done:
+        done[(method, lr)] = train_and_measure(method, lr)
+    r = done[(method, lr)]
+    if not quiet:
+        print(f"{method:<16} lr {lr:g}: loss {r['loss'][0]:.3f} -> {r['loss'][1]:.3f}, dev F1 {r['f1']['dev']:.3f}, "
+              f"test F1 {r['f1']['test']:.3f}, {r['time']:.1f}s", flush=True)
+    return r
+
+
+if args.sweep:
+    header(f"learning-rate sweep: every method at lr in {LRS}, {STEPS} steps x batch {BATCH}, picked on dev")
+    rows = []
+    for method in METHODS:
+        runs = [run(method, lr, quiet=True) for lr in LRS]
+        best = max(r["f1"]["dev"] for r in runs)
+        LR[method] = min(r["lr"] for r in runs if r["f1"]["dev"] >= best - 0.005)
+        for r in runs:
+            rows.append((method, f"{r['lr']:g}", f"{r['loss'][1]:.3f}", f"{r['f1']['dev']:.3f}",
+                         f"{r['f1']['test']:.3f}", "<-" if r["lr"] == LR[method] else ""))
+            if r["lr"] != LR[method]:
+                r.pop("clf")                                    # keep memory small: only the picked models
+        print(f"  {method}: done", flush=True)
+    table(("method", "lr", "final loss", "dev F1", "test F1", "picked"), rows)
+
+header(f"2. One NER model per method, at a matched budget: {STEPS} steps x batch {BATCH}, AdamW, warmup + cosine, "
+       f"seed 0")
+before = forgetting_probe(base, tok, **PROBE)
+results = {m: run(m, LR[m]) for m in METHODS}
+
+# ---- inference cost: forward time of each trained classifier vs the plain base classifier ------
+# Same batch (64 dev sentences), eval mode, no grad. Measured as this process's CPU time
+# (time.process_time: one torch thread, so CPU time is the work), which other jobs on a shared
+# machine do not inflate as they do wall time; rounds interleaved over the models, fastest kept.
+tbatch = col([{"idx": it["idx"], "labels": it["labels"]} for it in items["dev"][:64]])
+lora_merged = copy.deepcopy(results["LoRA q,v"]["clf"])
+merge_lora(lora_merged)                                           # W = W0 + s B A, in place
+timed = {"base": fresh("full"), **{m: results[m]["clf"] for m in PEFT}, "LoRA q,v merged": lora_merged}
+best_t = {k: float("inf") for k in timed}
+with torch.no_grad():
+    for m in timed.values():
+        m.eval()(tbatch["idx"], attention_mask=tbatch["attention_mask"])      # warm up
+    for _ in range(TIMING_ROUNDS):
+        for k, m in timed.items():
+            t0 = time.process_time()
+            m(tbatch["idx"], attention_mask=tbatch["attention_mask"])
+            best_t[k] = min(best_t[k], time.process_time() - t0)
+    un = results["LoRA q,v"]["clf"](tbatch["idx"], attention_mask=tbatch["attention_mask"]).logits
+    mg = lora_merged(tbatch["idx"], attention_mask=tbatch["attention_mask"]).logits
+ratio = {k: v / best_t["base"] for k, v in best_t.items()}
+
+# ---- the body as a language model, adapter on and off -----------------------------------------
+for m, r in results.items():
+    body = r["clf"].body
+    r["probe_on"] = forgetting_probe(body, tok, **PROBE)              # full: the fine-tuned body
+    if m in PEFT:
+        with disable_adapters(body):
+            r["probe_off"] = forgetting_probe(body, tok, **PROBE)
+
+print()
+rows = []
+for m, r in results.items():
+    rep, a = r["rep"], r["probe_on"]
+    fwd = f"{ratio[m]:.2f}x" if m in ratio else "= base"
+    rows.append((m, f"{r['lr']:g}", f"{r['n_adapter']:,}" if m in PEFT else "-", f"{rep['trainable']:,}",
+                 f"{rep['share']:.2%}", f"{r['f1']['dev']:.3f}", f"{r['f1']['test']:.3f}", f"{r['time']:.1f}s",
+                 fwd, f"{before['pretrain_ppl']:.2f} -> {a['pretrain_ppl']:.2f}",
+                 f"{before['fact_accuracy']:.0%} -> {a['fact_accuracy']:.0%}"))
+table(("method", "lr", "adapter", "trainable", "share", "dev F1", "test F1", "train time", "forward",
+       "pretrain ppl (on)", "facts (on)"), rows)
+head = results["head-only"]["rep"]["trainable"]
+print(f"trainable = adapter + the task head ({head:,} = 9 tags x (C + 1)), which trains in every method. share = "
+      f"trainable / all parameters of the model (adapters included). forward = the trained classifier's forward "
+      f"CPU time on 64 dev sentences / the base classifier's (fastest of {TIMING_ROUNDS} interleaved rounds: "
+      f"{best_t['base'] * 1e3:.1f} ms). (on) = the body as a language model, with the adapter left in "
+      f"(full: the fine-tuned body).")
+print(f"LoRA merged (W = W0 + s B A, merge_lora): forward {ratio['LoRA q,v merged']:.2f}x the base, max |logits "
+      f"merged - unmerged| = {(mg - un).abs().max().item():.1e}. Adapters cannot merge: f sits between W_down "
+      f"and W_up.")
+full = results["full"]
+print(f"train time vs full fine-tuning: " + ", ".join(f"{m} {results[m]['time'] / full['time']:.2f}x" for m in PEFT)
+      + ": backpropagation still runs through every frozen block below the lowest adapter.")
+
+sizes = {}
+with tempfile.TemporaryDirectory() as d:
+    for m in PEFT:
+        save_adapter(results[m]["clf"], os.path.join(d, m))
+        sizes[m] = sum(os.path.getsize(os.path.join(d, m, f)) for f in os.listdir(os.path.join(d, m)))
+print("a task on disk (save_adapter: adapter + head tensors, safetensors + JSON): "
+      + ", ".join(f"{m} {kib(s)}" for m, s in sizes.items())
+      + f"; the whole fine-tuned model is {kib(4 * full['rep']['params'])} of fp32 weights.")
+
+print("\nWhat forgetting means when the base never moves (the same checks for every adapter method):")
+shipped = load_base()[0].state_dict()
+rows = []
+with torch.no_grad():
+    want = base(lm_batch).logits
+    for m in PEFT:
+        body = results[m]["clf"].body
+        sd = body.state_dict()
+        same = all(k in sd and torch.equal(sd[k], v) for k, v in shipped.items())
+        with disable_adapters(body):
+            off = torch.equal(body(lm_batch).logits, want)
+        on = (body(lm_batch).logits - want).abs().max().item()
+        p = results[m]["probe_off"]
+        rows.append((m, f"{same} ({len(shipped)} tensors)", str(off), f"{on:.2f}",
+                     f"{p['pretrain_ppl']:.2f}, {p['fact_accuracy']:.0%}"))
+table(("method", "base tensors == shipped file", "disable_adapters == base", "max |LM logit change| (on)",
+       "ppl, facts (off)"), rows)
+print(f"before fine-tuning: pretrain ppl {before['pretrain_ppl']:.2f}, facts {before['fact_accuracy']:.0%} "
+      f"({PROBE['n_facts']} probes). LM logits on 4 x {BLOCK} tokens of pretraining text; (off) = inside "
+      f"`with disable_adapters(body):`.")
+
+# ---- where the remaining dev errors are --------------------------------------------------------
+print("\nThe commonest dev errors, word tags (gold -> predicted), and how many words each method gets wrong:")
+for m, r in results.items():
+    errs = Counter((g, p) for e, pp in zip(ner["dev"], r["pred"]["dev"]) for g, p in zip(e["tags"], pp) if g != p)
+    print(f"  {m:<16} {sum(errs.values()):>3} wrong: " + (", ".join(f"{g} -> {p} {n}" for (g, p), n in
+                                                               errs.most_common(3)) or "none"))
+pf = results["series Pfeiffer"]
+e, pp = next(((e, pp) for e, pp in zip(ner["dev"], pf["pred"]["dev"]) if pp != e["tags"]), (None, None))
+if e is not None:
+    print("  e.g. series Pfeiffer: " + " ".join(f"{w}/{p}" + (f"(gold {g})" if g != p else "")
+                                               for w, g, p in zip(e["tokens"], e["tags"], pp)))
+# I-PER words are surnames. The label sits on a word's first BPE piece; what does the body know of it?
+corpus = " ".join(world.pretrain_corpus("train"))
+surnames = sorted({w for e in ner["dev"] for w, g in zip(e["tokens"], e["tags"]) if g == "I-PER"})
+print(f"  the {len(surnames)} surnames (I-PER words) of the dev split, as BPE pieces, and how often each word "
+      f"occurs in the pretraining corpus:\n    " + ", ".join(f"{w} {[tok.decode([i]) for i in tok.encode(' ' + w)]} "
+                                                f"{corpus.count(' ' + w)}x" for w in surnames[:6])
+      + (", ..." if len(surnames) > 6 else ""))
+
+# ==============================================================================================
+header(f"3. What limits the adapters? series Pfeiffer at lr {LR['series Pfeiffer']:g}: bottleneck m in "
+       f"{sorted(SWEEP_M + (M['pfeiffer'],))}, then m = {M['pfeiffer']} with the token embeddings trainable too")
+rows = []
+sweep = {M["pfeiffer"]: results["series Pfeiffer"]}
+for m in SWEEP_M:
+    cfg = AdapterConfig(kind="series", placement="pfeiffer", bottleneck=m)
+    sweep[m] = train_and_measure(f"Pfeiffer m={m}", LR["series Pfeiffer"], cfg=cfg)
+for m in sorted(sweep):
+    r = sweep[m]
+    rows.append((f"m = {m}", f"{r['n_adapter']:,}", f"{r['rep']['trainable']:,}", f"{r['rep']['share']:.2%}",
+                 f"{r['loss'][1]:.3f}", f"{r['f1']['dev']:.3f}", f"{r['f1']['test']:.3f}", f"{r['time']:.1f}s"))
+# the same adapter, plus the token embedding table (tied to the LM head): no longer "the base is untouched"
+emb = train_and_measure("Pfeiffer + wte", LR["series Pfeiffer"], cfg=METHODS["series Pfeiffer"],
+                        unfreeze=("transformer.wte.",))
+rows.append((f"m = {M['pfeiffer']} + wte", f"{emb['n_adapter']:,}", f"{emb['rep']['trainable']:,}",
+             f"{emb['rep']['share']:.2%}", f"{emb['loss'][1]:.3f}", f"{emb['f1']['dev']:.3f}",
+             f"{emb['f1']['test']:.3f}", f"{emb['time']:.1f}s"))
+table(("series Pfeiffer", "adapter", "trainable", "share", "final loss", "dev F1", "test F1", "train time"), rows)
+errs = Counter((g, p) for e, pp in zip(ner["dev"], emb["pred"]["dev"]) for g, p in zip(e["tags"], pp) if g != p)
+print(f"with wte trainable: {sum(errs.values())} wrong dev words" + (": " + ", ".join(
+    f"{g} -> {p} {n}" for (g, p), n in errs.most_common(3)) if errs else "") + ".")
+
+print(f"\nreference: head-only dev F1 {results['head-only']['f1']['dev']:.3f}, full fine-tuning "
+      f"{full['f1']['dev']:.3f}. Total time {time.perf_counter() - t_start:.0f}s.")
+
+# ==============================================================================================
+if args.seeds > 1:
+    seeds = list(range(args.seeds))
+    header(f"4. Seed spread: part 2's methods and rates, seeds {seeds} (head and adapter init, data order)")
+    rows = []
+    for m in METHODS:
+        runs = [results[m]] + [train_and_measure(m, LR[m], seed=sd) for sd in seeds[1:]]
+        dev, test = [r["f1"]["dev"] for r in runs], [r["f1"]["test"] for r in runs]
+        rows.append((m, f"{LR[m]:g}", " ".join(f"{x:.3f}" for x in dev), f"{sum(dev) / len(dev):.3f}",
+                     f"{max(dev) - min(dev):.3f}", " ".join(f"{x:.3f}" for x in test), f"{sum(test) / len(test):.3f}"))
+        print(f"  {m}: done", flush=True)
+    table(("method", "lr", "dev F1 per seed", "mean", "range", "test F1 per seed", "mean"), rows)
+    print(f"Total time {time.perf_counter() - t_start:.0f}s.")
