@@ -463,3 +463,17 @@ def run_adapter(h: torch.Tensor, W_down: torch.Tensor, b_down: torch.Tensor, W_u
         for p, v in ((ad.down.weight, W_down), (ad.down.bias, b_down), (ad.up.weight, W_up), (ad.up.bias, b_up)):
             p.copy_(v)
         return h + ad(h)                                                   # SeriesAdapterLinear: h + adapter(h)
+
+
+# ---- lessons 07-10: one file each (adapters_<method>.py), gathered here ------------------------
+
+from .adapters_prefix import *  # noqa: E402,F401,F403
+from .adapters_prefix import __all__ as _all_prefix  # noqa: E402
+from .adapters_prompt import *  # noqa: E402,F401,F403
+from .adapters_prompt import __all__ as _all_prompt  # noqa: E402
+from .adapters_masking import *  # noqa: E402,F401,F403
+from .adapters_masking import __all__ as _all_masking  # noqa: E402
+from .adapters_reft import *  # noqa: E402,F401,F403
+from .adapters_reft import __all__ as _all_reft  # noqa: E402
+
+__all__ += _all_prefix + _all_prompt + _all_masking + _all_reft

@@ -1628,3 +1628,8 @@ def check_adapter_zero_up_is_identity(impl):
                          activation=inp["activation"], scaling=inp["scaling"]), h.shape, what)
         _assert_close(y, h, f"{what} vs h (a zero up-projection adds exactly 0)", atol=0, rtol=0)
     _run(adapter_zero_up_is_identity)
+
+
+# ---- lessons 07-10: one file each (checks_<method>.py); importing them registers their checks ---
+
+from . import checks_prefix, checks_prompt, checks_masking, checks_reft  # noqa: E402,F401,I001 (lesson order)

@@ -39,6 +39,12 @@ class AdapterLayer(nn.Module):
         """The module this layer replaced, rebuilt around the same (frozen) tensors."""
         raise NotImplementedError
 
+    def remove_from(self, model: nn.Module, name: str) -> None:
+        """Undo this layer's surgery on `model` (it lives at dotted `name`). Module replacements put
+        `original()` back; a method that attaches a module and a hook instead (prefix, prompt,
+        ReFT) overrides this to delete both."""
+        set_module(model, name, self.original())
+
 
 def adapter_layers(model: nn.Module) -> Iterator[tuple[str, AdapterLayer]]:
     for name, m in model.named_modules():
@@ -114,7 +120,7 @@ def remove_adapters(model: nn.Module) -> list[str]:
         raise ValueError(f"remove_adapters: layer(s) {merged[:3]} are merged; unmerge_lora(model) first, "
                          f"or merge_and_unload(model) to keep the merged weights")
     for name, m in found:
-        set_module(model, name, m.original())
+        m.remove_from(model, name)
     if hasattr(model, "peft_methods"):
         model.peft_methods.clear()
     return [n for n, _ in found]

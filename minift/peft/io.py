@@ -56,6 +56,24 @@ ADAPTER_WEIGHTS, ADAPTER_CONFIG = "adapter.safetensors", "adapter.json"
 PEFT_WEIGHTS, PEFT_CONFIG = "adapter_model.safetensors", "adapter_config.json"
 PEFT_PREFIX = "base_model.model."
 METHODS = {"lora": (LoRAConfig, apply_lora), "adapters": (AdapterConfig, apply_adapters)}
+# The methods of lessons 07-10, looked up on first use: (module, config class, apply function).
+# Each method file stays free of io (imports flow one way: a method never imports io).
+LAZY_METHODS = {"prefix": ("minift.peft.prefix", "PrefixConfig", "apply_prefix"),
+                "prompt": ("minift.peft.prompt", "PromptConfig", "apply_prompt"),
+                "masking": ("minift.peft.masking", "MaskingConfig", "apply_masking"),
+                "reft": ("minift.peft.reft", "ReFTConfig", "apply_reft")}
+
+
+def method_entry(name: str, source: str = "adapter file"):
+    """(config class, apply function) of the method called `name` in an adapter file."""
+    if name in METHODS:
+        return METHODS[name]
+    if name in LAZY_METHODS:
+        import importlib
+        mod, cfg_name, apply_name = LAZY_METHODS[name]
+        m = importlib.import_module(mod)
+        return getattr(m, cfg_name), getattr(m, apply_name)
+    raise ValueError(f"{source}: unknown method {name!r}; known: {sorted(METHODS) + sorted(LAZY_METHODS)}")
 
 
 def base_config(model: nn.Module) -> GPTConfig:
@@ -128,8 +146,7 @@ def load_adapter(model: nn.Module, folder: str) -> list[str]:
         raise ValueError(f"{cpath} is not a minift adapter file (format={meta.get('format')!r}, expected "
                          f"{FORMAT!r}); for a Hugging Face PEFT folder use import_peft")
     for rec in meta.get("methods", []):
-        if rec.get("method") not in METHODS:
-            raise ValueError(f"{cpath}: unknown method {rec.get('method')!r}; known: {sorted(METHODS)}")
+        method_entry(rec.get("method"), cpath)                # unknown method: ValueError naming it
     _check_base(model, meta.get("base_model", {}), cpath)
     sd = load_tensors(wpath)
     have = [(r["method"], r["config"], r["modules"]) for r in _methods(model)]
@@ -143,7 +160,7 @@ def load_adapter(model: nn.Module, folder: str) -> list[str]:
         if not have:
             rollback = _Rollback(model)
             for method, config, modules in want:
-                cfg_cls, apply = METHODS[method]
+                cfg_cls, apply = method_entry(method, cpath)
                 names = apply(model, cfg_cls.from_dict(config))
                 if names != modules:
                     raise ValueError(f"{cpath}: {method} on this model adapts {names[:3]} ..., the file was made "
