@@ -31,6 +31,7 @@ import torch
 from minift import world
 from minift.pretrain import BASE_DIR, PROBES, VOCAB_SIZE, base_metrics, fact_accuracy, fact_probes, load_base
 from minift.tokenizer import SPECIAL_TOKENS
+from minift.report import header
 
 parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
 parser.add_argument("--fast", action="store_true", help="fewer prompts and shorter generations (seconds)")
@@ -45,10 +46,6 @@ t_start = time.perf_counter()
 torch.set_grad_enabled(False)          # we only look at the model in this lesson: no training
 torch.set_num_threads(1)               # a 1M-parameter model gains nothing from more threads, and on a
                                        # busy CPU extra threads spin-wait: one thread is 10-40x faster there
-
-
-def header(title):
-    print(f"\n{'=' * 88}\n{title}\n{'=' * 88}")
 
 
 def show(tok, i):

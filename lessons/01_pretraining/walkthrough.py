@@ -37,6 +37,7 @@ from minift.pretrain import (BASE_DIR, base_metrics, fact_accuracy, fact_probes,
                              probe_subset)
 from minift.tasks import LMDataset, perplexity
 from minift.train import TrainConfig, evaluate_nll, train
+from minift.report import header, table
 
 parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
 parser.add_argument("--fast", action="store_true", help="tiny budgets and eval slices (seconds)")
@@ -62,20 +63,6 @@ N_FORGET = 16 if not FAST else 2               # original-domain windows of mini
 CPT_STEPS = args.cpt_steps or (150 if not FAST else 16)
 CPT_EVAL_EVERY = max(1, CPT_STEPS // (6 if not FAST else 2))
 t_start = time.perf_counter()
-
-
-def header(title):
-    print(f"\n{'=' * 88}\n{title}\n{'=' * 88}", flush=True)
-
-
-def table(headers, rows):
-    """Print rows (tuples of str) as an aligned text table."""
-    widths = [max(len(str(r[i])) for r in [headers] + rows) for i in range(len(headers))]
-    fmt = lambda r: "  ".join(str(c).rjust(w) if k else str(c).ljust(w) for k, (c, w) in enumerate(zip(r, widths)))  # noqa: E731
-    print(fmt(headers))
-    print("  ".join("-" * w for w in widths))
-    for r in rows:
-        print(fmt(r))
 
 
 def greedy(model, tok, prompt, n=14):

@@ -39,6 +39,7 @@ from minift.align.sft import TASK_METRIC, evaluate_task, mixture
 from minift.pretrain import BASE_DIR, forgetting_probe, load_base
 from minift.tasks import IGNORE_INDEX, SFTDataset, collate_fn, exact_match, format_example
 from minift.train import TrainConfig, evaluate_nll, train
+from minift.report import header, table
 
 parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
 parser.add_argument("--fast", action="store_true", help="tiny budgets and eval slices (seconds)")
@@ -69,20 +70,6 @@ OTHER_TASKS = tuple(t for t in (args.tasks or ("qa_closed" if args.long else "qa
 ECHO = ("<|prompt|>", "<|response|>", "Definition:", "Positive example", "Negative example", "Now do the task",
         "Input:", "Output:", "Reason:", "Question:", "Summarize in", "Is this review")   # pieces of the prompt format
 t_start = time.perf_counter()
-
-
-def header(title):
-    print(f"\n{'=' * 88}\n{title}\n{'=' * 88}", flush=True)
-
-
-def table(headers, rows):
-    """Print rows (tuples of str) as an aligned text table."""
-    widths = [max(len(str(r[i])) for r in [headers] + rows) for i in range(len(headers))]
-    fmt = lambda r: "  ".join(str(c).rjust(w) if k else str(c).ljust(w) for k, (c, w) in enumerate(zip(r, widths)))  # noqa: E731
-    print(fmt(headers))
-    print("  ".join("-" * w for w in widths))
-    for r in rows:
-        print(fmt(r))
 
 
 def show(tok, ids):

@@ -36,6 +36,7 @@ from minift.peft.selective import SelectiveConfig, apply_selective, bitfit, form
 from minift.pretrain import BASE_DIR, forgetting_probe, load_base
 from minift.tasks import collate_fn, entity_f1
 from minift.train import TrainConfig, train
+from minift.report import header, table
 
 parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
 parser.add_argument("--fast", action="store_true", help="tiny budgets and eval slices (seconds)")
@@ -71,19 +72,6 @@ N_EVAL = 60 if FAST else None
 PROBE = dict(n_windows=4, n_facts=24) if FAST else dict(n_windows=16, n_facts=72)
 BLOCK = 128
 t_start = time.perf_counter()
-
-
-def header(title):
-    print(f"\n{'=' * 88}\n{title}\n{'=' * 88}", flush=True)
-
-
-def table(headers, rows):
-    widths = [max(len(str(r[i])) for r in [headers] + rows) for i in range(len(headers))]
-    fmt = lambda r: "  ".join(str(c).rjust(w) if k else str(c).ljust(w) for k, (c, w) in enumerate(zip(r, widths)))  # noqa: E731
-    print(fmt(headers))
-    print("  ".join("-" * w for w in widths))
-    for r in rows:
-        print(fmt(r))
 
 
 def kib(n):

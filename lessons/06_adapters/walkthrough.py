@@ -49,6 +49,7 @@ from minift.peft.selective import SelectiveConfig, apply_selective, trainable_re
 from minift.pretrain import BASE_DIR, forgetting_probe, load_base
 from minift.tasks import LMDataset, collate_fn, entity_f1
 from minift.train import TrainConfig, train
+from minift.report import header, table
 
 parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
 parser.add_argument("--fast", action="store_true", help="tiny budgets and eval slices (seconds)")
@@ -103,19 +104,6 @@ PROBE = dict(n_windows=4, n_facts=24) if FAST else dict(n_windows=16, n_facts=72
 SWEEP_M = (1,) if FAST else (1, 64)
 TIMING_ROUNDS = 3 if FAST else 20
 BLOCK = 128
-
-
-def header(title):
-    print(f"\n{'=' * 96}\n{title}\n{'=' * 96}", flush=True)
-
-
-def table(headers, rows):
-    widths = [max(len(str(r[i])) for r in [headers] + rows) for i in range(len(headers))]
-    fmt = lambda r: "  ".join(str(c).rjust(w) if k else str(c).ljust(w) for k, (c, w) in enumerate(zip(r, widths)))  # noqa: E731
-    print(fmt(headers))
-    print("  ".join("-" * w for w in widths))
-    for r in rows:
-        print(fmt(r))
 
 
 def kib(n):
