@@ -1,0 +1,6 @@
+"""Quantization, one file per idea (see DESIGN.md):
+
+    nf4     the 4-bit NormalFloat code, blockwise absmax, double quantization, 4-bit packing, NF4Linear
+            (FP4 and int4 as comparison codes)
+    int8    absmax and zero-point int8 (per tensor, per row, blockwise), LLM.int8() with outliers, Int8Linear
+"""
