@@ -56,12 +56,13 @@ ADAPTER_WEIGHTS, ADAPTER_CONFIG = "adapter.safetensors", "adapter.json"
 PEFT_WEIGHTS, PEFT_CONFIG = "adapter_model.safetensors", "adapter_config.json"
 PEFT_PREFIX = "base_model.model."
 METHODS = {"lora": (LoRAConfig, apply_lora), "adapters": (AdapterConfig, apply_adapters)}
-# The methods of lessons 07-10, looked up on first use: (module, config class, apply function).
+# The methods of lessons 07-12, looked up on first use: (module, config class, apply function).
 # Each method file stays free of io (imports flow one way: a method never imports io).
 LAZY_METHODS = {"prefix": ("minift.peft.prefix", "PrefixConfig", "apply_prefix"),
                 "prompt": ("minift.peft.prompt", "PromptConfig", "apply_prompt"),
                 "masking": ("minift.peft.masking", "MaskingConfig", "apply_masking"),
-                "reft": ("minift.peft.reft", "ReFTConfig", "apply_reft")}
+                "reft": ("minift.peft.reft", "ReFTConfig", "apply_reft"),
+                "qlora": ("minift.quant.qlora", "QLoRAConfig", "apply_qlora")}
 
 
 def method_entry(name: str, source: str = "adapter file"):

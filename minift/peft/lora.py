@@ -199,8 +199,12 @@ class LoRALinear(AdapterLayer):
 
     # ---- forward -----------------------------------------------------------------------------
 
+    def base_forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The frozen layer: W0 x + b. (QLoRA overrides this with a dequantize-then-matmul.)"""
+        return F.linear(x, self.weight, self.bias)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = F.linear(x, self.weight, self.bias)                            # W0 x + b   (..., out)
+        y = self.base_forward(x)                                           # W0 x + b   (..., out)
         if self.merged or not self.adapter_enabled:
             return y
         upd = self.scaling * self.lora(x)                                  # s B A drop(x)  (..., S d)

@@ -163,12 +163,16 @@ class Int8Linear(nn.Module):
     """A frozen linear layer with int8 weights (one absmax scale per output row) computing
     y = LLM.int8(x, W) + b. Only the int8 weight and its scales are stored."""
 
-    def __init__(self, linear: nn.Linear, threshold: float = 6.0):
+    def __init__(self, linear: nn.Linear, threshold: float = 6.0, weight: Optional[torch.Tensor] = None):
+        """weight: quantize this (out, in) tensor instead of linear.weight (LoftQ quantizes W - ΔW)."""
         super().__init__()
         if not isinstance(linear, nn.Linear):
             raise TypeError(f"Int8Linear wraps an nn.Linear, got {type(linear).__name__}")
         self.in_features, self.out_features, self.threshold = linear.in_features, linear.out_features, threshold
-        wq = quantize_absmax(linear.weight, "row")
+        w = linear.weight if weight is None else weight
+        if tuple(w.shape) != (self.out_features, self.in_features):
+            raise ValueError(f"Int8Linear: weight must be {(self.out_features, self.in_features)}, got {tuple(w.shape)}")
+        wq = quantize_absmax(w, "row")
         self.register_buffer("weight_q", wq.q)                                  # (out, in) int8
         self.register_buffer("weight_scale", wq.scale)                          # (out,) fp32
         self.bias = None if linear.bias is None else nn.Parameter(linear.bias.detach().clone(), requires_grad=False)

@@ -215,13 +215,17 @@ class NF4Linear(nn.Module):
     inside forward and dropped after it, so no full-precision copy lives between calls."""
 
     def __init__(self, linear: nn.Linear, block_size: int = 64, double_quant: bool = True, code: str = "nf4",
-                 compute_dtype: torch.dtype = torch.float32):
+                 compute_dtype: torch.dtype = torch.float32, weight: Optional[torch.Tensor] = None):
+        """weight: quantize this (out, in) tensor instead of linear.weight (LoftQ quantizes W - ΔW)."""
         super().__init__()
         if not isinstance(linear, nn.Linear):
             raise TypeError(f"NF4Linear wraps an nn.Linear, got {type(linear).__name__}")
         self.in_features, self.out_features = linear.in_features, linear.out_features
         self.compute_dtype = compute_dtype
-        st = quantize_nf4(linear.weight, block_size, double_quant, code)
+        w = linear.weight if weight is None else weight
+        if tuple(w.shape) != (self.out_features, self.in_features):
+            raise ValueError(f"NF4Linear: weight must be {(self.out_features, self.in_features)}, got {tuple(w.shape)}")
+        st = quantize_nf4(w, block_size, double_quant, code)
         self.shape, self.block_size, self.code_name, self.dq_block_size = st.shape, block_size, code, st.dq_block_size
         for name, t in st.tensors().items():                            # buffers: saved, moved, never trained
             self.register_buffer(name, t)
