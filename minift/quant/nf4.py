@@ -122,7 +122,7 @@ def quantize_blockwise(w: torch.Tensor, code: torch.Tensor, block_size: int = 64
     _check_weight(w, block_size)
     blocks = w.detach().to(torch.float32).reshape(-1, block_size)               # (n_blocks, B)
     absmax = blocks.abs().amax(dim=1)                                            # c_b   (n_blocks,)
-    scaled = blocks / absmax.clamp(min=torch.finfo(torch.float32).tiny)[:, None]  # w / c_b in [-1, 1]
+    scaled = torch.where(absmax[:, None] > 0, blocks / absmax[:, None], 0.0)     # w / c_b in [-1, 1]
     mid = (code[1:] + code[:-1]).to(scaled) / 2                                  # decision boundaries (15,)
     q = torch.bucketize(scaled, mid)                                             # nearest code  (n_blocks, B)
     return q.reshape(-1).to(torch.uint8), absmax
@@ -143,7 +143,7 @@ def quantize_absmax(absmax: torch.Tensor, block_size: int = 256):
     pad = (-centred.numel()) % block_size
     blocks = torch.cat([centred, centred.new_zeros(pad)]).reshape(-1, block_size)  # (m, 256)
     scales = blocks.abs().amax(dim=1) / 127                                     # s_k   (m,)
-    q8 = torch.round(blocks / scales.clamp(min=torch.finfo(torch.float32).tiny)[:, None])
+    q8 = torch.round(torch.where(scales[:, None] > 0, blocks / scales[:, None], 0.0))
     return q8.reshape(-1)[:absmax.numel()].to(torch.int8), scales, mean
 
 
@@ -210,6 +210,21 @@ def bits_per_parameter(st: NF4State) -> float:
     return 8 * sum(t.numel() * t.element_size() for t in st.tensors().values()) / math.prod(st.shape)
 
 
+class _NF4Matmul(torch.autograd.Function):
+    """x W^T with W = dequant(W_q), rebuilt in forward AND in backward (dL/dx = g W): autograd would
+    otherwise keep the dequantized (out, in) float weight alive from forward to backward, a full
+    float copy per layer during training (bitsandbytes' 4-bit matmul recomputes it the same way)."""
+
+    @staticmethod
+    def forward(ctx, x, layer):
+        ctx.layer = layer
+        return F.linear(x, layer.dequantized_weight())                          # (..., out)
+
+    @staticmethod
+    def backward(ctx, g):
+        return g @ ctx.layer.dequantized_weight().to(g.dtype), None             # (..., in)
+
+
 class NF4Linear(nn.Module):
     """A frozen linear layer stored in 4 bits: y = x dequant(W_q)^T + b. The float weight is rebuilt
     inside forward and dropped after it, so no full-precision copy lives between calls."""
@@ -241,9 +256,8 @@ class NF4Linear(nn.Module):
         return dequantize_nf4(self.state(), self.compute_dtype)                  # (out, in)
 
     def forward(self, x):
-        w = self.dequantized_weight()                                           # rebuilt, then freed
-        b = None if self.bias is None else self.bias.to(self.compute_dtype)
-        return F.linear(x.to(self.compute_dtype), w, b)                         # (..., out)
+        y = _NF4Matmul.apply(x.to(self.compute_dtype), self)                    # W rebuilt, then freed
+        return y if self.bias is None else y + self.bias.to(self.compute_dtype)  # (..., out)
 
     def extra_repr(self) -> str:
         dq = getattr(self, "absmax_q", None) is not None
