@@ -3,9 +3,12 @@ measured in the same run, on the same machine: absolute numbers differ between m
 travel better.
 
     minift bench train     training-step tokens/s: the base config vs a GPT-2-small-shaped one
+    minift bench quant     quantize/dequantize throughput vs a float copy; training-step memory of
+                           full fine-tuning, LoRA, QLoRA-int8, QLoRA-NF4 (measured and predicted)
 """
 from __future__ import annotations
 
+import math
 import time
 
 import torch
@@ -61,3 +64,73 @@ def bench_train(fast: bool = False) -> list[dict]:
 
 
 BENCHES = {"train": bench_train}
+
+
+# ---- minift bench quant ------------------------------------------------------------------------
+
+def _rate(fn, n_bytes: int, repeat: int) -> float:
+    """Best-of-`repeat` throughput of fn() in MB/s of float32 weight processed."""
+    fn()
+    best = math.inf
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - t0)
+    return n_bytes / best / 1e6
+
+
+def bench_quant(fast: bool = False) -> dict:
+    """Quantize/dequantize throughput (vs a plain float32 copy of the same weight), then the memory of
+    one training step of the base-shaped model for full fine-tuning, LoRA, QLoRA-int8 and QLoRA-NF4:
+    measured on a real model (minift.memory.step_memory) and predicted from the meta device."""
+    from .memory import estimate, step_memory
+    from .peft.lora import LoRAConfig, apply_lora
+    from .quant.int8 import quantize_absmax
+    from .quant.nf4 import dequantize_nf4, quantize_nf4
+    from .quant.qlora import QLoRAConfig, apply_qlora
+
+    torch.manual_seed(0)
+    side = 512 if fast else 2048
+    w = torch.randn(side, side) * 0.02
+    nb, rep = w.numel() * 4, 2 if fast else 5
+    st4, st8 = quantize_nf4(w, double_quant=True), quantize_absmax(w, "row")
+    ops = [("float32 copy (baseline)", lambda: w.clone()),
+           ("NF4 quantize (+ double quant)", lambda: quantize_nf4(w, double_quant=True)),
+           ("NF4 dequantize", lambda: dequantize_nf4(st4)),
+           ("int8 quantize (per row)", lambda: quantize_absmax(w, "row")),
+           ("int8 dequantize", lambda: st8.dequantize())]
+    rates = [(name, _rate(fn, nb, rep)) for name, fn in ops]
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, device cpu; weight {side} x {side} fp32")
+    print(f"{'operation':<32} {'MB/s':>10} {'vs copy':>8}")
+    for name, r in rates:
+        print(f"{name:<32} {r:>10,.0f} {r / rates[0][1]:>7.3f}x")
+
+    B, T = (4, 64) if fast else (16, 128)
+    lora = dict(r=8, targets=("attn.c_attn",), qkv=("q", "v"))
+    rows = []
+    for method in ("full", "LoRA", "QLoRA-int8", "QLoRA-NF4"):
+        torch.manual_seed(0)
+        m = GPT(BASE).train()
+        if method == "LoRA":
+            apply_lora(m, LoRAConfig(include_head=False, **lora))
+        elif method.startswith("QLoRA"):
+            apply_qlora(m, QLoRAConfig(include_head=False, quant=method.split("-")[1].lower(), **lora))
+        real = step_memory(m, B, T)
+        kind = {"full": "full", "LoRA": "lora"}.get(method, "qlora")
+        pred = estimate(BASE, kind, batch=B, seq=T, dtype=torch.float32, r=8,
+                        quant="int8" if method == "QLoRA-int8" else "nf4")
+        rows.append((method, real, pred))
+    full = rows[0][1]["total"]
+    print(f"\none training step of the base-shaped model ({BASE.n_layer} blocks, C={BASE.n_embd}), batch {B} x {T}, "
+          f"float32, AdamW; LoRA r=8 on W_q, W_v; MiB measured (predicted from the meta device)")
+    print(f"{'method':<11} {'trainable':>10} {'weights':>15} {'grads':>13} {'AdamW':>13} {'activations':>15} "
+          f"{'total':>15} {'vs full':>8}")
+    mib = lambda b: f"{b / 2 ** 20:.2f}"  # noqa: E731
+    for method, real, pred in rows:
+        cells = [f"{mib(real[k])} ({mib(pred[k])})" for k in ("weights", "gradients", "optimizer", "activations", "total")]
+        print(f"{method:<11} {real['trainable']:>10,} {cells[0]:>15} {cells[1]:>13} {cells[2]:>13} {cells[3]:>15} "
+              f"{cells[4]:>15} {real['total'] / full:>7.3f}x")
+    return {"rates": rates, "memory": [(m, r) for m, r, _ in rows]}
+
+
+BENCHES["quant"] = bench_quant

@@ -78,3 +78,12 @@ def test_bad_arguments():
         estimate(cfg, batch=1, seq=64)
     with pytest.raises(ValueError, match="quant='fp8' must be"):
         quantized_bytes(4, 64, "fp8")
+
+
+def test_bench_quant_orders_the_methods_by_memory(capsys):
+    from minift.bench import bench_quant
+    out = bench_quant(fast=True)
+    totals = {m: r["total"] for m, r in out["memory"]}
+    assert totals["full"] > totals["LoRA"] > totals["QLoRA-int8"] > totals["QLoRA-NF4"]
+    printed = capsys.readouterr().out
+    assert "vs copy" in printed and "QLoRA-NF4" in printed and "(predicted from the meta device)" in printed
