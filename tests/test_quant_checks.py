@@ -11,7 +11,7 @@ from minift.conformance import adapters as ref
 
 pytestmark = pytest.mark.conformance
 
-QUANT_CHECKS = ["int8_matmul_decomposition", "nf4_quantize_picks_the_nearest_code", "nf4_dequantize_matches_table",
+QUANT_CHECKS = ["int8_quantize_within_half_a_step", "int8_matmul_decomposition", "nf4_quantize_picks_the_nearest_code", "nf4_dequantize_matches_table",
                 "pack_4bit_nibble_order", "loftq_not_worse_than_plain"]
 
 
@@ -40,17 +40,22 @@ def _no_outliers(x, W, threshold=6.0):                  # bug: ignores the thres
     return ref.run_int8_matmul(x, W, math.inf)
 
 
+def _truncating_int8(x, granularity="tensor", block_size=64, zero_point=False):   # bug: trunc, not round
+    s = x.abs().amax() / 127
+    return torch.trunc(x / s) * s
+
+
 def _float_q(W, r, iters, block_size=64):                # bug: "Q" is the float weight
     return W.clone(), torch.zeros(r, W.shape[1]), torch.zeros(W.shape[0], r)
 
 
-WRONG = SimpleNamespace(run_nf4_quantize=_uniform_int4_quantize, run_nf4_dequantize=ref.run_nf4_dequantize,
+WRONG = SimpleNamespace(run_int8_quantize=_truncating_int8, run_nf4_quantize=_uniform_int4_quantize, run_nf4_dequantize=ref.run_nf4_dequantize,
                         run_pack_4bit=_low_nibble_first, run_int8_matmul=_no_outliers, run_loftq=_float_q)
 
 
 def test_each_bug_fails_its_check_with_a_counterexample():
     res = _results(WRONG)
-    for name in ("nf4_quantize_picks_the_nearest_code", "pack_4bit_nibble_order", "int8_matmul_decomposition",
+    for name in ("int8_quantize_within_half_a_step", "nf4_quantize_picks_the_nearest_code", "pack_4bit_nibble_order", "int8_matmul_decomposition",
                  "loftq_not_worse_than_plain"):
         assert res[name].status == FAIL, name
         assert "Falsifying example" in res[name].counterexample, name

@@ -7,11 +7,23 @@ from __future__ import annotations
 
 import torch
 
-from minift.quant.int8 import int8_matmul
+from minift.quant.int8 import int8_matmul, quantize_absmax, quantize_zeropoint
 from minift.quant.nf4 import dequantize_blockwise, nf4_code, pack_4bit, quantize_blockwise
 from minift.quant.qlora import loftq
 
-__all__ = ["run_nf4_quantize", "run_nf4_dequantize", "run_pack_4bit", "run_int8_matmul", "run_loftq"]
+__all__ = ["run_int8_quantize", "run_nf4_quantize", "run_nf4_dequantize", "run_pack_4bit", "run_int8_matmul", "run_loftq"]
+
+
+def run_int8_quantize(x: torch.Tensor, granularity: str = "tensor", block_size: int = 64,
+                      zero_point: bool = False) -> torch.Tensor:
+    """int8 quantize then dequantize x: one scale per group ("tensor": all of x; "row": each row of
+    the last dim; "block": consecutive block_size values of x flattened).
+    absmax:     s = max|x_g| / 127, q = round(x / s) in [-127, 127], x_hat = s q
+    zero point: s = (max(hi, 0) - min(lo, 0)) / 255, z = -128 - round(min(lo, 0) / s),
+                q = clamp(round(x / s) + z, -128, 127), x_hat = s (q - z).
+    Returns x_hat, x's shape, float32."""
+    t = (quantize_zeropoint if zero_point else quantize_absmax)(x, granularity, block_size)
+    return t.dequantize()
 
 
 def run_nf4_quantize(w: torch.Tensor, block_size: int = 64):

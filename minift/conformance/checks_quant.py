@@ -39,6 +39,40 @@ def _int_codes(t, n, what):
     return c
 
 
+def _groups64(x, granularity, block):
+    x = np.asarray(x, np.float64)
+    return {"tensor": x.reshape(1, -1), "row": x.reshape(-1, x.shape[-1]), "block": x.reshape(-1, block)}[granularity]
+
+
+@_register("run_int8_quantize", "int8_quantize(x, granularity, block, zero_point) is within half a step of x "
+           "(absmax: max|x_g| / 127; zero point: (max(hi,0) - min(lo,0)) / 255 per group g), exact at each "
+           "group's absmax, and keeps 0 exactly.", lesson="lesson11")
+def check_int8_quantize_within_half_a_step(impl):
+    quantize = _adapter(impl, "run_int8_quantize")
+
+    @check_settings(60)
+    @given(x=arrays(st.tuples(st.integers(1, 4), st.sampled_from([2, 4, 6])), f32(-50, 50)),
+           granularity=st.sampled_from(["tensor", "row", "block"]), zp=st.booleans())
+    def int8_quantize_within_half_a_step(x, granularity, zp):
+        what = f"run_int8_quantize(x, granularity={granularity!r}, block_size=2, zero_point={zp})"
+        y = _groups64(_out(quantize(_t(x), granularity, block_size=2, zero_point=zp), x.shape, what), granularity, 2)
+        g = _groups64(x, granularity, 2)
+        if zp:
+            step = (np.maximum(g.max(1), 0) - np.minimum(g.min(1), 0)) / 255
+        else:
+            step = np.abs(g).max(1) / 127
+        _assert_close(y, g, what + " vs x (at most half a quantization step of its group)",
+                      atol=step[:, None] / 2 * (1 + 1e-5) + 1e-6 * np.abs(g), rtol=0)
+        if not zp:
+            big = np.abs(g) == np.abs(g).max(1, keepdims=True)
+            _assert_close(y[big], g[big], what + " at each group's absmax (q = ±127 is exact)",
+                          atol=1e-6 * np.abs(g[big]), rtol=0)
+        zeros = g == 0
+        if zeros.any() and np.abs(y[zeros]).max() > 0:
+            raise AssertionError(f"{what}: 0 must stay exactly 0, got {float(np.abs(y[zeros]).max())!r}")
+    _run(int8_quantize_within_half_a_step)
+
+
 @_register("run_nf4_quantize", "nf4_quantize(w, block) gives absmax = max |w| per block and, for every "
            "element, the index of an NF4 value (the paper's table) nearest to w / absmax.", lesson="lesson12")
 def check_nf4_quantize_picks_the_nearest_code(impl):
