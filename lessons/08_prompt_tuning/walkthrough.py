@@ -1,0 +1,298 @@
+"""Lesson 08: prompt tuning, n learned soft-prompt vectors in front of a frozen GPT, against LoRA and the head alone.
+
+Prints, top to bottom:
+
+  1. what prompt tuning adds: P (n, C) fed through `inputs_embeds` in front of the tokens, the
+     positions (P at 0 .. n-1, the real tokens shifted to n ..), the parameter count, and three
+     exact checks on the shipped base: a length-0 prompt is the base model, a prompt initialised
+     from a text's embeddings is that text typed in front, and `disable_adapters` gives the base back;
+  2. NER (`TokenClassifier` on the shipped base, the data, steps, batch, seed and head
+     initialisation of lessons 05 and 06): head-only, LoRA r=4 on W_q, W_v, and prompt tuning with
+     n = 16 and the three initialisations (random, vocabulary, text), then two more prompt
+     lengths with the vocabulary init (n = 1 and 4; --lengths 1 4 64 adds n = 64); ONE table:
+     trainable | share | dev F1 | test F1 | train time and forward time as ratios (against LoRA
+     and the base, measured in this run);
+  3. what the model "sees": the nearest vocabulary tokens (cosine) of each learned prompt vector,
+     before and after training, and how far the vectors moved.
+  With --sweep, before part 2: the learning-rate sweep behind the prompts' rate (~2 more minutes);
+  part 2 keeps its one rate for every prompt whatever the sweep picks.
+  With --seeds K, at the end: head-only, LoRA and the n = 16 prompts again with seeds 0..K-1.
+  With --lengths N [N ...]: the extra prompt lengths of part 2 (default 1 4).
+
+    python lessons/08_prompt_tuning/walkthrough.py           # or: minift run 08
+    python lessons/08_prompt_tuning/walkthrough.py --fast    # the seconds-long version the tests run
+
+Everything it uses lives in the library (minift/peft/prompt.py, minift/peft/lora.py,
+minift/peft/common.py, minift/heads.py, minift/train.py, minift/pretrain.py); this file only
+calls it and prints.
+"""
+EXPECTED_SECONDS = 110
+FAST_SECONDS = 12
+
+import argparse
+import sys
+import time
+
+import torch
+
+from minift import world
+from minift.heads import TokenClassifier, classifier_loss, encode_ner, predict_tags
+from minift.peft.common import count_adapter_parameters, disable_adapters
+from minift.peft.lora import LoRAConfig, apply_lora
+from minift.peft.prompt import PromptConfig, apply_prompt, nearest_tokens, prepend_soft_prompt
+from minift.peft.selective import SelectiveConfig, apply_selective, trainable_report
+from minift.pretrain import BASE_DIR, load_base
+from minift.tasks import collate_fn, entity_f1
+from minift.train import TrainConfig, train
+
+parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+parser.add_argument("--fast", action="store_true", help="tiny budgets and eval slices (seconds)")
+parser.add_argument("--sweep", action="store_true", help="pick the prompts' lr from {1e-2, 3e-2, 1e-1} on dev first")
+parser.add_argument("--seeds", type=int, default=1, metavar="K", help="retrain part 2's n = 16 rows with seeds 0..K-1")
+parser.add_argument("--lengths", type=int, nargs="+", default=[1, 4], metavar="N",
+                    help="the extra prompt lengths of part 2 (vocabulary init); default 1 4 (64 costs ~40 s more)")
+args = parser.parse_args()
+FAST = args.fast
+
+if not (BASE_DIR / "model.safetensors").is_file():
+    sys.exit(f"lesson 08 needs the base model in {BASE_DIR}/; it is shipped with minift "
+             f"(or rebuild it with `minift pretrain`).")
+
+torch.set_num_threads(1)        # tiny matrices: one thread is as fast, and fair on a shared machine
+t_start = time.perf_counter()
+
+base, tok = load_base()
+C, L, BS = base.config.n_embd, base.config.n_layer, base.config.block_size
+TEXT = "Find the people, towns, pets and foods in each sentence."    # the "text" init: 20 tokens
+N = 16                                                                # the prompt length of the init rows
+LENGTHS = [n for n in ([4] if FAST else args.lengths) if n != N]   # more lengths, vocabulary init
+METHODS = {
+    "head-only": SelectiveConfig(patterns=()),
+    "LoRA r=4 q,v": LoRAConfig(r=4),                                  # lesson 05's row
+    f"prompt n={N} random": PromptConfig(n_tokens=N, init="random"),
+    f"prompt n={N} vocab": PromptConfig(n_tokens=N, init="vocab"),
+    f"prompt n={N} text": PromptConfig(n_tokens=N, init="text", init_text=TEXT),
+    **{f"prompt n={n} vocab": PromptConfig(n_tokens=n, init="vocab") for n in LENGTHS},
+}
+PROMPTS = [m for m in METHODS if m.startswith("prompt")]
+# Peak lr: head-only and LoRA as picked in lesson 05; the prompts' from {1e-2, 3e-2, 1e-1} on dev
+# F1 by --sweep (ties within 0.005 to the smaller rate). A prompt vector moves by about lr per step
+# under Adam, and the embeddings have std 0.18: the prompts want 3x LoRA's rate (Lester et al. use 0.3).
+PROMPT_LRS = (1e-2, 3e-2, 1e-1)
+LR = {"head-only": 1e-2, "LoRA r=4 q,v": 3e-3, **{m: 3e-2 for m in PROMPTS}}
+STEPS, BATCH = (8, 32) if FAST else (150, 32)
+N_EVAL = 60 if FAST else None
+TIMING_ROUNDS = 3 if FAST else 10
+BLOCK = 128
+
+
+def header(title):
+    print(f"\n{'=' * 96}\n{title}\n{'=' * 96}", flush=True)
+
+
+def table(headers, rows):
+    widths = [max(len(str(r[i])) for r in [headers] + rows) for i in range(len(headers))]
+    fmt = lambda r: "  ".join(str(c).rjust(w) if k else str(c).ljust(w) for k, (c, w) in enumerate(zip(r, widths)))  # noqa: E731
+    print(fmt(headers))
+    print("  ".join("-" * w for w in widths))
+    for r in rows:
+        print(fmt(r))
+
+
+def cut(xs):
+    return xs[:N_EVAL] if N_EVAL else xs
+
+
+def fresh(method, seed=0, cfg=None):
+    """A TokenClassifier on a fresh copy of the base with the method applied (same head init for all)."""
+    torch.manual_seed(seed)
+    body, _ = load_base()
+    clf = TokenClassifier(body, len(world.NER_TAGS))
+    cfg = METHODS[method] if cfg is None else cfg
+    if isinstance(cfg, PromptConfig):
+        apply_prompt(clf, cfg, tokenizer=tok)
+    elif isinstance(cfg, LoRAConfig):
+        apply_lora(clf, cfg)
+    else:
+        apply_selective(clf, cfg)
+    return clf
+
+
+def piece(i):
+    return repr(tok.decode([int(i)]))
+
+
+col = collate_fn(tok.pad_id)
+ner = {"train": world.task("ner", "train"), "dev": cut(world.task("ner", "val")),
+       "test": cut(world.task("ner", "test"))}
+items = {s: encode_ner(tok, v, world.NER_TAGS, BLOCK) for s, v in ner.items()}
+train_items = [{"idx": it["idx"], "labels": it["labels"]} for it in items["train"]]
+lens = [len(it["idx"]) for it in train_items]
+print(f"task: NER (BIO tags over {', '.join(world.NER_TYPES)}), {len(ner['train'])} training sentences of "
+      f"{min(lens)} to {max(lens)} tokens (mean {sum(lens) / len(lens):.1f}); dev = the val split "
+      f"({len(ner['dev'])} sentences), test = the test split ({len(ner['test'])}).")
+
+# ==============================================================================================
+header(f"1. What prompt tuning adds: P (n, C = {C}) in front of the tokens, through inputs_embeds")
+ids = tok.encode(TEXT)
+print(f"X = [P ; W_te[idx]]  (B, n + T, C);  positions: P at 0 .. n-1, the real tokens at n .. n+T-1 "
+      f"(so n + T <= block_size = {BS});\nlogits = GPT(X)[:, n:]: the n virtual positions are cut off "
+      f"again, targets get n x -100 in front, so the loss and every metric see (B, T) as before.")
+print(f"parameters: n C = {N} x {C} = {N * C:,} for n = {N} (LoRA r=4 on W_q, W_v: "
+      f"{L} x 2 x 4 x (C + C) = {L * 2 * 4 * 2 * C:,}); the 9-tag head (1,161) trains in every row.")
+print(f"text init: {TEXT!r} is {len(ids)} tokens; P_i = W_te[t_(i mod m)]: n = {N} takes the first {N} "
+      f"({' '.join(piece(i) for i in ids[:N])});\n  n = 64 would repeat it {64 / len(ids):.1f} times (t_0 .. t_19 t_0 ..).")
+
+batch = col([{"idx": it["idx"], "labels": it["labels"]} for it in items["dev"][:16]])
+with torch.no_grad():
+    want = base(batch["idx"], attention_mask=batch["attention_mask"]).logits
+    x, mask, _ = prepend_soft_prompt(base.transformer.wte(batch["idx"]), torch.zeros(0, C), batch["attention_mask"])
+    zero = base(inputs_embeds=x, attention_mask=mask).logits
+    typed_idx = torch.cat([torch.tensor([ids[:N]] * len(batch["idx"])), batch["idx"]], dim=1)
+    typed = base(typed_idx, attention_mask=torch.cat([torch.ones(len(typed_idx), N, dtype=torch.long),
+                                                      batch["attention_mask"]], 1)).logits[:, N:]
+    lm, _ = load_base()
+    apply_prompt(lm, PromptConfig(n_tokens=N, init="text", init_text=TEXT), tokenizer=tok)
+    prompted = lm(batch["idx"], attention_mask=batch["attention_mask"]).logits
+    with disable_adapters(lm):
+        off = lm(batch["idx"], attention_mask=batch["attention_mask"]).logits
+real = batch["attention_mask"].bool()
+print(f"\nchecks on 16 dev sentences, the shipped base as a language model:")
+print(f"  length-0 prompt == the base:                        {torch.equal(zero, want)}   (the only no-op length)")
+print(f"  text-init prompt == the text typed in front:        max |logit difference| at real tokens = "
+      f"{(prompted - typed)[real].abs().max().item():.1e}")
+print(f"  ... and it is NOT the base (the prompt is context): max |logit difference| = "
+      f"{(prompted - want)[real].abs().max().item():.2f}")
+print(f"  inside disable_adapters(model) == the base:         {torch.equal(off, want)}")
+
+# ==============================================================================================
+done = {}
+
+
+def train_and_measure(method, lr, seed=0):
+    clf = fresh(method, seed)
+    P0 = clf.body.soft_prompt.prompt.detach().clone() if hasattr(clf.body, "soft_prompt") else None
+    rep = trainable_report(clf)["total"]
+    tc = TrainConfig(steps=STEPS, batch_size=BATCH, lr=lr, seed=seed, progress=False, desc=method)
+    c0 = time.process_time()
+    hist = train(clf, train_items, tc, loss_fn=classifier_loss, collate_fn=col)
+    cpu = time.process_time() - c0
+    pred = {s: predict_tags(clf, items[s], col, world.NER_TAGS) for s in ("dev", "test")}
+    f1 = {s: entity_f1(pred[s], [e["tags"] for e in ner[s]])["f1"] for s in ("dev", "test")}
+    return dict(method=method, lr=lr, rep=rep, n_adapter=count_adapter_parameters(clf), f1=f1, cpu=cpu,
+                loss=(hist[0]["loss"], hist[-1]["loss"]), clf=clf, P0=P0)
+
+
+def run(method, lr, quiet=False):
+    if (method, lr) not in done:
+        done[(method, lr)] = train_and_measure(method, lr)
+    r = done[(method, lr)]
+    if not quiet:
+        print(f"{method:<20} lr {lr:g}: loss {r['loss'][0]:.3f} -> {r['loss'][1]:.3f}, dev F1 {r['f1']['dev']:.3f}, "
+              f"test F1 {r['f1']['test']:.3f}, {r['cpu']:.1f}s CPU", flush=True)
+    return r
+
+
+if args.sweep:
+    header(f"learning-rate sweep: the n = {N} prompts at lr in {PROMPT_LRS}, picked on dev F1")
+    rows = []
+    for method in PROMPTS[:3]:
+        runs = [run(method, lr, quiet=True) for lr in PROMPT_LRS]
+        best = max(r["f1"]["dev"] for r in runs)
+        pick = min(r["lr"] for r in runs if r["f1"]["dev"] >= best - 0.005)
+        for r in runs:
+            rows.append((method, f"{r['lr']:g}", f"{r['loss'][1]:.3f}", f"{r['f1']['dev']:.3f}",
+                         f"{r['f1']['test']:.3f}", "<-" if r["lr"] == pick else ""))
+        print(f"  {method}: {pick:g}", flush=True)
+    table(("method", "lr", "final loss", "dev F1", "test F1", "picked"), rows)
+    print(f"part 2 keeps ONE rate, {LR[PROMPTS[0]]:g}, for every prompt, so that inits and lengths compare at the "
+          f"same rate (where the rule picks another, its dev F1 is printed above).")
+
+header(f"2. NER: {STEPS} steps x batch {BATCH}, AdamW, warmup + cosine, seed 0, the same head init")
+results = {m: run(m, LR[m]) for m in METHODS}
+
+# inference cost: the prompt makes every sequence n tokens longer. CPU time of one forward on 64
+# dev sentences, eval mode, no grad, rounds interleaved over the models, fastest kept.
+tb = col([{"idx": it["idx"], "labels": it["labels"]} for it in items["dev"][:64]])
+timed = {"base": fresh("head-only"), **{m: results[m]["clf"] for m in METHODS if m != "head-only"}}
+best_t = {k: float("inf") for k in timed}
+with torch.no_grad():
+    for m in timed.values():
+        m.eval()(tb["idx"], attention_mask=tb["attention_mask"])
+    for _ in range(TIMING_ROUNDS):
+        for k, m in timed.items():
+            t0 = time.process_time()
+            m(tb["idx"], attention_mask=tb["attention_mask"])
+            best_t[k] = min(best_t[k], time.process_time() - t0)
+
+print()
+lora = results["LoRA r=4 q,v"]
+rows = []
+for m, r in results.items():
+    rep = r["rep"]
+    rows.append((m, f"{r['lr']:g}", f"{r['n_adapter']:,}" if m != "head-only" else "-", f"{rep['trainable']:,}",
+                 f"{rep['share']:.2%}", f"{r['f1']['dev']:.3f}", f"{r['f1']['test']:.3f}",
+                 f"{r['cpu'] / lora['cpu']:.2f}x", f"{best_t[m] / best_t['base']:.2f}x" if m in best_t else "= base"))
+table(("method", "lr", "adapter", "trainable", "share", "dev F1", "test F1", "train time", "forward"), rows)
+print(f"trainable = adapter + the task head (1,161). train time = CPU seconds of training / LoRA's "
+      f"({lora['cpu']:.1f}s); forward = CPU time of one forward on 64 dev sentences / the base classifier's "
+      f"(fastest of {TIMING_ROUNDS} interleaved rounds: {best_t['base'] * 1e3:.1f} ms). The sentences are "
+      f"{sum(lens) / len(lens):.0f} tokens on average: a prompt of n = 16 doubles what every layer computes.")
+head, best = results["head-only"]["f1"], max(PROMPTS, key=lambda m: results[m]["f1"]["dev"])
+print(f"prompt tuning vs head-only: dev F1 " + ", ".join(f"{m.removeprefix('prompt ')} "
+      f"{results[m]['f1']['dev'] - head['dev']:+.3f}" for m in PROMPTS) + f";  vs LoRA: best prompt ({best}) "
+      f"{results[best]['f1']['dev'] - lora['f1']['dev']:+.3f} dev, {results[best]['f1']['test'] - lora['f1']['test']:+.3f} test.")
+shipped = load_base()[0].state_dict()
+same = all(all(torch.equal(results[m]["clf"].body.state_dict()[k], v) for k, v in shipped.items()) for m in PROMPTS)
+print(f"the body's {len(shipped)} tensors after training == the shipped file, for every prompt: {same}.")
+
+# ==============================================================================================
+header("3. What the model \"sees\": each prompt vector's nearest vocabulary tokens (cosine), before -> after")
+wte = base.transformer.wte.weight
+rows = []
+for m in PROMPTS[:3]:
+    r = results[m]
+    P, P0 = r["clf"].body.soft_prompt.prompt.detach(), r["P0"]
+    c0, i0 = nearest_tokens(P0, wte, k=1)
+    c1, i1 = nearest_tokens(P, wte, k=1)
+    moved = torch.nn.functional.cosine_similarity(P.double(), P0.double(), dim=-1)
+    rows.append((m, f"{c0[:, 0].mean():.2f}", f"{c1[:, 0].mean():.2f}", f"{(i0[:, 0] == i1[:, 0]).sum()} / {len(P)}",
+                 f"{moved.mean():.2f}", f"{P0.norm(dim=-1).mean():.2f} -> {P.norm(dim=-1).mean():.2f}"))
+table(("prompt", "best cos before", "best cos after", "nearest token kept", "cos(P, P at init)", "norm |P_i|"), rows)
+print(f"(the embedding rows have norm {wte.norm(dim=-1).mean():.2f} on average; best cos = the cosine to the "
+      f"nearest vocabulary row, averaged over the {N} vectors)")
+# One direction of the embedding table holds most of the vocabulary: rows (almost) never seen in
+# pretraining are tied to the output layer, so every step pushed them the same way ("do not predict
+# me"). A prompt vector near that direction has hundreds of "nearest tokens" at cosine 0.98.
+Wn = torch.nn.functional.normalize(wte.detach().double(), dim=-1)
+mu = torch.nn.functional.normalize(wte.detach().double().mean(0), dim=0)
+crowd = Wn @ mu > 0.95                                                # (V,) rows in the crowded direction
+in_crowd = {m: int((torch.nn.functional.normalize(results[m]["P0"].double(), dim=-1) @ mu > 0.95).sum())
+            for m in PROMPTS[:3]}
+print(f"{int(crowd.sum())} of {len(crowd)} vocabulary rows lie within cosine 0.95 of ONE direction (the mean row): "
+      f"tokens pretraining (almost) never predicted. Prompt vectors starting there: "
+      + ", ".join(f"{m.removeprefix('prompt ')} {k} / {N}" for m, k in in_crowd.items()) + ".")
+for m in (f"prompt n={N} text", f"prompt n={N} vocab"):
+    r = results[m]
+    P, P0 = r["clf"].body.soft_prompt.prompt.detach(), r["P0"]
+    _, i0 = nearest_tokens(P0, wte, k=1)
+    c1, i1 = nearest_tokens(P, wte, k=3)
+    print(f"\n{m}: vector i, its init token -> the 3 nearest tokens after training (cosine)")
+    for i in range(len(P)):
+        print(f"  {i:>2}  {piece(i0[i, 0]):<10} -> " + ", ".join(f"{piece(t)} {c:.2f}" for c, t in zip(c1[i], i1[i])))
+
+print(f"\nTotal time {time.perf_counter() - t_start:.0f}s.")
+
+# ==============================================================================================
+if args.seeds > 1:
+    seeds = list(range(args.seeds))
+    header(f"4. Seed spread: head-only, LoRA and the n = {N} prompts, seeds {seeds}")
+    rows = []
+    for m in ["head-only", "LoRA r=4 q,v"] + PROMPTS[:3]:
+        runs = [results[m]] + [train_and_measure(m, LR[m], seed=sd) for sd in seeds[1:]]
+        dev, test = [r["f1"]["dev"] for r in runs], [r["f1"]["test"] for r in runs]
+        rows.append((m, " ".join(f"{x:.3f}" for x in dev), f"{sum(dev) / len(dev):.3f}",
+                     " ".join(f"{x:.3f}" for x in test), f"{sum(test) / len(test):.3f}"))
+        print(f"  {m}: done", flush=True)
+    table(("method", "dev F1 per seed", "mean", "test F1 per seed", "mean"), rows)
+    print(f"Total time {time.perf_counter() - t_start:.0f}s.")
