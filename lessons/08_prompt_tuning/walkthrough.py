@@ -42,6 +42,7 @@ from minift.peft.lora import LoRAConfig, apply_lora
 from minift.peft.prompt import PromptConfig, apply_prompt, nearest_tokens, prepend_soft_prompt
 from minift.peft.selective import SelectiveConfig, apply_selective, trainable_report
 from minift.pretrain import BASE_DIR, load_base
+from minift.report import header, table
 from minift.tasks import collate_fn, entity_f1
 from minift.train import TrainConfig, train
 
@@ -84,19 +85,6 @@ STEPS, BATCH = (8, 32) if FAST else (150, 32)
 N_EVAL = 60 if FAST else None
 TIMING_ROUNDS = 3 if FAST else 10
 BLOCK = 128
-
-
-def header(title):
-    print(f"\n{'=' * 96}\n{title}\n{'=' * 96}", flush=True)
-
-
-def table(headers, rows):
-    widths = [max(len(str(r[i])) for r in [headers] + rows) for i in range(len(headers))]
-    fmt = lambda r: "  ".join(str(c).rjust(w) if k else str(c).ljust(w) for k, (c, w) in enumerate(zip(r, widths)))  # noqa: E731
-    print(fmt(headers))
-    print("  ".join("-" * w for w in widths))
-    for r in rows:
-        print(fmt(r))
 
 
 def cut(xs):

@@ -44,6 +44,7 @@ from minift.peft.lora import LoRAConfig, apply_lora, lora_layers, lora_parameter
 from minift.peft.reft import ReFTConfig, apply_reft, orthonormality_error, reft_layers, reft_parameter_count
 from minift.peft.selective import SelectiveConfig, apply_selective, trainable_report
 from minift.pretrain import BASE_DIR, load_base
+from minift.report import header, table
 from minift.tasks import collate_fn, entity_f1
 from minift.train import TrainConfig, train
 
@@ -92,19 +93,6 @@ STEPS, BATCH = (8, 32) if FAST else (150, 32)
 N_EVAL = 40 if FAST else None
 TIMING_ROUNDS = 3 if FAST else 20
 BLOCK = 128
-
-
-def header(title):
-    print(f"\n{'=' * 96}\n{title}\n{'=' * 96}", flush=True)
-
-
-def table(headers, rows):
-    widths = [max(len(str(r[i])) for r in [headers] + rows) for i in range(len(headers))]
-    fmt = lambda r: "  ".join(str(c).rjust(w) if k else str(c).ljust(w) for k, (c, w) in enumerate(zip(r, widths)))  # noqa: E731
-    print(fmt(headers))
-    print("  ".join("-" * w for w in widths))
-    for r in rows:
-        print(fmt(r))
 
 
 def cut(xs):
