@@ -465,7 +465,7 @@ def run_adapter(h: torch.Tensor, W_down: torch.Tensor, b_down: torch.Tensor, W_u
         return h + ad(h)                                                   # SeriesAdapterLinear: h + adapter(h)
 
 
-# ---- lessons 07-12: one file each (adapters_<method>.py), gathered here ------------------------
+# ---- lessons 07-13: one file each (adapters_<method>.py), gathered here ------------------------
 
 from .adapters_prefix import *  # noqa: E402,F401,F403
 from .adapters_prefix import __all__ as _all_prefix  # noqa: E402
@@ -478,5 +478,7 @@ from .adapters_reft import __all__ as _all_reft  # noqa: E402
 
 from .adapters_quant import *  # noqa: E402,F401,F403
 from .adapters_quant import __all__ as _all_quant  # noqa: E402
+from .adapters_kernels import *  # noqa: E402,F401,F403
+from .adapters_kernels import __all__ as _all_kernels  # noqa: E402
 
-__all__ += _all_prefix + _all_prompt + _all_masking + _all_reft + _all_quant
+__all__ += _all_prefix + _all_prompt + _all_masking + _all_reft + _all_quant + _all_kernels
