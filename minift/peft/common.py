@@ -87,7 +87,8 @@ def freeze_all_but_adapters(model: nn.Module, include_head: bool) -> None:
     for p in model.parameters():
         p.requires_grad = False
     for p in adapter_state_dict(model).values():
-        p.requires_grad = True
+        if p.is_floating_point() or p.is_complex():        # an integer tensor (a mask's indices) never trains
+            p.requires_grad = True
     if include_head:
         for n, p in model.named_parameters():
             if _HEAD.search(n) and not n.startswith("lm_head") and ".lm_head." not in n:
@@ -127,6 +128,7 @@ def remove_adapters(model: nn.Module) -> list[str]:
 
 
 def count_adapter_parameters(model: nn.Module) -> int:
-    """Number of adapter parameters (LoRA: r (in + out) per adapted matrix, DoRA + out)."""
-    return sum(p.numel() for p in adapter_state_dict(model).values())
+    """Number of adapter parameters (LoRA: r (in + out) per adapted matrix, DoRA + out). Integer
+    tensors (random masking's stored indices) are part of the file, not parameters, and do not count."""
+    return sum(p.numel() for p in adapter_state_dict(model).values() if p.is_floating_point() or p.is_complex())
 

@@ -48,7 +48,7 @@ from safetensors import safe_open
 from ..checkpoint import load_json, load_state_dict_strict, load_tensors, save_json, save_tensors
 from ..model import GPTConfig
 from .adapters import AdapterConfig, apply_adapters
-from .common import adapter_state_dict, remove_adapters
+from .common import adapter_layers, adapter_state_dict, remove_adapters
 from .lora import LoRAConfig, apply_lora, lora_layers
 
 FORMAT, VERSION = "minift-adapter", 1
@@ -173,6 +173,9 @@ def load_adapter(model: nn.Module, folder: str) -> list[str]:
         for n in meta.get("extra_trainable", []):
             params[n].requires_grad = True
         _load_exact(model, sd, set(adapter_state_dict(model)) | set(meta.get("extra_trainable", [])), wpath)
+        for _, layer in adapter_layers(model):                # a file's stored indices must be valid masks
+            if hasattr(layer, "check_indices"):
+                layer.check_indices()
     except BaseException:
         if rollback is not None:
             rollback()
