@@ -144,10 +144,7 @@ def _build(cfg: GPTConfig, method: str, dtype: torch.dtype, r: int, targets: Seq
         m = GPT(replace(cfg, dropout=0.0)).to(dtype)
     if method == "full":
         return m
-    apply_lora(m, LoRAConfig(r=r, targets=tuple(targets), qkv=qkv, include_head=False))
-    for p in m.parameters():                                               # LoRA in float32
-        if p.requires_grad:
-            p.data = p.data.float()
+    apply_lora(m, LoRAConfig(r=r, targets=tuple(targets), qkv=qkv, include_head=False))   # A, B in `dtype`
     return m
 
 

@@ -149,3 +149,16 @@ def test_bad_configs_and_double_application_are_refused():
     assert all(isinstance(q.get_submodule(n), Int8Linear) for n in quantized_layers(q))
     with pytest.raises(ValueError, match="no nn.Linear left to quantize"):
         quantize_model(q)
+
+
+def test_loading_a_quantized_state_with_other_shapes_or_layout_is_refused():
+    from minift.checkpoint import load_state_dict_strict
+    small, wide = _base(), GPT(GPTConfig(vocab_size=50, block_size=16, n_layer=2, n_head=2, n_embd=128))
+    quantize_model(small)
+    quantize_model(wide)
+    with pytest.raises(ValueError, match=r"mis-shaped keys .*absmax_q: file \(\d+,\) vs model"):
+        load_state_dict_strict(wide, small.state_dict(), source="small.safetensors")
+    no_dq = _base()
+    quantize_model(no_dq, QLoRAConfig(double_quant=False))                    # stores absmax, not absmax_q
+    with pytest.raises(ValueError, match="absmax"):
+        load_state_dict_strict(no_dq, small.state_dict(), source="dq.safetensors")

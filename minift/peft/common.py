@@ -127,6 +127,21 @@ def remove_adapters(model: nn.Module) -> list[str]:
     return [n for n, _ in found]
 
 
+def remove_hooks(module: nn.Module, match) -> int:
+    """Delete the forward hooks and pre-hooks of `module` whose function satisfies match(fn); returns
+    how many. Methods that work through hooks (prefix, prompt, ReFT) remove theirs this way rather than
+    through the handles register_* returned: a deep-copied model has its own hook dicts, and the old
+    handles point at the original's."""
+    n = 0
+    for hooks, with_kwargs in ((module._forward_pre_hooks, module._forward_pre_hooks_with_kwargs),
+                               (module._forward_hooks, module._forward_hooks_with_kwargs)):
+        for key in [k for k, fn in hooks.items() if match(fn)]:
+            del hooks[key]
+            with_kwargs.pop(key, None)
+            n += 1
+    return n
+
+
 def count_adapter_parameters(model: nn.Module) -> int:
     """Number of adapter parameters (LoRA: r (in + out) per adapted matrix, DoRA + out). Integer
     tensors (random masking's stored indices) are part of the file, not parameters, and do not count."""

@@ -46,7 +46,7 @@ import torch
 import torch.nn as nn
 
 from ..model import GPT, build_attention_mask
-from .common import AdapterLayer, adapter_layers, adapter_state_dict, freeze_all_but_adapters, record
+from .common import AdapterLayer, adapter_layers, adapter_state_dict, freeze_all_but_adapters, record, remove_hooks
 
 
 @dataclass
@@ -197,10 +197,7 @@ def _supply_prefix(gpt: GPT, args: tuple, kwargs: dict):
 
 
 def _unhook(gpt: nn.Module) -> None:
-    for hid, fn in list(gpt._forward_pre_hooks.items()):
-        if fn is _supply_prefix:
-            del gpt._forward_pre_hooks[hid]
-            gpt._forward_pre_hooks_with_kwargs.pop(hid, None)
+    remove_hooks(gpt, lambda fn: fn is _supply_prefix)
 
 
 def _the_gpt(model: nn.Module) -> tuple[str, GPT]:

@@ -43,7 +43,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..model import GPT, IGNORE_INDEX
-from .common import AdapterLayer, adapter_layers, freeze_all_but_adapters, record
+from .common import AdapterLayer, adapter_layers, freeze_all_but_adapters, record, remove_hooks
 
 INITS = ("random", "vocab", "text")
 
@@ -199,12 +199,7 @@ class SoftPrompt(AdapterLayer):
         """Delete P and the two hooks from the GPT that holds it."""
         parent_name, _, child = name.rpartition(".")
         gpt = model.get_submodule(parent_name) if parent_name else model
-        for hooks in (gpt._forward_pre_hooks, gpt._forward_hooks):
-            for key, fn in list(hooks.items()):
-                if getattr(fn, "__self__", None) is self:                  # the hooks bound to this prompt
-                    del hooks[key]
-                    gpt._forward_pre_hooks_with_kwargs.pop(key, None)
-                    gpt._forward_hooks_with_kwargs.pop(key, None)
+        remove_hooks(gpt, lambda fn: getattr(fn, "__self__", None) is self)   # the hooks bound to this prompt
         delattr(gpt, child)
 
     def extra_repr(self) -> str:

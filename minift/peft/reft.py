@@ -50,7 +50,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .common import AdapterLayer, adapter_layers, adapter_state_dict, freeze_all_but_adapters, record
+from .common import AdapterLayer, adapter_layers, adapter_state_dict, freeze_all_but_adapters, record, remove_hooks
 
 POSITIONS = ("prompt", "all")
 INITS = ("identity", "random")
@@ -172,10 +172,10 @@ class ReFTLayer(AdapterLayer):
         block = model.get_submodule(parent_name)
         delattr(block, child)
         if not any(isinstance(m, ReFTLayer) for m in block.children()):
-            _drop_hook(block._forward_hooks, _edit_block_output)
+            remove_hooks(block, lambda fn: fn is _edit_block_output)
         for gpt in _gpts(model):
             if not any(isinstance(m, ReFTLayer) for m in gpt.modules()):
-                _drop_hook(gpt._forward_pre_hooks, _mark_positions, gpt._forward_pre_hooks_with_kwargs)
+                remove_hooks(gpt, lambda fn: fn is _mark_positions)
 
     def extra_repr(self) -> str:
         return f"C={self.n_embd}, r={self.r}, positions={self.group}"
@@ -223,13 +223,6 @@ def _edit_block_output(block: nn.Module, args: tuple, output):
         if isinstance(m, ReFTLayer):
             h = m(h)                                                       # first/last: disjoint positions
     return h, present
-
-
-def _drop_hook(hooks: dict, fn, with_kwargs: Optional[dict] = None) -> None:
-    for k in [k for k, f in hooks.items() if f is fn]:
-        del hooks[k]
-        if with_kwargs is not None:
-            with_kwargs.pop(k, None)
 
 
 def _gpts(model: nn.Module) -> list[nn.Module]:
