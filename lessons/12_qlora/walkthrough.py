@@ -236,4 +236,10 @@ if not FAST:
     print(f"predicted on the meta device in {time.perf_counter() - t0:.0f}s: GPTConfig(n_layer=80, n_head=64, n_embd=8192, "
           f"vocab 32000) with GPT-2's 4d MLP (LLaMA's SwiGLU has the same count to within 1%). The QLoRA paper: "
           f"'from >780GB of GPU memory to <48GB' for 65B.")
+    t0 = time.perf_counter()
+    g3 = estimate(PRESETS["gpt3-175b"], "lora", batch=1, seq=1, dtype=torch.float16, r=4)   # W_q, W_v
+    print(f"GPT-3-175B shape, LoRA r=4 on W_q, W_v (meta device, {time.perf_counter() - t0:.0f}s): {g3['trainable']:,} "
+          f"trainable of {g3['parameters'] - g3['trainable']:,}; an fp16 checkpoint of them is "
+          f"{2 * g3['trainable'] / 2 ** 20:.1f} MiB against {2 * (g3['parameters'] - g3['trainable']) / 1e9:.0f} GB for the "
+          f"model (the LoRA paper: 'from 350GB to 35MB').")
 print(f"\ndone in {time.perf_counter() - t_start:.1f}s")
