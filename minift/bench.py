@@ -5,6 +5,8 @@ travel better.
     minift bench train     training-step tokens/s: the base config vs a GPT-2-small-shaped one
     minift bench quant     quantize/dequantize throughput vs a float copy; training-step memory of
                            full fine-tuning, LoRA, QLoRA-int8, QLoRA-NF4 (measured and predicted)
+    minift bench kernels   the fused quantized-LoRA matmul (cuda_ext) vs float32 dense and vs
+                           dequantize-then-matmul, batch 1/8/128, and its bandwidth vs the copy bandwidth
 """
 from __future__ import annotations
 
@@ -134,3 +136,99 @@ def bench_quant(fast: bool = False) -> dict:
 
 
 BENCHES["quant"] = bench_quant
+
+
+# ---- minift bench kernels ----------------------------------------------------------------------
+
+def _best_ms(fn, repeat: int) -> float:
+    """Best-of-`repeat` wall time of fn() in milliseconds, after one warm-up call."""
+    fn()
+    best = math.inf
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - t0)
+    return 1000 * best
+
+
+def copy_bandwidth(n_bytes: int = 128 * 2 ** 20, repeat: int = 5) -> float:
+    """Measured memory bandwidth in GB/s: a float32 copy of n_bytes reads n_bytes and writes n_bytes."""
+    a = torch.empty(n_bytes // 4)
+    b = torch.empty_like(a)
+    return 2 * n_bytes / (_best_ms(lambda: b.copy_(a), repeat) / 1000) / 1e9
+
+
+def _copies(make, n_bytes: int, cold_bytes: int) -> list:
+    """Enough independent copies that cycling through them never finds the weight in the last-level
+    cache (decoding a real model reads each layer once per token: from memory, not from cache)."""
+    return [make() for _ in range(max(1, min(8, -(-cold_bytes // n_bytes))))]
+
+
+def bench_kernels(fast: bool = False) -> list[dict]:
+    """The fused quantized-LoRA matmul (lesson 13) against the float32 dense matmul and the pure-PyTorch
+    dequantize-then-matmul, measured in the same run: shapes 4096x4096, 1024x4096 and the base model's
+    (3C x C, 4C x C, C x 4C with C = 128), batches 1, 8, 128. Bandwidth: bytes of weight read per call
+    / time, against the measured copy bandwidth (the batch-1 limit: the weight must be read once)."""
+    from .quant import ops
+    from .quant.int8 import quantize_absmax
+    from .quant.nf4 import NF4State, quantize_nf4
+
+    torch.manual_seed(0)
+    ext = ops.extension()
+    shapes = [(1024, 1024), (384, 128)] if fast else [(4096, 4096), (1024, 4096), (384, 128), (512, 128), (128, 512)]
+    batches = (1, 8) if fast else (1, 8, 128)
+    repeat = 3 if fast else 7
+    bw = copy_bandwidth(32 * 2 ** 20 if fast else 256 * 2 ** 20, repeat)
+    cold = 48 * 2 ** 20 if fast else 96 * 2 ** 20                  # > this machine's 32 MiB L3
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, device cpu; kernel path: {ops.backend()}")
+    print(f"measured copy bandwidth {bw:.1f} GB/s (read + write of a float32 buffer); weights cycled through "
+          f"copies totalling >= {cold / 2 ** 20:.0f} MiB so that no call finds its weight in cache")
+    rows = []
+    for out_f, in_f in shapes:
+        W = torch.randn(out_f, in_f) * 0.02
+        nf4, i8 = quantize_nf4(W, 64, double_quant=True), quantize_absmax(W, "row")
+        sizes = {"fp32": W.numel() * 4, "nf4": sum(t.numel() * t.element_size() for t in nf4.tensors().values()),
+                 "int8": i8.q.numel() + i8.scale.numel() * 4}
+        Ws = _copies(W.clone, sizes["fp32"], cold)
+        nf4s = _copies(lambda: NF4State(**{**nf4.__dict__, **{k: v.clone() for k, v in nf4.tensors().items()}}),
+                       sizes["nf4"], cold)
+        i8s = _copies(lambda: type(i8)(i8.q.clone(), i8.scale.clone(), None, "row", 0), sizes["int8"], cold)
+
+        def cycling(items, f):
+            it = [0]
+
+            def call():
+                it[0] = (it[0] + 1) % len(items)
+                return f(items[it[0]])
+            return call
+
+        for N in batches:
+            x = torch.randn(N, in_f)
+            cases = [("float32 dense x Wᵀ", "fp32", cycling(Ws, lambda w: x @ w.T)),
+                     ("NF4 dequantize-then-matmul", "nf4", cycling(nf4s, lambda s: ops.quant_lora_matmul_reference(x, s)))]
+            if ext is not None:
+                cases += [("NF4 fused kernel", "nf4", cycling(nf4s, lambda s: ops.quant_lora_matmul(x, s, use_extension=True))),
+                          ("int8 fused kernel", "int8", cycling(i8s, lambda s: ops.quant_lora_matmul(x, s, use_extension=True)))]
+            rep = max(2, repeat // 2) if (N >= 128 and out_f * in_f >= 2 ** 22) else repeat
+            with torch.no_grad():
+                times = {name: _best_ms(fn, rep) for name, _, fn in cases}
+            dense = times["float32 dense x Wᵀ"]
+            deq = times["NF4 dequantize-then-matmul"]
+            for name, fmt, _ in cases:
+                ms = times[name]
+                gbs = sizes[fmt] / (ms / 1000) / 1e9                 # weight bytes read per second
+                limit_ms = 1000 * sizes[fmt] / (bw * 1e9)             # the weight read once at copy speed
+                rows.append({"shape": f"{out_f}x{in_f}", "batch": N, "path": name, "ms": ms,
+                             "vs_dense": dense / ms, "vs_dequant": deq / ms, "weight_GBps": gbs,
+                             "vs_limit": ms / limit_ms})
+    print(f"\n{'shape':<10} {'batch':>5} {'path':<28} {'ms':>9} {'speed-up vs fp32':>17} {'vs dequant':>11} "
+          f"{'weight GB/s':>12} {'time / limit':>13}")
+    for r in rows:
+        print(f"{r['shape']:<10} {r['batch']:>5} {r['path']:<28} {r['ms']:>9.3f} {r['vs_dense']:>16.2f}x "
+              f"{r['vs_dequant']:>10.2f}x {r['weight_GBps']:>12.1f} {r['vs_limit']:>12.2f}x")
+    print("speed-up > 1: faster than the float32 dense matmul / than dequantize-then-matmul; time / limit: "
+          "the call's time over the time to read its weight bytes once at the measured copy bandwidth")
+    return rows
+
+
+BENCHES["kernels"] = bench_kernels

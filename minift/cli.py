@@ -4,7 +4,7 @@
     minift run NN|all [--fast]         run a lesson's walkthrough (or all of them, in order)
     minift check NN [--impl FILE]      grade a lesson's exercise (pytest -m lessonNN --impl FILE)
     minift verify [--impl FILE] [--only NAME,...]   property checks against an implementation
-    minift bench NAME [--fast]         benchmarks: train, quant (tables with ratios against a baseline)
+    minift bench NAME [--fast]         benchmarks: train, quant, kernels (tables with ratios against a baseline)
     minift pretrain [--out DIR]        train the tokenizer and base model shipped in data/
     minift data [--out DIR]            regenerate TinyWorld as JSONL
 """
@@ -133,7 +133,7 @@ def main(argv=None) -> int:
     c.add_argument("--impl", default=None, help="file with the run_* functions (default: the lesson's exercise.py)")
     sub.add_parser("verify", help="property checks against an implementation (--impl FILE, --only NAMES, --list)",
                    add_help=False)
-    b = sub.add_parser("bench", help="benchmarks: train, quant")
+    b = sub.add_parser("bench", help="benchmarks: train, quant, kernels")
     b.add_argument("name")
     b.add_argument("--fast", action="store_true")
     pt = sub.add_parser("pretrain", help="train the shipped tokenizer + base model")

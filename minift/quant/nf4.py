@@ -210,21 +210,6 @@ def bits_per_parameter(st: NF4State) -> float:
     return 8 * sum(t.numel() * t.element_size() for t in st.tensors().values()) / math.prod(st.shape)
 
 
-class _NF4Matmul(torch.autograd.Function):
-    """x W^T with W = dequant(W_q), rebuilt in forward AND in backward (dL/dx = g W): autograd would
-    otherwise keep the dequantized (out, in) float weight alive from forward to backward, a full
-    float copy per layer during training (bitsandbytes' 4-bit matmul recomputes it the same way)."""
-
-    @staticmethod
-    def forward(ctx, x, layer):
-        ctx.layer = layer
-        return F.linear(x, layer.dequantized_weight())                          # (..., out)
-
-    @staticmethod
-    def backward(ctx, g):
-        return g @ ctx.layer.dequantized_weight().to(g.dtype), None             # (..., in)
-
-
 class NF4Linear(nn.Module):
     """A frozen linear layer stored in 4 bits: y = x dequant(W_q)^T + b. The float weight is rebuilt
     inside forward and dropped after it, so no full-precision copy lives between calls."""
@@ -256,8 +241,9 @@ class NF4Linear(nn.Module):
         return dequantize_nf4(self.state(), self.compute_dtype)                  # (out, in)
 
     def forward(self, x):
-        y = _NF4Matmul.apply(x.to(self.compute_dtype), self)                    # W rebuilt, then freed
-        return y if self.bias is None else y + self.bias.to(self.compute_dtype)  # (..., out)
+        from .ops import quant_lora_matmul   # lesson 13: the fused C++ kernel when built, else dequantize-then-matmul
+        bias = None if self.bias is None else self.bias.to(self.compute_dtype)
+        return quant_lora_matmul(x.to(self.compute_dtype), self.state(), bias=bias)   # (..., out), W never kept
 
     def extra_repr(self) -> str:
         dq = getattr(self, "absmax_q", None) is not None

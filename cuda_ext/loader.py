@@ -1,0 +1,71 @@
+"""Build and load cuda_ext (the fused quantized-LoRA matmul) with torch.utils.cpp_extension.load.
+
+One translation unit for the CPU (quant_lora.cpp, -O3 -fopenmp, plus -mavx2 -mfma when both the compiler
+and this CPU support them: otherwise the scalar path alone is compiled); quant_lora_cuda.cu is added
+only when torch has CUDA (that path is compiled-but-unverified, see the README of lesson 13).
+
+The build is cached outside the repository: $MINIFT_EXT_DIR, else $XDG_CACHE_HOME/minift/cuda_ext,
+else ~/.cache/minift/cuda_ext (one sub-folder per flag set). The first build takes a minute on a
+2-core machine; later loads take about a second. `minift.quant.ops` calls `load()` once, lazily,
+and falls back to the pure-PyTorch reference if it raises.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+NAME = "minift_quant_lora"
+
+
+def cache_dir() -> Path:
+    if os.environ.get("MINIFT_EXT_DIR"):
+        return Path(os.environ["MINIFT_EXT_DIR"])
+    base = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
+    return base / "minift" / "cuda_ext"
+
+
+def _cpu_has_avx2_fma() -> bool:
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return " avx2" in flags and " fma" in flags
+
+
+def _compiler_accepts(flags: list[str]) -> bool:
+    cxx = os.environ.get("CXX", "c++")
+    if shutil.which(cxx) is None:
+        return False
+    r = subprocess.run([cxx, *flags, "-x", "c++", "-E", "-"], input="", capture_output=True, text=True)
+    return r.returncode == 0
+
+
+def flags() -> list[str]:
+    """-O3 and -fopenmp (at::parallel_for is an OpenMP loop: without the flag it runs on one thread),
+    plus -mavx2 -mfma when this CPU has them and the compiler takes them."""
+    f = ["-O3"] + (["-fopenmp"] if _compiler_accepts(["-fopenmp"]) else [])
+    if os.environ.get("MINIFT_EXT_SCALAR") != "1" and _cpu_has_avx2_fma() and _compiler_accepts(["-mavx2", "-mfma"]):
+        f += ["-mavx2", "-mfma"]
+    return f
+
+
+def load(verbose: bool = False):
+    """Build (or reuse the cached build) and import the extension module. Raises on any failure."""
+    import torch
+    from torch.utils.cpp_extension import CUDA_HOME, load as _load
+
+    cflags = flags()
+    sources = [str(HERE / "quant_lora.cpp")]
+    cuda = bool(torch.cuda.is_available() and CUDA_HOME)
+    if cuda:                                                   # compiled-but-unverified
+        sources.append(str(HERE / "quant_lora_cuda.cu"))
+        cflags.append("-DMINIFT_WITH_CUDA")
+    tag = ("_avx2" if "-mavx2" in cflags else "_scalar") + ("_cuda" if cuda else "")
+    build = cache_dir() / (NAME + tag)
+    build.mkdir(parents=True, exist_ok=True)
+    return _load(name=NAME + tag, sources=sources, extra_cflags=cflags,
+                 extra_ldflags=["-fopenmp"] if "-fopenmp" in cflags else None,
+                 extra_cuda_cflags=["-O3"] if cuda else None, build_directory=str(build), verbose=verbose)

@@ -1,0 +1,287 @@
+"""The fused quantized-LoRA matmul (lesson 13): one op, a pure-PyTorch reference that defines it, a C++
+kernel (cuda_ext/) that computes it without ever building the float weight, and the dispatcher.
+
+**The op.** For a frozen weight stored quantized (NF4 with block absmax, optionally double-quantized,
+or int8 with one absmax scale per row) and an optional LoRA pair:
+
+    y = x · dequant(W_q)ᵀ + s · (x Aᵀ) Bᵀ + b          x (..., in), W_q (out, in), A (r, in), B (out, r)
+
+    NF4:   dequant(W_q)_j = NF4[q_j] · c_{j // bs}        (flat index j = o·in + k; c from the state)
+    int8:  dequant(W_q)_{o,k} = q_{o,k} · scale_o
+
+**Why a kernel.** At batch 1 (decoding) a matmul reads every weight once and does 2 flops with it:
+the time is the time to move the weight from memory. float32 moves 4 bytes per weight, int8 1,
+NF4 0.5 (+ 1/64 for an 8-bit absmax per block of 64). The reference `dequantize-then-matmul` first
+writes the float32 weight (4 bytes per weight, several passes) and then reads it back: it moves
+*more* bytes than the float matmul. The kernel decodes each 4-bit index into a register and
+multiplies it at once (cuda_ext/quant_lora.cpp: 32 table lookups per `vpshufb` on byte planes of the
+16-value table, then FMA), so its memory traffic is the packed bytes. For big batches it decodes 256 rows at a time into a buffer
+and hands them to the BLAS GEMM, so the dequantization is paid once per tile instead of per input.
+
+**Semantics and tolerance.** `quant_lora_matmul_reference` is the definition. The kernel sums in a
+different order (per block, c_b · Σ x_k NF4[q_k]; in 8 lanes), so it equals the reference within
+the float32 rounding bound of two dot products of length n = in + r + 2:
+
+    |y_ext - y_ref| <= 2 n 2⁻²⁴ · (|x| |Ŵ|ᵀ + s |x Aᵀ| |B|ᵀ + |b|)    elementwise
+
+(`error_bound` computes it; tests/test_ops.py checks it on random shapes, including sizes that are
+not multiples of the block or of the 8-float vector width, which take the scalar path.)
+
+**Dispatch.** `quant_lora_matmul` uses the extension when it loaded (JIT-built on first use by
+cuda_ext/loader.py, cached outside the repository), the input is float32 on the CPU (or, for NF4, on
+a GPU when the CUDA kernel was built: compiled-but-unverified), and MINIFT_NO_EXT=1 is not set;
+otherwise the reference. One line on stderr says which path is in use. Autograd: gradients flow to
+x, A, B (and the bias if it requires one); backward re-dequantizes W (dL/dx = g Ŵ + s (g B) A), so no
+float copy of W is kept between forward and backward, and the base stays frozen.
+"""
+from __future__ import annotations
+
+import importlib.util
+import math
+import os
+import sys
+from pathlib import Path
+from typing import Optional, Union
+
+import torch
+import torch.nn.functional as F
+
+from .int8 import Int8Tensor
+from .nf4 import CODES, NF4State, dequantize_nf4
+
+EXT_DIR = Path(__file__).resolve().parents[2] / "cuda_ext"
+QuantState = Union[NF4State, Int8Tensor]
+
+_ext = None                     # the loaded module, once tried
+_ext_tried = False
+_ext_error: Optional[str] = None
+_announced = False
+
+
+# ---- the extension: load once, lazily ------------------------------------------------------------
+
+def extension():
+    """The cuda_ext module, or None (MINIFT_NO_EXT=1, no compiler, a failed build). Built once."""
+    global _ext, _ext_tried, _ext_error
+    if os.environ.get("MINIFT_NO_EXT") == "1":
+        _ext_error = "MINIFT_NO_EXT=1"
+        return None
+    if not _ext_tried:
+        _ext_tried = True
+        try:
+            spec = importlib.util.spec_from_file_location("minift_cuda_ext_loader", EXT_DIR / "loader.py")
+            loader = importlib.util.module_from_spec(spec)
+            spec.loader.exec_module(loader)
+            _ext = loader.load()
+        except Exception as e:  # noqa: BLE001 (any build failure means: use the reference)
+            _ext, _ext_error = None, f"{type(e).__name__}: {str(e).strip().splitlines()[-1] if str(e).strip() else ''}"
+    return _ext
+
+
+def backend() -> str:
+    """Which path quant_lora_matmul takes for float32 CPU inputs: "extension (avx2)", "extension (scalar)"
+    or "reference (<why>)"."""
+    ext = extension()
+    if ext is None:
+        return f"reference ({_ext_error})"
+    return f"extension ({'avx2' if ext.avx2 else 'scalar'}{', cuda built' if ext.cuda else ''})"
+
+
+def _announce() -> None:
+    global _announced
+    if not _announced:
+        _announced = True
+        print(f"minift.quant.ops: quant_lora_matmul uses the {backend()} path", file=sys.stderr, flush=True)
+
+
+# ---- validation at the public boundary -----------------------------------------------------------
+
+def _shape(wq) -> tuple:
+    if isinstance(wq, NF4State):
+        if len(wq.shape) != 2:
+            raise ValueError(f"wq must hold a 2-D (out, in) weight, got shape {tuple(wq.shape)}")
+        return tuple(wq.shape)
+    if isinstance(wq, Int8Tensor):
+        if wq.granularity != "row" or wq.zero_point is not None or wq.q.dim() != 2:
+            raise ValueError(f"wq: an int8 weight must be absmax per row (quantize_absmax(W, 'row')), got "
+                             f"granularity={wq.granularity!r}, zero point {'set' if wq.zero_point is not None else 'none'}, "
+                             f"shape {tuple(wq.q.shape)}")
+        return tuple(wq.q.shape)
+    raise TypeError(f"wq must be an NF4State (quantize_nf4) or an Int8Tensor (quantize_absmax(W, 'row')), "
+                    f"got {type(wq).__name__}")
+
+
+def _device(wq) -> torch.device:
+    return wq.packed.device if isinstance(wq, NF4State) else wq.q.device
+
+
+def _validate(x, wq, A, B, bias) -> tuple:
+    out_f, in_f = _shape(wq)
+    if not isinstance(x, torch.Tensor) or not x.is_floating_point():
+        raise TypeError(f"x must be a floating-point torch.Tensor, got "
+                        f"{x.dtype if isinstance(x, torch.Tensor) else type(x).__name__}")
+    if x.dim() == 0 or x.shape[-1] != in_f:
+        raise ValueError(f"x must have shape (..., in={in_f}) for a weight of shape ({out_f}, {in_f}), got {tuple(x.shape)}")
+    dev = _device(wq)
+    if x.device != dev:
+        raise ValueError(f"x is on {x.device} but the quantized weight is on {dev}; move one of them")
+    if (A is None) != (B is None):
+        raise ValueError("A and B come together: pass both (LoRA) or neither")
+    if A is not None:
+        for name, t in (("A", A), ("B", B)):
+            if not isinstance(t, torch.Tensor) or not t.is_floating_point() or t.device != dev:
+                raise TypeError(f"{name} must be a floating-point tensor on {dev}, got "
+                                f"{t.dtype if isinstance(t, torch.Tensor) else type(t).__name__}"
+                                f"{' on ' + str(t.device) if isinstance(t, torch.Tensor) else ''}")
+        if A.dim() != 2 or A.shape[1] != in_f or B.dim() != 2 or B.shape != (out_f, A.shape[0]):
+            raise ValueError(f"LoRA factors must be A (r, in={in_f}) and B (out={out_f}, r), got A "
+                             f"{tuple(A.shape)} and B {tuple(B.shape)}")
+    if bias is not None and (not isinstance(bias, torch.Tensor) or tuple(bias.shape) != (out_f,)
+                             or not bias.is_floating_point() or bias.device != dev):
+        raise ValueError(f"bias must be a floating-point tensor of shape (out={out_f},) on {dev}, got "
+                         f"{tuple(bias.shape) if isinstance(bias, torch.Tensor) else type(bias).__name__}")
+    return out_f, in_f
+
+
+# ---- the reference: the definition ---------------------------------------------------------------
+
+def dequantize(wq: QuantState) -> torch.Tensor:
+    """Ŵ (out, in) float32: NF4[q] · c_b (double quantization undone first), or q · scale_o."""
+    return dequantize_nf4(wq) if isinstance(wq, NF4State) else wq.dequantize()
+
+
+def quant_lora_matmul_reference(x, wq, A=None, B=None, scaling=1.0, bias=None) -> torch.Tensor:
+    """Dequantize, then matmul: y = x Ŵᵀ + s (x Aᵀ) Bᵀ + b, in x's dtype. Differentiable by autograd."""
+    y = F.linear(x, dequantize(wq).to(x.dtype))                                # x Ŵᵀ  (..., out)
+    if A is not None:
+        y = y + scaling * ((x @ A.to(x.dtype).T) @ B.to(x.dtype).T)           # + s (x Aᵀ) Bᵀ
+    return y if bias is None else y + bias.to(x.dtype)                         # + b
+
+
+def error_bound(x, wq, A=None, B=None, scaling=1.0, bias=None) -> torch.Tensor:
+    """The tolerance the extension is held to: 2 n 2⁻²⁴ (|x||Ŵ|ᵀ + s|xAᵀ||B|ᵀ + |b|), n = in + r + 2."""
+    x64 = x.detach().to(torch.float64)
+    mag = x64.abs() @ dequantize(wq).to(torch.float64).abs().T                 # Σ |x_k| |ŵ_k|
+    r = 0
+    if A is not None:
+        r = A.shape[0]
+        mag = mag + abs(scaling) * (x64 @ A.detach().double().T).abs() @ B.detach().double().abs().T
+    if bias is not None:
+        mag = mag + bias.detach().double().abs()
+    return 2 * (x.shape[-1] + r + 2) * 2.0 ** -24 * mag
+
+
+# ---- the extension call (no autograd) ------------------------------------------------------------
+
+def _ext_eligible(ext, x, wq) -> bool:
+    if ext is None or x.dtype != torch.float32:
+        return False
+    if x.device.type == "cpu":
+        return True
+    return x.device.type == "cuda" and bool(ext.cuda) and isinstance(wq, NF4State)   # unverified path
+
+
+_CODE_CACHE: dict = {}
+
+
+def _code(name: str, device: torch.device) -> torch.Tensor:
+    """The 16-value code table, built once per (code, device): nf4_code() runs ndtri, ~0.1 ms."""
+    key = (name, str(device))
+    if key not in _CODE_CACHE:
+        _CODE_CACHE[key] = CODES[name]().to(device).contiguous()
+    return _CODE_CACHE[key]
+
+
+def _f32(t: Optional[torch.Tensor]) -> torch.Tensor:
+    return torch.empty(0) if t is None else t.detach().to(torch.float32).contiguous()
+
+
+def _ext_forward(ext, x2, wq, A, B, scaling, bias) -> torch.Tensor:
+    """The extension on a contiguous float32 (N, in) input."""
+    empty = torch.empty(0, device=x2.device)
+    A_, B_, b_ = (_f32(t).to(x2.device) if t is not None else empty for t in (A, B, bias))
+    if isinstance(wq, Int8Tensor):
+        return ext.int8_lora_matmul(x2, wq.q.contiguous(), wq.scale.to(torch.float32).contiguous(), A_, B_,
+                                    float(scaling), b_, True)
+    out_f, in_f = wq.shape
+    code = _code(wq.code_name, x2.device)
+    if x2.device.type == "cuda":                                               # compiled-but-unverified
+        return ext.nf4_lora_matmul_cuda(x2, wq.packed, out_f, wq.block_absmax().to(torch.float32).contiguous(),
+                                        code, wq.block_size, A_, B_, float(scaling), b_)
+    if wq.double_quant:
+        am, q8, sc, mean = torch.empty(0), wq.absmax_q.contiguous(), _f32(wq.absmax_scales), float(wq.absmax_mean)
+    else:
+        am, q8, sc, mean = _f32(wq.absmax), torch.empty(0, dtype=torch.int8), torch.empty(0), 0.0
+    return ext.nf4_lora_matmul(x2, wq.packed.contiguous(), out_f, in_f, am, q8, sc, mean, wq.dq_block_size,
+                               code, wq.block_size, A_, B_, float(scaling), b_, True)
+
+
+class QuantLoRAMatmul(torch.autograd.Function):
+    """Forward: the extension (ext given) or the reference (ext None); no float weight is kept.
+    Backward: re-dequantize Ŵ and take
+        dL/dx = g Ŵ + s (g B) A,   dL/dA = s (g B)ᵀ x,   dL/dB = s gᵀ (x Aᵀ),   dL/db = Σ g."""
+
+    @staticmethod
+    def forward(ctx, x2, A, B, bias, wq, scaling, ext):
+        ctx.wq, ctx.scaling = wq, scaling
+        ctx.save_for_backward(x2 if A is not None else None, A, B)            # nothing of W is saved
+        ctx.has_bias = bias is not None
+        if ext is None:                                                        # Ŵ built here, then freed
+            return quant_lora_matmul_reference(x2, wq, A, B, scaling, bias)
+        return _ext_forward(ext, x2, wq, A, B, scaling, bias)                  # (N, out)
+
+    @staticmethod
+    def backward(ctx, g):
+        x2, A, B = ctx.saved_tensors
+        s = ctx.scaling
+        gx = gA = gB = gb = None
+        if ctx.needs_input_grad[0]:
+            gx = g @ dequantize(ctx.wq).to(g.dtype)                            # g Ŵ  (N, in)
+        if A is not None:
+            gz = s * (g @ B.to(g.dtype))                                       # s g B  (N, r)
+            if ctx.needs_input_grad[0]:
+                gx = gx + gz @ A.to(g.dtype)
+            if ctx.needs_input_grad[1]:
+                gA = (gz.T @ x2).to(A.dtype)                                   # (r, in)
+            if ctx.needs_input_grad[2]:
+                gB = (s * (g.T @ (x2 @ A.to(g.dtype).T))).to(B.dtype)          # (out, r)
+        if ctx.has_bias and ctx.needs_input_grad[3]:
+            gb = g.sum(0)
+        return gx, gA, gB, gb, None, None, None
+
+
+# ---- the public op ---------------------------------------------------------------------------------
+
+def quant_lora_matmul(x: torch.Tensor, wq: QuantState, A: Optional[torch.Tensor] = None,
+                      B: Optional[torch.Tensor] = None, scaling: float = 1.0,
+                      bias: Optional[torch.Tensor] = None, use_extension: Optional[bool] = None) -> torch.Tensor:
+    """y = x · dequant(wq)ᵀ + scaling · (x Aᵀ) Bᵀ + bias, shape (..., out).
+
+    wq: an NF4State (quantize_nf4, any code, double-quantized or not) or a per-row absmax Int8Tensor
+    (quantize_absmax(W, "row")). use_extension: None = the extension when it applies (see the module
+    doc), False = the reference, True = the extension or a RuntimeError saying why not."""
+    out_f, in_f = _validate(x, wq, A, B, bias)
+    if not (isinstance(scaling, (int, float)) and not isinstance(scaling, bool) and math.isfinite(scaling)):
+        raise TypeError(f"scaling must be a finite number, got {scaling!r}")
+    ext = None if use_extension is False else extension()
+    if use_extension is not False:
+        _announce()
+    if not _ext_eligible(ext, x, wq):
+        if use_extension:
+            raise RuntimeError(f"quant_lora_matmul(use_extension=True): the extension does not apply here "
+                               f"(x {x.dtype} on {x.device}; backend: {backend()})")
+        ext = None
+    lead = x.shape[:-1]
+    x2 = x.reshape(-1, in_f)                                                   # (N, in)
+    if ext is not None:
+        x2 = x2.contiguous()                                                   # the kernel reads rows
+    needs_grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, A, B, bias))
+    if ext is not None and not needs_grad:                                     # inference: no autograd node
+        y = _ext_forward(ext, x2, wq, A, B, scaling, bias)
+    else:
+        y = QuantLoRAMatmul.apply(x2, A, B, bias, wq, float(scaling), ext)     # (N, out)
+    return y.reshape(*lead, out_f)
+
+
+__all__ = ["quant_lora_matmul", "quant_lora_matmul_reference", "dequantize", "error_bound", "extension",
+           "backend", "QuantLoRAMatmul"]
