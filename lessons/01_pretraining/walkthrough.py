@@ -19,7 +19,7 @@ Everything it uses lives in the library (minift/train.py, minift/model.py, minif
 minift/pretrain.py); this file only calls it and prints.
 """
 EXPECTED_SECONDS = 31
-FAST_SECONDS = 6
+FAST_SECONDS = 12
 
 import argparse
 import random
@@ -56,11 +56,11 @@ if not (BASE_DIR / "model.safetensors").is_file():
 
 FAST = args.fast
 # budgets: (default, --fast)
-TINY_STEPS, TINY_EVAL_EVERY = (300, 50) if not FAST else (30, 10)
+TINY_STEPS, TINY_EVAL_EVERY = (300, 50) if not FAST else (16, 8)
 VAL_WINDOWS = 32 if not FAST else 4            # fixed validation windows per perplexity
-N_PROBES = 72 if not FAST else 24              # closed-book fact probes (a fixed subset)
+N_PROBES = 72 if not FAST else 12              # closed-book fact probes (a fixed subset)
 N_FORGET = 16 if not FAST else 2               # original-domain windows of minift.pretrain.forgetting_probe
-CPT_STEPS = args.cpt_steps or (150 if not FAST else 16)
+CPT_STEPS = args.cpt_steps or (150 if not FAST else 8)
 CPT_EVAL_EVERY = max(1, CPT_STEPS // (6 if not FAST else 2))
 t_start = time.perf_counter()
 

@@ -27,7 +27,7 @@ minift/peft/common.py, minift/peft/io.py, minift/heads.py, minift/train.py, mini
 this file only calls it and prints.
 """
 EXPECTED_SECONDS = 100
-FAST_SECONDS = 12
+FAST_SECONDS = 13
 
 import argparse
 import copy
@@ -98,9 +98,9 @@ PEFT = ["series Houlsby", "series Pfeiffer", "parallel", "LoRA q,v"]
 LRS = (1e-3, 3e-3, 1e-2, 3e-2)
 LR = {"full": 1e-3, "head-only": 1e-2, "series Houlsby": 1e-2, "series Pfeiffer": 1e-2, "parallel": 3e-3,
       "LoRA q,v": 1e-2}
-STEPS, BATCH = (8, 32) if FAST else (150, 32)
-N_EVAL = 60 if FAST else None
-PROBE = dict(n_windows=4, n_facts=24) if FAST else dict(n_windows=16, n_facts=72)
+STEPS, BATCH = (4, 32) if FAST else (150, 32)
+N_EVAL = 30 if FAST else None
+PROBE = dict(n_windows=2, n_facts=12) if FAST else dict(n_windows=16, n_facts=72)
 SWEEP_M = (1,) if FAST else (1, 64)
 TIMING_ROUNDS = 3 if FAST else 20
 BLOCK = 128
