@@ -5,7 +5,7 @@
 """
 import pytest
 
-from minift.conformance import CHECKS, MISSING, NOT_IMPLEMENTED, run_check
+from minift.conformance import CHECKS, MISSING, NOT_IMPLEMENTED, PASS, run_check
 
 
 def _param(check):
@@ -23,3 +23,4 @@ def test_conformance(check, impl):
     if not r.passed:
         pytest.fail(f"{check.name} ({check.adapter}): {check.description}\n\n{r.error}\n\n"
                     f"{r.counterexample}", pytrace=False)
+    assert r.status == PASS

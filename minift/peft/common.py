@@ -25,6 +25,35 @@ import torch.nn as nn
 _HEAD = re.compile(r"(^|\.)head\.")          # a task head (minift.heads), never the tied lm_head
 
 
+QKV = ("q", "k", "v")                          # the slices of GPT-2's fused attn.c_attn, in order
+
+
+def check_targets(targets, what: str) -> tuple:
+    """Config targets: one regex or several, each non-empty and valid (re.search over module names).
+    `what` names the config in the error ("LoRA", "MaskingConfig")."""
+    targets = (targets,) if isinstance(targets, str) else tuple(targets)
+    if not targets or not all(isinstance(t, str) and t for t in targets):
+        raise ValueError(f"{what} targets={targets!r} must be non-empty regexes over module names, "
+                         f"e.g. ['attn.c_attn', 'mlp.c_fc']")
+    for t in targets:
+        try:
+            re.compile(t)
+        except re.error as e:
+            raise ValueError(f"{what} target {t!r} is not a valid regular expression ({e})") from None
+    return targets
+
+
+def check_qkv(qkv, what: str):
+    """None (the whole c_attn) or distinct slices of QKV, returned in q, k, v order."""
+    if qkv is None:
+        return None
+    chosen = [qkv] if isinstance(qkv, str) else list(qkv)
+    if not chosen or any(s not in QKV for s in chosen) or len(set(chosen)) != len(chosen):
+        raise ValueError(f"{what} qkv={qkv!r} must be None (the whole c_attn) or distinct "
+                         f"slices from {QKV}, e.g. ('q', 'v')")
+    return tuple(s for s in QKV if s in chosen)
+
+
 class AdapterLayer(nn.Module):
     """Base class of every adapted module. Subclasses list their trainable tensors' local names
     in `adapter_names()` and honour `self.adapter_enabled` in forward."""

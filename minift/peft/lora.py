@@ -50,9 +50,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .common import AdapterLayer, adapter_layers, adapter_state_dict, freeze_all_but_adapters, record, set_module
+from .common import (QKV, AdapterLayer, adapter_layers, adapter_state_dict, check_qkv, check_targets,
+                     freeze_all_but_adapters, record, set_module)
 
-QKV = ("q", "k", "v")
 
 
 def _wide(t: torch.Tensor) -> torch.Tensor:
@@ -86,24 +86,8 @@ class LoRAConfig:
             raise ValueError(f"LoRA alpha={self.alpha!r} must be a finite number > 0")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"LoRA dropout={self.dropout!r} must be in [0, 1)")
-        if isinstance(self.targets, str):
-            self.targets = (self.targets,)
-        self.targets = tuple(self.targets)
-        if not self.targets or not all(isinstance(t, str) and t for t in self.targets):
-            raise ValueError(f"LoRA targets={self.targets!r} must be non-empty regexes over module names, "
-                             f"e.g. ['attn.c_attn', 'mlp.c_fc']")
-        for t in self.targets:
-            try:
-                re.compile(t)
-            except re.error as e:
-                raise ValueError(f"LoRA target {t!r} is not a valid regular expression ({e})") from None
-        if self.qkv is not None:
-            qkv = [self.qkv] if isinstance(self.qkv, str) else list(self.qkv)
-            bad = [s for s in qkv if s not in QKV]
-            if bad or not qkv or len(set(qkv)) != len(qkv):
-                raise ValueError(f"LoRA qkv={self.qkv!r} must be None (the whole c_attn) or distinct "
-                                 f"slices from {QKV}, e.g. ('q', 'v')")
-            self.qkv = tuple(s for s in QKV if s in qkv)          # canonical q, k, v order
+        self.targets = check_targets(self.targets, "LoRA")
+        self.qkv = check_qkv(self.qkv, "LoRA")                   # canonical q, k, v order
 
     @property
     def scaling(self) -> float:

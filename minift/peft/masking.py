@@ -42,9 +42,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .common import AdapterLayer, adapter_layers, record, set_module, _HEAD
+from .common import QKV, _HEAD, AdapterLayer, adapter_layers, check_qkv, check_targets, record, set_module
 
-QKV = ("q", "k", "v")
 
 
 @dataclass
@@ -68,23 +67,8 @@ class MaskingConfig:
         self.density = float(d)
         if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
             raise ValueError(f"MaskingConfig.seed={self.seed!r} must be an integer >= 0")
-        if isinstance(self.targets, str):
-            self.targets = (self.targets,)
-        self.targets = tuple(self.targets)
-        if not self.targets or not all(isinstance(t, str) and t for t in self.targets):
-            raise ValueError(f"MaskingConfig.targets={self.targets!r} must be non-empty regexes over module "
-                             f"names, e.g. ['attn.c_attn', 'mlp.c_fc']")
-        for t in self.targets:
-            try:
-                re.compile(t)
-            except re.error as e:
-                raise ValueError(f"MaskingConfig target {t!r} is not a valid regular expression ({e})") from None
-        if self.qkv is not None:
-            qkv = [self.qkv] if isinstance(self.qkv, str) else list(self.qkv)
-            if not qkv or any(s not in QKV for s in qkv) or len(set(qkv)) != len(qkv):
-                raise ValueError(f"MaskingConfig.qkv={self.qkv!r} must be None (the whole c_attn) or distinct "
-                                 f"slices from {QKV}, e.g. ('q', 'v')")
-            self.qkv = tuple(s for s in QKV if s in qkv)          # canonical q, k, v order
+        self.targets = check_targets(self.targets, "MaskingConfig")
+        self.qkv = check_qkv(self.qkv, "MaskingConfig")          # canonical q, k, v order
 
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
