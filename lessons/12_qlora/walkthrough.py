@@ -19,7 +19,7 @@ Prints, top to bottom:
 Everything it uses lives in the library (minift/quant/nf4.py, minift/quant/qlora.py,
 minift/memory.py, minift/peft/lora.py, minift/heads.py); this file only calls it and prints.
 """
-EXPECTED_SECONDS = 100
+EXPECTED_SECONDS = 75
 FAST_SECONDS = 12
 
 import argparse
