@@ -24,7 +24,6 @@ not change. The adapter's tensors are `...attn.c_proj.adapter.down.weight`, `...
 """
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 from typing import Optional, Sequence
 
@@ -32,7 +31,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .common import AdapterLayer, adapter_layers, adapter_state_dict, freeze_all_but_adapters, record, set_module
+from .common import AdapterLayer, ConfigIO, adapter_layers, adapter_state_dict, freeze_all_but_adapters, record, set_module
 
 ACTIVATIONS = {
     "relu": F.relu,
@@ -46,7 +45,7 @@ PLACEMENTS = ("houlsby", "pfeiffer")
 
 
 @dataclass
-class AdapterConfig:
+class AdapterConfig(ConfigIO):
     kind: str = "series"                       # "series" | "parallel"
     placement: str = "houlsby"                 # series only: "houlsby" (attn + mlp) | "pfeiffer" (mlp)
     bottleneck: int = 16                       # m
@@ -70,18 +69,6 @@ class AdapterConfig:
             raise ValueError(f"AdapterConfig.scaling={self.scaling!r} must be a number")
         if self.layers is not None:
             self.layers = tuple(self.layers)
-
-    def to_dict(self) -> dict:
-        d = dataclasses.asdict(self)
-        d["layers"] = None if self.layers is None else list(self.layers)
-        return d
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "AdapterConfig":
-        known = {f.name for f in dataclasses.fields(cls)}
-        if set(d) - known:
-            raise ValueError(f"unknown AdapterConfig field(s) {sorted(set(d) - known)}; expected {sorted(known)}")
-        return cls(**d)
 
 
 def adapter_parameter_count(n_embd: int, bottleneck: int) -> int:

@@ -16,6 +16,7 @@ which is what an adapter file stores (minift.peft.io).
 """
 from __future__ import annotations
 
+import dataclasses
 import re
 from contextlib import contextmanager
 from typing import Iterator
@@ -23,6 +24,22 @@ from typing import Iterator
 import torch.nn as nn
 
 _HEAD = re.compile(r"(^|\.)head\.")          # a task head (minift.heads), never the tied lm_head
+
+
+class ConfigIO:
+    """to_dict / from_dict for a method's config dataclass, as adapter files store it (JSON):
+    tuples become lists, and from_dict refuses unknown fields by name."""
+
+    def to_dict(self) -> dict:
+        return {f.name: list(v) if isinstance(v, tuple) else v
+                for f in dataclasses.fields(self) for v in [getattr(self, f.name)]}
+
+    @classmethod
+    def from_dict(cls, d: dict):
+        known = {f.name for f in dataclasses.fields(cls)}
+        if set(d) - known:
+            raise ValueError(f"unknown {cls.__name__} field(s) {sorted(set(d) - known)}; expected {sorted(known)}")
+        return cls(**d)
 
 
 QKV = ("q", "k", "v")                          # the slices of GPT-2's fused attn.c_attn, in order

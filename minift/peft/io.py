@@ -296,7 +296,7 @@ def import_peft(model: nn.Module, folder: str) -> list[str]:
                                  f"{' and lora_magnitude_vector' if m.use_dora else ''}")
             A, B = t["A"], t["B"]
             if m.slices is not None:                                       # undo the block-diagonal B
-                S, r, d = m.n_slices, m.r, m.slice_out
+                S, r = m.n_slices, m.r
                 if tuple(B.shape) != (m.out_features, S * r):
                     raise ValueError(f"{wpath}: {name}.lora_B is {tuple(B.shape)}, expected {(m.out_features, S * r)}")
                 blocks = [B[a:b, i * r:(i + 1) * r] for i, (a, b) in enumerate(m.slices)]

@@ -40,7 +40,6 @@ Face PEFT this is a LoRA of rank 2r on c_attn whose B is zero in the k rows and 
 """
 from __future__ import annotations
 
-import dataclasses
 import math
 import re
 from dataclasses import dataclass
@@ -50,7 +49,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .common import (QKV, AdapterLayer, adapter_layers, adapter_state_dict, check_qkv, check_targets,
+from .common import (QKV, AdapterLayer, ConfigIO, adapter_layers, adapter_state_dict, check_qkv, check_targets,
                      freeze_all_but_adapters, record, set_module)
 
 
@@ -61,7 +60,7 @@ def _wide(t: torch.Tensor) -> torch.Tensor:
 
 
 @dataclass
-class LoRAConfig:
+class LoRAConfig(ConfigIO):
     """Which nn.Linear modules get LoRA, and how. `targets` are regexes searched (re.search) in module
     names; each must match at least one nn.Linear. `qkv` only concerns fused `c_attn` modules (out =
     3 in): the slices to adapt, each as its own matrix; other targets are adapted whole. The defaults
@@ -92,19 +91,6 @@ class LoRAConfig:
     @property
     def scaling(self) -> float:
         return self.alpha / math.sqrt(self.r) if self.use_rslora else self.alpha / self.r
-
-    def to_dict(self) -> dict:
-        d = dataclasses.asdict(self)
-        d["targets"] = list(self.targets)
-        d["qkv"] = None if self.qkv is None else list(self.qkv)
-        return d
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "LoRAConfig":
-        known = {f.name for f in dataclasses.fields(cls)}
-        if set(d) - known:
-            raise ValueError(f"unknown LoRAConfig field(s) {sorted(set(d) - known)}; expected {sorted(known)}")
-        return cls(**d)
 
 
 def lora_parameter_count(in_features: int, out_features: int, r: int) -> int:

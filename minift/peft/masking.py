@@ -32,7 +32,6 @@ restores W0 bit for bit. GPT-2's fused `attn.c_attn` can be masked in its q and 
 """
 from __future__ import annotations
 
-import dataclasses
 import math
 import re
 from dataclasses import dataclass
@@ -42,12 +41,12 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .common import QKV, _HEAD, AdapterLayer, adapter_layers, check_qkv, check_targets, record, set_module
+from .common import QKV, _HEAD, AdapterLayer, ConfigIO, adapter_layers, check_qkv, check_targets, record, set_module
 
 
 
 @dataclass
-class MaskingConfig:
+class MaskingConfig(ConfigIO):
     """Which nn.Linear entries train. `targets` are regexes searched (re.search) in module names; each
     must match at least one nn.Linear. `qkv` only concerns fused `c_attn` modules (out = 3 in): the row
     slices the mask may fall in (None: the whole matrix). Everything else is frozen (a task head
@@ -69,19 +68,6 @@ class MaskingConfig:
             raise ValueError(f"MaskingConfig.seed={self.seed!r} must be an integer >= 0")
         self.targets = check_targets(self.targets, "MaskingConfig")
         self.qkv = check_qkv(self.qkv, "MaskingConfig")          # canonical q, k, v order
-
-    def to_dict(self) -> dict:
-        d = dataclasses.asdict(self)
-        d["targets"] = list(self.targets)
-        d["qkv"] = None if self.qkv is None else list(self.qkv)
-        return d
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "MaskingConfig":
-        known = {f.name for f in dataclasses.fields(cls)}
-        if set(d) - known:
-            raise ValueError(f"unknown MaskingConfig field(s) {sorted(set(d) - known)}; expected {sorted(known)}")
-        return cls(**d)
 
 
 def masked_count(n: int, density: float) -> int:

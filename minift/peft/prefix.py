@@ -37,7 +37,6 @@ cache holds the real tokens only, and the prefix is supplied again at every step
 """
 from __future__ import annotations
 
-import dataclasses
 import math
 from dataclasses import dataclass
 from typing import Optional, Sequence
@@ -46,11 +45,11 @@ import torch
 import torch.nn as nn
 
 from ..model import GPT, build_attention_mask
-from .common import AdapterLayer, adapter_layers, adapter_state_dict, freeze_all_but_adapters, record, remove_hooks
+from .common import AdapterLayer, ConfigIO, adapter_layers, adapter_state_dict, freeze_all_but_adapters, record, remove_hooks
 
 
 @dataclass
-class PrefixConfig:
+class PrefixConfig(ConfigIO):
     """P trained key/value positions in every block; with `reparam`, through the paper's MLP."""
 
     n_prefix: int = 10                   # P, virtual tokens per block
@@ -80,18 +79,6 @@ class PrefixConfig:
                 raise ValueError(f"PrefixConfig.init_ids must be n_prefix={self.n_prefix} token ids (integers >= 0), "
                                  f"got {len(ids)}: {ids[:8]}")
             self.init_ids = tuple(ids)
-
-    def to_dict(self) -> dict:
-        d = dataclasses.asdict(self)
-        d["init_ids"] = None if self.init_ids is None else list(self.init_ids)
-        return d
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "PrefixConfig":
-        known = {f.name for f in dataclasses.fields(cls)}
-        if set(d) - known:
-            raise ValueError(f"unknown PrefixConfig field(s) {sorted(set(d) - known)}; expected {sorted(known)}")
-        return cls(**d)
 
 
 def prefix_parameter_count(n_layer: int, n_embd: int, n_prefix: int, reparam: bool = False,

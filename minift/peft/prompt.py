@@ -43,13 +43,13 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..model import GPT, IGNORE_INDEX
-from .common import AdapterLayer, adapter_layers, freeze_all_but_adapters, record, remove_hooks
+from .common import AdapterLayer, ConfigIO, adapter_layers, freeze_all_but_adapters, record, remove_hooks
 
 INITS = ("random", "vocab", "text")
 
 
 @dataclass
-class PromptConfig:
+class PromptConfig(ConfigIO):
     """n_tokens soft-prompt vectors, initialised by `init` ("random", "vocab" or "text"). A text
     init needs `init_text` and the tokenizer (apply_prompt(model, cfg, tokenizer=tok)), or the
     text's token ids in `init_ids` (apply_prompt records them, so that load_adapter needs no
@@ -82,18 +82,6 @@ class PromptConfig:
         if self.init != "text" and (self.init_text is not None or self.init_ids is not None):
             raise ValueError(f"PromptConfig.init_text / init_ids are only used with init='text', "
                              f"not init={self.init!r}")
-
-    def to_dict(self) -> dict:
-        d = dataclasses.asdict(self)
-        d["init_ids"] = None if self.init_ids is None else list(self.init_ids)
-        return d
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "PromptConfig":
-        known = {f.name for f in dataclasses.fields(cls)}
-        if set(d) - known:
-            raise ValueError(f"unknown PromptConfig field(s) {sorted(set(d) - known)}; expected {sorted(known)}")
-        return cls(**d)
 
 
 # ---- the maths, as plain functions (the conformance adapters call these) --------------------------

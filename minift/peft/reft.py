@@ -42,7 +42,6 @@ edited are the base hidden states bit for bit (torch.where, not a multiply by a 
 """
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 from typing import Optional, Sequence
 
@@ -50,14 +49,14 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .common import AdapterLayer, adapter_layers, adapter_state_dict, freeze_all_but_adapters, record, remove_hooks
+from .common import AdapterLayer, ConfigIO, adapter_layers, adapter_state_dict, freeze_all_but_adapters, record, remove_hooks
 
 POSITIONS = ("prompt", "all")
 INITS = ("identity", "random")
 
 
 @dataclass
-class ReFTConfig:
+class ReFTConfig(ConfigIO):
     r: int = 4                                 # rank: rows of R, 1 <= r <= n_embd
     layers: Optional[Sequence[int]] = None     # which blocks' outputs; None = all; negative from the end
     positions: str = "prompt"                  # "prompt": first/last prompt tokens | "all": every real token
@@ -89,18 +88,6 @@ class ReFTConfig:
             raise ValueError(f"ReFTConfig.init={self.init!r} must be one of {INITS}")
         if self.layers is not None:
             self.layers = tuple(self.layers)
-
-    def to_dict(self) -> dict:
-        d = dataclasses.asdict(self)
-        d["layers"] = None if self.layers is None else list(self.layers)
-        return d
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "ReFTConfig":
-        known = {f.name for f in dataclasses.fields(cls)}
-        if set(d) - known:
-            raise ValueError(f"unknown ReFTConfig field(s) {sorted(set(d) - known)}; expected {sorted(known)}")
-        return cls(**d)
 
 
 def reft_parameter_count(n_embd: int, r: int) -> int:

@@ -44,7 +44,6 @@ from typing import Optional
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 NF4_OFFSET = 1 - (1 / (2 * 15) + 1 / (2 * 16)) / 2                  # δ' = 0.9677083...
 NF4_PUBLISHED = (-1.0, -0.6961928009986877, -0.5250730514526367, -0.39491748809814453,

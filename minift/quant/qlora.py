@@ -29,7 +29,6 @@ guaranteed to be, so the best iterate is kept (the errors of all are returned).
 """
 from __future__ import annotations
 
-import dataclasses
 import math
 from dataclasses import dataclass
 from typing import Callable, Optional, Sequence
@@ -37,7 +36,7 @@ from typing import Callable, Optional, Sequence
 import torch
 import torch.nn as nn
 
-from ..peft.common import _HEAD, freeze_all_but_adapters, record, set_module
+from ..peft.common import _HEAD, ConfigIO, freeze_all_but_adapters, record, set_module
 from ..peft.lora import QKV, LoRAConfig, LoRALinear, _is_fused_qkv, _tied, find_targets
 from .int8 import Int8Linear, quantize_absmax
 from .nf4 import NF4Linear, dequantize_nf4, quantize_nf4
@@ -46,7 +45,7 @@ QUANTS = ("nf4", "int8")
 
 
 @dataclass
-class QLoRAConfig:
+class QLoRAConfig(ConfigIO):
     """LoRA's fields (see LoRAConfig), then how the base is quantized. QLoRA's paper adapts every
     linear layer; the default here follows LoRAConfig (W_q, W_v) so the two compare directly."""
     r: int = 8
@@ -86,18 +85,6 @@ class QLoRAConfig:
         if self.quant == "nf4":
             return NF4Linear(linear, self.block_size, self.double_quant, weight=weight)
         return Int8Linear(linear, self.threshold, weight=weight)
-
-    def to_dict(self) -> dict:
-        d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
-        d["targets"], d["qkv"] = list(self.targets), None if self.qkv is None else list(self.qkv)
-        return d
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "QLoRAConfig":
-        known = {f.name for f in dataclasses.fields(cls)}
-        if set(d) - known:
-            raise ValueError(f"unknown QLoRAConfig field(s) {sorted(set(d) - known)}; expected {sorted(known)}")
-        return cls(**d)
 
 
 # ---- LoftQ ------------------------------------------------------------------------------------
