@@ -185,3 +185,16 @@ def predict_tags(model: TokenClassifier, items: list[dict], collate, tag_names: 
         for r, it in enumerate(chunk):
             out.append([tag_names[int(pred[r, p])] for p in it["first"]])
     return out
+
+
+def ner_splits(tok, block_size: int, n_eval: Optional[int] = None, dev_key: str = "val"):
+    """TinyWorld NER as the lessons use it: (examples, items, train_items). `examples` maps
+    "train", dev_key (the val split) and "test" to the task's examples, val and test cut to their
+    first n_eval; `items` are their encodings (encode_ner); `train_items` the {idx, labels} the
+    training loop takes."""
+    from . import world
+    cut = (lambda xs: xs[:n_eval]) if n_eval else (lambda xs: xs)
+    examples = {"train": world.task("ner", "train"), dev_key: cut(world.task("ner", "val")),
+                "test": cut(world.task("ner", "test"))}
+    items = {s: encode_ner(tok, v, world.NER_TAGS, block_size) for s, v in examples.items()}
+    return examples, items, [{"idx": it["idx"], "labels": it["labels"]} for it in items["train"]]

@@ -242,3 +242,16 @@ def test_bad_placements_are_clear_errors():
         apply_adapters(model, AdapterConfig(bottleneck=2))
     with pytest.raises(ValueError, match="no GPT blocks"):
         apply_adapters(nn.Sequential(nn.Linear(2, 2)), AdapterConfig())
+
+
+def test_apply_config_dispatches_on_the_config_type():
+    from minift.peft.io import apply_config
+    from minift.peft.lora import LoRAConfig
+    from minift.peft.selective import SelectiveConfig
+    m = apply_config(GPT(CFG), LoRAConfig(r=2))
+    assert [r["method"] for r in m.peft_methods] == ["lora"]
+    s = apply_config(GPT(CFG), SelectiveConfig(components=["layernorm"]))
+    assert {n for n, p in s.named_parameters() if p.requires_grad} == {n for n, _ in s.named_parameters() if ".ln_" in n}
+    assert apply_config(m, None) is m
+    with pytest.raises(TypeError, match="dict is not a method config"):
+        apply_config(GPT(CFG), {"r": 2})

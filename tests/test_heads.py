@@ -95,3 +95,15 @@ def test_ner_labels_sit_on_each_words_first_token():
     assert sum(l != -100 for l in labels) == 5 and len(ids) == len(labels)
     with pytest.raises(ValueError, match=r"tag\(s\) \['B-XYZ'\] not in"):
         encode_ner(tok, [{"tokens": ["a"], "tags": ["B-XYZ"]}], ["O", "B-PER"], 16)
+
+
+def test_ner_splits_cut_val_and_test_and_keep_train_whole():
+    from minift import world
+    from minift.heads import ner_splits
+    from minift.pretrain import load_base
+    _, tok = load_base()
+    ex, items, train_items = ner_splits(tok, 128, n_eval=5, dev_key="dev")
+    assert set(ex) == {"train", "dev", "test"} and len(ex["dev"]) == len(ex["test"]) == 5
+    assert ex["dev"] == world.task("ner", "val")[:5] and len(ex["train"]) == len(world.task("ner", "train"))
+    assert len(train_items) == len(ex["train"]) and set(train_items[0]) == {"idx", "labels"}
+    assert torch.equal(train_items[0]["idx"], items["train"][0]["idx"])

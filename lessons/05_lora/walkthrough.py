@@ -44,7 +44,7 @@ from collections import Counter
 import torch
 
 from minift import world
-from minift.heads import TokenClassifier, classifier_loss, encode_ner, predict_tags
+from minift.heads import TokenClassifier, classifier_loss, encode_ner, ner_splits, predict_tags
 from minift.model import GPT, GPTConfig
 from minift.peft.common import disable_adapters, remove_adapters
 from minift.peft.io import load_adapter, save_adapter
@@ -103,9 +103,7 @@ def cut(xs):
 base, tok = load_base()
 col = collate_fn(tok.pad_id)
 before = forgetting_probe(base, tok, **PROBE)
-ner = {s: cut(world.task("ner", s)) if s != "train" else world.task("ner", s) for s in ("train", "val", "test")}
-items = {s: encode_ner(tok, v, world.NER_TAGS, BLOCK) for s, v in ner.items()}
-train_items = [{"idx": it["idx"], "labels": it["labels"]} for it in items["train"]]
+ner, items, train_items = ner_splits(tok, BLOCK, N_EVAL)   # examples, encodings, train items
 C = base.config.n_embd
 print(f"task: NER (BIO tags over {', '.join(world.NER_TYPES)}), {len(ner['train'])} training sentences; val "
       f"({len(ner['val'])}) and test ({len(ner['test'])}) name only people never tagged in training. Every run: "

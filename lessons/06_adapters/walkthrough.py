@@ -40,12 +40,12 @@ from collections import Counter
 import torch
 
 from minift import world
-from minift.heads import TokenClassifier, classifier_loss, encode_ner, predict_tags
+from minift.heads import TokenClassifier, classifier_loss, ner_splits, predict_tags
 from minift.peft.adapters import AdapterConfig, adapter_parameter_count, adapters_state_dict, apply_adapters
 from minift.peft.common import count_adapter_parameters, disable_adapters
-from minift.peft.io import save_adapter
+from minift.peft.io import apply_config, save_adapter
 from minift.peft.lora import LoRAConfig, apply_lora, lora_parameter_count, merge_lora
-from minift.peft.selective import SelectiveConfig, apply_selective, trainable_report
+from minift.peft.selective import SelectiveConfig, trainable_report
 from minift.pretrain import BASE_DIR, forgetting_probe, load_base
 from minift.tasks import LMDataset, collate_fn, entity_f1
 from minift.train import TrainConfig, train
@@ -114,29 +114,15 @@ def cut(xs):
     return xs[:N_EVAL] if N_EVAL else xs
 
 
-def apply(model, cfg):
-    """Apply one method's config to a model (a bare GPT or a classifier)."""
-    if isinstance(cfg, AdapterConfig):
-        apply_adapters(model, cfg)
-    elif isinstance(cfg, LoRAConfig):
-        apply_lora(model, cfg)
-    elif cfg is not None:
-        apply_selective(model, cfg)
-    return model
-
-
 def fresh(method, seed=0, cfg=None):
     """A TokenClassifier on a fresh copy of the base, with `method` (or `cfg`) applied."""
     torch.manual_seed(seed)                                     # the same head init for every method
     body, _ = load_base()
-    return apply(TokenClassifier(body, len(world.NER_TAGS)), METHODS[method] if cfg is None else cfg)
+    return apply_config(TokenClassifier(body, len(world.NER_TAGS)), METHODS[method] if cfg is None else cfg)
 
 
 col = collate_fn(tok.pad_id)
-ner = {"train": world.task("ner", "train"), "dev": cut(world.task("ner", "val")),
-       "test": cut(world.task("ner", "test"))}
-items = {s: encode_ner(tok, v, world.NER_TAGS, BLOCK) for s, v in ner.items()}
-train_items = [{"idx": it["idx"], "labels": it["labels"]} for it in items["train"]]
+ner, items, train_items = ner_splits(tok, BLOCK, N_EVAL, dev_key="dev")   # examples, encodings, train items
 lm_val = LMDataset(tok, world.pretrain_corpus("val"), BLOCK)
 lm_batch = torch.stack([lm_val[i]["idx"] for i in range(4)])     # (4, 128) pretraining text
 print(f"task: NER (BIO tags over {', '.join(world.NER_TYPES)}), {len(ner['train'])} training sentences; "
@@ -197,7 +183,7 @@ print(f"\nthe matched budget: LoRA r = {LORA.r} on W_q, W_v = {BUDGET:,} paramet
 rows = []
 for method in PEFT:
     cfg = METHODS[method]
-    body = apply(load_base()[0], cfg)
+    body = apply_config(load_base()[0], cfg)
     n = count_adapter_parameters(body)
     rows.append((method, f"m = {cfg.bottleneck}" if isinstance(cfg, AdapterConfig) else f"r = {cfg.r}", f"{n:,}",
                  f"{n / BUDGET - 1:+.1%}"))

@@ -38,12 +38,13 @@ import time
 import torch
 
 from minift import world
-from minift.heads import TokenClassifier, classifier_loss, encode_ner, predict_tags
+from minift.heads import TokenClassifier, classifier_loss, ner_splits, predict_tags
 from minift.peft.common import count_adapter_parameters, disable_adapters
-from minift.peft.lora import LoRAConfig, apply_lora
-from minift.peft.prefix import (PrefixConfig, apply_prefix, fold_prefix, prefix_attention_mass,
+from minift.peft.lora import LoRAConfig
+from minift.peft.prefix import (PrefixConfig, fold_prefix, prefix_attention_mass,
                                 prefix_parameter_count, prefix_state_dict)
-from minift.peft.selective import SelectiveConfig, apply_selective, trainable_report
+from minift.peft.selective import SelectiveConfig, trainable_report
+from minift.peft.io import apply_config
 from minift.pretrain import BASE_DIR, load_base
 from minift.report import header, table
 from minift.tasks import collate_fn, entity_f1
@@ -96,30 +97,16 @@ def cut(xs):
     return xs[:N_EVAL] if N_EVAL else xs
 
 
-def apply(model, cfg):
-    """Apply one method's config to a model (a bare GPT or a classifier)."""
-    if isinstance(cfg, PrefixConfig):
-        apply_prefix(model, cfg)
-    elif isinstance(cfg, LoRAConfig):
-        apply_lora(model, cfg)
-    elif cfg is not None:
-        apply_selective(model, cfg)
-    return model
-
-
 def fresh(method, seed=0):
     """A TokenClassifier on a fresh copy of the base with `method` applied; the same head init for
     every method (the seed is set before the head is built; the prefix is drawn after it)."""
     torch.manual_seed(seed)
     body, _ = load_base()
-    return apply(TokenClassifier(body, len(world.NER_TAGS)), METHODS[method])
+    return apply_config(TokenClassifier(body, len(world.NER_TAGS)), METHODS[method])
 
 
 col = collate_fn(tok.pad_id)
-ner = {"train": world.task("ner", "train"), "dev": cut(world.task("ner", "val")),
-       "test": cut(world.task("ner", "test"))}
-items = {s: encode_ner(tok, v, world.NER_TAGS, BLOCK) for s, v in ner.items()}
-train_items = [{"idx": it["idx"], "labels": it["labels"]} for it in items["train"]]
+ner, items, train_items = ner_splits(tok, BLOCK, N_EVAL, dev_key="dev")   # examples, encodings, train items
 dev_batch = col([{"idx": it["idx"], "labels": it["labels"]} for it in items["dev"][:64]])
 print(f"'init': the prefix starts at the base model's own keys/values of the tokens {tok.decode(INIT_IDS)!r} "
       f"(the first {P} tokens of the training text; the paper initialises with real words' activations)")
@@ -142,7 +129,7 @@ print(f"  body.prefix() = {len(kv)} pairs (K_l, V_l), each {tuple(kv[0][0].shape
 cfg = METHODS[f"prefix P={P}"]
 n_rep = prefix_parameter_count(L, C, P, True, cfg.embed_dim, cfg.hidden)
 n_plain = prefix_parameter_count(L, C, P)
-lora = apply(load_base()[0], METHODS["LoRA r=4 q,v"])
+lora = apply_config(load_base()[0], METHODS["LoRA r=4 q,v"])
 print(f"parameters: training P' ({P} x {C}) + W_1 ({cfg.hidden} x {C}) + b_1 + W_2 ({L * 2 * C} x {cfg.hidden}) + b_2 "
       f"= {n_rep:,}; folded for inference P L 2 C = {n_plain:,}; LoRA r=4 on q, v: {count_adapter_parameters(lora):,}")
 
@@ -161,7 +148,7 @@ with torch.no_grad():
     emb = wte[ids] + wpe[torch.cat([torch.arange(Pp), torch.arange(T)])] - wpe[torch.arange(Pp + T)]
     d1 = (got - base(inputs_embeds=emb).logits[:, Pp:]).abs().max().item()
     d1b = (got - base(ids).logits[:, Pp:]).abs().max().item()
-    lm = apply(load_base()[0], PrefixConfig(n_prefix=P))
+    lm = apply_config(load_base()[0], PrefixConfig(n_prefix=P))
     prompt = torch.tensor([tok.encode("Hovan walked")])
     g_cache, g_full = lm.generate(prompt, 20), lm.generate(prompt, 20, use_cache=False)
 print(f"(a) a length-0 prefix (P = 0 keys/values through prefix_kv) vs the base: max |logit difference| = {d0:.1e}")

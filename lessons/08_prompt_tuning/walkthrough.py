@@ -36,7 +36,7 @@ import time
 import torch
 
 from minift import world
-from minift.heads import TokenClassifier, classifier_loss, encode_ner, predict_tags
+from minift.heads import TokenClassifier, classifier_loss, ner_splits, predict_tags
 from minift.peft.common import count_adapter_parameters, disable_adapters
 from minift.peft.lora import LoRAConfig, apply_lora
 from minift.peft.prompt import PromptConfig, apply_prompt, nearest_tokens, prepend_soft_prompt
@@ -111,10 +111,7 @@ def piece(i):
 
 
 col = collate_fn(tok.pad_id)
-ner = {"train": world.task("ner", "train"), "dev": cut(world.task("ner", "val")),
-       "test": cut(world.task("ner", "test"))}
-items = {s: encode_ner(tok, v, world.NER_TAGS, BLOCK) for s, v in ner.items()}
-train_items = [{"idx": it["idx"], "labels": it["labels"]} for it in items["train"]]
+ner, items, train_items = ner_splits(tok, BLOCK, N_EVAL, dev_key="dev")   # examples, encodings, train items
 lens = [len(it["idx"]) for it in train_items]
 print(f"task: NER (BIO tags over {', '.join(world.NER_TYPES)}), {len(ner['train'])} training sentences of "
       f"{min(lens)} to {max(lens)} tokens (mean {sum(lens) / len(lens):.1f}); dev = the val split "

@@ -39,7 +39,7 @@ import time
 import torch
 
 from minift import world
-from minift.heads import TokenClassifier, classifier_loss, encode_ner, predict_tags
+from minift.heads import TokenClassifier, classifier_loss, ner_splits, predict_tags
 from minift.peft.common import disable_adapters
 from minift.peft.io import save_adapter
 from minift.peft.lora import LoRAConfig, apply_lora, lora_layers
@@ -91,9 +91,7 @@ def cut(xs):
 
 base, tok = load_base()
 col = collate_fn(tok.pad_id)
-ner = {s: cut(world.task("ner", s)) if s != "train" else world.task("ner", s) for s in ("train", "val", "test")}
-items = {s: encode_ner(tok, v, world.NER_TAGS, BLOCK) for s, v in ner.items()}
-train_items = [{"idx": it["idx"], "labels": it["labels"]} for it in items["train"]]
+ner, items, train_items = ner_splits(tok, BLOCK, N_EVAL)   # examples, encodings, train items
 W0 = {n: p.detach().clone() for n, p in base.named_parameters()}
 print(f"task: NER (BIO tags over {', '.join(world.NER_TYPES)}), {len(ner['train'])} training sentences; val "
       f"({len(ner['val'])}) and test ({len(ner['test'])}) name only people never tagged in training. Every run: "

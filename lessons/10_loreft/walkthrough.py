@@ -37,12 +37,13 @@ from collections import Counter
 import torch
 
 from minift import world
-from minift.heads import TokenClassifier, classifier_loss, encode_ner, predict_tags
+from minift.heads import TokenClassifier, classifier_loss, ner_splits, predict_tags
 from minift.model import build_attention_mask
 from minift.peft.common import count_adapter_parameters, disable_adapters
-from minift.peft.lora import LoRAConfig, apply_lora, lora_layers, lora_parameter_count
-from minift.peft.reft import ReFTConfig, apply_reft, orthonormality_error, reft_layers, reft_parameter_count
-from minift.peft.selective import SelectiveConfig, apply_selective, trainable_report
+from minift.peft.lora import LoRAConfig, lora_parameter_count
+from minift.peft.reft import ReFTConfig, orthonormality_error, reft_layers, reft_parameter_count
+from minift.peft.selective import SelectiveConfig, trainable_report
+from minift.peft.io import apply_config
 from minift.pretrain import BASE_DIR, load_base
 from minift.report import header, table
 from minift.tasks import collate_fn, entity_f1
@@ -99,36 +100,22 @@ def cut(xs):
     return xs[:N_EVAL] if N_EVAL else xs
 
 
-def apply(model, cfg):
-    """Apply one method's config to a model (a bare GPT or a classifier)."""
-    if isinstance(cfg, ReFTConfig):
-        apply_reft(model, cfg)
-    elif isinstance(cfg, LoRAConfig):
-        apply_lora(model, cfg)
-    elif cfg is not None:
-        apply_selective(model, cfg)
-    return model
-
-
 def fresh(method, seed=0):
     """A TokenClassifier on a fresh copy of the base, with `method` applied (same head init for all)."""
     torch.manual_seed(seed)
     body, _ = load_base()
-    return apply(TokenClassifier(body, len(world.NER_TAGS)), METHODS[method])
+    return apply_config(TokenClassifier(body, len(world.NER_TAGS)), METHODS[method])
 
 
 col = collate_fn(tok.pad_id)
-ner = {"train": world.task("ner", "train"), "dev": cut(world.task("ner", "val")),
-       "test": cut(world.task("ner", "test"))}
-items = {s: encode_ner(tok, v, world.NER_TAGS, BLOCK) for s, v in ner.items()}
-train_items = [{"idx": it["idx"], "labels": it["labels"]} for it in items["train"]]
+ner, items, train_items = ner_splits(tok, BLOCK, N_EVAL, dev_key="dev")   # examples, encodings, train items
 dev_batch = col([{"idx": it["idx"], "labels": it["labels"]} for it in items["dev"][:64]])
 print(f"task: NER (BIO tags over {', '.join(world.NER_TYPES)}), {len(ner['train'])} training sentences; dev = the "
       f"val split ({len(ner['dev'])}), test = the test split ({len(ner['test'])}); as in lessons 05 and 06.")
 
 # ==============================================================================================
 header(f"1. What LoReFT adds to a GPT-2 block (n_embd C = {C}, {L} blocks): no weight is replaced")
-body = apply(load_base()[0], REFT)
+body = apply_config(load_base()[0], REFT)
 blk = body.transformer.h[0]
 print("Φ(h) = h + Rᵀ (W h + b − R h) on the output h of a block, at the chosen positions;  R Rᵀ = I  (R = "
       "Gram–Schmidt of the trainable R_raw)")
@@ -138,7 +125,7 @@ for name, m in blk.named_children():
 print(f"    forward hooks on the block: {[h.__name__ for h in blk._forward_hooks.values()]};  pre-hooks on the GPT: "
       f"{[h.__name__ for h in body._forward_pre_hooks.values()]}")
 print("  new tensors in block 0: " + ", ".join(f"{n} {tuple(p.shape)}" for n, p in blk.reft.named_parameters()))
-n_reft, n_lora = count_adapter_parameters(body), count_adapter_parameters(apply(load_base()[0], LORA))
+n_reft, n_lora = count_adapter_parameters(body), count_adapter_parameters(apply_config(load_base()[0], LORA))
 print(f"  parameters: {L} layers x r (2C + 1) = {L} x {reft_parameter_count(C, REFT.r)} = {n_reft:,};   LoRA q,v at "
       f"r = {LORA.r}: {L} blocks x 2 slices x r (C + C) = {L * 2 * lora_parameter_count(C, C, LORA.r):,}  "
       f"({n_reft / n_lora - 1:+.1%})")
@@ -290,7 +277,7 @@ print(f"LoRA's ΔW has rank 2 per matrix, but the change it causes in the residu
 # ==============================================================================================
 header("4. Positions: first 2 and last 2 real prompt tokens (positions='prompt'), edited at the last block")
 pcfg = ReFTConfig(r=4, layers=[-1], positions="prompt", first=2, last=2, init="random")
-pm = apply(load_base()[0], pcfg).eval()                              # init="random": W != R, a real edit
+pm = apply_config(load_base()[0], pcfg).eval()                              # init="random": W != R, a real edit
 sents = ["Mara fed the cat.", "Ivo walked to Brookby with a friend.", "Tea."]
 rows_ids = [tok.encode(s) for s in sents]
 T = max(len(r) for r in rows_ids)

@@ -65,6 +65,24 @@ LAZY_METHODS = {"prefix": ("minift.peft.prefix", "PrefixConfig", "apply_prefix")
                 "qlora": ("minift.quant.qlora", "QLoRAConfig", "apply_qlora")}
 
 
+def apply_config(model: nn.Module, cfg) -> nn.Module:
+    """Apply the method `cfg` configures (LoRAConfig, AdapterConfig, PrefixConfig, ..., or a
+    SelectiveConfig); None applies nothing. Returns the model (the lessons build many this way)."""
+    from .selective import SelectiveConfig, apply_selective
+    if cfg is None:
+        return model
+    if isinstance(cfg, SelectiveConfig):
+        apply_selective(model, cfg)
+        return model
+    for name in list(METHODS) + list(LAZY_METHODS):
+        cfg_cls, apply = method_entry(name)
+        if isinstance(cfg, cfg_cls):
+            apply(model, cfg)
+            return model
+    raise TypeError(f"apply_config: {type(cfg).__name__} is not a method config; expected one of "
+                    f"SelectiveConfig, {', '.join(c.__name__ for c, _ in map(method_entry, list(METHODS) + list(LAZY_METHODS)))}")
+
+
 def method_entry(name: str, source: str = "adapter file"):
     """(config class, apply function) of the method called `name` in an adapter file."""
     if name in METHODS:
