@@ -1,0 +1,75 @@
+"""Sequence log-probabilities of responses: the quantity every preference method is built on.
+
+A language model scores a response y = (y_1 .. y_n) to a prompt x by the chain rule:
+
+    log π(y | x) = Σ_{t=1..n} log π(y_t | x, y_<t)                  (summed)
+                 = (1/n) Σ_{t=1..n} log π(y_t | x, y_<t)             (averaged, average=True)
+
+In token space the prompt and response are one sequence ids = [x ; y] (B, T), and the logits at
+position t predict the token at t + 1. So the log-probability of token t is read from the
+logits at t - 1 (the shift), and only response tokens count: `response_mask` (B, T) is 1 on the
+tokens being scored (the response and its final EOS, exactly tokenizer.encode_pair's loss mask)
+and 0 on the prompt and on padding. The first token of a sequence has no prediction, so its mask
+must be 0 (it is <|prompt|> in minift's template).
+
+Padding never changes a score: the model gives real tokens positions counted over real tokens
+(attention_mask), so the same pair left- or right-padded into any batch scores the same.
+
+Reward models (reward.py), PPO (ppo.py) and DPO (dpo.py) all call `sequence_logps` or
+`token_logps`; preference.py turns TinyWorld preference pairs into the tensors they take.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def token_logps(logits: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+    """log π(ids_t | ids_<t) for t = 1 .. T-1 from next-token logits.
+
+    logits: (B, T, V), ids: (B, T) -> (B, T - 1); entry t - 1 scores token t."""
+    if logits.dim() != 3 or ids.dim() != 2 or logits.shape[:2] != ids.shape:
+        raise ValueError(f"logits must be (B, T, V) and ids (B, T) with the same B, T; got logits "
+                         f"{tuple(logits.shape)} and ids {tuple(ids.shape)}")
+    logp = F.log_softmax(logits[:, :-1].float(), dim=-1)              # (B, T-1, V) predicts tokens 1..T-1
+    return logp.gather(-1, ids[:, 1:, None]).squeeze(-1)              # (B, T-1)
+
+
+def masked_sum(values: torch.Tensor, mask: torch.Tensor, average: bool = False) -> torch.Tensor:
+    """Σ_t m_t v_t per row (or the mean over the rows' masked entries): (B, T) -> (B,).
+    A row with an empty mask raises: it would score nothing (sum 0, mean undefined)."""
+    m = mask.to(values.dtype)
+    n = m.sum(-1)                                                     # (B,)
+    if bool((n == 0).any()):
+        raise ValueError(f"rows {torch.nonzero(n == 0).flatten().tolist()} of the mask have no token to score")
+    s = (values * m).sum(-1)                                          # (B,)
+    return s / n if average else s
+
+
+def check_masks(ids: torch.Tensor, attention_mask: torch.Tensor, response_mask: torch.Tensor) -> None:
+    """ids, attention_mask, response_mask: (B, T) each; the response only on real tokens, never at t = 0."""
+    if ids.dim() != 2:
+        raise ValueError(f"ids must be (batch, time), got shape {tuple(ids.shape)}")
+    for name, m in (("attention_mask", attention_mask), ("response_mask", response_mask)):
+        if tuple(m.shape) != tuple(ids.shape):
+            raise ValueError(f"{name} must have the shape of ids {tuple(ids.shape)}, got {tuple(m.shape)}")
+        if not bool(((m == 0) | (m == 1)).all()):
+            raise ValueError(f"{name} must hold only 0 and 1")
+    if bool((response_mask.bool() & ~attention_mask.bool()).any()):
+        raise ValueError("response_mask marks padding (attention_mask 0) as response")
+    if bool(response_mask[:, 0].bool().any()):
+        raise ValueError("response_mask[:, 0] must be 0: the first token has no prediction to score")
+
+
+def sequence_logps(model, ids: torch.Tensor, attention_mask: torch.Tensor, response_mask: torch.Tensor,
+                   average: bool = False, return_logits: bool = False):
+    """log π(y | x) of the response tokens of each row (see the module docstring).
+
+    model: a minift GPT (or anything called as model(ids, attention_mask=...) with .logits (B, T, V));
+    ids, attention_mask, response_mask: (B, T). Returns (B,) float32, with gradients if the model has
+    them; with return_logits=True also the logits (B, T, V), for losses that need more (e.g. entropy)."""
+    check_masks(ids, attention_mask, response_mask)
+    logits = model(ids, attention_mask=attention_mask).logits        # (B, T, V)
+    per_token = token_logps(logits, ids)                              # (B, T-1): token t at t-1
+    out = masked_sum(per_token, response_mask[:, 1:], average)        # (B,)
+    return (out, logits) if return_logits else out
