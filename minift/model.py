@@ -372,8 +372,12 @@ class GPT(nn.Module):
         if idx.dim() != 2:
             raise ValueError(f"idx must have shape (batch, time), got {tuple(idx.shape)}")
         B, T = idx.shape
-        if T + max_new_tokens > self.config.block_size:
-            raise ValueError(f"prompt length {T} + max_new_tokens {max_new_tokens} exceeds the context "
+        # positions a method takes in front of the tokens (a soft prompt's or a prefix's): a submodule
+        # that uses them says so with a `reserved_positions` attribute
+        n_res = sum(int(getattr(m, "reserved_positions", 0)) for m in self.modules() if m is not self)
+        if n_res + T + max_new_tokens > self.config.block_size:
+            taken = f" + {n_res} positions taken by a prefix or soft prompt" if n_res else ""
+            raise ValueError(f"prompt length {T} + max_new_tokens {max_new_tokens}{taken} exceeds the context "
                              f"block_size={self.config.block_size}")
         if attention_mask is not None:
             if tuple(attention_mask.shape) != (B, T):

@@ -362,3 +362,14 @@ def test_load_refuses_a_different_base_and_rolls_back(tmp_path):
         load_adapter(other, tmp_path)
     assert not hasattr(other, "prefix") and not other._forward_pre_hooks
     assert isinstance(model.prefix, PrefixEncoder)
+
+
+def test_generate_counts_the_prefix_against_the_context_up_front():
+    model = tiny_model(CFG, seed=3)
+    idx = _idx(2, 6, seed=1)
+    apply_prefix(model, PrefixConfig(n_prefix=4, reparam=False))
+    with pytest.raises(ValueError, match="4 positions taken by a prefix or soft prompt"):
+        model.generate(idx, 10)                                         # 4 + 6 + 10 > 16
+    assert model.generate(idx, 6).shape == (2, 6)                       # 4 + 6 + 6 = 16 fits
+    with disable_adapters(model):
+        assert model.generate(idx, 10).shape == (2, 10)

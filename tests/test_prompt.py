@@ -292,3 +292,15 @@ def test_bad_inputs_are_clear_errors():
     with pytest.raises(TypeError, match=r"cfg must be a PromptConfig"):
         apply_prompt(GPT(CFG), LoRAConfig())
     assert isinstance(model.soft_prompt, SoftPrompt)
+
+
+def test_generate_counts_the_soft_prompt_against_the_context_up_front():
+    model = tiny_model(CFG, seed=3)
+    idx = _idx(2, 6, seed=1)                                            # 6 + 10 = block_size 16: fits alone
+    model.generate(idx, 10)
+    apply_prompt(model, PromptConfig(n_tokens=3, init="random"))
+    with pytest.raises(ValueError, match="3 positions taken by a prefix or soft prompt"):
+        model.generate(idx, 10)                                         # 3 + 6 + 10 > 16, before any step
+    assert model.generate(idx, 7).shape == (2, 7)                       # 3 + 6 + 7 = 16 fits
+    with disable_adapters(model):
+        assert model.generate(idx, 10).shape == (2, 10)                 # disabled: the prompt takes nothing

@@ -121,3 +121,35 @@ def test_history_time_excludes_the_eval_hook():
         return {"x": 1.0}
     h = train(GPT(CFG), _data(), TrainConfig(steps=4, batch_size=2, eval_every=1, progress=False), eval_fn=slow_eval)
     assert h[-1]["time"] < 0.3 and h[-1]["eval_x"] == 1.0          # 4 evals took >= 1.2 s
+
+
+@settings(deadline=None, max_examples=30)
+@given(lengths=st.lists(st.integers(1, 40), min_size=1, max_size=60), bs=st.integers(1, 8), k=st.integers(1, 5),
+       seed=st.integers(0, 3))
+def test_length_buckets_cover_every_example_once_per_epoch_and_cut_padding(lengths, bs, k, seed):
+    from minift.train import BatchSampler, BucketSampler
+    n = len(lengths)
+    s, plain = BucketSampler(lengths, bs, seed, k), BatchSampler(n, bs, seed)
+    for _ in range(3 * -(-n // (k * bs))):                       # several pools, crossing epochs
+        pool = [s.next() for _ in range(k)]
+        same = [plain.next() for _ in range(k)]
+        assert all(len(b) == bs for b in pool)
+        # a pool is exactly the next k batches of the plain shuffled stream (so epochs are kept) ...
+        assert sorted(i for b in pool for i in b) == sorted(i for b in same for i in b)
+        # ... regrouped into contiguous runs of the length-sorted pool: no two batches' length ranges
+        # overlap, and the padded total (bs x longest, summed) is never above the plain batches'
+        spans = sorted((min(lengths[i] for i in b), max(lengths[i] for i in b)) for b in pool)
+        assert all(a[1] <= b[0] for a, b in zip(spans, spans[1:]))
+        assert sum(max(lengths[i] for i in b) for b in pool) <= sum(max(lengths[i] for i in b) for b in same)
+    again = BucketSampler(lengths, bs, seed, k)
+    first = BucketSampler(lengths, bs, seed, k)
+    assert [again.next() for _ in range(2 * k)] == [first.next() for _ in range(2 * k)]   # seeded
+
+
+def test_length_buckets_need_items_with_idx():
+    from strategies import tiny_model
+    with pytest.raises(ValueError, match="length_buckets"):
+        TrainConfig(length_buckets=-1)
+    model = tiny_model(GPTConfig(vocab_size=16, block_size=8, n_layer=1, n_head=1, n_embd=8))
+    with pytest.raises(ValueError, match="idx"):
+        train(model, [torch.zeros(3)], TrainConfig(steps=1, batch_size=1, length_buckets=2, progress=False))

@@ -122,6 +122,11 @@ class PrefixEncoder(AdapterLayer):
         self.mlp[2].weight.copy_(W2t.T.to(self.mlp[2].weight.dtype))
         self.mlp[2].bias.zero_()
 
+    @property
+    def reserved_positions(self) -> int:
+        """Key positions the prefix takes in every layer (GPT.generate checks them)."""
+        return self.n_prefix if self.adapter_enabled else 0
+
     def adapter_names(self) -> list[str]:
         if self.reparam:
             return ["embedding"] + [f"mlp.{n}" for n, _ in self.mlp.named_parameters()]

@@ -143,6 +143,11 @@ class SoftPrompt(AdapterLayer):
     def adapter_names(self) -> list[str]:
         return ["prompt"]
 
+    @property
+    def reserved_positions(self) -> int:
+        """Context positions the prompt takes in front of the tokens (GPT.generate checks them)."""
+        return self.n_tokens if self.adapter_enabled else 0
+
     def pre(self, gpt: GPT, args: tuple, kwargs: dict):
         """Before GPT.forward: prepend P (or, with past_kv, only extend the mask)."""
         self._pending = False
