@@ -120,6 +120,26 @@ def cmd_data(args) -> int:
     return 0
 
 
+def cmd_golden(args) -> int:
+    _need("hypothesis", "golden")
+    from .conformance import golden
+    if args.impl:
+        out = args.out or "golden-outputs"
+        impl = args.impl
+        if impl in ("minift", "reference"):                   # minift's own adapters (a package, not a file)
+            from .conformance import adapters as impl
+        info = golden.run_impl(impl, out, args.against or golden.GOLDEN_DIR)
+        print(f"wrote the outputs of {args.impl} for {info['cases']} golden cases to {out}/; "
+              f"compare them with `minift verify --golden {out}`")
+        return 0
+    out = args.out or str(golden.GOLDEN_DIR)
+    info = golden.generate(out, args.only)
+    print(f"wrote {info['cases']} cases of {info['adapters']} adapters to {out}/ (index.json, tensors.safetensors)")
+    if info["skipped"]:
+        print(f"not recorded (their inputs or outputs are not plain tensors/numbers): {', '.join(info['skipped'])}")
+    return 0
+
+
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     p = argparse.ArgumentParser(prog="minift", description="minift: fine-tuning from scratch")
@@ -140,6 +160,11 @@ def main(argv=None) -> int:
     pt.add_argument("--out", default=str(ROOT / "data" / "base"))
     pt.add_argument("--steps", type=int, default=None)
     pt.add_argument("--fast", action="store_true", help="a tiny run, to check the pipeline")
+    g = sub.add_parser("golden", help="regenerate data/golden/ (golden vectors), or run --impl FILE on them")
+    g.add_argument("--out", default=None, help="folder to write (default: data/golden/, or golden-outputs/ with --impl)")
+    g.add_argument("--impl", default=None, help="a Python file of run_* functions to run on the golden inputs ('minift': the reference)")
+    g.add_argument("--only", default=None, help="with no --impl: only these checks (names, adapters, lessons)")
+    g.add_argument("--against", default=None, help="with --impl: the golden folder to read (default: data/golden/)")
     d = sub.add_parser("data", help="regenerate TinyWorld as JSONL")
     d.add_argument("--out", default=os.path.join("runs", "tinyworld"))
     d.add_argument("--seed", type=int, default=0)
@@ -147,7 +172,7 @@ def main(argv=None) -> int:
         return cmd_verify(None, argv[1:])
     args = p.parse_args(argv)
     return {"lessons": cmd_lessons, "run": cmd_run, "check": cmd_check, "bench": cmd_bench,
-            "pretrain": cmd_pretrain, "data": cmd_data}[args.cmd](args)
+            "pretrain": cmd_pretrain, "data": cmd_data, "golden": cmd_golden}[args.cmd](args)
 
 
 if __name__ == "__main__":

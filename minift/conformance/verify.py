@@ -4,6 +4,7 @@
     minift verify --impl my_impl.py        # any file defining run_* functions
     minift verify --impl FILE --only softmax_stable_large,run_gelu
     minift verify --list
+    minift verify --golden DIR             # outputs another implementation wrote for data/golden/'s inputs
 
 Exit status: 0 when every selected check passes, 1 when one fails or is not implemented (or an
 adapter named by --only is missing), 2 on a usage error (unknown check, missing file).
@@ -80,6 +81,35 @@ def _list() -> str:
     return "\n".join(lines)
 
 
+def _verify_golden(candidate: str, against) -> int:
+    """`minift verify --golden DIR`: per adapter, how many golden cases match; the first few failures."""
+    from . import golden
+    try:
+        rows = golden.verify(candidate, against or golden.GOLDEN_DIR)
+    except ValueError as e:
+        print(f"minift verify: error: {e}", file=sys.stderr)
+        return 2
+    per: dict = {}
+    for r in rows:
+        per.setdefault(r["adapter"], []).append(r)
+    table = [("adapter", "cases", "passed", "failed", "missing")]
+    for name, rs in per.items():
+        table.append((name, str(len(rs)), *(str(sum(r["status"] == s for r in rs)) for s in ("PASS", "FAIL", "MISSING"))))
+    widths = [max(len(row[i]) for row in table) for i in range(5)]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in table]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    print(f"golden cases: {against or golden.GOLDEN_DIR}; outputs under test: {candidate}")
+    print("\n".join(lines))
+    bad = [r for r in rows if r["status"] != "PASS"]
+    print(f"\n{len(rows)} cases: {len(rows) - len(bad)} passed, {sum(r['status'] == 'FAIL' for r in rows)} failed, "
+          f"{sum(r['status'] == 'MISSING' for r in rows)} missing")
+    for r in bad[:20]:
+        print(f"\n=== {r['status']} {r['id']}\n{_indent(r['error'])}")
+    if len(bad) > 20:
+        print(f"\n... and {len(bad) - 20} more")
+    return 1 if bad else 0
+
+
 def verify_main(argv=None) -> int:
     """The `minift verify` command; returns the exit status (see the module docstring)."""
     parser = argparse.ArgumentParser(
@@ -90,6 +120,11 @@ def verify_main(argv=None) -> int:
     parser.add_argument("--only", metavar="NAME[,NAME]", action="append",
                         help="run only these checks (check names, run_* adapter names or lesson markers)")
     parser.add_argument("--list", action="store_true", help="list the checks and exit")
+    parser.add_argument("--golden", metavar="DIR",
+                        help="compare the outputs another implementation wrote to DIR (index.json + "
+                             "tensors.safetensors, see minift/conformance/golden.py) with data/golden/")
+    parser.add_argument("--against", metavar="DIR", default=None,
+                        help="with --golden: the reference folder (default: data/golden/)")
     try:
         args = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
     except SystemExit as e:                      # --help, or a usage error argparse already printed
@@ -98,6 +133,8 @@ def verify_main(argv=None) -> int:
     if args.list:
         print(_list())
         return 0
+    if args.golden:
+        return _verify_golden(args.golden, args.against)
     only = None if not args.only else [n for part in args.only for n in part.split(",")]
     try:
         names = select(only)

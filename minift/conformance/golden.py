@@ -1,0 +1,310 @@
+"""Golden vectors: fixed inputs and minift's outputs for every conformance adapter, in files.
+
+The property checks (checks.py) need Python: they call an implementation's run_* functions. Golden
+vectors do not. They are the inputs the checks drew (derandomized, a few per check) and what
+minift's reference returned, stored as
+
+    DIR/index.json            {"format": 1, "cases": [{"id", "adapter", "check", "args", "kwargs",
+                               "output", "atol", "rtol"}, ...]}
+    DIR/tensors.safetensors   every tensor the index refers to, by key
+
+A value in the index is encoded as one of
+    {"tensor": KEY}                       a tensor stored under KEY (dtype and shape in the file)
+    {"value": 3.5} / {"value": "mean"}    a JSON number, bool or string
+    {"none": true}
+    {"list": [...]} / {"tuple": [...]} / {"dict": {"name": ..., ...}}   nesting of the above
+
+so an implementation in any language reads index.json and tensors.safetensors, calls its own
+version of each case's adapter on "args"/"kwargs", and writes its outputs in the same layout (its
+own index.json whose cases carry its "output", and its own tensors.safetensors). Then
+
+    minift verify --golden DIR            compares DIR's outputs with minift's, case by case:
+                                          |got - expected| <= atol + rtol |expected|, integers and
+                                          booleans exactly, shapes and structure exactly
+
+`minift golden` regenerates data/golden/ from the reference; `minift golden --impl FILE --out DIR`
+runs a Python implementation on the golden inputs and writes DIR in the layout above (the way
+to produce DIR from Python, and how the tests check that a wrong implementation is caught).
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+from hypothesis import settings
+
+from .checks import CHECKS, run_check, select
+
+FORMAT = 1
+GOLDEN_DIR = Path(__file__).resolve().parents[2] / "data" / "golden"
+PER_CHECK = 3                       # cases recorded per (check, adapter): the first calls it makes
+ATOL, RTOL = 1e-5, 1e-4             # float32 outputs; integer and bool outputs must match exactly
+TOLERANCES = {                      # adapters whose outputs go through long float32 reductions
+    "run_gpt_block": (1e-4, 1e-3), "run_quant_lora_matmul": (1e-4, 1e-3),
+}
+
+
+class Unsupported(TypeError):
+    """A value golden files cannot hold (a module, a function, a config object): the case is skipped."""
+
+
+# ---- encoding values -------------------------------------------------------------------------
+
+def encode(value, key: str, tensors: dict):
+    """A Python value as index JSON; tensors go into `tensors` under keys derived from `key`."""
+    if isinstance(value, torch.Tensor):
+        t = value.detach().cpu().contiguous()
+        if t.is_complex() or t.dtype in (torch.float8_e4m3fn, torch.float8_e5m2):
+            raise Unsupported(f"tensor dtype {t.dtype}")
+        tensors[key] = t.clone()
+        return {"tensor": key}
+    if isinstance(value, np.ndarray):
+        return encode(torch.from_numpy(np.ascontiguousarray(value)), key, tensors)
+    if value is None:
+        return {"none": True}
+    if isinstance(value, (bool, int, float, str)) and not isinstance(value, np.generic):
+        if isinstance(value, float) and not np.isfinite(value):
+            return {"value": repr(value), "float": True}
+        return {"value": value}
+    if isinstance(value, np.generic):
+        return encode(value.item(), key, tensors)
+    if isinstance(value, (list, tuple)):
+        kind = "list" if isinstance(value, list) else "tuple"
+        return {kind: [encode(v, f"{key}.{i}", tensors) for i, v in enumerate(value)]}
+    if isinstance(value, dict) and all(isinstance(k, str) for k in value):
+        return {"dict": {k: encode(v, f"{key}.{k}", tensors) for k, v in value.items()}}
+    raise Unsupported(f"a {type(value).__name__}")
+
+
+def decode(obj, tensors: dict):
+    """The inverse of `encode` (tensors looked up in `tensors`)."""
+    if "tensor" in obj:
+        if obj["tensor"] not in tensors:
+            raise ValueError(f"golden file refers to tensor {obj['tensor']!r}, which tensors.safetensors lacks")
+        return tensors[obj["tensor"]].clone()
+    if "none" in obj:
+        return None
+    if "value" in obj:
+        return float(obj["value"]) if obj.get("float") else obj["value"]
+    if "list" in obj:
+        return [decode(v, tensors) for v in obj["list"]]
+    if "tuple" in obj:
+        return tuple(decode(v, tensors) for v in obj["tuple"])
+    if "dict" in obj:
+        return {k: decode(v, tensors) for k, v in obj["dict"].items()}
+    raise ValueError(f"golden file: cannot decode {json.dumps(obj)[:80]}")
+
+
+# ---- recording the reference -----------------------------------------------------------------
+
+class _Recorder:
+    """Stands in for an implementation: forwards run_* calls to `impl` and keeps the first
+    PER_CHECK calls of each adapter per check whose arguments and output can be stored."""
+
+    def __init__(self, impl):
+        self._impl, self.cases, self._tensors, self.check = impl, [], {}, ""
+        self._count: dict = {}
+
+    def __getattr__(self, name):
+        fn = getattr(self._impl, name)
+        if not name.startswith("run_") or not callable(fn):
+            return fn
+
+        def call(*args, **kwargs):
+            k = (self.check, name)
+            case, local = None, {}
+            if self._count.get(k, 0) < PER_CHECK:
+                cid = f"{self.check}.{name}.{self._count.get(k, 0)}"
+                try:                                              # the inputs before the call can touch them
+                    case = {"id": cid, "adapter": name, "check": self.check,
+                            "args": encode(list(args), f"{cid}.args", local),
+                            "kwargs": encode(dict(kwargs), f"{cid}.kwargs", local)}
+                except Unsupported:
+                    case = None
+            out = fn(*args, **kwargs)
+            if case is not None:
+                try:
+                    case["output"] = encode(out, f"{case['id']}.output", local)
+                except Unsupported:
+                    return out
+                case["atol"], case["rtol"] = TOLERANCES.get(name, (ATOL, RTOL))
+                self.cases.append(case)
+                self._tensors.update(local)
+                self._count[k] = self._count.get(k, 0) + 1
+            return out
+        return call
+
+
+def _write(out_dir: Path, cases: list, tensors: dict) -> None:
+    """index.json + tensors.safetensors, written to a temporary folder and moved into place."""
+    from safetensors.torch import save_file
+    out_dir = Path(out_dir)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".golden-", dir=out_dir.parent))
+    try:
+        save_file(tensors, str(tmp / "tensors.safetensors"))
+        (tmp / "index.json").write_text(json.dumps({"format": FORMAT, "cases": cases}, indent=1) + "\n")
+        for f in tmp.iterdir():
+            f.chmod(0o644)
+        tmp.chmod(0o755)                                         # mkdtemp makes it private
+        if out_dir.exists():
+            old = out_dir.with_name(out_dir.name + ".old")
+            shutil.rmtree(old, ignore_errors=True)
+            out_dir.rename(old)
+            tmp.rename(out_dir)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            tmp.rename(out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+@contextlib.contextmanager
+def _few_examples():
+    """Checks run derandomized with a handful of examples (the same inputs on every machine)."""
+    settings.register_profile("minift-golden", max_examples=PER_CHECK + 1, derandomize=True, deadline=None,
+                              database=None, print_blob=False)
+    settings.register_profile("minift-golden-before", settings.default)    # to put back afterwards
+    settings.load_profile("minift-golden")
+    try:
+        yield
+    finally:
+        settings.load_profile("minift-golden-before")
+
+
+def generate(out_dir=GOLDEN_DIR, only=None) -> dict:
+    """Run the selected checks against minift's reference, record the cases, write out_dir.
+    Returns {"cases": n, "adapters": n, "skipped": [adapters never recorded]}."""
+    from . import adapters
+    rec = _Recorder(adapters)
+    torch.manual_seed(0)
+    with _few_examples():
+        for name in select(only):
+            rec.check = name
+            res = run_check(CHECKS[name], rec)
+            if not res.passed:
+                raise RuntimeError(f"minift's reference fails its own check {name}: {res.error}")
+    _write(Path(out_dir), rec.cases, rec._tensors)
+    used = {c["adapter"] for c in rec.cases}
+    wanted = {CHECKS[n].adapter for n in select(only)}
+    return {"cases": len(rec.cases), "adapters": len(used), "skipped": sorted(wanted - used)}
+
+
+def load(golden_dir=GOLDEN_DIR) -> tuple[list, dict]:
+    """(cases, tensors) of a golden folder; ValueError naming what is missing or malformed."""
+    from safetensors.torch import load_file
+    d = Path(golden_dir)
+    idx, ten = d / "index.json", d / "tensors.safetensors"
+    for f in (idx, ten):
+        if not f.is_file():
+            raise ValueError(f"golden folder {d}: no {f.name} (expected index.json and tensors.safetensors)")
+    try:
+        meta = json.loads(idx.read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{idx} is not valid JSON: {e}") from None
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT or not isinstance(meta.get("cases"), list):
+        raise ValueError(f"{idx}: expected {{'format': {FORMAT}, 'cases': [...]}}")
+    return meta["cases"], load_file(str(ten))
+
+
+def run_impl(impl, out_dir, golden_dir=GOLDEN_DIR) -> dict:
+    """Call `impl` (a module or a path to a .py file with run_* functions) on every golden input and
+    write its outputs to out_dir in the golden layout. A case whose adapter is missing, or that
+    raises, is written with {"error": "..."} as its output."""
+    if isinstance(impl, (str, os.PathLike)):
+        from .verify import load_impl
+        impl = load_impl(impl)
+    cases, tensors = load(golden_dir)
+    out_cases, out_tensors = [], {}
+    for c in cases:
+        fn = getattr(impl, c["adapter"], None)
+        new = {k: v for k, v in c.items() if k != "output"}
+        try:
+            if not callable(fn):
+                raise AttributeError(f"no callable {c['adapter']}")
+            y = fn(*decode(c["args"], tensors), **decode(c["kwargs"], tensors))
+            local: dict = {}
+            new["output"] = encode(y, f"{c['id']}.output", local)
+            out_tensors.update(local)
+        except Exception as e:                                       # noqa: BLE001 - reported per case
+            new["output"] = {"error": f"{type(e).__name__}: {e}"[:300]}
+        out_cases.append(new)
+    _write(Path(out_dir), out_cases, out_tensors)
+    return {"cases": len(out_cases)}
+
+
+# ---- comparing -------------------------------------------------------------------------------
+
+def compare(expected, got, atol: float, rtol: float, where: str = "output") -> str:
+    """'' when `got` matches `expected` (decoded values), else what differs first."""
+    if isinstance(expected, torch.Tensor):
+        if not isinstance(got, torch.Tensor):
+            return f"{where}: expected a tensor, got {type(got).__name__}"
+        if tuple(got.shape) != tuple(expected.shape):
+            return f"{where}: shape {tuple(got.shape)}, expected {tuple(expected.shape)}"
+        if expected.dtype.is_floating_point:
+            e, g = expected.double(), got.double()
+            bad = ~((g - e).abs() <= atol + rtol * e.abs()) & ~(torch.isnan(e) & torch.isnan(g))
+            if bool(bad.any()):
+                i = int(torch.nonzero(bad.flatten())[0])
+                return (f"{where}: {int(bad.sum())} of {bad.numel()} values off; first at flat index {i}: "
+                        f"got {g.flatten()[i].item():.7g}, expected {e.flatten()[i].item():.7g} "
+                        f"(atol {atol:g}, rtol {rtol:g})")
+            return ""
+        if not torch.equal(got.to(expected.dtype), expected):
+            i = int(torch.nonzero((got.to(expected.dtype) != expected).flatten())[0])
+            return f"{where}: integer values differ; first at flat index {i}"
+        return ""
+    if isinstance(expected, (list, tuple)):
+        if not isinstance(got, (list, tuple)) or len(got) != len(expected):
+            return f"{where}: expected a sequence of {len(expected)}, got {type(got).__name__}" + (
+                f" of {len(got)}" if isinstance(got, (list, tuple)) else "")
+        for i, (e, g) in enumerate(zip(expected, got)):
+            msg = compare(e, g, atol, rtol, f"{where}[{i}]")
+            if msg:
+                return msg
+        return ""
+    if isinstance(expected, dict):
+        if not isinstance(got, dict) or set(got) != set(expected):
+            return f"{where}: expected keys {sorted(expected)}, got {sorted(got) if isinstance(got, dict) else type(got).__name__}"
+        for k in expected:
+            msg = compare(expected[k], got[k], atol, rtol, f"{where}[{k!r}]")
+            if msg:
+                return msg
+        return ""
+    if isinstance(expected, float) and isinstance(got, (int, float)) and not isinstance(got, bool):
+        ok = abs(got - expected) <= atol + rtol * abs(expected) or (np.isnan(expected) and np.isnan(got))
+        return "" if ok else f"{where}: got {got!r}, expected {expected!r} (atol {atol:g}, rtol {rtol:g})"
+    return "" if got == expected else f"{where}: got {got!r}, expected {expected!r}"
+
+
+def verify(candidate_dir, golden_dir=GOLDEN_DIR) -> list[dict]:
+    """Compare a candidate folder's outputs with the golden ones: one row per case,
+    {"id", "adapter", "status": PASS | FAIL | MISSING, "error"}."""
+    ref_cases, ref_t = load(golden_dir)
+    got_cases, got_t = load(candidate_dir)
+    got = {c.get("id"): c for c in got_cases if isinstance(c, dict)}
+    rows = []
+    for c in ref_cases:
+        row = {"id": c["id"], "adapter": c["adapter"], "status": "PASS", "error": ""}
+        g = got.get(c["id"])
+        if g is None or "output" not in g:
+            row["status"], row["error"] = "MISSING", "no output for this case"
+        elif "error" in g["output"]:
+            row["status"], row["error"] = "FAIL", g["output"]["error"]
+        else:
+            try:
+                msg = compare(decode(c["output"], ref_t), decode(g["output"], got_t), c["atol"], c["rtol"])
+            except ValueError as e:
+                msg = str(e)
+            if msg:
+                row["status"], row["error"] = "FAIL", msg
+        rows.append(row)
+    return rows

@@ -1,0 +1,89 @@
+"""Golden vectors: the shipped files match the reference, and a wrong implementation is caught."""
+import json
+import shutil
+
+import pytest
+import torch
+from hypothesis import given, settings, strategies as st
+
+from minift.conformance import adapters, golden
+from minift.conformance.checks import CHECKS
+from minift.conformance.verify import load_impl
+
+pytestmark = pytest.mark.core
+WRONG = "tests/wrong_impl.py"
+
+
+def test_the_shipped_golden_files_are_current_for_the_reference(tmp_path):
+    # minift's adapters on the golden inputs give the golden outputs: if this fails, an adapter's
+    # behaviour changed and `minift golden` must be re-run (and the change explained)
+    golden.run_impl(adapters, tmp_path / "out")
+    rows = golden.verify(tmp_path / "out")
+    bad = [r for r in rows if r["status"] != "PASS"]
+    assert not bad, bad[:3]
+    cases, _ = golden.load(golden.GOLDEN_DIR)
+    covered = {c["adapter"] for c in cases}
+    assert covered == {c.adapter for c in CHECKS.values()}        # every checked adapter has cases
+
+
+def test_a_wrong_implementation_fails_where_it_is_wrong_and_a_missing_adapter_is_reported(tmp_path):
+    golden.run_impl(load_impl(WRONG), tmp_path / "out")
+    rows = golden.verify(tmp_path / "out")
+    by = {}
+    for r in rows:
+        by.setdefault(r["adapter"], []).append(r["status"])
+    assert "FAIL" in by["run_softmax"]                            # wrong_impl's softmax overflows
+    assert "FAIL" in by["run_layer_norm"]                         # ... and its LayerNorm forgets eps / uses a biased var
+    wrong_names = {n for n in dir(load_impl(WRONG)) if n.startswith("run_")}
+    absent = next(a for a in by if a not in wrong_names)
+    fails = [r for r in rows if r["adapter"] == absent]
+    assert all(r["status"] == "FAIL" and "no callable" in r["error"] for r in fails)
+
+
+def test_one_changed_value_in_a_candidate_is_found(tmp_path):
+    out = tmp_path / "out"
+    golden.run_impl(adapters, out)
+    from safetensors.torch import load_file, save_file
+    t = load_file(str(out / "tensors.safetensors"))
+    cases = json.loads((out / "index.json").read_text())["cases"]
+    case = next(c for c in cases if c["adapter"] == "run_softmax")
+    key = case["output"]["tensor"]
+    t[key] = t[key].clone()
+    t[key].view(-1)[0] += 1e-3                                    # far above atol + rtol |y| for y <= 1
+    save_file(t, str(out / "tensors.safetensors"))
+    rows = {r["id"]: r for r in golden.verify(out)}
+    assert rows[case["id"]]["status"] == "FAIL" and "flat index 0" in rows[case["id"]]["error"]
+    assert sum(r["status"] == "FAIL" for r in rows.values()) == 1
+
+
+SCALARS = st.one_of(st.none(), st.booleans(), st.integers(-5, 5), st.floats(allow_nan=False, width=32),
+                    st.text("abc", max_size=3))
+TENSORS = st.builds(lambda shape, dt: (torch.arange(int(torch.tensor(shape).prod())).reshape(shape) * 0.5).to(dt),
+                    st.lists(st.integers(1, 3), max_size=3), st.sampled_from([torch.float32, torch.int64, torch.bool]))
+VALUES = st.recursive(st.one_of(SCALARS, TENSORS),
+                      lambda inner: st.one_of(st.lists(inner, max_size=3), st.tuples(inner, inner),
+                                              st.dictionaries(st.text("xyz", min_size=1, max_size=2), inner, max_size=3)),
+                      max_leaves=8)
+
+
+@settings(deadline=None, max_examples=60)
+@given(v=VALUES)
+def test_encode_then_decode_gives_the_value_back(v):
+    tensors = {}
+    enc = json.loads(json.dumps(golden.encode(v, "k", tensors)))   # through JSON, as on disk
+    assert golden.compare(v, golden.decode(enc, tensors), 0.0, 0.0) == ""
+    assert type(golden.decode(enc, tensors)) is type(v) or isinstance(v, torch.Tensor)
+
+
+def test_bad_folders_raise_clearly(tmp_path):
+    with pytest.raises(ValueError, match="no index.json"):
+        golden.load(tmp_path)
+    shutil.copy(golden.GOLDEN_DIR / "tensors.safetensors", tmp_path)
+    (tmp_path / "index.json").write_text("{not json")
+    with pytest.raises(ValueError, match="not valid JSON"):
+        golden.load(tmp_path)
+    (tmp_path / "index.json").write_text(json.dumps({"format": 99, "cases": []}))
+    with pytest.raises(ValueError, match="format"):
+        golden.load(tmp_path)
+    with pytest.raises(golden.Unsupported):
+        golden.encode(torch.nn.Linear(2, 2), "k", {})
