@@ -2,7 +2,9 @@
 
     minift lessons                     the course, in order, with expected times
     minift run NN|all [--fast]         run a lesson's walkthrough (or all of them, in order)
-    minift check NN [--impl FILE]      grade a lesson's exercise (pytest -m lessonNN --impl FILE)
+    minift exercise NN [--reset]       copy a lesson's exercise stubs to exercises/NN_name.py to work in
+    minift check NN [--impl FILE]      grade it: points per exercise (its conformance checks), counterexamples
+    minift golden [--impl FILE]        regenerate data/golden/, or run an implementation on its inputs
     minift verify [--impl FILE] [--only NAME,...]   property checks against an implementation
     minift bench NAME [--fast]         benchmarks: train, quant, kernels (tables with ratios against a baseline)
     minift pretrain [--out DIR]        train the tokenizer and base model shipped in data/
@@ -83,13 +85,38 @@ def _need(module: str, what: str) -> None:
 
 
 def cmd_check(args) -> int:
-    _need("pytest", "check")
     _need("hypothesis", "check")
     les = _find_lesson(args.lesson)
-    impl = args.impl or str(les["dir"] / "exercise.py")
-    cmd = [sys.executable, "-m", "pytest", "-q", "-m", f"lesson{les['nn']}", "--impl", impl, str(ROOT / "tests")]
-    print("+", " ".join(cmd), flush=True)
-    return subprocess.call(cmd, cwd=str(ROOT))
+    if args.pytest:
+        _need("pytest", "check --pytest")
+        from .conformance.classroom import default_impl
+        impl = args.impl or str(default_impl(les))
+        cmd = [sys.executable, "-m", "pytest", "-q", "-m", f"lesson{les['nn']}", "--impl", impl, str(ROOT / "tests")]
+        print("+", " ".join(cmd), flush=True)
+        return subprocess.call(cmd, cwd=str(ROOT))
+    from .conformance import classroom
+    impl = Path(args.impl) if args.impl else classroom.default_impl(les)
+    if not impl.is_file():
+        raise SystemExit(f"minift check: no such file {impl}")
+    try:
+        g = classroom.grade(les, impl)
+    except ValueError as e:                                   # not a Python file of run_* functions
+        raise SystemExit(f"minift check: {e}")
+    print(classroom.as_json(g) if args.json else classroom.report(g))
+    return 0 if g["points"] == g["max_points"] else 1
+
+
+def cmd_exercise(args) -> int:
+    from .conformance import classroom
+    les = _find_lesson(args.lesson)
+    try:
+        path, backup = classroom.hand_out(les, reset=args.reset, work_dir=Path(args.dir))
+    except ValueError as e:
+        raise SystemExit(f"minift exercise: {e}")
+    if backup:
+        print(f"your previous file is kept as {backup}")
+    print(f"wrote {path}: the stubs of lesson {les['nn']}. Fill them in, then grade with `minift check {les['nn']}`")
+    return 0
 
 
 def cmd_verify(args, rest) -> int:
@@ -150,7 +177,14 @@ def main(argv=None) -> int:
     r.add_argument("--fast", action="store_true", help="the quick version used by the tests")
     c = sub.add_parser("check", help="grade a lesson's exercise file")
     c.add_argument("lesson")
-    c.add_argument("--impl", default=None, help="file with the run_* functions (default: the lesson's exercise.py)")
+    c.add_argument("--impl", default=None, help="file with the run_* functions (default: exercises/NN_name.py if "
+                   "`minift exercise NN` made one, else the lesson's exercise.py)")
+    c.add_argument("--json", action="store_true", help="print the grade as JSON (points per exercise, failures)")
+    c.add_argument("--pytest", action="store_true", help="run pytest -m lessonNN --impl FILE instead (every test of the lesson)")
+    e = sub.add_parser("exercise", help="copy a lesson's exercise stubs to exercises/NN_name.py (--reset: put them back)")
+    e.add_argument("lesson")
+    e.add_argument("--reset", action="store_true", help="overwrite your copy with the stubs (kept as .bak)")
+    e.add_argument("--dir", default="exercises", help="the folder for your copies (default: exercises/)")
     sub.add_parser("verify", help="property checks against an implementation (--impl FILE, --only NAMES, --list)",
                    add_help=False)
     b = sub.add_parser("bench", help="benchmarks: train, quant, kernels")
@@ -172,7 +206,7 @@ def main(argv=None) -> int:
         return cmd_verify(None, argv[1:])
     args = p.parse_args(argv)
     return {"lessons": cmd_lessons, "run": cmd_run, "check": cmd_check, "bench": cmd_bench,
-            "pretrain": cmd_pretrain, "data": cmd_data, "golden": cmd_golden}[args.cmd](args)
+            "pretrain": cmd_pretrain, "data": cmd_data, "golden": cmd_golden, "exercise": cmd_exercise}[args.cmd](args)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,68 @@
+"""The classroom workflow: every lesson's stubs score zero, the reference scores full marks, a
+student's copy is never lost, and `minift check` reports points a gradebook can read."""
+import inspect
+import json
+import subprocess
+import sys
+
+import pytest
+
+from minift.cli import ROOT, list_lessons
+from minift.conformance import adapters as reference
+from minift.conformance import classroom
+from minift.conformance.checks import CHECKS, NOT_IMPLEMENTED
+from minift.conformance.verify import load_impl
+
+pytestmark = pytest.mark.core
+LESSONS = list_lessons()
+GRADED = [les for les in LESSONS if any(c.lesson == f"lesson{les['nn']}" for c in CHECKS.values())]
+
+
+@pytest.mark.parametrize("les", GRADED, ids=[les["dir"].name for les in GRADED])
+def test_every_stub_file_scores_zero_and_matches_the_reference_signatures(les):
+    stub = load_impl(les["dir"] / "exercise.py")
+    needed = {c.adapter for c in CHECKS.values() if c.lesson == f"lesson{les['nn']}"}
+    have = {n for n in dir(stub) if n.startswith("run_")}
+    assert needed <= have, f"{les['dir'].name}/exercise.py lacks {sorted(needed - have)}"
+    for name in needed:
+        got = list(inspect.signature(getattr(stub, name)).parameters)
+        want = list(inspect.signature(getattr(reference, name)).parameters)
+        assert got == want, f"{name}: the stub takes {got}, the reference {want}"
+    g = classroom.grade(les, les["dir"] / "exercise.py")
+    assert g["max_points"] == sum(c.lesson == f"lesson{les['nn']}" for c in CHECKS.values())
+    assert g["points"] == 0
+    assert {r.status for r in g["results"]} == {NOT_IMPLEMENTED}     # stubs raise, they do not fail
+
+
+def test_a_file_filled_with_the_reference_scores_full_marks(tmp_path):
+    les = next(le for le in GRADED if le["nn"] == "05")
+    stub = load_impl(les["dir"] / "exercise.py")
+    names = sorted(n for n in dir(stub) if n.startswith("run_"))
+    filled = tmp_path / "filled.py"
+    filled.write_text(f"from minift.conformance.adapters import {', '.join(names)}  # noqa: F401\n")
+    g = classroom.grade(les, filled)
+    assert g["max_points"] > 0 and g["points"] == g["max_points"]
+
+
+def test_handing_out_never_loses_a_students_work(tmp_path):
+    les = LESSONS[0]
+    path, backup = classroom.hand_out(les, work_dir=tmp_path)
+    assert backup is None and path.read_text() == (les["dir"] / "exercise.py").read_text()
+    path.write_text("# my work\n")
+    with pytest.raises(ValueError, match="--reset"):
+        classroom.hand_out(les, work_dir=tmp_path)                   # refuses to overwrite
+    assert path.read_text() == "# my work\n"
+    path, backup = classroom.hand_out(les, reset=True, work_dir=tmp_path)
+    assert backup.read_text() == "# my work\n"                       # kept
+    assert path.read_text() == (les["dir"] / "exercise.py").read_text()
+    assert classroom.default_impl(les, tmp_path) == path             # check grades the copy
+
+
+def test_check_prints_json_points_and_exits_nonzero_when_an_exercise_fails():
+    r = subprocess.run([sys.executable, "-m", "minift.cli", "check", "00", "--impl", "tests/wrong_impl.py", "--json"],
+                       cwd=str(ROOT), capture_output=True, text=True, timeout=300)
+    assert r.returncode == 1, r.stderr[-2000:]
+    g = json.loads(r.stdout)
+    assert 0 < g["points"] < g["max_points"]
+    assert g["failures"] and all(f["status"] in ("FAIL", "NOT IMPLEMENTED", "MISSING") for f in g["failures"])
+    assert any(f["adapter"] == "run_softmax" and f["counterexample"] for f in g["failures"])
