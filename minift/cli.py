@@ -54,12 +54,43 @@ def _find_lesson(nn: str) -> dict:
     raise SystemExit(f"minift: no lesson {nn!r}; lessons are {[les['nn'] for les in lessons]}")
 
 
+TIMES_FILE = ROOT / "runs" / "lesson_times.json"      # what `minift run` measured on this machine
+
+
+def _load_times() -> dict:
+    import json
+    try:
+        return json.loads(TIMES_FILE.read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def _record_time(nn: str, fast: bool, seconds: float, rc: int) -> None:
+    """Remember the last run of lesson NN (default and --fast separately), atomically."""
+    import json
+    times = _load_times()
+    times.setdefault(nn, {})["fast" if fast else "default"] = {
+        "seconds": round(seconds, 1), "exit": rc, "date": time.strftime("%Y-%m-%d %H:%M")}
+    TIMES_FILE.parent.mkdir(parents=True, exist_ok=True)
+    tmp = TIMES_FILE.with_suffix(".tmp")
+    tmp.write_text(json.dumps(times, indent=1, sort_keys=True) + "\n")
+    tmp.replace(TIMES_FILE)
+
+
 def cmd_lessons(args) -> int:
-    print(f"{'NN':<4}{'lesson':<24}{'time':>8}{'--fast':>8}  title")
+    times = _load_times()
+
+    def measured(nn, which):
+        t = times.get(nn, {}).get(which)
+        return "-" if not t else f"{t['seconds']:.0f}s" + ("" if t["exit"] == 0 else "!")
+    print(f"{'NN':<4}{'lesson':<24}{'time':>8}{'--fast':>8}{'here':>8}{'--fast':>8}  title")
     for les in list_lessons():
         t = f"~{les['expected']}s" if les["expected"] else "?"
         f = f"~{les['fast']}s" if les["fast"] else "?"
-        print(f"{les['nn']:<4}{les['name']:<24}{t:>8}{f:>8}  {les['title']}")
+        print(f"{les['nn']:<4}{les['name']:<24}{t:>8}{f:>8}{measured(les['nn'], 'default'):>8}"
+              f"{measured(les['nn'], 'fast'):>8}  {les['title']}")
+    print(f"\ntime, --fast: expected (the lessons' EXPECTED_SECONDS / FAST_SECONDS, from the reference machine); "
+          f"here: the last `minift run` on this machine ({TIMES_FILE}; ! = it failed)")
     return 0
 
 
@@ -70,7 +101,9 @@ def cmd_run(args) -> int:
         t0 = time.perf_counter()
         cmd = [sys.executable, str(les["dir"] / "walkthrough.py")] + (["--fast"] if args.fast else [])
         rc = subprocess.call(cmd, cwd=str(ROOT))
-        print(f"=== lesson {les['nn']} finished in {time.perf_counter() - t0:.1f}s (exit {rc}) ===", flush=True)
+        secs = time.perf_counter() - t0
+        _record_time(les["nn"], args.fast, secs, rc)
+        print(f"=== lesson {les['nn']} finished in {secs:.1f}s (exit {rc}) ===", flush=True)
         if rc:
             return rc
     return 0

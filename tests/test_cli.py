@@ -34,3 +34,17 @@ def test_bench_train_prints_a_table_with_ratios_against_the_base(capsys):
     assert "tokens/s" in out and "vs base" in out
     assert rows[0]["ratio"] == 1.0 and rows[1]["params"] > 100 * rows[0]["params"]
     assert all(r["tokens_per_s"] > 0 for r in rows)
+
+
+def test_lessons_shows_the_times_run_measured_here(tmp_path, monkeypatch, capsys):
+    from minift import cli
+    monkeypatch.setattr(cli, "TIMES_FILE", tmp_path / "runs" / "lesson_times.json")
+    cli._record_time("00", False, 12.34, 0)
+    cli._record_time("00", True, 3.0, 1)
+    cli._record_time("01", False, 40.0, 0)
+    cli._record_time("00", False, 11.0, 0)                      # the last run wins
+    assert cli.main(["lessons"]) == 0
+    rows = {line.split()[0]: line.split() for line in capsys.readouterr().out.splitlines() if line[:2].isdigit()}
+    assert rows["00"][4:6] == ["11s", "3s!"]                     # default, --fast (failed)
+    assert rows["01"][4:6] == ["40s", "-"]
+    assert rows["02"][4:6] == ["-", "-"]
