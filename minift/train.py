@@ -10,7 +10,9 @@ same loop trains a language model, a classifier, a reward model or DPO. Loss mas
 batch (targets = -100 where no loss is taken).
 
 Runs are deterministic for a given seed: batches are drawn with a private torch.Generator, and
-dropout uses the global RNG seeded at the start.
+dropout uses the global RNG seeded at the start. Under torchrun (after distributed.init_from_env())
+the same loop runs data-parallel: rank r of W takes micro-batches r, r + W, ... and the trainable
+gradients are averaged across ranks before each step (minift/distributed.py).
 """
 from __future__ import annotations
 
@@ -22,6 +24,7 @@ from typing import Callable, Optional
 import torch
 from tqdm.auto import tqdm
 
+from .distributed import allreduce_gradients, broadcast_parameters, mean_over_ranks, rank_and_world
 from .model import IGNORE_INDEX, at_least_fp32
 
 
@@ -155,20 +158,25 @@ def train(model, dataset, cfg: TrainConfig, *, loss_fn: Callable = lm_loss,
     plus, every eval_every steps and at the end, the dict eval_fn(model) returned (prefixed "eval_").
     """
     torch.manual_seed(cfg.seed)
+    rank, world = rank_and_world()                # data-parallel under torchrun (minift/distributed.py)
+    broadcast_parameters(model)                   # every rank starts from rank 0's weights
     opt = optimizer or make_optimizer(model, cfg)
     sampler = (BucketSampler([item_length(dataset[i]) for i in range(len(dataset))], cfg.batch_size, cfg.seed,
                              cfg.length_buckets) if cfg.length_buckets else BatchSampler(len(dataset), cfg.batch_size, cfg.seed))
     history: list[dict] = []
     model.train()
     t0, t_eval, tokens = time.perf_counter(), 0.0, 0          # "time" counts training, not eval_fn
-    bar = tqdm(range(cfg.steps), desc=cfg.desc, disable=not cfg.progress, leave=False, dynamic_ncols=True)
+    bar = tqdm(range(cfg.steps), desc=cfg.desc, disable=not cfg.progress or rank != 0, leave=False, dynamic_ncols=True)
     for step in bar:
         lr = lr_at(step, cfg)
         for g in opt.param_groups:
             g["lr"] = lr
         total, metrics = 0.0, {}
-        for _ in range(cfg.grad_accum):
-            batch = collate_fn([dataset[i] for i in sampler.next()])
+        for j in range(cfg.grad_accum * world):   # the same stream on every rank; rank r takes r, r + W, ...
+            take = sampler.next()
+            if j % world != rank:
+                continue
+            batch = collate_fn([dataset[i] for i in take])
             loss, m = loss_fn(model, batch)
             if not torch.isfinite(loss):
                 raise ValueError(f"train: loss became {loss.item()} at step {step}; lower the lr "
@@ -180,11 +188,15 @@ def train(model, dataset, cfg: TrainConfig, *, loss_fn: Callable = lm_loss,
             if "targets" in batch:
                 tokens += int((batch["targets"] != IGNORE_INDEX).sum())
         params = [p for g in opt.param_groups for p in g["params"]]
+        comm = allreduce_gradients(params)        # g = (1/W) Σ_r g_r over the trainable parameters only
+        total = mean_over_ranks(total)
         gn = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip if cfg.grad_clip > 0 else float("inf"))
         opt.step()
         opt.zero_grad(set_to_none=True)
         rec = {"step": step + 1, "lr": lr, "loss": total, "grad_norm": float(gn), "tokens": tokens,
                "time": time.perf_counter() - t0 - t_eval, **metrics}
+        if world > 1:
+            rec["comm_bytes"] = comm
         last = step + 1 == cfg.steps
         if eval_fn is not None and ((cfg.eval_every and (step + 1) % cfg.eval_every == 0) or last):
             te = time.perf_counter()

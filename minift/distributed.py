@@ -1,0 +1,116 @@
+"""Data-parallel fine-tuning across processes, with PyTorch's own engine (torch.distributed).
+
+W processes (ranks) each hold a full copy of the model and train on different micro-batches. After
+each rank's backward pass, the gradients are averaged across ranks with one all-reduce, so every
+rank takes the same optimizer step and the copies never drift apart:
+
+    g = (1/W) Σ_r g_r                     g_r: rank r's gradient on its micro-batch(es)
+
+This is what `torch.nn.parallel.DistributedDataParallel` does (it also overlaps the all-reduce with
+the backward pass, bucket by bucket); minift writes the one all-reduce out so you can see it and
+count its bytes. Only TRAINABLE parameters have gradients, so only they are communicated: a LoRA
+run all-reduces the adapter's gradients, not the frozen base's. Bytes sent per step per rank, for
+a ring all-reduce of N bytes: 2 (W − 1) / W · N (Patarasuk & Yuan, 2009); we report N, the payload.
+
+Equivalence (tests/test_distributed.py): W ranks × micro-batch b × grad_accum a take the same steps
+as 1 process with grad_accum W·a over micro-batches of b, because rank r takes micro-batches r,
+r + W, ... of the same seeded stream of W·a micro-batches that one process would draw, and the
+average of the ranks' averages is the single process's average over all W·a micro-batches.
+
+Launch with torchrun (which sets RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT):
+
+    torchrun --nproc_per_node 2 lessons/21_distributed/walkthrough.py          # one machine
+    torchrun --nnodes 2 --node_rank K --master_addr HOST --master_port 29500 --nproc_per_node 8 ...
+
+and call `init_from_env()` first; `minift.train.train` then runs data-parallel by itself.
+gloo is the backend on CPU, nccl on GPU.
+"""
+from __future__ import annotations
+
+import os
+
+import torch
+import torch.distributed as dist
+
+
+def is_distributed() -> bool:
+    """True inside an initialised process group of more than one rank."""
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def rank_and_world() -> tuple[int, int]:
+    """(rank, world size); (0, 1) outside a process group."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def init_from_env(backend: str | None = None) -> tuple[int, int]:
+    """Join the process group torchrun describes in the environment (RANK, WORLD_SIZE,
+    MASTER_ADDR, MASTER_PORT). backend None: nccl when CUDA is available, else gloo.
+    Without torchrun's variables: a single process, nothing initialised, (0, 1)."""
+    if "RANK" not in os.environ or "WORLD_SIZE" not in os.environ:
+        return 0, 1
+    if backend is None:
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+    if backend not in ("gloo", "nccl"):
+        raise ValueError(f"backend={backend!r} must be 'gloo' (CPU) or 'nccl' (GPU)")
+    if not dist.is_initialized():
+        dist.init_process_group(backend=backend)
+    return dist.get_rank(), dist.get_world_size()
+
+
+def per_rank_batch(global_batch: int, world_size: int) -> int:
+    """The micro-batch of each rank when `global_batch` examples are split over `world_size` ranks."""
+    if isinstance(world_size, bool) or not isinstance(world_size, int) or world_size < 1:
+        raise ValueError(f"world_size={world_size!r} must be an int >= 1")
+    if isinstance(global_batch, bool) or not isinstance(global_batch, int) or global_batch < 1:
+        raise ValueError(f"global_batch={global_batch!r} must be an int >= 1")
+    if global_batch % world_size:
+        raise ValueError(f"global_batch={global_batch} is not divisible by world_size={world_size}: every rank "
+                         f"must get the same micro-batch (try {global_batch - global_batch % world_size or world_size})")
+    return global_batch // world_size
+
+
+@torch.no_grad()
+def broadcast_parameters(model: torch.nn.Module, src: int = 0) -> None:
+    """Make every rank's parameters and buffers rank src's (as DDP does when it wraps a model)."""
+    if not is_distributed():
+        return
+    for t in list(model.parameters()) + list(model.buffers()):
+        dist.broadcast(t.data, src)
+
+
+@torch.no_grad()
+def allreduce_gradients(params: list[torch.Tensor]) -> int:
+    """Average the gradients of `params` over the ranks, in one flat all-reduce; returns the
+    payload in bytes (0 outside a process group). A parameter without a gradient on this step
+    counts as a zero gradient, so every rank sends the same buffer."""
+    if not is_distributed():
+        return 0
+    params = [p for p in params if p.requires_grad]
+    if not params:
+        return 0
+    flat = torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1) for p in params])  # (N,)
+    dist.all_reduce(flat, op=dist.ReduceOp.SUM)
+    flat /= dist.get_world_size()                                       # g = (1/W) Σ_r g_r
+    i = 0
+    for p in params:
+        n = p.numel()
+        g = flat[i:i + n].view_as(p)
+        if p.grad is None:
+            p.grad = g.clone()
+        else:
+            p.grad.copy_(g)
+        i += n
+    return flat.numel() * flat.element_size()
+
+
+def mean_over_ranks(value: float) -> float:
+    """The mean of a Python number over the ranks (for logging the global loss)."""
+    if not is_distributed():
+        return value
+    device = "cuda" if dist.get_backend() == "nccl" else "cpu"         # nccl reduces GPU tensors only
+    t = torch.tensor([float(value)], dtype=torch.float64, device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.SUM)
+    return float(t.item()) / dist.get_world_size()
