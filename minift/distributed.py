@@ -60,6 +60,37 @@ def init_from_env(backend: str | None = None) -> tuple[int, int]:
     return dist.get_rank(), dist.get_world_size()
 
 
+def rank_micro_batches(n_micro: int, world_size: int, rank: int) -> list[int]:
+    """Which of a step's n_micro micro-batches (grad_accum · W, drawn in the same order on every
+    rank) rank `rank` computes: rank, rank + W, rank + 2W, ..."""
+    if world_size < 1 or not 0 <= rank < world_size:
+        raise ValueError(f"rank={rank} must be in [0, world_size={world_size})")
+    if n_micro < 1 or n_micro % world_size:
+        raise ValueError(f"n_micro={n_micro} micro-batches must be a positive multiple of world_size={world_size}")
+    return list(range(rank, n_micro, world_size))
+
+
+def average_gradients(grads: list[torch.Tensor]) -> torch.Tensor:
+    """What the all-reduce leaves on every rank, written for one process: (1/W) Σ_r g_r, summed in
+    rank order (the lesson's exercise; `allreduce_gradients` does it across processes)."""
+    if not grads:
+        raise ValueError("average_gradients: no gradients (one per rank)")
+    if any(g.shape != grads[0].shape for g in grads):
+        raise ValueError(f"every rank's gradient must have one shape; got {[tuple(g.shape) for g in grads]}")
+    total = grads[0].clone()
+    for g in grads[1:]:
+        total += g
+    return total / len(grads)
+
+
+def ring_allreduce_bytes(payload: int, world_size: int) -> float:
+    """Bytes each rank sends in a ring all-reduce of `payload` bytes: reduce-scatter then
+    all-gather, each W − 1 steps of payload / W, so 2 (W − 1) / W · payload (0 for one rank)."""
+    if world_size < 1 or payload < 0:
+        raise ValueError(f"world_size={world_size} must be >= 1 and payload={payload} >= 0")
+    return 2 * (world_size - 1) / world_size * payload
+
+
 def per_rank_batch(global_batch: int, world_size: int) -> int:
     """The micro-batch of each rank when `global_batch` examples are split over `world_size` ranks."""
     if isinstance(world_size, bool) or not isinstance(world_size, int) or world_size < 1:

@@ -24,7 +24,8 @@ from typing import Callable, Optional
 import torch
 from tqdm.auto import tqdm
 
-from .distributed import allreduce_gradients, broadcast_parameters, mean_over_ranks, rank_and_world
+from .distributed import (allreduce_gradients, broadcast_parameters, mean_over_ranks, rank_and_world,
+                          rank_micro_batches)
 from .model import IGNORE_INDEX, at_least_fp32
 
 
@@ -172,9 +173,10 @@ def train(model, dataset, cfg: TrainConfig, *, loss_fn: Callable = lm_loss,
         for g in opt.param_groups:
             g["lr"] = lr
         total, metrics = 0.0, {}
+        mine = set(rank_micro_batches(cfg.grad_accum * world, world, rank))
         for j in range(cfg.grad_accum * world):   # the same stream on every rank; rank r takes r, r + W, ...
             take = sampler.next()
-            if j % world != rank:
+            if j not in mine:
                 continue
             batch = collate_fn([dataset[i] for i in take])
             loss, m = loss_fn(model, batch)

@@ -1,0 +1,177 @@
+"""Lesson 21: fine-tuning across processes, data-parallel with torch.distributed.
+
+Prints, top to bottom:
+
+  1. what has to travel: the trainable parameters of full fine-tuning and of LoRA on the base
+     model, the all-reduce payload per step, and what a ring all-reduce sends per rank for W ranks;
+  2. two processes on this machine (`torchrun --standalone --nproc_per_node 2`, gloo): continued
+     pretraining on the second domain with full fine-tuning and with LoRA, the bytes each step
+     all-reduced (measured by minift.train) and the time per step;
+  3. the proof: one process with gradient accumulation over 2 micro-batches, same seed, reaches the
+     same parameters as the 2 processes (max |difference| over every trainable parameter);
+  4. beyond one machine: the launch lines for several nodes, and what FSDP (ZeRO-3 sharding) would
+     save for a 7B-shaped model, from minift.memory's prediction.
+
+    python lessons/21_distributed/walkthrough.py          # or: minift run 21
+    python lessons/21_distributed/walkthrough.py --fast   # 1 step per run (the tests)
+
+The walkthrough launches its own workers with torchrun (the same file, `--worker`); everything it
+trains with is the library's (minift/distributed.py, minift/train.py, minift/peft/lora.py).
+"""
+EXPECTED_SECONDS = 45
+FAST_SECONDS = 15
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+
+import torch
+
+torch.set_num_threads(1)   # two processes on two cores: one thread each
+
+from minift import world
+from minift.distributed import init_from_env, rank_and_world, ring_allreduce_bytes
+from minift.memory import PRESETS, estimate
+from minift.peft.lora import LoRAConfig, apply_lora
+from minift.pretrain import BASE_DIR, load_base
+from minift.report import header, table
+from minift.tasks import LMDataset
+from minift.train import TrainConfig, train
+
+parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+parser.add_argument("--fast", action="store_true", help="1 step per run (seconds)")
+parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+parser.add_argument("--out", default=None, help=argparse.SUPPRESS)
+parser.add_argument("--grad-accum", type=int, default=1, help=argparse.SUPPRESS)
+args = parser.parse_args()
+STEPS = 1 if args.fast else 12
+BATCH = 4                       # per process: 2 processes x 4 = 8 windows of 128 tokens per step
+LORA = LoRAConfig(r=4, alpha=8, targets=("attn.c_attn",), qkv=("q", "v"))
+LR = {"full": 3e-4, "lora": 3e-3}
+
+
+def setup(method):
+    """The base model, fully trainable or with LoRA on W_q, W_v, and the second-domain windows:
+    the same in every process (load_base is deterministic; LoRA's A is drawn after seeding)."""
+    model, tok = load_base()
+    torch.manual_seed(0)
+    if method == "lora":
+        apply_lora(model, LORA)
+    else:
+        for p in model.parameters():
+            p.requires_grad_(True)
+    data = LMDataset(tok, world.domain2_corpus("train"), 128)
+    return model, data
+
+
+def recipe(method, grad_accum=1):
+    return TrainConfig(steps=STEPS, batch_size=BATCH, grad_accum=grad_accum, lr=LR[method], warmup_steps=0,
+                       seed=0, progress=False, desc=method)
+
+
+def trainable(model):
+    return {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+
+
+# ---- the worker: what each of the two processes runs (both methods, one launch) ----------------
+if args.worker:
+    init_from_env("gloo")
+    rank, W = rank_and_world()
+    results = {}
+    for method in ("full", "lora"):
+        model, data = setup(method)
+        t0 = time.perf_counter()
+        hist = train(model, data, recipe(method))
+        results[method] = {"state": trainable(model), "world": W, "seconds": time.perf_counter() - t0,
+                           "comm": [h.get("comm_bytes", 0) for h in hist], "loss": [h["loss"] for h in hist]}
+    if rank == 0:
+        torch.save(results, args.out)
+    sys.exit(0)
+
+if not (BASE_DIR / "model.safetensors").is_file():
+    sys.exit(f"lesson 21 needs the base model in {BASE_DIR}/ (shipped with minift; or run `minift pretrain`)")
+t_start = time.perf_counter()
+
+# ==============================================================================================
+header("1. What travels: the trainable gradients, once per step")
+rows = []
+counts = {}
+for method in ("full", "lora"):
+    m, _ = setup(method)
+    n = sum(p.numel() for p in m.parameters() if p.requires_grad)
+    counts[method] = n
+    rows.append((method, f"{n:,}", f"{4 * n:,}", *(f"{ring_allreduce_bytes(4 * n, w) / 2 ** 20:.2f}" for w in (2, 8, 64))))
+table(("method", "trainable", "payload bytes/step", "sent/rank MiB W=2", "W=8", "W=64"), rows)
+print(f"LoRA r={LORA.r} on W_q, W_v all-reduces {counts['full'] / counts['lora']:.0f}x fewer bytes than full "
+      f"fine-tuning: frozen parameters have no gradient, so there is nothing of theirs to average. A ring "
+      f"all-reduce sends 2 (W - 1) / W of the payload per rank, so per-rank traffic stays under 2x the payload "
+      f"however many ranks there are.")
+
+# ==============================================================================================
+header("2. Two processes on this machine: torchrun --standalone --nproc_per_node 2 (gloo)")
+tmp = tempfile.mkdtemp(prefix="minift-ddp-")
+out = os.path.join(tmp, "runs.pt")
+cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+       os.path.abspath(__file__), "--worker", "--out", out] + (["--fast"] if args.fast else [])
+print("+ torchrun --standalone --nproc_per_node 2 lessons/21_distributed/walkthrough.py --worker   "
+      "(full fine-tuning, then LoRA, in each process)", flush=True)
+t0 = time.perf_counter()
+r = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+if r.returncode != 0:
+    sys.exit(f"the torchrun workers failed:\n{r.stderr[-3000:]}")
+runs = torch.load(out)
+wall = time.perf_counter() - t0
+rows = []
+for method, res in runs.items():
+    rows.append((method, str(res["world"]), f"{STEPS} x {BATCH} per rank", f"{res['comm'][0]:,}",
+                 f"{res['loss'][0]:.3f} -> {res['loss'][-1]:.3f}", f"{1000 * res['seconds'] / STEPS:.0f} ms"))
+table(("method", "ranks", "steps x batch", "bytes all-reduced/step", "loss (mean of ranks)", "per step"), rows)
+print(f"measured by minift.train (history's comm_bytes): {runs['full']['comm'][0] / runs['lora']['comm'][0]:.0f}x "
+      f"fewer bytes per step for LoRA. The whole launch took {wall:.1f}s: starting two Python processes and "
+      f"importing torch in each costs more than training this small model.")
+
+# ==============================================================================================
+header("3. The proof: 2 processes x batch b == 1 process accumulating 2 micro-batches of b")
+rows = []
+for method in ("full", "lora"):
+    model, data = setup(method)
+    hist = train(model, data, recipe(method, grad_accum=2))
+    mine = trainable(model)
+    theirs = runs[method]["state"]
+    diff = max(float((mine[n] - theirs[n]).abs().max()) for n in mine)
+    moved = max(float((mine[n] - p).abs().max()) for n, p in trainable(setup(method)[0]).items())
+    rows.append((method, f"{len(mine)}", f"{moved:.2e}", f"{diff:.2e}",
+                 f"{abs(hist[-1]['loss'] - runs[method]['loss'][-1]):.1e}"))
+table(("method", "tensors", "max |θ_k − θ_0|", "max |θ_1proc − θ_2proc|", "|Δ last loss|"), rows)
+print("The two runs agree (to the last bit on this CPU; another back-end may sum the all-reduce in another order "
+      "and differ in float32 rounding), while training moved the weights far more: rank r computes "
+      "micro-batches r, r + W, ... of the one seeded stream, and the average of the ranks' averages is the one "
+      "process's average over all of them (tests/test_distributed.py asserts it).")
+
+# ==============================================================================================
+header("4. Beyond one machine: rendezvous, and what FSDP would add")
+print("The same file on 2 machines with 8 GPUs each (nccl on GPU; every node runs the same line with its rank):\n"
+      "  torchrun --nnodes 2 --node_rank 0 --master_addr 10.0.0.1 --master_port 29500 --nproc_per_node 8 train.py\n"
+      "  torchrun --nnodes 2 --node_rank 1 --master_addr 10.0.0.1 --master_port 29500 --nproc_per_node 8 train.py\n"
+      "or with elastic rendezvous: --rdzv-backend c10d --rdzv-endpoint 10.0.0.1:29500 --rdzv-id job42.\n")
+cfg = PRESETS["llama-7b"]
+rows = []
+for method in ("full", "lora"):
+    e = estimate(cfg, method, batch=1, seq=2048, dtype=torch.bfloat16, r=8, checkpointing=True)
+    state = e["weights"] + e["gradients"] + e["optimizer"]
+    rows.append((method, f"{e['weights'] / 2 ** 30:.1f}", f"{e['gradients'] / 2 ** 30:.2f}",
+                 f"{e['optimizer'] / 2 ** 30:.2f}", f"{e['activations'] / 2 ** 30:.2f}",
+                 f"{e['total'] / 2 ** 30:.1f}",
+                 *(f"{(state / n + e['activations']) / 2 ** 30:.1f}" for n in (8, 64))))
+table(("llama-7b shape, bf16", "weights GiB", "grads", "optimizer", "activations", "DDP per GPU",
+       "FSDP/8 GPUs", "FSDP/64"), rows)
+print("DDP keeps a whole copy of weights, gradients and optimizer state on every GPU: full fine-tuning of a 7B model "
+      "needs the 'DDP per GPU' column on each one. FSDP (ZeRO-3) shards all three over the N GPUs and gathers each "
+      "layer's weights just in time, so a GPU holds 1/N of the state plus its activations (columns FSDP/N; the "
+      "optimizer states are AdamW's two moments in float32, and activations use checkpointing). "
+      "For LoRA the state is small already: DDP is enough, and FSDP would shard the frozen weights only.")
+print(f"\ntotal: {time.perf_counter() - t_start:.1f}s")
