@@ -75,3 +75,21 @@ def reference_forward(cfg: GPTConfig, sd: dict, idx: torch.Tensor, conv1d: bool 
         x = x + lin(gelu(lin(ln(x, p + "ln_2"), p + "mlp.c_fc")), p + "mlp.c_proj")
     x = ln(x, "ln_f")
     return x @ d["wte.weight"].T
+
+
+class CharTok:
+    """Toy tokenizer with minift's interface: one token per character (ids 4..23), specials 0-3."""
+    eos_id, pad_id, prompt_id, response_id = 1, 0, 2, 3
+
+    def encode(self, s):
+        return [4 + (ord(c) % 20) for c in s]
+
+    def encode_prompt(self, p):
+        return [self.prompt_id] + self.encode(p) + [self.response_id]
+
+    def encode_pair(self, p, r):
+        a, b = self.encode_prompt(p), self.encode(r) + [self.eos_id]
+        return a + b, [0] * len(a) + [1] * len(b)
+
+    def decode(self, ids):
+        return "".join(chr(ord("a") + (i - 4) % 26) for i in ids)

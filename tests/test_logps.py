@@ -6,29 +6,15 @@ from hypothesis import given, settings, strategies as st
 from minift.align.logps import masked_sum, sequence_logps, token_logps
 from minift.align.preference import PreferenceDataset, collate_preferences
 from minift.model import GPTConfig
-from strategies import tiny_model
+from strategies import CharTok, tiny_model
 
 pytestmark = pytest.mark.lesson14
 SET = settings(deadline=None, max_examples=30)
 WORDS = st.text(alphabet="abcdef ", min_size=1, max_size=10)
 
 
-class _CharTok:
-    """Toy tokenizer with the minift interface: one token per character."""
-    eos_id, pad_id, prompt_id, response_id = 1, 0, 2, 3
 
-    def encode(self, s):
-        return [4 + (ord(c) % 20) for c in s]
-
-    def encode_prompt(self, p):
-        return [self.prompt_id] + self.encode(p) + [self.response_id]
-
-    def encode_pair(self, p, r):
-        a, b = self.encode_prompt(p), self.encode(r) + [self.eos_id]
-        return a + b, [0] * len(a) + [1] * len(b)
-
-
-TOK = _CharTok()
+TOK = CharTok()
 MODEL = tiny_model(GPTConfig(vocab_size=24, block_size=48, n_layer=1, n_head=2, n_embd=8))
 EXAMPLE = st.fixed_dictionaries({"prompt": WORDS, "chosen": WORDS, "rejected": WORDS})
 

@@ -1,0 +1,376 @@
+"""RLHF with PPO: make the policy's samples score higher under a reward model, on a leash to π_SFT.
+
+RLHF's step 3 (Ziegler et al., 2019; Stiennon et al., 2020; Ouyang et al., 2022). The policy π_θ
+starts as the SFT model; a frozen copy is the reference π_ref. For a prompt x, a response
+y = (y_1 .. y_n) is SAMPLED from π_θ at temperature 1 with no top-k/top-p (anything else would be
+a different policy from the one whose log-probs are optimised), and every token gets a reward
+
+    r_t = −β (log π_θ(y_t | s_t) − log π_ref(y_t | s_t))  +  [t = n] r_φ(x, y)      s_t = (x, y_<t)
+
+i.e. the per-token KL penalty (estimator k1 = log-ratio of the sampled token, whose expectation is
+KL(π_θ ‖ π_ref)) plus the reward model's score on the last real response token. β is fixed, or
+adaptive (Ziegler et al.): β ← β (1 + clip(KL / KL_target − 1, ±0.2) · B / horizon).
+
+A value head V(s_t) (a linear layer on the policy's final hidden state, DETACHED: it learns from
+the policy's features but never moves them) gives advantages by GAE (Schulman et al., 2016):
+
+    δ_t = r_t + γ V(s_{t+1}) − V(s_t)        A_t = Σ_k (γλ)^k δ_{t+k}        R_t = A_t + V(s_t)
+
+with V = 0 after the last token. λ = 1 gives A_t = (discounted return) − V(s_t); λ = 0 the TD
+residual δ_t. The advantages are whitened over the batch's real tokens. Then several epochs of
+minibatches maximise PPO's clipped objective (Schulman et al., 2017), ρ_t = π_θ / π_θ_old:
+
+    L_π = −mean_t min(ρ_t A_t, clip(ρ_t, 1 − ε, 1 + ε) A_t)
+    L_V = ½ mean_t max((V − R_t)², (V_old + clip(V − V_old, ±ε_V) − R_t)²)
+
+Shapes: prompts are left-padded to P columns so every response starts at column P; the response
+tensors are (B, N), N <= max_new_tokens, with mask (B, N) = 1 on the response's real tokens (up to
+and including EOS). Every mean above is over those real tokens; so are the logged statistics.
+The policy runs with dropout off, so before the first update ρ = 1 exactly.
+"""
+from __future__ import annotations
+
+import copy
+import time
+from dataclasses import dataclass
+from typing import Optional, Sequence
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from ..model import GPT
+from ..tasks import collate
+
+
+@dataclass
+class PPOConfig:
+    steps: int = 30                  # PPO iterations: one rollout batch + its updates each
+    batch_size: int = 32             # prompts (= sampled responses) per rollout
+    max_new_tokens: int = 24
+    ppo_epochs: int = 4              # passes over each rollout batch
+    minibatch_size: int = 16         # rows per gradient step
+    lr: float = 1e-5
+    clip: float = 0.2                # ε of the policy ratio
+    clip_value: float = 0.2          # ε_V of the value update
+    vf_coef: float = 0.5
+    gamma: float = 1.0
+    lam: float = 0.95
+    kl_coef: float = 0.1             # β (the initial one if target_kl is set)
+    target_kl: Optional[float] = None   # nats per response; None: β stays fixed
+    horizon: int = 10000
+    whiten: bool = True
+    grad_clip: float = 1.0
+    seed: int = 0
+
+    def __post_init__(self):
+        for name in ("steps", "batch_size", "max_new_tokens", "ppo_epochs", "minibatch_size", "horizon"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise ValueError(f"PPOConfig.{name}={v!r} must be an integer >= 1")
+        if self.minibatch_size > self.batch_size:
+            raise ValueError(f"PPOConfig.minibatch_size={self.minibatch_size} must be <= batch_size={self.batch_size}")
+        for name in ("lr", "clip", "clip_value"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"PPOConfig.{name}={getattr(self, name)!r} must be > 0")
+        for name in ("gamma", "lam"):
+            if not 0 <= getattr(self, name) <= 1:
+                raise ValueError(f"PPOConfig.{name}={getattr(self, name)!r} must be in [0, 1]")
+        if not (self.kl_coef >= 0 and self.vf_coef >= 0 and self.grad_clip >= 0):
+            raise ValueError(f"PPOConfig.kl_coef={self.kl_coef}, vf_coef={self.vf_coef}, grad_clip={self.grad_clip} "
+                             f"must be >= 0")
+        if self.target_kl is not None and not self.target_kl > 0:
+            raise ValueError(f"PPOConfig.target_kl={self.target_kl!r} must be > 0 or None (fixed β)")
+
+
+# ---- the pure pieces (what the conformance adapters wrap) -------------------------------------
+
+def _check_same(mask, **tensors):
+    for name, t in tensors.items():
+        if not isinstance(t, torch.Tensor) or not t.is_floating_point():
+            raise TypeError(f"{name} must be a floating-point tensor, got {getattr(t, 'dtype', type(t).__name__)}")
+        if t.shape != mask.shape:
+            raise ValueError(f"{name} must have the shape of mask {tuple(mask.shape)}, got {tuple(t.shape)}")
+    if mask.dim() != 2:
+        raise ValueError(f"mask must be (batch, tokens), got {tuple(mask.shape)}")
+    if not bool(mask.bool().any()):
+        raise ValueError("mask has no real token: there is nothing to average over")
+
+
+def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Σ m x / Σ m over every real token of the batch: (B, N) -> scalar."""
+    m = mask.to(x.dtype)
+    return (x * m).sum() / m.sum()
+
+
+def whiten(x: torch.Tensor, mask: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
+    """(x − μ) / sqrt(σ² + eps), μ and σ² (biased) over the real tokens; 0 on padding. (B, N) -> (B, N)."""
+    mu = masked_mean(x, mask)
+    var = masked_mean((x - mu) ** 2, mask)
+    return (x - mu) * torch.rsqrt(var + eps) * mask.to(x.dtype)
+
+
+def kl_penalty(logp: torch.Tensor, ref_logp: torch.Tensor) -> torch.Tensor:
+    """k1 = log π(y_t) − log π_ref(y_t) per sampled token, (B, N) -> (B, N); E_π[k1] = KL(π ‖ π_ref)."""
+    if logp.shape != ref_logp.shape:
+        raise ValueError(f"logp {tuple(logp.shape)} and ref_logp {tuple(ref_logp.shape)} must have one shape")
+    return logp - ref_logp
+
+
+def gae(rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, gamma: float = 1.0,
+        lam: float = 0.95) -> tuple[torch.Tensor, torch.Tensor]:
+    """Generalised advantage estimation over the real tokens of each row (a contiguous run of 1s):
+    (advantages A, returns R = A + V), both (B, N) and 0 on padding. A reverse recursion over
+    the N <= max_new_tokens response positions, as in every PPO implementation."""
+    _check_same(mask, rewards=rewards, values=values)
+    if not (0 <= gamma <= 1 and 0 <= lam <= 1):
+        raise ValueError(f"gamma={gamma} and lam={lam} must be in [0, 1]")
+    m = mask.to(rewards.dtype)
+    values = values * m
+    adv = torch.zeros_like(rewards)
+    running = torch.zeros_like(rewards[:, 0])                              # A_{t+1}, (B,)
+    N = rewards.shape[1]
+    for t in reversed(range(N)):
+        v_next = values[:, t + 1] if t + 1 < N else torch.zeros_like(running)  # V = 0 after the end
+        delta = rewards[:, t] + gamma * v_next - values[:, t]             # δ_t = r_t + γ V_{t+1} − V_t
+        running = (delta + gamma * lam * running) * m[:, t]               # A_t = δ_t + γλ A_{t+1}
+        adv[:, t] = running
+    return adv, (adv + values) * m                                         # R_t = A_t + V_t
+
+
+def ppo_policy_loss(logp: torch.Tensor, old_logp: torch.Tensor, adv: torch.Tensor, mask: torch.Tensor,
+                    clip: float = 0.2) -> torch.Tensor:
+    """L = −mean_t min(ρ A, clip(ρ, 1−ε, 1+ε) A), ρ = exp(logp − old_logp); (B, N) each -> scalar."""
+    _check_same(mask, logp=logp, old_logp=old_logp, adv=adv)
+    if not clip > 0:
+        raise ValueError(f"clip={clip!r} must be > 0")
+    ratio = torch.exp(logp - old_logp)                                     # ρ_t  (B, N)
+    unclipped = ratio * adv
+    clipped = torch.clamp(ratio, 1.0 - clip, 1.0 + clip) * adv
+    return masked_mean(-torch.min(unclipped, clipped), mask)
+
+
+def ppo_value_loss(v: torch.Tensor, old_v: torch.Tensor, returns: torch.Tensor, mask: torch.Tensor,
+                   clip: float = 0.2) -> torch.Tensor:
+    """L_V = ½ mean_t max((v − R)², (v_old + clip(v − v_old, ±ε_V) − R)²); (B, N) each -> scalar."""
+    _check_same(mask, v=v, old_v=old_v, returns=returns)
+    if not clip > 0:
+        raise ValueError(f"clip={clip!r} must be > 0")
+    v_clipped = old_v + torch.clamp(v - old_v, -clip, clip)
+    return 0.5 * masked_mean(torch.max((v - returns) ** 2, (v_clipped - returns) ** 2), mask)
+
+
+# ---- rollouts ---------------------------------------------------------------------------------
+
+def encode_prompts(tok, prompts: Sequence[str], block_size: int, max_new_tokens: int) -> dict:
+    """<|prompt|> x <|response|> for each prompt, left-padded: {"ids", "attention_mask"} (B, P).
+    Prompts longer than block_size − max_new_tokens lose their oldest tokens (the first is kept)."""
+    limit = block_size - max_new_tokens
+    if limit < 2:
+        raise ValueError(f"max_new_tokens={max_new_tokens} leaves no room for a prompt in block_size={block_size}")
+    enc = [tok.encode_prompt(p) for p in prompts]
+    enc = [e if len(e) <= limit else e[:1] + e[len(e) - limit + 1:] for e in enc]
+    b = collate([{"idx": e} for e in enc], tok.pad_id, side="left")
+    return {"ids": b["idx"], "attention_mask": b["attention_mask"]}
+
+
+@torch.no_grad()
+def sample(policy: GPT, ids: torch.Tensor, attention_mask: torch.Tensor, max_new_tokens: int, eos_id: int,
+           pad_id: int, generator: Optional[torch.Generator] = None, greedy: bool = False):
+    """Sample responses from exactly softmax(logits) (temperature 1, no filtering; greedy=True: argmax),
+    with the KV cache. ids, attention_mask: (B, P) left-padded prompts. Returns (tokens, mask,
+    logps), each (B, N): the response, 1 on its real tokens (through EOS), and the log-probability
+    each token had when it was drawn (0 on padding)."""
+    B = ids.shape[0]
+    done = torch.zeros(B, dtype=torch.bool)
+    toks, masks, logps = [], [], []
+    past, step_in, mask = None, ids, attention_mask.to(torch.long)
+    for _ in range(max_new_tokens):
+        out = policy(step_in, attention_mask=mask, past_kv=past, use_cache=True)
+        past = out.past_kv
+        logp = F.log_softmax(out.logits[:, -1].float(), dim=-1)            # (B, V): what is sampled from
+        nxt = logp.argmax(-1) if greedy else torch.multinomial(logp.exp(), 1, generator=generator).squeeze(1)
+        alive = ~done                                                      # (B,) this token is real
+        toks.append(torch.where(alive, nxt, torch.full_like(nxt, pad_id)))
+        logps.append(logp.gather(1, nxt[:, None]).squeeze(1) * alive)
+        masks.append(alive.to(torch.long))
+        done = done | (nxt == eos_id)
+        if bool(done.all()):
+            break
+        step_in = toks[-1][:, None]                                        # (B, 1)
+        mask = torch.cat([mask, masks[-1][:, None]], dim=1)                # padding after EOS: mask 0
+    return torch.stack(toks, 1), torch.stack(masks, 1), torch.stack(logps, 1)
+
+
+def response_logits(model: GPT, ids, attention_mask, P: int, hidden: bool = False):
+    """One forward over [prompt ; response] (B, P + N): the logits (B, N, V) that predict the
+    response tokens (columns P−1 .. P+N−2) and, if asked, the final hidden states there (B, N, C)."""
+    out = model(ids, attention_mask=attention_mask, output_hidden_states=hidden)
+    logits = out.logits[:, P - 1:-1].float()                               # (B, N, V)
+    return (logits, out.hidden_states[-1][:, P - 1:-1]) if hidden else logits
+
+
+def logps_of(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+    return F.log_softmax(logits, -1).gather(-1, tokens[..., None]).squeeze(-1)   # (B, N)
+
+
+@torch.no_grad()
+def rollout(policy: GPT, ref: GPT, reward_model, tok, prompts: Sequence[str], max_new_tokens: int,
+            generator: Optional[torch.Generator] = None, value_head: Optional[nn.Module] = None,
+            greedy: bool = False) -> dict:
+    """Sample one response per prompt and score it: everything PPO (or an evaluation) needs.
+    Returns tensors "ids", "attention_mask" (B, P + N), "tokens", "mask", "logp" (re-scored),
+    "sample_logp" (at sampling time), "ref_logp", "entropy" (B, N), "score" (B,), "values" (B, N)
+    if a value head is given, and "P"."""
+    policy.eval()
+    p = encode_prompts(tok, prompts, policy.config.block_size, max_new_tokens)
+    P = p["ids"].shape[1]
+    tokens, mask, sample_logp = sample(policy, p["ids"], p["attention_mask"], max_new_tokens, tok.eos_id,
+                                       tok.pad_id, generator, greedy)
+    ids = torch.cat([p["ids"], tokens], 1)                                 # (B, P + N)
+    attn = torch.cat([p["attention_mask"], mask], 1)
+    logits, h = response_logits(policy, ids, attn, P, hidden=True)         # (B, N, V), (B, N, C)
+    logp = logps_of(logits, tokens) * mask                                 # the same numbers, re-scored
+    ent = -(F.softmax(logits, -1) * F.log_softmax(logits, -1)).sum(-1)     # H(π(·|s_t))  (B, N)
+    ref_logp = logps_of(response_logits(ref, ids, attn, P), tokens) * mask
+    out = {"ids": ids, "attention_mask": attn, "tokens": tokens, "mask": mask, "logp": logp, "P": P,
+           "sample_logp": sample_logp, "ref_logp": ref_logp, "entropy": ent,
+           "score": reward_model(ids, attention_mask=attn).float()}       # r_φ at the last real token
+    if value_head is not None:
+        out["values"] = value_head(h).squeeze(-1) * mask                   # V(s_t)  (B, N)
+    return out
+
+
+def decode_responses(tok, r: dict) -> list[str]:
+    return [tok.decode([t for t, m in zip(row, mrow) if m and t != tok.eos_id]).strip()
+            for row, mrow in zip(r["tokens"].tolist(), r["mask"].tolist())]
+
+
+# ---- the loop ---------------------------------------------------------------------------------
+
+def train_ppo(policy: GPT, ref: GPT, reward_model, tok, prompts: Sequence[str], cfg: PPOConfig,
+              progress: bool = True, value_head: Optional[nn.Module] = None) -> list[dict]:
+    """PPO-RLHF on `policy` IN PLACE (whatever requires_grad: full fine-tuning, or LoRA after
+    minift.peft.apply_lora). `ref` and `reward_model` are frozen here. Each iteration draws
+    cfg.batch_size prompts (without replacement, reshuffled each pass), samples, scores, then runs
+    cfg.ppo_epochs epochs of minibatches. The value head is a fresh nn.Linear(C, 1), zero-initialised,
+    unless one is passed (pass one to keep it). Returns one dict of statistics per iteration."""
+    if not isinstance(cfg, PPOConfig):
+        raise TypeError(f"cfg must be a PPOConfig, got {type(cfg).__name__}")
+    if not isinstance(policy, GPT) or not isinstance(ref, GPT):
+        raise TypeError("policy and ref must be minift GPTs")
+    if policy is ref:
+        raise ValueError("ref must be a separate frozen copy of the policy (copy.deepcopy(policy)), not the policy")
+    if len(prompts) < cfg.batch_size:
+        raise ValueError(f"{len(prompts)} prompts are fewer than PPOConfig.batch_size={cfg.batch_size}")
+    torch.manual_seed(cfg.seed)
+    if value_head is None:
+        value_head = nn.Linear(policy.config.n_embd, 1)
+        nn.init.zeros_(value_head.weight)
+        nn.init.zeros_(value_head.bias)
+    for m in (ref, reward_model):
+        m.eval()
+        for p in m.parameters():
+            p.requires_grad_(False)
+    params = [p for p in policy.parameters() if p.requires_grad]
+    if not params:
+        raise ValueError("train_ppo: the policy has no trainable parameters (everything is frozen)")
+    opt = torch.optim.AdamW(params + list(value_head.parameters()), lr=cfg.lr, betas=(0.9, 0.95), weight_decay=0.0)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    order, pos = torch.randperm(len(prompts), generator=gen).tolist(), 0
+    beta, history, t0 = cfg.kl_coef, [], time.perf_counter()
+    bar = tqdm(range(cfg.steps), desc="ppo", disable=not progress, leave=False, dynamic_ncols=True)
+    for it in bar:
+        if pos + cfg.batch_size > len(order):
+            order, pos = torch.randperm(len(prompts), generator=gen).tolist(), 0
+        batch_prompts = [prompts[i] for i in order[pos:pos + cfg.batch_size]]
+        pos += cfg.batch_size
+        # ---- 1. rollout: sample, score with π_θ_old, π_ref, r_φ and V ----------------------------
+        r = rollout(policy, ref, reward_model, tok, batch_prompts, cfg.max_new_tokens, gen, value_head)
+        mask, P = r["mask"], r["P"]
+        m = mask.float()
+        kl = kl_penalty(r["logp"], r["ref_logp"]) * m                      # k1 per token  (B, N)
+        rewards = -beta * kl                                               # −β KL on every token
+        last = mask.sum(1) - 1                                             # last real response token
+        rewards[torch.arange(len(last)), last] += r["score"]               # + r_φ(x, y) there
+        adv, returns = gae(rewards, r["values"], mask, cfg.gamma, cfg.lam)
+        if cfg.whiten:
+            adv = whiten(adv, mask)
+        # ---- 2. several epochs of minibatch updates ------------------------------------------------
+        stats = {"policy_loss": 0.0, "value_loss": 0.0, "clip_frac": 0.0, "approx_kl": 0.0}
+        n_updates = 0
+        for _ in range(cfg.ppo_epochs):
+            perm = torch.randperm(cfg.batch_size, generator=gen)
+            for s in range(0, cfg.batch_size, cfg.minibatch_size):
+                mb = perm[s:s + cfg.minibatch_size]
+                logits, h = response_logits(policy, r["ids"][mb], r["attention_mask"][mb], P, hidden=True)
+                logp = logps_of(logits, r["tokens"][mb])                   # (b, N)
+                v = value_head(h.detach()).squeeze(-1)                     # the critic never moves π
+                mm = mask[mb]
+                pl = ppo_policy_loss(logp, r["logp"][mb], adv[mb], mm, cfg.clip)
+                vl = ppo_value_loss(v, r["values"][mb], returns[mb], mm, cfg.clip_value)
+                opt.zero_grad(set_to_none=True)
+                (pl + cfg.vf_coef * vl).backward()
+                if cfg.grad_clip > 0:
+                    torch.nn.utils.clip_grad_norm_(params + list(value_head.parameters()), cfg.grad_clip)
+                opt.step()
+                with torch.no_grad():
+                    lr_ = logp - r["logp"][mb]
+                    stats["policy_loss"] += pl.item()
+                    stats["value_loss"] += vl.item()
+                    stats["clip_frac"] += masked_mean(((lr_.exp() - 1).abs() > cfg.clip).float(), mm).item()
+                    stats["approx_kl"] += masked_mean(-lr_, mm).item()     # KL(π_old ‖ π_new), k1
+                n_updates += 1
+        seq_kl = float(kl.sum(1).mean())                                   # mean Σ_t k1: nats per response
+        rec = {"iter": it + 1, "score": float(r["score"].mean()), "kl": seq_kl, "kl_coef": beta,
+               "reward": float((r["score"] - beta * kl.sum(1)).mean()),
+               "entropy": float(masked_mean(r["entropy"], mask)), "length": float(m.sum(1).mean()),
+               "no_eos": float((~(r["tokens"] == tok.eos_id).any(1)).float().mean()),
+               "sample_logp_err": float((r["sample_logp"] - r["logp"]).abs().max()),
+               **{k: v / n_updates for k, v in stats.items()}, "time": time.perf_counter() - t0}
+        history.append(rec)
+        if cfg.target_kl is not None:                                      # Ziegler et al.'s controller
+            err = max(-0.2, min(0.2, seq_kl / cfg.target_kl - 1.0))
+            beta = beta * (1.0 + err * cfg.batch_size / cfg.horizon)
+        bar.set_postfix(score=f"{rec['score']:.2f}", kl=f"{seq_kl:.2f}")
+    bar.close()
+    policy.eval()
+    return history
+
+
+@torch.no_grad()
+def evaluate_policy(policy: GPT, ref: GPT, reward_model, tok, examples: Sequence[dict], max_new_tokens: int = 24,
+                    greedy: bool = True, seed: int = 0, batch_size: int = 64) -> dict:
+    """How good are the policy's responses to preference prompts, by the reward model and by the truth:
+    mean RM score, KL to ref (Σ_t k1, meaningful for samples), the share of responses that are exactly
+    the chosen / the rejected answer (TinyWorld knows both), mean length, share without EOS, and the
+    responses themselves."""
+    gen = torch.Generator().manual_seed(seed)
+    scores, kls, lens, noeos, texts = [], [], [], [], []
+    for i in range(0, len(examples), batch_size):
+        chunk = examples[i:i + batch_size]
+        r = rollout(policy, ref, reward_model, tok, [e["prompt"] for e in chunk], max_new_tokens, gen, greedy=greedy)
+        scores.append(r["score"])
+        kls.append((r["logp"] - r["ref_logp"]).sum(1))
+        lens.append(r["mask"].sum(1).float())
+        noeos.append((~(r["tokens"] == tok.eos_id).any(1)).float())
+        texts += decode_responses(tok, r)
+    chosen = sum(t == e["chosen"].strip() for t, e in zip(texts, examples)) / len(examples)
+    rejected = sum(t == e["rejected"].strip() for t, e in zip(texts, examples)) / len(examples)
+    return {"score": float(torch.cat(scores).mean()), "kl": float(torch.cat(kls).mean()), "chosen": chosen,
+            "rejected": rejected, "length": float(torch.cat(lens).mean()),
+            "no_eos": float(torch.cat(noeos).mean()), "responses": texts}
+
+
+def frozen_copy(model: nn.Module) -> nn.Module:
+    """A deep copy in eval mode with requires_grad off: the reference policy."""
+    ref = copy.deepcopy(model).eval()
+    for p in ref.parameters():
+        p.requires_grad_(False)
+    return ref
+
+
+__all__ = ["PPOConfig", "masked_mean", "whiten", "kl_penalty", "gae", "ppo_policy_loss", "ppo_value_loss",
+           "encode_prompts", "sample", "response_logits", "rollout", "decode_responses", "train_ppo",
+           "evaluate_policy", "frozen_copy"]
