@@ -1,0 +1,203 @@
+"""Lesson 16: contrastive sentence embeddings from the base GPT: InfoNCE, unsupervised vs supervised SimCSE.
+
+Prints, top to bottom:
+
+  1. the untrained embeddings, both poolings (mean over real tokens, last real token):
+     paraphrase identification (cosine threshold tuned on val, accuracy on test), retrieval@1 on
+     the `pairs` test split, and the mean cosine of paraphrases and of non-paraphrases;
+  2. one encoder per recipe, trained in the same run from the same base with InfoNCE (τ = 0.05,
+     in-batch negatives, last-token pooling): unsupervised SimCSE (dropout 0.1 as the only
+     augmentation), supervised pairs without and with hard negatives (full fine-tuning, the base's
+     dropout 0), and the hard-negative recipe with LoRA (--ablation: also with mean pooling, and
+     with SimCSE's dropout 0.1); train CPU time against the supervised full fine-tuning run;
+  3. where the paraphrase errors are: positives, near-copy negatives (the same words but one, or
+     roles swapped) and the other negatives, before and after;
+  4. the similarity histograms of test paraphrases vs non-paraphrases, before and after, as text;
+  5. nearest neighbours of a few test sentences among the test positives, before and after.
+
+    python lessons/16_contrastive/walkthrough.py           # or: minift run 16
+    python lessons/16_contrastive/walkthrough.py --fast    # the seconds-long version the tests run
+    python lessons/16_contrastive/walkthrough.py --ablation   # + mean pooling and dropout 0.1 (trained)
+
+Everything it uses lives in the library (minift/align/contrastive.py, minift/peft/lora.py,
+minift/train.py, minift/pretrain.py); this file only calls it and prints.
+"""
+EXPECTED_SECONDS = 90
+FAST_SECONDS = 10
+
+import argparse
+import re
+import sys
+import time
+from collections import Counter
+
+import numpy as np
+import torch
+
+from minift import world
+from minift.align.contrastive import (ContrastiveConfig, cosine, embed_sentences, evaluate_embeddings, fact_key,
+                                      supervised_pairs, train_contrastive, unsupervised_sentences)
+from minift.peft.lora import LoRAConfig, apply_lora
+from minift.pretrain import BASE_DIR, load_base
+from minift.report import header, table
+from minift.train import TrainConfig
+
+parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+parser.add_argument("--fast", action="store_true", help="a few steps per recipe (seconds)")
+parser.add_argument("--ablation", action="store_true", help="also train the hard-negative recipe with mean pooling "
+                                                            "and with dropout 0.1 (about 45 s more)")
+args = parser.parse_args()
+FAST = args.fast
+
+if not (BASE_DIR / "model.safetensors").is_file():
+    sys.exit(f"lesson 16 needs the base model in {BASE_DIR}/; it is shipped with minift "
+             f"(or rebuild it with `minift pretrain`).")
+
+torch.set_num_threads(1)        # tiny matrices: one thread is as fast, and fair on a shared machine
+t_start = time.perf_counter()
+
+STEPS, BATCH = (6, 16) if FAST else (80, 64)
+N_EVAL = 40 if FAST else None  # --fast: the first 40 examples of each evaluation split
+TAU = 0.05
+LORA = LoRAConfig(r=8, alpha=16, targets=("attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj"), qkv=None)
+SUP = supervised_pairs("train")
+SUP_PLAIN = supervised_pairs("train", hard_negatives=False)
+UNSUP = unsupervised_sentences("train")
+# recipe: (items, peak lr, PEFT config or None for full fine-tuning, pooling, dropout while training).
+# Unsupervised SimCSE needs dropout (0.1, SimCSE's): it is the augmentation. The base was pretrained
+# with dropout 0.0, and the supervised recipes keep it (--ablation measures SimCSE's 0.1 there too).
+RECIPES = {
+    "SimCSE unsupervised": (UNSUP, 3e-4, None, "last", 0.1),
+    "supervised, in-batch only": (SUP_PLAIN, 1e-3, None, "last", 0.0),
+    "supervised + hard negatives": (SUP, 1e-3, None, "last", 0.0),
+    "sup. + hard neg., LoRA": (SUP, 1e-2, LORA, "last", 0.0),
+}
+if args.ablation:
+    RECIPES.update({"sup. + hard neg., mean pool": (SUP, 1e-3, None, "mean", 0.0),
+                    "sup. + hard neg., dropout 0.1": (SUP, 1e-3, None, "last", 0.1)})
+MAIN = "supervised + hard negatives"
+
+
+def summary(r):
+    sims, labels = r["test_sims"], r["test_labels"]
+    return [f"{r['threshold']:.3f}", f"{r['val_acc']:.3f}", f"{r['test_acc']:.3f}", f"{r['retrieval_at_1']:.3f}",
+            f"{r['retrieval_fact_at_1']:.3f}", f"{float(sims[labels == 1].mean()):.3f}",
+            f"{float(sims[labels == 0].mean()):.3f}"]
+
+
+METRICS = ["threshold", "val acc", "test acc", "R@1", "R@1 fact", "cos para", "cos non"]
+para_test = world.task("paraphrase", "test")[:N_EVAL]
+pairs_test = world.task("pairs", "test")[:N_EVAL]
+facts = Counter(fact_key(p["anchor"]) for p in pairs_test)
+n_fact = len(facts)
+ceiling = float(np.mean([1 / facts[fact_key(p["anchor"])] for p in pairs_test]))   # R@1 of a pure fact encoder
+print(f"training data (TinyWorld train split): {len(SUP)} supervised pairs ({len(world.task('pairs'))} `pairs` + "
+      f"{len(SUP) - len(world.task('pairs'))} label-1 `paraphrase` pairs), {sum('negative' in x for x in SUP)} of them "
+      f"with a hard negative (a label-0 paraphrase of the anchor); {len(UNSUP)} distinct sentences for unsupervised "
+      f"SimCSE.\nevaluation: `paraphrase` val ({len(world.task('paraphrase', 'val')[:N_EVAL])} pairs, picks the "
+      f"threshold) and "
+      f"test ({len(para_test)} pairs, balanced); `pairs` test: {len(pairs_test)} anchors, each retrieving among "
+      f"{len(pairs_test)} positives. Test sentences name only test-split people, never seen in training.")
+
+# ==============================================================================================
+header("1. The untrained base GPT as a sentence encoder: which pooling?")
+base, tok = load_base()
+before = {p: evaluate_embeddings(base, tok, p, limit=N_EVAL) for p in ("last", "mean")}
+table(["pooling"] + METRICS, [[p] + summary(r) for p, r in before.items()])
+print(f"R@1 = the anchor's nearest positive is its own; R@1 fact = it states the anchor's fact (the {len(pairs_test)} "
+      f"test pairs cover {n_fact} facts, so several positives are right: an encoder that knows the fact but not the "
+      f"phrasing expects R@1 = mean 1/(pairs of the fact) = {ceiling:.3f}). cos para / non = mean cosine of test "
+      f"paraphrases / non-paraphrases. Training below uses last-token pooling (the default; --ablation: mean too).")
+
+# ==============================================================================================
+header(f"2. Contrastive training, InfoNCE τ = {TAU}: {STEPS} steps x {BATCH} pairs, seed 0, from the same base")
+rows, results, models, seconds = [], {}, {}, {}
+for name, (items, lr, peft, pooling, dropout) in RECIPES.items():
+    torch.manual_seed(0)
+    model, _ = load_base()
+    if peft is not None:
+        apply_lora(model, peft)
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    cfg = ContrastiveConfig(temperature=TAU, pooling=pooling, dropout=dropout)
+    t0 = time.process_time()              # CPU time of this process: fairer than wall time on a shared machine
+    hist = train_contrastive(model, tok, items, cfg, TrainConfig(steps=STEPS, batch_size=BATCH, lr=lr, seed=0,
+                                                                 progress=False, desc=name))
+    seconds[name] = time.process_time() - t0
+    results[name], models[name] = evaluate_embeddings(model, tok, pooling, limit=N_EVAL), model
+    rows.append((name, trainable, lr, hist[-1]["loss"]))
+    print(f"  trained {name}: {seconds[name]:.1f}s CPU", flush=True)
+table(["recipe", "trainable", "lr", "final loss", "train CPU s", "vs main"] + METRICS,
+      [[f"untrained ({p})", 0, "-", "-", "-", "-"] + summary(before[p]) for p in ("last", "mean")]
+      + [[n, f"{k:,}", lr, f"{loss:.3f}", f"{seconds[n]:.1f}", f"{seconds[n] / seconds[MAIN]:.2f}x"]
+         + summary(results[n]) for n, k, lr, loss in rows])
+print(f"dropout while training: 0.1 for SimCSE unsupervised (its augmentation), else 0 unless named. full "
+      f"fine-tuning trains all {base.num_parameters():,} parameters; LoRA r={LORA.r} on every linear layer of every "
+      f"block. final loss = InfoNCE on the last batch (unsupervised: two dropout views of one sentence; supervised "
+      f"with hard negatives: {BATCH} + up to {BATCH} candidates). vs main = train CPU time / that of '{MAIN}' "
+      f"(same run).")
+
+# ==============================================================================================
+header("3. Which paraphrase pairs each encoder gets right (test split, its own val-tuned threshold)")
+
+
+def words(s):
+    return Counter(re.findall(r"[\w']+", s.lower()))
+
+
+def kind(ex):
+    if ex["label"] == 1:
+        return "paraphrase"
+    a, b = words(ex["sentence1"]), words(ex["sentence2"])
+    return "near-copy negative" if sum((a - b).values()) <= 1 and sum((b - a).values()) <= 1 else "other negative"
+
+
+kinds = [kind(ex) for ex in para_test]
+groups = ["paraphrase", "near-copy negative", "other negative"]
+show = {"untrained (last)": before["last"], "untrained (mean)": before["mean"], **results}
+krows = []
+for name, r in show.items():
+    right = ((r["test_sims"] > r["threshold"]).long() == r["test_labels"]).tolist()
+    krows.append([name] + [f"{np.mean([ok for ok, k in zip(right, kinds) if k == g]):.3f}" for g in groups])
+table(["encoder"] + [f"{g} ({kinds.count(g)})" for g in groups], krows)
+print("near-copy negative: s2 has s1's words but one (a value changed in the same template), or exactly s1's words "
+      "in another order (roles swapped). These are what embeddings that average words cannot separate.")
+
+# ==============================================================================================
+header("4. Cosine similarity of test pairs: paraphrases (P) vs non-paraphrases (N), before and after")
+
+
+def histogram(r, bins=12):
+    """Text bins over the upper 90% of this encoder's test cosines (the lowest tenth in one row)."""
+    sims, labels = r["test_sims"].numpy(), r["test_labels"].numpy()
+    lo, hi = float(np.quantile(sims, 0.1)), float(sims.max()) + 1e-9
+    edges = np.concatenate([[float(sims.min())], np.linspace(lo, hi, bins + 1)])
+    p, _ = np.histogram(sims[labels == 1], edges)
+    n, _ = np.histogram(sims[labels == 0], edges)
+    scale = max(1, max(p.max(), n.max()) / 30)
+    for i in range(len(edges) - 1):
+        mark = " <- threshold" if edges[i] <= r["threshold"] < edges[i + 1] else ""
+        print(f"  [{edges[i]:7.4f}, {edges[i + 1]:7.4f})  P {p[i]:3d} {'#' * round(p[i] / scale):<30}  "
+              f"N {n[i]:3d} {'=' * round(n[i] / scale):<30}{mark}")
+
+
+for name in ("untrained (last)", MAIN):
+    print(f"{name}:")
+    histogram(show[name])
+
+# ==============================================================================================
+header("5. Nearest neighbours among the test positives (cosine), before and after")
+positives = [p["positive"] for p in pairs_test]
+queries = [0, 3, 7, 12] if not FAST else [0, 3]
+for name, model in (("untrained (last)", base), (MAIN, models[MAIN])):
+    keys = embed_sentences(model, tok, positives, "last")
+    q = embed_sentences(model, tok, [pairs_test[i]["anchor"] for i in queries], "last")
+    print(f"{name}:")
+    for qi, e in zip(queries, q):
+        sims = cosine(e[None].expand_as(keys), keys)
+        top = sims.topk(3).indices.tolist()
+        print(f"  {pairs_test[qi]['anchor']!r}")
+        for j in top:
+            ok = "same fact" if fact_key(positives[j]) == fact_key(pairs_test[qi]["anchor"]) else "other fact"
+            print(f"      {float(sims[j]):.3f}  {ok:<10}  {positives[j]!r}")
+
+print(f"\ntotal {time.perf_counter() - t_start:.1f}s")
