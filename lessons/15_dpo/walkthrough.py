@@ -1,0 +1,341 @@
+"""Lesson 15: DPO — preference alignment without a reward model or sampling, against IPO and PPO.
+
+Prints, top to bottom:
+
+  1. π_SFT: the base fine-tuned on BOTH the chosen and the rejected answers of the preference train
+     split (minift.align.preference.train_sft_policy(responses="both")), and how often it already
+     ranks the chosen answer first on the 200 held-out pairs (raw log π), against the base;
+  2. DPO from π_SFT on the same preference pairs (minift/align/dpo.py): held-out preference accuracy
+     before/after, by kind of pair (fact, format, task), the margin, and what happened to log π of
+     the chosen and the rejected answers;
+  3. the effect of β (DPO at three values, same steps, lr, seed), IPO for contrast, and DPO + NLL
+     (the chosen answer's NLL added): accuracy, margin, drift from π_SFT, and the greedy answers'
+     exact match with the chosen answer (TinyWorld knows it) and fact correctness on the held-out
+     fact prompts, checked against the issue's targets;
+  4. PPO (minift/align/ppo.py, lesson 14's loop) from the same π_SFT against a reward model trained
+     on the same pairs: greedy generations of π_SFT, DPO, DPO + NLL and PPO side by side, with the
+     reward model's score and exact match;
+  5. the training cost of DPO vs PPO, measured in this run: CPU seconds per step and per training
+     example, models held in memory, and the peak bytes autograd saved for one backward;
+  6. what each cost the language model (pretraining perplexity, cloze facts).
+
+    python lessons/15_dpo/walkthrough.py              # or: minift run 15
+    python lessons/15_dpo/walkthrough.py --fast       # tiny budgets, 16 eval pairs (the tests)
+    python lessons/15_dpo/walkthrough.py --variants   # also cDPO (ε = 0.1) and hinge (SLiC) in part 3
+
+Everything it uses lives in the library (minift/align/dpo.py, preference.py, logps.py, reward.py,
+ppo.py, sft.py); this file only calls it, measures and prints.
+"""
+EXPECTED_SECONDS = 100
+FAST_SECONDS = 12
+
+import argparse
+import copy
+import sys
+import time
+from unittest import mock
+
+import torch
+
+from minift.align.dpo import DPOConfig, evaluate_preferences, score_pairs, train_dpo
+from minift.align.ppo import PPOConfig, frozen_copy, train_ppo
+from minift.align.preference import PreferenceDataset, preference_examples, train_sft_policy
+from minift.align.reward import evaluate_reward_model, score as reward_score, train_reward_model
+from minift.align.sft import generate_responses
+from minift.pretrain import BASE_DIR, forgetting_probe, load_base
+from minift.report import header, table
+from minift.tasks import collate
+
+parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+parser.add_argument("--fast", action="store_true", help="tiny budgets and eval slices (seconds)")
+parser.add_argument("--variants", action="store_true", help="also conservative DPO and hinge in part 3")
+args = parser.parse_args()
+FAST = args.fast
+
+if not (BASE_DIR / "model.safetensors").is_file():
+    sys.exit(f"lesson 15 needs the base model in {BASE_DIR}/; it is shipped with minift (or `minift pretrain`).")
+
+torch.set_num_threads(1)
+t_start, c_start = time.perf_counter(), time.process_time()
+
+SFT_STEPS, RM_STEPS = (4, 2) if FAST else (100, 24)
+N_EVAL = 16 if FAST else 200                     # held-out pairs (the whole val split by default)
+N_TRAIN = 24 if FAST else 512                    # DPO sees each of these pairs once
+DPO = dict(steps=3 if FAST else 64, batch_size=8, lr=5e-4, seed=0)
+MAIN_BETA = 0.3
+# (row name, loss_type, β, label smoothing ε, NLL weight α)
+RUNS = [("DPO", "sigmoid", 0.1, 0.0, 0.0), ("DPO", "sigmoid", MAIN_BETA, 0.0, 0.0), ("DPO", "sigmoid", 1.0, 0.0, 0.0),
+        ("IPO", "ipo", MAIN_BETA, 0.0, 0.0), ("DPO + NLL α=1", "sigmoid", MAIN_BETA, 0.0, 1.0)]
+if FAST:
+    RUNS = RUNS[1:2] + RUNS[3:]
+if args.variants:
+    RUNS += [("cDPO ε=0.1", "sigmoid", MAIN_BETA, 0.1, 0.0), ("hinge (SLiC)", "hinge", MAIN_BETA, 0.0, 0.0)]
+PPO = PPOConfig(steps=1 if FAST else 5, batch_size=8 if FAST else 32, minibatch_size=8 if FAST else 16,
+                ppo_epochs=4, lr=1e-4, kl_coef=0.2, max_new_tokens=20, seed=0)    # lesson 14's recipe, fewer steps
+
+base, tok = load_base()
+train_ex, val_ex = preference_examples("train"), preference_examples("val")[:N_EVAL]
+dpo_ex = train_ex[:N_TRAIN]
+
+
+def kind(prompt: str) -> str:
+    """TinyWorld's three kinds of preference pair (world.py: _preference), read off the prompt."""
+    if prompt.startswith("Answer with"):
+        return "format"
+    if prompt.startswith(("Write the words", "Rewrite this sentence", "How many words")):
+        return "task"
+    return "fact"
+
+
+KINDS = ("fact", "format", "task")
+by_kind = {k: [i for i, e in enumerate(val_ex) if kind(e["prompt"]) == k] for k in KINDS}
+
+
+def ranked(chosen: torch.Tensor, rejected: torch.Tensor, idx=None) -> str:
+    """Share of pairs with chosen > rejected (ties count as not ranked)."""
+    idx = list(range(len(chosen))) if idx is None else idx
+    return f"{float((chosen[idx] > rejected[idx]).double().mean()):.0%}"
+
+
+def cpu(fn):
+    """fn()'s result and the CPU seconds it took (user + sys of this process: what load does not inflate)."""
+    t = time.process_time()
+    out = fn()
+    return out, time.process_time() - t
+
+
+class SavedForBackward:
+    """Peak bytes autograd saves between two backward() calls (one optimizer step's activations), over a
+    whole run: the rule of minift/memory.py (deduplicated by storage, parameters and buffers excluded)."""
+
+    def __init__(self, *models):
+        self.own = {p.untyped_storage()._cdata for m in models for p in list(m.parameters()) + list(m.buffers())}
+        self.live, self.peak = {}, 0
+
+    def pack(self, t):
+        key = t.untyped_storage()._cdata
+        if key not in self.own:
+            self.live[key] = t.untyped_storage().nbytes()
+        return t
+
+    def __enter__(self):
+        real = torch.autograd.backward
+
+        def backward(*a, **k):
+            self.peak = max(self.peak, sum(self.live.values()))
+            self.live.clear()
+            return real(*a, **k)
+        self._patch = mock.patch.object(torch.autograd, "backward", backward)
+        self._patch.start()
+        self._hooks = torch.autograd.graph.saved_tensors_hooks(self.pack, lambda t: t)
+        self._hooks.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        self._hooks.__exit__(*exc)
+        self._patch.stop()
+
+
+def mib(n: float) -> str:
+    return f"{n / 2 ** 20:.1f} MiB"
+
+
+def n_params(*models) -> int:
+    return sum(p.numel() for m in models for p in m.parameters())
+
+
+# ==============================================================================================
+header(f"1. π_SFT: the base fine-tuned on the chosen AND the rejected answers, {SFT_STEPS} steps x 16, lr 1e-3")
+(sft, sft_hist), t_sft = cpu(lambda: train_sft_policy(base, tok, steps=SFT_STEPS, batch_size=16, lr=1e-3, seed=0,
+                                                      responses="both", progress=False))
+print(f"SFT loss {sft_hist[0]['loss']:.3f} -> {sft_hist[-1]['loss']:.3f}, {t_sft:.1f}s CPU. It imitates a mixed "
+      f"population of good and bad answers, so ranking them is left to preference learning.")
+lp_base, lp_sft = score_pairs(base, tok, val_ex), score_pairs(sft, tok, val_ex)      # (2, N) each
+rows = [(name, ranked(lp[0], lp[1]), *(ranked(lp[0], lp[1], by_kind[k]) for k in KINDS))
+        for name, lp in (("base", lp_base), ("π_SFT", lp_sft))]
+table(("model", f"log π(y_w) > log π(y_l), {len(val_ex)} held-out pairs",
+       *(f"{k} ({len(by_kind[k])})" for k in KINDS)), rows)
+print("fact: a true fact vs a wrong one; format: follows 'one word only' / 'a full sentence' vs not; task: does "
+      "the text task (reverse, past tense, count, plural) vs copies the input.")
+
+# ==============================================================================================
+header(f"2. DPO from π_SFT: β = {MAIN_BETA}, {DPO['steps']} steps x {DPO['batch_size']} pairs "
+       f"({N_TRAIN} train pairs, each once), lr {DPO['lr']:g}; reference = a frozen π_SFT")
+results, gens = {}, {}
+
+
+def answer_tokens(examples) -> torch.Tensor:
+    """Tokens scored in each answer (the response and its EOS), (2, N): averaged log π = summed log π / this."""
+    data = PreferenceDataset(tok, examples, sft.config.block_size)
+    return torch.tensor([[float(sum(it[side])) for it in data] for side in ("chosen_mask", "rejected_mask")])
+
+
+ref_train, t_ref = cpu(lambda: score_pairs(sft, tok, dpo_ex))     # log π_ref of the train pairs, once for all runs
+n_train, n_val = answer_tokens(dpo_ex), answer_tokens(val_ex)
+
+
+def run_dpo(name, loss_type, beta, eps, alpha):
+    policy = copy.deepcopy(sft)
+    cfg = DPOConfig(beta=beta, loss_type=loss_type, label_smoothing=eps, nll_weight=alpha, **DPO)
+    meter = SavedForBackward(policy, sft)
+    avg = cfg.average_logps                                      # IPO: per-token log-probs, the same sums / length
+    with meter:
+        hist, secs = cpu(lambda: train_dpo(policy, sft, tok, dpo_ex, cfg, progress=False,
+                                           ref_logps=ref_train / n_train if avg else ref_train))
+    own = score_pairs(policy, tok, val_ex)                                                # summed log π (2, N)
+    ev = evaluate_preferences(own / n_val if avg else own, lp_sft / n_val if avg else lp_sft, tok, val_ex)
+    return {"name": name, "policy": policy, "cfg": cfg, "hist": hist, "secs": secs, "eval": ev, "lp": own,
+            "meter": meter}
+
+
+for name, loss_type, beta, eps, alpha in RUNS:
+    results[(name, beta)] = run_dpo(name, loss_type, beta, eps, alpha)
+main, fix = results[("DPO", MAIN_BETA)], results[("DPO + NLL α=1", MAIN_BETA)]
+h = main["hist"]
+print(f"train loss {h[0]['loss']:.3f} (log 2 = 0.693: π = π_ref at step 0) -> {h[-1]['loss']:.3f}; train reward "
+      f"accuracy of the last batch {h[-1]['reward_acc']:.0%}; {main['secs']:.1f}s CPU")
+rows = [("π_SFT (= π_ref)", "0% (100% ties)", ranked(lp_sft[0], lp_sft[1]), "0.00", "0.00", "0.00")]
+for r in (main, fix):
+    e = r["eval"]
+    rows.append((f"{r['name']} β={MAIN_BETA}", f"{e['accuracy']:.0%}", ranked(r["lp"][0], r["lp"][1]),
+                 f"{e['margin']:.2f}", f"{e['d_chosen']:+.2f}", f"{e['d_rejected']:+.2f}"))
+table(("policy", "held-out acc: h > 0", "log π(y_w) > log π(y_l)", "mean h (nats)", "Δ log π(y_w)", "Δ log π(y_l)"),
+      rows)
+rows = [("π_SFT, log π ranking", *(ranked(lp_sft[0], lp_sft[1], by_kind[k]) for k in KINDS))]
+for r in (main, fix):
+    hm = (r["lp"][0] - lp_sft[0]) - (r["lp"][1] - lp_sft[1])                              # h per pair (N,)
+    rows += [(f"{r['name']}, h > 0", *(ranked(hm, torch.zeros_like(hm), by_kind[k]) for k in KINDS)),
+             (f"{r['name']}, log π ranking", *(ranked(r["lp"][0], r["lp"][1], by_kind[k]) for k in KINDS))]
+table(("held-out acc by kind", *KINDS), rows)
+print("h = [log π(y_w) − log π_ref(y_w)] − [log π(y_l) − log π_ref(y_l)]: the implicit reward margin / β. "
+      "Δ log π: mean change from π_SFT over the held-out pairs (summed over the answer's tokens). DPO + NLL α=1 "
+      "adds the chosen answer's NLL per token to the loss (DPOConfig(nll_weight=1.0)).")
+
+# ==============================================================================================
+header("3. The effect of β, IPO for contrast, and the NLL term (same pairs, steps, lr, seed)")
+tgt = lambda r: f"{1 / (2 * r['cfg'].beta):.2f}/token" if r["cfg"].loss_type == "ipo" else "none"
+facts = by_kind["fact"]
+prompts_val = [e["prompt"] for e in val_ex]
+
+
+def exact(responses) -> dict:
+    """Greedy answers vs TinyWorld's: exact match with the chosen / the rejected answer, and on the fact
+    prompts with the chosen one (fact correctness: the true sentence)."""
+    ok = [t == e["chosen"].strip() for t, e in zip(responses, val_ex)]
+    bad = [t == e["rejected"].strip() for t, e in zip(responses, val_ex)]
+    return {"chosen": sum(ok) / len(ok), "rejected": sum(bad) / len(bad),
+            "fact_correct": sum(ok[i] for i in facts) / max(1, len(facts)), "responses": responses}
+
+
+def greedy(policy) -> dict:
+    return exact(generate_responses(policy, tok, prompts_val, max_new_tokens=PPO.max_new_tokens))
+
+
+gens["π_SFT"] = greedy(sft)
+g0 = gens["π_SFT"]
+rows = [("π_SFT", "", "", "", "0%", ranked(lp_sft[0], lp_sft[1]), "0.00", "", "", f"{g0['chosen']:.0%}",
+         f"{g0['rejected']:.0%}", f"{g0['fact_correct']:.0%}", "")]
+for key, r in results.items():
+    gens[key] = g = greedy(r["policy"])
+    e = r["eval"]
+    rows.append((r["name"], f"{r['cfg'].beta:g}", tgt(r), "avg" if r["cfg"].average_logps else "sum",
+                 f"{e['accuracy']:.0%}", ranked(r["lp"][0], r["lp"][1]), f"{e['margin']:.2f}", f"{e['d_chosen']:+.2f}",
+                 f"{e['d_rejected']:+.2f}", f"{g['chosen']:.0%}", f"{g['rejected']:.0%}", f"{g['fact_correct']:.0%}",
+                 f"{r['secs']:.1f}s"))
+table(("policy", "β", "target", "log π", "acc h > 0", "log π rank", "mean h", "Δ log π(y_w)", "Δ log π(y_l)",
+       "greedy = y_w", "= y_l", "facts right", "CPU"), rows)
+print("log π: summed or length-averaged over the answer (IPO is fed averages, so its target 1/(2β) is per token, "
+      "and its h, Δ columns are per token). greedy = y_w / = y_l: share of held-out prompts whose greedy answer is "
+      f"exactly the chosen / the rejected one; facts right: = y_w on the {len(facts)} fact prompts.")
+MARGIN = 0.02
+print(f"\nThe issue's targets: held-out preference accuracy (h > 0) >= 90%, from π_SFT's own ranking "
+      f"{ranked(lp_sft[0], lp_sft[1])} (the base's {ranked(lp_base[0], lp_base[1])}); and π_SFT's answer quality kept "
+      f"within {100 * MARGIN:.0f} points (greedy = y_w >= {max(0, g0['chosen'] - MARGIN):.0%}, facts right >= "
+      f"{max(0, g0['fact_correct'] - MARGIN):.0%}).")
+for key, r in results.items():
+    g, e = gens[key], r["eval"]
+    good = e["accuracy"] >= 0.9
+    kept = g["chosen"] >= g0["chosen"] - MARGIN - 1e-9 and g["fact_correct"] >= g0["fact_correct"] - MARGIN - 1e-9
+    print(f"  {r['name'] + ' β=' + format(r['cfg'].beta, 'g'):<20} accuracy >= 90%: {'yes' if good else 'no '} "
+          f"({e['accuracy']:.0%}) | quality kept: {'yes' if kept else 'no '} ({g['chosen']:.0%}, "
+          f"{g['fact_correct']:.0%}) -> {'holds' if good and kept else 'fails'}")
+
+# ==============================================================================================
+rm_ex = train_ex[:32] if FAST else train_ex
+(rm, rm_hist), t_rm = cpu(lambda: train_reward_model(sft, tok, rm_ex, steps=RM_STEPS, batch_size=16, lr=3e-4, seed=0,
+                                                     progress=False))
+rm_eval = evaluate_reward_model(rm, tok, val_ex)
+header(f"4. PPO from the same π_SFT: reward model ({RM_STEPS} steps x 16 pairs, held-out accuracy "
+       f"{rm_eval['accuracy']:.0%}), then {PPO.steps} PPO iterations x {PPO.batch_size} prompts (lesson 14's recipe)")
+ppo_policy, ppo_ref = copy.deepcopy(sft), frozen_copy(sft)
+meter_ppo = SavedForBackward(ppo_policy, ppo_ref, rm)
+with meter_ppo:
+    ppo_hist, t_ppo = cpu(lambda: train_ppo(ppo_policy, ppo_ref, rm, tok, [e["prompt"] for e in train_ex], PPO,
+                                            progress=False))
+print(f"reward model: {t_rm:.1f}s CPU. PPO: score of the samples {ppo_hist[0]['score']:+.2f} -> "
+      f"{ppo_hist[-1]['score']:+.2f}, KL to π_SFT {ppo_hist[-1]['kl']:.2f} nats/response; {t_ppo:.1f}s CPU")
+ev_ppo = evaluate_preferences(ppo_policy, lp_sft, tok, val_ex)
+acc = {"π_SFT": "0%", f"DPO β={MAIN_BETA}": f"{main['eval']['accuracy']:.0%}",
+       "DPO + NLL": f"{fix['eval']['accuracy']:.0%}", "PPO": f"{ev_ppo['accuracy']:.0%}"}
+
+
+def rm_score(responses) -> float:
+    """The reward model's mean score of (prompt, answer) texts."""
+    b = collate([{"idx": tok.encode_pair(p, r)[0]} for p, r in zip(prompts_val, responses)], tok.pad_id)
+    return float(reward_score(rm, b["idx"], b["attention_mask"]).mean())
+
+
+gens["PPO"] = greedy(ppo_policy)
+side = {k: gens[key] for k, key in (("π_SFT", "π_SFT"), (f"DPO β={MAIN_BETA}", ("DPO", MAIN_BETA)),
+                                    ("DPO + NLL", ("DPO + NLL α=1", MAIN_BETA)), ("PPO", "PPO"))}
+for g in side.values():
+    g["score"] = rm_score(g["responses"])
+table(("policy", "RM score (greedy)", "greedy = y_w", "= y_l", "facts right", "held-out acc h > 0"),
+      [(k, f"{g['score']:+.2f}", f"{g['chosen']:.0%}", f"{g['rejected']:.0%}", f"{g['fact_correct']:.0%}", acc[k])
+       for k, g in side.items()])
+picks = [i for k in KINDS for i in by_kind[k][:2]]
+for i in picks:
+    e = val_ex[i]
+    print(f"\n[{kind(e['prompt'])}] {e['prompt']}\n  chosen:    {e['chosen']}\n  rejected:  {e['rejected']}")
+    for k, g in side.items():
+        print(f"  {k:<10} {g['responses'][i]}")
+
+# ==============================================================================================
+header("5. The training cost of DPO vs PPO, measured in this run")
+cfg, meter_dpo = main["cfg"], main["meter"]
+t_dpo = main["secs"] + t_ref                                      # training + the reference's log-probs, once
+n_ppo_updates = PPO.steps * PPO.ppo_epochs * (PPO.batch_size // PPO.minibatch_size)
+rows = [("DPO", f"{cfg.steps}", f"{t_dpo / cfg.steps:.3f}s", f"{t_dpo / (cfg.steps * cfg.batch_size):.4f}s / pair",
+         "policy (ref: before)", f"{n_params(main['policy']):,}", mib(meter_dpo.peak)),
+        ("PPO", f"{n_ppo_updates}", f"{t_ppo / n_ppo_updates:.3f}s",
+         f"{t_ppo / (PPO.steps * PPO.batch_size):.4f}s / prompt", "policy + value + ref + RM",
+         f"{n_params(ppo_policy, ppo_ref, rm) + sft.config.n_embd + 1:,}",
+         mib(meter_ppo.peak))]
+table(("method", "optimizer steps", "CPU / step", "CPU / example", "models held", "parameters held",
+       "peak saved for backward"), rows)
+per_dpo, per_ppo = t_dpo / (cfg.steps * cfg.batch_size), t_ppo / (PPO.steps * PPO.batch_size)
+print(f"PPO / DPO, CPU per training example: {per_ppo / per_dpo:.1f}x; whole runs: DPO {t_dpo:.1f}s for "
+      f"{cfg.steps * cfg.batch_size} pairs, PPO {t_ppo:.1f}s for {PPO.steps * PPO.batch_size} prompts + the reward "
+      f"model's {t_rm:.1f}s (DPO needs none).")
+print(f"per DPO step: 1 forward + backward of the policy on {2 * cfg.batch_size} sequences; the reference's "
+      f"log-probs were computed once, before training ({t_ref:.1f}s, counted in DPO's time), so the reference need "
+      f"not stay in memory. Per PPO iteration: sampling {PPO.batch_size} answers token "
+      f"by token, 3 scoring forwards (policy, reference, reward model), then {PPO.ppo_epochs} epochs x "
+      f"{PPO.batch_size // PPO.minibatch_size} minibatches of forward + backward.")
+print("peak saved for backward: bytes autograd kept for one backward (deduplicated by storage, parameters "
+      "excluded), the largest over all steps; weights, gradients and AdamW's two moments come on top "
+      "(16 bytes per trainable parameter).")
+
+# ==============================================================================================
+header("6. What DPO cost the language model (minift.pretrain.forgetting_probe)")
+if not FAST:
+    rows = [(name, f"{fp['pretrain_ppl']:.2f}", f"{fp['fact_accuracy']:.0%}")
+            for name, m in (("π_SFT", sft), (f"DPO β={MAIN_BETA}", main["policy"]),
+                            ("DPO + NLL", fix["policy"]), ("PPO", ppo_policy))
+            for fp in [forgetting_probe(m, tok)]]
+    table(("model", "pretraining ppl", "cloze facts (72)"), rows)
+else:
+    print("(skipped in --fast)")
+
+print(f"\ntotal: {time.perf_counter() - t_start:.1f}s wall, {time.process_time() - c_start:.1f}s CPU "
+      f"({torch.get_num_threads()} thread; wall grows when other jobs share the cores)")
