@@ -481,4 +481,20 @@ from .adapters_quant import __all__ as _all_quant  # noqa: E402
 from .adapters_kernels import *  # noqa: E402,F401,F403
 from .adapters_kernels import __all__ as _all_kernels  # noqa: E402
 
+from .adapters_reward import *  # noqa: E402,F401,F403
+from .adapters_reward import __all__ as _all_reward  # noqa: E402
+from .adapters_ppo import *  # noqa: E402,F401,F403
+from .adapters_ppo import __all__ as _all_ppo  # noqa: E402
+from .adapters_dpo import *  # noqa: E402,F401,F403
+from .adapters_dpo import __all__ as _all_dpo  # noqa: E402
+from .adapters_contrastive import *  # noqa: E402,F401,F403
+from .adapters_contrastive import __all__ as _all_contrastive  # noqa: E402
+from .adapters_distill import *  # noqa: E402,F401,F403
+from .adapters_distill import __all__ as _all_distill  # noqa: E402
+from .adapters_multitask import *  # noqa: E402,F401,F403
+from .adapters_multitask import __all__ as _all_multitask  # noqa: E402
+from .adapters_distributed import *  # noqa: E402,F401,F403
+from .adapters_distributed import __all__ as _all_distributed  # noqa: E402
+
 __all__ += _all_prefix + _all_prompt + _all_masking + _all_reft + _all_quant + _all_kernels
+__all__ += _all_reward + _all_ppo + _all_dpo + _all_contrastive + _all_distill + _all_multitask + _all_distributed

@@ -251,7 +251,7 @@ def compare(expected, got, atol: float, rtol: float, where: str = "output") -> s
             return f"{where}: shape {tuple(got.shape)}, expected {tuple(expected.shape)}"
         if expected.dtype.is_floating_point:
             e, g = expected.double(), got.double()
-            bad = ~((g - e).abs() <= atol + rtol * e.abs()) & ~(torch.isnan(e) & torch.isnan(g))
+            bad = ~((g - e).abs() <= atol + rtol * e.abs()) & ~(g == e) & ~(torch.isnan(e) & torch.isnan(g))   # inf == inf
             if bool(bad.any()):
                 i = int(torch.nonzero(bad.flatten())[0])
                 return (f"{where}: {int(bad.sum())} of {bad.numel()} values off; first at flat index {i}: "
@@ -280,7 +280,8 @@ def compare(expected, got, atol: float, rtol: float, where: str = "output") -> s
                 return msg
         return ""
     if isinstance(expected, float) and isinstance(got, (int, float)) and not isinstance(got, bool):
-        ok = abs(got - expected) <= atol + rtol * abs(expected) or (np.isnan(expected) and np.isnan(got))
+        ok = got == expected or abs(got - expected) <= atol + rtol * abs(expected) or (
+            np.isnan(expected) and np.isnan(got))
         return "" if ok else f"{where}: got {got!r}, expected {expected!r} (atol {atol:g}, rtol {rtol:g})"
     return "" if got == expected else f"{where}: got {got!r}, expected {expected!r}"
 
