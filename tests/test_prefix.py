@@ -331,7 +331,7 @@ def test_prefix_plus_sequence_must_fit_block_size():
     model(_idx(1, 6))                                                     # 10 + 6 = 16 fits
     with pytest.raises(ValueError, match=r"n_prefix=10 \+ sequence length 7 must fit block_size=16"):
         model(_idx(1, 7))
-    with pytest.raises(ValueError, match=r"n_prefix=10 \+ sequence length 7 must fit block_size=16"):
+    with pytest.raises(ValueError, match=r"4 \+ max_new_tokens 5 \+ 10 positions taken by a prefix"):
         model.generate(_idx(1, 4), 5)                                     # 4 + 5 <= 16, but the prefix counts
     past = model(_idx(1, 5), use_cache=True).past_kv
     with pytest.raises(ValueError, match=r"sequence length 7"):

@@ -273,8 +273,11 @@ def test_bad_inputs_are_clear_errors():
     with pytest.raises(ValueError, match=r"soft prompt n_tokens=10 \+ sequence length 7 = 17 must fit block_size=16"):
         model(_idx(1, 7))
     model(_idx(1, 6))                                                   # 10 + 6 = 16 fits
+    with pytest.raises(ValueError, match=r"6 \+ max_new_tokens 2 \+ 10 positions taken by a prefix or soft prompt"):
+        model.generate(_idx(1, 6), 2)                                   # up front, before any step
+    past = model(_idx(1, 6), use_cache=True).past_kv                    # a forward past the end, cached
     with pytest.raises(ValueError, match=r"soft prompt n_tokens=10 \+ sequence length 7 \(cached \+ new\) must fit"):
-        model.generate(_idx(1, 6), 2)
+        model(_idx(1, 1), past_kv=past)
     with pytest.raises(ValueError, match=r"idx holds token id 99 outside \[0, vocab_size=24\)"):
         model(torch.tensor([[1, 99]]))                                  # the caller's terms, not an IndexError
     with pytest.raises(ValueError, match=r"give exactly one of idx \(token ids\) or inputs_embeds"):
