@@ -16,9 +16,9 @@ h.0.mlp.c_fc, ...) and every PEFT method of the course applies unchanged:
 
 The images are generated, never downloaded (`shapes`): one shape (circle, square, triangle,
 cross) of random size and position on a background. `shapes(..., style="solid")` is the
-pretraining world (red/green/blue shapes on black); `style="shifted"` is the shifted one (the
-shapes in yellow, cyan or magenta on a noisy grey background): the same four labels, a different
-look, the setting in which PEFT is expected to adapt a frozen backbone.
+pretraining world (shapes of any bright colour on black); `style="shifted"` is the shifted one
+(the same shapes on a noisy dark-grey background): the same four labels, a different look, the
+setting in which PEFT is expected to adapt a frozen backbone.
 """
 from __future__ import annotations
 
@@ -30,8 +30,7 @@ import torch.nn as nn
 from .model import Block, GPTConfig
 
 SHAPES = ("circle", "square", "triangle", "cross")
-_COLOURS = {"solid": ((1, 0, 0), (0, 1, 0), (0, 0, 1)),
-            "shifted": ((1, 1, 0), (0, 1, 1), (1, 0, 1))}
+STYLES = ("solid", "shifted")
 
 
 @dataclass
@@ -61,6 +60,19 @@ class ViTConfig:
         return (self.image_size // self.patch_size) ** 2
 
 
+def patchify(x: torch.Tensor, patch_size: int) -> torch.Tensor:
+    """(B, c, H, W) -> (B, N, c P P): non-overlapping P x P patches, row by row (N = H W / P²);
+    patch k = (row k // (W/P), column k % (W/P)), flattened channel-major like x[:, :, rows, cols]."""
+    if x.dim() != 4:
+        raise ValueError(f"images must have shape (batch, channels, height, width), got {tuple(x.shape)}")
+    B, c, H, W = x.shape
+    P = patch_size
+    if isinstance(P, bool) or not isinstance(P, int) or P < 1 or H % P or W % P:
+        raise ValueError(f"patch_size={P!r} must be an int >= 1 dividing the image's height {H} and width {W}")
+    x = x.reshape(B, c, H // P, P, W // P, P).permute(0, 2, 4, 1, 3, 5)              # (B, H/P, W/P, c, P, P)
+    return x.reshape(B, (H // P) * (W // P), c * P * P)                                # (B, N, c P P)
+
+
 class ViT(nn.Module):
     def __init__(self, cfg: ViTConfig):
         super().__init__()
@@ -79,13 +91,11 @@ class ViT(nn.Module):
                 nn.init.zeros_(m.bias)
 
     def patches(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, c, S, S) -> (B, N, c P P): non-overlapping P x P patches, row by row."""
-        c, S, P = self.config.channels, self.config.image_size, self.config.patch_size
+        """(B, c, S, S) -> (B, N, c P P), checked against the config's image shape."""
+        c, S = self.config.channels, self.config.image_size
         if x.dim() != 4 or tuple(x.shape[1:]) != (c, S, S):
             raise ValueError(f"images must have shape (batch, {c}, {S}, {S}), got {tuple(x.shape)}")
-        B = x.shape[0]
-        x = x.reshape(B, c, S // P, P, S // P, P).permute(0, 2, 4, 1, 3, 5)           # (B, S/P, S/P, c, P, P)
-        return x.reshape(B, self.config.n_patches, c * P * P)                           # (B, N, c P P)
+        return patchify(x, self.config.patch_size)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         p = self.patch_embed(self.patches(x))                                          # (B, N, C)
@@ -116,10 +126,10 @@ def _masks(kind: torch.Tensor, cx, cy, r, S: int, hollow: bool) -> torch.Tensor:
 
 def shapes(n: int, style: str = "solid", seed: int = 0, image_size: int = 24) -> tuple[torch.Tensor, torch.Tensor]:
     """n generated images (n, 3, S, S) in [0, 1] and their labels (n,) = index into SHAPES.
-    style "solid": a shape in red, green or blue on black; "shifted": in yellow, cyan or magenta
-    on noisy grey. Deterministic for (n, style, seed, image_size)."""
-    if style not in _COLOURS:
-        raise ValueError(f"style={style!r} must be one of {sorted(_COLOURS)}")
+    The shape is filled with a random bright colour (each channel in [0.4, 1]); style "solid"
+    puts it on black, "shifted" on a noisy dark grey (each pixel in [0.1, 0.3]). Deterministic for (n, style, seed, image_size)."""
+    if style not in STYLES:
+        raise ValueError(f"style={style!r} must be one of {list(STYLES)}")
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
         raise ValueError(f"n={n!r} must be an int >= 1")
     if image_size < 12:
@@ -131,12 +141,11 @@ def shapes(n: int, style: str = "solid", seed: int = 0, image_size: int = 24) ->
     cx = r + (S - 1 - 2 * r) * torch.rand(n, generator=g)
     cy = r + (S - 1 - 2 * r) * torch.rand(n, generator=g)
     m = _masks(label, cx, cy, r, S, hollow=False).float()[:, None]                    # (n, 1, S, S)
-    colours = torch.tensor(_COLOURS[style], dtype=torch.float32)
-    col = colours[torch.randint(0, len(colours), (n,), generator=g)][:, :, None, None]  # (n, 3, 1, 1)
+    col = (0.4 + 0.6 * torch.rand(n, 3, generator=g))[:, :, None, None]               # any bright colour (n, 3, 1, 1)
     if style == "solid":
         bg = torch.zeros(n, 3, S, S)
     else:
-        bg = (0.35 + 0.15 * torch.rand(n, 1, S, S, generator=g)).expand(n, 3, S, S)    # noisy grey
+        bg = (0.1 + 0.2 * torch.rand(n, 1, S, S, generator=g)).expand(n, 3, S, S)      # noisy dark grey
     return bg * (1 - m) + col * m, label
 
 
@@ -159,4 +168,4 @@ def image_loss(model: nn.Module, batch: dict):
     return loss, {"acc": float((logits.argmax(-1) == batch["labels"]).float().mean())}
 
 
-__all__ = ["SHAPES", "ViT", "ViTConfig", "accuracy", "image_items", "image_loss", "shapes"]
+__all__ = ["SHAPES", "ViT", "ViTConfig", "accuracy", "image_items", "image_loss", "patchify", "shapes"]

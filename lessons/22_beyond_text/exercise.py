@@ -1,0 +1,22 @@
+"""Lesson 22 exercise: an image as a sequence of patches, the ViT's tokenizer.
+
+Fill in the function below (delete the `raise NotImplementedError`), then grade your file:
+
+    minift check 22 --impl lessons/22_beyond_text/exercise.py
+    minift verify --impl lessons/22_beyond_text/exercise.py --only lesson22
+
+The check compares your patches with an explicit loop over the image's blocks on many small
+random images; a failure prints the smallest image hypothesis could find. Plain tensor operations
+(reshape, permute); do not call minift.
+"""
+import torch  # noqa: F401
+
+
+def run_patchify(x, patch_size):
+    """(B, c, H, W) -> (B, N, c P P) with P = patch_size and N = (H / P) (W / P).
+
+    Patch k is the block in row k // (W / P) and column k % (W / P) of the grid of P x P blocks,
+    that is x[:, :, i P:(i + 1) P, j P:(j + 1) P], flattened channel-major (.reshape(B, -1)).
+    """
+    raise NotImplementedError("run_patchify: x.reshape(B, c, H/P, P, W/P, P).permute(0, 2, 4, 1, 3, 5)"
+                              ".reshape(B, N, c P P)")

@@ -1,0 +1,135 @@
+"""Lesson 22: PEFT beyond text, the same LoRA on a tiny vision transformer.
+
+Prints, top to bottom:
+
+  1. the images: generated shapes (circle, square, triangle, cross), one of each world drawn in
+     text: the pretraining world (bright shapes on black) and the shifted one (on noisy dark grey);
+  2. the ViT: patches as tokens, the GPT's own blocks, and its module names (h.0.attn.c_attn ...):
+     the names every PEFT method of the course looks for;
+  3. pretraining on the solid world: accuracy there, and zero-shot on the shifted world;
+  4. adapting to the shifted world with the library's methods, unchanged: head-only, LoRA,
+     bottleneck adapters, full fine-tuning; trainable share, accuracy on the shifted test set, what
+     is left of the solid world, time; and LoRA merged equals LoRA unmerged.
+
+    python lessons/22_beyond_text/walkthrough.py          # or: minift run 22
+    python lessons/22_beyond_text/walkthrough.py --fast   # small sets, few steps (the tests)
+
+Everything it uses lives in the library (minift/vision.py, minift/peft/, minift/train.py).
+"""
+EXPECTED_SECONDS = 75
+FAST_SECONDS = 8
+
+import argparse
+import copy
+import time
+
+import torch
+
+torch.set_num_threads(1)
+
+from minift.peft.adapters import AdapterConfig
+from minift.peft.common import disable_adapters
+from minift.peft.io import apply_config
+from minift.peft.lora import LoRAConfig, merge_lora
+from minift.peft.selective import SelectiveConfig
+from minift.report import header, table
+from minift.train import TrainConfig, stack_collate, train
+from minift.vision import SHAPES, ViT, ViTConfig, accuracy, image_items, image_loss, shapes
+
+parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+parser.add_argument("--fast", action="store_true", help="small sets and few steps (seconds)")
+args = parser.parse_args()
+FAST = args.fast
+S, P = 24, 6                                   # 24 x 24 images, 6 x 6 patches: 16 tokens + [CLS]
+N_PRE, N_ADAPT, N_TEST = (800, 400, 200) if FAST else (6000, 2000, 500)
+PRE_STEPS, ADAPT_STEPS = (40, 20) if FAST else (600, 300)
+t_start = time.perf_counter()
+
+# ==============================================================================================
+header("1. The images: four shapes, two worlds")
+solid, solid_y = shapes(N_PRE, "solid", 0, S)
+solid_test, solid_test_y = shapes(N_TEST, "solid", 1, S)
+shift, shift_y = shapes(N_ADAPT, "shifted", 0, S)
+shift_test, shift_test_y = shapes(N_TEST, "shifted", 1, S)
+
+
+def draw(img):
+    """An image as text: '#' bright, '+' mid, '.' dark (mean over the channels)."""
+    v = img.mean(0)
+    return ["".join("#" if p > 0.45 else "+" if p > 0.2 else "." for p in row) for row in v.tolist()]
+
+
+for world, imgs, labels in (("the pretraining world (solid)", solid, solid_y), ("the shifted world", shift, shift_y)):
+    pick = [int((labels == k).nonzero()[0]) for k in range(len(SHAPES))]
+    print(f"{world}:")
+    print("  ".join(f"{s:<{S}}" for s in SHAPES))
+    for r in list(zip(*[draw(imgs[i]) for i in pick]))[::2]:   # every other row keeps the proportions in text
+        print("  ".join(r))
+print(f"pretraining world: any bright colour on black; shifted world: the same shapes on noisy dark grey. {N_PRE} pretraining images, {N_ADAPT} shifted training images, "
+      f"{N_TEST} test images of each; every set is generated from its own seed.")
+
+# ==============================================================================================
+header("2. The ViT: patches are the tokens, the blocks are the GPT's")
+cfg = ViTConfig(image_size=S, patch_size=P)
+torch.manual_seed(0)
+vit = ViT(cfg)
+n_all = sum(p.numel() for p in vit.parameters())
+print(f"ViTConfig({S}x{S}, patch {P}): {cfg.n_patches} patches of 3 x {P} x {P} = {3 * P * P} values -> width "
+      f"{cfg.n_embd}, + [CLS], {cfg.n_layer} blocks, {cfg.n_head} heads: {n_all:,} parameters.")
+linears = [n for n, m in vit.named_modules() if isinstance(m, torch.nn.Linear)]
+print(f"its linear layers: {', '.join(linears[:5])}, ... ({len(linears)} in all): GPT-2's names, because the "
+      f"blocks are minift.model.Block, with a mask that lets every patch attend to every other.")
+
+# ==============================================================================================
+header("3. Pretraining on the solid world")
+t0 = time.perf_counter()
+train(vit, image_items(solid, solid_y), TrainConfig(steps=PRE_STEPS, batch_size=64, lr=3e-3, seed=0, progress=False),
+      loss_fn=image_loss, collate_fn=stack_collate)
+t_pre = time.perf_counter() - t0
+acc_solid, acc_zero = accuracy(vit, solid_test, solid_test_y), accuracy(vit, shift_test, shift_test_y)
+print(f"{PRE_STEPS} steps x 64, AdamW lr 3e-3, {t_pre:.1f}s: test accuracy {acc_solid:.3f} on the solid world, "
+      f"{acc_zero:.3f} zero-shot on the shifted world (chance {1 / len(SHAPES):.2f}).")
+
+# ==============================================================================================
+header("4. Adapting to the shifted world with the course's methods, unchanged")
+METHODS = [("head-only", SelectiveConfig(patterns=()), 3e-3),
+           ("LoRA r=4 (c_attn, c_fc)", LoRAConfig(r=4, alpha=8, targets=("attn.c_attn", "mlp.c_fc"),
+                                                   include_head=False), 1e-2),
+           ("adapters (bottleneck 8)", AdapterConfig(bottleneck=8, include_head=False), 1e-2),
+           ("full fine-tuning", None, 1e-3)]
+rows, lora_model = [], None
+for name, mcfg, lr in METHODS:
+    m = copy.deepcopy(vit)
+    if mcfg is not None:
+        apply_config(m, mcfg)
+    n = sum(p.numel() for p in m.parameters() if p.requires_grad)
+    t0 = time.perf_counter()
+    train(m, image_items(shift, shift_y), TrainConfig(steps=ADAPT_STEPS, batch_size=64, lr=lr, seed=0, progress=False),
+          loss_fn=image_loss, collate_fn=stack_collate)
+    secs = time.perf_counter() - t0
+    after = accuracy(m, solid_test, solid_test_y)
+    if isinstance(mcfg, (LoRAConfig, AdapterConfig)):
+        with disable_adapters(m):
+            off = accuracy(m, solid_test, solid_test_y)
+        off = f"{off:.3f}"
+    else:
+        off = "-"
+    rows.append((name, f"{n:,}", f"{n / n_all:.2%}", f"{lr:g}", f"{accuracy(m, shift_test, shift_test_y):.3f}",
+                 f"{after:.3f}", off, f"{secs:.1f}s"))
+    if isinstance(mcfg, LoRAConfig):
+        lora_model = m
+table(("method", "trainable", "share", "lr", "shifted test", "solid test after", "solid, adapter off", "train time"),
+      rows)
+print(f"{ADAPT_STEPS} steps x 64 on the {N_ADAPT} shifted images, seed 0; the pretrained ViT scored {acc_zero:.3f} "
+      f"zero-shot there and {acc_solid:.3f} on the solid world. 'adapter off': the same model with "
+      f"disable_adapters: LoRA and the adapters keep the pretrained head (the labels did not change), so this is "
+      f"the pretrained ViT exactly.")
+x = shift_test[:64]
+with torch.no_grad():
+    lora_model.eval()
+    before = lora_model(x)
+    merge_lora(lora_model)
+    diff = float((lora_model(x) - before).abs().max())
+print(f"LoRA merged into the ViT's weights (merge_lora) changes the logits by at most {diff:.1e}: no extra cost "
+      f"at inference, as for the GPT.")
+print(f"\ntotal: {time.perf_counter() - t_start:.1f}s")
