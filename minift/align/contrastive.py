@@ -56,6 +56,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .. import world
+from ..heads import last_real_index
 from ..tasks import collate
 from ..train import TrainConfig, train
 
@@ -106,7 +107,7 @@ def pool(h: torch.Tensor, attention_mask: Optional[torch.Tensor], pooling: str =
         raise ValueError("attention_mask has a row with no real token: it has no embedding")
     if pooling == "mean":
         return (h * m[..., None]).sum(1) / m.sum(1, keepdim=True)           # Σ m_t h_t / Σ m_t  (B, C)
-    last = (torch.arange(T, device=h.device) * m.long()).argmax(1)          # last real position (B,)
+    last = last_real_index(m.long(), B, T, h.device)                         # last real position (B,)
     return h[torch.arange(B, device=h.device), last]                        # (B, C)
 
 

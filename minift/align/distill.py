@@ -56,6 +56,7 @@ import torch
 import torch.nn.functional as F
 
 from ..model import IGNORE_INDEX, at_least_fp32
+from .logps import masked_mean
 
 DIVERGENCES = ("forward", "reverse", "jsd")
 
@@ -111,14 +112,6 @@ def divergence_per_position(student_logits: torch.Tensor, teacher_logits: torch.
         return _kl(log_q, log_p)                                        # KL(q ‖ p)
     log_m = torch.logsumexp(torch.stack([log_p + math.log(beta), log_q + math.log(1 - beta)]), dim=0)  # m = βp + (1-β)q
     return beta * _kl(log_p, log_m) + (1 - beta) * _kl(log_q, log_m)   # JSD_β
-
-
-def masked_mean(values: torch.Tensor, mask: Optional[torch.Tensor]) -> torch.Tensor:
-    """(1 / Σ m) Σ m_i v_i: the mean over the positions the mask keeps (all of them if mask is None)."""
-    if mask is None:
-        return values.mean()
-    m = mask.to(values.dtype)
-    return (values * m).sum() / m.sum()
 
 
 def distill_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, mask: Optional[torch.Tensor] = None,

@@ -46,6 +46,15 @@ def masked_sum(values: torch.Tensor, mask: torch.Tensor, average: bool = False) 
     return s / n if average else s
 
 
+def masked_mean(values: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+    """(1 / Σ m) Σ m v over the whole batch, a scalar (the plain mean when mask is None): the
+    token-level mean that PPO's losses and statistics and distillation's loss take."""
+    if mask is None:
+        return values.mean()
+    m = mask.to(values.dtype)
+    return (values * m).sum() / m.sum()
+
+
 def check_masks(ids: torch.Tensor, attention_mask: torch.Tensor, response_mask: torch.Tensor) -> None:
     """ids, attention_mask, response_mask: (B, T) each; the response only on real tokens, never at t = 0."""
     if ids.dim() != 2:

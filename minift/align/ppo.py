@@ -42,6 +42,7 @@ from tqdm.auto import tqdm
 
 from ..model import GPT
 from ..tasks import collate
+from .logps import masked_mean
 
 
 @dataclass
@@ -96,12 +97,6 @@ def _check_same(mask, **tensors):
         raise ValueError(f"mask must be (batch, tokens), got {tuple(mask.shape)}")
     if not bool(mask.bool().any()):
         raise ValueError("mask has no real token: there is nothing to average over")
-
-
-def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Σ m x / Σ m over every real token of the batch: (B, N) -> scalar."""
-    m = mask.to(x.dtype)
-    return (x * m).sum() / m.sum()
 
 
 def whiten(x: torch.Tensor, mask: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
