@@ -2,8 +2,9 @@
 
 Fill in each function below (delete the `raise NotImplementedError`), then grade your file:
 
-    minift check 00                                   # = pytest -m lesson00 --impl this file
-    python -m pytest -m lesson00 --impl lessons/00_transformer/exercise.py
+    minift check 00                                   # points per exercise (exercises/00_transformer.py if
+                                                      # `minift exercise 00` made it, else this file)
+    minift check 00 --pytest                          # = pytest -m lesson00 --impl that file
     minift verify --impl lessons/00_transformer/exercise.py --only lesson00   # a report
     minift verify --impl lessons/00_transformer/exercise.py --only run_softmax  # one function
 

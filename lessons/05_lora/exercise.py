@@ -2,8 +2,9 @@
 
 Fill in each function below (delete the `raise NotImplementedError`), then grade your file:
 
-    minift check 05                                   # = pytest -m lesson05 --impl this file
-    python -m pytest -m lesson05 --impl lessons/05_lora/exercise.py tests
+    minift check 05                                   # points per exercise (exercises/05_lora.py if
+                                                      # `minift exercise 05` made it, else this file)
+    minift check 05 --pytest                          # = pytest -m lesson05 --impl that file
     minift verify --impl lessons/05_lora/exercise.py --only lesson05          # a report
     minift verify --impl lessons/05_lora/exercise.py --only run_lora_merge    # one function
 

@@ -1,10 +1,12 @@
 """Lesson 08 exercise: the four rules that make prompt tuning correct, as plain functions.
 
-Fill in the functions below (delete each `raise NotImplementedError`), then grade your file:
+Copy it to your workspace, fill in the functions below (delete each `raise NotImplementedError`),
+then grade your file:
 
-    minift check 08
-    minift verify --impl lessons/08_prompt_tuning/exercise.py --only lesson08
-    pytest -m lesson08 --impl lessons/08_prompt_tuning/exercise.py
+    minift exercise 08            # -> exercises/08_prompt_tuning.py, yours to edit
+    minift check 08               # one point per conformance check (7), with counterexamples
+    minift verify --impl exercises/08_prompt_tuning.py --only lesson08
+    minift check 08 --pytest      # every test of the lesson, under pytest
 
 Every check is a property tested on many small random inputs; a failing check prints the
 smallest input hypothesis could find that breaks it ("Falsifying example: ..."). Paste it into

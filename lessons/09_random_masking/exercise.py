@@ -1,10 +1,12 @@
 """Lesson 09 exercise: random masking, the four functions the method is made of.
 
-Fill in the functions below (delete each `raise NotImplementedError`), then grade your file:
+Copy it to your workspace, fill in the functions below (delete each `raise NotImplementedError`),
+then grade your file:
 
-    minift check 09
-    minift verify --impl lessons/09_random_masking/exercise.py --only lesson09
-    pytest -m lesson09 --impl lessons/09_random_masking/exercise.py tests
+    minift exercise 09            # -> exercises/09_random_masking.py, yours to edit
+    minift check 09               # one point per conformance check (7), with counterexamples
+    minift verify --impl exercises/09_random_masking.py --only lesson09
+    minift check 09 --pytest      # every test of the lesson, under pytest
 
 Every check is a property tested on many small random inputs; a failing check prints the
 smallest input hypothesis could find that breaks it ("Falsifying example: ..."). Paste it into

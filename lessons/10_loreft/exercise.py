@@ -1,11 +1,13 @@
 """Lesson 10 exercise: LoReFT's edit of one hidden state, and the orthonormalisation that keeps R's
 rows orthonormal while it trains.
 
-Fill in the two functions below (delete each `raise NotImplementedError`), then grade your file:
+Copy it to your workspace, fill in the two functions below (delete each `raise NotImplementedError`),
+then grade your file:
 
-    minift check 10
-    minift verify --impl lessons/10_loreft/exercise.py --only lesson10
-    pytest -m lesson10 --impl lessons/10_loreft/exercise.py
+    minift exercise 10            # -> exercises/10_loreft.py, yours to edit
+    minift check 10               # one point per conformance check (6), with counterexamples
+    minift verify --impl exercises/10_loreft.py --only lesson10
+    minift check 10 --pytest      # every test of the lesson, under pytest
 
 Every check is a property tested on many small random inputs; a failing check prints the
 smallest input hypothesis could find that breaks it ("Falsifying example: ..."). Paste it into

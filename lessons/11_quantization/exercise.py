@@ -1,10 +1,12 @@
 """Lesson 11 exercise: int8 quantization and the LLM.int8() matrix multiplication.
 
-Fill in each function below (delete the `raise NotImplementedError`), then grade your file:
+Copy it to your workspace, fill in each function below (delete the `raise NotImplementedError`),
+then grade your file:
 
-    minift check 11                                   # = pytest -m lesson11 --impl this file
-    minift verify --impl lessons/11_quantization/exercise.py --only lesson11
-    minift verify --impl lessons/11_quantization/exercise.py --only run_int8_matmul
+    minift exercise 11            # -> exercises/11_quantization.py, yours to edit
+    minift check 11               # one point per conformance check (2), with counterexamples
+    minift verify --impl exercises/11_quantization.py --only run_int8_matmul   # one function
+    minift check 11 --pytest      # every test of the lesson, under pytest
 
 Every check is a property tested on many small random inputs; a failing check prints the
 smallest input hypothesis could find that breaks it ("Falsifying example: ..."). Paste it into

@@ -1,10 +1,12 @@
 """Lesson 12 exercise: NF4 quantization, 4-bit packing and LoftQ.
 
-Fill in each function below (delete the `raise NotImplementedError`), then grade your file:
+Copy it to your workspace, fill in each function below (delete the `raise NotImplementedError`),
+then grade your file:
 
-    minift check 12                                   # = pytest -m lesson12 --impl this file
-    minift verify --impl lessons/12_qlora/exercise.py --only lesson12
-    minift verify --impl lessons/12_qlora/exercise.py --only run_loftq
+    minift exercise 12            # -> exercises/12_qlora.py, yours to edit
+    minift check 12               # one point per conformance check (4), with counterexamples
+    minift verify --impl exercises/12_qlora.py --only run_loftq   # one function
+    minift check 12 --pytest      # every test of the lesson, under pytest
 
 Every check is a property tested on many small random inputs; a failing check prints the
 smallest input hypothesis could find that breaks it ("Falsifying example: ..."). Paste it into

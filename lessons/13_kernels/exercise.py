@@ -1,10 +1,12 @@
 """Lesson 13 exercise: the scalar NF4 dot product, and the fused NF4-LoRA matmul built on it.
 
-Fill in each function below (delete the `raise NotImplementedError`), then grade your file:
+Copy it to your workspace, fill in each function below (delete the `raise NotImplementedError`),
+then grade your file:
 
-    minift check 13                                   # = pytest -m lesson13 --impl this file
-    minift verify --impl lessons/13_kernels/exercise.py --only lesson13
-    minift verify --impl lessons/13_kernels/exercise.py --only run_nf4_dot
+    minift exercise 13            # -> exercises/13_kernels.py, yours to edit
+    minift check 13               # one point per conformance check (2), with counterexamples
+    minift verify --impl exercises/13_kernels.py --only run_nf4_dot   # one function
+    minift check 13 --pytest      # every test of the lesson, under pytest
 
 Every check is a property tested on many small random inputs against float64 numpy; a failing
 check prints the smallest input hypothesis could find that breaks it ("Falsifying example: ...").

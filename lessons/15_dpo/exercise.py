@@ -2,7 +2,7 @@
 
 Fill in each function below (delete the `raise NotImplementedError`), then grade your file:
 
-    minift check 15                                   # = pytest -m lesson15 --impl this file
+    minift check 15                                   # points per conformance check, with counterexamples
     python -m pytest -m lesson15 --impl lessons/15_dpo/exercise.py tests
     minift verify --impl lessons/15_dpo/exercise.py --only lesson15           # a report
     minift verify --impl lessons/15_dpo/exercise.py --only run_dpo_rewards    # one function

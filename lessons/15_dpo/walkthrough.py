@@ -11,7 +11,7 @@ Prints, top to bottom:
   3. the effect of β (DPO at three values, same steps, lr, seed), IPO for contrast, and DPO + NLL
      (the chosen answer's NLL added): accuracy, margin, drift from π_SFT, and the greedy answers'
      exact match with the chosen answer (TinyWorld knows it) and fact correctness on the held-out
-     fact prompts, checked against the issue's targets;
+     fact prompts, checked against the lesson's targets;
   4. PPO (minift/align/ppo.py, lesson 14's loop) from the same π_SFT against a reward model trained
      on the same pairs: greedy generations of π_SFT, DPO, DPO + NLL and PPO side by side, with the
      reward model's score and exact match;

@@ -2,7 +2,7 @@
 
 Fill in each function below (delete the `raise NotImplementedError`), then grade your file:
 
-    minift check 17                                   # = pytest -m lesson17 --impl this file
+    minift check 17                                   # points per conformance check, with counterexamples
     python -m pytest -m lesson17 --impl lessons/17_distillation/exercise.py tests
     minift verify --impl lessons/17_distillation/exercise.py --only lesson17          # a report
     minift verify --impl lessons/17_distillation/exercise.py --only run_kd_loss       # one function

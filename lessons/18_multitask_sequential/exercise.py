@@ -3,7 +3,7 @@ per-example loss.
 
 Fill in each function below (delete the `raise NotImplementedError`), then grade your file:
 
-    minift check 18                                   # = pytest -m lesson18 --impl this file
+    minift check 18                                   # points per conformance check, with counterexamples
     python -m pytest -m lesson18 --impl lessons/18_multitask_sequential/exercise.py tests
     minift verify --impl lessons/18_multitask_sequential/exercise.py --only lesson18            # a report
     minift verify --impl lessons/18_multitask_sequential/exercise.py --only run_mixture_weights  # one function
