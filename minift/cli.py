@@ -8,6 +8,7 @@
     minift verify [--impl FILE] [--only NAME,...]   property checks against an implementation
     minift bench NAME [--fast]         benchmarks: train, quant, kernels (tables with ratios against a baseline)
     minift pretrain [--out DIR]        train the tokenizer and base model shipped in data/
+    minift pretrain --size S           one model size of lesson 20 (tiny, small) -> data/sizes/S/
     minift data [--out DIR]            regenerate TinyWorld as JSONL
 """
 from __future__ import annotations
@@ -123,7 +124,9 @@ def cmd_check(args) -> int:
     if args.pytest:
         _need("pytest", "check --pytest")
         from .conformance.classroom import default_impl
-        impl = args.impl or str(default_impl(les))
+        impl = os.path.abspath(args.impl) if args.impl else str(default_impl(les).resolve())   # pytest runs in ROOT
+        if not os.path.isfile(impl):
+            raise SystemExit(f"minift check: no such file {impl}")
         cmd = [sys.executable, "-m", "pytest", "-q", "-m", f"lesson{les['nn']}", "--impl", impl, str(ROOT / "tests")]
         print("+", " ".join(cmd), flush=True)
         return subprocess.call(cmd, cwd=str(ROOT))
@@ -167,8 +170,10 @@ def cmd_bench(args) -> int:
 
 
 def cmd_pretrain(args) -> int:
-    from .pretrain import pretrain
-    pretrain(out=args.out, steps=args.steps, fast=args.fast)
+    from .pretrain import SIZES, pretrain
+    if args.size is not None and args.size not in SIZES:
+        raise SystemExit(f"minift pretrain: --size {args.size!r} is not a model size; choose from {sorted(SIZES)}")
+    pretrain(out=args.out, steps=args.steps, fast=args.fast, size=args.size)
     return 0
 
 
@@ -224,7 +229,9 @@ def main(argv=None) -> int:
     b.add_argument("name")
     b.add_argument("--fast", action="store_true")
     pt = sub.add_parser("pretrain", help="train the shipped tokenizer + base model")
-    pt.add_argument("--out", default=str(ROOT / "data" / "base"))
+    pt.add_argument("--out", default=None, help="folder to write (default: data/base/, or data/sizes/SIZE/ with --size)")
+    pt.add_argument("--size", default=None, help="train one model size of lesson 20 (tiny, small, base) on the shipped "
+                    "tokenizer, same recipe")
     pt.add_argument("--steps", type=int, default=None)
     pt.add_argument("--fast", action="store_true", help="a tiny run, to check the pipeline")
     g = sub.add_parser("golden", help="regenerate data/golden/ (golden vectors), or run --impl FILE on them")
