@@ -2,7 +2,11 @@
 TinyWorld's corpus, small enough to train on a 2-core laptop CPU in under ten minutes.
 
     minift pretrain                  # retrain both, write data/base/ (what is shipped)
+    minift pretrain --size tiny      # the same recipe at another width/depth -> data/sizes/tiny/
     minift pretrain --fast           # a seconds-long run that checks the pipeline
+
+`--size` (lesson 20, scaling) trains one of SIZES with the shipped tokenizer and the same recipe
+(data, steps, batch, learning-rate schedule, seed), so the models differ only in shape.
 
 data/base/ holds tokenizer.json, model.safetensors and config.json; config.json records the
 recipe and the measured validation perplexity and closed-book fact accuracy, so the numbers in
@@ -31,6 +35,19 @@ BASE_DIR = DATA_DIR / "base"
 VOCAB_SIZE = 2048
 SEQ_LEN = 256
 BASE_CONFIG = dict(block_size=SEQ_LEN, n_layer=4, n_head=4, n_embd=128, dropout=0.0)
+# Model sizes for lesson 20 (scaling), each pretrained by RECIPE on the same corpus. Head width is
+# 32 throughout; "base" is the shipped model. Non-embedding parameters ~ 12 L C^2: 98k, 332k, 786k.
+SIZES = {"tiny": dict(n_layer=2, n_head=2, n_embd=64),
+         "small": dict(n_layer=3, n_head=3, n_embd=96),
+         "base": dict(n_layer=4, n_head=4, n_embd=128)}
+SIZES_DIR = DATA_DIR / "sizes"
+
+
+def size_dir(size: str) -> Path:
+    """Where `minift pretrain --size SIZE` writes: data/base/ for "base", else data/sizes/SIZE/."""
+    if size not in SIZES:
+        raise ValueError(f"size={size!r} is not a model size; choose from {sorted(SIZES)}")
+    return BASE_DIR if size == "base" else SIZES_DIR / size
 RECIPE = TrainConfig(steps=3000, batch_size=8, lr=3e-3, min_lr_ratio=0.05, warmup_steps=100,
                      weight_decay=0.1, grad_clip=1.0, seed=0, desc="pretrain")
 
@@ -97,15 +114,28 @@ def evaluate_base(model: GPT, tok: Tokenizer, max_val_windows: Optional[int] = N
             "n_fact_probes": len(probes)}
 
 
-def pretrain(out: Optional[str] = None, steps: Optional[int] = None, fast: bool = False) -> dict:
-    out = str(out or BASE_DIR)
+def pretrain(out: Optional[str] = None, steps: Optional[int] = None, fast: bool = False,
+             size: Optional[str] = None) -> dict:
+    """Train the tokenizer and base model (size None), or, with size, one model of SIZES on the
+    shipped tokenizer (data/base/tokenizer.json), by the same recipe."""
+    if size is not None and size not in SIZES:
+        raise ValueError(f"size={size!r} is not a model size; choose from {sorted(SIZES)}")
+    out = str(out or (size_dir(size) if size else BASE_DIR))
     t0 = time.perf_counter()
     texts = world.pretrain_corpus("train")
     if fast:
         texts = texts[:200]
-    tok = Tokenizer.train(texts, vocab_size=512 if fast else VOCAB_SIZE)
-    print(f"tokenizer: {tok.vocab_size} tokens, trained in {time.perf_counter() - t0:.1f}s", flush=True)
-    cfg = GPTConfig(vocab_size=tok.vocab_size, **BASE_CONFIG)
+    if size is not None and not fast:
+        tok_path = BASE_DIR / "tokenizer.json"
+        if not tok_path.is_file():
+            raise ValueError(f"pretrain --size needs the shipped tokenizer {tok_path}; run `minift pretrain` first")
+        tok = Tokenizer.load(str(tok_path))
+        print(f"tokenizer: {tok.vocab_size} tokens, the shipped one ({tok_path})", flush=True)
+    else:
+        tok = Tokenizer.train(texts, vocab_size=512 if fast else VOCAB_SIZE)
+        print(f"tokenizer: {tok.vocab_size} tokens, trained in {time.perf_counter() - t0:.1f}s", flush=True)
+    shape = SIZES[size] if size else {}
+    cfg = GPTConfig(vocab_size=tok.vocab_size, **{**BASE_CONFIG, **shape})
     if fast:
         cfg = GPTConfig(vocab_size=tok.vocab_size, block_size=64, n_layer=1, n_head=2, n_embd=32)
     data = LMDataset(tok, texts, cfg.block_size)
@@ -121,7 +151,8 @@ def pretrain(out: Optional[str] = None, steps: Optional[int] = None, fast: bool 
     print(f"val perplexity {metrics['val_ppl']:.2f}, fact accuracy {metrics['fact_accuracy']:.1%} "
           f"({metrics['n_fact_probes']} probes), {metrics['train_seconds']}s", flush=True)
     save_model(model, out, extra={"recipe": {k: v for k, v in rc.__dict__.items() if k != "extra"},
-                                  "metrics": metrics, "corpus_fingerprint": corpus_fingerprint()})
+                                  "metrics": metrics, "corpus_fingerprint": corpus_fingerprint(),
+                                  **({"size": size} if size else {})})
     tok.save(os.path.join(out, "tokenizer.json"))
     return metrics
 
