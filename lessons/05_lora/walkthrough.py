@@ -10,7 +10,7 @@ Prints, top to bottom:
      and DoRA at r = 4, against full fine-tuning (also with the embeddings frozen) and head-only
      transfer, in ONE table: trainable parameters (the task head included) and their share of full
      fine-tuning's, val and test entity F1, train time, forgetting (the body's pretraining
-     perplexity and fact accuracy, measured with the adapter on); then the issue's quality target
+     perplexity and fact accuracy, measured with the adapter on); then the lesson's quality target
      row by row, and the commonest val errors of four of the methods;
   3. what the same ranks cost on a GPT-3-175B-shaped model, built on the meta device (no memory):
      trainable counts for r = 1, 2, 4, 8 on W_q, W_v, as in the LoRA paper's tables;
@@ -242,7 +242,7 @@ print(f"'of full': trainable parameters, then test F1, as a share of full fine-t
       f"head ({head:,} = K (C + 1), K = 9 tags) in every row; LoRA on W_q, W_v adds 2 r (C + C) = "
       f"{2 * lora_parameter_count(C, C, 1):,} r per block, x {base.config.n_layer} blocks. Forgetting: the body with "
       f"the adapter on (merged, it is the same model).")
-print("\nThe issue's target: LoRA at a small rank reaches >= 95% of full fine-tuning's score with < 2% of its "
+print("\nThe lesson's target: LoRA at a small rank reaches >= 95% of full fine-tuning's score with < 2% of its "
       "trainable parameters, and forgets less.")
 for r in results:
     if "LoRA" in r["method"] or "DoRA" in r["method"]:

@@ -10,7 +10,7 @@ Prints, top to bottom:
      as a fraction of the stated float32 bound, and the gradients;
   4. the benchmark (`minift bench kernels`, one thread): float32 dense, dequantize-then-matmul and
      the fused kernels at 4096x4096, 1024x4096 and the base model's shapes, batch 1, 8, 128;
-     then the issue's targets, measured, met or not;
+     then the lesson's targets, measured, met or not;
   5. where the kernel's time goes: three AVX2 decoders (vpshufb on byte planes, the default;
      vpermps; a 256-pair lookup table) against the scalar loop, with the weight hot in cache;
   6. decoding with the base model: greedy tokens/s in float32, NF4 through the kernel, NF4
@@ -133,7 +133,7 @@ if ext is not None:
     if b128 is not None:
         targets.append(["batch 128: fused NF4 vs dequantize-then-matmul", ">= 1x (no slower)", f"{b128['vs_dequant']:.2f}x",
                         b128["vs_dequant"] >= 1])
-    print(f"\nthe issue's targets at {big} (the issue sets them at 4096x4096, on both cores; this is one thread):")
+    print(f"\nthe targets at {big} (set at 4096x4096, on both cores; this is one thread):")
     table(["target", "wanted", "measured", "met"], [t[:3] + ["yes" if t[3] else "NO"] for t in targets])
 
 # ---- 5. where the time goes ----------------------------------------------------------------------

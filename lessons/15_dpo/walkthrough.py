@@ -248,7 +248,7 @@ print("log π: summed or length-averaged over the answer (IPO is fed averages, s
       "and its h, Δ columns are per token). greedy = y_w / = y_l: share of held-out prompts whose greedy answer is "
       f"exactly the chosen / the rejected one; facts right: = y_w on the {len(facts)} fact prompts.")
 MARGIN = 0.02
-print(f"\nThe issue's targets: held-out preference accuracy (h > 0) >= 90%, from π_SFT's own ranking "
+print(f"\nThe lesson's targets: held-out preference accuracy (h > 0) >= 90%, from π_SFT's own ranking "
       f"{ranked(lp_sft[0], lp_sft[1])} (the base's {ranked(lp_base[0], lp_base[1])}); and π_SFT's answer quality kept "
       f"within {100 * MARGIN:.0f} points (greedy = y_w >= {max(0, g0['chosen'] - MARGIN):.0%}, facts right >= "
       f"{max(0, g0['fact_correct'] - MARGIN):.0%}).")
