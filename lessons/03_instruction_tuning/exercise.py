@@ -1,10 +1,11 @@
 """Lesson 03 exercise: the loss mask and the loss of supervised fine-tuning.
 
-Fill in each function below (delete the `raise NotImplementedError`), then grade your file:
+`minift exercise 03` copies this file to exercises/03_instruction_tuning.py, your copy to edit. Fill
+in each function (delete the `raise NotImplementedError`), then grade your file:
 
-    minift check 03
-    minift verify --impl lessons/03_instruction_tuning/exercise.py --only lesson03
-    pytest -m lesson03 --impl lessons/03_instruction_tuning/exercise.py
+    minift check 03                 # points per exercise (one per check), with counterexamples
+    minift check 03 --impl FILE     # grades any file you name
+    minift check 03 --pytest        # the lesson's pytest marker instead (pytest -m lesson03 --impl FILE)
 
 Every check is a property tested on many small random inputs; a failing check prints the
 smallest input hypothesis could find that breaks it ("Falsifying example: ..."). Paste it into
