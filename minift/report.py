@@ -27,3 +27,36 @@ def format_table(headers: Sequence, rows: Sequence[Sequence]) -> str:
 def table(headers: Sequence, rows: Sequence[Sequence]) -> None:
     """Print format_table(headers, rows)."""
     print(format_table(headers, rows), flush=True)
+
+
+def ascii_plot(series: dict, width: int = 56, height: int = 14, logx: bool = True, logy: bool = True,
+               xlabel: str = "x", ylabel: str = "y") -> str:
+    """Curves as text: series {label: [(x, y), ...]}, each drawn with its label's first character
+    (so give the series distinct first characters); '*' where two series share a cell. Log axes by
+    default, with the axis range printed at the corners."""
+    import math
+    pts = [(x, y) for s in series.values() for x, y in s]
+    if not pts:
+        raise ValueError("ascii_plot: no points")
+    if (logx and any(x <= 0 for x, _ in pts)) or (logy and any(y <= 0 for _, y in pts)):
+        raise ValueError("ascii_plot: log axes need x > 0 and y > 0")
+    fx, fy = (math.log10 if logx else float), (math.log10 if logy else float)
+    x0, x1 = min(fx(x) for x, _ in pts), max(fx(x) for x, _ in pts)
+    y0, y1 = min(fy(y) for _, y in pts), max(fy(y) for _, y in pts)
+    grid = [[" "] * width for _ in range(height)]
+    for label, s in series.items():
+        for x, y in s:
+            c = round((fx(x) - x0) / ((x1 - x0) or 1) * (width - 1))
+            r = height - 1 - round((fy(y) - y0) / ((y1 - y0) or 1) * (height - 1))
+            grid[r][c] = label[0] if grid[r][c] in (" ", label[0]) else "*"
+    top, bottom = f"{max(y for _, y in pts):.3g}", f"{min(y for _, y in pts):.3g}"
+    pad = max(len(top), len(bottom))
+    lines = [(top if i == 0 else bottom if i == height - 1 else "").rjust(pad) + " |" + "".join(row)
+             for i, row in enumerate(grid)]
+    lines.append(" " * pad + " +" + "-" * width)
+    lo, hi = f"{min(x for x, _ in pts):.3g}", f"{max(x for x, _ in pts):.3g}"
+    lines.append(" " * (pad + 2) + lo + hi.rjust(width - len(lo)))
+    scale = f"{'log ' if logx else ''}{xlabel} ->   {'log ' if logy else ''}{ylabel} ^   " + \
+        "   ".join(f"{k[0]} = {k[2:] if k[1:2] == ' ' else k}" for k in series)
+    lines.append(" " * (pad + 2) + scale)
+    return "\n".join(lines)

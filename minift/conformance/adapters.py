@@ -499,6 +499,8 @@ from .adapters_choosing import *  # noqa: E402,F401,F403
 from .adapters_choosing import __all__ as _all_choosing  # noqa: E402
 from .adapters_vision import *  # noqa: E402,F401,F403
 from .adapters_vision import __all__ as _all_vision  # noqa: E402
+from .adapters_scaling import *  # noqa: E402,F401,F403
+from .adapters_scaling import __all__ as _all_scaling  # noqa: E402
 
 __all__ += _all_prefix + _all_prompt + _all_masking + _all_reft + _all_quant + _all_kernels
-__all__ += _all_reward + _all_ppo + _all_dpo + _all_contrastive + _all_distill + _all_multitask + _all_distributed + _all_choosing + _all_vision
+__all__ += _all_reward + _all_ppo + _all_dpo + _all_contrastive + _all_distill + _all_multitask + _all_distributed + _all_choosing + _all_vision + _all_scaling

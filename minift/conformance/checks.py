@@ -1633,4 +1633,4 @@ def check_adapter_zero_up_is_identity(impl):
 # ---- lessons 07-18: one file each (checks_<method>.py); importing them registers their checks ---
 
 from . import checks_prefix, checks_prompt, checks_masking, checks_reft, checks_quant, checks_kernels  # noqa: E402,F401,I001 (lesson order)
-from . import checks_reward, checks_ppo, checks_dpo, checks_contrastive, checks_distill, checks_multitask, checks_distributed, checks_choosing, checks_vision  # noqa: E402,F401,I001
+from . import checks_reward, checks_ppo, checks_dpo, checks_contrastive, checks_distill, checks_multitask, checks_distributed, checks_choosing, checks_vision, checks_scaling  # noqa: E402,F401,I001

@@ -1,0 +1,225 @@
+"""Lesson 20: scaling, how fine-tuning data, model size and method interact.
+
+Prints, top to bottom:
+
+  1. the three base models: one pretraining recipe at three widths/depths (data/sizes/tiny,
+     data/sizes/small, data/base), their sizes, and what pretraining gave each;
+  2. the sweep: summarization, fine-tuning data D_f in {48, 150, 480, 1500} (1.5 orders of
+     magnitude) x the three models x {full fine-tuning, LoRA, prompt tuning}, and where its
+     results are cached (data/scaling/sweep.json, shipped);
+  3. a few cells fine-tuned again now, beside their cached numbers (the cache is a record of runs
+     of this code, not numbers typed in);
+  4. the table: test loss per method, model size and data size;
+  5. the fit of the paper's multiplicative law L = A X^-α D^-β + E for each method, its error on
+     the points fitted and on held-out points, and which factor matters more at this scale;
+  6. the curves as a text plot, and the best method at each model and data size.
+
+    python lessons/20_scaling/walkthrough.py            # or: minift run 20 (cache + 6 live cells)
+    python lessons/20_scaling/walkthrough.py --report   # the cache only: tables, fit, plot (seconds)
+    python lessons/20_scaling/walkthrough.py --full     # run every cell the cache lacks (see README)
+    python lessons/20_scaling/walkthrough.py --probe    # + the learning-rate probe (about 5 minutes)
+    python lessons/20_scaling/walkthrough.py --fast     # a 2x2x2 corner, tiny steps (the tests)
+
+Everything it uses lives in the library (minift/scaling.py, minift/pretrain.py, minift/peft/).
+"""
+EXPECTED_SECONDS = 70
+FAST_SECONDS = 12
+
+import argparse
+import os
+import tempfile
+import time
+
+import torch
+
+torch.set_num_threads(1)
+
+from minift.checkpoint import load_json
+from minift.pretrain import DATA_DIR, SIZES, load_base, size_dir
+from minift.report import ascii_plot, header, table
+from minift.scaling import (METHODS, Cache, finetune_cell, fit_scaling_law, non_embedding_parameters,
+                            predict_loss, recipe_fingerprint, steps_for, sweep)
+
+parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+parser.add_argument("--fast", action="store_true", help="a 2x2x2 corner with tiny steps, in a temporary cache")
+parser.add_argument("--report", action="store_true", help="print from the cache only; run nothing")
+parser.add_argument("--full", action="store_true", help="run every cell missing from the cache")
+parser.add_argument("--probe", action="store_true", help="first, the learning-rate probe behind METHODS' rates "
+                    "(3 rates x 3 methods x 2 cells, about 5 minutes)")
+parser.add_argument("--seeds", default="0,1", help="comma-separated seeds of the sweep (default 0,1: the shipped cache)")
+parser.add_argument("--cache", default=str(DATA_DIR / "scaling" / "sweep.json"), help="the cache file")
+args = parser.parse_args()
+FAST = args.fast
+t_start = time.perf_counter()
+
+SIZE_NAMES = ("tiny", "small") if FAST else tuple(SIZES)
+METHOD_NAMES = ("full", "lora") if FAST else tuple(METHODS)
+DATA_SIZES = (48, 150) if FAST else (48, 150, 480, 1500)
+SEEDS = tuple(int(s) for s in args.seeds.split(","))
+LIVE = [(s, m, n, SEEDS[0]) for s in ("tiny",) for m in METHOD_NAMES for n in DATA_SIZES[:2]]
+FAST_RUN = dict(steps=6, n_val=8, n_test=16)            # --fast: seconds, not a measurement
+if FAST:
+    LIVE = LIVE[:2]
+
+# ==============================================================================================
+header("1. Three base models, one pretraining recipe")
+rows, X_of = [], {}
+for s in SIZE_NAMES:
+    model, _ = load_base(size_dir(s))
+    cfg, meta = model.config, load_json(os.path.join(size_dir(s), "config.json"))
+    X_of[s] = non_embedding_parameters(model)
+    met = meta.get("metrics", {})
+    rows.append((s, f"{cfg.n_layer} x {cfg.n_embd}", f"{cfg.n_head}", f"{model.num_parameters():,}", f"{X_of[s]:,}",
+                 f"{met.get('val_ppl', float('nan')):.3f}", f"{met.get('fact_accuracy', float('nan')):.1%}",
+                 f"{met.get('train_seconds', float('nan')):.0f}s"))
+table(("size", "layers x width", "heads", "parameters", "X (non-embedding)", "val ppl", "facts recalled",
+       "pretraining"), rows)
+r = meta.get("recipe", {})
+print(f"Each: the shipped tokenizer, {r.get('steps')} steps x {r.get('batch_size')} windows of 256 tokens of "
+      f"TinyWorld's corpus, AdamW lr {r.get('lr')} with warmup and cosine decay, seed {r.get('seed')} "
+      f"(`minift pretrain --size NAME`). Only the shape differs. X = 12 L C^2 + biases and norms: the "
+      f"paper's model-size axis, without the embeddings (Kaplan et al.'s convention).")
+
+# ==============================================================================================
+header("2. The sweep: data size x model size x method")
+for name in METHOD_NAMES:
+    m = METHODS[name]
+    print(f"  {name:<7} {type(m.config).__name__ if m.config is not None else 'every weight'}"
+          f"{'' if m.config is None else ' ' + repr(m.config)[len(type(m.config).__name__):][:60] + '...'}  lr {m.lr:g}")
+print(f"Task: summarization (one sentence from three). D_f = {', '.join(map(str, DATA_SIZES))} training examples "
+      f"(nested: each set holds the smaller ones). Every run: {steps_for(1)} steps of batch 16 (the same compute at every "
+      f"D_f: {', '.join(f'{steps_for(n) * 16 / n:.1f}' for n in DATA_SIZES)} passes over the data). The validation loss "
+      f"(96 examples) is measured every {steps_for(1) // 10} steps; the reported test loss (nats per summary token, 200 "
+      f"test examples) is the one at the best of them: early stopping.")
+if FAST:
+    cache_path = os.path.join(tempfile.mkdtemp(prefix="minift-scaling-"), "sweep.json")
+    print(f"--fast: {len(SIZE_NAMES)} x {len(METHOD_NAMES)} x {len(DATA_SIZES)} cells of {FAST_RUN['steps']} steps, "
+          f"in a temporary cache {cache_path}: a check that the pipeline runs, not a measurement.")
+else:
+    cache_path = args.cache
+cache = Cache(cache_path, recipe_fingerprint(SIZE_NAMES))
+cells = [(s, m, n, seed) for s in SIZE_NAMES for m in METHOD_NAMES for n in DATA_SIZES for seed in SEEDS]
+missing = [c for c in cells if cache.get(*c) is None]
+print(f"cache {cache_path}: {len(cells) - len(missing)} of {len(cells)} cells (recipe fingerprint {cache.fingerprint})")
+
+run = (lambda *c: finetune_cell(*c, **FAST_RUN)) if FAST else finetune_cell
+if FAST or args.full:
+    t0 = time.perf_counter()
+    results = sweep(SIZE_NAMES, METHOD_NAMES, DATA_SIZES, SEEDS, cache, run=run)
+    print(f"ran {len(missing)} missing cells in {time.perf_counter() - t0:.0f}s")
+else:
+    results = sweep(SIZE_NAMES, METHOD_NAMES, DATA_SIZES, SEEDS, cache, only_cached=True)
+    if missing:
+        print(f"{len(missing)} cells are missing (e.g. {'/'.join(map(str, missing[0]))}): the tables below leave them "
+              f"out. `python lessons/20_scaling/walkthrough.py --full` runs them "
+              f"(about 16 minutes here for all 36).")
+
+if args.probe:
+    header("2b. The learning-rate probe: validation loss at three rates per method")
+    PROBE_LRS = {"full": (3e-4, 1e-3, 3e-3), "lora": (3e-3, 1e-2, 3e-2), "prompt": (3e-2, 1e-1, 3e-1)}
+    PROBE_CELLS = (("base", 150), ("tiny", 480))                 # the largest model on little data, and vice versa
+    rows = []
+    for m, lrs in PROBE_LRS.items():
+        for lr in lrs:
+            v = [finetune_cell(s, m, n, lr=lr)["val_nll"] for s, n in PROBE_CELLS]
+            rows.append((m, f"{lr:g}", *[f"{x:.4f}" for x in v], f"{sum(v) / len(v):.4f}",
+                         "<- METHODS" if lr == METHODS[m].lr else ""))
+    table(("method", "lr", *[f"val {s} D_f={n}" for s, n in PROBE_CELLS], "mean", ""), rows)
+    print("METHODS keeps, per method, the rate with the lowest mean (ties within 0.01 to the smaller rate).")
+
+# ==============================================================================================
+header(f"3. The cache is a record: {len(LIVE)} cells fine-tuned again now")
+if args.report:
+    print("--report: skipped (nothing is run).")
+else:
+    rows = []
+    for c in LIVE:
+        cached = cache.get(*c)
+        now = run(*c)
+        rows.append(("/".join(map(str, c[:3])), f"{now['test_nll']:.4f}",
+                     f"{cached['test_nll']:.4f}" if cached else "-",
+                     f"{abs(now['test_nll'] - cached['test_nll']):.1e}" if cached else "-", f"{now['seconds']:.1f}s"))
+    table(("size/method/D_f", "test loss now", "cached", "|difference|", "train time"), rows)
+    print("Same code, seed and thread count give the same numbers; another CPU or torch version may differ in the "
+          "last digits (floating-point sums in another order).")
+
+by = {(r["size"], r["method"], r["n_train"]): [] for r in results}
+for r in results:
+    by[(r["size"], r["method"], r["n_train"])].append(r["test_nll"])
+loss = {k: sum(v) / len(v) for k, v in by.items()}               # mean over seeds
+
+# ==============================================================================================
+header("4. Test loss after fine-tuning (nats per summary token; lower is better)")
+rows = []
+for m in METHOD_NAMES:
+    for s in SIZE_NAMES:
+        rows.append((m, s, *[f"{loss[(s, m, n)]:.3f}" if (s, m, n) in loss else "-" for n in DATA_SIZES]))
+table(("method", "size", *[f"D_f={n}" for n in DATA_SIZES]), rows)
+trainable = {r["method"]: {} for r in results}
+for r in results:
+    trainable[r["method"]][r["size"]] = r["trainable"]
+print("trainable parameters: " + "; ".join(f"{m} " + ", ".join(f"{s} {trainable[m][s]:,}" for s in SIZE_NAMES
+                                                                 if s in trainable[m]) for m in trainable))
+
+# ==============================================================================================
+header("5. The multiplicative law, one fit per method: L = A X^-α D_f^-β + E")
+fits, rows = {}, []
+for m in METHOD_NAMES:
+    pts = [(X_of[s], n, loss[(s, m, n)]) for s in SIZE_NAMES for n in DATA_SIZES if (s, m, n) in loss]
+    if len(pts) < 4 or len({p[0] for p in pts}) < 2 or len({p[1] for p in pts}) < 2:
+        print(f"{m}: too few cells to fit ({len(pts)})")
+        continue
+    f = fit_scaling_law(*zip(*pts))
+    fits[m] = f
+    held = [p for p in pts if p[1] == max(DATA_SIZES)]              # refit without the largest D_f, predict it
+    rest = [p for p in pts if p[1] != max(DATA_SIZES)]
+    if len({p[1] for p in rest}) >= 2 and len(rest) >= 4:
+        g = fit_scaling_law(*zip(*rest))
+        dh = sum(abs(float(predict_loss(g, x, n)) - y) for x, n, y in held) / len(held)
+        dh = f"{dh:.3f}"
+    else:
+        dh = "-"
+    rows.append((m, f"{f['A']:.3g}", f"{f['alpha']:.3f}", f"{f['beta']:.3f}", f"{f['E']:.3f}", f"{f['mad']:.3f}", dh))
+table(("method", "A", "α (model)", "β (data)", "E", "Δe (fitted)", "Δh (held out)"), rows)
+print(f"Δe: mean |L̂ - L| over the {len(SIZE_NAMES) * len(DATA_SIZES)} cells fitted. Δh: fit again without "
+      f"D_f = {max(DATA_SIZES)}, then predict those cells (the paper's check that the law extrapolates).")
+if fits:
+    xr, dr = max(X_of.values()) / min(X_of.values()), max(DATA_SIZES) / min(DATA_SIZES)
+    rows = [(m, f"{2 ** -f['alpha']:.3f}", f"{2 ** -f['beta']:.3f}", f"{xr ** -f['alpha']:.3f}", f"{dr ** -f['beta']:.3f}",
+             "model" if f["alpha"] > f["beta"] else "data")
+            for m, f in fits.items()]
+    table(("method", "x2 model", "x2 data", f"x{xr:.0f} model (the sweep's range)", f"x{dr:.0f} data (the sweep's range)",
+           "per doubling, more from"), rows)
+    print("Each column: the factor by which the reducible loss L - E shrinks. Multiplicative means this factor is "
+          "the same at every point of the other axis.")
+
+print("\nWithout the law, from the table: what the largest model gains over the smallest at each D_f, and "
+      "what the largest D_f gains over the smallest at each model size (negative: lower loss, better).")
+lo_s, hi_s, lo_d, hi_d = SIZE_NAMES[0], SIZE_NAMES[-1], DATA_SIZES[0], DATA_SIZES[-1]
+rows = []
+for m in METHOD_NAMES:
+    rows.append((m, *[f"{loss[(hi_s, m, n)] - loss[(lo_s, m, n)]:+.3f}" if (hi_s, m, n) in loss and (lo_s, m, n) in loss
+                      else "-" for n in DATA_SIZES],
+                 *[f"{loss[(s, m, hi_d)] - loss[(s, m, lo_d)]:+.3f}" if (s, m, hi_d) in loss and (s, m, lo_d) in loss
+                   else "-" for s in SIZE_NAMES]))
+table(("method", *[f"{lo_s}->{hi_s} at D_f={n}" for n in DATA_SIZES], *[f"{lo_d}->{hi_d} at {s}" for s in SIZE_NAMES]),
+      rows)
+
+# ==============================================================================================
+header("6. The curves, and the best method where")
+for m in METHOD_NAMES:                                           # one plot per method, one curve per size
+    series = {f"{i + 1} {s}": [(n, loss[(s, m, n)]) for n in DATA_SIZES if (s, m, n) in loss]
+              for i, s in enumerate(SIZE_NAMES)}
+    series = {k: v for k, v in series.items() if v}
+    if series:
+        print(f"{m}:")
+        print(ascii_plot(series, height=10, xlabel="D_f", ylabel="test loss"))
+rows = []
+for s in SIZE_NAMES:
+    row = [s]
+    for n in DATA_SIZES:
+        have = {m: loss[(s, m, n)] for m in METHOD_NAMES if (s, m, n) in loss}
+        row.append(min(have, key=have.get) if have else "-")
+    rows.append(tuple(row))
+table(("size", *[f"best at D_f={n}" for n in DATA_SIZES]), rows)
+print(f"\ntotal: {time.perf_counter() - t_start:.1f}s")

@@ -1,0 +1,269 @@
+"""minift/scaling.py (lesson 20): the fit recovers the law it is given, the law is
+multiplicative, a sweep cell early-stops on validation, the cache keeps what it holds and refuses
+another recipe's cells, and the shipped model sizes and sweep cache are current."""
+import itertools
+import json
+import math
+
+import pytest
+import torch
+from hypothesis import given
+from hypothesis import strategies as st
+
+from minift.checkpoint import load_json
+from minift.model import GPT, GPTConfig
+from minift.pretrain import BASE_DIR, DATA_DIR, RECIPE, SIZES, corpus_fingerprint, load_base, pretrain, size_dir
+from minift.report import ascii_plot
+from minift.train import TrainConfig
+from minift.scaling import (METHODS, Cache, finetune_cell, fit_scaling_law, non_embedding_parameters,
+                            predict_loss, recipe_fingerprint, steps_for, sweep, train_subset)
+
+from hypothesis import settings
+
+pytestmark = pytest.mark.lesson20
+
+GRID_X = (1e5, 3.3e5, 8e5)
+GRID_D = (48, 150, 480, 1500)
+
+
+def _points(p):
+    pts = list(itertools.product(GRID_X, GRID_D))
+    L = [p["A"] * x ** -p["alpha"] * d ** -p["beta"] + p["E"] for x, d in pts]   # the law, written out here
+    return [x for x, _ in pts], [d for _, d in pts], L
+
+
+@settings(max_examples=20, deadline=None)
+@given(logA=st.floats(0.0, 8.0), alpha=st.floats(0.05, 0.8), beta=st.floats(0.05, 0.8), E=st.floats(0.05, 2.0))
+def test_fit_recovers_the_law_it_was_given(logA, alpha, beta, E):
+    p = {"A": math.exp(logA), "alpha": alpha, "beta": beta, "E": E}
+    X, D, L = _points(p)
+    # identifiable only where the reducible term is not lost against E over the grid
+    red = [l - E for l in L]
+    if max(red) / min(red) < 1.5 or min(red) < 1e-3 * E:
+        return
+    f = fit_scaling_law(X, D, L)
+    for x, d, l in zip(X, D, L):
+        assert abs(float(predict_loss(f, x, d)) - l) <= 1e-4 * l, (p, f)
+    assert abs(f["alpha"] - alpha) < 0.02 and abs(f["beta"] - beta) < 0.02, (p, f)
+    assert abs(f["E"] - E) < 0.02 * E + 1e-3, (p, f)
+
+
+@settings(max_examples=30, deadline=None)
+@given(x=st.floats(1e3, 1e7), d=st.floats(1.0, 1e5), alpha=st.floats(0.0, 1.5), beta=st.floats(0.0, 1.5),
+       k=st.floats(1.1, 10.0))
+def test_law_is_multiplicative(x, d, alpha, beta, k):
+    """Scaling X by k multiplies the reducible loss by k^-α whatever D is (and D by k: k^-β)."""
+    p = {"A": 3.0, "alpha": alpha, "beta": beta, "E": 0.5}
+    base = float(predict_loss(p, x, d)) - 0.5
+    assert float(predict_loss(p, k * x, d)) - 0.5 == pytest.approx(base * k ** -alpha, rel=1e-9)
+    assert float(predict_loss(p, x, k * d)) - 0.5 == pytest.approx(base * k ** -beta, rel=1e-9)
+
+
+@settings(max_examples=15, deadline=None)
+@given(seed=st.integers(0, 10**6), noise=st.sampled_from([0.005, 0.02, 0.05]))
+def test_fit_on_noisy_points_is_no_worse_than_the_truth(seed, noise):
+    """With multiplicative noise, 12 points do not pin the four parameters down (A, α, β trade off
+    against E), but a minimiser must fit the points at least as well as the true law does: its
+    Huber objective is <= the truth's, computed here from the definition."""
+    g = torch.Generator().manual_seed(seed)
+    p = {"A": 40.0, "alpha": 0.3, "beta": 0.45, "E": 0.4}
+    X, D, L = _points(p)
+    L = [l * math.exp(noise * float(torch.randn((), generator=g))) for l in L]
+
+    def huber(q, delta=1e-3):
+        r = [math.log(q["A"] * x ** -q["alpha"] * d ** -q["beta"] + q["E"]) - math.log(l) for x, d, l in zip(X, D, L)]
+        return sum(0.5 * v * v if abs(v) <= delta else delta * (abs(v) - 0.5 * delta) for v in r)
+    f = fit_scaling_law(X, D, L)
+    assert huber(f) <= huber(p) * (1 + 1e-9), (f, huber(f), huber(p))
+    assert f["objective"] == pytest.approx(huber(f), rel=1e-6)
+
+
+@pytest.mark.parametrize("X,D,L,msg", [
+    ([1e5, 2e5, 3e5], [10, 20, 30], [1.0, 0.9], "same length"),
+    ([1e5, 2e5, 3e5], [10, 20, 30], [1.0, 0.9, 0.8], "4 parameters"),
+    ([1e5] * 4, [10, 20, 30, 40], [1.0, 0.9, 0.8, 0.7], "two distinct"),
+    ([1e5, 2e5, 1e5, 2e5], [10, 10, 20, 20], [1.0, 0.0, 0.8, 0.7], "every L"),
+    ([1e5, 2e5, 1e5, 2e5], [10, 10, 20, float("nan")], [1.0, 0.9, 0.8, 0.7], "every D"),
+])
+def test_fit_rejects_bad_points(X, D, L, msg):
+    with pytest.raises(ValueError, match=msg):
+        fit_scaling_law(X, D, L)
+
+
+def test_steps_and_subsets():
+    assert {steps_for(n) for n in (1, 48, 150, 480, 1500, 10**6)} == {200}     # one compute budget
+    pairs = [(f"p{i}", f"r{i}") for i in range(100)]
+    small, big = train_subset(pairs, 10, 3), train_subset(pairs, 40, 3)
+    assert big[:10] == small and len(set(big)) == 40                 # nested, no repeats
+    assert train_subset(pairs, 10, 4) != small                       # another seed, another draw
+    with pytest.raises(ValueError, match="more than the 100"):
+        train_subset(pairs, 101, 0)
+    with pytest.raises(ValueError, match="n_train"):
+        steps_for(0)
+
+
+def test_non_embedding_parameters_counts_12_L_C2_plus_biases():
+    cfg = GPTConfig(vocab_size=97, block_size=32, n_layer=2, n_head=2, n_embd=16)
+    m = GPT(cfg)
+    C, Lyr = 16, 2
+    per_block = 12 * C * C + (3 * C + C + 4 * C + C) + 4 * C          # weights, biases, two LayerNorms
+    assert non_embedding_parameters(m) == Lyr * per_block + 2 * C     # + ln_f; wte (tied head) and wpe out
+
+
+@pytest.fixture(scope="module")
+def toy_load():
+    """A tiny randomly initialised GPT on the shipped tokenizer: a sweep cell in about a second."""
+    _, tok = load_base()
+
+    def load(size):
+        torch.manual_seed(0)
+        return GPT(GPTConfig(vocab_size=tok.vocab_size, block_size=160, n_layer=1, n_head=2, n_embd=32)), tok
+    return load
+
+
+@pytest.mark.parametrize("method", sorted(METHODS))
+def test_cell_reports_test_loss_at_the_val_best_step(toy_load, method):
+    r = finetune_cell("tiny", method, 32, seed=0, steps=16, n_val=8, n_test=8, load=toy_load)
+    r20 = finetune_cell("tiny", method, 32, seed=0, steps=20, n_val=8, n_test=8, load=toy_load)
+    assert r20["steps"] == 20 and r20["best_step"] in range(2, 21, 2)          # evaluated every 20 // 10 steps
+    assert r["steps"] == 16 and 1 <= r["best_step"] <= 16
+    k = min(range(len(r20["val_curve"])), key=r20["val_curve"].__getitem__)
+    assert r20["best_step"] == r20["eval_steps"][k] and r20["val_nll"] == r20["val_curve"][k]
+    assert math.isfinite(r["test_nll"]) and r["test_nll"] > 0
+    assert 0 < r["trainable"] <= sum(p.numel() for p in toy_load("tiny")[0].parameters())
+    if method != "full":
+        assert r["trainable"] < r["X"]
+    again = finetune_cell("tiny", method, 32, seed=0, steps=16, n_val=8, n_test=8, load=toy_load)
+    assert again["test_nll"] == r["test_nll"] and again["val_nll"] == r["val_nll"]     # reproducible
+
+
+def test_cell_rejects_an_unknown_method():
+    with pytest.raises(ValueError, match="not in the sweep"):
+        finetune_cell("tiny", "bitfit", 48)
+
+
+def test_cache_keeps_cells_and_refuses_another_recipe(tmp_path):
+    path = str(tmp_path / "sweep.json")
+    calls = []
+
+    def fake(size, method, n, seed):
+        calls.append((size, method, n, seed))
+        return {"size": size, "method": method, "n_train": n, "seed": seed, "test_nll": 1.0 / n}
+    c = Cache(path, "aaaa")
+    out = sweep(["s"], ["m"], [10, 20], [0], c, run=fake, progress=False)
+    assert len(out) == 2 and len(calls) == 2
+    c2 = Cache(path, "aaaa")                                          # read back from disk
+    out2 = sweep(["s"], ["m"], [10, 20, 40], [0], c2, run=fake, progress=False)
+    assert len(calls) == 3 and calls[-1] == ("s", "m", 40, 0) and len(out2) == 3
+    assert len(sweep(["s"], ["m"], [10, 80], [0], Cache(path, "aaaa"), run=fake, only_cached=True)) == 1
+    stale = Cache(path, "bbbb")                                       # another recipe: nothing reused
+    assert stale.get("s", "m", 10, 0) is None
+    stale.put(fake("s", "m", 10, 1))
+    old = load_json(path + ".aaaa")                                   # the old cells are kept, not overwritten
+    assert old["fingerprint"] == "aaaa" and len(old["cells"]) == 3
+    assert load_json(path)["fingerprint"] == "bbbb" and len(load_json(path)["cells"]) == 1
+    (tmp_path / "bad.json").write_text(json.dumps({"nope": 1}))
+    with pytest.raises(ValueError, match="not a scaling cache"):
+        Cache(str(tmp_path / "bad.json"), "aaaa")
+
+
+def test_ascii_plot_puts_extremes_on_the_edges():
+    text = ascii_plot({"a": [(1, 1.0), (100, 10.0)], "b": [(10, 3.0)]}, width=21, height=5)
+    rows = [line.split("|", 1)[1] for line in text.splitlines()[:5]]
+    assert rows[0][-1] == "a" and rows[-1][0] == "a" and rows[2][10] == "b"   # log axes: 10 sits mid-way
+    with pytest.raises(ValueError, match="log axes"):
+        ascii_plot({"a": [(0, 1.0)]})
+
+
+def test_pretrain_size_is_checked_and_fast_runs(tmp_path):
+    with pytest.raises(ValueError, match="not a model size"):
+        size_dir("huge")
+    with pytest.raises(ValueError, match="not a model size"):
+        pretrain(out=str(tmp_path), fast=True, size="huge")
+    assert size_dir("base") == BASE_DIR and size_dir("tiny") == DATA_DIR / "sizes" / "tiny"
+
+
+@pytest.mark.parametrize("size", [s for s in SIZES if s != "base"])
+def test_shipped_sizes_share_the_recipe_and_tokenizer(size):
+    """data/sizes/S/ was made by `minift pretrain --size S`: the base's recipe, corpus and
+    tokenizer, only the shape of SIZES[S]."""
+    folder = size_dir(size)
+    if not (folder / "model.safetensors").is_file():
+        pytest.skip(f"{folder} not built (minift pretrain --size {size})")
+    meta, base = load_json(str(folder / "config.json")), load_json(str(BASE_DIR / "config.json"))
+    assert meta["size"] == size
+    assert {k: meta["model"][k] for k in SIZES[size]} == SIZES[size]
+    shared = {k: v for k, v in meta["recipe"].items() if k in base["recipe"]}
+    newer = {k: v for k, v in meta["recipe"].items() if k not in base["recipe"]}   # TrainConfig fields added since
+    assert shared == base["recipe"] and meta["recipe"]["steps"] == RECIPE.steps
+    assert all(getattr(TrainConfig(), k) == v for k, v in newer.items()), newer
+    assert meta["corpus_fingerprint"] == base["corpus_fingerprint"] == corpus_fingerprint()
+    assert (folder / "tokenizer.json").read_bytes() == (BASE_DIR / "tokenizer.json").read_bytes()
+
+
+def test_shipped_sweep_cache_is_current():
+    """data/scaling/sweep.json must be the output of this recipe on these checkpoints: if either
+    changes, re-run `python lessons/20_scaling/walkthrough.py --full` (the README says how long)."""
+    path = DATA_DIR / "scaling" / "sweep.json"
+    if not path.is_file():
+        pytest.skip("no shipped sweep cache")
+    data = load_json(str(path))
+    assert data["fingerprint"] == recipe_fingerprint(tuple(SIZES)), "stale cache: re-run lesson 20 --full"
+    for key, cell in data["cells"].items():
+        assert key == f"{cell['size']}/{cell['method']}/{cell['n_train']}/{cell['seed']}"
+        assert cell["best_step"] <= cell["steps"] == steps_for(cell["n_train"])
+        assert math.isfinite(cell["test_nll"]) and cell["test_nll"] > 0
+
+
+# ---- the conformance checks of lesson 20 catch plausible mistakes -------------------------------
+
+def _impl(**fns):
+    import types
+    from minift.conformance import adapters_scaling
+    return types.SimpleNamespace(**{**{k: getattr(adapters_scaling, k) for k in adapters_scaling.__all__}, **fns})
+
+
+SCALING_BUGS = {
+    "scaling_law_matches_definition": dict(                      # additive instead of multiplicative
+        run_scaling_law=lambda X, D, A, alpha, beta, E: A * X ** -alpha + A * D ** -beta + E),
+    "fit_recovers_law": dict(                                    # fits log L linearly: forgets E
+        run_fit_scaling_law=lambda X, D, L: _fit_without_E(X, D, L)),
+}
+
+
+def _fit_without_E(X, D, L):
+    M = torch.stack([torch.ones_like(X), -X.log(), -D.log()], 1)
+    a, alpha, beta = torch.linalg.lstsq(M, L.log()[:, None]).solution.reshape(-1).tolist()
+    return (math.exp(a), alpha, beta, 0.0)
+
+
+@pytest.mark.parametrize("name", sorted(SCALING_BUGS))
+def test_each_scaling_check_catches_a_plausible_bug(name):
+    from minift.conformance.checks import CHECKS, FAIL, PASS, run_check
+    assert run_check(CHECKS[name], _impl()).status == PASS
+    assert run_check(CHECKS[name], _impl(**SCALING_BUGS[name])).status == FAIL
+
+
+def test_a_fit_that_only_matches_the_points_is_not_enough():
+    """Swapping α and β fits nothing on an asymmetric grid: the check fails it too."""
+    from minift.conformance.checks import CHECKS, FAIL, run_check
+    from minift.scaling import fit_scaling_law as fit
+
+    def swapped(X, D, L):
+        f = fit(X, D, L)
+        return (f["A"], f["beta"], f["alpha"], f["E"])
+    assert run_check(CHECKS["fit_recovers_law"], _impl(run_fit_scaling_law=swapped)).status == FAIL
+
+
+def test_walkthrough_report_reads_the_shipped_cache():
+    """`walkthrough.py --report` rebuilds the README's tables from data/scaling/sweep.json alone."""
+    import subprocess
+    import sys
+    from pathlib import Path
+    if not (DATA_DIR / "scaling" / "sweep.json").is_file():
+        pytest.skip("no shipped sweep cache")
+    root = Path(__file__).resolve().parent.parent
+    r = subprocess.run([sys.executable, str(root / "lessons" / "20_scaling" / "walkthrough.py"), "--report"],
+                       cwd=str(root), capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "72 of 72 cells" in r.stdout and "Δe (fitted)" in r.stdout and "missing" not in r.stdout
