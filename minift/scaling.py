@@ -108,6 +108,7 @@ def finetune_cell(size: str, method: str, n_train: int, seed: int = 0, *, steps:
     if method not in METHODS:
         raise ValueError(f"method={method!r} is not in the sweep; choose from {sorted(METHODS)}")
     m = METHODS[method]
+    torch.manual_seed(seed)                    # the method's random init (LoRA's A) follows the cell's seed
     model, tok = (load or (lambda s: load_base(size_dir(s))))(size)
     X = non_embedding_parameters(model)
     apply_config(model, m.config)
