@@ -212,7 +212,10 @@ def sweep(sizes, methods, data_sizes, seeds, cache: Optional[Cache] = None, run:
     out, todo = [], []
     for c in cells:
         hit = cache.get(*c) if cache is not None else None
-        (out.append(hit) if hit is not None else todo.append(c))
+        if hit is not None:
+            out.append(hit)
+        else:
+            todo.append(c)
     if only_cached:
         return out
     for c in tqdm(todo, desc="sweep", disable=not progress or not todo, leave=False, dynamic_ncols=True):
@@ -249,7 +252,7 @@ def fit_scaling_law(X, D, L, delta: float = 1e-3) -> dict:
     """Fit A, α, β, E of L̂ = A X^(-α) D^(-β) + E to points (X_i, D_i, L_i).
 
     Minimises Σ_i Huber_δ(log L̂_i - log L_i) over (a = log A, α, β, e = log E) by
-    Levenberg-Marquardt from the best few points of a grid over (α, β) ∈ [-1, 2]² (the objective
+    Levenberg-Marquardt from the best three points of a grid over (α, β) ∈ [-1, 2]² (the objective
     has several local minima), and keeps the best.
     Returns {A, alpha, beta, E, objective, mad}: mad is the mean absolute deviation |L̂ - L| on
     the points fitted (the paper's Δ_e)."""
@@ -293,16 +296,14 @@ def fit_scaling_law(X, D, L, delta: float = 1e-3) -> dict:
             r, J = residuals_and_jacobian(theta)
             w = torch.where(r.abs() <= delta, torch.ones_like(r), delta / r.abs())
             H, g = J.T @ (w[:, None] * J), J.T @ (w * r)               # (4, 4), (4,)
-            while True:
+            while lam <= 1e12:                                         # damp until the step descends
                 step = torch.linalg.solve(H + lam * torch.diag(H.diagonal().clamp_min(1e-12)), -g)
                 f_new = objective(theta + step)
                 if math.isfinite(f_new) and f_new <= f_cur:
                     break
                 lam *= 4.0
-                if lam > 1e12:
-                    break
-            if lam > 1e12:
-                break
+            else:
+                break                                                  # no step descends: at a minimum
             done = f_cur - f_new <= 1e-15 * max(f_cur, 1e-300) or float(step.abs().max()) < 1e-12
             theta, f_cur, lam = theta + step, f_new, max(lam / 3.0, 1e-12)
             if done:
