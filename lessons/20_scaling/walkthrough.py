@@ -17,7 +17,7 @@ Prints, top to bottom:
     python lessons/20_scaling/walkthrough.py            # or: minift run 20 (the cache + 3 cells run again)
     python lessons/20_scaling/walkthrough.py --report   # the cache only: tables, fit, plot (seconds)
     python lessons/20_scaling/walkthrough.py --full     # run every cell the cache lacks (see README)
-    python lessons/20_scaling/walkthrough.py --probe    # + the learning-rate probe (about 5 minutes)
+    python lessons/20_scaling/walkthrough.py --probe    # + the learning-rate probe (about 10 minutes)
     python lessons/20_scaling/walkthrough.py --fast     # a 2x2x2 corner, tiny steps (the tests)
 
 Everything it uses lives in the library (minift/scaling.py, minift/pretrain.py, minift/peft/).
@@ -45,7 +45,7 @@ parser.add_argument("--fast", action="store_true", help="a 2x2x2 corner with tin
 parser.add_argument("--report", action="store_true", help="print from the cache only; run nothing")
 parser.add_argument("--full", action="store_true", help="run every cell missing from the cache")
 parser.add_argument("--probe", action="store_true", help="first, the learning-rate probe behind METHODS' rates "
-                    "(3 rates x 3 methods x 2 cells, about 5 minutes)")
+                    "(3 rates x 3 methods x 2 cells, about 10 minutes)")
 parser.add_argument("--seeds", default="0,1,2", help="comma-separated seeds of the sweep (default 0,1,2: the shipped cache)")
 parser.add_argument("--cache", default=str(DATA_DIR / "scaling" / "sweep.json"), help="the cache file")
 args = parser.parse_args()
