@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+from contextlib import contextmanager
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -66,6 +67,28 @@ def load(verbose: bool = False):
     tag = ("_avx2" if "-mavx2" in cflags else "_scalar") + ("_cuda" if cuda else "")
     build = cache_dir() / (NAME + tag)
     build.mkdir(parents=True, exist_ok=True)
-    return _load(name=NAME + tag, sources=sources, extra_cflags=cflags,
-                 extra_ldflags=["-fopenmp"] if "-fopenmp" in cflags else None,
-                 extra_cuda_cflags=["-O3"] if cuda else None, build_directory=str(build), verbose=verbose)
+    with _build_lock(build):
+        return _load(name=NAME + tag, sources=sources, extra_cflags=cflags,
+                     extra_ldflags=["-fopenmp"] if "-fopenmp" in cflags else None,
+                     extra_cuda_cflags=["-O3"] if cuda else None, build_directory=str(build), verbose=verbose)
+
+
+@contextmanager
+def _build_lock(build: Path):
+    """One build at a time, by a lock the OS releases when its holder dies.
+
+    torch's own lock is a plain file (`build/lock`) that a build killed half-way (Ctrl-C, a
+    timeout) leaves behind, and every later load then waits for it forever. Holding our lock
+    means no other minift build is running, so such a file is stale: remove it first."""
+    try:
+        import fcntl
+    except ImportError:                                        # not POSIX: torch's lock alone
+        yield
+        return
+    with open(build / ".minift-build.lock", "w") as guard:
+        fcntl.flock(guard, fcntl.LOCK_EX)
+        try:
+            (build / "lock").unlink(missing_ok=True)
+            yield
+        finally:
+            fcntl.flock(guard, fcntl.LOCK_UN)

@@ -25,12 +25,18 @@ ROOT = Path(__file__).resolve().parent.parent
 LESSONS_DIR = ROOT / "lessons"
 
 
+def _usage_error(message: str) -> int:
+    """One line on stderr and exit status 2: the command could not run (a failed check is 1)."""
+    print(message, file=sys.stderr)
+    return 2
+
+
 def list_lessons() -> list[dict]:
     """Lesson folders NN_name with a walkthrough.py, in order. EXPECTED_SECONDS and FAST_SECONDS
     are read from the walkthrough's source (without importing it)."""
     if not LESSONS_DIR.is_dir():
-        raise SystemExit(f"minift: no lessons/ folder next to the package ({LESSONS_DIR}); "
-                         f"run from a clone installed with `pip install -e .`")
+        raise SystemExit(_usage_error(f"minift: no lessons/ folder next to the package ({LESSONS_DIR}); "
+                         f"run from a clone installed with `pip install -e .`"))
     out = []
     for d in sorted(LESSONS_DIR.iterdir()):
         m = re.fullmatch(r"(\d\d)_(\w+)", d.name)
@@ -52,7 +58,7 @@ def _find_lesson(nn: str) -> dict:
     for les in lessons:
         if les["nn"] == nn.zfill(2) or les["dir"].name == nn:
             return les
-    raise SystemExit(f"minift: no lesson {nn!r}; lessons are {[les['nn'] for les in lessons]}")
+    raise SystemExit(_usage_error(f"minift: no lesson {nn!r}; lessons are {[les['nn'] for les in lessons]}"))
 
 
 TIMES_FILE = ROOT / "runs" / "lesson_times.json"      # what `minift run` measured on this machine
@@ -114,8 +120,8 @@ def _need(module: str, what: str) -> None:
     """verify/check use the test tools (hypothesis, pytest), which are an extra, not a dependency."""
     import importlib.util
     if importlib.util.find_spec(module) is None:
-        raise SystemExit(f"minift {what} needs {module}: install the test extra with "
-                         f"`python -m pip install -e \".[test]\"`")
+        raise SystemExit(_usage_error(f"minift {what} needs {module}: install the test extra with "
+                         f"`python -m pip install -e \".[test]\"`"))
 
 
 def cmd_check(args) -> int:
@@ -126,18 +132,18 @@ def cmd_check(args) -> int:
         from .conformance.classroom import default_impl
         impl = os.path.abspath(args.impl) if args.impl else str(default_impl(les).resolve())   # pytest runs in ROOT
         if not os.path.isfile(impl):
-            raise SystemExit(f"minift check: no such file {impl}")
+            return _usage_error(f"minift check: no such file {impl}")
         cmd = [sys.executable, "-m", "pytest", "-q", "-m", f"lesson{les['nn']}", "--impl", impl, str(ROOT / "tests")]
         print("+", " ".join(cmd), flush=True)
         return subprocess.call(cmd, cwd=str(ROOT))
     from .conformance import classroom
     impl = Path(args.impl) if args.impl else classroom.default_impl(les)
     if not impl.is_file():
-        raise SystemExit(f"minift check: no such file {impl}")
+        return _usage_error(f"minift check: no such file {impl}")
     try:
         g = classroom.grade(les, impl)
-    except ValueError as e:                                   # not a Python file of run_* functions
-        raise SystemExit(f"minift check: {e}")
+    except ValueError as e:                    # not a Python file of run_* functions, or it does not import
+        return _usage_error(f"minift check: {e}")
     print(classroom.as_json(g) if args.json else classroom.report(g))
     return 0 if g["points"] == g["max_points"] else 1
 
@@ -148,7 +154,7 @@ def cmd_exercise(args) -> int:
     try:
         path, backup = classroom.hand_out(les, reset=args.reset, work_dir=Path(args.dir))
     except ValueError as e:
-        raise SystemExit(f"minift exercise: {e}")
+        raise SystemExit(_usage_error(f"minift exercise: {e}"))
     if backup:
         print(f"your previous file is kept as {backup}")
     print(f"wrote {path}: the stubs of lesson {les['nn']}. Fill them in, then grade with `minift check {les['nn']}`")
@@ -164,7 +170,7 @@ def cmd_verify(args, rest) -> int:
 def cmd_bench(args) -> int:
     from .bench import BENCHES
     if args.name not in BENCHES:
-        raise SystemExit(f"minift bench: unknown benchmark {args.name!r}; choose from {sorted(BENCHES)}")
+        raise SystemExit(_usage_error(f"minift bench: unknown benchmark {args.name!r}; choose from {sorted(BENCHES)}"))
     BENCHES[args.name](fast=args.fast)
     return 0
 
@@ -172,7 +178,7 @@ def cmd_bench(args) -> int:
 def cmd_pretrain(args) -> int:
     from .pretrain import SIZES, pretrain
     if args.size is not None and args.size not in SIZES:
-        raise SystemExit(f"minift pretrain: --size {args.size!r} is not a model size; choose from {sorted(SIZES)}")
+        raise SystemExit(_usage_error(f"minift pretrain: --size {args.size!r} is not a model size; choose from {sorted(SIZES)}"))
     pretrain(out=args.out, steps=args.steps, fast=args.fast, size=args.size)
     return 0
 
@@ -193,7 +199,10 @@ def cmd_golden(args) -> int:
         impl = args.impl
         if impl in ("minift", "reference"):                   # minift's own adapters (a package, not a file)
             from .conformance import adapters as impl
-        info = golden.run_impl(impl, out, args.against or golden.GOLDEN_DIR)
+        try:
+            info = golden.run_impl(impl, out, args.against or golden.GOLDEN_DIR)
+        except ValueError as e:
+            return _usage_error(f"minift golden: {e}")
         print(f"wrote the outputs of {args.impl} for {info['cases']} golden cases to {out}/; "
               f"compare them with `minift verify --golden {out}`")
         return 0

@@ -4,6 +4,8 @@
     CI=1 pytest                                                     # deterministic examples
 """
 import os
+import platform
+from importlib.metadata import PackageNotFoundError, version
 
 import pytest
 from hypothesis import settings
@@ -21,8 +23,12 @@ def pytest_addoption(parser):
 
 def pytest_configure(config):
     path = config.getoption("--impl")
-    if path and not os.path.isfile(path):
-        raise pytest.UsageError(f"--impl {path}: no such file; expected a Python file defining run_* functions")
+    if path:                                 # a missing or broken file: one line, pytest's usage-error status
+        from minift.conformance import load_impl
+        try:
+            load_impl(path)
+        except ValueError as e:
+            raise pytest.UsageError(str(e)) from None
 
 
 @pytest.fixture(scope="session")
@@ -34,3 +40,15 @@ def impl(request):
         return adapters
     from minift.conformance import load_impl
     return load_impl(path)
+
+
+def pytest_terminal_summary(terminalreporter):
+    """One line, last: the versions this run used (a fresh install gets the newest pyproject allows)."""
+    def v(name):
+        try:
+            return version(name)
+        except PackageNotFoundError:
+            return "absent"
+    names = ["torch", "numpy", "tokenizers", "safetensors", "tqdm", "pytest", "hypothesis"]
+    terminalreporter.write_line("versions: python " + platform.python_version() + ", " +
+                                ", ".join(f"{n} {v(n)}" for n in names))

@@ -1,5 +1,6 @@
 """The `minift` command: data regeneration, lesson lookup errors, the bench table."""
 import json
+from pathlib import Path
 
 import pytest
 
@@ -7,6 +8,7 @@ from minift import world
 from minift.cli import main
 
 pytestmark = pytest.mark.core
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_data_command_regenerates_tinyworld_identically(tmp_path, capsys):
@@ -20,11 +22,36 @@ def test_data_command_regenerates_tinyworld_identically(tmp_path, capsys):
         assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes()
 
 
-def test_unknown_lesson_and_bench_names_are_clear_errors():
-    with pytest.raises(SystemExit, match="no lesson '99'"):
+def test_unknown_lesson_and_bench_names_are_clear_errors(capsys):
+    with pytest.raises(SystemExit) as e:
         main(["run", "99"])
-    with pytest.raises(SystemExit, match="unknown benchmark 'nope'"):
+    assert e.value.code == 2 and "no lesson '99'" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as e:
         main(["bench", "nope"])
+    assert e.value.code == 2 and "unknown benchmark 'nope'" in capsys.readouterr().err
+
+
+BROKEN_IMPLS = {                                    # file text -> the line the message must name
+    "import torch\n\ndef run_softmax(x, dim=-1)\n    return x\n": 3,                  # a syntax error
+    "import torch\nimport no_such_module_here\n\ndef run_softmax(x, dim=-1):\n    return x\n": 2,
+    "import torch\n\nSCALE = 1 / 0\n\ndef run_softmax(x, dim=-1):\n    return x\n": 3,  # crashes on import
+}
+
+
+@pytest.mark.parametrize("text", sorted(BROKEN_IMPLS))
+@pytest.mark.parametrize("command", [["verify", "--only", "softmax_sums_to_one"], ["check", "00"],
+                                     ["golden", "--out", "unused"]])
+def test_an_impl_that_does_not_import_is_one_line_and_status_2(tmp_path, capsys, text, command):
+    f = tmp_path / "broken_impl.py"
+    f.write_text(text)
+    argv = command + ["--impl", str(f)]
+    if command[0] == "golden":
+        argv[2] = str(tmp_path / "out")
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and str(f) in err
+    assert f"line {BROKEN_IMPLS[text]}:" in err
+    assert not (tmp_path / "out").exists()
 
 
 def test_bench_train_prints_a_table_with_ratios_against_the_base(capsys):
@@ -48,3 +75,14 @@ def test_lessons_shows_the_times_run_measured_here(tmp_path, monkeypatch, capsys
     assert rows["00"][4:6] == ["11s", "3s!"]                     # default, --fast (failed)
     assert rows["01"][4:6] == ["40s", "-"]
     assert rows["02"][4:6] == ["-", "-"]
+
+
+def test_pytest_with_an_impl_that_does_not_import_is_a_usage_error(tmp_path):
+    import subprocess
+    import sys
+    f = tmp_path / "broken_impl.py"
+    f.write_text("def run_softmax(x, dim=-1)\n    return x\n")
+    r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-m", "lesson00", "--impl", str(f), "tests/test_readme.py"],
+                       capture_output=True, text=True, cwd=str(ROOT))
+    assert r.returncode == pytest.ExitCode.USAGE_ERROR                  # not the status of a failed test (1)
+    assert f"{f}: cannot import it: line 1:" in r.stderr and "Traceback" not in r.stdout + r.stderr

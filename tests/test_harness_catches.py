@@ -3,10 +3,15 @@ counterexample, blame nothing else, pass minift's reference, and `minift verify`
 all of that with the right exit status."""
 from pathlib import Path
 
+import numpy as np
 import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from minift.conformance import (CHECKS, FAIL, MISSING, NOT_IMPLEMENTED, PASS, load_impl, run_checks,
                                 verify_main)
+from minift.conformance.checks import _run, format_counterexample
 
 pytestmark = pytest.mark.conformance
 
@@ -45,14 +50,43 @@ def test_wrong_impl_fails_exactly_the_expected_checks(wrong_results):
 def test_each_failure_comes_with_a_minimal_counterexample(wrong_results, name):
     r = wrong_results[name]
     assert r.error.strip(), "a failure must say what was wrong"
-    assert "Falsifying example" in r.counterexample
-    assert f"{name}(" in r.counterexample                # the property, with its arguments
+    assert r.counterexample.startswith(f"{name}(")   # our text: the property and its arguments
 
 
-def test_softmax_counterexample_is_an_overflowing_input(wrong_results):
+def _arguments(counterexample: str) -> dict:
+    """The keyword arguments of a counterexample's text, evaluated back into Python values."""
+    return eval("dict" + counterexample[counterexample.index("("):], {"array": np.array, "float32": np.float32})   # noqa: S307
+
+
+def test_softmax_counterexample_reproduces_the_failure(wrong_results):
     r = wrong_results["softmax_stable_large"]
-    assert "x=array(" in r.counterexample
     assert "nan" in r.error or "inf" in r.error
+    args = _arguments(r.counterexample)
+    x = torch.from_numpy(args["x"])                      # the text gives back the exact float32 input
+    assert not torch.isfinite(load_impl(WRONG).run_softmax(x, args["dim"])).all()
+    assert torch.isfinite(torch.softmax(x, args["dim"])).all()
+
+
+def test_counterexamples_show_values_drawn_inside_the_property():
+    """A property that draws from st.data() reports its draws, in order, as `data=[...]`."""
+    @settings(max_examples=50, derandomize=True, database=None)
+    @given(n=st.integers(0, 10), data=st.data())
+    def drawn_sum_is_small(n, data):
+        assert n + data.draw(st.integers(0, 10)) < 15
+
+    with pytest.raises(AssertionError) as e:
+        _run(drawn_sum_is_small)
+    args = _arguments(e.value.counterexample)
+    assert set(args) == {"n", "data"} and len(args["data"]) == 1
+    assert args["n"] + args["data"][0] >= 15             # the reported example does fail the property
+
+
+def test_counterexample_text_is_our_own():
+    """The text comes from the failing arguments, not from hypothesis' report: bit-exact floats."""
+    x = np.array([0.1, 1 / 3, -2.5e-39], dtype=np.float32)
+    text = format_counterexample("prop", {"x": x, "flag": True})
+    assert text.startswith("prop(") and "flag=True" in text
+    assert np.array_equal(_arguments(text)["x"], x)
 
 
 def test_reference_passes_every_check():
@@ -82,7 +116,7 @@ def test_verify_wrong_impl_exits_1_and_prints_counterexamples(capsys):
     out = capsys.readouterr().out
     for name in EXPECTED_FAILURES:
         assert f"=== FAIL {name}" in out
-        assert f"Falsifying example: {name}(" in out
+        assert f"counterexample:\n    {name}(" in out
     assert "gelu_matches_formula" in out and "PASS" in out
     n00 = len(run_checks(load_impl(WRONG), only="lesson00"))
     assert f"{len(EXPECTED_FAILURES)} failed" in out and f"{n00 - len(EXPECTED_FAILURES)} passed" in out

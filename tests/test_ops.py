@@ -291,3 +291,26 @@ def test_bench_kernels_fast_prints_ratios_against_dense_measured_in_the_same_run
         assert r["ms"] > 0 and r["weight_GBps"] > 0 and r["vs_limit"] > 0
         if r["path"] == "float32 dense x Wᵀ":
             assert r["vs_dense"] == 1.0
+
+
+def test_a_build_killed_half_way_does_not_block_later_loads(tmp_path, monkeypatch):
+    """torch's build lock is a plain file that a killed build leaves behind (every later load would
+    wait for it forever); the loader removes it once it holds its own lock, which the OS frees."""
+    import importlib.util
+    import torch.utils.cpp_extension as cpp
+    spec = importlib.util.spec_from_file_location("loader_under_test", ROOT / "cuda_ext" / "loader.py")
+    loader = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(loader)
+    monkeypatch.setenv("MINIFT_EXT_DIR", str(tmp_path))
+    seen = []
+
+    def fake_load(name, build_directory, **kwargs):
+        seen.append((Path(build_directory) / "lock").exists())
+        return "module"
+
+    monkeypatch.setattr(cpp, "load", fake_load)
+    tag = ("_avx2" if "-mavx2" in loader.flags() else "_scalar") + ("_cuda" if torch.cuda.is_available() and cpp.CUDA_HOME else "")
+    build = tmp_path / (loader.NAME + tag)
+    build.mkdir(parents=True)
+    (build / "lock").write_text("")                                   # what a killed build leaves
+    assert loader.load() == "module" and seen == [False]

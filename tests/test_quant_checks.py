@@ -58,5 +58,5 @@ def test_each_bug_fails_its_check_with_a_counterexample():
     for name in ("int8_quantize_within_half_a_step", "nf4_quantize_picks_the_nearest_code", "pack_4bit_nibble_order", "int8_matmul_decomposition",
                  "loftq_not_worse_than_plain"):
         assert res[name].status == FAIL, name
-        assert "Falsifying example" in res[name].counterexample, name
+        assert res[name].counterexample.startswith(f"{name}("), name
     assert res["nf4_dequantize_matches_table"].status == PASS                # the one function left correct

@@ -9,7 +9,7 @@ Fill in each function below (delete the `raise NotImplementedError`), then grade
     minift verify --impl lessons/00_transformer/exercise.py --only run_softmax  # one function
 
 Every check is a property tested on many small random inputs; a failing check prints the
-smallest input hypothesis could find that breaks it ("Falsifying example: ..."). Paste it into
+smallest input hypothesis could find that breaks it (printed as "counterexample: <check>(<arguments>)"). Paste it into
 a Python shell and compare your output with the formula by hand.
 
 Rules: plain PyTorch tensor operations (torch.exp, torch.tanh, @, .mean, .sum, .max, ...).

@@ -7,7 +7,7 @@ Fill in each function below (delete the `raise NotImplementedError`), then grade
     pytest -m lesson01 --impl lessons/01_pretraining/exercise.py
 
 Every check is a property tested on many small random inputs; a failing check prints the
-smallest input hypothesis could find that breaks it ("Falsifying example: ..."). Paste it into
+smallest input hypothesis could find that breaks it (printed as "counterexample: <check>(<arguments>)"). Paste it into
 a Python shell and compare your output with the formula by hand.
 
 Rules: plain PyTorch tensor operations and `math`. Do not call F.cross_entropy,

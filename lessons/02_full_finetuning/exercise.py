@@ -7,7 +7,7 @@ Fill in each function below (delete the `raise NotImplementedError`), then grade
     pytest -m lesson02 --impl lessons/02_full_finetuning/exercise.py
 
 Every check is a property tested on many small random inputs; a failing check prints the
-smallest input hypothesis could find that breaks it ("Falsifying example: ..."). Paste it into
+smallest input hypothesis could find that breaks it (printed as "counterexample: <check>(<arguments>)"). Paste it into
 a Python shell and compare your output with the formula by hand.
 
 Rules: plain Python and PyTorch tensor operations. Do not call minift itself (minift.heads,

@@ -8,7 +8,7 @@ in each function (delete the `raise NotImplementedError`), then grade your file:
     minift check 03 --pytest        # the lesson's pytest marker instead (pytest -m lesson03 --impl FILE)
 
 Every check is a property tested on many small random inputs; a failing check prints the
-smallest input hypothesis could find that breaks it ("Falsifying example: ..."). Paste it into
+smallest input hypothesis could find that breaks it (printed as "counterexample: <check>(<arguments>)"). Paste it into
 a Python shell and compare your output with the formula by hand.
 
 Rules: plain Python and PyTorch tensor operations. Do not call F.cross_entropy,

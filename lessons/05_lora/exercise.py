@@ -9,7 +9,7 @@ Fill in each function below (delete the `raise NotImplementedError`), then grade
     minift verify --impl lessons/05_lora/exercise.py --only run_lora_merge    # one function
 
 Every check is a property tested on many small random inputs; a failing check prints the
-smallest input hypothesis could find that breaks it ("Falsifying example: ..."). Paste it into
+smallest input hypothesis could find that breaks it (printed as "counterexample: <check>(<arguments>)"). Paste it into
 a Python shell and compare your output with the formula by hand.
 
 Layouts are nn.Linear's, as in minift/peft/lora.py: a weight is (out, in) and a layer computes

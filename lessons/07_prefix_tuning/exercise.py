@@ -8,7 +8,7 @@ Fill in the functions below (delete each `raise NotImplementedError`), then grad
     pytest -m lesson07 --impl lessons/07_prefix_tuning/exercise.py
 
 Every check is a property tested on many small random inputs; a failing check prints the
-smallest input hypothesis could find that breaks it ("Falsifying example: ..."). Paste it into
+smallest input hypothesis could find that breaks it (printed as "counterexample: <check>(<arguments>)"). Paste it into
 a Python shell and compare your output with the formula by hand.
 
 Rules: plain PyTorch (torch, torch.nn.functional); do not call minift.

@@ -9,7 +9,7 @@ then grade your file:
     minift check 09 --pytest      # every test of the lesson, under pytest
 
 Every check is a property tested on many small random inputs; a failing check prints the
-smallest input hypothesis could find that breaks it ("Falsifying example: ..."). Paste it into
+smallest input hypothesis could find that breaks it (printed as "counterexample: <check>(<arguments>)"). Paste it into
 a Python shell and compare your output with the formula by hand. No check asks for minift's
 random stream: any uniform draw of the right size passes.
 

@@ -9,7 +9,7 @@ then grade your file:
     minift check 11 --pytest      # every test of the lesson, under pytest
 
 Every check is a property tested on many small random inputs; a failing check prints the
-smallest input hypothesis could find that breaks it ("Falsifying example: ..."). Paste it into
+smallest input hypothesis could find that breaks it (printed as "counterexample: <check>(<arguments>)"). Paste it into
 a Python shell and compare your output with the formula by hand.
 
 Rules: plain PyTorch tensor operations (abs, amax, round, clamp, @, .to). Do not call minift.
@@ -32,7 +32,8 @@ def run_int8_quantize(x, granularity="tensor", block_size=64, zero_point=False):
                                 s = (hi - lo) / 255        z = -128 - round(lo / s)
                                 q = clamp(round(x / s) + z, -128, 127)     x_hat = s (q - z)
 
-    Both must keep 0 exactly, and absmax must be exact at each group's largest |x|.
+    Both must keep 0 exactly, and absmax must be exact at each group's largest |x|. A scale is never
+    below 2^-126, the smallest normal float32 (README, "A floor on the scale").
     """
     raise NotImplementedError("run_int8_quantize: absmax s = max|x_g| / 127, x_hat = s round(x / s); "
                               "zero point s = (hi - lo) / 255, z = -128 - round(lo / s)")

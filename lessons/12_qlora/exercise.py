@@ -9,7 +9,7 @@ then grade your file:
     minift check 12 --pytest      # every test of the lesson, under pytest
 
 Every check is a property tested on many small random inputs; a failing check prints the
-smallest input hypothesis could find that breaks it ("Falsifying example: ..."). Paste it into
+smallest input hypothesis could find that breaks it (printed as "counterexample: <check>(<arguments>)"). Paste it into
 a Python shell and compare your output with the formula by hand.
 
 Rules: plain PyTorch (abs, amax, argmin or bucketize, bit shifts, torch.linalg.svd). Do not call

@@ -9,7 +9,7 @@ then grade your file:
     minift check 13 --pytest      # every test of the lesson, under pytest
 
 Every check is a property tested on many small random inputs against float64 numpy; a failing
-check prints the smallest input hypothesis could find that breaks it ("Falsifying example: ...").
+check prints the smallest input hypothesis could find that breaks it (printed as "counterexample: <check>(<arguments>)").
 
 Rules: write the loop yourself, the way the C++ kernel's scalar path does (cuda_ext/quant_lora.cpp,
 nf4_row_scalar): read a byte, split it into two 4-bit indices, look them up in the table, multiply

@@ -8,7 +8,7 @@ Fill in the functions below (delete each `raise NotImplementedError`), then grad
     pytest -m lesson14 --impl lessons/14_rlhf_ppo/exercise.py
 
 Every check is a property tested on many small random inputs; a failing check prints the
-smallest input hypothesis could find that breaks it ("Falsifying example: ..."). Paste it into
+smallest input hypothesis could find that breaks it (printed as "counterexample: <check>(<arguments>)"). Paste it into
 a Python shell and compare your output with the formula by hand.
 
 Conventions: (B, N) tensors hold one row per sampled response and one column per response token;

@@ -8,7 +8,7 @@ Fill in each function below (delete the `raise NotImplementedError`), then grade
     minift verify --impl lessons/15_dpo/exercise.py --only run_dpo_rewards    # one function
 
 Every check is a property tested on many small random inputs; a failing check prints the
-smallest input hypothesis could find that breaks it ("Falsifying example: ..."). Paste it into
+smallest input hypothesis could find that breaks it (printed as "counterexample: <check>(<arguments>)"). Paste it into
 a Python shell and compare your output with the formula by hand.
 
 The inputs are sequence log-probabilities (minift/align/logps.py: log π(y|x) summed over the

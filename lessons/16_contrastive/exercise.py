@@ -10,7 +10,7 @@ then grade your file:
     pytest -m lesson16 --impl exercises/16_contrastive.py tests
 
 Every check is a property tested on many small random inputs; a failing check prints the
-smallest input hypothesis could find that breaks it ("Falsifying example: ..."). Paste it into
+smallest input hypothesis could find that breaks it (printed as "counterexample: <check>(<arguments>)"). Paste it into
 a Python shell and compare your output with the formula by hand.
 
 Rules: plain PyTorch (torch, torch.nn.functional); do not call minift.

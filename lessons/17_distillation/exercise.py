@@ -8,7 +8,7 @@ Fill in each function below (delete the `raise NotImplementedError`), then grade
     minift verify --impl lessons/17_distillation/exercise.py --only run_kd_loss       # one function
 
 Every check is a property tested on many small random inputs; a failing check prints the
-smallest input hypothesis could find that breaks it ("Falsifying example: ...").
+smallest input hypothesis could find that breaks it (printed as "counterexample: <check>(<arguments>)").
 
 Logits are (N, K): N positions, K classes. The teacher's logits are given (no gradient needs to
 reach them); the student's must keep their gradient (one check calls .backward() on your loss).

@@ -9,7 +9,7 @@ Fill in the function below (delete the `raise NotImplementedError`), then grade 
 The "trainable" column of lesson 19's table, and its claim that LoRA trains thousands of times fewer
 parameters at scale, rest on these counts. Every check draws a small GPT-2 shape (n_layer L <= 3,
 n_embd C in {4, 8, 12, 16}) and hyperparameters, and compares your count with the method's closed
-form; a failing check prints the smallest shape that breaks it ("Falsifying example: ...").
+form; a failing check prints the smallest shape that breaks it (printed as "counterexample: <check>(<arguments>)").
 
 Rules: plain Python (you may build the model with torch if you like); do not call minift.
 """

@@ -21,7 +21,7 @@ def run_int8_quantize(x: torch.Tensor, granularity: str = "tensor", block_size: 
     absmax:     s = max|x_g| / 127, q = round(x / s) in [-127, 127], x_hat = s q
     zero point: s = (max(hi, 0) - min(lo, 0)) / 255, z = -128 - round(min(lo, 0) / s),
                 q = clamp(round(x / s) + z, -128, 127), x_hat = s (q - z).
-    Returns x_hat, x's shape, float32."""
+    Either scale is at least 2^-126, the smallest normal float32. Returns x_hat, x's shape, float32."""
     t = (quantize_zeropoint if zero_point else quantize_absmax)(x, granularity, block_size)
     return t.dequantize()
 

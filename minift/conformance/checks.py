@@ -4,7 +4,9 @@ must satisfy, with the expected values computed here, independently, in float64 
 A check is a plain function `check_<name>(impl)`: `impl` is any object or module with `run_*`
 attributes (minift's `adapters`, a student's exercise file, a wrapper around another library).
 It runs a hypothesis property test inside and raises on failure; hypothesis shrinks the failure
-first, and attaches the minimal falsifying example to the exception as a note.
+first, and `_run` attaches the minimal failing arguments to the exception as our own text
+(`softmax_stable_large(x=array([89.], dtype=float32))`), so a report reads the
+same whichever hypothesis version found it.
 `run_check`/`run_checks` turn that into a `Result` (PASS / FAIL / NOT IMPLEMENTED / MISSING) with
 the counterexample as text.
 
@@ -60,7 +62,7 @@ class Result:
     status: str                   # PASS | FAIL | NOT IMPLEMENTED | MISSING
     seconds: float = 0.0
     error: str = ""               # "AssertionError: run_softmax(x) ... got nan, expected 1.0"
-    counterexample: str = ""      # "Falsifying example: softmax_stable_large(x=array([89.], ...))"
+    counterexample: str = ""      # "softmax_stable_large(x=array([89.], dtype=float32))": the failing call
 
     @property
     def passed(self) -> bool:
@@ -102,11 +104,69 @@ def _adapter(impl, name: str) -> Callable:
     return call
 
 
+class _DrawRecorder:
+    """Stands in for hypothesis' `st.data()` object and remembers each value drawn from it, so a
+    counterexample shows the drawn tensors, not just `data=data(...)`."""
+
+    def __init__(self, data, draws: list):
+        self._data, self._draws = data, draws
+
+    def draw(self, strategy, label=None):
+        value = self._data.draw(strategy, label=label)
+        self._draws.append(value)
+        return value
+
+
+def _recording(inner: Callable, failures: list) -> Callable:
+    """Wrap a property's body so that every call that fails appends its arguments to `failures`.
+    Hypothesis replays the minimal failing example last, so failures[-1] is the counterexample."""
+    def body(*args, **kwargs):
+        draws: list = []
+        kwargs = {k: _DrawRecorder(v, draws) if type(v).__name__ == "DataObject" else v
+                  for k, v in kwargs.items()}
+        try:
+            return inner(*args, **kwargs)
+        except Exception:
+            failures.append(({k: (draws if isinstance(v, _DrawRecorder) else v) for k, v in kwargs.items()}))
+            raise
+    return body
+
+
+def _format_value(v) -> str:
+    """A value as Python text that reproduces it bit for bit (arrays at full float precision)."""
+    if isinstance(v, np.ndarray):
+        with np.printoptions(threshold=10 ** 9, floatmode="unique", linewidth=100):
+            return repr(v)
+    if isinstance(v, tuple):
+        return "(" + ", ".join(_format_value(x) for x in v) + ("," if len(v) == 1 else "") + ")"
+    if isinstance(v, list):
+        return "[" + ", ".join(_format_value(x) for x in v) + "]"
+    return repr(v)
+
+
+def format_counterexample(name: str, kwargs: dict) -> str:
+    """`prop(x=array([89.], dtype=float32), zp=True)`: the property's name and its
+    failing arguments (values drawn inside it, from `data`, as the list of draws in order)."""
+    args = [f"{k}={_format_value(v)}" for k, v in kwargs.items()]
+    one_line = f"{name}({', '.join(args)})"
+    if len(one_line) <= 100 and "\n" not in one_line:
+        return one_line
+    return f"{name}(\n" + "".join(f"    {a},\n".replace("\n ", "\n     ") for a in args) + ")"
+
+
 def _run(prop: Callable[[], None]) -> None:
+    """Run a @given property. On failure the exception carries `counterexample`: our own text of the
+    minimal failing arguments (the same whichever hypothesis version found them)."""
+    failures: list = []
+    prop.hypothesis.inner_test = _recording(prop.hypothesis.inner_test, failures)
     try:
         prop()
     except _Unimplemented as e:
         raise NotImplementedError(str(e)) from None
+    except Exception as e:
+        if failures:
+            e.counterexample = format_counterexample(prop.__name__, failures[-1])
+        raise
 
 
 def _t(a: np.ndarray) -> torch.Tensor:
@@ -990,11 +1050,14 @@ def check_sft_loss_ignores_prompt_and_padding(impl):
 
 # ---- running checks and collecting results -------------------------------------------------
 
-def _notes(e: BaseException) -> list[str]:
-    notes = list(getattr(e, "__notes__", None) or [])
+def _counterexample(e: BaseException) -> str:
+    """The counterexample `_run` attached to the failure (or to one of a group's failures)."""
+    if getattr(e, "counterexample", ""):
+        return e.counterexample
     for sub in getattr(e, "exceptions", None) or ():          # an ExceptionGroup of several bugs
-        notes += _notes(sub)
-    return notes
+        if _counterexample(sub):
+            return _counterexample(sub)
+    return ""
 
 
 def _describe(e: BaseException) -> str:
@@ -1014,11 +1077,10 @@ def run_check(check: Check, impl) -> Result:
     """Run one check against `impl` and return its Result; never raises for a failing impl."""
     res = Result(check.name, check.adapter, check.lesson, check.description, PASS)
     t0 = time.perf_counter()
-    printed: list[str] = []
     try:
         if not callable(getattr(impl, check.adapter, None)):
             raise MissingAdapter(f"the implementation has no callable {check.adapter}")
-        with with_reporter(printed.append), warnings.catch_warnings():
+        with with_reporter(lambda text: None), warnings.catch_warnings():   # hypothesis' own report: ours is _run's
             warnings.simplefilter("ignore")                   # an impl's warning, x hundreds of examples
             check.fn(impl)
     except MissingAdapter as e:
@@ -1027,8 +1089,7 @@ def run_check(check: Check, impl) -> Result:
         res.status, res.error = NOT_IMPLEMENTED, str(e) or f"{check.adapter} raises NotImplementedError"
     except Exception as e:                                     # noqa: BLE001 - any failure is a FAIL
         res.status, res.error = FAIL, _describe(e)
-        notes = [n for n in _notes(e) if n.strip()]
-        res.counterexample = "\n".join(notes) if notes else "\n".join(p for p in printed if p.strip())
+        res.counterexample = _counterexample(e)
     res.seconds = time.perf_counter() - t0
     return res
 

@@ -8,7 +8,7 @@ import math
 
 import numpy as np
 import torch
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
@@ -44,14 +44,22 @@ def _groups64(x, granularity, block):
     return {"tensor": x.reshape(1, -1), "row": x.reshape(-1, x.shape[-1]), "block": x.reshape(-1, block)}[granularity]
 
 
+MIN_SCALE = 2.0 ** -126           # the smallest normal float32: no group's step is smaller (lesson 11)
+
+
 @_register("run_int8_quantize", "int8_quantize(x, granularity, block, zero_point) is within half a step of x "
-           "(absmax: max|x_g| / 127; zero point: (max(hi,0) - min(lo,0)) / 255 per group g), exact at each "
-           "group's absmax, and keeps 0 exactly.", lesson="lesson11")
+           "(absmax: max|x_g| / 127; zero point: (max(hi,0) - min(lo,0)) / 255 per group g; never below "
+           "2^-126, the smallest normal float32), exact at each group's absmax (when its step is above "
+           "2^-126), and keeps 0 exactly.", lesson="lesson11")
 def check_int8_quantize_within_half_a_step(impl):
     quantize = _adapter(impl, "run_int8_quantize")
+    tiny = np.array([[1.1e-39, 1.1e-39]], np.float32)          # subnormal: absmax / 127 underflows float32
 
     @check_settings(60)
-    @given(x=arrays(st.tuples(st.integers(1, 4), st.sampled_from([2, 4, 6])), f32(-50, 50)),
+    @example(x=tiny, granularity="tensor", zp=False)
+    @example(x=tiny, granularity="row", zp=True)
+    @given(x=arrays(st.tuples(st.integers(1, 4), st.sampled_from([2, 4, 6])),
+                    st.one_of(f32(-50, 50), f32(-2.0 ** -120, 2.0 ** -120))),
            granularity=st.sampled_from(["tensor", "row", "block"]), zp=st.booleans())
     def int8_quantize_within_half_a_step(x, granularity, zp):
         what = f"run_int8_quantize(x, granularity={granularity!r}, block_size=2, zero_point={zp})"
@@ -61,10 +69,15 @@ def check_int8_quantize_within_half_a_step(impl):
             step = (np.maximum(g.max(1), 0) - np.minimum(g.min(1), 0)) / 255
         else:
             step = np.abs(g).max(1) / 127
-        _assert_close(y, g, what + " vs x (at most half a quantization step of its group)",
+        normal = step >= MIN_SCALE                                # (groups,) steps float32 holds exactly enough
+        step = np.maximum(step, MIN_SCALE)
+        _assert_close(y, g, what + " vs x (at most half a quantization step of its group, the step at least 2^-126)",
                       atol=step[:, None] / 2 * (1 + 1e-5) + 1e-6 * np.abs(g), rtol=0)
+        if not normal.all():                                      # the documented floor: s = 2^-126 exactly
+            _assert_close(y[~normal], np.round(g[~normal] / MIN_SCALE) * MIN_SCALE,
+                          what + " on groups whose step is below 2^-126 vs round(x / 2^-126) 2^-126", atol=0, rtol=0)
         if not zp:
-            big = np.abs(g) == np.abs(g).max(1, keepdims=True)
+            big = (np.abs(g) == np.abs(g).max(1, keepdims=True)) & normal[:, None]
             _assert_close(y[big], g[big], what + " at each group's absmax (q = ±127 is exact)",
                           atol=1e-6 * np.abs(g[big]), rtol=0)
         zeros = g == 0

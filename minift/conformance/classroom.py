@@ -103,7 +103,7 @@ def report(g: dict) -> str:
         elif r.status == MISSING:
             lines += ["  " + r.error]
         else:
-            lines += ["  error:", _indent(r.error), "  counterexample:", _indent(r.counterexample or "(none reported)")]
+            lines += ["  error:", _indent(r.error), "  counterexample:", _indent(r.counterexample or "(none recorded)")]
     return "\n".join(lines)
 
 

@@ -7,7 +7,8 @@
     minift verify --golden DIR             # outputs another implementation wrote for data/golden/'s inputs
 
 Exit status: 0 when every selected check passes, 1 when one fails or is not implemented (or an
-adapter named by --only is missing), 2 on a usage error (unknown check, missing file).
+adapter named by --only is missing), 2 on a usage error (unknown check, missing file, a file that
+cannot be imported: a one-line message names the file and the line).
 """
 from __future__ import annotations
 
@@ -17,15 +18,32 @@ import importlib.util
 import os
 import sys
 import textwrap
+import traceback
 from types import ModuleType
 
 from .checks import CHECKS, FAIL, MISSING, NOT_IMPLEMENTED, PASS, Result, run_checks, select
 
 
+class ImplImportError(ValueError):
+    """The --impl file exists but importing it failed (syntax error, missing module, ...)."""
+
+
+def _where(e: Exception, full: str) -> str:
+    """`line 3: SyntaxError: invalid syntax`: the line of the file (or the deepest frame in it)."""
+    if isinstance(e, SyntaxError) and e.lineno is not None:
+        return f"line {e.lineno}: SyntaxError: {e.msg}"
+    frames = [f for f in traceback.extract_tb(e.__traceback__) if os.path.abspath(f.filename) == full]
+    at = f"line {frames[-1].lineno}: " if frames else ""
+    text = f"{type(e).__name__}: {e}".rstrip(": ")
+    return at + text.splitlines()[0] if text else at + type(e).__name__
+
+
 def load_impl(path) -> ModuleType:
     """Import the Python file at `path` as a module holding run_* functions.
 
-    Raises ValueError when the file does not exist, is not a .py file, or defines no run_* function.
+    Raises ValueError when the file does not exist, is not a .py file, or defines no run_* function,
+    and ImplImportError (a ValueError) with a one-line message naming the file and the line when
+    importing it fails.
     The file's folder is on sys.path while it is imported, so it may import its neighbours.
     """
     path = os.fspath(path)
@@ -46,6 +64,9 @@ def load_impl(path) -> ModuleType:
     sys.modules[name] = module
     try:
         spec.loader.exec_module(module)
+    except Exception as e:                   # a syntax error, a missing module, a crash at import time
+        sys.modules.pop(name, None)
+        raise ImplImportError(f"--impl {path}: cannot import it: {_where(e, full)}") from e
     except BaseException:
         sys.modules.pop(name, None)
         raise
@@ -167,7 +188,7 @@ def verify_main(argv=None) -> int:
         print("  error:")
         print(_indent(r.error))
         print("  counterexample:")
-        print(_indent(r.counterexample or "(hypothesis reported none)"))
+        print(_indent(r.counterexample or "(none recorded: the failure came before any example ran)"))
     missing_named = [r.name for r in results if r.status == MISSING and r.name in named]
     for r in results:
         if r.status == MISSING and r.name in named:

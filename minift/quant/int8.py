@@ -11,7 +11,12 @@ centred on 0 (e.g. after a ReLU):
     s_g = (hi - lo) / 255     z_g = -128 - round(lo / s_g)     q_j = clamp(round(x_j / s_g) + z_g, -128, 127)
     x̂_j = s_g (q_j - z_g)
 
-Both are exact at the group's extremes and err by at most s_g / 2 elsewhere. The *granularity*
+Both are exact at the group's extremes and err by at most s_g / 2 elsewhere. One exception, at
+the bottom of float32's range: a scale is never smaller than 2^-126 ≈ 1.18e-38, the smallest
+*normal* float32 (below it, float32 keeps fewer significant bits, and s_g · 127 would no longer
+give the absmax back). A group whose s_g would be smaller (absmax < 127 · 2^-126 ≈ 1.5e-36 for
+absmax quantization) is quantized with s_g = 2^-126: still within s_g / 2 = 2^-127 of every
+value, but no longer exact at its absmax. Real weights and activations never come near it. The *granularity*
 decides how far one large number spoils the others: "tensor" (one scale), "row" (one per row:
 the paper's vector-wise quantization) or "block" (one per block of `block_size` values).
 
@@ -37,6 +42,7 @@ import torch
 import torch.nn as nn
 
 GRANULARITIES = ("tensor", "row", "block")
+MIN_SCALE = torch.finfo(torch.float32).tiny      # 2^-126, the smallest normal float32 (see the docstring)
 
 
 def _groups(x: torch.Tensor, granularity: str, block_size: int) -> torch.Tensor:
@@ -47,9 +53,10 @@ def _groups(x: torch.Tensor, granularity: str, block_size: int) -> torch.Tensor:
         raise TypeError(f"x must be a floating-point tensor to quantize, got dtype {x.dtype}")
     if x.numel() == 0:
         raise ValueError("x is empty: nothing to quantize")
+    x = x.detach().to(torch.float32)                     # quantization works in float32: check after the cast
     if not bool(torch.isfinite(x).all()):
-        raise ValueError("x contains NaN or Inf: refusing to quantize (the scale would be garbage)")
-    x = x.detach().to(torch.float32)
+        raise ValueError("x contains NaN or Inf in float32 (|x| > 3.4e38 overflows the cast): refusing to "
+                         "quantize (the scale would be garbage)")
     if granularity == "tensor":
         return x.reshape(1, -1)
     if granularity == "row":
@@ -81,16 +88,15 @@ class Int8Tensor:
 
 def quantize_absmax(x: torch.Tensor, granularity: str = "tensor", block_size: int = 64) -> Int8Tensor:
     g = _groups(x, granularity, block_size)                                      # (n, len)
-    scale = g.abs().amax(dim=1) / 127                                            # s = absmax / 127
-    ratio = torch.where(scale[:, None] > 0, g.double() / scale.double()[:, None], 0.0)  # x / s; 0 if all 0
-    q = torch.round(ratio).clamp(-127, 127)
+    scale = (g.abs().amax(dim=1) / 127).clamp(min=MIN_SCALE)                     # s = max(absmax / 127, 2^-126)
+    q = torch.round(g.double() / scale.double()[:, None]).clamp(-127, 127)       # round(x / s)
     return Int8Tensor(q.to(torch.int8).reshape(x.shape), scale, None, granularity, block_size)
 
 
 def quantize_zeropoint(x: torch.Tensor, granularity: str = "tensor", block_size: int = 64) -> Int8Tensor:
     g = _groups(x, granularity, block_size)                                      # (n, len)
     lo, hi = g.amin(dim=1).clamp(max=0), g.amax(dim=1).clamp(min=0)              # the range holds 0 exactly
-    scale = ((hi - lo) / 255).clamp(min=torch.finfo(torch.float32).tiny)         # s = (hi - lo) / 255
+    scale = ((hi.double() - lo.double()) / 255).float().clamp(min=MIN_SCALE)     # s = max((hi - lo) / 255, 2^-126)
     zero = (-128 - torch.round(lo / scale)).to(torch.int32)                      # z: lo -> -128
     q = (torch.round(g / scale[:, None]) + zero[:, None]).clamp(-128, 127)
     return Int8Tensor(q.to(torch.int8).reshape(x.shape), scale, zero, granularity, block_size)

@@ -87,8 +87,9 @@ def _check_weight(w: torch.Tensor, block_size: int, name: str = "w") -> None:
     if w.numel() == 0 or w.numel() % block_size:
         raise ValueError(f"{name} has {w.numel()} elements, which block_size={block_size} does not divide; "
                          f"pick a block size that divides the tensor (64 divides every GPT weight here)")
-    if not bool(torch.isfinite(w).all()):
-        raise ValueError(f"{name} contains NaN or Inf: refusing to quantize (the block's absmax would be garbage)")
+    if not bool(torch.isfinite(w.detach().to(torch.float32)).all()):            # we quantize in float32
+        raise ValueError(f"{name} contains NaN or Inf in float32 (|{name}| > 3.4e38 overflows the cast): "
+                         f"refusing to quantize (the block's absmax would be garbage)")
 
 
 # ---- packing -----------------------------------------------------------------------------------
