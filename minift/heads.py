@@ -26,6 +26,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .model import GPT, IGNORE_INDEX
+from .validate import check_float
 
 
 @dataclass
@@ -49,6 +50,7 @@ class _Head(nn.Module):
         super().__init__()
         if not isinstance(n_classes, int) or n_classes < 2:
             raise ValueError(f"n_classes={n_classes!r} must be an integer >= 2")
+        check_float(self, "dropout", dropout, 0, 1, hi_open=True)
         self.body, self.n_classes = body, n_classes
         self.dropout = nn.Dropout(dropout)
         self.head = nn.Linear(body.config.n_embd, n_classes)
@@ -60,6 +62,10 @@ class _Head(nn.Module):
         return out.hidden_states[-1]                                       # (B, T, C), after ln_f
 
     def _check_labels(self, labels, ignore_ok: bool):
+        if not isinstance(labels, torch.Tensor) or labels.is_floating_point() or labels.is_complex() \
+                or labels.dtype == torch.bool:
+            raise TypeError(f"labels must be an integer tensor of class ids, got "
+                            f"{getattr(labels, 'dtype', type(labels).__name__)}")
         valid = labels[labels != IGNORE_INDEX] if ignore_ok else labels
         if valid.numel() and (valid.min() < 0 or valid.max() >= self.n_classes):
             bad = int(valid.max() if valid.max() >= self.n_classes else valid.min())
@@ -100,8 +106,8 @@ class TokenClassifier(_Head):
             if bool((labels != IGNORE_INDEX).any()):
                 loss = F.cross_entropy(logits.reshape(-1, self.n_classes), labels.reshape(-1),
                                        ignore_index=IGNORE_INDEX)
-            else:
-                loss = logits.sum() * 0.0
+            else:                                                          # nothing to learn: 0, whatever
+                loss = logits.flatten()[:0].sum()                          # the logits hold (an empty sum)
         return ClassifierOutput(logits, loss)
 
 

@@ -39,6 +39,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .validate import check_bool, check_float, check_int
+
 IGNORE_INDEX = -100
 
 # Past keys/values: one (k, v) pair per layer, each (B, n_head, L, head_dim).
@@ -58,13 +60,12 @@ class GPTConfig:
 
     def __post_init__(self):
         for name in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd"):
-            v = getattr(self, name)
-            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
-                raise ValueError(f"GPTConfig.{name}={v!r} must be a positive integer")
+            check_int(self, name, getattr(self, name), lo=1)
         if self.n_embd % self.n_head:
             raise ValueError(f"GPTConfig.n_embd={self.n_embd} must be divisible by n_head={self.n_head}")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"GPTConfig.dropout={self.dropout} must be in [0, 1)")
+        check_float(self, "dropout", self.dropout, 0, 1, hi_open=True)
+        check_bool(self, "bias", self.bias)
+        check_float(self, "layer_norm_epsilon", self.layer_norm_epsilon, lo=0, lo_open=True)
 
     @property
     def head_dim(self) -> int:
@@ -115,6 +116,26 @@ def causal_attention(q, k, v, mask=None, dropout_p: float = 0.0):
     if mask is None:
         return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=True)
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p)
+
+
+def check_mask_values(attention_mask: torch.Tensor) -> None:
+    """A padding mask holds 0 (padding) and 1 (real token) only: 0.5 or 2 is a bug upstream, not a weight."""
+    bad = (attention_mask != 0) & (attention_mask != 1)
+    if bool(bad.any()):
+        raise ValueError(f"attention_mask must hold only 0 (padding) and 1 (real token), "
+                         f"found {attention_mask[bad][0].item()!r}")
+
+
+def check_target_ids(targets, n: int, what: str = "targets", of: str = "vocab_size") -> None:
+    """Integer ids in [0, n), or IGNORE_INDEX (no loss): our error, not an IndexError or a CUDA assert."""
+    if not isinstance(targets, torch.Tensor) or targets.is_floating_point() or targets.is_complex() \
+            or targets.dtype == torch.bool:
+        raise TypeError(f"{what} must be an integer tensor of ids ({IGNORE_INDEX}: no loss), got "
+                        f"{getattr(targets, 'dtype', type(targets).__name__)}")
+    kept = targets[targets != IGNORE_INDEX]
+    if kept.numel() and (kept.min() < 0 or kept.max() >= n):
+        bad = int(kept.max() if kept.max() >= n else kept.min())
+        raise ValueError(f"{what} hold {bad}, outside [0, {of}={n}) and not {IGNORE_INDEX} (no loss)")
 
 
 def build_attention_mask(key_mask: torch.Tensor, T: int, n_prefix: int = 0) -> torch.Tensor:
@@ -254,11 +275,15 @@ class GPT(nn.Module):
         if L + T > cfg.block_size:
             raise ValueError(f"sequence length {L + T} (past {L} + new {T}) exceeds the context "
                              f"block_size={cfg.block_size}")
-        if attention_mask is not None and tuple(attention_mask.shape) != (B, L + T):
-            raise ValueError(f"attention_mask must have shape (batch, past + time)=({B}, {L + T}), "
-                             f"got {tuple(attention_mask.shape)}")
-        if targets is not None and tuple(targets.shape) != (B, T):
-            raise ValueError(f"targets must have shape (batch, time)=({B}, {T}), got {tuple(targets.shape)}")
+        if attention_mask is not None:
+            if tuple(attention_mask.shape) != (B, L + T):
+                raise ValueError(f"attention_mask must have shape (batch, past + time)=({B}, {L + T}), "
+                                 f"got {tuple(attention_mask.shape)}")
+            check_mask_values(attention_mask)
+        if targets is not None:
+            check_target_ids(targets, cfg.vocab_size)
+            if tuple(targets.shape) != (B, T):
+                raise ValueError(f"targets must have shape (batch, time)=({B}, {T}), got {tuple(targets.shape)}")
         if prefix_kv is not None:
             if len(prefix_kv) != cfg.n_layer:
                 raise ValueError(f"prefix_kv has {len(prefix_kv)} layers, expected n_layer={cfg.n_layer}")
@@ -323,8 +348,8 @@ class GPT(nn.Module):
             if bool((targets != IGNORE_INDEX).any()):
                 loss = F.cross_entropy(at_least_fp32(logits.reshape(-1, logits.size(-1))), targets.reshape(-1),
                                        ignore_index=IGNORE_INDEX)
-            else:  # nothing to predict (e.g. a batch of truncated prompts): zero, not NaN
-                loss = logits.sum() * 0.0
+            else:  # nothing to predict (e.g. a batch of truncated prompts): zero, not NaN; an empty
+                loss = logits.flatten()[:0].sum()   # sum (not logits.sum() * 0, which a NaN logit makes NaN)
         return GPTOutput(logits, loss, tuple(hidden) if hidden else None,
                          tuple(presents) if want_cache else None)
 
@@ -382,6 +407,7 @@ class GPT(nn.Module):
         if attention_mask is not None:
             if tuple(attention_mask.shape) != (B, T):
                 raise ValueError(f"attention_mask must have shape {(B, T)}, got {tuple(attention_mask.shape)}")
+            check_mask_values(attention_mask)
             # left-align: padding first, real tokens last, order among each kept (stable sort)
             order = torch.sort(attention_mask.to(torch.long), dim=1, stable=True).indices
             idx, attention_mask = idx.gather(1, order), attention_mask.gather(1, order).to(torch.long)

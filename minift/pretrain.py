@@ -152,8 +152,8 @@ def pretrain(out: Optional[str] = None, steps: Optional[int] = None, fast: bool 
           f"({metrics['n_fact_probes']} probes), {metrics['train_seconds']}s", flush=True)
     save_model(model, out, extra={"recipe": {k: v for k, v in rc.__dict__.items() if k != "extra"},
                                   "metrics": metrics, "corpus_fingerprint": corpus_fingerprint(),
-                                  **({"size": size} if size else {})})
-    tok.save(os.path.join(out, "tokenizer.json"))
+                                  **({"size": size} if size else {})},
+               files={"tokenizer.json": tok.save})           # one atomic checkpoint: weights, config, tokenizer
     return metrics
 
 

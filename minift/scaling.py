@@ -47,6 +47,7 @@ from .peft.io import apply_config
 from .peft.lora import LoRAConfig
 from .peft.prompt import PromptConfig
 from .train import TrainConfig, evaluate_nll, train
+from .validate import check_float, check_str
 
 TASK = "summarization"
 BATCH = 16
@@ -62,6 +63,10 @@ class Method:
     name: str
     config: object
     lr: float
+
+    def __post_init__(self):
+        check_str(self, "name", self.name)
+        check_float(self, "lr", self.lr, lo=0, lo_open=True)
 
 
 METHODS = {"full": Method("full", None, 3e-4),

@@ -55,6 +55,9 @@ def _check_pair(a, b, what_a: str, what_b: str) -> tuple[list, list]:
 def accuracy(preds, labels) -> float:
     """acc = (1/n) sum_i [pred_i == label_i]  (lists or 1-D tensors of equal length)."""
     preds, labels = _check_pair(preds, labels, "preds", "labels")
+    for name, xs in (("preds", preds), ("labels", labels)):
+        if any(isinstance(x, float) and not math.isfinite(x) for x in xs):   # NaN == y is False: a quiet "wrong"
+            raise ValueError(f"accuracy: {name} holds NaN or inf")
     return sum(p == y for p, y in zip(preds, labels)) / len(labels)
 
 
@@ -268,7 +271,7 @@ def collate(batch: Sequence[dict], pad_id: int, side: str = "right") -> dict:
     has_t = ["targets" in b for b in batch]
     if any(has_t) and not all(has_t):
         raise ValueError("collate: some items have 'targets' and some do not")
-    seqs = [torch.as_tensor(b["idx"], dtype=torch.long).reshape(-1) for b in batch]
+    seqs = [_ids(b["idx"], "idx", i).reshape(-1) for i, b in enumerate(batch)]
     B, T = len(seqs), max(len(s) for s in seqs)
     idx = torch.full((B, T), int(pad_id), dtype=torch.long)
     targets = torch.full((B, T), IGNORE_INDEX, dtype=torch.long)
@@ -279,7 +282,7 @@ def collate(batch: Sequence[dict], pad_id: int, side: str = "right") -> dict:
         idx[i, cols] = s
         attn[i, cols] = 1
         if has_t[i]:
-            t = torch.as_tensor(batch[i]["targets"], dtype=torch.long).reshape(-1)
+            t = _ids(batch[i]["targets"], "targets", i).reshape(-1)
             if len(t) != n:
                 raise ValueError(f"collate: item {i} has {n} idx tokens but {len(t)} targets")
             targets[i, cols] = t
@@ -291,12 +294,21 @@ def collate(batch: Sequence[dict], pad_id: int, side: str = "right") -> dict:
     return out
 
 
+def _ids(x, what: str, i: int) -> torch.Tensor:
+    """Item i's token ids, targets or labels as a long tensor. Floats are refused, not truncated (a 4.7
+    would quietly become token 4)."""
+    t = torch.as_tensor(x)
+    if t.numel() and (t.is_floating_point() or t.is_complex()):
+        raise TypeError(f"collate: item {i} has {what} of dtype {t.dtype}; they must be integer ids")
+    return t.to(torch.long)
+
+
 def _collate_labels(batch: Sequence[dict], T: int, side: str) -> torch.Tensor:
     """Labels ride along with idx: one class per item (sequence classification) -> (B,), or one
     per token (token classification) -> (B, T) padded like idx with -100."""
     if not all("labels" in b for b in batch):
         raise ValueError("collate: some items have 'labels' and some do not")
-    labels = [torch.as_tensor(b["labels"], dtype=torch.long) for b in batch]
+    labels = [_ids(b["labels"], "labels", i) for i, b in enumerate(batch)]
     if all(lab.dim() == 0 for lab in labels):
         return torch.stack(labels)                                   # (B,)
     out = torch.full((len(batch), T), IGNORE_INDEX, dtype=torch.long)

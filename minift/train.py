@@ -26,7 +26,8 @@ from tqdm.auto import tqdm
 
 from .distributed import (allreduce_gradients, broadcast_parameters, mean_over_ranks, rank_and_world,
                           rank_micro_batches)
-from .model import IGNORE_INDEX, at_least_fp32
+from .model import IGNORE_INDEX, at_least_fp32, check_target_ids
+from .validate import FieldTypeError, check_bool, check_float, check_int, check_str
 
 
 @dataclass
@@ -49,18 +50,26 @@ class TrainConfig:
     extra: dict = field(default_factory=dict)
 
     def __post_init__(self):
-        for name in ("steps", "batch_size", "grad_accum"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"TrainConfig.{name}={getattr(self, name)} must be >= 1")
-        if self.length_buckets < 0:
-            raise ValueError(f"TrainConfig.length_buckets={self.length_buckets} must be >= 0 (0: off)")
-        if self.lr <= 0:
-            raise ValueError(f"TrainConfig.lr={self.lr} must be > 0")
-        if not 0 <= self.min_lr_ratio <= 1:
-            raise ValueError(f"TrainConfig.min_lr_ratio={self.min_lr_ratio} must be in [0, 1]")
+        for name in ("steps", "batch_size", "grad_accum", "log_every"):
+            check_int(self, name, getattr(self, name), lo=1)
+        check_int(self, "length_buckets", self.length_buckets, lo=0, hint=" (0: off)")
+        check_int(self, "eval_every", self.eval_every, lo=0, hint=" (0: only at the end)")
+        check_int(self, "seed", self.seed, lo=0)
+        check_float(self, "lr", self.lr, lo=0, lo_open=True)
+        check_float(self, "min_lr_ratio", self.min_lr_ratio, 0, 1)
+        check_float(self, "weight_decay", self.weight_decay, lo=0)
+        check_float(self, "grad_clip", self.grad_clip, lo=0, hint=" (0: no clipping)")
+        if not (isinstance(self.betas, (list, tuple)) and len(self.betas) == 2):
+            raise FieldTypeError(f"TrainConfig.betas={self.betas!r} must be a pair (beta1, beta2), e.g. (0.9, 0.95)")
+        self.betas = tuple(check_float(self, f"betas[{i}]", b, 0, 1, hi_open=True) for i, b in enumerate(self.betas))
+        check_bool(self, "progress", self.progress)
+        check_str(self, "desc", self.desc)
+        if not isinstance(self.extra, dict):
+            raise FieldTypeError(f"TrainConfig.extra={self.extra!r} must be a dict")
         if self.warmup_steps is None:
             self.warmup_steps = self.steps // 10
-        if not 0 <= self.warmup_steps <= self.steps:
+        check_int(self, "warmup_steps", self.warmup_steps, lo=0, hint=" (None: steps // 10)")
+        if self.warmup_steps > self.steps:
             raise ValueError(f"TrainConfig.warmup_steps={self.warmup_steps} must be in [0, steps={self.steps}]: "
                              f"a warmup longer than the run never reaches the peak lr")
 
@@ -229,6 +238,7 @@ def evaluate_nll(model, dataset, *, batch_size: int = 16, collate_fn: Callable =
         batch = collate_fn([dataset[i] for i in range(start, min(start + batch_size, len(dataset)))])
         logits = model(batch["idx"], attention_mask=batch.get("attention_mask")).logits
         t = batch["targets"]
+        check_target_ids(t, logits.size(-1))
         nll = torch.nn.functional.cross_entropy(at_least_fp32(logits.reshape(-1, logits.size(-1))), t.reshape(-1),
                                                 ignore_index=IGNORE_INDEX, reduction="sum")
         total += nll.item()

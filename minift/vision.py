@@ -27,7 +27,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 
-from .model import Block, GPTConfig
+from .model import Block, GPTConfig, check_target_ids
+from .validate import check_float, check_int
 
 SHAPES = ("circle", "square", "triangle", "cross")
 STYLES = ("solid", "shifted")
@@ -46,14 +47,13 @@ class ViTConfig:
 
     def __post_init__(self):
         for name in ("image_size", "patch_size", "channels", "n_classes", "n_layer", "n_head", "n_embd"):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise ValueError(f"ViTConfig.{name}={v!r} must be an int >= 1")
+            check_int(self, name, getattr(self, name), lo=1)
         if self.image_size % self.patch_size:
             raise ValueError(f"ViTConfig.image_size={self.image_size} must be a multiple of "
                              f"patch_size={self.patch_size}")
         if self.n_embd % self.n_head:
             raise ValueError(f"ViTConfig.n_embd={self.n_embd} must be divisible by n_head={self.n_head}")
+        check_float(self, "dropout", self.dropout, 0, 1, hi_open=True)
 
     @property
     def n_patches(self) -> int:
@@ -164,6 +164,7 @@ def image_items(images: torch.Tensor, labels: torch.Tensor) -> list[dict]:
 def image_loss(model: nn.Module, batch: dict):
     """Cross-entropy of the class logits: the loss_fn of minift.train.train for images."""
     logits = model(batch["images"])
+    check_target_ids(batch["labels"], logits.size(-1), "labels", "n_classes")
     loss = nn.functional.cross_entropy(logits, batch["labels"])
     return loss, {"acc": float((logits.argmax(-1) == batch["labels"]).float().mean())}
 

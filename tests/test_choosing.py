@@ -47,7 +47,7 @@ def test_estimate_on_7b_counts_the_same_lora(r):
 
 @pytest.mark.parametrize("method, hp, match", [
     ("sgd", {}, "method='sgd' must be one of"),
-    ("lora", {"r": 0}, "rank r=0"),
+    ("lora", {"r": 0}, r"LoRAConfig\.r=0"),
     ("adapter", {"bottleneck": 0}, "bottleneck=0"),
     ("masking", {"density": 0.0}, "density=0.0"),
 ])

@@ -10,7 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from minift.quant.int8 import GRANULARITIES, Int8Linear, int8_matmul, quantize_absmax, quantize_zeropoint
+from minift.quant.int8 import GRANULARITIES, MIN_SCALE, Int8Linear, int8_matmul, quantize_absmax, quantize_zeropoint
 
 pytestmark = pytest.mark.lesson11
 
@@ -32,6 +32,7 @@ def test_round_trip_error_is_at_most_half_a_step_of_its_group(x, granularity, zp
         step = (np.maximum(g.max(1), 0) - np.minimum(g.min(1), 0)) / 255
     else:
         step = np.abs(g).max(1) / 127
+    step = np.maximum(step, MIN_SCALE)                                        # the documented floor, 2^-126
     err = np.abs(_np_groups(t.dequantize().numpy(), granularity, 2) - g)
     assert np.all(err <= step[:, None] / 2 * (1 + 1e-5) + 1e-6 * np.abs(g) + 1e-30)
 
@@ -40,8 +41,9 @@ def test_round_trip_error_is_at_most_half_a_step_of_its_group(x, granularity, zp
 def test_absmax_is_exact_at_the_extremes_and_requantizes_to_the_same_codes(x, granularity):
     t = quantize_absmax(torch.from_numpy(x), granularity, block_size=2)
     g, q = _np_groups(x, granularity, 2), _np_groups(t.q.numpy(), granularity, 2)
+    normal = np.abs(g).max(1, keepdims=True) / 127 >= MIN_SCALE                # scale above the floor 2^-126
     big = np.abs(g) == np.abs(g).max(1, keepdims=True)
-    assert np.all(np.abs(q[big & (g != 0)]) == 127)                           # absmax -> ±127
+    assert np.all(np.abs(q[big & (g != 0) & normal]) == 127)                  # absmax -> ±127
     again = quantize_absmax(t.dequantize(), granularity, block_size=2)
     assert torch.equal(again.q, t.q)
 
@@ -138,3 +140,19 @@ def test_bad_inputs_are_refused_with_their_names():
         int8_matmul(torch.randn(2, 4), torch.randn(3, 4), threshold=-1)
     with pytest.raises(TypeError, match="wraps an nn.Linear"):
         Int8Linear(nn.Identity())
+
+
+@pytest.mark.parametrize("zero_point", [False, True])
+def test_a_tensor_finite_in_float64_but_not_in_float32_is_refused(zero_point):
+    """We quantize in float32: 1e300 is finite as a float64 but becomes inf in the cast."""
+    x = torch.tensor([[1.0, 1e300]], dtype=torch.float64)
+    with pytest.raises(ValueError, match="float32"):
+        (quantize_zeropoint if zero_point else quantize_absmax)(x)
+
+
+def test_zero_point_range_wider_than_float32_max_still_has_a_finite_scale():
+    """hi - lo can overflow float32 (3e38 - -3e38) although both are finite: the scale must not be inf."""
+    x = torch.tensor([-3e38, 3e38, 0.0, 1e37])
+    xh = quantize_zeropoint(x).dequantize()
+    assert torch.isfinite(xh).all() and xh[2] == 0
+    assert torch.allclose(xh, x, rtol=0, atol=float(6e38 / 255 / 2 * 1.001))

@@ -416,10 +416,10 @@ def test_import_a_peft_folder_written_by_someone_else(tmp_path):
 # ---- bad input ----------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("kw, match", [
-    (dict(r=0), r"rank r=0 must be an integer >= 1"),
-    (dict(r=-2), r"rank r=-2"),
+    (dict(r=0), r"LoRAConfig\.r=0 must be an integer >= 1 \(the rank"),
+    (dict(r=-2), r"LoRAConfig\.r=-2"),
     (dict(alpha=0), r"alpha=0 must be a finite number > 0"),
-    (dict(dropout=1.0), r"dropout=1.0 must be in \[0, 1\)"),
+    (dict(dropout=1.0), r"dropout=1.0 must be a number in \[0, 1\)"),
     (dict(qkv=("q", "x")), r"qkv=\('q', 'x'\) must be None"),
     (dict(targets=[]), r"targets=\(\) must be non-empty"),
     (dict(targets=["(unclosed"]), r"not a valid regular expression"),

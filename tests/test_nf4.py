@@ -166,3 +166,18 @@ def test_bad_inputs_are_refused_with_their_names():
     with pytest.raises(TypeError, match="wraps an nn.Linear"):
         NF4Linear(nn.Conv1d(2, 2, 1))
     assert fp4_code().unique().numel() == 15                                 # +0 and -0
+
+
+@pytest.mark.parametrize("kw, err", [({"dq_block_size": 0}, ValueError), ({"dq_block_size": -4}, ValueError),
+                                     ({"dq_block_size": 2.5}, TypeError), ({"double_quant": "yes"}, TypeError)])
+def test_quantize_nf4_checks_its_arguments(kw, err):
+    with pytest.raises(err, match=next(iter(kw))):
+        quantize_nf4(torch.randn(128), **kw)
+
+
+def test_a_weight_finite_in_float64_but_not_in_float32_is_refused():
+    """We quantize in float32: 1e300 is finite as a float64 but becomes inf in the cast."""
+    w = torch.zeros(64, dtype=torch.float64)
+    w[3] = 1e300
+    with pytest.raises(ValueError, match="float32"):
+        quantize_nf4(w)

@@ -137,7 +137,7 @@ def test_bad_configs_and_double_application_are_refused():
         QLoRAConfig(quant="fp8")
     with pytest.raises(ValueError, match="loftq_iters=-1 must be an integer >= 0"):
         QLoRAConfig(loftq_iters=-1)
-    with pytest.raises(ValueError, match="LoRA rank r=0"):
+    with pytest.raises(ValueError, match=r"QLoRAConfig\.r=0 must be an integer >= 1"):
         QLoRAConfig(r=0)
     m = _base()
     apply_qlora(m, QLoRAConfig(r=2))

@@ -59,6 +59,8 @@ from .. import world
 from ..heads import last_real_index
 from ..tasks import collate
 from ..train import TrainConfig, train
+from ..validate import check_bool, check_choice, check_float
+from .logps import check_01, check_finite, zero_masked
 
 POOLINGS = ("mean", "last")
 
@@ -72,10 +74,10 @@ class ContrastiveConfig:
     dropout: float = 0.1             # on while training: SimCSE's augmentation (supervised: try 0)
 
     def __post_init__(self):
-        check_temperature(self.temperature)
-        check_pooling(self.pooling)
-        if not (isinstance(self.dropout, (int, float)) and 0.0 <= self.dropout < 1.0):
-            raise ValueError(f"ContrastiveConfig.dropout={self.dropout!r} must be in [0, 1)")
+        check_float(self, "temperature", self.temperature, lo=0, lo_open=True, hint=" (SimCSE uses 0.05)")
+        check_choice(self, "pooling", self.pooling, POOLINGS)
+        check_bool(self, "symmetric", self.symmetric)
+        check_float(self, "dropout", self.dropout, 0, 1, hi_open=True)
 
 
 def check_temperature(temperature) -> float:
@@ -102,11 +104,12 @@ def pool(h: torch.Tensor, attention_mask: Optional[torch.Tensor], pooling: str =
     m = torch.ones(B, T, device=h.device) if attention_mask is None else attention_mask
     if tuple(m.shape) != (B, T):
         raise ValueError(f"attention_mask must have shape (batch, time)=({B}, {T}), got {tuple(m.shape)}")
+    check_01(m, "attention_mask")
     m = m.to(h.dtype)
     if bool((m.sum(1) == 0).any()):
         raise ValueError("attention_mask has a row with no real token: it has no embedding")
-    if pooling == "mean":
-        return (h * m[..., None]).sum(1) / m.sum(1, keepdim=True)           # Σ m_t h_t / Σ m_t  (B, C)
+    if pooling == "mean":                                                   # a select, not h · m: padding
+        return zero_masked(h, m).sum(1) / m.sum(1, keepdim=True)            # Σ m_t h_t / Σ m_t  (B, C)
     last = last_real_index(m.long(), B, T, h.device)                         # last real position (B,)
     return h[torch.arange(B, device=h.device), last]                        # (B, C)
 
@@ -162,6 +165,9 @@ def info_nce(a: torch.Tensor, b: torch.Tensor, temperature: float = 0.05,
         raise ValueError(f"a and b must both be (N, C) with N >= 1, got {tuple(a.shape)} and {tuple(b.shape)}")
     if negatives is not None and (negatives.dim() != 2 or negatives.shape[1] != a.shape[1]):
         raise ValueError(f"negatives must be (M, C={a.shape[1]}), got {tuple(negatives.shape)}")
+    for name, t in (("a", a), ("b", b), ("negatives", negatives)):
+        if t is not None:
+            check_finite(name, t, None, "info_nce")
     dt = torch.promote_types(a.dtype, torch.float32)                       # half precision -> float32
     a, b = F.normalize(a.to(dt), dim=-1), F.normalize(b.to(dt), dim=-1)     # unit rows: a·b = cos
     cands = b if negatives is None else torch.cat([b, F.normalize(negatives.to(dt), dim=-1)])
@@ -288,6 +294,7 @@ def best_threshold(scores: torch.Tensor, labels: torch.Tensor) -> tuple[float, f
     s, y = torch.as_tensor(scores, dtype=torch.float64), torch.as_tensor(labels).long()
     if s.dim() != 1 or s.shape != y.shape or len(s) == 0:
         raise ValueError(f"scores and labels must be equal-length 1-D, got {tuple(s.shape)} and {tuple(y.shape)}")
+    check_finite("scores", s, None, "best_threshold")                      # NaN > t is False: a quiet "0"
     v = torch.unique(s)                                                     # sorted
     cands = torch.cat([v[:1] - 1.0, (v[1:] + v[:-1]) / 2, v[-1:]])
     accs = ((s[None] > cands[:, None]).long() == y[None]).double().mean(1)  # (n_cands,)
@@ -297,6 +304,7 @@ def best_threshold(scores: torch.Tensor, labels: torch.Tensor) -> tuple[float, f
 
 def threshold_accuracy(scores: torch.Tensor, labels: torch.Tensor, threshold: float) -> float:
     s, y = torch.as_tensor(scores, dtype=torch.float64), torch.as_tensor(labels).long()
+    check_finite("scores", s, None, "threshold_accuracy")
     return float(((s > threshold).long() == y).double().mean())
 
 
@@ -310,6 +318,8 @@ def retrieval_at_1(queries: torch.Tensor, keys: torch.Tensor, groups: Optional[S
                          f"{getattr(keys, 'shape', keys)!r}")
     if groups is not None and len(groups) != len(queries):
         raise ValueError(f"groups must have one label per query ({len(queries)}), got {len(groups)}")
+    check_finite("queries", queries, None, "retrieval_at_1")                 # argmax over NaN: a quiet pick
+    check_finite("keys", keys, None, "retrieval_at_1")
     sim = F.normalize(queries.float(), dim=-1) @ F.normalize(keys.float(), dim=-1).T   # (N, N)
     best = sim.argmax(1).tolist()
     if groups is None:

@@ -56,14 +56,15 @@ import torch
 import torch.nn.functional as F
 
 from ..model import IGNORE_INDEX, at_least_fp32
-from .logps import masked_mean
+from ..validate import check_choice, check_float
+from .logps import check_finite, masked_mean, zero_masked
 
 DIVERGENCES = ("forward", "reverse", "jsd")
 
 
 # ---- the pure losses ----------------------------------------------------------------------------
 
-def _check_logits(student_logits, teacher_logits, mask):
+def _check_logits(student_logits, teacher_logits, mask, who: str = "distill_loss"):
     for name, x in (("student_logits", student_logits), ("teacher_logits", teacher_logits)):
         if not isinstance(x, torch.Tensor) or not x.is_floating_point():
             raise TypeError(f"{name} must be a floating-point torch.Tensor, got {getattr(x, 'dtype', type(x).__name__)}")
@@ -80,6 +81,8 @@ def _check_logits(student_logits, teacher_logits, mask):
             raise ValueError("mask must hold only 0 and 1 (1 = distil at this position)")
         if not bool(mask.any()):
             raise ValueError("mask has no position set to 1: nothing to distil")
+    for name, x in (("student_logits", student_logits), ("teacher_logits", teacher_logits)):
+        check_finite(name, x, mask, who)                                 # only where mask is 1 (everywhere if None)
 
 
 def _check_hyper(temperature: float, divergence: str, beta: float) -> None:
@@ -93,16 +96,18 @@ def _check_hyper(temperature: float, divergence: str, beta: float) -> None:
 
 
 def _kl(log_a: torch.Tensor, log_b: torch.Tensor) -> torch.Tensor:
-    """KL(a ‖ b) = Σ_k a_k (log a_k - log b_k) over the last dim, from log-probabilities; 0 log 0 = 0."""
+    """KL(a ‖ b) = Σ_k a_k (log a_k - log b_k) over the last dim, from log-probabilities; 0 log 0 = 0
+    (a NaN stays NaN: `a == 0` is false for it, where `a > 0` would have turned it into a quiet 0)."""
     a = log_a.exp()
-    return torch.where(a > 0, a * (log_a - log_b), torch.zeros_like(a)).sum(-1)      # (...)
+    return torch.where(a == 0, torch.zeros_like(a), a * (log_a - log_b)).sum(-1)      # (...)
 
 
 def divergence_per_position(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float = 1.0,
                             divergence: str = "forward", beta: float = 0.5) -> torch.Tensor:
     """D(p, q) at every position, without T² and without a mask: (..., K) -> (...).
-    p = softmax(teacher / T) (no gradient flows to the teacher), q = softmax(student / T)."""
-    _check_logits(student_logits, teacher_logits, None)
+    p = softmax(teacher / T) (no gradient flows to the teacher), q = softmax(student / T).
+    Every position must be finite (there is no mask here to say which are padding)."""
+    _check_logits(student_logits, teacher_logits, None, "divergence_per_position")
     _check_hyper(temperature, divergence, beta)
     log_q = F.log_softmax(at_least_fp32(student_logits) / temperature, dim=-1)       # (..., K)
     log_p = F.log_softmax(at_least_fp32(teacher_logits).detach() / temperature, dim=-1)
@@ -117,14 +122,19 @@ def divergence_per_position(student_logits: torch.Tensor, teacher_logits: torch.
 def distill_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, mask: Optional[torch.Tensor] = None,
                  temperature: float = 1.0, divergence: str = "forward", beta: float = 0.5) -> torch.Tensor:
     """The soft-target loss T² D(softmax(t / T), softmax(s / T)), averaged over the positions where
-    mask == 1 (every position if mask is None). logits: (..., K); mask: (...). Returns a scalar."""
+    mask == 1 (every position if mask is None). logits: (..., K); mask: (...). Returns a scalar.
+    Logits must be finite where mask is 1; where it is 0 they may hold anything (padding): they are
+    selected out before the softmax, so they reach neither the loss nor a gradient."""
     _check_logits(student_logits, teacher_logits, mask)
+    if mask is not None:                                                 # padding -> 0 logits: D = 0 there
+        student_logits, teacher_logits = zero_masked(student_logits, mask), zero_masked(teacher_logits, mask)
     d = divergence_per_position(student_logits, teacher_logits, temperature, divergence, beta)   # (...)
     return temperature ** 2 * masked_mean(d, mask)
 
 
 def hard_loss(student_logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """CE(y, softmax(s)) averaged over the labels that are not -100. logits (..., K), labels (...)."""
+    """CE(y, softmax(s)) averaged over the labels that are not -100. logits (..., K), labels (...).
+    Logits must be finite where there is a label; elsewhere they may hold anything (selected out)."""
     if not isinstance(labels, torch.Tensor) or labels.is_floating_point():
         raise TypeError(f"labels must be an integer tensor, got {getattr(labels, 'dtype', type(labels).__name__)}")
     if tuple(labels.shape) != tuple(student_logits.shape[:-1]):
@@ -136,7 +146,10 @@ def hard_loss(student_logits: torch.Tensor, labels: torch.Tensor) -> torch.Tenso
         raise ValueError("labels are all -100: no hard label to learn from")
     if kept.min() < 0 or kept.max() >= K:
         raise ValueError(f"labels must be in [0, K={K}) or -100, got {int(kept.min())} .. {int(kept.max())}")
-    return F.cross_entropy(at_least_fp32(student_logits).reshape(-1, K), labels.reshape(-1), ignore_index=IGNORE_INDEX)
+    labelled = labels != IGNORE_INDEX                                    # (...)
+    check_finite("student_logits", student_logits, labelled, "hard_loss")
+    s = zero_masked(at_least_fp32(student_logits), labelled)             # unlabelled rows: no value, no gradient
+    return F.cross_entropy(s.reshape(-1, K), labels.reshape(-1), ignore_index=IGNORE_INDEX)
 
 
 def kd_loss(student_logits, teacher_logits, labels, mask=None, alpha: float = 0.5, temperature: float = 2.0,
@@ -162,11 +175,11 @@ class DistillConfig:
     mask: str = "labels"
 
     def __post_init__(self):
-        if isinstance(self.alpha, bool) or not isinstance(self.alpha, (int, float)) or not 0 <= self.alpha <= 1:
-            raise ValueError(f"DistillConfig.alpha={self.alpha!r} must be in [0, 1]")
-        _check_hyper(self.temperature, self.divergence, self.beta)
-        if self.mask not in ("labels", "real"):
-            raise ValueError(f"DistillConfig.mask={self.mask!r} must be 'labels' or 'real'")
+        check_float(self, "alpha", self.alpha, 0, 1, hint=" (the weight of the soft term)")
+        check_float(self, "temperature", self.temperature, lo=0, lo_open=True)
+        check_choice(self, "divergence", self.divergence, DIVERGENCES)
+        check_float(self, "beta", self.beta, 0, 1, hint=" (0: forward KL, 1: reverse KL)")
+        check_choice(self, "mask", self.mask, ("labels", "real"))
 
 
 def _labels(batch: dict) -> torch.Tensor:

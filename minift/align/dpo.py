@@ -52,6 +52,7 @@ import torch.nn.functional as F
 
 from ..peft.common import adapter_layers, disable_adapters
 from ..train import TrainConfig, train
+from ..validate import check_bool, check_choice, check_float, check_int
 from .logps import sequence_logps
 from .preference import PreferenceDataset, collate_preferences
 
@@ -107,6 +108,9 @@ def preference_metrics(chosen_rewards: torch.Tensor, rejected_rewards: torch.Ten
     if chosen_rewards.shape != rejected_rewards.shape or chosen_rewards.dim() != 1 or chosen_rewards.numel() == 0:
         raise ValueError(f"preference_metrics: chosen and rejected rewards must share one shape (B,), B >= 1, got "
                          f"{tuple(chosen_rewards.shape)} and {tuple(rejected_rewards.shape)}")
+    for name, r in (("chosen_rewards", chosen_rewards), ("rejected_rewards", rejected_rewards)):
+        if not bool(torch.isfinite(r).all()):                             # NaN > 0 is False: a quiet "wrong"
+            raise ValueError(f"preference_metrics: {name} holds NaN or inf")
     d = (chosen_rewards - rejected_rewards).double()
     return {"accuracy": float((d > 0).double().mean()), "ties": float((d == 0).double().mean()),
             "margin": float(d.mean())}
@@ -168,17 +172,24 @@ class DPOConfig:
     eval_every: int = 0
 
     def __post_init__(self):
-        dpo_loss(*(torch.zeros(1),) * 4, self.beta, self.loss_type, self.label_smoothing)   # validates all three
-        if self.average_logps is None:
+        check_float(self, "beta", self.beta, lo=0, lo_open=True, hint=" (the paper uses 0.1 to 0.5)")
+        check_choice(self, "loss_type", self.loss_type, LOSS_TYPES)
+        check_float(self, "label_smoothing", self.label_smoothing, 0, 0.5, hi_open=True, hint=": ε = 0.5 would "
+                    "say a label is a coin flip")
+        if self.label_smoothing > 0 and self.loss_type != "sigmoid":
+            raise ValueError(f"DPOConfig.label_smoothing={self.label_smoothing} is conservative DPO, defined for "
+                             f"loss_type='sigmoid' only, not {self.loss_type!r}")
+        check_float(self, "nll_weight", self.nll_weight, lo=0)
+        if check_bool(self, "average_logps", self.average_logps, optional=True) is None:
             self.average_logps = self.loss_type == "ipo"
         for name in ("steps", "batch_size"):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise ValueError(f"DPOConfig.{name}={v!r} must be an int >= 1")
-        if not (isinstance(self.nll_weight, (int, float)) and math.isfinite(self.nll_weight) and self.nll_weight >= 0):
-            raise ValueError(f"DPOConfig.nll_weight={self.nll_weight!r} must be a finite number >= 0")
-        if not (isinstance(self.lr, (int, float)) and math.isfinite(self.lr) and self.lr > 0):
-            raise ValueError(f"DPOConfig.lr={self.lr!r} must be a finite number > 0")
+            check_int(self, name, getattr(self, name), lo=1)
+        check_float(self, "lr", self.lr, lo=0, lo_open=True)
+        check_int(self, "warmup_steps", self.warmup_steps, lo=0, hi=self.steps, optional=True,
+                  hint=" (None: steps // 10)")
+        check_int(self, "seed", self.seed, lo=0)
+        check_bool(self, "precompute_ref", self.precompute_ref)
+        check_int(self, "eval_every", self.eval_every, lo=0, hint=" (0: only at the end)")
 
 
 def dpo_step(policy, ref, batch: dict, cfg: DPOConfig):

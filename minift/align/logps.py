@@ -20,6 +20,8 @@ Reward models (reward.py), PPO (ppo.py) and DPO (dpo.py) all call `sequence_logp
 """
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
 import torch.nn.functional as F
 
@@ -35,24 +37,55 @@ def token_logps(logits: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
     return logp.gather(-1, ids[:, 1:, None]).squeeze(-1)              # (B, T-1)
 
 
+def check_01(mask: torch.Tensor, name: str = "mask") -> None:
+    """A mask is 0/1 (or bool): 1 = the position counts, 0 = it does not. Anything else raises."""
+    if not isinstance(mask, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor of 0 and 1, got {type(mask).__name__}")
+    if not bool(((mask == 0) | (mask == 1)).all()):
+        raise ValueError(f"{name} must hold only 0 and 1")
+
+
+def zero_masked(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """values where mask is 1, exactly 0 where it is 0: a select, not a product. m · v would carry a
+    NaN or inf at a masked position into the result (0 · NaN = NaN) and into the gradients of the
+    real positions; a select gives the masked positions no value and a zero gradient. mask: values'
+    shape, or its leading dims (it is then broadcast over the trailing ones, e.g. (B, T) over (B, T, K))."""
+    keep = mask.bool()
+    keep = keep.reshape(keep.shape + (1,) * (values.dim() - keep.dim()))
+    return torch.where(keep, values, torch.zeros((), dtype=values.dtype, device=values.device))
+
+
+def check_finite(name: str, values: torch.Tensor, mask: Optional[torch.Tensor] = None, who: str = "") -> None:
+    """NaN or inf at a position that counts (mask 1; every position if mask is None) raises, naming the
+    argument: a loss of such input would be NaN, or finite with NaN gradients. Masked positions may hold anything."""
+    bad = ~torch.isfinite(values)
+    if mask is not None:
+        bad = bad & mask.bool().reshape(mask.shape + (1,) * (values.dim() - mask.dim()))
+    if bool(bad.any()):
+        where = "" if mask is None else " at a real (mask 1) position"
+        raise ValueError(f"{who + ': ' if who else ''}{name} holds NaN or inf{where}; it must be finite there")
+
+
 def masked_sum(values: torch.Tensor, mask: torch.Tensor, average: bool = False) -> torch.Tensor:
     """Σ_t m_t v_t per row (or the mean over the rows' masked entries): (B, T) -> (B,).
-    A row with an empty mask raises: it would score nothing (sum 0, mean undefined)."""
-    m = mask.to(values.dtype)
-    n = m.sum(-1)                                                     # (B,)
+    mask: 0/1. Masked entries are selected out (zero_masked), so whatever they hold changes neither
+    the result nor a gradient. A row with an empty mask raises: it would score nothing (sum 0, mean undefined)."""
+    check_01(mask)
+    n = mask.to(values.dtype).sum(-1)                                 # (B,)
     if bool((n == 0).any()):
         raise ValueError(f"rows {torch.nonzero(n == 0).flatten().tolist()} of the mask have no token to score")
-    s = (values * m).sum(-1)                                          # (B,)
+    s = zero_masked(values, mask).sum(-1)                             # Σ_t m_t v_t  (B,)
     return s / n if average else s
 
 
 def masked_mean(values: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
     """(1 / Σ m) Σ m v over the whole batch, a scalar (the plain mean when mask is None): the
-    token-level mean that PPO's losses and statistics and distillation's loss take."""
+    token-level mean that PPO's losses and statistics and distillation's loss take. mask: 0/1;
+    masked entries are selected out, never multiplied (zero_masked)."""
     if mask is None:
         return values.mean()
-    m = mask.to(values.dtype)
-    return (values * m).sum() / m.sum()
+    check_01(mask)
+    return zero_masked(values, mask).sum() / mask.to(values.dtype).sum()   # Σ m v / Σ m
 
 
 def check_masks(ids: torch.Tensor, attention_mask: torch.Tensor, response_mask: torch.Tensor) -> None:

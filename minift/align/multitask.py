@@ -45,11 +45,13 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
-from ..model import IGNORE_INDEX, at_least_fp32
+from ..model import IGNORE_INDEX, at_least_fp32, check_target_ids
 from ..peft.common import disable_adapters, remove_adapters
 from ..peft.io import load_adapter, save_adapter
 from ..peft.lora import LoRAConfig, apply_lora
 from ..train import TrainConfig, stack_collate, train
+from ..validate import check_choice, check_float, check_int
+from .logps import check_finite, zero_masked
 
 STRATEGIES = ("proportional", "equal", "temperature")
 
@@ -94,13 +96,10 @@ class MixtureConfig:
     cap: Optional[int] = None
 
     def __post_init__(self):
-        if self.strategy not in STRATEGIES:
-            raise ValueError(f"MixtureConfig.strategy={self.strategy!r} must be one of {STRATEGIES}")
-        if self.strategy == "temperature" and not (isinstance(self.temperature, (int, float))
-                                                   and not isinstance(self.temperature, bool) and self.temperature > 0):
-            raise ValueError(f"MixtureConfig.temperature={self.temperature!r} must be > 0")
-        if self.cap is not None and (isinstance(self.cap, bool) or int(self.cap) != self.cap or self.cap < 1):
-            raise ValueError(f"MixtureConfig.cap={self.cap!r} must be None or an integer >= 1")
+        check_choice(self, "strategy", self.strategy, STRATEGIES)
+        check_float(self, "temperature", self.temperature, lo=0, lo_open=True, finite=False,
+                    hint=" (1 = proportional, math.inf = equal)")
+        check_int(self, "cap", self.cap, lo=1, optional=True, hint=" (T5's limit K)")
 
     @property
     def T(self) -> float:
@@ -176,14 +175,18 @@ def replay_weights(current: str, earlier: Mapping[str, int], fraction: float,
 
 def per_example_nll(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """(1/B') Σ_b mean_{t: targets[b, t] != -100} -log softmax(logits[b, t])[targets[b, t]], over the B'
-    rows that have a target. logits: (B, T, V); targets: (B, T). Returns a scalar."""
+    rows that have a target. logits: (B, T, V); targets: (B, T). Returns a scalar. Logits must be finite
+    where there is a target; elsewhere (padding, prompts) they may hold anything: they are selected out."""
     if logits.dim() != 3 or tuple(targets.shape) != tuple(logits.shape[:2]):
         raise ValueError(f"per_example_nll: logits must be (B, T, V) and targets (B, T), got "
                          f"{tuple(logits.shape)} and {tuple(targets.shape)}")
+    check_target_ids(targets, logits.shape[-1], "per_example_nll: targets", of="V")
     m = targets != IGNORE_INDEX                                            # (B, T) where loss is taken
     if not m.any():
         raise ValueError("per_example_nll: no target (every entry is -100)")
-    nll = F.cross_entropy(at_least_fp32(logits).transpose(1, 2), targets, ignore_index=IGNORE_INDEX,
+    check_finite("logits", logits, m, "per_example_nll")
+    logits = zero_masked(at_least_fp32(logits), m)                          # no value, no gradient off the targets
+    nll = F.cross_entropy(logits.transpose(1, 2), targets, ignore_index=IGNORE_INDEX,
                           reduction="none")                                 # (B, T), 0 where ignored
     n = m.sum(1)                                                           # (B,) targets per example
     per = nll.sum(1) / n.clamp(min=1)                                      # (B,) mean NLL per example
@@ -209,6 +212,7 @@ class Stage:
             raise ValueError(f"Stage {self.name!r}: its data set is empty")
         if isinstance(self.steps, bool) or not isinstance(self.steps, int) or self.steps < 1:
             raise ValueError(f"Stage {self.name!r}: steps={self.steps!r} must be an integer >= 1")
+        check_float(self, "lr", self.lr, lo=0, lo_open=True)
 
 
 @dataclass

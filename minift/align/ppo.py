@@ -42,7 +42,8 @@ from tqdm.auto import tqdm
 
 from ..model import GPT
 from ..tasks import collate
-from .logps import masked_mean
+from ..validate import check_bool, check_float, check_int
+from .logps import check_01, check_finite, masked_mean, zero_masked
 
 
 @dataclass
@@ -67,27 +68,24 @@ class PPOConfig:
 
     def __post_init__(self):
         for name in ("steps", "batch_size", "max_new_tokens", "ppo_epochs", "minibatch_size", "horizon"):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise ValueError(f"PPOConfig.{name}={v!r} must be an integer >= 1")
+            check_int(self, name, getattr(self, name), lo=1)
         if self.minibatch_size > self.batch_size:
             raise ValueError(f"PPOConfig.minibatch_size={self.minibatch_size} must be <= batch_size={self.batch_size}")
         for name in ("lr", "clip", "clip_value"):
-            if not getattr(self, name) > 0:
-                raise ValueError(f"PPOConfig.{name}={getattr(self, name)!r} must be > 0")
+            check_float(self, name, getattr(self, name), lo=0, lo_open=True)
         for name in ("gamma", "lam"):
-            if not 0 <= getattr(self, name) <= 1:
-                raise ValueError(f"PPOConfig.{name}={getattr(self, name)!r} must be in [0, 1]")
-        if not (self.kl_coef >= 0 and self.vf_coef >= 0 and self.grad_clip >= 0):
-            raise ValueError(f"PPOConfig.kl_coef={self.kl_coef}, vf_coef={self.vf_coef}, grad_clip={self.grad_clip} "
-                             f"must be >= 0")
-        if self.target_kl is not None and not self.target_kl > 0:
-            raise ValueError(f"PPOConfig.target_kl={self.target_kl!r} must be > 0 or None (fixed β)")
+            check_float(self, name, getattr(self, name), 0, 1)
+        for name in ("vf_coef", "kl_coef", "grad_clip"):
+            check_float(self, name, getattr(self, name), lo=0)
+        check_float(self, "target_kl", self.target_kl, lo=0, lo_open=True, optional=True, hint=" (None: fixed β)")
+        check_bool(self, "whiten", self.whiten)
+        check_int(self, "seed", self.seed, lo=0)
 
 
 # ---- the pure pieces (what the conformance adapters wrap) -------------------------------------
 
-def _check_same(mask, **tensors):
+def _check_same(who, mask, **tensors):
+    """Every tensor floating point, of mask's shape (B, N), finite where mask is 1; mask 0/1, not empty."""
     for name, t in tensors.items():
         if not isinstance(t, torch.Tensor) or not t.is_floating_point():
             raise TypeError(f"{name} must be a floating-point tensor, got {getattr(t, 'dtype', type(t).__name__)}")
@@ -95,15 +93,21 @@ def _check_same(mask, **tensors):
             raise ValueError(f"{name} must have the shape of mask {tuple(mask.shape)}, got {tuple(t.shape)}")
     if mask.dim() != 2:
         raise ValueError(f"mask must be (batch, tokens), got {tuple(mask.shape)}")
+    check_01(mask)
     if not bool(mask.bool().any()):
         raise ValueError("mask has no real token: there is nothing to average over")
+    for name, t in tensors.items():
+        check_finite(name, t, mask, who)
 
 
 def whiten(x: torch.Tensor, mask: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
-    """(x − μ) / sqrt(σ² + eps), μ and σ² (biased) over the real tokens; 0 on padding. (B, N) -> (B, N)."""
-    mu = masked_mean(x, mask)
-    var = masked_mean((x - mu) ** 2, mask)
-    return (x - mu) * torch.rsqrt(var + eps) * mask.to(x.dtype)
+    """(x − μ) / sqrt(σ² + eps), μ and σ² (biased) over the real tokens; 0 on padding. (B, N) -> (B, N).
+    Padding may hold anything (it is selected out first); x must be finite on the real tokens."""
+    _check_same("whiten", mask, x=x)
+    x = zero_masked(x, mask)                                               # padding: 0, whatever it held
+    mu = masked_mean(x, mask)                                              # μ over real tokens
+    var = masked_mean((x - mu) ** 2, mask)                                 # σ² (biased)
+    return zero_masked((x - mu) * torch.rsqrt(var + eps), mask)            # (B, N), 0 on padding
 
 
 def kl_penalty(logp: torch.Tensor, ref_logp: torch.Tensor) -> torch.Tensor:
@@ -118,28 +122,29 @@ def gae(rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, gamma: 
     """Generalised advantage estimation over the real tokens of each row (a contiguous run of 1s):
     (advantages A, returns R = A + V), both (B, N) and 0 on padding. A reverse recursion over
     the N <= max_new_tokens response positions, as in every PPO implementation."""
-    _check_same(mask, rewards=rewards, values=values)
+    _check_same("gae", mask, rewards=rewards, values=values)
     if not (0 <= gamma <= 1 and 0 <= lam <= 1):
         raise ValueError(f"gamma={gamma} and lam={lam} must be in [0, 1]")
-    m = mask.to(rewards.dtype)
-    values = values * m
+    keep = mask.bool()                                                     # (B, N) real tokens
+    rewards, values = zero_masked(rewards, mask), zero_masked(values, mask)   # padding: 0, whatever it held
     adv = torch.zeros_like(rewards)
     running = torch.zeros_like(rewards[:, 0])                              # A_{t+1}, (B,)
     N = rewards.shape[1]
     for t in reversed(range(N)):
         v_next = values[:, t + 1] if t + 1 < N else torch.zeros_like(running)  # V = 0 after the end
         delta = rewards[:, t] + gamma * v_next - values[:, t]             # δ_t = r_t + γ V_{t+1} − V_t
-        running = (delta + gamma * lam * running) * m[:, t]               # A_t = δ_t + γλ A_{t+1}
+        running = torch.where(keep[:, t], delta + gamma * lam * running, 0.0)  # A_t = δ_t + γλ A_{t+1}
         adv[:, t] = running
-    return adv, (adv + values) * m                                         # R_t = A_t + V_t
+    return adv, zero_masked(adv + values, mask)                            # R_t = A_t + V_t
 
 
 def ppo_policy_loss(logp: torch.Tensor, old_logp: torch.Tensor, adv: torch.Tensor, mask: torch.Tensor,
                     clip: float = 0.2) -> torch.Tensor:
     """L = −mean_t min(ρ A, clip(ρ, 1−ε, 1+ε) A), ρ = exp(logp − old_logp); (B, N) each -> scalar."""
-    _check_same(mask, logp=logp, old_logp=old_logp, adv=adv)
+    _check_same("ppo_policy_loss", mask, logp=logp, old_logp=old_logp, adv=adv)
     if not clip > 0:
         raise ValueError(f"clip={clip!r} must be > 0")
+    logp, old_logp, adv = (zero_masked(t, mask) for t in (logp, old_logp, adv))   # padding: no value, no gradient
     ratio = torch.exp(logp - old_logp)                                     # ρ_t  (B, N)
     unclipped = ratio * adv
     clipped = torch.clamp(ratio, 1.0 - clip, 1.0 + clip) * adv
@@ -149,9 +154,10 @@ def ppo_policy_loss(logp: torch.Tensor, old_logp: torch.Tensor, adv: torch.Tenso
 def ppo_value_loss(v: torch.Tensor, old_v: torch.Tensor, returns: torch.Tensor, mask: torch.Tensor,
                    clip: float = 0.2) -> torch.Tensor:
     """L_V = ½ mean_t max((v − R)², (v_old + clip(v − v_old, ±ε_V) − R)²); (B, N) each -> scalar."""
-    _check_same(mask, v=v, old_v=old_v, returns=returns)
+    _check_same("ppo_value_loss", mask, v=v, old_v=old_v, returns=returns)
     if not clip > 0:
         raise ValueError(f"clip={clip!r} must be > 0")
+    v, old_v, returns = (zero_masked(t, mask) for t in (v, old_v, returns))       # padding: no value, no gradient
     v_clipped = old_v + torch.clamp(v - old_v, -clip, clip)
     return 0.5 * masked_mean(torch.max((v - returns) ** 2, (v_clipped - returns) ** 2), mask)
 
@@ -188,7 +194,7 @@ def sample(policy: GPT, ids: torch.Tensor, attention_mask: torch.Tensor, max_new
         nxt = logp.argmax(-1) if greedy else torch.multinomial(logp.exp(), 1, generator=generator).squeeze(1)
         alive = ~done                                                      # (B,) this token is real
         toks.append(torch.where(alive, nxt, torch.full_like(nxt, pad_id)))
-        logps.append(logp.gather(1, nxt[:, None]).squeeze(1) * alive)
+        logps.append(torch.where(alive, logp.gather(1, nxt[:, None]).squeeze(1), 0.0))
         masks.append(alive.to(torch.long))
         done = done | (nxt == eos_id)
         if bool(done.all()):
@@ -226,14 +232,14 @@ def rollout(policy: GPT, ref: GPT, reward_model, tok, prompts: Sequence[str], ma
     ids = torch.cat([p["ids"], tokens], 1)                                 # (B, P + N)
     attn = torch.cat([p["attention_mask"], mask], 1)
     logits, h = response_logits(policy, ids, attn, P, hidden=True)         # (B, N, V), (B, N, C)
-    logp = logps_of(logits, tokens) * mask                                 # the same numbers, re-scored
+    logp = zero_masked(logps_of(logits, tokens), mask)                     # the same numbers, re-scored
     ent = -(F.softmax(logits, -1) * F.log_softmax(logits, -1)).sum(-1)     # H(π(·|s_t))  (B, N)
-    ref_logp = logps_of(response_logits(ref, ids, attn, P), tokens) * mask
+    ref_logp = zero_masked(logps_of(response_logits(ref, ids, attn, P), tokens), mask)
     out = {"ids": ids, "attention_mask": attn, "tokens": tokens, "mask": mask, "logp": logp, "P": P,
            "sample_logp": sample_logp, "ref_logp": ref_logp, "entropy": ent,
            "score": reward_model(ids, attention_mask=attn).float()}       # r_φ at the last real token
     if value_head is not None:
-        out["values"] = value_head(h).squeeze(-1) * mask                   # V(s_t)  (B, N)
+        out["values"] = zero_masked(value_head(h).squeeze(-1), mask)       # V(s_t)  (B, N)
     return out
 
 
@@ -285,7 +291,7 @@ def train_ppo(policy: GPT, ref: GPT, reward_model, tok, prompts: Sequence[str], 
         r = rollout(policy, ref, reward_model, tok, batch_prompts, cfg.max_new_tokens, gen, value_head)
         mask, P = r["mask"], r["P"]
         m = mask.float()
-        kl = kl_penalty(r["logp"], r["ref_logp"]) * m                      # k1 per token  (B, N)
+        kl = zero_masked(kl_penalty(r["logp"], r["ref_logp"]), mask)       # k1 per token  (B, N)
         rewards = -beta * kl                                               # −β KL on every token
         last = mask.sum(1) - 1                                             # last real response token
         rewards[torch.arange(len(last)), last] += r["score"]               # + r_φ(x, y) there

@@ -26,6 +26,7 @@ are not correct, so a constant reward model scores accuracy 0 and ties 1, not 0.
 from __future__ import annotations
 
 import copy
+import math
 from typing import Optional, Sequence
 
 import torch
@@ -59,28 +60,31 @@ class RewardModel(nn.Module):
         return self.head(h[torch.arange(B, device=h.device), last]).squeeze(-1)  # r = w·h_last + b  (B,)
 
 
-def _check_pair(r_chosen, r_rejected):
+def _check_pair(r_chosen, r_rejected, who: str):
     for name, r in (("r_chosen", r_chosen), ("r_rejected", r_rejected)):
         if not isinstance(r, torch.Tensor) or not r.is_floating_point():
             raise TypeError(f"{name} must be a floating-point tensor, got {getattr(r, 'dtype', type(r).__name__)}")
     if r_chosen.dim() != 1 or r_chosen.shape != r_rejected.shape:
         raise ValueError(f"r_chosen and r_rejected must both be (B,), got {tuple(r_chosen.shape)} and "
                          f"{tuple(r_rejected.shape)}")
+    for name, r in (("r_chosen", r_chosen), ("r_rejected", r_rejected)):
+        if not bool(torch.isfinite(r).all()):                               # else: NaN rows, or a NaN counted as a loss
+            raise ValueError(f"{who}: {name} holds NaN or inf; a reward model's scores are finite")
 
 
 def reward_loss(r_chosen: torch.Tensor, r_rejected: torch.Tensor, margin: float = 0.0) -> torch.Tensor:
     """Bradley–Terry loss per pair: −log σ(r_w − r_l − m), (B,) and (B,) -> (B,).
-    Computed as −logsigmoid(·) = softplus(−·), finite for any float input."""
-    _check_pair(r_chosen, r_rejected)
-    if not isinstance(margin, (int, float)) or isinstance(margin, bool) or not margin >= 0:
-        raise ValueError(f"margin={margin!r} must be a number >= 0")
+    Computed as −logsigmoid(·) = softplus(−·), finite for any finite input (NaN or inf raise)."""
+    _check_pair(r_chosen, r_rejected, "reward_loss")
+    if not isinstance(margin, (int, float)) or isinstance(margin, bool) or not margin >= 0 or not math.isfinite(margin):
+        raise ValueError(f"margin={margin!r} must be a finite number >= 0")
     return -F.logsigmoid(r_chosen - r_rejected - margin)                        # (B,)
 
 
 @torch.no_grad()
 def reward_metrics(r_chosen: torch.Tensor, r_rejected: torch.Tensor) -> dict:
     """{"accuracy": share r_w > r_l, "ties": share r_w == r_l, "margin": mean r_w − r_l}."""
-    _check_pair(r_chosen, r_rejected)
+    _check_pair(r_chosen, r_rejected, "reward_metrics")
     d = (r_chosen - r_rejected).float()
     return {"accuracy": float((d > 0).float().mean()), "ties": float((d == 0).float().mean()),
             "margin": float(d.mean())}

@@ -31,6 +31,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..validate import check_bool, check_choice, check_float, check_int, check_ints
 from .common import AdapterLayer, ConfigIO, adapter_layers, adapter_state_dict, freeze_all_but_adapters, record, set_module
 
 ACTIVATIONS = {
@@ -55,20 +56,14 @@ class AdapterConfig(ConfigIO):
     include_head: bool = True                  # keep a task head (head.*) trainable
 
     def __post_init__(self):
-        if self.kind not in KINDS:
-            raise ValueError(f"AdapterConfig.kind={self.kind!r} must be one of {KINDS}")
-        if self.placement not in PLACEMENTS:
-            raise ValueError(f"AdapterConfig.placement={self.placement!r} must be one of {PLACEMENTS} "
-                             f"(used by kind='series'; a parallel adapter always sits beside the MLP)")
-        if isinstance(self.bottleneck, bool) or not isinstance(self.bottleneck, int) or self.bottleneck < 1:
-            raise ValueError(f"AdapterConfig.bottleneck={self.bottleneck!r} must be an integer >= 1 "
-                             f"(and <= n_embd)")
-        if self.activation not in ACTIVATIONS:
-            raise ValueError(f"AdapterConfig.activation={self.activation!r} must be one of {sorted(ACTIVATIONS)}")
-        if isinstance(self.scaling, bool) or not isinstance(self.scaling, (int, float)):
-            raise ValueError(f"AdapterConfig.scaling={self.scaling!r} must be a number")
-        if self.layers is not None:
-            self.layers = tuple(self.layers)
+        check_choice(self, "kind", self.kind, KINDS)
+        check_choice(self, "placement", self.placement, PLACEMENTS, hint=" (used by kind='series'; a parallel "
+                     "adapter always sits beside the MLP)")
+        check_int(self, "bottleneck", self.bottleneck, lo=1, hint=" (and <= n_embd)")
+        check_choice(self, "activation", self.activation, sorted(ACTIVATIONS))
+        check_float(self, "scaling", self.scaling)
+        self.layers = check_ints(self, "layers", self.layers, optional=True, hint=" (block indices; -1 is the last)")
+        check_bool(self, "include_head", self.include_head)
 
 
 def adapter_parameter_count(n_embd: int, bottleneck: int) -> int:

@@ -47,16 +47,17 @@ QKV = ("q", "k", "v")                          # the slices of GPT-2's fused att
 
 def check_targets(targets, what: str) -> tuple:
     """Config targets: one regex or several, each non-empty and valid (re.search over module names).
-    `what` names the config in the error ("LoRA", "MaskingConfig")."""
-    targets = (targets,) if isinstance(targets, str) else tuple(targets)
-    if not targets or not all(isinstance(t, str) and t for t in targets):
-        raise ValueError(f"{what} targets={targets!r} must be non-empty regexes over module names, "
+    `what` names the config in the error ("LoRAConfig", "MaskingConfig")."""
+    if isinstance(targets, (str, list, tuple)):
+        targets = (targets,) if isinstance(targets, str) else tuple(targets)
+    if not isinstance(targets, tuple) or not targets or not all(isinstance(t, str) and t for t in targets):
+        raise ValueError(f"{what}.targets={targets!r} must be non-empty regexes over module names, "
                          f"e.g. ['attn.c_attn', 'mlp.c_fc']")
     for t in targets:
         try:
             re.compile(t)
         except re.error as e:
-            raise ValueError(f"{what} target {t!r} is not a valid regular expression ({e})") from None
+            raise ValueError(f"{what}.targets: {t!r} is not a valid regular expression ({e})") from None
     return targets
 
 
@@ -64,9 +65,9 @@ def check_qkv(qkv, what: str):
     """None (the whole c_attn) or distinct slices of QKV, returned in q, k, v order."""
     if qkv is None:
         return None
-    chosen = [qkv] if isinstance(qkv, str) else list(qkv)
+    chosen = [qkv] if isinstance(qkv, str) else list(qkv) if isinstance(qkv, (list, tuple)) else None
     if not chosen or any(s not in QKV for s in chosen) or len(set(chosen)) != len(chosen):
-        raise ValueError(f"{what} qkv={qkv!r} must be None (the whole c_attn) or distinct "
+        raise ValueError(f"{what}.qkv={qkv!r} must be None (the whole c_attn) or distinct "
                          f"slices from {QKV}, e.g. ('q', 'v')")
     return tuple(s for s in QKV if s in chosen)
 

@@ -45,7 +45,7 @@ import torch
 import torch.nn as nn
 from safetensors import safe_open
 
-from ..checkpoint import load_json, load_state_dict_strict, load_tensors, save_json, save_tensors
+from ..checkpoint import load_json, load_state_dict_strict, load_tensors, save_folder, save_json, save_tensors
 from ..model import GPTConfig
 from .adapters import AdapterConfig, apply_adapters
 from .common import adapter_layers, adapter_state_dict, remove_adapters
@@ -150,10 +150,10 @@ def save_adapter(model: nn.Module, folder: str) -> None:
     extra = sorted(n for n, p in model.named_parameters() if p.requires_grad and n not in adapters)
     params = dict(model.named_parameters())
     state = {**adapters, **{n: params[n] for n in extra}}
-    save_tensors(state, os.path.join(folder, ADAPTER_WEIGHTS), metadata={"format": "pt"})
-    save_json({"format": FORMAT, "version": VERSION, "methods": methods, "extra_trainable": extra,
-               "base_model": {"fingerprint": cfg.fingerprint(), "config": cfg.to_dict()}},
-              os.path.join(folder, ADAPTER_CONFIG))
+    meta = {"format": FORMAT, "version": VERSION, "methods": methods, "extra_trainable": extra,
+            "base_model": {"fingerprint": cfg.fingerprint(), "config": cfg.to_dict()}}
+    save_folder(folder, {ADAPTER_WEIGHTS: lambda p: save_tensors(state, p, metadata={"format": "pt"}),
+                         ADAPTER_CONFIG: lambda p: save_json(meta, p)})     # both files or neither
 
 
 def load_adapter(model: nn.Module, folder: str) -> list[str]:
@@ -257,8 +257,9 @@ def export_peft(model: nn.Module, folder: str, base_model_name_or_path: str | No
     }
     minift = {"lora": cfg.to_dict(), "modules": [n for n, _ in layers],
               "base_model": {"fingerprint": base.fingerprint(), "config": base.to_dict()}}
-    save_tensors(tensors, os.path.join(folder, PEFT_WEIGHTS), metadata={"format": "pt", "minift": json.dumps(minift)})
-    save_json(config, os.path.join(folder, PEFT_CONFIG))
+    md = {"format": "pt", "minift": json.dumps(minift)}
+    save_folder(folder, {PEFT_WEIGHTS: lambda p: save_tensors(tensors, p, metadata=md),
+                         PEFT_CONFIG: lambda p: save_json(config, p)})      # both files or neither
 
 
 def _read_peft(folder: str):

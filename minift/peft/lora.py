@@ -51,7 +51,7 @@ import torch.nn.functional as F
 
 from .common import (QKV, AdapterLayer, ConfigIO, adapter_layers, adapter_state_dict, check_qkv, check_targets,
                      freeze_all_but_adapters, record, set_module)
-
+from ..validate import check_bool, check_float, check_int
 
 
 def _wide(t: torch.Tensor) -> torch.Tensor:
@@ -77,16 +77,13 @@ class LoRAConfig(ConfigIO):
     include_head: bool = True                     # keep a task head (head.*) trainable
 
     def __post_init__(self):
-        if isinstance(self.r, bool) or not isinstance(self.r, int) or self.r < 1:
-            raise ValueError(f"LoRA rank r={self.r!r} must be an integer >= 1 (and <= min(in_features, "
-                             f"out_features) of every adapted matrix)")
-        if not (isinstance(self.alpha, (int, float)) and not isinstance(self.alpha, bool)
-                and math.isfinite(self.alpha) and self.alpha > 0):
-            raise ValueError(f"LoRA alpha={self.alpha!r} must be a finite number > 0")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"LoRA dropout={self.dropout!r} must be in [0, 1)")
-        self.targets = check_targets(self.targets, "LoRA")
-        self.qkv = check_qkv(self.qkv, "LoRA")                   # canonical q, k, v order
+        check_int(self, "r", self.r, lo=1, hint=" (the rank; <= min(in, out) of every adapted matrix)")
+        check_float(self, "alpha", self.alpha, lo=0, lo_open=True, hint=" (s = alpha / r)")
+        check_float(self, "dropout", self.dropout, 0, 1, hi_open=True)
+        for name in ("use_rslora", "use_dora", "include_head"):
+            check_bool(self, name, getattr(self, name))
+        self.targets = check_targets(self.targets, "LoRAConfig")
+        self.qkv = check_qkv(self.qkv, "LoRAConfig")                   # canonical q, k, v order
 
     @property
     def scaling(self) -> float:

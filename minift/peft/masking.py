@@ -41,6 +41,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..validate import check_bool, check_float, check_int
 from .common import QKV, _HEAD, AdapterLayer, ConfigIO, adapter_layers, check_qkv, check_targets, record, set_module
 
 
@@ -59,13 +60,10 @@ class MaskingConfig(ConfigIO):
     include_head: bool = True                     # keep a task head (head.*) trainable
 
     def __post_init__(self):
-        d = self.density
-        if isinstance(d, bool) or not isinstance(d, (int, float)) or not math.isfinite(d) or not 0 < d <= 1:
-            raise ValueError(f"MaskingConfig.density={d!r} must be a number in (0, 1]: the share of the chosen "
-                             f"weights that train, e.g. 0.01 for 1%")
-        self.density = float(d)
-        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
-            raise ValueError(f"MaskingConfig.seed={self.seed!r} must be an integer >= 0")
+        self.density = float(check_float(self, "density", self.density, 0, 1, lo_open=True, hint=": the share of "
+                                         "the chosen weights that train, e.g. 0.01 for 1%"))
+        check_int(self, "seed", self.seed, lo=0)
+        check_bool(self, "include_head", self.include_head)
         self.targets = check_targets(self.targets, "MaskingConfig")
         self.qkv = check_qkv(self.qkv, "MaskingConfig")          # canonical q, k, v order
 

@@ -45,6 +45,7 @@ import torch
 import torch.nn as nn
 
 from ..model import GPT, build_attention_mask
+from ..validate import check_bool, check_float, check_int
 from .common import AdapterLayer, ConfigIO, adapter_layers, adapter_state_dict, freeze_all_but_adapters, record, remove_hooks
 
 
@@ -61,19 +62,14 @@ class PrefixConfig(ConfigIO):
     include_head: bool = True            # keep a task head (head.*) trainable
 
     def __post_init__(self):
-        for name in ("n_prefix", "hidden") + (() if self.embed_dim is None else ("embed_dim",)):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise ValueError(f"PrefixConfig.{name}={v!r} must be an integer >= 1"
-                                 + (" (a length-0 prefix is the base model: do not apply one)"
-                                    if name == "n_prefix" else ""))
-        if not isinstance(self.reparam, bool):
-            raise TypeError(f"PrefixConfig.reparam={self.reparam!r} must be True or False")
-        if isinstance(self.init_std, bool) or not isinstance(self.init_std, (int, float)) \
-                or not math.isfinite(self.init_std) or self.init_std <= 0:
-            raise ValueError(f"PrefixConfig.init_std={self.init_std!r} must be a finite number > 0")
+        check_int(self, "n_prefix", self.n_prefix, lo=1, hint=" (a length-0 prefix is the base model: don't apply one)")
+        check_int(self, "hidden", self.hidden, lo=1)
+        check_int(self, "embed_dim", self.embed_dim, lo=1, optional=True, hint=" (None: n_embd)")
+        check_bool(self, "reparam", self.reparam)
+        check_float(self, "init_std", self.init_std, lo=0, lo_open=True)
+        check_bool(self, "include_head", self.include_head)
         if self.init_ids is not None:
-            ids = list(self.init_ids)
+            ids = list(self.init_ids) if isinstance(self.init_ids, (list, tuple, range)) else [self.init_ids]
             if len(ids) != self.n_prefix or not all(isinstance(i, int) and not isinstance(i, bool) and i >= 0
                                                     for i in ids):
                 raise ValueError(f"PrefixConfig.init_ids must be n_prefix={self.n_prefix} token ids (integers >= 0), "
@@ -273,6 +269,6 @@ def prefix_attention_mass(model: nn.Module, idx: torch.Tensor, attention_mask: O
         k = torch.cat([pk.expand(B, -1, -1, -1).to(k.dtype), k], dim=2)    # (B, H, P + T, D)
         w = (q @ k.transpose(-2, -1) / math.sqrt(D)).masked_fill(~mask, float("-inf")).softmax(-1)
         on_prefix = w[..., :enc.n_prefix].sum(-1)                          # (B, H, T)
-        real = am[:, None, :].to(on_prefix.dtype)                          # average over real queries
-        rows.append((on_prefix * real).sum((0, 2)) / real.sum((0, 2)))     # (H,)
+        real = am[:, None, :].bool().expand_as(on_prefix)                  # average over real queries
+        rows.append(torch.where(real, on_prefix, 0.0).sum((0, 2)) / real.sum((0, 2)))   # (H,)
     return torch.stack(rows)                                               # (L, H)

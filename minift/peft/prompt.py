@@ -43,6 +43,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..model import GPT, IGNORE_INDEX
+from ..validate import check_bool, check_choice, check_int, check_str
 from .common import AdapterLayer, ConfigIO, adapter_layers, freeze_all_but_adapters, record, remove_hooks
 
 INITS = ("random", "vocab", "text")
@@ -64,16 +65,15 @@ class PromptConfig(ConfigIO):
     include_head: bool = True                   # keep a task head (head.*) trainable
 
     def __post_init__(self):
-        if isinstance(self.n_tokens, bool) or not isinstance(self.n_tokens, int) or self.n_tokens < 1:
-            raise ValueError(f"PromptConfig.n_tokens={self.n_tokens!r} must be an integer >= 1 (the number of "
-                             f"virtual tokens; n + sequence length must fit block_size)")
-        if self.init not in INITS:
-            raise ValueError(f"PromptConfig.init={self.init!r} must be one of {INITS}")
-        if self.init_text is not None and (not isinstance(self.init_text, str) or not self.init_text.strip()):
+        check_int(self, "n_tokens", self.n_tokens, lo=1, hint=" (virtual tokens; n + length must fit block_size)")
+        check_choice(self, "init", self.init, INITS)
+        check_int(self, "seed", self.seed, lo=0)
+        check_bool(self, "include_head", self.include_head)
+        if self.init_text is not None and not check_str(self, "init_text", self.init_text).strip():
             raise ValueError(f"PromptConfig.init_text={self.init_text!r} is empty; give a text with at least one "
                              f"token, e.g. 'Tag the names of people and towns'")
         if self.init_ids is not None:
-            ids = list(self.init_ids)
+            ids = list(self.init_ids) if isinstance(self.init_ids, (list, tuple, range)) else []
             if not ids or not all(isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in ids):
                 raise ValueError(f"PromptConfig.init_ids={self.init_ids!r} must be a non-empty list of token ids >= 0")
             self.init_ids = tuple(ids)

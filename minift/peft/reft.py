@@ -49,6 +49,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..validate import check_bool, check_choice, check_int, check_ints
 from .common import AdapterLayer, ConfigIO, adapter_layers, adapter_state_dict, freeze_all_but_adapters, record, remove_hooks
 
 POSITIONS = ("prompt", "all")
@@ -67,27 +68,21 @@ class ReFTConfig(ConfigIO):
     include_head: bool = True                  # keep a task head (head.*) trainable
 
     def __post_init__(self):
-        if isinstance(self.r, bool) or not isinstance(self.r, int) or self.r < 1:
-            raise ValueError(f"ReFTConfig.r={self.r!r} must be an integer >= 1 (and <= n_embd)")
-        if self.positions not in POSITIONS:
-            raise ValueError(f"ReFTConfig.positions={self.positions!r} must be one of {POSITIONS}")
+        check_int(self, "r", self.r, lo=1, hint=" (and <= n_embd)")
+        self.layers = check_ints(self, "layers", self.layers, optional=True, hint=" (block indices; -1 is the last)")
+        check_choice(self, "positions", self.positions, POSITIONS)
         for name in ("first", "last"):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int) or v < 0:
-                raise ValueError(f"ReFTConfig.{name}={v!r} must be an integer >= 0 (a number of prompt tokens)")
+            check_int(self, name, getattr(self, name), lo=0, hint=" (a number of prompt tokens)")
         if self.positions == "prompt" and self.first + self.last == 0:
             raise ValueError("ReFTConfig.first=0 and last=0 edit no position; set first + last >= 1, "
                              "or positions='all'")
-        if not isinstance(self.tied, bool):
-            raise TypeError(f"ReFTConfig.tied={self.tied!r} must be a bool")
+        check_bool(self, "tied", self.tied)
         if not self.tied and (self.positions != "prompt" or self.first == 0 or self.last == 0):
             raise ValueError(f"ReFTConfig.tied=False gives the first and the last prompt tokens separate "
                              f"interventions: it needs positions='prompt', first >= 1 and last >= 1 "
                              f"(got positions={self.positions!r}, first={self.first}, last={self.last})")
-        if self.init not in INITS:
-            raise ValueError(f"ReFTConfig.init={self.init!r} must be one of {INITS}")
-        if self.layers is not None:
-            self.layers = tuple(self.layers)
+        check_choice(self, "init", self.init, INITS)
+        check_bool(self, "include_head", self.include_head)
 
 
 def reft_parameter_count(n_embd: int, r: int) -> int:

@@ -29,6 +29,8 @@ from typing import Optional, Sequence
 
 import torch.nn as nn
 
+from ..validate import FieldTypeError, check_bool, check_ints
+
 # component -> regular expression over parameter names
 COMPONENTS = {
     "embeddings": r"transformer\.(wte|wpe)\.",
@@ -48,6 +50,36 @@ class SelectiveConfig:
     param_types: Optional[Sequence[str]] = None   # "weight" and/or "bias"
     patterns: Sequence[str] = field(default_factory=tuple)  # extra regexes, added to the selection
     include_head: bool = True                     # keep a task head (head.*) trainable
+
+    def __post_init__(self):
+        self.layers = check_ints(self, "layers", self.layers, optional=True, hint=" (block indices; -1 is the last)")
+        self.components = _check_names("components", self.components, COMPONENTS)
+        self.param_types = _check_names("param_types", self.param_types, PARAM_TYPES)
+        self.patterns = _check_names("patterns", self.patterns)
+        check_bool(self, "include_head", self.include_head)
+
+
+def _check_names(field_name: str, value, known: Optional[dict] = None):
+    """One string or a list of them, as a tuple: keys of `known` (None stays None), or, without
+    `known`, regular expressions."""
+    if value is None and known is not None:
+        return None
+    names = (value,) if isinstance(value, str) else value
+    if not isinstance(names, (list, tuple)) or not all(isinstance(n, str) for n in names):
+        raise FieldTypeError(f"SelectiveConfig.{field_name}={value!r} must be a list of strings"
+                             + (f" from {sorted(known)}, or None" if known else " (regular expressions)"))
+    if known is not None:
+        unknown = [n for n in names if n not in known]
+        if unknown:
+            raise ValueError(f"SelectiveConfig.{field_name} has unknown {field_name[:-1].replace('_', ' ')}(s) "
+                             f"{unknown}; choose from {sorted(known)}")
+    else:
+        for n in names:
+            try:
+                re.compile(n)
+            except re.error as e:
+                raise ValueError(f"SelectiveConfig.{field_name}: {n!r} is not a valid regex ({e})") from None
+    return tuple(names)
 
 
 def _all_names(model: nn.Module) -> dict:

@@ -45,6 +45,8 @@ from typing import Optional
 import torch
 import torch.nn as nn
 
+from ..validate import check_bool, check_int
+
 NF4_OFFSET = 1 - (1 / (2 * 15) + 1 / (2 * 16)) / 2                  # δ' = 0.9677083...
 NF4_PUBLISHED = (-1.0, -0.6961928009986877, -0.5250730514526367, -0.39491748809814453,
                  -0.28444138169288635, -0.18477343022823334, -0.09105003625154495, 0.0,
@@ -189,6 +191,8 @@ def quantize_nf4(w: torch.Tensor, block_size: int = 64, double_quant: bool = Fal
     """Quantize a floating-point weight to 4 bits (NF4 by default; "fp4", "int4" for comparison)."""
     if code not in CODES:
         raise ValueError(f"code={code!r} must be one of {sorted(CODES)}")
+    check_int("quantize_nf4", "dq_block_size", dq_block_size, lo=1)              # 256 in the paper
+    check_bool("quantize_nf4", "double_quant", double_quant)
     q, absmax = quantize_blockwise(w, CODES[code](), block_size)
     st = NF4State(pack_4bit(q), tuple(w.shape), block_size, code, dq_block_size=dq_block_size)
     if double_quant:

@@ -36,8 +36,9 @@ from typing import Callable, Optional, Sequence
 import torch
 import torch.nn as nn
 
-from ..peft.common import _HEAD, ConfigIO, freeze_all_but_adapters, record, set_module
+from ..peft.common import _HEAD, ConfigIO, check_qkv, check_targets, freeze_all_but_adapters, record, set_module
 from ..peft.lora import QKV, LoRAConfig, LoRALinear, _is_fused_qkv, _tied, find_targets
+from ..validate import check_bool, check_choice, check_float, check_int
 from .int8 import Int8Linear, quantize_absmax
 from .nf4 import NF4Linear, dequantize_nf4, quantize_nf4
 
@@ -63,13 +64,20 @@ class QLoRAConfig(ConfigIO):
     loftq_iters: int = 0                  # 0: plain QLoRA init (B = 0); T >= 1: LoftQ
 
     def __post_init__(self):
+        check_int(self, "r", self.r, lo=1, hint=" (the rank; <= min(in, out) of every adapted matrix)")
+        check_float(self, "alpha", self.alpha, lo=0, lo_open=True, hint=" (s = alpha / r)")
+        check_float(self, "dropout", self.dropout, 0, 1, hi_open=True)
+        for name in ("use_rslora", "include_head", "double_quant", "quantize_rest"):
+            check_bool(self, name, getattr(self, name))
+        self.targets, self.qkv = check_targets(self.targets, "QLoRAConfig"), check_qkv(self.qkv, "QLoRAConfig")
         self.lora = LoRAConfig(self.r, self.alpha, self.dropout, self.targets, self.qkv, self.use_rslora,
-                               False, self.include_head)                   # validates LoRA's fields
-        self.targets, self.qkv = self.lora.targets, self.lora.qkv
-        if self.quant not in QUANTS:
-            raise ValueError(f"QLoRAConfig.quant={self.quant!r} must be one of {QUANTS}")
-        if isinstance(self.loftq_iters, bool) or not isinstance(self.loftq_iters, int) or self.loftq_iters < 0:
-            raise ValueError(f"QLoRAConfig.loftq_iters={self.loftq_iters!r} must be an integer >= 0")
+                               False, self.include_head)
+        check_choice(self, "quant", self.quant, QUANTS)
+        check_int(self, "block_size", self.block_size, lo=2, hint=", even (two 4-bit codes per byte)")
+        if self.block_size % 2:
+            raise ValueError(f"QLoRAConfig.block_size={self.block_size} must be even (two 4-bit codes per byte)")
+        check_float(self, "threshold", self.threshold, lo=0, finite=False, hint=" (math.inf: no outliers)")
+        check_int(self, "loftq_iters", self.loftq_iters, lo=0, hint=" (0: plain QLoRA init)")
 
     @property
     def scaling(self) -> float:
@@ -96,6 +104,8 @@ def loftq(W: torch.Tensor, r: int, scaling: float, quantize: Callable, iters: in
     if not isinstance(iters, int) or iters < 1:
         raise ValueError(f"loftq: iters={iters!r} must be an integer >= 1")
     W = W.detach().to(torch.float32)                                        # (out, in)
+    if not bool(torch.isfinite(W).all()):
+        raise ValueError("loftq: W contains NaN or Inf in float32 (|W| > 3.4e38 overflows the cast)")
     out_f, in_f = W.shape
     slices = [(0, out_f)] if slices is None else [tuple(s) for s in slices]
     d = slices[0][1] - slices[0][0]
