@@ -50,8 +50,8 @@ def test_every_lower_bound_in_pyproject_is_the_version_the_oldest_ci_run_pins():
         bounds[m.group(1).lower()] = m.group(2)
     pinned = _pins((ROOT / ".ci" / "oldest.txt").read_text(), "==")
     assert bounds == pinned
-    assert re.search(r'requires-python = ">=3\.10"', pyproject)
-    assert 'py="${MINIFT_CI_PYTHON:-python3.10}"' in (ROOT / ".ci" / "run").read_text()
+    assert re.search(r'requires-python = ">=3\.11"', pyproject)
+    assert 'py="${MINIFT_CI_PYTHON:-python3.11}"' in (ROOT / ".ci" / "run").read_text()
 
 
 def test_the_readme_names_the_oldest_versions_it_is_tested_with():
