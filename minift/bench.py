@@ -70,15 +70,20 @@ BENCHES = {"train": bench_train}
 
 # ---- minift bench quant ------------------------------------------------------------------------
 
-def _rate(fn, n_bytes: int, repeat: int) -> float:
-    """Best-of-`repeat` throughput of fn() in MB/s of float32 weight processed."""
+def _best_ms(fn, repeat: int) -> float:
+    """Best-of-`repeat` wall time of fn() in milliseconds, after one warm-up call."""
     fn()
     best = math.inf
     for _ in range(repeat):
         t0 = time.perf_counter()
         fn()
         best = min(best, time.perf_counter() - t0)
-    return n_bytes / best / 1e6
+    return 1000 * best
+
+
+def _rate(fn, n_bytes: int, repeat: int) -> float:
+    """Best-of-`repeat` throughput of fn() in MB/s of float32 weight processed."""
+    return n_bytes / (_best_ms(fn, repeat) / 1000) / 1e6
 
 
 def bench_quant(fast: bool = False) -> dict:
@@ -139,16 +144,6 @@ BENCHES["quant"] = bench_quant
 
 
 # ---- minift bench kernels ----------------------------------------------------------------------
-
-def _best_ms(fn, repeat: int) -> float:
-    """Best-of-`repeat` wall time of fn() in milliseconds, after one warm-up call."""
-    fn()
-    best = math.inf
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - t0)
-    return 1000 * best
 
 
 def copy_bandwidth(n_bytes: int = 128 * 2 ** 20, repeat: int = 5) -> float:

@@ -38,6 +38,8 @@ from typing import Callable, Iterable, Mapping, Optional
 import torch
 from safetensors.torch import load_file, save_file
 
+from .model import GPT, GPTConfig
+
 WEIGHTS_NAME = "model.safetensors"
 CONFIG_NAME = "config.json"
 WEIGHTS_SHA = "weights_sha256"           # config.json key binding the config to its weights
@@ -329,7 +331,6 @@ def _check_checkpoint_folder(folder: str) -> None:
 def load_model(folder: str, map_location: str = "cpu"):
     """Build a GPT from folder/config.json and load folder/model.safetensors strictly, after checking
     that the weights are the ones saved with that config (its weights_sha256, when recorded)."""
-    from .model import GPT, GPTConfig
     _check_checkpoint_folder(folder)
     cpath, wpath = os.path.join(folder, CONFIG_NAME), os.path.join(folder, WEIGHTS_NAME)
     cfg = load_json(cpath)
@@ -364,3 +365,39 @@ def load_trainable(model, path: str) -> None:
     one, with an equal value), same shapes. A frozen tensor in the file is refused, not loaded."""
     sd = load_tensors(path)
     load_state_dict_strict(model, sd, source=path, keys=model_state(model, only_trainable=True), exact=True)
+
+
+# ---- a GPT-2 checkpoint in the Hugging Face layout ---------------------------------------------
+
+def load_gpt2(path: str) -> GPT:
+    """Load `config.json` + `model.safetensors` of a GPT-2 checkpoint in the Hugging Face
+    layout from the local folder `path` as a minift GPT. Nothing is downloaded.
+
+    GPT-2's Conv1D stores weights as (in, out), the transpose of nn.Linear's (out, in); the
+    four Conv1D matrices per block (c_attn, c_proj, c_fc, mlp.c_proj) are transposed here.
+    """
+    cfg_path, w_path = os.path.join(path, "config.json"), os.path.join(path, "model.safetensors")
+    for p in (cfg_path, w_path):
+        if not os.path.isfile(p):
+            raise ValueError(f"load_gpt2: {p} not found; expected a folder with config.json and model.safetensors")
+    with open(cfg_path) as f:
+        hf = json.load(f)
+    act = hf.get("activation_function", "gelu_new")
+    if act not in ("gelu_new", "gelu_pytorch_tanh"):
+        raise ValueError(f"load_gpt2: activation_function={act!r} is not supported; expected 'gelu_new'")
+    cfg = GPTConfig(vocab_size=hf["vocab_size"], block_size=hf.get("n_positions", hf.get("n_ctx", 1024)),
+                    n_layer=hf["n_layer"], n_head=hf["n_head"], n_embd=hf["n_embd"],
+                    layer_norm_epsilon=hf.get("layer_norm_epsilon", 1e-5), bias=True)
+    sd = load_tensors(w_path)
+    model = GPT(cfg)
+    ours = {}
+    for k, t in sd.items():
+        k = k[len("transformer."):] if k.startswith("transformer.") else k
+        if k.endswith(".attn.bias") or k.endswith(".attn.masked_bias") or k == "lm_head.weight":
+            continue                                                   # buffers; tied head
+        if any(k.endswith(s) for s in ("attn.c_attn.weight", "attn.c_proj.weight",
+                                       "mlp.c_fc.weight", "mlp.c_proj.weight")):
+            t = t.t()                                                  # Conv1D (in, out) -> (out, in)
+        ours["transformer." + k] = t.contiguous()
+    load_state_dict_strict(model, ours, source=w_path, skip={"lm_head.weight"})
+    return model

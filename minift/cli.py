@@ -197,8 +197,8 @@ def cmd_golden(args) -> int:
     if args.impl:
         out = args.out or "golden-outputs"
         impl = args.impl
-        if impl in ("minift", "reference"):                   # minift's own adapters (a package, not a file)
-            from .conformance import adapters as impl
+        if impl in ("minift", "reference"):                   # minift's own reference functions (a module, not a file)
+            from .conformance import reference as impl
         try:
             info = golden.run_impl(impl, out, args.against or golden.GOLDEN_DIR)
         except ValueError as e:

@@ -31,7 +31,6 @@ import dataclasses
 import hashlib
 import json
 import math
-import os
 from dataclasses import dataclass
 from typing import Optional
 
@@ -39,7 +38,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .validate import check_bool, check_float, check_int
+from .validate import check_bool, check_float, check_int, check_multiple
 
 IGNORE_INDEX = -100
 
@@ -61,8 +60,7 @@ class GPTConfig:
     def __post_init__(self):
         for name in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd"):
             check_int(self, name, getattr(self, name), lo=1)
-        if self.n_embd % self.n_head:
-            raise ValueError(f"GPTConfig.n_embd={self.n_embd} must be divisible by n_head={self.n_head}")
+        check_multiple(self, "n_embd", self.n_embd, self.n_head, "n_head")
         check_float(self, "dropout", self.dropout, 0, 1, hi_open=True)
         check_bool(self, "bias", self.bias)
         check_float(self, "layer_norm_epsilon", self.layer_norm_epsilon, lo=0, lo_open=True)
@@ -445,40 +443,3 @@ class GPT(nn.Module):
         if not out:
             return idx.new_zeros(B, 0)
         return torch.stack(out, dim=1)                                     # (B, N)
-
-    # ---- loading a GPT-2 checkpoint in the Hugging Face layout ----------------------------------
-
-    @classmethod
-    def from_gpt2(cls, path: str) -> "GPT":
-        """Load `config.json` + `model.safetensors` of a GPT-2 checkpoint in the Hugging Face
-        layout from the local folder `path`. Nothing is downloaded.
-
-        GPT-2's Conv1D stores weights as (in, out), the transpose of nn.Linear's (out, in); the
-        four Conv1D matrices per block (c_attn, c_proj, c_fc, mlp.c_proj) are transposed here.
-        """
-        from .checkpoint import load_state_dict_strict, load_tensors
-        cfg_path, w_path = os.path.join(path, "config.json"), os.path.join(path, "model.safetensors")
-        for p in (cfg_path, w_path):
-            if not os.path.isfile(p):
-                raise ValueError(f"from_gpt2: {p} not found; expected a folder with config.json and model.safetensors")
-        with open(cfg_path) as f:
-            hf = json.load(f)
-        act = hf.get("activation_function", "gelu_new")
-        if act not in ("gelu_new", "gelu_pytorch_tanh"):
-            raise ValueError(f"from_gpt2: activation_function={act!r} is not supported; expected 'gelu_new'")
-        cfg = GPTConfig(vocab_size=hf["vocab_size"], block_size=hf.get("n_positions", hf.get("n_ctx", 1024)),
-                        n_layer=hf["n_layer"], n_head=hf["n_head"], n_embd=hf["n_embd"],
-                        layer_norm_epsilon=hf.get("layer_norm_epsilon", 1e-5), bias=True)
-        sd = load_tensors(w_path)
-        model = cls(cfg)
-        ours = {}
-        for k, t in sd.items():
-            k = k[len("transformer."):] if k.startswith("transformer.") else k
-            if k.endswith(".attn.bias") or k.endswith(".attn.masked_bias") or k == "lm_head.weight":
-                continue                                                   # buffers; tied head
-            if any(k.endswith(s) for s in ("attn.c_attn.weight", "attn.c_proj.weight",
-                                           "mlp.c_fc.weight", "mlp.c_proj.weight")):
-                t = t.t()                                                  # Conv1D (in, out) -> (out, in)
-            ours["transformer." + k] = t.contiguous()
-        load_state_dict_strict(model, ours, source=w_path, skip={"lm_head.weight"})
-        return model

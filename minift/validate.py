@@ -8,14 +8,16 @@ goes) raises FieldTypeError; a value of the right kind out of range (0, -1, nan,
 ValueError. FieldTypeError is a TypeError and also a ValueError: configs raised ValueError for every
 bad field before, and code that catches that keeps working.
 
-Every config's __post_init__ uses these; `owner` is the config itself (its class name is printed)
-or a name. Each check returns the value, so a line can check and keep it. This module imports
-nothing from minift: every layer may use it.
+Every config's __post_init__ uses these, each constraint declared once; `owner` is the config itself
+(its class name is printed) or a name. Each check returns the value, so a line can check and keep it.
+This module imports nothing from minift: every layer may use it. (What is left in a config by hand
+relates two fields, e.g. TrainConfig.warmup_steps <= steps, and says why in its message.)
 """
 from __future__ import annotations
 
 import math
 import numbers
+import re
 from collections.abc import Sequence
 
 
@@ -99,3 +101,53 @@ def check_ints(owner, name: str, value, optional: bool = False, hint: str = ""):
         raise FieldTypeError(f"{_where(owner, name, value)} must be a list of integers"
                              f"{' or None' if optional else ''}{hint}")
     return tuple(value)
+
+
+def check_multiple(owner, name: str, value: int, of: int, of_name: str = "", hint: str = ""):
+    """An integer (already checked) divisible by `of`: 'even', or 'divisible by n_head=4' when `of_name`
+    names where `of` comes from."""
+    if value % of:
+        what = f"divisible by {of_name}={of}" if of_name else "even" if of == 2 else f"a multiple of {of}"
+        raise ValueError(f"{_where(owner, name, value)} must be {what}{hint}")
+    return value
+
+
+def check_token_ids(owner, name: str, value, n: int = None, n_name: str = "", optional: bool = True):
+    """Token ids: a non-empty list (tuple, range) of integers >= 0, exactly n of them when n is given
+    (`n_name` says which field sets n), returned as a tuple; None too when optional."""
+    if optional and value is None:
+        return None
+    ids = list(value) if isinstance(value, (list, tuple, range)) else None
+    if not ids or not all(isinstance(i, numbers.Integral) and not isinstance(i, bool) and i >= 0 for i in ids) \
+            or (n is not None and len(ids) != n):
+        how_many = f"{n_name}={n}" if n is not None else "a non-empty list of"
+        raise ValueError(f"{_where(owner, name, value)} must be {how_many} token ids (integers >= 0)")
+    return tuple(ids)
+
+
+def check_regexes(owner, name: str, value, hint: str = ""):
+    """One regular expression or several, each non-empty and valid, returned as a tuple."""
+    regexes = (value,) if isinstance(value, str) else tuple(value) if isinstance(value, (list, tuple)) else value
+    if not isinstance(regexes, tuple) or not regexes or not all(isinstance(t, str) and t for t in regexes):
+        raise ValueError(f"{_where(owner, name, regexes)} must be non-empty regexes{hint}")
+    for t in regexes:
+        try:
+            re.compile(t)
+        except re.error as e:
+            raise ValueError(f"{owner if isinstance(owner, str) else type(owner).__name__}.{name}: {t!r} is not a "
+                             f"valid regular expression ({e})") from None
+    return regexes
+
+
+QKV = ("q", "k", "v")                          # the slices of GPT-2's fused attn.c_attn, in order
+
+
+def check_qkv(owner, name: str, value):
+    """None (the whole c_attn) or distinct slices of QKV, returned in q, k, v order."""
+    if value is None:
+        return None
+    chosen = [value] if isinstance(value, str) else list(value) if isinstance(value, (list, tuple)) else None
+    if not chosen or any(s not in QKV for s in chosen) or len(set(chosen)) != len(chosen):
+        raise ValueError(f"{_where(owner, name, value)} must be None (the whole c_attn) or distinct "
+                         f"slices from {QKV}, e.g. ('q', 'v')")
+    return tuple(s for s in QKV if s in chosen)

@@ -8,17 +8,24 @@ import platform
 from importlib.metadata import PackageNotFoundError, version
 
 import pytest
+import torch
 from hypothesis import settings
 
 from minift.conformance.strategies import register_profiles
 
+import background
+
 register_profiles()
 settings.load_profile("ci" if os.environ.get("CI") else "dev")
+
+# The tests use tiny tensors: one thread is as fast as several, and it leaves the other cores to the
+# walkthrough runs and the extension build that tests/background.py starts beside the suite.
+torch.set_num_threads(1)
 
 
 def pytest_addoption(parser):
     parser.addoption("--impl", action="store", default=None, metavar="FILE",
-                     help="Python file defining run_* adapters to check (default: minift's reference)")
+                     help="Python file defining run_* functions to check (default: minift's reference)")
 
 
 def pytest_configure(config):
@@ -31,13 +38,40 @@ def pytest_configure(config):
             raise pytest.UsageError(str(e)) from None
 
 
+# Test files whose tests load the cuda_ext build (quant_lora_matmul): if any is selected, the build
+# starts in the background first, so its minute of compiling overlaps the rest of the suite.
+_EXTENSION_USERS = {"test_ops.py", "test_qlora.py", "test_nf4.py", "test_conformance.py", "test_golden.py",
+                    "test_quant_checks.py"}
+
+
+def pytest_collection_modifyitems(config, items):
+    """The walkthrough runs go last: by the time the suite reaches them, the background has run them."""
+    items.sort(key=lambda item: item.path.name == "test_lessons.py")
+
+
+def pytest_collection_finish(session):
+    """Start the slow subprocesses the selected tests need (tests/background.py)."""
+    if os.environ.get("MINIFT_NO_EXT") != "1" and any(i.path.name in _EXTENSION_USERS for i in session.items):
+        background.RUNS.submit("cuda_ext", background.extension_argv(), str(session.config.rootpath), 900)
+    for item in session.items:
+        les = getattr(getattr(item, "callspec", None), "params", {}).get("les")
+        if item.path.name == "test_lessons.py" and les is not None:
+            background.RUNS.submit(les["dir"].name, background.walkthrough_argv(les["dir"] / "walkthrough.py"),
+                                   str(session.config.rootpath), background.WALKTHROUGH_TIMEOUT)
+    background.RUNS.start(background.workers())
+
+
+def pytest_unconfigure(config):
+    background.RUNS.stop()
+
+
 @pytest.fixture(scope="session")
 def impl(request):
-    """The implementation under test: the --impl file as a module, else minift's adapters."""
+    """The implementation under test: the --impl file as a module, else minift's reference functions."""
     path = request.config.getoption("--impl")
     if path is None:
-        from minift.conformance import adapters
-        return adapters
+        from minift.conformance import reference
+        return reference
     from minift.conformance import load_impl
     return load_impl(path)
 

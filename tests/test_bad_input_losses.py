@@ -13,13 +13,14 @@ import pytest
 import torch
 from hypothesis import given, settings, strategies as st
 
-from minift.align.contrastive import best_threshold, info_nce, pool, retrieval_at_1, threshold_accuracy
+from minift.align.contrastive import info_nce, pool
 from minift.align.distill import distill_loss, divergence_per_position, hard_loss, kd_loss
 from minift.align.dpo import dpo_loss, preference_metrics
 from minift.align.logps import masked_mean, masked_sum
 from minift.align.multitask import per_example_nll
 from minift.align.ppo import gae, ppo_policy_loss, ppo_value_loss, whiten
 from minift.align.reward import reward_loss, reward_metrics
+from minift.evals import best_threshold, retrieval_at_1, threshold_accuracy
 from minift.heads import TokenClassifier
 from minift.model import GPT, GPTConfig, IGNORE_INDEX
 from minift.tasks import accuracy

@@ -1,7 +1,7 @@
 """Lesson 19 (choosing a method): the trainable-parameter counts its table rests on, and its checks.
 
-The conformance checks themselves (minift/conformance/checks_choosing.py) run in
-tests/test_conformance.py; here: the reference adapter on shapes whose counts are known from
+The conformance checks themselves (minift/conformance/lesson19_choosing_a_method.py) run in
+tests/test_conformance.py; here: the reference function on shapes whose counts are known from
 elsewhere, its errors, and that the checks catch wrong counts and score the stubs zero.
 """
 import types
@@ -12,10 +12,8 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from minift.conformance import FAIL, NOT_IMPLEMENTED, PASS, run_check
-from minift.conformance import checks_choosing  # noqa: F401  (registers the lesson19 checks)
-from minift.conformance.adapters_choosing import run_trainable_count
-from minift.conformance.checks import CHECKS
+from minift.conformance import CHECKS, FAIL, NOT_IMPLEMENTED, PASS, run_check
+from minift.conformance.reference import run_trainable_count
 from minift.memory import PRESETS, estimate
 from minift.pretrain import load_base
 
@@ -82,11 +80,10 @@ def test_each_check_catches_a_wrong_count(name):
 
 
 def test_reference_passes_and_stubs_score_zero():
-    from minift.conformance import load_impl
-    from minift.conformance import adapters_choosing
+    from minift.conformance import load_impl, reference
     stub = load_impl(ROOT / "lessons" / "19_choosing_a_method" / "exercise.py")
     for c in LESSON19:
-        assert run_check(c, adapters_choosing).status == PASS, c.name
+        assert run_check(c, reference).status == PASS, c.name
         assert run_check(c, stub).status == NOT_IMPLEMENTED, c.name
 
 

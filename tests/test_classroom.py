@@ -8,10 +8,7 @@ import sys
 import pytest
 
 from minift.cli import ROOT, list_lessons
-from minift.conformance import adapters as reference
-from minift.conformance import classroom
-from minift.conformance.checks import CHECKS, NOT_IMPLEMENTED
-from minift.conformance.verify import load_impl
+from minift.conformance import CHECKS, NOT_IMPLEMENTED, classroom, load_impl, reference
 
 pytestmark = pytest.mark.core
 LESSONS = list_lessons()
@@ -39,7 +36,7 @@ def test_a_file_filled_with_the_reference_scores_full_marks(tmp_path):
     stub = load_impl(les["dir"] / "exercise.py")
     names = sorted(n for n in dir(stub) if n.startswith("run_"))
     filled = tmp_path / "filled.py"
-    filled.write_text(f"from minift.conformance.adapters import {', '.join(names)}  # noqa: F401\n")
+    filled.write_text(f"from minift.conformance.reference import {', '.join(names)}  # noqa: F401\n")
     g = classroom.grade(les, filled)
     assert g["max_points"] > 0 and g["points"] == g["max_points"]
 

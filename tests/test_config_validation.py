@@ -17,6 +17,7 @@ from minift.align.distill import DistillConfig
 from minift.align.dpo import DPOConfig
 from minift.align.multitask import MixtureConfig
 from minift.align.ppo import PPOConfig
+from minift.align.reward import RewardConfig
 from minift.heads import SequenceClassifier, TokenClassifier
 from minift.model import GPT, GPTConfig
 from minift.peft.adapters import AdapterConfig
@@ -119,12 +120,12 @@ FIELDS = {
                           patterns=Spec("other", good=((), ["h\\.0\\."]), bad=(["("], 5, [1], None))),
     DPOConfig: dict(beta=POS, loss_type=Choice("sigmoid", "ipo", "hinge"), nll_weight=NONNEG,
                     label_smoothing=Real(0, 0.5, hi_open=True, good=(0, 0.25)), average_logps=Bool(optional=True),
-                    steps=Int(1), batch_size=Int(1), lr=POS, warmup_steps=Int(0, 100, optional=True), seed=SEED,
-                    precompute_ref=Bool(), eval_every=Int(0)),
+                    precompute_ref=Bool()),
     PPOConfig: dict(steps=Int(1), batch_size=Int(1, good=(32, 100)), max_new_tokens=Int(1), ppo_epochs=Int(1),
                     minibatch_size=Int(1), lr=POS, clip=POS, clip_value=POS, vf_coef=NONNEG, kl_coef=NONNEG,
                     gamma=Real(0, 1, good=(0, 1)), lam=Real(0, 1, good=(0.95, 1)), horizon=Int(1), whiten=Bool(),
                     target_kl=Real(0, lo_open=True, optional=True, good=(6,)), grad_clip=NONNEG, seed=SEED),
+    RewardConfig: dict(margin=NONNEG, normalize=Bool()),
     ContrastiveConfig: dict(temperature=POS, pooling=Choice("mean", "last"), symmetric=Bool(), dropout=UNIT),
     DistillConfig: dict(alpha=Real(0, 1, good=(0, 1, 0.5)), temperature=POS, beta=Real(0, 1, good=(0, 1)),
                         divergence=Choice("forward", "reverse", "jsd"), mask=Choice("labels", "real")),
@@ -246,7 +247,7 @@ def test_good_values_are_accepted_and_kept(cls, name, value):
     lambda: MaskingConfig.from_dict(json.loads(json.dumps(MaskingConfig(density=1, qkv=["v"]).to_dict()))),
     lambda: TrainConfig(steps=10, warmup_steps=10, lr=1, betas=[0.9, 0.99], grad_clip=0),
     lambda: PPOConfig(batch_size=8, minibatch_size=8, target_kl=1),
-    lambda: DPOConfig(loss_type="ipo", steps=10, warmup_steps=10),
+    lambda: DPOConfig(loss_type="ipo"),
     lambda: MixtureConfig("temperature", temperature=math.inf, cap=100),
     lambda: PromptConfig(init="text", init_text="hello"),
     lambda: SelectiveConfig(layers=[-2, -1], param_types=["bias"], patterns=[r"ln_f\."]),
@@ -261,7 +262,6 @@ def test_configs_built_as_the_library_builds_them_are_accepted(make):
 @pytest.mark.parametrize("make, field", [
     (lambda: GPTConfig(n_embd=10, n_head=4), "n_embd"),
     (lambda: TrainConfig(steps=10, warmup_steps=11), "warmup_steps"),
-    (lambda: DPOConfig(steps=10, warmup_steps=11), "warmup_steps"),
     (lambda: DPOConfig(loss_type="ipo", label_smoothing=0.1), "label_smoothing"),
     (lambda: PPOConfig(batch_size=8, minibatch_size=16), "minibatch_size"),
     (lambda: ViTConfig(image_size=10, patch_size=4), "image_size"),
@@ -367,3 +367,62 @@ def test_evaluate_nll_and_image_loss_check_their_targets_too():
     with pytest.raises(ValueError, match=r"labels hold 3, outside \[0, n_classes=3\)"):
         image_loss(vit, {"images": torch.zeros(2, 3, 4, 4), "labels": torch.tensor([0, 3])})
     assert torch.isfinite(image_loss(vit, {"images": torch.zeros(2, 3, 4, 4), "labels": torch.tensor([0, 2])})[0])
+
+
+# ---- each method config's own messages (marked with its lesson, so `pytest -m lessonNN` keeps them) ----
+
+MESSAGES = [
+    (LoRAConfig, pytest.mark.lesson05, [
+        (dict(r=0), r"LoRAConfig\.r=0 must be an integer >= 1 \(the rank"),
+        (dict(r=-2), r"LoRAConfig\.r=-2"),
+        (dict(alpha=0), r"alpha=0 must be a finite number > 0"),
+        (dict(dropout=1.0), r"dropout=1.0 must be a number in \[0, 1\)"),
+        (dict(qkv=("q", "x")), r"qkv=\('q', 'x'\) must be None"),
+        (dict(targets=[]), r"targets=\(\) must be non-empty"),
+        (dict(targets=["(unclosed"]), r"not a valid regular expression"),
+    ]),
+    (AdapterConfig, pytest.mark.lesson06, [
+        (dict(kind="serial"), r"kind='serial' must be one of \('series', 'parallel'\)"),
+        (dict(placement="after"), r"placement='after' must be one of \('houlsby', 'pfeiffer'\)"),
+        (dict(bottleneck=0), r"bottleneck=0 must be an integer >= 1"),
+        (dict(activation="swish"), r"activation='swish' must be one of"),
+    ]),
+    (PrefixConfig, pytest.mark.lesson07, [
+        (dict(n_prefix=0), r"n_prefix=0 must be an integer >= 1"),
+        (dict(n_prefix=-2), r"n_prefix=-2"),
+        (dict(n_prefix=2.5), r"n_prefix=2.5"),
+        (dict(n_prefix=True), r"n_prefix=True"),
+        (dict(hidden=0), r"hidden=0"),
+        (dict(embed_dim=0), r"embed_dim=0"),
+        (dict(init_std=0.0), r"init_std=0.0 must be a finite number > 0"),
+        (dict(init_std=float("nan")), r"init_std=nan"),
+        (dict(n_prefix=3, init_ids=[1, 2]), r"init_ids=\[1, 2\] must be n_prefix=3 token ids"),
+        (dict(n_prefix=2, init_ids=[1, -1]), r"init_ids=\[1, -1\] must be n_prefix=2 token ids"),
+    ]),
+    (PromptConfig, pytest.mark.lesson08, [
+        (dict(n_tokens=0), r"n_tokens=0 must be an integer >= 1"),
+        (dict(n_tokens=-3), r"n_tokens=-3 must be an integer >= 1"),
+        (dict(init="zeros"), r"init='zeros' must be one of \('random', 'vocab', 'text'\)"),
+        (dict(init="text", init_text=""), r"init_text='' is empty"),
+        (dict(init="text", init_text="   "), r"init_text='   ' is empty"),
+        (dict(init="text"), r"needs init_text"),
+        (dict(init="vocab", init_text="hi"), r"only used with init='text'"),
+        (dict(init="text", init_ids=[]), r"init_ids=\[\] must be a non-empty list"),
+    ]),
+    (ReFTConfig, pytest.mark.lesson10, [
+        (dict(r=0), r"r=0 must be an integer >= 1"),
+        (dict(positions="some"), r"positions='some' must be one of \('prompt', 'all'\)"),
+        (dict(first=-1), r"first=-1 must be an integer >= 0"),
+        (dict(first=0, last=0), r"first=0 and last=0 edit no position"),
+        (dict(tied=False, positions="all"), r"tied=False .* needs positions='prompt'"),
+        (dict(tied=False, first=0, last=2), r"tied=False .* first >= 1 and last >= 1"),
+        (dict(init="zeros"), r"init='zeros' must be one of \('identity', 'random'\)"),
+    ]),
+]
+
+
+@pytest.mark.parametrize("cls, kw, match", [pytest.param(cls, kw, match, marks=mark, id=f"{cls.__name__}-{i}")
+                                            for cls, mark, rows in MESSAGES for i, (kw, match) in enumerate(rows)])
+def test_bad_method_config_values_are_named(cls, kw, match):
+    with pytest.raises(ValueError, match=match):
+        cls(**kw)

@@ -10,10 +10,10 @@ import torch
 from hypothesis import given, settings, strategies as st
 
 from minift import world
-from minift.align.contrastive import (ContrastiveConfig, best_threshold, dropout_enabled, embed, embed_sentences,
-                                      encode_items, fact_key, info_nce, pair_collate, pool, retrieval_at_1,
-                                      supervised_pairs, threshold_accuracy, train_contrastive,
-                                      unsupervised_sentences)
+from minift.align.contrastive import (ContrastiveConfig, dropout_enabled, embed, embed_sentences, encode_items,
+                                      info_nce, pair_collate, pool, train_contrastive)
+from minift.evals import (best_threshold, fact_key, retrieval_at_1, supervised_pairs, threshold_accuracy,
+                          unsupervised_sentences)
 from minift.model import GPTConfig
 from minift.tasks import collate
 from minift.train import TrainConfig
@@ -298,13 +298,15 @@ def test_train_contrastive_lowers_the_loss_deterministically_and_leaves_dropout_
     for _ in range(2):
         model = tiny_model(CFG, dtype=torch.float32)
         cfg = ContrastiveConfig(temperature=0.1, dropout=0.1)
-        h = train_contrastive(model, tok, items, cfg, TrainConfig(steps=30, batch_size=6, lr=1e-2, progress=False))
+        h = train_contrastive(model, items, cfg, TrainConfig(steps=30, batch_size=6, lr=1e-2, progress=False), tok=tok)
         runs.append([r["loss"] for r in h])
         assert all(m.p == 0.0 for m in model.modules() if isinstance(m, torch.nn.Dropout)) and not model.training
     assert runs[0] == runs[1]
     assert np.mean(runs[0][-5:]) < np.mean(runs[0][:5])
     with pytest.raises(ValueError, match="no items"):
-        train_contrastive(model, tok, [], cfg, TrainConfig(steps=1))
+        train_contrastive(model, [], cfg, TrainConfig(steps=1), tok=tok)
+    with pytest.raises(TypeError, match="TrainConfig"):
+        train_contrastive(model, items, cfg, {"steps": 1}, tok=tok)
     assert len(encode_items(tok, items, 12)) == len(items)
 
 

@@ -14,7 +14,8 @@ from hypothesis.extra import numpy as hnp
 
 from minift.align.distill import (DistillConfig, collate_with_teacher, distill_loss, distill_loss_fn,
                                   divergence_per_position, hard_loss, init_from_teacher, kd_loss, pca_basis,
-                                  teacher_labels, train_student, transfer_set, with_teacher_logits)
+                                  teacher_labels, train_student, with_teacher_logits)
+from minift.evals import transfer_set
 from minift.heads import TokenClassifier
 from minift.model import GPT, GPTConfig
 from minift.tasks import collate_fn
@@ -343,14 +344,16 @@ def test_a_student_learns_from_the_teacher_alone_and_training_is_deterministic()
         student = _clf(1)
         b = col(items)
         before = float(distill_loss_fn(teacher, cfg)(student, b)[0].detach())
-        train_student(student, teacher, items, cfg, tc, col)
+        train_student(student, items, cfg, tc, teacher=teacher, collate_fn=col)
         runs.append((student, before, float(distill_loss_fn(teacher, cfg)(student, b)[0].detach())))
     (a, before, after), (b_, _, _) = runs
     assert after < 0.5 * before                               # it moves towards the teacher
     for pa, pb in zip(a.parameters(), b_.parameters()):
         assert torch.equal(pa, pb)                            # same seed, same student, bit for bit
     with pytest.raises(TypeError, match="DistillConfig"):
-        train_student(a, teacher, items, {"alpha": 1.0}, tc, col)
+        train_student(a, items, {"alpha": 1.0}, tc, teacher=teacher, collate_fn=col)
+    with pytest.raises(TypeError, match="TrainConfig"):
+        train_student(a, items, cfg, {"steps": 40}, teacher=teacher, collate_fn=col)
 
 
 def test_transfer_set_is_corpus_sentences_tagged_by_the_teacher_at_each_words_first_token():

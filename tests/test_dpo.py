@@ -7,12 +7,13 @@ import pytest
 import torch
 from hypothesis import given, settings, strategies as st
 
-from minift.align.dpo import (DPOConfig, dpo_loss, dpo_step, evaluate_preferences, preference_metrics,
-                              reference_logps, score_pairs, train_dpo)
+from minift.align.dpo import DPOConfig, dpo_loss, dpo_step, preference_metrics, reference_logps, score_pairs, train_dpo
 from minift.align.logps import sequence_logps
 from minift.align.preference import PreferenceDataset, collate_preferences
+from minift.evals import evaluate_preferences
 from minift.model import GPTConfig
 from minift.peft.lora import LoRAConfig, apply_lora, lora_layers
+from minift.train import TrainConfig
 from strategies import CharTok, tiny_model
 
 pytestmark = pytest.mark.lesson15
@@ -188,17 +189,19 @@ def test_reference_is_scored_with_dropout_off_and_mode_restored():
     assert torch.equal(a, ev)
 
 
+RUN4 = TrainConfig(steps=4, batch_size=4, lr=1e-2, progress=False)
+
+
 def test_train_dpo_with_either_reference_and_with_or_without_precompute_agree():
     hist = []
     for ref_kind, pre in (("copy", True), ("copy", False), ("adapters", True), ("adapters", False)):
         policy = _lora_policy()
         ref = tiny_model(CFG) if ref_kind == "copy" else None
-        cfg = DPOConfig(beta=0.5, steps=4, batch_size=4, lr=1e-2, precompute_ref=pre)
-        hist.append([h["loss"] for h in train_dpo(policy, ref, TOK, EXAMPLES, cfg, progress=False)])
+        cfg = DPOConfig(beta=0.5, precompute_ref=pre)
+        hist.append([h["loss"] for h in train_dpo(policy, EXAMPLES, cfg, RUN4, ref=ref, tok=TOK)])
     shared = score_pairs(tiny_model(CFG), TOK, EXAMPLES)       # one precomputation, shared between runs
-    hist.append([h["loss"] for h in train_dpo(_lora_policy(), tiny_model(CFG), TOK, EXAMPLES,
-                                              DPOConfig(beta=0.5, steps=4, batch_size=4, lr=1e-2), progress=False,
-                                              ref_logps=shared)])
+    hist.append([h["loss"] for h in train_dpo(_lora_policy(), EXAMPLES, DPOConfig(beta=0.5), RUN4, ref=tiny_model(CFG),
+                                              tok=TOK, ref_logps=shared)])
     for h in hist[1:]:                                         # log-probs are float32 (logps.py): batching
         assert h == pytest.approx(hist[0], rel=1e-5)           # the reference differently rounds differently
     assert hist[0][0] != pytest.approx(math.log(2))           # the random adapter already moved the policy
@@ -211,8 +214,9 @@ def test_train_dpo_learns_the_training_preferences_and_leaves_the_reference_alon
     policy = copy.deepcopy(ref)
     before = evaluate_preferences(policy, ref, TOK, EXAMPLES)
     assert before["ties"] == 1.0 and before["accuracy"] == 0.0 and before["margin"] == 0.0
-    cfg = DPOConfig(beta=0.5, loss_type=loss_type, steps=40, batch_size=8, lr=1e-2)
-    hist = train_dpo(policy, ref, TOK, EXAMPLES, cfg, eval_examples=EXAMPLES, progress=False)
+    cfg = DPOConfig(beta=0.5, loss_type=loss_type)
+    hist = train_dpo(policy, EXAMPLES, cfg, TrainConfig(steps=40, batch_size=8, lr=1e-2, progress=False), ref=ref, tok=TOK,
+                     eval_fn=lambda m: evaluate_preferences(m, ref, TOK, EXAMPLES, cfg.average_logps))
     assert hist[0]["loss"] == pytest.approx({"sigmoid": math.log(2), "ipo": 1.0, "hinge": 1.0}[loss_type])
     assert hist[-1]["loss"] < hist[0]["loss"]
     after = evaluate_preferences(policy, ref, TOK, EXAMPLES, average=cfg.average_logps)
@@ -276,8 +280,9 @@ def test_train_dpo_is_deterministic_for_a_seed():
     runs = []
     for _ in range(2):
         policy, ref = tiny_model(CFG), tiny_model(CFG)
-        runs.append([h["loss"] for h in train_dpo(policy, ref, TOK, EXAMPLES, DPOConfig(steps=3, batch_size=3, lr=1e-2),
-                                                   progress=False)])
+        runs.append([h["loss"] for h in train_dpo(policy, EXAMPLES, DPOConfig(),
+                                                   TrainConfig(steps=3, batch_size=3, lr=1e-2, progress=False),
+                                                   ref=ref, tok=TOK)])
     assert runs[0] == runs[1]
 
 
@@ -316,18 +321,18 @@ def test_bad_configs_and_references_raise():
         DPOConfig(beta=0)
     with pytest.raises(ValueError, match="loss_type"):
         DPOConfig(loss_type="dpo")
-    with pytest.raises(ValueError, match="DPOConfig.steps=0"):
-        DPOConfig(steps=0)
-    with pytest.raises(ValueError, match="DPOConfig.lr"):
-        DPOConfig(lr=0.0)
     assert DPOConfig(loss_type="ipo").average_logps is True and DPOConfig().average_logps is False
-    policy = tiny_model(CFG)
+    policy, run = tiny_model(CFG), TrainConfig(steps=1, progress=False)
+    with pytest.raises(TypeError, match="train_cfg a TrainConfig"):
+        train_dpo(policy, EXAMPLES, DPOConfig(), {"steps": 1}, ref=tiny_model(CFG), tok=TOK)
+    with pytest.raises(TypeError, match="cfg must be a DPOConfig"):
+        train_dpo(policy, EXAMPLES, {"beta": 0.1}, run, ref=tiny_model(CFG), tok=TOK)
     with pytest.raises(ValueError, match="ref is the policy itself"):
-        train_dpo(policy, policy, TOK, EXAMPLES, DPOConfig(steps=1), progress=False)
+        train_dpo(policy, EXAMPLES, DPOConfig(), run, ref=policy, tok=TOK)
     with pytest.raises(ValueError, match="ref=None needs a PEFT policy"):
-        train_dpo(policy, None, TOK, EXAMPLES, DPOConfig(steps=1), progress=False)
+        train_dpo(policy, EXAMPLES, DPOConfig(), run, ref=None, tok=TOK)
     with pytest.raises(ValueError, match=r"ref_logps must be \(2, N\)=\(2, 8\)"):
-        train_dpo(policy, tiny_model(CFG), TOK, EXAMPLES, DPOConfig(steps=1), progress=False, ref_logps=torch.zeros(2, 3))
+        train_dpo(policy, EXAMPLES, DPOConfig(), run, ref=tiny_model(CFG), tok=TOK, ref_logps=torch.zeros(2, 3))
     with pytest.raises(ValueError, match="reference_logps: give ref"):
         reference_logps(None, _batch())
     with pytest.raises(ValueError, match=r"precomputed log-probs must be \(2, N\)=\(2, 8\)"):

@@ -6,24 +6,22 @@ import pytest
 import torch
 from hypothesis import given, settings, strategies as st
 
-from minift.conformance import adapters, golden
-from minift.conformance.checks import CHECKS
-from minift.conformance.verify import load_impl
+from minift.conformance import CHECKS, golden, load_impl, reference
 
 pytestmark = pytest.mark.core
 WRONG = "tests/wrong_impl.py"
 
 
 def test_the_shipped_golden_files_are_current_for_the_reference(tmp_path):
-    # minift's adapters on the golden inputs give the golden outputs: if this fails, an adapter's
+    # minift's reference functions on the golden inputs give the golden outputs: if this fails, a function's
     # behaviour changed and `minift golden` must be re-run (and the change explained)
-    golden.run_impl(adapters, tmp_path / "out")
+    golden.run_impl(reference, tmp_path / "out")
     rows = golden.verify(tmp_path / "out")
     bad = [r for r in rows if r["status"] != "PASS"]
     assert not bad, bad[:3]
     cases, _ = golden.load(golden.GOLDEN_DIR)
     covered = {c["adapter"] for c in cases}
-    assert covered == {c.adapter for c in CHECKS.values()}        # every checked adapter has cases
+    assert covered == {c.adapter for c in CHECKS.values()}        # every checked function has cases
 
 
 def test_a_wrong_implementation_fails_where_it_is_wrong_and_a_missing_adapter_is_reported(tmp_path):
@@ -42,7 +40,7 @@ def test_a_wrong_implementation_fails_where_it_is_wrong_and_a_missing_adapter_is
 
 def test_one_changed_value_in_a_candidate_is_found(tmp_path):
     out = tmp_path / "out"
-    golden.run_impl(adapters, out)
+    golden.run_impl(reference, out)
     from safetensors.torch import load_file, save_file
     t = load_file(str(out / "tensors.safetensors"))
     cases = json.loads((out / "index.json").read_text())["cases"]

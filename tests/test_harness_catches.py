@@ -11,7 +11,8 @@ from hypothesis import strategies as st
 
 from minift.conformance import (CHECKS, FAIL, MISSING, NOT_IMPLEMENTED, PASS, load_impl, run_checks,
                                 verify_main)
-from minift.conformance.checks import _run, format_counterexample
+from minift.conformance import reference
+from minift.conformance.harness import format_counterexample, run_property
 
 pytestmark = pytest.mark.conformance
 
@@ -75,7 +76,7 @@ def test_counterexamples_show_values_drawn_inside_the_property():
         assert n + data.draw(st.integers(0, 10)) < 15
 
     with pytest.raises(AssertionError) as e:
-        _run(drawn_sum_is_small)
+        run_property(drawn_sum_is_small)
     args = _arguments(e.value.counterexample)
     assert set(args) == {"n", "data"} and len(args["data"]) == 1
     assert args["n"] + args["data"][0] >= 15             # the reported example does fail the property
@@ -89,10 +90,20 @@ def test_counterexample_text_is_our_own():
     assert np.array_equal(_arguments(text)["x"], x)
 
 
-def test_reference_passes_every_check():
-    results = run_checks()
-    assert [r.name for r in results] == list(CHECKS)
-    assert {r.name: r.status for r in results} == {n: PASS for n in CHECKS}
+def test_every_check_grades_a_reference_function_of_its_own_lesson():
+    # that the reference passes every check is tests/test_conformance.py (one test per check);
+    # here the registry's shape: each check's run_* function is a reference function defined in the
+    # file of the check's lesson, and every lesson with an exercise has checks
+    lessons = {p.name[:2] for p in (ROOT / "lessons").iterdir() if (p / "exercise.py").is_file()}
+    for c in CHECKS.values():
+        fn = getattr(reference, c.adapter, None)
+        assert callable(fn), f"{c.name}: no reference {c.adapter}"
+        assert fn.__module__.rsplit(".", 1)[-1].startswith(c.lesson), (c.name, c.lesson, fn.__module__)
+        assert c.description.strip() and callable(c.fn)
+    assert {c.lesson.removeprefix("lesson") for c in CHECKS.values()} == lessons
+    assert set(reference.__all__) == {c.adapter for c in CHECKS.values()}    # no unchecked reference function
+    assert [(r.name, r.status) for r in run_checks(only="lesson06")] == \
+        [(c.name, PASS) for c in CHECKS.values() if c.lesson == "lesson06"]     # impl=None: the reference
 
 
 def test_exercise_stubs_are_not_implemented():
@@ -111,21 +122,24 @@ def test_missing_adapter_is_skipped(tmp_path):
 
 # ---- minift verify -----------------------------------------------------------------------------
 
-def test_verify_wrong_impl_exits_1_and_prints_counterexamples(capsys):
+def test_verify_wrong_impl_exits_1_and_prints_counterexamples(wrong_results, capsys):
     assert verify_main(["--impl", str(WRONG)]) == 1
     out = capsys.readouterr().out
     for name in EXPECTED_FAILURES:
         assert f"=== FAIL {name}" in out
         assert f"counterexample:\n    {name}(" in out
     assert "gelu_matches_formula" in out and "PASS" in out
-    n00 = len(run_checks(load_impl(WRONG), only="lesson00"))
+    n00 = len(wrong_results)                             # lesson 00's checks; the others are MISSING
     assert f"{len(EXPECTED_FAILURES)} failed" in out and f"{n00 - len(EXPECTED_FAILURES)} passed" in out
 
 
 def test_verify_reference_exits_0(capsys):
-    assert verify_main([]) == 0
+    # the reference on one lesson's checks (all of them pass in tests/test_conformance.py)
+    n06 = sum(c.lesson == "lesson06" for c in CHECKS.values())
+    assert verify_main(["--only", "lesson06"]) == 0
     out = capsys.readouterr().out
-    assert f"{len(CHECKS)} checks: {len(CHECKS)} passed, 0 failed" in out
+    assert "implementation: minift reference functions" in out
+    assert f"{n06} checks: {n06} passed, 0 failed" in out
     assert "FAIL" not in out
 
 

@@ -1,5 +1,6 @@
-"""LoRA (+ rsLoRA, DoRA, q/v slices of the fused c_attn): no-op at start, merge = unmerged forward,
-only the LoRA tensors train, files round-trip (minift's and the PEFT layout), counts, bad input."""
+"""LoRA (+ rsLoRA, DoRA, q/v slices of the fused c_attn): the init, one layer's merge = unmerged forward,
+the equations by hand, only the LoRA tensors train, several adapters on one base, the PEFT layout, counts,
+bad input. (No-op at start, disable, files, removal, the model's merge: tests/test_method_contract.py.)"""
 import json
 import math
 
@@ -12,10 +13,9 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from minift.model import GPT, GPTConfig
-from minift.peft.common import disable_adapters, remove_adapters
 from minift.peft.io import export_peft, import_peft, load_adapter, save_adapter
 from minift.peft.lora import (LoRAConfig, LoRALinear, apply_lora, lora_layers, lora_parameter_count, lora_report,
-                              lora_state_dict, merge_and_unload, merge_lora, unmerge_lora)
+                              lora_state_dict)
 from minift.peft.selective import trainable_report
 from minift.train import TrainConfig, train
 from strategies import reference_forward, tiny_model
@@ -57,33 +57,18 @@ def _base_state(model):
     return {k: v.detach().clone() for k, v in model.state_dict().items() if "lora_" not in k}
 
 
-# ---- no-op at start, disable, merge ---------------------------------------------------------------
+# ---- initialisation, one layer's merge (the model-level contract: test_method_contract.py) ---------------------------------------------------------------
 
-@settings(deadline=None, max_examples=15)
-@given(cfg=lora_configs, dtype=st.sampled_from([torch.float32, torch.float64]))
-def test_zero_init_is_the_base_model_exactly_and_A_is_kaiming(cfg, dtype):
-    model = tiny_model(CFG, dtype=dtype)
-    base = model(_idx()).logits
+@settings(deadline=None, max_examples=10)
+@given(cfg=lora_configs)
+def test_B_starts_at_zero_and_A_is_kaiming(cfg):
+    """(That the model then is the base exactly: tests/test_method_contract.py.)"""
+    model = tiny_model(CFG, dtype=torch.float32)
     names = _apply(model, cfg)
-    assert torch.equal(model(_idx()).logits, base)
     for n in names:
         m = model.get_submodule(n)
         assert not m.lora_B.any() and m.lora_A.any()
         assert m.lora_A.abs().max() <= 1 / math.sqrt(m.in_features)   # kaiming_uniform(a=sqrt(5)) bound
-
-
-@settings(deadline=None, max_examples=15)
-@given(cfg=lora_configs)
-def test_disable_adapters_gives_the_base_logits_exactly(cfg):
-    model = tiny_model(CFG)
-    base = model(_idx()).logits
-    _apply(model, cfg)
-    _randomize(model)
-    adapted = model(_idx()).logits
-    assert not torch.allclose(adapted, base)
-    with disable_adapters(model):
-        assert torch.equal(model(_idx()).logits, base)
-    assert torch.equal(model(_idx()).logits, adapted)                 # switched back on
 
 
 def _layer(in_f, out_f, r, dtype, dora, slices=None, seed=0, bias=True):
@@ -153,24 +138,6 @@ def test_qv_slices_leave_the_k_output_and_k_rows_untouched():
     layer.merge()
     assert torch.equal(layer.weight[C:2 * C], W0[C:2 * C])
     assert not torch.equal(layer.weight[:C], W0[:C])
-
-
-def test_merge_lora_on_the_model_and_merge_and_unload():
-    model = tiny_model(CFG, dtype=torch.float32)
-    apply_lora(model, LoRAConfig(r=2, targets=["c_attn", "mlp.c_fc"], qkv=None))
-    _randomize(model)
-    y = model(_idx()).logits
-    merge_lora(model)
-    assert torch.allclose(model(_idx()).logits, y, atol=1e-4)
-    with pytest.raises(ValueError, match="merged"):
-        with disable_adapters(model):
-            pass
-    unmerge_lora(model)
-    merge_and_unload(model)
-    assert not lora_layers(model) and not model.peft_methods
-    assert all(type(m) is nn.Linear for n, m in model.named_modules() if n.endswith(("c_attn", "c_fc")))
-    assert set(model.state_dict()) == set(GPT(CFG).state_dict())     # a plain GPT again
-    assert torch.allclose(model(_idx()).logits, y, atol=1e-4)
 
 
 # ---- hand-checkable cases: rsLoRA and DoRA reduce to their definitions ------------------------
@@ -312,19 +279,6 @@ def _fresh(state):
     return m
 
 
-@pytest.mark.parametrize("cfg", FILE_CFGS, ids=FILE_IDS)
-def test_save_load_gives_identical_outputs(cfg, tmp_path):
-    model, state = _adapted(cfg)
-    y = model(_idx()).logits
-    save_adapter(model, tmp_path)
-    assert set(load_file(tmp_path / "adapter.safetensors")) == set(lora_state_dict(model))
-    meta = json.loads((tmp_path / "adapter.json").read_text())
-    assert meta["methods"][0]["method"] == "lora" and meta["base_model"]["fingerprint"] == CFG.fingerprint()
-    fresh = _fresh(state)
-    assert load_adapter(fresh, tmp_path) == meta["methods"][0]["modules"]
-    assert torch.equal(fresh(_idx()).logits, y)
-
-
 def test_one_base_several_adapters_swapped_at_run_time(tmp_path):
     cfg = LoRAConfig(r=2)
     m1, state = _adapted(cfg, seed=0)
@@ -415,20 +369,6 @@ def test_import_a_peft_folder_written_by_someone_else(tmp_path):
 
 # ---- bad input ----------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("kw, match", [
-    (dict(r=0), r"LoRAConfig\.r=0 must be an integer >= 1 \(the rank"),
-    (dict(r=-2), r"LoRAConfig\.r=-2"),
-    (dict(alpha=0), r"alpha=0 must be a finite number > 0"),
-    (dict(dropout=1.0), r"dropout=1.0 must be a number in \[0, 1\)"),
-    (dict(qkv=("q", "x")), r"qkv=\('q', 'x'\) must be None"),
-    (dict(targets=[]), r"targets=\(\) must be non-empty"),
-    (dict(targets=["(unclosed"]), r"not a valid regular expression"),
-])
-def test_bad_config_values_are_named(kw, match):
-    with pytest.raises(ValueError, match=match):
-        LoRAConfig(**kw)
-
-
 def test_bad_targets_are_clear_errors():
     with pytest.raises(ValueError, match=r"rank r=9 must be between 1 and min\(in_features, out_features\)=8"):
         apply_lora(GPT(CFG), LoRAConfig(r=9))
@@ -476,16 +416,6 @@ def test_loading_onto_the_wrong_base_or_a_broken_file_is_refused_and_rolled_back
         load_adapter(fresh, tmp_path / "bad")
     with pytest.raises(ValueError, match="carries no adapter"):
         save_adapter(fresh, tmp_path / "none")
-
-
-def test_remove_adapters_restores_the_base_modules():
-    model = tiny_model(CFG, dtype=torch.float32)
-    base = model(_idx()).logits
-    apply_lora(model, LoRAConfig(r=2, use_dora=True))
-    _randomize(model)
-    assert remove_adapters(model) == [f"transformer.h.{i}.attn.c_attn" for i in range(CFG.n_layer)]
-    assert torch.equal(model(_idx()).logits, base)
-    assert set(model.state_dict()) == set(GPT(CFG).state_dict())
 
 
 def test_peft_folders_that_are_not_what_they_claim_are_refused(tmp_path):

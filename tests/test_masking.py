@@ -1,6 +1,6 @@
-"""Random masking: the mask's size and rows, a no-op at start, only masked entries ever change (AdamW with
-weight decay too), gradients reach only the values, the sparse delta round-trips through adapter files,
-merge, the shared disable switch, bad input."""
+"""Random masking: the mask's size and rows, only masked entries ever change (AdamW with weight decay too),
+gradients reach only the values, the file's size and tampered indices, bad input. (No-op at start, disable,
+the sparse delta through adapter files, merge, removal: tests/test_method_contract.py.)"""
 import json
 import math
 import os
@@ -13,11 +13,10 @@ from safetensors.torch import load_file, save_file
 
 from minift.heads import TokenClassifier
 from minift.model import GPTConfig
-from minift.peft.common import count_adapter_parameters, disable_adapters, remove_adapters
+from minift.peft.common import count_adapter_parameters, remove_adapters
 from minift.peft.io import load_adapter, save_adapter
 from minift.peft.masking import (MaskedLinear, MaskingConfig, apply_masking, check_masks, masked_count,
-                                 masked_count_of, masked_layers, masking_state_dict, merge_masking, random_mask,
-                                 unmerge_masking)
+                                 masked_count_of, masked_layers, random_mask)
 from minift.train import TrainConfig, train
 from strategies import tiny_model
 
@@ -114,23 +113,6 @@ def test_mask_draw_does_not_touch_the_global_rng():
 
 # ---- a no-op at start, the switch, gradients -------------------------------------------------
 
-@settings(deadline=None, max_examples=15)
-@given(cfg=mask_configs, dtype=st.sampled_from([torch.float32, torch.float64]))
-def test_zero_values_are_the_base_model_exactly_and_disable_gives_it_back(cfg, dtype):
-    if not _cfg_ok(cfg):
-        cfg.qkv = None
-    model = tiny_model(CFG, dtype=dtype)
-    base = model(_idx()).logits
-    apply_masking(model, cfg)
-    assert torch.equal(model(_idx()).logits, base)
-    _randomize(model)
-    adapted = model(_idx()).logits
-    assert not torch.allclose(adapted, base)
-    with disable_adapters(model):
-        assert torch.equal(model(_idx()).logits, base)
-    assert torch.equal(model(_idx()).logits, adapted)
-
-
 def test_gradients_reach_only_the_values_and_equal_the_dense_gradient_at_the_mask():
     model = tiny_model(CFG)
     apply_masking(model, MaskingConfig(density=0.3, targets=ALL_LINEAR, qkv=None))
@@ -204,29 +186,6 @@ def test_train_loop_on_a_token_classifier_changes_only_the_mask_and_the_head():
 
 # ---- files, merge, removal -------------------------------------------------------------------
 
-@settings(deadline=None, max_examples=10)
-@given(cfg=mask_configs)
-def test_sparse_delta_round_trips_through_save_and_load(cfg, tmp_path_factory):
-    if not _cfg_ok(cfg):
-        cfg.qkv = None
-    folder = str(tmp_path_factory.mktemp("mask"))
-    model = tiny_model(CFG)
-    apply_masking(model, cfg)
-    _randomize(model)
-    want = model(_idx()).logits
-    save_adapter(model, folder)
-    stored = load_file(os.path.join(folder, "adapter.safetensors"))
-    assert set(stored) == set(masking_state_dict(model))                  # indices + values, nothing else
-    for n, m in masked_layers(model):
-        assert torch.equal(stored[f"{n}.mask_indices"].long(), m.mask_indices.long())
-        assert torch.equal(stored[f"{n}.mask_values"], m.mask_values.detach())
-    meta = json.load(open(os.path.join(folder, "adapter.json")))
-    assert meta["methods"][0]["method"] == "masking"
-    fresh = tiny_model(CFG)
-    load_adapter(fresh, folder)
-    assert torch.equal(fresh(_idx()).logits, want)
-
-
 def test_file_size_scales_with_the_density(tmp_path):
     sizes = {}
     for d in (0.5, 0.05):
@@ -289,32 +248,12 @@ def test_tampered_indices_are_refused(tmp_path):
         model2(_idx())
 
 
-def test_merge_equals_unmerged_forward_and_unmerge_restores_w0_bit_for_bit():
+def test_the_values_are_the_parameters_and_removal_gives_plain_linears():
     model = tiny_model(CFG)
-    W0 = {n: p.detach().clone() for n, p in model.named_parameters()}
-    apply_masking(model, MaskingConfig(density=0.3, targets=ALL_LINEAR, qkv=None))
-    _randomize(model)
-    y = model(_idx()).logits
-    merge_masking(model)
-    merge_masking(model)                                                  # twice: a no-op
-    torch.testing.assert_close(model(_idx()).logits, y, rtol=1e-12, atol=1e-12)
-    with pytest.raises(ValueError, match="merged"):
-        with disable_adapters(model):
-            pass
-    unmerge_masking(model)
-    assert all(torch.equal(p.detach(), W0[n]) for n, p in model.named_parameters() if n in W0)
-    assert torch.equal(model(_idx()).logits, y)
-
-
-def test_remove_adapters_gives_plain_linears_and_the_base_back():
-    model = tiny_model(CFG)
-    base = model(_idx()).logits
     names = apply_masking(model, MaskingConfig(density=0.5, targets=ALL_LINEAR, qkv=None))
-    _randomize(model)
     assert count_adapter_parameters(model) == masked_count_of(model)       # values only; the indices are not parameters
     assert sorted(remove_adapters(model)) == sorted(names)
     assert not masked_layers(model) and all(type(model.get_submodule(n)) is nn.Linear for n in names)
-    assert torch.equal(model(_idx()).logits, base)
 
 
 def test_a_layer_the_draw_left_empty_is_the_base_layer():

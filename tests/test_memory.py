@@ -8,7 +8,7 @@ from minift.memory import activation_bytes, estimate, quantized_bytes, step_memo
 from minift.model import GPT, GPTConfig
 from minift.peft.lora import LoRAConfig, apply_lora
 from minift.quant.int8 import Int8Linear
-from minift.quant.nf4 import NF4Linear
+from minift.quant.ops import NF4Linear
 from minift.quant.qlora import QLoRAConfig, apply_qlora
 
 pytestmark = pytest.mark.lesson12

@@ -7,7 +7,7 @@ import pytest
 import torch
 from hypothesis import given, settings, strategies as st
 
-from minift.checkpoint import save_tensors
+from minift.checkpoint import load_gpt2, save_tensors
 from minift.model import GPT, GPTConfig
 from strategies import gpt_configs, reference_forward, tiny_model
 
@@ -269,22 +269,22 @@ def _write_hf_gpt2(folder, cfg, seed=0, prefix=""):
 
 
 @pytest.mark.parametrize("prefix", ["", "transformer."])
-def test_from_gpt2_gives_the_logits_the_checkpoint_defines(tmp_path, prefix):
+def test_load_gpt2_gives_the_logits_the_checkpoint_defines(tmp_path, prefix):
     cfg = GPTConfig(vocab_size=31, block_size=12, n_layer=2, n_head=2, n_embd=8)
     sd = _write_hf_gpt2(str(tmp_path), cfg, prefix=prefix)
-    m = GPT.from_gpt2(str(tmp_path)).eval()
+    m = load_gpt2(str(tmp_path)).eval()
     idx = _ids(cfg, 2, 9, 5)
     ref = reference_forward(cfg, sd, idx, conv1d=True)                  # x @ W, as Conv1D defines
     torch.testing.assert_close(m(idx).logits.double(), ref, atol=1e-4, rtol=1e-4)
 
 
-def test_from_gpt2_matches_transformers_when_installed(tmp_path):
+def test_load_gpt2_matches_transformers_when_installed(tmp_path):
     transformers = pytest.importorskip("transformers")
     cfg = GPTConfig(vocab_size=31, block_size=12, n_layer=2, n_head=2, n_embd=8)
     _write_hf_gpt2(str(tmp_path), cfg)
     hf = transformers.GPT2LMHeadModel.from_pretrained(str(tmp_path)).eval()
     idx = _ids(cfg, 2, 9, 5)
-    torch.testing.assert_close(GPT.from_gpt2(str(tmp_path)).eval()(idx).logits, hf(idx).logits,
+    torch.testing.assert_close(load_gpt2(str(tmp_path)).eval()(idx).logits, hf(idx).logits,
                                atol=1e-4, rtol=1e-4)
 
 

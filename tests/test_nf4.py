@@ -10,9 +10,10 @@ from hypothesis import given
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from minift.quant.nf4 import (CODES, NF4_PUBLISHED, NF4Linear, bits_per_parameter, dequantize_absmax,
-                              dequantize_nf4, fp4_code, nf4_code, pack_4bit, quantize_absmax, quantize_nf4,
+from minift.quant.nf4 import (CODES, NF4_PUBLISHED, bits_per_parameter, dequantize_absmax, dequantize_nf4,
+                              fp4_code, nf4_code, pack_4bit, quantize_absmax, quantize_nf4,
                               unpack_4bit)
+from minift.quant.ops import NF4Linear
 
 pytestmark = pytest.mark.lesson12
 

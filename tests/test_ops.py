@@ -15,7 +15,8 @@ from hypothesis import strategies as st
 
 from minift.quant import ops
 from minift.quant.int8 import quantize_absmax, quantize_zeropoint
-from minift.quant.nf4 import NF4_PUBLISHED, NF4Linear, dequantize_nf4, quantize_nf4
+from minift.quant.nf4 import NF4_PUBLISHED, dequantize_nf4, quantize_nf4
+from minift.quant.ops import NF4Linear
 
 pytestmark = pytest.mark.lesson13
 

@@ -173,7 +173,8 @@ def _run(seed=0, steps=12, kl_coef=0.0):
     prompts = ["abc"] * 16                                               # one prompt length: P is fixed
     cfg = PPOConfig(steps=steps, batch_size=16, minibatch_size=8, ppo_epochs=2, lr=3e-3, kl_coef=kl_coef,
                     max_new_tokens=3, seed=seed)
-    hist = train_ppo(policy, ref, _FirstTokenReward(len(TOK.encode_prompt("abc"))), TOK, prompts, cfg, progress=False)
+    hist = train_ppo(policy, prompts, cfg, ref=ref, reward_model=_FirstTokenReward(len(TOK.encode_prompt("abc"))),
+                     tok=TOK, progress=False)
     return policy, ref, hist
 
 
@@ -200,8 +201,8 @@ def test_adaptive_kl_coefficient_moves_toward_the_target():
     ref = copy.deepcopy(policy)
     cfg = PPOConfig(steps=3, batch_size=8, minibatch_size=8, ppo_epochs=1, lr=1e-3, kl_coef=0.1, target_kl=1e3,
                     horizon=16, max_new_tokens=3)
-    hist = train_ppo(policy, ref, _FirstTokenReward(len(TOK.encode_prompt("abc"))), TOK, ["abc"] * 8, cfg,
-                     progress=False)
+    hist = train_ppo(policy, ["abc"] * 8, cfg, ref=ref, reward_model=_FirstTokenReward(len(TOK.encode_prompt("abc"))),
+                     tok=TOK, progress=False)
     # KL far below the target: the error is clipped at −0.2, so β shrinks by 1 − 0.2 · 8 / 16 = 0.9 each time
     assert np.allclose([h["kl_coef"] for h in hist], [0.1, 0.09, 0.081])
 
@@ -224,20 +225,22 @@ def test_bad_inputs_raise():
     policy = tiny_model(CFG).float()
     rm = _FirstTokenReward(5)
     with pytest.raises(ValueError, match="separate frozen copy"):
-        train_ppo(policy, policy, rm, TOK, ["a"] * 8, PPOConfig(batch_size=8, minibatch_size=8))
+        train_ppo(policy, ["a"] * 8, PPOConfig(batch_size=8, minibatch_size=8), ref=policy, reward_model=rm, tok=TOK)
     with pytest.raises(ValueError, match="fewer than"):
-        train_ppo(policy, copy.deepcopy(policy), rm, TOK, ["a"] * 3, PPOConfig(batch_size=8, minibatch_size=8))
+        train_ppo(policy, ["a"] * 3, PPOConfig(batch_size=8, minibatch_size=8), ref=copy.deepcopy(policy),
+                  reward_model=rm, tok=TOK)
     with pytest.raises(TypeError, match="PPOConfig"):
-        train_ppo(policy, copy.deepcopy(policy), rm, TOK, ["a"] * 8, {"steps": 1})
+        train_ppo(policy, ["a"] * 8, {"steps": 1}, ref=copy.deepcopy(policy), reward_model=rm, tok=TOK)
     frozen = tiny_model(CFG).float()
     for p in frozen.parameters():
         p.requires_grad_(False)
     with pytest.raises(ValueError, match="no trainable"):
-        train_ppo(frozen, copy.deepcopy(frozen), rm, TOK, ["a"] * 8, PPOConfig(batch_size=8, minibatch_size=8))
+        train_ppo(frozen, ["a"] * 8, PPOConfig(batch_size=8, minibatch_size=8), ref=copy.deepcopy(frozen),
+                  reward_model=rm, tok=TOK)
 
 
 def test_evaluate_policy_counts_exact_answers_and_greedy_is_deterministic():
-    from minift.align.ppo import evaluate_policy
+    from minift.evals import evaluate_policy
     policy = tiny_model(CFG, 5).float()
     rm = lambda ids, attention_mask: attention_mask.sum(1).float()     # noqa: E731
     ex = [{"prompt": p, "chosen": "x", "rejected": "y"} for p in _prompts(8, seed=3)]

@@ -1,4 +1,4 @@
-"""The quantization checks (minift/conformance/checks_quant.py) catch the usual bugs, each with a
+"""The quantization checks (minift/conformance/lesson11_quantization.py, lesson12_qlora.py) catch the usual bugs, each with a
 counterexample, and pass minift's reference."""
 import math
 from types import SimpleNamespace
@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from minift.conformance import FAIL, PASS, run_checks
-from minift.conformance import adapters as ref
+from minift.conformance import reference as ref
 
 pytestmark = pytest.mark.conformance
 

@@ -8,9 +8,10 @@ import torch
 from hypothesis import given, settings, strategies as st
 
 from minift.align.preference import PreferenceDataset, collate_preferences
-from minift.align.reward import (RewardModel, evaluate_reward_model, reward_loss, reward_metrics,
-                                 train_reward_model)
+from minift.align.reward import RewardConfig, RewardModel, reward_loss, reward_metrics, train_reward_model
+from minift.evals import evaluate_reward_model
 from minift.model import GPTConfig
+from minift.train import TrainConfig
 from strategies import CharTok, tiny_model
 
 pytestmark = pytest.mark.lesson14
@@ -123,7 +124,11 @@ def test_bad_inputs_raise():
     with pytest.raises(ValueError, match="no real token"):
         RM(torch.zeros(2, 3, dtype=torch.long), attention_mask=torch.tensor([[1, 1, 0], [0, 0, 0]]))
     with pytest.raises(ValueError, match="no examples"):
-        train_reward_model(tiny_model(CFG), TOK, [], steps=1)
+        train_reward_model(tiny_model(CFG), [], RewardConfig(), TrainConfig(steps=1), tok=TOK)
+    with pytest.raises(TypeError, match="RewardConfig"):
+        train_reward_model(tiny_model(CFG), [], {"margin": 0.0}, TrainConfig(steps=1), tok=TOK)
+    with pytest.raises(ValueError, match="margin"):
+        RewardConfig(margin=-1.0)
 
 
 def test_training_learns_a_learnable_preference_and_leaves_the_base_alone():
@@ -131,7 +136,8 @@ def test_training_learns_a_learnable_preference_and_leaves_the_base_alone():
     ex = [{"prompt": "".join(rng.choice(list("abc"), 3)), "chosen": "dd", "rejected": "ee"} for _ in range(32)]
     base = tiny_model(CFG).float()
     before = {k: v.clone() for k, v in base.state_dict().items()}
-    rm, hist = train_reward_model(base, TOK, ex, steps=30, batch_size=8, lr=3e-3, progress=False)
+    rm, hist = train_reward_model(base, ex, RewardConfig(), TrainConfig(steps=30, batch_size=8, lr=3e-3, progress=False),
+                                  tok=TOK)
     assert hist[-1]["loss"] < hist[0]["loss"]
     m = evaluate_reward_model(rm, TOK, ex[:8])
     assert m["accuracy"] == 1.0 and m["ties"] == 0.0

@@ -3,9 +3,11 @@ import pytest
 import torch
 from hypothesis import given, settings, strategies as st
 
-from minift.align.sft import Template, mixture, score
+from minift.align.sft import SFTConfig, Template, train_sft
+from minift.evals import mixture, score
 from minift.model import GPTConfig
 from minift.tasks import SFTDataset, collate
+from minift.train import TrainConfig
 from strategies import CharTok, tiny_model
 
 pytestmark = pytest.mark.lesson03
@@ -80,3 +82,25 @@ def test_scores_use_the_tasks_metric():
     assert score("qa_closed", ["brookfield.", "Ashford"], ex) == 0.5          # EM normalises case
     sent = [{"text": "x", "label": 1}, {"text": "y", "label": 0}]
     assert score("sentiment", ["positive", "maybe"], sent) == 0.5             # unparsable = wrong
+
+
+def test_train_sft_learns_the_responses_deterministically():
+    pairs = [("ab", "cd"), ("ef", "ab"), ("cc", "fe"), ("da", "bb")]
+    cfg = GPTConfig(vocab_size=24, block_size=40, n_layer=1, n_head=2, n_embd=8)
+    runs = []
+    for _ in range(2):
+        model = tiny_model(cfg, dtype=torch.float32)
+        hist = train_sft(model, pairs, SFTConfig(), TrainConfig(steps=30, batch_size=4, lr=3e-2, progress=False), tok=TOK)
+        runs.append([h["loss"] for h in hist])
+    assert runs[0] == runs[1] and runs[0][-1] < 0.5 * runs[0][0]
+    # the loss counts response tokens only; with train_on_prompt it counts the prompt too
+    assert hist[0]["tokens"] == 4 * 3
+    full = train_sft(tiny_model(cfg, dtype=torch.float32), pairs, SFTConfig(train_on_prompt=True),
+                     TrainConfig(steps=1, batch_size=4, progress=False), tok=TOK)
+    assert full[0]["tokens"] > hist[0]["tokens"]
+    with pytest.raises(TypeError, match="SFTConfig"):
+        train_sft(model, pairs, {"train_on_prompt": False}, TrainConfig(steps=1), tok=TOK)
+    with pytest.raises(TypeError, match="TrainConfig"):
+        train_sft(model, pairs, SFTConfig(), {"steps": 1}, tok=TOK)
+    with pytest.raises(TypeError, match="train_on_prompt"):
+        SFTConfig(train_on_prompt=1)

@@ -1,4 +1,4 @@
-"""A DELIBERATELY WRONG implementation of the run_* adapters, for testing the conformance harness.
+"""A DELIBERATELY WRONG implementation of the run_* functions, for testing the conformance harness.
 
 Do not copy from this file. Each bug is a classic one, and the harness must catch it with a
 counterexample (tests/test_harness_catches.py checks that it does, and that it blames nothing

@@ -1,16 +1,8 @@
 """Lesson 00 exercise: write the six pieces of a GPT block yourself.
 
-Fill in each function below (delete the `raise NotImplementedError`), then grade your file:
-
-    minift check 00                                   # points per exercise (exercises/00_transformer.py if
-                                                      # `minift exercise 00` made it, else this file)
-    minift check 00 --pytest                          # = pytest -m lesson00 --impl that file
-    minift verify --impl lessons/00_transformer/exercise.py --only lesson00   # a report
-    minift verify --impl lessons/00_transformer/exercise.py --only run_softmax  # one function
-
-Every check is a property tested on many small random inputs; a failing check prints the
-smallest input hypothesis could find that breaks it (printed as "counterexample: <check>(<arguments>)"). Paste it into
-a Python shell and compare your output with the formula by hand.
+Fill in each function below (delete its `raise NotImplementedError`), then grade your file with
+`minift check 00`. How grading works (points, counterexamples, your own copy, --impl, --pytest,
+minift verify): lessons/README.md, "Grading your exercise".
 
 Rules: plain PyTorch tensor operations (torch.exp, torch.tanh, @, .mean, .sum, .max, ...).
 Do not call torch.softmax, F.gelu, F.layer_norm, F.cross_entropy or

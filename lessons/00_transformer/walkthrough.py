@@ -21,31 +21,20 @@ only calls it and prints.
 EXPECTED_SECONDS = 5
 FAST_SECONDS = 4
 
-import argparse
 import math
-import sys
 import time
 
 import torch
 
-from minift import world
+from minift import course, world
 from minift.pretrain import BASE_DIR, PROBES, VOCAB_SIZE, base_metrics, fact_accuracy, fact_probes, load_base
 from minift.tokenizer import SPECIAL_TOKENS
 from minift.report import header
 
-parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-parser.add_argument("--fast", action="store_true", help="fewer prompts and shorter generations (seconds)")
-args = parser.parse_args()
-
-if not (BASE_DIR / "model.safetensors").is_file():
-    sys.exit(f"lesson 00 needs the base model in {BASE_DIR}/ (model.safetensors, config.json, "
-             f"tokenizer.json). It is shipped with minift; to rebuild it, run `minift pretrain` "
-             f"(about 6 minutes on a 2-core CPU).")
-
-t_start = time.perf_counter()
+# the arguments, the base-model check, one thread (a 1M-parameter model gains nothing from more, and on
+# a busy CPU extra threads spin-wait: one thread is 10-40x faster there), the clock: minift/course.py
+args = course.start("00", course.parser(__doc__, "fewer prompts and shorter generations (seconds)"))
 torch.set_grad_enabled(False)          # we only look at the model in this lesson: no training
-torch.set_num_threads(1)               # a 1M-parameter model gains nothing from more threads, and on a
-                                       # busy CPU extra threads spin-wait: one thread is 10-40x faster there
 
 
 def show(tok, i):
@@ -293,4 +282,4 @@ print(f"  cached generation == uncached (use_cache=False): {torch.equal(cached, 
 print(f"  padded batch == each prompt alone: {all(torch.equal(a, c) for a, c in zip(alone, cached))}   "
       f"(positions count real tokens only, so padding changes nothing)")
 
-print(f"\ndone in {time.perf_counter() - t_start:.1f}s")
+print(f"\ndone in {course.elapsed():.1f}s")

@@ -1,14 +1,8 @@
 """Lesson 01 exercise: the three formulas every pretraining run rests on.
 
-Fill in each function below (delete the `raise NotImplementedError`), then grade your file:
-
-    minift check 01
-    minift verify --impl lessons/01_pretraining/exercise.py --only lesson01
-    pytest -m lesson01 --impl lessons/01_pretraining/exercise.py
-
-Every check is a property tested on many small random inputs; a failing check prints the
-smallest input hypothesis could find that breaks it (printed as "counterexample: <check>(<arguments>)"). Paste it into
-a Python shell and compare your output with the formula by hand.
+Fill in each function below (delete its `raise NotImplementedError`), then grade your file with
+`minift check 01`. How grading works (points, counterexamples, your own copy, --impl, --pytest,
+minift verify): lessons/README.md, "Grading your exercise".
 
 Rules: plain PyTorch tensor operations and `math`. Do not call F.cross_entropy,
 F.log_softmax, torch.logsumexp or minift itself: writing them is the point (your lesson 00

@@ -21,16 +21,13 @@ minift/pretrain.py); this file only calls it and prints.
 EXPECTED_SECONDS = 31
 FAST_SECONDS = 12
 
-import argparse
 import random
 import sys
 import time
 
 import torch
 
-torch.set_num_threads(1)   # a 1M-parameter model gains nothing from a second thread; on a shared 2-core box it loses a lot
-
-from minift import world
+from minift import course, world
 from minift.checkpoint import load_json
 from minift.model import GPT, GPTConfig
 from minift.pretrain import (BASE_DIR, base_metrics, fact_accuracy, fact_probes, forgetting_probe, load_base,
@@ -39,21 +36,15 @@ from minift.tasks import LMDataset, perplexity
 from minift.train import TrainConfig, evaluate_nll, train
 from minift.report import header, table
 
-parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-parser.add_argument("--fast", action="store_true", help="tiny budgets and eval slices (seconds)")
+parser = course.parser(__doc__)
 parser.add_argument("--replay", type=float, default=0.0, metavar="R",
                     help="part 2: share R of the training windows drawn from the original corpus "
                          "(0 = pure domain 2; try 0.25 to see forgetting shrink)")
 parser.add_argument("--cpt-lr", type=float, default=1e-3, help="part 2: peak learning rate")
 parser.add_argument("--cpt-steps", type=int, default=None, help="part 2: optimizer steps")
-args = parser.parse_args()
+args = course.start("01", parser)         # the base-model check, one thread, the clock: minift/course.py
 if not 0.0 <= args.replay < 1.0:
     sys.exit(f"--replay={args.replay} must be in [0, 1)")
-
-if not (BASE_DIR / "model.safetensors").is_file():
-    sys.exit(f"lesson 01 needs the base model in {BASE_DIR}/ (model.safetensors, config.json, "
-             f"tokenizer.json). It is shipped with minift; to rebuild it, run `minift pretrain`.")
-
 FAST = args.fast
 # budgets: (default, --fast)
 TINY_STEPS, TINY_EVAL_EVERY = (300, 50) if not FAST else (16, 8)
@@ -62,7 +53,6 @@ N_PROBES = 72 if not FAST else 12              # closed-book fact probes (a fixe
 N_FORGET = 16 if not FAST else 2               # original-domain windows of minift.pretrain.forgetting_probe
 CPT_STEPS = args.cpt_steps or (150 if not FAST else 8)
 CPT_EVAL_EVERY = max(1, CPT_STEPS // (6 if not FAST else 2))
-t_start = time.perf_counter()
 
 
 def greedy(model, tok, prompt, n=14):
@@ -207,5 +197,5 @@ print("\ngreedy samples in each domain's style, base -> after continued pretrain
 for pr in d2_prompts + orig_prompts:
     print(f"  {pr!r}\n     base:  {samples_before[pr]!r}\n     after: {greedy(model, tok, pr, 24)!r}")
 print(f"part 2: {time.perf_counter() - t2:.1f}s")
-print(f"\ntotal: {time.perf_counter() - t_start:.1f}s wall, {time.process_time():.1f}s CPU "
+print(f"\ntotal: {course.elapsed():.1f}s wall, {time.process_time():.1f}s CPU "
       f"({torch.get_num_threads()} threads; wall grows when other jobs share the cores)")

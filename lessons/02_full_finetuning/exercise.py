@@ -1,14 +1,8 @@
 """Lesson 02 exercise: the three small pieces that turn a language model into a classifier.
 
-Fill in each function below (delete the `raise NotImplementedError`), then grade your file:
-
-    minift check 02
-    minift verify --impl lessons/02_full_finetuning/exercise.py --only lesson02
-    pytest -m lesson02 --impl lessons/02_full_finetuning/exercise.py
-
-Every check is a property tested on many small random inputs; a failing check prints the
-smallest input hypothesis could find that breaks it (printed as "counterexample: <check>(<arguments>)"). Paste it into
-a Python shell and compare your output with the formula by hand.
+Fill in each function below (delete its `raise NotImplementedError`), then grade your file with
+`minift check 02`. How grading works (points, counterexamples, your own copy, --impl, --pytest,
+minift verify): lessons/README.md, "Grading your exercise".
 
 Rules: plain Python and PyTorch tensor operations. Do not call minift itself (minift.heads,
 minift.tasks): writing these is the point.

@@ -24,15 +24,12 @@ minift/train.py, minift/tasks.py, minift/pretrain.py); this file only calls it a
 EXPECTED_SECONDS = 120
 FAST_SECONDS = 8
 
-import argparse
 import re
-import sys
-import time
 from collections import Counter
 
 import torch
 
-from minift import world
+from minift import course, world
 from minift.heads import (SequenceClassifier, TokenClassifier, classifier_loss, encode_classification,
                           encode_ner, last_real_index, predict_sequence, predict_tags)
 from minift.peft.selective import SelectiveConfig, apply_selective, trainable_report
@@ -41,18 +38,10 @@ from minift.tasks import accuracy, collate_fn, entity_f1
 from minift.train import TrainConfig, train
 from minift.report import header, table
 
-parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-parser.add_argument("--fast", action="store_true", help="tiny budgets and eval slices (seconds)")
-args = parser.parse_args()
+# --fast, the base-model check, one thread (the model's matrices are tiny, n_embd 128: a second
+# intra-op thread buys little, and on a shared machine two threads per process thrash), the clock
+args = course.start("02", __doc__)
 FAST = args.fast
-
-if not (BASE_DIR / "model.safetensors").is_file():
-    sys.exit(f"lesson 02 needs the base model in {BASE_DIR}/; it is shipped with minift "
-             f"(or rebuild it with `minift pretrain`).")
-
-# The model's matrices are tiny (n_embd 128): a second intra-op thread buys little, and on a
-# shared machine two threads per process thrash. One thread keeps the timings honest.
-torch.set_num_threads(1)
 
 # (steps, batch size, peak lr) per task and method, all chosen on the dev split. Head-only and
 # NER full: lr from {1e-3, 3e-3, 1e-2}, ties to the smaller (NER full: dev 0.999 at all three;
@@ -70,7 +59,6 @@ BUCKETS = 16            # batches grouped 16 at a time by length: half the padde
 N_EVAL = 60 if FAST else None                   # eval slices in --fast mode
 PROBE = dict(n_windows=4, n_facts=24) if FAST else dict(n_windows=16, n_facts=72)
 BLOCK = 128
-t_start = time.perf_counter()
 
 
 def cut(xs):
@@ -219,5 +207,5 @@ e = next((e for e, pp in zip(cut(ner["test"]), full_n["pred"]["test"]) if pp != 
 if e is not None:
     pp = full_n["pred"]["test"][cut(ner["test"]).index(e)]
     print("  e.g. " + " ".join(f"{w}/{p}" + ("" if p == g else f"(gold {g})") for w, p, g in zip(e["tokens"], pp, e["tags"])))
-print(f"\ntotal: {time.perf_counter() - t_start:.1f}s wall ({torch.get_num_threads()} thread; wall grows when "
+print(f"\ntotal: {course.elapsed():.1f}s wall ({torch.get_num_threads()} thread; wall grows when "
       f"other jobs share the cores)")

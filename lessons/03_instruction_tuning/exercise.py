@@ -1,15 +1,8 @@
 """Lesson 03 exercise: the loss mask and the loss of supervised fine-tuning.
 
-`minift exercise 03` copies this file to exercises/03_instruction_tuning.py, your copy to edit. Fill
-in each function (delete the `raise NotImplementedError`), then grade your file:
-
-    minift check 03                 # points per exercise (one per check), with counterexamples
-    minift check 03 --impl FILE     # grades any file you name
-    minift check 03 --pytest        # the lesson's pytest marker instead (pytest -m lesson03 --impl FILE)
-
-Every check is a property tested on many small random inputs; a failing check prints the
-smallest input hypothesis could find that breaks it (printed as "counterexample: <check>(<arguments>)"). Paste it into
-a Python shell and compare your output with the formula by hand.
+Fill in each function below (delete its `raise NotImplementedError`), then grade your file with
+`minift check 03`. How grading works (points, counterexamples, your own copy, --impl, --pytest,
+minift verify): lessons/README.md, "Grading your exercise".
 
 Rules: plain Python and PyTorch tensor operations. Do not call F.cross_entropy,
 F.log_softmax, torch.logsumexp or minift itself: writing them is the point.

@@ -22,31 +22,24 @@ Prints, top to bottom:
     python lessons/03_instruction_tuning/walkthrough.py --mask-ablation   # + part 4's loss-on-the-prompt run
     python lessons/03_instruction_tuning/walkthrough.py --long   # minutes: the run that transfers to unseen types
 
-Everything it uses lives in the library (minift/align/sft.py, minift/tasks.py, minift/train.py,
-minift/pretrain.py); this file only calls it and prints.
+Everything it uses lives in the library (minift/align/sft.py, minift/evals.py, minift/tasks.py,
+minift/train.py, minift/pretrain.py); this file only calls it and prints.
 """
 EXPECTED_SECONDS = 95    # README "Run it": 86 s wall on an idle 2-core CPU; --mask-ablation adds ~70 s
 FAST_SECONDS = 12
 
-import argparse
 import random
-import sys
 import time
 from collections import Counter, defaultdict
 
-import torch
-
-torch.set_num_threads(1)   # a 1M-parameter model gains nothing from a second thread; on a shared 2-core box it loses a lot
-
-from minift import world
-from minift.align.sft import TASK_METRIC, generate_responses, mixture, score
-from minift.pretrain import BASE_DIR, forgetting_probe, load_base
+from minift import course, world
+from minift.evals import TASK_METRIC, generate_responses, mixture, score
+from minift.pretrain import forgetting_probe, load_base
 from minift.tasks import IGNORE_INDEX, SFTDataset, collate_fn, exact_match, format_example
 from minift.train import TrainConfig, evaluate_nll, train
 from minift.report import header, table
 
-parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-parser.add_argument("--fast", action="store_true", help="tiny budgets and eval slices (seconds)")
+parser = course.parser(__doc__)
 parser.add_argument("--long", action="store_true",
                     help="1500 steps per run on instructions + closed-book QA only, evaluated on the full splits "
                          "(minutes): see the README")
@@ -59,12 +52,7 @@ parser.add_argument("--tasks", default=None,
                          "--long: qa_closed)")
 parser.add_argument("--lr", type=float, default=7e-4, help="peak learning rate of each SFT run")
 parser.add_argument("--seed", type=int, default=0, help="training seed of both SFT runs (batch order)")
-args = parser.parse_args()
-
-if not (BASE_DIR / "model.safetensors").is_file():
-    sys.exit(f"lesson 03 needs the base model in {BASE_DIR}/ (model.safetensors, config.json, "
-             f"tokenizer.json). It is shipped with minift; to rebuild it, run `minift pretrain`.")
-
+args = course.start("03", parser)         # the base-model check, one thread, the clock: minift/course.py
 FAST = args.fast
 STEPS = args.steps or (8 if FAST else 1500 if args.long else 500)
 BATCH = 4
@@ -81,7 +69,6 @@ OTHER_TASKS = tuple(t for t in (args.tasks or ("qa_closed" if args.long else "qa
                     .split(",") if t)
 ECHO = ("<|prompt|>", "<|response|>", "Definition:", "Positive example", "Negative example", "Now do the task",
         "Input:", "Output:", "Reason:", "Question:", "Summarize in", "Is this review")   # pieces of the prompt format
-t_start = time.perf_counter()
 
 
 def show(tok, ids):
@@ -381,4 +368,4 @@ for t in OTHER_TASKS:
     for col, m in zip(cols[1:], res[1:]):
         print(f"        {col:<20} {m['resp'][t, 'test'][1][:80]!r}")
 print(f"part 4: {time.perf_counter() - t4:.1f}s")
-print(f"\ntotal: {time.perf_counter() - t_start:.1f}s")
+print(f"\ntotal: {course.elapsed():.1f}s")

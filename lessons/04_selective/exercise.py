@@ -1,14 +1,8 @@
 """Lesson 04 exercise: choose which parameters train, and count what that costs.
 
-Fill in each function below (delete the `raise NotImplementedError`), then grade your file:
-
-    minift check 04
-    minift verify --impl lessons/04_selective/exercise.py --only lesson04
-    pytest -m lesson04 --impl lessons/04_selective/exercise.py
-
-Every check is a property tested on many small random inputs; a failing check prints the
-smallest input hypothesis could find that breaks it (printed as "counterexample: <check>(<arguments>)"). Paste it into
-a Python shell and compare your output with the formula by hand.
+Fill in each function below (delete its `raise NotImplementedError`), then grade your file with
+`minift check 04`. How grading works (points, counterexamples, your own copy, --impl, --pytest,
+minift verify): lessons/README.md, "Grading your exercise".
 
 The names are GPT-2 parameter names as `model.named_parameters()` gives them:
 "transformer.h.3.attn.c_attn.bias", "transformer.wte.weight", "lm_head.weight", and, for a

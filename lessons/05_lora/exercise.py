@@ -1,16 +1,8 @@
 """Lesson 05 exercise: the LoRA layer's forward, its merge, and DoRA's forward.
 
-Fill in each function below (delete the `raise NotImplementedError`), then grade your file:
-
-    minift check 05                                   # points per exercise (exercises/05_lora.py if
-                                                      # `minift exercise 05` made it, else this file)
-    minift check 05 --pytest                          # = pytest -m lesson05 --impl that file
-    minift verify --impl lessons/05_lora/exercise.py --only lesson05          # a report
-    minift verify --impl lessons/05_lora/exercise.py --only run_lora_merge    # one function
-
-Every check is a property tested on many small random inputs; a failing check prints the
-smallest input hypothesis could find that breaks it (printed as "counterexample: <check>(<arguments>)"). Paste it into
-a Python shell and compare your output with the formula by hand.
+Fill in each function below (delete its `raise NotImplementedError`), then grade your file with
+`minift check 05`. How grading works (points, counterexamples, your own copy, --impl, --pytest,
+minift verify): lessons/README.md, "Grading your exercise".
 
 Layouts are nn.Linear's, as in minift/peft/lora.py: a weight is (out, in) and a layer computes
 x W^T + b. So A is (r, in), B is (out, r), and the update s B A is (out, in), like W0.

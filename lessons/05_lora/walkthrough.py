@@ -26,48 +26,37 @@ Prints, top to bottom:
     python lessons/05_lora/walkthrough.py --sweep    # re-pick every lr on val (about 4 minutes)
 
 Everything it uses lives in the library (minift/peft/lora.py, minift/peft/common.py,
-minift/peft/io.py, minift/heads.py, minift/train.py, minift/pretrain.py); this file only calls it
-and prints.
+minift/peft/io.py, minift/heads.py, minift/train.py, minift/pretrain.py; the train-and-measure
+bench: minift/course.py); this file only calls it and prints.
 """
 EXPECTED_SECONDS = 100
 FAST_SECONDS = 10
 
-import argparse
 import copy
 import os
 import statistics
-import sys
 import tempfile
 import time
-from collections import Counter
 
 import torch
 
-from minift import world
-from minift.heads import TokenClassifier, classifier_loss, encode_ner, ner_splits, predict_tags
+from minift import course, world
+from minift.heads import TokenClassifier, encode_ner, ner_splits
 from minift.model import GPT, GPTConfig
 from minift.peft.common import disable_adapters, remove_adapters
 from minift.peft.io import load_adapter, save_adapter
 from minift.peft.lora import (LoRAConfig, apply_lora, lora_parameter_count, lora_report, merge_and_unload,
                               merge_lora, unmerge_lora)
-from minift.peft.selective import SelectiveConfig, apply_selective, trainable_report
+from minift.peft.selective import SelectiveConfig
 from minift.pretrain import BASE_DIR, forgetting_probe, load_base
-from minift.tasks import collate_fn, entity_f1
-from minift.train import TrainConfig, train
+from minift.tasks import entity_f1
 from minift.report import header, table
 
-parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-parser.add_argument("--fast", action="store_true", help="tiny budgets and eval slices (seconds)")
+parser = course.parser(__doc__)
 parser.add_argument("--sweep", action="store_true", help="pick every method's lr on the val split first "
                                                          "(three rates each, about 4 minutes)")
-args = parser.parse_args()
+args = course.start("05", parser)
 FAST = args.fast
-
-if not (BASE_DIR / "model.safetensors").is_file():
-    sys.exit(f"lesson 05 needs the base model in {BASE_DIR}/; it is shipped with minift "
-             f"(or rebuild it with `minift pretrain`).")
-
-torch.set_num_threads(1)        # tiny matrices: one thread is as fast, and fair on a shared machine
 
 ALL_LINEAR = ("attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj")
 # What each method trains. A task head (head.*) trains in every one of them.
@@ -93,17 +82,14 @@ STEPS, BATCH = (5, 32) if FAST else (150, 32)
 N_EVAL = 40 if FAST else None
 PROBE = dict(n_windows=2, n_facts=12) if FAST else dict(n_windows=16, n_facts=72)
 BLOCK = 128
-t_start = time.perf_counter()
-
-
-def cut(xs):
-    return xs[:N_EVAL] if N_EVAL else xs
-
 
 base, tok = load_base()
-col = collate_fn(tok.pad_id)
 before = forgetting_probe(base, tok, **PROBE)
 ner, items, train_items = ner_splits(tok, BLOCK, N_EVAL)   # examples, encodings, train items
+# the bench (minift/course.py): a fresh TokenClassifier per method, the same head init, data and steps
+bench = course.Bench(METHODS, tok, (ner, items, train_items), steps=STEPS, batch=BATCH, dev="val",
+                     warmup_steps=max(1, STEPS // 10), probe=PROBE, width=24)
+col, f1_on = bench.col, bench.predict
 C = base.config.n_embd
 print(f"task: NER (BIO tags over {', '.join(world.NER_TYPES)}), {len(ner['train'])} training sentences; val "
       f"({len(ner['val'])}) and test ({len(ner['test'])}) name only people never tagged in training. Every run: "
@@ -112,73 +98,15 @@ print(f"base body before fine-tuning: pretraining perplexity {before['pretrain_p
       f"{before['fact_accuracy']:.1%} ({PROBE['n_facts']} probes)")
 
 
-def fresh(method):
-    """A TokenClassifier on a fresh copy of the base, with `method` applied."""
-    torch.manual_seed(0)                                        # the same head (and LoRA A) init
-    body, _ = load_base()
-    clf = TokenClassifier(body, len(world.NER_TAGS))
-    sel = METHODS[method]
-    if isinstance(sel, SelectiveConfig):
-        apply_selective(clf, sel)
-    elif sel is not None:
-        apply_lora(clf, sel)
-    return clf
-
-
-def f1_on(clf, split):
-    pred = predict_tags(clf, items[split], col, world.NER_TAGS)
-    return entity_f1(pred, [e["tags"] for e in ner[split]])["f1"], pred
-
-
-def train_and_measure(method, lr, data=None):
-    clf = fresh(method)
-    rep = trainable_report(clf)["total"]
-    cfg = TrainConfig(steps=STEPS, batch_size=BATCH, lr=lr, warmup_steps=max(1, STEPS // 10), seed=0,
-                      progress=False, desc=method)
-    hist = train(clf, data or train_items, cfg, loss_fn=classifier_loss, collate_fn=col)
-    f1, pred = {}, {}
-    for s in ("val", "test"):
-        f1[s], pred[s] = f1_on(clf, s)
-    after = forgetting_probe(clf.body, tok, **PROBE)            # LoRA: with the adapter on (unmerged)
-    return dict(method=method, lr=lr, rep=rep, f1=f1, pred=pred, time=hist[-1]["time"], after=after, model=clf,
-                loss=(hist[0]["loss"], hist[-1]["loss"]))
-
-
-done = {}                                                       # (method, lr) -> result: --sweep reuses its runs
-
-
-def run(method, lr, quiet=False):
-    if (method, lr) not in done:
-        done[(method, lr)] = train_and_measure(method, lr)
-    r = done[(method, lr)]
-    if not quiet:
-        print(f"{method:<24} lr {lr:g}: loss {r['loss'][0]:.3f} -> {r['loss'][1]:.3f}, val F1 {r['f1']['val']:.3f}, "
-              f"test F1 {r['f1']['test']:.3f}, {r['time']:.1f}s", flush=True)
-    return r
-
-
 # ==============================================================================================
 if args.sweep:
     header("learning-rate sweep: every method at three rates, picked on val F1 (ties within 0.005: smaller lr)")
-    rows = []
-    for method in METHODS:
-        runs = [run(method, lr, quiet=True) for lr in GRID[method]]
-        best = max(r["f1"]["val"] for r in runs)
-        LR[method] = min(r["lr"] for r in runs if r["f1"]["val"] >= best - 0.005)
-        for r in runs:
-            rows.append((method, f"{r['lr']:g}", f"{r['f1']['val']:.3f}", f"{r['f1']['test']:.3f}",
-                         f"{r['after']['pretrain_ppl']:.2f}", f"{r['after']['fact_accuracy']:.0%}",
-                         "<-" if r["lr"] == LR[method] else ""))
-        print(f"  {method}: done", flush=True)
-        for r in runs:                                          # keep the picked model only
-            if r["lr"] != LR[method]:
-                r["model"] = None
-    table(("method", "lr", "val F1", "test F1", "pretrain ppl", "facts", "picked"), rows)
+    bench.sweep(METHODS, GRID, LR, columns=("F1", "forgetting"))     # keeps the picked models only
 
 # ==============================================================================================
 header("1. The low-rank idea: how many directions does full fine-tuning's ΔW use?")
 
-full = run("full", LR["full"])
+full = bench.run("full", LR["full"])
 W_full = dict(full["model"].body.named_parameters())
 W_base = dict(base.named_parameters())
 
@@ -212,7 +140,7 @@ print(f"ΔW = W_full - W0 after full fine-tuning (lr {LR['full']:g}); top-r ener
 
 # ==============================================================================================
 header(f"2. LoRA at several ranks vs full fine-tuning: NER, {STEPS} steps x batch {BATCH}")
-results = [run(m, LR[m]) for m in METHODS]
+results = [bench.run(m, LR[m]) for m in METHODS]
 print("\nwhat trains (the first tensors of each):")
 for r in results:
     names = [n for n, p in r["model"].named_parameters() if p.requires_grad]
@@ -254,14 +182,9 @@ for r in results:
               f"{'yes' if good else 'no '} ({rel(r)}) | forgets less (ppl and facts): {'yes' if less else 'no '} -> "
               f"{'holds' if small and good and less else 'fails'}")
 
-def errors(r, split="val"):
-    return Counter((w, g, p) for e, pp in zip(ner[split], r["pred"][split])
-                   for w, g, p in zip(e["tokens"], e["tags"], pp) if g != p)
-
-
 print("\nWhere the points go: word-tag errors on val (word: gold -> predicted), the commonest five")
 for m in ("full", "full, frozen embeddings", "LoRA r=4 q,v", "LoRA r=4 all linear"):
-    err = errors(quality[m])
+    err = bench.tag_errors(quality[m]["pred"]["val"], words=True)
     print(f"  {m:<24} {sum(err.values()):>3} errors: "
           + ", ".join(f"{w}: {g} -> {p} ({n})" for (w, g, p), n in err.most_common(5)))
 surnames = sorted({w for e in ner["train"] for w, t in zip(e["tokens"], e["tags"]) if t == "I-PER"})
@@ -346,7 +269,7 @@ people_items = [{"idx": it["idx"], "labels": it["labels"]} for it in encode_ner(
 gold_people = [[t if t.endswith("PER") else "O" for t in e["tags"]] for e in ner["val"]]
 print(f"task B, 'people only' (e.g. to redact names): the same sentences with every tag but B-PER/I-PER set to O. "
       f"Its adapter: LoRA r=4 q,v, lr {LR['LoRA r=4 q,v']:g}, {STEPS} steps (the task A recipe, not tuned again).")
-res_b = train_and_measure("LoRA r=4 q,v", LR["LoRA r=4 q,v"], data=people_items)
+res_b = bench.train_and_measure("LoRA r=4 q,v", LR["LoRA r=4 q,v"], data=people_items)
 trained = {"A: all entities": quality["LoRA r=4 q,v"], "B: people only": res_b}
 tmp = tempfile.TemporaryDirectory()
 dirs = {}
@@ -388,5 +311,5 @@ for k, p in tagged[:2]:
     print(f"  {k:<16} " + ", ".join(f"{w}/{t}" for w, t in zip(ner["val"][ex]["tokens"], p) if t != "O"))
 tmp.cleanup()
 
-print(f"\ntotal: {time.perf_counter() - t_start:.1f}s wall ({torch.get_num_threads()} thread; wall grows when "
+print(f"\ntotal: {course.elapsed():.1f}s wall ({torch.get_num_threads()} thread; wall grows when "
       f"other jobs share the cores)")

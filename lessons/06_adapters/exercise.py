@@ -1,14 +1,8 @@
 """Lesson 06 exercise: a bottleneck adapter, the function every adapter in this lesson computes.
 
-Fill in the function below (delete the `raise NotImplementedError`), then grade your file:
-
-    minift check 06
-    minift verify --impl lessons/06_adapters/exercise.py --only lesson06
-    pytest -m lesson06 --impl lessons/06_adapters/exercise.py
-
-Every check is a property tested on many small random inputs; a failing check prints the
-smallest input hypothesis could find that breaks it (printed as "counterexample: <check>(<arguments>)"). Paste it into
-a Python shell and compare your output with the formula by hand.
+Fill in the function below (delete the `raise NotImplementedError`), then grade your file with
+`minift check 06`. How grading works (points, counterexamples, your own copy, --impl, --pytest,
+minift verify): lessons/README.md, "Grading your exercise".
 
 Rules: plain PyTorch (torch, torch.nn.functional); do not call minift.
 """

@@ -23,50 +23,37 @@ Prints, top to bottom:
     python lessons/06_adapters/walkthrough.py --sweep   # re-pick every lr from {1e-3, 3e-3, 1e-2, 3e-2}
 
 Everything it uses lives in the library (minift/peft/adapters.py, minift/peft/lora.py,
-minift/peft/common.py, minift/peft/io.py, minift/heads.py, minift/train.py, minift/pretrain.py);
-this file only calls it and prints.
+minift/peft/common.py, minift/peft/io.py, minift/heads.py, minift/train.py, minift/pretrain.py;
+the train-and-measure bench: minift/course.py); this file only calls it and prints.
 """
 EXPECTED_SECONDS = 100
 FAST_SECONDS = 13
 
-import argparse
 import copy
 import os
-import sys
 import tempfile
-import time
-from collections import Counter
 
 import torch
 
-from minift import world
-from minift.heads import TokenClassifier, classifier_loss, ner_splits, predict_tags
+from minift import course, world
+from minift.heads import ner_splits
 from minift.peft.adapters import AdapterConfig, adapter_parameter_count, adapters_state_dict, apply_adapters
 from minift.peft.common import count_adapter_parameters, disable_adapters
 from minift.peft.io import apply_config, save_adapter
 from minift.peft.lora import LoRAConfig, apply_lora, lora_parameter_count, merge_lora
-from minift.peft.selective import SelectiveConfig, trainable_report
-from minift.pretrain import BASE_DIR, forgetting_probe, load_base
-from minift.tasks import LMDataset, collate_fn, entity_f1
-from minift.train import TrainConfig, train
+from minift.peft.selective import SelectiveConfig
+from minift.pretrain import forgetting_probe, load_base
+from minift.tasks import LMDataset
 from minift.report import header, table
 
-parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-parser.add_argument("--fast", action="store_true", help="tiny budgets and eval slices (seconds)")
+parser = course.parser(__doc__)
 parser.add_argument("--sweep", action="store_true", help="sweep every method's lr over {1e-3, 3e-3, 1e-2, 3e-2} "
                                                          "on the dev split first (about 4 minutes)")
 parser.add_argument("--seeds", type=int, default=1, metavar="K",
                     help="at the end, retrain part 2's methods with seeds 0..K-1 (init and data order) and "
                          "print the spread of dev/test F1 (K=3: about 2 more minutes)")
-args = parser.parse_args()
+args = course.start("06", parser)
 FAST = args.fast
-
-if not (BASE_DIR / "model.safetensors").is_file():
-    sys.exit(f"lesson 06 needs the base model in {BASE_DIR}/; it is shipped with minift "
-             f"(or rebuild it with `minift pretrain`).")
-
-torch.set_num_threads(1)        # tiny matrices: one thread is as fast, and fair on a shared machine
-t_start = time.perf_counter()
 
 base, tok = load_base()
 C, L = base.config.n_embd, base.config.n_layer
@@ -105,24 +92,10 @@ SWEEP_M = (1,) if FAST else (1, 64)
 TIMING_ROUNDS = 3 if FAST else 20
 BLOCK = 128
 
-
-def kib(n):
-    return f"{n / 1024:,.1f} KiB" if n < 1024 ** 2 else f"{n / 1024 ** 2:,.2f} MiB"
-
-
-def cut(xs):
-    return xs[:N_EVAL] if N_EVAL else xs
-
-
-def fresh(method, seed=0, cfg=None):
-    """A TokenClassifier on a fresh copy of the base, with `method` (or `cfg`) applied."""
-    torch.manual_seed(seed)                                     # the same head init for every method
-    body, _ = load_base()
-    return apply_config(TokenClassifier(body, len(world.NER_TAGS)), METHODS[method] if cfg is None else cfg)
-
-
-col = collate_fn(tok.pad_id)
 ner, items, train_items = ner_splits(tok, BLOCK, N_EVAL, dev_key="dev")   # examples, encodings, train items
+# the bench (minift/course.py): a fresh TokenClassifier per method, the same head init, data and steps
+bench = course.Bench(METHODS, tok, (ner, items, train_items), steps=STEPS, batch=BATCH, width=16)
+col, fresh = bench.col, bench.fresh
 lm_val = LMDataset(tok, world.pretrain_corpus("val"), BLOCK)
 lm_batch = torch.stack([lm_val[i]["idx"] for i in range(4)])     # (4, 128) pretraining text
 print(f"task: NER (BIO tags over {', '.join(world.NER_TYPES)}), {len(ner['train'])} training sentences; "
@@ -200,80 +173,31 @@ with torch.no_grad():
               f"max |difference| = {(got - want).abs().max().item():.1e}")
 
 # ==============================================================================================
-done = {}                                                       # (method, lr) -> result: --sweep reuses its runs
-
-
-def train_and_measure(method, lr, cfg=None, seed=0, unfreeze=()):
-    """Train one classifier (method's config, or `cfg`; `unfreeze`: extra parameter names made
-    trainable after apply) and measure it."""
-    clf = fresh(method, seed, cfg)
-    for n, p in clf.named_parameters():
-        if any(u in n for u in unfreeze):
-            p.requires_grad = True
-    rep = trainable_report(clf)["total"]
-    n_adapter = count_adapter_parameters(clf)
-    tc = TrainConfig(steps=STEPS, batch_size=BATCH, lr=lr, seed=seed, progress=False, desc=method)
-    hist = train(clf, train_items, tc, loss_fn=classifier_loss, collate_fn=col)
-    pred = {s: predict_tags(clf, items[s], col, world.NER_TAGS) for s in ("dev", "test")}
-    f1 = {s: entity_f1(pred[s], [e["tags"] for e in ner[s]])["f1"] for s in ("dev", "test")}
-    return dict(method=method, lr=lr, rep=rep, n_adapter=n_adapter, f1=f1, pred=pred, time=hist[-1]["time"],
-                clf=clf, loss=(hist[0]["loss"], hist[-1]["loss"]))
-
-
-def run(method, lr, quiet=False):
-    if (method, lr) not in done:
-        done[(method, lr)] = train_and_measure(method, lr)
-    r = done[(method, lr)]
-    if not quiet:
-        print(f"{method:<16} lr {lr:g}: loss {r['loss'][0]:.3f} -> {r['loss'][1]:.3f}, dev F1 {r['f1']['dev']:.3f}, "
-              f"test F1 {r['f1']['test']:.3f}, {r['time']:.1f}s", flush=True)
-    return r
-
-
 if args.sweep:
     header(f"learning-rate sweep: every method at lr in {LRS}, {STEPS} steps x batch {BATCH}, picked on dev")
-    rows = []
-    for method in METHODS:
-        runs = [run(method, lr, quiet=True) for lr in LRS]
-        best = max(r["f1"]["dev"] for r in runs)
-        LR[method] = min(r["lr"] for r in runs if r["f1"]["dev"] >= best - 0.005)
-        for r in runs:
-            rows.append((method, f"{r['lr']:g}", f"{r['loss'][1]:.3f}", f"{r['f1']['dev']:.3f}",
-                         f"{r['f1']['test']:.3f}", "<-" if r["lr"] == LR[method] else ""))
-            if r["lr"] != LR[method]:
-                r.pop("clf")                                    # keep memory small: only the picked models
-        print(f"  {method}: done", flush=True)
-    table(("method", "lr", "final loss", "dev F1", "test F1", "picked"), rows)
+    bench.sweep(METHODS, LRS, LR)                              # keeps the picked models only
 
 header(f"2. One NER model per method, at a matched budget: {STEPS} steps x batch {BATCH}, AdamW, warmup + cosine, "
        f"seed 0")
 before = forgetting_probe(base, tok, **PROBE)
-results = {m: run(m, LR[m]) for m in METHODS}
+results = {m: bench.run(m, LR[m]) for m in METHODS}
 
 # ---- inference cost: forward time of each trained classifier vs the plain base classifier ------
-# Same batch (64 dev sentences), eval mode, no grad. Measured as this process's CPU time
-# (time.process_time: one torch thread, so CPU time is the work), which other jobs on a shared
-# machine do not inflate as they do wall time; rounds interleaved over the models, fastest kept.
+# Same batch (64 dev sentences), eval mode, no grad, CPU time, rounds interleaved, fastest kept
+# (course.forward_cpu_seconds).
 tbatch = col([{"idx": it["idx"], "labels": it["labels"]} for it in items["dev"][:64]])
-lora_merged = copy.deepcopy(results["LoRA q,v"]["clf"])
+lora_merged = copy.deepcopy(results["LoRA q,v"]["model"])
 merge_lora(lora_merged)                                           # W = W0 + s B A, in place
-timed = {"base": fresh("full"), **{m: results[m]["clf"] for m in PEFT}, "LoRA q,v merged": lora_merged}
-best_t = {k: float("inf") for k in timed}
+timed = {"base": fresh("full"), **{m: results[m]["model"] for m in PEFT}, "LoRA q,v merged": lora_merged}
+best_t = course.forward_cpu_seconds(timed, tbatch, TIMING_ROUNDS)
 with torch.no_grad():
-    for m in timed.values():
-        m.eval()(tbatch["idx"], attention_mask=tbatch["attention_mask"])      # warm up
-    for _ in range(TIMING_ROUNDS):
-        for k, m in timed.items():
-            t0 = time.process_time()
-            m(tbatch["idx"], attention_mask=tbatch["attention_mask"])
-            best_t[k] = min(best_t[k], time.process_time() - t0)
-    un = results["LoRA q,v"]["clf"](tbatch["idx"], attention_mask=tbatch["attention_mask"]).logits
+    un = results["LoRA q,v"]["model"](tbatch["idx"], attention_mask=tbatch["attention_mask"]).logits
     mg = lora_merged(tbatch["idx"], attention_mask=tbatch["attention_mask"]).logits
 ratio = {k: v / best_t["base"] for k, v in best_t.items()}
 
 # ---- the body as a language model, adapter on and off -----------------------------------------
 for m, r in results.items():
-    body = r["clf"].body
+    body = r["model"].body
     r["probe_on"] = forgetting_probe(body, tok, **PROBE)              # full: the fine-tuned body
     if m in PEFT:
         with disable_adapters(body):
@@ -306,11 +230,11 @@ print(f"train time vs full fine-tuning: " + ", ".join(f"{m} {results[m]['time'] 
 sizes = {}
 with tempfile.TemporaryDirectory() as d:
     for m in PEFT:
-        save_adapter(results[m]["clf"], os.path.join(d, m))
+        save_adapter(results[m]["model"], os.path.join(d, m))
         sizes[m] = sum(os.path.getsize(os.path.join(d, m, f)) for f in os.listdir(os.path.join(d, m)))
 print("a task on disk (save_adapter: adapter + head tensors, safetensors + JSON): "
-      + ", ".join(f"{m} {kib(s)}" for m, s in sizes.items())
-      + f"; the whole fine-tuned model is {kib(4 * full['rep']['params'])} of fp32 weights.")
+      + ", ".join(f"{m} {course.kib(s)}" for m, s in sizes.items())
+      + f"; the whole fine-tuned model is {course.kib(4 * full['rep']['params'])} of fp32 weights.")
 
 print("\nWhat forgetting means when the base never moves (the same checks for every adapter method):")
 shipped = load_base()[0].state_dict()
@@ -318,7 +242,7 @@ rows = []
 with torch.no_grad():
     want = base(lm_batch).logits
     for m in PEFT:
-        body = results[m]["clf"].body
+        body = results[m]["model"].body
         sd = body.state_dict()
         same = all(k in sd and torch.equal(sd[k], v) for k, v in shipped.items())
         with disable_adapters(body):
@@ -336,7 +260,7 @@ print(f"before fine-tuning: pretrain ppl {before['pretrain_ppl']:.2f}, facts {be
 # ---- where the remaining dev errors are --------------------------------------------------------
 print("\nThe commonest dev errors, word tags (gold -> predicted), and how many words each method gets wrong:")
 for m, r in results.items():
-    errs = Counter((g, p) for e, pp in zip(ner["dev"], r["pred"]["dev"]) for g, p in zip(e["tags"], pp) if g != p)
+    errs = bench.tag_errors(r["pred"]["dev"])
     print(f"  {m:<16} {sum(errs.values()):>3} wrong: " + (", ".join(f"{g} -> {p} {n}" for (g, p), n in
                                                                errs.most_common(3)) or "none"))
 pf = results["series Pfeiffer"]
@@ -359,35 +283,28 @@ rows = []
 sweep = {M["pfeiffer"]: results["series Pfeiffer"]}
 for m in SWEEP_M:
     cfg = AdapterConfig(kind="series", placement="pfeiffer", bottleneck=m)
-    sweep[m] = train_and_measure(f"Pfeiffer m={m}", LR["series Pfeiffer"], cfg=cfg)
+    sweep[m] = bench.train_and_measure(f"Pfeiffer m={m}", LR["series Pfeiffer"], cfg=cfg)
 for m in sorted(sweep):
     r = sweep[m]
     rows.append((f"m = {m}", f"{r['n_adapter']:,}", f"{r['rep']['trainable']:,}", f"{r['rep']['share']:.2%}",
                  f"{r['loss'][1]:.3f}", f"{r['f1']['dev']:.3f}", f"{r['f1']['test']:.3f}", f"{r['time']:.1f}s"))
 # the same adapter, plus the token embedding table (tied to the LM head): no longer "the base is untouched"
-emb = train_and_measure("Pfeiffer + wte", LR["series Pfeiffer"], cfg=METHODS["series Pfeiffer"],
+emb = bench.train_and_measure("Pfeiffer + wte", LR["series Pfeiffer"], cfg=METHODS["series Pfeiffer"],
                         unfreeze=("transformer.wte.",))
 rows.append((f"m = {M['pfeiffer']} + wte", f"{emb['n_adapter']:,}", f"{emb['rep']['trainable']:,}",
              f"{emb['rep']['share']:.2%}", f"{emb['loss'][1]:.3f}", f"{emb['f1']['dev']:.3f}",
              f"{emb['f1']['test']:.3f}", f"{emb['time']:.1f}s"))
 table(("series Pfeiffer", "adapter", "trainable", "share", "final loss", "dev F1", "test F1", "train time"), rows)
-errs = Counter((g, p) for e, pp in zip(ner["dev"], emb["pred"]["dev"]) for g, p in zip(e["tags"], pp) if g != p)
+errs = bench.tag_errors(emb["pred"]["dev"])
 print(f"with wte trainable: {sum(errs.values())} wrong dev words" + (": " + ", ".join(
     f"{g} -> {p} {n}" for (g, p), n in errs.most_common(3)) if errs else "") + ".")
 
 print(f"\nreference: head-only dev F1 {results['head-only']['f1']['dev']:.3f}, full fine-tuning "
-      f"{full['f1']['dev']:.3f}. Total time {time.perf_counter() - t_start:.0f}s.")
+      f"{full['f1']['dev']:.3f}. Total time {course.elapsed():.0f}s.")
 
 # ==============================================================================================
 if args.seeds > 1:
     seeds = list(range(args.seeds))
     header(f"4. Seed spread: part 2's methods and rates, seeds {seeds} (head and adapter init, data order)")
-    rows = []
-    for m in METHODS:
-        runs = [results[m]] + [train_and_measure(m, LR[m], seed=sd) for sd in seeds[1:]]
-        dev, test = [r["f1"]["dev"] for r in runs], [r["f1"]["test"] for r in runs]
-        rows.append((m, f"{LR[m]:g}", " ".join(f"{x:.3f}" for x in dev), f"{sum(dev) / len(dev):.3f}",
-                     f"{max(dev) - min(dev):.3f}", " ".join(f"{x:.3f}" for x in test), f"{sum(test) / len(test):.3f}"))
-        print(f"  {m}: done", flush=True)
-    table(("method", "lr", "dev F1 per seed", "mean", "range", "test F1 per seed", "mean"), rows)
-    print(f"Total time {time.perf_counter() - t_start:.0f}s.")
+    bench.seed_spread(METHODS, LR, seeds, results)
+    print(f"Total time {course.elapsed():.0f}s.")

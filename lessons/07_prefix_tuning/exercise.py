@@ -1,15 +1,9 @@
 """Lesson 07 exercise: the two functions prefix tuning is made of, attention that also sees a
 prefix, and the reparameterisation that produces the prefix.
 
-Fill in the functions below (delete each `raise NotImplementedError`), then grade your file:
-
-    minift check 07
-    minift verify --impl lessons/07_prefix_tuning/exercise.py --only lesson07
-    pytest -m lesson07 --impl lessons/07_prefix_tuning/exercise.py
-
-Every check is a property tested on many small random inputs; a failing check prints the
-smallest input hypothesis could find that breaks it (printed as "counterexample: <check>(<arguments>)"). Paste it into
-a Python shell and compare your output with the formula by hand.
+Fill in the functions below (delete each `raise NotImplementedError`), then grade your file with
+`minift check 07`. How grading works (points, counterexamples, your own copy, --impl, --pytest,
+minift verify): lessons/README.md, "Grading your exercise".
 
 Rules: plain PyTorch (torch, torch.nn.functional); do not call minift.
 """

@@ -24,48 +24,36 @@ Prints, top to bottom:
     python lessons/07_prefix_tuning/walkthrough.py --sweep   # re-pick the prefix lrs from {3e-3, 1e-2, 3e-2, 1e-1}
 
 Everything it uses lives in the library (minift/peft/prefix.py, minift/peft/lora.py,
-minift/peft/common.py, minift/heads.py, minift/train.py, minift/pretrain.py); this file only
-calls it and prints.
+minift/peft/common.py, minift/heads.py, minift/train.py, minift/pretrain.py; the
+train-and-measure bench: minift/course.py); this file only calls it and prints.
 """
 EXPECTED_SECONDS = 110
 FAST_SECONDS = 12
 
-import argparse
 import copy
-import sys
-import time
 
 import torch
 
-from minift import world
-from minift.heads import TokenClassifier, classifier_loss, ner_splits, predict_tags
+from minift import course, world
+from minift.heads import ner_splits, predict_tags
 from minift.peft.common import count_adapter_parameters, disable_adapters
 from minift.peft.lora import LoRAConfig
 from minift.peft.prefix import (PrefixConfig, fold_prefix, prefix_attention_mass,
                                 prefix_parameter_count, prefix_state_dict)
-from minift.peft.selective import SelectiveConfig, trainable_report
+from minift.peft.selective import SelectiveConfig
 from minift.peft.io import apply_config
-from minift.pretrain import BASE_DIR, load_base
+from minift.pretrain import load_base
 from minift.report import header, table
-from minift.tasks import collate_fn, entity_f1
-from minift.train import TrainConfig, train
+from minift.tasks import entity_f1
 
-parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-parser.add_argument("--fast", action="store_true", help="tiny budgets and eval slices (seconds)")
+parser = course.parser(__doc__)
 parser.add_argument("--sweep", action="store_true", help="sweep the prefix rows' lr over {3e-3, 1e-2, 3e-2, 1e-1} "
                                                          "on the dev split first (about 4 minutes)")
 parser.add_argument("--seeds", type=int, default=1, metavar="K",
                     help="at the end, retrain part 2's methods with seeds 0..K-1 (head and prefix init, data "
                          "order) and print the spread of dev/test F1 (K=3: about 3 more minutes)")
-args = parser.parse_args()
+args = course.start("07", parser)
 FAST = args.fast
-
-if not (BASE_DIR / "model.safetensors").is_file():
-    sys.exit(f"lesson 07 needs the base model in {BASE_DIR}/; it is shipped with minift "
-             f"(or rebuild it with `minift pretrain`).")
-
-torch.set_num_threads(1)        # tiny matrices: one thread is as fast, and fair on a shared machine
-t_start = time.perf_counter()
 
 base, tok = load_base()
 C, L, H, D = base.config.n_embd, base.config.n_layer, base.config.n_head, base.config.head_dim
@@ -92,21 +80,11 @@ N_EVAL = 30 if FAST else None
 TIMING_ROUNDS = 1 if FAST else 20
 BLOCK = 128
 
-
-def cut(xs):
-    return xs[:N_EVAL] if N_EVAL else xs
-
-
-def fresh(method, seed=0):
-    """A TokenClassifier on a fresh copy of the base with `method` applied; the same head init for
-    every method (the seed is set before the head is built; the prefix is drawn after it)."""
-    torch.manual_seed(seed)
-    body, _ = load_base()
-    return apply_config(TokenClassifier(body, len(world.NER_TAGS)), METHODS[method])
-
-
-col = collate_fn(tok.pad_id)
 ner, items, train_items = ner_splits(tok, BLOCK, N_EVAL, dev_key="dev")   # examples, encodings, train items
+# the bench (minift/course.py): a fresh TokenClassifier per method, the same head init (the seed is
+# set before the head is built; the prefix is drawn after it), data and steps
+bench = course.Bench(METHODS, tok, (ner, items, train_items), steps=STEPS, batch=BATCH, width=26)
+col, fresh = bench.col, bench.fresh
 dev_batch = col([{"idx": it["idx"], "labels": it["labels"]} for it in items["dev"][:64]])
 print(f"'init': the prefix starts at the base model's own keys/values of the tokens {tok.decode(INIT_IDS)!r} "
       f"(the first {P} tokens of the training text; the paper initialises with real words' activations)")
@@ -159,65 +137,21 @@ print(f"(c) greedy generation, 20 tokens, random prefix P = {P}: KV cache == unc
       f"{torch.equal(g_cache, g_full)} (the cache holds the real tokens; the prefix is supplied again at every step)")
 
 # ==============================================================================================
-done = {}
-
-
-def train_and_measure(method, lr, seed=0):
-    clf = fresh(method, seed)
-    rep = trainable_report(clf)["total"]
-    n_method = count_adapter_parameters(clf) if method != "head-only" else 0
-    tc = TrainConfig(steps=STEPS, batch_size=BATCH, lr=lr, seed=seed, progress=False, desc=method)
-    hist = train(clf, train_items, tc, loss_fn=classifier_loss, collate_fn=col)
-    f1 = {s: entity_f1(predict_tags(clf, items[s], col, world.NER_TAGS), [e["tags"] for e in ner[s]])["f1"]
-          for s in ("dev", "test")}
-    return dict(method=method, lr=lr, rep=rep, n=n_method, f1=f1, time=hist[-1]["time"], clf=clf,
-                loss=(hist[0]["loss"], hist[-1]["loss"]))
-
-
-def run(method, lr, quiet=False):
-    if (method, lr) not in done:
-        done[(method, lr)] = train_and_measure(method, lr)
-    r = done[(method, lr)]
-    if not quiet:
-        print(f"{method:<26} lr {lr:g}: loss {r['loss'][0]:.3f} -> {r['loss'][1]:.3f}, dev F1 {r['f1']['dev']:.3f}, "
-              f"test F1 {r['f1']['test']:.3f}, {r['time']:.1f}s", flush=True)
-    return r
-
-
 if args.sweep:
     header(f"learning-rate sweep: the prefix rows at lr in {LRS}, {STEPS} steps x batch {BATCH}, picked on dev")
-    rows = []
-    for method in PREFIX:
-        runs = [run(method, lr, quiet=True) for lr in LRS]
-        best = max(r["f1"]["dev"] for r in runs)
-        LR[method] = min(r["lr"] for r in runs if r["f1"]["dev"] >= best - 0.005)
-        for r in runs:
-            rows.append((method, f"{r['lr']:g}", f"{r['loss'][1]:.3f}", f"{r['f1']['dev']:.3f}",
-                         f"{r['f1']['test']:.3f}", "<-" if r["lr"] == LR[method] else ""))
-            if r["lr"] != LR[method]:
-                r.pop("clf")
-        print(f"  {method}: done", flush=True)
-    table(("method", "lr", "final loss", "dev F1", "test F1", "picked"), rows)
+    bench.sweep(PREFIX, LRS, LR)                               # keeps the picked models only
 
 header(f"2. One NER model per method: {STEPS} steps x batch {BATCH}, AdamW, warmup + cosine, seed 0")
-results = {m: run(m, LR[m]) for m in METHODS}
+results = {m: bench.run(m, LR[m]) for m in METHODS}
 
 # forward CPU time of each trained classifier vs the plain base classifier (64 dev sentences, eval,
 # no grad; this process's CPU time, rounds interleaved, fastest kept), as in lesson 06
 main = results[f"prefix P={P}"]
-folded = copy.deepcopy(main["clf"])
+folded = copy.deepcopy(main["model"])
 fold_prefix(folded)
-timed = {"base": fresh("head-only"), **{m: r["clf"] for m, r in results.items() if m != "head-only"},
+timed = {"base": fresh("head-only"), **{m: r["model"] for m, r in results.items() if m != "head-only"},
          f"prefix P={P} folded": folded}
-best_t = {k: float("inf") for k in timed}
-with torch.no_grad():
-    for m in timed.values():
-        m.eval()(dev_batch["idx"], attention_mask=dev_batch["attention_mask"])
-    for _ in range(TIMING_ROUNDS):
-        for k, m in timed.items():
-            t0 = time.process_time()
-            m(dev_batch["idx"], attention_mask=dev_batch["attention_mask"])
-            best_t[k] = min(best_t[k], time.process_time() - t0)
+best_t = course.forward_cpu_seconds(timed, dev_batch, TIMING_ROUNDS)
 ratio = {k: v / best_t["base"] for k, v in best_t.items()}
 
 print()
@@ -225,7 +159,7 @@ rows = []
 t_lora = results["LoRA r=4 q,v"]["time"]
 for m, r in results.items():
     rep = r["rep"]
-    rows.append((m, f"{r['lr']:g}", f"{r['n']:,}" if r["n"] else "-", f"{rep['trainable']:,}", f"{rep['share']:.2%}",
+    rows.append((m, f"{r['lr']:g}", f"{r['n_adapter']:,}" if m != "head-only" else "-", f"{rep['trainable']:,}", f"{rep['share']:.2%}",
                  f"{r['loss'][0]:.3f}", f"{r['f1']['dev']:.3f}", f"{r['f1']['test']:.3f}",
                  f"{r['time'] / t_lora:.2f}x", f"{ratio[m]:.2f}x" if m in ratio else "= base"))
 table(("method", "lr", "method params", "trainable", "share", "loss step 0", "dev F1", "test F1",
@@ -237,15 +171,15 @@ print(f"trainable = the method's parameters + the task head ({head:,} = 9 tags x
       f"{TIMING_ROUNDS} interleaved rounds).")
 
 with torch.no_grad():
-    a = main["clf"](dev_batch["idx"], attention_mask=dev_batch["attention_mask"]).logits
+    a = main["model"](dev_batch["idx"], attention_mask=dev_batch["attention_mask"]).logits
     b = folded(dev_batch["idx"], attention_mask=dev_batch["attention_mask"]).logits
 f1_fold = entity_f1(predict_tags(folded, items["test"], col, world.NER_TAGS), [e["tags"] for e in ner["test"]])["f1"]
 print(f"\nfolded (fold_prefix: P_theta = MLP(P'_theta) evaluated once, the MLP dropped): "
-      f"{count_adapter_parameters(folded):,} prefix numbers instead of {main['n']:,}; max |logits folded - unfolded| = "
+      f"{count_adapter_parameters(folded):,} prefix numbers instead of {main['n_adapter']:,}; max |logits folded - unfolded| = "
       f"{(a - b).abs().max().item():.1e}; test F1 {f1_fold:.3f} (unfolded {main['f1']['test']:.3f}); forward "
       f"{ratio[f'prefix P={P} folded']:.2f}x the base.")
-with disable_adapters(main["clf"]):
-    pred_off = predict_tags(main["clf"], items["dev"], col, world.NER_TAGS)
+with disable_adapters(main["model"]):
+    pred_off = predict_tags(main["model"], items["dev"], col, world.NER_TAGS)
 f1_off = entity_f1(pred_off, [e["tags"] for e in ner["dev"]])["f1"]
 print(f"the trained prefix P={P} model with its prefix switched off (disable_adapters; its head stays): dev F1 "
       f"{f1_off:.3f} (on: {main['f1']['dev']:.3f}; head-only trained alone: {results['head-only']['f1']['dev']:.3f})")
@@ -255,7 +189,7 @@ header("3. What the model sees: the share of attention on the prefix, per block 
 rows = []
 for m in PREFIX:
     before = prefix_attention_mass(fresh(m).eval().body, dev_batch["idx"], dev_batch["attention_mask"])
-    after = prefix_attention_mass(results[m]["clf"].body, dev_batch["idx"], dev_batch["attention_mask"])
+    after = prefix_attention_mass(results[m]["model"].body, dev_batch["idx"], dev_batch["attention_mask"])
     rows.append((m, *(f"{before[i].mean():.2f} -> {after[i].mean():.2f}" for i in range(L)),
                  f"{after.min():.2f} .. {after.max():.2f}"))
 table(("method", *(f"block {i}" for i in range(L)), "heads after (min .. max)"), rows)
@@ -275,7 +209,7 @@ def block_qk(gpt, hidden, i):
 am = dev_batch["attention_mask"].bool()
 T = am.shape[1]
 seen = torch.ones(T, T, dtype=torch.bool).tril()[None, None] & am[:, None, :, None] & am[:, None, None, :]
-trained, at_init = main["clf"].body, fresh(f"prefix P={P}").eval().body
+trained, at_init = main["model"].body, fresh(f"prefix P={P}").eval().body
 rows = []
 with torch.no_grad():
     hid = base(dev_batch["idx"], attention_mask=dev_batch["attention_mask"], output_hidden_states=True).hidden_states
@@ -297,13 +231,6 @@ print(f"scores = q_t . k_s / sqrt(D) over the real (query, key) pairs with s <= 
 if args.seeds > 1:
     seeds = list(range(args.seeds))
     header(f"4. Seed spread: part 2's methods and rates, seeds {seeds} (head and prefix init, data order)")
-    rows = []
-    for m in METHODS:
-        runs = [results[m]] + [train_and_measure(m, LR[m], seed=sd) for sd in seeds[1:]]
-        dev, test = [r["f1"]["dev"] for r in runs], [r["f1"]["test"] for r in runs]
-        rows.append((m, f"{LR[m]:g}", " ".join(f"{x:.3f}" for x in dev), f"{sum(dev) / len(dev):.3f}",
-                     f"{max(dev) - min(dev):.3f}", " ".join(f"{x:.3f}" for x in test), f"{sum(test) / len(test):.3f}"))
-        print(f"  {m}: done", flush=True)
-    table(("method", "lr", "dev F1 per seed", "mean", "range", "test F1 per seed", "mean"), rows)
+    bench.seed_spread(METHODS, LR, seeds, results)
 
-print(f"\nlesson 07 ran in {time.perf_counter() - t_start:.0f}s")
+print(f"\nlesson 07 ran in {course.elapsed():.0f}s")

@@ -1,16 +1,8 @@
 """Lesson 08 exercise: the four rules that make prompt tuning correct, as plain functions.
 
-Copy it to your workspace, fill in the functions below (delete each `raise NotImplementedError`),
-then grade your file:
-
-    minift exercise 08            # -> exercises/08_prompt_tuning.py, yours to edit
-    minift check 08               # one point per conformance check (7), with counterexamples
-    minift verify --impl exercises/08_prompt_tuning.py --only lesson08
-    minift check 08 --pytest      # every test of the lesson, under pytest
-
-Every check is a property tested on many small random inputs; a failing check prints the
-smallest input hypothesis could find that breaks it (printed as "counterexample: <check>(<arguments>)"). Paste it into
-a Python shell and compare your output with the formula by hand.
+Fill in the functions below (delete each `raise NotImplementedError`), then grade your file with
+`minift check 08`. How grading works (points, counterexamples, your own copy, --impl, --pytest,
+minift verify): lessons/README.md, "Grading your exercise".
 
 Rules: plain PyTorch (torch, torch.nn.functional); do not call minift.
 """

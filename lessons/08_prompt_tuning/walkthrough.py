@@ -23,44 +23,31 @@ Prints, top to bottom:
     python lessons/08_prompt_tuning/walkthrough.py --fast    # the seconds-long version the tests run
 
 Everything it uses lives in the library (minift/peft/prompt.py, minift/peft/lora.py,
-minift/peft/common.py, minift/heads.py, minift/train.py, minift/pretrain.py); this file only
-calls it and prints.
+minift/peft/common.py, minift/heads.py, minift/train.py, minift/pretrain.py; the
+train-and-measure bench: minift/course.py); this file only calls it and prints.
 """
 EXPECTED_SECONDS = 110
 FAST_SECONDS = 12
 
-import argparse
-import sys
-import time
-
 import torch
 
-from minift import world
-from minift.heads import TokenClassifier, classifier_loss, ner_splits, predict_tags
-from minift.peft.common import count_adapter_parameters, disable_adapters
-from minift.peft.lora import LoRAConfig, apply_lora
+from minift import course, world
+from minift.heads import ner_splits
+from minift.peft.common import disable_adapters
+from minift.peft.io import apply_config
+from minift.peft.lora import LoRAConfig
 from minift.peft.prompt import PromptConfig, apply_prompt, nearest_tokens, prepend_soft_prompt
-from minift.peft.selective import SelectiveConfig, apply_selective, trainable_report
-from minift.pretrain import BASE_DIR, load_base
+from minift.peft.selective import SelectiveConfig
+from minift.pretrain import load_base
 from minift.report import header, table
-from minift.tasks import collate_fn, entity_f1
-from minift.train import TrainConfig, train
 
-parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-parser.add_argument("--fast", action="store_true", help="tiny budgets and eval slices (seconds)")
+parser = course.parser(__doc__)
 parser.add_argument("--sweep", action="store_true", help="pick the prompts' lr from {1e-2, 3e-2, 1e-1} on dev first")
 parser.add_argument("--seeds", type=int, default=1, metavar="K", help="retrain part 2's n = 16 rows with seeds 0..K-1")
 parser.add_argument("--lengths", type=int, nargs="+", default=[1, 4], metavar="N",
                     help="the extra prompt lengths of part 2 (vocabulary init); default 1 4 (64 costs ~40 s more)")
-args = parser.parse_args()
+args = course.start("08", parser)
 FAST = args.fast
-
-if not (BASE_DIR / "model.safetensors").is_file():
-    sys.exit(f"lesson 08 needs the base model in {BASE_DIR}/; it is shipped with minift "
-             f"(or rebuild it with `minift pretrain`).")
-
-torch.set_num_threads(1)        # tiny matrices: one thread is as fast, and fair on a shared machine
-t_start = time.perf_counter()
 
 base, tok = load_base()
 C, L, BS = base.config.n_embd, base.config.n_layer, base.config.block_size
@@ -87,31 +74,25 @@ TIMING_ROUNDS = 3 if FAST else 10
 BLOCK = 128
 
 
-def cut(xs):
-    return xs[:N_EVAL] if N_EVAL else xs
-
-
-def fresh(method, seed=0, cfg=None):
-    """A TokenClassifier on a fresh copy of the base with the method applied (same head init for all)."""
-    torch.manual_seed(seed)
-    body, _ = load_base()
-    clf = TokenClassifier(body, len(world.NER_TAGS))
-    cfg = METHODS[method] if cfg is None else cfg
+def apply(clf, cfg):
+    """apply_config, and the tokenizer a text-initialised prompt needs."""
     if isinstance(cfg, PromptConfig):
         apply_prompt(clf, cfg, tokenizer=tok)
-    elif isinstance(cfg, LoRAConfig):
-        apply_lora(clf, cfg)
-    else:
-        apply_selective(clf, cfg)
-    return clf
+        return clf
+    return apply_config(clf, cfg)
 
 
 def piece(i):
     return repr(tok.decode([int(i)]))
 
 
-col = collate_fn(tok.pad_id)
 ner, items, train_items = ner_splits(tok, BLOCK, N_EVAL, dev_key="dev")   # examples, encodings, train items
+# the bench (minift/course.py): a fresh TokenClassifier per method, the same head init, data and steps;
+# each prompt at init is kept (P0) for part 3; train time as CPU seconds
+bench = course.Bench(METHODS, tok, (ner, items, train_items), steps=STEPS, batch=BATCH, width=20, cpu_time=True,
+                     apply=apply, on_fresh=lambda clf: {"P0": clf.body.soft_prompt.prompt.detach().clone()
+                                                        if hasattr(clf.body, "soft_prompt") else None})
+col, fresh = bench.col, bench.fresh
 lens = [len(it["idx"]) for it in train_items]
 print(f"task: NER (BIO tags over {', '.join(world.NER_TYPES)}), {len(ner['train'])} training sentences of "
       f"{min(lens)} to {max(lens)} tokens (mean {sum(lens) / len(lens):.1f}); dev = the val split "
@@ -151,64 +132,20 @@ print(f"  ... and it is NOT the base (the prompt is context): max |logit differe
 print(f"  inside disable_adapters(model) == the base:         {torch.equal(off, want)}")
 
 # ==============================================================================================
-done = {}
-
-
-def train_and_measure(method, lr, seed=0):
-    clf = fresh(method, seed)
-    P0 = clf.body.soft_prompt.prompt.detach().clone() if hasattr(clf.body, "soft_prompt") else None
-    rep = trainable_report(clf)["total"]
-    tc = TrainConfig(steps=STEPS, batch_size=BATCH, lr=lr, seed=seed, progress=False, desc=method)
-    c0 = time.process_time()
-    hist = train(clf, train_items, tc, loss_fn=classifier_loss, collate_fn=col)
-    cpu = time.process_time() - c0
-    pred = {s: predict_tags(clf, items[s], col, world.NER_TAGS) for s in ("dev", "test")}
-    f1 = {s: entity_f1(pred[s], [e["tags"] for e in ner[s]])["f1"] for s in ("dev", "test")}
-    return dict(method=method, lr=lr, rep=rep, n_adapter=count_adapter_parameters(clf), f1=f1, cpu=cpu,
-                loss=(hist[0]["loss"], hist[-1]["loss"]), clf=clf, P0=P0)
-
-
-def run(method, lr, quiet=False):
-    if (method, lr) not in done:
-        done[(method, lr)] = train_and_measure(method, lr)
-    r = done[(method, lr)]
-    if not quiet:
-        print(f"{method:<20} lr {lr:g}: loss {r['loss'][0]:.3f} -> {r['loss'][1]:.3f}, dev F1 {r['f1']['dev']:.3f}, "
-              f"test F1 {r['f1']['test']:.3f}, {r['cpu']:.1f}s CPU", flush=True)
-    return r
-
-
 if args.sweep:
     header(f"learning-rate sweep: the n = {N} prompts at lr in {PROMPT_LRS}, picked on dev F1")
-    rows = []
-    for method in PROMPTS[:3]:
-        runs = [run(method, lr, quiet=True) for lr in PROMPT_LRS]
-        best = max(r["f1"]["dev"] for r in runs)
-        pick = min(r["lr"] for r in runs if r["f1"]["dev"] >= best - 0.005)
-        for r in runs:
-            rows.append((method, f"{r['lr']:g}", f"{r['loss'][1]:.3f}", f"{r['f1']['dev']:.3f}",
-                         f"{r['f1']['test']:.3f}", "<-" if r["lr"] == pick else ""))
-        print(f"  {method}: {pick:g}", flush=True)
-    table(("method", "lr", "final loss", "dev F1", "test F1", "picked"), rows)
+    bench.sweep(PROMPTS[:3], PROMPT_LRS)                       # part 2 keeps LR: nothing is dropped
     print(f"part 2 keeps ONE rate, {LR[PROMPTS[0]]:g}, for every prompt, so that inits and lengths compare at the "
           f"same rate (where the rule picks another, its dev F1 is printed above).")
 
 header(f"2. NER: {STEPS} steps x batch {BATCH}, AdamW, warmup + cosine, seed 0, the same head init")
-results = {m: run(m, LR[m]) for m in METHODS}
+results = {m: bench.run(m, LR[m]) for m in METHODS}
 
 # inference cost: the prompt makes every sequence n tokens longer. CPU time of one forward on 64
 # dev sentences, eval mode, no grad, rounds interleaved over the models, fastest kept.
 tb = col([{"idx": it["idx"], "labels": it["labels"]} for it in items["dev"][:64]])
-timed = {"base": fresh("head-only"), **{m: results[m]["clf"] for m in METHODS if m != "head-only"}}
-best_t = {k: float("inf") for k in timed}
-with torch.no_grad():
-    for m in timed.values():
-        m.eval()(tb["idx"], attention_mask=tb["attention_mask"])
-    for _ in range(TIMING_ROUNDS):
-        for k, m in timed.items():
-            t0 = time.process_time()
-            m(tb["idx"], attention_mask=tb["attention_mask"])
-            best_t[k] = min(best_t[k], time.process_time() - t0)
+timed = {"base": fresh("head-only"), **{m: results[m]["model"] for m in METHODS if m != "head-only"}}
+best_t = course.forward_cpu_seconds(timed, tb, TIMING_ROUNDS)
 
 print()
 lora = results["LoRA r=4 q,v"]
@@ -228,7 +165,7 @@ print(f"prompt tuning vs head-only: dev F1 " + ", ".join(f"{m.removeprefix('prom
       f"{results[m]['f1']['dev'] - head['dev']:+.3f}" for m in PROMPTS) + f";  vs LoRA: best prompt ({best}) "
       f"{results[best]['f1']['dev'] - lora['f1']['dev']:+.3f} dev, {results[best]['f1']['test'] - lora['f1']['test']:+.3f} test.")
 shipped = load_base()[0].state_dict()
-same = all(all(torch.equal(results[m]["clf"].body.state_dict()[k], v) for k, v in shipped.items()) for m in PROMPTS)
+same = all(all(torch.equal(results[m]["model"].body.state_dict()[k], v) for k, v in shipped.items()) for m in PROMPTS)
 print(f"the body's {len(shipped)} tensors after training == the shipped file, for every prompt: {same}.")
 
 # ==============================================================================================
@@ -237,7 +174,7 @@ wte = base.transformer.wte.weight
 rows = []
 for m in PROMPTS[:3]:
     r = results[m]
-    P, P0 = r["clf"].body.soft_prompt.prompt.detach(), r["P0"]
+    P, P0 = r["model"].body.soft_prompt.prompt.detach(), r["P0"]
     c0, i0 = nearest_tokens(P0, wte, k=1)
     c1, i1 = nearest_tokens(P, wte, k=1)
     moved = torch.nn.functional.cosine_similarity(P.double(), P0.double(), dim=-1)
@@ -259,25 +196,18 @@ print(f"{int(crowd.sum())} of {len(crowd)} vocabulary rows lie within cosine 0.9
       + ", ".join(f"{m.removeprefix('prompt ')} {k} / {N}" for m, k in in_crowd.items()) + ".")
 for m in (f"prompt n={N} text", f"prompt n={N} vocab"):
     r = results[m]
-    P, P0 = r["clf"].body.soft_prompt.prompt.detach(), r["P0"]
+    P, P0 = r["model"].body.soft_prompt.prompt.detach(), r["P0"]
     _, i0 = nearest_tokens(P0, wte, k=1)
     c1, i1 = nearest_tokens(P, wte, k=3)
     print(f"\n{m}: vector i, its init token -> the 3 nearest tokens after training (cosine)")
     for i in range(len(P)):
         print(f"  {i:>2}  {piece(i0[i, 0]):<10} -> " + ", ".join(f"{piece(t)} {c:.2f}" for c, t in zip(c1[i], i1[i])))
 
-print(f"\nTotal time {time.perf_counter() - t_start:.0f}s.")
+print(f"\nTotal time {course.elapsed():.0f}s.")
 
 # ==============================================================================================
 if args.seeds > 1:
     seeds = list(range(args.seeds))
     header(f"4. Seed spread: head-only, LoRA and the n = {N} prompts, seeds {seeds}")
-    rows = []
-    for m in ["head-only", "LoRA r=4 q,v"] + PROMPTS[:3]:
-        runs = [results[m]] + [train_and_measure(m, LR[m], seed=sd) for sd in seeds[1:]]
-        dev, test = [r["f1"]["dev"] for r in runs], [r["f1"]["test"] for r in runs]
-        rows.append((m, " ".join(f"{x:.3f}" for x in dev), f"{sum(dev) / len(dev):.3f}",
-                     " ".join(f"{x:.3f}" for x in test), f"{sum(test) / len(test):.3f}"))
-        print(f"  {m}: done", flush=True)
-    table(("method", "dev F1 per seed", "mean", "test F1 per seed", "mean"), rows)
-    print(f"Total time {time.perf_counter() - t_start:.0f}s.")
+    bench.seed_spread(["head-only", "LoRA r=4 q,v"] + PROMPTS[:3], LR, seeds, results)
+    print(f"Total time {course.elapsed():.0f}s.")

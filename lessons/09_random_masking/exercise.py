@@ -1,17 +1,10 @@
 """Lesson 09 exercise: random masking, the four functions the method is made of.
 
-Copy it to your workspace, fill in the functions below (delete each `raise NotImplementedError`),
-then grade your file:
+Fill in the functions below (delete each `raise NotImplementedError`), then grade your file with
+`minift check 09`. How grading works (points, counterexamples, your own copy, --impl, --pytest,
+minift verify): lessons/README.md, "Grading your exercise".
 
-    minift exercise 09            # -> exercises/09_random_masking.py, yours to edit
-    minift check 09               # one point per conformance check (7), with counterexamples
-    minift verify --impl exercises/09_random_masking.py --only lesson09
-    minift check 09 --pytest      # every test of the lesson, under pytest
-
-Every check is a property tested on many small random inputs; a failing check prints the
-smallest input hypothesis could find that breaks it (printed as "counterexample: <check>(<arguments>)"). Paste it into
-a Python shell and compare your output with the formula by hand. No check asks for minift's
-random stream: any uniform draw of the right size passes.
+No check asks for minift's random stream: any uniform draw of the right size passes.
 
 Rules: plain PyTorch (torch, torch.nn.functional); do not call minift.
 """

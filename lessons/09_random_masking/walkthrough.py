@@ -24,45 +24,33 @@ Prints, top to bottom:
     python lessons/09_random_masking/walkthrough.py --sweep    # re-pick every lr on val (37 runs, about 6 CPU-minutes)
 
 Everything it uses lives in the library (minift/peft/masking.py, minift/peft/lora.py,
-minift/peft/common.py, minift/peft/io.py, minift/heads.py, minift/train.py); this file only calls
-it and prints.
+minift/peft/common.py, minift/peft/io.py, minift/heads.py, minift/train.py; the train-and-measure
+bench: minift/course.py); this file only calls it and prints.
 """
 EXPECTED_SECONDS = 100
 FAST_SECONDS = 12
 
-import argparse
 import os
-import sys
 import tempfile
-import time
 
 import torch
 
-from minift import world
-from minift.heads import TokenClassifier, classifier_loss, ner_splits, predict_tags
+from minift import course, world
+from minift.heads import ner_splits
 from minift.peft.common import disable_adapters
 from minift.peft.io import save_adapter
-from minift.peft.lora import LoRAConfig, apply_lora, lora_layers
+from minift.peft.lora import LoRAConfig, lora_layers
 from minift.peft.masking import (MaskingConfig, apply_masking, masked_count, masked_layers, merge_masking,
                                  unmerge_masking)
-from minift.peft.selective import SelectiveConfig, apply_selective
+from minift.peft.selective import SelectiveConfig
 from minift.pretrain import BASE_DIR, load_base
 from minift.report import header, table
-from minift.tasks import collate_fn, entity_f1
-from minift.train import TrainConfig, train
 
-parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-parser.add_argument("--fast", action="store_true", help="tiny budgets and eval slices (seconds)")
+parser = course.parser(__doc__)
 parser.add_argument("--sweep", action="store_true", help="pick every method's lr on the val split first "
                                                          "(37 runs, about 6 CPU-minutes)")
-args = parser.parse_args()
+args = course.start("09", parser)
 FAST = args.fast
-
-if not (BASE_DIR / "model.safetensors").is_file():
-    sys.exit(f"lesson 09 needs the base model in {BASE_DIR}/; it is shipped with minift "
-             f"(or rebuild it with `minift pretrain`).")
-
-torch.set_num_threads(1)        # tiny matrices: one thread is as fast, and fair on a shared machine
 
 DENSITIES = (0.0625, 0.01, 0.001, 0.0001, 0.00001)
 MASK = {f"mask {100 * d:g}% q,v": d for d in DENSITIES}
@@ -82,40 +70,13 @@ SLICE_LRS = (3e-3, 3e-2, 1e-1)
 STEPS, BATCH = (3, 32) if FAST else (150, 32)
 N_EVAL = 16 if FAST else None
 BLOCK = 128
-t_start = time.perf_counter()
-
-
-def cut(xs):
-    return xs[:N_EVAL] if N_EVAL else xs
-
 
 base, tok = load_base()
-col = collate_fn(tok.pad_id)
 ner, items, train_items = ner_splits(tok, BLOCK, N_EVAL)   # examples, encodings, train items
 W0 = {n: p.detach().clone() for n, p in base.named_parameters()}
 print(f"task: NER (BIO tags over {', '.join(world.NER_TYPES)}), {len(ner['train'])} training sentences; val "
       f"({len(ner['val'])}) and test ({len(ner['test'])}) name only people never tagged in training. Every run: "
       f"{STEPS} steps x batch {BATCH}, AdamW, warmup + cosine, seed 0, the same head init.")
-
-
-def fresh(method):
-    """A TokenClassifier on a fresh copy of the base, with `method` applied."""
-    torch.manual_seed(0)                                        # the same head (and LoRA A) init as lesson 05
-    body, _ = load_base()
-    clf = TokenClassifier(body, len(world.NER_TAGS))
-    m = METHODS[method]
-    if isinstance(m, SelectiveConfig):
-        apply_selective(clf, m)
-    elif isinstance(m, LoRAConfig):
-        apply_lora(clf, m)
-    else:
-        apply_masking(clf, m)                                   # the mask has its own generator (seed 0)
-    return clf
-
-
-def f1_on(clf, split):
-    pred = predict_tags(clf, items[split], col, world.NER_TAGS)
-    return entity_f1(pred, [e["tags"] for e in ner[split]])["f1"], pred
 
 
 def moved(clf):
@@ -128,29 +89,11 @@ def moved(clf):
     return sq ** 0.5
 
 
-def train_and_measure(method, lr):
-    clf = fresh(method)
-    n_train = sum(p.numel() for p in clf.parameters() if p.requires_grad)
-    cfg = TrainConfig(steps=STEPS, batch_size=BATCH, lr=lr, warmup_steps=max(1, STEPS // 10), seed=0,
-                      progress=False, desc=method)
-    hist = train(clf, train_items, cfg, loss_fn=classifier_loss, collate_fn=col)
-    f1 = {s: f1_on(clf, s)[0] for s in ("val", "test")}
-    return dict(method=method, lr=lr, trainable=n_train, f1=f1, time=hist[-1]["time"], model=clf,
-                moved=moved(clf), loss=(hist[0]["loss"], hist[-1]["loss"]))
-
-
-done = {}                                                       # (method, lr) -> result: reused across parts
-
-
-def run(method, lr, quiet=False):
-    if (method, lr) not in done:
-        done[(method, lr)] = train_and_measure(method, lr)
-    r = done[(method, lr)]
-    if not quiet:
-        print(f"{method:<18} lr {lr:g}: loss {r['loss'][0]:.3f} -> {r['loss'][1]:.3f}, val F1 {r['f1']['val']:.3f}, "
-              f"test F1 {r['f1']['test']:.3f}, {r['time']:.1f}s", flush=True)
-    return r
-
+# the bench (minift/course.py): a fresh TokenClassifier per method (the same head and LoRA A init as
+# lesson 05; the mask has its own generator, seed 0), the same data and steps
+bench = course.Bench(METHODS, tok, (ner, items, train_items), steps=STEPS, batch=BATCH, dev="val",
+                     warmup_steps=max(1, STEPS // 10), width=18)
+col, fresh = bench.col, bench.fresh
 
 # ==============================================================================================
 header("1. The mask: k random entries of the q and v rows of every c_attn")
@@ -177,43 +120,33 @@ del probe
 # ==============================================================================================
 if args.sweep:
     header("learning-rate sweep: picked on val F1 (ties within 0.005: the smaller lr)")
-    rows = []
-    for method in METHODS:
-        runs = [run(method, lr, quiet=True) for lr in GRID[method]]
-        best = max(r["f1"]["val"] for r in runs)
-        LR[method] = min(r["lr"] for r in runs if r["f1"]["val"] >= best - 0.005)
-        for r in runs:
-            rows.append((method, f"{r['lr']:g}", f"{r['loss'][1]:.3f}", f"{r['f1']['val']:.3f}",
-                         f"{r['f1']['test']:.3f}", f"{r['moved']:.2f}", "<-" if r["lr"] == LR[method] else ""))
-            if r["lr"] != LR[method] and (method, r["lr"]) not in [(m, lr) for m in SLICE for lr in SLICE_LRS]:
-                r["model"] = None
-        print(f"  {method}: done", flush=True)
-    table(("method", "lr", "final loss", "val F1", "test F1", "|ΔW|_F", "picked"), rows)
+    bench.sweep(METHODS, GRID, LR, columns=("final loss", "F1", ("|ΔW|_F", lambda r: f"{moved(r['model']):.2f}")),
+                keep=lambda r: (r["method"], r["lr"]) in [(m, lr) for m in SLICE for lr in SLICE_LRS])
 
 # ==============================================================================================
 header(f"2. Random masking vs LoRA r=4 vs head-only: NER, {STEPS} steps x batch {BATCH}")
-results = [run(m, LR[m]) for m in SHOWN]
-lora, head = done[("LoRA r=4 q,v", LR["LoRA r=4 q,v"])], done[("head-only", LR["head-only"])]
+results = [bench.run(m, LR[m]) for m in SHOWN]
+lora, head = bench.done[("LoRA r=4 q,v", LR["LoRA r=4 q,v"])], bench.done[("head-only", LR["head-only"])]
 print()
 rows = []
 for r in results:
-    extra = r["trainable"] - head["trainable"]
-    rows.append((r["method"], f"{r['lr']:g}", f"{r['trainable']:,}", f"{extra:,}", f"{r['f1']['val']:.3f}",
+    extra = r["rep"]["trainable"] - head["rep"]["trainable"]
+    rows.append((r["method"], f"{r['lr']:g}", f"{r['rep']['trainable']:,}", f"{extra:,}", f"{r['f1']['val']:.3f}",
                  f"{r['f1']['test']:.3f}", f"{r['f1']['test'] - head['f1']['test']:+.3f}",
-                 f"{r['f1']['test'] - lora['f1']['test']:+.3f}", f"{r['moved']:.2f}", f"{r['time']:.1f}s"))
+                 f"{r['f1']['test'] - lora['f1']['test']:+.3f}", f"{moved(r['model']):.2f}", f"{r['time']:.1f}s"))
 table(("method", "lr", "trainable", "body", "val F1", "test F1", "vs head", "vs LoRA", "|ΔW|_F", "time"), rows)
-print(f"'trainable' counts the task head ({head['trainable']:,} = K (C + 1), K = 9 tags) in every row; 'body' is "
+print(f"'trainable' counts the task head ({head['rep']['trainable']:,} = K (C + 1), K = 9 tags) in every row; 'body' is "
       f"what the method adds to it (masking: k values; LoRA r=4 on W_q, W_v: 2 r (C + C) x 4 blocks). 'vs head', "
       f"'vs LoRA': test F1 minus head-only's and LoRA r=4's. |ΔW|_F: the Frobenius norm of the body's weight change. "
       f"'time': training seconds, ratios within this run are fair.")
-same = done[("mask 6.25% q,v", LR["mask 6.25% q,v"])]
+same = bench.done[("mask 6.25% q,v", LR["mask 6.25% q,v"])]
 print(f"time per step, masking 6.25% / LoRA r=4: {same['time'] / lora['time']:.2f}x")
 
 # ==============================================================================================
 header("3. The learning-rate note: the best rate grows as the mask gets sparser")
 rows = []
 for m in SLICE:
-    rs = [run(m, lr, quiet=True) for lr in SLICE_LRS]
+    rs = [bench.run(m, lr, quiet=True) for lr in SLICE_LRS]
     rows.append((m, *[f"{r['f1']['val']:.3f}" for r in rs], f"{max(rs, key=lambda r: r['f1']['val'])['lr']:g}"))
 table(("method", *[f"val F1 @ lr {lr:g}" for lr in SLICE_LRS], "best of these"), rows)
 print("With AdamW every trainable value moves about lr per step whatever its gradient's size, so a few values "
@@ -221,7 +154,7 @@ print("With AdamW every trainable value moves about lr per step whatever its gra
 
 # ==============================================================================================
 header("4. Only the masked entries ever change")
-r1 = done[("mask 1% q,v", LR["mask 1% q,v"])]
+r1 = bench.done[("mask 1% q,v", LR["mask 1% q,v"])]
 changed, off_mask, k_total = 0, 0, 0
 for name, m in masked_layers(r1["model"]):
     W, W_base = m.effective_weight().detach().reshape(-1), W0[name.removeprefix("body.") + ".weight"].reshape(-1)
@@ -240,19 +173,19 @@ header("5. The adapter file is the sparse delta: indices + values (+ the task he
 tmp = tempfile.TemporaryDirectory()
 rows, sizes = [], {}
 for name in [m for m in SHOWN if m != "head-only"]:
-    r = done[(name, LR[name])]
+    r = bench.done[(name, LR[name])]
     d = os.path.join(tmp.name, name.replace(" ", "_").replace("%", "pct").replace(",", ""))
     save_adapter(r["model"], d)
     sizes[name] = os.path.getsize(os.path.join(d, "adapter.safetensors"))
 for name in [m for m in SHOWN if m != "head-only"]:
-    r = done[(name, LR[name])]
-    body = r["trainable"] - head["trainable"]
+    r = bench.done[(name, LR[name])]
+    body = r["rep"]["trainable"] - head["rep"]["trainable"]
     rows.append((name, f"{body:,}", f"{sizes[name]:,} B", f"{sizes[name] / 1024:.1f} KiB"))
 table(("adapter", "body values", "adapter.safetensors", ""), rows)
 k_big, k_small = masked_count(N, DENSITIES[0]), masked_count(N, DENSITIES[1])
 per_entry = (sizes["mask 6.25% q,v"] - sizes["mask 1% q,v"]) / (k_big - k_small)
 print(f"between 6.25% and 1%: {per_entry:.2f} bytes per masked entry (an int32 position + a float32 value); the "
-      f"rest is the task head ({head['trainable']:,} x 4 bytes) and the safetensors header. LoRA r=4 stores its "
+      f"rest is the task head ({head['rep']['trainable']:,} x 4 bytes) and the safetensors header. LoRA r=4 stores its "
       f"dense A and B. The base model: {os.path.getsize(BASE_DIR / 'model.safetensors') / 1024 ** 2:.1f} MiB.")
 tmp.cleanup()
 
@@ -276,5 +209,5 @@ print(f"val logits, merged vs unmerged: max |diff| = {float((y_merged - y)[mask]
       f"{float(y[mask].abs().max()):.1f}); unmerge restores W0 bit for bit: {exact}; inside disable_adapters the "
       f"body's logits equal the base model's bit for bit: {torch.equal(lm_off, lm_base)}")
 
-print(f"\ntotal: {time.perf_counter() - t_start:.1f}s wall ({torch.get_num_threads()} thread; wall grows when "
+print(f"\ntotal: {course.elapsed():.1f}s wall ({torch.get_num_threads()} thread; wall grows when "
       f"other jobs share the cores)")

@@ -1,17 +1,9 @@
 """Lesson 10 exercise: LoReFT's edit of one hidden state, and the orthonormalisation that keeps R's
 rows orthonormal while it trains.
 
-Copy it to your workspace, fill in the two functions below (delete each `raise NotImplementedError`),
-then grade your file:
-
-    minift exercise 10            # -> exercises/10_loreft.py, yours to edit
-    minift check 10               # one point per conformance check (6), with counterexamples
-    minift verify --impl exercises/10_loreft.py --only lesson10
-    minift check 10 --pytest      # every test of the lesson, under pytest
-
-Every check is a property tested on many small random inputs; a failing check prints the
-smallest input hypothesis could find that breaks it (printed as "counterexample: <check>(<arguments>)"). Paste it into
-a Python shell and compare your output with the formula by hand.
+Fill in the two functions below (delete each `raise NotImplementedError`), then grade your file with
+`minift check 10`. How grading works (points, counterexamples, your own copy, --impl, --pytest,
+minift verify): lessons/README.md, "Grading your exercise".
 
 Rules: plain PyTorch (torch, torch.linalg); do not call minift.
 """

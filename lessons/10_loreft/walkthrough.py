@@ -23,48 +23,33 @@ Prints, top to bottom:
     python lessons/10_loreft/walkthrough.py --sweep   # re-pick LoRA's and LoReFT's lr on dev
 
 Everything it uses lives in the library (minift/peft/reft.py, minift/peft/lora.py,
-minift/peft/common.py, minift/heads.py, minift/train.py, minift/pretrain.py); this file only
-calls it and prints.
+minift/peft/common.py, minift/heads.py, minift/train.py, minift/pretrain.py; the
+train-and-measure bench: minift/course.py); this file only calls it and prints.
 """
 EXPECTED_SECONDS = 90
 FAST_SECONDS = 12
 
-import argparse
-import sys
-import time
-from collections import Counter
-
 import torch
 
-from minift import world
-from minift.heads import TokenClassifier, classifier_loss, ner_splits, predict_tags
+from minift import course, world
+from minift.heads import ner_splits
 from minift.model import build_attention_mask
 from minift.peft.common import count_adapter_parameters, disable_adapters
 from minift.peft.lora import LoRAConfig, lora_parameter_count
 from minift.peft.reft import ReFTConfig, orthonormality_error, reft_layers, reft_parameter_count
-from minift.peft.selective import SelectiveConfig, trainable_report
+from minift.peft.selective import SelectiveConfig
 from minift.peft.io import apply_config
-from minift.pretrain import BASE_DIR, load_base
+from minift.pretrain import load_base
 from minift.report import header, table
-from minift.tasks import collate_fn, entity_f1
-from minift.train import TrainConfig, train
 
-parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-parser.add_argument("--fast", action="store_true", help="tiny budgets and eval slices (seconds)")
+parser = course.parser(__doc__)
 parser.add_argument("--sweep", action="store_true", help="sweep LoRA's and LoReFT's lr over {1e-3, 3e-3, 1e-2, "
                                                          "3e-2} on the dev split first")
 parser.add_argument("--seeds", type=int, default=1, metavar="K",
                     help="at the end, retrain LoRA q,v r=2 and LoReFT r=4 with seeds 0..K-1 (init and data order) "
                          "and print the spread of dev/test F1")
-args = parser.parse_args()
+args = course.start("10", parser)
 FAST = args.fast
-
-if not (BASE_DIR / "model.safetensors").is_file():
-    sys.exit(f"lesson 10 needs the base model in {BASE_DIR}/; it is shipped with minift "
-             f"(or rebuild it with `minift pretrain`).")
-
-torch.set_num_threads(1)        # tiny matrices: one thread is as fast, and fair on a shared machine
-t_start = time.perf_counter()
 
 base, tok = load_base()
 C, L = base.config.n_embd, base.config.n_layer
@@ -95,20 +80,10 @@ N_EVAL = 40 if FAST else None
 TIMING_ROUNDS = 3 if FAST else 20
 BLOCK = 128
 
-
-def cut(xs):
-    return xs[:N_EVAL] if N_EVAL else xs
-
-
-def fresh(method, seed=0):
-    """A TokenClassifier on a fresh copy of the base, with `method` applied (same head init for all)."""
-    torch.manual_seed(seed)
-    body, _ = load_base()
-    return apply_config(TokenClassifier(body, len(world.NER_TAGS)), METHODS[method])
-
-
-col = collate_fn(tok.pad_id)
 ner, items, train_items = ner_splits(tok, BLOCK, N_EVAL, dev_key="dev")   # examples, encodings, train items
+# the bench (minift/course.py): a fresh TokenClassifier per method, the same head init, data and steps
+bench = course.Bench(METHODS, tok, (ner, items, train_items), steps=STEPS, batch=BATCH, width=13)
+col, fresh = bench.col, bench.fresh
 dev_batch = col([{"idx": it["idx"], "labels": it["labels"]} for it in items["dev"][:64]])
 print(f"task: NER (BIO tags over {', '.join(world.NER_TYPES)}), {len(ner['train'])} training sentences; dev = the "
       f"val split ({len(ner['dev'])}), test = the test split ({len(ner['test'])}); as in lessons 05 and 06.")
@@ -140,60 +115,20 @@ with torch.no_grad():
               f"{(got - want).abs().max().item():.1e}")
 
 # ==============================================================================================
-done = {}
-
-
-def train_and_measure(method, lr, seed=0):
-    clf = fresh(method, seed)
-    rep = trainable_report(clf)["total"]
-    tc = TrainConfig(steps=STEPS, batch_size=BATCH, lr=lr, seed=seed, progress=False, desc=method)
-    hist = train(clf, train_items, tc, loss_fn=classifier_loss, collate_fn=col)
-    pred = {s: predict_tags(clf, items[s], col, world.NER_TAGS) for s in ("dev", "test")}
-    f1 = {s: entity_f1(pred[s], [e["tags"] for e in ner[s]])["f1"] for s in ("dev", "test")}
-    return dict(method=method, lr=lr, rep=rep, n_adapter=count_adapter_parameters(clf), f1=f1, clf=clf, pred=pred,
-                time=hist[-1]["time"], loss=(hist[0]["loss"], hist[-1]["loss"]))
-
-
-def run(method, lr, quiet=False):
-    if (method, lr) not in done:
-        done[(method, lr)] = train_and_measure(method, lr)
-    r = done[(method, lr)]
-    if not quiet:
-        print(f"{method:<13} lr {lr:g}: loss {r['loss'][0]:.3f} -> {r['loss'][1]:.3f}, dev F1 {r['f1']['dev']:.3f}, "
-              f"test F1 {r['f1']['test']:.3f}, {r['time']:.1f}s", flush=True)
-    return r
-
-
 if args.sweep:
     header(f"learning-rate sweep: {', '.join(SWEPT)} at lr in {LRS}, {STEPS} steps x batch {BATCH}, picked on dev")
-    rows = []
-    for method in SWEPT:
-        runs = [run(method, lr, quiet=True) for lr in LRS]
-        best = max(r["f1"]["dev"] for r in runs)
-        LR[method] = min(r["lr"] for r in runs if r["f1"]["dev"] >= best - 0.005)
-        for r in runs:
-            rows.append((method, f"{r['lr']:g}", f"{r['loss'][1]:.3f}", f"{r['f1']['dev']:.3f}",
-                         f"{r['f1']['test']:.3f}", "<-" if r["lr"] == LR[method] else ""))
-    table(("method", "lr", "final loss", "dev F1", "test F1", "picked"), rows)
+    bench.sweep(SWEPT, LRS, LR, progress=False)
     for m in METHODS:
         if m.startswith("LoReFT r=") and m != "LoReFT r=4":
             LR[m] = LR["LoReFT r=4"]
 
 header(f"2. One NER model per method: {STEPS} steps x batch {BATCH}, AdamW, warmup + cosine, seed 0; LoReFT on "
        f"every position of every block")
-results = {m: run(m, LR[m]) for m in METHODS}
+results = {m: bench.run(m, LR[m]) for m in METHODS}
 
 # forward CPU time of each trained classifier vs the base classifier, rounds interleaved, fastest kept
-timed = {"base": fresh("full"), **{m: results[m]["clf"] for m in ("LoRA q,v r=2", "LoReFT r=4")}}
-best_t = {k: float("inf") for k in timed}
-with torch.no_grad():
-    for m in timed.values():
-        m.eval()(dev_batch["idx"], attention_mask=dev_batch["attention_mask"])
-    for _ in range(TIMING_ROUNDS):
-        for k, m in timed.items():
-            t0 = time.process_time()
-            m(dev_batch["idx"], attention_mask=dev_batch["attention_mask"])
-            best_t[k] = min(best_t[k], time.process_time() - t0)
+timed = {"base": fresh("full"), **{m: results[m]["model"] for m in ("LoRA q,v r=2", "LoReFT r=4")}}
+best_t = course.forward_cpu_seconds(timed, dev_batch, TIMING_ROUNDS)
 
 print()
 rows = []
@@ -212,13 +147,13 @@ print(f"trainable = adapter + the task head ({head:,} = 9 tags x (C + 1)). vs Lo
       f"(fastest of {TIMING_ROUNDS} interleaved rounds: {best_t['base'] * 1e3:.1f} ms).")
 print("\nThe commonest dev errors, word tags (gold -> predicted), and how many words each method gets wrong:")
 for m, r in results.items():
-    errs = Counter((g, p) for e, pp in zip(ner["dev"], r["pred"]["dev"]) for g, p in zip(e["tags"], pp) if g != p)
+    errs = bench.tag_errors(r["pred"]["dev"])
     print(f"  {m:<13} {sum(errs.values()):>3} wrong: " + (", ".join(f"{g} -> {p} {n}" for (g, p), n in
                                                             errs.most_common(3)) or "none"))
 
 # ==============================================================================================
 header("3. The geometry after training (LoReFT r=4): R stays orthonormal, and the edit lives in its row space")
-clf = results["LoReFT r=4"]["clf"].eval()
+clf = results["LoReFT r=4"]["model"].eval()
 init = fresh("LoReFT r=4")                                          # the same seed: R at step 0
 R0 = {n.removeprefix("body."): m.R.detach().double() for n, m in reft_layers(init)}
 gpt = clf.body
@@ -254,7 +189,7 @@ print(f"orthonormality_error(model) = {orthonormality_error(gpt):.1e} after {STE
       f"‖(h' − h) − (h' − h) Rᵀ R‖ / ‖h' − h‖ over {int(real.sum())} real dev tokens; rank = singular values of "
       f"h' − h above 1e-6 of the largest.")
 
-lo = results["LoRA q,v r=2"]["clf"].eval().body
+lo = results["LoRA q,v r=2"]["model"].eval().body
 with torch.no_grad():
     hs = lo(idx, attention_mask=am, output_hidden_states=True).hidden_states
 rows = []
@@ -318,18 +253,11 @@ print(f"\ngeneration (KV cache): positions edited per call = {edits} (the prompt
       f"new tokens through the cached keys and values; generated tokens are not edited (positions='all' edits "
       f"them too).")
 
-print(f"\nTotal time {time.perf_counter() - t_start:.0f}s.")
+print(f"\nTotal time {course.elapsed():.0f}s.")
 
 # ==============================================================================================
 if args.seeds > 1:
     seeds = list(range(args.seeds))
     header(f"5. Seed spread: the matched pair at part 2's rates, seeds {seeds} (head and adapter init, data order)")
-    rows = []
-    for m in SWEPT:
-        runs = [results[m]] + [train_and_measure(m, LR[m], seed=sd) for sd in seeds[1:]]
-        dev, test = [r["f1"]["dev"] for r in runs], [r["f1"]["test"] for r in runs]
-        rows.append((m, f"{LR[m]:g}", " ".join(f"{x:.3f}" for x in dev), f"{sum(dev) / len(dev):.3f}",
-                     f"{max(dev) - min(dev):.3f}", " ".join(f"{x:.3f}" for x in test), f"{sum(test) / len(test):.3f}"))
-        print(f"  {m}: done", flush=True)
-    table(("method", "lr", "dev F1 per seed", "mean", "range", "test F1 per seed", "mean"), rows)
-    print(f"Total time {time.perf_counter() - t_start:.0f}s.")
+    bench.seed_spread(SWEPT, LR, seeds, results)
+    print(f"Total time {course.elapsed():.0f}s.")

@@ -1,16 +1,8 @@
 """Lesson 11 exercise: int8 quantization and the LLM.int8() matrix multiplication.
 
-Copy it to your workspace, fill in each function below (delete the `raise NotImplementedError`),
-then grade your file:
-
-    minift exercise 11            # -> exercises/11_quantization.py, yours to edit
-    minift check 11               # one point per conformance check (2), with counterexamples
-    minift verify --impl exercises/11_quantization.py --only run_int8_matmul   # one function
-    minift check 11 --pytest      # every test of the lesson, under pytest
-
-Every check is a property tested on many small random inputs; a failing check prints the
-smallest input hypothesis could find that breaks it (printed as "counterexample: <check>(<arguments>)"). Paste it into
-a Python shell and compare your output with the formula by hand.
+Fill in each function below (delete its `raise NotImplementedError`), then grade your file with
+`minift check 11`. How grading works (points, counterexamples, your own copy, --impl, --pytest,
+minift verify): lessons/README.md, "Grading your exercise".
 
 Rules: plain PyTorch tensor operations (abs, amax, round, clamp, @, .to). Do not call minift.
 Inputs are float32; return float32 tensors.

@@ -23,34 +23,25 @@ quantize_model, minift/pretrain.py); this file only calls it and prints.
 EXPECTED_SECONDS = 20
 FAST_SECONDS = 10
 
-import argparse
 import copy
 import math
-import sys
 import time
 
 import torch
 
-from minift.pretrain import BASE_DIR, forgetting_probe, load_base
+from minift import course
+from minift.pretrain import forgetting_probe, load_base
 from minift.quant.int8 import GRANULARITIES, Int8Linear, int8_matmul, quantize_absmax, quantize_zeropoint
 from minift.quant.qlora import QLoRAConfig, quantize_model
 from minift.report import header, table
 
-parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-parser.add_argument("--fast", action="store_true", help="fewer evaluation windows and fact probes (seconds)")
-args = parser.parse_args()
+# --fast, the base-model check, one thread, the clock: minift/course.py
+args = course.start("11", course.parser(__doc__, "fewer evaluation windows and fact probes (seconds)"))
 FAST = args.fast
-
-if not (BASE_DIR / "model.safetensors").is_file():
-    sys.exit(f"lesson 11 needs the base model in {BASE_DIR}/; it is shipped with minift (or rebuild it with "
-             f"`minift pretrain`).")
-
-torch.set_num_threads(1)
 torch.set_grad_enabled(False)
 PROBE = dict(n_windows=2, n_facts=12) if FAST else dict(n_windows=16, n_facts=72)
 OUTLIER_FEATURES, OUTLIER_SCALE = (5, 77), 20.0          # part 2; part 3 also tries x150
 PLANT_SCALES = (20.0, 150.0)
-t_start = time.perf_counter()
 
 base, tok = load_base()
 C = base.config.n_embd
@@ -175,4 +166,4 @@ stored = sum(m.weight_q.numel() * 1 + m.weight_scale.numel() * 4 for m in layers
 print(f"{len(layers)} Int8Linear layers hold {n_w:,} weights in {stored:,} bytes ({8 * stored / n_w:.3f} bits per "
       f"weight; float32: {4 * n_w:,} bytes, {4 * n_w / stored:.2f}x more). The embedding ({base.transformer.wte.weight.numel():,} "
       f"values, tied to the output layer) stays in float: LLM.int8() quantizes the linear layers only.")
-print(f"\ndone in {time.perf_counter() - t_start:.1f}s")
+print(f"\ndone in {course.elapsed():.1f}s")

@@ -1,16 +1,8 @@
 """Lesson 12 exercise: NF4 quantization, 4-bit packing and LoftQ.
 
-Copy it to your workspace, fill in each function below (delete the `raise NotImplementedError`),
-then grade your file:
-
-    minift exercise 12            # -> exercises/12_qlora.py, yours to edit
-    minift check 12               # one point per conformance check (4), with counterexamples
-    minift verify --impl exercises/12_qlora.py --only run_loftq   # one function
-    minift check 12 --pytest      # every test of the lesson, under pytest
-
-Every check is a property tested on many small random inputs; a failing check prints the
-smallest input hypothesis could find that breaks it (printed as "counterexample: <check>(<arguments>)"). Paste it into
-a Python shell and compare your output with the formula by hand.
+Fill in each function below (delete its `raise NotImplementedError`), then grade your file with
+`minift check 12`. How grading works (points, counterexamples, your own copy, --impl, --pytest,
+minift verify): lessons/README.md, "Grading your exercise".
 
 Rules: plain PyTorch (abs, amax, argmin or bucketize, bit shifts, torch.linalg.svd). Do not call
 minift. Inputs are float32 unless a docstring says otherwise.

@@ -22,41 +22,31 @@ minift/memory.py, minift/peft/lora.py, minift/heads.py); this file only calls it
 EXPECTED_SECONDS = 75
 FAST_SECONDS = 12
 
-import argparse
 import copy
-import sys
 import time
 
 import torch
 
-from minift import world
+from minift import course, world
 from minift.heads import TokenClassifier, classifier_loss, encode_ner, predict_tags
 from minift.memory import PRESETS, estimate, step_memory
 from minift.model import GPT
 from minift.peft.lora import LoRAConfig, LoRALinear, apply_lora
-from minift.pretrain import BASE_DIR, load_base
+from minift.pretrain import load_base
 from minift.quant.int8 import Int8Linear
-from minift.quant.nf4 import (CODES, NF4_PUBLISHED, NF4Linear, bits_per_parameter, dequantize_nf4, nf4_code,
-                              quantize_nf4)
+from minift.quant.nf4 import CODES, NF4_PUBLISHED, bits_per_parameter, dequantize_nf4, nf4_code, quantize_nf4
+from minift.quant.ops import NF4Linear
 from minift.quant.qlora import QLoRAConfig, QLoRALinear, apply_qlora, merge_to_float, merge_to_quantized
 from minift.report import header, table
 from minift.tasks import collate_fn, entity_f1
 from minift.train import TrainConfig, train
 
-parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-parser.add_argument("--fast", action="store_true", help="tiny budgets and eval slices, no 65B estimate (seconds)")
-args = parser.parse_args()
+# --fast, the base-model check, one thread, the clock: minift/course.py
+args = course.start("12", course.parser(__doc__, "tiny budgets and eval slices, no 65B estimate (seconds)"))
 FAST = args.fast
-
-if not (BASE_DIR / "model.safetensors").is_file():
-    sys.exit(f"lesson 12 needs the base model in {BASE_DIR}/; it is shipped with minift (or rebuild it with "
-             f"`minift pretrain`).")
-
-torch.set_num_threads(1)
 STEPS, BATCH, LR, R = (5, 32, 3e-3, 4) if FAST else (150, 32, 3e-3, 4)   # lesson 05's LoRA r=4 q,v recipe
 N_EVAL = 40 if FAST else None
 LOFTQ_ITERS = 5
-t_start = time.perf_counter()
 
 base, tok = load_base()
 col = collate_fn(tok.pad_id)
@@ -242,4 +232,4 @@ if not FAST:
           f"trainable of {g3['parameters'] - g3['trainable']:,}; an fp16 checkpoint of them is "
           f"{2 * g3['trainable'] / 2 ** 20:.1f} MiB against {2 * (g3['parameters'] - g3['trainable']) / 1e9:.0f} GB for the "
           f"model (the LoRA paper: 'from 350GB to 35MB').")
-print(f"\ndone in {time.perf_counter() - t_start:.1f}s")
+print(f"\ndone in {course.elapsed():.1f}s")

@@ -1,15 +1,8 @@
 """Lesson 13 exercise: the scalar NF4 dot product, and the fused NF4-LoRA matmul built on it.
 
-Copy it to your workspace, fill in each function below (delete the `raise NotImplementedError`),
-then grade your file:
-
-    minift exercise 13            # -> exercises/13_kernels.py, yours to edit
-    minift check 13               # one point per conformance check (2), with counterexamples
-    minift verify --impl exercises/13_kernels.py --only run_nf4_dot   # one function
-    minift check 13 --pytest      # every test of the lesson, under pytest
-
-Every check is a property tested on many small random inputs against float64 numpy; a failing
-check prints the smallest input hypothesis could find that breaks it (printed as "counterexample: <check>(<arguments>)").
+Fill in each function below (delete its `raise NotImplementedError`), then grade your file with
+`minift check 13`. How grading works (points, counterexamples, your own copy, --impl, --pytest,
+minift verify): lessons/README.md, "Grading your exercise".
 
 Rules: write the loop yourself, the way the C++ kernel's scalar path does (cuda_ext/quant_lora.cpp,
 nf4_row_scalar): read a byte, split it into two 4-bit indices, look them up in the table, multiply

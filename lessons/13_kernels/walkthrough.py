@@ -26,7 +26,6 @@ minift/quant/nf4.py); this file only calls it and prints. The first run builds c
 EXPECTED_SECONDS = 30
 FAST_SECONDS = 6
 
-import argparse
 import os
 import subprocess
 import sys
@@ -34,21 +33,19 @@ import time
 
 import torch
 
+from minift import course
 from minift.bench import _best_ms, bench_kernels, copy_bandwidth
 from minift.pretrain import load_base
 from minift.quant import ops
 from minift.quant.int8 import quantize_absmax
-from minift.quant.nf4 import CODES, NF4State, bits_per_parameter, quantize_nf4
+from minift.quant.nf4 import CODES, bits_per_parameter, quantize_nf4
 from minift.quant.qlora import quantize_model
 from minift.report import header, table
 
-parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-parser.add_argument("--fast", action="store_true", help="small shapes, batch 1 and 8 (seconds)")
-args = parser.parse_args()
+# --fast, one thread, the clock (minift/course.py); only part 6 loads the base model
+args = course.start("13", course.parser(__doc__, "small shapes, batch 1 and 8 (seconds)"), needs_base=False)
 FAST = args.fast
-torch.set_num_threads(1)
 torch.manual_seed(0)
-t_start = time.perf_counter()
 ext = ops.extension()
 print(f"kernel path: {ops.backend()}; torch {torch.__version__}, {torch.get_num_threads()} thread")
 
@@ -206,4 +203,4 @@ table(["model", "tokens / s", "vs float32", f"same first tokens as float32 (of {
         f"{rate_k / rate_f:.2f}x", n_same(out_k, out_f), n_same(out_k, out_r)],
        ["NF4 (+ double quant), dequantize-then-matmul", f"{rate_r:.0f}", f"{rate_r / rate_f:.2f}x", n_same(out_r, out_f), "-"]])
 print(f"generated ({n_new} tokens, the NF4 model, default path): {tok.decode(out_k[0].tolist())!r}")
-print(f"\ntotal {time.perf_counter() - t_start:.1f}s")
+print(f"\ntotal {course.elapsed():.1f}s")

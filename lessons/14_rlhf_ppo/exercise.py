@@ -1,15 +1,9 @@
 """Lesson 14 exercise: the pieces of RLHF — the reward model's loss and where it reads its score,
 and PPO's advantage estimate, clipped losses, KL penalty and whitening.
 
-Fill in the functions below (delete each `raise NotImplementedError`), then grade your file:
-
-    minift check 14
-    minift verify --impl lessons/14_rlhf_ppo/exercise.py --only lesson14
-    pytest -m lesson14 --impl lessons/14_rlhf_ppo/exercise.py
-
-Every check is a property tested on many small random inputs; a failing check prints the
-smallest input hypothesis could find that breaks it (printed as "counterexample: <check>(<arguments>)"). Paste it into
-a Python shell and compare your output with the formula by hand.
+Fill in the functions below (delete each `raise NotImplementedError`), then grade your file with
+`minift check 14`. How grading works (points, counterexamples, your own copy, --impl, --pytest,
+minift verify): lessons/README.md, "Grading your exercise".
 
 Conventions: (B, N) tensors hold one row per sampled response and one column per response token;
 `mask` (B, N) is 1 on a row's real tokens (a run of 1s from column 0: the response through its

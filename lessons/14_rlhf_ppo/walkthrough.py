@@ -3,7 +3,7 @@
 Prints, top to bottom:
 
   1. π_SFT: the shipped base fully fine-tuned on the preference prompts' chosen answers
-     (minift.align.preference.train_sft_policy), and how often its answers are exactly right;
+     (minift.evals.train_sft_policy), and how often its answers are exactly right;
   2. the reward model (minift/align/reward.py), started from π_SFT and trained on the preference
      pairs: held-out accuracy (ties counted apart) by kind of preference, on val people never seen
      in its training pairs;
@@ -24,36 +24,26 @@ Prints, top to bottom:
     python lessons/14_rlhf_ppo/walkthrough.py --long    # + 3 seeds x 3 values of beta
 
 Everything it uses lives in the library (minift/align/ppo.py, minift/align/reward.py,
-minift/align/preference.py, minift/pretrain.py); this file only calls it and prints.
+minift/align/preference.py, minift/evals.py, minift/pretrain.py); this file only calls it and prints.
 """
 EXPECTED_SECONDS = 100
 FAST_SECONDS = 13
 
-import argparse
 import copy
-import sys
 import time
 
-import torch
-
-from minift.align.ppo import PPOConfig, evaluate_policy, frozen_copy, train_ppo
-from minift.align.preference import preference_examples, train_sft_policy
-from minift.align.reward import evaluate_reward_model, train_reward_model
-from minift.pretrain import BASE_DIR, load_base
+from minift import course
+from minift.align.ppo import PPOConfig, frozen_copy, train_ppo
+from minift.align.reward import RewardConfig, train_reward_model
+from minift.evals import evaluate_policy, evaluate_reward_model, preference_examples, train_sft_policy
+from minift.pretrain import load_base
 from minift.report import header, table
+from minift.train import TrainConfig
 
-parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-parser.add_argument("--fast", action="store_true", help="tiny budgets and eval slices (seconds)")
+parser = course.parser(__doc__)
 parser.add_argument("--long", action="store_true", help="also rerun PPO for beta in {0, 0.05, 0.2} x seeds 0, 1, 2")
-args = parser.parse_args()
+args = course.start("14", parser)         # the base-model check, one thread, the clock: minift/course.py
 FAST = args.fast
-
-if not (BASE_DIR / "model.safetensors").is_file():
-    sys.exit(f"lesson 14 needs the base model in {BASE_DIR}/; it is shipped with minift "
-             f"(or rebuild it with `minift pretrain`).")
-
-torch.set_num_threads(1)        # tiny matrices: one thread is as fast, and fair on a shared machine
-t_start = time.perf_counter()
 
 SFT_STEPS, RM_STEPS = (6, 4) if FAST else (150, 100)
 N_EVAL = 16 if FAST else 80
@@ -96,7 +86,8 @@ print(f"SFT loss {sft_hist[0]['loss']:.3f} -> {sft_hist[-1]['loss']:.3f} in {t_s
 header(f"2. Step 2, the reward model: π_SFT + a scalar head on the last real token, Bradley–Terry loss, "
        f"{RM_STEPS} steps x 16 pairs, lr 3e-4")
 t0 = cpu()
-rm, rm_hist = train_reward_model(sft, tok, train_ex, steps=RM_STEPS, batch_size=16, lr=3e-4, seed=0, progress=False)
+rm, rm_hist = train_reward_model(sft, train_ex, RewardConfig(), TrainConfig(steps=RM_STEPS, batch_size=16, lr=3e-4, seed=0,
+                                 desc="reward model", progress=False), tok=tok)
 t_rm = cpu() - t0
 print(f"loss {rm_hist[0]['loss']:.3f} -> {rm_hist[-1]['loss']:.3f} (log 2 = 0.693 is a coin), train accuracy of the "
       f"last batch {rm_hist[-1]['acc']:.0%}, {t_rm:.1f}s CPU; rewards then standardised (mean 0, std 1 on training "
@@ -121,7 +112,7 @@ def run_ppo(beta, seed=0):
         p.requires_grad_(True)
     cfg = PPOConfig(**{**PPO.__dict__, "kl_coef": beta, "seed": seed})
     t0 = cpu()
-    hist = train_ppo(policy, ref, rm, tok, prompts, cfg, progress=False)
+    hist = train_ppo(policy, prompts, cfg, ref=ref, reward_model=rm, tok=tok, progress=False)
     return policy, hist, cpu() - t0
 
 
@@ -224,4 +215,4 @@ if args.long:
     rows.append(("π_SFT", f"{s0['score']:+.2f}", f"{s0['kl']:.1f}", f"{s0['chosen']:.0%}", f"{g0['chosen']:.0%}"))
     table(("policy", "RM score sampled, seeds 0 1 2", "KL sampled", "= chosen sampled", "= chosen greedy"), rows)
 
-print(f"\ntotal {time.perf_counter() - t_start:.0f}s wall, {cpu():.0f}s CPU")
+print(f"\ntotal {course.elapsed():.0f}s wall, {cpu():.0f}s CPU")

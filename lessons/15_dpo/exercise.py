@@ -1,15 +1,8 @@
 """Lesson 15 exercise: the DPO loss and its variants, and DPO's implicit rewards.
 
-Fill in each function below (delete the `raise NotImplementedError`), then grade your file:
-
-    minift check 15                                   # points per conformance check, with counterexamples
-    python -m pytest -m lesson15 --impl lessons/15_dpo/exercise.py tests
-    minift verify --impl lessons/15_dpo/exercise.py --only lesson15           # a report
-    minift verify --impl lessons/15_dpo/exercise.py --only run_dpo_rewards    # one function
-
-Every check is a property tested on many small random inputs; a failing check prints the
-smallest input hypothesis could find that breaks it (printed as "counterexample: <check>(<arguments>)"). Paste it into
-a Python shell and compare your output with the formula by hand.
+Fill in each function below (delete its `raise NotImplementedError`), then grade your file with
+`minift check 15`. How grading works (points, counterexamples, your own copy, --impl, --pytest,
+minift verify): lessons/README.md, "Grading your exercise".
 
 The inputs are sequence log-probabilities (minift/align/logps.py: log π(y|x) summed over the
 response tokens), one number per preference pair, all of shape (B,):

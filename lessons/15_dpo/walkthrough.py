@@ -3,7 +3,7 @@
 Prints, top to bottom:
 
   1. π_SFT: the base fine-tuned on BOTH the chosen and the rejected answers of the preference train
-     split (minift.align.preference.train_sft_policy(responses="both")), and how often it already
+     split (minift.evals.train_sft_policy(responses="both")), and how often it already
      ranks the chosen answer first on the 200 held-out pairs (raw log π), against the base;
   2. DPO from π_SFT on the same preference pairs (minift/align/dpo.py): held-out preference accuracy
      before/after, by kind of pair (fact, format, task), the margin, and what happened to log π of
@@ -24,39 +24,34 @@ Prints, top to bottom:
     python lessons/15_dpo/walkthrough.py --variants   # also cDPO (ε = 0.1) and hinge (SLiC) in part 3
 
 Everything it uses lives in the library (minift/align/dpo.py, preference.py, logps.py, reward.py,
-ppo.py, sft.py); this file only calls it, measures and prints.
+ppo.py, sft.py; minift/evals.py); this file only calls it, measures and prints.
 """
 EXPECTED_SECONDS = 100
 FAST_SECONDS = 12
 
-import argparse
 import copy
-import sys
 import time
 from unittest import mock
 
 import torch
 
-from minift.align.dpo import DPOConfig, evaluate_preferences, score_pairs, train_dpo
+from minift import course
+from minift.align.dpo import DPOConfig, score_pairs, train_dpo
 from minift.align.ppo import PPOConfig, frozen_copy, train_ppo
-from minift.align.preference import PreferenceDataset, preference_examples, train_sft_policy
-from minift.align.reward import evaluate_reward_model, score as reward_score, train_reward_model
-from minift.align.sft import generate_responses
-from minift.pretrain import BASE_DIR, forgetting_probe, load_base
+from minift.align.preference import PreferenceDataset
+from minift.align.reward import RewardConfig, score as reward_score, train_reward_model
+from minift.evals import (evaluate_preferences, evaluate_reward_model, generate_responses, preference_examples,
+                          train_sft_policy)
+from minift.pretrain import forgetting_probe, load_base
 from minift.report import header, table
 from minift.tasks import collate
+from minift.train import TrainConfig
 
-parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-parser.add_argument("--fast", action="store_true", help="tiny budgets and eval slices (seconds)")
+parser = course.parser(__doc__)
 parser.add_argument("--variants", action="store_true", help="also conservative DPO and hinge in part 3")
-args = parser.parse_args()
+args = course.start("15", parser)         # the base-model check, one thread, the clock: minift/course.py
 FAST = args.fast
-
-if not (BASE_DIR / "model.safetensors").is_file():
-    sys.exit(f"lesson 15 needs the base model in {BASE_DIR}/; it is shipped with minift (or `minift pretrain`).")
-
-torch.set_num_threads(1)
-t_start, c_start = time.perf_counter(), time.process_time()
+c_start = time.process_time()
 
 SFT_STEPS, RM_STEPS = (4, 2) if FAST else (100, 24)
 N_EVAL = 16 if FAST else 200                     # held-out pairs (the whole val split by default)
@@ -79,7 +74,7 @@ dpo_ex = train_ex[:N_TRAIN]
 
 
 def kind(prompt: str) -> str:
-    """TinyWorld's three kinds of preference pair (world.py: _preference), read off the prompt."""
+    """TinyWorld's three kinds of preference pair (minift/world/task_sets.py: _preference), read off the prompt."""
     if prompt.startswith("Answer with"):
         return "format"
     if prompt.startswith(("Write the words", "Rewrite this sentence", "How many words")):
@@ -176,12 +171,12 @@ n_train, n_val = answer_tokens(dpo_ex), answer_tokens(val_ex)
 
 def run_dpo(name, loss_type, beta, eps, alpha):
     policy = copy.deepcopy(sft)
-    cfg = DPOConfig(beta=beta, loss_type=loss_type, label_smoothing=eps, nll_weight=alpha, **DPO)
+    cfg = DPOConfig(beta=beta, loss_type=loss_type, label_smoothing=eps, nll_weight=alpha)
     meter = SavedForBackward(policy, sft)
     avg = cfg.average_logps                                      # IPO: per-token log-probs, the same sums / length
     with meter:
-        hist, secs = cpu(lambda: train_dpo(policy, sft, tok, dpo_ex, cfg, progress=False,
-                                           ref_logps=ref_train / n_train if avg else ref_train))
+        hist, secs = cpu(lambda: train_dpo(policy, dpo_ex, cfg, TrainConfig(**DPO, progress=False, desc=name), ref=sft,
+                                           tok=tok, ref_logps=ref_train / n_train if avg else ref_train))
     own = score_pairs(policy, tok, val_ex)                                                # summed log π (2, N)
     ev = evaluate_preferences(own / n_val if avg else own, lp_sft / n_val if avg else lp_sft, tok, val_ex)
     return {"name": name, "policy": policy, "cfg": cfg, "hist": hist, "secs": secs, "eval": ev, "lp": own,
@@ -262,16 +257,16 @@ for key, r in results.items():
 
 # ==============================================================================================
 rm_ex = train_ex[:32] if FAST else train_ex
-(rm, rm_hist), t_rm = cpu(lambda: train_reward_model(sft, tok, rm_ex, steps=RM_STEPS, batch_size=16, lr=3e-4, seed=0,
-                                                     progress=False))
+(rm, rm_hist), t_rm = cpu(lambda: train_reward_model(sft, rm_ex, RewardConfig(), TrainConfig(
+    steps=RM_STEPS, batch_size=16, lr=3e-4, seed=0, desc="reward model", progress=False), tok=tok))
 rm_eval = evaluate_reward_model(rm, tok, val_ex)
 header(f"4. PPO from the same π_SFT: reward model ({RM_STEPS} steps x 16 pairs, held-out accuracy "
        f"{rm_eval['accuracy']:.0%}), then {PPO.steps} PPO iterations x {PPO.batch_size} prompts (lesson 14's recipe)")
 ppo_policy, ppo_ref = copy.deepcopy(sft), frozen_copy(sft)
 meter_ppo = SavedForBackward(ppo_policy, ppo_ref, rm)
 with meter_ppo:
-    ppo_hist, t_ppo = cpu(lambda: train_ppo(ppo_policy, ppo_ref, rm, tok, [e["prompt"] for e in train_ex], PPO,
-                                            progress=False))
+    ppo_hist, t_ppo = cpu(lambda: train_ppo(ppo_policy, [e["prompt"] for e in train_ex], PPO, ref=ppo_ref,
+                                            reward_model=rm, tok=tok, progress=False))
 print(f"reward model: {t_rm:.1f}s CPU. PPO: score of the samples {ppo_hist[0]['score']:+.2f} -> "
       f"{ppo_hist[-1]['score']:+.2f}, KL to π_SFT {ppo_hist[-1]['kl']:.2f} nats/response; {t_ppo:.1f}s CPU")
 ev_ppo = evaluate_preferences(ppo_policy, lp_sft, tok, val_ex)
@@ -302,7 +297,7 @@ for i in picks:
 
 # ==============================================================================================
 header("5. The training cost of DPO vs PPO, measured in this run")
-cfg, meter_dpo = main["cfg"], main["meter"]
+cfg, meter_dpo = TrainConfig(**DPO), main["meter"]                  # the run: steps, pairs per step
 t_dpo = main["secs"] + t_ref                                      # training + the reference's log-probs, once
 n_ppo_updates = PPO.steps * PPO.ppo_epochs * (PPO.batch_size // PPO.minibatch_size)
 rows = [("DPO", f"{cfg.steps}", f"{t_dpo / cfg.steps:.3f}s", f"{t_dpo / (cfg.steps * cfg.batch_size):.4f}s / pair",
@@ -337,5 +332,5 @@ if not FAST:
 else:
     print("(skipped in --fast)")
 
-print(f"\ntotal: {time.perf_counter() - t_start:.1f}s wall, {time.process_time() - c_start:.1f}s CPU "
+print(f"\ntotal: {course.elapsed():.1f}s wall, {time.process_time() - c_start:.1f}s CPU "
       f"({torch.get_num_threads()} thread; wall grows when other jobs share the cores)")

@@ -1,17 +1,9 @@
 """Lesson 16 exercise: the two functions a contrastive sentence encoder is made of, the pooling
 that turns a GPT's hidden states into one vector per sentence, and the InfoNCE loss.
 
-Copy it to your workspace, fill in the two functions (delete each `raise NotImplementedError`),
-then grade your file:
-
-    minift exercise 16            # -> exercises/16_contrastive.py, yours to edit
-    minift check 16               # one point per conformance check (7), with counterexamples
-    minift verify --impl exercises/16_contrastive.py --only lesson16
-    pytest -m lesson16 --impl exercises/16_contrastive.py tests
-
-Every check is a property tested on many small random inputs; a failing check prints the
-smallest input hypothesis could find that breaks it (printed as "counterexample: <check>(<arguments>)"). Paste it into
-a Python shell and compare your output with the formula by hand.
+Fill in the two functions below (delete each `raise NotImplementedError`), then grade your file with
+`minift check 16`. How grading works (points, counterexamples, your own copy, --impl, --pytest,
+minift verify): lessons/README.md, "Grading your exercise".
 
 Rules: plain PyTorch (torch, torch.nn.functional); do not call minift.
 """

@@ -25,36 +25,26 @@ minift/train.py, minift/pretrain.py); this file only calls it and prints.
 EXPECTED_SECONDS = 90
 FAST_SECONDS = 10
 
-import argparse
 import re
-import sys
 import time
 from collections import Counter
 
 import numpy as np
 import torch
 
-from minift import world
-from minift.align.contrastive import (ContrastiveConfig, cosine, embed_sentences, evaluate_embeddings, fact_key,
-                                      supervised_pairs, train_contrastive, unsupervised_sentences)
+from minift import course, world
+from minift.align.contrastive import ContrastiveConfig, embed_sentences, train_contrastive
+from minift.evals import cosine, evaluate_embeddings, fact_key, supervised_pairs, unsupervised_sentences
 from minift.peft.lora import LoRAConfig, apply_lora
-from minift.pretrain import BASE_DIR, load_base
+from minift.pretrain import load_base
 from minift.report import header, table
 from minift.train import TrainConfig
 
-parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-parser.add_argument("--fast", action="store_true", help="a few steps per recipe (seconds)")
+parser = course.parser(__doc__, "a few steps per recipe (seconds)")
 parser.add_argument("--ablation", action="store_true", help="also train the hard-negative recipe with mean pooling "
                                                             "and with dropout 0.1 (about 45 s more)")
-args = parser.parse_args()
+args = course.start("16", parser)         # the base-model check, one thread, the clock: minift/course.py
 FAST = args.fast
-
-if not (BASE_DIR / "model.safetensors").is_file():
-    sys.exit(f"lesson 16 needs the base model in {BASE_DIR}/; it is shipped with minift "
-             f"(or rebuild it with `minift pretrain`).")
-
-torch.set_num_threads(1)        # tiny matrices: one thread is as fast, and fair on a shared machine
-t_start = time.perf_counter()
 
 STEPS, BATCH = (6, 16) if FAST else (80, 64)
 N_EVAL = 40 if FAST else None  # --fast: the first 40 examples of each evaluation split
@@ -120,8 +110,8 @@ for name, (items, lr, peft, pooling, dropout) in RECIPES.items():
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     cfg = ContrastiveConfig(temperature=TAU, pooling=pooling, dropout=dropout)
     t0 = time.process_time()              # CPU time of this process: fairer than wall time on a shared machine
-    hist = train_contrastive(model, tok, items, cfg, TrainConfig(steps=STEPS, batch_size=BATCH, lr=lr, seed=0,
-                                                                 progress=False, desc=name))
+    hist = train_contrastive(model, items, cfg, TrainConfig(steps=STEPS, batch_size=BATCH, lr=lr, seed=0,
+                                                            progress=False, desc=name), tok=tok)
     seconds[name] = time.process_time() - t0
     results[name], models[name] = evaluate_embeddings(model, tok, pooling, limit=N_EVAL), model
     rows.append((name, trainable, lr, hist[-1]["loss"]))
@@ -200,4 +190,4 @@ for name, model in (("untrained (last)", base), (MAIN, models[MAIN])):
             ok = "same fact" if fact_key(positives[j]) == fact_key(pairs_test[qi]["anchor"]) else "other fact"
             print(f"      {float(sims[j]):.3f}  {ok:<10}  {positives[j]!r}")
 
-print(f"\ntotal {time.perf_counter() - t_start:.1f}s")
+print(f"\ntotal {course.elapsed():.1f}s")

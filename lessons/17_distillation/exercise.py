@@ -1,14 +1,8 @@
 """Lesson 17 exercise: the distillation losses, soft targets at a temperature, and Hinton's mixture.
 
-Fill in each function below (delete the `raise NotImplementedError`), then grade your file:
-
-    minift check 17                                   # points per conformance check, with counterexamples
-    python -m pytest -m lesson17 --impl lessons/17_distillation/exercise.py tests
-    minift verify --impl lessons/17_distillation/exercise.py --only lesson17          # a report
-    minift verify --impl lessons/17_distillation/exercise.py --only run_kd_loss       # one function
-
-Every check is a property tested on many small random inputs; a failing check prints the
-smallest input hypothesis could find that breaks it (printed as "counterexample: <check>(<arguments>)").
+Fill in each function below (delete its `raise NotImplementedError`), then grade your file with
+`minift check 17`. How grading works (points, counterexamples, your own copy, --impl, --pytest,
+minift verify): lessons/README.md, "Grading your exercise".
 
 Logits are (N, K): N positions, K classes. The teacher's logits are given (no gradient needs to
 reach them); the student's must keep their gradient (one check calls .backward() on your loss).

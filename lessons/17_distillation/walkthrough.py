@@ -26,37 +26,29 @@ minift/pretrain.py); this file only calls it and prints.
 EXPECTED_SECONDS = 100
 FAST_SECONDS = 10
 
-import argparse
 import copy
 import statistics
-import sys
 import time
 from collections import Counter
 
 import torch
 
-from minift import world
+from minift import course, world
 from minift.align.distill import (DistillConfig, collate_with_teacher, init_from_teacher, train_student,
-                                  transfer_set, with_teacher_logits)
+                                  with_teacher_logits)
+from minift.evals import transfer_set
 from minift.heads import TokenClassifier, classifier_loss, ner_splits, predict_tags
 from minift.model import GPT, GPTConfig
-from minift.pretrain import BASE_DIR, load_base
+from minift.pretrain import load_base
 from minift.report import header, table
 from minift.tasks import IGNORE_INDEX, collate_fn, entity_f1
 from minift.train import TrainConfig, train
 
-parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-parser.add_argument("--fast", action="store_true", help="tiny budgets and eval slices (seconds)")
+parser = course.parser(__doc__)
 parser.add_argument("--more", action="store_true", help="also: the transfer set without the held-out names, "
                                                         "and a second student seed (about 40 s more CPU)")
-args = parser.parse_args()
+args = course.start("17", parser)         # the base-model check, one thread, the clock: minift/course.py
 FAST = args.fast
-
-if not (BASE_DIR / "model.safetensors").is_file():
-    sys.exit(f"lesson 17 needs the base model in {BASE_DIR}/; it is shipped with minift "
-             f"(or rebuild it with `minift pretrain`).")
-
-torch.set_num_threads(1)        # tiny matrices: one thread is as fast, and fair on a shared machine
 
 BLOCK, BATCH = 128, 32
 TEACHER_STEPS, TEACHER_LR = (5, 3e-4) if FAST else (150, 3e-4)       # lesson 05's full fine-tuning
@@ -65,7 +57,6 @@ N_EVAL = 40 if FAST else None
 N_TRANSFER = 64 if FAST else 1500
 STUDENT = dict(n_layer=2, n_head=2, n_embd=64)
 KD = DistillConfig(alpha=0.5, temperature=2.0, divergence="forward", mask="labels")   # Hinton's recipe
-t_start = time.perf_counter()
 
 base, tok = load_base()
 col = collate_fn(tok.pad_id)
@@ -206,7 +197,7 @@ def run_student(name, init, signal, data, kd, d, seed=1):
     if kd is None:
         hist = train(student, d, tc, loss_fn=classifier_loss, collate_fn=col)
     else:                                                          # cached teacher logits: no teacher forward
-        hist = train_student(student, None, d, kd, tc, col_t)
+        hist = train_student(student, d, kd, tc, collate_fn=col_t)
     f1 = {s: f1_on(student, s) for s in ("val", "test")}
     print(f"{name:<30} val F1 {f1['val'][0]:.3f}, test F1 {f1['test'][0]:.3f}, {hist[-1]['time']:.1f}s", flush=True)
     return dict(name=name, init=init, signal=signal, data=data, f1=f1, time=hist[-1]["time"], n=len(d))
@@ -281,4 +272,4 @@ if args.more:
             f"{r['f1']['test'][0] / ft:.1%}" if ft >= 0.05 else "n/a") for r in more])
     print("'w/o names': the transfer set with every sentence that names a val or test person left out. 'seed 2': "
           "the student body drawn with seed 2 instead of 1 (the head and the data order unchanged).")
-print(f"\ntotal {time.perf_counter() - t_start:.0f}s")
+print(f"\ntotal {course.elapsed():.0f}s")

@@ -1,16 +1,9 @@
 """Lesson 18 exercise: mixture weights, the mixture sampler, forgetting, backward transfer, and the
 per-example loss.
 
-Fill in each function below (delete the `raise NotImplementedError`), then grade your file:
-
-    minift check 18                                   # points per conformance check, with counterexamples
-    python -m pytest -m lesson18 --impl lessons/18_multitask_sequential/exercise.py tests
-    minift verify --impl lessons/18_multitask_sequential/exercise.py --only lesson18            # a report
-    minift verify --impl lessons/18_multitask_sequential/exercise.py --only run_mixture_weights  # one function
-
-Every check is a property tested on many small random inputs; a failing check prints the
-smallest input hypothesis could find that breaks it (printed as "counterexample: <check>(<arguments>)"). Paste it into
-a Python shell and compare your output with the formula by hand.
+Fill in each function below (delete its `raise NotImplementedError`), then grade your file with
+`minift check 18`. How grading works (points, counterexamples, your own copy, --impl, --pytest,
+minift verify): lessons/README.md, "Grading your exercise".
 
 The sampler is graded on its properties, not on a particular random stream: any generator will
 do, as long as the same seed gives the same draws.

@@ -18,44 +18,32 @@ Prints, top to bottom:
     python lessons/18_multitask_sequential/walkthrough.py          # or: minift run 18
     python lessons/18_multitask_sequential/walkthrough.py --fast   # the seconds-long version the tests run
 
-Everything it uses lives in the library (minift/align/multitask.py, minift/align/sft.py,
+Everything it uses lives in the library (minift/align/multitask.py, minift/evals.py,
 minift/peft/lora.py, minift/peft/io.py, minift/train.py, minift/pretrain.py); this file only
 calls it and prints.
 """
 EXPECTED_SECONDS = 90
 FAST_SECONDS = 12
 
-import argparse
 import hashlib
 import math
 import os
-import sys
 import tempfile
 import time
 
-import torch
-
-torch.set_num_threads(1)   # tiny matrices: one thread is as fast, and fair on a shared 2-core machine
-
-from minift import world
+from minift import course, world
 from minift.align.multitask import (Column, MixtureConfig, MixtureDataset, Stage, forgetting, mixture_weights,
                                     run_stages, stage_matrix)
-from minift.align.sft import evaluate_task, mixture
+from minift.evals import evaluate_task, mixture
 from minift.peft.common import remove_adapters
 from minift.peft.lora import LoRAConfig
-from minift.pretrain import BASE_DIR, fact_accuracy, load_base, probe_subset
+from minift.pretrain import fact_accuracy, load_base, probe_subset
 from minift.report import header, table
 from minift.tasks import LMDataset, SFTDataset, collate_fn, perplexity
 from minift.train import evaluate_nll
 
-parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-parser.add_argument("--fast", action="store_true", help="tiny budgets and eval slices (seconds)")
-args = parser.parse_args()
+args = course.start("18", __doc__)       # --fast, the base-model check, one thread, the clock: minift/course.py
 FAST = args.fast
-
-if not (BASE_DIR / "model.safetensors").is_file():
-    sys.exit(f"lesson 18 needs the base model in {BASE_DIR}/; it is shipped with minift "
-             f"(or rebuild it with `minift pretrain`).")
 
 STEPS = 3 if FAST else 50                   # optimizer steps of every stage (and of every single-task run)
 BATCH = 8
@@ -67,7 +55,6 @@ N_QA, N_SUM, N_WIN, N_FACTS = (8, 4, 2, 6) if FAST else (120, 40, 8, 72)
 N_TRAIN = 100 if FAST else None             # training examples per task set (None: all of train)
 N_DOCS = 100 if FAST else None              # domain-2 training documents (None: all)
 DOMAIN_BLOCK = 64
-t_start = time.perf_counter()
 
 base, tok = load_base()
 T = base.config.block_size
@@ -224,4 +211,4 @@ print(f"same total steps: the multitask model trains {3 * STEPS} steps, the thre
       f"with equal mixing it also sees each set {STEPS * BATCH} times in expectation "
       f"({', '.join(f'{k} {v}' for k, v in cnt.items())} drawn).")
 
-print(f"\ntotal: {time.perf_counter() - t_start:.1f}s wall, {time.process_time():.1f}s CPU of this process")
+print(f"\ntotal: {course.elapsed():.1f}s wall, {time.process_time():.1f}s CPU of this process")

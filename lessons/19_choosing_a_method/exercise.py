@@ -1,10 +1,8 @@
 """Lesson 19 exercise: what each method of the course trains, counted from the shapes.
 
-Fill in the function below (delete the `raise NotImplementedError`), then grade your file:
-
-    minift check 19
-    minift verify --impl lessons/19_choosing_a_method/exercise.py --only lesson19
-    pytest -m lesson19 --impl lessons/19_choosing_a_method/exercise.py tests
+Fill in the function below (delete the `raise NotImplementedError`), then grade your file with
+`minift check 19`. How grading works (points, counterexamples, your own copy, --impl, --pytest,
+minift verify): lessons/README.md, "Grading your exercise".
 
 The "trainable" column of lesson 19's table, and its claim that LoRA trains thousands of times fewer
 parameters at scale, rest on these counts. Every check draws a small GPT-2 shape (n_layer L <= 3,

@@ -21,21 +21,20 @@ Prints, top to bottom:
     python lessons/19_choosing_a_method/walkthrough.py --full    # the lessons' 150 steps, seeds 0, 1, 2
 
 Everything it uses lives in the library (minift/peft/*, minift/quant/qlora.py, minift/heads.py,
-minift/train.py, minift/pretrain.py, minift/memory.py); this file only calls it and prints.
+minift/train.py, minift/pretrain.py, minift/memory.py; the train-and-measure bench:
+minift/course.py); this file only calls it and prints.
 """
 EXPECTED_SECONDS = 95
 FAST_SECONDS = 12
 
-import argparse
 import copy
 import statistics
-import sys
 import time
 
 import torch
 
-from minift import world
-from minift.heads import TokenClassifier, classifier_loss, ner_splits, predict_tags
+from minift import course, world
+from minift.heads import ner_splits
 from minift.memory import PRESETS, estimate, step_memory
 from minift.model import GPT
 from minift.peft.adapters import AdapterConfig
@@ -47,26 +46,19 @@ from minift.peft.prefix import PrefixConfig
 from minift.peft.prompt import PromptConfig
 from minift.peft.reft import ReFTConfig, reft_parameter_count
 from minift.peft.selective import SelectiveConfig
-from minift.pretrain import BASE_DIR, forgetting_probe, load_base
+from minift.pretrain import forgetting_probe, load_base
 from minift.quant.qlora import QLoRAConfig, merge_and_unload_qlora
 from minift.report import header, table
-from minift.tasks import LMDataset, collate_fn, entity_f1
-from minift.train import TrainConfig, train
+from minift.tasks import LMDataset
 
-parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-mode = parser.add_mutually_exclusive_group()
-mode.add_argument("--fast", action="store_true", help="tiny budgets and eval slices (seconds)")
-mode.add_argument("--full", action="store_true", help="the lessons' full recipes: 150 steps, seeds 0, 1, 2, "
-                                                      "and the LLaMA-65B prediction")
-args = parser.parse_args()
+parser = course.parser(__doc__)
+parser.add_argument("--full", action="store_true", help="the lessons' full recipes: 150 steps, seeds 0, 1, 2, "
+                                                        "and the LLaMA-65B prediction (not with --fast)")
+args = course.start("19", parser)
+if args.fast and args.full:
+    parser.error("argument --full: not allowed with argument --fast")
 FAST, FULL = args.fast, args.full
-
-if not (BASE_DIR / "model.safetensors").is_file():
-    sys.exit(f"lesson 19 needs the base model in {BASE_DIR}/; it is shipped with minift "
-             f"(or rebuild it with `minift pretrain`).")
-
-torch.set_num_threads(1)        # tiny matrices: one thread is as fast, and fair on a shared machine
-t_start, cpu_start = time.perf_counter(), time.process_time()
+cpu_start = time.process_time()
 
 # ---- every method, with its own lesson's recipe ---------------------------------------------------
 # name: (lesson, config, peak lr). Configs and rates are the ones each lesson picked on its dev/val
@@ -103,18 +95,26 @@ def mib(n):
     return f"{n / 2 ** 20:.2f}"
 
 
-def fresh(method, seed=0):
-    """A TokenClassifier on a fresh copy of the base, with `method` applied (the same head init)."""
-    torch.manual_seed(seed)
-    body, _ = load_base()
-    return apply_config(TokenClassifier(body, len(world.NER_TAGS)), M[method][1])
-
-
 base, tok = load_base()
-col = collate_fn(tok.pad_id)
 ner, items, train_items = ner_splits(tok, BLOCK, N_EVAL)   # examples, encodings, train items
 before = forgetting_probe(base, tok, **PROBE)
 N_ALL = base.num_parameters()
+
+
+def before_training(clf):
+    """What the bench measures on the fresh model: all its parameters (base + method + head; QLoRA's
+    NF4 weights counted as the parameters they hold) and one training step's memory of the body as a
+    language model, the method applied."""
+    n_total = N_ALL + count_adapter_parameters(clf) + clf.head.weight.numel() + clf.head.bias.numel()
+    return {"total": n_total, "mem": step_memory(clf.body, MEM_B, MEM_T)}
+
+
+# the bench (minift/course.py): a fresh TokenClassifier per method, the same head init, data and steps;
+# train time as CPU seconds (one thread, not inflated by other jobs); forgetting with the adapter on
+bench = course.Bench({m: cfg for m, (_, cfg, _) in M.items()}, tok, (ner, items, train_items), steps=STEPS,
+                     batch=BATCH, dev="val", warmup_steps=max(1, STEPS // 10), probe=PROBE, width=29,
+                     cpu_time=True, on_fresh=before_training)
+col, fresh = bench.col, bench.fresh
 print(f"task: NER (BIO tags over {', '.join(world.NER_TYPES)}), {len(ner['train'])} training sentences, val "
       f"{len(ner['val'])}, test {len(ner['test'])}. Every run: {STEPS} steps x batch {BATCH}, AdamW, warmup + "
       f"cosine, the same head init, seed{'s' if len(SEEDS) > 1 else ''} {', '.join(map(str, SEEDS))}"
@@ -122,59 +122,31 @@ print(f"task: NER (BIO tags over {', '.join(world.NER_TYPES)}), {len(ner['train'
 print(f"base model: {N_ALL:,} parameters; before fine-tuning: pretraining perplexity {before['pretrain_ppl']:.3f}, "
       f"fact accuracy {before['fact_accuracy']:.1%} ({PROBE['n_facts']} probes)")
 
-
-def train_and_measure(method, seed=0):
-    clf = fresh(method, seed)
-    lr = M[method][2]
-    n_train = sum(p.numel() for p in clf.parameters() if p.requires_grad)
-    n_method = count_adapter_parameters(clf)              # what the method adds (0 for full, head-only, BitFit)
-    n_total = N_ALL + n_method + clf.head.weight.numel() + clf.head.bias.numel()
-    mem = step_memory(clf.body, MEM_B, MEM_T)             # the body as a language model, method applied
-    tc = TrainConfig(steps=STEPS, batch_size=BATCH, lr=lr, warmup_steps=max(1, STEPS // 10), seed=seed,
-                     progress=False, desc=method)
-    c0 = time.process_time()                              # CPU time: one thread, not inflated by other jobs
-    hist = train(clf, train_items, tc, loss_fn=classifier_loss, collate_fn=col)
-    cpu = time.process_time() - c0
-    f1 = {s: entity_f1(predict_tags(clf, items[s], col, world.NER_TAGS), [e["tags"] for e in ner[s]])["f1"]
-          for s in ("val", "test")}
-    return dict(method=method, lr=lr, trainable=n_train, total=n_total, n_method=n_method, mem=mem,
-                cpu=cpu, f1=f1, clf=clf, loss=(hist[0]["loss"], hist[-1]["loss"]),
-                after=forgetting_probe(clf.body, tok, **PROBE))     # with the adapter on
-
-
 # ==============================================================================================
 header(f"1. Every method on NER: {STEPS} steps x batch {BATCH}, each with its own lesson's recipe")
 results, spread = {}, {}
 for m in M:
-    runs = [train_and_measure(m, s) for s in SEEDS]
+    runs = [bench.train_and_measure(m, M[m][2], seed=s) for s in SEEDS]
     r = results[m] = runs[0]
     spread[m] = [x["f1"]["test"] for x in runs]
     for x in runs[1:]:
-        x.pop("clf")
-    print(f"{m:<29} lr {r['lr']:g}: loss {r['loss'][0]:.3f} -> {r['loss'][1]:.3f}, val F1 {r['f1']['val']:.3f}, "
-          f"test F1 {r['f1']['test']:.3f}, {r['cpu']:.1f}s CPU", flush=True)
+        x.pop("model")
+    bench.report(r)
 
 # ---- inference: forward CPU time of each trained classifier, unmerged and merged, vs the base ----
 # 64 val sentences, eval mode, no grad; rounds interleaved over the models, fastest kept.
 tbatch = col([{"idx": it["idx"], "labels": it["labels"]} for it in items["val"][:64]])
-timed = {"base": fresh("head-only"), **{m: results[m]["clf"] for m in M if m not in SAME_AS_BASE}}
+timed = {"base": fresh("head-only"), **{m: results[m]["model"] for m in M if m not in SAME_AS_BASE}}
 merge_err = {}
 with torch.no_grad():
     for m, merge in MERGES.items():
-        merged = copy.deepcopy(results[m]["clf"])
+        merged = copy.deepcopy(results[m]["model"])
         merge(merged)
         timed[m + " merged"] = merged.eval()
-        un = results[m]["clf"].eval()(tbatch["idx"], attention_mask=tbatch["attention_mask"]).logits
+        un = results[m]["model"].eval()(tbatch["idx"], attention_mask=tbatch["attention_mask"]).logits
         mg = merged(tbatch["idx"], attention_mask=tbatch["attention_mask"]).logits
         merge_err[m] = (mg - un)[tbatch["attention_mask"].bool()].abs().max().item()
-    best = {k: float("inf") for k in timed}
-    for mod in timed.values():
-        mod.eval()(tbatch["idx"], attention_mask=tbatch["attention_mask"])           # warm up
-    for _ in range(TIMING_ROUNDS):
-        for k, mod in timed.items():
-            c0 = time.process_time()
-            mod(tbatch["idx"], attention_mask=tbatch["attention_mask"])
-            best[k] = min(best[k], time.process_time() - c0)
+best = course.forward_cpu_seconds(timed, tbatch, TIMING_ROUNDS)
 fwd = {k: v / best["base"] for k, v in best.items()}
 
 full = results["full"]
@@ -183,7 +155,8 @@ for m, r in results.items():
     mem = r["mem"]
     un = "= base" if m in SAME_AS_BASE else f"{fwd[m]:.2f}x"
     mg = "= base" if m in SAME_AS_BASE else f"{fwd[m + ' merged']:.2f}x" if m in MERGES else "cannot"
-    rows.append((m, M[m][0], f"{r['lr']:g}", f"{r['trainable']:,}", f"{r['trainable'] / r['total']:.2%}",
+    n = r["rep"]["trainable"]
+    rows.append((m, M[m][0], f"{r['lr']:g}", f"{n:,}", f"{n / r['total']:.2%}",
                  mib(mem["weights"]), mib(mem["gradients"] + mem["optimizer"]), mib(mem["activations"]),
                  mib(mem["total"]), f"{r['cpu']:.1f}s", f"{r['cpu'] / full['cpu']:.2f}x", un, mg))
 print()
@@ -206,8 +179,8 @@ lm_batch = torch.stack([lm_val[i]["idx"] for i in range(4)])         # (4, 128)
 with torch.no_grad():
     want = base(lm_batch).logits
     for m, r in results.items():
-        with disable_adapters(r["clf"].body):
-            r["off"] = torch.equal(r["clf"].body(lm_batch).logits, want)
+        with disable_adapters(r["model"].body):
+            r["off"] = torch.equal(r["model"].body(lm_batch).logits, want)
 
 print()
 rows = []
@@ -306,7 +279,7 @@ print(f"    -> {sum(less)} of {len(less)} PEFT methods forget less on both measu
 
 lora = results["LoRA r=4 q,v"]
 print(f"(b) 'LoRA reduces trainable parameters by > 10,000x at scale'. LoRA r=4 on W_q, W_v: here "
-      f"{lora['n_method']:,} of {N_ALL:,} ({N_ALL / lora['n_method']:,.0f}x fewer, the task head aside); {BIG} "
+      f"{lora['n_adapter']:,} of {N_ALL:,} ({N_ALL / lora['n_adapter']:,.0f}x fewer, the task head aside); {BIG} "
       f"{N7 / pred['LoRA r=4 q,v']['trainable']:,.0f}x; GPT-3-175B "
       f"{n175 / (g3.n_layer * 2 * lora_parameter_count(g3.n_embd, g3.n_embd, 4)):,.0f}x (r=1: "
       f"{n175 / (g3.n_layer * 2 * lora_parameter_count(g3.n_embd, g3.n_embd, 1)):,.0f}x). The ratio grows with C: "
@@ -324,4 +297,4 @@ print(f"(c) 'QLoRA fits big models on one GPU'. Predicted for {BIG} at batch {B7
       f"test F1 {q['f1']['test']:.3f} vs {lo['f1']['test']:.3f}; training {q['cpu'] / lo['cpu']:.2f}x LoRA's CPU time.")
 print("(d) 'DPO is cheaper than PPO': not a fine-tuning method of this table (it needs preference pairs, not NER "
       "tags); lessons 14 (RLHF with PPO) and 15 (DPO) measure it on TinyWorld's preference task.")
-print(f"\ndone in {time.perf_counter() - t_start:.0f}s wall, {time.process_time() - cpu_start:.0f}s CPU")
+print(f"\ndone in {course.elapsed():.0f}s wall, {time.process_time() - cpu_start:.0f}s CPU")

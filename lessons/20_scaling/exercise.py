@@ -1,9 +1,8 @@
 """Lesson 20 exercise: the multiplicative scaling law of fine-tuning, and fitting it.
 
-Fill in the two functions below (delete each `raise NotImplementedError`), then grade your copy:
-
-    minift exercise 20        # copies these stubs to exercises/20_scaling.py
-    minift check 20           # grades that copy: one point per check, a counterexample for each failure
+Fill in the two functions below (delete each `raise NotImplementedError`), then grade your file with
+`minift check 20`. How grading works (points, counterexamples, your own copy, --impl, --pytest,
+minift verify): lessons/README.md, "Grading your exercise".
 
 Plain torch (or numpy); do not call minift. Inputs are float64 tensors.
 """

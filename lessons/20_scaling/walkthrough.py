@@ -25,32 +25,26 @@ Everything it uses lives in the library (minift/scaling.py, minift/pretrain.py, 
 EXPECTED_SECONDS = 55
 FAST_SECONDS = 14
 
-import argparse
 import os
 import tempfile
 import time
 
-import torch
-
-torch.set_num_threads(1)
-
+from minift import course
 from minift.checkpoint import load_json
 from minift.pretrain import DATA_DIR, SIZES, load_base, size_dir
 from minift.report import ascii_plot, header, table
 from minift.scaling import (METHODS, Cache, finetune_cell, fit_scaling_law, non_embedding_parameters,
                             predict_loss, recipe_fingerprint, steps_for, sweep)
 
-parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-parser.add_argument("--fast", action="store_true", help="a 2x2x2 corner with tiny steps, in a temporary cache")
+parser = course.parser(__doc__, "a 2x2x2 corner with tiny steps, in a temporary cache")
 parser.add_argument("--report", action="store_true", help="print from the cache only; run nothing")
 parser.add_argument("--full", action="store_true", help="run every cell missing from the cache")
 parser.add_argument("--probe", action="store_true", help="first, the learning-rate probe behind METHODS' rates "
                     "(3 rates x 3 methods x 2 cells, about 10 minutes)")
 parser.add_argument("--seeds", default="0,1,2", help="comma-separated seeds of the sweep (default 0,1,2: the shipped cache)")
 parser.add_argument("--cache", default=str(DATA_DIR / "scaling" / "sweep.json"), help="the cache file")
-args = parser.parse_args()
+args = course.start("20", parser, needs_base=False)      # one thread, the clock; its models are data/sizes/
 FAST = args.fast
-t_start = time.perf_counter()
 
 SIZE_NAMES = ("tiny", "small") if FAST else tuple(SIZES)
 METHOD_NAMES = ("full", "lora") if FAST else tuple(METHODS)
@@ -225,4 +219,4 @@ for s in SIZE_NAMES:
         row.append(min(have, key=have.get) if have else "-")
     rows.append(tuple(row))
 table(("size", *[f"best at D_f={n}" for n in DATA_SIZES]), rows)
-print(f"\ntotal: {time.perf_counter() - t_start:.1f}s")
+print(f"\ntotal: {course.elapsed():.1f}s")

@@ -1,12 +1,10 @@
 """Lesson 21 exercise: the three pieces of data-parallel training, written for one process.
 
-Fill in each function below (delete the `raise NotImplementedError`), then grade your file:
+Fill in each function below (delete its `raise NotImplementedError`), then grade your file with
+`minift check 21`. How grading works (points, counterexamples, your own copy, --impl, --pytest,
+minift verify): lessons/README.md, "Grading your exercise".
 
-    minift check 21 --impl lessons/21_distributed/exercise.py
-    minift verify --impl lessons/21_distributed/exercise.py --only lesson21
-
-Every check is a property tested on many small inputs; a failing check prints the smallest input
-hypothesis could find that breaks it. Rules: plain Python and tensor operations; do not call minift.
+Rules: plain Python and tensor operations; do not call minift.
 """
 import torch  # noqa: F401
 

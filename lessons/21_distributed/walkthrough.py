@@ -22,7 +22,6 @@ EXPECTED_SECONDS = 45
 FAST_SECONDS = 15
 
 import argparse
-import json
 import os
 import subprocess
 import sys
@@ -31,23 +30,20 @@ import time
 
 import torch
 
-torch.set_num_threads(1)   # two processes on two cores: one thread each
-
-from minift import world
+from minift import course, world
 from minift.distributed import init_from_env, rank_and_world, ring_allreduce_bytes
 from minift.memory import PRESETS, estimate
 from minift.peft.lora import LoRAConfig, apply_lora
-from minift.pretrain import BASE_DIR, load_base
+from minift.pretrain import load_base
 from minift.report import header, table
 from minift.tasks import LMDataset
 from minift.train import TrainConfig, train
 
-parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-parser.add_argument("--fast", action="store_true", help="1 step per run (seconds)")
+parser = course.parser(__doc__, "1 step per run (seconds)")
 parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
 parser.add_argument("--out", default=None, help=argparse.SUPPRESS)
 parser.add_argument("--grad-accum", type=int, default=1, help=argparse.SUPPRESS)
-args = parser.parse_args()
+args = course.start("21", parser)   # the base-model check, one thread (two processes on two cores), the clock
 STEPS = 1 if args.fast else 12
 BATCH = 4                       # per process: 2 processes x 4 = 8 windows of 128 tokens per step
 LORA = LoRAConfig(r=4, alpha=8, targets=("attn.c_attn",), qkv=("q", "v"))
@@ -91,10 +87,6 @@ if args.worker:
     if rank == 0:
         torch.save(results, args.out)
     sys.exit(0)
-
-if not (BASE_DIR / "model.safetensors").is_file():
-    sys.exit(f"lesson 21 needs the base model in {BASE_DIR}/ (shipped with minift; or run `minift pretrain`)")
-t_start = time.perf_counter()
 
 # ==============================================================================================
 header("1. What travels: the trainable gradients, once per step")
@@ -174,4 +166,4 @@ print("DDP keeps a whole copy of weights, gradients and optimizer state on every
       "layer's weights just in time, so a GPU holds 1/N of the state plus its activations (columns FSDP/N; the "
       "optimizer states are AdamW's two moments in float32, and activations use checkpointing). "
       "For LoRA the state is small already: DDP is enough, and FSDP would shard the frozen weights only.")
-print(f"\ntotal: {time.perf_counter() - t_start:.1f}s")
+print(f"\ntotal: {course.elapsed():.1f}s")

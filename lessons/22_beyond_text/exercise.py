@@ -1,9 +1,8 @@
 """Lesson 22 exercise: an image as a sequence of patches, the ViT's tokenizer.
 
-Fill in the function below (delete the `raise NotImplementedError`), then grade your file:
-
-    minift check 22 --impl lessons/22_beyond_text/exercise.py
-    minift verify --impl lessons/22_beyond_text/exercise.py --only lesson22
+Fill in the function below (delete the `raise NotImplementedError`), then grade your file with
+`minift check 22`. How grading works (points, counterexamples, your own copy, --impl, --pytest,
+minift verify): lessons/README.md, "Grading your exercise".
 
 The check compares your patches with an explicit loop over the image's blocks on many small
 random images; a failure prints the smallest image hypothesis could find. Plain tensor operations

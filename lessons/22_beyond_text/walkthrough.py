@@ -19,14 +19,12 @@ Everything it uses lives in the library (minift/vision.py, minift/peft/, minift/
 EXPECTED_SECONDS = 75
 FAST_SECONDS = 8
 
-import argparse
 import copy
 import time
 
 import torch
 
-torch.set_num_threads(1)
-
+from minift import course
 from minift.peft.adapters import AdapterConfig
 from minift.peft.common import disable_adapters
 from minift.peft.io import apply_config
@@ -36,14 +34,12 @@ from minift.report import header, table
 from minift.train import TrainConfig, stack_collate, train
 from minift.vision import SHAPES, ViT, ViTConfig, accuracy, image_items, image_loss, shapes
 
-parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-parser.add_argument("--fast", action="store_true", help="small sets and few steps (seconds)")
-args = parser.parse_args()
+# --fast, one thread, the clock (minift/course.py); no language model here: its own ViT is pretrained below
+args = course.start("22", course.parser(__doc__, "small sets and few steps (seconds)"), needs_base=False)
 FAST = args.fast
 S, P = 24, 6                                   # 24 x 24 images, 6 x 6 patches: 16 tokens + [CLS]
 N_PRE, N_ADAPT, N_TEST = (800, 400, 200) if FAST else (6000, 2000, 500)
 PRE_STEPS, ADAPT_STEPS = (40, 20) if FAST else (600, 300)
-t_start = time.perf_counter()
 
 # ==============================================================================================
 header("1. The images: four shapes, two worlds")
@@ -132,4 +128,4 @@ with torch.no_grad():
     diff = float((lora_model(x) - before).abs().max())
 print(f"LoRA merged into the ViT's weights (merge_lora) changes the logits by at most {diff:.1e}: no extra cost "
       f"at inference, as for the GPT.")
-print(f"\ntotal: {time.perf_counter() - t_start:.1f}s")
+print(f"\ntotal: {course.elapsed():.1f}s")

@@ -38,15 +38,14 @@ Where the pairs come from:
   `paraphrase` label-0 sentences (one value changed, roles swapped) as hard negatives. SimCSE
   keeps dropout 0.1 here too; on this base (pretrained without dropout) lesson 16 measures 0 better.
 
-Evaluation: paraphrase identification (sim(s1, s2) > threshold, the threshold tuned on val,
-accuracy on test) and retrieval accuracy@1 (each anchor's nearest positive is its own, or, with
-groups, any positive that states the same fact: `fact_key`).
+Both sets of items, and the evaluation (paraphrase identification with a threshold tuned on val,
+retrieval accuracy@1), are TinyWorld's: they live in minift/evals.py (`supervised_pairs`,
+`unsupervised_sentences`, `evaluate_embeddings`). This file is the method: pooling, the loss,
+the dropout switch and the trainer.
 """
 from __future__ import annotations
 
-import functools
 import math
-import re
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Optional, Sequence
@@ -55,7 +54,6 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .. import world
 from ..heads import last_real_index
 from ..tasks import collate
 from ..train import TrainConfig, train
@@ -202,38 +200,7 @@ def dropout_enabled(model: nn.Module, p: float):
             m.attn_dropout = v
 
 
-# ---- data and training -------------------------------------------------------------------------
-
-def supervised_pairs(split: str = "train", hard_negatives: bool = True, seed: int = 0) -> list[dict]:
-    """{"anchor", "positive"[, "negative"]} from TinyWorld: every `pairs` pair and every label-1
-    `paraphrase` pair. A label-0 paraphrase pair (s1, s2) gives s2 as the hard negative of a
-    positive pair whose anchor is s1 (s2 has s1's words with one value changed, or roles swapped)."""
-    out = [{"anchor": p["anchor"], "positive": p["positive"]} for p in world.task("pairs", split, seed)]
-    para = world.task("paraphrase", split, seed)
-    out += [{"anchor": p["sentence1"], "positive": p["sentence2"]} for p in para if p["label"] == 1]
-    if hard_negatives:
-        neg = {}
-        for p in para:
-            if p["label"] == 0:
-                neg.setdefault(p["sentence1"], p["sentence2"])
-        for ex in out:
-            for s, other in ((ex["anchor"], None), (ex["positive"], ex["anchor"])):
-                if s in neg and "negative" not in ex:
-                    ex["negative"] = neg.pop(s)
-                    if other is not None:                                   # keep s the anchor
-                        ex["anchor"], ex["positive"] = s, other
-    return out
-
-
-def unsupervised_sentences(split: str = "train", seed: int = 0) -> list[dict]:
-    """{"anchor"} items for unsupervised SimCSE: every distinct sentence of the training pairs and
-    paraphrase pairs, labels and pairings thrown away (positive = the sentence itself)."""
-    seen = {}
-    for ex in supervised_pairs(split, hard_negatives=True, seed=seed):
-        for s in ex.values():
-            seen.setdefault(s, None)
-    return [{"anchor": s} for s in seen]
-
+# ---- training ---------------------------------------------------------------------------------
 
 def encode_items(tok, items: Sequence[dict], block_size: int) -> list[dict]:
     """Text items -> token-id items (same keys), the dataset `train_contrastive` takes."""
@@ -268,10 +235,14 @@ def contrastive_loss(cfg: ContrastiveConfig):
     return fn
 
 
-def train_contrastive(model, tok, items: Sequence[dict], cfg: ContrastiveConfig, train_cfg: TrainConfig,
+def train_contrastive(model, items: Sequence[dict], cfg: ContrastiveConfig, train_cfg: TrainConfig, *, tok,
                       eval_fn=None) -> list[dict]:
-    """Train `model` (a GPT, with or without LoRA: whatever requires_grad says) on text items with
-    InfoNCE, dropout p = cfg.dropout on while it trains. Returns minift.train.train's history."""
+    """Train `model` (a GPT, with or without LoRA: whatever requires_grad says) on text items
+    {"anchor"[, "positive"][, "negative"]} with InfoNCE through minift.train.train, dropout
+    p = cfg.dropout on while it trains; eval_fn(model) -> dict as in train. Returns the history."""
+    if not isinstance(cfg, ContrastiveConfig) or not isinstance(train_cfg, TrainConfig):
+        raise TypeError(f"train_contrastive: cfg must be a ContrastiveConfig and train_cfg a TrainConfig, got "
+                        f"{type(cfg).__name__} and {type(train_cfg).__name__}")
     if not items:
         raise ValueError("train_contrastive: no items")
     data = encode_items(tok, items, model.config.block_size)
@@ -279,86 +250,3 @@ def train_contrastive(model, tok, items: Sequence[dict], cfg: ContrastiveConfig,
         return train(model, data, train_cfg, loss_fn=contrastive_loss(cfg), collate_fn=pair_collate(tok.pad_id),
                      eval_fn=eval_fn)
 
-
-# ---- evaluation --------------------------------------------------------------------------------
-
-def cosine(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Row-wise cosine similarity of two (N, C) tensors: (N,)."""
-    return F.cosine_similarity(a.float(), b.float(), dim=-1)
-
-
-def best_threshold(scores: torch.Tensor, labels: torch.Tensor) -> tuple[float, float]:
-    """The threshold t maximising accuracy of (score > t) == label: (t, accuracy). Candidates are
-    every cut there is: below all scores, the midpoints between sorted distinct scores, and the
-    largest score (everything 0). Ties go to the smallest t."""
-    s, y = torch.as_tensor(scores, dtype=torch.float64), torch.as_tensor(labels).long()
-    if s.dim() != 1 or s.shape != y.shape or len(s) == 0:
-        raise ValueError(f"scores and labels must be equal-length 1-D, got {tuple(s.shape)} and {tuple(y.shape)}")
-    check_finite("scores", s, None, "best_threshold")                      # NaN > t is False: a quiet "0"
-    v = torch.unique(s)                                                     # sorted
-    cands = torch.cat([v[:1] - 1.0, (v[1:] + v[:-1]) / 2, v[-1:]])
-    accs = ((s[None] > cands[:, None]).long() == y[None]).double().mean(1)  # (n_cands,)
-    k = int(accs.argmax())
-    return float(cands[k]), float(accs[k])
-
-
-def threshold_accuracy(scores: torch.Tensor, labels: torch.Tensor, threshold: float) -> float:
-    s, y = torch.as_tensor(scores, dtype=torch.float64), torch.as_tensor(labels).long()
-    check_finite("scores", s, None, "threshold_accuracy")
-    return float(((s > threshold).long() == y).double().mean())
-
-
-def retrieval_at_1(queries: torch.Tensor, keys: torch.Tensor, groups: Optional[Sequence] = None) -> float:
-    """Share of queries i whose most similar key (cosine) is key i: (N, C), (N, C) -> [0, 1].
-    With groups (N labels), a hit is any key of query i's group: another phrasing of the same fact
-    is as right as query i's own positive."""
-    if not (isinstance(queries, torch.Tensor) and isinstance(keys, torch.Tensor)) \
-            or queries.shape != keys.shape or queries.dim() != 2:
-        raise ValueError(f"queries and keys must both be (N, C) tensors, got {getattr(queries, 'shape', queries)!r}, "
-                         f"{getattr(keys, 'shape', keys)!r}")
-    if groups is not None and len(groups) != len(queries):
-        raise ValueError(f"groups must have one label per query ({len(queries)}), got {len(groups)}")
-    check_finite("queries", queries, None, "retrieval_at_1")                 # argmax over NaN: a quiet pick
-    check_finite("keys", keys, None, "retrieval_at_1")
-    sim = F.normalize(queries.float(), dim=-1) @ F.normalize(keys.float(), dim=-1).T   # (N, N)
-    best = sim.argmax(1).tolist()
-    if groups is None:
-        return sum(j == i for i, j in enumerate(best)) / len(best)
-    return sum(groups[j] == groups[i] for i, j in enumerate(best)) / len(best)
-
-
-@functools.lru_cache(maxsize=4)
-def _fact_patterns(seed: int):
-    w = world.get_world(seed)
-    names = [p.name for p in w.people]
-    values = sorted({v for r in world.RELATIONS if r != "friend" for v in w.values(r)}, key=len, reverse=True)
-    return (re.compile(r"\b(" + "|".join(map(re.escape, names)) + r")\b"),
-            re.compile(r"\b(" + "|".join(map(re.escape, values)) + r")\b", re.I))
-
-
-def fact_key(sentence: str, seed: int = 0) -> tuple:
-    """Which TinyWorld fact a sentence states: (the people it names, the values it names), e.g.
-    "Hisis works as a baker." -> ({'Hisis'}, {'baker'}). Both sentences of every `pairs` pair get
-    the same key, so it groups the phrasings of one fact (for retrieval with groups)."""
-    names, values = _fact_patterns(seed)
-    return frozenset(names.findall(sentence)), frozenset(v.lower() for v in values.findall(sentence))
-
-
-def evaluate_embeddings(model, tok, pooling: str = "last", seed: int = 0, limit: Optional[int] = None) -> dict:
-    """Paraphrase identification (threshold tuned on val, accuracy on test) and retrieval@1 on the
-    `pairs` test split, plus the test similarities themselves (for histograms). `limit` keeps the
-    first examples of each split only (quick checks)."""
-    out = {}
-    for split in ("val", "test"):
-        ex = world.task("paraphrase", split, seed)[:limit]
-        e1 = embed_sentences(model, tok, [x["sentence1"] for x in ex], pooling)
-        e2 = embed_sentences(model, tok, [x["sentence2"] for x in ex], pooling)
-        out[f"{split}_sims"], out[f"{split}_labels"] = cosine(e1, e2), torch.tensor([x["label"] for x in ex])
-    out["threshold"], out["val_acc"] = best_threshold(out["val_sims"], out["val_labels"])
-    out["test_acc"] = threshold_accuracy(out["test_sims"], out["test_labels"], out["threshold"])
-    pairs = world.task("pairs", "test", seed)[:limit]
-    q = embed_sentences(model, tok, [p["anchor"] for p in pairs], pooling)
-    k = embed_sentences(model, tok, [p["positive"] for p in pairs], pooling)
-    out["retrieval_at_1"] = retrieval_at_1(q, k)                           # its own positive
-    out["retrieval_fact_at_1"] = retrieval_at_1(q, k, [fact_key(p["anchor"], seed) for p in pairs])  # any of its fact's
-    return out

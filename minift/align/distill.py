@@ -36,13 +36,14 @@ teacher's *outputs* (its greedy decode; for a per-token tagger, the argmax tag o
 instead of its distributions: `teacher_labels`.
 
 Two other ways to hand the teacher's knowledge over: a *transfer set*, unlabelled text tagged by
-the teacher (Hinton et al., sec. 3; `transfer_set`), and the teacher's *weights*: a narrower
-student starts from the teacher's embedding tables projected onto their top principal directions
-(`init_from_teacher`). The teacher is frozen, so its logits can be computed once for the whole
-training set (`with_teacher_logits`, "offline" distillation) and the soft term costs no teacher
-forward. Measured in lesson 17 (NER, a 2 x 64 student, 19.9% of the teacher's parameters, test F1,
-teacher 0.998): trained without the teacher 0.912; soft targets on the same data 0.873 (forward),
-0.829 (JSD), 0.776 (reverse); a 1,500-sentence transfer set 0.998; the projected init alone 0.998.
+the teacher (Hinton et al., sec. 3; `teacher_labels`, on TinyWorld text: `minift.evals.transfer_set`),
+and the teacher's *weights*: a narrower student starts from the teacher's embedding tables
+projected onto their top principal directions (`init_from_teacher`). The teacher is frozen, so its
+logits can be computed once for the whole training set (`with_teacher_logits`, "offline"
+distillation) and the soft term costs no teacher forward. Measured in lesson 17 (NER, a 2 x 64
+student, 19.9% of the teacher's parameters, test F1, teacher 0.998): trained without the teacher
+0.912; soft targets on the same data 0.873 (forward), 0.829 (JSD), 0.776 (reverse); a
+1,500-sentence transfer set 0.998; the projected init alone 0.998.
 
 Shapes: logits (..., K), mask and labels (...), e.g. (B, T, K) and (B, T) for tagging.
 """
@@ -56,6 +57,7 @@ import torch
 import torch.nn.functional as F
 
 from ..model import IGNORE_INDEX, at_least_fp32
+from ..train import TrainConfig, train
 from ..validate import check_choice, check_float
 from .logps import check_finite, masked_mean, zero_masked
 
@@ -243,13 +245,15 @@ def collate_with_teacher(collate_fn: Callable) -> Callable:
     return collate
 
 
-def train_student(student, teacher, dataset: Sequence[dict], cfg: DistillConfig, train_cfg, collate_fn: Callable):
-    """Distil `teacher` into `student` on `dataset` with minift.train.train. Returns the history.
-    Items that carry teacher_logits (with_teacher_logits) need collate_fn=collate_with_teacher(...)."""
-    from ..train import train
-    if not isinstance(cfg, DistillConfig):
-        raise TypeError(f"cfg must be a DistillConfig, got {type(cfg).__name__}")
-    return train(student, dataset, train_cfg, loss_fn=distill_loss_fn(teacher, cfg), collate_fn=collate_fn)
+def train_student(student, data: Sequence[dict], cfg: DistillConfig, train_cfg: TrainConfig, *, teacher=None,
+                  collate_fn: Callable) -> list[dict]:
+    """Distil `teacher` into `student` on `data` with minift.train.train. Returns the history.
+    Items that carry teacher_logits (with_teacher_logits) need no teacher (offline distillation) and
+    collate_fn=collate_with_teacher(...); without them the frozen teacher scores every batch."""
+    if not isinstance(cfg, DistillConfig) or not isinstance(train_cfg, TrainConfig):
+        raise TypeError(f"train_student: cfg must be a DistillConfig and train_cfg a TrainConfig, got "
+                        f"{type(cfg).__name__} and {type(train_cfg).__name__}")
+    return train(student, data, train_cfg, loss_fn=distill_loss_fn(teacher, cfg), collate_fn=collate_fn)
 
 
 @torch.no_grad()
@@ -267,33 +271,6 @@ def teacher_labels(teacher, items: Sequence[dict], collate_fn: Callable, batch_s
             n = lab.shape[0]
             out.append({**it, "labels": torch.where(lab != IGNORE_INDEX, pred[r, :n], lab)})   # right padding
     return out
-
-
-def transfer_set(teacher, tok, collate_fn: Callable, n: int = 1500, max_words: int = 25, seed: int = 0,
-                 exclude: Sequence[str] = ()) -> list[dict]:
-    """A transfer set (Hinton et al., 2015, sec. 3) for a tagging student: n sentences of TinyWorld's
-    pretraining corpus (train split, shuffled by `seed`, 4 to max_words words, split like the NER
-    task: punctuation apart), tagged by the teacher (teacher_labels). Items {"idx", "labels"}: the
-    teacher's tag at each word's first token, -100 elsewhere. Unlabelled text becomes training data.
-    Sentences containing any word of `exclude` (e.g. the held-out people's names) are skipped."""
-    import random
-    import re
-    from .. import world
-    from ..heads import encode_words
-    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-        raise ValueError(f"n={n!r} must be a positive int (sentences in the transfer set)")
-    sents = [x for d in world.pretrain_corpus("train") for x in re.split(r"(?<=[.!?])\s+", d.replace("\n", " "))]
-    random.Random(f"transfer/{seed}").shuffle(sents)
-    banned = set(exclude)
-    items = []
-    for sent in sents:
-        words = re.findall(r"\w+|[^\w\s]", sent)
-        if 4 <= len(words) <= max_words and not banned.intersection(words):
-            ids, labels, _ = encode_words(tok, words, [0] * len(words))       # 0: a placeholder tag
-            items.append({"idx": torch.tensor(ids), "labels": torch.tensor(labels)})
-        if len(items) == n:
-            break
-    return teacher_labels(teacher, items, collate_fn)                       # placeholders -> teacher's tags
 
 
 # ---- initialising a narrower student ----------------------------------------------------------
@@ -336,5 +313,5 @@ def init_from_teacher(student, teacher) -> float:
 
 
 __all__ = ["DIVERGENCES", "DistillConfig", "distill_loss", "distill_loss_fn", "divergence_per_position", "hard_loss",
-           "init_from_teacher", "kd_loss", "masked_mean", "pca_basis", "teacher_labels", "train_student", "transfer_set",
+           "init_from_teacher", "kd_loss", "masked_mean", "pca_basis", "teacher_labels", "train_student",
            "with_teacher_logits", "collate_with_teacher"]

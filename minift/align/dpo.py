@@ -52,7 +52,7 @@ import torch.nn.functional as F
 
 from ..peft.common import adapter_layers, disable_adapters
 from ..train import TrainConfig, train
-from ..validate import check_bool, check_choice, check_float, check_int
+from ..validate import check_bool, check_choice, check_float
 from .logps import sequence_logps
 from .preference import PreferenceDataset, collate_preferences
 
@@ -156,20 +156,15 @@ def _collate(pad_id: int):
 
 @dataclass
 class DPOConfig:
-    """The DPO objective and its run. average_logps=None: averaged log-probs for IPO, summed for the rest."""
+    """The DPO objective. average_logps=None: averaged log-probs for IPO, summed for the rest. The run
+    itself (steps, pairs per step, lr, seed) is train_dpo's TrainConfig."""
 
     beta: float = 0.1
     loss_type: str = "sigmoid"           # sigmoid | ipo | hinge
     label_smoothing: float = 0.0         # ε of conservative DPO (sigmoid only)
     nll_weight: float = 0.0              # α: + α NLL(y_w) per token (RPO, Pang et al., 2024)
     average_logps: Optional[bool] = None
-    steps: int = 100
-    batch_size: int = 16                 # preference pairs per step (2 x as many sequences)
-    lr: float = 1e-4
-    warmup_steps: Optional[int] = None   # None: steps // 10
-    seed: int = 0
-    precompute_ref: bool = True
-    eval_every: int = 0
+    precompute_ref: bool = True          # log π_ref of the training pairs once, before the first step
 
     def __post_init__(self):
         check_float(self, "beta", self.beta, lo=0, lo_open=True, hint=" (the paper uses 0.1 to 0.5)")
@@ -182,14 +177,7 @@ class DPOConfig:
         check_float(self, "nll_weight", self.nll_weight, lo=0)
         if check_bool(self, "average_logps", self.average_logps, optional=True) is None:
             self.average_logps = self.loss_type == "ipo"
-        for name in ("steps", "batch_size"):
-            check_int(self, name, getattr(self, name), lo=1)
-        check_float(self, "lr", self.lr, lo=0, lo_open=True)
-        check_int(self, "warmup_steps", self.warmup_steps, lo=0, hi=self.steps, optional=True,
-                  hint=" (None: steps // 10)")
-        check_int(self, "seed", self.seed, lo=0)
         check_bool(self, "precompute_ref", self.precompute_ref)
-        check_int(self, "eval_every", self.eval_every, lo=0, hint=" (0: only at the end)")
 
 
 def dpo_step(policy, ref, batch: dict, cfg: DPOConfig):
@@ -225,39 +213,18 @@ def score_pairs(model, tok, examples: Sequence[dict], average: bool = False, bat
     return torch.cat(out, 1)                                              # (2, N)
 
 
-def evaluate_preferences(policy, ref, tok, examples: Sequence[dict], average: bool = False,
-                         batch_size: int = 64) -> dict:
-    """Held-out preference metrics. accuracy / ties / margin: of the log-ratio margin h vs the
-    reference (the implicit reward's ranking, what DPO optimises; margin in nats); logp_accuracy: of
-    the policy's raw log π(y_w|x) > log π(y_l|x) (no reference); d_chosen, d_rejected: mean
-    log π − log π_ref of each side. policy and ref: models, or their score_pairs(...) (2, N),
-    computed once and reused; ref=None: the PEFT policy (a model) with its adapters disabled."""
-    def scores(m, adapters=True):
-        if not isinstance(m, torch.Tensor):
-            return score_pairs(m, tok, examples, average, batch_size, adapters)
-        if tuple(m.shape) != (2, len(examples)):
-            raise ValueError(f"evaluate_preferences: precomputed log-probs must be (2, N)=(2, {len(examples)}), "
-                             f"got {tuple(m.shape)}")
-        return m
-    if ref is None and isinstance(policy, torch.Tensor):
-        raise ValueError("evaluate_preferences: ref=None scores the policy with its adapters disabled, so the "
-                         "policy must be a model, not log-probs")
-    pol = scores(policy)                                                  # (2, N): chosen, rejected
-    rf = scores(policy, adapters=False) if ref is None else scores(ref)
-    out = preference_metrics(pol[0] - rf[0], pol[1] - rf[1])
-    out["logp_accuracy"] = preference_metrics(pol[0], pol[1])["accuracy"]
-    out["d_chosen"], out["d_rejected"] = float((pol[0] - rf[0]).mean()), float((pol[1] - rf[1]).mean())
-    return out
-
-
-def train_dpo(policy, ref, tok, examples: Sequence[dict], cfg: DPOConfig, eval_examples: Optional[Sequence] = None,
-              progress: bool = True, ref_logps: Optional[torch.Tensor] = None) -> list[dict]:
+def train_dpo(policy, examples: Sequence[dict], cfg: DPOConfig, train_cfg: TrainConfig, *, ref, tok,
+              ref_logps: Optional[torch.Tensor] = None, eval_fn=None) -> list[dict]:
     """Train `policy` in place with the DPO loss of `cfg` on preference examples {"prompt", "chosen",
-    "rejected"}, through minift.train.train. What trains is what requires grad (all of a full model;
-    only the adapters of a PEFT one). ref: a frozen model (never modified), or None for the PEFT
-    policy with its adapters disabled. ref_logps: score_pairs(ref, tok, examples, cfg.average_logps),
-    (2, N), to share one precomputation between runs. eval_examples: held-out pairs, scored by
-    evaluate_preferences every cfg.eval_every steps and at the end. Returns the history."""
+    "rejected"}, through minift.train.train (train_cfg.batch_size pairs a step). What trains is what
+    requires grad (all of a full model; only the adapters of a PEFT one). ref: a frozen model (never
+    modified), or None for the PEFT policy with its adapters disabled. ref_logps: score_pairs(ref,
+    tok, examples, cfg.average_logps), (2, N), to share one precomputation between runs. eval_fn(policy)
+    -> dict of metrics, called every train_cfg.eval_every steps and at the end (e.g. held-out pairs
+    through minift.evals.evaluate_preferences). Returns the history."""
+    if not isinstance(cfg, DPOConfig) or not isinstance(train_cfg, TrainConfig):
+        raise TypeError(f"train_dpo: cfg must be a DPOConfig and train_cfg a TrainConfig, got "
+                        f"{type(cfg).__name__} and {type(train_cfg).__name__}")
     if ref is policy:
         raise ValueError("train_dpo: ref is the policy itself; pass a frozen copy, or ref=None for a PEFT "
                          "policy whose adapters are then disabled to score the reference")
@@ -273,12 +240,9 @@ def train_dpo(policy, ref, tok, examples: Sequence[dict], cfg: DPOConfig, eval_e
             raise ValueError(f"train_dpo: ref_logps must be (2, N)=(2, {len(data)}) (score_pairs of the examples), "
                              f"got {tuple(ref_logps.shape)}")
         data = [dict(it, ref_chosen=c, ref_rejected=r) for it, c, r in zip(data, *ref_logps.tolist())]
-    tc = TrainConfig(steps=cfg.steps, batch_size=cfg.batch_size, lr=cfg.lr, warmup_steps=cfg.warmup_steps,
-                     seed=cfg.seed, eval_every=cfg.eval_every, progress=progress, desc=f"dpo/{cfg.loss_type}")
-    ev = None if not eval_examples else (lambda m: evaluate_preferences(m, ref, tok, eval_examples, cfg.average_logps))
-    return train(policy, data, tc, loss_fn=lambda m, b: dpo_step(m, ref, b, cfg), collate_fn=_collate(tok.pad_id),
-                 eval_fn=ev)
+    return train(policy, data, train_cfg, loss_fn=lambda m, b: dpo_step(m, ref, b, cfg), collate_fn=_collate(tok.pad_id),
+                 eval_fn=eval_fn)
 
 
-__all__ = ["DPOConfig", "LOSS_TYPES", "dpo_loss", "dpo_step", "evaluate_preferences",
-           "preference_metrics", "reference_logps", "score_pairs", "train_dpo"]
+__all__ = ["DPOConfig", "LOSS_TYPES", "dpo_loss", "dpo_step", "preference_metrics", "reference_logps", "score_pairs",
+           "train_dpo"]

@@ -42,6 +42,7 @@ from tqdm.auto import tqdm
 
 from ..model import GPT
 from ..tasks import collate
+from ..train import TrainConfig, make_optimizer
 from ..validate import check_bool, check_float, check_int
 from .logps import check_01, check_finite, masked_mean, zero_masked
 
@@ -82,7 +83,7 @@ class PPOConfig:
         check_int(self, "seed", self.seed, lo=0)
 
 
-# ---- the pure pieces (what the conformance adapters wrap) -------------------------------------
+# ---- the pure pieces (what the conformance run_* functions wrap) ------------------------------
 
 def _check_same(who, mask, **tensors):
     """Every tensor floating point, of mask's shape (B, N), finite where mask is 1; mask 0/1, not empty."""
@@ -138,13 +139,19 @@ def gae(rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, gamma: 
     return adv, zero_masked(adv + values, mask)                            # R_t = A_t + V_t
 
 
+def _clipped_inputs(who: str, mask: torch.Tensor, clip: float, **tensors) -> tuple:
+    """What both clipped losses check (_check_same, clip > 0), then their inputs with padding selected
+    out: no value, no gradient."""
+    _check_same(who, mask, **tensors)
+    if not clip > 0:
+        raise ValueError(f"clip={clip!r} must be > 0")
+    return tuple(zero_masked(t, mask) for t in tensors.values())
+
+
 def ppo_policy_loss(logp: torch.Tensor, old_logp: torch.Tensor, adv: torch.Tensor, mask: torch.Tensor,
                     clip: float = 0.2) -> torch.Tensor:
     """L = −mean_t min(ρ A, clip(ρ, 1−ε, 1+ε) A), ρ = exp(logp − old_logp); (B, N) each -> scalar."""
-    _check_same("ppo_policy_loss", mask, logp=logp, old_logp=old_logp, adv=adv)
-    if not clip > 0:
-        raise ValueError(f"clip={clip!r} must be > 0")
-    logp, old_logp, adv = (zero_masked(t, mask) for t in (logp, old_logp, adv))   # padding: no value, no gradient
+    logp, old_logp, adv = _clipped_inputs("ppo_policy_loss", mask, clip, logp=logp, old_logp=old_logp, adv=adv)
     ratio = torch.exp(logp - old_logp)                                     # ρ_t  (B, N)
     unclipped = ratio * adv
     clipped = torch.clamp(ratio, 1.0 - clip, 1.0 + clip) * adv
@@ -154,10 +161,7 @@ def ppo_policy_loss(logp: torch.Tensor, old_logp: torch.Tensor, adv: torch.Tenso
 def ppo_value_loss(v: torch.Tensor, old_v: torch.Tensor, returns: torch.Tensor, mask: torch.Tensor,
                    clip: float = 0.2) -> torch.Tensor:
     """L_V = ½ mean_t max((v − R)², (v_old + clip(v − v_old, ±ε_V) − R)²); (B, N) each -> scalar."""
-    _check_same("ppo_value_loss", mask, v=v, old_v=old_v, returns=returns)
-    if not clip > 0:
-        raise ValueError(f"clip={clip!r} must be > 0")
-    v, old_v, returns = (zero_masked(t, mask) for t in (v, old_v, returns))       # padding: no value, no gradient
+    v, old_v, returns = _clipped_inputs("ppo_value_loss", mask, clip, v=v, old_v=old_v, returns=returns)
     v_clipped = old_v + torch.clamp(v - old_v, -clip, clip)
     return 0.5 * masked_mean(torch.max((v - returns) ** 2, (v_clipped - returns) ** 2), mask)
 
@@ -249,9 +253,55 @@ def decode_responses(tok, r: dict) -> list[str]:
 
 
 # ---- the loop ---------------------------------------------------------------------------------
+# PPO does not run minift.train.train: an iteration is a fresh rollout (sampled by the policy being
+# trained, so there is no fixed dataset to draw batches from) followed by several epochs of
+# minibatch updates on it, at a constant lr. It shares the optimizer (train.make_optimizer) and the
+# shape of every trainer's call: train_ppo(policy, prompts, cfg, *, ref=..., reward_model=..., tok=...).
 
-def train_ppo(policy: GPT, ref: GPT, reward_model, tok, prompts: Sequence[str], cfg: PPOConfig,
-              progress: bool = True, value_head: Optional[nn.Module] = None) -> list[dict]:
+def token_rewards(r: dict, beta: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """r_t = −β k1_t on every response token, plus r_φ(x, y) on the last real one, for a rollout r:
+    (rewards, k1), both (B, N) and 0 on padding."""
+    mask = r["mask"]
+    kl = zero_masked(kl_penalty(r["logp"], r["ref_logp"]), mask)       # k1 per token  (B, N)
+    rewards = -beta * kl                                               # −β KL on every token
+    last = mask.sum(1) - 1                                             # last real response token
+    rewards[torch.arange(len(last)), last] += r["score"]               # + r_φ(x, y) there
+    return rewards, kl
+
+
+def _update(policy: GPT, value_head: nn.Module, opt, params: list, r: dict, adv: torch.Tensor,
+            returns: torch.Tensor, cfg: "PPOConfig", gen: torch.Generator) -> dict:
+    """cfg.ppo_epochs epochs of minibatch steps on one rollout batch; the mean statistics."""
+    mask, P = r["mask"], r["P"]
+    stats = {"policy_loss": 0.0, "value_loss": 0.0, "clip_frac": 0.0, "approx_kl": 0.0}
+    n_updates = 0
+    for _ in range(cfg.ppo_epochs):
+        perm = torch.randperm(cfg.batch_size, generator=gen)
+        for s in range(0, cfg.batch_size, cfg.minibatch_size):
+            mb = perm[s:s + cfg.minibatch_size]
+            logits, h = response_logits(policy, r["ids"][mb], r["attention_mask"][mb], P, hidden=True)
+            logp = logps_of(logits, r["tokens"][mb])                   # (b, N)
+            v = value_head(h.detach()).squeeze(-1)                     # the critic never moves π
+            mm = mask[mb]
+            pl = ppo_policy_loss(logp, r["logp"][mb], adv[mb], mm, cfg.clip)
+            vl = ppo_value_loss(v, r["values"][mb], returns[mb], mm, cfg.clip_value)
+            opt.zero_grad(set_to_none=True)
+            (pl + cfg.vf_coef * vl).backward()
+            if cfg.grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+            opt.step()
+            with torch.no_grad():
+                lr_ = logp - r["logp"][mb]
+                stats["policy_loss"] += pl.item()
+                stats["value_loss"] += vl.item()
+                stats["clip_frac"] += masked_mean(((lr_.exp() - 1).abs() > cfg.clip).float(), mm).item()
+                stats["approx_kl"] += masked_mean(-lr_, mm).item()     # KL(π_old ‖ π_new), k1
+            n_updates += 1
+    return {k: v / n_updates for k, v in stats.items()}
+
+
+def train_ppo(policy: GPT, prompts: Sequence[str], cfg: PPOConfig, *, ref: GPT, reward_model, tok,
+              value_head: Optional[nn.Module] = None, progress: bool = True) -> list[dict]:
     """PPO-RLHF on `policy` IN PLACE (whatever requires_grad: full fine-tuning, or LoRA after
     minift.peft.apply_lora). `ref` and `reward_model` are frozen here. Each iteration draws
     cfg.batch_size prompts (without replacement, reshuffled each pass), samples, scores, then runs
@@ -274,10 +324,11 @@ def train_ppo(policy: GPT, ref: GPT, reward_model, tok, prompts: Sequence[str], 
         m.eval()
         for p in m.parameters():
             p.requires_grad_(False)
-    params = [p for p in policy.parameters() if p.requires_grad]
-    if not params:
+    if not any(p.requires_grad for p in policy.parameters()):
         raise ValueError("train_ppo: the policy has no trainable parameters (everything is frozen)")
-    opt = torch.optim.AdamW(params + list(value_head.parameters()), lr=cfg.lr, betas=(0.9, 0.95), weight_decay=0.0)
+    # the policy's trainable parameters and the value head's: AdamW, betas (0.9, 0.95), no weight decay
+    opt = make_optimizer(nn.ModuleList([policy, value_head]), TrainConfig(lr=cfg.lr, weight_decay=0.0))
+    params = [p for p in policy.parameters() if p.requires_grad] + list(value_head.parameters())   # for clipping
     gen = torch.Generator().manual_seed(cfg.seed)
     order, pos = torch.randperm(len(prompts), generator=gen).tolist(), 0
     beta, history, t0 = cfg.kl_coef, [], time.perf_counter()
@@ -287,49 +338,22 @@ def train_ppo(policy: GPT, ref: GPT, reward_model, tok, prompts: Sequence[str], 
             order, pos = torch.randperm(len(prompts), generator=gen).tolist(), 0
         batch_prompts = [prompts[i] for i in order[pos:pos + cfg.batch_size]]
         pos += cfg.batch_size
-        # ---- 1. rollout: sample, score with π_θ_old, π_ref, r_φ and V ----------------------------
+        # ---- 1. rollout: sample, score with π_θ_old, π_ref, r_φ and V; rewards and advantages --------
         r = rollout(policy, ref, reward_model, tok, batch_prompts, cfg.max_new_tokens, gen, value_head)
-        mask, P = r["mask"], r["P"]
-        m = mask.float()
-        kl = zero_masked(kl_penalty(r["logp"], r["ref_logp"]), mask)       # k1 per token  (B, N)
-        rewards = -beta * kl                                               # −β KL on every token
-        last = mask.sum(1) - 1                                             # last real response token
-        rewards[torch.arange(len(last)), last] += r["score"]               # + r_φ(x, y) there
+        mask = r["mask"]
+        rewards, kl = token_rewards(r, beta)
         adv, returns = gae(rewards, r["values"], mask, cfg.gamma, cfg.lam)
         if cfg.whiten:
             adv = whiten(adv, mask)
         # ---- 2. several epochs of minibatch updates ------------------------------------------------
-        stats = {"policy_loss": 0.0, "value_loss": 0.0, "clip_frac": 0.0, "approx_kl": 0.0}
-        n_updates = 0
-        for _ in range(cfg.ppo_epochs):
-            perm = torch.randperm(cfg.batch_size, generator=gen)
-            for s in range(0, cfg.batch_size, cfg.minibatch_size):
-                mb = perm[s:s + cfg.minibatch_size]
-                logits, h = response_logits(policy, r["ids"][mb], r["attention_mask"][mb], P, hidden=True)
-                logp = logps_of(logits, r["tokens"][mb])                   # (b, N)
-                v = value_head(h.detach()).squeeze(-1)                     # the critic never moves π
-                mm = mask[mb]
-                pl = ppo_policy_loss(logp, r["logp"][mb], adv[mb], mm, cfg.clip)
-                vl = ppo_value_loss(v, r["values"][mb], returns[mb], mm, cfg.clip_value)
-                opt.zero_grad(set_to_none=True)
-                (pl + cfg.vf_coef * vl).backward()
-                if cfg.grad_clip > 0:
-                    torch.nn.utils.clip_grad_norm_(params + list(value_head.parameters()), cfg.grad_clip)
-                opt.step()
-                with torch.no_grad():
-                    lr_ = logp - r["logp"][mb]
-                    stats["policy_loss"] += pl.item()
-                    stats["value_loss"] += vl.item()
-                    stats["clip_frac"] += masked_mean(((lr_.exp() - 1).abs() > cfg.clip).float(), mm).item()
-                    stats["approx_kl"] += masked_mean(-lr_, mm).item()     # KL(π_old ‖ π_new), k1
-                n_updates += 1
+        stats = _update(policy, value_head, opt, params, r, adv, returns, cfg, gen)
         seq_kl = float(kl.sum(1).mean())                                   # mean Σ_t k1: nats per response
         rec = {"iter": it + 1, "score": float(r["score"].mean()), "kl": seq_kl, "kl_coef": beta,
                "reward": float((r["score"] - beta * kl.sum(1)).mean()),
-               "entropy": float(masked_mean(r["entropy"], mask)), "length": float(m.sum(1).mean()),
+               "entropy": float(masked_mean(r["entropy"], mask)), "length": float(mask.float().sum(1).mean()),
                "no_eos": float((~(r["tokens"] == tok.eos_id).any(1)).float().mean()),
                "sample_logp_err": float((r["sample_logp"] - r["logp"]).abs().max()),
-               **{k: v / n_updates for k, v in stats.items()}, "time": time.perf_counter() - t0}
+               **stats, "time": time.perf_counter() - t0}
         history.append(rec)
         if cfg.target_kl is not None:                                      # Ziegler et al.'s controller
             err = max(-0.2, min(0.2, seq_kl / cfg.target_kl - 1.0))
@@ -338,30 +362,6 @@ def train_ppo(policy: GPT, ref: GPT, reward_model, tok, prompts: Sequence[str], 
     bar.close()
     policy.eval()
     return history
-
-
-@torch.no_grad()
-def evaluate_policy(policy: GPT, ref: GPT, reward_model, tok, examples: Sequence[dict], max_new_tokens: int = 24,
-                    greedy: bool = True, seed: int = 0, batch_size: int = 64) -> dict:
-    """How good are the policy's responses to preference prompts, by the reward model and by the truth:
-    mean RM score, KL to ref (Σ_t k1, meaningful for samples), the share of responses that are exactly
-    the chosen / the rejected answer (TinyWorld knows both), mean length, share without EOS, and the
-    responses themselves."""
-    gen = torch.Generator().manual_seed(seed)
-    scores, kls, lens, noeos, texts = [], [], [], [], []
-    for i in range(0, len(examples), batch_size):
-        chunk = examples[i:i + batch_size]
-        r = rollout(policy, ref, reward_model, tok, [e["prompt"] for e in chunk], max_new_tokens, gen, greedy=greedy)
-        scores.append(r["score"])
-        kls.append((r["logp"] - r["ref_logp"]).sum(1))
-        lens.append(r["mask"].sum(1).float())
-        noeos.append((~(r["tokens"] == tok.eos_id).any(1)).float())
-        texts += decode_responses(tok, r)
-    chosen = sum(t == e["chosen"].strip() for t, e in zip(texts, examples)) / len(examples)
-    rejected = sum(t == e["rejected"].strip() for t, e in zip(texts, examples)) / len(examples)
-    return {"score": float(torch.cat(scores).mean()), "kl": float(torch.cat(kls).mean()), "chosen": chosen,
-            "rejected": rejected, "length": float(torch.cat(lens).mean()),
-            "no_eos": float(torch.cat(noeos).mean()), "responses": texts}
 
 
 def frozen_copy(model: nn.Module) -> nn.Module:
@@ -373,5 +373,5 @@ def frozen_copy(model: nn.Module) -> nn.Module:
 
 
 __all__ = ["PPOConfig", "masked_mean", "whiten", "kl_penalty", "gae", "ppo_policy_loss", "ppo_value_loss",
-           "encode_prompts", "sample", "response_logits", "rollout", "decode_responses", "train_ppo",
-           "evaluate_policy", "frozen_copy"]
+           "encode_prompts", "sample", "response_logits", "rollout", "decode_responses", "token_rewards", "train_ppo",
+           "frozen_copy"]

@@ -1,7 +1,7 @@
-"""Preference pairs in token space, and the SFT policy that preference methods start from.
+"""Preference pairs in token space: what reward models, DPO and PPO read their comparisons from.
 
 A preference example is (x, y_w, y_l): a prompt, the chosen (preferred, "winning") response and
-the rejected ("losing") one. TinyWorld's `preference` task (world.py) has three kinds whose
+the rejected ("losing") one. TinyWorld's `preference` task (minift/world/task_sets.py) has three kinds whose
 preference is learnable from the world: a true fact beats a wrong one; a response that follows a
 format instruction ("one word only", "a full sentence") beats one that ignores it; doing a text
 task beats copying its input.
@@ -14,12 +14,8 @@ response_mask = tokenizer.encode_pair's loss mask (1 on y and its EOS), so log �
 2B rows (B, T) -> (2B, T), so a reward model or a policy scores both sides in a single forward:
 rows [:B] are chosen, rows [B:] rejected.
 
-`train_sft_policy` is the common starting point of lessons 14 and 15: the base model fine-tuned
-on the preference prompts so it answers in their format (RLHF's step 1; the DPO paper's π_SFT).
-The same arguments and seed give the same policy in both lessons. Measured (300 steps, batch 16,
-lr 1e-3): trained on the chosen responses only, π_SFT already ranks chosen above rejected on 97.5%
-of the val pairs by raw log π(y|x) (the base: 56%), so `responses="both"` is offered for a starting
-point where preference learning has work to do.
+The TinyWorld side (the examples themselves, and π_SFT, the policy lessons 14 and 15 start from)
+is in minift/evals.py: `preference_examples`, `train_sft_policy`.
 """
 from __future__ import annotations
 
@@ -27,9 +23,7 @@ from typing import Sequence
 
 import torch
 
-from ..tasks import IGNORE_INDEX, SFTDataset, collate_fn, truncate_prompt
-from ..train import TrainConfig, train
-from ..world import task as world_task
+from ..tasks import IGNORE_INDEX, collate, truncate_prompt
 
 
 def encode_side(tok, prompt: str, response: str, block_size: int) -> tuple[list, list]:
@@ -74,46 +68,12 @@ def collate_preferences(batch: Sequence[dict], pad_id: int, side: str = "right")
     if not batch:
         raise ValueError("collate_preferences: the batch is empty")
     rows = [(b["chosen"], b["chosen_mask"]) for b in batch] + [(b["rejected"], b["rejected_mask"]) for b in batch]
-    T = max(len(ids) for ids, _ in rows)
-    ids = torch.full((len(rows), T), int(pad_id), dtype=torch.long)
-    attn = torch.zeros((len(rows), T), dtype=torch.long)
-    resp = torch.zeros((len(rows), T), dtype=torch.long)
     for i, (r, m) in enumerate(rows):
         if len(r) != len(m):
             raise ValueError(f"collate_preferences: row {i} has {len(r)} ids but a mask of {len(m)}")
-        cols = slice(0, len(r)) if side == "right" else slice(T - len(r), T)
-        ids[i, cols] = torch.as_tensor(r, dtype=torch.long)
-        attn[i, cols] = 1
-        resp[i, cols] = torch.as_tensor(m, dtype=torch.long)
-    return {"ids": ids, "attention_mask": attn, "response_mask": resp, "n_pairs": len(batch)}
+    b = collate([{"idx": r, "targets": m} for r, m in rows], pad_id, side)   # the mask rides as targets
+    resp = b["targets"].clamp(min=0)                                        # (2B, T): padding (-100) -> 0
+    return {"ids": b["idx"], "attention_mask": b["attention_mask"], "response_mask": resp, "n_pairs": len(batch)}
 
 
-def preference_examples(split: str = "train", n: int | None = None, seed: int = 0) -> list[dict]:
-    """The first n examples of TinyWorld's `preference` task (all of the split if n is None)."""
-    ex = world_task("preference", split, seed)
-    return ex if n is None else ex[:n]
-
-
-def train_sft_policy(base, tok, steps: int = 300, batch_size: int = 16, lr: float = 1e-3, seed: int = 0,
-                     n_examples: int | None = None, responses: str = "chosen", progress: bool = True):
-    """π_SFT: a copy of `base` fully fine-tuned on the preference train split, the loss on the
-    response only. responses="chosen": on (prompt, chosen), the usual demonstrations;
-    responses="both": on (prompt, chosen) and (prompt, rejected), a model that imitates a mixed
-    population of good and bad answers, so that preferences, not imitation, must separate them.
-    Returns (policy, history); `base` is not modified."""
-    import copy
-    if responses not in ("chosen", "both"):
-        raise ValueError(f"responses={responses!r} must be 'chosen' or 'both'")
-    policy = copy.deepcopy(base)
-    for p in policy.parameters():
-        p.requires_grad_(True)
-    sides = ("chosen",) if responses == "chosen" else ("chosen", "rejected")
-    pairs = [(ex["prompt"], ex[s]) for ex in preference_examples("train", n_examples) for s in sides]
-    data = SFTDataset(tok, pairs, policy.config.block_size)
-    cfg = TrainConfig(steps=steps, batch_size=batch_size, lr=lr, seed=seed, desc="sft", progress=progress)
-    hist = train(policy, data, cfg, collate_fn=collate_fn(tok.pad_id))
-    return policy.eval(), hist
-
-
-__all__ = ["IGNORE_INDEX", "PreferenceDataset", "collate_preferences", "encode_side", "preference_examples",
-           "train_sft_policy"]
+__all__ = ["IGNORE_INDEX", "PreferenceDataset", "collate_preferences", "encode_side"]

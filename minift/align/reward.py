@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import copy
 import math
+from dataclasses import dataclass
 from typing import Optional, Sequence
 
 import torch
@@ -36,6 +37,7 @@ import torch.nn.functional as F
 from ..heads import last_real_index
 from ..model import GPT
 from ..train import TrainConfig, train
+from ..validate import check_bool, check_float
 from .preference import PreferenceDataset, collate_preferences
 
 
@@ -116,20 +118,6 @@ def score(rm: RewardModel, ids: torch.Tensor, attention_mask: torch.Tensor, batc
 
 
 @torch.no_grad()
-def evaluate_reward_model(rm: RewardModel, tok, examples: Sequence[dict], batch_size: int = 64) -> dict:
-    """Held-out preference metrics (reward_metrics) of `rm` on {"prompt", "chosen", "rejected"} examples."""
-    data = PreferenceDataset(tok, examples, rm.config.block_size)
-    rc, rr = [], []
-    rm.eval()
-    for i in range(0, len(data), batch_size):
-        b = collate_preferences([data[j] for j in range(i, min(i + batch_size, len(data)))], tok.pad_id)
-        c, r = pair_rewards(rm, b)
-        rc.append(c)
-        rr.append(r)
-    return reward_metrics(torch.cat(rc), torch.cat(rr))
-
-
-@torch.no_grad()
 def normalize_reward_model(rm: RewardModel, batch: dict) -> tuple[float, float]:
     """Shift and scale the head so that r has mean 0 and std 1 on `batch` (Ziegler et al., 2019):
     w ← w / s, b ← (b − μ) / s. Returns the (μ, s) that were removed."""
@@ -140,31 +128,42 @@ def normalize_reward_model(rm: RewardModel, batch: dict) -> tuple[float, float]:
     return mu, s
 
 
-def train_reward_model(base: GPT, tok, examples: Sequence[dict], steps: int = 150, batch_size: int = 16,
-                       lr: float = 3e-4, seed: int = 0, progress: bool = True, margin: float = 0.0,
-                       normalize: bool = True):
+@dataclass
+class RewardConfig:
+    """The reward model's objective: the Bradley–Terry margin m, and whether to standardise r after training."""
+    margin: float = 0.0                  # m in −log σ(r_w − r_l − m); Llama 2 uses > 0 for clear preferences
+    normalize: bool = True               # r has mean 0, std 1 over the training responses (Ziegler et al.)
+
+    def __post_init__(self):
+        check_float(self, "margin", self.margin, lo=0)
+        check_bool(self, "normalize", self.normalize)
+
+
+def train_reward_model(base: GPT, examples: Sequence[dict], cfg: RewardConfig, train_cfg: TrainConfig, *, tok):
     """A RewardModel on a copy of `base` (InstructGPT starts it from the SFT model), every parameter
-    trained with the Bradley–Terry loss on the preference `examples` for `steps` steps of
-    `batch_size` pairs (minift.train.train, collate_preferences). With normalize=True the rewards are
-    then standardised over (up to 256 of) the training pairs, both sides. `base` is not modified.
-    Returns (rm in eval mode, history)."""
+    trained with the Bradley–Terry loss on the preference `examples` through minift.train.train
+    (train_cfg.batch_size pairs a step; train_cfg.seed also draws the head's init). With
+    cfg.normalize the rewards are then standardised over (up to 256 of) the training pairs, both
+    sides. `base` is not modified. Returns (rm in eval mode, history)."""
     if not isinstance(base, GPT):
         raise TypeError(f"train_reward_model: base must be a minift GPT, got {type(base).__name__}")
+    if not isinstance(cfg, RewardConfig) or not isinstance(train_cfg, TrainConfig):
+        raise TypeError(f"train_reward_model: cfg must be a RewardConfig and train_cfg a TrainConfig, got "
+                        f"{type(cfg).__name__} and {type(train_cfg).__name__}")
     if not examples:
         raise ValueError("train_reward_model: no examples")
-    torch.manual_seed(seed)                                                    # the head's init
+    torch.manual_seed(train_cfg.seed)                                          # the head's init
     rm = RewardModel(copy.deepcopy(base))
     for p in rm.parameters():
         p.requires_grad_(True)
     data = PreferenceDataset(tok, examples, rm.config.block_size)
-    cfg = TrainConfig(steps=steps, batch_size=batch_size, lr=lr, seed=seed, desc="reward model", progress=progress)
-    hist = train(rm, data, cfg, loss_fn=lambda m, b: reward_model_loss(m, b, margin),
+    hist = train(rm, data, train_cfg, loss_fn=lambda m, b: reward_model_loss(m, b, cfg.margin),
                  collate_fn=lambda items: collate_preferences(items, tok.pad_id))
-    if normalize:
+    if cfg.normalize:
         norm = collate_preferences([data[i] for i in range(min(256, len(data)))], tok.pad_id)
         normalize_reward_model(rm, norm)
     return rm.eval(), hist
 
 
-__all__ = ["RewardModel", "reward_loss", "reward_metrics", "pair_rewards", "reward_model_loss", "score",
-           "evaluate_reward_model", "normalize_reward_model", "train_reward_model"]
+__all__ = ["RewardModel", "RewardConfig", "reward_loss", "reward_metrics", "pair_rewards", "reward_model_loss", "score",
+           "normalize_reward_model", "train_reward_model"]

@@ -14,21 +14,23 @@ Pieces:
 - the template: `Template(prompt="...{input}...", response="{output}")` renders an example's
   fields; tokenization puts it in token space (tokenizer.encode_pair, `<|prompt|> ... <|response|>
   ... <|endoftext|>`), so the prompt is an exact prefix of the training sequence;
-- `mixture(task_names, split, n_per_task)`: a multi-task instruction mixture from TinyWorld;
-- `generate_responses` and `evaluate_task`: greedy generation from prompts, scored with the
-  task's metric (exact match, ROUGE-L, entity F1 or accuracy).
+- the data: (prompt, response) pairs in tasks.SFTDataset, whose targets are -100 on the prompt;
+- the trainer: `train_sft(model, pairs, SFTConfig(), TrainConfig(...), tok=tok)`, minift.train.train
+  with the LM loss on those targets. SFTConfig(train_on_prompt=True) is the ablation that puts the
+  prompt in the loss too.
+
+TinyWorld's instruction mixture (`mixture`) and the evaluation by greedy generation scored with each
+task's metric (`generate_responses`, `evaluate_task`) are the course side: minift/evals.py.
 """
 from __future__ import annotations
 
-import random
 import string
 from dataclasses import dataclass
-from typing import Optional, Sequence
+from typing import Sequence
 
-import torch
-
-from .. import tasks as T
-from ..world import task as world_task
+from ..tasks import SFTDataset, collate_fn
+from ..train import TrainConfig, train
+from ..validate import check_bool
 
 
 @dataclass(frozen=True)
@@ -57,71 +59,22 @@ class Template:
         return self.prompt.format(**example), self.response.format(**example)
 
 
-# What each task is scored with when its response is generated.
-TASK_METRIC = {"qa_closed": "exact_match", "qa_extractive": "exact_match", "instructions": "exact_match",
-               "summarization": "rouge_l", "ner": "entity_f1", "sentiment": "accuracy",
-               "paraphrase": "accuracy", "pairs": "rouge_l", "preference": "rouge_l"}
+@dataclass
+class SFTConfig:
+    """What the loss covers: the response and its EOS (the default), or every token (train_on_prompt)."""
+    train_on_prompt: bool = False
+
+    def __post_init__(self):
+        check_bool(self, "train_on_prompt", self.train_on_prompt)
 
 
-def mixture(task_names: Sequence[str], split: str = "train", n_per_task: Optional[int] = None,
-            seed: int = 0) -> list[tuple[str, str]]:
-    """A shuffled multi-task mixture of (prompt, response) pairs, at most n_per_task per task
-    (examples-proportional mixing capped at n, as in T5/FLAN)."""
-    if not task_names:
-        raise ValueError("mixture: give at least one task name")
-    rng = random.Random(f"mixture/{seed}/{split}")
-    out = []
-    for name in task_names:
-        pairs = [T.format_example(name, ex) for ex in world_task(name, split, seed)]
-        rng.shuffle(pairs)
-        out += pairs[:n_per_task] if n_per_task is not None else pairs
-    rng.shuffle(out)
-    return out
-
-
-@torch.no_grad()
-def generate_responses(model, tok, prompts: Sequence[str], max_new_tokens: int = 32,
-                       batch_size: int = 32) -> list[str]:
-    """Greedy responses to prompts: each is encoded as <|prompt|> prompt <|response|>, left-padded
-    into batches, and decoded up to the first EOS."""
-    model.eval()
-    out = []
-    limit = model.config.block_size - max_new_tokens
-    for i in range(0, len(prompts), batch_size):
-        enc = [tok.encode_prompt(p) for p in prompts[i:i + batch_size]]
-        enc = [e if len(e) <= limit else e[:1] + e[len(e) - limit + 1:] for e in enc]  # keep the newest
-        b = T.collate([{"idx": e} for e in enc], tok.pad_id, side="left")
-        new = model.generate(b["idx"], max_new_tokens, attention_mask=b["attention_mask"],
-                             eos_token_id=tok.eos_id, pad_token_id=tok.pad_id)
-        for row in new.tolist():
-            row = row[: row.index(tok.eos_id)] if tok.eos_id in row else row
-            out.append(tok.decode([t for t in row if t != tok.pad_id]).strip())
-    return out
-
-
-def score(task_name: str, responses: Sequence[str], examples: Sequence[dict]) -> float:
-    """The task's metric of generated responses against the examples' gold responses."""
-    if task_name not in TASK_METRIC:
-        raise ValueError(f"no metric for task {task_name!r}; known: {sorted(TASK_METRIC)}")
-    golds = [T.format_example(task_name, ex)[1] for ex in examples]
-    metric = TASK_METRIC[task_name]
-    if metric == "exact_match":
-        return T.exact_match_score(responses, golds)
-    if metric == "rouge_l":
-        return T.rouge_l_score(responses, golds)
-    if metric == "entity_f1":
-        preds = [T.parse_response("ner", r, ex) for r, ex in zip(responses, examples)]
-        return T.entity_f1(preds, [ex["tags"] for ex in examples])["f1"]
-    preds = [T.parse_response(task_name, r) for r in responses]
-    return T.accuracy([-1 if p is None else p for p in preds], [int(ex["label"]) for ex in examples])
-
-
-def evaluate_task(model, tok, task_name: str, examples: Sequence[dict], max_new_tokens: int = 32,
-                  batch_size: int = 32) -> dict:
-    """Generate a response for every example and score it: {"metric", "score", "responses"}."""
-    if not examples:
-        raise ValueError(f"evaluate_task: no {task_name} examples")
-    prompts = [T.format_example(task_name, ex)[0] for ex in examples]
-    responses = generate_responses(model, tok, prompts, max_new_tokens, batch_size)
-    return {"metric": TASK_METRIC[task_name], "score": score(task_name, responses, examples),
-            "responses": responses}
+def train_sft(model, pairs: Sequence[tuple[str, str]], cfg: SFTConfig, train_cfg: TrainConfig, *, tok,
+              eval_fn=None) -> list[dict]:
+    """Fine-tune `model` (whatever requires_grad says) on (prompt, response) pairs with the
+    language-modelling loss on the response tokens (L above), through minift.train.train; eval_fn(model)
+    -> dict as in train. Returns the history."""
+    if not isinstance(cfg, SFTConfig) or not isinstance(train_cfg, TrainConfig):
+        raise TypeError(f"train_sft: cfg must be an SFTConfig and train_cfg a TrainConfig, got "
+                        f"{type(cfg).__name__} and {type(train_cfg).__name__}")
+    data = SFTDataset(tok, pairs, model.config.block_size, train_on_prompt=cfg.train_on_prompt)
+    return train(model, data, train_cfg, collate_fn=collate_fn(tok.pad_id), eval_fn=eval_fn)

@@ -7,7 +7,7 @@
     minift check 05 --json              the same, as one JSON object (for a gradebook or CI)
 
 An exercise is one `run_*` function of the lesson. Its points are the conformance checks that use it
-(one point per check, registered with the lesson's pytest marker, see checks.py); a check passes
+(one point per check, registered with the lesson's pytest marker, see harness.py); a check passes
 only if every hypothesis example passes. The report is a table per exercise, then each failure with
 the property it tests and hypothesis' smallest counterexample.
 
@@ -19,7 +19,8 @@ import json
 import shutil
 from pathlib import Path
 
-from .checks import CHECKS, FAIL, MISSING, NOT_IMPLEMENTED, PASS, run_checks
+from .harness import CHECKS, FAIL, MISSING, NOT_IMPLEMENTED, PASS
+from .runner import run_checks
 
 WORK_DIR = Path("exercises")          # relative to where the student runs minift
 

@@ -1,6 +1,6 @@
-"""Golden vectors: fixed inputs and minift's outputs for every conformance adapter, in files.
+"""Golden vectors: fixed inputs and minift's outputs for every checked run_* function, in files.
 
-The property checks (checks.py) need Python: they call an implementation's run_* functions. Golden
+The property checks (lesson*.py) need Python: they call an implementation's run_* functions. Golden
 vectors do not. They are the inputs the checks drew (derandomized, a few per check) and what
 minift's reference returned, stored as
 
@@ -15,7 +15,7 @@ A value in the index is encoded as one of
     {"list": [...]} / {"tuple": [...]} / {"dict": {"name": ..., ...}}   nesting of the above
 
 so an implementation in any language reads index.json and tensors.safetensors, calls its own
-version of each case's adapter on "args"/"kwargs", and writes its outputs in the same layout (its
+version of each case's function ("adapter": its run_* name) on "args"/"kwargs", and writes its outputs in the same layout (its
 own index.json whose cases carry its "output", and its own tensors.safetensors). Then
 
     minift verify --golden DIR            compares DIR's outputs with minift's, case by case:
@@ -39,13 +39,15 @@ import numpy as np
 import torch
 from hypothesis import settings
 
-from .checks import CHECKS, run_check, select
+from . import reference
+from .harness import CHECKS, run_check, select
+from .runner import load_impl
 
 FORMAT = 1
 GOLDEN_DIR = Path(__file__).resolve().parents[2] / "data" / "golden"
-PER_CHECK = 3                       # cases recorded per (check, adapter): the first calls it makes
+PER_CHECK = 3                       # cases recorded per (check, run_* function): the first calls it makes
 ATOL, RTOL = 1e-5, 1e-4             # float32 outputs; integer and bool outputs must match exactly
-TOLERANCES = {                      # adapters whose outputs go through long float32 reductions
+TOLERANCES = {                      # functions whose outputs go through long float32 reductions
     "run_gpt_block": (1e-4, 1e-3), "run_quant_lora_matmul": (1e-4, 1e-3),
 }
 
@@ -105,7 +107,7 @@ def decode(obj, tensors: dict):
 
 class _Recorder:
     """Stands in for an implementation: forwards run_* calls to `impl` and keeps the first
-    PER_CHECK calls of each adapter per check whose arguments and output can be stored."""
+    PER_CHECK calls of each run_* function per check whose arguments and output can be stored."""
 
     def __init__(self, impl):
         self._impl, self.cases, self._tensors, self.check = impl, [], {}, ""
@@ -181,9 +183,8 @@ def _few_examples():
 
 def generate(out_dir=GOLDEN_DIR, only=None) -> dict:
     """Run the selected checks against minift's reference, record the cases, write out_dir.
-    Returns {"cases": n, "adapters": n, "skipped": [adapters never recorded]}."""
-    from . import adapters
-    rec = _Recorder(adapters)
+    Returns {"cases": n, "adapters": n (run_* functions recorded), "skipped": [functions never recorded]}."""
+    rec = _Recorder(reference)
     torch.manual_seed(0)
     with _few_examples():
         for name in select(only):
@@ -216,10 +217,9 @@ def load(golden_dir=GOLDEN_DIR) -> tuple[list, dict]:
 
 def run_impl(impl, out_dir, golden_dir=GOLDEN_DIR) -> dict:
     """Call `impl` (a module or a path to a .py file with run_* functions) on every golden input and
-    write its outputs to out_dir in the golden layout. A case whose adapter is missing, or that
+    write its outputs to out_dir in the golden layout. A case whose function is missing, or that
     raises, is written with {"error": "..."} as its output."""
     if isinstance(impl, (str, os.PathLike)):
-        from .verify import load_impl
         impl = load_impl(impl)
     cases, tensors = load(golden_dir)
     out_cases, out_tensors = [], {}

@@ -1,87 +1,30 @@
 """`minift verify`: run the conformance checks against an implementation and print a report.
 
-    minift verify                          # minift's own reference adapters
+    minift verify                          # minift's own reference functions
     minift verify --impl my_impl.py        # any file defining run_* functions
     minift verify --impl FILE --only softmax_stable_large,run_gelu
     minift verify --list
     minift verify --golden DIR             # outputs another implementation wrote for data/golden/'s inputs
 
-Exit status: 0 when every selected check passes, 1 when one fails or is not implemented (or an
-adapter named by --only is missing), 2 on a usage error (unknown check, missing file, a file that
+Exit status: 0 when every selected check passes, 1 when one fails or is not implemented (or a
+run_* function named by --only is missing), 2 on a usage error (unknown check, missing file, a file that
 cannot be imported: a one-line message names the file and the line).
 """
 from __future__ import annotations
 
 import argparse
-import hashlib
-import importlib.util
 import os
 import sys
 import textwrap
-import traceback
-from types import ModuleType
 
-from .checks import CHECKS, FAIL, MISSING, NOT_IMPLEMENTED, PASS, Result, run_checks, select
-
-
-class ImplImportError(ValueError):
-    """The --impl file exists but importing it failed (syntax error, missing module, ...)."""
-
-
-def _where(e: Exception, full: str) -> str:
-    """`line 3: SyntaxError: invalid syntax`: the line of the file (or the deepest frame in it)."""
-    if isinstance(e, SyntaxError) and e.lineno is not None:
-        return f"line {e.lineno}: SyntaxError: {e.msg}"
-    frames = [f for f in traceback.extract_tb(e.__traceback__) if os.path.abspath(f.filename) == full]
-    at = f"line {frames[-1].lineno}: " if frames else ""
-    text = f"{type(e).__name__}: {e}".rstrip(": ")
-    return at + text.splitlines()[0] if text else at + type(e).__name__
-
-
-def load_impl(path) -> ModuleType:
-    """Import the Python file at `path` as a module holding run_* functions.
-
-    Raises ValueError when the file does not exist, is not a .py file, or defines no run_* function,
-    and ImplImportError (a ValueError) with a one-line message naming the file and the line when
-    importing it fails.
-    The file's folder is on sys.path while it is imported, so it may import its neighbours.
-    """
-    path = os.fspath(path)
-    if isinstance(path, bytes):
-        path = os.fsdecode(path)
-    if not os.path.isfile(path):
-        raise ValueError(f"--impl {path!r}: no such file; expected a Python file defining run_* functions")
-    if not path.endswith(".py"):
-        raise ValueError(f"--impl {path!r}: expected a .py file defining run_* functions")
-    full = os.path.abspath(path)
-    name = "minift_impl_" + hashlib.sha1(full.encode()).hexdigest()[:12]
-    spec = importlib.util.spec_from_file_location(name, full)
-    if spec is None or spec.loader is None:
-        raise ValueError(f"--impl {path!r}: cannot be imported as a Python module")
-    module = importlib.util.module_from_spec(spec)
-    folder = os.path.dirname(full)
-    sys.path.insert(0, folder)
-    sys.modules[name] = module
-    try:
-        spec.loader.exec_module(module)
-    except Exception as e:                   # a syntax error, a missing module, a crash at import time
-        sys.modules.pop(name, None)
-        raise ImplImportError(f"--impl {path}: cannot import it: {_where(e, full)}") from e
-    except BaseException:
-        sys.modules.pop(name, None)
-        raise
-    finally:
-        if sys.path and sys.path[0] == folder:
-            sys.path.pop(0)
-    found = [n for n in vars(module) if n.startswith("run_") and callable(getattr(module, n))]
-    if not found:
-        wanted = ", ".join(sorted({c.adapter for c in CHECKS.values()}))
-        raise ValueError(f"--impl {path!r} defines no run_* function; expected some of: {wanted}")
-    return module
+from . import golden, reference
+from .harness import CHECKS, FAIL, MISSING, NOT_IMPLEMENTED, PASS, Result, select
+from .runner import load_impl, run_checks
+from .strategies import register_profiles
 
 
 def _table(results: list[Result]) -> str:
-    rows = [("check", "adapter", "status", "time")]
+    rows = [("check", "function", "status", "time")]
     rows += [(r.name, r.adapter, r.status, f"{r.seconds:.2f}s") for r in results]
     widths = [max(len(row[i]) for row in rows) for i in range(4)]
     lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows]
@@ -103,8 +46,7 @@ def _list() -> str:
 
 
 def _verify_golden(candidate: str, against) -> int:
-    """`minift verify --golden DIR`: per adapter, how many golden cases match; the first few failures."""
-    from . import golden
+    """`minift verify --golden DIR`: per run_* function, how many golden cases match; the first few failures."""
     try:
         rows = golden.verify(candidate, against or golden.GOLDEN_DIR)
     except ValueError as e:
@@ -113,7 +55,7 @@ def _verify_golden(candidate: str, against) -> int:
     per: dict = {}
     for r in rows:
         per.setdefault(r["adapter"], []).append(r)
-    table = [("adapter", "cases", "passed", "failed", "missing")]
+    table = [("function", "cases", "passed", "failed", "missing")]
     for name, rs in per.items():
         table.append((name, str(len(rs)), *(str(sum(r["status"] == s for r in rs)) for s in ("PASS", "FAIL", "MISSING"))))
     widths = [max(len(row[i]) for row in table) for i in range(5)]
@@ -135,11 +77,11 @@ def verify_main(argv=None) -> int:
     """The `minift verify` command; returns the exit status (see the module docstring)."""
     parser = argparse.ArgumentParser(
         prog="minift verify",
-        description="Check an implementation of the run_* adapters against minift's property checks.")
+        description="Check an implementation of the run_* functions against minift's property checks.")
     parser.add_argument("--impl", metavar="FILE",
-                        help="Python file defining run_* functions (default: minift's reference adapters)")
+                        help="Python file defining run_* functions (default: minift's reference functions)")
     parser.add_argument("--only", metavar="NAME[,NAME]", action="append",
-                        help="run only these checks (check names, run_* adapter names or lesson markers)")
+                        help="run only these checks (check names, run_* function names or lesson markers)")
     parser.add_argument("--list", action="store_true", help="list the checks and exit")
     parser.add_argument("--golden", metavar="DIR",
                         help="compare the outputs another implementation wrote to DIR (index.json + "
@@ -159,7 +101,6 @@ def verify_main(argv=None) -> int:
     only = None if not args.only else [n for part in args.only for n in part.split(",")]
     try:
         names = select(only)
-        from .strategies import register_profiles
         register_profiles()
         if os.environ.get("CI"):
             from hypothesis import settings
@@ -167,14 +108,14 @@ def verify_main(argv=None) -> int:
         if args.impl:
             impl = load_impl(args.impl)
         else:
-            from . import adapters as impl
+            impl = reference
     except ValueError as e:
         print(f"minift verify: error: {e}", file=sys.stderr)
         return 2
 
     results = run_checks(impl, names)
     named = set(names) if only else set()      # what --only asked for must be there
-    print(f"implementation: {args.impl or 'minift reference adapters (minift/conformance/adapters.py)'}")
+    print(f"implementation: {args.impl or 'minift reference functions (minift/conformance/lesson*.py)'}")
     print(_table(results))
     counts = {s: sum(r.status == s for r in results) for s in (PASS, FAIL, NOT_IMPLEMENTED, MISSING)}
     print(f"\n{len(results)} checks: {counts[PASS]} passed, {counts[FAIL]} failed, "

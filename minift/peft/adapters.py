@@ -32,7 +32,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..validate import check_bool, check_choice, check_float, check_int, check_ints
-from .common import AdapterLayer, ConfigIO, adapter_layers, adapter_state_dict, freeze_all_but_adapters, record, set_module
+from .common import AdapterLayer, MethodConfig, detached_state, freeze_all_but_adapters, linear_around, record, set_module
 
 ACTIVATIONS = {
     "relu": F.relu,
@@ -46,7 +46,7 @@ PLACEMENTS = ("houlsby", "pfeiffer")
 
 
 @dataclass
-class AdapterConfig(ConfigIO):
+class AdapterConfig(MethodConfig):
     kind: str = "series"                       # "series" | "parallel"
     placement: str = "houlsby"                 # series only: "houlsby" (attn + mlp) | "pfeiffer" (mlp)
     bottleneck: int = 16                       # m
@@ -54,6 +54,7 @@ class AdapterConfig(ConfigIO):
     scaling: float = 1.0                       # s (He et al. use s = 4 for the parallel adapter)
     layers: Optional[Sequence[int]] = None     # which blocks; None = all; negative counts from the end
     include_head: bool = True                  # keep a task head (head.*) trainable
+    method = "adapters"                        # its name in an adapter file
 
     def __post_init__(self):
         check_choice(self, "kind", self.kind, KINDS)
@@ -64,6 +65,9 @@ class AdapterConfig(ConfigIO):
         check_float(self, "scaling", self.scaling)
         self.layers = check_ints(self, "layers", self.layers, optional=True, hint=" (block indices; -1 is the last)")
         check_bool(self, "include_head", self.include_head)
+
+    def apply(self, model: nn.Module) -> list[str]:
+        return apply_adapters(model, self)
 
 
 def adapter_parameter_count(n_embd: int, bottleneck: int) -> int:
@@ -112,9 +116,7 @@ class SeriesAdapterLinear(AdapterLayer):
         return h + self.adapter(h)                                              # h + s f(h Wd) Wu
 
     def original(self) -> nn.Linear:
-        lin = nn.Linear(self.in_features, self.out_features, bias=self.bias is not None, device="meta")
-        lin.weight, lin.bias = self.weight, self.bias
-        return lin
+        return linear_around(self.weight, self.bias)                            # the same tensors
 
 
 class ParallelAdapterMLP(AdapterLayer):
@@ -190,14 +192,9 @@ def apply_adapters(model: nn.Module, cfg: AdapterConfig) -> list[str]:
         m = model.get_submodule(n)
         set_module(model, n, ParallelAdapterMLP(m, cfg) if cfg.kind == "parallel" else SeriesAdapterLinear(m, cfg))
     freeze_all_but_adapters(model, cfg.include_head)
-    record(model, "adapters", cfg.to_dict(), names)
-    return names
+    return record(model, cfg, names)
 
 
 def adapters_state_dict(model: nn.Module) -> dict:
     """Only the adapters' tensors, by full name."""
-    return {k: v.detach() for k, v in adapter_state_dict(model, (SeriesAdapterLinear, ParallelAdapterMLP)).items()}
-
-
-def adapter_modules(model: nn.Module) -> list[tuple[str, AdapterLayer]]:
-    return [(n, m) for n, m in adapter_layers(model) if isinstance(m, (SeriesAdapterLinear, ParallelAdapterMLP))]
+    return detached_state(model, (SeriesAdapterLinear, ParallelAdapterMLP))

@@ -11,17 +11,32 @@ Each one has a switch, `adapter_enabled`, so that
 gives the base model back without copying it (DPO and PPO use this for their reference model).
 Only unmerged layers can be switched off exactly: a merged LoRA has changed the weight itself.
 
-`apply_*` records what it did in `model.peft_methods` (a list of {"method", "config", "modules"}),
-which is what an adapter file stores (minift.peft.io).
+Every method has the same small surface (DESIGN.md, "How a method is written"): a config dataclass
+that is a `MethodConfig`, so that it
+
+    cfg.apply(model)            # = apply_<method>(model, cfg): the surgery, then freeze the rest
+    cfg.method                  # its name in an adapter file ("lora", "adapters", ...)
+    cfg.to_dict(), Cfg.from_dict(d)
+
+Defining such a class registers it under its `method` (`method_config("lora")` finds LoRAConfig), so
+an adapter file can be read back without a list of modules held as strings. `apply_*` records what
+it did in `model.peft_methods` (a list of {"method", "config", "modules"}), which is what an adapter
+file stores (minift.peft.io).
+
+The module surgery of the methods that replace nn.Linear layers (LoRA, random masking, QLoRA) shares
+its steps here too: which linears the target regexes select, the q/k/v row slices of GPT-2's fused
+c_attn, the tied-weight check, and the plain nn.Linear a layer gives back when it is removed.
 """
 from __future__ import annotations
 
 import dataclasses
 import re
 from contextlib import contextmanager
-from typing import Iterator
+from typing import ClassVar, Iterator, Optional
 
 import torch.nn as nn
+
+from ..validate import QKV
 
 _HEAD = re.compile(r"(^|\.)head\.")          # a task head (minift.heads), never the tied lm_head
 
@@ -42,34 +57,104 @@ class ConfigIO:
         return cls(**d)
 
 
-QKV = ("q", "k", "v")                          # the slices of GPT-2's fused attn.c_attn, in order
+CONFIGS: dict[str, type] = {}                 # method name in an adapter file -> its config class
 
 
-def check_targets(targets, what: str) -> tuple:
-    """Config targets: one regex or several, each non-empty and valid (re.search over module names).
-    `what` names the config in the error ("LoRAConfig", "MaskingConfig")."""
-    if isinstance(targets, (str, list, tuple)):
-        targets = (targets,) if isinstance(targets, str) else tuple(targets)
-    if not isinstance(targets, tuple) or not targets or not all(isinstance(t, str) and t for t in targets):
-        raise ValueError(f"{what}.targets={targets!r} must be non-empty regexes over module names, "
-                         f"e.g. ['attn.c_attn', 'mlp.c_fc']")
-    for t in targets:
-        try:
-            re.compile(t)
-        except re.error as e:
-            raise ValueError(f"{what}.targets: {t!r} is not a valid regular expression ({e})") from None
-    return targets
+class MethodConfig(ConfigIO):
+    """A method's config: it applies itself and names itself in an adapter file. A subclass sets the
+    class attribute `method` (no annotation: it is not a dataclass field) and defines `apply`;
+    defining the class registers it, so importing a method's module is all a reader needs."""
+
+    method: ClassVar[str] = ""                  # "" (SelectiveConfig): not stored in adapter files
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        if cls.__dict__.get("method"):
+            CONFIGS[cls.method] = cls
+
+    def apply(self, model: nn.Module) -> list[str]:
+        """apply_<method>(model, self): the surgery, then freeze the rest. Returns the adapted names."""
+        raise NotImplementedError
 
 
-def check_qkv(qkv, what: str):
-    """None (the whole c_attn) or distinct slices of QKV, returned in q, k, v order."""
-    if qkv is None:
+def method_config(name, source: str = "adapter file") -> type:
+    """The config class of the method called `name` in an adapter file (its module must be imported)."""
+    if name not in CONFIGS:
+        raise ValueError(f"{source}: unknown method {name!r}; known: {sorted(CONFIGS)}")
+    return CONFIGS[name]
+
+
+def apply_config(model: nn.Module, cfg: Optional[MethodConfig]) -> nn.Module:
+    """cfg.apply(model) for any method config (None applies nothing). Returns the model (the lessons
+    build many this way)."""
+    if cfg is not None and not isinstance(cfg, MethodConfig):
+        raise TypeError(f"apply_config: {type(cfg).__name__} is not a method config; expected one of "
+                        f"SelectiveConfig, {', '.join(c.__name__ for c in CONFIGS.values())}")
+    if cfg is not None:
+        cfg.apply(model)
+    return model
+
+
+TARGETS_HINT = " over module names, e.g. ['attn.c_attn', 'mlp.c_fc']"   # for validate.check_regexes
+
+
+def is_fused_qkv(name: str, m: nn.Module) -> bool:
+    """GPT-2's fused attn.c_attn: out = 3 in (q, k, v stacked)."""
+    return name.split(".")[-1] == "c_attn" and m.weight.shape[0] == 3 * m.weight.shape[1]
+
+
+def qkv_slices(name: str, m: nn.Module, qkv) -> Optional[list[tuple[int, int]]]:
+    """The output rows [(start, stop), ...] of the chosen q/k/v slices of a fused c_attn (C rows each);
+    None for the whole matrix (qkv is None, or m is not a fused c_attn)."""
+    if qkv is None or not is_fused_qkv(name, m):
         return None
-    chosen = [qkv] if isinstance(qkv, str) else list(qkv) if isinstance(qkv, (list, tuple)) else None
-    if not chosen or any(s not in QKV for s in chosen) or len(set(chosen)) != len(chosen):
-        raise ValueError(f"{what}.qkv={qkv!r} must be None (the whole c_attn) or distinct "
-                         f"slices from {QKV}, e.g. ('q', 'v')")
-    return tuple(s for s in QKV if s in chosen)
+    C = m.weight.shape[1]
+    return [(QKV.index(s) * C, (QKV.index(s) + 1) * C) for s in qkv]
+
+
+def find_linears(model: nn.Module, targets, what: str, adapted: tuple = ()) -> list[str]:
+    """The nn.Linear module names (or layers of the `adapted` types) the regexes `targets` select
+    (re.search); each pattern must select one. `what` names the method in the error ("LoRA")."""
+    linears = [n for n, m in model.named_modules() if isinstance(m, (nn.Linear, *adapted))]
+    chosen: list[str] = []
+    for pat in targets:
+        hits = [n for n in linears if re.search(pat, n)]
+        if not hits:
+            raise ValueError(f"{what} target {pat!r} matches no nn.Linear module; linear modules are named like "
+                             f"{linears[:4]} ... (e.g. 'attn.c_attn', 'attn.c_proj', 'mlp.c_fc', 'mlp.c_proj')")
+        chosen += [n for n in hits if n not in chosen]
+    return chosen
+
+
+def tied_names(model: nn.Module, m: nn.Module) -> list[str]:
+    """Other names under which m's weight is registered (lm_head.weight is transformer.wte.weight)."""
+    own = {id(p) for p in m.parameters(recurse=False)}
+    names = [n for n, p in model.named_parameters(remove_duplicate=False) if id(p) in own]
+    return names if len(names) > len(list(m.parameters(recurse=False))) else []
+
+
+def linear_targets(model: nn.Module, cfg, what: str, qkv_what: str, adapted: tuple = ()) -> list[str]:
+    """The linear layers cfg.targets select (find_linears), checked before any surgery: cfg.qkv slices
+    need a fused c_attn among them, and none may share its weight with another module (GPT-2's lm_head
+    is the token embedding). `what` / `qkv_what` name the method and its qkv field in the errors."""
+    names = find_linears(model, cfg.targets, what, adapted)
+    if cfg.qkv is not None and not any(is_fused_qkv(n, model.get_submodule(n)) for n in names):
+        raise ValueError(f"{qkv_what}={cfg.qkv} selects slices of a fused attn.c_attn, but the targets "
+                         f"{list(cfg.targets)} match none ({names[:3]}); add 'attn.c_attn' or set qkv=None")
+    for n in names:
+        tied = [t for t in tied_names(model, model.get_submodule(n)) if not t.startswith(f"{n}.")]
+        if tied:
+            raise ValueError(f"{what} target {n} shares its weight with {tied} (tied embeddings); adapting it "
+                             f"would change the embedding too. Choose other targets")
+    return names
+
+
+def linear_around(weight: nn.Parameter, bias: Optional[nn.Parameter]) -> nn.Linear:
+    """A plain nn.Linear holding these very tensors (what an adapted linear layer gives back)."""
+    out_f, in_f = weight.shape
+    lin = nn.Linear(in_f, out_f, bias=bias is not None, device="meta")
+    lin.weight, lin.bias = weight, bias                                    # the same tensors
+    return lin
 
 
 class AdapterLayer(nn.Module):
@@ -93,10 +178,22 @@ class AdapterLayer(nn.Module):
         set_module(model, name, self.original())
 
 
-def adapter_layers(model: nn.Module) -> Iterator[tuple[str, AdapterLayer]]:
+def adapter_layers(model: nn.Module, kind: type = AdapterLayer) -> Iterator[tuple[str, AdapterLayer]]:
+    """(name, layer) of every adapter layer of `kind` (a class or a tuple of classes) in model."""
     for name, m in model.named_modules():
-        if isinstance(m, AdapterLayer):
+        if isinstance(m, kind):
             yield name, m
+
+
+def merge_layers(model: nn.Module, kind: type, merge: bool = True) -> None:
+    """merge() (or unmerge()) every adapter layer of `kind`: LoRA and random masking fold into W."""
+    for _, m in adapter_layers(model, kind):
+        m.merge() if merge else m.unmerge()
+
+
+def detached_state(model: nn.Module, kind: type) -> dict:
+    """The tensors of the adapter layers of `kind`, detached, by full name (e.g. lora_state_dict)."""
+    return {k: v.detach() for k, v in adapter_state_dict(model, kind).items()}
 
 
 @contextmanager
@@ -121,11 +218,10 @@ def disable_adapters(model: nn.Module):
 def adapter_state_dict(model: nn.Module, kind: type = AdapterLayer) -> dict:
     """The adapters' own tensors by full name (what an adapter file holds), for layers of `kind`."""
     out = {}
-    for name, m in adapter_layers(model):
-        if isinstance(m, kind):
-            params = dict(m.named_parameters())
-            for local in m.adapter_names():
-                out[f"{name}.{local}" if name else local] = params[local]
+    for name, m in adapter_layers(model, kind):
+        params = dict(m.named_parameters())
+        for local in m.adapter_names():
+            out[f"{name}.{local}" if name else local] = params[local]
     return out
 
 
@@ -142,13 +238,14 @@ def freeze_all_but_adapters(model: nn.Module, include_head: bool) -> None:
                 p.requires_grad = True
 
 
-def record(model: nn.Module, method: str, config: dict, modules: list[str]) -> None:
-    """Note on the model what apply_<method> did (read by save_adapter)."""
+def record(model: nn.Module, cfg: MethodConfig, modules: list[str]) -> list[str]:
+    """Note on the model what cfg.apply did (read by save_adapter). Returns `modules`."""
     methods = getattr(model, "peft_methods", None)
     if methods is None:
         methods = []
         object.__setattr__(model, "peft_methods", methods)   # a plain attribute, not a submodule
-    methods.append({"method": method, "config": config, "modules": list(modules)})
+    methods.append({"method": cfg.method, "config": cfg.to_dict(), "modules": list(modules)})
+    return list(modules)
 
 
 def set_module(model: nn.Module, name: str, new: nn.Module) -> None:

@@ -26,7 +26,7 @@ weights are (r, in) and (out, r), the same as minift's, and are written untransp
 weight of a Conv1D is stored (in, out); fan_in_fan_out = true tells PEFT to transpose B A when it
 merges into it. Our module names are GPT-2's (transformer.h.0.attn.c_attn), so the file loads onto
 transformers' GPT2LMHeadModel with peft's PeftModel.from_pretrained (given the base weights in the
-Hugging Face layout; `GPT.from_gpt2` reads that layout).
+Hugging Face layout; `minift.checkpoint.load_gpt2` reads that layout).
 
 A q/v-sliced c_attn (LoRAConfig.qkv) has no exact name in PEFT: it is written as a plain LoRA of
 rank S r on c_attn whose A stacks A_q, A_v and whose B (3C, S r) is block-diagonal, zero in the k
@@ -47,52 +47,15 @@ from safetensors import safe_open
 
 from ..checkpoint import load_json, load_state_dict_strict, load_tensors, save_folder, save_json, save_tensors
 from ..model import GPTConfig
-from .adapters import AdapterConfig, apply_adapters
-from .common import adapter_layers, adapter_state_dict, remove_adapters
+from ..quant import qlora  # noqa: F401  (each import registers a method's config: common.CONFIGS)
+from . import adapters, masking, prefix, prompt, reft, selective  # noqa: F401  (the same)
+from .common import adapter_layers, adapter_state_dict, apply_config, method_config, remove_adapters  # noqa: F401
 from .lora import LoRAConfig, apply_lora, lora_layers
 
 FORMAT, VERSION = "minift-adapter", 1
 ADAPTER_WEIGHTS, ADAPTER_CONFIG = "adapter.safetensors", "adapter.json"
 PEFT_WEIGHTS, PEFT_CONFIG = "adapter_model.safetensors", "adapter_config.json"
 PEFT_PREFIX = "base_model.model."
-METHODS = {"lora": (LoRAConfig, apply_lora), "adapters": (AdapterConfig, apply_adapters)}
-# The methods of lessons 07-12, looked up on first use: (module, config class, apply function).
-# Each method file stays free of io (imports flow one way: a method never imports io).
-LAZY_METHODS = {"prefix": ("minift.peft.prefix", "PrefixConfig", "apply_prefix"),
-                "prompt": ("minift.peft.prompt", "PromptConfig", "apply_prompt"),
-                "masking": ("minift.peft.masking", "MaskingConfig", "apply_masking"),
-                "reft": ("minift.peft.reft", "ReFTConfig", "apply_reft"),
-                "qlora": ("minift.quant.qlora", "QLoRAConfig", "apply_qlora")}
-
-
-def apply_config(model: nn.Module, cfg) -> nn.Module:
-    """Apply the method `cfg` configures (LoRAConfig, AdapterConfig, PrefixConfig, ..., or a
-    SelectiveConfig); None applies nothing. Returns the model (the lessons build many this way)."""
-    from .selective import SelectiveConfig, apply_selective
-    if cfg is None:
-        return model
-    if isinstance(cfg, SelectiveConfig):
-        apply_selective(model, cfg)
-        return model
-    for name in list(METHODS) + list(LAZY_METHODS):
-        cfg_cls, apply = method_entry(name)
-        if isinstance(cfg, cfg_cls):
-            apply(model, cfg)
-            return model
-    raise TypeError(f"apply_config: {type(cfg).__name__} is not a method config; expected one of "
-                    f"SelectiveConfig, {', '.join(c.__name__ for c, _ in map(method_entry, list(METHODS) + list(LAZY_METHODS)))}")
-
-
-def method_entry(name: str, source: str = "adapter file"):
-    """(config class, apply function) of the method called `name` in an adapter file."""
-    if name in METHODS:
-        return METHODS[name]
-    if name in LAZY_METHODS:
-        import importlib
-        mod, cfg_name, apply_name = LAZY_METHODS[name]
-        m = importlib.import_module(mod)
-        return getattr(m, cfg_name), getattr(m, apply_name)
-    raise ValueError(f"{source}: unknown method {name!r}; known: {sorted(METHODS) + sorted(LAZY_METHODS)}")
 
 
 def base_config(model: nn.Module) -> GPTConfig:
@@ -165,7 +128,7 @@ def load_adapter(model: nn.Module, folder: str) -> list[str]:
         raise ValueError(f"{cpath} is not a minift adapter file (format={meta.get('format')!r}, expected "
                          f"{FORMAT!r}); for a Hugging Face PEFT folder use import_peft")
     for rec in meta.get("methods", []):
-        method_entry(rec.get("method"), cpath)                # unknown method: ValueError naming it
+        method_config(rec.get("method"), cpath)               # unknown method: ValueError naming it
     _check_base(model, meta.get("base_model", {}), cpath)
     sd = load_tensors(wpath)
     have = [(r["method"], r["config"], r["modules"]) for r in _methods(model)]
@@ -179,8 +142,7 @@ def load_adapter(model: nn.Module, folder: str) -> list[str]:
         if not have:
             rollback = _Rollback(model)
             for method, config, modules in want:
-                cfg_cls, apply = method_entry(method, cpath)
-                names = apply(model, cfg_cls.from_dict(config))
+                names = method_config(method, cpath).from_dict(config).apply(model)
                 if names != modules:
                     raise ValueError(f"{cpath}: {method} on this model adapts {names[:3]} ..., the file was made "
                                      f"for {modules[:3]} ...")

@@ -41,7 +41,6 @@ Face PEFT this is a LoRA of rank 2r on c_attn whose B is zero in the k rows and 
 from __future__ import annotations
 
 import math
-import re
 from dataclasses import dataclass
 from typing import Optional, Sequence
 
@@ -49,9 +48,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .common import (QKV, AdapterLayer, ConfigIO, adapter_layers, adapter_state_dict, check_qkv, check_targets,
-                     freeze_all_but_adapters, record, set_module)
-from ..validate import check_bool, check_float, check_int
+from ..validate import QKV, check_bool, check_float, check_int, check_qkv, check_regexes
+from .common import (TARGETS_HINT, AdapterLayer, MethodConfig, adapter_layers, detached_state, freeze_all_but_adapters,
+                     linear_around, linear_targets, merge_layers, qkv_slices, record, set_module)
 
 
 def _wide(t: torch.Tensor) -> torch.Tensor:
@@ -60,7 +59,7 @@ def _wide(t: torch.Tensor) -> torch.Tensor:
 
 
 @dataclass
-class LoRAConfig(ConfigIO):
+class LoRAConfig(MethodConfig):
     """Which nn.Linear modules get LoRA, and how. `targets` are regexes searched (re.search) in module
     names; each must match at least one nn.Linear. `qkv` only concerns fused `c_attn` modules (out =
     3 in): the slices to adapt, each as its own matrix; other targets are adapted whole. The defaults
@@ -75,6 +74,7 @@ class LoRAConfig(ConfigIO):
     use_rslora: bool = False
     use_dora: bool = False
     include_head: bool = True                     # keep a task head (head.*) trainable
+    method = "lora"                               # its name in an adapter file (DoRA is LoRA with use_dora)
 
     def __post_init__(self):
         check_int(self, "r", self.r, lo=1, hint=" (the rank; <= min(in, out) of every adapted matrix)")
@@ -82,12 +82,15 @@ class LoRAConfig(ConfigIO):
         check_float(self, "dropout", self.dropout, 0, 1, hi_open=True)
         for name in ("use_rslora", "use_dora", "include_head"):
             check_bool(self, name, getattr(self, name))
-        self.targets = check_targets(self.targets, "LoRAConfig")
-        self.qkv = check_qkv(self.qkv, "LoRAConfig")                   # canonical q, k, v order
+        self.targets = check_regexes(self, "targets", self.targets, TARGETS_HINT)
+        self.qkv = check_qkv(self, "qkv", self.qkv)                    # canonical q, k, v order
 
     @property
     def scaling(self) -> float:
         return self.alpha / math.sqrt(self.r) if self.use_rslora else self.alpha / self.r
+
+    def apply(self, model: nn.Module) -> list[str]:
+        return apply_lora(model, self)
 
 
 def lora_parameter_count(in_features: int, out_features: int, r: int) -> int:
@@ -220,9 +223,7 @@ class LoRALinear(AdapterLayer):
         self.merged = False
 
     def original(self) -> nn.Linear:
-        lin = nn.Linear(self.in_features, self.out_features, bias=self.bias is not None, device="meta")
-        lin.weight, lin.bias = self.weight, self.bias                      # the same tensors
-        return lin
+        return linear_around(self.weight, self.bias)                       # the same tensors
 
     def extra_repr(self) -> str:
         what = "all rows" if self.slices is None else f"slices {self.slices}"
@@ -232,28 +233,10 @@ class LoRALinear(AdapterLayer):
 
 # ---- module surgery --------------------------------------------------------------------------
 
-def _is_fused_qkv(name: str, m: nn.Module) -> bool:
-    return name.split(".")[-1] == "c_attn" and m.weight.shape[0] == 3 * m.weight.shape[1]
-
-
-def _tied(model: nn.Module, m: nn.Module) -> list[str]:
-    """Other names under which m's weight is registered (lm_head.weight is transformer.wte.weight)."""
-    own = {id(p) for p in m.parameters(recurse=False)}
-    names = [n for n, p in model.named_parameters(remove_duplicate=False) if id(p) in own]
-    return names if len(names) > len(list(m.parameters(recurse=False))) else []
-
-
-def find_targets(model: nn.Module, cfg: LoRAConfig) -> list[str]:
-    """The nn.Linear module names the config's patterns select (each pattern must select one)."""
-    linears = [n for n, m in model.named_modules() if isinstance(m, (nn.Linear, LoRALinear))]
-    chosen: list[str] = []
-    for pat in cfg.targets:
-        hits = [n for n in linears if re.search(pat, n)]
-        if not hits:
-            raise ValueError(f"LoRA target {pat!r} matches no nn.Linear module; linear modules are named like "
-                             f"{linears[:4]} ... (e.g. 'attn.c_attn', 'attn.c_proj', 'mlp.c_fc', 'mlp.c_proj')")
-        chosen += [n for n in hits if n not in chosen]
-    return chosen
+def find_targets(model: nn.Module, cfg: LoRAConfig, what: str = "LoRA") -> list[str]:
+    """The nn.Linear module names the config's patterns select (each pattern must select one, none may
+    be tied to the embedding, q/k/v slices need a fused c_attn)."""
+    return linear_targets(model, cfg, what, f"{what} qkv", adapted=(LoRALinear,))
 
 
 def apply_lora(model: nn.Module, cfg: LoRAConfig) -> list[str]:
@@ -264,48 +247,35 @@ def apply_lora(model: nn.Module, cfg: LoRAConfig) -> list[str]:
     if again:
         raise ValueError(f"LoRA is already applied to {again[:3]}; applying it twice to the same layer is not "
                          f"supported (merge_and_unload(model) first, or start from a fresh base model)")
-    if cfg.qkv is not None and not any(_is_fused_qkv(n, model.get_submodule(n)) for n in names):
-        raise ValueError(f"LoRA qkv={cfg.qkv} selects slices of a fused attn.c_attn, but the targets "
-                         f"{list(cfg.targets)} match none ({names[:3]}); add 'attn.c_attn' or set qkv=None")
     layers = {}
     for n in names:                                                        # validate all, then replace
         m = model.get_submodule(n)
-        tied = _tied(model, m)
-        if tied:
-            raise ValueError(f"LoRA target {n} shares its weight with {tied} (tied embeddings); adapting it "
-                             f"would change the embedding too on merge. Choose other targets")
-        slices = None
-        if cfg.qkv is not None and _is_fused_qkv(n, m):
-            C = m.weight.shape[1]
-            slices = [(QKV.index(s) * C, (QKV.index(s) + 1) * C) for s in cfg.qkv]
         try:
-            layers[n] = LoRALinear(m, cfg.r, cfg.alpha, cfg.dropout, cfg.use_rslora, cfg.use_dora, slices)
+            layers[n] = LoRALinear(m, cfg.r, cfg.alpha, cfg.dropout, cfg.use_rslora, cfg.use_dora,
+                                   qkv_slices(n, m, cfg.qkv))
         except ValueError as e:
             raise ValueError(f"{n}: {e}") from None
     for n, layer in layers.items():
         set_module(model, n, layer)
     freeze_all_but_adapters(model, cfg.include_head)
-    record(model, "lora", cfg.to_dict(), names)
-    return names
+    return record(model, cfg, names)
 
 
 def lora_layers(model: nn.Module) -> list[tuple[str, LoRALinear]]:
-    return [(n, m) for n, m in adapter_layers(model) if isinstance(m, LoRALinear)]
+    return list(adapter_layers(model, LoRALinear))
 
 
 def lora_state_dict(model: nn.Module) -> dict:
     """Only the LoRA tensors (lora_A, lora_B, and DoRA's lora_magnitude), by full name."""
-    return {k: v.detach() for k, v in adapter_state_dict(model, LoRALinear).items()}
+    return detached_state(model, LoRALinear)
 
 
 def merge_lora(model: nn.Module) -> None:
-    for _, m in lora_layers(model):
-        m.merge()
+    merge_layers(model, LoRALinear)
 
 
 def unmerge_lora(model: nn.Module) -> None:
-    for _, m in lora_layers(model):
-        m.unmerge()
+    merge_layers(model, LoRALinear, merge=False)
 
 
 def merge_and_unload(model: nn.Module) -> nn.Module:

@@ -33,7 +33,6 @@ restores W0 bit for bit. GPT-2's fused `attn.c_attn` can be masked in its q and 
 from __future__ import annotations
 
 import math
-import re
 from dataclasses import dataclass
 from typing import Optional, Sequence
 
@@ -41,13 +40,13 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..validate import check_bool, check_float, check_int
-from .common import QKV, _HEAD, AdapterLayer, ConfigIO, adapter_layers, check_qkv, check_targets, record, set_module
-
+from ..validate import check_bool, check_float, check_int, check_qkv, check_regexes
+from .common import (_HEAD, TARGETS_HINT, AdapterLayer, MethodConfig, adapter_layers, linear_around, linear_targets,
+                     merge_layers, qkv_slices, record, set_module)
 
 
 @dataclass
-class MaskingConfig(ConfigIO):
+class MaskingConfig(MethodConfig):
     """Which nn.Linear entries train. `targets` are regexes searched (re.search) in module names; each
     must match at least one nn.Linear. `qkv` only concerns fused `c_attn` modules (out = 3 in): the row
     slices the mask may fall in (None: the whole matrix). Everything else is frozen (a task head
@@ -58,14 +57,18 @@ class MaskingConfig(ConfigIO):
     qkv: Optional[Sequence[str]] = ("q", "v")     # slices of a fused c_attn; None = all of it
     seed: int = 0                                 # the mask's private generator
     include_head: bool = True                     # keep a task head (head.*) trainable
+    method = "masking"                            # its name in an adapter file
 
     def __post_init__(self):
         self.density = float(check_float(self, "density", self.density, 0, 1, lo_open=True, hint=": the share of "
                                          "the chosen weights that train, e.g. 0.01 for 1%"))
         check_int(self, "seed", self.seed, lo=0)
         check_bool(self, "include_head", self.include_head)
-        self.targets = check_targets(self.targets, "MaskingConfig")
-        self.qkv = check_qkv(self.qkv, "MaskingConfig")          # canonical q, k, v order
+        self.targets = check_regexes(self, "targets", self.targets, TARGETS_HINT)
+        self.qkv = check_qkv(self, "qkv", self.qkv)                   # canonical q, k, v order
+
+    def apply(self, model: nn.Module) -> list[str]:
+        return apply_masking(model, self)
 
 
 def masked_count(n: int, density: float) -> int:
@@ -168,9 +171,7 @@ class MaskedLinear(AdapterLayer):
         self._saved, self.merged = None, False
 
     def original(self) -> nn.Linear:
-        lin = nn.Linear(self.in_features, self.out_features, bias=self.bias is not None, device="meta")
-        lin.weight, lin.bias = self.weight, self.bias                      # the same tensors
-        return lin
+        return linear_around(self.weight, self.bias)                       # the same tensors
 
     def extra_repr(self) -> str:
         n = self.allowed_rows.numel() * self.in_features
@@ -180,29 +181,16 @@ class MaskedLinear(AdapterLayer):
 
 # ---- module surgery --------------------------------------------------------------------------
 
-def _is_fused_qkv(name: str, m: nn.Module) -> bool:
-    return name.split(".")[-1] == "c_attn" and m.weight.shape[0] == 3 * m.weight.shape[1]
-
-
 def find_targets(model: nn.Module, cfg: MaskingConfig) -> list[str]:
-    """The nn.Linear module names the config's patterns select (each pattern must select one)."""
-    linears = [n for n, m in model.named_modules() if isinstance(m, (nn.Linear, MaskedLinear))]
-    chosen: list[str] = []
-    for pat in cfg.targets:
-        hits = [n for n in linears if re.search(pat, n)]
-        if not hits:
-            raise ValueError(f"MaskingConfig target {pat!r} matches no nn.Linear module; linear modules are "
-                             f"named like {linears[:4]} ... (e.g. 'attn.c_attn', 'attn.c_proj', 'mlp.c_fc')")
-        chosen += [n for n in hits if n not in chosen]
-    return chosen
+    """The nn.Linear module names the config's patterns select (each pattern must select one, none may
+    be tied to the embedding, q/k/v slices need a fused c_attn)."""
+    return linear_targets(model, cfg, "MaskingConfig", "MaskingConfig.qkv", adapted=(MaskedLinear,))
 
 
 def _rows(name: str, m: nn.Module, cfg: MaskingConfig) -> torch.Tensor:
     """The output rows the mask may fall in: the q/v slices of a fused c_attn, else every row."""
-    if cfg.qkv is None or not _is_fused_qkv(name, m):
-        return torch.arange(m.weight.shape[0])
-    C = m.weight.shape[1]
-    return torch.cat([torch.arange(QKV.index(s) * C, (QKV.index(s) + 1) * C) for s in cfg.qkv])
+    slices = qkv_slices(name, m, cfg.qkv) or [(0, m.weight.shape[0])]
+    return torch.cat([torch.arange(a, b) for a, b in slices])
 
 
 def apply_masking(model: nn.Module, cfg: MaskingConfig) -> list[str]:
@@ -214,17 +202,6 @@ def apply_masking(model: nn.Module, cfg: MaskingConfig) -> list[str]:
     if again:
         raise ValueError(f"random masking is already applied to {again[:3]}; applying it twice to the same "
                          f"layer is not supported (remove_adapters(model) first)")
-    if cfg.qkv is not None and not any(_is_fused_qkv(n, model.get_submodule(n)) for n in names):
-        raise ValueError(f"MaskingConfig.qkv={cfg.qkv} selects slices of a fused attn.c_attn, but the targets "
-                         f"{list(cfg.targets)} match none ({names[:3]}); add 'attn.c_attn' or set qkv=None")
-    shared = {}
-    for n, p in model.named_parameters(remove_duplicate=False):
-        shared.setdefault(id(p), []).append(n)
-    for n in names:
-        tied = [o for o in shared[id(model.get_submodule(n).weight)] if o != f"{n}.weight"]
-        if tied:
-            raise ValueError(f"MaskingConfig target {n} shares its weight with {tied} (tied embeddings); "
-                             f"masking it would change the embedding too. Choose other targets")
     rows = {n: _rows(n, model.get_submodule(n), cfg) for n in names}
     allowed = [(r[:, None] * model.get_submodule(n).weight.shape[1]
                 + torch.arange(model.get_submodule(n).weight.shape[1])).reshape(-1) for n, r in rows.items()]
@@ -248,12 +225,11 @@ def apply_masking(model: nn.Module, cfg: MaskingConfig) -> list[str]:
         for n, p in model.named_parameters():
             if _HEAD.search(n) and p.is_floating_point():
                 p.requires_grad = True
-    record(model, "masking", cfg.to_dict(), names)
-    return names
+    return record(model, cfg, names)
 
 
 def masked_layers(model: nn.Module) -> list[tuple[str, MaskedLinear]]:
-    return [(n, m) for n, m in adapter_layers(model) if isinstance(m, MaskedLinear)]
+    return list(adapter_layers(model, MaskedLinear))
 
 
 def masking_state_dict(model: nn.Module) -> dict:
@@ -276,10 +252,8 @@ def masked_count_of(model: nn.Module) -> int:
 
 
 def merge_masking(model: nn.Module) -> None:
-    for _, m in masked_layers(model):
-        m.merge()
+    merge_layers(model, MaskedLinear)
 
 
 def unmerge_masking(model: nn.Module) -> None:
-    for _, m in masked_layers(model):
-        m.unmerge()
+    merge_layers(model, MaskedLinear, merge=False)

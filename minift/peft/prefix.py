@@ -45,12 +45,12 @@ import torch
 import torch.nn as nn
 
 from ..model import GPT, build_attention_mask
-from ..validate import check_bool, check_float, check_int
-from .common import AdapterLayer, ConfigIO, adapter_layers, adapter_state_dict, freeze_all_but_adapters, record, remove_hooks
+from ..validate import check_bool, check_float, check_int, check_token_ids
+from .common import AdapterLayer, MethodConfig, adapter_layers, detached_state, freeze_all_but_adapters, record, remove_hooks
 
 
 @dataclass
-class PrefixConfig(ConfigIO):
+class PrefixConfig(MethodConfig):
     """P trained key/value positions in every block; with `reparam`, through the paper's MLP."""
 
     n_prefix: int = 10                   # P, virtual tokens per block
@@ -60,6 +60,7 @@ class PrefixConfig(ConfigIO):
     init_std: float = 1.0                # reparam=False: P_θ ~ N(0, init_std^2) (base keys have std ~ 2)
     init_ids: Optional[Sequence[int]] = None   # n_prefix token ids: start from their keys/values (below)
     include_head: bool = True            # keep a task head (head.*) trainable
+    method = "prefix"                    # its name in an adapter file
 
     def __post_init__(self):
         check_int(self, "n_prefix", self.n_prefix, lo=1, hint=" (a length-0 prefix is the base model: don't apply one)")
@@ -68,13 +69,10 @@ class PrefixConfig(ConfigIO):
         check_bool(self, "reparam", self.reparam)
         check_float(self, "init_std", self.init_std, lo=0, lo_open=True)
         check_bool(self, "include_head", self.include_head)
-        if self.init_ids is not None:
-            ids = list(self.init_ids) if isinstance(self.init_ids, (list, tuple, range)) else [self.init_ids]
-            if len(ids) != self.n_prefix or not all(isinstance(i, int) and not isinstance(i, bool) and i >= 0
-                                                    for i in ids):
-                raise ValueError(f"PrefixConfig.init_ids must be n_prefix={self.n_prefix} token ids (integers >= 0), "
-                                 f"got {len(ids)}: {ids[:8]}")
-            self.init_ids = tuple(ids)
+        self.init_ids = check_token_ids(self, "init_ids", self.init_ids, self.n_prefix, "n_prefix")
+
+    def apply(self, model: nn.Module) -> list[str]:
+        return apply_prefix(model, self)
 
 
 def prefix_parameter_count(n_layer: int, n_embd: int, n_prefix: int, reparam: bool = False,
@@ -224,17 +222,16 @@ def apply_prefix(model: nn.Module, cfg: PrefixConfig) -> list[str]:
     gpt.add_module("prefix", enc)
     gpt.register_forward_pre_hook(_supply_prefix, with_kwargs=True)
     freeze_all_but_adapters(model, cfg.include_head)
-    record(model, "prefix", cfg.to_dict(), [name])
-    return [name]
+    return record(model, cfg, [name])
 
 
 def prefix_modules(model: nn.Module) -> list[tuple[str, PrefixEncoder]]:
-    return [(n, m) for n, m in adapter_layers(model) if isinstance(m, PrefixEncoder)]
+    return list(adapter_layers(model, PrefixEncoder))
 
 
 def prefix_state_dict(model: nn.Module) -> dict:
     """Only the prefix tensors (P'_θ and the MLP, or the folded P_θ), by full name."""
-    return {k: v.detach() for k, v in adapter_state_dict(model, PrefixEncoder).items()}
+    return detached_state(model, PrefixEncoder)
 
 
 def fold_prefix(model: nn.Module) -> None:

@@ -43,14 +43,14 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..model import GPT, IGNORE_INDEX
-from ..validate import check_bool, check_choice, check_int, check_str
-from .common import AdapterLayer, ConfigIO, adapter_layers, freeze_all_but_adapters, record, remove_hooks
+from ..validate import check_bool, check_choice, check_int, check_str, check_token_ids
+from .common import AdapterLayer, MethodConfig, adapter_layers, freeze_all_but_adapters, record, remove_hooks
 
 INITS = ("random", "vocab", "text")
 
 
 @dataclass
-class PromptConfig(ConfigIO):
+class PromptConfig(MethodConfig):
     """n_tokens soft-prompt vectors, initialised by `init` ("random", "vocab" or "text"). A text
     init needs `init_text` and the tokenizer (apply_prompt(model, cfg, tokenizer=tok)), or the
     text's token ids in `init_ids` (apply_prompt records them, so that load_adapter needs no
@@ -63,6 +63,7 @@ class PromptConfig(ConfigIO):
     init_ids: Optional[Sequence[int]] = None    # init="text": its token ids (filled by apply_prompt)
     seed: int = 0                               # for "random" and "vocab"
     include_head: bool = True                   # keep a task head (head.*) trainable
+    method = "prompt"                           # its name in an adapter file
 
     def __post_init__(self):
         check_int(self, "n_tokens", self.n_tokens, lo=1, hint=" (virtual tokens; n + length must fit block_size)")
@@ -72,19 +73,18 @@ class PromptConfig(ConfigIO):
         if self.init_text is not None and not check_str(self, "init_text", self.init_text).strip():
             raise ValueError(f"PromptConfig.init_text={self.init_text!r} is empty; give a text with at least one "
                              f"token, e.g. 'Tag the names of people and towns'")
-        if self.init_ids is not None:
-            ids = list(self.init_ids) if isinstance(self.init_ids, (list, tuple, range)) else []
-            if not ids or not all(isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in ids):
-                raise ValueError(f"PromptConfig.init_ids={self.init_ids!r} must be a non-empty list of token ids >= 0")
-            self.init_ids = tuple(ids)
+        self.init_ids = check_token_ids(self, "init_ids", self.init_ids)
         if self.init == "text" and self.init_text is None and self.init_ids is None:
             raise ValueError("PromptConfig(init='text') needs init_text (a non-empty text) or init_ids (its token ids)")
         if self.init != "text" and (self.init_text is not None or self.init_ids is not None):
             raise ValueError(f"PromptConfig.init_text / init_ids are only used with init='text', "
                              f"not init={self.init!r}")
 
+    def apply(self, model: nn.Module, tokenizer=None) -> list[str]:
+        return apply_prompt(model, self, tokenizer)
 
-# ---- the maths, as plain functions (the conformance adapters call these) --------------------------
+
+# ---- the maths, as plain functions (the conformance run_* functions call these) -------------------
 
 def text_init_rows(m: int, n: int) -> list[int]:
     """Which of a text's m tokens starts each of the n prompt vectors: i mod m (cut or repeated)."""
@@ -255,12 +255,11 @@ def apply_prompt(model: nn.Module, cfg: PromptConfig, tokenizer=None) -> list[st
     gpt.register_forward_hook(layer.post, with_kwargs=True)
     name = f"{gname}.soft_prompt" if gname else "soft_prompt"
     freeze_all_but_adapters(model, cfg.include_head)
-    record(model, "prompt", dataclasses.replace(cfg, init_ids=ids).to_dict(), [name])
-    return [name]
+    return record(model, dataclasses.replace(cfg, init_ids=ids), [name])
 
 
 def prompt_layers(model: nn.Module) -> list[tuple[str, SoftPrompt]]:
-    return [(n, m) for n, m in adapter_layers(model) if isinstance(m, SoftPrompt)]
+    return list(adapter_layers(model, SoftPrompt))
 
 
 def prompt_state_dict(model: nn.Module) -> dict:

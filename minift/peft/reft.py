@@ -50,14 +50,14 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..validate import check_bool, check_choice, check_int, check_ints
-from .common import AdapterLayer, ConfigIO, adapter_layers, adapter_state_dict, freeze_all_but_adapters, record, remove_hooks
+from .common import AdapterLayer, MethodConfig, adapter_layers, detached_state, freeze_all_but_adapters, record, remove_hooks
 
 POSITIONS = ("prompt", "all")
 INITS = ("identity", "random")
 
 
 @dataclass
-class ReFTConfig(ConfigIO):
+class ReFTConfig(MethodConfig):
     r: int = 4                                 # rank: rows of R, 1 <= r <= n_embd
     layers: Optional[Sequence[int]] = None     # which blocks' outputs; None = all; negative from the end
     positions: str = "prompt"                  # "prompt": first/last prompt tokens | "all": every real token
@@ -66,6 +66,7 @@ class ReFTConfig(ConfigIO):
     tied: bool = True                          # one intervention for first and last; False: one each
     init: str = "identity"                     # "identity": W = R, b = 0 (a no-op) | "random": W as nn.Linear
     include_head: bool = True                  # keep a task head (head.*) trainable
+    method = "reft"                            # its name in an adapter file
 
     def __post_init__(self):
         check_int(self, "r", self.r, lo=1, hint=" (and <= n_embd)")
@@ -83,6 +84,9 @@ class ReFTConfig(ConfigIO):
                              f"(got positions={self.positions!r}, first={self.first}, last={self.last})")
         check_choice(self, "init", self.init, INITS)
         check_bool(self, "include_head", self.include_head)
+
+    def apply(self, model: nn.Module) -> list[str]:
+        return apply_reft(model, self)
 
 
 def reft_parameter_count(n_embd: int, r: int) -> int:
@@ -261,18 +265,16 @@ def apply_reft(model: nn.Module, cfg: ReFTConfig) -> list[str]:
     object.__setattr__(gpt, "reft_config", cfg)                             # read by the pre-hook
     gpt.register_forward_pre_hook(_mark_positions, with_kwargs=True)
     freeze_all_but_adapters(model, cfg.include_head)
-    names = [n for n, _ in targets]
-    record(model, "reft", cfg.to_dict(), names)
-    return names
+    return record(model, cfg, [n for n, _ in targets])
 
 
 def reft_layers(model: nn.Module) -> list[tuple[str, ReFTLayer]]:
-    return [(n, m) for n, m in adapter_layers(model) if isinstance(m, ReFTLayer)]
+    return list(adapter_layers(model, ReFTLayer))
 
 
 def reft_state_dict(model: nn.Module) -> dict:
     """Only the ReFT tensors (R_raw, W, b of every intervention), by full name."""
-    return {k: v.detach() for k, v in adapter_state_dict(model, ReFTLayer).items()}
+    return detached_state(model, ReFTLayer)
 
 
 @torch.no_grad()

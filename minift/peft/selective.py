@@ -30,6 +30,7 @@ from typing import Optional, Sequence
 import torch.nn as nn
 
 from ..validate import FieldTypeError, check_bool, check_ints
+from .common import MethodConfig
 
 # component -> regular expression over parameter names
 COMPONENTS = {
@@ -44,7 +45,10 @@ _LAYER = re.compile(r"transformer\.h\.(\d+)\.")
 
 
 @dataclass
-class SelectiveConfig:
+class SelectiveConfig(MethodConfig):
+    """Which pretrained parameters train (see the module docstring); nothing is added to the model,
+    so there is no adapter file: save the trainable tensors with checkpoint.save_trainable."""
+
     layers: Optional[Sequence[int]] = None        # block indices; negative counts from the end
     components: Optional[Sequence[str]] = None    # keys of COMPONENTS
     param_types: Optional[Sequence[str]] = None   # "weight" and/or "bias"
@@ -57,6 +61,9 @@ class SelectiveConfig:
         self.param_types = _check_names("param_types", self.param_types, PARAM_TYPES)
         self.patterns = _check_names("patterns", self.patterns)
         check_bool(self, "include_head", self.include_head)
+
+    def apply(self, model: nn.Module) -> list[str]:
+        return apply_selective(model, self)
 
 
 def _check_names(field_name: str, value, known: Optional[dict] = None):
@@ -154,11 +161,6 @@ def apply_selective(model: nn.Module, cfg: SelectiveConfig) -> list[str]:
 def bitfit(model: nn.Module) -> list[str]:
     """BitFit: only the bias terms (and a task head) train."""
     return apply_selective(model, SelectiveConfig(param_types=["bias"]))
-
-
-def trainable_state(model: nn.Module) -> dict:
-    """The trainable tensors by name (what an adapter file of a selective method holds)."""
-    return {n: p for n, p in model.named_parameters() if p.requires_grad}
 
 
 # ---- accounting ------------------------------------------------------------------------------

@@ -44,10 +44,11 @@ from pathlib import Path
 from typing import Optional, Union
 
 import torch
+import torch.nn as nn
 import torch.nn.functional as F
 
 from .int8 import Int8Tensor
-from .nf4 import CODES, NF4State, dequantize_nf4
+from .nf4 import CODES, NF4State, dequantize_nf4, quantize_nf4
 
 EXT_DIR = Path(__file__).resolve().parents[2] / "cuda_ext"
 QuantState = Union[NF4State, Int8Tensor]
@@ -285,3 +286,46 @@ def quant_lora_matmul(x: torch.Tensor, wq: QuantState, A: Optional[torch.Tensor]
 
 __all__ = ["quant_lora_matmul", "quant_lora_matmul_reference", "dequantize", "error_bound", "extension",
            "backend", "QuantLoRAMatmul"]
+
+
+# ---- the NF4 layer: a frozen linear layer stored in 4 bits, multiplied through the kernel above ---
+
+class NF4Linear(nn.Module):
+    """A frozen linear layer stored in 4 bits: y = x dequant(W_q)^T + b. The float weight is rebuilt
+    inside forward and dropped after it, so no full-precision copy lives between calls."""
+
+    def __init__(self, linear: nn.Linear, block_size: int = 64, double_quant: bool = True, code: str = "nf4",
+                 compute_dtype: torch.dtype = torch.float32, weight: Optional[torch.Tensor] = None):
+        """weight: quantize this (out, in) tensor instead of linear.weight (LoftQ quantizes W - ΔW)."""
+        super().__init__()
+        if not isinstance(linear, nn.Linear):
+            raise TypeError(f"NF4Linear wraps an nn.Linear, got {type(linear).__name__}")
+        self.in_features, self.out_features = linear.in_features, linear.out_features
+        self.compute_dtype = compute_dtype
+        w = linear.weight if weight is None else weight
+        if tuple(w.shape) != (self.out_features, self.in_features):
+            raise ValueError(f"NF4Linear: weight must be {(self.out_features, self.in_features)}, got {tuple(w.shape)}")
+        st = quantize_nf4(w, block_size, double_quant, code)
+        self.shape, self.block_size, self.code_name, self.dq_block_size = st.shape, block_size, code, st.dq_block_size
+        for name, t in st.tensors().items():                            # buffers: saved, moved, never trained
+            self.register_buffer(name, t)
+        self.bias = None if linear.bias is None else nn.Parameter(linear.bias.detach().clone(), requires_grad=False)
+
+    def state(self) -> NF4State:
+        kw = {n: getattr(self, n) for n in ("packed", "absmax", "absmax_q", "absmax_scales", "absmax_mean")
+              if getattr(self, n, None) is not None}
+        return NF4State(shape=self.shape, block_size=self.block_size, code_name=self.code_name,
+                        dq_block_size=self.dq_block_size, **kw)
+
+    def dequantized_weight(self) -> torch.Tensor:
+        return dequantize_nf4(self.state(), self.compute_dtype)                  # (out, in)
+
+    def forward(self, x):
+        bias = None if self.bias is None else self.bias.to(self.compute_dtype)
+        # lesson 13: the fused C++ kernel when built, else dequantize-then-matmul; W is never kept
+        return quant_lora_matmul(x.to(self.compute_dtype), self.state(), bias=bias)   # (..., out)
+
+    def extra_repr(self) -> str:
+        dq = getattr(self, "absmax_q", None) is not None
+        return (f"in_features={self.in_features}, out_features={self.out_features}, code={self.code_name}, "
+                f"block_size={self.block_size}, double_quant={dq}")

@@ -36,17 +36,19 @@ from typing import Callable, Optional, Sequence
 import torch
 import torch.nn as nn
 
-from ..peft.common import _HEAD, ConfigIO, check_qkv, check_targets, freeze_all_but_adapters, record, set_module
-from ..peft.lora import QKV, LoRAConfig, LoRALinear, _is_fused_qkv, _tied, find_targets
-from ..validate import check_bool, check_choice, check_float, check_int
+from ..peft.common import (_HEAD, TARGETS_HINT, MethodConfig, freeze_all_but_adapters, qkv_slices, record, set_module,
+                           tied_names)
+from ..peft.lora import LoRAConfig, LoRALinear, find_targets
+from ..validate import check_bool, check_choice, check_float, check_int, check_multiple, check_qkv, check_regexes
 from .int8 import Int8Linear, quantize_absmax
-from .nf4 import NF4Linear, dequantize_nf4, quantize_nf4
+from .nf4 import dequantize_nf4, quantize_nf4
+from .ops import NF4Linear
 
 QUANTS = ("nf4", "int8")
 
 
 @dataclass
-class QLoRAConfig(ConfigIO):
+class QLoRAConfig(MethodConfig):
     """LoRA's fields (see LoRAConfig), then how the base is quantized. QLoRA's paper adapts every
     linear layer; the default here follows LoRAConfig (W_q, W_v) so the two compare directly."""
     r: int = 8
@@ -62,6 +64,7 @@ class QLoRAConfig(ConfigIO):
     threshold: float = 6.0                # int8: LLM.int8() outlier threshold
     quantize_rest: bool = True            # quantize the linear layers LoRA does not adapt, too
     loftq_iters: int = 0                  # 0: plain QLoRA init (B = 0); T >= 1: LoftQ
+    method = "qlora"                      # its name in an adapter file (int8, NF4 and LoftQ are options)
 
     def __post_init__(self):
         check_int(self, "r", self.r, lo=1, hint=" (the rank; <= min(in, out) of every adapted matrix)")
@@ -69,19 +72,22 @@ class QLoRAConfig(ConfigIO):
         check_float(self, "dropout", self.dropout, 0, 1, hi_open=True)
         for name in ("use_rslora", "include_head", "double_quant", "quantize_rest"):
             check_bool(self, name, getattr(self, name))
-        self.targets, self.qkv = check_targets(self.targets, "QLoRAConfig"), check_qkv(self.qkv, "QLoRAConfig")
+        self.targets = check_regexes(self, "targets", self.targets, TARGETS_HINT)
+        self.qkv = check_qkv(self, "qkv", self.qkv)
         self.lora = LoRAConfig(self.r, self.alpha, self.dropout, self.targets, self.qkv, self.use_rslora,
                                False, self.include_head)
         check_choice(self, "quant", self.quant, QUANTS)
         check_int(self, "block_size", self.block_size, lo=2, hint=", even (two 4-bit codes per byte)")
-        if self.block_size % 2:
-            raise ValueError(f"QLoRAConfig.block_size={self.block_size} must be even (two 4-bit codes per byte)")
+        check_multiple(self, "block_size", self.block_size, 2, hint=" (two 4-bit codes per byte)")
         check_float(self, "threshold", self.threshold, lo=0, finite=False, hint=" (math.inf: no outliers)")
         check_int(self, "loftq_iters", self.loftq_iters, lo=0, hint=" (0: plain QLoRA init)")
 
     @property
     def scaling(self) -> float:
         return self.lora.scaling
+
+    def apply(self, model: nn.Module) -> list[str]:
+        return apply_qlora(model, self)
 
     def quantize_fn(self) -> Callable[[torch.Tensor], torch.Tensor]:
         """W -> dequant(quant(W)): the quantizer training sees (what LoftQ must use)."""
@@ -192,7 +198,7 @@ def merge_to_quantized(layer: QLoRALinear, cfg: QLoRAConfig) -> nn.Module:
 def _linears_to_quantize(model: nn.Module) -> list[str]:
     """Every nn.Linear of the base: not a task head, not an lm_head tied to the embedding."""
     return [n for n, m in model.named_modules() if type(m) is nn.Linear and not _HEAD.search(n + ".")
-            and not _tied(model, m)]
+            and not tied_names(model, m)]
 
 
 def quantize_model(model: nn.Module, cfg: Optional[QLoRAConfig] = None, names: Optional[Sequence[str]] = None) -> list[str]:
@@ -217,25 +223,16 @@ def apply_qlora(model: nn.Module, cfg: QLoRAConfig) -> list[str]:
     """QLoRA surgery: the LoRA targets become QLoRALinear (quantized W0 + float A, B; LoftQ init if
     cfg.loftq_iters), every other linear layer of the base is quantized too (cfg.quantize_rest),
     everything but A, B (and a task head) is frozen. Returns the adapted module names."""
-    names = find_targets(model, cfg.lora)
     quantized = [n for n, m in model.named_modules() if isinstance(m, (NF4Linear, Int8Linear, LoRALinear))]
     if quantized:
         raise ValueError(f"apply_qlora: the model already has quantized or LoRA layers ({quantized[:3]}); "
                          f"start from a float base model")
-    if cfg.qkv is not None and not any(_is_fused_qkv(n, model.get_submodule(n)) for n in names):
-        raise ValueError(f"QLoRA qkv={cfg.qkv} selects slices of a fused attn.c_attn, but the targets "
-                         f"{list(cfg.targets)} match none ({names[:3]}); add 'attn.c_attn' or set qkv=None")
+    names = find_targets(model, cfg.lora, "QLoRA")
     layers = {}
     for n in names:                                                        # validate all, then replace
         m = model.get_submodule(n)
-        if _tied(model, m):
-            raise ValueError(f"QLoRA target {n} shares its weight with the embedding; choose other targets")
-        slices = None
-        if cfg.qkv is not None and _is_fused_qkv(n, m):
-            C = m.weight.shape[1]
-            slices = [(QKV.index(s) * C, (QKV.index(s) + 1) * C) for s in cfg.qkv]
         try:
-            layers[n] = QLoRALinear(m, cfg, slices)
+            layers[n] = QLoRALinear(m, cfg, qkv_slices(n, m, cfg.qkv))
         except ValueError as e:
             raise ValueError(f"{n}: {e}") from None
     rest = [n for n in _linears_to_quantize(model) if n not in layers] if cfg.quantize_rest else []
@@ -244,8 +241,7 @@ def apply_qlora(model: nn.Module, cfg: QLoRAConfig) -> list[str]:
     for n in rest:
         set_module(model, n, cfg.quantized(model.get_submodule(n)))
     freeze_all_but_adapters(model, cfg.include_head)
-    record(model, "qlora", cfg.to_dict(), names)
-    return names
+    return record(model, cfg, names)
 
 
 def merge_and_unload_qlora(model: nn.Module) -> nn.Module:

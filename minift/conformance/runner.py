@@ -1,0 +1,89 @@
+"""Which implementation the checks grade, and the run over the selected checks.
+
+    run_checks()                                   every check, against minift's reference functions
+    run_checks("lessons/05_lora/exercise.py", only="lesson05")    a file's run_* functions
+    run_checks(module_or_object, only="run_softmax")               anything with run_* attributes
+
+`load_impl(path)` imports a Python file as a module of run_* functions, with a one-line error that
+names the file and the line when importing it fails.
+"""
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import os
+import sys
+import traceback
+from types import ModuleType
+
+from . import reference
+from .harness import CHECKS, Result, run_check, select
+
+
+class ImplImportError(ValueError):
+    """The --impl file exists but importing it failed (syntax error, missing module, ...)."""
+
+
+def _where(e: Exception, full: str) -> str:
+    """`line 3: SyntaxError: invalid syntax`: the line of the file (or the deepest frame in it)."""
+    if isinstance(e, SyntaxError) and e.lineno is not None:
+        return f"line {e.lineno}: SyntaxError: {e.msg}"
+    frames = [f for f in traceback.extract_tb(e.__traceback__) if os.path.abspath(f.filename) == full]
+    at = f"line {frames[-1].lineno}: " if frames else ""
+    text = f"{type(e).__name__}: {e}".rstrip(": ")
+    return at + text.splitlines()[0] if text else at + type(e).__name__
+
+
+def load_impl(path) -> ModuleType:
+    """Import the Python file at `path` as a module holding run_* functions.
+
+    Raises ValueError when the file does not exist, is not a .py file, or defines no run_* function,
+    and ImplImportError (a ValueError) with a one-line message naming the file and the line when
+    importing it fails.
+    The file's folder is on sys.path while it is imported, so it may import its neighbours.
+    """
+    path = os.fspath(path)
+    if isinstance(path, bytes):
+        path = os.fsdecode(path)
+    if not os.path.isfile(path):
+        raise ValueError(f"--impl {path!r}: no such file; expected a Python file defining run_* functions")
+    if not path.endswith(".py"):
+        raise ValueError(f"--impl {path!r}: expected a .py file defining run_* functions")
+    full = os.path.abspath(path)
+    name = "minift_impl_" + hashlib.sha1(full.encode()).hexdigest()[:12]
+    spec = importlib.util.spec_from_file_location(name, full)
+    if spec is None or spec.loader is None:
+        raise ValueError(f"--impl {path!r}: cannot be imported as a Python module")
+    module = importlib.util.module_from_spec(spec)
+    folder = os.path.dirname(full)
+    sys.path.insert(0, folder)
+    sys.modules[name] = module
+    try:
+        spec.loader.exec_module(module)
+    except Exception as e:                   # a syntax error, a missing module, a crash at import time
+        sys.modules.pop(name, None)
+        raise ImplImportError(f"--impl {path}: cannot import it: {_where(e, full)}") from e
+    except BaseException:
+        sys.modules.pop(name, None)
+        raise
+    finally:
+        if sys.path and sys.path[0] == folder:
+            sys.path.pop(0)
+    found = [n for n in vars(module) if n.startswith("run_") and callable(getattr(module, n))]
+    if not found:
+        wanted = ", ".join(sorted({c.adapter for c in CHECKS.values()}))
+        raise ValueError(f"--impl {path!r} defines no run_* function; expected some of: {wanted}")
+    return module
+
+
+def run_checks(impl=None, only=None) -> list[Result]:
+    """Run the checks (all, or those `select(only)` names) against `impl`.
+
+    impl: a module/object with run_* attributes, a path to a Python file (see `load_impl`), or
+    None for minift's reference functions.
+    """
+    if impl is None:
+        impl = reference
+    elif isinstance(impl, (str, bytes)) or hasattr(impl, "__fspath__"):
+        impl = load_impl(impl)
+    return [run_check(CHECKS[name], impl) for name in select(only)]

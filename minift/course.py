@@ -1,0 +1,263 @@
+"""What every walkthrough shares: its arguments, the base-model check, the clock, and the
+fine-tune-and-measure bench of the method lessons.
+
+A walkthrough (`lessons/NN_name/walkthrough.py`) is a story told top to bottom; this module holds
+the scaffolding around the story, so that each lesson keeps only its own part. It lives in the
+package because `python lessons/NN_name/walkthrough.py` puts only the lesson's folder on sys.path.
+
+The preamble. Every walkthrough starts the same way:
+
+    EXPECTED_SECONDS = 100      # literals: `minift lessons` and the tests read them from the source
+    FAST_SECONDS = 10
+
+    from minift import course
+
+    parser = course.parser(__doc__)                     # --fast, and the title as the description
+    parser.add_argument("--sweep", action="store_true", help="...")   # the lesson's own flags
+    args = course.start("05", parser)                   # parse, check the base model, 1 thread, clock
+    FAST = args.fast
+
+`course.elapsed()` is then the wall time since `start` (the lessons' "total" line).
+
+The bench. Lessons 04-10 and 19 ask one question of many methods: fine-tune the shipped base as a
+NER tagger (`TokenClassifier`) with the same data, steps, batch, seed and head initialisation,
+change only the method (what trains, what is added), and measure. `Bench` is that experiment:
+
+    bench = course.Bench(METHODS, tok, ner_splits(tok, 128, N_EVAL, dev_key="dev"), steps=150, batch=32)
+    r = bench.run("LoRA r=4 q,v", 3e-3)     # trained once per (method, lr), measured, printed on one line
+    r["f1"]["dev"], r["rep"]["trainable"], r["time"], r["model"]
+
+and `bench.sweep(...)` is the `--sweep` that picks each method's learning rate on the dev split.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from collections import Counter
+from typing import Callable, Optional
+
+import torch
+
+from . import world
+from .heads import TokenClassifier, classifier_loss, predict_tags
+from .peft.common import count_adapter_parameters
+from .peft.io import apply_config
+from .peft.selective import trainable_report
+from .pretrain import BASE_DIR, forgetting_probe, load_base
+from .report import table
+from .tasks import collate_fn, entity_f1
+from .train import TrainConfig, train
+
+FAST_HELP = "tiny budgets and eval slices (seconds)"
+_t_start: Optional[float] = None
+
+
+# ---- the preamble -----------------------------------------------------------------------------
+
+def parser(doc: str, fast_help: str = FAST_HELP) -> argparse.ArgumentParser:
+    """The walkthrough's argument parser: its docstring's first line as the description, and
+    --fast (the seconds-long smoke test the tests run). The lesson adds its own flags to it."""
+    p = argparse.ArgumentParser(description=doc.splitlines()[0])
+    p.add_argument("--fast", action="store_true", help=fast_help)
+    return p
+
+
+def base_model_error(lesson: str) -> Optional[str]:
+    """Why lesson `lesson` cannot run (the shipped base model is missing), or None."""
+    if (BASE_DIR / "model.safetensors").is_file():
+        return None
+    return (f"lesson {lesson} needs the base model in {BASE_DIR}/; it is shipped with minift "
+            f"(or rebuild it with `minift pretrain`).")
+
+
+def start(lesson: str, p: argparse.ArgumentParser | str, *, needs_base: bool = True,
+          argv: Optional[list[str]] = None) -> argparse.Namespace:
+    """Parse the arguments (`p`: a parser from `parser`, or a docstring for one with --fast only),
+    exit with a one-line message when the base model is missing, run torch on one thread, and
+    start the clock of `elapsed`. Returns the parsed arguments."""
+    global _t_start
+    args = (parser(p) if isinstance(p, str) else p).parse_args(argv)
+    if needs_base and (msg := base_model_error(lesson)):
+        sys.exit(msg)
+    torch.set_num_threads(1)        # tiny matrices: one thread is as fast, and fair on a shared machine
+    _t_start = time.perf_counter()
+    return args
+
+
+def elapsed() -> float:
+    """Wall seconds since `start` (it grows when other jobs share the cores)."""
+    if _t_start is None:
+        raise RuntimeError("course.elapsed() before course.start(...): the clock starts there")
+    return time.perf_counter() - _t_start
+
+
+# ---- measuring helpers ------------------------------------------------------------------------
+
+def kib(n: int) -> str:
+    """A byte count as KiB, or MiB from 1 MiB on."""
+    return f"{n / 1024:,.1f} KiB" if n < 1024 ** 2 else f"{n / 1024 ** 2:,.2f} MiB"
+
+
+def forward_cpu_seconds(models: dict, batch: dict, rounds: int) -> dict:
+    """The fastest forward time of each model on `batch` (eval mode, no grad), in seconds.
+
+    One warm-up pass each, then `rounds` rounds interleaved over the models, so that a change of
+    load hits all of them alike. Measured as this process's CPU time (time.process_time: one torch
+    thread, so CPU time is the work), which other jobs on a shared machine do not inflate as they
+    do wall time. Leaves every model in eval mode."""
+    best = {k: float("inf") for k in models}
+    with torch.no_grad():
+        for m in models.values():
+            m.eval()(batch["idx"], attention_mask=batch["attention_mask"])          # warm up
+        for _ in range(rounds):
+            for k, m in models.items():
+                t0 = time.process_time()
+                m(batch["idx"], attention_mask=batch["attention_mask"])
+                best[k] = min(best[k], time.process_time() - t0)
+    return best
+
+
+# ---- the bench --------------------------------------------------------------------------------
+
+class Bench:
+    """One NER model per method, on a fresh copy of the base, trained and measured alike.
+
+    methods: name -> method config (anything `apply` takes; None = full fine-tuning).
+    data: (examples, items, train_items) as `minift.heads.ner_splits` returns them, with the
+        held-out split under `dev` ("val" or "dev") and "test".
+    steps, batch, warmup_steps: the TrainConfig of every run (warmup None: TrainConfig's default).
+    probe: forgetting_probe's size; when given, every run also measures the body as a language
+        model after training (`r["after"]`, with the method left on).
+    width: the method column of the one-line report; cpu_time: report CPU seconds, not wall.
+    apply(model, cfg): applies a config (default: minift.peft.io.apply_config).
+    on_fresh(clf) -> dict: extra measurements of the fresh model, before training.
+    """
+
+    def __init__(self, methods: dict, tok, data, *, steps: int, batch: int, dev: str = "dev",
+                 warmup_steps: Optional[int] = None, probe: Optional[dict] = None, width: int = 16,
+                 cpu_time: bool = False, apply: Callable = apply_config, on_fresh: Optional[Callable] = None):
+        self.methods, self.tok = methods, tok
+        self.ner, self.items, self.train_items = data
+        if dev not in self.ner or "test" not in self.ner:
+            raise ValueError(f"Bench: data must hold the splits {dev!r} and 'test', got {sorted(self.ner)}")
+        self.steps, self.batch, self.dev, self.warmup_steps = steps, batch, dev, warmup_steps
+        self.probe, self.width, self.cpu_time = probe, width, cpu_time
+        self.apply, self.on_fresh = apply, on_fresh
+        self.col = collate_fn(tok.pad_id)
+        self.done: dict = {}                                    # (method, lr) -> result: reused across parts
+
+    def fresh(self, method: str, seed: int = 0, cfg=None) -> TokenClassifier:
+        """A TokenClassifier on a fresh copy of the base with `method` (or `cfg`) applied. The
+        seed is set before the head is built, so every method starts from the same head (and
+        draws its own new tensors, LoRA's A, a prefix, a prompt, after it)."""
+        torch.manual_seed(seed)
+        body, _ = load_base()
+        clf = TokenClassifier(body, len(world.NER_TAGS))
+        return self.apply(clf, self.methods[method] if cfg is None else cfg)
+
+    def predict(self, clf, split: str) -> tuple[float, list]:
+        """Entity F1 on `split` and the predicted tags."""
+        pred = predict_tags(clf, self.items[split], self.col, world.NER_TAGS)
+        return entity_f1(pred, [e["tags"] for e in self.ner[split]])["f1"], pred
+
+    def tag_errors(self, pred: list, split: Optional[str] = None, words: bool = False) -> Counter:
+        """The wrong word tags: (gold, predicted) -> count, or (word, gold, predicted) with words."""
+        exs = self.ner[split or self.dev]
+        if words:
+            return Counter((w, g, p) for e, pp in zip(exs, pred) for w, g, p in zip(e["tokens"], e["tags"], pp)
+                           if g != p)
+        return Counter((g, p) for e, pp in zip(exs, pred) for g, p in zip(e["tags"], pp) if g != p)
+
+    def train_and_measure(self, method: str, lr: float, *, seed: int = 0, cfg=None, data=None,
+                          unfreeze: tuple = ()) -> dict:
+        """Train one classifier (`cfg` overrides the method's config; `data` the training items;
+        `unfreeze`: parameter names made trainable after apply) and measure it: trainable
+        parameters (`rep`, the task head included), method parameters (`n_adapter`), loss at the
+        first and last step, F1 and tags on the dev and test splits, train wall and CPU seconds,
+        and, with a probe, the body's forgetting."""
+        clf = self.fresh(method, seed, cfg)
+        for n, p in clf.named_parameters():
+            if any(u in n for u in unfreeze):
+                p.requires_grad = True
+        r = dict(method=method, lr=lr, rep=trainable_report(clf)["total"], n_adapter=count_adapter_parameters(clf))
+        if self.on_fresh is not None:
+            r.update(self.on_fresh(clf))
+        tc = TrainConfig(steps=self.steps, batch_size=self.batch, lr=lr, warmup_steps=self.warmup_steps, seed=seed,
+                         progress=False, desc=method)
+        c0 = time.process_time()
+        hist = train(clf, data or self.train_items, tc, loss_fn=classifier_loss, collate_fn=self.col)
+        r["cpu"] = time.process_time() - c0
+        r["f1"], r["pred"] = {}, {}
+        for s in (self.dev, "test"):
+            r["f1"][s], r["pred"][s] = self.predict(clf, s)
+        if self.probe is not None:
+            r["after"] = forgetting_probe(clf.body, self.tok, **self.probe)    # with the method on (unmerged)
+        r.update(model=clf, time=hist[-1]["time"], loss=(hist[0]["loss"], hist[-1]["loss"]))
+        return r
+
+    def run(self, method: str, lr: float, quiet: bool = False) -> dict:
+        """train_and_measure(method, lr), once: a second call (the table after --sweep) reuses it.
+        Unless quiet, prints one line: losses, F1 and train time."""
+        if (method, lr) not in self.done:
+            self.done[(method, lr)] = self.train_and_measure(method, lr)
+        r = self.done[(method, lr)]
+        if not quiet:
+            self.report(r)
+        return r
+
+    def report(self, r: dict) -> None:
+        """One line for a run: its loss at the first and last step, F1 and train time."""
+        took = f"{r['cpu']:.1f}s CPU" if self.cpu_time else f"{r['time']:.1f}s"
+        print(f"{r['method']:<{self.width}} lr {r['lr']:g}: loss {r['loss'][0]:.3f} -> {r['loss'][1]:.3f}, {self.dev} "
+              f"F1 {r['f1'][self.dev]:.3f}, test F1 {r['f1']['test']:.3f}, {took}", flush=True)
+
+    def sweep(self, methods, grid, lr: Optional[dict] = None, columns=("final loss", "F1"),
+              keep: Callable = lambda r: False, progress: bool = True) -> dict:
+        """The learning-rate sweep: every method at every rate of `grid` (one tuple, or a tuple per
+        method), picked on dev F1, ties within 0.005 going to the smaller rate. With `lr`, the
+        picks are written into it and the models of the other runs are dropped (memory) unless
+        keep(run). Prints a table: method, lr, the `columns` ("final loss", "F1": dev and test,
+        "forgetting": the probe's ppl and facts, or (title, fn(run) -> str)), picked. Returns the picks."""
+        cols = []
+        for c in columns:
+            if c == "final loss":
+                cols.append(("final loss", lambda r: f"{r['loss'][1]:.3f}"))
+            elif c == "F1":
+                cols += [(f"{self.dev} F1", lambda r: f"{r['f1'][self.dev]:.3f}"),
+                         ("test F1", lambda r: f"{r['f1']['test']:.3f}")]
+            elif c == "forgetting":
+                cols += [("pretrain ppl", lambda r: f"{r['after']['pretrain_ppl']:.2f}"),
+                         ("facts", lambda r: f"{r['after']['fact_accuracy']:.0%}")]
+            else:
+                cols.append(c)
+        rows, picks = [], {}
+        for method in methods:
+            runs = [self.run(method, x, quiet=True) for x in (grid[method] if isinstance(grid, dict) else grid)]
+            best = max(r["f1"][self.dev] for r in runs)
+            picks[method] = min(r["lr"] for r in runs if r["f1"][self.dev] >= best - 0.005)
+            for r in runs:
+                rows.append((method, f"{r['lr']:g}", *(fn(r) for _, fn in cols),
+                             "<-" if r["lr"] == picks[method] else ""))
+            if lr is not None:
+                lr[method] = picks[method]
+                for r in runs:
+                    if r["lr"] != picks[method] and not keep(r):
+                        r["model"] = None
+            if progress:
+                print(f"  {method}: done", flush=True)
+        table(("method", "lr", *(t for t, _ in cols), "picked"), rows)
+        return picks
+
+    def seed_spread(self, methods, lr: dict, seeds, results: dict) -> None:
+        """--seeds: each method again with seeds 1.. (head and method init, data order), beside
+        results[method] (seed 0); prints dev and test F1 per seed, their mean and the dev range."""
+        rows = []
+        for m in methods:
+            runs = [results[m]] + [self.train_and_measure(m, lr[m], seed=sd) for sd in seeds[1:]]
+            dev, test = [r["f1"][self.dev] for r in runs], [r["f1"]["test"] for r in runs]
+            rows.append((m, f"{lr[m]:g}", " ".join(f"{x:.3f}" for x in dev), f"{sum(dev) / len(dev):.3f}",
+                         f"{max(dev) - min(dev):.3f}", " ".join(f"{x:.3f}" for x in test),
+                         f"{sum(test) / len(test):.3f}"))
+            print(f"  {m}: done", flush=True)
+        table(("method", "lr", f"{self.dev} F1 per seed", "mean", "range", "test F1 per seed", "mean"), rows)

@@ -1,0 +1,170 @@
+"""minift.course: the walkthroughs' shared preamble (arguments, base-model check, one thread, the
+clock) and the fine-tune-and-measure bench of the method lessons."""
+import re
+from pathlib import Path
+
+import pytest
+import torch
+
+from minift import course
+from minift.cli import list_lessons
+from minift.heads import ner_splits
+from minift.peft.lora import LoRAConfig
+from minift.peft.selective import SelectiveConfig
+from minift.pretrain import load_base
+
+DOC = """Lesson 99: a title line.
+
+The rest of the docstring.
+"""
+
+
+def test_parser_takes_the_title_and_offers_fast():
+    p = course.parser(DOC)
+    assert p.description == "Lesson 99: a title line."
+    assert p.parse_args([]).fast is False and p.parse_args(["--fast"]).fast is True
+    assert "tiny budgets and eval slices" in p.format_help()
+    assert "small shapes" in course.parser(DOC, "small shapes (seconds)").format_help()
+    p.add_argument("--sweep", action="store_true")
+    args = p.parse_args(["--sweep", "--fast"])
+    assert args.sweep and args.fast
+    with pytest.raises(SystemExit):
+        p.parse_args(["--no-such-flag"])
+
+
+def test_start_parses_sets_one_thread_and_starts_the_clock():
+    threads = torch.get_num_threads()
+    try:
+        args = course.start("99", DOC, needs_base=False, argv=["--fast"])
+        assert args.fast is True
+        assert torch.get_num_threads() == 1
+        t = course.elapsed()
+        assert 0 <= t < 60 and course.elapsed() >= t
+    finally:
+        torch.set_num_threads(threads)
+
+
+def test_a_missing_base_model_stops_the_lesson_with_todays_message(tmp_path, monkeypatch):
+    monkeypatch.setattr(course, "BASE_DIR", tmp_path)
+    want = (f"lesson 05 needs the base model in {tmp_path}/; it is shipped with minift "
+            f"(or rebuild it with `minift pretrain`).")
+    assert course.base_model_error("05") == want
+    with pytest.raises(SystemExit) as e:
+        course.start("05", DOC, argv=[])
+    assert e.value.code == want
+    threads = torch.get_num_threads()
+    try:
+        assert course.start("05", DOC, needs_base=False, argv=[]).fast is False    # lessons 13, 20, 22
+    finally:
+        torch.set_num_threads(threads)
+
+
+def test_the_shipped_base_passes_the_check():
+    assert course.base_model_error("05") is None
+
+
+def test_kib():
+    assert course.kib(512) == "0.5 KiB"
+    assert course.kib(18_534) == "18.1 KiB"
+    assert course.kib(3 * 1024 ** 2) == "3.00 MiB"
+
+
+def test_forward_cpu_seconds_times_every_model_and_leaves_them_in_eval_mode():
+    class Toy(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lin = torch.nn.Linear(4, 3)
+
+        def forward(self, idx, attention_mask=None):
+            return self.lin(idx.float())
+
+    models = {"a": Toy(), "b": Toy()}
+    batch = {"idx": torch.ones(2, 4, dtype=torch.long), "attention_mask": torch.ones(2, 4, dtype=torch.long)}
+    best = course.forward_cpu_seconds(models, batch, rounds=2)
+    assert set(best) == {"a", "b"} and all(0 <= v < float("inf") for v in best.values())
+    assert not any(m.training for m in models.values())
+
+
+@pytest.fixture(scope="module")
+def bench():
+    _, tok = load_base()
+    methods = {"full": None, "head-only": SelectiveConfig(patterns=()), "LoRA": LoRAConfig(r=2)}
+    return course.Bench(methods, tok, ner_splits(tok, 128, 8), steps=2, batch=4, dev="val", width=10)
+
+
+def test_bench_data_must_name_its_dev_split():
+    _, tok = load_base()
+    with pytest.raises(ValueError, match="'dev'"):
+        course.Bench({}, tok, ner_splits(tok, 128, 8), steps=1, batch=1)         # the split is called "val"
+
+
+def test_every_fresh_model_starts_from_the_same_head(bench):
+    a, b = bench.fresh("full"), bench.fresh("LoRA")
+    assert torch.equal(a.head.weight, b.head.weight) and torch.equal(a.head.bias, b.head.bias)
+    trains = {n for n, p in bench.fresh("head-only").named_parameters() if p.requires_grad}
+    assert trains == {"head.weight", "head.bias"}
+
+
+def test_a_run_is_trained_once_measured_and_reported(bench, capsys):
+    r = bench.run("head-only", 1e-2)
+    line = capsys.readouterr().out
+    assert re.fullmatch(r"head-only  lr 0\.01: loss \d+\.\d{3} -> \d+\.\d{3}, val F1 \d\.\d{3}, test F1 "
+                        r"\d\.\d{3}, \d+\.\ds\n", line), line
+    assert bench.run("head-only", 1e-2, quiet=True) is r and capsys.readouterr().out == ""
+    n_head = 9 * (128 + 1)                                        # K tags x (C + 1)
+    assert r["rep"]["trainable"] == n_head and r["n_adapter"] == 0
+    assert set(r["f1"]) == set(r["pred"]) == {"val", "test"}
+    assert len(r["pred"]["val"]) == len(bench.ner["val"]) == 8
+    assert r["time"] > 0 and r["cpu"] > 0 and "after" not in r    # no probe asked for
+
+
+def test_tag_errors_count_the_wrong_word_tags(bench):
+    gold = [e["tags"] for e in bench.ner["val"]]
+    assert bench.tag_errors(gold) == {}
+    wrong = [["O"] * len(t) for t in gold]
+    n_entity_words = sum(t != "O" for tags in gold for t in tags)
+    errs = bench.tag_errors(wrong)
+    assert sum(errs.values()) == n_entity_words and all(p == "O" for _, p in errs)
+    assert sum(bench.tag_errors(wrong, words=True).values()) == n_entity_words
+
+
+def fake_run(method, lr, dev):
+    """A finished run as the bench stores it, without training."""
+    return dict(method=method, lr=lr, f1={"val": dev, "test": 0.5}, loss=(2.0, 1.0), model=object())
+
+
+def test_sweep_picks_the_best_dev_rate_and_the_smaller_one_within_0005(bench, capsys):
+    runs = {("LoRA", 1e-3): 0.79, ("LoRA", 3e-3): 0.797, ("LoRA", 1e-2): 0.80,      # 3e-3 is within 0.005
+            ("full", 1e-3): 0.70, ("full", 3e-3): 0.60}
+    for (m, lr), dev in runs.items():
+        bench.done[(m, lr)] = fake_run(m, lr, dev)
+    lr = {"LoRA": 1.0, "full": 1.0}
+    grid = {"LoRA": (1e-3, 3e-3, 1e-2), "full": (1e-3, 3e-3)}
+    picks = bench.sweep(["LoRA", "full"], grid, lr, keep=lambda r: r["lr"] == 1e-3)
+    assert picks == lr == {"LoRA": 3e-3, "full": 1e-3}
+    assert bench.done[("LoRA", 1e-2)]["model"] is None                              # not picked: dropped
+    assert bench.done[("LoRA", 1e-3)]["model"] is not None                          # kept on request
+    assert bench.done[("LoRA", 3e-3)]["model"] is not None                          # picked
+    out = capsys.readouterr().out
+    assert "final loss" in out and "val F1" in out and out.count("<-") == 2
+    before = {"LoRA": 1.0}
+    assert bench.sweep(["LoRA"], grid, columns=("F1",), progress=False) == {"LoRA": 3e-3}
+    assert before == {"LoRA": 1.0}                                                  # no lr dict: nothing written
+
+
+def test_every_walkthrough_starts_with_the_course_preamble():
+    for les in list_lessons():
+        src = (les["dir"] / "walkthrough.py").read_text()
+        assert re.search(r"^args = course\.start\(\"" + les["nn"] + r"\"", src, re.M), \
+            f"{les['dir'].name}: start with `args = course.start(\"{les['nn']}\", ...)` (minift/course.py)"
+        assert "ArgumentParser(" not in src and "set_num_threads" not in src.replace("torch.set_num_threads(1); ", ""), \
+            f"{les['dir'].name}: the parser and the thread setting come from course.parser / course.start"
+
+
+def test_the_course_module_stays_on_the_lessons_side_of_the_imports():
+    """Nothing in the library imports minift.course (imports flow one way: lessons use the library)."""
+    root = Path(course.__file__).parent
+    for f in root.rglob("*.py"):
+        if f.name != "course.py":
+            assert not re.search(r"^\s*(from \.+course import|from minift\.course|from minift import .*\bcourse\b|"
+                                 r"import minift\.course)", f.read_text(), re.M), f"{f} imports minift.course"
