@@ -90,11 +90,8 @@ def bench_quant(fast: bool = False) -> dict:
     """Quantize/dequantize throughput (vs a plain float32 copy of the same weight), then the memory of
     one training step of the base-shaped model for full fine-tuning, LoRA, QLoRA-int8 and QLoRA-NF4:
     measured on a real model (minift.memory.step_memory) and predicted from the meta device."""
-    from .memory import estimate, step_memory
-    from .peft.lora import LoRAConfig, apply_lora
     from .quant.int8 import quantize_absmax
     from .quant.nf4 import dequantize_nf4, quantize_nf4
-    from .quant.qlora import QLoRAConfig, apply_qlora
 
     torch.manual_seed(0)
     side = 512 if fast else 2048
@@ -113,20 +110,7 @@ def bench_quant(fast: bool = False) -> dict:
         print(f"{name:<32} {r:>10,.0f} {r / rates[0][1]:>7.3f}x")
 
     B, T = (4, 64) if fast else (16, 128)
-    lora = dict(r=8, targets=("attn.c_attn",), qkv=("q", "v"))
-    rows = []
-    for method in ("full", "LoRA", "QLoRA-int8", "QLoRA-NF4"):
-        torch.manual_seed(0)
-        m = GPT(BASE).train()
-        if method == "LoRA":
-            apply_lora(m, LoRAConfig(include_head=False, **lora))
-        elif method.startswith("QLoRA"):
-            apply_qlora(m, QLoRAConfig(include_head=False, quant=method.split("-")[1].lower(), **lora))
-        real = step_memory(m, B, T)
-        kind = {"full": "full", "LoRA": "lora"}.get(method, "qlora")
-        pred = estimate(BASE, kind, batch=B, seq=T, dtype=torch.float32, r=8,
-                        quant="int8" if method == "QLoRA-int8" else "nf4")
-        rows.append((method, real, pred))
+    rows = memory_by_method(BASE, B, T, dict(r=8, targets=("attn.c_attn",), qkv=("q", "v")))
     full = rows[0][1]["total"]
     print(f"\none training step of the base-shaped model ({BASE.n_layer} blocks, C={BASE.n_embd}), batch {B} x {T}, "
           f"float32, AdamW; LoRA r=8 on W_q, W_v; MiB measured (predicted from the meta device)")
@@ -141,6 +125,29 @@ def bench_quant(fast: bool = False) -> dict:
 
 
 BENCHES["quant"] = bench_quant
+
+
+def memory_by_method(config: GPTConfig, batch: int, seq: int, lora: dict) -> list[tuple[str, dict, dict]]:
+    """One float32 AdamW training step of a GPT of `config` at (batch, seq) for full fine-tuning, LoRA,
+    QLoRA-int8 and QLoRA-NF4 (`lora`: the LoRAConfig fields, r included; no head adapter): rows of
+    (method, measured by minift.memory.step_memory, predicted from the meta device by estimate)."""
+    from .memory import estimate, step_memory
+    from .peft.lora import LoRAConfig, apply_lora
+    from .quant.qlora import QLoRAConfig, apply_qlora
+
+    rows = []
+    for method in ("full", "LoRA", "QLoRA-int8", "QLoRA-NF4"):
+        torch.manual_seed(0)
+        m = GPT(config).train()
+        if method == "LoRA":
+            apply_lora(m, LoRAConfig(include_head=False, **lora))
+        elif method.startswith("QLoRA"):
+            apply_qlora(m, QLoRAConfig(include_head=False, quant=method.split("-")[1].lower(), **lora))
+        kind = {"full": "full", "LoRA": "lora"}.get(method, "qlora")
+        pred = estimate(config, kind, batch=batch, seq=seq, dtype=torch.float32, r=lora["r"],
+                        quant="int8" if method == "QLoRA-int8" else "nf4")
+        rows.append((method, step_memory(m, batch, seq), pred))
+    return rows
 
 
 # ---- minift bench kernels ----------------------------------------------------------------------

@@ -29,8 +29,8 @@ import torch
 
 from minift import course, world
 from minift.heads import TokenClassifier, classifier_loss, encode_ner, predict_tags
-from minift.memory import PRESETS, estimate, step_memory
-from minift.model import GPT
+from minift.bench import memory_by_method
+from minift.memory import PRESETS, estimate
 from minift.peft.lora import LoRAConfig, LoRALinear, apply_lora
 from minift.pretrain import load_base
 from minift.quant.int8 import Int8Linear
@@ -196,19 +196,9 @@ print(f"why: the mean |s B A| entry is {sum(delta) / len(delta):.1e}, the mean h
 # ==============================================================================================
 header("5. The memory of a training step: measured here, predicted from the meta device")
 B, T = (4, 64) if FAST else (16, 128)
-rows = []
-for name in ("full", "LoRA", "QLoRA-int8", "QLoRA-NF4"):
-    torch.manual_seed(0)
-    m = GPT(base.config).train()
-    if name == "LoRA":
-        apply_lora(m, LoRAConfig(include_head=False, **lcfg))
-    elif name.startswith("QLoRA"):
-        apply_qlora(m, QLoRAConfig(include_head=False, quant=name.split("-")[1].lower(), **lcfg))
-    real = step_memory(m, B, T)
-    kind = {"full": "full", "LoRA": "lora"}.get(name, "qlora")
-    pred = estimate(base.config, kind, batch=B, seq=T, dtype=torch.float32, r=R, quant="int8" if "int8" in name else "nf4")
-    rows.append((name, f"{real['trainable']:,}", *(f"{real[k] / 2 ** 20:.2f} ({pred[k] / 2 ** 20:.2f})"
-                                                   for k in ("weights", "gradients", "optimizer", "activations", "total"))))
+rows = [(name, f"{real['trainable']:,}", *(f"{real[k] / 2 ** 20:.2f} ({pred[k] / 2 ** 20:.2f})"
+                                           for k in ("weights", "gradients", "optimizer", "activations", "total")))
+        for name, real, pred in memory_by_method(base.config, B, T, lcfg)]       # minift/bench.py
 table(("method", "trainable", "weights", "grads", "AdamW", "activations", "total"), rows)
 print(f"MiB, measured on the base-shaped language model at batch {B} x {T} in float32 (minift.memory.step_memory: "
       f"tensors held + what autograd saves), and in parentheses predicted on the meta device (minift.memory.estimate).")
