@@ -54,7 +54,7 @@ METHODS = {
 LRS = (1e-3, 3e-3, 1e-2)
 LR = {"full": 1e-3, "head-only": 1e-2, "BitFit": 3e-3, "last 2 blocks": 3e-3, "attention": 1e-3,
       "MLP": 1e-3, "LayerNorm": 1e-2, "embeddings": 1e-3}
-STEPS, BATCH = (10, 32) if FAST else (150, 32)
+STEPS, BATCH = (10, 8) if FAST else (150, 32)
 N_EVAL = 60 if FAST else None
 PROBE = dict(n_windows=4, n_facts=24) if FAST else dict(n_windows=16, n_facts=72)
 BLOCK = 128

@@ -78,7 +78,7 @@ GRID = {m: (3e-3, 1e-2, 3e-2) for m in METHODS}
 GRID["full"] = GRID["full, frozen embeddings"] = (3e-4, 1e-3, 3e-3)
 LR = {"full": 3e-4, "full, frozen embeddings": 1e-3, "head-only": 1e-2, "LoRA r=1 q,v": 1e-2,
       "LoRA r=4 q,v": 3e-3, "LoRA r=16 q,v": 3e-3, "LoRA r=4 all linear": 1e-2, "DoRA r=4 q,v": 1e-2}
-STEPS, BATCH = (5, 32) if FAST else (150, 32)
+STEPS, BATCH = (5, 8) if FAST else (150, 32)
 N_EVAL = 40 if FAST else None
 PROBE = dict(n_windows=2, n_facts=12) if FAST else dict(n_windows=16, n_facts=72)
 BLOCK = 128

@@ -85,7 +85,7 @@ PEFT = ["series Houlsby", "series Pfeiffer", "parallel", "LoRA q,v"]
 LRS = (1e-3, 3e-3, 1e-2, 3e-2)
 LR = {"full": 1e-3, "head-only": 1e-2, "series Houlsby": 1e-2, "series Pfeiffer": 1e-2, "parallel": 3e-3,
       "LoRA q,v": 1e-2}
-STEPS, BATCH = (4, 32) if FAST else (150, 32)
+STEPS, BATCH = (4, 8) if FAST else (150, 32)
 N_EVAL = 30 if FAST else None
 PROBE = dict(n_windows=2, n_facts=12) if FAST else dict(n_windows=16, n_facts=72)
 SWEEP_M = (1,) if FAST else (1, 64)

@@ -68,7 +68,7 @@ PROMPTS = [m for m in METHODS if m.startswith("prompt")]
 # under Adam, and the embeddings have std 0.18: the prompts want 3x LoRA's rate (Lester et al. use 0.3).
 PROMPT_LRS = (1e-2, 3e-2, 1e-1)
 LR = {"head-only": 1e-2, "LoRA r=4 q,v": 3e-3, **{m: 3e-2 for m in PROMPTS}}
-STEPS, BATCH = (8, 32) if FAST else (150, 32)
+STEPS, BATCH = (8, 8) if FAST else (150, 32)
 N_EVAL = 60 if FAST else None
 TIMING_ROUNDS = 3 if FAST else 10
 BLOCK = 128

@@ -82,7 +82,7 @@ MERGES = {"LoRA r=4 q,v": merge_and_unload, "DoRA r=4 q,v": merge_and_unload,   
           "random mask 1% q,v": merge_masking,                                  # W = W0 + scatter(idx, v)
           "QLoRA NF4 r=4 q,v": merge_and_unload_qlora}                          # c_attn to float; rest stays NF4
 SAME_AS_BASE = ("full", "head-only", "BitFit")          # the base's architecture: nothing to merge
-STEPS, BATCH = (3, 32) if FAST else (150, 32) if FULL else (80, 32)
+STEPS, BATCH = (3, 8) if FAST else (150, 32) if FULL else (80, 32)
 SEEDS = (0, 1, 2) if FULL else (0,)
 N_EVAL = 16 if FAST else None
 PROBE = dict(n_windows=2, n_facts=12) if FAST else dict(n_windows=16, n_facts=72)

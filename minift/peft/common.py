@@ -126,11 +126,21 @@ def find_linears(model: nn.Module, targets, what: str, adapted: tuple = ()) -> l
     return chosen
 
 
-def tied_names(model: nn.Module, m: nn.Module) -> list[str]:
-    """Other names under which m's weight is registered (lm_head.weight is transformer.wte.weight)."""
-    own = {id(p) for p in m.parameters(recurse=False)}
-    names = [n for n, p in model.named_parameters(remove_duplicate=False) if id(p) in own]
-    return names if len(names) > len(list(m.parameters(recurse=False))) else []
+def names_by_tensor(model: nn.Module) -> dict[int, list[str]]:
+    """id(parameter) -> every name it is registered under in model (two or more: tied)."""
+    out: dict[int, list[str]] = {}
+    for n, p in model.named_parameters(remove_duplicate=False):
+        out.setdefault(id(p), []).append(n)
+    return out
+
+
+def tied_names(model: nn.Module, m: nn.Module, _names: Optional[dict] = None) -> list[str]:
+    """Other names under which m's weight is registered (lm_head.weight is transformer.wte.weight).
+    `_names`: names_by_tensor(model), when the caller asks about many modules of one model."""
+    names_of = names_by_tensor(model) if _names is None else _names
+    own = list(m.parameters(recurse=False))
+    names = [n for p in own for n in names_of.get(id(p), [])]
+    return names if len(names) > len(own) else []
 
 
 def linear_targets(model: nn.Module, cfg, what: str, qkv_what: str, adapted: tuple = ()) -> list[str]:
@@ -141,8 +151,9 @@ def linear_targets(model: nn.Module, cfg, what: str, qkv_what: str, adapted: tup
     if cfg.qkv is not None and not any(is_fused_qkv(n, model.get_submodule(n)) for n in names):
         raise ValueError(f"{qkv_what}={cfg.qkv} selects slices of a fused attn.c_attn, but the targets "
                          f"{list(cfg.targets)} match none ({names[:3]}); add 'attn.c_attn' or set qkv=None")
+    names_of = names_by_tensor(model)                                   # once: a pass over every parameter
     for n in names:
-        tied = [t for t in tied_names(model, model.get_submodule(n)) if not t.startswith(f"{n}.")]
+        tied = [t for t in tied_names(model, model.get_submodule(n), names_of) if not t.startswith(f"{n}.")]
         if tied:
             raise ValueError(f"{what} target {n} shares its weight with {tied} (tied embeddings); adapting it "
                              f"would change the embedding too. Choose other targets")

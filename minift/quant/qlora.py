@@ -37,7 +37,7 @@ import torch
 import torch.nn as nn
 
 from ..peft.common import (_HEAD, TARGETS_HINT, MethodConfig, freeze_all_but_adapters, qkv_slices, record, set_module,
-                           tied_names)
+                           names_by_tensor, tied_names)
 from ..peft.lora import LoRAConfig, LoRALinear, find_targets
 from ..validate import check_bool, check_choice, check_float, check_int, check_multiple, check_qkv, check_regexes
 from .int8 import Int8Linear, quantize_absmax
@@ -197,8 +197,9 @@ def merge_to_quantized(layer: QLoRALinear, cfg: QLoRAConfig) -> nn.Module:
 
 def _linears_to_quantize(model: nn.Module) -> list[str]:
     """Every nn.Linear of the base: not a task head, not an lm_head tied to the embedding."""
+    names_of = names_by_tensor(model)
     return [n for n, m in model.named_modules() if type(m) is nn.Linear and not _HEAD.search(n + ".")
-            and not tied_names(model, m)]
+            and not tied_names(model, m, names_of)]
 
 
 def quantize_model(model: nn.Module, cfg: Optional[QLoRAConfig] = None, names: Optional[Sequence[str]] = None) -> list[str]:
