@@ -54,7 +54,7 @@ RECIPES = {
     ("ner", "head-only"): (150, 32, 1e-2),
     ("ner", "full"): (150, 32, 1e-3),
 }
-FAST_STEPS = 20
+FAST_STEPS = 8
 BUCKETS = 16            # batches grouped 16 at a time by length: half the padded tokens of random batches
 N_EVAL = 60 if FAST else None                   # eval slices in --fast mode
 PROBE = dict(n_windows=4, n_facts=24) if FAST else dict(n_windows=16, n_facts=72)

@@ -75,7 +75,7 @@ PREFIX = [m for m in METHODS if m.startswith("prefix")]
 LRS = (3e-3, 1e-2, 3e-2, 1e-1)
 LR = {"head-only": 1e-2, "LoRA r=4 q,v": 1e-2, f"prefix P={P}": 1e-2, f"prefix P={P}, no MLP": 3e-2,
       f"prefix P={P}, no MLP, init": 1e-2, "prefix P=1": 1e-2, "prefix P=32": 1e-2}
-STEPS, BATCH = (4, 32) if FAST else (150, 32)
+STEPS, BATCH = (4, 8) if FAST else (150, 32)
 N_EVAL = 30 if FAST else None
 TIMING_ROUNDS = 1 if FAST else 20
 BLOCK = 128

@@ -67,7 +67,7 @@ LR = {"head-only": 1e-2, "LoRA r=4 q,v": 3e-3, "mask 6.25% q,v": 3e-2, "mask 1% 
 SHOWN = [m for m in METHODS if args.sweep or m != "mask 0.01% q,v"]     # part 2; 0.01%: --sweep only
 SLICE = ("LoRA r=4 q,v", "mask 1% q,v")                                  # part 3
 SLICE_LRS = (3e-3, 3e-2, 1e-1)
-STEPS, BATCH = (3, 32) if FAST else (150, 32)
+STEPS, BATCH = (3, 8) if FAST else (150, 32)
 N_EVAL = 16 if FAST else None
 BLOCK = 128
 

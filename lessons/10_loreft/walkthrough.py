@@ -75,7 +75,7 @@ LRS = (1e-3, 3e-3, 1e-2, 3e-2)
 LR = {"full": 1e-3, "head-only": 1e-2, "LoRA q,v r=2": 3e-3, "LoReFT r=4": 3e-3, "LoReFT r=1": 3e-3,
       "LoReFT r=16": 3e-3}
 SWEPT = ("LoRA q,v r=2", "LoReFT r=4")
-STEPS, BATCH = (8, 32) if FAST else (150, 32)
+STEPS, BATCH = (8, 8) if FAST else (150, 32)
 N_EVAL = 40 if FAST else None
 TIMING_ROUNDS = 3 if FAST else 20
 BLOCK = 128

@@ -44,7 +44,7 @@ from minift.train import TrainConfig, train
 # --fast, the base-model check, one thread, the clock: minift/course.py
 args = course.start("12", course.parser(__doc__, "tiny budgets and eval slices, no 65B estimate (seconds)"))
 FAST = args.fast
-STEPS, BATCH, LR, R = (5, 32, 3e-3, 4) if FAST else (150, 32, 3e-3, 4)   # lesson 05's LoRA r=4 q,v recipe
+STEPS, BATCH, LR, R = (5, 8, 3e-3, 4) if FAST else (150, 32, 3e-3, 4)   # lesson 05's LoRA r=4 q,v recipe
 N_EVAL = 40 if FAST else None
 LOFTQ_ITERS = 5
 
