@@ -5,12 +5,15 @@ and this CPU support them: otherwise the scalar path alone is compiled); quant_l
 only when torch has CUDA (that path is compiled-but-unverified, see the README of lesson 13).
 
 The build is cached outside the repository: $MINIFT_EXT_DIR, else $XDG_CACHE_HOME/minift/cuda_ext,
-else ~/.cache/minift/cuda_ext (one sub-folder per flag set). The first build takes a minute on a
-2-core machine; later loads take about a second. `minift.quant.ops` calls `load()` once, lazily,
+else ~/.cache/minift/cuda_ext: one sub-folder per flag set and content of the sources, which are
+copied into it, so every checkout with the same sources (a second clone, CI's fresh one) shares one
+build, and checkouts with different sources never rebuild each other's. The first build takes a
+minute on a 2-core machine; later loads take about a second. `minift.quant.ops` calls `load()` once, lazily,
 and falls back to the pure-PyTorch reference if it raises.
 """
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 import subprocess
@@ -59,15 +62,25 @@ def load(verbose: bool = False):
     from torch.utils.cpp_extension import CUDA_HOME, load as _load
 
     cflags = flags()
-    sources = [str(HERE / "quant_lora.cpp")]
+    files = ["quant_lora.cpp"]
     cuda = bool(torch.cuda.is_available() and CUDA_HOME)
     if cuda:                                                   # compiled-but-unverified
-        sources.append(str(HERE / "quant_lora_cuda.cu"))
+        files.append("quant_lora_cuda.cu")
         cflags.append("-DMINIFT_WITH_CUDA")
     tag = ("_avx2" if "-mavx2" in cflags else "_scalar") + ("_cuda" if cuda else "")
-    build = cache_dir() / (NAME + tag)
+    digest = hashlib.sha256(repr((torch.__version__, cflags)).encode())
+    for f in files:
+        digest.update((HERE / f).read_bytes())
+    build = cache_dir() / f"{NAME}{tag}-{digest.hexdigest()[:12]}"
     build.mkdir(parents=True, exist_ok=True)
     with _build_lock(build):
+        sources = []
+        for f in files:                                        # the build reads these copies, not the checkout
+            dst = build / "src" / f
+            if not dst.is_file() or dst.read_bytes() != (HERE / f).read_bytes():
+                dst.parent.mkdir(exist_ok=True)
+                shutil.copyfile(HERE / f, dst)
+            sources.append(str(dst))
         return _load(name=NAME + tag, sources=sources, extra_cflags=cflags,
                      extra_ldflags=["-fopenmp"] if "-fopenmp" in cflags else None,
                      extra_cuda_cflags=["-O3"] if cuda else None, build_directory=str(build), verbose=verbose)
