@@ -56,10 +56,11 @@ def flags() -> list[str]:
     return f
 
 
-def load(verbose: bool = False):
-    """Build (or reuse the cached build) and import the extension module. Raises on any failure."""
+def plan() -> tuple[str, list[str], list[str], Path]:
+    """What load() builds: (module name, source files, compiler flags, build folder). The folder is
+    named by the flag set and a hash of the torch version, the flags and the sources' bytes."""
     import torch
-    from torch.utils.cpp_extension import CUDA_HOME, load as _load
+    from torch.utils.cpp_extension import CUDA_HOME
 
     cflags = flags()
     files = ["quant_lora.cpp"]
@@ -71,7 +72,15 @@ def load(verbose: bool = False):
     digest = hashlib.sha256(repr((torch.__version__, cflags)).encode())
     for f in files:
         digest.update((HERE / f).read_bytes())
-    build = cache_dir() / f"{NAME}{tag}-{digest.hexdigest()[:12]}"
+    return NAME + tag, files, cflags, cache_dir() / f"{NAME}{tag}-{digest.hexdigest()[:12]}"
+
+
+def load(verbose: bool = False):
+    """Build (or reuse the cached build) and import the extension module. Raises on any failure."""
+    from torch.utils.cpp_extension import load as _load
+
+    name, files, cflags, build = plan()
+    cuda = "-DMINIFT_WITH_CUDA" in cflags
     build.mkdir(parents=True, exist_ok=True)
     with _build_lock(build):
         sources = []
@@ -81,7 +90,7 @@ def load(verbose: bool = False):
                 dst.parent.mkdir(exist_ok=True)
                 shutil.copyfile(HERE / f, dst)
             sources.append(str(dst))
-        return _load(name=NAME + tag, sources=sources, extra_cflags=cflags,
+        return _load(name=name, sources=sources, extra_cflags=cflags,
                      extra_ldflags=["-fopenmp"] if "-fopenmp" in cflags else None,
                      extra_cuda_cflags=["-O3"] if cuda else None, build_directory=str(build), verbose=verbose)
 
