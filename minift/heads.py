@@ -179,18 +179,23 @@ def predict_sequence(model: SequenceClassifier, items: list[dict], collate, batc
 
 
 @torch.no_grad()
-def predict_tags(model: TokenClassifier, items: list[dict], collate, tag_names: Sequence[str],
-                 batch_size: int = 64) -> list[list[str]]:
-    """Word-level tags: the prediction at each word's first token (right padding assumed)."""
+def predicted_classes(model: nn.Module, items: Sequence[dict], collate, batch_size: int = 64):
+    """(item, argmax class at every position (T_item,)) for each item, in order: the model (a
+    TokenClassifier, eval mode) run on batches of `batch_size` collated {idx, labels} (right padding)."""
     model.eval()
-    out = []
     for i in range(0, len(items), batch_size):
         chunk = items[i:i + batch_size]
         b = collate([{"idx": it["idx"], "labels": it["labels"]} for it in chunk])
         pred = model(b["idx"], attention_mask=b["attention_mask"]).logits.argmax(-1)   # (B, T)
         for r, it in enumerate(chunk):
-            out.append([tag_names[int(pred[r, p])] for p in it["first"]])
-    return out
+            yield it, pred[r, :len(it["idx"])]
+
+
+def predict_tags(model: TokenClassifier, items: list[dict], collate, tag_names: Sequence[str],
+                 batch_size: int = 64) -> list[list[str]]:
+    """Word-level tags: the prediction at each word's first token (right padding assumed)."""
+    return [[tag_names[int(pred[p])] for p in it["first"]]
+            for it, pred in predicted_classes(model, items, collate, batch_size)]
 
 
 def ner_splits(tok, block_size: int, n_eval: Optional[int] = None, dev_key: str = "val"):

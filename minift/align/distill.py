@@ -56,6 +56,7 @@ from typing import Callable, Optional, Sequence
 import torch
 import torch.nn.functional as F
 
+from ..heads import predicted_classes
 from ..model import IGNORE_INDEX, at_least_fp32
 from ..train import TrainConfig, train
 from ..validate import check_choice, check_float
@@ -260,16 +261,10 @@ def train_student(student, data: Sequence[dict], cfg: DistillConfig, train_cfg: 
 def teacher_labels(teacher, items: Sequence[dict], collate_fn: Callable, batch_size: int = 64) -> list[dict]:
     """Sequence-level distillation's data (Kim & Rush, 2016): each item with its labels replaced by
     the teacher's greedy output, the argmax class at every position that had a label."""
-    teacher.eval()
     out = []
-    for i in range(0, len(items), batch_size):
-        chunk = items[i:i + batch_size]
-        b = collate_fn([{"idx": it["idx"], "labels": it["labels"]} for it in chunk])
-        pred = teacher(b["idx"], attention_mask=b["attention_mask"]).logits.argmax(-1)   # (B, T)
-        for r, it in enumerate(chunk):
-            lab = torch.as_tensor(it["labels"])
-            n = lab.shape[0]
-            out.append({**it, "labels": torch.where(lab != IGNORE_INDEX, pred[r, :n], lab)})   # right padding
+    for it, pred in predicted_classes(teacher, items, collate_fn, batch_size):
+        lab = torch.as_tensor(it["labels"])
+        out.append({**it, "labels": torch.where(lab != IGNORE_INDEX, pred[:lab.shape[0]], lab)})
     return out
 
 
