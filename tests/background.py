@@ -6,18 +6,26 @@ Run one after another in pytest's own process they would leave every other core 
 the suite. Here they start in worker threads when collection is finished (only the ones the
 selected tests need: `pytest -m lesson05` runs lesson 05's walkthrough and nothing else) while the
 rest of the suite runs in the main thread; a test that needs a run waits for it, or runs it itself
-if no worker has started it yet. Workers: one per core beyond the first (at least one).
+if no worker has started it yet. Workers: one per core beyond the first (at least one). Where the
+OS can fork, each thread sends its walkthroughs to a fork server (tests/walkthrough_server.py) that
+has done the imports every walkthrough starts with once; a run it cannot serve falls back to a
+plain subprocess.
 
     MINIFT_TEST_WORKERS=0 pytest     # no background: every run starts when its test does
 """
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
+
+SERVER = Path(__file__).resolve().parent / "walkthrough_server.py"
 
 
 @dataclass
@@ -27,6 +35,7 @@ class Run:
     argv: list
     cwd: str
     timeout: float
+    script: str | None = None                    # a walkthrough: run `script --fast` (the fork server)
     done: threading.Event = field(default_factory=threading.Event)
     result: object = None
     seconds: float = 0.0
@@ -38,11 +47,12 @@ class Background:
         self._pending: list[Run] = []
         self._runs: dict[str, Run] = {}
         self._live: set = set()                  # processes running now (killed if the session ends)
+        self._local = threading.local()           # each thread's fork server
 
-    def submit(self, key: str, argv: list, cwd: str, timeout: float) -> None:
+    def submit(self, key: str, argv: list, cwd: str, timeout: float, script: str | None = None) -> None:
         with self._lock:
             if key not in self._runs:
-                run = Run(key, list(argv), cwd, timeout)
+                run = Run(key, list(argv), cwd, timeout, script)
                 self._runs[key] = run
                 self._pending.append(run)
 
@@ -50,10 +60,12 @@ class Background:
         for _ in range(workers):
             threading.Thread(target=self._work, daemon=True).start()
 
-    def _take(self, key: str | None = None) -> Run | None:
+    def _take(self, key: str | None = None, last: bool = False) -> Run | None:
+        """The pending run for `key` (else the first, or with `last` the last one), now taken."""
         with self._lock:
-            for i, run in enumerate(self._pending):
-                if key is None or run.key == key:
+            order = range(len(self._pending) - 1, -1, -1) if last else range(len(self._pending))
+            for i in order:
+                if key is None or self._pending[i].key == key:
                     return self._pending.pop(i)
         return None
 
@@ -61,8 +73,41 @@ class Background:
         while (run := self._take()) is not None:
             self._execute(run)
 
+    def _server(self, cwd: str):
+        srv = getattr(self._local, "server", None)
+        if srv is None or srv.poll() is not None:
+            srv = subprocess.Popen([sys.executable, str(SERVER)], cwd=cwd, stdin=subprocess.PIPE,
+                                   stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+            self._local.server = srv
+            self._live.add(srv)
+        return srv
+
+    def _via_server(self, run: Run) -> subprocess.CompletedProcess | None:
+        """The run through this thread's fork server; None if the server cannot serve it."""
+        srv = self._server(run.cwd)
+        with tempfile.TemporaryDirectory() as d:
+            out, err = Path(d) / "out", Path(d) / "err"
+            try:
+                srv.stdin.write(json.dumps({"path": run.script, "out": str(out), "err": str(err),
+                                            "timeout": run.timeout}) + "\n")
+                srv.stdin.flush()
+                line = srv.stdout.readline()
+            except OSError:
+                line = ""
+            if not line:                             # the server died (or never started): no answer
+                srv.kill()
+                return None
+            rc = json.loads(line)["rc"]
+            return subprocess.CompletedProcess(run.argv, rc, out.read_text(), err.read_text())
+
     def _execute(self, run: Run) -> None:
         t0 = time.perf_counter()
+        if run.script is not None and hasattr(os, "fork") and os.environ.get("MINIFT_TEST_FORK", "1") == "1":
+            run.result = self._via_server(run)
+            if run.result is not None:
+                run.seconds = time.perf_counter() - t0
+                run.done.set()
+                return
         try:
             with subprocess.Popen(run.argv, cwd=run.cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                   text=True) as p:
@@ -88,15 +133,18 @@ class Background:
         for p in list(self._live):
             p.kill()
 
-    def result(self, key: str, argv: list, cwd: str, timeout: float) -> tuple[subprocess.CompletedProcess, float]:
+    def result(self, key: str, argv: list, cwd: str, timeout: float,
+               script: str | None = None) -> tuple[subprocess.CompletedProcess, float]:
         """The finished run for `key`: waits for a worker that has it, or runs it here. Re-raises
         a timeout or a failure to start, as subprocess.run would have."""
-        self.submit(key, argv, cwd, timeout)
+        self.submit(key, argv, cwd, timeout, script)
         run = self._take(key)
         if run is not None:                      # no worker has started it: run it in this thread
             self._execute(run)
-        else:
+        else:                                    # a worker has it: help with the queue's far end meanwhile
             run = self._runs[key]
+            while not run.done.is_set() and (other := self._take(last=True)) is not None:
+                self._execute(other)
             run.done.wait()
         if isinstance(run.result, BaseException):
             raise run.result
@@ -116,8 +164,21 @@ def workers() -> int:
 WALKTHROUGH_TIMEOUT = 120
 
 
-def walkthrough_argv(path) -> list:
-    return [sys.executable, str(path), "--fast"]
+def _walkthrough(lesson_dir) -> tuple:
+    path = Path(lesson_dir) / "walkthrough.py"
+    return Path(lesson_dir).name, [sys.executable, str(path), "--fast"], str(path)
+
+
+def submit_walkthrough(lesson_dir, cwd: str) -> None:
+    """Queue `python lessons/NN_name/walkthrough.py --fast` (run from cwd, the repository root)."""
+    key, argv, script = _walkthrough(lesson_dir)
+    RUNS.submit(key, argv, cwd, WALKTHROUGH_TIMEOUT, script)
+
+
+def walkthrough_result(lesson_dir, cwd: str) -> tuple[subprocess.CompletedProcess, float]:
+    """That run's CompletedProcess and seconds (waiting for it, or running it here)."""
+    key, argv, script = _walkthrough(lesson_dir)
+    return RUNS.result(key, argv, cwd, WALKTHROUGH_TIMEOUT, script)
 
 
 def extension_argv() -> list:

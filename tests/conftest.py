@@ -56,8 +56,7 @@ def pytest_collection_finish(session):
     for item in session.items:
         les = getattr(getattr(item, "callspec", None), "params", {}).get("les")
         if item.path.name == "test_lessons.py" and les is not None:
-            background.RUNS.submit(les["dir"].name, background.walkthrough_argv(les["dir"] / "walkthrough.py"),
-                                   str(session.config.rootpath), background.WALKTHROUGH_TIMEOUT)
+            background.submit_walkthrough(les["dir"], str(session.config.rootpath))
     background.RUNS.start(background.workers())
 
 

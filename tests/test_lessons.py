@@ -2,7 +2,7 @@
 from pathlib import Path
 
 import pytest
-from background import RUNS, WALKTHROUGH_TIMEOUT, walkthrough_argv
+from background import walkthrough_result
 
 from minift.cli import list_lessons
 
@@ -24,8 +24,7 @@ def test_lessons_exist_in_order_with_their_three_files():
                                  for les in LESSONS])
 def test_walkthrough_runs_in_fast_mode(les):
     """The run itself starts in the background when collection ends (tests/background.py)."""
-    r, seconds = RUNS.result(les["dir"].name, walkthrough_argv(les["dir"] / "walkthrough.py"), str(ROOT),
-                             WALKTHROUGH_TIMEOUT)
+    r, seconds = walkthrough_result(les["dir"], str(ROOT))
     assert r.returncode == 0, f"{les['dir'].name} --fast failed:\n{r.stdout[-3000:]}\n{r.stderr[-3000:]}"
     assert len(r.stdout.strip().splitlines()) >= 5, "a walkthrough prints what its README promises"
     print(f"{les['dir'].name} --fast: {seconds:.1f}s")
