@@ -164,61 +164,59 @@ QUANTIZED = ["loftq", "qlora-int8", "qlora-nf4"]                        # slower
 FLOAT = sorted(set(METHODS) - set(QUANTIZED))
 
 
-@pytest.mark.parametrize("method", FLOAT)
-@settings(deadline=None, max_examples=5)
-@given(data=st.data())
-def test_no_op_at_init_own_tensors_train_disable_and_remove_give_the_base_back(method, data):
-    _one_life(method, data)
+def _life(methods, examples: int):
+    """The test of one method's whole life on a base model; quantized bases are slower, so they
+    draw fewer examples."""
+    @pytest.mark.parametrize("method", methods)
+    @settings(deadline=None, max_examples=examples)
+    @given(data=st.data())
+    def test_life(method, data):
+        cfg, dtype, model = _adapted(method, data)
+        base_model = _base(dtype)
+        ref = _reference(cfg, base_model)
+        names = model.peft_methods[0]["modules"]
+
+        # no-op at init: the base (QLoRA: the quantized base), unless the method says why not
+        y, base = model(_idx()).logits, base_model(_idx()).logits
+        if METHODS[method].noop == "base":
+            assert torch.equal(y, base)
+        elif METHODS[method].noop == "quantized":
+            assert torch.equal(y, ref(_idx()).logits)
+            assert not torch.equal(y, base)                                  # quantization error is there from step 0
+        else:                                                                # prefix, prompt, LoftQ: a real change
+            assert not torch.allclose(y, base, atol=1e-6, rtol=0)
+
+        # exactly the method's own tensors train, and each gets a gradient
+        own = {n for n, p in adapter_state_dict(model).items() if p.is_floating_point()}
+        assert own and {n for n, p in model.named_parameters() if p.requires_grad} == own
+        model(_idx(), targets=_idx(seed=1)).loss.backward()
+        for n, p in model.named_parameters():
+            assert (p.grad is not None) == (n in own) or p.numel() == 0, n   # (a mask the draw left empty)
+
+        # disable_adapters: the base back, bit for bit (LoftQ: its own quantized base, what remove leaves)
+        _perturb(model)
+        adapted = model(_idx()).logits
+        with disable_adapters(model):
+            off = model(_idx()).logits
+        assert not torch.allclose(adapted, off)
+        if ref is not None:
+            assert torch.equal(off, ref(_idx()).logits)
+        assert torch.equal(model(_idx()).logits, adapted)                    # switched back on
+
+        # remove_adapters: the base modules, keys and outputs, no adapter, record or hook left
+        assert sorted(remove_adapters(model)) == sorted(names)
+        assert torch.equal(model(_idx()).logits, off)
+        assert not any(isinstance(m, AdapterLayer) for m in model.modules()) and not model.peft_methods
+        assert not _hooks(model)
+        if ref is not None:
+            assert set(model.state_dict()) == set(ref.state_dict())
+            assert [type(m) for m in model.modules()] == [type(m) for m in ref.modules()]
+
+    return test_life
 
 
-@pytest.mark.parametrize("method", QUANTIZED)
-@settings(deadline=None, max_examples=2)
-@given(data=st.data())
-def test_the_same_on_a_quantized_base(method, data):
-    _one_life(method, data)
-
-
-def _one_life(method, data):
-    cfg, dtype, model = _adapted(method, data)
-    base_model = _base(dtype)
-    ref = _reference(cfg, base_model)
-    names = model.peft_methods[0]["modules"]
-
-    # no-op at init: the base (QLoRA: the quantized base), unless the method says why not
-    y, base = model(_idx()).logits, base_model(_idx()).logits
-    if METHODS[method].noop == "base":
-        assert torch.equal(y, base)
-    elif METHODS[method].noop == "quantized":
-        assert torch.equal(y, ref(_idx()).logits)
-        assert not torch.equal(y, base)                                  # quantization error is there from step 0
-    else:                                                                # prefix, prompt, LoftQ: a real change
-        assert not torch.allclose(y, base, atol=1e-6, rtol=0)
-
-    # exactly the method's own tensors train, and each gets a gradient
-    own = {n for n, p in adapter_state_dict(model).items() if p.is_floating_point()}
-    assert own and {n for n, p in model.named_parameters() if p.requires_grad} == own
-    model(_idx(), targets=_idx(seed=1)).loss.backward()
-    for n, p in model.named_parameters():
-        assert (p.grad is not None) == (n in own) or p.numel() == 0, n   # (a mask the draw left empty)
-
-    # disable_adapters: the base back, bit for bit (LoftQ: its own quantized base, what remove leaves)
-    _perturb(model)
-    adapted = model(_idx()).logits
-    with disable_adapters(model):
-        off = model(_idx()).logits
-    assert not torch.allclose(adapted, off)
-    if ref is not None:
-        assert torch.equal(off, ref(_idx()).logits)
-    assert torch.equal(model(_idx()).logits, adapted)                    # switched back on
-
-    # remove_adapters: the base modules, keys and outputs, no adapter, record or hook left
-    assert sorted(remove_adapters(model)) == sorted(names)
-    assert torch.equal(model(_idx()).logits, off)
-    assert not any(isinstance(m, AdapterLayer) for m in model.modules()) and not model.peft_methods
-    assert not _hooks(model)
-    if ref is not None:
-        assert set(model.state_dict()) == set(ref.state_dict())
-        assert [type(m) for m in model.modules()] == [type(m) for m in ref.modules()]
+test_no_op_at_init_own_tensors_train_disable_and_remove_give_the_base_back = _life(FLOAT, 5)
+test_the_same_on_a_quantized_base = _life(QUANTIZED, 2)
 
 
 # ---- files ------------------------------------------------------------------------------------
