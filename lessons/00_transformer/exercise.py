@@ -20,7 +20,8 @@ def run_softmax(x, dim=-1):
     Must be numerically stable: exp(x) overflows float32 for x > 88.7. Use
     softmax(x) = softmax(x - max(x)) (the maths is unchanged; the largest exponent becomes 0).
     """
-    raise NotImplementedError("run_softmax: exp(x - max) / sum(exp(x - max)) along dim")
+    raise NotImplementedError("run_softmax: not written yet; its docstring and "
+                              "lessons/00_transformer/README.md, \"The maths\", say what it computes")
 
 
 def run_gelu(x):
@@ -30,7 +31,8 @@ def run_gelu(x):
 
     x: any shape. Returns the same shape. (Not the exact form x * Phi(x) with erf.)
     """
-    raise NotImplementedError("run_gelu: 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))")
+    raise NotImplementedError("run_gelu: not written yet; its docstring and "
+                              "lessons/00_transformer/README.md, \"The maths\", say what it computes")
 
 
 def run_layer_norm(x, weight, bias, eps=1e-5):
@@ -41,7 +43,8 @@ def run_layer_norm(x, weight, bias, eps=1e-5):
 
     x: (..., C); weight, bias: (C,). Returns (..., C).
     """
-    raise NotImplementedError("run_layer_norm: (x - mean) / sqrt(var + eps) * weight + bias")
+    raise NotImplementedError("run_layer_norm: not written yet; its docstring and "
+                              "lessons/00_transformer/README.md, \"The maths\", say what it computes")
 
 
 def run_cross_entropy(logits, targets, ignore_index=-100):
@@ -56,7 +59,8 @@ def run_cross_entropy(logits, targets, ignore_index=-100):
     (Adding the max back first, (max + log sum exp z) - logits[target], is the same maths but
     loses digits in float32 when the logits are large: near 4096 float32 numbers are 2^-11 apart.)
     """
-    raise NotImplementedError("run_cross_entropy: mean(logsumexp(logits) - logits[target]) over kept rows")
+    raise NotImplementedError("run_cross_entropy: not written yet; its docstring and "
+                              "lessons/00_transformer/README.md, \"The maths\", say what it computes")
 
 
 def run_causal_attention(q, k, v):
@@ -68,7 +72,8 @@ def run_causal_attention(q, k, v):
 
     q, k, v: (B, H, T, D). Returns (B, H, T, D).
     """
-    raise NotImplementedError("run_causal_attention: softmax(q k^T / sqrt(D) + causal mask) v")
+    raise NotImplementedError("run_causal_attention: not written yet; its docstring and "
+                              "lessons/00_transformer/README.md, \"The maths\", say what it computes")
 
 
 def run_gpt_block(x, params, n_head, eps=1e-5):
@@ -84,4 +89,5 @@ def run_gpt_block(x, params, n_head, eps=1e-5):
     `minift.model.Block(cfg).state_dict()`; weights in nn.Linear layout (out, in), so a layer is
     `h @ W.T + b`. n_head divides C. Returns (B, T, C). Reuse your functions above.
     """
-    raise NotImplementedError("run_gpt_block: x + Attn(LN_1 x), then + MLP(LN_2 .)")
+    raise NotImplementedError("run_gpt_block: not written yet; its docstring and "
+                              "lessons/00_transformer/README.md, \"The maths\", say what it computes")

@@ -29,8 +29,8 @@ def run_next_token_loss(logits, tokens, loss_mask=None):
     (every target counts). Returns a scalar tensor; 0.0 (not NaN) when no target counts.
     Must be stable for large logits (shift by the row max before exp).
     """
-    raise NotImplementedError("run_next_token_loss: mean over counted t of "
-                              "logsumexp(logits[:, t]) - logits[:, t, tokens[:, t+1]]")
+    raise NotImplementedError("run_next_token_loss: not written yet; its docstring and "
+                              "lessons/01_pretraining/README.md, \"The maths\", say what it computes")
 
 
 def run_lr_schedule(step, steps, warmup_steps, lr, min_lr_ratio):
@@ -45,7 +45,8 @@ def run_lr_schedule(step, steps, warmup_steps, lr, min_lr_ratio):
     lr_min at step == steps (p = 1) and stays there. warmup_steps may be 0 (no warmup);
     0 <= warmup_steps < steps. Returns a Python float.
     """
-    raise NotImplementedError("run_lr_schedule: lr (step+1)/warmup, then lr_min + (lr - lr_min)(1 + cos(pi p))/2")
+    raise NotImplementedError("run_lr_schedule: not written yet; its docstring and "
+                              "lessons/01_pretraining/README.md, \"The maths\", say what it computes")
 
 
 def run_perplexity(nll_sums, n_tokens):
@@ -59,4 +60,5 @@ def run_perplexity(nll_sums, n_tokens):
     perplexities. A uniform model over V tokens pays log V per token, so its perplexity is V.
     Returns a Python float.
     """
-    raise NotImplementedError("run_perplexity: exp(sum(nll_sums) / sum(n_tokens))")
+    raise NotImplementedError("run_perplexity: not written yet; its docstring and "
+                              "lessons/01_pretraining/README.md, \"The maths\", say what it computes")

@@ -24,7 +24,8 @@ def run_last_token_pool(hidden, attention_mask):
     hidden: (B, T, C) float; attention_mask: (B, T) int64 of 0/1. Returns (B, C).
     Hint: positions t * mask, then argmax over t; then index hidden[arange(B), last].
     """
-    raise NotImplementedError("run_last_token_pool: hidden[b, max{t : mask[b, t] = 1}]")
+    raise NotImplementedError("run_last_token_pool: not written yet; its docstring and "
+                              "lessons/02_full_finetuning/README.md, \"The maths\", say what it computes")
 
 
 def run_first_subtoken_labels(word_lengths, tags):
@@ -38,7 +39,8 @@ def run_first_subtoken_labels(word_lengths, tags):
     one per word. Returns a list of sum(word_lengths) ints.
     Example: word_lengths [1, 3, 2], tags [0, 5, 6] -> [0, 5, -100, -100, 6, -100].
     """
-    raise NotImplementedError("run_first_subtoken_labels: tag on each word's first token, -100 elsewhere")
+    raise NotImplementedError("run_first_subtoken_labels: not written yet; its docstring and "
+                              "lessons/02_full_finetuning/README.md, \"The maths\", say what it computes")
 
 
 def run_entity_f1(pred_tags, gold_tags):
@@ -57,4 +59,5 @@ def run_entity_f1(pred_tags, gold_tags):
     pred_tags, gold_tags: lists of sentences, each a list of tag strings ("O", "B-PER", "I-PER",
     ...), pred_tags[i] as long as gold_tags[i]. Returns a float.
     """
-    raise NotImplementedError("run_entity_f1: 2 P R / (P + R) over exact (type, start, end) span matches")
+    raise NotImplementedError("run_entity_f1: not written yet; its docstring and "
+                              "lessons/02_full_finetuning/README.md, \"The maths\", say what it computes")

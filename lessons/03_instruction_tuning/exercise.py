@@ -33,7 +33,8 @@ def run_response_loss_mask(prompt_len, response_len, train_on_prompt=False):
     train_on_prompt=True is the ablation of the lesson: every target takes loss (all ones).
     Returns a list of ints.
     """
-    raise NotImplementedError("the mask over targets ids[1:] is [0] * (prompt_len - 1) + [1] * (response_len + 1)")
+    raise NotImplementedError("run_response_loss_mask: not written yet; its docstring and "
+                              "lessons/03_instruction_tuning/README.md, \"The maths\", say what it computes")
 
 
 def run_sft_loss(logits, targets):
@@ -51,5 +52,5 @@ def run_sft_loss(logits, targets):
     0.0 (not NaN) when every target is -100. Must be stable for large logits (|logits| up to
     1e4: shift by the row max before exp).
     """
-    raise NotImplementedError("mean over targets != -100 of "
-                              "logsumexp(logits[b, t]) - logits[b, t, targets[b, t]]")
+    raise NotImplementedError("run_sft_loss: not written yet; its docstring and "
+                              "lessons/03_instruction_tuning/README.md, \"The maths\", say what it computes")

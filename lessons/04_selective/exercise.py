@@ -23,7 +23,8 @@ def run_bitfit_select(names):
     embedding), and it has no bias. names: list of str. Returns a list of str, any order, no
     duplicates. (The names always contain at least one bias or head parameter.)
     """
-    raise NotImplementedError("run_bitfit_select: names ending in .bias, plus head.* (not lm_head)")
+    raise NotImplementedError("run_bitfit_select: not written yet; its docstring and "
+                              "lessons/04_selective/README.md, \"The maths\", say what it computes")
 
 
 def run_layer_select(names, layers):
@@ -37,7 +38,8 @@ def run_layer_select(names, layers):
     with 4 blocks, [3, -1] is one block). Returns a list of str, any order, no duplicates.
     Careful: "transformer.h.1." must not match "transformer.h.12.".
     """
-    raise NotImplementedError("run_layer_select: blocks i (negative = n_layer + i), plus head.*")
+    raise NotImplementedError("run_layer_select: not written yet; its docstring and "
+                              "lessons/04_selective/README.md, \"The maths\", say what it computes")
 
 
 def run_trainable_share(shapes, trainable):
@@ -48,4 +50,5 @@ def run_trainable_share(shapes, trainable):
     A scalar parameter has shape () and counts 1 (math.prod(()) == 1). shapes: dict name -> tuple
     of ints; trainable: list of names (a subset; may be empty). Returns a float in [0, 1].
     """
-    raise NotImplementedError("run_trainable_share: trainable parameter count / total parameter count")
+    raise NotImplementedError("run_trainable_share: not written yet; its docstring and "
+                              "lessons/04_selective/README.md, \"The maths\", say what it computes")

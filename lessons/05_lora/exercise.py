@@ -28,8 +28,8 @@ def run_lora_linear(x, W0, b, A, B, alpha, r, rslora=False):
     (2 small matmuls, r (in + out) multiply-adds per row instead of in * out).
     With B = 0 the result must be bit-for-bit x W0^T + b, whatever A, alpha and rslora are.
     """
-    raise NotImplementedError("run_lora_linear: x @ W0.T + b + s * ((x @ A.T) @ B.T), s = alpha / r "
-                              "(alpha / sqrt(r) if rslora)")
+    raise NotImplementedError("run_lora_linear: not written yet; its docstring and "
+                              "lessons/05_lora/README.md, \"The maths\", say what it computes")
 
 
 def run_lora_merge(W0, A, B, scaling):
@@ -41,7 +41,8 @@ def run_lora_merge(W0, A, B, scaling):
     to W0's dtype once, at the end. W0: (out, in); A: (r, in); B: (out, r); scaling: a float
     (s = alpha / r for LoRA). Returns a new (out, in) tensor with W0's dtype; do not modify W0.
     """
-    raise NotImplementedError("run_lora_merge: (W0.float() + scaling * (B.float() @ A.float())).to(W0.dtype)")
+    raise NotImplementedError("run_lora_merge: not written yet; its docstring and "
+                              "lessons/05_lora/README.md, \"The maths\", say what it computes")
 
 
 def run_dora_linear(x, W0, b, A, B, m, alpha, r):
@@ -57,5 +58,5 @@ def run_dora_linear(x, W0, b, A, B, m, alpha, r):
     A: (r, in); B: (out, r); m: (out,); alpha: float; r: int. Returns (N, out).
     With m = ‖W0‖ row-wise and B = 0, W' = W0: DoRA starts as the base layer.
     """
-    raise NotImplementedError("run_dora_linear: V = W0 + (alpha / r) B A; W' = m[:, None] * V / ‖V‖_row; "
-                              "x @ W'.T + b")
+    raise NotImplementedError("run_dora_linear: not written yet; its docstring and "
+                              "lessons/05_lora/README.md, \"The maths\", say what it computes")

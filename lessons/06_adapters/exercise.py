@@ -31,4 +31,5 @@ def run_adapter(h, W_down, b_down, W_up, b_up, activation="relu", scaling=1.0):
     At initialisation W_up = 0 and b_up = 0, and then the output must be h exactly, bit for bit:
     compute the adapter term on its own and add it to h last, so h + 0 returns h unchanged.
     """
-    raise NotImplementedError("run_adapter: h + scaling * (f(h @ W_down.T + b_down) @ W_up.T + b_up)")
+    raise NotImplementedError("run_adapter: not written yet; its docstring and "
+                              "lessons/06_adapters/README.md, \"The maths\", say what it computes")

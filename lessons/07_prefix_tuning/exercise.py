@@ -26,8 +26,8 @@ def run_prefix_attention(q, k, v, prefix_k, prefix_v):
     Hint: build a boolean (T, P + T) mask of what each query may see and give it to
     F.scaled_dot_product_attention(q, K', V', attn_mask=mask), or mask the scores with -inf.
     """
-    raise NotImplementedError("run_prefix_attention: softmax(q [pk ; k]^T / sqrt(D) + M) [pv ; v], "
-                              "M = 0 on the P prefix columns, causal on the real keys")
+    raise NotImplementedError("run_prefix_attention: not written yet; its docstring and "
+                              "lessons/07_prefix_tuning/README.md, \"The maths\", say what it computes")
 
 
 def run_prefix_mlp(embedding, W1, b1, W2, b2, n_layer, n_head):
@@ -46,5 +46,5 @@ def run_prefix_mlp(embedding, W1, b1, W2, b2, n_layer, n_head):
 
     Hint: one view and one permute of `rows`.
     """
-    raise NotImplementedError("run_prefix_mlp: (tanh(E W1^T + b1) W2^T + b2).view(P, L, 2, H, D) "
-                              "permuted to (L, 2, H, P, D)")
+    raise NotImplementedError("run_prefix_mlp: not written yet; its docstring and "
+                              "lessons/07_prefix_tuning/README.md, \"The maths\", say what it computes")

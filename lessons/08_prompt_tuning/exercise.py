@@ -20,8 +20,8 @@ def run_soft_prompt(embeds, prompt, attention_mask):
     attention_mask: (B, T) of 0/1 (padding may be anywhere). Return the pair (inputs_embeds,
     attention_mask); the values of P and embeds must come through unchanged, bit for bit.
     """
-    raise NotImplementedError("run_soft_prompt: (torch.cat([P.expand(B, n, C), embeds], 1), "
-                              "torch.cat([ones(B, n), mask], 1))")
+    raise NotImplementedError("run_soft_prompt: not written yet; its docstring and "
+                              "lessons/08_prompt_tuning/README.md, \"The maths\", say what it computes")
 
 
 def run_prompt_init_from_text(token_embeds, n):
@@ -32,7 +32,8 @@ def run_prompt_init_from_text(token_embeds, n):
     so a text longer than the prompt is cut to its first n tokens, and a shorter one is repeated
     (t0 t1 t2 t0 t1 ... for m = 3). An empty text (m = 0) or n < 1 must raise ValueError.
     """
-    raise NotImplementedError("run_prompt_init_from_text: token_embeds[[i % m for i in range(n)]]")
+    raise NotImplementedError("run_prompt_init_from_text: not written yet; its docstring and "
+                              "lessons/08_prompt_tuning/README.md, \"The maths\", say what it computes")
 
 
 def run_prompt_positions(attention_mask, n):
@@ -45,7 +46,8 @@ def run_prompt_positions(attention_mask, n):
     slot does not matter (the model never attends to it). This is the rule that makes a prompt
     initialised from a text exactly the same as typing that text in front.
     """
-    raise NotImplementedError("run_prompt_positions: (cat([ones(B, n), mask], 1).cumsum(1) - 1).clamp(min=0)")
+    raise NotImplementedError("run_prompt_positions: not written yet; its docstring and "
+                              "lessons/08_prompt_tuning/README.md, \"The maths\", say what it computes")
 
 
 def run_prompt_loss(logits, targets, n):
@@ -58,5 +60,5 @@ def run_prompt_loss(logits, targets, n):
     -100). The n virtual positions have no target: the logits there must not change the loss.
     Returns a scalar tensor.
     """
-    raise NotImplementedError("run_prompt_loss: F.cross_entropy(logits[:, n:].reshape(-1, V), targets.reshape(-1), "
-                              "ignore_index=-100)")
+    raise NotImplementedError("run_prompt_loss: not written yet; its docstring and "
+                              "lessons/08_prompt_tuning/README.md, \"The maths\", say what it computes")

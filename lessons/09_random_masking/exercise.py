@@ -23,7 +23,8 @@ def run_random_mask(shape, density, seed):
     so the same arguments give the same mask every time, and different seeds give different masks.
     Hint: the first k entries of a seeded random permutation of range(n).
     """
-    raise NotImplementedError("run_random_mask: torch.randperm(n, generator=seeded)[:floor(density * n + 0.5)]")
+    raise NotImplementedError("run_random_mask: not written yet; its docstring and "
+                              "lessons/09_random_masking/README.md, \"The maths\", say what it computes")
 
 
 def run_masked_update(W0, idx, values):
@@ -35,7 +36,8 @@ def run_masked_update(W0, idx, values):
     Every other entry of W must be W0's, bit for bit. Return a new (out, in) tensor of W0's dtype;
     do not modify W0.
     """
-    raise NotImplementedError("run_masked_update: W0.flatten().index_add(0, idx, values).view_as(W0)")
+    raise NotImplementedError("run_masked_update: not written yet; its docstring and "
+                              "lessons/09_random_masking/README.md, \"The maths\", say what it computes")
 
 
 def run_masked_linear(x, W0, b, idx, values):
@@ -46,7 +48,8 @@ def run_masked_linear(x, W0, b, idx, values):
     W0: (out, in) (nn.Linear layout); b: (out,) or None; idx, values: (k,) as in run_masked_update.
     With values = 0 the output must be the base layer's x W0^T + b exactly, bit for bit.
     """
-    raise NotImplementedError("run_masked_linear: F.linear(x, W0 + scatter(idx, values), b)")
+    raise NotImplementedError("run_masked_linear: not written yet; its docstring and "
+                              "lessons/09_random_masking/README.md, \"The maths\", say what it computes")
 
 
 def run_masked_adamw_step(x, W0, b, idx, values, grad_out, lr, weight_decay):
@@ -62,5 +65,5 @@ def run_masked_adamw_step(x, W0, b, idx, values, grad_out, lr, weight_decay):
     W0 bit for bit. (On a first step AdamW moves each value by lr g / (|g| + eps), after decaying it
     by the factor (1 - lr weight_decay).)
     """
-    raise NotImplementedError("run_masked_adamw_step: values' = values (1 - lr wd) - lr g / (|g| + eps); "
-                              "W0 + scatter(idx, values')")
+    raise NotImplementedError("run_masked_adamw_step: not written yet; its docstring and "
+                              "lessons/09_random_masking/README.md, \"The maths\", say what it computes")

@@ -24,7 +24,8 @@ def run_loreft(h, R, W, b):
     map them back with R and add them to h. Expanding the product (h + h Wᵀ R + b R − h Rᵀ R) is
     the same algebra but not the same floating point.
     """
-    raise NotImplementedError("run_loreft: h + (h @ W.T + b - h @ R.T) @ R")
+    raise NotImplementedError("run_loreft: not written yet; its docstring and "
+                              "lessons/10_loreft/README.md, \"The maths\", say what it computes")
 
 
 def run_orthonormal_rows(A):
@@ -37,4 +38,5 @@ def run_orthonormal_rows(A):
     triangular factor has a negative diagonal entry.) Returns A's dtype; compute in float32 at
     least. This is how ReFT's trainable R_raw becomes the R that Φ uses, at every step.
     """
-    raise NotImplementedError("run_orthonormal_rows: Q, T = qr(A^T); R = (Q * sign(diag(T))).T")
+    raise NotImplementedError("run_orthonormal_rows: not written yet; its docstring and "
+                              "lessons/10_loreft/README.md, \"The maths\", say what it computes")

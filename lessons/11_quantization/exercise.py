@@ -27,8 +27,8 @@ def run_int8_quantize(x, granularity="tensor", block_size=64, zero_point=False):
     Both must keep 0 exactly, and absmax must be exact at each group's largest |x|. A scale is never
     below 2^-126, the smallest normal float32 (README, "A floor on the scale").
     """
-    raise NotImplementedError("run_int8_quantize: absmax s = max|x_g| / 127, x_hat = s round(x / s); "
-                              "zero point s = (hi - lo) / 255, z = -128 - round(lo / s)")
+    raise NotImplementedError("run_int8_quantize: not written yet; its docstring and "
+                              "lessons/11_quantization/README.md, \"The maths\", say what it computes")
 
 
 def run_int8_matmul(x, W, threshold=6.0):
@@ -45,5 +45,5 @@ def run_int8_matmul(x, W, threshold=6.0):
     threshold = math.inf: plain vector-wise int8 (no outliers); threshold = 0: every column
     with a non-zero entry is an outlier, so y is the float product.
     """
-    raise NotImplementedError("run_int8_matmul: float on columns with max|x| > threshold, vector-wise "
-                              "absmax int8 (int32 sums) on the rest")
+    raise NotImplementedError("run_int8_matmul: not written yet; its docstring and "
+                              "lessons/11_quantization/README.md, \"The maths\", say what it computes")

@@ -24,20 +24,22 @@ def run_nf4_quantize(w, block_size=64):
 
     An all-zero block has absmax 0 and codes pointing at NF4's 0 (index 7). Returns (codes, absmax).
     """
-    raise NotImplementedError("run_nf4_quantize: absmax per block, then the index of the nearest NF4 value "
-                              "to w / absmax")
+    raise NotImplementedError("run_nf4_quantize: not written yet; its docstring and "
+                              "lessons/12_qlora/README.md, \"The maths\", say what it computes")
 
 
 def run_nf4_dequantize(codes, absmax, block_size=64):
     """w_hat_j = NF4[codes_j] * absmax[j // block_size]: a flat (numel,) float32 tensor."""
-    raise NotImplementedError("run_nf4_dequantize: NF4[codes] * absmax repeated block_size times")
+    raise NotImplementedError("run_nf4_dequantize: not written yet; its docstring and "
+                              "lessons/12_qlora/README.md, \"The maths\", say what it computes")
 
 
 def run_pack_4bit(codes):
     """Two 4-bit codes per byte: byte i = 16 * codes[2i] + codes[2i + 1] (the first code in the HIGH
     nibble). An odd number of codes gets a 0 low nibble at the end. codes: (n,) integers in 0..15.
     Returns (ceil(n / 2),) torch.uint8."""
-    raise NotImplementedError("run_pack_4bit: (codes[0::2] << 4) | codes[1::2], padded to an even length")
+    raise NotImplementedError("run_pack_4bit: not written yet; its docstring and "
+                              "lessons/12_qlora/README.md, \"The maths\", say what it computes")
 
 
 def run_loftq(W, r, iters, block_size=64):
@@ -55,4 +57,5 @@ def run_loftq(W, r, iters, block_size=64):
     Return (Q, A, B) of the iteration with the smallest ||W - (Q + B A)||_F. The check wants Q on
     the NF4 grid of its blocks and the error no larger than plain nf4(W)'s.
     """
-    raise NotImplementedError("run_loftq: alternate Q = nf4(W - B A) and (B, A) = rank-r SVD of W - Q")
+    raise NotImplementedError("run_loftq: not written yet; its docstring and "
+                              "lessons/12_qlora/README.md, \"The maths\", say what it computes")

@@ -30,8 +30,8 @@ def run_nf4_dot(x, packed, absmax, block_size=64):
     Tip: sum x[j] · NF4[q_j] over one block first, then multiply that sum by the block's absmax
     once (the kernel does it this way: one multiply per block instead of one per weight).
     """
-    raise NotImplementedError("run_nf4_dot: y = Σ_j x[j] · NF4[q_j] · absmax[j // block_size], "
-                              "q_{2i} = packed[i] >> 4, q_{2i+1} = packed[i] & 15")
+    raise NotImplementedError("run_nf4_dot: not written yet; its docstring and "
+                              "lessons/13_kernels/README.md, \"The maths\", say what it computes")
 
 
 def run_nf4_lora_matmul(x, packed, absmax, out_features, block_size=64, A=None, B=None, scaling=1.0, bias=None):
@@ -44,5 +44,5 @@ def run_nf4_lora_matmul(x, packed, absmax, out_features, block_size=64, A=None, 
     W is stored flat and row-major, packed as in run_nf4_dot, so row o starts at element o·in:
     when `in` is odd, a row starts in the LOW nibble of a byte, and a block may span two rows.
     """
-    raise NotImplementedError("run_nf4_lora_matmul: y = x Ŵᵀ + scaling (x Aᵀ) Bᵀ + bias, "
-                              "Ŵ[o, k] = NF4[q_{o·in+k}] · absmax[(o·in+k) // block_size]")
+    raise NotImplementedError("run_nf4_lora_matmul: not written yet; its docstring and "
+                              "lessons/13_kernels/README.md, \"The maths\", say what it computes")

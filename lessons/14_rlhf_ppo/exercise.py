@@ -23,7 +23,8 @@ def run_reward_loss(r_chosen, r_rejected, margin=0.0):
     It must stay finite and exact for reward differences of thousands: −log σ(d) = log(1 + e^{−d})
     overflows if you write it that way. Look for a stable log-sigmoid or softplus.
     """
-    raise NotImplementedError("run_reward_loss: -logsigmoid(r_chosen - r_rejected - margin)")
+    raise NotImplementedError("run_reward_loss: not written yet; its docstring and "
+                              "lessons/14_rlhf_ppo/README.md, \"The maths\", say what it computes")
 
 
 def run_reward_at_last_token(hidden, attention_mask, w, b):
@@ -35,7 +36,8 @@ def run_reward_at_last_token(hidden, attention_mask, w, b):
     Returns (B,). Find t_i from the mask, never from a token id, and not as sum(mask) − 1 (that is
     only right for right padding).
     """
-    raise NotImplementedError("run_reward_at_last_token: t = argmax(arange(T) * mask); hidden[i, t] @ w + b")
+    raise NotImplementedError("run_reward_at_last_token: not written yet; its docstring and "
+                              "lessons/14_rlhf_ppo/README.md, \"The maths\", say what it computes")
 
 
 def run_gae(rewards, values, mask, gamma=1.0, lam=0.95):
@@ -48,7 +50,8 @@ def run_gae(rewards, values, mask, gamma=1.0, lam=0.95):
     rewards, values, mask: (B, N). Returns the tuple (A, R), both (B, N) and 0 on padding.
     λ = 1 gives A_t = Σ_k γ^k r_{t+k} − V_t; λ = 0 gives A_t = δ_t.
     """
-    raise NotImplementedError("run_gae: for t from N-1 down: A_t = (r_t + γ V_(t+1) m_(t+1) - V_t + γλ A_(t+1)) m_t")
+    raise NotImplementedError("run_gae: not written yet; its docstring and "
+                              "lessons/14_rlhf_ppo/README.md, \"The maths\", say what it computes")
 
 
 def run_ppo_loss(logp, old_logp, adv, mask, clip=0.2):
@@ -60,7 +63,8 @@ def run_ppo_loss(logp, old_logp, adv, mask, clip=0.2):
     logp (with gradients), old_logp, adv, mask: (B, N). It must stay differentiable in logp: the
     gradient is what trains the policy, and it is 0 exactly where the clip is active.
     """
-    raise NotImplementedError("run_ppo_loss: -(min(r A, clamp(r, 1-e, 1+e) A) * m).sum() / m.sum()")
+    raise NotImplementedError("run_ppo_loss: not written yet; its docstring and "
+                              "lessons/14_rlhf_ppo/README.md, \"The maths\", say what it computes")
 
 
 def run_ppo_value_loss(v, old_v, returns, mask, clip=0.2):
@@ -71,13 +75,15 @@ def run_ppo_value_loss(v, old_v, returns, mask, clip=0.2):
 
     v, old_v, returns, mask: (B, N).
     """
-    raise NotImplementedError("run_ppo_value_loss: 0.5 * (max((v-R)^2, (v_clip-R)^2) * m).sum() / m.sum()")
+    raise NotImplementedError("run_ppo_value_loss: not written yet; its docstring and "
+                              "lessons/14_rlhf_ppo/README.md, \"The maths\", say what it computes")
 
 
 def run_kl_penalty(logp, ref_logp):
     """The per-token KL estimate added (times −β) to PPO's reward: k1 = log π(y_t) − log π_ref(y_t)
     for the sampled tokens. (B, N) -> (B, N). Its mean over samples from π estimates KL(π ‖ π_ref)."""
-    raise NotImplementedError("run_kl_penalty: logp - ref_logp")
+    raise NotImplementedError("run_kl_penalty: not written yet; its docstring and "
+                              "lessons/14_rlhf_ppo/README.md, \"The maths\", say what it computes")
 
 
 def run_whiten(x, mask):
@@ -86,4 +92,5 @@ def run_whiten(x, mask):
         μ = mean of x over real tokens,  σ² = mean of (x − μ)² over real tokens (biased)
         out = (x − μ) / sqrt(σ² + 1e-8)  on real tokens, 0 on padding
     """
-    raise NotImplementedError("run_whiten: ((x - mu) / sqrt(var + 1e-8)) * m")
+    raise NotImplementedError("run_whiten: not written yet; its docstring and "
+                              "lessons/14_rlhf_ppo/README.md, \"The maths\", say what it computes")

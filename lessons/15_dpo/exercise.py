@@ -34,8 +34,8 @@ def run_dpo_loss(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, r
     beta: float > 0. With π_θ = π_ref (h = 0) the sigmoid loss is log 2 for every ε.
     Hint: −log σ(z) = F.softplus(−z), and F.logsigmoid(z) is stable for large |z|.
     """
-    raise NotImplementedError("run_dpo_loss: h = (pc - rc) - (pr - rr); sigmoid: -(1-ε) logσ(βh) - ε logσ(-βh); "
-                              "ipo: (h - 1/(2β))²; hinge: relu(1 - βh)")
+    raise NotImplementedError("run_dpo_loss: not written yet; its docstring and "
+                              "lessons/15_dpo/README.md, \"The maths\", say what it computes")
 
 
 def run_dpo_rewards(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps, beta):
@@ -46,4 +46,5 @@ def run_dpo_rewards(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps
     Return them stacked as one (2, B) tensor: row 0 the chosen, row 1 the rejected. The reward
     accuracy of a batch is the share of pairs with r̂_w > r̂_l; its margin the mean of r̂_w − r̂_l.
     """
-    raise NotImplementedError("run_dpo_rewards: torch.stack([beta * (pc - rc), beta * (pr - rr)])")
+    raise NotImplementedError("run_dpo_rewards: not written yet; its docstring and "
+                              "lessons/15_dpo/README.md, \"The maths\", say what it computes")

@@ -24,7 +24,8 @@ def run_info_nce(a, b, temperature=0.05, negatives=None, symmetric=False):
     Hint: normalise the rows, build the (N, N + M) matrix of similarities / τ, and it is a
     cross-entropy whose right answer for row i is column i. All-equal embeddings give log(N + M).
     """
-    raise NotImplementedError("run_info_nce: mean_i -log softmax(cos(a_i, [b; n]) / τ)[i]")
+    raise NotImplementedError("run_info_nce: not written yet; its docstring and "
+                              "lessons/16_contrastive/README.md, \"The maths\", say what it computes")
 
 
 def run_sentence_embedding(h, attention_mask, pooling="last"):
@@ -36,5 +37,5 @@ def run_sentence_embedding(h, attention_mask, pooling="last"):
 
     Returns (B, C). Whatever h holds at padded positions must not change the result.
     """
-    raise NotImplementedError("run_sentence_embedding: (h * m[..., None]).sum(1) / m.sum(1, keepdim=True), "
-                              "or h[b, last real t]")
+    raise NotImplementedError("run_sentence_embedding: not written yet; its docstring and "
+                              "lessons/16_contrastive/README.md, \"The maths\", say what it computes")

@@ -28,8 +28,8 @@ def run_distill_loss(student_logits, teacher_logits, mask=None, temperature=1.0,
 
     student_logits s, teacher_logits t: (N, K); mask: (N,) of 0/1 or None. Returns a scalar tensor.
     """
-    raise NotImplementedError("run_distill_loss: T² * masked mean of D(softmax(t/T), softmax(s/T)); "
-                              "forward KL(p‖q), reverse KL(q‖p), or β KL(p‖m) + (1-β) KL(q‖m), m = βp + (1-β)q")
+    raise NotImplementedError("run_distill_loss: not written yet; its docstring and "
+                              "lessons/17_distillation/README.md, \"The maths\", say what it computes")
 
 
 def run_kd_loss(student_logits, teacher_logits, labels, alpha=0.5, temperature=2.0):
@@ -41,5 +41,5 @@ def run_kd_loss(student_logits, teacher_logits, labels, alpha=0.5, temperature=2
     teacher_logits: (N, K); labels: (N,) long, -100 = no label (the row is skipped by both terms).
     Returns a scalar tensor.
     """
-    raise NotImplementedError("run_kd_loss: alpha * T² * KL(softmax(t/T) ‖ softmax(s/T)) + (1 - alpha) * "
-                              "cross_entropy(s, labels), both averaged over labels != -100")
+    raise NotImplementedError("run_kd_loss: not written yet; its docstring and "
+                              "lessons/17_distillation/README.md, \"The maths\", say what it computes")

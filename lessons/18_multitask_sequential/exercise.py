@@ -26,8 +26,8 @@ def run_mixture_weights(sizes, temperature=1.0, cap=None):
     T = 1 and no cap: examples-proportional, p_i = n_i / Σ n. Returns (K,) float64 summing to 1.
     Hint: for huge n_i and small T, compute in log space: (1/T) log min(n_i, K), shift by the max.
     """
-    raise NotImplementedError("run_mixture_weights: w_i = min(n_i, cap) ** (1 / T) (1 if T = inf); "
-                              "return w / w.sum()")
+    raise NotImplementedError("run_mixture_weights: not written yet; its docstring and "
+                              "lessons/18_multitask_sequential/README.md, \"The maths\", say what it computes")
 
 
 def run_sample_mixture(weights, sizes, n, seed):
@@ -42,9 +42,8 @@ def run_sample_mixture(weights, sizes, n, seed):
     n: int >= 1; seed: int: the same seed must give the same draws (use a torch.Generator).
     Returns (n, 2) int64: column 0 the task index, column 1 the example index.
     """
-    raise NotImplementedError("run_sample_mixture: g = torch.Generator().manual_seed(seed); tasks = "
-                              "torch.multinomial(weights / weights.sum(), n, True, generator=g); examples from "
-                              "per-task torch.randperm epochs")
+    raise NotImplementedError("run_sample_mixture: not written yet; its docstring and "
+                              "lessons/18_multitask_sequential/README.md, \"The maths\", say what it computes")
 
 
 def run_forgetting(R):
@@ -57,7 +56,8 @@ def run_forgetting(R):
 
     Returns (K-1,) with R's dtype.
     """
-    raise NotImplementedError("run_forgetting: R[:K-1, :K-1].max(dim=0).values - R[K-1, :K-1]")
+    raise NotImplementedError("run_forgetting: not written yet; its docstring and "
+                              "lessons/18_multitask_sequential/README.md, \"The maths\", say what it computes")
 
 
 def run_backward_transfer(R):
@@ -68,7 +68,8 @@ def run_backward_transfer(R):
     Returns a scalar tensor () with R's dtype. With per-task adapters (every column frozen after
     its stage) it is exactly 0.
     """
-    raise NotImplementedError("run_backward_transfer: (R[K-1, :K-1] - R.diagonal()[:K-1]).mean()")
+    raise NotImplementedError("run_backward_transfer: not written yet; its docstring and "
+                              "lessons/18_multitask_sequential/README.md, \"The maths\", say what it computes")
 
 
 def run_example_loss(logits, targets):
@@ -81,5 +82,5 @@ def run_example_loss(logits, targets):
     would give the window 128 times the answer's say). logits: (B, T, V) float32; targets: (B, T)
     int64 with -100 where no loss is taken. Returns a scalar tensor ().
     """
-    raise NotImplementedError("run_example_loss: nll = -log_softmax(logits)[targets] where targets != -100; "
-                              "per-row mean over kept positions; mean over rows that keep any")
+    raise NotImplementedError("run_example_loss: not written yet; its docstring and "
+                              "lessons/18_multitask_sequential/README.md, \"The maths\", say what it computes")

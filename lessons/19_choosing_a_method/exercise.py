@@ -37,5 +37,5 @@ def run_trainable_count(method, n_layer, n_embd, vocab_size, block_size, hp):
         "masking"  hp = {"density": d}: k = floor(d * N + 0.5) of the N = L * 2 C * C weights in the
                    W_q and W_v rows of every c_attn
     """
-    raise NotImplementedError("run_trainable_count: e.g. full = V C + T C + L (12 C^2 + 13 C) + 2 C; "
-                              "lora q,v = L * 2 * r (C + C); reft = L r (2 C + 1)")
+    raise NotImplementedError("run_trainable_count: not written yet; its docstring and "
+                              "lessons/19_choosing_a_method/README.md, \"The maths\", say what it computes")

@@ -12,7 +12,8 @@ import torch  # noqa: F401
 def run_scaling_law(X, D, A, alpha, beta, E):
     """L̂ = A · X^(-alpha) · D^(-beta) + E, elementwise over the tensors X (model sizes) and D
     (fine-tuning data sizes), returned as a float64 tensor of their shape."""
-    raise NotImplementedError("run_scaling_law: A * X ** -alpha * D ** -beta + E")
+    raise NotImplementedError("run_scaling_law: not written yet; its docstring and "
+                              "lessons/20_scaling/README.md, \"The maths\", say what it computes")
 
 
 def run_fit_scaling_law(X, D, L):
@@ -25,4 +26,5 @@ def run_fit_scaling_law(X, D, L):
     minimising sum_i (log L̂_i - log L_i)^2 (Gauss-Newton / Levenberg-Marquardt, or torch.optim.LBFGS).
     The check fits noise-free points, so a good fit reproduces them to 1e-4.
     """
-    raise NotImplementedError("run_fit_scaling_law: grid over (alpha, beta) + least squares for (A, E), then refine")
+    raise NotImplementedError("run_fit_scaling_law: not written yet; its docstring and "
+                              "lessons/20_scaling/README.md, \"The maths\", say what it computes")

@@ -15,13 +15,15 @@ def run_rank_micro_batches(n_micro, world_size, rank):
     Every rank draws the same seeded stream of n_micro = grad_accum * W micro-batches and keeps
     micro-batches rank, rank + W, rank + 2W, ... (so rank 0 of 2 with 4 micro-batches: [0, 2]).
     """
-    raise NotImplementedError("run_rank_micro_batches: list(range(rank, n_micro, world_size))")
+    raise NotImplementedError("run_rank_micro_batches: not written yet; its docstring and "
+                              "lessons/21_distributed/README.md, \"The maths\", say what it computes")
 
 
 def run_average_gradients(grads):
     """What the all-reduce leaves on every rank: (1/W) Σ_r g_r for grads = [g_0, ..., g_{W-1}]
     (tensors of one shape). Return a tensor of that shape."""
-    raise NotImplementedError("run_average_gradients: sum(grads) / len(grads)")
+    raise NotImplementedError("run_average_gradients: not written yet; its docstring and "
+                              "lessons/21_distributed/README.md, \"The maths\", say what it computes")
 
 
 def run_ring_allreduce_bytes(payload, world_size):
@@ -30,4 +32,5 @@ def run_ring_allreduce_bytes(payload, world_size):
     Reduce-scatter: W - 1 steps, each sending one chunk of payload / W; all-gather: W - 1 more.
     So 2 (W - 1) / W * payload (0 for one rank). Return a float.
     """
-    raise NotImplementedError("run_ring_allreduce_bytes: 2 * (W - 1) / W * payload")
+    raise NotImplementedError("run_ring_allreduce_bytes: not written yet; its docstring and "
+                              "lessons/21_distributed/README.md, \"The maths\", say what it computes")

@@ -17,5 +17,5 @@ def run_patchify(x, patch_size):
     Patch k is the block in row k // (W / P) and column k % (W / P) of the grid of P x P blocks,
     that is x[:, :, i P:(i + 1) P, j P:(j + 1) P], flattened channel-major (.reshape(B, -1)).
     """
-    raise NotImplementedError("run_patchify: x.reshape(B, c, H/P, P, W/P, P).permute(0, 2, 4, 1, 3, 5)"
-                              ".reshape(B, N, c P P)")
+    raise NotImplementedError("run_patchify: not written yet; its docstring and "
+                              "lessons/22_beyond_text/README.md, \"The maths\", say what it computes")
