@@ -227,15 +227,21 @@ def output(y, shape, what: str) -> np.ndarray:
     return y.detach().cpu().to(torch.float64).numpy()
 
 
-def scalar(y, what: str) -> float:
-    """The impl's output as a Python float: a real number or a one-element tensor."""
+def number(y, what: str, kind: str = "a number"):
+    """The impl's output as a Python number, exactly as returned (an int stays an int): a real
+    number or a one-element tensor. `kind` names what was expected in the error."""
     if isinstance(y, torch.Tensor):
         if y.numel() != 1:
             raise AssertionError(f"{what} must return a number, got a tensor of shape {tuple(y.shape)}")
         y = y.item()
     if isinstance(y, bool) or not isinstance(y, (int, float, np.integer, np.floating)):
-        raise AssertionError(f"{what} must return a number, got {type(y).__name__}")
-    return float(y)
+        raise AssertionError(f"{what} must return {kind}, got {type(y).__name__}")
+    return y
+
+
+def scalar(y, what: str) -> float:
+    """The impl's output as a Python float: a real number or a one-element tensor."""
+    return float(number(y, what))
 
 
 def assert_close(got: np.ndarray, expected: np.ndarray, what: str, atol=1e-6, rtol=1e-5) -> None:

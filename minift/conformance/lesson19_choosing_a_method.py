@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import math
 
-import numpy as np
 import torch
 from fractions import Fraction
 from hypothesis import strategies as st
@@ -44,7 +43,7 @@ from minift.peft.prompt import PromptConfig
 from minift.peft.reft import ReFTConfig
 from minift.peft.selective import SelectiveConfig
 
-from .harness import property_check
+from .harness import number, property_check
 
 
 # ---- the reference functions --------------------------------------------------------------------
@@ -108,12 +107,7 @@ SHAPES = st.fixed_dictionaries({"n_layer": st.integers(1, 3), "n_embd": N_EMBD, 
 
 def _count(y, what: str) -> int:
     """The impl's output as a Python int: an integer, or a one-element integral tensor."""
-    if isinstance(y, torch.Tensor):
-        if y.numel() != 1:
-            raise AssertionError(f"{what} must return a number, got a tensor of shape {tuple(y.shape)}")
-        y = y.item()
-    if isinstance(y, bool) or not isinstance(y, (int, float, np.integer, np.floating)):
-        raise AssertionError(f"{what} must return an integer count, got {type(y).__name__}")
+    y = number(y, what, "an integer count")
     if float(y) != math.floor(float(y)):
         raise AssertionError(f"{what} returned {y!r}, not a whole number of parameters")
     return int(y)
