@@ -127,10 +127,46 @@ def test_verify_wrong_impl_exits_1_and_prints_counterexamples(wrong_results, cap
     out = capsys.readouterr().out
     for name in EXPECTED_FAILURES:
         assert f"=== FAIL {name}" in out
-        assert f"counterexample:\n    {name}(" in out
+        assert f"counterexample (the example hypothesis drew):\n    {name}(" in out
     assert "gelu_matches_formula" in out and "PASS" in out
     n00 = len(wrong_results)                             # lesson 00's checks; the others are MISSING
     assert f"{len(EXPECTED_FAILURES)} failed" in out and f"{n00 - len(EXPECTED_FAILURES)} passed" in out
+    # failures come before the table, MISSING rows are one line, each status that occurs is explained
+    assert out.index("=== FAIL") < out.index("check ") < out.index("skipped (MISSING)")
+    assert "  MISSING " not in out.split("skipped (MISSING)")[0]          # no MISSING row in the table
+    assert all(f"\n  {s} " in out for s in (PASS, FAIL, MISSING))
+
+
+def test_the_failing_call_is_torch_code_that_reproduces_the_failure(wrong_results):
+    """The report's call text, run as Python with the implementation's functions, gives the same
+    wrong output: here softmax's NaN (the exact float32 input, as a torch tensor)."""
+    r = wrong_results["softmax_stable_large"]
+    assert "torch.tensor(" in r.calls and "array(" not in r.calls
+    impl = load_impl(WRONG)
+    *setup, call = r.calls.strip().splitlines()
+    scope = {"run_softmax": impl.run_softmax}
+    exec("\n".join(setup), scope)                                      # noqa: S102
+    y = eval(call, scope)                                               # noqa: S307
+    assert not torch.isfinite(y).all()
+    assert torch.isfinite(torch.softmax(scope["x"], dim=-1)).all()
+
+
+def test_seed_drawn_inputs_are_shown_as_tensors(wrong_results):
+    """The block's inputs come from a drawn seed: the report shows the tensors themselves."""
+    calls = wrong_results["gpt_block_matches_formula"].calls
+    assert "x = torch.tensor(" in calls and "ln_1_weight = torch.tensor(" in calls
+    assert calls.strip().splitlines()[-1].startswith("run_gpt_block(x, {'ln_1.weight': ln_1_weight")
+
+
+def test_a_failure_that_follows_from_another_says_so(wrong_results, capsys):
+    """wrong_impl's block is written correctly from its wrong LayerNorm and attention: the block's
+    failures name those two; the LayerNorm's own failure names nothing."""
+    assert set(wrong_results["gpt_block_matches_formula"].follows) == {"run_layer_norm", "run_causal_attention"}
+    assert wrong_results["layer_norm_matches_formula"].follows == ()
+    assert verify_main(["--impl", str(WRONG), "--only", "run_gpt_block,run_layer_norm"]) == 1
+    out = capsys.readouterr().out
+    assert "run_gpt_block calls run_causal_attention" not in out        # attention was not run here
+    assert "note: run_gpt_block calls run_layer_norm, which fails its own checks" in out
 
 
 def test_verify_reference_exits_0(capsys):
@@ -184,7 +220,9 @@ def test_verify_missing_adapters_fail_only_when_named(tmp_path, capsys):
 
 def test_verify_exercise_reports_not_implemented(capsys):
     assert verify_main(["--impl", str(EXERCISE), "--only", "lesson00"]) == 1
-    assert "NOT IMPLEMENTED" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "NOT IMPLEMENTED" in out
+    assert out.count("=== NOT IMPLEMENTED run_softmax") == 1          # one block per function, not per check
 
 
 def test_verify_list(capsys):

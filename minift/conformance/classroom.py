@@ -80,36 +80,33 @@ def grade(lesson: dict, impl_path) -> dict:
 
 
 def report(g: dict) -> str:
-    """The grade as text: one row per exercise, the total, then every failure readably."""
-    from .verify import _indent
+    """The grade as text: every failure first (the failing call as code), then one row per exercise
+    with its points, the total, and what each status means."""
+    from .verify import failure_text, legend, missing_line, stubs_text
     if not g["max_points"]:
         return f"lesson {g['lesson']} has no graded exercises (no conformance check carries its marker)"
+    lines = [f"lesson {g['lesson']}: grading {g['impl']}"]
+    results = g["results"]
+    for r in results:
+        if r.status == FAIL:
+            lines += ["", failure_text(r)]
+    if any(r.status == NOT_IMPLEMENTED for r in results):
+        lines += ["", stubs_text(results)]
+    if missing_line(results):
+        lines += ["", missing_line(results)]
     rows = [("exercise", "points", "checks")]
     for e in g["exercises"]:
         marks = ", ".join(f"{c['name']} {'ok' if c['status'] == PASS else c['status'].lower()}" for c in e["checks"])
         rows.append((e["adapter"], f"{e['points']}/{e['max_points']}", marks))
     w = [max(len(r[i]) for r in rows) for i in range(2)]
-    lines = [f"lesson {g['lesson']}: grading {g['impl']}", ""]
-    lines += [f"{r[0]:<{w[0]}}  {r[1]:>{w[1]}}  {r[2]}" for r in rows[:1]]
-    lines += [f"{'-' * w[0]}  {'-' * w[1]}  ------"]
+    lines += ["", f"{rows[0][0]:<{w[0]}}  {rows[0][1]:>{w[1]}}  {rows[0][2]}", f"{'-' * w[0]}  {'-' * w[1]}  ------"]
     lines += [f"{r[0]:<{w[0]}}  {r[1]:>{w[1]}}  {r[2]}" for r in rows[1:]]
-    lines += ["", f"total: {g['points']}/{g['max_points']} points"]
-    for r in g["results"]:
-        if r.status == PASS:
-            continue
-        lines += ["", f"=== {r.status} {r.name} ({r.adapter})", f"  property: {r.description}"]
-        if r.status == NOT_IMPLEMENTED:
-            msg = r.error.removeprefix(f"{r.adapter}: ")
-            lines += ["  not implemented yet: " + msg]
-        elif r.status == MISSING:
-            lines += ["  " + r.error]
-        else:
-            lines += ["  error:", _indent(r.error), "  counterexample:", _indent(r.counterexample or "(none recorded)")]
+    lines += ["", f"total: {g['points']}/{g['max_points']} points", legend(results)]
     return "\n".join(lines)
 
 
 def as_json(g: dict) -> str:
     return json.dumps({k: v for k, v in g.items() if k != "results"} | {
         "failures": [{"check": r.name, "adapter": r.adapter, "status": r.status, "error": r.error,
-                      "counterexample": r.counterexample} for r in g["results"] if r.status in (FAIL, NOT_IMPLEMENTED, MISSING)]},
+                      "counterexample": r.counterexample, "calls": r.calls, "follows": list(r.follows)} for r in g["results"] if r.status in (FAIL, NOT_IMPLEMENTED, MISSING)]},
         indent=1)

@@ -34,6 +34,7 @@ from __future__ import annotations
 import inspect
 import math
 import os
+import re
 import time
 import traceback
 import warnings
@@ -59,6 +60,7 @@ class Check:
     lesson: str          # the pytest marker of the lesson that teaches it: "lesson00"
     description: str     # the property, in one sentence
     fn: Callable = field(repr=False, compare=False)
+    runs: tuple = ()     # every run_* function the property calls: (adapter, *more_runs)
 
     def __call__(self, impl) -> None:
         """Run the property against `impl`; raises on failure (see `run_check` for a Result)."""
@@ -74,7 +76,9 @@ class Result:
     status: str                   # PASS | FAIL | NOT IMPLEMENTED | MISSING
     seconds: float = 0.0
     error: str = ""               # "AssertionError: run_softmax(x) ... got nan, expected 1.0"
-    counterexample: str = ""      # "softmax_stable_large(x=array([89.], dtype=float32))": the failing call
+    counterexample: str = ""      # "softmax_stable_large(x=array([89.], dtype=float32))": the failing example
+    calls: str = ""               # the calls of the implementation in that example, as torch code to paste
+    follows: tuple = ()           # run_* functions it calls that fail their own checks (fix those first)
 
     @property
     def passed(self) -> bool:
@@ -104,7 +108,8 @@ def property_check(run: str, *more_runs: str, lesson: int, examples: int, explic
         params = list(inspect.signature(prop).parameters.values())[len(runs):]
 
         def check(impl) -> None:
-            fns = [function_under_test(impl, r) for r in runs]
+            calls: list = []                                   # this example's calls of the impl
+            fns = [function_under_test(impl, r, calls) for r in runs]
 
             def test(**drawn):
                 return prop(*fns, **drawn)
@@ -114,9 +119,9 @@ def property_check(run: str, *more_runs: str, lesson: int, examples: int, explic
             test = given(**strategies)(test)
             for ex in reversed(list(explicit)):
                 test = example(**ex)(test)
-            run_property(check_settings(examples)(test))
+            run_property(check_settings(examples)(test), calls)
 
-        CHECKS[name] = Check(name, run, f"lesson{lesson:02d}", text, check)
+        CHECKS[name] = Check(name, run, f"lesson{lesson:02d}", text, check, runs)
         return prop
     return deco
 
@@ -132,13 +137,22 @@ class _Unimplemented(BaseException):
     through at once instead of shrinking a stub's failure (turned back into NotImplementedError)."""
 
 
-def function_under_test(impl, name: str) -> Callable:
-    """impl's `name` (a run_* function), with NotImplementedError passed through hypothesis."""
+def function_under_test(impl, name: str, calls: Optional[list] = None) -> Callable:
+    """impl's `name` (a run_* function), with NotImplementedError passed through hypothesis. When
+    `calls` is a list, each call appends (name, args, kwargs), with tensors copied before the call
+    (an impl that writes into its inputs cannot change what the report shows)."""
     fn = getattr(impl, name, None)
     if not callable(fn):
         raise MissingFunction(f"the implementation has no callable {name}")
 
+    try:
+        params = [p for p in inspect.signature(fn).parameters]     # names for the report's variables
+    except (TypeError, ValueError):
+        params = []
+
     def call(*args, **kwargs):
+        if calls is not None:
+            calls.append((name, params, _snapshot(args), _snapshot(kwargs)))
         try:
             return fn(*args, **kwargs)
         except NotImplementedError as e:
@@ -159,17 +173,32 @@ class _DrawRecorder:
         return value
 
 
-def _recording(inner: Callable, failures: list) -> Callable:
-    """Wrap a property's body so that every call that fails appends its arguments to `failures`.
-    Hypothesis replays the minimal failing example last, so failures[-1] is the counterexample."""
+def _snapshot(v):
+    """A copy of a call's arguments for the report: tensors cloned, containers copied, others as is."""
+    if isinstance(v, torch.Tensor):
+        return v.detach().clone()
+    if isinstance(v, (list, tuple)):
+        return type(v)(_snapshot(x) for x in v) if not hasattr(v, "_fields") else v
+    if isinstance(v, dict):
+        return {k: _snapshot(x) for k, x in v.items()}
+    return v
+
+
+def _recording(inner: Callable, failures: list, calls: Optional[list] = None) -> Callable:
+    """Wrap a property's body so that every call that fails appends its arguments (and the impl's
+    calls it made, from `calls`) to `failures`. Hypothesis replays the minimal failing example last,
+    so failures[-1] is the counterexample."""
     def body(*args, **kwargs):
+        if calls is not None:
+            calls.clear()
         draws: list = []
         kwargs = {k: _DrawRecorder(v, draws) if type(v).__name__ == "DataObject" else v
                   for k, v in kwargs.items()}
         try:
             return inner(*args, **kwargs)
         except Exception:
-            failures.append(({k: (draws if isinstance(v, _DrawRecorder) else v) for k, v in kwargs.items()}))
+            failures.append(({k: (draws if isinstance(v, _DrawRecorder) else v) for k, v in kwargs.items()},
+                             list(calls or ())))
             raise
     return body
 
@@ -196,18 +225,84 @@ def format_counterexample(name: str, kwargs: dict) -> str:
     return f"{name}(\n" + "".join(f"    {a},\n".replace("\n ", "\n     ") for a in args) + ")"
 
 
-def run_property(prop: Callable[[], None]) -> None:
+def _torch_literal(t: torch.Tensor) -> str:
+    """`torch.tensor([0.1, 89.0], dtype=torch.float32)`: every value exact (a float32 printed as the
+    shortest decimal that reads back as the same float)."""
+    dtype = str(t.dtype)
+    if t.dtype.is_floating_point:
+        with np.printoptions(threshold=10 ** 9, floatmode="unique", linewidth=100, sign="-"):
+            body = np.array2string(t.detach().cpu().to(torch.float32 if t.dtype == torch.bfloat16 else t.dtype)
+                                   .numpy(), separator=", ", threshold=10 ** 9)
+    else:
+        body = repr(t.tolist())
+    if t.dim() == 0:
+        body = body.strip("[]") or body
+    return f"torch.tensor({body}, dtype={dtype})"
+
+
+def _code_value(v, defs: dict, hint: str) -> str:
+    """v as Python source; a tensor becomes a variable in `defs` ({name: its definition}), reused when
+    an identical tensor was already defined under that name."""
+    if isinstance(v, torch.Tensor):
+        base = re.sub(r"\W", "_", hint) if hint else "t"
+        base = base if base.isidentifier() else f"t_{base}"
+        text, name = _torch_literal(v), base
+        while name in defs and defs[name] != text:
+            name += "_"
+        defs[name] = text
+        return name
+    if isinstance(v, (list, tuple)) and not hasattr(v, "_fields"):
+        items = [_code_value(x, defs, f"{hint}{i}") for i, x in enumerate(v)]
+        return ("[" + ", ".join(items) + "]") if isinstance(v, list) else ("(" + ", ".join(items) + ("," if len(items) == 1 else "") + ")")
+    if isinstance(v, dict):
+        return "{" + ", ".join(f"{k!r}: {_code_value(x, defs, str(k))}" for k, x in v.items()) + "}"
+    if isinstance(v, torch.nn.Module):
+        defs[hint] = f"...  # a {type(v).__name__} the check built from the drawn values (see the example below)"
+        return hint
+    if isinstance(v, np.ndarray):
+        return _code_value(torch.from_numpy(np.array(v)), defs, hint)
+    return repr(v)
+
+
+def format_calls(calls: list, limit: int = 4) -> str:
+    """The impl's calls in the failing example as torch code to paste into a shell:
+
+        import torch
+        x = torch.tensor([89.0], dtype=torch.float32)
+        run_softmax(x, dim=0)
+    """
+    if not calls:
+        return ""
+    lines = ["import torch"]
+    if len(calls) > limit:
+        lines.append(f"# ... {len(calls) - limit} earlier call(s) in this example not shown")
+    defs: dict = {}
+    for name, params, args, kwargs in calls[-limit:]:
+        params = (list(params) + [f"arg{i}" for i in range(len(params), len(args))])[:len(args)]
+        before = dict(defs)
+        parts = [_code_value(a, defs, p) for a, p in zip(args, params)]
+        parts += [f"{k}={_code_value(v, defs, k)}" for k, v in kwargs.items()]
+        lines += [f"{k} = {d}" for k, d in defs.items() if before.get(k) != d]
+        lines.append(f"{name}({', '.join(parts)})")
+    return "\n".join(lines)
+
+
+def run_property(prop: Callable[[], None], calls: Optional[list] = None) -> None:
     """Run a @given property. On failure the exception carries `counterexample`: our own text of the
-    minimal failing arguments (the same whichever hypothesis version found them)."""
+    minimal failing arguments (the same whichever hypothesis version found them), and `calls`: the
+    implementation's calls in that example as torch code (when `calls` is the list the functions
+    under test record into)."""
     failures: list = []
-    prop.hypothesis.inner_test = _recording(prop.hypothesis.inner_test, failures)
+    prop.hypothesis.inner_test = _recording(prop.hypothesis.inner_test, failures, calls)
     try:
         prop()
     except _Unimplemented as e:
         raise NotImplementedError(str(e)) from None
     except Exception as e:
         if failures:
-            e.counterexample = format_counterexample(prop.__name__, failures[-1])
+            drawn, made = failures[-1]
+            e.counterexample = format_counterexample(prop.__name__, drawn)
+            e.calls = format_calls(made)
         raise
 
 
@@ -336,13 +431,14 @@ def gpt_block64(x: np.ndarray, p: dict, n_head: int, eps: float) -> np.ndarray:
 
 # ---- running checks and collecting results -------------------------------------------------
 
-def _counterexample(e: BaseException) -> str:
-    """The counterexample `run_property` attached to the failure (or to one of a group's failures)."""
-    if getattr(e, "counterexample", ""):
-        return e.counterexample
+def _attached(e: BaseException, what: str) -> str:
+    """What `run_property` attached to the failure (or to one of a group's failures): "counterexample"
+    or "calls"."""
+    if getattr(e, what, ""):
+        return getattr(e, what)
     for sub in getattr(e, "exceptions", None) or ():          # an ExceptionGroup of several bugs
-        if _counterexample(sub):
-            return _counterexample(sub)
+        if _attached(sub, what):
+            return _attached(sub, what)
     return ""
 
 
@@ -375,7 +471,8 @@ def run_check(check: Check, impl) -> Result:
         res.status, res.error = NOT_IMPLEMENTED, str(e) or f"{check.adapter} raises NotImplementedError"
     except Exception as e:                                     # noqa: BLE001 - any failure is a FAIL
         res.status, res.error = FAIL, _describe(e)
-        res.counterexample = _counterexample(e)
+        res.counterexample = _attached(e, "counterexample")
+        res.calls = _attached(e, "calls")
     res.seconds = time.perf_counter() - t0
     return res
 

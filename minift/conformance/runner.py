@@ -9,15 +9,18 @@ names the file and the line when importing it fails.
 """
 from __future__ import annotations
 
+import ast
 import hashlib
 import importlib.util
+import inspect
 import os
 import sys
+import textwrap
 import traceback
 from types import ModuleType
 
 from . import reference
-from .harness import CHECKS, Result, run_check, select
+from .harness import CHECKS, FAIL, NOT_IMPLEMENTED, Result, run_check, select
 
 
 class ImplImportError(ValueError):
@@ -86,4 +89,29 @@ def run_checks(impl=None, only=None) -> list[Result]:
         impl = reference
     elif isinstance(impl, (str, bytes)) or hasattr(impl, "__fspath__"):
         impl = load_impl(impl)
-    return [run_check(CHECKS[name], impl) for name in select(only)]
+    results = [run_check(CHECKS[name], impl) for name in select(only)]
+    failing = {r.adapter for r in results if r.status in (FAIL, NOT_IMPLEMENTED)}
+    for r in results:
+        if r.status == FAIL:
+            r.follows = tuple(sorted((calls_of(impl, r.adapter) & failing) - {r.adapter}))
+    return results
+
+
+def calls_of(impl, name: str) -> set[str]:
+    """The run_* functions of `impl` that its `name` calls, directly or through its other functions
+    (read from the source, so it costs no run): a block that fails only because the student's own
+    LayerNorm fails can be told so."""
+    seen, todo = set(), [name]
+    while todo:
+        fn = getattr(impl, todo.pop(), None)
+        try:
+            tree = ast.parse(textwrap.dedent(inspect.getsource(fn)))
+        except (TypeError, OSError, SyntaxError):
+            continue
+        for node in ast.walk(tree):
+            called = node.id if isinstance(node, ast.Name) else node.attr if isinstance(node, ast.Attribute) else None
+            if called and called.startswith("run_") and called != name and called not in seen \
+                    and callable(getattr(impl, called, None)):
+                seen.add(called)
+                todo.append(called)
+    return seen

@@ -11,6 +11,7 @@ and hypothesis shrinks them to tinier ones still.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 
 import numpy as np
@@ -39,6 +40,20 @@ def derandomize() -> bool:
     return bool(os.environ.get("CI")) or bool(settings.default.derandomize)
 
 
+_SHRINK = [True]
+
+
+@contextlib.contextmanager
+def no_shrinking():
+    """Within this block checks stop at their first failing example instead of shrinking it: for
+    tests that only ask *whether* a check fails (the planted bugs), not for its smallest example."""
+    _SHRINK.append(False)
+    try:
+        yield
+    finally:
+        _SHRINK.pop()
+
+
 def check_settings(max_examples: int) -> settings:
     """The settings every check runs under. `max_examples` is the check's own budget, capped by
     the loaded profile's (so the "ci" profile can make every check cheaper)."""
@@ -49,7 +64,7 @@ def check_settings(max_examples: int) -> settings:
         database=None,                  # the same check runs on many impls: no cross-talk
         print_blob=False,
         report_multiple_bugs=False,     # one minimal counterexample per check
-        phases=[Phase.explicit, Phase.reuse, Phase.generate, Phase.shrink],   # no "explain" notes
+        phases=[Phase.explicit, Phase.reuse, Phase.generate] + [Phase.shrink] * _SHRINK[-1],   # no "explain" notes
         suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
                                HealthCheck.large_base_example, HealthCheck.filter_too_much],
     )

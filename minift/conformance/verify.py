@@ -23,6 +23,21 @@ from .runner import load_impl, run_checks
 from .strategies import register_profiles
 
 
+STATUS_LEGEND = {
+    PASS: "every example hypothesis drew satisfied the property",
+    FAIL: "an example broke the property; the smallest one found is shown as code to paste",
+    NOT_IMPLEMENTED: "the function is still a stub (it raises NotImplementedError)",
+    MISSING: "the file has no function of that name: its checks are skipped and score no points (verify fails only when --only names it)",
+}
+
+
+def legend(results: list[Result]) -> str:
+    """One line per status that occurs: what it means."""
+    seen = [s for s in (PASS, FAIL, NOT_IMPLEMENTED, MISSING) if any(r.status == s for r in results)]
+    width = max((len(s) for s in seen), default=0)
+    return "\n".join(f"  {s.ljust(width)}  {STATUS_LEGEND[s]}" for s in seen)
+
+
 def _table(results: list[Result]) -> str:
     rows = [("check", "function", "status", "time")]
     rows += [(r.name, r.adapter, r.status, f"{r.seconds:.2f}s") for r in results]
@@ -34,6 +49,45 @@ def _table(results: list[Result]) -> str:
 
 def _indent(text: str, prefix: str = "    ") -> str:
     return textwrap.indent(text.rstrip(), prefix)
+
+
+def failure_text(r: Result) -> str:
+    """A FAIL, readably: the property, the error, the failing call as torch code, what it follows from."""
+    lines = [f"=== FAIL {r.name} ({r.adapter}, {r.lesson})", f"  property: {r.description}", "  error:",
+             _indent(r.error)]
+    if r.follows:
+        lines.append(f"  note: {r.adapter} calls {' and '.join(r.follows)}, which fail{'s' if len(r.follows) == 1 else ''} "
+                     f"{'its' if len(r.follows) == 1 else 'their'} own checks: fix {'that' if len(r.follows) == 1 else 'those'} "
+                     f"first, this failure may follow from {'it' if len(r.follows) == 1 else 'them'}")
+    if r.calls:
+        lines += ["  the failing call (paste it into Python, after importing your function):", _indent(r.calls)]
+    lines += ["  counterexample (the example hypothesis drew):",
+              _indent(r.counterexample or "(none recorded: the failure came before any example ran)")]
+    return "\n".join(lines)
+
+
+def stubs_text(results: list[Result]) -> str:
+    """NOT IMPLEMENTED, one block per function (not one per check): its message and its checks."""
+    per: dict = {}
+    for r in results:
+        if r.status == NOT_IMPLEMENTED:
+            per.setdefault(r.adapter, []).append(r)
+    blocks = []
+    for fn, rs in per.items():
+        msg = rs[0].error.removeprefix(f"{fn}: ")
+        blocks.append(f"=== NOT IMPLEMENTED {fn} ({len(rs)} check{'s' * (len(rs) > 1)}: {', '.join(r.name for r in rs)})\n"
+                      f"  {msg}")
+    return "\n\n".join(blocks)
+
+
+def missing_line(results: list[Result]) -> str:
+    """All MISSING rows folded into one line: how many checks, which functions."""
+    fns = list(dict.fromkeys(r.adapter for r in results if r.status == MISSING))
+    n = sum(r.status == MISSING for r in results)
+    if not n:
+        return ""
+    return textwrap.fill(f"{n} check{'s' * (n > 1)} skipped (MISSING): the file defines no {', '.join(fns)}", 100,
+                         subsequent_indent="  ")
 
 
 def _list() -> str:
@@ -116,23 +170,20 @@ def verify_main(argv=None) -> int:
     results = run_checks(impl, names)
     named = set(names) if only else set()      # what --only asked for must be there
     print(f"implementation: {args.impl or 'minift reference functions (minift/conformance/lesson*.py)'}")
-    print(_table(results))
+    blocks = [failure_text(r) for r in results if r.status == FAIL]
+    blocks += [stubs_text(results)] if any(r.status == NOT_IMPLEMENTED for r in results) else []
+    blocks += [f"=== MISSING {r.name}: {r.error} (named by --only)" for r in results if r.status == MISSING and r.name in named]
+    for b in blocks:                            # failures first
+        print("\n" + b)
+    ran = [r for r in results if r.status != MISSING]
+    if ran:
+        print("\n" + _table(ran))
+    if missing_line(results):
+        print("\n" + missing_line(results))
     counts = {s: sum(r.status == s for r in results) for s in (PASS, FAIL, NOT_IMPLEMENTED, MISSING)}
     print(f"\n{len(results)} checks: {counts[PASS]} passed, {counts[FAIL]} failed, "
           f"{counts[NOT_IMPLEMENTED]} not implemented, {counts[MISSING]} missing (skipped)")
-
-    for r in results:
-        if r.status != FAIL:
-            continue
-        print(f"\n=== FAIL {r.name} ({r.adapter}, {r.lesson})")
-        print(f"  property: {r.description}")
-        print("  error:")
-        print(_indent(r.error))
-        print("  counterexample:")
-        print(_indent(r.counterexample or "(none recorded: the failure came before any example ran)"))
+    print(legend(results))
     missing_named = [r.name for r in results if r.status == MISSING and r.name in named]
-    for r in results:
-        if r.status == MISSING and r.name in named:
-            print(f"\nMISSING {r.name}: {r.error} (named by --only)")
     failed = counts[FAIL] + counts[NOT_IMPLEMENTED] + len(missing_named)
     return 1 if failed else 0
