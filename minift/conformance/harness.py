@@ -16,9 +16,10 @@ strategy, drawn by hypothesis) and raises on failure; its docstring is the prope
 sentence (`minift verify --list` prints it). `property_check` registers it in `CHECKS` under its
 own name (`softmax_sums_to_one`), with the lesson's pytest marker (`lesson00`); the
 check's `fn(impl)` looks the function up on `impl`, runs the property under `check_settings` and,
-when it fails, attaches the minimal failing arguments to the exception as our own text
-(`softmax_stable_large(x=array([89.], dtype=float32), dim=0)`), so a report reads the same
-whichever hypothesis version found it. `run_check` turns that into a `Result`
+when it fails, attaches the minimal failing example to the exception as our own text (the
+arguments drawn, `softmax_stable_large(x=array([89.], dtype=float32), dim=0)`, and the
+implementation's calls as torch code: counterexample.py), so a report reads the same whichever
+hypothesis version found it. `run_check` turns that into a `Result`
 (PASS / FAIL / NOT IMPLEMENTED / MISSING).
 
 Expected values never come from minift's reference functions: they are the textbook formulas
@@ -34,7 +35,6 @@ from __future__ import annotations
 import inspect
 import math
 import os
-import re
 import time
 import traceback
 import warnings
@@ -46,6 +46,7 @@ import torch
 from hypothesis import example, given
 from hypothesis.reporting import with_reporter
 
+from .counterexample import format_calls, format_counterexample
 from .strategies import check_settings
 
 PASS, FAIL, NOT_IMPLEMENTED, MISSING = "PASS", "FAIL", "NOT IMPLEMENTED", "MISSING"
@@ -201,90 +202,6 @@ def _recording(inner: Callable, failures: list, calls: Optional[list] = None) ->
                              list(calls or ())))
             raise
     return body
-
-
-def _format_value(v) -> str:
-    """A value as Python text that reproduces it bit for bit (arrays at full float precision)."""
-    if isinstance(v, np.ndarray):
-        with np.printoptions(threshold=10 ** 9, floatmode="unique", linewidth=100):
-            return repr(v)
-    if isinstance(v, tuple):
-        return "(" + ", ".join(_format_value(x) for x in v) + ("," if len(v) == 1 else "") + ")"
-    if isinstance(v, list):
-        return "[" + ", ".join(_format_value(x) for x in v) + "]"
-    return repr(v)
-
-
-def format_counterexample(name: str, kwargs: dict) -> str:
-    """`prop(x=array([89.], dtype=float32), zp=True)`: the property's name and its
-    failing arguments (values drawn inside it, from `data`, as the list of draws in order)."""
-    args = [f"{k}={_format_value(v)}" for k, v in kwargs.items()]
-    one_line = f"{name}({', '.join(args)})"
-    if len(one_line) <= 100 and "\n" not in one_line:
-        return one_line
-    return f"{name}(\n" + "".join(f"    {a},\n".replace("\n ", "\n     ") for a in args) + ")"
-
-
-def _torch_literal(t: torch.Tensor) -> str:
-    """`torch.tensor([0.1, 89.0], dtype=torch.float32)`: every value exact (a float32 printed as the
-    shortest decimal that reads back as the same float)."""
-    dtype = str(t.dtype)
-    if t.dtype.is_floating_point:
-        with np.printoptions(threshold=10 ** 9, floatmode="unique", linewidth=100, sign="-"):
-            body = np.array2string(t.detach().cpu().to(torch.float32 if t.dtype == torch.bfloat16 else t.dtype)
-                                   .numpy(), separator=", ", threshold=10 ** 9)
-    else:
-        body = repr(t.tolist())
-    if t.dim() == 0:
-        body = body.strip("[]") or body
-    return f"torch.tensor({body}, dtype={dtype})"
-
-
-def _code_value(v, defs: dict, hint: str) -> str:
-    """v as Python source; a tensor becomes a variable in `defs` ({name: its definition}), reused when
-    an identical tensor was already defined under that name."""
-    if isinstance(v, torch.Tensor):
-        base = re.sub(r"\W", "_", hint) if hint else "t"
-        base = base if base.isidentifier() else f"t_{base}"
-        text, name = _torch_literal(v), base
-        while name in defs and defs[name] != text:
-            name += "_"
-        defs[name] = text
-        return name
-    if isinstance(v, (list, tuple)) and not hasattr(v, "_fields"):
-        items = [_code_value(x, defs, f"{hint}{i}") for i, x in enumerate(v)]
-        return ("[" + ", ".join(items) + "]") if isinstance(v, list) else ("(" + ", ".join(items) + ("," if len(items) == 1 else "") + ")")
-    if isinstance(v, dict):
-        return "{" + ", ".join(f"{k!r}: {_code_value(x, defs, str(k))}" for k, x in v.items()) + "}"
-    if isinstance(v, torch.nn.Module):
-        defs[hint] = f"...  # a {type(v).__name__} the check built from the drawn values (see the example below)"
-        return hint
-    if isinstance(v, np.ndarray):
-        return _code_value(torch.from_numpy(np.array(v)), defs, hint)
-    return repr(v)
-
-
-def format_calls(calls: list, limit: int = 4) -> str:
-    """The impl's calls in the failing example as torch code to paste into a shell:
-
-        import torch
-        x = torch.tensor([89.0], dtype=torch.float32)
-        run_softmax(x, dim=0)
-    """
-    if not calls:
-        return ""
-    lines = ["import torch"]
-    if len(calls) > limit:
-        lines.append(f"# ... {len(calls) - limit} earlier call(s) in this example not shown")
-    defs: dict = {}
-    for name, params, args, kwargs in calls[-limit:]:
-        params = (list(params) + [f"arg{i}" for i in range(len(params), len(args))])[:len(args)]
-        before = dict(defs)
-        parts = [_code_value(a, defs, p) for a, p in zip(args, params)]
-        parts += [f"{k}={_code_value(v, defs, k)}" for k, v in kwargs.items()]
-        lines += [f"{k} = {d}" for k, d in defs.items() if before.get(k) != d]
-        lines.append(f"{name}({', '.join(parts)})")
-    return "\n".join(lines)
 
 
 def run_property(prop: Callable[[], None], calls: Optional[list] = None) -> None:
