@@ -13,34 +13,33 @@ import torch  # noqa: F401
 def run_last_token_pool(hidden, attention_mask):
     """Sequence pooling for a causal model: each row's hidden state at its LAST REAL token.
 
-        last[b]   = max { t : attention_mask[b, t] == 1 }
-        pooled[b] = hidden[b, last[b]]
+        last_b   = max { t : m_{b,t} = 1 }          m = attention_mask
+        pooled_b = H_{b, last_b}                     H = hidden: the C-vector at row b, position last_b
 
     In a causal model only the last token has attended to the whole input, so it summarises
     the sequence. Find it from the mask, not from the row length: with left padding
-    (mask [0, 0, 1, 1]) the last real token is at T - 1, not at sum(mask) - 1. Any 0/1 mask with
-    at least one 1 per row must work (holes too).
+    (m_b = 0 0 1 1) the last real token is at T - 1, not at (number of ones) - 1. Any 0/1 mask
+    with at least one 1 per row must work (holes too).
 
     hidden: (B, T, C) float; attention_mask: (B, T) int64 of 0/1. Returns (B, C).
-    Hint: positions t * mask, then argmax over t; then index hidden[arange(B), last].
     """
-    raise NotImplementedError("run_last_token_pool: not written yet; its docstring and "
-                              "lessons/02_full_finetuning/README.md, \"The maths\", say what it computes")
+    raise NotImplementedError("run_last_token_pool: not written yet; lessons/02_full_finetuning/README.md, "
+                              "\"The maths\", equation (2.1), says what it computes")
 
 
 def run_first_subtoken_labels(word_lengths, tags):
     """Token labels for NER when words split into several sub-word tokens.
 
-        word w is tokens  s_w .. s_w + word_lengths[w] - 1,   s_w = sum(word_lengths[:w])
-        labels[s_w]       = tags[w]                          the word's tag on its FIRST token
-        labels[s_w + j]   = -100   for 0 < j < word_lengths[w]   ignored by the loss
+        word w (counting from 0) is n_w = word_lengths_w tokens, starting at s_w = n_0 + ... + n_{w-1}
+        label at s_w           = tags_w             the word's tag on its FIRST token
+        label at s_w + j       = -100  (0 < j < n_w)   the word's other tokens: ignored by the loss
 
     word_lengths: list of ints >= 1 (how many tokens each word became); tags: list of ints,
-    one per word. Returns a list of sum(word_lengths) ints.
-    Example: word_lengths [1, 3, 2], tags [0, 5, 6] -> [0, 5, -100, -100, 6, -100].
+    one per word. Returns a list of n_0 + n_1 + ... ints.
+    Example: word_lengths (1, 3, 2) and tags (0, 5, 6) give 0, 5, -100, -100, 6, -100.
     """
-    raise NotImplementedError("run_first_subtoken_labels: not written yet; its docstring and "
-                              "lessons/02_full_finetuning/README.md, \"The maths\", say what it computes")
+    raise NotImplementedError("run_first_subtoken_labels: not written yet; lessons/02_full_finetuning/README.md, "
+                              "\"The maths\", equation (2.6), says what it computes")
 
 
 def run_entity_f1(pred_tags, gold_tags):
@@ -57,7 +56,7 @@ def run_entity_f1(pred_tags, gold_tags):
 
     A span with the right type but a wrong end is a miss (and a false positive).
     pred_tags, gold_tags: lists of sentences, each a list of tag strings ("O", "B-PER", "I-PER",
-    ...), pred_tags[i] as long as gold_tags[i]. Returns a float.
+    ...), sentence i of pred_tags as long as sentence i of gold_tags. Returns a float.
     """
-    raise NotImplementedError("run_entity_f1: not written yet; its docstring and "
-                              "lessons/02_full_finetuning/README.md, \"The maths\", say what it computes")
+    raise NotImplementedError("run_entity_f1: not written yet; lessons/02_full_finetuning/README.md, "
+                              "\"The maths\", equation (2.7), says what it computes")

@@ -7,50 +7,89 @@ minift verify): lessons/README.md, "Grading your exercise".
 Rules: plain Python and PyTorch tensor operations. Do not call F.cross_entropy,
 F.log_softmax, torch.logsumexp or minift itself: writing them is the point.
 """
+import sys
+
 import torch  # noqa: F401
 
 
 def run_response_loss_mask(prompt_len, response_len, train_on_prompt=False):
-    """Which training targets of one instruction example take loss.
+    r"""Which training targets of one instruction example take loss.
 
     An example is laid out in token space as
 
-        ids = [<|prompt|>] prompt [<|response|>]  response  [<|endoftext|>]
-              \\_____ prompt_len ids _________/  response_len   1 EOS
+        s = [<|prompt|>] prompt [<|response|>]  response  [<|endoftext|>]
+            \_____ P = prompt_len ids ______/  n = response_len   1 EOS
 
-    so it has prompt_len + response_len + 1 ids (prompt_len >= 2 counts both markers;
-    response_len >= 0 does not count the EOS). The model reads ids[:-1] and is trained to
-    predict targets = ids[1:]: prompt_len + response_len targets. Return one 0/1 int per
-    target:
+    so it has P + n + 1 ids s_0 .. s_{P+n} (P >= 2 counts both markers; n >= 0 does not count
+    the EOS). The model reads s_0 .. s_{P+n-1} and is trained to predict the next id: target t
+    (t = 0 .. P + n - 1) is s_{t+1}. Return one 0/1 int per target:
 
-        1  if the target is a response token or the final EOS   (the model must learn to say it)
-        0  if the target is still inside the prompt               (context, not something to imitate)
+        mask_t = 1  if s_{t+1} is a response token or the final EOS   (the model must learn to say it)
+        mask_t = 0  if s_{t+1} is still part of the prompt             (context, not something to imitate)
 
-    i.e. [0] * (prompt_len - 1) + [1] * (response_len + 1). Careful with the shift: target t is
-    ids[t + 1], so the target of the <|response|> position is the first response token (1),
-    and the EOS must be trained, or the model never learns to stop.
-
-    train_on_prompt=True is the ablation of the lesson: every target takes loss (all ones).
-    Returns a list of ints.
+    Careful with the shift: the target of the <|response|> position is the first response
+    token, and the EOS must be trained, or the model never learns to stop.
+    train_on_prompt=True is the ablation of the lesson: every target takes loss.
+    Returns a list of P + n ints.
     """
-    raise NotImplementedError("run_response_loss_mask: not written yet; its docstring and "
-                              "lessons/03_instruction_tuning/README.md, \"The maths\", say what it computes")
+    raise NotImplementedError("run_response_loss_mask: not written yet; lessons/03_instruction_tuning/README.md, "
+                              "\"The maths\", equation (3.3), says what it computes")
 
 
 def run_sft_loss(logits, targets):
     """The SFT loss of a padded batch: cross-entropy over the response tokens only.
 
-        L = -(1/N) sum over (b, t) with targets[b, t] != -100 of log softmax(logits[b, t])[targets[b, t]]
-          =  (1/N) sum  ( logsumexp(logits[b, t]) - logits[b, t, targets[b, t]] )
+        L = (1/N) sum over (b, t) with y_{b,t} != -100 of ( log sum_v exp z_{b,t,v} - z_{b,t,y_{b,t}} )
 
-    targets are already shifted (targets[b, t] is the token that follows position t) and hold
-    -100 wherever no loss is taken: prompt positions and padding. N is the number of targets
-    that are not -100 in the *whole batch*: one token-weighted mean, so a 10-token response
-    weighs ten times a 1-token one (NOT the mean of per-sequence means).
+    with z = logits and y = targets. The targets are already shifted (y_{b,t} is the token that
+    follows position t) and hold -100 wherever no loss is taken: prompt positions and padding.
+    N is the number of targets that are not -100 in the *whole batch*: one token-weighted mean,
+    so a 10-token response weighs ten times a 1-token one (NOT the mean of per-sequence means).
 
     logits: (B, T, V) float32; targets: (B, T) int64 in [0, V) or -100. Returns a scalar tensor;
-    0.0 (not NaN) when every target is -100. Must be stable for large logits (|logits| up to
-    1e4: shift by the row max before exp).
+    0.0 (not NaN) when every target is -100. Must be stable for large logits (|z| up to 1e4:
+    subtract each row's maximum before exponentiating).
     """
-    raise NotImplementedError("run_sft_loss: not written yet; its docstring and "
-                              "lessons/03_instruction_tuning/README.md, \"The maths\", say what it computes")
+    raise NotImplementedError("run_sft_loss: not written yet; lessons/03_instruction_tuning/README.md, "
+                              "\"The maths\", equation (3.4), says what it computes")
+
+
+# ---- try it ----
+
+def try_sft(steps=150, tasks="instructions", n_per_task=300, train_on_prompt=False, lr=2e-3, n_eval=24):
+    """A small SFT run from the shipped base model (README exercises 4 and 5), under a minute of
+    CPU: `steps` steps of batch 4 on a mixture of `tasks` (comma-separated task names, at most
+    n_per_task examples each), the loss on the response only unless train_on_prompt. Prints
+    exact match on n_eval examples of the seen instruction types (val) and of the three unseen
+    ones (test), with a few answers. 150 steps only start to learn the format; the walkthrough's
+    500-step run is the full-size version. Change tasks, steps, n_per_task, train_on_prompt or
+    lr and compare."""
+    from minift import world
+    from minift.evals import evaluate_task, mixture
+    from minift.pretrain import load_base
+    from minift.tasks import SFTDataset, collate_fn
+    from minift.train import TrainConfig, train
+    model, tok = load_base()
+    data = SFTDataset(tok, mixture(tasks.split(","), "train", n_per_task), model.config.block_size,
+                      train_on_prompt=train_on_prompt)
+    train(model, data, TrainConfig(steps=steps, batch_size=4, lr=lr, progress=False),
+          collate_fn=collate_fn(tok.pad_id))
+    for split, name in (("val", "seen types"), ("test", "unseen types")):
+        by_type: dict = {}
+        for ex in world.task("instructions", split):
+            by_type.setdefault(ex["task"], []).append(ex)
+        exs = [ex for i in range(n_eval) for group in by_type.values() if i < len(group)
+               for ex in [group[i]]][:n_eval]                                # round robin over the types
+        r = evaluate_task(model, tok, "instructions", exs, max_new_tokens=20)
+        print(f"{name} ({split}, {len(exs)} examples): exact match {r['score']:.2f}")
+        for ex, got in list(zip(exs, r["responses"]))[:3]:
+            print(f"  [{ex['task']}] gold {ex['output']!r:<20} got {got!r}")
+
+
+if __name__ == "__main__":         # python lessons/03_instruction_tuning/exercise.py try_sft steps=200
+    import ast
+    name, *pairs = sys.argv[1:] or [""]
+    if name != "try_sft" or not all("=" in p for p in pairs):
+        raise SystemExit("usage: python lessons/03_instruction_tuning/exercise.py try_sft [name=value ...], "
+                         "e.g. try_sft steps=200 tasks='instructions' train_on_prompt=True")
+    try_sft(**{k: ast.literal_eval(v) if k != "tasks" else v for k, v in (p.split("=", 1) for p in pairs)})

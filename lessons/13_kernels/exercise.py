@@ -23,26 +23,26 @@ NF4 = [-1.0, -0.6961928009986877, -0.5250730514526367, -0.39491748809814453,
 def run_nf4_dot(x, packed, absmax, block_size=64):
     """The scalar NF4 dot product, x (n,) against a weight row stored in 4 bits. Returns a 0-dim tensor
 
-        y = Σ_j x[j] · NF4[q_j] · absmax[j // block_size]
+        y = Σ_j x_j · NF4[q_j] · c_b        c_b = absmax of the block b holding j (b = ⌊j / block_size⌋)
 
-    where q_j is element j's 4-bit index: q_{2i} = packed[i] >> 4 (the HIGH nibble of byte i) and
-    q_{2i+1} = packed[i] & 15 (the low nibble). absmax has n / block_size values.
-    Tip: sum x[j] · NF4[q_j] over one block first, then multiply that sum by the block's absmax
+    where q_j is element j's 4-bit index: q_{2i} = ⌊byte_i / 16⌋ (the HIGH nibble of byte i of
+    packed) and q_{2i+1} = byte_i mod 16 (the low nibble). absmax has n / block_size values.
+    Tip: sum x_j · NF4[q_j] over one block first, then multiply that sum by the block's absmax
     once (the kernel does it this way: one multiply per block instead of one per weight).
     """
-    raise NotImplementedError("run_nf4_dot: not written yet; its docstring and "
-                              "lessons/13_kernels/README.md, \"The maths\", say what it computes")
+    raise NotImplementedError("run_nf4_dot: not written yet; lessons/13_kernels/README.md, "
+                              "\"The maths\", equation (13.6), says what it computes")
 
 
 def run_nf4_lora_matmul(x, packed, absmax, out_features, block_size=64, A=None, B=None, scaling=1.0, bias=None):
     """The fused op: x (N, in) against an NF4 weight W (out_features, in), plus a LoRA branch. Returns (N, out)
 
-        y[n, o] = Σ_k x[n, k] · NF4[q_{o·in + k}] · absmax[(o·in + k) // block_size]    (row o of W)
-                  + scaling · (x[n] Aᵀ) · B[o]              if A (r, in) and B (out, r) are given
-                  + bias[o]                                 if bias (out,) is given
+        y_{n,o} = Σ_k x_{n,k} · NF4[q_j] · c_{⌊j / block_size⌋},   j = o · in + k   (row o of W)
+                  + s · Σ_r (Σ_k x_{n,k} A_{r,k}) · B_{o,r}     if A (r, in) and B (out, r) are given
+                  + bias_o                                        if bias (out,) is given
 
-    W is stored flat and row-major, packed as in run_nf4_dot, so row o starts at element o·in:
+    W is stored flat and row-major, packed as in run_nf4_dot, so row o starts at element o · in:
     when `in` is odd, a row starts in the LOW nibble of a byte, and a block may span two rows.
     """
-    raise NotImplementedError("run_nf4_lora_matmul: not written yet; its docstring and "
-                              "lessons/13_kernels/README.md, \"The maths\", say what it computes")
+    raise NotImplementedError("run_nf4_lora_matmul: not written yet; lessons/13_kernels/README.md, "
+                              "\"The maths\", equation (13.1), says what it computes")

@@ -1,43 +1,53 @@
 """Lesson 14 exercise: the pieces of RLHF — the reward model's loss and where it reads its score,
-and PPO's advantage estimate, clipped losses, KL penalty and whitening.
+and PPO's advantage estimate, clipped losses, KL penalty and whitening (warm-ups); then the
+assignment, one PPO update: the per-token rewards and the loss a minibatch step descends.
 
 Fill in the functions below (delete each `raise NotImplementedError`), then grade your file with
 `minift check 14`. How grading works (points, counterexamples, your own copy, --impl, --pytest,
-minift verify): lessons/README.md, "Grading your exercise".
+minift verify): lessons/README.md, "Grading your exercise". The maths, with the numbered
+equations the stubs cite, is in lessons/14_rlhf_ppo/README.md.
 
 Conventions: (B, N) tensors hold one row per sampled response and one column per response token;
 `mask` (B, N) is 1 on a row's real tokens (a run of 1s from column 0: the response through its
 EOS) and 0 on padding. "mean over real tokens" is Σ m x / Σ m over the whole batch.
 
-Rules: plain PyTorch; do not call minift.
+Rules: the run_* functions are plain PyTorch (torch, torch.nn.functional; `@`, indexing and
+slicing are fine); do not call minift. The try_* starters at the bottom call the library: they
+run small experiments for the README's "try it" exercises
+(`python lessons/14_rlhf_ppo/exercise.py try_reward_pairs`).
 """
+import sys
+
 import torch  # noqa: F401
 import torch.nn.functional as F  # noqa: F401
 
+README = "lessons/14_rlhf_ppo/README.md"
+
 
 def run_reward_loss(r_chosen, r_rejected, margin=0.0):
-    """The Bradley–Terry loss of a reward model, per pair (B,) and (B,) -> (B,):
+    """The Bradley–Terry loss of a reward model, per pair: r_chosen and r_rejected are (B,); returns (B,),
 
-        L = −log σ(r_chosen − r_rejected − margin)
+        L_i = −log σ(r_w,i − r_l,i − m)          m = margin
 
-    It must stay finite and exact for reward differences of thousands: −log σ(d) = log(1 + e^{−d})
-    overflows if you write it that way. Look for a stable log-sigmoid or softplus.
+    It must stay finite and exact for reward differences of thousands, where σ underflows to 0 in
+    float32: write −log σ(d) in a form that never takes the log of 0 (log(1 + e^{−d}) computed
+    stably; PyTorch has a log-sigmoid and a softplus that do).
     """
-    raise NotImplementedError("run_reward_loss: not written yet; its docstring and "
-                              "lessons/14_rlhf_ppo/README.md, \"The maths\", say what it computes")
+    raise NotImplementedError("run_reward_loss: not written yet; lessons/14_rlhf_ppo/README.md, \"The maths\", "
+                              "equation (14.2), says what it computes")
 
 
 def run_reward_at_last_token(hidden, attention_mask, w, b):
-    """The reward head: read each row's final hidden state at its LAST REAL token and project it.
+    """The reward head: each row's final hidden state at its LAST REAL token, projected to a number.
 
-        r_i = w · hidden[i, t_i] + b,      t_i = max{t : attention_mask[i, t] = 1}
+        r_i = w · h_{i, t_i} + b,      t_i = the largest t with attention_mask_{i, t} = 1
 
     hidden: (B, T, C); attention_mask: (B, T) of 0/1 (left-, right- or un-padded); w: (C,); b: (1,).
-    Returns (B,). Find t_i from the mask, never from a token id, and not as sum(mask) − 1 (that is
-    only right for right padding).
+    Returns (B,). Find t_i from the mask, never from a token id; the count of real tokens minus one
+    is t_i only when the padding is on the right.
     """
-    raise NotImplementedError("run_reward_at_last_token: not written yet; its docstring and "
-                              "lessons/14_rlhf_ppo/README.md, \"The maths\", say what it computes")
+    raise NotImplementedError("run_reward_at_last_token: not written yet; lessons/14_rlhf_ppo/README.md, "
+                              "\"The maths\", equation (14.1), says what it computes")
 
 
 def run_gae(rewards, values, mask, gamma=1.0, lam=0.95):
@@ -50,47 +60,151 @@ def run_gae(rewards, values, mask, gamma=1.0, lam=0.95):
     rewards, values, mask: (B, N). Returns the tuple (A, R), both (B, N) and 0 on padding.
     λ = 1 gives A_t = Σ_k γ^k r_{t+k} − V_t; λ = 0 gives A_t = δ_t.
     """
-    raise NotImplementedError("run_gae: not written yet; its docstring and "
-                              "lessons/14_rlhf_ppo/README.md, \"The maths\", say what it computes")
+    raise NotImplementedError("run_gae: not written yet; lessons/14_rlhf_ppo/README.md, \"The maths\", "
+                              "equation (14.5), says what it computes")
 
 
 def run_ppo_loss(logp, old_logp, adv, mask, clip=0.2):
     """PPO's clipped surrogate (Schulman et al., 2017), to MINIMISE, a scalar:
 
         ρ_t = exp(logp_t − old_logp_t)
-        L   = −mean over real tokens of min(ρ_t A_t, clip(ρ_t, 1 − clip, 1 + clip) A_t)
+        L   = −(1/n) Σ_t m_t min(ρ_t A_t, clip(ρ_t, 1 − ε, 1 + ε) A_t)       n = Σ_t m_t, ε = clip
 
     logp (with gradients), old_logp, adv, mask: (B, N). It must stay differentiable in logp: the
     gradient is what trains the policy, and it is 0 exactly where the clip is active.
     """
-    raise NotImplementedError("run_ppo_loss: not written yet; its docstring and "
-                              "lessons/14_rlhf_ppo/README.md, \"The maths\", say what it computes")
+    raise NotImplementedError("run_ppo_loss: not written yet; lessons/14_rlhf_ppo/README.md, \"The maths\", "
+                              "equation (14.7), says what it computes")
 
 
 def run_ppo_value_loss(v, old_v, returns, mask, clip=0.2):
     """PPO's clipped value loss, a scalar:
 
-        v_clip = old_v + clip(v − old_v, −clip, clip)
-        L_V    = ½ mean over real tokens of max((v − R)², (v_clip − R)²)
+        v_clip = old_v + clip(v − old_v, −ε_V, ε_V)                            ε_V = clip
+        L_V    = ½ (1/n) Σ_t m_t max((v_t − R_t)², (v_clip,t − R_t)²)
 
     v, old_v, returns, mask: (B, N).
     """
-    raise NotImplementedError("run_ppo_value_loss: not written yet; its docstring and "
-                              "lessons/14_rlhf_ppo/README.md, \"The maths\", say what it computes")
+    raise NotImplementedError("run_ppo_value_loss: not written yet; lessons/14_rlhf_ppo/README.md, "
+                              "\"The maths\", equation (14.8), says what it computes")
 
 
 def run_kl_penalty(logp, ref_logp):
-    """The per-token KL estimate added (times −β) to PPO's reward: k1 = log π(y_t) − log π_ref(y_t)
+    """The per-token KL estimate whose −β multiple enters PPO's reward: k1_t = log π(y_t) − log π_ref(y_t)
     for the sampled tokens. (B, N) -> (B, N). Its mean over samples from π estimates KL(π ‖ π_ref)."""
-    raise NotImplementedError("run_kl_penalty: not written yet; its docstring and "
-                              "lessons/14_rlhf_ppo/README.md, \"The maths\", say what it computes")
+    raise NotImplementedError("run_kl_penalty: not written yet; lessons/14_rlhf_ppo/README.md, \"The maths\", "
+                              "equation (14.3), says what it computes")
 
 
 def run_whiten(x, mask):
     """Advantage whitening over the real tokens: (B, N) -> (B, N),
 
         μ = mean of x over real tokens,  σ² = mean of (x − μ)² over real tokens (biased)
-        out = (x − μ) / sqrt(σ² + 1e-8)  on real tokens, 0 on padding
+        out = (x − μ) / sqrt(σ² + 10⁻⁸)  on real tokens, 0 on padding
     """
-    raise NotImplementedError("run_whiten: not written yet; its docstring and "
-                              "lessons/14_rlhf_ppo/README.md, \"The maths\", say what it computes")
+    raise NotImplementedError("run_whiten: not written yet; lessons/14_rlhf_ppo/README.md, \"The maths\", "
+                              "equation (14.6), says what it computes")
+
+
+# ---- Assignment: one PPO update ----
+
+def run_ppo_rewards(score, logp, ref_logp, mask, kl_coef):
+    """Part 1. The reward of every response token: the KL penalty on each one, the reward model's score
+    on the last real one.
+
+        r_t = −β k1_t + [t = n_i − 1] s_i       k1_t = logp_t − ref_logp_t,  β = kl_coef,  n_i = Σ_t m_{i,t}
+
+    score s: (B,); logp, ref_logp, mask: (B, N). Returns (B, N), 0 on padding. The padding of logp and
+    ref_logp may hold anything; do not change your inputs in place.
+    """
+    raise NotImplementedError("run_ppo_rewards: not written yet; lessons/14_rlhf_ppo/README.md, \"The maths\", "
+                              "equation (14.4), says what it computes")
+
+
+def run_ppo_step(logits, tokens, old_logp, values, old_values, rewards, mask, clip=0.2, clip_value=0.2,
+                 vf_coef=0.5, gamma=1.0, lam=0.95, whiten=True):
+    """Part 2. The loss one PPO minibatch update descends, from the current policy's logits and value
+    predictions and what the rollout recorded:
+
+        logp_t = log softmax(z_t)[y_t]                       z_t = logits (B, N, V) at response token t
+        A, R   = GAE(rewards, V_old)  with no gradient; A whitened when `whiten`
+        L      = L_π(logp, old_logp, A) + c_V · L_V(V, V_old, R)        ε = clip, ε_V = clip_value, c_V = vf_coef
+
+    tokens y: (B, N) integers; old_logp, values V (with gradients), old_values V_old, rewards, mask:
+    (B, N). Returns a scalar, differentiable in logits and values. Your warm-ups are the pieces.
+    Padding (mask 0) may hold anything in every input and must get no gradient.
+    """
+    raise NotImplementedError("run_ppo_step: not written yet; lessons/14_rlhf_ppo/README.md, "
+                              "\"Assignment: one PPO update\", equation (14.10), says what it computes")
+
+
+# ---- starters for the README's "try it" exercises (they call the library) ----
+
+EXTRA_PAIRS = []   # exercise 5: your {"prompt", "chosen", "rejected"} pairs, added to the reward model's training data
+
+
+def _sft_and_reward_model(sft_steps, rm_steps, extra_pairs=(), seed=0):
+    """π_SFT (the base fine-tuned on the chosen answers) and a reward model trained from it on the train
+    pairs plus `extra_pairs`: the walkthrough's parts 1 and 2 at a smaller budget (it uses 150 and 100)."""
+    from minift.align.reward import RewardConfig, train_reward_model
+    from minift.evals import preference_examples, train_sft_policy
+    from minift.pretrain import load_base
+    from minift.train import TrainConfig
+
+    torch.set_num_threads(1)
+    base, tok = load_base()
+    train_ex = preference_examples("train") + list(extra_pairs)
+    sft, _ = train_sft_policy(base, tok, steps=sft_steps, batch_size=16, lr=1e-3, seed=seed, progress=False)
+    rm, hist = train_reward_model(sft, train_ex, RewardConfig(), TrainConfig(steps=rm_steps, batch_size=16, lr=3e-4,
+                                  seed=seed, desc="reward model", progress=False), tok=tok)
+    return base, tok, sft, rm, hist
+
+
+def try_reward_pairs(sft_steps=60, rm_steps=60, seed=0):
+    """Exercise 5: train the reward model with EXTRA_PAIRS added (empty: the baseline) and print its
+    held-out accuracy and the spurious-feature line: does it still prefer a fact answer without its
+    final '.'? About half a minute on an idle core. Run it once as it is, then with your pairs."""
+    from minift.evals import evaluate_reward_model, preference_examples
+
+    _, tok, _, rm, hist = _sft_and_reward_model(sft_steps, rm_steps, EXTRA_PAIRS, seed)
+    facts = [e for e in preference_examples("val") if not e["prompt"].startswith(("Answer with", "Write the words",
+                                                                                    "Rewrite", "How many"))]
+    acc = evaluate_reward_model(rm, tok, preference_examples("val"))
+    dot = evaluate_reward_model(rm, tok, [dict(e, rejected=e["chosen"].rstrip(".")) for e in facts])
+    wrong = evaluate_reward_model(rm, tok, [dict(e, rejected=e["rejected"].rstrip(".")) for e in facts])
+    print(f"{len(EXTRA_PAIRS)} extra pairs; reward model loss {hist[0]['loss']:.3f} -> {hist[-1]['loss']:.3f}; "
+          f"held-out accuracy {acc['accuracy']:.1%}")
+    print(f"on {len(facts)} val fact pairs: true answer WITH '.' beats the same without it on {dot['accuracy']:.0%} "
+          f"(mean r difference {dot['margin']:+.2f}); beats the WRONG answer without '.' on {wrong['accuracy']:.0%}")
+    return rm
+
+
+def try_ppo(beta=0.2, iterations=6, batch_size=16, sft_steps=60, rm_steps=40, seed=0):
+    """Exercise 6: one PPO run at KL coefficient `beta` (lesson 14's recipe otherwise), printing per
+    iteration the mean RM score of the samples, the KL to π_SFT (nats per response), and the objective
+    E[r_φ] − β KL the run maximises. About half a minute on an idle core at these defaults; the
+    walkthrough runs 14 iterations of 32 from a π_SFT of 150 steps and a reward model of 100."""
+    import copy
+
+    from minift.align.ppo import PPOConfig, frozen_copy, train_ppo
+    from minift.evals import preference_examples
+
+    _, tok, sft, rm, _ = _sft_and_reward_model(sft_steps, rm_steps, (), seed)
+    policy = copy.deepcopy(sft)                                    # trained in place; sft stays the reference
+    for p in policy.parameters():
+        p.requires_grad_(True)
+    cfg = PPOConfig(steps=iterations, batch_size=batch_size, minibatch_size=min(16, batch_size), ppo_epochs=4, lr=1e-4,
+                    kl_coef=beta, max_new_tokens=20, seed=seed)
+    hist = train_ppo(policy, [e["prompt"] for e in preference_examples("train")], cfg, ref=frozen_copy(sft),
+                     reward_model=rm, tok=tok, progress=False)
+    print(f"{'iteration':>9}  {'RM score':>8}  {'KL':>6}  {'score − β KL':>12}")
+    for h in hist:
+        print(f"{h['iter']:>9}  {h['score']:>+8.2f}  {h['kl']:>6.2f}  {h['score'] - beta * h['kl']:>+12.2f}")
+    return hist
+
+
+if __name__ == "__main__":
+    if len(sys.argv) < 2 or not sys.argv[1].startswith("try_"):
+        sys.exit("usage: python lessons/14_rlhf_ppo/exercise.py try_reward_pairs | "
+                 "try_ppo [beta [iterations [batch_size]]]")
+    globals()[sys.argv[1]](*(float(a) if "." in a else int(a) for a in sys.argv[2:]))

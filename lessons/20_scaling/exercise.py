@@ -10,21 +10,25 @@ import torch  # noqa: F401
 
 
 def run_scaling_law(X, D, A, alpha, beta, E):
-    """L̂ = A · X^(-alpha) · D^(-beta) + E, elementwise over the tensors X (model sizes) and D
-    (fine-tuning data sizes), returned as a float64 tensor of their shape."""
-    raise NotImplementedError("run_scaling_law: not written yet; its docstring and "
-                              "lessons/20_scaling/README.md, \"The maths\", say what it computes")
+    """The multiplicative scaling law of fine-tuning, equation (20.1) of the README:
+
+        L̂ = A · X^(−α) · D^(−β) + E
+
+    elementwise over the tensors X (model sizes) and D (fine-tuning data sizes); A, α, β, E are
+    floats. Returns a float64 tensor of X's shape."""
+    raise NotImplementedError("run_scaling_law: not written yet; lessons/20_scaling/README.md, "
+                              "\"The maths\", equation (20.1), says what it computes")
 
 
 def run_fit_scaling_law(X, D, L):
-    """Fit (A, alpha, beta, E) of L̂ = A X^-alpha D^-beta + E to the points (X_i, D_i, L_i);
-    return them as a tuple of four floats.
+    """Fit (A, α, β, E) of L̂ = A X^(−α) D^(−β) + E to the points (X_i, D_i, L_i), equations (20.2)
+    to (20.4) of the README; return them as a tuple of four floats (A, α, β, E).
 
-    Hint (what minift does): for fixed (alpha, beta) the law is linear in (A, E), so a least-squares
-    line of L against f = X^-alpha D^-beta gives them in closed form; scan a grid of (alpha, beta)
-    in [-1, 2]^2, keep the best few, then refine (a, alpha, beta, e) with a = log A, e = log E by
-    minimising sum_i (log L̂_i - log L_i)^2 (Gauss-Newton / Levenberg-Marquardt, or torch.optim.LBFGS).
-    The check fits noise-free points, so a good fit reproduces them to 1e-4.
+    A route that works: for fixed (α, β) the law is linear in (A, E), so the least-squares line
+    of L_i against f_i = X_i^(−α) D_i^(−β) gives them in closed form (20.4); scan a grid of
+    (α, β) in [−1, 2]², keep the best few, then refine (a, α, β, e) with a = log A, e = log E by
+    minimising Σ_i (log L̂_i − log L_i)² (Gauss-Newton / Levenberg-Marquardt, or an L-BFGS
+    optimizer). The check fits noise-free points, so a good fit reproduces them to 1e-4.
     """
-    raise NotImplementedError("run_fit_scaling_law: not written yet; its docstring and "
-                              "lessons/20_scaling/README.md, \"The maths\", say what it computes")
+    raise NotImplementedError("run_fit_scaling_law: not written yet; lessons/20_scaling/README.md, "
+                              "\"The maths\", equation (20.3), says what it computes")

@@ -5,7 +5,8 @@ vectors do not. They are the inputs the checks drew (derandomized, a few per che
 minift's reference returned, stored as
 
     DIR/index.json            {"format": 1, "cases": [{"id", "adapter", "check", "args", "kwargs",
-                               "output", "atol", "rtol"}, ...]}
+                               "output", "atol", "rtol"}, ...],
+                               "unrecorded": {"run_train": "its inputs include a GPT", ...}}
     DIR/tensors.safetensors   every tensor the index refers to, by key
 
 A value in the index is encoded as one of
@@ -112,6 +113,7 @@ class _Recorder:
     def __init__(self, impl):
         self._impl, self.cases, self._tensors, self.check = impl, [], {}, ""
         self._count: dict = {}
+        self.unsupported: dict = {}          # run_* name -> why a call of it could not be stored
 
     def __getattr__(self, name):
         fn = getattr(self._impl, name)
@@ -127,13 +129,15 @@ class _Recorder:
                     case = {"id": cid, "adapter": name, "check": self.check,
                             "args": encode(list(args), f"{cid}.args", local),
                             "kwargs": encode(dict(kwargs), f"{cid}.kwargs", local)}
-                except Unsupported:
+                except Unsupported as e:
                     case = None
+                    self.unsupported.setdefault(name, f"its inputs include {e}")
             out = fn(*args, **kwargs)
             if case is not None:
                 try:
                     case["output"] = encode(out, f"{case['id']}.output", local)
-                except Unsupported:
+                except Unsupported as e:
+                    self.unsupported.setdefault(name, f"its output includes {e}")
                     return out
                 case["atol"], case["rtol"] = TOLERANCES.get(name, (ATOL, RTOL))
                 self.cases.append(case)
@@ -143,7 +147,7 @@ class _Recorder:
         return call
 
 
-def _write(out_dir: Path, cases: list, tensors: dict) -> None:
+def _write(out_dir: Path, cases: list, tensors: dict, unrecorded: dict | None = None) -> None:
     """index.json + tensors.safetensors, written to a temporary folder and moved into place."""
     from safetensors.torch import save_file
     out_dir = Path(out_dir)
@@ -151,7 +155,8 @@ def _write(out_dir: Path, cases: list, tensors: dict) -> None:
     tmp = Path(tempfile.mkdtemp(prefix=".golden-", dir=out_dir.parent))
     try:
         save_file(tensors, str(tmp / "tensors.safetensors"))
-        (tmp / "index.json").write_text(json.dumps({"format": FORMAT, "cases": cases}, indent=1) + "\n")
+        index = {"format": FORMAT, "cases": cases} | ({"unrecorded": unrecorded} if unrecorded else {})
+        (tmp / "index.json").write_text(json.dumps(index, indent=1) + "\n")
         for f in tmp.iterdir():
             f.chmod(0o644)
         tmp.chmod(0o755)                                         # mkdtemp makes it private
@@ -183,7 +188,9 @@ def _few_examples():
 
 def generate(out_dir=GOLDEN_DIR, only=None) -> dict:
     """Run the selected checks against minift's reference, record the cases, write out_dir.
-    Returns {"cases": n, "adapters": n (run_* functions recorded), "skipped": [functions never recorded]}."""
+    Returns {"cases": n, "adapters": n (run_* functions recorded), "skipped": [functions never recorded]}.
+    A function whose every call takes or returns what the files cannot hold (a model, an optimizer)
+    is listed in index.json's "unrecorded", with the reason."""
     rec = _Recorder(reference)
     torch.manual_seed(0)
     with _few_examples():
@@ -192,9 +199,9 @@ def generate(out_dir=GOLDEN_DIR, only=None) -> dict:
             res = run_check(CHECKS[name], rec)
             if not res.passed:
                 raise RuntimeError(f"minift's reference fails its own check {name}: {res.error}")
-    _write(Path(out_dir), rec.cases, rec._tensors)
     used = {c["adapter"] for c in rec.cases}
     wanted = {CHECKS[n].adapter for n in select(only)}
+    _write(Path(out_dir), rec.cases, rec._tensors, {n: why for n, why in sorted(rec.unsupported.items()) if n not in used})
     return {"cases": len(rec.cases), "adapters": len(used), "skipped": sorted(wanted - used)}
 
 

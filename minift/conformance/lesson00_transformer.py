@@ -282,10 +282,24 @@ def cross_entropy_ignores_ignored_targets(ce, logits, targets, ignore_index, oth
                  atol=1e-6, rtol=1e-5)
 
 
-@property_check("run_cross_entropy", lesson=0, examples=50, **_ce_inputs("ce3", -1e4, 1e4))
+def _near_ties(key: str):
+    """Logits of the shape `_ce_inputs(key, ...)` drew: one large centre c (4096 <= |c| <= 1e4) plus
+    offsets in [-8, 8], so the losses are small but not negligible next to c (where float32 numbers
+    are 2^-11 apart and adding c back first loses digits)."""
+    nv = shared(st.tuples(st.integers(1, MAX_T), st.integers(1, MAX_V)), key)
+    return nv.flatmap(lambda s: st.tuples(f32(4096, 1e4), st.sampled_from([1.0, -1.0]), arrays(s, dyadic(-8, 8))))\
+        .map(lambda t: (t[0] * t[1] + t[2]).astype(np.float32))
+
+
+_CE3 = _ce_inputs("ce3", -1e4, 1e4)
+
+
+@property_check("run_cross_entropy", lesson=0, examples=50, **dict(_CE3, logits=st.one_of(_CE3["logits"], _near_ties("ce3"))),
+                explicit=[dict(logits=np.array([[5000.0, 4999.0, -3.0]], np.float32), targets=np.array([0]),
+                               ignore_index=-100)])
 def cross_entropy_stable_large(ce, logits, targets, ignore_index):
-    """cross-entropy is numerically stable: logits up to |1e4| in float32 give a finite loss equal to
-    the float64 log-sum-exp formula."""
+    """cross-entropy is numerically stable: logits up to |1e4| in float32 (near ties at |c| >= 4096
+    too) give a finite loss equal to the float64 log-sum-exp formula."""
     loss = output(ce(tensor(logits), torch.tensor(targets), ignore_index=ignore_index), (),
                   "run_cross_entropy(logits, targets, ignore_index)")
     assert_close(loss, cross_entropy64(logits.astype(np.float64), targets, ignore_index),

@@ -123,14 +123,18 @@ def bitfit_select_matches_rule(bitfit_select, model):
 
 
 _MODEL = shared(_gpt_param_names(), "lsel")
+_TWELVE = (12, [f"transformer.h.{i}.{p}" for i in range(12) for p in ("ln_1.bias", "attn.c_attn.weight")]
+           + ["transformer.wte.weight"])                     # block 1 must not select blocks 10 and 11
 
 
 @property_check("run_layer_select", lesson=4, examples=60, model=_MODEL,
+                explicit=[dict(model=_TWELVE, layers=[1]), dict(model=_TWELVE, layers=[-11])],
                 layers=_MODEL.flatmap(lambda m: st.lists(st.integers(-m[0], m[0] - 1), min_size=1, max_size=3)))
 def layer_select_matches_rule(layer_select, model, layers):
     """layer_select(names, layers) is exactly the parameters of the blocks transformer.h.<i>, i
     in layers (i < 0 counts from the end: i + n_layer, n_layer = 1 + the largest block index), plus
-    the task head's (`head.*`); any order, no duplicates."""
+    the task head's (`head.*`); any order, no duplicates (1-4 blocks, and 12 where block 1 must not
+    select blocks 10 and 11)."""
     L, names = model
     blocks = {i + L if i < 0 else i for i in layers}
     expected = set()

@@ -4,6 +4,8 @@ The reference functions, computed by minift's own code:
 
     run_lora_linear(x, W0, b, A, B, alpha, r, rslora=False)  x W0^T + b + s (x A^T) B^T, s = alpha/r (rsLoRA: alpha/sqrt(r))
     run_lora_merge(W0, A, B, scaling)                        W0 + scaling B A in float32, cast back to W0's dtype
+    run_lora_unmerge(W, A, B, scaling)                       W - scaling B A in float32, cast back to W's dtype
+    run_lora_dropout_forward(x, W0, b, A, B, s, p, mask)     x W0^T + b + s ((x ⊙ mask) / (1 - p) A^T) B^T
     run_dora_linear(x, W0, b, A, B, m, alpha, r)             x W'^T + b, W' = m ⊙ (W0 + s B A) / ‖row of W0 + s B A‖
 """
 from __future__ import annotations
@@ -80,6 +82,54 @@ def run_lora_merge(W0: torch.Tensor, A: torch.Tensor, B: torch.Tensor, scaling: 
     layer.scaling = float(scaling)                                         # s given directly
     layer.merge()
     return layer.weight.detach().clone()
+
+
+def run_lora_unmerge(W: torch.Tensor, A: torch.Tensor, B: torch.Tensor, scaling: float) -> torch.Tensor:
+    """The weight `LoRALinear.unmerge` leaves: W0 = W - scaling B A, computed in float32 and cast back to
+    W's dtype once (W0 back up to one rounding; unmerge(merge(W0)) is W0 up to float32 rounding).
+
+    W: (out, in) a merged weight; A: (r, in); B: (out, r). Returns (out, in), W's dtype; W is not modified."""
+    W, A, B = tensor_arg("W", W), tensor_arg("A", A), tensor_arg("B", B)
+    _, _, r = _lora_shapes("run_lora_unmerge", None, W, None, A, B)
+    layer = _lora_layer(W.clone(), None, A, B, alpha=1.0, r=r)
+    layer.scaling = float(scaling)                                         # s given directly
+    layer.merged = True                                                    # W holds W0 + s B A
+    layer.unmerge()
+    return layer.weight.detach().clone()
+
+
+class _FixedDropout(nn.Module):
+    """Inverted dropout with a given keep-mask (1 = kept): x ⊙ mask / (1 - p), as nn.Dropout computes
+    it in training mode, but with the mask chosen by the caller instead of drawn."""
+
+    def __init__(self, mask: torch.Tensor, p: float):
+        super().__init__()
+        self.mask, self.p = mask, p
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.mask.to(x.dtype) / (1.0 - self.p)
+
+
+def run_lora_dropout_forward(x: torch.Tensor, W0: torch.Tensor, b, A: torch.Tensor, B: torch.Tensor, s: float,
+                             p: float, mask: torch.Tensor) -> torch.Tensor:
+    """The LoRA forward in training mode with dropout on the branch's input only,
+    `LoRALinear(dropout=p)` with the dropout mask given instead of drawn:
+
+        h = x W0^T + b + s · ((x ⊙ mask) / (1 - p)) A^T B^T       the base path sees x undropped
+
+    x: (N, in); W0: (out, in); b: (out,) or None; A: (r, in); B: (out, r); s: the scaling; p in [0, 1):
+    the dropout probability; mask: (N, in) of 0 (dropped) and 1 (kept). Returns (N, out)."""
+    x, W0, A, B, mask = (tensor_arg(n, t) for n, t in (("x", x), ("W0", W0), ("A", A), ("B", B), ("mask", mask)))
+    _, _, r = _lora_shapes("run_lora_dropout_forward", x, W0, b, A, B)
+    if tuple(mask.shape) != tuple(x.shape):
+        raise ValueError(f"run_lora_dropout_forward: mask must have x's shape {tuple(x.shape)}, got {tuple(mask.shape)}")
+    if not 0.0 <= p < 1.0:
+        raise ValueError(f"run_lora_dropout_forward: p={p!r} must be in [0, 1)")
+    layer = _lora_layer(W0, b, A, B, alpha=1.0, r=r)
+    layer.scaling = float(s)
+    layer.lora_dropout = _FixedDropout(mask, float(p))
+    with torch.no_grad():
+        return layer.train()(x)
 
 
 def run_dora_linear(x: torch.Tensor, W0: torch.Tensor, b, A: torch.Tensor, B: torch.Tensor, m: torch.Tensor,
@@ -191,12 +241,15 @@ def _merge_inputs(draw):
 @property_check("run_lora_merge", lesson=5, examples=60, inp=_merge_inputs())
 def lora_merge_matches_formula(merge, inp):
     """lora_merge(W0, A, B, scaling) equals W0 + scaling B A (float64), keeps W0's shape and dtype
-    (float32 here)."""
+    (float32 here) and leaves W0 itself unchanged."""
     W0, A, B, s = inp
     what = f"run_lora_merge(W0, A, B, scaling={s!r})"
-    y = merge(tensor(W0), tensor(A), tensor(B), s)
+    W0t = tensor(W0)
+    y = merge(W0t, tensor(A), tensor(B), s)
     if isinstance(y, torch.Tensor) and y.dtype != torch.float32:
         raise AssertionError(f"{what} returned dtype {y.dtype}; the merged weight keeps W0's dtype (float32)")
+    if not np.array_equal(W0t.numpy(), W0):
+        raise AssertionError(f"{what} changed its input W0 in place; return a new tensor instead")
     W, a, b_ = (t.astype(np.float64) for t in (W0, A, B))
     assert_close(output(y, W0.shape, what), W + s * (b_ @ a), f"{what} vs W0 + scaling B A",
                  atol=1e-5 * (np.abs(W) + abs(s) * (np.abs(b_) @ np.abs(a))) + 1e-7, rtol=0)
@@ -231,6 +284,88 @@ def lora_merge_then_forward(merge, lora, inp):
     f64 = [None if a is None else a.astype(np.float64) for a in (x, W0, b, A, B)]
     assert_close(y, merged, f"unmerged run_lora_linear vs x W_merged^T + b (alpha={alpha!r}, r={r})",
                  atol=2e-5 * _lora_bound(*f64, alpha / r), rtol=0)
+
+
+@property_check("run_lora_unmerge", lesson=5, examples=60, inp=_merge_inputs())
+def lora_unmerge_matches_formula(unmerge, inp):
+    """lora_unmerge(W, A, B, scaling) equals W - scaling B A (float64), keeps W's shape and dtype
+    (float32 here) and leaves W itself unchanged."""
+    W, A, B, s = inp
+    what = f"run_lora_unmerge(W, A, B, scaling={s!r})"
+    Wt = tensor(W)
+    y = unmerge(Wt, tensor(A), tensor(B), s)
+    if isinstance(y, torch.Tensor) and y.dtype != torch.float32:
+        raise AssertionError(f"{what} returned dtype {y.dtype}; the unmerged weight keeps W's dtype (float32)")
+    if not np.array_equal(Wt.numpy(), W):
+        raise AssertionError(f"{what} changed its input W in place; return a new tensor instead")
+    W64, a, b_ = (t.astype(np.float64) for t in (W, A, B))
+    assert_close(output(y, W.shape, what), W64 - s * (b_ @ a), f"{what} vs W - scaling B A",
+                 atol=1e-5 * (np.abs(W64) + abs(s) * (np.abs(b_) @ np.abs(a))) + 1e-7, rtol=0)
+
+
+@property_check("run_lora_unmerge", "run_lora_merge", lesson=5, examples=40, inp=_merge_inputs(),
+                bf16=st.booleans())
+def lora_unmerge_round_trip(unmerge, merge, inp, bf16):
+    """unmerge after merge gives W0 back in W0's dtype, up to the rounding of the two steps:
+    lora_unmerge(lora_merge(W0, A, B, s), A, B, s) is within 2^-22 (float32) or 2^-7 (bfloat16) of
+    |W0| + |s| |B| |A| of W0."""
+    W0, A, B, s = inp
+    dt = torch.bfloat16 if bf16 else torch.float32
+    W0t, At, Bt = (tensor(a).to(dt) for a in (W0, A, B))
+    what = f"run_lora_unmerge(run_lora_merge(W0, A, B, {s!r}), A, B, {s!r}) in {str(dt)[6:]}"
+    W = merge(W0t.clone(), At.clone(), Bt.clone(), s)
+    y = unmerge(W.clone() if isinstance(W, torch.Tensor) else W, At.clone(), Bt.clone(), s)
+    if not isinstance(y, torch.Tensor) or y.dtype != dt:
+        raise AssertionError(f"{what} returned {getattr(y, 'dtype', type(y).__name__)}; expected {dt}, W0's dtype")
+    W64, a, b_ = (t.to(torch.float64).numpy() for t in (W0t, At, Bt))
+    scale = np.abs(W64) + abs(s) * (np.abs(b_) @ np.abs(a))
+    assert_close(output(y, W64.shape, what), W64, f"{what} vs W0", atol=(2.0 ** -7 if bf16 else 2.0 ** -22) * scale
+                 + 1e-30, rtol=0)
+
+
+@st.composite
+def _dropout_inputs(draw):
+    inp = draw(_lora_inputs())
+    x = inp["x"]
+    inp["mask"] = draw(arrays(x.shape, st.sampled_from([0.0, 1.0])))
+    inp["p"] = draw(st.sampled_from([0.1, 0.25, 0.5, 0.75]))
+    inp["s"] = float(draw(st.one_of(st.sampled_from([1.0, 4.0]), f32(-4, 4))))
+    return inp
+
+
+@property_check("run_lora_dropout_forward", lesson=5, examples=60, inp=_dropout_inputs())
+def lora_dropout_matches_formula(fn, inp):
+    """lora_dropout_forward(x, W0, b, A, B, s, p, mask) equals x W0^T + b + s ((x ⊙ mask) / (1 - p)
+    A^T) B^T in float64: dropout (mask 1 = kept, scaled by 1 / (1 - p)) on the LoRA branch's input
+    only, never on the base path or the output."""
+    x, W0, b, A, B, s, p, mask = (inp[k] for k in ("x", "W0", "b", "A", "B", "s", "p", "mask"))
+    what = f"run_lora_dropout_forward(x, W0, b, A, B, s={s!r}, p={p!r}, mask)"
+    y = output(fn(tensor(x), tensor(W0), _opt(b), tensor(A), tensor(B), s, p, tensor(mask)), (x.shape[0], W0.shape[0]),
+               what)
+    f64 = [None if a is None else a.astype(np.float64) for a in (x, W0, b, A, B)]
+    xd = f64[0] * mask / (1.0 - p)                                        # the dropped, rescaled input
+    expected = f64[0] @ f64[1].T + (0.0 if b is None else f64[2]) + s * ((xd @ f64[3].T) @ f64[4].T)
+    bound = _lora_bound(f64[0], f64[1], f64[2], f64[3], f64[4], s / (1.0 - p))
+    assert_close(y, expected, f"{what} vs x W0^T + b + s ((x ⊙ mask) / (1 - p) A^T) B^T", atol=2e-5 * bound, rtol=0)
+
+
+@property_check("run_lora_dropout_forward", lesson=5, examples=40, inp=_dropout_inputs())
+def lora_dropout_spares_base_path(fn, inp):
+    """dropout never reaches the base path: with B = 0 the output is bit for bit the same for any mask
+    and p as with mask = 1 and p = 0, and equals x W0^T + b."""
+    x, W0, b, A, s, p, mask = (inp[k] for k in ("x", "W0", "b", "A", "s", "p", "mask"))
+    Z = np.zeros((W0.shape[0], A.shape[0]), np.float32)
+    shape_out = (x.shape[0], W0.shape[0])
+    y = output(fn(tensor(x), tensor(W0), _opt(b), tensor(A), tensor(Z), s, p, tensor(mask)), shape_out,
+               f"run_lora_dropout_forward(x, W0, b, A, B=0, s={s!r}, p={p!r}, mask)")
+    y1 = output(fn(tensor(x), tensor(W0), _opt(b), tensor(A), tensor(Z), s, 0.0, tensor(np.ones_like(x))), shape_out,
+                "run_lora_dropout_forward(x, W0, b, A, B=0, s, p=0, mask=1)")
+    assert_close(y, y1, "with B = 0 the mask and p must not change a single bit", atol=0, rtol=0)
+    f64 = [None if a is None else a.astype(np.float64) for a in (x, W0, b)]
+    base = f64[0] @ f64[1].T + (0.0 if b is None else f64[2])
+    assert_close(y, base, "run_lora_dropout_forward with B = 0 vs the base layer x W0^T + b",
+                 atol=1e-5 * (np.abs(f64[0]) @ np.abs(f64[1]).T + (0.0 if b is None else np.abs(f64[2]))) + 1e-6,
+                 rtol=0)
 
 
 def dora64(x, W0, b, A, B, m, s):

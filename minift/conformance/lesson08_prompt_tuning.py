@@ -198,9 +198,9 @@ def _loss_inputs(draw):
     B, T, V, n = draw(st.integers(1, MAX_B)), draw(st.integers(1, MAX_T)), draw(st.integers(2, MAX_V)), \
         draw(st.integers(0, MAX_N))
     logits = draw(arrays((B, n + T, V), f32(-5, 5)))
-    targets = draw(hnp.arrays(np.int64, (B, T), elements=st.integers(-1, V - 1))).copy()
-    targets[targets == -1] = -100                                           # some targets ignored
-    assume((targets != -100).any())
+    targets = draw(hnp.arrays(np.int64, (B, T), elements=st.integers(0, V - 1))).copy()
+    ignored = draw(st.lists(st.integers(0, B * T - 1), unique=True, max_size=B * T - 1))   # at least one counted
+    targets.reshape(-1)[ignored] = -100                                     # some targets ignored
     return dict(logits=logits, targets=targets, n=n)
 
 

@@ -102,18 +102,49 @@ def _xw(draw):
     return draw(arrays((N, K), f32(-20, 20))), draw(arrays((M, K), f32(-1, 1)))
 
 
-@property_check("run_int8_matmul", lesson=11, examples=60, xw=_xw(),
-                threshold=st.one_of(st.just(math.inf), st.just(0.0), st.floats(0.5, 15)))
-def int8_matmul_decomposition(matmul, xw, threshold):
-    """int8_matmul(x, W, threshold) equals the LLM.int8() decomposition in float64: columns with max
-    |x| > threshold in float, the rest vector-wise absmax int8 (x per row, W per row), summed
-    exactly and rescaled; threshold inf is plain int8, 0 the float product."""
-    x, W = (a.astype(np.float64) for a in xw)
+@st.composite
+def _planted_outliers(draw):
+    """(x, W, threshold) with x's entries within the threshold except 1 to 3 planted outliers: some
+    feature columns hold an outlier in one token only, so other tokens have ordinary values in an
+    outlier column, and some tokens have no outlier at all (what separates per-column from per-row);
+    W's outlier columns are sometimes 4x larger (so W's row scale over the kept columns matters)."""
+    N, K, M = draw(st.integers(2, 4)), draw(st.integers(2, 8)), draw(st.integers(1, 5))
+    threshold = draw(st.sampled_from([6.0, 1.0, 0.5]))
+    x = draw(arrays((N, K), f32(-1, 1))) * np.float32(threshold)              # |x| <= threshold
+    W = draw(arrays((M, K), f32(-1, 1)))
+    for _ in range(draw(st.integers(1, min(3, N - 1)))):
+        i, j = draw(st.integers(0, N - 1)), draw(st.integers(0, K - 1))
+        x[i, j] = np.float32(draw(st.sampled_from([-1, 1])) * threshold * draw(st.floats(1.5, 20, width=32)))
+        W[:, j] *= np.float32(draw(st.sampled_from([4.0, 1.0])))                # W's largest entries may sit there
+    return x.astype(np.float32), W.astype(np.float32), threshold
+
+
+@st.composite
+def _any_threshold(draw):
+    x, W = draw(_xw())
+    return x, W, draw(st.one_of(st.just(math.inf), st.just(0.0), st.floats(0.5, 15)))
+
+
+# Column 0 is an outlier feature (token 0 has 10 > 6); token 1 has none: LLM.int8() multiplies token 1's
+# 0.5 in column 0 in float and quantizes W's rows over column 1 only. Per-row outliers would send token 0
+# to float whole and quantize token 1 over both columns (W's row scale then set by its 1.0 in column 0).
+_OUTLIER_EXAMPLE = (np.array([[10.0, 0.3], [0.5, 0.7]], np.float32), np.array([[1.0, 0.33], [-1.0, 0.01]], np.float32), 6.0)
+
+
+@property_check("run_int8_matmul", lesson=11, examples=60, explicit=[dict(xwt=_OUTLIER_EXAMPLE)],
+                xwt=st.one_of(_planted_outliers(), _any_threshold()))
+def int8_matmul_decomposition(matmul, xwt):
+    """int8_matmul(x, W, threshold) equals the LLM.int8() decomposition in float64: a feature column j
+    in which some token has |x_ij| > threshold goes in float for every token, the other columns
+    vector-wise absmax int8 (x per row, W per row, over the kept columns), summed exactly and rescaled;
+    threshold inf is plain int8, 0 the float product."""
+    x, W = (a.astype(np.float64) for a in xwt[:2])
+    threshold = xwt[2]
     O = np.abs(x).max(0) > threshold
     exp = x[:, O] @ W[:, O].T
     if (~O).any():
         exp = exp + _vectorwise64(x[:, ~O], W[:, ~O])
     what = f"run_int8_matmul(x, W, threshold={threshold!r})"
-    y = output(matmul(tensor(xw[0]), tensor(xw[1]), threshold=threshold), exp.shape, what)
+    y = output(matmul(tensor(xwt[0]), tensor(xwt[1]), threshold=threshold), exp.shape, what)
     assert_close(y, exp, what + " vs float outlier columns + vector-wise int8 of the rest",
                  atol=1e-5 * (np.abs(x).sum() + 1), rtol=1e-5)

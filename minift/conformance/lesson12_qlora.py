@@ -7,6 +7,9 @@ The reference functions, computed by `minift/quant/nf4.py` and `minift/quant/qlo
     run_pack_4bit(codes)                       two codes per byte, high nibble first
     run_loftq(W, r, iters)                     (Q, A, B) with Q + B A closer to W than NF4(W) alone
 
+and the assignment "NF4 end to end" (lesson12_nf4.py: the code from normal quantiles, double
+quantization of the absmax, the whole quantize-pack-unpack-dequantize pipeline).
+
 The NF4 table is the one printed in the QLoRA paper (appendix E), written out here; every
 expected value is computed in float64 numpy from the definitions.
 """

@@ -27,6 +27,8 @@ independently (float64 numpy, plain loops), never by calling minift's reference 
     run_ppo_value_loss         ½ mean max((v − R)², (v_old + clip(v − v_old) − R)²) in float64
     run_kl_penalty             logp − ref_logp
     run_whiten                 mean 0, variance 1 over the real tokens, 0 on padding
+
+The assignment's functions (run_ppo_rewards, run_ppo_step) and checks are in lesson14_rlhf_ppo_update.py.
 """
 from __future__ import annotations
 

@@ -17,6 +17,8 @@ independently, in float64 numpy, never by calling minift's reference functions.
                       the policy equals the reference; stable for margins up to |βh| = 400; the mirror
                       L(−h) when chosen and rejected swap; the gradient −β[(1−ε)σ(−βh) − εσ(βh)]
     run_dpo_rewards   β (log π − log π_ref) of each side
+
+The assignment's functions (run_response_logps, run_dpo_step) and checks are in lesson15_dpo_step.py.
 """
 from __future__ import annotations
 

@@ -222,10 +222,13 @@ def backward_transfer_matches_definition(fn, data, K):
                 T=st.integers(1, 6), V=st.integers(2, 8))
 def example_loss_matches_formula(fn, data, B, T, V):
     """the per-example loss is the mean over examples (with at least one target) of each example's mean
-    -log softmax(logits)[target] over its non-ignored positions."""
+    -log softmax(logits)[target] over its non-ignored positions; examples without a target do not count."""
     logits = data.draw(arrays((B, T, V), f32(-8, 8)))
     tg = np.array(data.draw(st.lists(st.integers(-1, V - 1), min_size=B * T, max_size=B * T))).reshape(B, T)
     tg = np.where(tg < 0, -100, tg)
+    blank = data.draw(st.integers(-1, B - 1))             # an example with no target at all (B' < B)
+    if blank >= 0 and B > 1:
+        tg[blank] = -100
     assume((tg != -100).any())
     per = []
     for b in range(B):

@@ -11,7 +11,8 @@ The checks, registered with lesson="lesson21". Expected values are computed here
 
     run_rank_micro_batches     over all ranks a partition of the step's micro-batches, W·a of them,
                                each rank a of them, rank r's in order from r with stride W
-    run_average_gradients      the float64 mean over ranks; the same whatever the ranks' order
+    run_average_gradients      the float64 mean over ranks; the same whatever the ranks' order; the
+                               ranks' gradients left unchanged
     run_ring_allreduce_bytes   reduce-scatter + all-gather of W − 1 chunks of payload / W each
 """
 from __future__ import annotations
@@ -59,11 +60,15 @@ def rank_micro_batches_partition(f, world, accum):
                 shape=st.lists(st.integers(1, 4), min_size=1, max_size=2), data=st.data())
 def average_gradients_is_the_mean(f, world, shape, data):
     """the all-reduce average (1/W) Σ_r g_r equals the float64 mean over ranks, whatever the ranks'
-    order"""
+    order, and leaves every rank's own gradient g_r as it was"""
     gs = [data.draw(arrays(tuple(shape), f32(-10, 10))) for _ in range(world)]
     expected = np.mean(np.stack([g.astype(np.float64) for g in gs]), axis=0)
-    got = output(f([tensor(g) for g in gs]), tuple(shape), "run_average_gradients(grads)")
+    given = [tensor(g) for g in gs]
+    got = output(f(given), tuple(shape), "run_average_gradients(grads)")
     assert_close(got, expected, "run_average_gradients(grads)", atol=1e-5, rtol=1e-5)
+    for r, (t, g) in enumerate(zip(given, gs)):
+        assert_close(output(t, g.shape, f"grads[{r}]"), g, f"grads[{r}] after run_average_gradients(grads) "
+                     f"(an input must not change)", atol=0, rtol=0)
     rev = output(f([tensor(g) for g in reversed(gs)]), tuple(shape), "run_average_gradients(reversed grads)")
     assert_close(rev, expected, "run_average_gradients(reversed grads)", atol=1e-5, rtol=1e-5)
 
