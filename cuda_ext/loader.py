@@ -17,11 +17,18 @@ import hashlib
 import os
 import shutil
 import subprocess
+import sys
 from contextlib import contextmanager
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 NAME = "minift_quant_lora"
+BUILD_NOTE = "building the C++ extension (one time, ~40 s)"
+
+
+def built(build: Path, name: str) -> bool:
+    """Is the module already compiled in `build` (so load() only imports it, in about a second)?"""
+    return any(build.glob(name + ".*so")) or any(build.glob(name + ".pyd"))
 
 
 def cache_dir() -> Path:
@@ -82,6 +89,8 @@ def load(verbose: bool = False):
     name, files, cflags, build = plan()
     cuda = "-DMINIFT_WITH_CUDA" in cflags
     build.mkdir(parents=True, exist_ok=True)
+    if not built(build, name):
+        print(BUILD_NOTE, file=sys.stderr, flush=True)
     with _build_lock(build):
         sources = []
         for f in files:                                        # the build reads these copies, not the checkout

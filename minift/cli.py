@@ -1,6 +1,6 @@
 """The `minift` command.
 
-    minift lessons                     the course, in order, with expected times
+    minift lessons                     the course, in order, with measured times
     minift run NN|all [--fast]         run a lesson's walkthrough (or all of them, in order)
     minift exercise NN [--reset]       copy a lesson's exercise stubs to exercises/NN_name.py to work in
     minift check NN [--impl FILE]      grade it: points per exercise (its conformance checks), counterexamples
@@ -10,6 +10,7 @@
     minift pretrain [--out DIR]        train the tokenizer and base model shipped in data/
     minift pretrain --size S           one model size of lesson 20 (tiny, small) -> data/sizes/S/
     minift data [--out DIR]            regenerate TinyWorld as JSONL
+    minift notebook NN|all [--out PATH]   a lesson as a Jupyter notebook (README + walkthrough cells, figures inline)
 """
 from __future__ import annotations
 
@@ -96,8 +97,10 @@ def cmd_lessons(args) -> int:
         f = f"~{les['fast']}s" if les["fast"] else "?"
         print(f"{les['nn']:<4}{les['name']:<24}{t:>8}{f:>8}{measured(les['nn'], 'default'):>8}"
               f"{measured(les['nn'], 'fast'):>8}  {les['title']}")
-    print(f"\ntime, --fast: expected (the lessons' EXPECTED_SECONDS / FAST_SECONDS, from the reference machine); "
-          f"here: the last `minift run` on this machine ({TIMES_FILE}; ! = it failed)")
+    print(f"\ntime, --fast: measured on the reference 2-core CPU, one torch thread: the default run's and --fast's "
+          f"CPU seconds, which is their wall time on an idle core (each walkthrough's EXPECTED_SECONDS / "
+          f"FAST_SECONDS, the one place these are kept). here: the wall time of the last `minift run` on this "
+          f"machine ({TIMES_FILE}; ! = it failed; other jobs on the cores inflate it)")
     return 0
 
 
@@ -214,6 +217,21 @@ def cmd_golden(args) -> int:
     return 0
 
 
+def cmd_notebook(args) -> int:
+    from .notebook import write
+    lessons = list_lessons() if args.lesson == "all" else [_find_lesson(args.lesson)]
+    for les in lessons:
+        name = f"{les['dir'].name}.ipynb"
+        out = Path(args.out or "notebooks")
+        if len(lessons) == 1 and args.out and not out.is_dir() and out.suffix == ".ipynb":
+            path = out                                        # NN --out FILE.ipynb; otherwise --out is a folder
+        else:
+            path = out / name
+        print(f"wrote {write(les['dir'], path)}: lesson {les['nn']} as a notebook (open it with Jupyter; its "
+              f"first cell finds this clone)")
+    return 0
+
+
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     p = argparse.ArgumentParser(prog="minift", description="minift: fine-tuning from scratch")
@@ -248,6 +266,11 @@ def main(argv=None) -> int:
     g.add_argument("--impl", default=None, help="a Python file of run_* functions to run on the golden inputs ('minift': the reference)")
     g.add_argument("--only", default=None, help="with no --impl: only these checks (names, adapters, lessons)")
     g.add_argument("--against", default=None, help="with --impl: the golden folder to read (default: data/golden/)")
+    nb = sub.add_parser("notebook", help="write a lesson (NN or all) as a Jupyter notebook: its README as markdown, "
+                        "its walkthrough as code cells, its figures inline")
+    nb.add_argument("lesson")
+    nb.add_argument("--out", default=None, help="a .ipynb file for one lesson, or a folder "
+                    "(default: notebooks/NN_name.ipynb)")
     d = sub.add_parser("data", help="regenerate TinyWorld as JSONL")
     d.add_argument("--out", default=os.path.join("runs", "tinyworld"))
     d.add_argument("--seed", type=int, default=0)
@@ -255,7 +278,8 @@ def main(argv=None) -> int:
         return cmd_verify(None, argv[1:])
     args = p.parse_args(argv)
     return {"lessons": cmd_lessons, "run": cmd_run, "check": cmd_check, "bench": cmd_bench,
-            "pretrain": cmd_pretrain, "data": cmd_data, "golden": cmd_golden, "exercise": cmd_exercise}[args.cmd](args)
+            "pretrain": cmd_pretrain, "data": cmd_data, "golden": cmd_golden, "exercise": cmd_exercise,
+            "notebook": cmd_notebook}[args.cmd](args)
 
 
 if __name__ == "__main__":

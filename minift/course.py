@@ -19,6 +19,12 @@ The preamble. Every walkthrough starts the same way:
 
 `course.elapsed()` is then the wall time since `start` (the lessons' "total" line).
 
+Honest --fast. A --fast run is a smoke test: `start` prints FAST_NOTE as its first line and, at
+exit, as its last (`end`), and `course.verdict(text)` prints a judgement of a claim ("holds",
+"fails", "met") only in a default run: tiny budgets cannot judge anything. The README quotes the
+default run. `start(..., kernel=True)` loads the C++ extension (building it once, with a notice)
+before anything is timed, so the build never lands inside a measured row.
+
 The bench. Lessons 04-10 and 19 ask one question of many methods: fine-tune the shipped base as a
 NER tagger (`TokenClassifier`) with the same data, steps, batch, seed and head initialisation,
 change only the method (what trains, what is added), and measure. `Bench` is that experiment:
@@ -32,6 +38,7 @@ and `bench.sweep(...)` is the `--sweep` that picks each method's learning rate o
 from __future__ import annotations
 
 import argparse
+import atexit
 import sys
 import time
 from collections import Counter
@@ -39,7 +46,7 @@ from typing import Callable, Optional
 
 import torch
 
-from . import world
+from . import figures, world
 from .heads import TokenClassifier, classifier_loss, predict_tags
 from .peft.common import count_adapter_parameters
 from .peft.io import apply_config
@@ -50,7 +57,11 @@ from .tasks import collate_fn, entity_f1
 from .train import TrainConfig, train
 
 FAST_HELP = "tiny budgets and eval slices (seconds)"
+FAST_NOTE = ("--fast: a smoke test with tiny budgets; its numbers mean nothing. "
+             "The README quotes the default run: minift run {lesson}")
 _t_start: Optional[float] = None
+_fast = False                   # this run is --fast: no verdicts (`verdict`)
+_note_due: Optional[str] = None  # the lesson whose bottom FAST_NOTE `end` still owes
 
 
 # ---- the preamble -----------------------------------------------------------------------------
@@ -60,6 +71,8 @@ def parser(doc: str, fast_help: str = FAST_HELP) -> argparse.ArgumentParser:
     --fast (the seconds-long smoke test the tests run). The lesson adds its own flags to it."""
     p = argparse.ArgumentParser(description=doc.splitlines()[0])
     p.add_argument("--fast", action="store_true", help=fast_help)
+    p.add_argument("--figures", action=figures.FiguresFlag, help="also draw the lesson's figures (PNG, matplotlib: "
+                   f"{figures.INSTALL}); beside the README, or with --fast into a temporary folder")
     return p
 
 
@@ -71,18 +84,50 @@ def base_model_error(lesson: str) -> Optional[str]:
             f"(or rebuild it with `minift pretrain`).")
 
 
-def start(lesson: str, p: argparse.ArgumentParser | str, *, needs_base: bool = True,
+def start(lesson: str, p: argparse.ArgumentParser | str, *, needs_base: bool = True, kernel: bool = False,
           argv: Optional[list[str]] = None) -> argparse.Namespace:
     """Parse the arguments (`p`: a parser from `parser`, or a docstring for one with --fast only),
     exit with a one-line message when the base model is missing, run torch on one thread, and
-    start the clock of `elapsed`. Returns the parsed arguments."""
-    global _t_start
+    start the clock of `elapsed`. With --fast, print FAST_NOTE now and again at exit (`end`).
+    kernel: load the C++ extension now (see `load_kernel`). Returns the parsed arguments."""
+    global _t_start, _fast, _note_due
     args = (parser(p) if isinstance(p, str) else p).parse_args(argv)
     if needs_base and (msg := base_model_error(lesson)):
         sys.exit(msg)
     torch.set_num_threads(1)        # tiny matrices: one thread is as fast, and fair on a shared machine
+    _fast = bool(getattr(args, "fast", False))
+    if _fast:
+        print(FAST_NOTE.format(lesson=lesson), flush=True)
+        atexit.unregister(end)                  # registered once, however often start runs
+        atexit.register(end)
+        _note_due = lesson
+    if kernel:
+        load_kernel()
     _t_start = time.perf_counter()
     return args
+
+
+def end() -> None:
+    """The last line of a --fast run: FAST_NOTE again (once; `start` registers this at exit)."""
+    global _note_due
+    if _note_due is not None:
+        print(FAST_NOTE.format(lesson=_note_due), flush=True)
+        _note_due = None
+
+
+def verdict(text: str) -> None:
+    """Print a judgement of a claim or target ("... -> holds", "met: NO") in a default run only:
+    a --fast run's budgets are too small for its numbers to judge anything."""
+    if not _fast:
+        print(text, flush=True)
+
+
+def load_kernel() -> str:
+    """Load the C++ extension of minift.quant.ops now (the first time ever, it is built: ~40 s,
+    announced by the loader), so that no timed section pays for it. Returns the kernel path."""
+    from .quant import ops
+    ops.extension()
+    return ops.backend()
 
 
 def elapsed() -> float:
@@ -193,7 +238,8 @@ class Bench:
             r["f1"][s], r["pred"][s] = self.predict(clf, s)
         if self.probe is not None:
             r["after"] = forgetting_probe(clf.body, self.tok, **self.probe)    # with the method on (unmerged)
-        r.update(model=clf, time=hist[-1]["time"], loss=(hist[0]["loss"], hist[-1]["loss"]))
+        r.update(model=clf, time=hist[-1]["time"], loss=(hist[0]["loss"], hist[-1]["loss"]),
+                 curve=[h["loss"] for h in hist])                     # the loss of every step (--figures)
         return r
 
     def run(self, method: str, lr: float, quiet: bool = False) -> dict:

@@ -42,6 +42,50 @@ def test_start_parses_sets_one_thread_and_starts_the_clock():
         assert 0 <= t < 60 and course.elapsed() >= t
     finally:
         torch.set_num_threads(threads)
+        course._fast, course._note_due = False, None                            # no bottom note at pytest's exit
+
+
+def test_a_fast_run_says_at_its_top_and_bottom_that_its_numbers_mean_nothing(capsys, monkeypatch):
+    registered = []
+    monkeypatch.setattr(course.atexit, "register", registered.append)
+    threads = torch.get_num_threads()
+    try:
+        course.start("05", DOC, needs_base=False, argv=["--fast"])
+        note = ("--fast: a smoke test with tiny budgets; its numbers mean nothing. "
+                "The README quotes the default run: minift run 05")
+        assert capsys.readouterr().out == note + "\n"                       # the top line
+        assert registered == [course.end]                                     # the bottom one, at exit
+        course.verdict("LoRA r=4 -> holds")
+        assert capsys.readouterr().out == ""                                  # no verdicts in --fast
+        course.end()
+        course.end()
+        assert capsys.readouterr().out == note + "\n"                       # printed once
+        course.start("05", DOC, needs_base=False, argv=[])
+        course.verdict("LoRA r=4 -> holds")
+        course.end()
+        assert capsys.readouterr().out == "LoRA r=4 -> holds\n"              # a default run: no note
+    finally:
+        torch.set_num_threads(threads)
+        course._fast, course._note_due = False, None
+
+
+def test_a_first_build_of_the_extension_says_so_before_it_starts(tmp_path, monkeypatch, capsys):
+    import importlib.util
+
+    import torch.utils.cpp_extension as cpp
+    spec = importlib.util.spec_from_file_location("cuda_ext_loader_t", Path(course.__file__).parent.parent / "cuda_ext" / "loader.py")
+    loader = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(loader)
+    monkeypatch.setenv("MINIFT_EXT_DIR", str(tmp_path))
+    calls = []
+
+    def fake_load(name, build_directory, **kw):
+        calls.append(capsys.readouterr().err)                               # what was said before the build
+        (Path(build_directory) / f"{name}.so").write_bytes(b"")
+        return "module"
+    monkeypatch.setattr(cpp, "load", fake_load)
+    assert loader.load() == "module" and calls == ["building the C++ extension (one time, ~40 s)\n"]
+    assert loader.load() == "module" and calls[1] == ""                     # built: loaded without a word
 
 
 def test_a_missing_base_model_stops_the_lesson_with_todays_message(tmp_path, monkeypatch):

@@ -4,7 +4,8 @@ Every walkthrough is its own `python lessons/NN_name/walkthrough.py --fast`; abo
 the same imports (torch, torch._dynamo, which AdamW's constructor pulls in, minift). This process
 pays them once, then forks a child per request that runs the walkthrough as `__main__` exactly as
 the command line would (sys.argv, sys.path[0] = the lesson's folder, stdout and stderr to files)
-and exits with its status. The parent never runs a tensor operation, so each child starts from the
+and exits with its status (printing what the walkthrough's exit hook would: `minift.course.end`,
+the bottom line of a --fast run). The parent never runs a tensor operation, so each child starts from the
 same clean state a fresh interpreter would have after these imports.
 
 Protocol, one JSON object a line: in {"path", "out", "err", "timeout"}; out {"rc"}.
@@ -51,6 +52,7 @@ def run(path: str, out: str, err: str, timeout: float) -> int:
             traceback.print_exc()
         finally:
             try:
+                minift.course.end()                                    # what atexit prints; os._exit skips it
                 sys.stdout.flush()
                 sys.stderr.flush()
             finally:

@@ -26,7 +26,7 @@ import time
 
 import torch
 
-from minift import course, world
+from minift import course, figures, world
 from minift.pretrain import BASE_DIR, PROBES, VOCAB_SIZE, base_metrics, fact_accuracy, fact_probes, load_base
 from minift.tokenizer import SPECIAL_TOKENS
 from minift.report import header
@@ -242,6 +242,11 @@ for layer, head, why in ((ln_, hn, f"the head whose last query ({labels[-1]!r}) 
     top = w[-1].topk(3)
     print(f"last query {labels[-1]!r} attends to: " + ", ".join(
         f"{labels[s]!r} ({s}) {v:.2f}" for v, s in zip(top.values.tolist(), top.indices.tolist())))
+
+if args.figures:                           # --figures: the two heads above as a picture (minift/figures.py)
+    figures.attention_maps({f"layer {ln_}, head {hn}: looks back at {p.name!r}": A[ln_, hn],
+                            f"layer {ls}, head {hs}: parks on the first token": A[ls, hs]},
+                           labels, figures.target("00", "attention.png", args.fast))
 
 # ==============================================================================================
 header("5. Generation: greedy, sampled, and the KV cache")

@@ -27,7 +27,7 @@ import time
 
 import torch
 
-from minift import course, world
+from minift import course, figures, world
 from minift.checkpoint import load_json
 from minift.model import GPT, GPTConfig
 from minift.pretrain import (BASE_DIR, base_metrics, fact_accuracy, fact_probes, forgetting_probe, load_base,
@@ -192,6 +192,9 @@ last = hist[-1]
 print(f"\nafter {cc.steps} steps ({last['time']:.1f}s of training and evaluation): domain-2 perplexity {m0['d2']:.2f} -> "
       f"{last['eval_d2']:.2f} (learned); original perplexity {m0['orig']:.3f} -> {last['eval_orig']:.3f} "
       f"(x{last['eval_orig'] / m0['orig']:.2f}: forgotten); fact recall {m0['facts']:.1%} -> {last['eval_facts']:.1%}")
+
+if args.figures:                           # --figures: both curves as a picture (minift/figures.py)
+    figures.pretraining_curves(history, ppl0, V, hist, m0, figures.target("01", "loss_curves.png", FAST))
 
 print("\ngreedy samples in each domain's style, base -> after continued pretraining:")
 for pr in d2_prompts + orig_prompts:

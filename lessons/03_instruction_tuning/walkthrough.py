@@ -25,7 +25,7 @@ Prints, top to bottom:
 Everything it uses lives in the library (minift/align/sft.py, minift/evals.py, minift/tasks.py,
 minift/train.py, minift/pretrain.py); this file only calls it and prints.
 """
-EXPECTED_SECONDS = 95    # README "Run it": 86 s wall on an idle 2-core CPU; --mask-ablation adds ~70 s
+EXPECTED_SECONDS = 86    # README "Run it": 86 s wall (85 s of CPU) on an idle 2-core CPU; --mask-ablation adds ~70 s
 FAST_SECONDS = 12
 
 import random

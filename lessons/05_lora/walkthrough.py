@@ -29,7 +29,7 @@ Everything it uses lives in the library (minift/peft/lora.py, minift/peft/common
 minift/peft/io.py, minift/heads.py, minift/train.py, minift/pretrain.py; the train-and-measure
 bench: minift/course.py); this file only calls it and prints.
 """
-EXPECTED_SECONDS = 100
+EXPECTED_SECONDS = 66
 FAST_SECONDS = 10
 
 import copy
@@ -40,7 +40,7 @@ import time
 
 import torch
 
-from minift import course, world
+from minift import course, figures, world
 from minift.heads import TokenClassifier, encode_ner, ner_splits
 from minift.model import GPT, GPTConfig
 from minift.peft.common import disable_adapters, remove_adapters
@@ -178,7 +178,7 @@ for r in results:
         small = r["rep"]["trainable"] < 0.02 * n_full
         good = f_full >= 0.05 and r["f1"]["test"] >= 0.95 * f_full
         less = a["pretrain_ppl"] < fa["pretrain_ppl"] and a["fact_accuracy"] > fa["fact_accuracy"]
-        print(f"  {r['method']:<20} < 2% of full's trainable: {'yes' if small else 'no '} | test F1 >= 95% of full's: "
+        course.verdict(f"  {r['method']:<20} < 2% of full's trainable: {'yes' if small else 'no '} | test F1 >= 95% of full's: "
               f"{'yes' if good else 'no '} ({rel(r)}) | forgets less (ppl and facts): {'yes' if less else 'no '} -> "
               f"{'holds' if small and good and less else 'fails'}")
 
@@ -192,6 +192,13 @@ corpus = " ".join(world.pretrain_corpus("train"))
 print(f"the surnames (every I-PER word: {', '.join(surnames)}) occur in the pretraining corpus "
       f"{sum(corpus.count(w) for w in surnames)} times; ' {surnames[-1]}' is tokenized as "
       f"{[tok.decode([i]) for i in tok.encode(' ' + surnames[-1])]}, and its tag sits on the first piece.")
+
+if args.figures:                           # --figures: the curves and spectra as pictures (minift/figures.py)
+    figures.loss_curves({r["method"]: r["curve"] for r in results}, figures.target("05", "loss_curves.png", FAST),
+                        title=f"NER training loss, {STEPS} steps x batch {BATCH} (each method at its lr)")
+    spectra = ("full", "LoRA r=1 q,v", "LoRA r=4 q,v", "LoRA r=16 q,v", "LoRA r=4 all linear")
+    figures.lora_spectra(figures.delta_spectra(base, {m: quality[m]["model"].body for m in spectra}, MATRICES[:2]),
+                         figures.target("05", "update_spectra.png", FAST))
 
 # ==============================================================================================
 header("3. The same ranks on a GPT-3-175B-shaped model (meta device: shapes only, no memory)")

@@ -20,7 +20,7 @@ Prints, top to bottom:
 Everything it uses lives in the library (minift/quant/int8.py, minift/quant/qlora.py:
 quantize_model, minift/pretrain.py); this file only calls it and prints.
 """
-EXPECTED_SECONDS = 20
+EXPECTED_SECONDS = 11
 FAST_SECONDS = 10
 
 import copy

@@ -26,7 +26,7 @@ Prints, top to bottom:
 Everything it uses lives in the library (minift/align/dpo.py, preference.py, logps.py, reward.py,
 ppo.py, sft.py; minift/evals.py); this file only calls it, measures and prints.
 """
-EXPECTED_SECONDS = 100
+EXPECTED_SECONDS = 99
 FAST_SECONDS = 12
 
 import copy
@@ -35,7 +35,7 @@ from unittest import mock
 
 import torch
 
-from minift import course
+from minift import course, figures
 from minift.align.dpo import DPOConfig, score_pairs, train_dpo
 from minift.align.ppo import PPOConfig, frozen_copy, train_ppo
 from minift.align.preference import PreferenceDataset
@@ -206,6 +206,10 @@ print("h = [log π(y_w) − log π_ref(y_w)] − [log π(y_l) − log π_ref(y_l
       "Δ log π: mean change from π_SFT over the held-out pairs (summed over the answer's tokens). DPO + NLL α=1 "
       "adds the chosen answer's NLL per token to the loss (DPOConfig(nll_weight=1.0)).")
 
+if args.figures:                           # --figures: every run's curves as a picture (minift/figures.py)
+    figures.dpo_curves({f"{r['name']} β={r['cfg'].beta:g}": (r["hist"], r["cfg"].beta) for r in results.values()},
+                       figures.target("15", "dpo_curves.png", FAST))
+
 # ==============================================================================================
 header("3. The effect of β, IPO for contrast, and the NLL term (same pairs, steps, lr, seed)")
 tgt = lambda r: f"{1 / (2 * r['cfg'].beta):.2f}/token" if r["cfg"].loss_type == "ipo" else "none"
@@ -251,7 +255,7 @@ for key, r in results.items():
     g, e = gens[key], r["eval"]
     good = e["accuracy"] >= 0.9
     kept = g["chosen"] >= g0["chosen"] - MARGIN - 1e-9 and g["fact_correct"] >= g0["fact_correct"] - MARGIN - 1e-9
-    print(f"  {r['name'] + ' β=' + format(r['cfg'].beta, 'g'):<20} accuracy >= 90%: {'yes' if good else 'no '} "
+    course.verdict(f"  {r['name'] + ' β=' + format(r['cfg'].beta, 'g'):<20} accuracy >= 90%: {'yes' if good else 'no '} "
           f"({e['accuracy']:.0%}) | quality kept: {'yes' if kept else 'no '} ({g['chosen']:.0%}, "
           f"{g['fact_correct']:.0%}) -> {'holds' if good and kept else 'fails'}")
 

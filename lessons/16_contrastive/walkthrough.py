@@ -22,7 +22,7 @@ Prints, top to bottom:
 Everything it uses lives in the library (minift/align/contrastive.py, minift/peft/lora.py,
 minift/train.py, minift/pretrain.py); this file only calls it and prints.
 """
-EXPECTED_SECONDS = 90
+EXPECTED_SECONDS = 89
 FAST_SECONDS = 10
 
 import re

@@ -23,7 +23,7 @@ Prints, top to bottom:
 Everything it uses lives in the library (minift/align/distill.py, minift/heads.py, minift/train.py,
 minift/pretrain.py); this file only calls it and prints.
 """
-EXPECTED_SECONDS = 100
+EXPECTED_SECONDS = 98
 FAST_SECONDS = 10
 
 import copy
@@ -235,7 +235,7 @@ for r in results[1:]:
     same = next(b for b in results if b["signal"] == "none" and b["init"] == r["init"])
     share = r["f1"]["test"][0] / ft if ft >= 0.05 else 0.0
     beats = r["f1"]["test"][0] > same["f1"]["test"][0]
-    print(f"  {r['name']:<30} {share:6.1%} of the teacher: {'yes' if share >= 0.9 else 'no '} | beats its no-teacher "
+    course.verdict(f"  {r['name']:<30} {share:6.1%} of the teacher: {'yes' if share >= 0.9 else 'no '} | beats its no-teacher "
           f"twin ({same['f1']['test'][0]:.3f}): {'yes' if beats else 'no '} -> {'holds' if share >= 0.9 and beats else 'fails'}")
 
 
