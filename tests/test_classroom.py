@@ -32,7 +32,9 @@ def test_every_stub_file_scores_zero_and_matches_the_reference_signatures(les):
 
 
 def test_a_file_filled_with_the_reference_scores_full_marks(tmp_path):
-    les = next(le for le in GRADED if le["nn"] == "05")
+    # lesson 10: several functions and checks, and cheap ones (every check's reference run is
+    # already tested in tests/test_conformance.py; this is the grade's arithmetic)
+    les = next(le for le in GRADED if le["nn"] == "10")
     stub = load_impl(les["dir"] / "exercise.py")
     names = sorted(n for n in dir(stub) if n.startswith("run_"))
     filled = tmp_path / "filled.py"
@@ -55,8 +57,12 @@ def test_handing_out_never_loses_a_students_work(tmp_path):
     assert classroom.default_impl(les, tmp_path) == path             # check grades the copy
 
 
-def test_check_prints_json_points_and_exits_nonzero_when_an_exercise_fails():
-    r = subprocess.run([sys.executable, "-m", "minift.cli", "check", "00", "--impl", "tests/wrong_impl.py", "--json"],
+def test_check_prints_json_points_and_exits_nonzero_when_an_exercise_fails(tmp_path):
+    # wrong_impl's softmax (no max shift) and its correct gelu; lesson 00's other functions are MISSING
+    (tmp_path / "wrong_impl.py").write_text((ROOT / "tests" / "wrong_impl.py").read_text())
+    part = tmp_path / "softmax_and_gelu.py"                # the graded file's folder is importable
+    part.write_text("from wrong_impl import run_softmax, run_gelu  # noqa: F401\n")
+    r = subprocess.run([sys.executable, "-m", "minift.cli", "check", "00", "--impl", str(part), "--json"],
                        cwd=str(ROOT), capture_output=True, text=True, timeout=300)
     assert r.returncode == 1, r.stderr[-2000:]
     g = json.loads(r.stdout)
