@@ -1,7 +1,7 @@
 """The `minift` command.
 
     minift lessons                     the course, in order, with measured times
-    minift run NN|all [--fast]         run a lesson's walkthrough (or all of them, in order)
+    minift run NN|all [--fast] [--figures]   run a lesson's walkthrough (or all of them, in order)
     minift exercise NN [--reset]       copy a lesson's exercise stubs to exercises/NN_name.py to work in
     minift check NN [--impl FILE]      grade it: points per exercise (its conformance checks), counterexamples
     minift golden [--impl FILE]        regenerate data/golden/, or run an implementation on its inputs
@@ -109,7 +109,8 @@ def cmd_run(args) -> int:
     for les in lessons:
         print(f"\n=== lesson {les['nn']}: {les['name']} ===", flush=True)
         t0 = time.perf_counter()
-        cmd = [sys.executable, str(les["dir"] / "walkthrough.py")] + (["--fast"] if args.fast else [])
+        cmd = [sys.executable, str(les["dir"] / "walkthrough.py")] + (["--fast"] if args.fast else []) \
+            + (["--figures"] if args.figures else [])
         rc = subprocess.call(cmd, cwd=str(ROOT))
         secs = time.perf_counter() - t0
         _record_time(les["nn"], args.fast, secs, rc)
@@ -240,6 +241,8 @@ def main(argv=None) -> int:
     r = sub.add_parser("run", help="run a lesson walkthrough: NN or all")
     r.add_argument("lesson")
     r.add_argument("--fast", action="store_true", help="the quick version used by the tests")
+    r.add_argument("--figures", action="store_true", help="also draw the lesson's figures (needs the plots extra: "
+                   "pip install -e \".[plots]\"); a --fast run writes them to a temporary folder")
     c = sub.add_parser("check", help="grade a lesson's exercise file")
     c.add_argument("lesson")
     c.add_argument("--impl", default=None, help="file with the run_* functions (default: exercises/NN_name.py if "
