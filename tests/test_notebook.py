@@ -39,6 +39,7 @@ def test_the_notebook_has_the_keys_and_cells_of_nbformat_4(name):
 @pytest.mark.parametrize("name", sorted(NOTEBOOKS))
 def test_nbformat_validates_the_notebook(name):
     nbformat = pytest.importorskip("nbformat")
+    # nbformat's own schema check: it raises ValidationError on a notebook that breaks the format
     nbformat.validate(nbformat.reads(json.dumps(NOTEBOOKS[name]), as_version=4))
 
 
