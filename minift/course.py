@@ -38,7 +38,9 @@ and `bench.sweep(...)` is the `--sweep` that picks each method's learning rate o
 from __future__ import annotations
 
 import argparse
+import ast
 import atexit
+import inspect
 import sys
 import time
 from collections import Counter
@@ -128,6 +130,30 @@ def load_kernel() -> str:
     from .quant import ops
     ops.extension()
     return ops.backend()
+
+
+def _literal(text: str):
+    """A command-line value as Python: 0.25, 3, (1, 4), None, true/false; anything else stays a string."""
+    if text.lower() in ("true", "false"):
+        return text.lower() == "true"
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        return text
+
+
+def run_starter(namespace: dict, argv: Optional[list] = None):
+    """`python lessons/NN_x/exercise.py try_<what> [value ...] [name=value ...]`: call the exercise's
+    starter `try_<what>` with those arguments (each read as a Python literal, else a string), e.g.
+    `try_ppo 0.1 20`, `try_forgetting replay=0.25`, `try_lora_targets attn.c_attn mlp.c_fc`."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    starters = sorted(n for n, f in namespace.items() if n.startswith("try_") and callable(f))
+    if not argv or argv[0] not in starters:
+        usage = "\n".join(f"  {n}{inspect.signature(namespace[n])}" for n in starters)
+        raise SystemExit(f"usage: python {sys.argv[0]} try_<what> [value ...] [name=value ...]; the starters:\n{usage}")
+    args = [_literal(a) for a in argv[1:] if "=" not in a]
+    kwargs = {k: _literal(v) for k, v in (a.split("=", 1) for a in argv[1:] if "=" in a)}
+    return namespace[argv[0]](*args, **kwargs)
 
 
 def elapsed() -> float:

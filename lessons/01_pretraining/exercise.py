@@ -14,7 +14,6 @@ Try it: `python lessons/01_pretraining/exercise.py try_train_tiny_gpt` trains a 
 your run_train (once it passes) and prints its loss curve.
 """
 import math  # noqa: F401  (math.cos, math.pi, math.exp, math.sqrt)
-import sys
 
 import torch  # noqa: F401
 
@@ -171,10 +170,6 @@ def try_forgetting(replay=0.0, lr=1e-3, steps=30):
     print(f"after {steps} steps (replay {replay:.0%}, lr {lr:g}): {measure(model)}")
 
 
-if __name__ == "__main__":         # python lessons/01_pretraining/exercise.py try_forgetting replay=0.25
-    import ast
-    name, *pairs = sys.argv[1:] or [""]
-    if not name.startswith("try_") or name not in globals() or not all("=" in p for p in pairs):
-        raise SystemExit("usage: python lessons/01_pretraining/exercise.py try_train_tiny_gpt | try_forgetting "
-                         "[name=value ...], e.g. try_forgetting replay=0.25 lr=3e-4")
-    globals()[name](**{k: ast.literal_eval(v) for k, v in (p.split("=", 1) for p in pairs)})
+if __name__ == "__main__":         # python lessons/01_pretraining/exercise.py try_<what> [value ...] [name=value ...]
+    from minift.course import run_starter
+    run_starter(globals())

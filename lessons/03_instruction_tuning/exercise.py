@@ -7,7 +7,6 @@ minift verify): lessons/README.md, "Grading your exercise".
 Rules: plain Python and PyTorch tensor operations. Do not call F.cross_entropy,
 F.log_softmax, torch.logsumexp or minift itself: writing them is the point.
 """
-import sys
 
 import torch  # noqa: F401
 
@@ -86,10 +85,6 @@ def try_sft(steps=150, tasks="instructions", n_per_task=300, train_on_prompt=Fal
             print(f"  [{ex['task']}] gold {ex['output']!r:<20} got {got!r}")
 
 
-if __name__ == "__main__":         # python lessons/03_instruction_tuning/exercise.py try_sft steps=200
-    import ast
-    name, *pairs = sys.argv[1:] or [""]
-    if name != "try_sft" or not all("=" in p for p in pairs):
-        raise SystemExit("usage: python lessons/03_instruction_tuning/exercise.py try_sft [name=value ...], "
-                         "e.g. try_sft steps=200 tasks='instructions' train_on_prompt=True")
-    try_sft(**{k: ast.literal_eval(v) if k != "tasks" else v for k, v in (p.split("=", 1) for p in pairs)})
+if __name__ == "__main__":         # python lessons/03_instruction_tuning/exercise.py try_<what> [value ...] [name=value ...]
+    from minift.course import run_starter
+    run_starter(globals())

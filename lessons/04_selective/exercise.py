@@ -15,7 +15,6 @@ Below the stubs, `try_bitfit_vs_full()` is the starter of the README's exercise 
 """
 import math  # noqa: F401
 import re  # noqa: F401
-import sys
 
 
 def run_bitfit_select(names):
@@ -93,8 +92,6 @@ def try_bitfit_vs_full(steps=150, n_sentences=6, surnames=(" Ward", " Moss", " H
         print(f"{s!r} -> pieces {[tok.decode([t]) for t in tok.encode(s)]}")
 
 
-if __name__ == "__main__":
-    if len(sys.argv) != 2 or not sys.argv[1].startswith("try_") or sys.argv[1] not in globals():
-        sys.exit(f"usage: python {sys.argv[0]} try_<what>; one of: "
-                 f"{', '.join(n for n in sorted(globals()) if n.startswith('try_'))}")
-    globals()[sys.argv[1]]()
+if __name__ == "__main__":         # python lessons/04_selective/exercise.py try_<what> [value ...] [name=value ...]
+    from minift.course import run_starter
+    run_starter(globals())

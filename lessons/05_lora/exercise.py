@@ -17,7 +17,6 @@ Below the stubs, the starters of the README's "try it" exercises (they call mini
     python lessons/05_lora/exercise.py try_rslora           # exercise 5, about 20 s
 """
 import math  # noqa: F401
-import sys
 
 import torch  # noqa: F401
 import torch.nn as nn  # noqa: F401
@@ -191,8 +190,6 @@ def try_rslora(ranks=(1, 4, 16), alpha=16.0, lr=3e-3):
         bench.run(m, lr)
 
 
-if __name__ == "__main__":
-    if len(sys.argv) != 2 or not sys.argv[1].startswith("try_") or sys.argv[1] not in globals():
-        sys.exit(f"usage: python {sys.argv[0]} try_<what>; one of: "
-                 f"{', '.join(n for n in sorted(globals()) if n.startswith('try_'))}")
-    globals()[sys.argv[1]]()
+if __name__ == "__main__":         # python lessons/05_lora/exercise.py try_<what> [value ...] [name=value ...]
+    from minift.course import run_starter
+    run_starter(globals())

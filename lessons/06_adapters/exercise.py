@@ -12,7 +12,6 @@ Below the stub, the starters of the README's "try it" exercises (they may call m
     python lessons/06_adapters/exercise.py try_head_plus_wte            # exercise 3, about 15 s
     python lessons/06_adapters/exercise.py try_adapter_timing           # exercise 4, about 10 s
 """
-import sys
 import time
 
 import torch  # noqa: F401
@@ -102,8 +101,6 @@ def try_adapter_timing(widths=(128, 4096), m=15, tokens=64, rounds=20):
               f"ratio {best['adapter'] / max(best['linear'], 1e-9):.2f}x  (extra multiply-adds vs the linear: {extra:.1%})")
 
 
-if __name__ == "__main__":
-    if len(sys.argv) != 2 or not sys.argv[1].startswith("try_") or sys.argv[1] not in globals():
-        sys.exit(f"usage: python {sys.argv[0]} try_<what>; one of: "
-                 f"{', '.join(n for n in sorted(globals()) if n.startswith('try_'))}")
-    globals()[sys.argv[1]]()
+if __name__ == "__main__":         # python lessons/06_adapters/exercise.py try_<what> [value ...] [name=value ...]
+    from minift.course import run_starter
+    run_starter(globals())

@@ -13,7 +13,6 @@ are all fine); do not call minift in the run_* functions.
 The try_* functions at the bottom are complete starters for the README's "try" exercises; they use
 minift. Run one with `python lessons/07_prefix_tuning/exercise.py try_attention_share`.
 """
-import sys
 
 import torch  # noqa: F401
 import torch.nn.functional as F  # noqa: F401
@@ -164,7 +163,6 @@ def try_prefix_mlp_width(hidden=128, steps=150, lr=1e-2, seed=0, init_ids=None):
     return r
 
 
-if __name__ == "__main__":
-    if len(sys.argv) < 2 or not sys.argv[1].startswith("try_") or sys.argv[1] not in globals():
-        sys.exit(f"usage: python {sys.argv[0]} try_attention_share | try_prefix_mlp_width")
-    globals()[sys.argv[1]]()
+if __name__ == "__main__":         # python lessons/07_prefix_tuning/exercise.py try_<what> [value ...] [name=value ...]
+    from minift.course import run_starter
+    run_starter(globals())

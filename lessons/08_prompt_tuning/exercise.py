@@ -10,7 +10,6 @@ not call minift in the run_* functions.
 The try_* functions at the bottom are complete starters for the README's "try" exercises; they use
 minift. Run one with `python lessons/08_prompt_tuning/exercise.py try_positions_overlap`.
 """
-import sys
 
 import torch  # noqa: F401
 import torch.nn.functional as F  # noqa: F401
@@ -149,7 +148,6 @@ def try_prompt_from_ids(ids=None, n=16, steps=150, lr=3e-2, seed=0):
     return r
 
 
-if __name__ == "__main__":
-    if len(sys.argv) < 2 or not sys.argv[1].startswith("try_") or sys.argv[1] not in globals():
-        sys.exit(f"usage: python {sys.argv[0]} try_positions_overlap | try_crowd_direction | try_prompt_from_ids")
-    globals()[sys.argv[1]]()
+if __name__ == "__main__":         # python lessons/08_prompt_tuning/exercise.py try_<what> [value ...] [name=value ...]
+    from minift.course import run_starter
+    run_starter(globals())

@@ -12,7 +12,6 @@ functions.
 The try_* function at the bottom is a complete starter for the README's "try" exercise; it uses
 minift. Run it with `python lessons/09_random_masking/exercise.py try_mask_all_linears`.
 """
-import sys
 
 import torch  # noqa: F401
 import torch.nn.functional as F  # noqa: F401
@@ -101,7 +100,6 @@ def try_mask_all_linears(lr=3e-2, density=0.001, targets=ALL_LINEARS, steps=150,
     return r
 
 
-if __name__ == "__main__":
-    if len(sys.argv) < 2 or not sys.argv[1].startswith("try_") or sys.argv[1] not in globals():
-        sys.exit(f"usage: python {sys.argv[0]} try_mask_all_linears")
-    globals()[sys.argv[1]]()
+if __name__ == "__main__":         # python lessons/09_random_masking/exercise.py try_<what> [value ...] [name=value ...]
+    from minift.course import run_starter
+    run_starter(globals())

@@ -10,7 +10,6 @@ Rules: plain PyTorch (torch, torch.linalg); do not call minift in the run_* func
 The try_* functions at the bottom are complete starters for the README's "try" exercise. Run one
 with `python lessons/10_loreft/exercise.py try_scaled_r`.
 """
-import sys
 import time
 
 import torch  # noqa: F401
@@ -94,7 +93,6 @@ def try_qr_cost(r=4, sizes=(128, 4096), repeats=20, seed=0):
         print(f"r={r}, C={C}: one QR forward + backward {best * 1e6:.0f} µs")
 
 
-if __name__ == "__main__":
-    if len(sys.argv) < 2 or not sys.argv[1].startswith("try_") or sys.argv[1] not in globals():
-        sys.exit(f"usage: python {sys.argv[0]} try_scaled_r | try_qr_cost")
-    globals()[sys.argv[1]]()
+if __name__ == "__main__":         # python lessons/10_loreft/exercise.py try_<what> [value ...] [name=value ...]
+    from minift.course import run_starter
+    run_starter(globals())

@@ -10,7 +10,6 @@ Do not call minift. Inputs are float32; return float32 tensors.
 Starter for the "try it" exercise of the README: `python lessons/11_quantization/exercise.py try_int8_sums`.
 """
 import math  # noqa: F401
-import sys
 
 import torch  # noqa: F401
 
@@ -65,7 +64,6 @@ def try_int8_sums(n=4):
     print(f"{n} x 127 x 127: exact {127 * 127 * n}, summed in int8 {in_int8}, in int32 {in_int32}")
 
 
-if __name__ == "__main__":
-    if len(sys.argv) < 2 or not sys.argv[1].startswith("try_") or sys.argv[1] not in globals():
-        sys.exit("usage: python lessons/11_quantization/exercise.py try_int8_sums")
-    globals()[sys.argv[1]]()
+if __name__ == "__main__":         # python lessons/11_quantization/exercise.py try_<what> [value ...] [name=value ...]
+    from minift.course import run_starter
+    run_starter(globals())

@@ -13,7 +13,6 @@ warm-ups use it. Write it first.
 
 Starter for the "try it" exercise of the README: `python lessons/12_qlora/exercise.py try_memory_65b`.
 """
-import sys
 
 import torch  # noqa: F401
 
@@ -126,7 +125,6 @@ def try_memory_65b(checkpointing=False, r=64, seq=512):
                                                           ("weights", "gradients", "optimizer", "activations", "total")))
 
 
-if __name__ == "__main__":
-    if len(sys.argv) < 2 or not sys.argv[1].startswith("try_") or sys.argv[1] not in globals():
-        sys.exit("usage: python lessons/12_qlora/exercise.py try_memory_65b")
-    globals()[sys.argv[1]]()
+if __name__ == "__main__":         # python lessons/12_qlora/exercise.py try_<what> [value ...] [name=value ...]
+    from minift.course import run_starter
+    run_starter(globals())

@@ -16,7 +16,6 @@ slicing are fine); do not call minift. The try_* starters at the bottom call the
 run small experiments for the README's "try it" exercises
 (`python lessons/14_rlhf_ppo/exercise.py try_reward_pairs`).
 """
-import sys
 
 import torch  # noqa: F401
 import torch.nn.functional as F  # noqa: F401
@@ -203,8 +202,6 @@ def try_ppo(beta=0.2, iterations=6, batch_size=16, sft_steps=60, rm_steps=40, se
     return hist
 
 
-if __name__ == "__main__":
-    if len(sys.argv) < 2 or not sys.argv[1].startswith("try_"):
-        sys.exit("usage: python lessons/14_rlhf_ppo/exercise.py try_reward_pairs | "
-                 "try_ppo [beta [iterations [batch_size]]]")
-    globals()[sys.argv[1]](*(float(a) if "." in a else int(a) for a in sys.argv[2:]))
+if __name__ == "__main__":         # python lessons/14_rlhf_ppo/exercise.py try_<what> [value ...] [name=value ...]
+    from minift.course import run_starter
+    run_starter(globals())

@@ -14,7 +14,6 @@ calling that model is the point (the README says how).
 The "try it" exercise of the README starts from `try_temperature` at the bottom (it calls minift,
 which is fine there): `python lessons/16_contrastive/exercise.py try_temperature 0.5`.
 """
-import sys
 
 import torch  # noqa: F401
 import torch.nn.functional as F  # noqa: F401
@@ -136,7 +135,6 @@ def try_temperature(tau=0.5, steps=80, batch=64, seed=0):
     return r
 
 
-if __name__ == "__main__":
-    if len(sys.argv) < 2 or not sys.argv[1].startswith("try_"):
-        sys.exit("usage: python lessons/16_contrastive/exercise.py try_temperature [tau [steps]]")
-    globals()[sys.argv[1]](*(float(a) if "." in a else int(a) for a in sys.argv[2:]))
+if __name__ == "__main__":         # python lessons/16_contrastive/exercise.py try_<what> [value ...] [name=value ...]
+    from minift.course import run_starter
+    run_starter(globals())

@@ -17,7 +17,6 @@ The "try it" exercise of the README starts from `try_student` at the bottom (it 
 which is fine there): `python lessons/17_distillation/exercise.py try_student 0.1 1.0`.
 """
 import math  # noqa: F401  (math.log for the mixture's weights)
-import sys
 
 import torch  # noqa: F401
 import torch.nn.functional as F  # noqa: F401
@@ -135,7 +134,6 @@ def try_student(alpha=0.5, temperature=2.0, teacher="onehot", steps=300, seed=1)
     return f1
 
 
-if __name__ == "__main__":
-    if len(sys.argv) < 2 or not sys.argv[1].startswith("try_"):
-        sys.exit("usage: python lessons/17_distillation/exercise.py try_student [alpha [temperature]]")
-    globals()[sys.argv[1]](*(float(a) for a in sys.argv[2:4]))
+if __name__ == "__main__":         # python lessons/17_distillation/exercise.py try_<what> [value ...] [name=value ...]
+    from minift.course import run_starter
+    run_starter(globals())

@@ -15,7 +15,6 @@ The "try it" exercise of the README starts from `try_replay` at the bottom (it c
 is fine there): `python lessons/18_multitask_sequential/exercise.py try_replay equal`.
 """
 import math  # noqa: F401  (math.inf is a valid temperature)
-import sys
 
 import torch  # noqa: F401
 
@@ -145,8 +144,6 @@ def try_replay(replay_mix="proportional", pretrain_stage=False, rho=0.25, steps=
     return run
 
 
-if __name__ == "__main__":
-    if len(sys.argv) < 2 or not sys.argv[1].startswith("try_"):
-        sys.exit("usage: python lessons/18_multitask_sequential/exercise.py try_replay [replay_mix [pretrain_stage]]")
-    args = sys.argv[2:]
-    globals()[sys.argv[1]](*args[:1], *[a.lower() in ("1", "true", "yes") for a in args[1:2]])
+if __name__ == "__main__":         # python lessons/18_multitask_sequential/exercise.py try_<what> [value ...] [name=value ...]
+    from minift.course import run_starter
+    run_starter(globals())

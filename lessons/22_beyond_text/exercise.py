@@ -12,7 +12,6 @@ Rules: plain tensor operations (reshape, permute, view, transpose); do not call 
 Exercise 3 of the README starts from `try_lora_targets` at the bottom (it calls minift, which is
 fine there): `python lessons/22_beyond_text/exercise.py try_lora_targets patch_embed`.
 """
-import sys
 
 import torch  # noqa: F401
 
@@ -67,7 +66,6 @@ def try_lora_targets(*targets, r=4, alpha=8, lr=1e-2):
     return acc
 
 
-if __name__ == "__main__":
-    if len(sys.argv) < 2 or not sys.argv[1].startswith("try_"):
-        sys.exit("usage: python lessons/22_beyond_text/exercise.py try_lora_targets [target ...]")
-    globals()[sys.argv[1]](*sys.argv[2:])
+if __name__ == "__main__":         # python lessons/22_beyond_text/exercise.py try_<what> [value ...] [name=value ...]
+    from minift.course import run_starter
+    run_starter(globals())

@@ -281,6 +281,32 @@ def tensor_arg(name: str, t) -> torch.Tensor:
     return t
 
 
+def sgd_step(loss: torch.Tensor, model: torch.nn.Module, lr: float) -> torch.Tensor:
+    """θ ← θ − lr ∇_θ L over the model's trainable parameters, with this batch's gradient only (not
+    added to any .grad already there); returns the loss, detached. The assignments' reference steps
+    use plain SGD so that a check can recompute the step exactly."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    grads = torch.autograd.grad(loss, params)
+    with torch.no_grad():
+        for p, g in zip(params, grads):
+            p.sub_(lr * g)                                         # θ ← θ − lr ∇L
+    return loss.detach()
+
+
+def assert_only_trained_moved(what: str, frozen: torch.nn.Module, frozen_before: dict, frozen_name: str,
+                              trained: torch.nn.Module, trained_before: dict, trained_name: str) -> None:
+    """After one step: `frozen` (a reference, a teacher) has the same weights bit for bit and no .grad,
+    and `trained` moved. *_before: state_dict copies taken before the step."""
+    changed = [k for k, v in frozen.state_dict().items() if not torch.equal(v, frozen_before[k])]
+    if changed:
+        raise AssertionError(f"{what} changed the {frozen_name}'s {changed[:3]}: only the {trained_name} trains")
+    graded = [k for k, p in frozen.named_parameters() if p.grad is not None]
+    if graded:
+        raise AssertionError(f"{what} left gradients on the {frozen_name}'s {graded[:3]}: score it under torch.no_grad()")
+    if all(torch.equal(v, trained_before[k]) for k, v in trained.state_dict().items()):
+        raise AssertionError(f"{what} did not change the {trained_name}: one gradient step must move it")
+
+
 # ---- the independent float64 maths shared by several lessons -------------------------------
 
 def softmax64(x: np.ndarray, axis: int = -1) -> np.ndarray:

@@ -29,7 +29,6 @@ from minift.train import TrainConfig, lr_at, make_optimizer
 
 from .harness import assert_close, output, property_check, scalar, tensor, tensor_arg
 from .lesson01_pretraining import lr_schedule64
-from .strategies import arrays, f32
 
 
 # ---- the reference functions --------------------------------------------------------------------

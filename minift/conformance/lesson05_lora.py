@@ -238,21 +238,28 @@ def _merge_inputs(draw):
             draw(arrays((fout, r), f32(-1, 1))), float(draw(f32(-4, 4))))
 
 
+def _fold_matches_formula(fold, inp, sign: int, call: str) -> None:
+    """fold(W, A, B, s) = W + sign·s B A in float64, W's shape and dtype (float32 here), W unchanged:
+    the merge (sign +1, W = W0) and the unmerge (sign -1, W = the merged weight)."""
+    W, A, B, s = inp
+    what = f"{call}(W, A, B, scaling={s!r})"
+    Wt = tensor(W)
+    y = fold(Wt, tensor(A), tensor(B), s)
+    if isinstance(y, torch.Tensor) and y.dtype != torch.float32:
+        raise AssertionError(f"{what} returned dtype {y.dtype}; the result keeps W's dtype (float32)")
+    if not np.array_equal(Wt.numpy(), W):
+        raise AssertionError(f"{what} changed its input W in place; return a new tensor instead")
+    W64, a, b_ = (t.astype(np.float64) for t in (W, A, B))
+    assert_close(output(y, W.shape, what), W64 + sign * s * (b_ @ a),
+                 f"{what} vs W {'+' if sign > 0 else '-'} scaling B A",
+                 atol=1e-5 * (np.abs(W64) + abs(s) * (np.abs(b_) @ np.abs(a))) + 1e-7, rtol=0)
+
+
 @property_check("run_lora_merge", lesson=5, examples=60, inp=_merge_inputs())
 def lora_merge_matches_formula(merge, inp):
     """lora_merge(W0, A, B, scaling) equals W0 + scaling B A (float64), keeps W0's shape and dtype
     (float32 here) and leaves W0 itself unchanged."""
-    W0, A, B, s = inp
-    what = f"run_lora_merge(W0, A, B, scaling={s!r})"
-    W0t = tensor(W0)
-    y = merge(W0t, tensor(A), tensor(B), s)
-    if isinstance(y, torch.Tensor) and y.dtype != torch.float32:
-        raise AssertionError(f"{what} returned dtype {y.dtype}; the merged weight keeps W0's dtype (float32)")
-    if not np.array_equal(W0t.numpy(), W0):
-        raise AssertionError(f"{what} changed its input W0 in place; return a new tensor instead")
-    W, a, b_ = (t.astype(np.float64) for t in (W0, A, B))
-    assert_close(output(y, W0.shape, what), W + s * (b_ @ a), f"{what} vs W0 + scaling B A",
-                 atol=1e-5 * (np.abs(W) + abs(s) * (np.abs(b_) @ np.abs(a))) + 1e-7, rtol=0)
+    _fold_matches_formula(merge, inp, +1, "run_lora_merge")
 
 
 @property_check("run_lora_merge", lesson=5, examples=60, inp=_merge_inputs())
@@ -290,17 +297,7 @@ def lora_merge_then_forward(merge, lora, inp):
 def lora_unmerge_matches_formula(unmerge, inp):
     """lora_unmerge(W, A, B, scaling) equals W - scaling B A (float64), keeps W's shape and dtype
     (float32 here) and leaves W itself unchanged."""
-    W, A, B, s = inp
-    what = f"run_lora_unmerge(W, A, B, scaling={s!r})"
-    Wt = tensor(W)
-    y = unmerge(Wt, tensor(A), tensor(B), s)
-    if isinstance(y, torch.Tensor) and y.dtype != torch.float32:
-        raise AssertionError(f"{what} returned dtype {y.dtype}; the unmerged weight keeps W's dtype (float32)")
-    if not np.array_equal(Wt.numpy(), W):
-        raise AssertionError(f"{what} changed its input W in place; return a new tensor instead")
-    W64, a, b_ = (t.astype(np.float64) for t in (W, A, B))
-    assert_close(output(y, W.shape, what), W64 - s * (b_ @ a), f"{what} vs W - scaling B A",
-                 atol=1e-5 * (np.abs(W64) + abs(s) * (np.abs(b_) @ np.abs(a))) + 1e-7, rtol=0)
+    _fold_matches_formula(unmerge, inp, -1, "run_lora_unmerge")
 
 
 @property_check("run_lora_unmerge", "run_lora_merge", lesson=5, examples=40, inp=_merge_inputs(),

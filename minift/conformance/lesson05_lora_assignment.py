@@ -11,7 +11,6 @@ compare with float64 formulas written out here (a numpy GPT forward for the mode
 """
 from __future__ import annotations
 
-import copy
 import re
 
 import numpy as np

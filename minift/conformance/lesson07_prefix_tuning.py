@@ -30,20 +30,27 @@ from .strategies import MAX_B, MAX_D, MAX_H, MAX_T, arrays, f32
 
 # ---- the reference functions --------------------------------------------------------------------
 
+def _check_qkv(fn: str, q, k, v, pk, pv):
+    """The shared argument checks: q (B, H, T, D), k, v like q, prefix (B, H, P, D)."""
+    q, k, v = tensor_arg("q", q), tensor_arg("k", k), tensor_arg("v", v)
+    pk, pv = tensor_arg("prefix_k", pk), tensor_arg("prefix_v", pv)
+    if q.dim() != 4 or q.shape != k.shape or q.shape != v.shape:
+        raise ValueError(f"{fn}: q, k, v must share one shape (B, H, T, D), got "
+                         f"{tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}")
+    B, H, T, D = q.shape
+    if pk.dim() != 4 or pk.shape != pv.shape or (pk.shape[0], pk.shape[1], pk.shape[3]) != (B, H, D):
+        raise ValueError(f"{fn}: prefix_k, prefix_v must both be (B, H, P, D)=({B}, {H}, P, {D}), "
+                         f"got {tuple(pk.shape)} and {tuple(pv.shape)}")
+    return q, k, v, pk, pv
+
+
 def run_prefix_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, prefix_k: torch.Tensor,
                          prefix_v: torch.Tensor) -> torch.Tensor:
     """softmax(q [prefix_k ; k]^T / sqrt(D) + M) [prefix_v ; v], M causal over the real keys and 0 on
     the P prefix keys, as one block of `GPT.forward(..., prefix_kv=...)` computes it.
     q, k, v: (B, H, T, D); prefix_k, prefix_v: (B, H, P, D), P >= 0. Returns (B, H, T, D)."""
-    q, k, v = tensor_arg("q", q), tensor_arg("k", k), tensor_arg("v", v)
-    pk, pv = tensor_arg("prefix_k", prefix_k), tensor_arg("prefix_v", prefix_v)
-    if q.dim() != 4 or q.shape != k.shape or q.shape != v.shape:
-        raise ValueError(f"run_prefix_attention: q, k, v must share one shape (B, H, T, D), got "
-                         f"{tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}")
+    q, k, v, pk, pv = _check_qkv("run_prefix_attention", q, k, v, prefix_k, prefix_v)
     B, H, T, D = q.shape
-    if pk.dim() != 4 or pk.shape != pv.shape or (pk.shape[0], pk.shape[1], pk.shape[3]) != (B, H, D):
-        raise ValueError(f"run_prefix_attention: prefix_k, prefix_v must both be (B, H, P, D)=({B}, {H}, P, {D}), "
-                         f"got {tuple(pk.shape)} and {tuple(pv.shape)}")
     P = pk.shape[2]
     mask = build_attention_mask(torch.ones(B, T, dtype=torch.bool, device=q.device), T, P)   # (B, 1, T, P + T)
     return causal_attention(q, torch.cat([pk.to(k.dtype), k], 2), torch.cat([pv.to(v.dtype), v], 2), mask)

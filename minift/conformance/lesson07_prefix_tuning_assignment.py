@@ -25,27 +25,13 @@ from hypothesis import assume, strategies as st
 from minift.model import CausalSelfAttention, GPTConfig, build_attention_mask, causal_attention
 
 from .harness import assert_close, output, property_check, tensor, tensor_arg
-from .lesson07_prefix_tuning import _prefix_attention_inputs
+from .lesson07_prefix_tuning import _check_qkv, _prefix_attention_inputs
 from .strategies import MAX_B, MAX_D, MAX_H, arrays, f32
 
 _ARGS = ("q", "k", "v", "prefix_k", "prefix_v")
 
 
 # ---- the assignment: prefix attention with padding and a KV cache -------------------------------
-
-def _check_qkv(fn: str, q, k, v, pk, pv):
-    """The shared argument checks: q (B, H, T, D), k, v like q, prefix (B, H, P, D)."""
-    q, k, v = tensor_arg("q", q), tensor_arg("k", k), tensor_arg("v", v)
-    pk, pv = tensor_arg("prefix_k", pk), tensor_arg("prefix_v", pv)
-    if q.dim() != 4 or q.shape != k.shape or q.shape != v.shape:
-        raise ValueError(f"{fn}: q, k, v must share one shape (B, H, T, D), got "
-                         f"{tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}")
-    B, H, T, D = q.shape
-    if pk.dim() != 4 or pk.shape != pv.shape or (pk.shape[0], pk.shape[1], pk.shape[3]) != (B, H, D):
-        raise ValueError(f"{fn}: prefix_k, prefix_v must both be (B, H, P, D)=({B}, {H}, P, {D}), "
-                         f"got {tuple(pk.shape)} and {tuple(pv.shape)}")
-    return q, k, v, pk, pv
-
 
 def _key_mask(fn: str, attention_mask, B: int, S: int) -> torch.Tensor:
     m = tensor_arg("attention_mask", attention_mask)

@@ -35,7 +35,7 @@ from hypothesis import strategies as st
 from minift.align.contrastive import ContrastiveConfig, contrastive_loss, embed
 from minift.model import GPT, GPTConfig
 
-from .harness import assert_close, output, property_check, scalar, tensor_arg
+from .harness import assert_close, output, property_check, scalar, sgd_step, tensor_arg
 from .lesson16_contrastive import info_nce64
 
 # ---- the reference functions --------------------------------------------------------------------
@@ -67,12 +67,7 @@ def run_contrastive_step(model: torch.nn.Module, batch: dict, temperature: float
         raise ValueError(f"run_contrastive_step: lr={lr!r} must be a number > 0")
     cfg = ContrastiveConfig(temperature=temperature, pooling="last", symmetric=bool(symmetric), dropout=0.0)
     loss, _ = contrastive_loss(cfg)(model, batch)
-    params = [p for p in model.parameters() if p.requires_grad]
-    grads = torch.autograd.grad(loss, params)                      # this batch's gradient only
-    with torch.no_grad():
-        for p, g in zip(params, grads):
-            p.sub_(lr * g)                                         # θ ← θ − lr ∇L
-    return loss.detach()
+    return sgd_step(loss, model, lr)                                  # θ ← θ − lr ∇L
 
 
 # ---- inputs ----------------------------------------------------------------------------------------
