@@ -64,6 +64,23 @@ def pytest_unconfigure(config):
     background.RUNS.stop()
 
 
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+
+
+@pytest.fixture(params=DEVICES)
+def device(request) -> torch.device:
+    """Every device this machine has: cpu always, cuda when torch sees a GPU (DESIGN.md, "Tests")."""
+    return torch.device(request.param)
+
+
+@pytest.fixture
+def cuda_device() -> torch.device:
+    """The GPU, for the tests that compare a CUDA run with the CPU one; skipped where there is none."""
+    if not torch.cuda.is_available():
+        pytest.skip("no GPU here (torch.cuda.is_available() is False)")
+    return torch.device("cuda")
+
+
 @pytest.fixture(scope="session")
 def impl(request):
     """The implementation under test: the --impl file as a module, else minift's reference functions."""
