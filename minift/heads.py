@@ -134,7 +134,8 @@ def encode_classification(tok, examples: Sequence[dict], text_keys: Sequence[str
             ids += tok.encode(ex[k]) + [tok.eos_id]
         if len(ids) > block_size:
             ids = ids[-block_size:]
-        items.append({"idx": torch.tensor(ids), "labels": torch.tensor(int(ex["label"]))})
+        items.append({"idx": torch.tensor(ids, dtype=torch.long, device="cpu"),    # data stays on the CPU:
+                      "labels": torch.tensor(int(ex["label"]), dtype=torch.long, device="cpu")})   # train moves it
     return items
 
 
@@ -164,7 +165,8 @@ def encode_ner(tok, examples: Sequence[dict], tag_names: Sequence[str], block_si
         ids, labels, first = encode_words(tok, ex["tokens"], [tag_id[t] for t in ex["tags"]])
         if len(ids) > block_size:
             raise ValueError(f"example {i} is {len(ids)} tokens, longer than block_size={block_size}")
-        items.append({"idx": torch.tensor(ids), "labels": torch.tensor(labels), "first": first})
+        items.append({"idx": torch.tensor(ids, dtype=torch.long, device="cpu"),     # CPU data: train moves it
+                      "labels": torch.tensor(labels, dtype=torch.long, device="cpu"), "first": first})
     return items
 
 

@@ -40,7 +40,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from . import model as model_module
-from .model import GPT, GPTConfig
+from .model import GPT, GPTConfig, at_least_fp32
 
 PRESETS = {   # GPT-2-architecture shapes of well-known models (LLaMA's SwiGLU MLP has 3 matrices of
               # 8/3 d, GPT-2's 2 of 4 d: the same parameter count to within 1%)
@@ -111,13 +111,12 @@ def activation_bytes(model: nn.Module, batch: int, seq: int) -> int:
             saved[key] = max(saved.get(key, 0), t.untyped_storage().nbytes())
         return t
 
-    with torch.device(p.device):
-        idx = torch.zeros(batch, seq, dtype=torch.long)
+    idx = torch.zeros(batch, seq, dtype=torch.long, device=p.device)      # (B, T), on the model's device
     with _fused_attention_on_meta(p.device), torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
         # token ids go in through inputs_embeds so the meta device never reads their values
         x = gpt.transformer.wte(idx)                                       # (B, T, C)
         logits = model(inputs_embeds=x).logits                             # (B, T, V)
-        F.cross_entropy(logits.reshape(-1, V).float(), idx.reshape(-1))
+        F.cross_entropy(at_least_fp32(logits.reshape(-1, V)), idx.reshape(-1))   # as GPT.forward's loss
     return sum(saved.values())
 
 

@@ -429,7 +429,10 @@ class GPT(nn.Module):
                 if top_k is not None:
                     kth = torch.topk(logits, min(top_k, logits.size(-1)), dim=-1).values[:, -1:]
                     logits = logits.masked_fill(logits < kth, float("-inf"))
-                nxt = torch.multinomial(F.softmax(logits, dim=-1), 1, generator=generator).squeeze(1)
+                probs = F.softmax(logits, dim=-1)                          # (B, V)
+                if generator is not None and generator.device != probs.device:
+                    probs = probs.cpu()                                    # draw where the generator lives (a CPU
+                nxt = torch.multinomial(probs, 1, generator=generator).squeeze(1).to(idx.device)   # one: reproducible)
             if fill is not None:
                 nxt = torch.where(done, torch.full_like(nxt, fill), nxt)
             out.append(nxt)

@@ -13,11 +13,27 @@ Runs are deterministic for a given seed: batches are drawn with a private torch.
 dropout uses the global RNG seeded at the start. Under torchrun (after distributed.init_from_env())
 the same loop runs data-parallel: rank r of W takes micro-batches r, r + W, ... and the trainable
 gradients are averaged across ranks before each step (minift/distributed.py).
+
+Devices. The loop trains the model where it is: each batch (tensors in a dict, list or tuple, nested
+or not) is moved to the device of the model's parameters by `to_device` before `loss_fn` sees it, so
+a dataset of CPU tensors trains a model on `cuda` unchanged. Batches are drawn on the CPU with the
+private generator, so the same seed picks the same examples on every device.
+
+Mixed precision. `TrainConfig(autocast="bf16")` runs the forward and the loss under
+`torch.autocast(device_type, torch.bfloat16)`: matrix multiplications in bfloat16, the ops torch's
+autocast keeps in float32 (log-softmax, cross-entropy among them) in float32, while the parameters,
+their gradients and AdamW's state stay in the parameters' dtype (float32). bfloat16 has float32's exponent range, so gradients need no scaling; it works on
+the CPU and on CUDA. `autocast="fp16"` (CUDA only) uses float16, whose smallest normal number is
+6.1e-5: small gradients would flush to zero, so the loss is multiplied by a scale S before backward
+and the gradients divided by S before clipping and the step (torch.amp.GradScaler, which also skips
+a step whose gradients overflowed and lowers S). fp16 is for CUDA only (the CPU's float16 kernels are
+few and slow): on the CPU it is refused, use bf16 there.
 """
 from __future__ import annotations
 
 import math
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import Callable, Optional
 
@@ -27,7 +43,10 @@ from tqdm.auto import tqdm
 from .distributed import (allreduce_gradients, broadcast_parameters, mean_over_ranks, rank_and_world,
                           rank_micro_batches)
 from .model import IGNORE_INDEX, at_least_fp32, check_target_ids
-from .validate import FieldTypeError, check_bool, check_float, check_int, check_str
+from .validate import FieldTypeError, check_bool, check_choice, check_float, check_int, check_str
+
+
+AUTOCAST = {None: None, "bf16": torch.bfloat16, "fp16": torch.float16}   # TrainConfig.autocast -> dtype
 
 
 @dataclass
@@ -47,6 +66,7 @@ class TrainConfig:
     seed: int = 0
     progress: bool = True
     desc: str = "train"
+    autocast: Optional[str] = None   # None: the parameters' dtype; "bf16" (cpu, cuda) or "fp16" (cuda)
     extra: dict = field(default_factory=dict)
 
     def __post_init__(self):
@@ -64,6 +84,9 @@ class TrainConfig:
         self.betas = tuple(check_float(self, f"betas[{i}]", b, 0, 1, hi_open=True) for i, b in enumerate(self.betas))
         check_bool(self, "progress", self.progress)
         check_str(self, "desc", self.desc)
+        if self.autocast is not None:
+            check_choice(self, "autocast", self.autocast, ("bf16", "fp16"),
+                         hint=" or None (no mixed precision): 'bf16' on CPU or CUDA, 'fp16' on CUDA only")
         if not isinstance(self.extra, dict):
             raise FieldTypeError(f"TrainConfig.extra={self.extra!r} must be a dict")
         if self.warmup_steps is None:
@@ -82,6 +105,26 @@ def lr_at(step: int, cfg: TrainConfig) -> float:
     p = min(1.0, (step - cfg.warmup_steps) / span)
     lo = cfg.lr * cfg.min_lr_ratio
     return lo + (cfg.lr - lo) * 0.5 * (1.0 + math.cos(math.pi * p))    # cosine to lr_min
+
+
+def to_device(batch, device):
+    """`batch` with every tensor in it moved to `device`: dicts, lists and tuples are walked (nested),
+    anything that is not a tensor (a string, an int, None) comes back untouched. The one helper the
+    loops (train, evaluate_nll, evals, align) use before calling a loss on a model's device."""
+    if isinstance(batch, torch.Tensor):
+        return batch.to(device)
+    if isinstance(batch, dict):
+        return {k: to_device(v, device) for k, v in batch.items()}
+    if isinstance(batch, (list, tuple)):
+        moved = [to_device(v, device) for v in batch]
+        return type(batch)(*moved) if hasattr(batch, "_fields") else type(batch)(moved)   # namedtuple too
+    return batch
+
+
+def model_device(model) -> torch.device:
+    """Where a model's parameters live (its first parameter's device; cpu for a parameterless model)."""
+    p = next(iter(model.parameters()), None)
+    return p.device if p is not None else torch.device("cpu")
 
 
 def lm_loss(model, batch):
@@ -114,13 +157,13 @@ class BatchSampler:
             raise ValueError("train: the dataset is empty")
         self.n, self.bs = n, batch_size
         self.g = torch.Generator().manual_seed(seed)
-        self.perm, self.pos = torch.randperm(n, generator=self.g), 0
+        self.perm, self.pos = torch.randperm(n, generator=self.g, device="cpu"), 0   # indices: CPU, .tolist()
 
     def next(self) -> list[int]:
         out = []
         while len(out) < self.bs:
             if self.pos == self.n:
-                self.perm, self.pos = torch.randperm(self.n, generator=self.g), 0
+                self.perm, self.pos = torch.randperm(self.n, generator=self.g, device="cpu"), 0
             take = min(self.bs - len(out), self.n - self.pos)
             out += self.perm[self.pos:self.pos + take].tolist()
             self.pos += take
@@ -146,7 +189,7 @@ class BucketSampler(BatchSampler):
             pool = [BatchSampler.next(self) for _ in range(self.k)]
             flat = sorted((i for b in pool for i in b), key=lambda i: self.lengths[i])   # stable
             batches = [flat[j * self.bs:(j + 1) * self.bs] for j in range(self.k)]
-            order = torch.randperm(self.k, generator=self.order_g).tolist()
+            order = torch.randperm(self.k, generator=self.order_g, device="cpu").tolist()
             self.ready = [batches[j] for j in order]
         return self.ready.pop()
 
@@ -156,6 +199,21 @@ def item_length(item) -> int:
     if not isinstance(item, dict) or "idx" not in item:
         raise ValueError("TrainConfig.length_buckets needs dataset items that are dicts with an 'idx' sequence")
     return len(item["idx"])
+
+
+def autocast_context(cfg: TrainConfig, device: torch.device):
+    """(the context the forward and loss run in, a GradScaler or None) for cfg.autocast on `device`."""
+    dtype = AUTOCAST[cfg.autocast]
+    if dtype is None:
+        return nullcontext(), None
+    if dtype == torch.float16 and device.type != "cuda":
+        raise ValueError(f"TrainConfig.autocast='fp16' needs the model on a CUDA device (it is on {device}); "
+                         f"use autocast='bf16' here (float32's range, no loss scaling needed)")
+    if device.type not in ("cpu", "cuda"):
+        raise ValueError(f"TrainConfig.autocast={cfg.autocast!r}: mixed precision runs on cpu or cuda, the model "
+                         f"is on {device}")
+    scaler = torch.amp.GradScaler("cuda") if dtype == torch.float16 else None   # bf16: float32's range, no scaling
+    return torch.autocast(device_type=device.type, dtype=dtype), scaler
 
 
 def train(model, dataset, cfg: TrainConfig, *, loss_fn: Callable = lm_loss,
@@ -168,6 +226,8 @@ def train(model, dataset, cfg: TrainConfig, *, loss_fn: Callable = lm_loss,
     plus, every eval_every steps and at the end, the dict eval_fn(model) returned (prefixed "eval_").
     """
     torch.manual_seed(cfg.seed)
+    device = model_device(model)                  # batches go where the parameters are
+    amp, scaler = autocast_context(cfg, device)   # mixed precision (cfg.autocast), see the module doc
     rank, world = rank_and_world()                # data-parallel under torchrun (minift/distributed.py)
     broadcast_parameters(model)                   # every rank starts from rank 0's weights
     opt = optimizer or make_optimizer(model, cfg)
@@ -187,12 +247,14 @@ def train(model, dataset, cfg: TrainConfig, *, loss_fn: Callable = lm_loss,
             take = sampler.next()
             if j not in mine:
                 continue
-            batch = collate_fn([dataset[i] for i in take])
-            loss, m = loss_fn(model, batch)
+            batch = to_device(collate_fn([dataset[i] for i in take]), device)
+            with amp:                             # forward + loss (autocast: in bf16 / fp16)
+                loss, m = loss_fn(model, batch)
             if not torch.isfinite(loss):
                 raise ValueError(f"train: loss became {loss.item()} at step {step}; lower the lr "
                                  f"(now {lr:.2e}) or check the inputs")
-            (loss / cfg.grad_accum).backward()
+            scaled = loss / cfg.grad_accum
+            (scaled if scaler is None else scaler.scale(scaled)).backward()   # fp16: d(S L)/dθ
             total += loss.item() / cfg.grad_accum
             for k, v in m.items():
                 metrics[k] = metrics.get(k, 0.0) + float(v) / cfg.grad_accum
@@ -201,8 +263,14 @@ def train(model, dataset, cfg: TrainConfig, *, loss_fn: Callable = lm_loss,
         params = [p for g in opt.param_groups for p in g["params"]]
         comm = allreduce_gradients(params)        # g = (1/W) Σ_r g_r over the trainable parameters only
         total = mean_over_ranks(total)
+        if scaler is not None:
+            scaler.unscale_(opt)                  # g / S: clipping sees the true gradient
         gn = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip if cfg.grad_clip > 0 else float("inf"))
-        opt.step()
+        if scaler is None:
+            opt.step()
+        else:
+            scaler.step(opt)                      # skipped if g / S holds inf or NaN
+            scaler.update()                       # then S shrinks; after a run of good steps it grows
         opt.zero_grad(set_to_none=True)
         rec = {"step": step + 1, "lr": lr, "loss": total, "grad_norm": float(gn), "tokens": tokens,
                "time": time.perf_counter() - t0 - t_eval, **metrics}
@@ -231,11 +299,12 @@ def evaluate_nll(model, dataset, *, batch_size: int = 16, collate_fn: Callable =
     Token-weighted, so batches with more real targets count more. exp() of it is perplexity."""
     was_training = model.training
     model.eval()
+    device = model_device(model)
     total, count = 0.0, 0
     for b, start in enumerate(range(0, len(dataset), batch_size)):
         if max_batches is not None and b >= max_batches:
             break
-        batch = collate_fn([dataset[i] for i in range(start, min(start + batch_size, len(dataset)))])
+        batch = to_device(collate_fn([dataset[i] for i in range(start, min(start + batch_size, len(dataset)))]), device)
         logits = model(batch["idx"], attention_mask=batch.get("attention_mask")).logits
         t = batch["targets"]
         check_target_ids(t, logits.size(-1))

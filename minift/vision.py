@@ -80,8 +80,9 @@ class ViT(nn.Module):
         g = GPTConfig(vocab_size=1, block_size=cfg.n_patches + 1, n_layer=cfg.n_layer, n_head=cfg.n_head,
                       n_embd=cfg.n_embd, dropout=cfg.dropout)
         self.patch_embed = nn.Linear(cfg.channels * cfg.patch_size ** 2, cfg.n_embd)   # W_E
-        self.cls = nn.Parameter(torch.zeros(1, 1, cfg.n_embd))
-        self.pos = nn.Parameter(0.02 * torch.randn(1, cfg.n_patches + 1, cfg.n_embd))  # E_pos
+        dev = self.patch_embed.weight.device                             # where nn.Linear put its weight
+        self.cls = nn.Parameter(torch.zeros(1, 1, cfg.n_embd, device=dev))
+        self.pos = nn.Parameter(0.02 * torch.randn(1, cfg.n_patches + 1, cfg.n_embd, device=dev))  # E_pos
         self.h = nn.ModuleList(Block(g) for _ in range(cfg.n_layer))     # named like GPT's transformer.h
         self.ln_f = nn.LayerNorm(cfg.n_embd)
         self.head = nn.Linear(cfg.n_embd, cfg.n_classes)
@@ -108,7 +109,8 @@ class ViT(nn.Module):
 
 def _masks(kind: torch.Tensor, cx, cy, r, S: int, hollow: bool) -> torch.Tensor:
     """(N, S, S) boolean pixels of each image's shape."""
-    ys, xs = torch.meshgrid(torch.arange(S, dtype=torch.float32), torch.arange(S, dtype=torch.float32), indexing="ij")
+    grid = torch.arange(S, dtype=cx.dtype, device=cx.device)                          # (S,)
+    ys, xs = torch.meshgrid(grid, grid, indexing="ij")
     dx, dy = xs[None] - cx[:, None, None], ys[None] - cy[:, None, None]                # (N, S, S)
     rr = r[:, None, None]
 
@@ -135,25 +137,28 @@ def shapes(n: int, style: str = "solid", seed: int = 0, image_size: int = 24) ->
     if image_size < 12:
         raise ValueError(f"image_size={image_size} must be >= 12 for the shapes to be told apart")
     g = torch.Generator().manual_seed(seed * 2 + (style == "shifted"))
+    cpu = dict(generator=g, device="cpu")          # a data set: drawn and kept on the CPU (train moves batches)
     S = image_size
-    label = torch.randint(0, len(SHAPES), (n,), generator=g)
-    r = S * (0.22 + 0.12 * torch.rand(n, generator=g))                                 # radius, pixels
-    cx = r + (S - 1 - 2 * r) * torch.rand(n, generator=g)
-    cy = r + (S - 1 - 2 * r) * torch.rand(n, generator=g)
+    label = torch.randint(0, len(SHAPES), (n,), **cpu)
+    r = S * (0.22 + 0.12 * torch.rand(n, **cpu))                                       # radius, pixels
+    cx = r + (S - 1 - 2 * r) * torch.rand(n, **cpu)
+    cy = r + (S - 1 - 2 * r) * torch.rand(n, **cpu)
     m = _masks(label, cx, cy, r, S, hollow=False).float()[:, None]                    # (n, 1, S, S)
-    col = (0.4 + 0.6 * torch.rand(n, 3, generator=g))[:, :, None, None]               # any bright colour (n, 3, 1, 1)
+    col = (0.4 + 0.6 * torch.rand(n, 3, **cpu))[:, :, None, None]                     # any bright colour (n, 3, 1, 1)
     if style == "solid":
-        bg = torch.zeros(n, 3, S, S)
+        bg = m.new_zeros(n, 3, S, S)
     else:
-        bg = (0.1 + 0.2 * torch.rand(n, 1, S, S, generator=g)).expand(n, 3, S, S)      # noisy dark grey
+        bg = (0.1 + 0.2 * torch.rand(n, 1, S, S, **cpu)).expand(n, 3, S, S)            # noisy dark grey
     return bg * (1 - m) + col * m, label
 
 
 def accuracy(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, batch_size: int = 256) -> float:
     model.eval()
+    dev = next(model.parameters()).device                                 # batches go to the model
     with torch.no_grad():
-        pred = torch.cat([model(images[i:i + batch_size]).argmax(-1) for i in range(0, len(images), batch_size)])
-    return float((pred == labels).float().mean())
+        pred = torch.cat([model(images[i:i + batch_size].to(dev)).argmax(-1)
+                          for i in range(0, len(images), batch_size)])
+    return float((pred == labels.to(dev)).float().mean())
 
 
 def image_items(images: torch.Tensor, labels: torch.Tensor) -> list[dict]:

@@ -30,7 +30,7 @@ from typing import Optional
 
 import pytest
 import torch
-from hypothesis import given, settings, strategies as st
+from hypothesis import HealthCheck, given, settings, strategies as st
 from safetensors.torch import load_file
 
 from minift.checkpoint import load_trainable, save_trainable
@@ -117,12 +117,19 @@ SELECTIVE = st.one_of(st.just(SelectiveConfig(patterns=["."])),                 
                                 components=st.sampled_from([None, ["attention"], ["mlp", "layernorm"]])))
 
 
-def _idx(seed=0, B=2, T=6):
-    return torch.randint(0, CFG.vocab_size, (B, T), generator=torch.Generator().manual_seed(seed))
+# The `device` fixture (tests/conftest.py: cpu, and cuda where there is one) is taken where it is cheap:
+# the model's life, save/load and merging run on every device. `device` is the same for every example
+# hypothesis draws, so its function scope is harmless.
+ON_EVERY_DEVICE = dict(suppress_health_check=[HealthCheck.function_scoped_fixture])
 
 
-def _base(dtype=torch.float32):
-    return tiny_model(CFG, dtype=dtype)
+def _idx(seed=0, B=2, T=6, device="cpu"):
+    g = torch.Generator().manual_seed(seed)                              # drawn on the CPU: the same ids everywhere
+    return torch.randint(0, CFG.vocab_size, (B, T), generator=g, device="cpu").to(device)
+
+
+def _base(dtype=torch.float32, device="cpu"):
+    return tiny_model(CFG, dtype=dtype).to(device)
 
 
 def _reference(cfg, base):
@@ -143,13 +150,13 @@ def _perturb(model, seed=1):
     g = torch.Generator().manual_seed(seed)
     for p in model.parameters():
         if p.requires_grad:
-            p.add_(0.5 * torch.randn(p.shape, generator=g, dtype=torch.float64).to(p.dtype))
+            p.add_(0.5 * torch.randn(p.shape, generator=g, dtype=torch.float64, device="cpu").to(p))
 
 
-def _adapted(method, data, dtype=None):
+def _adapted(method, data, dtype=None, device="cpu"):
     cfg = data.draw(METHODS[method].configs, label="cfg")
     dtype = dtype or data.draw(METHODS[method].dtypes, label="dtype")
-    model = _base(dtype)
+    model = _base(dtype, device)
     assert apply_config(model, cfg) is model
     return cfg, dtype, model
 
@@ -168,20 +175,21 @@ def _life(methods, examples: int):
     """The test of one method's whole life on a base model; quantized bases are slower, so they
     draw fewer examples."""
     @pytest.mark.parametrize("method", methods)
-    @settings(deadline=None, max_examples=examples)
+    @settings(deadline=None, max_examples=examples, **ON_EVERY_DEVICE)
     @given(data=st.data())
-    def test_life(method, data):
-        cfg, dtype, model = _adapted(method, data)
-        base_model = _base(dtype)
+    def test_life(method, data, device):
+        cfg, dtype, model = _adapted(method, data, device=device)
+        base_model = _base(dtype, device)
         ref = _reference(cfg, base_model)
         names = model.peft_methods[0]["modules"]
+        x = _idx(device=device)
 
         # no-op at init: the base (QLoRA: the quantized base), unless the method says why not
-        y, base = model(_idx()).logits, base_model(_idx()).logits
+        y, base = model(x).logits, base_model(x).logits
         if METHODS[method].noop == "base":
             assert torch.equal(y, base)
         elif METHODS[method].noop == "quantized":
-            assert torch.equal(y, ref(_idx()).logits)
+            assert torch.equal(y, ref(x).logits)
             assert not torch.equal(y, base)                                  # quantization error is there from step 0
         else:                                                                # prefix, prompt, LoftQ: a real change
             assert not torch.allclose(y, base, atol=1e-6, rtol=0)
@@ -189,23 +197,23 @@ def _life(methods, examples: int):
         # exactly the method's own tensors train, and each gets a gradient
         own = {n for n, p in adapter_state_dict(model).items() if p.is_floating_point()}
         assert own and {n for n, p in model.named_parameters() if p.requires_grad} == own
-        model(_idx(), targets=_idx(seed=1)).loss.backward()
+        model(x, targets=_idx(seed=1, device=device)).loss.backward()
         for n, p in model.named_parameters():
             assert (p.grad is not None) == (n in own) or p.numel() == 0, n   # (a mask the draw left empty)
 
         # disable_adapters: the base back, bit for bit (LoftQ: its own quantized base, what remove leaves)
         _perturb(model)
-        adapted = model(_idx()).logits
+        adapted = model(x).logits
         with disable_adapters(model):
-            off = model(_idx()).logits
+            off = model(x).logits
         assert not torch.allclose(adapted, off)
         if ref is not None:
-            assert torch.equal(off, ref(_idx()).logits)
-        assert torch.equal(model(_idx()).logits, adapted)                    # switched back on
+            assert torch.equal(off, ref(x).logits)
+        assert torch.equal(model(x).logits, adapted)                         # switched back on
 
         # remove_adapters: the base modules, keys and outputs, no adapter, record or hook left
         assert sorted(remove_adapters(model)) == sorted(names)
-        assert torch.equal(model(_idx()).logits, off)
+        assert torch.equal(model(x).logits, off)
         assert not any(isinstance(m, AdapterLayer) for m in model.modules()) and not model.peft_methods
         assert not _hooks(model)
         if ref is not None:
@@ -222,26 +230,28 @@ test_the_same_on_a_quantized_base = _life(QUANTIZED, 2)
 # ---- files ------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("method", sorted(METHODS))
-@settings(deadline=None, max_examples=2)
+@settings(deadline=None, max_examples=2, **ON_EVERY_DEVICE)
 @given(data=st.data())
-def test_save_load_into_a_fresh_base_gives_identical_outputs(method, data, tmp_path_factory):
-    cfg, dtype, model = _adapted(method, data, dtype=torch.float32)
+def test_save_load_into_a_fresh_base_gives_identical_outputs(method, data, tmp_path_factory, device):
+    cfg, dtype, model = _adapted(method, data, dtype=torch.float32, device=device)
     assert method_config(cfg.method) is type(cfg)
     assert type(cfg).from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg
     _perturb(model)
-    y, gen = model(_idx()).logits, model.generate(_idx(T=3), 4)
+    x, prompt = _idx(device=device), _idx(T=3, device=device)
+    y, gen = model(x).logits, model.generate(prompt, 4)
     folder = str(tmp_path_factory.mktemp(method))
     save_adapter(model, folder)
     stored = load_file(os.path.join(folder, "adapter.safetensors"))
     assert set(stored) == set(adapter_state_dict(model))                 # the adapters, nothing else
-    assert all(torch.equal(stored[k], v.detach()) for k, v in adapter_state_dict(model).items())
+    assert all(torch.equal(stored[k], v.detach().cpu()) for k, v in adapter_state_dict(model).items())
     meta = json.loads(open(os.path.join(folder, "adapter.json")).read())
     assert meta["methods"] == model.peft_methods and meta["methods"][0]["method"] == cfg.method
     assert meta["base_model"]["fingerprint"] == CFG.fingerprint()
-    fresh = _base()
+    fresh = _base(device=device)
     assert load_adapter(fresh, folder) == model.peft_methods[0]["modules"]
-    assert torch.equal(fresh(_idx()).logits, y)
-    assert torch.equal(fresh.generate(_idx(T=3), 4), gen)
+    assert all(p.device.type == device.type for p in fresh.parameters())   # loaded onto the model's device
+    assert torch.equal(fresh(x).logits, y)
+    assert torch.equal(fresh.generate(prompt, 4), gen)
 
 
 @settings(deadline=None, max_examples=2)
@@ -268,17 +278,18 @@ MERGES = {"lora": (merge_lora, unmerge_lora), "dora": (merge_lora, unmerge_lora)
 
 
 @pytest.mark.parametrize("method", sorted(MERGES))
-@settings(deadline=None, max_examples=2)
+@settings(deadline=None, max_examples=2, **ON_EVERY_DEVICE)
 @given(data=st.data())
-def test_merge_equals_the_unmerged_forward_and_unmerge_restores_w0(method, data):
+def test_merge_equals_the_unmerged_forward_and_unmerge_restores_w0(method, data, device):
     merge, unmerge = MERGES[method]
-    cfg, dtype, model = _adapted(method, data, dtype=torch.float64)
+    cfg, dtype, model = _adapted(method, data, dtype=torch.float64, device=device)
     W0 = {n: p.detach().clone() for n, p in model.named_parameters() if not p.requires_grad}
     _perturb(model)
-    y = model(_idx()).logits
+    x = _idx(device=device)
+    y = model(x).logits
     merge(model)
     merge(model)                                                         # twice: a no-op
-    torch.testing.assert_close(model(_idx()).logits, y, rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(model(x).logits, y, rtol=1e-10, atol=1e-10)
     with pytest.raises(ValueError, match="merged"):
         with disable_adapters(model):
             pass
@@ -289,7 +300,7 @@ def test_merge_equals_the_unmerged_forward_and_unmerge_restores_w0(method, data)
                 assert torch.equal(p, W0[n]), n
             else:                                                        # W0 up to one rounding
                 torch.testing.assert_close(p, W0[n], rtol=1e-12, atol=1e-12)
-    torch.testing.assert_close(model(_idx()).logits, y, rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(model(x).logits, y, rtol=1e-10, atol=1e-10)
 
 
 @pytest.mark.parametrize("method", ["lora", "dora", "qlora-nf4", "loftq"])   # (an int8 base quantizes x too)

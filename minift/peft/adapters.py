@@ -81,10 +81,12 @@ class Bottleneck(nn.Module):
     def __init__(self, n_embd: int, bottleneck: int, activation: str = "relu", scaling: float = 1.0,
                  device=None, dtype=None):
         super().__init__()
-        self.down = nn.Linear(n_embd, bottleneck, device=device, dtype=dtype)   # W_down (m, C)
-        self.up = nn.Linear(bottleneck, n_embd, device=device, dtype=dtype)     # W_up (C, m)
+        self.down = nn.Linear(n_embd, bottleneck, device="cpu", dtype=dtype)    # W_down (m, C), drawn on the CPU
+        self.up = nn.Linear(bottleneck, n_embd, device="cpu", dtype=dtype)      # W_up (C, m)
         nn.init.zeros_(self.up.weight)                                          # a no-op at start
         nn.init.zeros_(self.up.bias)
+        if device is not None:
+            self.to(device)                        # moved after the draw: the same W_down on every device
         self.activation, self.scaling = activation, float(scaling)
         self.f = ACTIVATIONS[activation]
 

@@ -202,7 +202,9 @@ def export_peft(model: nn.Module, folder: str, base_model_name_or_path: str | No
         if m.use_dora:                                                     # untouched rows: m = ‖W0 row‖
             if m.merged:
                 raise ValueError(f"export_peft: {name} is merged (DoRA); unmerge_lora(model) first")
-            mag = torch.linalg.vector_norm(m.weight.detach().float(), dim=1).to(m.lora_magnitude.dtype)
+            W = m.weight.detach()
+            W = W.to(torch.promote_types(W.dtype, torch.float32))              # >= float32, float64 stays
+            mag = torch.linalg.vector_norm(W, dim=1).to(m.lora_magnitude.dtype)
             tensors[f"{PEFT_PREFIX}{name}.lora_magnitude_vector"] = mag.index_copy(0, m.rows, m.lora_magnitude.detach())
     r, alpha = cfg.r, cfg.alpha
     if ranks and len(ranks) == len(layers):                                # every layer sliced alike

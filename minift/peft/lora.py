@@ -123,13 +123,16 @@ class LoRALinear(AdapterLayer):
         self.r, self.alpha, self.n_slices, self.slice_out = r, float(alpha), S, d
         self.use_rslora, self.use_dora = use_rslora, use_dora
         self.scaling = alpha / math.sqrt(r) if use_rslora else alpha / r    # s
-        kw = dict(device=base.weight.device, dtype=base.weight.dtype)
-        self.lora_A = nn.Parameter(torch.empty(S * r, in_f, **kw))         # (S r, in): A_1 .. A_S stacked
+        dev = base.weight.device
+        kw = dict(device=dev, dtype=base.weight.dtype)
+        A = torch.empty(S * r, in_f, dtype=base.weight.dtype, device="cpu")  # drawn from the CPU stream, then
+        nn.init.kaiming_uniform_(A, a=math.sqrt(5))                        # moved: the same A on every device
+        self.lora_A = nn.Parameter(A.to(dev))                              # (S r, in): A_1 .. A_S stacked
         self.lora_B = nn.Parameter(torch.zeros(S * d, r, **kw))            # (S d, r): B = 0, a no-op
-        nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))              # as nn.Linear (and PEFT)
         self.lora_dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
-        rows = torch.arange(out_f) if slices is None else torch.cat([torch.arange(a, b) for a, b in self.slices])
-        self.register_buffer("rows", rows.to(base.weight.device), persistent=False)   # adapted rows (S d,)
+        rows = torch.arange(out_f, device=dev) if slices is None else \
+            torch.cat([torch.arange(a, b, device=dev) for a, b in self.slices])
+        self.register_buffer("rows", rows, persistent=False)               # adapted rows (S d,)
         if use_dora:                                                       # m = ‖W0‖ per adapted row
             self.lora_magnitude = nn.Parameter(self._row_norm(torch.zeros(S * d, in_f, **kw)).to(kw["dtype"]))
         self._merged_norm = None                                           # DoRA's ‖W0 + sBA‖ at merge

@@ -81,8 +81,8 @@ def random_mask(n: int, k: int, seed: int) -> torch.Tensor:
     sorted: (k,) int64. The same (n, k, seed) always gives the same mask."""
     if not 0 <= k <= n:
         raise ValueError(f"random_mask: k={k} must be between 0 and n={n}")
-    g = torch.Generator().manual_seed(seed)
-    return torch.randperm(n, generator=g)[:k].sort().values                # (k,)
+    g = torch.Generator().manual_seed(seed)                                # a CPU generator: the draw is on
+    return torch.randperm(n, generator=g, device="cpu")[:k].sort().values  # the CPU, the same everywhere (k,)
 
 
 class MaskedLinear(AdapterLayer):
@@ -98,7 +98,7 @@ class MaskedLinear(AdapterLayer):
         idx_dtype = torch.int32 if n < 2 ** 31 else torch.int64            # 4 bytes a position
         self.mask_indices = nn.Parameter(indices.to(idx_dtype).to(**kw).clone(), requires_grad=False)   # (k,)
         self.mask_values = nn.Parameter(torch.zeros(len(indices), dtype=base.weight.dtype, **kw))    # (k,) = 0
-        rows = torch.arange(self.out_features) if allowed_rows is None else allowed_rows
+        rows = torch.arange(self.out_features, **kw) if allowed_rows is None else allowed_rows
         self.register_buffer("allowed_rows", rows.to(torch.long).to(**kw), persistent=False)
         self._saved = None                                                 # W0[idx] while merged
         self.check_indices()
@@ -188,9 +188,10 @@ def find_targets(model: nn.Module, cfg: MaskingConfig) -> list[str]:
 
 
 def _rows(name: str, m: nn.Module, cfg: MaskingConfig) -> torch.Tensor:
-    """The output rows the mask may fall in: the q/v slices of a fused c_attn, else every row."""
+    """The output rows the mask may fall in: the q/v slices of a fused c_attn, else every row. On the CPU,
+    with the draw (MaskedLinear moves its share to the weight's device)."""
     slices = qkv_slices(name, m, cfg.qkv) or [(0, m.weight.shape[0])]
-    return torch.cat([torch.arange(a, b) for a, b in slices])
+    return torch.cat([torch.arange(a, b, device="cpu") for a, b in slices])
 
 
 def apply_masking(model: nn.Module, cfg: MaskingConfig) -> list[str]:
@@ -204,7 +205,8 @@ def apply_masking(model: nn.Module, cfg: MaskingConfig) -> list[str]:
                          f"layer is not supported (remove_adapters(model) first)")
     rows = {n: _rows(n, model.get_submodule(n), cfg) for n in names}
     allowed = [(r[:, None] * model.get_submodule(n).weight.shape[1]
-                + torch.arange(model.get_submodule(n).weight.shape[1])).reshape(-1) for n, r in rows.items()]
+                + torch.arange(model.get_submodule(n).weight.shape[1], device="cpu")).reshape(-1)
+               for n, r in rows.items()]                                   # flat positions, CPU like the draw
     N = sum(a.numel() for a in allowed)                                    # every maskable entry
     k = masked_count(N, cfg.density)
     if k == 0:

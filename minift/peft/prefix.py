@@ -92,8 +92,8 @@ class PrefixEncoder(AdapterLayer):
         super().__init__()
         self.n_layer, self.n_head, self.head_dim, self.n_prefix = n_layer, n_head, n_embd // n_head, cfg.n_prefix
         self.reparam = cfg.reparam
-        kw = dict(device=device, dtype=dtype)
-        if self.reparam:
+        kw = dict(device="cpu", dtype=dtype)       # drawn from the CPU stream, then moved (below): the same
+        if self.reparam:                           # initial prefix on every device
             k = n_embd if cfg.embed_dim is None else cfg.embed_dim
             self.embedding = nn.Parameter(torch.randn(cfg.n_prefix, k, **kw))             # P'_θ (P, k)
             self.mlp = nn.Sequential(nn.Linear(k, cfg.hidden, **kw), nn.Tanh(),           # W_1, tanh
@@ -101,6 +101,8 @@ class PrefixEncoder(AdapterLayer):
         else:
             self.kv = nn.Parameter(cfg.init_std * torch.randn(                        # P_θ, per block:
                 n_layer, 2, n_head, cfg.n_prefix, self.head_dim, **kw))                  # (L, 2, H, P, D)
+        if device is not None:
+            self.to(device)
 
     @torch.no_grad()
     def init_from(self, kv: torch.Tensor) -> None:
@@ -112,7 +114,8 @@ class PrefixEncoder(AdapterLayer):
             return
         rows = kv.permute(3, 0, 1, 2, 4).reshape(self.n_prefix, -1)        # (P, L 2 C): key_values inverted
         Z = self.mlp[1](self.mlp[0](self.embedding))                       # (P, m)
-        W2t = torch.linalg.lstsq(Z.double(), rows.double(), driver="gelsd").solution   # (m, L 2 C)
+        # on the CPU: gelsd (SVD-based, right for a rank-deficient Z) exists only there; Z is tiny (P, m)
+        W2t = torch.linalg.lstsq(Z.double().cpu(), rows.double().cpu(), driver="gelsd").solution   # (m, L 2 C)
         self.mlp[2].weight.copy_(W2t.T.to(self.mlp[2].weight.dtype))
         self.mlp[2].bias.zero_()
 

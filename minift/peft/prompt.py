@@ -215,9 +215,11 @@ def init_prompt(wte: torch.Tensor, cfg: PromptConfig, ids: Optional[Sequence[int
     n, g = cfg.n_tokens, torch.Generator().manual_seed(cfg.seed)
     if cfg.init == "random":
         std = wte.double().std().item()
-        return (torch.randn(n, C, generator=g, dtype=torch.float64) * std).to(wte)   # N(0, std(W_te)^2)
+        P = torch.randn(n, C, generator=g, dtype=torch.float64, device="cpu")       # the CPU generator's draw,
+        return (P * std).to(wte)                                           # moved: N(0, std(W_te)^2) on wte's device
     if cfg.init == "vocab":
-        rows = torch.randperm(V, generator=g)[:n] if n <= V else torch.randint(0, V, (n,), generator=g)
+        rows = torch.randperm(V, generator=g, device="cpu")[:n] if n <= V else \
+            torch.randint(0, V, (n,), generator=g, device="cpu")          # drawn on the CPU, moved below
         return wte[rows.to(wte.device)].clone()                            # P_i = W_te[v_i]
     bad = [i for i in ids if i >= V]
     if bad:

@@ -123,8 +123,8 @@ class ReFTLayer(AdapterLayer):
             raise ValueError(f"ReFT rank r={r!r} must be between 1 and n_embd={n_embd} "
                              f"(R has r orthonormal rows in R^{n_embd})")
         self.n_embd, self.r, self.group = n_embd, r, group
-        kw = dict(device=device, dtype=dtype)
-        A = torch.empty(r, n_embd, **kw)
+        kw = dict(device="cpu", dtype=dtype)       # drawn from the CPU stream, then moved (below): the same
+        A = torch.empty(r, n_embd, **kw)           # initial R, W, b on every device
         nn.init.orthogonal_(A)                                              # a random orthonormal R
         self.R_raw = nn.Parameter(A)                                        # (r, C), R = GS(R_raw)
         lin = nn.Linear(n_embd, r, **kw)                                    # init="random": nn.Linear's
@@ -132,6 +132,8 @@ class ReFTLayer(AdapterLayer):
             W = orthonormal_rows(A) if init == "identity" else lin.weight   # identity: W = R ...
             self.W = nn.Parameter(W.detach().clone())                       # (r, C)
             self.b = nn.Parameter(torch.zeros(r, **kw) if init == "identity" else lin.bias.detach().clone())
+        if device is not None:
+            self.to(device)
         self.where: Optional[torch.Tensor] = None                          # (B, T) bool, set per call
 
     def adapter_names(self) -> list[str]:

@@ -111,7 +111,11 @@ def outlier_columns(x: torch.Tensor, threshold: float) -> torch.Tensor:
 
 def _int_matmul(qx: torch.Tensor, qw: torch.Tensor) -> torch.Tensor:
     # int8 @ int8 in torch stays int8 and overflows: widen to int32 first (127 · 127 · in < 2^31)
-    return qx.to(torch.int32) @ qw.to(torch.int32).T                            # (N, out), exact
+    if qx.device.type == "cpu":
+        return qx.to(torch.int32) @ qw.to(torch.int32).T                        # (N, out), exact
+    # CUDA has no general integer matmul; float64 holds every partial sum exactly (integers < 2^31 < 2^53),
+    # so the product is the same int32 result in any summation order
+    return (qx.to(torch.float64) @ qw.to(torch.float64).T).to(torch.int32)      # (N, out), exact
 
 
 def int8_matmul(x: torch.Tensor, W: torch.Tensor, threshold: float = 6.0,
@@ -134,7 +138,7 @@ def int8_matmul(x: torch.Tensor, W: torch.Tensor, threshold: float = 6.0,
         raise ValueError(f"threshold={threshold!r} must be a number >= 0 (math.inf: no outliers)")
     x = x.to(torch.float32)
     O = outlier_columns(x, threshold)                                           # (in,) bool
-    y = torch.zeros(x.shape[0], (W if W_q is None else W_q.q).shape[0])          # (N, out)
+    y = x.new_zeros(x.shape[0], (W if W_q is None else W_q.q).shape[0])          # (N, out) on x's device
     if bool(O.any()):                                                            # X[:, O] W[:, O]^T in float
         W_o = (W if W_q is None else W_q.dequantize())[:, O].to(torch.float32)
         y = y + x[:, O] @ W_o.T

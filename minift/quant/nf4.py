@@ -53,29 +53,43 @@ NF4_PUBLISHED = (-1.0, -0.6961928009986877, -0.5250730514526367, -0.394917488098
                  0.44070982933044434, 0.5626170039176941, 0.7229568362236023, 1.0)
 
 
-def nf4_code(offset: float = NF4_OFFSET) -> torch.Tensor:
+# The code tables are built on the CPU (in float64 where there is arithmetic) and then moved to
+# `device`: the same 16 float32 values, bit for bit, on every device.
+
+def nf4_code(offset: float = NF4_OFFSET, device=None) -> torch.Tensor:
     """The 16 NF4 values, sorted, built from normal quantiles in float64 (see the module doc)."""
-    pos = torch.special.ndtri(torch.linspace(offset, 0.5, 9, dtype=torch.float64)[:-1])    # (8,)  Φ⁻¹(p)
-    neg = -torch.special.ndtri(torch.linspace(offset, 0.5, 8, dtype=torch.float64)[:-1])   # (7,)
-    v = torch.cat([neg, torch.zeros(1, dtype=torch.float64), pos]).sort().values            # (16,)
-    return (v / v.max()).to(torch.float32)                                                   # in [-1, 1]
+    cpu = dict(dtype=torch.float64, device="cpu")
+    pos = torch.special.ndtri(torch.linspace(offset, 0.5, 9, **cpu)[:-1])                  # (8,)  Φ⁻¹(p)
+    neg = -torch.special.ndtri(torch.linspace(offset, 0.5, 8, **cpu)[:-1])                 # (7,)
+    v = torch.cat([neg, torch.zeros(1, **cpu), pos]).sort().values                          # (16,)
+    return (v / v.max()).to(device=device, dtype=torch.float32)                             # in [-1, 1]
 
 
-def fp4_code() -> torch.Tensor:
+def fp4_code(device=None) -> torch.Tensor:
     """FP4 E2M1 (OCP microscaling): ±{0, 0.5, 1, 1.5, 2, 3, 4, 6}, divided by 6. 16 bit patterns,
     15 distinct values (+0 and -0)."""
-    mag = torch.tensor([0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0]) / 6.0
-    return torch.cat([-mag.flip(0), mag]).to(torch.float32)                                 # (16,)
+    mag = torch.tensor([0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0], dtype=torch.float32, device="cpu") / 6.0
+    return torch.cat([-mag.flip(0), mag]).to(device)                                        # (16,)
 
 
-def int4_code() -> torch.Tensor:
+def int4_code(device=None) -> torch.Tensor:
     """Uniform symmetric int4 under the same absmax scaling: k / 7 for k = -8..7. As in absmax
     int4 (q = round(7 w / c), which only reaches -7..7), the value -8/7 is never the nearest one
     to a number in [-1, 1]; 15 values are used."""
-    return torch.arange(-8, 8, dtype=torch.float32) / 7.0                                    # (16,)
+    return (torch.arange(-8, 8, dtype=torch.float32, device="cpu") / 7.0).to(device)        # (16,)
 
 
 CODES = {"nf4": nf4_code, "fp4": fp4_code, "int4": int4_code}
+_TABLES: dict = {}
+
+
+def code_table(name: str, device) -> torch.Tensor:
+    """CODES[name]() on `device`, built once per (code, device) (nf4_code runs ndtri). Read-only:
+    every caller shares the tensor."""
+    key = (name, str(torch.device(device)))
+    if key not in _TABLES:
+        _TABLES[key] = CODES[name](device=device)
+    return _TABLES[key]
 
 
 def _check_weight(w: torch.Tensor, block_size: int, name: str = "w") -> None:
@@ -130,7 +144,8 @@ def quantize_blockwise(w: torch.Tensor, code: torch.Tensor, block_size: int = 64
 
 
 def dequantize_blockwise(q: torch.Tensor, absmax: torch.Tensor, code: torch.Tensor, block_size: int = 64):
-    """ŵ = code[q] · c_b, flat (numel,) float32."""
+    """ŵ = code[q] · c_b, flat (numel,) float32, on q's device (the code table is moved there)."""
+    code = code.to(q.device)                                                    # (16,): a no-op when there
     return (code[q.long()].reshape(-1, block_size) * absmax[:, None].to(torch.float32)).reshape(-1)
 
 
@@ -192,7 +207,7 @@ def quantize_nf4(w: torch.Tensor, block_size: int = 64, double_quant: bool = Fal
         raise ValueError(f"code={code!r} must be one of {sorted(CODES)}")
     check_int("quantize_nf4", "dq_block_size", dq_block_size, lo=1)              # 256 in the paper
     check_bool("quantize_nf4", "double_quant", double_quant)
-    q, absmax = quantize_blockwise(w, CODES[code](), block_size)
+    q, absmax = quantize_blockwise(w, code_table(code, w.device), block_size)
     st = NF4State(pack_4bit(q), tuple(w.shape), block_size, code, dq_block_size=dq_block_size)
     if double_quant:
         st.absmax_q, st.absmax_scales, st.absmax_mean = quantize_absmax(absmax, dq_block_size)
@@ -205,7 +220,8 @@ def dequantize_nf4(st: NF4State, dtype: torch.dtype = torch.float32) -> torch.Te
     """The float weight the state stands for, shape st.shape."""
     n = math.prod(st.shape)
     q = unpack_4bit(st.packed, n)
-    return dequantize_blockwise(q, st.block_absmax(), CODES[st.code_name](), st.block_size).reshape(st.shape).to(dtype)
+    code = code_table(st.code_name, st.packed.device)                          # on the state's device
+    return dequantize_blockwise(q, st.block_absmax(), code, st.block_size).reshape(st.shape).to(dtype)
 
 
 def bits_per_parameter(st: NF4State) -> float:

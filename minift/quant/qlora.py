@@ -109,7 +109,7 @@ def loftq(W: torch.Tensor, r: int, scaling: float, quantize: Callable, iters: in
     "B": (S d, r), "errors": [‖W - (Q_t + ΔW_t)‖_F for t = 0 (plain quantization) .. T], "best": t}."""
     if not isinstance(iters, int) or iters < 1:
         raise ValueError(f"loftq: iters={iters!r} must be an integer >= 1")
-    W = W.detach().to(torch.float32)                                        # (out, in)
+    W = W.detach().to(torch.promote_types(W.dtype, torch.float32))         # (out, in), >= float32, W's device
     if not bool(torch.isfinite(W).all()):
         raise ValueError("loftq: W contains NaN or Inf in float32 (|W| > 3.4e38 overflows the cast)")
     out_f, in_f = W.shape
@@ -178,11 +178,14 @@ class QLoRALinear(LoRALinear):
 
 def merge_to_float(layer: QLoRALinear) -> nn.Linear:
     """A float nn.Linear computing exactly what the adapted layer computes (without dropout):
-    W = dequant(W_q) + s B A, in float32."""
+    W = dequant(W_q) + s B A, summed in float32 (float64 for a float64 adapter), stored in the
+    adapter's dtype on its device."""
     bias = getattr(layer.base_q, "bias", None)
-    lin = nn.Linear(layer.in_features, layer.out_features, bias=bias is not None)
+    A = layer.lora_A
+    lin = nn.Linear(layer.in_features, layer.out_features, bias=bias is not None, device=A.device, dtype=A.dtype)
     with torch.no_grad():
-        lin.weight.copy_(layer.dequantized_weight() + layer.delta_weight().to(torch.float32))
+        dW = layer.delta_weight()                                          # s B A  (out, in), >= float32
+        lin.weight.copy_(layer.dequantized_weight().to(dW.dtype) + dW)
         if bias is not None:
             lin.bias.copy_(bias)
     return lin.requires_grad_(False)
