@@ -328,9 +328,20 @@ def _check_checkpoint_folder(folder: str) -> None:
     raise ValueError(f"checkpoint folder {folder} not found")
 
 
-def load_model(folder: str, map_location: str = "cpu"):
+def _device(map_location, who: str) -> torch.device:
+    """map_location ("cpu", "cuda", "cuda:1" or a torch.device) as a torch.device, or a ValueError naming it."""
+    try:
+        return torch.device(map_location)
+    except (RuntimeError, TypeError, ValueError):
+        raise ValueError(f"{who}: map_location={map_location!r} is not a device; use 'cpu', 'cuda' or "
+                         f"'cuda:N'") from None
+
+
+def load_model(folder: str, map_location="cpu"):
     """Build a GPT from folder/config.json and load folder/model.safetensors strictly, after checking
-    that the weights are the ones saved with that config (its weights_sha256, when recorded)."""
+    that the weights are the ones saved with that config (its weights_sha256, when recorded). The
+    model is built and loaded on the CPU, then moved to map_location ("cpu", "cuda", a torch.device)."""
+    device = _device(map_location, "load_model")
     _check_checkpoint_folder(folder)
     cpath, wpath = os.path.join(folder, CONFIG_NAME), os.path.join(folder, WEIGHTS_NAME)
     cfg = load_json(cpath)
@@ -348,7 +359,7 @@ def load_model(folder: str, map_location: str = "cpu"):
                              f"the weights file hashes to {have[:16]}... (weights from another save, or either file "
                              f"edited); save the model again, or put back the matching pair")
     load_state_dict_strict(model, sd, source=wpath)
-    return model.to(map_location)
+    return model.to(device)
 
 
 def save_trainable(model, path: str, metadata: Optional[dict] = None) -> None:
@@ -362,20 +373,22 @@ def save_trainable(model, path: str, metadata: Optional[dict] = None) -> None:
 
 def load_trainable(model, path: str) -> None:
     """Load a save_trainable file strictly: exactly the model's trainable keys (or a name tied to
-    one, with an equal value), same shapes. A frozen tensor in the file is refused, not loaded."""
+    one, with an equal value), same shapes. A frozen tensor in the file is refused, not loaded. Each
+    tensor is copied into the model's own tensor: onto its device, in its dtype."""
     sd = load_tensors(path)
     load_state_dict_strict(model, sd, source=path, keys=model_state(model, only_trainable=True), exact=True)
 
 
 # ---- a GPT-2 checkpoint in the Hugging Face layout ---------------------------------------------
 
-def load_gpt2(path: str) -> GPT:
+def load_gpt2(path: str, map_location="cpu") -> GPT:
     """Load `config.json` + `model.safetensors` of a GPT-2 checkpoint in the Hugging Face
-    layout from the local folder `path` as a minift GPT. Nothing is downloaded.
+    layout from the local folder `path` as a minift GPT on map_location. Nothing is downloaded.
 
     GPT-2's Conv1D stores weights as (in, out), the transpose of nn.Linear's (out, in); the
     four Conv1D matrices per block (c_attn, c_proj, c_fc, mlp.c_proj) are transposed here.
     """
+    device = _device(map_location, "load_gpt2")
     cfg_path, w_path = os.path.join(path, "config.json"), os.path.join(path, "model.safetensors")
     for p in (cfg_path, w_path):
         if not os.path.isfile(p):
@@ -400,4 +413,4 @@ def load_gpt2(path: str) -> GPT:
             t = t.t()                                                  # Conv1D (in, out) -> (out, in)
         ours["transformer." + k] = t.contiguous()
     load_state_dict_strict(model, ours, source=w_path, skip={"lm_head.weight"})
-    return model
+    return model.to(device)

@@ -23,7 +23,13 @@ Launch with torchrun (which sets RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT):
     torchrun --nnodes 2 --node_rank K --master_addr HOST --master_port 29500 --nproc_per_node 8 ...
 
 and call `init_from_env()` first; `minift.train.train` then runs data-parallel by itself.
-gloo is the backend on CPU, nccl on GPU.
+
+Backend and devices: `init_from_env()` picks NCCL when CUDA is available and every rank of the
+node has a GPU of its own (LOCAL_WORLD_SIZE <= torch.cuda.device_count()): rank r of a node then
+uses GPU r (torch.cuda.set_device(LOCAL_RANK)), and `rank_device()` says which, so the model goes
+there before training. Otherwise (no GPU, or more ranks than GPUs) it picks gloo and the ranks run
+on the CPU. NCCL reduces GPU tensors only: the gradient all-reduce works on a flat buffer made on
+the gradients' own device, and `mean_over_ranks` puts its one number on this rank's GPU.
 """
 from __future__ import annotations
 
@@ -45,19 +51,49 @@ def rank_and_world() -> tuple[int, int]:
     return 0, 1
 
 
+def _local_rank_and_size() -> tuple[int, int]:
+    """(LOCAL_RANK, LOCAL_WORLD_SIZE) from torchrun's environment: this process's place on its node."""
+    return int(os.environ.get("LOCAL_RANK", 0)), int(os.environ.get("LOCAL_WORLD_SIZE", 1))
+
+
+def gpus_for_every_rank() -> bool:
+    """True when CUDA is available and this node has at least one GPU per local rank (NCCL's need:
+    one GPU per rank). Every rank of a node computes the same answer, so they agree on a backend."""
+    if not torch.cuda.is_available():
+        return False
+    local_rank, local_size = _local_rank_and_size()
+    return local_size <= torch.cuda.device_count() and local_rank < torch.cuda.device_count()
+
+
 def init_from_env(backend: str | None = None) -> tuple[int, int]:
     """Join the process group torchrun describes in the environment (RANK, WORLD_SIZE,
-    MASTER_ADDR, MASTER_PORT). backend None: nccl when CUDA is available, else gloo.
-    Without torchrun's variables: a single process, nothing initialised, (0, 1)."""
+    MASTER_ADDR, MASTER_PORT, LOCAL_RANK). backend None: nccl when every rank has a GPU
+    (gpus_for_every_rank), else gloo. With nccl, this rank's GPU (LOCAL_RANK) becomes the current
+    CUDA device. Without torchrun's variables: a single process, nothing initialised, (0, 1)."""
     if "RANK" not in os.environ or "WORLD_SIZE" not in os.environ:
         return 0, 1
     if backend is None:
-        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        backend = "nccl" if gpus_for_every_rank() else "gloo"
     if backend not in ("gloo", "nccl"):
         raise ValueError(f"backend={backend!r} must be 'gloo' (CPU) or 'nccl' (GPU)")
+    if backend == "nccl":
+        if not gpus_for_every_rank():
+            local_rank, local_size = _local_rank_and_size()
+            raise ValueError(f"backend='nccl' needs one GPU per rank: local rank {local_rank} of {local_size}, "
+                             f"{torch.cuda.device_count() if torch.cuda.is_available() else 0} GPU(s) here; "
+                             f"use backend='gloo' or fewer processes per node")
+        torch.cuda.set_device(_local_rank_and_size()[0])               # one GPU per rank, before NCCL starts
     if not dist.is_initialized():
         dist.init_process_group(backend=backend)
     return dist.get_rank(), dist.get_world_size()
+
+
+def rank_device() -> torch.device:
+    """Where this rank's model and batches go: its GPU under an nccl process group
+    (cuda:LOCAL_RANK, set by init_from_env), the CPU otherwise (gloo, or no process group)."""
+    if dist.is_available() and dist.is_initialized() and dist.get_backend() == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
 
 
 def rank_micro_batches(n_micro: int, world_size: int, rank: int) -> list[int]:
@@ -103,12 +139,21 @@ def per_rank_batch(global_batch: int, world_size: int) -> int:
     return global_batch // world_size
 
 
+def _check_nccl_device(tensors: list, who: str, what: str) -> None:
+    """nccl moves GPU tensors only: a CPU tensor there is a ValueError here, not an error inside NCCL."""
+    if dist.get_backend() == "nccl" and any(t.device.type != "cuda" for t in tensors):
+        raise ValueError(f"{who}: nccl communicates GPU tensors only, but {what} is on the CPU; move the model to "
+                         f"minift.distributed.rank_device() before training")
+
+
 @torch.no_grad()
 def broadcast_parameters(model: torch.nn.Module, src: int = 0) -> None:
     """Make every rank's parameters and buffers rank src's (as DDP does when it wraps a model)."""
     if not is_distributed():
         return
-    for t in list(model.parameters()) + list(model.buffers()):
+    tensors = list(model.parameters()) + list(model.buffers())
+    _check_nccl_device(tensors, "broadcast_parameters", "the model")
+    for t in tensors:
         dist.broadcast(t.data, src)
 
 
@@ -116,13 +161,15 @@ def broadcast_parameters(model: torch.nn.Module, src: int = 0) -> None:
 def allreduce_gradients(params: list[torch.Tensor]) -> int:
     """Average the gradients of `params` over the ranks, in one flat all-reduce; returns the
     payload in bytes (0 outside a process group). A parameter without a gradient on this step
-    counts as a zero gradient, so every rank sends the same buffer."""
+    counts as a zero gradient, so every rank sends the same buffer. The buffer is made on the
+    parameters' device (a GPU under nccl), in their dtype."""
     if not is_distributed():
         return 0
     params = [p for p in params if p.requires_grad]
     if not params:
         return 0
     flat = torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1) for p in params])  # (N,)
+    _check_nccl_device([flat], "allreduce_gradients", "the gradients")
     dist.all_reduce(flat, op=dist.ReduceOp.SUM)
     flat /= dist.get_world_size()                                       # g = (1/W) Σ_r g_r
     i = 0
@@ -141,7 +188,6 @@ def mean_over_ranks(value: float) -> float:
     """The mean of a Python number over the ranks (for logging the global loss)."""
     if not is_distributed():
         return value
-    device = "cuda" if dist.get_backend() == "nccl" else "cpu"         # nccl reduces GPU tensors only
-    t = torch.tensor([float(value)], dtype=torch.float64, device=device)
+    t = torch.tensor([float(value)], dtype=torch.float64, device=rank_device())   # nccl: GPU tensors only
     dist.all_reduce(t, op=dist.ReduceOp.SUM)
     return float(t.item()) / dist.get_world_size()

@@ -13,6 +13,9 @@ methods on, and how they *measure* the result, lives here, one section per lesso
 Imports flow one way: this module imports the methods (`minift.align.*`), the world and the task
 metrics; no method imports it (a trainer that wants a measurement during training takes an
 `eval_fn`, and the lesson passes one of these).
+
+Devices: every evaluation runs the model where it is (batches are moved to its device) and returns
+Python numbers, or tensors on the CPU (similarities and labels, for histograms).
 """
 from __future__ import annotations
 
@@ -36,7 +39,7 @@ from .align.preference import PreferenceDataset, collate_preferences
 from .align.reward import RewardModel, pair_rewards, reward_metrics
 from .align.sft import SFTConfig, train_sft
 from .heads import encode_words
-from .train import TrainConfig
+from .train import TrainConfig, model_device, to_device
 
 
 # ---- instruction tuning (lessons 03, 18) --------------------------------------------------------
@@ -67,14 +70,15 @@ def mixture(task_names: Sequence[str], split: str = "train", n_per_task: Optiona
 def generate_responses(model, tok, prompts: Sequence[str], max_new_tokens: int = 32,
                        batch_size: int = 32) -> list[str]:
     """Greedy responses to prompts: each is encoded as <|prompt|> prompt <|response|>, left-padded
-    into batches, and decoded up to the first EOS."""
+    into batches (moved to the model's device), and decoded up to the first EOS."""
     model.eval()
+    dev = model_device(model)
     out = []
     limit = model.config.block_size - max_new_tokens
     for i in range(0, len(prompts), batch_size):
         enc = [tok.encode_prompt(p) for p in prompts[i:i + batch_size]]
         enc = [e if len(e) <= limit else e[:1] + e[len(e) - limit + 1:] for e in enc]  # keep the newest
-        b = T.collate([{"idx": e} for e in enc], tok.pad_id, side="left")
+        b = to_device(T.collate([{"idx": e} for e in enc], tok.pad_id, side="left"), dev)
         new = model.generate(b["idx"], max_new_tokens, attention_mask=b["attention_mask"],
                              eos_token_id=tok.eos_id, pad_token_id=tok.pad_id)
         for row in new.tolist():
@@ -165,13 +169,13 @@ def evaluate_preferences(policy, ref, tok, examples: Sequence[dict], average: bo
     d_rejected: mean log π − log π_ref of each side. policy and ref: models, or their
     score_pairs(...) (2, N), computed once and reused; ref=None: the PEFT policy (a model) with its
     adapters disabled. As train_dpo's eval_fn: lambda m: evaluate_preferences(m, ref, tok, val)."""
-    def scores(m, adapters=True):
-        if not isinstance(m, torch.Tensor):
-            return score_pairs(m, tok, examples, average, batch_size, adapters)
+    def scores(m, adapters=True):                                         # (2, N) on the CPU: policy and
+        if not isinstance(m, torch.Tensor):                                 # reference may be on two devices
+            return score_pairs(m, tok, examples, average, batch_size, adapters).cpu()
         if tuple(m.shape) != (2, len(examples)):
             raise ValueError(f"evaluate_preferences: precomputed log-probs must be (2, N)=(2, {len(examples)}), "
                              f"got {tuple(m.shape)}")
-        return m
+        return m.cpu()
     if ref is None and isinstance(policy, torch.Tensor):
         raise ValueError("evaluate_preferences: ref=None scores the policy with its adapters disabled, so the "
                          "policy must be a model, not log-probs")
@@ -189,7 +193,8 @@ def evaluate_policy(policy, ref, reward_model, tok, examples: Sequence[dict], ma
     """How good are the policy's responses to preference prompts, by the reward model and by the truth:
     mean RM score, KL to ref (Σ_t k1, meaningful for samples), the share of responses that are exactly
     the chosen / the rejected answer (TinyWorld knows both), mean length, share without EOS, and the
-    responses themselves."""
+    responses themselves. Sampling (greedy=False) draws from a CPU generator: the same responses on
+    every device."""
     gen = torch.Generator().manual_seed(seed)
     scores, kls, lens, noeos, texts = [], [], [], [], []
     for i in range(0, len(examples), batch_size):
@@ -249,7 +254,8 @@ def best_threshold(scores: torch.Tensor, labels: torch.Tensor) -> tuple[float, f
     """The threshold t maximising accuracy of (score > t) == label: (t, accuracy). Candidates are
     every cut there is: below all scores, the midpoints between sorted distinct scores, and the
     largest score (everything 0). Ties go to the smallest t."""
-    s, y = torch.as_tensor(scores, dtype=torch.float64), torch.as_tensor(labels).long()
+    s = torch.as_tensor(scores, dtype=torch.float64, device="cpu")         # a few numbers: on the CPU
+    y = torch.as_tensor(labels, device="cpu").long()
     if s.dim() != 1 or s.shape != y.shape or len(s) == 0:
         raise ValueError(f"scores and labels must be equal-length 1-D, got {tuple(s.shape)} and {tuple(y.shape)}")
     check_finite("scores", s, None, "best_threshold")                      # NaN > t is False: a quiet "0"
@@ -261,7 +267,8 @@ def best_threshold(scores: torch.Tensor, labels: torch.Tensor) -> tuple[float, f
 
 
 def threshold_accuracy(scores: torch.Tensor, labels: torch.Tensor, threshold: float) -> float:
-    s, y = torch.as_tensor(scores, dtype=torch.float64), torch.as_tensor(labels).long()
+    s = torch.as_tensor(scores, dtype=torch.float64, device="cpu")
+    y = torch.as_tensor(labels, device="cpu").long()
     check_finite("scores", s, None, "threshold_accuracy")
     return float(((s > threshold).long() == y).double().mean())
 
@@ -311,7 +318,8 @@ def evaluate_embeddings(model, tok, pooling: str = "last", seed: int = 0, limit:
         ex = world.task("paraphrase", split, seed)[:limit]
         e1 = embed_sentences(model, tok, [x["sentence1"] for x in ex], pooling)
         e2 = embed_sentences(model, tok, [x["sentence2"] for x in ex], pooling)
-        out[f"{split}_sims"], out[f"{split}_labels"] = cosine(e1, e2), torch.tensor([x["label"] for x in ex])
+        out[f"{split}_sims"] = cosine(e1, e2).cpu()                        # (N,) for histograms
+        out[f"{split}_labels"] = torch.tensor([x["label"] for x in ex], device="cpu")
     out["threshold"], out["val_acc"] = best_threshold(out["val_sims"], out["val_labels"])
     out["test_acc"] = threshold_accuracy(out["test_sims"], out["test_labels"], out["threshold"])
     pairs = world.task("pairs", "test", seed)[:limit]
@@ -341,7 +349,7 @@ def transfer_set(teacher, tok, collate_fn: Callable, n: int = 1500, max_words: i
         words = re.findall(r"\w+|[^\w\s]", sent)
         if 4 <= len(words) <= max_words and not banned.intersection(words):
             ids, labels, _ = encode_words(tok, words, [0] * len(words))       # 0: a placeholder tag
-            items.append({"idx": torch.tensor(ids), "labels": torch.tensor(labels)})
+            items.append({"idx": torch.tensor(ids, device="cpu"), "labels": torch.tensor(labels, device="cpu")})
         if len(items) == n:
             break
     return teacher_labels(teacher, items, collate_fn)                       # placeholders -> teacher's tags

@@ -96,7 +96,7 @@ def train_subset(pairs: Sequence, n_train: int, seed: int) -> list:
     if n_train > len(pairs):
         raise ValueError(f"n_train={n_train} is more than the {len(pairs)} {TASK} training examples")
     g = torch.Generator().manual_seed(1000 + seed)
-    return [pairs[int(i)] for i in torch.randperm(len(pairs), generator=g)[:n_train]]
+    return [pairs[int(i)] for i in torch.randperm(len(pairs), generator=g, device="cpu")[:n_train]]
 
 
 def finetune_cell(size: str, method: str, n_train: int, seed: int = 0, *, steps: Optional[int] = None,
@@ -279,7 +279,7 @@ def fit_scaling_law(X, D, L, delta: float = 1e-3) -> dict:
 
     # Starting points: for fixed (α, β) the law is linear in (A, E), so least squares gives them
     # in closed form. Scan a grid of (α, β), score each by the objective, refine the best few.
-    grid = torch.linspace(-1.0, 2.0, 121, dtype=torch.float64)        # steps of 0.025; α < 0: bigger is worse
+    grid = torch.linspace(-1.0, 2.0, 121, dtype=torch.float64, device=L.device)   # steps of 0.025; α < 0: worse
     al, be = torch.meshgrid(grid, grid, indexing="ij")
     al, be = al.reshape(-1, 1), be.reshape(-1, 1)                      # (G, 1)
     f = torch.exp(-al * lx - be * ld)                                  # (G, n): X^-α D^-β

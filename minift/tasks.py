@@ -191,7 +191,7 @@ class LMDataset(Dataset):
             raise ValueError(f"the texts give {len(ids)} tokens (EOS included), fewer than "
                              f"block_size + 1 = {block_size + 1}: not one window")
         self.block_size = block_size
-        self.data = torch.tensor(ids[: n * (block_size + 1)], dtype=torch.long).view(n, block_size + 1)
+        self.data = torch.tensor(ids[: n * (block_size + 1)], dtype=torch.long, device="cpu").view(n, block_size + 1)
 
     def __len__(self) -> int:
         return self.data.shape[0]
@@ -243,10 +243,10 @@ class SFTDataset(Dataset):
                 ids, mask = truncate_prompt(ids, mask, block_size + 1)
             except ValueError as e:
                 raise ValueError(f"example {k}: {e}") from None
-            x = torch.tensor(ids[:-1], dtype=torch.long)
-            y = torch.tensor(ids[1:], dtype=torch.long)
+            x = torch.tensor(ids[:-1], dtype=torch.long, device="cpu")     # data lives on the CPU; the
+            y = torch.tensor(ids[1:], dtype=torch.long, device="cpu")      # training loop moves each batch
             if not train_on_prompt:
-                y[torch.tensor(mask[1:], dtype=torch.bool).logical_not()] = IGNORE_INDEX
+                y[torch.tensor(mask[1:], dtype=torch.bool, device="cpu").logical_not()] = IGNORE_INDEX
             self.items.append({"idx": x, "targets": y})
         if not self.items:
             raise ValueError("SFTDataset: no examples")
@@ -263,7 +263,8 @@ def collate(batch: Sequence[dict], pad_id: int, side: str = "right") -> dict:
     idx (B, T) padded with pad_id, targets (B, T) padded with -100, attention_mask (B, T) with 1
     on real tokens. side="right" pads after the tokens (training); side="left" pads before them
     (batched generation, so every row ends at its last real token). Items without "targets"
-    (prompts to generate from) give a batch without targets."""
+    (prompts to generate from) give a batch without targets. The batch is made on the device of
+    the first item's idx (the CPU for token lists)."""
     if side not in ("left", "right"):
         raise ValueError(f"side={side!r} must be 'left' or 'right'")
     if not batch:
@@ -272,10 +273,10 @@ def collate(batch: Sequence[dict], pad_id: int, side: str = "right") -> dict:
     if any(has_t) and not all(has_t):
         raise ValueError("collate: some items have 'targets' and some do not")
     seqs = [_ids(b["idx"], "idx", i).reshape(-1) for i, b in enumerate(batch)]
-    B, T = len(seqs), max(len(s) for s in seqs)
-    idx = torch.full((B, T), int(pad_id), dtype=torch.long)
-    targets = torch.full((B, T), IGNORE_INDEX, dtype=torch.long)
-    attn = torch.zeros((B, T), dtype=torch.long)
+    B, T, dev = len(seqs), max(len(s) for s in seqs), seqs[0].device
+    idx = torch.full((B, T), int(pad_id), dtype=torch.long, device=dev)
+    targets = torch.full((B, T), IGNORE_INDEX, dtype=torch.long, device=dev)
+    attn = torch.zeros((B, T), dtype=torch.long, device=dev)
     for i, s in enumerate(seqs):
         n = len(s)
         cols = slice(0, n) if side == "right" else slice(T - n, T)
@@ -290,30 +291,30 @@ def collate(batch: Sequence[dict], pad_id: int, side: str = "right") -> dict:
     if all(has_t):
         out["targets"] = targets
     if "labels" in batch[0]:
-        out["labels"] = _collate_labels(batch, T, side)
+        out["labels"] = _collate_labels(batch, T, side, dev)
     return out
 
 
 def _ids(x, what: str, i: int) -> torch.Tensor:
     """Item i's token ids, targets or labels as a long tensor. Floats are refused, not truncated (a 4.7
     would quietly become token 4)."""
-    t = torch.as_tensor(x)
+    t = torch.as_tensor(x, device=x.device if isinstance(x, torch.Tensor) else "cpu")   # a tensor stays where it is
     if t.numel() and (t.is_floating_point() or t.is_complex()):
         raise TypeError(f"collate: item {i} has {what} of dtype {t.dtype}; they must be integer ids")
     return t.to(torch.long)
 
 
-def _collate_labels(batch: Sequence[dict], T: int, side: str) -> torch.Tensor:
+def _collate_labels(batch: Sequence[dict], T: int, side: str, device) -> torch.Tensor:
     """Labels ride along with idx: one class per item (sequence classification) -> (B,), or one
     per token (token classification) -> (B, T) padded like idx with -100."""
     if not all("labels" in b for b in batch):
         raise ValueError("collate: some items have 'labels' and some do not")
     labels = [_ids(b["labels"], "labels", i) for i, b in enumerate(batch)]
     if all(lab.dim() == 0 for lab in labels):
-        return torch.stack(labels)                                   # (B,)
-    out = torch.full((len(batch), T), IGNORE_INDEX, dtype=torch.long)
+        return torch.stack([lab.to(device) for lab in labels])       # (B,)
+    out = torch.full((len(batch), T), IGNORE_INDEX, dtype=torch.long, device=device)
     for i, (b, lab) in enumerate(zip(batch, labels)):
-        n = len(torch.as_tensor(b["idx"]).reshape(-1))
+        n = _ids(b["idx"], "idx", i).numel()
         if lab.dim() != 1 or len(lab) != n:
             raise ValueError(f"collate: item {i} has {n} idx tokens but labels of shape {tuple(lab.shape)}")
         out[i, slice(0, n) if side == "right" else slice(T - n, T)] = lab

@@ -33,7 +33,8 @@ one-directional, as SimCSE's (its hard negatives are only candidates for the anc
 Where the pairs come from:
 - unsupervised SimCSE: a_i = b_i = the same sentence, encoded twice with dropout on; the two
   dropout masks are the only "augmentation". The shipped base has dropout 0.0, so training turns
-  dropout on for its duration (`dropout_enabled`): the model's config is not changed;
+  dropout on for its duration (`dropout_enabled`): the model's config is not changed. The masks
+  are drawn on the model's device, so a GPU run draws other masks than a CPU run of the same seed;
 - supervised: TinyWorld `pairs` (two phrasings of one fact) and `paraphrase` label-1 pairs, with
   `paraphrase` label-0 sentences (one value changed, roles swapped) as hard negatives. SimCSE
   keeps dropout 0.1 here too; on this base (pretrained without dropout) lesson 16 measures 0 better.
@@ -56,7 +57,7 @@ import torch.nn.functional as F
 
 from ..heads import last_real_index
 from ..tasks import collate
-from ..train import TrainConfig, train
+from ..train import TrainConfig, model_device, to_device, train
 from ..validate import check_bool, check_choice, check_float
 from .logps import check_01, check_finite, zero_masked
 
@@ -114,8 +115,10 @@ def pool(h: torch.Tensor, attention_mask: Optional[torch.Tensor], pooling: str =
 
 def embed(model, idx: torch.Tensor, attention_mask: Optional[torch.Tensor] = None,
           pooling: str = "last") -> torch.Tensor:
-    """e(x) for a batch of token ids (B, T): the GPT's last hidden states (after ln_f), pooled.
-    Differentiable (training calls it); `embed_sentences` is the no-grad version for text."""
+    """e(x) for a batch of token ids (B, T): the GPT's last hidden states (after ln_f), pooled, on
+    the model's device (the batch is moved there). Differentiable (training calls it);
+    `embed_sentences` is the no-grad version for text."""
+    idx, attention_mask = to_device((idx, attention_mask), model_device(model))
     out = model(idx, attention_mask=attention_mask, output_hidden_states=True, return_logits=False)
     return pool(out.hidden_states[-1], attention_mask, pooling)            # (B, C)
 
@@ -129,14 +132,15 @@ def encode_sentences(tok, sentences: Sequence[str], block_size: int) -> list[tor
         ids = tok.encode(s) + [tok.eos_id]
         if len(ids) > block_size:
             raise ValueError(f"sentence {i} is {len(ids)} tokens, longer than block_size={block_size}")
-        out.append(torch.tensor(ids))
+        out.append(torch.tensor(ids, dtype=torch.long, device="cpu"))      # data: batches move to the model
     return out
 
 
 @torch.no_grad()
 def embed_sentences(model, tok, sentences: Sequence[str], pooling: str = "last", batch_size: int = 128,
                     side: str = "right") -> torch.Tensor:
-    """Embeddings (N, C) of a list of sentences, in eval mode (no dropout), batched and padded."""
+    """Embeddings (N, C) of a list of sentences, in eval mode (no dropout), batched and padded; float32
+    (float64 for a float64 model), on the model's device."""
     was_training = model.training
     model.eval()
     ids = encode_sentences(tok, sentences, model.config.block_size)
@@ -145,7 +149,7 @@ def embed_sentences(model, tok, sentences: Sequence[str], pooling: str = "last",
         b = collate([{"idx": x} for x in ids[i:i + batch_size]], tok.pad_id, side=side)
         out.append(embed(model, b["idx"], b["attention_mask"], pooling))
     model.train(was_training)
-    return torch.cat(out).float()
+    return torch.cat(out).to(torch.promote_types(out[0].dtype, torch.float32))
 
 
 # ---- the loss ----------------------------------------------------------------------------------

@@ -58,7 +58,7 @@ import torch.nn.functional as F
 
 from ..heads import predicted_classes
 from ..model import IGNORE_INDEX, at_least_fp32
-from ..train import TrainConfig, train
+from ..train import TrainConfig, model_device, to_device, train
 from ..validate import check_choice, check_float
 from .logps import check_finite, masked_mean, zero_masked
 
@@ -192,13 +192,15 @@ def _labels(batch: dict) -> torch.Tensor:
 def distill_loss_fn(teacher, cfg: DistillConfig) -> Callable:
     """The loss_fn for minift.train.train: α T² D + (1 - α) CE. Batches: idx, attention_mask,
     labels (or targets) and, for offline distillation, teacher_logits (B, T, K) (see
-    with_teacher_logits); without them the frozen teacher scores the batch on the fly."""
+    with_teacher_logits); without them the frozen teacher scores the batch on the fly, on its own
+    device (its logits come to the student's). The batch is moved to the student's device."""
     if teacher is not None:
         teacher.eval()
         for p in teacher.parameters():
             p.requires_grad_(False)
 
     def loss_fn(student, batch):
+        batch = to_device(batch, model_device(student))
         idx, am, y = batch["idx"], batch.get("attention_mask"), _labels(batch)
         s = student(idx, attention_mask=am).logits                       # (B, T, K)
         t = batch.get("teacher_logits")
@@ -206,11 +208,13 @@ def distill_loss_fn(teacher, cfg: DistillConfig) -> Callable:
             if teacher is None:
                 raise ValueError("the batch has no teacher_logits and no teacher was given")
             with torch.no_grad():
-                t = teacher(idx, attention_mask=am).logits               # (B, T, K)
+                td = model_device(teacher)                               # the teacher's own device
+                t = teacher(idx.to(td), attention_mask=None if am is None else am.to(td)).logits
+                t = t.to(s.device)                                       # (B, T, K)
         if cfg.mask == "labels":
             mask = y != IGNORE_INDEX                                      # (B, T) labelled positions
         else:
-            mask = torch.ones(s.shape[:-1], dtype=torch.bool) if am is None else am.bool()
+            mask = torch.ones(s.shape[:-1], dtype=torch.bool, device=s.device) if am is None else am.bool()
         return kd_loss(s, t, y, mask, cfg.alpha, cfg.temperature, cfg.divergence, cfg.beta), {}
     return loss_fn
 
@@ -219,13 +223,15 @@ def distill_loss_fn(teacher, cfg: DistillConfig) -> Callable:
 def with_teacher_logits(teacher, items: Sequence[dict], collate_fn: Callable, batch_size: int = 64) -> list[dict]:
     """Offline distillation: every item with the teacher's logits at its tokens, "teacher_logits"
     (T_i, K), computed once (the teacher is deterministic in eval mode, so this equals scoring
-    every batch on the fly, for a fraction of the cost). Pad them with collate_with_teacher."""
+    every batch on the fly, for a fraction of the cost), on the teacher's device, then kept with
+    the items on the CPU (training moves each batch). Pad them with collate_with_teacher."""
     teacher.eval()
+    dev = model_device(teacher)
     out = []
     for i in range(0, len(items), batch_size):
         chunk = items[i:i + batch_size]
-        b = collate_fn([{k: it[k] for k in ("idx", "labels", "targets") if k in it} for it in chunk])
-        t = teacher(b["idx"], attention_mask=b["attention_mask"]).logits     # (B, T, K), right-padded
+        b = to_device(collate_fn([{k: it[k] for k in ("idx", "labels", "targets") if k in it} for it in chunk]), dev)
+        t = teacher(b["idx"], attention_mask=b["attention_mask"]).logits.cpu()   # (B, T, K), right-padded
         for r, it in enumerate(chunk):
             out.append({**it, "teacher_logits": t[r, :len(it["idx"])].clone()})
     return out
@@ -263,8 +269,8 @@ def teacher_labels(teacher, items: Sequence[dict], collate_fn: Callable, batch_s
     the teacher's greedy output, the argmax class at every position that had a label."""
     out = []
     for it, pred in predicted_classes(teacher, items, collate_fn, batch_size):
-        lab = torch.as_tensor(it["labels"])
-        out.append({**it, "labels": torch.where(lab != IGNORE_INDEX, pred[:lab.shape[0]], lab)})
+        lab = torch.as_tensor(it["labels"], device="cpu")                  # data items stay on the CPU
+        out.append({**it, "labels": torch.where(lab != IGNORE_INDEX, pred[:lab.shape[0]].to(lab.device), lab)})
     return out
 
 

@@ -51,7 +51,7 @@ import torch
 import torch.nn.functional as F
 
 from ..peft.common import adapter_layers, disable_adapters
-from ..train import TrainConfig, train
+from ..train import TrainConfig, model_device, to_device, train
 from ..validate import check_bool, check_choice, check_float
 from .logps import sequence_logps
 from .preference import PreferenceDataset, collate_preferences
@@ -145,9 +145,9 @@ def reference_logps(ref, batch: dict, average: bool = False, policy=None) -> tor
 def _collate(pad_id: int):
     def collate(items):
         batch = collate_preferences(items, pad_id)
-        if "ref_chosen" in items[0]:                                      # precomputed log π_ref
-            batch["ref_logps"] = torch.tensor([it["ref_chosen"] for it in items] +
-                                              [it["ref_rejected"] for it in items])     # (2B,)
+        if "ref_chosen" in items[0]:                                      # precomputed log π_ref: 0-d tensors
+            batch["ref_logps"] = torch.stack([it["ref_chosen"] for it in items] +
+                                             [it["ref_rejected"] for it in items])      # (2B,)
         return batch
     return collate
 
@@ -181,11 +181,14 @@ class DPOConfig:
 
 
 def dpo_step(policy, ref, batch: dict, cfg: DPOConfig):
-    """The loss_fn of minift.train.train: (mean loss, metrics) on a collate_preferences batch."""
+    """The loss_fn of minift.train.train: (mean loss, metrics) on a collate_preferences batch, which
+    is moved to the policy's device (log π_ref too, wherever it was computed, in the policy's dtype)."""
     B = batch["n_pairs"]
+    batch = to_device(batch, model_device(policy))
     logps = sequence_logps(policy, batch["ids"], batch["attention_mask"], batch["response_mask"],
                            cfg.average_logps)                             # (2B,): chosen rows, then rejected
     ref_lp = batch["ref_logps"] if "ref_logps" in batch else reference_logps(ref, batch, cfg.average_logps, policy)
+    ref_lp = ref_lp.to(device=logps.device, dtype=logps.dtype)            # (2B,)
     losses, rw, rl = dpo_loss(logps[:B], logps[B:], ref_lp[:B], ref_lp[B:], cfg.beta, cfg.loss_type,
                               cfg.label_smoothing)
     m = preference_metrics(rw, rl)
@@ -201,8 +204,8 @@ def dpo_step(policy, ref, batch: dict, cfg: DPOConfig):
 @torch.no_grad()
 def score_pairs(model, tok, examples: Sequence[dict], average: bool = False, batch_size: int = 64,
                 adapters: bool = True) -> torch.Tensor:
-    """log π(y_w|x) and log π(y_l|x) of every example, in eval mode, no gradient: (2, N).
-    adapters=False scores a PEFT model with its adapters disabled (its reference)."""
+    """log π(y_w|x) and log π(y_l|x) of every example, in eval mode, no gradient: (2, N), on the
+    model's device. adapters=False scores a PEFT model with its adapters disabled (its reference)."""
     data = PreferenceDataset(tok, examples, model.config.block_size)
     out = []
     with _eval_mode(model), (contextlib.nullcontext() if adapters else disable_adapters(model)):
@@ -239,7 +242,7 @@ def train_dpo(policy, examples: Sequence[dict], cfg: DPOConfig, train_cfg: Train
         if tuple(ref_logps.shape) != (2, len(data)):
             raise ValueError(f"train_dpo: ref_logps must be (2, N)=(2, {len(data)}) (score_pairs of the examples), "
                              f"got {tuple(ref_logps.shape)}")
-        data = [dict(it, ref_chosen=c, ref_rejected=r) for it, c, r in zip(data, *ref_logps.tolist())]
+        data = [dict(it, ref_chosen=c, ref_rejected=r) for it, c, r in zip(data, *ref_logps.detach())]
     return train(policy, data, train_cfg, loss_fn=lambda m, b: dpo_step(m, ref, b, cfg), collate_fn=_collate(tok.pad_id),
                  eval_fn=eval_fn)
 

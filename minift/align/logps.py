@@ -25,6 +25,8 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
+from ..train import model_device, to_device
+
 
 def token_logps(logits: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
     """log π(ids_t | ids_<t) for t = 1 .. T-1 from next-token logits.
@@ -108,9 +110,11 @@ def sequence_logps(model, ids: torch.Tensor, attention_mask: torch.Tensor, respo
     """log π(y | x) of the response tokens of each row (see the module docstring).
 
     model: a minift GPT (or anything called as model(ids, attention_mask=...) with .logits (B, T, V));
-    ids, attention_mask, response_mask: (B, T). Returns (B,) float32, with gradients if the model has
-    them; with return_logits=True also the logits (B, T, V), for losses that need more (e.g. entropy)."""
+    ids, attention_mask, response_mask: (B, T), moved to the model's device. Returns (B,) float32 on
+    that device, with gradients if the model has them; with return_logits=True also the logits
+    (B, T, V), for losses that need more (e.g. entropy)."""
     check_masks(ids, attention_mask, response_mask)
+    ids, attention_mask, response_mask = to_device((ids, attention_mask, response_mask), model_device(model))
     logits = model(ids, attention_mask=attention_mask).logits        # (B, T, V)
     per_token = token_logps(logits, ids)                              # (B, T-1): token t at t-1
     out = masked_sum(per_token, response_mask[:, 1:], average)        # (B,)

@@ -49,7 +49,7 @@ from ..model import IGNORE_INDEX, at_least_fp32, check_target_ids
 from ..peft.common import disable_adapters, remove_adapters
 from ..peft.io import load_adapter, save_adapter
 from ..peft.lora import LoRAConfig, apply_lora
-from ..train import TrainConfig, stack_collate, train
+from ..train import TrainConfig, model_device, stack_collate, to_device, train
 from ..validate import check_choice, check_float, check_int
 from .logps import check_finite, zero_masked
 
@@ -117,19 +117,19 @@ def sample_mixture(sizes: Mapping[str, int], weights: Mapping[str, float], n: in
     if unknown:
         raise ValueError(f"sample_mixture: unknown task(s) {unknown} in weights; the task sets are {list(sizes)}")
     names, _ = _sizes({k: sizes[k] for k in weights})
-    p = torch.tensor([float(weights[k]) for k in names], dtype=torch.float64)
+    p = torch.tensor([float(weights[k]) for k in names], dtype=torch.float64, device="cpu")   # drawn on the CPU
     if not torch.isfinite(p).all() or (p < 0).any() or p.sum() <= 0:
         raise ValueError(f"sample_mixture: weights {dict(weights)} must be finite, >= 0, and not all 0")
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
         raise ValueError(f"sample_mixture: n={n!r} must be an integer >= 1")
     g = torch.Generator().manual_seed(int(seed))
     tasks = torch.multinomial(p / p.sum(), n, replacement=True, generator=g).tolist()   # (n,) task ids
-    perm = {i: torch.randperm(sizes[k], generator=g).tolist() for i, k in enumerate(names)}
+    perm = {i: torch.randperm(sizes[k], generator=g, device="cpu").tolist() for i, k in enumerate(names)}
     pos = dict.fromkeys(perm, 0)
     out = []
     for i in tasks:
         if pos[i] == len(perm[i]):                                         # a new epoch of task i
-            perm[i], pos[i] = torch.randperm(len(perm[i]), generator=g).tolist(), 0
+            perm[i], pos[i] = torch.randperm(len(perm[i]), generator=g, device="cpu").tolist(), 0
         out.append((names[i], perm[i][pos[i]]))
         pos[i] += 1
     return out
@@ -194,7 +194,9 @@ def per_example_nll(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor
 
 
 def example_loss(model, batch):
-    """The loss_fn for minift.train.train: per_example_nll of the model's logits on the batch."""
+    """The loss_fn for minift.train.train: per_example_nll of the model's logits on the batch (moved
+    to the model's device)."""
+    batch = to_device(batch, model_device(model))
     logits = model(batch["idx"], attention_mask=batch.get("attention_mask")).logits   # (B, T, V)
     return per_example_nll(logits, batch["targets"]), {}
 
@@ -285,7 +287,7 @@ def run_stages(model, stages: Sequence[Stage], columns: Mapping[str, Column], *,
 
 
 def _square(R) -> torch.Tensor:
-    R = torch.as_tensor(R, dtype=torch.float64)
+    R = torch.as_tensor(R, dtype=torch.float64, device="cpu")             # a table of Python scores
     if R.dim() != 2 or R.shape[0] != R.shape[1] or R.shape[0] < 2:
         raise ValueError(f"score matrix R must be (K, K) with K >= 2 (row i = after stage i, column j = task j "
                          f"trained at stage j), got shape {tuple(R.shape)}")
@@ -317,4 +319,4 @@ def stage_matrix(run: dict, columns: Mapping[str, Column]) -> torch.Tensor:
         raise ValueError(f"stage_matrix: stage(s) {missing} have no column")
     cols = [by_stage[s] for s in run["rows"][1:]]
     return torch.tensor([[sc[n] if c.higher_is_better else -sc[n] for n, c in cols] for sc in run["scores"][1:]],
-                        dtype=torch.float64)
+                        dtype=torch.float64, device="cpu")                 # Python scores: a CPU table

@@ -27,6 +27,12 @@ Shapes: prompts are left-padded to P columns so every response starts at column 
 tensors are (B, N), N <= max_new_tokens, with mask (B, N) = 1 on the response's real tokens (up to
 and including EOS). Every mean above is over those real tokens; so are the logged statistics.
 The policy runs with dropout off, so before the first update ρ = 1 exactly.
+
+Devices: the rollout runs where the policy is (prompts, masks and responses are moved there; the
+reference and the reward model each score on their own device); the value head is made on the
+policy's device and dtype. Tokens are drawn with the CPU generator the loop seeds (the
+probabilities are copied to it), so a CUDA run samples the same responses as a CPU run as long as
+the two compute the same probabilities to float32 rounding.
 """
 from __future__ import annotations
 
@@ -40,9 +46,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from ..model import GPT
+from ..model import GPT, at_least_fp32
 from ..tasks import collate
-from ..train import TrainConfig, make_optimizer
+from ..train import TrainConfig, make_optimizer, model_device, to_device
 from ..validate import check_bool, check_float, check_int
 from .logps import check_01, check_finite, masked_mean, zero_masked
 
@@ -185,17 +191,25 @@ def sample(policy: GPT, ids: torch.Tensor, attention_mask: torch.Tensor, max_new
            pad_id: int, generator: Optional[torch.Generator] = None, greedy: bool = False):
     """Sample responses from exactly softmax(logits) (temperature 1, no filtering; greedy=True: argmax),
     with the KV cache. ids, attention_mask: (B, P) left-padded prompts. Returns (tokens, mask,
-    logps), each (B, N): the response, 1 on its real tokens (through EOS), and the log-probability
-    each token had when it was drawn (0 on padding)."""
+    logps), each (B, N) on the policy's device: the response, 1 on its real tokens (through EOS), and
+    the log-probability each token had when it was drawn (0 on padding). A generator draws on its own
+    device (a CPU generator: the probabilities go to the CPU for the draw, the tokens come back), so
+    the same generator gives the same tokens whichever device the policy is on."""
+    dev = model_device(policy)
+    ids, attention_mask = to_device((ids, attention_mask), dev)
     B = ids.shape[0]
-    done = torch.zeros(B, dtype=torch.bool)
+    done = torch.zeros(B, dtype=torch.bool, device=dev)
     toks, masks, logps = [], [], []
     past, step_in, mask = None, ids, attention_mask.to(torch.long)
     for _ in range(max_new_tokens):
         out = policy(step_in, attention_mask=mask, past_kv=past, use_cache=True)
         past = out.past_kv
-        logp = F.log_softmax(out.logits[:, -1].float(), dim=-1)            # (B, V): what is sampled from
-        nxt = logp.argmax(-1) if greedy else torch.multinomial(logp.exp(), 1, generator=generator).squeeze(1)
+        logp = F.log_softmax(at_least_fp32(out.logits[:, -1]), dim=-1)     # (B, V): what is sampled from
+        if greedy:
+            nxt = logp.argmax(-1)                                          # (B,)
+        else:                                                              # y_t ~ softmax, on the generator's device
+            probs = logp.exp() if generator is None else logp.exp().to(generator.device)
+            nxt = torch.multinomial(probs, 1, generator=generator).squeeze(1).to(dev)   # (B,)
         alive = ~done                                                      # (B,) this token is real
         toks.append(torch.where(alive, nxt, torch.full_like(nxt, pad_id)))
         logps.append(torch.where(alive, logp.gather(1, nxt[:, None]).squeeze(1), 0.0))
@@ -211,8 +225,9 @@ def sample(policy: GPT, ids: torch.Tensor, attention_mask: torch.Tensor, max_new
 def response_logits(model: GPT, ids, attention_mask, P: int, hidden: bool = False):
     """One forward over [prompt ; response] (B, P + N): the logits (B, N, V) that predict the
     response tokens (columns P−1 .. P+N−2) and, if asked, the final hidden states there (B, N, C)."""
+    ids, attention_mask = to_device((ids, attention_mask), model_device(model))
     out = model(ids, attention_mask=attention_mask, output_hidden_states=hidden)
-    logits = out.logits[:, P - 1:-1].float()                               # (B, N, V)
+    logits = at_least_fp32(out.logits[:, P - 1:-1])                        # (B, N, V)
     return (logits, out.hidden_states[-1][:, P - 1:-1]) if hidden else logits
 
 
@@ -227,9 +242,10 @@ def rollout(policy: GPT, ref: GPT, reward_model, tok, prompts: Sequence[str], ma
     """Sample one response per prompt and score it: everything PPO (or an evaluation) needs.
     Returns tensors "ids", "attention_mask" (B, P + N), "tokens", "mask", "logp" (re-scored),
     "sample_logp" (at sampling time), "ref_logp", "entropy" (B, N), "score" (B,), "values" (B, N)
-    if a value head is given, and "P"."""
+    if a value head is given, and "P"; every tensor on the policy's device."""
     policy.eval()
-    p = encode_prompts(tok, prompts, policy.config.block_size, max_new_tokens)
+    dev = model_device(policy)
+    p = to_device(encode_prompts(tok, prompts, policy.config.block_size, max_new_tokens), dev)
     P = p["ids"].shape[1]
     tokens, mask, sample_logp = sample(policy, p["ids"], p["attention_mask"], max_new_tokens, tok.eos_id,
                                        tok.pad_id, generator, greedy)
@@ -238,10 +254,13 @@ def rollout(policy: GPT, ref: GPT, reward_model, tok, prompts: Sequence[str], ma
     logits, h = response_logits(policy, ids, attn, P, hidden=True)         # (B, N, V), (B, N, C)
     logp = zero_masked(logps_of(logits, tokens), mask)                     # the same numbers, re-scored
     ent = -(F.softmax(logits, -1) * F.log_softmax(logits, -1)).sum(-1)     # H(π(·|s_t))  (B, N)
-    ref_logp = zero_masked(logps_of(response_logits(ref, ids, attn, P), tokens), mask)
+    ref_logits = response_logits(ref, ids, attn, P).to(dev)                # π_ref on its device, back here
+    ref_logp = zero_masked(logps_of(ref_logits, tokens), mask)
+    rm_dev = model_device(reward_model) if isinstance(reward_model, nn.Module) else dev   # any scorer works
+    score = reward_model(ids.to(rm_dev), attention_mask=attn.to(rm_dev))    # r_φ at the last real token  (B,)
     out = {"ids": ids, "attention_mask": attn, "tokens": tokens, "mask": mask, "logp": logp, "P": P,
            "sample_logp": sample_logp, "ref_logp": ref_logp, "entropy": ent,
-           "score": reward_model(ids, attention_mask=attn).float()}       # r_φ at the last real token
+           "score": at_least_fp32(score).to(dev)}
     if value_head is not None:
         out["values"] = zero_masked(value_head(h).squeeze(-1), mask)       # V(s_t)  (B, N)
     return out
@@ -265,7 +284,7 @@ def token_rewards(r: dict, beta: float) -> tuple[torch.Tensor, torch.Tensor]:
     kl = zero_masked(kl_penalty(r["logp"], r["ref_logp"]), mask)       # k1 per token  (B, N)
     rewards = -beta * kl                                               # −β KL on every token
     last = mask.sum(1) - 1                                             # last real response token
-    rewards[torch.arange(len(last)), last] += r["score"]               # + r_φ(x, y) there
+    rewards[torch.arange(len(last), device=mask.device), last] += r["score"]   # + r_φ(x, y) there
     return rewards, kl
 
 
@@ -276,9 +295,9 @@ def _update(policy: GPT, value_head: nn.Module, opt, params: list, r: dict, adv:
     stats = {"policy_loss": 0.0, "value_loss": 0.0, "clip_frac": 0.0, "approx_kl": 0.0}
     n_updates = 0
     for _ in range(cfg.ppo_epochs):
-        perm = torch.randperm(cfg.batch_size, generator=gen)
+        perm = torch.randperm(cfg.batch_size, generator=gen, device=gen.device)   # the CPU generator's draw
         for s in range(0, cfg.batch_size, cfg.minibatch_size):
-            mb = perm[s:s + cfg.minibatch_size]
+            mb = perm[s:s + cfg.minibatch_size].to(mask.device)           # ... then moved to the rollout
             logits, h = response_logits(policy, r["ids"][mb], r["attention_mask"][mb], P, hidden=True)
             logp = logps_of(logits, r["tokens"][mb])                   # (b, N)
             v = value_head(h.detach()).squeeze(-1)                     # the critic never moves π
@@ -306,7 +325,8 @@ def train_ppo(policy: GPT, prompts: Sequence[str], cfg: PPOConfig, *, ref: GPT, 
     minift.peft.apply_lora). `ref` and `reward_model` are frozen here. Each iteration draws
     cfg.batch_size prompts (without replacement, reshuffled each pass), samples, scores, then runs
     cfg.ppo_epochs epochs of minibatches. The value head is a fresh nn.Linear(C, 1), zero-initialised,
-    unless one is passed (pass one to keep it). Returns one dict of statistics per iteration."""
+    unless one is passed (pass one to keep it), on the policy's device and in its dtype. Returns one
+    dict of statistics per iteration."""
     if not isinstance(cfg, PPOConfig):
         raise TypeError(f"cfg must be a PPOConfig, got {type(cfg).__name__}")
     if not isinstance(policy, GPT) or not isinstance(ref, GPT):
@@ -316,10 +336,12 @@ def train_ppo(policy: GPT, prompts: Sequence[str], cfg: PPOConfig, *, ref: GPT, 
     if len(prompts) < cfg.batch_size:
         raise ValueError(f"{len(prompts)} prompts are fewer than PPOConfig.batch_size={cfg.batch_size}")
     torch.manual_seed(cfg.seed)
-    if value_head is None:
-        value_head = nn.Linear(policy.config.n_embd, 1)
-        nn.init.zeros_(value_head.weight)
+    if value_head is None:                                             # V(s) = w·h + b on the policy's h
+        value_head = nn.Linear(policy.config.n_embd, 1, device="cpu")  # its default init draws on the CPU RNG
+        nn.init.zeros_(value_head.weight)                              # on every device alike, then V = 0
         nn.init.zeros_(value_head.bias)
+        w = policy.transformer.wte.weight
+        value_head = value_head.to(device=w.device, dtype=w.dtype)
     for m in (ref, reward_model):
         m.eval()
         for p in m.parameters():
@@ -329,13 +351,13 @@ def train_ppo(policy: GPT, prompts: Sequence[str], cfg: PPOConfig, *, ref: GPT, 
     # the policy's trainable parameters and the value head's: AdamW, betas (0.9, 0.95), no weight decay
     opt = make_optimizer(nn.ModuleList([policy, value_head]), TrainConfig(lr=cfg.lr, weight_decay=0.0))
     params = [p for p in policy.parameters() if p.requires_grad] + list(value_head.parameters())   # for clipping
-    gen = torch.Generator().manual_seed(cfg.seed)
-    order, pos = torch.randperm(len(prompts), generator=gen).tolist(), 0
+    gen = torch.Generator().manual_seed(cfg.seed)                      # CPU: the same draws on every device
+    order, pos = torch.randperm(len(prompts), generator=gen, device="cpu").tolist(), 0
     beta, history, t0 = cfg.kl_coef, [], time.perf_counter()
     bar = tqdm(range(cfg.steps), desc="ppo", disable=not progress, leave=False, dynamic_ncols=True)
     for it in bar:
         if pos + cfg.batch_size > len(order):
-            order, pos = torch.randperm(len(prompts), generator=gen).tolist(), 0
+            order, pos = torch.randperm(len(prompts), generator=gen, device="cpu").tolist(), 0
         batch_prompts = [prompts[i] for i in order[pos:pos + cfg.batch_size]]
         pos += cfg.batch_size
         # ---- 1. rollout: sample, score with π_θ_old, π_ref, r_φ and V; rewards and advantages --------

@@ -36,13 +36,15 @@ import torch.nn.functional as F
 
 from ..heads import last_real_index
 from ..model import GPT
-from ..train import TrainConfig, train
+from ..train import TrainConfig, model_device, to_device, train
 from ..validate import check_bool, check_float
 from .preference import PreferenceDataset, collate_preferences
 
 
 class RewardModel(nn.Module):
-    """A GPT body with a scalar head on the last real token: forward(ids, attention_mask) -> (B,)."""
+    """A GPT body with a scalar head on the last real token: forward(ids, attention_mask) -> (B,).
+    The head is drawn on the CPU from the global RNG (the same numbers whatever the device), then
+    placed on the body's device, in its dtype."""
 
     def __init__(self, body: GPT):
         super().__init__()
@@ -50,9 +52,11 @@ class RewardModel(nn.Module):
             raise TypeError(f"RewardModel(body) needs a minift GPT, got {type(body).__name__}")
         self.body = body
         self.config = body.config
-        self.head = nn.Linear(body.config.n_embd, 1)
-        nn.init.normal_(self.head.weight, 0.0, 0.02)
-        nn.init.zeros_(self.head.bias)
+        head = nn.Linear(body.config.n_embd, 1, device="cpu")
+        nn.init.normal_(head.weight, 0.0, 0.02)
+        nn.init.zeros_(head.bias)
+        w = body.transformer.wte.weight
+        self.head = head.to(device=w.device, dtype=w.dtype)
 
     def forward(self, ids: torch.Tensor, attention_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
         h = self.body(ids, attention_mask=attention_mask, output_hidden_states=True,
@@ -93,8 +97,10 @@ def reward_metrics(r_chosen: torch.Tensor, r_rejected: torch.Tensor) -> dict:
 
 
 def pair_rewards(rm: RewardModel, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
-    """Rewards of a collate_preferences batch, one forward over its 2B rows: (r_chosen, r_rejected)."""
-    r = rm(batch["ids"], attention_mask=batch["attention_mask"])                # (2B,)
+    """Rewards of a collate_preferences batch, one forward over its 2B rows (moved to the model's
+    device): (r_chosen, r_rejected), on that device."""
+    ids, attn = to_device((batch["ids"], batch["attention_mask"]), model_device(rm))
+    r = rm(ids, attention_mask=attn)                                            # (2B,)
     B = batch["n_pairs"]
     return r[:B], r[B:]
 
@@ -108,9 +114,10 @@ def reward_model_loss(rm: RewardModel, batch: dict, margin: float = 0.0):
 
 @torch.no_grad()
 def score(rm: RewardModel, ids: torch.Tensor, attention_mask: torch.Tensor, batch_size: int = 64) -> torch.Tensor:
-    """Rewards of padded sequences (B, T) in eval mode, in chunks: (B,)."""
+    """Rewards of padded sequences (B, T) in eval mode, in chunks, on the model's device: (B,)."""
     was = rm.training
     rm.eval()
+    ids, attention_mask = to_device((ids, attention_mask), model_device(rm))
     out = torch.cat([rm(ids[i:i + batch_size], attention_mask=attention_mask[i:i + batch_size])
                      for i in range(0, ids.shape[0], batch_size)])
     rm.train(was)
