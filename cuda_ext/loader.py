@@ -1,8 +1,8 @@
 """Build and load cuda_ext (the fused quantized-LoRA matmul) with torch.utils.cpp_extension.load.
 
 One translation unit for the CPU (quant_lora.cpp, -O3 -fopenmp, plus -mavx2 -mfma when both the compiler
-and this CPU support them: otherwise the scalar path alone is compiled); quant_lora_cuda.cu is added
-only when torch has CUDA (that path is compiled-but-unverified, see the README of lesson 13).
+and this CPU support them: otherwise the scalar path alone is compiled); quant_lora_cuda.cu (and its
+interface quant_lora_cuda.h, which quant_lora.cpp then includes) is added only when torch has CUDA.
 
 The build is cached outside the repository: $MINIFT_EXT_DIR, else $XDG_CACHE_HOME/minift/cuda_ext,
 else ~/.cache/minift/cuda_ext: one sub-folder per flag set and content of the sources, which are
@@ -56,24 +56,29 @@ def _compiler_accepts(flags: list[str]) -> bool:
 
 def flags() -> list[str]:
     """-O3 and -fopenmp (at::parallel_for is an OpenMP loop: without the flag it runs on one thread),
-    plus -mavx2 -mfma when this CPU has them and the compiler takes them."""
+    plus -mavx2 -mfma when this CPU has them and the compiler takes them, plus $MINIFT_EXT_CFLAGS
+    (e.g. "-fsanitize=address -fno-omit-frame-pointer" for an AddressSanitizer build: give it its own
+    MINIFT_EXT_DIR, and run python with ASAN_OPTIONS=detect_leaks=0 and LD_PRELOAD="$(gcc
+    -print-file-name=libasan.so) $(gcc -print-file-name=libstdc++.so)": without libstdc++ preloaded,
+    ASan finds no __cxa_throw to forward to and aborts at the first TORCH_CHECK that raises)."""
     f = ["-O3"] + (["-fopenmp"] if _compiler_accepts(["-fopenmp"]) else [])
     if os.environ.get("MINIFT_EXT_SCALAR") != "1" and _cpu_has_avx2_fma() and _compiler_accepts(["-mavx2", "-mfma"]):
         f += ["-mavx2", "-mfma"]
-    return f
+    return f + os.environ.get("MINIFT_EXT_CFLAGS", "").split()
 
 
 def plan() -> tuple[str, list[str], list[str], Path]:
-    """What load() builds: (module name, source files, compiler flags, build folder). The folder is
-    named by the flag set and a hash of the torch version, the flags and the sources' bytes."""
+    """What load() builds: (module name, files, compiler flags, build folder). files: the sources the
+    compiler gets, then the headers they include (copied and hashed, not compiled). The folder is
+    named by the flag set and a hash of the torch version, the flags and the files' bytes."""
     import torch
     from torch.utils.cpp_extension import CUDA_HOME
 
     cflags = flags()
     files = ["quant_lora.cpp"]
     cuda = bool(torch.cuda.is_available() and CUDA_HOME)
-    if cuda:                                                   # compiled-but-unverified
-        files.append("quant_lora_cuda.cu")
+    if cuda:                                                   # the CUDA kernels and their interface
+        files += ["quant_lora_cuda.cu", "quant_lora_cuda.h"]
         cflags.append("-DMINIFT_WITH_CUDA")
     tag = ("_avx2" if "-mavx2" in cflags else "_scalar") + ("_cuda" if cuda else "")
     digest = hashlib.sha256(repr((torch.__version__, cflags)).encode())
@@ -98,9 +103,10 @@ def load(verbose: bool = False):
             if not dst.is_file() or dst.read_bytes() != (HERE / f).read_bytes():
                 dst.parent.mkdir(exist_ok=True)
                 shutil.copyfile(HERE / f, dst)
-            sources.append(str(dst))
+            if not f.endswith(".h"):                           # a header is included, not compiled
+                sources.append(str(dst))
         return _load(name=name, sources=sources, extra_cflags=cflags,
-                     extra_ldflags=["-fopenmp"] if "-fopenmp" in cflags else None,
+                     extra_ldflags=[f for f in cflags if f == "-fopenmp" or f.startswith("-fsanitize")] or None,
                      extra_cuda_cflags=["-O3"] if cuda else None, build_directory=str(build), verbose=verbose)
 
 

@@ -1,4 +1,5 @@
-// The fused quantized-LoRA matmul, CPU (lesson 13). One translation unit, built by cuda_ext/loader.py.
+// The fused quantized-LoRA matmul, CPU (lesson 13), and the torch wrapper of its CUDA kernels. One
+// translation unit (+ quant_lora_cuda.cu when torch has CUDA), built by cuda_ext/loader.py.
 //
 //     y = x · dequant(W_q)ᵀ + s · (x Aᵀ) Bᵀ + bias          x (N, in), W_q (out, in), A (r, in), B (out, r)
 //
@@ -7,13 +8,18 @@
 // the flattened (out, in) matrix, optionally double-quantized (c_b = q8_b · scale_{b / dq} + mean).
 // int8: one absmax scale per output row, ŵ = q · scale_o.
 //
-// Paths (chosen per call):
+// dtypes: x is float32, bfloat16 or float16 and y comes back in x's dtype; accumulation is float32
+// (on the CPU x is widened to float32 once per call and y rounded to x's dtype once at the end).
+// A, B and bias may be any float dtype: they are converted to float32 once per call.
+//
+// CPU paths (chosen per call):
 //   N <= SMALL_N   GEMV / small batch: parallel over output rows; each row is decoded ONCE per tile of
 //                  up to 4 inputs and multiplied as it is decoded (AVX2 + FMA, or the scalar path).
 //                  at::parallel_for is an OpenMP loop: the loader compiles with -fopenmp.
 //   N >  SMALL_N   big batch: rows are decoded a tile of TILE_ROWS at a time into a small float buffer,
 //                  then multiplied by at::mm (the BLAS GEMM); the full float weight never exists
 // The LoRA branch rides along: z = s · x Aᵀ (N, r) is computed first, and each output row adds z · B_o.
+// A bad input is a TORCH_CHECK (a Python RuntimeError), checked before any pointer is taken.
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
 
@@ -24,6 +30,24 @@
 #include <memory>
 #include <string>
 #include <vector>
+
+#ifdef MINIFT_WITH_CUDA
+#include <c10/cuda/CUDAStream.h>                              // (not ATen/cuda/CUDAContext.h: it needs cuSPARSE/cuBLAS headers)
+#include <c10/cuda/CUDAGuard.h>
+
+#include "quant_lora_cuda.h"
+#endif
+
+#if __has_include(<torch/headeronly/version.h>)
+#include <torch/headeronly/version.h>
+#elif __has_include(<torch/version.h>)
+#include <torch/version.h>
+#endif
+#if defined(TORCH_VERSION_MAJOR) && defined(TORCH_VERSION_MINOR)
+#define MINIFT_TORCH_VERSION (TORCH_VERSION_MAJOR * 100 + TORCH_VERSION_MINOR)
+#else
+#define MINIFT_TORCH_VERSION 0
+#endif
 
 #if defined(__AVX2__) && defined(__FMA__)
 #include <immintrin.h>
@@ -331,46 +355,107 @@ void decode_row(const Weight& W, int64_t o, float* dst /* (in,) */, bool vec, co
   for (int64_t k = 0; k < W.in; ++k) dst[k] = W.code[nibble(W.packed, j0 + k)] * W.am((j0 + k) / W.bs);
 }
 
-// ---- the op -------------------------------------------------------------------------------------------
+// ---- the op: every input is checked (device, dtype, shape, contiguity) before any data_ptr ------------
 
-void check_f32(const torch::Tensor& t, const char* name, int64_t dim) {
-  TORCH_CHECK(t.device().is_cpu(), name, " must be on the CPU, got ", t.device());
-  TORCH_CHECK(t.scalar_type() == torch::kFloat32, name, " must be float32, got ", t.scalar_type());
-  TORCH_CHECK(t.dim() == dim, name, " must have ", dim, " dims, got shape ", t.sizes());
-  TORCH_CHECK(t.is_contiguous(), name, " must be contiguous");
+bool is_act_dtype(at::ScalarType t) { return t == at::kFloat || t == at::kBFloat16 || t == at::kHalf; }
+
+void check_x(const torch::Tensor& x, const char* where) {       // x (N, in) f32 / bf16 / f16, contiguous
+  TORCH_CHECK(x.dim() == 2, where, ": x must be 2-D (N, in), got shape ", x.sizes());
+  TORCH_CHECK(is_act_dtype(x.scalar_type()), where, ": x must be float32, bfloat16 or float16, got ",
+              x.scalar_type());
+  TORCH_CHECK(x.is_contiguous(), where, ": x must be contiguous");
 }
 
-torch::Tensor finish(const Weight& W, const torch::Tensor& x, const torch::Tensor& A, const torch::Tensor& B,
-                     double scaling, const torch::Tensor& bias, bool vec) {
-  const int64_t N = x.size(0), out = W.out, in = W.in;
-  const bool lora = A.numel() > 0;
+void check_on(const torch::Tensor& t, const char* name, const c10::Device& dev) {
+  TORCH_CHECK(t.device() == dev, name, " must be on ", dev, " (where x is), got ", t.device());
+}
+
+// A tensor of the stored weight: exactly this dtype, contiguous 1-D, n values, on x's device.
+void check_1d(const torch::Tensor& t, const char* name, at::ScalarType dtype, int64_t n, const c10::Device& dev) {
+  check_on(t, name, dev);
+  TORCH_CHECK(t.scalar_type() == dtype, name, " must be ", dtype, ", got ", t.scalar_type());
+  TORCH_CHECK(t.dim() == 1 && t.is_contiguous(), name, " must be a contiguous 1-D tensor, got shape ", t.sizes(),
+              t.dim() == 1 ? " (not contiguous)" : "");
+  TORCH_CHECK(t.numel() == n, name, " has ", t.numel(), " values, expected ", n);
+}
+
+struct Lora {                       // A (r, in), B (out, r), bias (out,) in float32; r = 0: no LoRA
+  torch::Tensor A, B, bias;
   int64_t r = 0;
-  if (lora) {
-    check_f32(A, "A", 2);
-    check_f32(B, "B", 2);
-    r = A.size(0);
-    TORCH_CHECK(A.size(1) == in, "A must be (r, in=", in, "), got ", A.sizes());
-    TORCH_CHECK(B.size(0) == out && B.size(1) == r, "B must be (out=", out, ", r=", r, "), got ", B.sizes());
+};
+
+// A, B, bias: empty tensors for "none", else any floating dtype on x's device, converted ONCE to float32.
+Lora check_lora(const torch::Tensor& A, const torch::Tensor& B, const torch::Tensor& bias, int64_t out, int64_t in,
+                const c10::Device& dev) {
+  Lora L;
+  TORCH_CHECK((A.numel() > 0) == (B.numel() > 0), "A and B come together: both empty (no LoRA) or both given, got A ",
+              A.sizes(), " and B ", B.sizes());
+  if (A.numel() > 0) {
+    check_on(A, "A", dev);
+    check_on(B, "B", dev);
+    TORCH_CHECK(A.is_floating_point() && B.is_floating_point(), "A and B must be floating point, got ",
+                A.scalar_type(), " and ", B.scalar_type());
+    TORCH_CHECK(A.dim() == 2 && A.size(1) == in, "A must be (r, in=", in, "), got ", A.sizes());
+    TORCH_CHECK(B.dim() == 2 && B.size(0) == out && B.size(1) == A.size(0), "B must be (out=", out, ", r=",
+                A.size(0), "), got ", B.sizes());
+    L.r = A.size(0);
+    L.A = A.to(at::kFloat).contiguous();                        // no copy when already float32 and contiguous
+    L.B = B.to(at::kFloat).contiguous();
   }
   if (bias.numel() > 0) {
-    check_f32(bias, "bias", 1);
-    TORCH_CHECK(bias.size(0) == out, "bias must be (out=", out, ",), got ", bias.sizes());
+    check_on(bias, "bias", dev);
+    TORCH_CHECK(bias.is_floating_point(), "bias must be floating point, got ", bias.scalar_type());
+    TORCH_CHECK(bias.dim() == 1 && bias.size(0) == out, "bias must be (out=", out, ",), got ", bias.sizes());
+    L.bias = bias.to(at::kFloat).contiguous();
   }
-  auto y = torch::empty({N, out}, x.options());
+  return L;
+}
+
+// The NF4 weight's tensors against (out, in, block_size), all on x's device. True: the absmax is
+// double-quantized (absmax empty; absmax_q, dq_scales, dq_mean, dq_block describe it).
+bool check_nf4(const torch::Tensor& x, const torch::Tensor& packed, int64_t out, int64_t in,
+               const torch::Tensor& absmax, const torch::Tensor& absmax_q, const torch::Tensor& dq_scales,
+               int64_t dq_block, const torch::Tensor& code, int64_t block_size) {
+  const c10::Device dev = x.device();
+  TORCH_CHECK(x.size(1) == in, "x has in=", x.size(1), " features but the weight is (", out, ", ", in, ")");
+  TORCH_CHECK(out > 0 && in > 0 && out <= INT64_MAX / 2 / in, "out=", out, " and in=", in,
+              " must be positive (and out·in must fit in int64)");
+  TORCH_CHECK(block_size >= 2 && block_size % 2 == 0, "block_size=", block_size, " must be even and >= 2");
+  TORCH_CHECK((out * in) % block_size == 0, "block_size=", block_size, " must divide out·in=", out * in);
+  check_1d(packed, "packed", at::kByte, (out * in + 1) / 2, dev);   // 2 weights per byte
+  check_1d(code, "code", at::kFloat, 16, dev);
+  const int64_t nb = out * in / block_size;                     // n_blocks >= 1
+  if (absmax.numel() > 0) {
+    check_1d(absmax, "absmax", at::kFloat, nb, dev);
+    return false;
+  }
+  check_1d(absmax_q, "absmax_q", at::kChar, nb, dev);
+  TORCH_CHECK(dq_block > 0, "dq_block=", dq_block, " must be positive");
+  check_1d(dq_scales, "dq_scales", at::kFloat, nb / dq_block + (nb % dq_block != 0), dev);   // ceil(nb / dq)
+  return true;
+}
+
+// The CPU computation. x is widened to float32 ONCE per call (it is (N, in): small next to the weight),
+// y is accumulated in float32 and rounded to x's dtype once, at the end.
+torch::Tensor finish(const Weight& W, const torch::Tensor& x_in, const Lora& L, double scaling, bool vec) {
+  const torch::Tensor x = x_in.to(at::kFloat).contiguous();    // (N, in) f32; no copy when x is f32
+  const int64_t N = x.size(0), out = W.out, in = W.in, r = L.r;
+  const bool lora = r > 0;
+  auto y = torch::empty({N, out}, x.options());                 // (N, out) f32
   torch::Tensor z;                                              // s · x Aᵀ  (N, r)
-  if (lora) z = (at::mm(x, A.t()) * scaling).contiguous();
+  if (lora) z = (at::mm(x, L.A.t()) * scaling).contiguous();
   const float* xp = x.data_ptr<float>();
   float* yp = y.data_ptr<float>();
   const float* zp = lora ? z.data_ptr<float>() : nullptr;
-  const float* Bp = lora ? B.data_ptr<float>() : nullptr;
-  const float* bp = bias.numel() > 0 ? bias.data_ptr<float>() : nullptr;
+  const float* Bp = lora ? L.B.data_ptr<float>() : nullptr;
+  const float* bp = L.bias.defined() ? L.bias.data_ptr<float>() : nullptr;
 #if MINIFT_AVX2
   std::unique_ptr<Decoder> dec;
   if (vec && W.nf4) dec.reset(new Decoder(W.code));            // the pair table: once per call
   const Decoder* decp = dec.get();
   std::vector<float> xperm;                                     // x in the shuffle decoder's order
   if (decp && decp->mode == 0 && W.bs % 32 == 0 && N <= SMALL_N) {
-    xperm.resize(N * in);
+    xperm.resize(N * in);                                       // in % 32 == 0 here: whole 8-groups
     for (int64_t i = 0; i < N * in; i += 8)
       for (int t = 0; t < 8; ++t) xperm[i + t] = xp[i + PERM8[t]];
   }
@@ -382,7 +467,7 @@ torch::Tensor finish(const Weight& W, const torch::Tensor& x, const torch::Tenso
 
   if (N <= SMALL_N) {                                           // GEMV / small batch: fused
     at::parallel_for(0, out, 16, [&](int64_t o0, int64_t o1) {
-      std::vector<float> acc(N);
+      std::vector<float> acc(std::max<int64_t>(N, 1));
       for (int64_t o = o0; o < o1; ++o) {
         row_all_inputs(W, xp, N, o, acc.data(), vec, decp, xpp);            // x_n · ŵ_o for every n
         for (int64_t n = 0; n < N; ++n) {
@@ -397,7 +482,7 @@ torch::Tensor finish(const Weight& W, const torch::Tensor& x, const torch::Tenso
         }
       }
     });
-    return y;
+    return y.to(x_in.scalar_type());                            // one rounding to x's dtype
   }
   auto tile = torch::empty({std::min(TILE_ROWS, out), in}, x.options());   // big batch: decode a tile,
   float* tp = tile.data_ptr<float>();                                         // then BLAS
@@ -408,100 +493,127 @@ torch::Tensor finish(const Weight& W, const torch::Tensor& x, const torch::Tenso
     });
     y.narrow(1, t0, R).copy_(at::mm(x, tile.narrow(0, 0, R).t()));        // x ŵ_tileᵀ  (N, R)
   }
-  if (lora) y.add_(at::mm(z, B.t()));                                      // + s (x Aᵀ) Bᵀ
-  if (bp) y.add_(bias);
-  return y;
+  if (lora) y.add_(at::mm(z, L.B.t()));                                    // + s (x Aᵀ) Bᵀ
+  if (bp) y.add_(L.bias);
+  return y.to(x_in.scalar_type());                              // one rounding to x's dtype
 }
 
 }  // namespace
 
-// x (N, in) f32; packed (ceil(out·in / 2),) u8; absmax (n_blocks,) f32, or absmax_q (n_blocks,) i8 with
-// dq_scales (ceil(n_blocks / dq),) f32 and dq_mean; code (16,) f32. A, B, bias: empty tensors for "none".
+// x (N, in) f32 / bf16 / f16 (y comes back in x's dtype); packed (ceil(out·in / 2),) u8; absmax (n_blocks,)
+// f32, or absmax_q (n_blocks,) i8 with dq_scales (ceil(n_blocks / dq),) f32 and dq_mean; code (16,) f32.
+// A, B, bias: any float dtype, or empty tensors for "none". All on the CPU.
 torch::Tensor nf4_lora_matmul(torch::Tensor x, torch::Tensor packed, int64_t out, int64_t in, torch::Tensor absmax,
                               torch::Tensor absmax_q, torch::Tensor dq_scales, double dq_mean, int64_t dq_block,
                               torch::Tensor code, int64_t block_size, torch::Tensor A, torch::Tensor B,
                               double scaling, torch::Tensor bias, bool vectorize) {
-  check_f32(x, "x", 2);
-  TORCH_CHECK(x.size(1) == in, "x has in=", x.size(1), " features but the weight is (", out, ", ", in, ")");
-  TORCH_CHECK(out > 0 && in > 0, "out=", out, " and in=", in, " must be positive");
-  TORCH_CHECK(block_size >= 2 && block_size % 2 == 0, "block_size=", block_size, " must be even and >= 2");
-  TORCH_CHECK((out * in) % block_size == 0, "block_size=", block_size, " must divide out·in=", out * in);
-  TORCH_CHECK(packed.device().is_cpu() && packed.scalar_type() == torch::kUInt8 && packed.dim() == 1 &&
-              packed.is_contiguous(), "packed must be a contiguous 1-D uint8 CPU tensor");
-  TORCH_CHECK(packed.numel() == (out * in + 1) / 2, "packed has ", packed.numel(), " bytes; (out=", out,
-              ") x (in=", in, ") needs ", (out * in + 1) / 2);
-  check_f32(code, "code", 1);
-  TORCH_CHECK(code.numel() == 16, "code must have 16 values, got ", code.numel());
-  const int64_t nb = out * in / block_size;
+  check_x(x, "nf4_lora_matmul");
+  TORCH_CHECK(x.device().is_cpu(), "nf4_lora_matmul is the CPU kernel: x must be on the CPU, got ", x.device(),
+              x.is_cuda() ? " (nf4_lora_matmul_cuda takes CUDA tensors)" : "");
+  const bool dq = check_nf4(x, packed, out, in, absmax, absmax_q, dq_scales, dq_block, code, block_size);
+  const Lora L = check_lora(A, B, bias, out, in, x.device());
   Weight W{true, packed.data_ptr<uint8_t>(), code.data_ptr<float>(), Absmax{}, block_size, nullptr, nullptr, out, in};
-  if (absmax.numel() > 0) {
-    check_f32(absmax, "absmax", 1);
-    TORCH_CHECK(absmax.numel() == nb, "absmax has ", absmax.numel(), " values, expected n_blocks=", nb);
+  if (!dq) {
     W.am.absmax = absmax.data_ptr<float>();
   } else {
-    TORCH_CHECK(absmax_q.device().is_cpu() && absmax_q.scalar_type() == torch::kInt8 && absmax_q.dim() == 1 &&
-                absmax_q.is_contiguous(), "absmax_q must be a contiguous 1-D int8 CPU tensor");
-    TORCH_CHECK(absmax_q.numel() == nb, "absmax_q has ", absmax_q.numel(), " values, expected n_blocks=", nb);
-    TORCH_CHECK(dq_block > 0, "dq_block=", dq_block, " must be positive");
-    check_f32(dq_scales, "dq_scales", 1);
-    TORCH_CHECK(dq_scales.numel() == (nb + dq_block - 1) / dq_block, "dq_scales has ", dq_scales.numel(),
-                " values, expected ", (nb + dq_block - 1) / dq_block);
     W.am.q8 = absmax_q.data_ptr<int8_t>();
     W.am.scales = dq_scales.data_ptr<float>();
     W.am.mean = static_cast<float>(dq_mean);
     W.am.dq = dq_block;
   }
   const bool vec = vectorize && MINIFT_AVX2 && block_size % 8 == 0 && in % block_size == 0;
-  return finish(W, x, A, B, scaling, bias, vec);
+  return finish(W, x, L, scaling, vec);
 }
 
-// x (N, in) f32; q (out, in) i8; scale (out,) f32: ŵ_o = q_o · scale_o.
+// x (N, in) f32 / bf16 / f16; q (out, in) i8; scale (out,) f32: ŵ_o = q_o · scale_o. CPU.
 torch::Tensor int8_lora_matmul(torch::Tensor x, torch::Tensor q, torch::Tensor scale, torch::Tensor A,
                                torch::Tensor B, double scaling, torch::Tensor bias, bool vectorize) {
-  check_f32(x, "x", 2);
-  TORCH_CHECK(q.device().is_cpu() && q.scalar_type() == torch::kInt8 && q.dim() == 2 && q.is_contiguous(),
-              "q must be a contiguous 2-D int8 CPU tensor");
+  check_x(x, "int8_lora_matmul");
+  TORCH_CHECK(x.device().is_cpu(), "int8_lora_matmul is the CPU kernel: x must be on the CPU, got ", x.device());
+  check_on(q, "q", x.device());
+  TORCH_CHECK(q.scalar_type() == at::kChar && q.dim() == 2 && q.is_contiguous(),
+              "q must be a contiguous 2-D int8 tensor, got ", q.scalar_type(), " of shape ", q.sizes());
   TORCH_CHECK(q.size(1) == x.size(1), "x has in=", x.size(1), " features but the weight has ", q.size(1));
-  check_f32(scale, "scale", 1);
-  TORCH_CHECK(scale.numel() == q.size(0), "scale must be (out=", q.size(0), ",), got ", scale.sizes());
+  check_1d(scale, "scale", at::kFloat, q.size(0), x.device());
+  const Lora L = check_lora(A, B, bias, q.size(0), q.size(1), x.device());
   Weight W{false, nullptr, nullptr, Absmax{}, 1, q.data_ptr<int8_t>(), scale.data_ptr<float>(), q.size(0), q.size(1)};
-  return finish(W, x, A, B, scaling, bias, vectorize && MINIFT_AVX2);
+  return finish(W, x, L, scaling, vectorize && MINIFT_AVX2);
 }
 
 #ifdef MINIFT_WITH_CUDA
-// The CUDA path (quant_lora_cuda.cu): COMPILED-BUT-UNVERIFIED, no GPU was available when it was written.
-void launch_nf4_lora_gemv(const float* x, int64_t N, int64_t in, int64_t out, const uint8_t* packed,
-                          const float* absmax, const float* code, int64_t block_size, const float* z,
-                          const float* B, int64_t r, const float* bias, float* y, void* stream);
+// ---- the CUDA wrapper: checks, then the kernels of quant_lora_cuda.cu on the current stream -----------
+// COMPILED-BUT-UNVERIFIED until the GPU tests of tests/test_ops.py have run on a GPU.
+//   N <= GEMV_MAX_N   nf4_lora_gemv: the GEMV with the LoRA branch (z = s·x Aᵀ, float32) and bias fused
+//   N >  GEMV_MAX_N   nf4_dequantize into Ŵ (out, in) of x's dtype, y = x Ŵᵀ by cuBLAS (float32 output),
+//                     + z Bᵀ + bias in float32, rounded to x's dtype once
+namespace {
 
-torch::Tensor nf4_lora_matmul_cuda(torch::Tensor x, torch::Tensor packed, int64_t out, torch::Tensor absmax,
+minift_cuda::Dtype cuda_dtype(at::ScalarType t) {
+  return t == at::kBFloat16 ? minift_cuda::BF16 : t == at::kHalf ? minift_cuda::F16 : minift_cuda::F32;
+}
+
+torch::Tensor aligned16(const torch::Tensor& t) {               // the GEMV's fast path reads x 16 bytes at
+  return reinterpret_cast<uintptr_t>(t.data_ptr()) % 16 ? t.clone() : t;   // a time: an x at an odd offset is
+}                                                               // copied (small); the kernels take any alignment
+
+torch::Tensor mm_f32(const torch::Tensor& x, const torch::Tensor& wt) {   // x wᵀ (N, out), float32 output
+  if (x.scalar_type() == at::kFloat) return at::mm(x, wt);
+#if MINIFT_TORCH_VERSION >= 208                 // torch 2.8: mm(a, b, out_dtype)
+  return at::mm(x, wt, at::kFloat);                             // bf16 / fp16 in, float32 accumulate and out
+#else
+  return at::mm(x, wt).to(at::kFloat);                          // old torch: cuBLAS rounds to x's dtype first
+#endif
+}
+
+}  // namespace
+
+torch::Tensor nf4_lora_matmul_cuda(torch::Tensor x, torch::Tensor packed, int64_t out, int64_t in, torch::Tensor absmax,
+                                   torch::Tensor absmax_q, torch::Tensor dq_scales, double dq_mean, int64_t dq_block,
                                    torch::Tensor code, int64_t block_size, torch::Tensor A, torch::Tensor B,
                                    double scaling, torch::Tensor bias) {
-  TORCH_CHECK(x.is_cuda() && packed.is_cuda() && absmax.is_cuda() && code.is_cuda(),
-              "nf4_lora_matmul_cuda: x, packed, absmax and code must be CUDA tensors");
-  TORCH_CHECK(x.scalar_type() == torch::kFloat32 && x.dim() == 2 && x.is_contiguous(), "x must be contiguous 2-D float32");
-  TORCH_CHECK(packed.scalar_type() == torch::kUInt8 && packed.is_contiguous(), "packed must be contiguous uint8");
-  TORCH_CHECK(absmax.scalar_type() == torch::kFloat32 && code.scalar_type() == torch::kFloat32 && code.numel() == 16,
-              "absmax and code (16 values) must be float32");
-  const int64_t N = x.size(0), in = x.size(1);
-  TORCH_CHECK(packed.numel() == (out * in + 1) / 2 && absmax.numel() == out * in / block_size,
-              "packed / absmax sizes do not match (out=", out, ", in=", in, ", block_size=", block_size, ")");
-  auto y = torch::empty({N, out}, x.options());
-  torch::Tensor z;
-  int64_t r = 0;
-  if (A.numel() > 0) {
-    TORCH_CHECK(A.is_cuda() && B.is_cuda() && A.size(1) == in && B.size(0) == out && B.size(1) == A.size(0),
-                "A (r, in) and B (out, r) must be CUDA tensors of matching shapes");
-    z = (at::mm(x, A.t()) * scaling).contiguous();             // s · x Aᵀ  (N, r)
-    r = A.size(0);
+  check_x(x, "nf4_lora_matmul_cuda");
+  TORCH_CHECK(x.is_cuda(), "nf4_lora_matmul_cuda: x must be a CUDA tensor, got ", x.device(),
+              x.device().is_cpu() ? " (nf4_lora_matmul takes CPU tensors)" : "");
+  const bool dq = check_nf4(x, packed, out, in, absmax, absmax_q, dq_scales, dq_block, code, block_size);
+  const Lora L = check_lora(A, B, bias, out, in, x.device());  // everything checked: data_ptr from here on
+  const c10::cuda::CUDAGuard guard(x.device());                 // allocations and the stream: x's GPU
+  const int64_t N = x.size(0);
+  if (N == 0) return torch::empty({0, out}, x.options());      // an empty grid is a launch error
+  void* stream = c10::cuda::getCurrentCUDAStream().stream();
+  const auto dt = cuda_dtype(x.scalar_type());
+  const torch::Tensor xa = aligned16(x);                       // (packed is never copied: it is the weight)
+  minift_cuda::NF4Weight W;
+  W.packed = packed.data_ptr<uint8_t>();
+  W.out = out;
+  W.in = in;
+  W.block_size = block_size;
+  W.code = code.data_ptr<float>();
+  if (!dq) {
+    W.am.absmax = absmax.data_ptr<float>();
+  } else {
+    W.am.absmax_q = absmax_q.data_ptr<int8_t>();               // decoded inside the kernel:
+    W.am.dq_scales = dq_scales.data_ptr<float>();              //   c_b = q8_b · scale_{b / dq} + mean
+    W.am.dq_mean = static_cast<float>(dq_mean);
+    W.am.dq_block = dq_block;
   }
-  auto Bc = r ? B.contiguous() : B;
-  auto bc = bias.numel() ? bias.contiguous() : bias;
-  launch_nf4_lora_gemv(x.data_ptr<float>(), N, in, out, packed.data_ptr<uint8_t>(), absmax.data_ptr<float>(),
-                       code.data_ptr<float>(), block_size, r ? z.data_ptr<float>() : nullptr,
-                       r ? Bc.data_ptr<float>() : nullptr, r, bias.numel() ? bc.data_ptr<float>() : nullptr,
-                       y.data_ptr<float>(), nullptr);
-  return y;
+  torch::Tensor z;                                              // s · x Aᵀ  (N, r) float32
+  if (L.r) z = at::mm(x.to(at::kFloat), L.A.t()).mul_(scaling).contiguous();
+  if (N <= minift_cuda::GEMV_MAX_N) {
+    auto y = torch::empty({N, out}, x.options());               // (N, out) in x's dtype
+    const char* err = minift_cuda::nf4_lora_gemv(dt, xa.data_ptr(), N, W, L.r ? z.data_ptr<float>() : nullptr,
+                                                 L.r ? L.B.data_ptr<float>() : nullptr, L.r,
+                                                 L.bias.defined() ? L.bias.data_ptr<float>() : nullptr, y.data_ptr(),
+                                                 stream);
+    TORCH_CHECK(err == nullptr, "nf4_lora_gemv failed: ", err ? err : "");
+    return y;
+  }
+  auto w = torch::empty({out, in}, x.options());                // Ŵ (out, in) in x's dtype, once per call
+  const char* err = minift_cuda::nf4_dequantize(dt, W, w.data_ptr(), stream);
+  TORCH_CHECK(err == nullptr, "nf4_dequantize failed: ", err ? err : "");
+  torch::Tensor y = mm_f32(xa, w.t());                          // x Ŵᵀ  (N, out) f32, cuBLAS
+  if (L.r) y.addmm_(z, L.B.t());                                // + s (x Aᵀ) Bᵀ
+  if (L.bias.defined()) y.add_(L.bias);                         // + b
+  return y.to(x.scalar_type());                                 // one rounding to x's dtype
 }
 #endif
 
@@ -511,7 +623,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("int8_lora_matmul", &int8_lora_matmul, "y = x dequant(W_int8)^T + s (x A^T) B^T + bias (CPU)");
   m.attr("avx2") = static_cast<bool>(MINIFT_AVX2);
 #ifdef MINIFT_WITH_CUDA
-  m.def("nf4_lora_matmul_cuda", &nf4_lora_matmul_cuda, "the same op on CUDA (compiled-but-unverified)");
+  m.def("nf4_lora_matmul_cuda", &nf4_lora_matmul_cuda, "the same NF4 op on CUDA (same arguments, no vectorize)");
   m.attr("cuda") = true;
 #else
   m.attr("cuda") = false;

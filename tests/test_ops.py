@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 import torch
 import torch.nn as nn
-from hypothesis import given
+from hypothesis import assume, given
 from hypothesis import strategies as st
 
 from minift.quant import ops
-from minift.quant.int8 import quantize_absmax, quantize_zeropoint
+from minift.quant.int8 import Int8Tensor, quantize_absmax, quantize_zeropoint
 from minift.quant.nf4 import NF4_PUBLISHED, dequantize_nf4, quantize_nf4
 from minift.quant.ops import NF4Linear
 
@@ -85,16 +85,22 @@ def _np_dequant(wq):
     return (table[codes] * np.repeat(c, wq.block_size)).reshape(out_f, in_f)
 
 
-@given(p=problems())
-def test_reference_matches_float64_numpy(p):
-    x, wq, A, B, s, bias = p
-    y = ops.quant_lora_matmul_reference(x, wq, A, B, s, bias).double().numpy()
+def _np_definition(x, wq, A, B, s, bias):
+    """y = x Ŵᵀ + s (x Aᵀ) Bᵀ + b in float64 numpy, from the tensors' own values (any dtype)."""
     x64 = x.double().numpy()
     exp = x64 @ _np_dequant(wq).T
     if A is not None:
         exp = exp + s * (x64 @ A.double().numpy().T) @ B.double().numpy().T
     if bias is not None:
         exp = exp + bias.double().numpy()
+    return exp
+
+
+@given(p=problems())
+def test_reference_matches_float64_numpy(p):
+    x, wq, A, B, s, bias = p
+    y = ops.quant_lora_matmul_reference(x, wq, A, B, s, bias).double().numpy()
+    exp = _np_definition(x, wq, A, B, s, bias)
     tol = ops.error_bound(x, wq, A, B, s, bias).numpy() + 1e-5 * np.abs(exp)   # + the float32 table/absmax
     assert y.shape == exp.shape
     assert np.all(np.abs(y - exp) <= tol), float(np.max(np.abs(y - exp) - tol))
@@ -122,6 +128,59 @@ def test_extension_batches_at_gpt_shapes(ext, N, quant):
         ref = ops.quant_lora_matmul_reference(x, wq, A, B, 2.0, None)
         y = ops.quant_lora_matmul(x, wq, A, B, 2.0, None, use_extension=True)
         assert bool(((y - ref).abs() <= ops.error_bound(x, wq, A, B, 2.0)).all())
+
+
+@given(p=problems(), dtype=st.sampled_from([torch.float32, torch.bfloat16, torch.float16]),
+       same_dtype_lora=st.booleans(), use_ext=st.booleans())
+def test_every_dtype_matches_the_float64_definition(p, dtype, same_dtype_lora, use_ext):
+    """x in float32 / bfloat16 / float16 (A, B, bias in x's dtype or float32), through the extension
+    (GEMV, tiled GEMM and scalar paths, NF4 and int8): y in x's dtype, within error_bound(weight_rounded=
+    False) of the float64 definition (the CPU kernel never rounds Ŵ). The reference in bfloat16 / float16
+    rounds Ŵ and every LoRA step: checked without LoRA and bias, where error_bound's default covers it."""
+    x, wq, A, B, s, bias = p
+    use_ext = use_ext and ops.extension() is not None
+    ldt = dtype if same_dtype_lora else torch.float32
+    x = x.to(dtype)
+    A, B, bias = (None if t is None or (not use_ext and dtype != torch.float32) else t.to(ldt) for t in (A, B, bias))
+    exp = _np_definition(x, wq, A, B, s, bias)                                 # from the rounded inputs
+    assume(bool(np.all(np.abs(exp) < 6e4)))                                    # float16 overflows at 65504
+    y = ops.quant_lora_matmul(x, wq, A, B, s, bias, use_extension=use_ext)
+    assert y.dtype == dtype and y.shape == exp.shape
+    tol = ops.error_bound(x, wq, A, B, s, bias, weight_rounded=not use_ext).numpy() + 1e-5 * np.abs(exp)
+    err = np.abs(y.double().numpy() - exp)
+    assert np.all(err <= tol), float(np.max(err - tol))
+
+
+def test_the_bfloat16_bound_catches_bfloat16_accumulation():
+    """With positive x and Ŵ (no cancellation, |y| = M), summing in bfloat16 breaks error_bound while
+    the op's float32 sum rounded once to bfloat16 stays inside it (so the dtype test above can fail);
+    Ŵ rounded to bfloat16 first (the GPU's large-batch path) stays inside the default bound."""
+    g = torch.Generator().manual_seed(0)
+    wq = quantize_nf4(torch.rand(16, 256, generator=g) + 0.5, 64)              # positive: NF4 codes > 0
+    x = (torch.rand(4, 256, generator=g) + 0.5).to(torch.bfloat16)
+    exp = _np_definition(x, wq, None, None, 1.0, None)
+    tol = ops.error_bound(x, wq, weight_rounded=False).numpy()
+    W = ops.dequantize(wq)                                                     # (16, 256) float32
+    once = (x.float() @ W.T).to(torch.bfloat16).double().numpy()
+    acc = torch.zeros(4, 16, dtype=torch.bfloat16)
+    for k in range(256):                                                       # y += x_k ŵ_k, in bfloat16
+        acc = (acc.float() + x[:, k:k + 1].float() * W[:, k]).to(torch.bfloat16)
+    w_rounded = (x.float() @ W.to(torch.bfloat16).float().T).to(torch.bfloat16).double().numpy()
+    assert np.all(np.abs(once - exp) <= tol)
+    assert not np.all(np.abs(acc.double().numpy() - exp) <= tol)
+    assert np.all(np.abs(w_rounded - exp) <= ops.error_bound(x, wq).numpy())
+
+
+def test_lora_and_bias_in_any_float_dtype_are_converted_once(ext):
+    """float64 / bfloat16 A, B, bias into the kernel: the same bits as passing them converted to float32."""
+    g = torch.Generator().manual_seed(1)
+    for wq in (quantize_nf4(torch.randn(12, 32, generator=g), 16, True), quantize_absmax(torch.randn(12, 32, generator=g), "row")):
+        for N in (3, 20):
+            x = torch.randn(N, 32, generator=g)
+            for dt in (torch.float64, torch.bfloat16):
+                A, B, b = torch.randn(2, 32, dtype=dt), torch.randn(12, 2, dtype=dt), torch.randn(12, dtype=dt)
+                y = ops.quant_lora_matmul(x, wq, A, B, 0.5, b, use_extension=True)
+                assert torch.equal(y, ops.quant_lora_matmul(x, wq, A.float(), B.float(), 0.5, b.float(), use_extension=True))
 
 
 @given(p=problems(max_n=20), use_ext=st.booleans())
@@ -238,45 +297,162 @@ def test_bad_inputs_raise(call, err, match):
         call()
 
 
+def _raw_nf4_args(wq, x, device="cpu"):
+    """The raw entry points' arguments for an NF4State, as keyword overrides can replace them."""
+    e, e8 = torch.empty(0, device=device), torch.empty(0, dtype=torch.int8, device=device)
+    dq = wq.double_quant
+    return dict(x=x, packed=wq.packed, out=wq.shape[0], in_=wq.shape[1], absmax=e if dq else wq.absmax,
+                absmax_q=wq.absmax_q if dq else e8, dq_scales=wq.absmax_scales if dq else e,
+                dq_mean=float(wq.absmax_mean) if dq else 0.0, dq_block=wq.dq_block_size,
+                code=torch.tensor(NF4_PUBLISHED, dtype=torch.float32, device=device), block_size=wq.block_size,
+                A=e, B=e, scaling=1.0, bias=e)
+
+
+def _raw_call(fn, a, *extra):
+    return fn(a["x"], a["packed"], a["out"], a["in_"], a["absmax"], a["absmax_q"], a["dq_scales"], a["dq_mean"],
+              a["dq_block"], a["code"], a["block_size"], a["A"], a["B"], a["scaling"], a["bias"], *extra)
+
+
+def _bad_raw_inputs(wq, wq_dq, dev):
+    """(label, weight, overrides) for an (8, 16) NF4 weight with block 8: each one a bad input that the
+    raw NF4 entry points must refuse with a RuntimeError."""
+    def r(*shape, device=dev, dtype=torch.float32):
+        return torch.randn(*shape, device=device, dtype=dtype)
+    meta, f64 = "meta", torch.float64
+    return [
+        ("x float64", wq, dict(x=r(2, 16, dtype=f64))), ("x int", wq, dict(x=torch.ones(2, 16, dtype=torch.int32, device=dev))),
+        ("x transposed", wq, dict(x=r(16, 2).T)), ("x 1-D", wq, dict(x=r(16))), ("x 3-D", wq, dict(x=r(1, 2, 16))),
+        ("x on meta", wq, dict(x=r(2, 16, device=meta))), ("x wrong in", wq, dict(x=r(2, 15))),
+        ("out, in swapped", wq, dict(out=16, in_=8)), ("out negative", wq, dict(out=-8)),
+        ("out·in overflows", wq, dict(out=2 ** 62)), ("block 0", wq, dict(block_size=0)), ("block odd", wq, dict(block_size=3)),
+        ("block not dividing", wq, dict(block_size=6)), ("packed short", wq, dict(packed=wq.packed[:-1])),
+        ("packed int8", wq, dict(packed=wq.packed.to(torch.int8))), ("packed 2-D", wq, dict(packed=wq.packed.reshape(8, 8))),
+        ("packed strided", wq, dict(packed=torch.zeros(128, dtype=torch.uint8, device=dev)[::2])),
+        ("packed on meta", wq, dict(packed=wq.packed.to(meta))), ("absmax short", wq, dict(absmax=wq.absmax[:-1])),
+        ("absmax float64", wq, dict(absmax=wq.absmax.double())), ("absmax on meta", wq, dict(absmax=wq.absmax.to(meta))),
+        ("code short", wq, dict(code=r(8))), ("code float64", wq, dict(code=r(16, dtype=f64))),
+        ("code on meta", wq, dict(code=r(16, device=meta))),
+        ("no absmax at all", wq_dq, dict(absmax_q=torch.empty(0, dtype=torch.int8, device=dev))),
+        ("absmax_q short", wq_dq, dict(absmax_q=wq_dq.absmax_q[:-1])),
+        ("absmax_q uint8", wq_dq, dict(absmax_q=wq_dq.absmax_q.to(torch.uint8))),
+        ("dq_block 0", wq_dq, dict(dq_block=0)), ("dq_scales short", wq_dq, dict(dq_block=4)),
+        ("dq_block huge", wq_dq, dict(dq_block=2 ** 63 - 1)),
+        ("dq_scales on meta", wq_dq, dict(dq_scales=wq_dq.absmax_scales.to(meta))),
+        ("A without B", wq, dict(A=r(2, 16))), ("B without A", wq, dict(B=r(8, 2))),
+        ("A wrong in", wq, dict(A=r(2, 15), B=r(8, 2))), ("B wrong r", wq, dict(A=r(2, 16), B=r(8, 3))),
+        ("A 1-D", wq, dict(A=r(32), B=r(8, 2))), ("A int", wq, dict(A=torch.ones(2, 16, dtype=torch.int64, device=dev), B=r(8, 2))),
+        ("A on meta", wq, dict(A=r(2, 16, device=meta), B=r(8, 2))), ("B on meta", wq, dict(A=r(2, 16), B=r(8, 2, device=meta))),
+        ("bias short", wq, dict(bias=r(9))), ("bias 2-D", wq, dict(bias=r(1, 8))),
+        ("bias int", wq, dict(bias=torch.ones(8, dtype=torch.int32, device=dev))), ("bias on meta", wq, dict(bias=r(8, device=meta))),
+    ]
+
+
 def test_the_raw_kernel_checks_its_inputs(ext):
-    """TORCH_CHECKs in quant_lora.cpp: a Python RuntimeError for each bad input, never a crash."""
-    wq = quantize_nf4(torch.randn(8, 16), 8)
-    e, e8 = torch.empty(0), torch.empty(0, dtype=torch.int8)
-    code = torch.tensor(NF4_PUBLISHED, dtype=torch.float32)
-
-    def call(x=None, packed=None, out=8, in_=16, absmax=None, A=e, B=e, bias=e, code_=code):
-        x = torch.randn(2, 16) if x is None else x
-        return ext.nf4_lora_matmul(x, wq.packed if packed is None else packed, out, in_,
-                                   wq.absmax if absmax is None else absmax, e8, e, 0.0, 256, code_, 8, A, B, 1.0, bias, True)
-
-    assert call().shape == (2, 8)
-    bad = [dict(x=torch.randn(2, 16, dtype=torch.float64)), dict(x=torch.randn(16, 2).T),
-           dict(x=torch.randn(2, 16, device="meta")), dict(packed=wq.packed[:-1]), dict(out=16, in_=8),
-           dict(absmax=wq.absmax[:-1]), dict(A=torch.randn(2, 15), B=torch.randn(8, 2)),
-           dict(A=torch.randn(2, 16), B=torch.randn(8, 3)), dict(bias=torch.randn(9)), dict(code_=code[:8])]
-    for kw in bad:
+    """TORCH_CHECKs in quant_lora.cpp, before any pointer is read: a Python RuntimeError for each bad input
+    of either CPU entry point, never a crash; the good call gives the same result after them."""
+    g = torch.Generator().manual_seed(0)
+    wq, wq_dq = quantize_nf4(torch.randn(8, 16, generator=g), 8), quantize_nf4(torch.randn(8, 16, generator=g), 8, True, dq_block_size=2)
+    x = torch.randn(2, 16, generator=g)
+    good = _raw_call(ext.nf4_lora_matmul, _raw_nf4_args(wq, x), True)
+    assert good.shape == (2, 8)
+    for label, w, kw in _bad_raw_inputs(wq, wq_dq, "cpu"):
         with pytest.raises(RuntimeError):
-            call(**kw)
-            pytest.fail(f"no error for {kw}")
-    with pytest.raises(RuntimeError):
-        ext.int8_lora_matmul(torch.randn(2, 16), torch.zeros(8, 15, dtype=torch.int8), torch.ones(8), e, e, 1.0, e, True)
-    with pytest.raises(RuntimeError):
-        ext.int8_lora_matmul(torch.randn(2, 16), torch.zeros(8, 16, dtype=torch.int8), torch.ones(7), e, e, 1.0, e, True)
+            _raw_call(ext.nf4_lora_matmul, {**_raw_nf4_args(w, x), **kw}, True)
+            pytest.fail(f"no error for {label}")
+    assert torch.equal(_raw_call(ext.nf4_lora_matmul, _raw_nf4_args(wq, x), True), good)
+    e, q, one = torch.empty(0), torch.zeros(8, 16, dtype=torch.int8), torch.ones(8)
+    for label, args in [("q wrong in", (x, torch.zeros(8, 15, dtype=torch.int8), one, e, e)),
+                        ("scale short", (x, q, torch.ones(7), e, e)), ("scale float64", (x, q, one.double(), e, e)),
+                        ("q uint8", (x, q.to(torch.uint8), one, e, e)), ("q transposed", (x[:, :8], q.T, torch.ones(16), e, e)),
+                        ("q on meta", (x, q.to("meta"), one, e, e)), ("x on meta", (x.to("meta"), q, one, e, e)),
+                        ("x float64", (x.double(), q, one, e, e)), ("x 1-D", (x[0], q, one, e, e)),
+                        ("A without B", (x, q, one, torch.randn(2, 16), e)),
+                        ("B wrong", (x, q, one, torch.randn(2, 16), torch.randn(7, 2)))]:
+        with pytest.raises(RuntimeError):
+            ext.int8_lora_matmul(*args, 1.0, e, True)
+            pytest.fail(f"no error for {label}")
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="no GPU: the CUDA kernel is compiled-but-unverified")
-def test_cuda_kernel_matches_reference(ext):
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+def test_the_raw_kernels_take_an_empty_batch_and_every_dtype(ext, dtype):
+    """N = 0 (an empty tensor's data pointer is null) and each activation dtype: y (N, out) in x's dtype."""
+    wq = quantize_nf4(torch.randn(8, 16), 8, True, dq_block_size=2)
+    for N in (0, 1, 17):
+        x = torch.randn(N, 16).to(dtype)
+        y = _raw_call(ext.nf4_lora_matmul, _raw_nf4_args(wq, x), True)
+        assert y.dtype == dtype and y.shape == (N, 8)
+        w8 = Int8Tensor(torch.ones(8, 16, dtype=torch.int8), torch.ones(8), None, "row", 16)   # ŵ = 1
+        y8 = ext.int8_lora_matmul(x, w8.q, w8.scale, torch.empty(0), torch.empty(0), 1.0, torch.empty(0), True)
+        assert y8.dtype == dtype and y8.shape == (N, 8)
+        exp = x.double().sum(1, keepdim=True).expand(N, 8)                            # Σ_k x_k
+        assert bool(((y8.double() - exp).abs() <= ops.error_bound(x, w8, weight_rounded=False)).all())
+
+
+def test_the_cuda_entry_point_exists_only_in_a_cuda_build(ext):
+    assert hasattr(ext, "nf4_lora_matmul_cuda") == bool(ext.cuda)
+
+
+# ---- the CUDA kernels (tests/conftest.py's cuda_device: skipped where there is no GPU) ---------------
+
+def _on(wq, dev):
+    return ops.NF4State(**{**wq.__dict__, **{k: v.to(dev) for k, v in wq.tensors().items()}})
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+def test_cuda_kernel_matches_the_float64_definition(ext, cuda_device, dtype):
+    """Both CUDA paths (GEMV for N <= 16, dequantize + cuBLAS above), with and without double
+    quantization, LoRA and bias, ragged shapes: within error_bound of the float64 definition."""
     if not ext.cuda:
         pytest.skip("the extension was built without CUDA")
-    for out_f, in_f, N in [(384, 128, 1), (96, 64, 9), (10, 6, 3)]:
-        W = torch.randn(out_f, in_f)
-        wq = quantize_nf4(W, 2 if in_f == 6 else 64, True)
-        x, A, B, b = torch.randn(N, in_f), torch.randn(3, in_f), torch.randn(out_f, 3), torch.randn(out_f)
-        ref = ops.quant_lora_matmul_reference(x, wq, A, B, 0.5, b)
-        on = lambda t: t.cuda()  # noqa: E731
-        wq_gpu = ops.NF4State(**{**wq.__dict__, **{k: on(v) for k, v in wq.tensors().items()}})
-        y = ops.quant_lora_matmul(on(x), wq_gpu, on(A), on(B), 0.5, on(b), use_extension=True).cpu()
-        assert bool(((y - ref).abs() <= ops.error_bound(x, wq, A, B, 0.5, b) + 1e-6).all())
+    g = torch.Generator().manual_seed(0)
+    cases = [(384, 128, 1, 64, True), (96, 64, 9, 64, False), (10, 6, 3, 2, True), (1, 40, 5, 8, False),
+             (33, 24, 16, 6, True), (17, 100, 17, 10, True), (64, 256, 40, 64, False), (5, 18, 130, 2, True)]
+    on = lambda t: None if t is None else t.to(cuda_device)  # noqa: E731
+    for out_f, in_f, N, bs, dq in cases:
+        wq = quantize_nf4(torch.randn(out_f, in_f, generator=g), bs, dq, dq_block_size=3)
+        x = torch.randn(N, in_f, generator=g).to(dtype)
+        for lora in (False, True):
+            A, B, b = (torch.randn(3, in_f, generator=g), torch.randn(out_f, 3, generator=g),
+                       torch.randn(out_f, generator=g)) if lora else (None, None, None)
+            exp = _np_definition(x, wq, A, B, 0.5, b)
+            y = ops.quant_lora_matmul(on(x), _on(wq, cuda_device), on(A), on(B), 0.5, on(b), use_extension=True)
+            assert y.dtype == dtype and y.device.type == "cuda" and y.shape == (N, out_f)
+            tol = ops.error_bound(x, wq, A, B, 0.5, b).numpy() + 1e-5 * np.abs(exp)
+            err = np.abs(y.cpu().double().numpy() - exp)
+            assert np.all(err <= tol), (out_f, in_f, N, bs, dq, lora, float(np.max(err - tol)))
+
+
+def test_the_cuda_entry_point_checks_its_inputs(ext, cuda_device):
+    """The CUDA wrapper: every bad input (also a CPU or meta x, a tensor on another device) is a
+    RuntimeError; an empty batch and an x at an odd offset (not 16-byte aligned) work."""
+    if not ext.cuda:
+        pytest.skip("the extension was built without CUDA")
+    g = torch.Generator().manual_seed(0)
+    wq, wq_dq = quantize_nf4(torch.randn(8, 16, generator=g), 8), quantize_nf4(torch.randn(8, 16, generator=g), 8, True, dq_block_size=2)
+    gq, gq_dq = _on(wq, cuda_device), _on(wq_dq, cuda_device)
+    x = torch.randn(2, 16, generator=g)
+    xg = x.to(cuda_device)
+    good = _raw_call(ext.nf4_lora_matmul_cuda, _raw_nf4_args(gq, xg, cuda_device))
+    assert torch.allclose(good.cpu(), _raw_call(ext.nf4_lora_matmul, _raw_nf4_args(wq, x), True), rtol=1e-5, atol=1e-5)
+    bad = _bad_raw_inputs(gq, gq_dq, cuda_device) + [
+        ("x on the CPU", gq, dict(x=x)), ("packed on the CPU", gq, dict(packed=wq.packed)),
+        ("absmax on the CPU", gq, dict(absmax=wq.absmax)), ("code on the CPU", gq, dict(code=torch.zeros(16))),
+        ("A on the CPU", gq, dict(A=torch.randn(2, 16), B=torch.randn(8, 2, device=cuda_device))),
+        ("bias on the CPU", gq, dict(bias=torch.randn(8)))]
+    for label, w, kw in bad:
+        with pytest.raises(RuntimeError):
+            _raw_call(ext.nf4_lora_matmul_cuda, {**_raw_nf4_args(w, xg, cuda_device), **kw})
+            torch.cuda.synchronize()
+            pytest.fail(f"no error for {label}")
+    with pytest.raises(RuntimeError):                                  # a CUDA x into the CPU entry point
+        _raw_call(ext.nf4_lora_matmul, _raw_nf4_args(wq, xg), True)
+    empty = _raw_call(ext.nf4_lora_matmul_cuda, _raw_nf4_args(gq, torch.empty(0, 16, device=cuda_device), cuda_device))
+    assert empty.shape == (0, 8)
+    odd = torch.randn(2 * 16 + 1, device=cuda_device)[1:].view(2, 16)             # 4 bytes past an allocation
+    y_odd = _raw_call(ext.nf4_lora_matmul_cuda, _raw_nf4_args(gq, odd, cuda_device))
+    assert torch.equal(y_odd, _raw_call(ext.nf4_lora_matmul_cuda, _raw_nf4_args(gq, odd.clone(), cuda_device)))
+    torch.cuda.synchronize()
+    assert torch.equal(_raw_call(ext.nf4_lora_matmul_cuda, _raw_nf4_args(gq, xg, cuda_device)), good)
 
 
 def test_bench_kernels_fast_prints_ratios_against_dense_measured_in_the_same_run(capsys):

@@ -18,21 +18,30 @@ multiplies it at once (cuda_ext/quant_lora.cpp: 32 table lookups per `vpshufb` o
 16-value table, then FMA), so its memory traffic is the packed bytes. For big batches it decodes 256 rows at a time into a buffer
 and hands them to the BLAS GEMM, so the dequantization is paid once per tile instead of per input.
 
+**dtypes.** x may be float32, bfloat16 or float16 (the extension; the reference takes any float
+dtype); y comes back in x's dtype. The kernel accumulates in float32 and rounds y to x's dtype once,
+at the end; the reference computes in x's dtype. A, B and the bias may be any float dtype.
+
 **Semantics and tolerance.** `quant_lora_matmul_reference` is the definition. The kernel sums in a
-different order (per block, c_b · Σ x_k NF4[q_k]; in 8 lanes), so it equals the reference within
-the float32 rounding bound of two dot products of length n = in + r + 2:
+different order (per block, c_b · Σ x_k NF4[q_k]; in 8 lanes); for float32 both are within the float32
+rounding bound of two dot products of length n = in + r + 2 of the exact (float64) value y:
 
-    |y_ext - y_ref| <= 2 n 2⁻²⁴ · (|x| |Ŵ|ᵀ + s |x Aᵀ| |B|ᵀ + |b|)    elementwise
+    |ŷ - y| <= e32 = 2 n 2⁻²⁴ · M,    M = |x| |Ŵ|ᵀ + s |x Aᵀ| |B|ᵀ + |b|      elementwise
 
-(`error_bound` computes it; tests/test_ops.py checks it on random shapes, including sizes that are
-not multiples of the block or of the 8-float vector width, which take the scalar path.)
+plus, for a bfloat16 / float16 y, the final rounding (u = 2⁻⁸ / 2⁻¹¹) and, on the GPU's large-batch
+path, Ŵ rounded to x's dtype (see `error_bound`, which computes it; tests/test_ops.py checks every
+dtype against float64 on random shapes, including sizes that are not multiples of the block or of
+the 8-float vector width, which take the scalar path).
 
 **Dispatch.** `quant_lora_matmul` uses the extension when it loaded (JIT-built on first use by
-cuda_ext/loader.py, cached outside the repository), the input is float32 on the CPU (or, for NF4, on
-a GPU when the CUDA kernel was built: compiled-but-unverified), and MINIFT_NO_EXT=1 is not set;
-otherwise the reference. One line on stderr says which path is in use. Autograd: gradients flow to
-x, A, B (and the bias if it requires one); backward re-dequantizes W (dL/dx = g Ŵ + s (g B) A), so no
-float copy of W is kept between forward and backward, and the base stays frozen.
+cuda_ext/loader.py, cached outside the repository), x is float32, bfloat16 or float16, and either on
+the CPU, or (NF4 only) on a GPU when the extension was built with CUDA; MINIFT_NO_EXT=1 turns it off.
+Otherwise the reference. On a GPU, batches of up to 16 rows take a fused GEMV; larger ones dequantize
+Ŵ once into x's dtype and multiply with cuBLAS. The stored tensors go to the kernel as they are (the
+double-quantized absmax is decoded inside it), so a call does no per-weight work in Python. One line
+on stderr says which path is in use. Autograd: gradients flow to x, A, B (and the bias if it
+requires one); backward re-dequantizes W (dL/dx = g Ŵ + s (g B) A), so no float copy of W is kept
+between forward and backward, and the base stays frozen.
 """
 from __future__ import annotations
 
@@ -46,6 +55,8 @@ from typing import Optional, Union
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+from torch.utils.weak import WeakIdKeyDictionary
 
 from .int8 import Int8Tensor
 from .nf4 import CODES, NF4State, dequantize_nf4, quantize_nf4
@@ -80,8 +91,8 @@ def extension():
 
 
 def backend() -> str:
-    """Which path quant_lora_matmul takes for float32 CPU inputs: "extension (avx2)", "extension (scalar)"
-    or "reference (<why>)"."""
+    """Which path quant_lora_matmul takes for CPU inputs: "extension (avx2)", "extension (scalar)" (with
+    ", cuda built" when the CUDA kernels are in it too) or "reference (<why>)"."""
     ext = extension()
     if ext is None:
         return f"reference ({_ext_error})"
@@ -152,34 +163,58 @@ def dequantize(wq: QuantState) -> torch.Tensor:
 
 
 def quant_lora_matmul_reference(x, wq, A=None, B=None, scaling=1.0, bias=None) -> torch.Tensor:
-    """Dequantize, then matmul: y = x Ŵᵀ + s (x Aᵀ) Bᵀ + b, in x's dtype. Differentiable by autograd."""
+    """Dequantize, then matmul: y = x Ŵᵀ + s (x Aᵀ) Bᵀ + b, in x's dtype (for bfloat16 / float16 that is
+    the usual dequantize-then-matmul: Ŵ rounded to x's dtype, each step rounded). Differentiable."""
     y = F.linear(x, dequantize(wq).to(x.dtype))                                # x Ŵᵀ  (..., out)
     if A is not None:
         y = y + scaling * ((x @ A.to(x.dtype).T) @ B.to(x.dtype).T)           # + s (x Aᵀ) Bᵀ
     return y if bias is None else y + bias.to(x.dtype)                         # + b
 
 
-def error_bound(x, wq, A=None, B=None, scaling=1.0, bias=None) -> torch.Tensor:
-    """The tolerance the extension is held to: 2 n 2⁻²⁴ (|x||Ŵ|ᵀ + s|xAᵀ||B|ᵀ + |b|), n = in + r + 2."""
+_ROUNDOFF = {torch.bfloat16: (2.0 ** -8, 2.0 ** -134), torch.float16: (2.0 ** -11, 2.0 ** -25)}   # (u, η)
+
+
+def error_bound(x, wq, A=None, B=None, scaling=1.0, bias=None, weight_rounded: bool = True) -> torch.Tensor:
+    """The tolerance the extension is held to, elementwise, against the exact (float64) value y:
+
+        e32 = 2 n 2⁻²⁴ M,   M = |x||Ŵ|ᵀ + s|xAᵀ||B|ᵀ + |b|,   n = in + r + 2        (float32 accumulation)
+
+    A bfloat16 / float16 result is the float32 one, ŷ, rounded once to x's dtype: with unit roundoff u
+    (2⁻⁸ / 2⁻¹¹: 8 / 11 significant bits) and η, half the smallest subnormal (2⁻¹³⁴ / 2⁻²⁵),
+        |fl(ŷ) - y| <= |ŷ - y| + u |ŷ| + η <= e32 + u (M + e32) + η,      as |y| <= M.
+    The GPU's large-batch path also rounds Ŵ to x's dtype before cuBLAS multiplies it (ŵ (1 + δ),
+    |δ| <= u, or |Δ| <= η where ŵ is subnormal; the products of two such numbers are exact in float32),
+    which adds u |x||Ŵ|ᵀ + η Σ_k |x_k|: included
+    unless weight_rounded=False (the CPU kernel and the GEMV never round Ŵ). That covers the reference's
+    x Ŵᵀ too (F.linear of the rounded Ŵ, float32 accumulation), but not its LoRA and bias steps, each
+    rounded to x's dtype. float32 and float64 x: e32 alone. Returned in float64, shape (..., out)."""
     x64 = x.detach().to(torch.float64)
-    mag = x64.abs() @ dequantize(wq).to(torch.float64).abs().T                 # Σ |x_k| |ŵ_k|
-    r = 0
+    mag_w = x64.abs() @ dequantize(wq).to(device=x.device, dtype=torch.float64).abs().T   # Σ |x_k| |ŵ_k|
+    mag, r = mag_w, 0
     if A is not None:
         r = A.shape[0]
         mag = mag + abs(scaling) * (x64 @ A.detach().double().T).abs() @ B.detach().double().abs().T
     if bias is not None:
         mag = mag + bias.detach().double().abs()
-    return 2 * (x.shape[-1] + r + 2) * 2.0 ** -24 * mag
+    e32 = 2 * (x.shape[-1] + r + 2) * 2.0 ** -24 * mag
+    if x.dtype not in _ROUNDOFF:
+        return e32
+    u, eta = _ROUNDOFF[x.dtype]
+    rounded_w = u * mag_w + eta * x64.abs().sum(-1, keepdim=True) if weight_rounded else 0.0
+    return e32 + u * (mag + e32) + eta + rounded_w
 
 
 # ---- the extension call (no autograd) ------------------------------------------------------------
 
+_EXT_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+
+
 def _ext_eligible(ext, x, wq) -> bool:
-    if ext is None or x.dtype != torch.float32:
+    if ext is None or x.dtype not in _EXT_DTYPES:
         return False
     if x.device.type == "cpu":
         return True
-    return x.device.type == "cuda" and bool(ext.cuda) and isinstance(wq, NF4State)   # unverified path
+    return x.device.type == "cuda" and bool(ext.cuda) and isinstance(wq, NF4State)   # NF4 only on the GPU
 
 
 _CODE_CACHE: dict = {}
@@ -193,28 +228,51 @@ def _code(name: str, device: torch.device) -> torch.Tensor:
     return _CODE_CACHE[key]
 
 
-def _f32(t: Optional[torch.Tensor]) -> torch.Tensor:
-    return torch.empty(0) if t is None else t.detach().to(torch.float32).contiguous()
+def _f32(t: torch.Tensor) -> torch.Tensor:
+    return t if t.dtype == torch.float32 and t.is_contiguous() else t.detach().to(torch.float32).contiguous()
+
+
+_EMPTY: dict = {}
+
+
+def _empty(device: torch.device, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """An empty tensor ("none" for the kernel), one per (device, dtype): the kernel never writes it."""
+    key = (str(device), dtype)
+    if key not in _EMPTY:
+        _EMPTY[key] = torch.empty(0, device=device, dtype=dtype)
+    return _EMPTY[key]
+
+
+_MEAN: WeakIdKeyDictionary = WeakIdKeyDictionary()
+
+
+def _mean(t: torch.Tensor) -> float:
+    """float(absmax_mean), read once per tensor (again after an in-place change): on a GPU float() waits
+    for the device, which would put a synchronisation into every call."""
+    hit = _MEAN.get(t)
+    if hit is None or hit[0] != t._version:
+        hit = _MEAN[t] = (t._version, float(t))
+    return hit[1]
 
 
 def _ext_forward(ext, x2, wq, A, B, scaling, bias) -> torch.Tensor:
-    """The extension on a contiguous float32 (N, in) input."""
-    empty = torch.empty(0, device=x2.device)
-    A_, B_, b_ = (_f32(t).to(x2.device) if t is not None else empty for t in (A, B, bias))
+    """The extension on a contiguous (N, in) input of float32, bfloat16 or float16: (N, out) in x's dtype.
+    A, B, bias go as they are (the C++ converts them to float32 once); None is an empty tensor. Called
+    with grad off or nothing requiring it (QuantLoRAMatmul or inference), so nothing needs detaching."""
+    empty = _empty(x2.device)
+    A_, B_, b_ = (empty if t is None else t for t in (A, B, bias))
     if isinstance(wq, Int8Tensor):
-        return ext.int8_lora_matmul(x2, wq.q.contiguous(), wq.scale.to(torch.float32).contiguous(), A_, B_,
-                                    float(scaling), b_, True)
+        return ext.int8_lora_matmul(x2, wq.q.contiguous(), _f32(wq.scale), A_, B_, float(scaling), b_, True)
     out_f, in_f = wq.shape
-    code = _code(wq.code_name, x2.device)
-    if x2.device.type == "cuda":                                               # compiled-but-unverified
-        return ext.nf4_lora_matmul_cuda(x2, wq.packed, out_f, wq.block_absmax().to(torch.float32).contiguous(),
-                                        code, wq.block_size, A_, B_, float(scaling), b_)
-    if wq.double_quant:
-        am, q8, sc, mean = torch.empty(0), wq.absmax_q.contiguous(), _f32(wq.absmax_scales), float(wq.absmax_mean)
+    if wq.double_quant:                       # raw: the kernel decodes c_b = q8_b · scale_{b / dq} + mean
+        am, q8, sc, mean = empty, wq.absmax_q.contiguous(), _f32(wq.absmax_scales), _mean(wq.absmax_mean)
     else:
-        am, q8, sc, mean = _f32(wq.absmax), torch.empty(0, dtype=torch.int8), torch.empty(0), 0.0
-    return ext.nf4_lora_matmul(x2, wq.packed.contiguous(), out_f, in_f, am, q8, sc, mean, wq.dq_block_size,
-                               code, wq.block_size, A_, B_, float(scaling), b_, True)
+        am, q8, sc, mean = _f32(wq.absmax), _empty(x2.device, torch.int8), empty, 0.0
+    args = (x2, wq.packed.contiguous(), out_f, in_f, am, q8, sc, mean, wq.dq_block_size,
+            _code(wq.code_name, x2.device), wq.block_size, A_, B_, float(scaling), b_)
+    if x2.device.type == "cuda":
+        return ext.nf4_lora_matmul_cuda(*args)                                 # GEMV (N <= 16) or cuBLAS
+    return ext.nf4_lora_matmul(*args, True)
 
 
 class QuantLoRAMatmul(torch.autograd.Function):
