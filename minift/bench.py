@@ -7,10 +7,17 @@ travel better.
                            full fine-tuning, LoRA, QLoRA-int8, QLoRA-NF4 (measured and predicted)
     minift bench kernels   the fused quantized-LoRA matmul (cuda_ext) vs float32 dense and vs
                            dequantize-then-matmul, batch 1/8/128, and its bandwidth vs the copy bandwidth
+    minift bench kernels --device cuda
+                           the same on a GPU against fp32/bf16/fp16 cuBLAS, LLM-sized shapes, batches
+                           1-128, and the kernel's targets judged (minift/bench_gpu.py)
+
+`run` is what the command calls: every benchmark runs on the CPU (the default); `--device cuda` is
+for `kernels` only, and refuses with one line and exit status 2 where torch sees no GPU.
 """
 from __future__ import annotations
 
 import math
+import sys
 import time
 
 import torch
@@ -27,7 +34,7 @@ def _train_step_rate(cfg: GPTConfig, batch: int, seq: int, steps: int, warmup: i
     torch.manual_seed(0)
     model = GPT(cfg).train()
     opt = make_optimizer(model, TrainConfig(lr=1e-4))
-    x = torch.randint(0, cfg.vocab_size, (batch, seq + 1))
+    x = torch.randint(0, cfg.vocab_size, (batch, seq + 1), device="cpu")
     idx, tgt = x[:, :-1], x[:, 1:]
 
     def step():
@@ -68,6 +75,40 @@ def bench_train(fast: bool = False) -> list[dict]:
 BENCHES = {"train": bench_train}
 
 
+def _refuse(message: str):
+    """One line on stderr and exit status 2, as argparse does for a bad argument."""
+    print(message, file=sys.stderr)
+    raise SystemExit(2)
+
+
+def run(name: str, fast: bool = False, device: str = "cpu") -> int:
+    """`minift bench NAME [--fast] [--device D]`: 0 once the table is printed; SystemExit(2) with one
+    line on stderr when it cannot run (an unknown name, a device that is not cpu/cuda[:N], no GPU)."""
+    if name not in BENCHES:
+        _refuse(f"minift bench: unknown benchmark {name!r}; choose from {sorted(BENCHES)}")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        dev = None
+    if dev is None or dev.type not in ("cpu", "cuda"):
+        _refuse(f"minift bench: --device {device!r} is not a device here; use cpu, cuda or cuda:N")
+    if dev.type == "cpu":
+        BENCHES[name](fast=fast)
+        return 0
+    if name != "kernels":
+        _refuse(f"minift bench {name}: --device {device} is for `minift bench kernels` only; {name} runs on the CPU")
+    if not torch.cuda.is_available():
+        _refuse(f"minift bench kernels: --device {device}: torch.cuda.is_available() is False (torch "
+                f"{torch.__version__}, {'CUDA ' + torch.version.cuda if torch.version.cuda else 'a CPU build'}); "
+                f"run it on a machine with a GPU and a CUDA build of torch")
+    if dev.index is not None and dev.index >= torch.cuda.device_count():
+        _refuse(f"minift bench kernels: --device {device}: this machine has {torch.cuda.device_count()} GPU(s), "
+                f"cuda:0 to cuda:{torch.cuda.device_count() - 1}")
+    from .bench_gpu import bench_kernels_cuda
+    bench_kernels_cuda(fast=fast, device=dev)
+    return 0
+
+
 # ---- minift bench quant ------------------------------------------------------------------------
 
 def _best_ms(fn, repeat: int) -> float:
@@ -95,7 +136,7 @@ def bench_quant(fast: bool = False) -> dict:
 
     torch.manual_seed(0)
     side = 512 if fast else 2048
-    w = torch.randn(side, side) * 0.02
+    w = torch.randn(side, side, device="cpu") * 0.02
     nb, rep = w.numel() * 4, 2 if fast else 5
     st4, st8 = quantize_nf4(w, double_quant=True), quantize_absmax(w, "row")
     ops = [("float32 copy (baseline)", lambda: w.clone()),
@@ -155,7 +196,7 @@ def memory_by_method(config: GPTConfig, batch: int, seq: int, lora: dict) -> lis
 
 def copy_bandwidth(n_bytes: int = 128 * 2 ** 20, repeat: int = 5) -> float:
     """Measured memory bandwidth in GB/s: a float32 copy of n_bytes reads n_bytes and writes n_bytes."""
-    a = torch.empty(n_bytes // 4)
+    a = torch.empty(n_bytes // 4, device="cpu")
     b = torch.empty_like(a)
     return 2 * n_bytes / (_best_ms(lambda: b.copy_(a), repeat) / 1000) / 1e9
 
@@ -187,7 +228,7 @@ def bench_kernels(fast: bool = False) -> list[dict]:
           f"copies totalling >= {cold / 2 ** 20:.0f} MiB so that no call finds its weight in cache")
     rows = []
     for out_f, in_f in shapes:
-        W = torch.randn(out_f, in_f) * 0.02
+        W = torch.randn(out_f, in_f, device="cpu") * 0.02
         nf4, i8 = quantize_nf4(W, 64, double_quant=True), quantize_absmax(W, "row")
         sizes = {"fp32": W.numel() * 4, "nf4": sum(t.numel() * t.element_size() for t in nf4.tensors().values()),
                  "int8": i8.q.numel() + i8.scale.numel() * 4}
@@ -205,7 +246,7 @@ def bench_kernels(fast: bool = False) -> list[dict]:
             return call
 
         for N in batches:
-            x = torch.randn(N, in_f)
+            x = torch.randn(N, in_f, device="cpu")
             cases = [("float32 dense x Wᵀ", "fp32", cycling(Ws, lambda w: x @ w.T)),
                      ("NF4 dequantize-then-matmul", "nf4", cycling(nf4s, lambda s: ops.quant_lora_matmul_reference(x, s)))]
             if ext is not None:

@@ -1,12 +1,12 @@
 """The `minift` command.
 
     minift lessons                     the course, in order, with measured times
-    minift run NN|all [--fast] [--figures]   run a lesson's walkthrough (or all of them, in order)
+    minift run NN|all [--fast] [--figures] [--device cuda]   run a lesson's walkthrough (or all, in order)
     minift exercise NN [--reset]       copy a lesson's exercise stubs to exercises/NN_name.py to work in
     minift check NN [--impl FILE]      grade it: points per exercise (its conformance checks), counterexamples
     minift golden [--impl FILE]        regenerate data/golden/, or run an implementation on its inputs
     minift verify [--impl FILE] [--only NAME,...]   property checks against an implementation
-    minift bench NAME [--fast]         benchmarks: train, quant, kernels (tables with ratios against a baseline)
+    minift bench NAME [--fast] [--device cuda]  benchmarks: train, quant, kernels (tables with ratios against a baseline)
     minift pretrain [--out DIR]        train the tokenizer and base model shipped in data/
     minift pretrain --size S           one model size of lesson 20 (tiny, small) -> data/sizes/S/
     minift data [--out DIR]            regenerate TinyWorld as JSONL
@@ -21,6 +21,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Optional
 
 ROOT = Path(__file__).resolve().parent.parent
 LESSONS_DIR = ROOT / "lessons"
@@ -73,11 +74,13 @@ def _load_times() -> dict:
         return {}
 
 
-def _record_time(nn: str, fast: bool, seconds: float, rc: int) -> None:
-    """Remember the last run of lesson NN (default and --fast separately), atomically."""
+def _record_time(nn: str, fast: bool, seconds: float, rc: int, device: Optional[str] = None) -> None:
+    """Remember the last run of lesson NN (default and --fast separately, and a run on another
+    device than the CPU under its own key, "default@cuda"), atomically."""
     import json
     times = _load_times()
-    times.setdefault(nn, {})["fast" if fast else "default"] = {
+    which = ("fast" if fast else "default") + ("" if device in (None, "cpu") else f"@{device}")
+    times.setdefault(nn, {})[which] = {
         "seconds": round(seconds, 1), "exit": rc, "date": time.strftime("%Y-%m-%d %H:%M")}
     TIMES_FILE.parent.mkdir(parents=True, exist_ok=True)
     tmp = TIMES_FILE.with_suffix(".tmp")
@@ -104,16 +107,20 @@ def cmd_lessons(args) -> int:
     return 0
 
 
+def walkthrough_argv(les: dict, args) -> list[str]:
+    """The command `minift run` starts for lesson `les`: its walkthrough with the flags passed on."""
+    return [sys.executable, str(les["dir"] / "walkthrough.py")] + (["--fast"] if args.fast else []) \
+        + (["--figures"] if args.figures else []) + (["--device", args.device] if args.device else [])
+
+
 def cmd_run(args) -> int:
     lessons = list_lessons() if args.lesson == "all" else [_find_lesson(args.lesson)]
     for les in lessons:
         print(f"\n=== lesson {les['nn']}: {les['name']} ===", flush=True)
         t0 = time.perf_counter()
-        cmd = [sys.executable, str(les["dir"] / "walkthrough.py")] + (["--fast"] if args.fast else []) \
-            + (["--figures"] if args.figures else [])
-        rc = subprocess.call(cmd, cwd=str(ROOT))
+        rc = subprocess.call(walkthrough_argv(les, args), cwd=str(ROOT))
         secs = time.perf_counter() - t0
-        _record_time(les["nn"], args.fast, secs, rc)
+        _record_time(les["nn"], args.fast, secs, rc, args.device)
         print(f"=== lesson {les['nn']} finished in {secs:.1f}s (exit {rc}) ===", flush=True)
         if rc:
             return rc
@@ -172,11 +179,8 @@ def cmd_verify(args, rest) -> int:
 
 
 def cmd_bench(args) -> int:
-    from .bench import BENCHES
-    if args.name not in BENCHES:
-        raise SystemExit(_usage_error(f"minift bench: unknown benchmark {args.name!r}; choose from {sorted(BENCHES)}"))
-    BENCHES[args.name](fast=args.fast)
-    return 0
+    from .bench import run
+    return run(args.name, fast=args.fast, device=args.device)
 
 
 def cmd_pretrain(args) -> int:
@@ -243,6 +247,9 @@ def main(argv=None) -> int:
     r.add_argument("--fast", action="store_true", help="the quick version used by the tests")
     r.add_argument("--figures", action="store_true", help="also draw the lesson's figures (needs the plots extra: "
                    "pip install -e \".[plots]\"); a --fast run writes them to a temporary folder")
+    r.add_argument("--device", default=None, help="cpu (the default: the READMEs' numbers), cuda or cuda:N: "
+                   "where the walkthrough puts its models and tensors (it refuses, exit status 2, a device torch "
+                   "cannot use)")
     c = sub.add_parser("check", help="grade a lesson's exercise file")
     c.add_argument("lesson")
     c.add_argument("--impl", default=None, help="file with the run_* functions (default: exercises/NN_name.py if "
@@ -258,6 +265,8 @@ def main(argv=None) -> int:
     b = sub.add_parser("bench", help="benchmarks: train, quant, kernels")
     b.add_argument("name")
     b.add_argument("--fast", action="store_true")
+    b.add_argument("--device", default="cpu", help="cpu (default), or cuda / cuda:N for `kernels`: the fused "
+                   "NF4 kernel against cuBLAS on a GPU (exit status 2 where there is none)")
     pt = sub.add_parser("pretrain", help="train the shipped tokenizer + base model")
     pt.add_argument("--out", default=None, help="folder to write (default: data/base/, or data/sizes/SIZE/ with --size)")
     pt.add_argument("--size", default=None, help="train one model size of lesson 20 (tiny, small, base) on the shipped "
