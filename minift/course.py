@@ -15,9 +15,16 @@ The preamble. Every walkthrough starts the same way:
     parser = course.parser(__doc__)                     # --fast, and the title as the description
     parser.add_argument("--sweep", action="store_true", help="...")   # the lesson's own flags
     args = course.start("05", parser)                   # parse, check the base model, 1 thread, clock
-    FAST = args.fast
+    FAST, DEV = args.fast, args.device                  # DEV: a torch.device, cpu unless --device says
 
 `course.elapsed()` is then the wall time since `start` (the lessons' "total" line).
+
+The device. `--device cpu|cuda|cuda:N` (default cpu: the READMEs quote CPU runs) says where the
+walkthrough puts every model it builds or loads (`load_base(device=DEV)`, `GPT(cfg).to(DEV)`) and
+every tensor it builds by hand; the library's loops (train, evaluation, generation, the Bench) move
+their batches to the model's device themselves. `course.device()` is the same device for code that
+has no `args`. A time on a GPU is wall time after `torch.cuda.synchronize()` (`course.clock`, `course.sync`);
+what only a CPU can measure (CPU seconds) says so, or is skipped with the reason.
 
 Honest --fast. A --fast run is a smoke test: `start` prints FAST_NOTE as its first line and, at
 exit, as its last (`end`), and `course.verdict(text)` prints a judgement of a claim ("holds",
@@ -41,6 +48,7 @@ import argparse
 import ast
 import atexit
 import inspect
+import re
 import sys
 import time
 from collections import Counter
@@ -56,7 +64,7 @@ from .peft.selective import trainable_report
 from .pretrain import BASE_DIR, forgetting_probe, load_base
 from .report import table
 from .tasks import collate_fn, entity_f1
-from .train import TrainConfig, train
+from .train import TrainConfig, model_device, to_device, train
 
 FAST_HELP = "tiny budgets and eval slices (seconds)"
 FAST_NOTE = ("--fast: a smoke test with tiny budgets; its numbers mean nothing. "
@@ -64,6 +72,8 @@ FAST_NOTE = ("--fast: a smoke test with tiny budgets; its numbers mean nothing. 
 _t_start: Optional[float] = None
 _fast = False                   # this run is --fast: no verdicts (`verdict`)
 _note_due: Optional[str] = None  # the lesson whose bottom FAST_NOTE `end` still owes
+_device = torch.device("cpu")   # --device, set by `start` (`device()`)
+DEVICE_HELP = "where models and tensors live: cpu (default: the READMEs' numbers), cuda or cuda:N"
 
 
 # ---- the preamble -----------------------------------------------------------------------------
@@ -75,7 +85,41 @@ def parser(doc: str, fast_help: str = FAST_HELP) -> argparse.ArgumentParser:
     p.add_argument("--fast", action="store_true", help=fast_help)
     p.add_argument("--figures", action=figures.FiguresFlag, help="also draw the lesson's figures (PNG, matplotlib: "
                    f"{figures.INSTALL}); beside the README, or with --fast into a temporary folder")
+    p.add_argument("--device", default="cpu", type=device_name, help=DEVICE_HELP)
     return p
+
+
+def device_name(text: str) -> str:
+    """--device's spelling check (argparse `type`): cpu, cuda or cuda:N. Whether torch can use
+    it is `resolve_device`'s question, asked by `start`."""
+    t = text.strip().lower()
+    if t == "cpu" or t == "cuda" or re.fullmatch(r"cuda:\d+", t):
+        return t
+    raise argparse.ArgumentTypeError(f"{text!r} is not cpu, cuda or cuda:N")
+
+
+def resolve_device(text: str) -> torch.device:
+    """The torch.device of --device `text`, or ValueError with one line that names the flag when
+    this torch cannot use it (no CUDA build, no GPU visible, index out of range)."""
+    dev = torch.device(device_name(text))
+    if dev.type == "cpu":
+        return dev
+    if not torch.cuda.is_available():
+        why = ("this torch is a CPU build: torch.version.cuda is None; install a CUDA build of torch"
+               if torch.version.cuda is None else
+               f"this torch is built for CUDA {torch.version.cuda} but sees no GPU: check nvidia-smi and "
+               f"CUDA_VISIBLE_DEVICES")
+        raise ValueError(f"--device {text}: torch.cuda.is_available() is False ({why})")
+    n = torch.cuda.device_count()
+    if dev.index is not None and dev.index >= n:
+        raise ValueError(f"--device {text}: there {'is' if n == 1 else 'are'} {n} GPU{'s' * (n != 1)} "
+                         f"(cuda:0..cuda:{n - 1})")
+    return torch.device("cuda", torch.cuda.current_device() if dev.index is None else dev.index)
+
+
+def device() -> torch.device:
+    """The walkthrough's device (--device; cpu before `start`)."""
+    return _device
 
 
 def base_model_error(lesson: str) -> Optional[str]:
@@ -91,18 +135,30 @@ def start(lesson: str, p: argparse.ArgumentParser | str, *, needs_base: bool = T
     """Parse the arguments (`p`: a parser from `parser`, or a docstring for one with --fast only),
     exit with a one-line message when the base model is missing, run torch on one thread, and
     start the clock of `elapsed`. With --fast, print FAST_NOTE now and again at exit (`end`).
+    --device: args.device becomes a torch.device (also `device()`); one torch cannot use is one
+    line on stderr and exit status 2, like argparse's errors; on a GPU its name is printed once.
     kernel: load the C++ extension now (see `load_kernel`). Returns the parsed arguments."""
-    global _t_start, _fast, _note_due
+    global _t_start, _fast, _note_due, _device
     args = (parser(p) if isinstance(p, str) else p).parse_args(argv)
+    try:
+        _device = resolve_device(getattr(args, "device", None) or "cpu")
+    except ValueError as e:
+        print(e, file=sys.stderr)
+        sys.exit(2)
+    args.device = _device
     if needs_base and (msg := base_model_error(lesson)):
         sys.exit(msg)
-    torch.set_num_threads(1)        # tiny matrices: one thread is as fast, and fair on a shared machine
+    torch.set_num_threads(1)        # tiny matrices: one thread is as fast, and fair on a shared machine (CPU side)
     _fast = bool(getattr(args, "fast", False))
     if _fast:
         print(FAST_NOTE.format(lesson=lesson), flush=True)
         atexit.unregister(end)                  # registered once, however often start runs
         atexit.register(end)
         _note_due = lesson
+    if _device.type == "cuda":
+        torch.cuda.set_device(_device)          # plain "cuda" tensors (library defaults) land on this GPU too
+        print(f"device: {_device} ({torch.cuda.get_device_name(_device)}): the models and tensors live there; "
+              f"its times are wall seconds ('GPU wall': read after torch.cuda.synchronize())", flush=True)
     if kernel:
         load_kernel()
     _t_start = time.perf_counter()
@@ -170,22 +226,60 @@ def kib(n: int) -> str:
     return f"{n / 1024:,.1f} KiB" if n < 1024 ** 2 else f"{n / 1024 ** 2:,.2f} MiB"
 
 
+def sync(dev=None) -> None:
+    """Wait for the GPU's queued work (a no-op on the CPU): a CUDA call returns before it is done,
+    so a clock read after it without this times the launch, not the work."""
+    dev = torch.device(dev) if dev is not None else _device
+    if dev.type == "cuda":
+        torch.cuda.synchronize(dev)
+
+
+def clock(dev=None) -> float:
+    """The course's stopwatch: this process's CPU seconds on the CPU (time.process_time: one torch
+    thread, so CPU time is the work, and other jobs on a shared machine do not inflate it), wall
+    seconds after a synchronize on a GPU (the CPU only queues the work there)."""
+    dev = torch.device(dev) if dev is not None else _device
+    if dev.type == "cuda":
+        sync(dev)
+        return time.perf_counter()
+    return time.process_time()
+
+
+def clock_name(dev=None) -> str:
+    """What `clock` measures on `dev`: "CPU" or "GPU wall" (for the label of a printed time)."""
+    dev = torch.device(dev) if dev is not None else _device
+    return "GPU wall" if dev.type == "cuda" else "CPU"
+
+
+def memory_note(dev=None) -> str:
+    """On a GPU, the peak memory torch allocated on it so far (torch.cuda.max_memory_allocated),
+    as ", peak GPU memory X"; on the CPU an empty string."""
+    dev = torch.device(dev) if dev is not None else _device
+    return f", peak GPU memory {kib(torch.cuda.max_memory_allocated(dev))}" if dev.type == "cuda" else ""
+
+
 def forward_cpu_seconds(models: dict, batch: dict, rounds: int) -> dict:
     """The fastest forward time of each model on `batch` (eval mode, no grad), in seconds.
 
     One warm-up pass each, then `rounds` rounds interleaved over the models, so that a change of
-    load hits all of them alike. Measured as this process's CPU time (time.process_time: one torch
-    thread, so CPU time is the work), which other jobs on a shared machine do not inflate as they
-    do wall time. Leaves every model in eval mode."""
+    load hits all of them alike. Measured by `clock` on the models' device: on the CPU this
+    process's CPU time (one torch thread, so CPU time is the work), which other jobs on a shared
+    machine do not inflate as they do wall time; on a GPU wall time with a synchronize before each
+    reading (`clock_name` says which). The batch is moved to each model's device. Leaves every
+    model in eval mode."""
     best = {k: float("inf") for k in models}
     with torch.no_grad():
-        for m in models.values():
-            m.eval()(batch["idx"], attention_mask=batch["attention_mask"])          # warm up
+        on = {}
+        for k, m in models.items():
+            dev = model_device(m)
+            on[k] = dev, to_device(batch, dev)
+            m.eval()(on[k][1]["idx"], attention_mask=on[k][1]["attention_mask"])          # warm up
         for _ in range(rounds):
             for k, m in models.items():
-                t0 = time.process_time()
-                m(batch["idx"], attention_mask=batch["attention_mask"])
-                best[k] = min(best[k], time.process_time() - t0)
+                dev, b = on[k]
+                t0 = clock(dev)
+                m(b["idx"], attention_mask=b["attention_mask"])
+                best[k] = min(best[k], clock(dev) - t0)
     return best
 
 
@@ -200,14 +294,17 @@ class Bench:
     steps, batch, warmup_steps: the TrainConfig of every run (warmup None: TrainConfig's default).
     probe: forgetting_probe's size; when given, every run also measures the body as a language
         model after training (`r["after"]`, with the method left on).
-    width: the method column of the one-line report; cpu_time: report CPU seconds, not wall.
+    width: the method column of the one-line report; cpu_time: report `clock` seconds (CPU seconds
+        on the CPU, synchronized wall seconds on a GPU), not the training loop's wall time.
+    device: where the models live (default: the walkthrough's --device, `device()`).
     apply(model, cfg): applies a config (default: minift.peft.io.apply_config).
     on_fresh(clf) -> dict: extra measurements of the fresh model, before training.
     """
 
     def __init__(self, methods: dict, tok, data, *, steps: int, batch: int, dev: str = "dev",
                  warmup_steps: Optional[int] = None, probe: Optional[dict] = None, width: int = 16,
-                 cpu_time: bool = False, apply: Callable = apply_config, on_fresh: Optional[Callable] = None):
+                 cpu_time: bool = False, apply: Callable = apply_config, on_fresh: Optional[Callable] = None,
+                 device=None):
         self.methods, self.tok = methods, tok
         self.ner, self.items, self.train_items = data
         if dev not in self.ner or "test" not in self.ner:
@@ -215,6 +312,7 @@ class Bench:
         self.steps, self.batch, self.dev, self.warmup_steps = steps, batch, dev, warmup_steps
         self.probe, self.width, self.cpu_time = probe, width, cpu_time
         self.apply, self.on_fresh = apply, on_fresh
+        self.device = torch.device(device) if device is not None else _device
         self.col = collate_fn(tok.pad_id)
         self.done: dict = {}                                    # (method, lr) -> result: reused across parts
 
@@ -223,8 +321,8 @@ class Bench:
         seed is set before the head is built, so every method starts from the same head (and
         draws its own new tensors, LoRA's A, a prefix, a prompt, after it)."""
         torch.manual_seed(seed)
-        body, _ = load_base()
-        clf = TokenClassifier(body, len(world.NER_TAGS))
+        body, _ = load_base(device=self.device)
+        clf = TokenClassifier(body, len(world.NER_TAGS)).to(self.device)      # the head too, wherever it was drawn
         return self.apply(clf, self.methods[method] if cfg is None else cfg)
 
     def predict(self, clf, split: str) -> tuple[float, list]:
@@ -245,7 +343,7 @@ class Bench:
         """Train one classifier (`cfg` overrides the method's config; `data` the training items;
         `unfreeze`: parameter names made trainable after apply) and measure it: trainable
         parameters (`rep`, the task head included), method parameters (`n_adapter`), loss at the
-        first and last step, F1 and tags on the dev and test splits, train wall and CPU seconds,
+        first and last step, F1 and tags on the dev and test splits, train wall and `clock` seconds,
         and, with a probe, the body's forgetting."""
         clf = self.fresh(method, seed, cfg)
         for n, p in clf.named_parameters():
@@ -256,9 +354,9 @@ class Bench:
             r.update(self.on_fresh(clf))
         tc = TrainConfig(steps=self.steps, batch_size=self.batch, lr=lr, warmup_steps=self.warmup_steps, seed=seed,
                          progress=False, desc=method)
-        c0 = time.process_time()
+        c0 = clock(self.device)
         hist = train(clf, data or self.train_items, tc, loss_fn=classifier_loss, collate_fn=self.col)
-        r["cpu"] = time.process_time() - c0
+        r["cpu"] = clock(self.device) - c0                                  # CPU seconds; synchronized wall on a GPU
         r["f1"], r["pred"] = {}, {}
         for s in (self.dev, "test"):
             r["f1"][s], r["pred"][s] = self.predict(clf, s)
@@ -280,7 +378,7 @@ class Bench:
 
     def report(self, r: dict) -> None:
         """One line for a run: its loss at the first and last step, F1 and train time."""
-        took = f"{r['cpu']:.1f}s CPU" if self.cpu_time else f"{r['time']:.1f}s"
+        took = f"{r['cpu']:.1f}s {clock_name(self.device)}" if self.cpu_time else f"{r['time']:.1f}s"
         print(f"{r['method']:<{self.width}} lr {r['lr']:g}: loss {r['loss'][0]:.3f} -> {r['loss'][1]:.3f}, {self.dev} "
               f"F1 {r['f1'][self.dev]:.3f}, test F1 {r['f1']['test']:.3f}, {took}", flush=True)
 

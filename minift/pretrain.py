@@ -27,7 +27,7 @@ from .checkpoint import load_json, load_model, save_model
 from .model import GPT, GPTConfig
 from .tasks import LMDataset, collate
 from .tokenizer import Tokenizer
-from .train import TrainConfig, evaluate_nll, train
+from .train import TrainConfig, evaluate_nll, model_device, to_device, train
 
 DATA_DIR = Path(os.environ.get("MINIFT_DATA", Path(__file__).resolve().parent.parent / "data"))
 BASE_DIR = DATA_DIR / "base"
@@ -80,12 +80,18 @@ def corpus_fingerprint(seed: int = 0) -> str:
     return h.hexdigest()
 
 
-def load_base(folder: Optional[str] = None) -> tuple[GPT, Tokenizer]:
-    """The shipped base model (eval mode) and its tokenizer."""
+def load_base(folder: Optional[str] = None, device=None) -> tuple[GPT, Tokenizer]:
+    """The shipped base model (eval mode) on `device` (a torch.device or "cpu", "cuda", "cuda:N";
+    default the CPU) and its tokenizer. `folder`: another checkpoint of the same layout
+    (lesson 20's sizes, `size_dir`)."""
     folder = str(folder or BASE_DIR)
     if not os.path.isfile(os.path.join(folder, "model.safetensors")):
         raise ValueError(f"no base model in {folder}; it is shipped in data/base/ (or run `minift pretrain`)")
-    return load_model(folder).eval(), Tokenizer.load(os.path.join(folder, "tokenizer.json"))
+    try:
+        device = torch.device("cpu" if device is None else device)
+    except (RuntimeError, TypeError) as e:
+        raise ValueError(f"load_base: device={device!r} is not a torch device ({e})") from None
+    return load_model(folder).to(device).eval(), Tokenizer.load(os.path.join(folder, "tokenizer.json"))
 
 
 @torch.no_grad()
@@ -97,7 +103,7 @@ def fact_accuracy(model: GPT, tok: Tokenizer, probes: list[tuple[str, str]], bat
     hits = 0
     for i in range(0, len(probes), batch_size):
         chunk = probes[i:i + batch_size]
-        b = collate([{"idx": tok.encode(p)} for p, _ in chunk], tok.pad_id, side="left")
+        b = to_device(collate([{"idx": tok.encode(p)} for p, _ in chunk], tok.pad_id, side="left"), model_device(model))
         n_new = max(len(tok.encode(" " + a)) for _, a in chunk) + 1
         out = model.generate(b["idx"], n_new, attention_mask=b["attention_mask"], eos_token_id=tok.eos_id)
         for (_, answer), row in zip(chunk, out):

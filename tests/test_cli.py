@@ -91,3 +91,30 @@ def test_pytest_with_an_impl_that_does_not_import_is_a_usage_error(tmp_path):
                        capture_output=True, text=True, cwd=str(ROOT))
     assert r.returncode == pytest.ExitCode.USAGE_ERROR                  # not the status of a failed test (1)
     assert f"{f}: cannot import it: line 1:" in r.stderr and "Traceback" not in r.stdout + r.stderr
+
+
+def test_run_passes_device_and_fast_to_the_walkthrough(tmp_path, monkeypatch):
+    """`minift run NN --device X --fast` starts the walkthrough with both flags (the argv is checked,
+    nothing runs), and keeps a non-CPU run's time apart from the CPU's."""
+    from minift import cli
+    monkeypatch.setattr(cli, "TIMES_FILE", tmp_path / "lesson_times.json")
+    started = []
+    monkeypatch.setattr(cli.subprocess, "call", lambda cmd, cwd=None: started.append(cmd) or 0)
+    assert main(["run", "00", "--device", "cpu", "--fast"]) == 0
+    assert started[-1][1].endswith("walkthrough.py") and started[-1][2:] == ["--fast", "--device", "cpu"]
+    assert main(["run", "00", "--device", "cuda:1"]) == 0
+    assert started[-1][2:] == ["--device", "cuda:1"]
+    assert main(["run", "00"]) == 0
+    assert started[-1][2:] == []                                         # the walkthrough's default: cpu
+    times = json.loads((tmp_path / "lesson_times.json").read_text())["00"]
+    assert set(times) == {"fast", "default", "default@cuda:1"}          # `minift lessons` shows the CPU's
+
+
+def test_run_all_passes_the_device_to_every_lesson(tmp_path, monkeypatch):
+    from minift import cli
+    monkeypatch.setattr(cli, "TIMES_FILE", tmp_path / "lesson_times.json")
+    started = []
+    monkeypatch.setattr(cli.subprocess, "call", lambda cmd, cwd=None: started.append(cmd) or 0)
+    assert main(["run", "all", "--device", "cuda", "--fast"]) == 0
+    assert len(started) == len(cli.list_lessons()) > 20
+    assert all(cmd[-3:] == ["--fast", "--device", "cuda"] for cmd in started)

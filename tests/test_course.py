@@ -212,3 +212,156 @@ def test_the_course_module_stays_on_the_lessons_side_of_the_imports():
         if f.name != "course.py":
             assert not re.search(r"^\s*(from \.+course import|from minift\.course|from minift import .*\bcourse\b|"
                                  r"import minift\.course)", f.read_text(), re.M), f"{f} imports minift.course"
+
+
+# ---- --device -----------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("given, want", [("cpu", "cpu"), ("cuda", "cuda"), ("cuda:0", "cuda:0"), ("cuda:3", "cuda:3"),
+                                         ("CUDA:1", "cuda:1")])
+def test_the_parser_takes_cpu_cuda_and_cuda_n(given, want):
+    p = course.parser(DOC)
+    assert p.parse_args([]).device == "cpu"                                    # the READMEs' runs
+    assert p.parse_args(["--device", given]).device == want                    # spelling only: start asks torch
+
+
+@pytest.mark.parametrize("bad", ["gpu", "cuda:", "cuda:x", "cuda:-1", "mps", ""])
+def test_the_parser_refuses_what_is_not_a_device_name(bad, capsys):
+    with pytest.raises(SystemExit) as e:
+        course.parser(DOC).parse_args(["--device", bad])
+    assert e.value.code == 2 and "--device" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("name", ["cuda", "cuda:1"])
+def test_start_refuses_a_cuda_this_torch_cannot_use_in_one_line(name, monkeypatch, capsys):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(SystemExit) as e:
+        course.start("99", DOC, needs_base=False, argv=["--device", name])
+    assert e.value.code == 2                                                   # like argparse's errors
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and err.startswith(f"--device {name}: ")
+    assert "torch.cuda.is_available() is False" in err
+
+
+def test_resolve_device_checks_the_gpu_index(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)              # a pretend machine with 2 GPUs
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    assert course.resolve_device("cuda") == torch.device("cuda", 0)            # indexed: == a tensor's .device
+    assert course.resolve_device("cuda:1") == torch.device("cuda", 1)
+    with pytest.raises(ValueError, match=r"^--device cuda:2: .*2 GPUs"):
+        course.resolve_device("cuda:2")
+    assert course.resolve_device("cpu") == torch.device("cpu")
+
+
+def test_start_gives_a_torch_device_and_keeps_it_for_device(capsys):
+    threads = torch.get_num_threads()
+    try:
+        args = course.start("99", DOC, needs_base=False, argv=["--device", "cpu"])
+        assert args.device == torch.device("cpu") and isinstance(args.device, torch.device)
+        assert course.device() == args.device
+        assert capsys.readouterr().out == ""                                   # the GPU line is for GPUs only
+    finally:
+        torch.set_num_threads(threads)
+
+
+def test_the_clock_says_what_it_measures_on_the_cpu():
+    assert course.clock_name("cpu") == "CPU" and course.clock_name("cuda:0") == "GPU wall"
+    assert course.memory_note("cpu") == ""
+    t0 = course.clock("cpu")
+    sum(i * i for i in range(20000))
+    assert course.clock("cpu") > t0
+    course.sync("cpu")                                                         # a no-op, no error
+
+
+def test_forward_cpu_seconds_moves_the_batch_to_each_model(device):
+    """float64 weights stand in for another device on a CPU-only machine: the same bug (a batch left
+    where it was made) is caught by dtype here and by device on a GPU."""
+    class Toy(torch.nn.Module):
+        def __init__(self, dtype):
+            super().__init__()
+            self.lin = torch.nn.Linear(4, 3, dtype=dtype)
+
+        def forward(self, idx, attention_mask=None):
+            assert idx.device == self.lin.weight.device, "the batch was not moved to the model"
+            return self.lin(idx.to(self.lin.weight.dtype))
+
+    models = {"f32": Toy(torch.float32).to(device), "f64": Toy(torch.float64).to(device)}
+    batch = {"idx": torch.ones(2, 4, dtype=torch.long), "attention_mask": torch.ones(2, 4, dtype=torch.long)}
+    best = course.forward_cpu_seconds(models, batch, rounds=1)
+    assert set(best) == {"f32", "f64"} and all(0 <= v < float("inf") for v in best.values())
+
+
+def test_the_bench_builds_its_models_on_its_device(bench, device):
+    b = course.Bench(bench.methods, bench.tok, (bench.ner, bench.items, bench.train_items), steps=1, batch=2,
+                     dev="val", device=device)                                 # the module bench's data, reused
+    assert course.Bench(bench.methods, bench.tok, (bench.ner, bench.items, bench.train_items), steps=1, batch=2,
+                        dev="val").device == course.device()                   # default: the walkthrough's --device
+    clf = b.fresh("LoRA")
+    assert {p.device.type for p in clf.parameters()} == {device.type}               # body, LoRA and the head
+
+
+# ---- every walkthrough puts its models on --device (read from the source) ------------------------
+
+MODEL_CLASSES = {"GPT", "TokenClassifier", "SequenceClassifier", "ViT", "RewardModel"}
+
+
+def models_off_the_device(src: str) -> list[str]:
+    """Where a walkthrough builds or loads a model without placing it: a `load_base(...)` call
+    without device=, or a GPT/TokenClassifier/SequenceClassifier/ViT(...) whose result is not
+    `.to(...)`-ed at once; inside `with torch.device("meta"):` nothing is placed (shapes only)."""
+    import ast
+    tree = ast.parse(src)
+    parent = {c: n for n in ast.walk(tree) for c in ast.iter_child_nodes(n)}
+
+    def under_meta(node):
+        while node in parent:
+            node = parent[node]
+            if isinstance(node, ast.With) and any("meta" in ast.unparse(i.context_expr) for i in node.items):
+                return True
+        return False
+
+    bad = []
+    for node in ast.walk(tree):
+        if not isinstance(node, ast.Call):
+            continue
+        f = node.func
+        name = f.id if isinstance(f, ast.Name) else f.attr if isinstance(f, ast.Attribute) else None
+        if name == "load_base" and not any(k.arg == "device" for k in node.keywords):
+            bad.append(f"line {node.lineno}: {ast.unparse(node)} (no device=)")
+        elif name in MODEL_CLASSES and not under_meta(node):
+            up = parent.get(node)
+            moved = isinstance(up, ast.Attribute) and up.attr == "to" and isinstance(parent.get(up), ast.Call)
+            if not moved:
+                bad.append(f"line {node.lineno}: {ast.unparse(node)} (not .to(device))")
+    return bad
+
+
+@pytest.mark.parametrize("snippet, n_bad", [
+    ("model, tok = load_base()", 1),
+    ("model, tok = load_base(size_dir(s))", 1),
+    ("model, tok = load_base(device=DEV)", 0),
+    ("m = GPT(cfg)", 1),
+    ("m = GPT(cfg).to(DEV)", 0),
+    ("clf = TokenClassifier(body, 9)", 1),
+    ("clf = TokenClassifier(load_base(device=DEV)[0], 9).to(DEV)", 0),
+    ("clf = TokenClassifier(load_base()[0], 9).to(DEV)", 1),
+    ("v = ViT(cfg).eval()", 1),
+    ("with torch.device('meta'):\n    big = GPT(cfg)", 0),
+    ("with torch.device('meta'):\n    pass\nbig = GPT(cfg)", 1),
+])
+def test_the_device_check_catches_a_planted_model(snippet, n_bad):
+    assert len(models_off_the_device(snippet)) == n_bad, models_off_the_device(snippet)
+
+
+@pytest.mark.parametrize("les", list_lessons(), ids=lambda les: les["nn"])
+def test_every_walkthrough_puts_every_model_it_builds_on_the_device(les):
+    src = (les["dir"] / "walkthrough.py").read_text()
+    assert models_off_the_device(src) == [], f"{les['dir'].name}: place every model on args.device"
+    assert re.search(r"\bargs\.device\b", src), f"{les['dir'].name}: read --device (args.device)"
+
+
+def test_load_base_puts_the_model_on_the_device_it_is_given(device):
+    model, _ = load_base(device=device)
+    assert {p.device.type for p in model.parameters()} == {device.type} and not model.training
+    with pytest.raises(ValueError, match="device='tpu:x'"):
+        load_base(device="tpu:x")

@@ -35,6 +35,7 @@ from minift.report import header
 # a busy CPU extra threads spin-wait: one thread is 10-40x faster there), the clock: minift/course.py
 args = course.start("00", course.parser(__doc__, "fewer prompts and shorter generations (seconds)"))
 torch.set_grad_enabled(False)          # we only look at the model in this lesson: no training
+DEV = args.device                      # --device: cpu (the default, what the README quotes), cuda or cuda:N
 
 
 def show(tok, i):
@@ -42,7 +43,7 @@ def show(tok, i):
     return repr(tok.decode([i]))[1:-1]
 
 
-model, tok = load_base()
+model, tok = load_base(device=DEV)
 cfg = model.config
 W = world.get_world()
 p, q, r = W.people[0], W.people[1], W.people[2]          # three real TinyWorld people
@@ -125,7 +126,7 @@ print(f"GPT-2's rule of thumb 12 L C^2 + (V + block_size) C = {12 * L * C * C + 
 # One real forward pass, with forward hooks recording what each module returns.
 B_ids = [[tok.eos_id] + tok.encode(sentence), [tok.eos_id] + tok.encode(f"{q.name} has a pet {q.pet}. {q.name} owns a {q.obj}.")]
 T = min(len(b) for b in B_ids)
-idx = torch.tensor([b[:T] for b in B_ids])                                # (B, T)
+idx = torch.tensor([b[:T] for b in B_ids], device=DEV)                    # (B, T)
 watch = ["transformer.wte", "transformer.wpe", "transformer.h.0.ln_1", "transformer.h.0.attn.c_attn",
          "transformer.h.0.attn", "transformer.h.0.ln_2", "transformer.h.0.mlp.c_fc", "transformer.h.0.mlp",
          "transformer.h.0", "transformer.ln_f", "lm_head"]
@@ -170,7 +171,7 @@ probes = dict(zip([(i, rel) for i in range(len(W.people)) for rel in PROBES], fa
 print("Every document in the pretraining stream follows an <|endoftext|>, so prompts start with it.")
 for rel in relations:
     text, answer = probes[(0, rel)]
-    x = torch.tensor([[tok.eos_id] + tok.encode(text)])
+    x = torch.tensor([[tok.eos_id] + tok.encode(text)], device=DEV)
     probs = model(x).logits[0, -1].softmax(-1)                             # (V,)
     top = probs.topk(5)
     truth = tok.encode(" " + answer)[0]
@@ -179,7 +180,7 @@ for rel in relations:
     for pr, i in zip(top.values.tolist(), top.indices.tolist()):
         print(f"  {show(tok, i)!r:<16}{pr:7.3f}  {'#' * round(40 * pr)}{'   <- right' if i == truth else ''}")
 
-x = torch.tensor([[tok.eos_id] + tok.encode(sentence)])
+x = torch.tensor([[tok.eos_id] + tok.encode(sentence)], device=DEV)
 o = model(x[:, :-1], targets=x[:, 1:])                                    # targets: the next token
 p_next = o.logits[0].softmax(-1).gather(1, x[0, 1:, None])[:, 0]           # p(actual next token)
 print(f"\nHow surprised is the model by each token of {sentence!r}?  (p = probability it gave to the "
@@ -209,10 +210,10 @@ if m:
 header("4. Attention: who looks at whom")
 
 att_text = f"{p.name} lives in {p.home}. {she} has a pet"
-x = torch.tensor([[tok.eos_id] + tok.encode(att_text)])
+x = torch.tensor([[tok.eos_id] + tok.encode(att_text)], device=DEV)
 T = x.shape[1]
 labels = [show(tok, i) for i in x[0].tolist()]
-A = torch.stack([model.attention_weights(x, layer)[0] for layer in range(L)])   # (L, H, T, T)
+A = torch.stack([model.attention_weights(x, layer)[0] for layer in range(L)]).cpu()   # (L, H, T, T), read on the CPU
 print(f"text: <|endoftext|>{att_text!r}, T={T} tokens; model.attention_weights(idx, layer) -> {tuple(A.shape[1:])} "
       f"per layer (B=1)")
 print(f"every row sums to 1: max |sum - 1| = {(A.sum(-1) - 1).abs().max().item():.1e}; weight on future keys "
@@ -257,9 +258,9 @@ n_new = 12 if args.fast else 40
 print(f"max_new_tokens={n_new}; a row stops at <|endoftext|>. greedy = argmax each step; "
       f"sampled = temperature 0.8, top_k 20, torch.Generator seeded 0.")
 for who, text in zip((p, q, r), prompts):
-    x = torch.tensor([[tok.eos_id] + tok.encode(text)])
+    x = torch.tensor([[tok.eos_id] + tok.encode(text)], device=DEV)
     greedy = model.generate(x, n_new, eos_token_id=tok.eos_id)[0]
-    gen = torch.Generator().manual_seed(0)
+    gen = torch.Generator(device=DEV).manual_seed(0)                       # sampling draws on the model's device
     sampled = model.generate(x, n_new, temperature=0.8, top_k=20, eos_token_id=tok.eos_id, generator=gen)[0]
     print(f"\nprompt : {text!r}")
     print(f"greedy : {tok.decode(greedy)!r}")
@@ -270,17 +271,19 @@ for who, text in zip((p, q, r), prompts):
 # The cache: generate() feeds one new token per step and reuses every earlier key/value.
 enc = [[tok.eos_id] + tok.encode(t) for t in prompts + [f"{q.name} is friends with"]]
 Tp = max(map(len, enc))
-batch = torch.full((len(enc), Tp), tok.pad_id)
+batch = torch.full((len(enc), Tp), tok.pad_id, device=DEV)
 mask = torch.zeros_like(batch)
 for i, e in enumerate(enc):                                                # left-padded batch
     batch[i, Tp - len(e):], mask[i, Tp - len(e):] = torch.tensor(e), 1
 t0 = time.perf_counter()
 cached = model.generate(batch, n_new, attention_mask=mask, use_cache=True)
+course.sync()                                                              # a GPU's work is done (no-op on the CPU)
 t_cached = time.perf_counter() - t0
 t0 = time.perf_counter()
 uncached = model.generate(batch, n_new, attention_mask=mask, use_cache=False)
+course.sync()
 t_uncached = time.perf_counter() - t0
-alone = [model.generate(torch.tensor([e]), n_new)[0] for e in enc]
+alone = [model.generate(torch.tensor([e], device=DEV), n_new)[0] for e in enc]
 print(f"\nA left-padded batch of {len(enc)} prompts, {n_new} new tokens each:")
 print(f"  cached generation == uncached (use_cache=False): {torch.equal(cached, uncached)}   "
       f"({t_cached:.2f}s with the cache, {t_uncached:.2f}s recomputing every prefix)")

@@ -45,7 +45,7 @@ parser.add_argument("--cpt-steps", type=int, default=None, help="part 2: optimiz
 args = course.start("01", parser)         # the base-model check, one thread, the clock: minift/course.py
 if not 0.0 <= args.replay < 1.0:
     sys.exit(f"--replay={args.replay} must be in [0, 1)")
-FAST = args.fast
+FAST, DEV = args.fast, args.device         # DEV: --device (cpu unless told), where every model lives
 # budgets: (default, --fast)
 TINY_STEPS, TINY_EVAL_EVERY = (300, 50) if not FAST else (16, 8)
 VAL_WINDOWS = 32 if not FAST else 4            # fixed validation windows per perplexity
@@ -57,7 +57,7 @@ CPT_EVAL_EVERY = max(1, CPT_STEPS // (6 if not FAST else 2))
 
 def greedy(model, tok, prompt, n=14):
     """The greedy continuation of `prompt` (stops at end-of-text)."""
-    idx = torch.tensor([tok.encode(prompt)])
+    idx = torch.tensor([tok.encode(prompt)], device=DEV)
     out = model.generate(idx, n, eos_token_id=tok.eos_id)
     return tok.decode(out[0].tolist(), skip_special_tokens=True).replace("\n", " / ")
 
@@ -68,7 +68,7 @@ def val_ppl(model, data):
 
 
 # ==============================================================================================
-base, tok = load_base()
+base, tok = load_base(device=DEV)
 V = tok.vocab_size
 recorded = base_metrics()
 base_recipe = load_json(str(BASE_DIR / "config.json")).get("recipe", {})
@@ -92,7 +92,7 @@ header("1. Pretraining from scratch: next-token prediction on TinyWorld's corpus
 t1 = time.perf_counter()
 cfg = GPTConfig(vocab_size=V, block_size=128, n_layer=2, n_head=4, n_embd=64)
 torch.manual_seed(0)
-tiny = GPT(cfg)
+tiny = GPT(cfg).to(DEV)                    # drawn on the CPU (same numbers on every device), then moved
 data = LMDataset(tok, train_texts, cfg.block_size)
 val = [LMDataset(tok, val_texts, cfg.block_size)[i] for i in range(VAL_WINDOWS)]    # fixed windows
 tc = TrainConfig(steps=TINY_STEPS, batch_size=16, lr=3e-3, min_lr_ratio=0.1, warmup_steps=TINY_STEPS // 10,
@@ -144,7 +144,7 @@ print(f"part 1: {t_tiny:.1f}s", flush=True)
 header("2. Continued pretraining of the base model on a new domain (and forgetting)")
 
 t2 = time.perf_counter()
-model, _ = load_base()                      # a fresh copy of the base: it will be changed in place
+model, _ = load_base(device=DEV)            # a fresh copy of the base: it will be changed in place
 model.train()
 T = model.config.block_size
 d2_train, d2_val_texts = world.domain2_corpus("train"), world.domain2_corpus("val")
@@ -201,4 +201,4 @@ for pr in d2_prompts + orig_prompts:
     print(f"  {pr!r}\n     base:  {samples_before[pr]!r}\n     after: {greedy(model, tok, pr, 24)!r}")
 print(f"part 2: {time.perf_counter() - t2:.1f}s")
 print(f"\ntotal: {course.elapsed():.1f}s wall, {time.process_time():.1f}s CPU "
-      f"({torch.get_num_threads()} threads; wall grows when other jobs share the cores)")
+      f"({torch.get_num_threads()} threads; wall grows when other jobs share the cores){course.memory_note()}")

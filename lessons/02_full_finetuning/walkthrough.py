@@ -41,7 +41,7 @@ from minift.report import header, table
 # --fast, the base-model check, one thread (the model's matrices are tiny, n_embd 128: a second
 # intra-op thread buys little, and on a shared machine two threads per process thrash), the clock
 args = course.start("02", __doc__)
-FAST = args.fast
+FAST, DEV = args.fast, args.device     # DEV: --device (cpu unless told), where every model lives
 
 # (steps, batch size, peak lr) per task and method, all chosen on the dev split. Head-only and
 # NER full: lr from {1e-3, 3e-3, 1e-2}, ties to the smaller (NER full: dev 0.999 at all three;
@@ -67,7 +67,7 @@ def cut(xs):
     return xs[:N_EVAL] if N_EVAL else xs
 
 
-base, tok = load_base()
+base, tok = load_base(device=DEV)
 col = collate_fn(tok.pad_id)                     # right padding; labels ride along
 before = forgetting_probe(base, tok, **PROBE)
 print(f"base model: {base.num_parameters():,} parameters ({BASE_DIR}); before fine-tuning its body has "
@@ -119,11 +119,11 @@ def run(task_name, method):
     steps, bs, lr = RECIPES[(task_name, method)]
     steps = FAST_STEPS if FAST else steps
     torch.manual_seed(0)                                  # the head's init
-    body, _ = load_base()
+    body, _ = load_base(device=DEV)
     if task_name == "sentiment":
-        clf, data = SequenceClassifier(body, 2), sent_items["train"]
+        clf, data = SequenceClassifier(body, 2).to(DEV), sent_items["train"]     # the head: drawn, then moved
     else:
-        clf, data = TokenClassifier(body, len(world.NER_TAGS)), ner_train
+        clf, data = TokenClassifier(body, len(world.NER_TAGS)).to(DEV), ner_train
     if method == "head-only":
         apply_selective(clf, SelectiveConfig(patterns=()))  # nothing but the head (head.*) trains
     rep = trainable_report(clf)["total"]

@@ -53,7 +53,7 @@ parser.add_argument("--tasks", default=None,
 parser.add_argument("--lr", type=float, default=7e-4, help="peak learning rate of each SFT run")
 parser.add_argument("--seed", type=int, default=0, help="training seed of both SFT runs (batch order)")
 args = course.start("03", parser)         # the base-model check, one thread, the clock: minift/course.py
-FAST = args.fast
+FAST, DEV = args.fast, args.device         # DEV: --device (cpu unless told), where every model lives
 STEPS = args.steps or (8 if FAST else 1500 if args.long else 500)
 BATCH = 4
 N_INSTRUCTIONS = None if not FAST else 200     # training examples of "instructions": None = all of train
@@ -77,7 +77,7 @@ def show(tok, ids):
 
 
 # ==============================================================================================
-base, tok = load_base()
+base, tok = load_base(device=DEV)
 T = base.config.block_size
 W = world.get_world()
 
@@ -234,7 +234,7 @@ print(f"full fine-tuning of all {base.num_parameters():,} parameters: {cfg.steps
 
 def finetune(train_on_prompt):
     """A fresh copy of the base, trained on the mixture; returns (model, history, seconds)."""
-    model, _ = load_base()
+    model, _ = load_base(device=DEV)
     data = SFTDataset(tok, pairs, T, train_on_prompt=train_on_prompt)
     t0 = time.perf_counter()
     hist = train(model, data, cfg, collate_fn=collate_fn(tok.pad_id))

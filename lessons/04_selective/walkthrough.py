@@ -36,7 +36,7 @@ parser = course.parser(__doc__)
 parser.add_argument("--sweep", action="store_true", help="sweep every method's lr over {1e-3, 3e-3, 1e-2} "
                                                          "on the dev split first (about 3 minutes)")
 args = course.start("04", parser)
-FAST = args.fast
+FAST, DEV = args.fast, args.device     # DEV: --device (cpu unless told); the Bench builds its models there too
 
 # What each method trains. A task head (head.*) trains in every one of them.
 METHODS = {
@@ -64,7 +64,7 @@ def cut(xs):
     return xs[:N_EVAL] if N_EVAL else xs
 
 
-base, tok = load_base()
+base, tok = load_base(device=DEV)
 before = forgetting_probe(base, tok, **PROBE)
 ner_all = world.task("ner", "train")
 ner = {"train": ner_all[:-200], "dev": cut(ner_all[-200:]), "test": cut(world.task("ner", "test"))}

@@ -50,13 +50,14 @@ from minift.peft.lora import (LoRAConfig, apply_lora, lora_parameter_count, lora
 from minift.peft.selective import SelectiveConfig
 from minift.pretrain import BASE_DIR, forgetting_probe, load_base
 from minift.tasks import entity_f1
+from minift.train import to_device
 from minift.report import header, table
 
 parser = course.parser(__doc__)
 parser.add_argument("--sweep", action="store_true", help="pick every method's lr on the val split first "
                                                          "(three rates each, about 4 minutes)")
 args = course.start("05", parser)
-FAST = args.fast
+FAST, DEV = args.fast, args.device     # DEV: --device (cpu unless told); the Bench builds its models there too
 
 ALL_LINEAR = ("attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj")
 # What each method trains. A task head (head.*) trains in every one of them.
@@ -83,7 +84,7 @@ N_EVAL = 40 if FAST else None
 PROBE = dict(n_windows=2, n_facts=12) if FAST else dict(n_windows=16, n_facts=72)
 BLOCK = 128
 
-base, tok = load_base()
+base, tok = load_base(device=DEV)
 before = forgetting_probe(base, tok, **PROBE)
 ner, items, train_items = ner_splits(tok, BLOCK, N_EVAL)   # examples, encodings, train items
 # the bench (minift/course.py): a fresh TokenClassifier per method, the same head init, data and steps
@@ -228,7 +229,7 @@ del big
 header("4. Merging: W = W0 + s B A, and inference costs nothing extra")
 clf4 = quality["LoRA r=4 q,v"]["model"]
 layer = clf4.body.transformer.h[0].attn.c_attn
-batch = col([{"idx": it["idx"], "labels": it["labels"]} for it in items["val"]])
+batch = to_device(col([{"idx": it["idx"], "labels": it["labels"]} for it in items["val"]]), DEV)
 W0 = layer.weight.detach().clone()
 with torch.no_grad():
     y_unmerged = clf4(batch["idx"], attention_mask=batch["attention_mask"]).logits
@@ -258,9 +259,11 @@ with torch.no_grad():
         m(batch["idx"], attention_mask=batch["attention_mask"])
     for _ in range(reps):                                      # interleaved, so load changes hit all three
         for k, m in models.items():
+            course.sync()                                       # a GPU's queued work is done (no-op on the CPU)
             t0 = time.perf_counter()
             for _ in range(per):
                 m(batch["idx"], attention_mask=batch["attention_mask"])
+            course.sync()
             times[k].append((time.perf_counter() - t0) / per)
 med = {k: statistics.median(v) for k, v in times.items()}
 table(("model", "forward, median", "vs plain"),
@@ -287,9 +290,9 @@ size = {k: os.path.getsize(os.path.join(d, "adapter.safetensors")) for k, d in d
 print(f"adapter files: {', '.join(f'{k}: {size[k] / 1024:.1f} KiB' for k in dirs)} (LoRA A, B and the task head), "
       f"vs {os.path.getsize(BASE_DIR / 'model.safetensors') / 1024 ** 2:.1f} MiB for the base model itself")
 
-body, _ = load_base()                                           # the ONE base model, loaded once
-model = TokenClassifier(body, len(world.NER_TAGS))
-probe = col([{"idx": it["idx"]} for it in items["val"][:16]])
+body, _ = load_base(device=DEV)                                 # the ONE base model, loaded once
+model = TokenClassifier(body, len(world.NER_TAGS)).to(DEV)
+probe = to_device(col([{"idx": it["idx"]} for it in items["val"][:16]]), DEV)
 with torch.no_grad():
     lm_base = body(probe["idx"], attention_mask=probe["attention_mask"]).logits.clone()
 ex = next((i for i, e in enumerate(ner["val"]) if {"B-PER", "B-LOC"} <= set(e["tags"]) and
@@ -298,6 +301,7 @@ rows, tagged = [], []
 for k in ("A: all entities", "B: people only", "A: all entities"):
     t0 = time.perf_counter()
     load_adapter(model, dirs[k])                                # 1st call applies LoRA; later calls swap tensors
+    course.sync()
     ms = 1000 * (time.perf_counter() - t0)
     f1_a, pred = f1_on(model, "val")
     f1_b = entity_f1(pred, gold_people)["f1"]

@@ -44,6 +44,7 @@ from minift.peft.lora import LoRAConfig, apply_lora, lora_parameter_count, merge
 from minift.peft.selective import SelectiveConfig
 from minift.pretrain import forgetting_probe, load_base
 from minift.tasks import LMDataset
+from minift.train import to_device
 from minift.report import header, table
 
 parser = course.parser(__doc__)
@@ -53,9 +54,10 @@ parser.add_argument("--seeds", type=int, default=1, metavar="K",
                     help="at the end, retrain part 2's methods with seeds 0..K-1 (init and data order) and "
                          "print the spread of dev/test F1 (K=3: about 2 more minutes)")
 args = course.start("06", parser)
-FAST = args.fast
+FAST, DEV = args.fast, args.device     # DEV: --device (cpu unless told); the Bench builds its models there too
+CLOCK = course.clock_name()                # timed lines: "CPU" seconds; on a GPU "GPU wall" (synchronized)
 
-base, tok = load_base()
+base, tok = load_base(device=DEV)
 C, L = base.config.n_embd, base.config.n_layer
 
 # ---- the matched budget -----------------------------------------------------------------------
@@ -97,7 +99,7 @@ ner, items, train_items = ner_splits(tok, BLOCK, N_EVAL, dev_key="dev")   # exam
 bench = course.Bench(METHODS, tok, (ner, items, train_items), steps=STEPS, batch=BATCH, width=16)
 col, fresh = bench.col, bench.fresh
 lm_val = LMDataset(tok, world.pretrain_corpus("val"), BLOCK)
-lm_batch = torch.stack([lm_val[i]["idx"] for i in range(4)])     # (4, 128) pretraining text
+lm_batch = torch.stack([lm_val[i]["idx"] for i in range(4)]).to(DEV)   # (4, 128) pretraining text
 print(f"task: NER (BIO tags over {', '.join(world.NER_TYPES)}), {len(ner['train'])} training sentences; "
       f"dev = the val split ({len(ner['dev'])} sentences), test = the test split ({len(ner['test'])}). Both name "
       f"only people never tagged in training (known to the body from pretraining); towns, pets and foods are "
@@ -133,7 +135,7 @@ FLOW = {
     "LoRA q,v": "q = u (W_q + s B_q A_q)^T, v = u (W_v + s B_v A_v)^T, u = LN1(x); k, proj and MLP untouched",
 }
 for method in PEFT:
-    body, _ = load_base()
+    body, _ = load_base(device=DEV)
     cfg = METHODS[method]
     names = apply_adapters(body, cfg) if isinstance(cfg, AdapterConfig) else apply_lora(body, cfg)
     n = count_adapter_parameters(body)
@@ -156,7 +158,7 @@ print(f"\nthe matched budget: LoRA r = {LORA.r} on W_q, W_v = {BUDGET:,} paramet
 rows = []
 for method in PEFT:
     cfg = METHODS[method]
-    body = apply_config(load_base()[0], cfg)
+    body = apply_config(load_base(device=DEV)[0], cfg)
     n = count_adapter_parameters(body)
     rows.append((method, f"m = {cfg.bottleneck}" if isinstance(cfg, AdapterConfig) else f"r = {cfg.r}", f"{n:,}",
                  f"{n / BUDGET - 1:+.1%}"))
@@ -164,7 +166,7 @@ table(("method", "size", "parameters", "vs LoRA"), rows)
 
 print("\nstep 0: W_up = 0 (LoRA: B = 0), so the adapted classifier IS the base classifier (same head init):")
 ref = fresh("head-only").eval()
-batch = col([{"idx": it["idx"], "labels": it["labels"]} for it in items["dev"][:32]])
+batch = to_device(col([{"idx": it["idx"], "labels": it["labels"]} for it in items["dev"][:32]]), DEV)
 with torch.no_grad():
     want = ref(batch["idx"], attention_mask=batch["attention_mask"]).logits
     for method in PEFT:
@@ -183,9 +185,9 @@ before = forgetting_probe(base, tok, **PROBE)
 results = {m: bench.run(m, LR[m]) for m in METHODS}
 
 # ---- inference cost: forward time of each trained classifier vs the plain base classifier ------
-# Same batch (64 dev sentences), eval mode, no grad, CPU time, rounds interleaved, fastest kept
-# (course.forward_cpu_seconds).
-tbatch = col([{"idx": it["idx"], "labels": it["labels"]} for it in items["dev"][:64]])
+# Same batch (64 dev sentences), eval mode, no grad, CPU time (a GPU: synchronized wall time), rounds
+# interleaved, fastest kept (course.forward_cpu_seconds).
+tbatch = to_device(col([{"idx": it["idx"], "labels": it["labels"]} for it in items["dev"][:64]]), DEV)
 lora_merged = copy.deepcopy(results["LoRA q,v"]["model"])
 merge_lora(lora_merged)                                           # W = W0 + s B A, in place
 timed = {"base": fresh("full"), **{m: results[m]["model"] for m in PEFT}, "LoRA q,v merged": lora_merged}
@@ -217,7 +219,7 @@ table(("method", "lr", "adapter", "trainable", "share", "dev F1", "test F1", "tr
 head = results["head-only"]["rep"]["trainable"]
 print(f"trainable = adapter + the task head ({head:,} = 9 tags x (C + 1)), which trains in every method. share = "
       f"trainable / all parameters of the model (adapters included). forward = the trained classifier's forward "
-      f"CPU time on 64 dev sentences / the base classifier's (fastest of {TIMING_ROUNDS} interleaved rounds: "
+      f"{CLOCK} time on 64 dev sentences / the base classifier's (fastest of {TIMING_ROUNDS} interleaved rounds: "
       f"{best_t['base'] * 1e3:.1f} ms). (on) = the body as a language model, with the adapter left in "
       f"(full: the fine-tuned body).")
 print(f"LoRA merged (W = W0 + s B A, merge_lora): forward {ratio['LoRA q,v merged']:.2f}x the base, max |logits "
@@ -237,7 +239,7 @@ print("a task on disk (save_adapter: adapter + head tensors, safetensors + JSON)
       + f"; the whole fine-tuned model is {course.kib(4 * full['rep']['params'])} of fp32 weights.")
 
 print("\nWhat forgetting means when the base never moves (the same checks for every adapter method):")
-shipped = load_base()[0].state_dict()
+shipped = load_base(device=DEV)[0].state_dict()
 rows = []
 with torch.no_grad():
     want = base(lm_batch).logits

@@ -43,6 +43,7 @@ from minift.peft.prefix import (PrefixConfig, fold_prefix, prefix_attention_mass
 from minift.peft.selective import SelectiveConfig
 from minift.peft.io import apply_config
 from minift.pretrain import load_base
+from minift.train import to_device
 from minift.report import header, table
 from minift.tasks import entity_f1
 
@@ -53,9 +54,10 @@ parser.add_argument("--seeds", type=int, default=1, metavar="K",
                     help="at the end, retrain part 2's methods with seeds 0..K-1 (head and prefix init, data "
                          "order) and print the spread of dev/test F1 (K=3: about 3 more minutes)")
 args = course.start("07", parser)
-FAST = args.fast
+FAST, DEV = args.fast, args.device     # DEV: --device (cpu unless told); the Bench builds its models there too
+CLOCK = course.clock_name()                # timed lines: "CPU" seconds; on a GPU "GPU wall" (synchronized)
 
-base, tok = load_base()
+base, tok = load_base(device=DEV)
 C, L, H, D = base.config.n_embd, base.config.n_layer, base.config.n_head, base.config.head_dim
 P = 10
 INIT_TEXT = " ".join(" ".join(e["tokens"]) for e in world.task("ner", "train")[:2])
@@ -85,7 +87,7 @@ ner, items, train_items = ner_splits(tok, BLOCK, N_EVAL, dev_key="dev")   # exam
 # set before the head is built; the prefix is drawn after it), data and steps
 bench = course.Bench(METHODS, tok, (ner, items, train_items), steps=STEPS, batch=BATCH, width=26)
 col, fresh = bench.col, bench.fresh
-dev_batch = col([{"idx": it["idx"], "labels": it["labels"]} for it in items["dev"][:64]])
+dev_batch = to_device(col([{"idx": it["idx"], "labels": it["labels"]} for it in items["dev"][:64]]), DEV)
 print(f"'init': the prefix starts at the base model's own keys/values of the tokens {tok.decode(INIT_IDS)!r} "
       f"(the first {P} tokens of the training text; the paper initialises with real words' activations)")
 print(f"task: NER (BIO tags over {', '.join(world.NER_TYPES)}), {len(ner['train'])} training sentences; "
@@ -107,27 +109,28 @@ print(f"  body.prefix() = {len(kv)} pairs (K_l, V_l), each {tuple(kv[0][0].shape
 cfg = METHODS[f"prefix P={P}"]
 n_rep = prefix_parameter_count(L, C, P, True, cfg.embed_dim, cfg.hidden)
 n_plain = prefix_parameter_count(L, C, P)
-lora = apply_config(load_base()[0], METHODS["LoRA r=4 q,v"])
+lora = apply_config(load_base(device=DEV)[0], METHODS["LoRA r=4 q,v"])
 print(f"parameters: training P' ({P} x {C}) + W_1 ({cfg.hidden} x {C}) + b_1 + W_2 ({L * 2 * C} x {cfg.hidden}) + b_2 "
       f"= {n_rep:,}; folded for inference P L 2 C = {n_plain:,}; LoRA r=4 on q, v: {count_adapter_parameters(lora):,}")
 
 g = torch.Generator().manual_seed(0)
-x = torch.randint(0, base.config.vocab_size, (4, 12), generator=g)                     # 4 sentences of 12 tokens
-p = torch.tensor([tok.encode(" Hovan walked to Brookby with a pony")])                  # real tokens for a prefix
+x = torch.randint(0, base.config.vocab_size, (4, 12), generator=g).to(DEV)             # 4 sentences of 12 tokens
+p = torch.tensor([tok.encode(" Hovan walked to Brookby with a pony")], device=DEV)      # real tokens for a prefix
 with torch.no_grad():
     want = base(x).logits
-    empty = tuple((torch.zeros(1, H, 0, D),) * 2 for _ in range(L))
+    empty = tuple((torch.zeros(1, H, 0, D, device=DEV),) * 2 for _ in range(L))
     d0 = (base(x, prefix_kv=empty).logits - want).abs().max().item()
     cache = base(p, use_cache=True).past_kv                                            # keys/values at 0..P-1
     Pp, T = p.shape[1], x.shape[1]
     got = base(x, prefix_kv=cache).logits
     wte, wpe = base.transformer.wte.weight, base.transformer.wpe.weight
     ids = torch.cat([p.expand(4, -1), x], 1)
-    emb = wte[ids] + wpe[torch.cat([torch.arange(Pp), torch.arange(T)])] - wpe[torch.arange(Pp + T)]
+    ar = lambda n: torch.arange(n, device=DEV)                                        # positions 0..n-1
+    emb = wte[ids] + wpe[torch.cat([ar(Pp), ar(T)])] - wpe[ar(Pp + T)]
     d1 = (got - base(inputs_embeds=emb).logits[:, Pp:]).abs().max().item()
     d1b = (got - base(ids).logits[:, Pp:]).abs().max().item()
-    lm = apply_config(load_base()[0], PrefixConfig(n_prefix=P))
-    prompt = torch.tensor([tok.encode("Hovan walked")])
+    lm = apply_config(load_base(device=DEV)[0], PrefixConfig(n_prefix=P))
+    prompt = torch.tensor([tok.encode("Hovan walked")], device=DEV)
     g_cache, g_full = lm.generate(prompt, 20), lm.generate(prompt, 20, use_cache=False)
 print(f"(a) a length-0 prefix (P = 0 keys/values through prefix_kv) vs the base: max |logit difference| = {d0:.1e}")
 print(f"(b) the base's own keys/values of {Pp} real tokens as the prefix == the base on [those tokens ; x] with x at "
@@ -167,7 +170,7 @@ table(("method", "lr", "method params", "trainable", "share", "loss step 0", "de
 head = results["head-only"]["rep"]["trainable"]
 print(f"trainable = the method's parameters + the task head ({head:,} = 9 tags x (C + 1)), which trains in every "
       f"row. share = trainable / all parameters of the model. train time = wall time / LoRA's ({t_lora:.1f}s). "
-      f"forward = CPU time on 64 dev sentences / the base classifier's ({best_t['base'] * 1e3:.1f} ms, fastest of "
+      f"forward = {CLOCK} time on 64 dev sentences / the base classifier's ({best_t['base'] * 1e3:.1f} ms, fastest of "
       f"{TIMING_ROUNDS} interleaved rounds).")
 
 with torch.no_grad():
@@ -208,7 +211,7 @@ def block_qk(gpt, hidden, i):
 
 am = dev_batch["attention_mask"].bool()
 T = am.shape[1]
-seen = torch.ones(T, T, dtype=torch.bool).tril()[None, None] & am[:, None, :, None] & am[:, None, None, :]
+seen = torch.ones(T, T, dtype=torch.bool, device=DEV).tril()[None, None] & am[:, None, :, None] & am[:, None, None, :]
 trained, at_init = main["model"].body, fresh(f"prefix P={P}").eval().body
 rows = []
 with torch.no_grad():

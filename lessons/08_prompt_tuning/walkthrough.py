@@ -39,6 +39,7 @@ from minift.peft.lora import LoRAConfig
 from minift.peft.prompt import PromptConfig, apply_prompt, nearest_tokens, prepend_soft_prompt
 from minift.peft.selective import SelectiveConfig
 from minift.pretrain import load_base
+from minift.train import to_device
 from minift.report import header, table
 
 parser = course.parser(__doc__)
@@ -47,9 +48,10 @@ parser.add_argument("--seeds", type=int, default=1, metavar="K", help="retrain p
 parser.add_argument("--lengths", type=int, nargs="+", default=[1, 4], metavar="N",
                     help="the extra prompt lengths of part 2 (vocabulary init); default 1 4 (64 costs ~40 s more)")
 args = course.start("08", parser)
-FAST = args.fast
+FAST, DEV = args.fast, args.device     # DEV: --device (cpu unless told); the Bench builds its models there too
+CLOCK = course.clock_name()                # timed lines: "CPU" seconds; on a GPU "GPU wall" (synchronized)
 
-base, tok = load_base()
+base, tok = load_base(device=DEV)
 C, L, BS = base.config.n_embd, base.config.n_layer, base.config.block_size
 TEXT = "Find the people, towns, pets and foods in each sentence."    # the "text" init: 20 tokens
 N = 16                                                                # the prompt length of the init rows
@@ -109,15 +111,16 @@ print(f"parameters: n C = {N} x {C} = {N * C:,} for n = {N} (LoRA r=4 on W_q, W_
 print(f"text init: {TEXT!r} is {len(ids)} tokens; P_i = W_te[t_(i mod m)]: n = {N} takes the first {N} "
       f"({' '.join(piece(i) for i in ids[:N])});\n  n = 64 would repeat it {64 / len(ids):.1f} times (t_0 .. t_19 t_0 ..).")
 
-batch = col([{"idx": it["idx"], "labels": it["labels"]} for it in items["dev"][:16]])
+batch = to_device(col([{"idx": it["idx"], "labels": it["labels"]} for it in items["dev"][:16]]), DEV)
 with torch.no_grad():
     want = base(batch["idx"], attention_mask=batch["attention_mask"]).logits
-    x, mask, _ = prepend_soft_prompt(base.transformer.wte(batch["idx"]), torch.zeros(0, C), batch["attention_mask"])
+    x, mask, _ = prepend_soft_prompt(base.transformer.wte(batch["idx"]), torch.zeros(0, C, device=DEV),
+                                     batch["attention_mask"])
     zero = base(inputs_embeds=x, attention_mask=mask).logits
-    typed_idx = torch.cat([torch.tensor([ids[:N]] * len(batch["idx"])), batch["idx"]], dim=1)
-    typed = base(typed_idx, attention_mask=torch.cat([torch.ones(len(typed_idx), N, dtype=torch.long),
+    typed_idx = torch.cat([torch.tensor([ids[:N]] * len(batch["idx"]), device=DEV), batch["idx"]], dim=1)
+    typed = base(typed_idx, attention_mask=torch.cat([torch.ones(len(typed_idx), N, dtype=torch.long, device=DEV),
                                                       batch["attention_mask"]], 1)).logits[:, N:]
-    lm, _ = load_base()
+    lm, _ = load_base(device=DEV)
     apply_prompt(lm, PromptConfig(n_tokens=N, init="text", init_text=TEXT), tokenizer=tok)
     prompted = lm(batch["idx"], attention_mask=batch["attention_mask"]).logits
     with disable_adapters(lm):
@@ -141,9 +144,10 @@ if args.sweep:
 header(f"2. NER: {STEPS} steps x batch {BATCH}, AdamW, warmup + cosine, seed 0, the same head init")
 results = {m: bench.run(m, LR[m]) for m in METHODS}
 
-# inference cost: the prompt makes every sequence n tokens longer. CPU time of one forward on 64
+# inference cost: the prompt makes every sequence n tokens longer. CPU time (a GPU: synchronized
+# wall time) of one forward on 64
 # dev sentences, eval mode, no grad, rounds interleaved over the models, fastest kept.
-tb = col([{"idx": it["idx"], "labels": it["labels"]} for it in items["dev"][:64]])
+tb = to_device(col([{"idx": it["idx"], "labels": it["labels"]} for it in items["dev"][:64]]), DEV)
 timed = {"base": fresh("head-only"), **{m: results[m]["model"] for m in METHODS if m != "head-only"}}
 best_t = course.forward_cpu_seconds(timed, tb, TIMING_ROUNDS)
 
@@ -156,15 +160,15 @@ for m, r in results.items():
                  f"{rep['share']:.2%}", f"{r['f1']['dev']:.3f}", f"{r['f1']['test']:.3f}",
                  f"{r['cpu'] / lora['cpu']:.2f}x", f"{best_t[m] / best_t['base']:.2f}x" if m in best_t else "= base"))
 table(("method", "lr", "adapter", "trainable", "share", "dev F1", "test F1", "train time", "forward"), rows)
-print(f"trainable = adapter + the task head (1,161). train time = CPU seconds of training / LoRA's "
-      f"({lora['cpu']:.1f}s); forward = CPU time of one forward on 64 dev sentences / the base classifier's "
+print(f"trainable = adapter + the task head (1,161). train time = {CLOCK} seconds of training / LoRA's "
+      f"({lora['cpu']:.1f}s); forward = {CLOCK} time of one forward on 64 dev sentences / the base classifier's "
       f"(fastest of {TIMING_ROUNDS} interleaved rounds: {best_t['base'] * 1e3:.1f} ms). The sentences are "
       f"{sum(lens) / len(lens):.0f} tokens on average: a prompt of n = 16 doubles what every layer computes.")
 head, best = results["head-only"]["f1"], max(PROMPTS, key=lambda m: results[m]["f1"]["dev"])
 print(f"prompt tuning vs head-only: dev F1 " + ", ".join(f"{m.removeprefix('prompt ')} "
       f"{results[m]['f1']['dev'] - head['dev']:+.3f}" for m in PROMPTS) + f";  vs LoRA: best prompt ({best}) "
       f"{results[best]['f1']['dev'] - lora['f1']['dev']:+.3f} dev, {results[best]['f1']['test'] - lora['f1']['test']:+.3f} test.")
-shipped = load_base()[0].state_dict()
+shipped = load_base(device=DEV)[0].state_dict()
 same = all(all(torch.equal(results[m]["model"].body.state_dict()[k], v) for k, v in shipped.items()) for m in PROMPTS)
 print(f"the body's {len(shipped)} tensors after training == the shipped file, for every prompt: {same}.")
 

@@ -44,13 +44,14 @@ from minift.peft.masking import (MaskingConfig, apply_masking, masked_count, mas
                                  unmerge_masking)
 from minift.peft.selective import SelectiveConfig
 from minift.pretrain import BASE_DIR, load_base
+from minift.train import to_device
 from minift.report import header, table
 
 parser = course.parser(__doc__)
 parser.add_argument("--sweep", action="store_true", help="pick every method's lr on the val split first "
                                                          "(37 runs, about 6 CPU-minutes)")
 args = course.start("09", parser)
-FAST = args.fast
+FAST, DEV = args.fast, args.device     # DEV: --device (cpu unless told); the Bench builds its models there too
 
 DENSITIES = (0.0625, 0.01, 0.001, 0.0001, 0.00001)
 MASK = {f"mask {100 * d:g}% q,v": d for d in DENSITIES}
@@ -71,7 +72,7 @@ STEPS, BATCH = (3, 8) if FAST else (150, 32)
 N_EVAL = 16 if FAST else None
 BLOCK = 128
 
-base, tok = load_base()
+base, tok = load_base(device=DEV)
 ner, items, train_items = ner_splits(tok, BLOCK, N_EVAL)   # examples, encodings, train items
 W0 = {n: p.detach().clone() for n, p in base.named_parameters()}
 print(f"task: NER (BIO tags over {', '.join(world.NER_TYPES)}), {len(ner['train'])} training sentences; val "
@@ -192,7 +193,7 @@ tmp.cleanup()
 # ==============================================================================================
 header("6. Merging: W0[idx] += v, and back")
 clf = r1["model"]
-batch = col([{"idx": it["idx"], "labels": it["labels"]} for it in items["val"]])
+batch = to_device(col([{"idx": it["idx"], "labels": it["labels"]} for it in items["val"]]), DEV)
 mask = batch["attention_mask"].bool()
 layer = masked_layers(clf)[0][1]
 W_before = layer.weight.detach().clone()

@@ -40,6 +40,7 @@ from minift.peft.reft import ReFTConfig, orthonormality_error, reft_layers, reft
 from minift.peft.selective import SelectiveConfig
 from minift.peft.io import apply_config
 from minift.pretrain import load_base
+from minift.train import to_device
 from minift.report import header, table
 
 parser = course.parser(__doc__)
@@ -49,9 +50,10 @@ parser.add_argument("--seeds", type=int, default=1, metavar="K",
                     help="at the end, retrain LoRA q,v r=2 and LoReFT r=4 with seeds 0..K-1 (init and data order) "
                          "and print the spread of dev/test F1")
 args = course.start("10", parser)
-FAST = args.fast
+FAST, DEV = args.fast, args.device     # DEV: --device (cpu unless told); the Bench builds its models there too
+CLOCK = course.clock_name()                # timed lines: "CPU" seconds; on a GPU "GPU wall" (synchronized)
 
-base, tok = load_base()
+base, tok = load_base(device=DEV)
 C, L = base.config.n_embd, base.config.n_layer
 
 # ---- the matched budget -----------------------------------------------------------------------
@@ -84,13 +86,13 @@ ner, items, train_items = ner_splits(tok, BLOCK, N_EVAL, dev_key="dev")   # exam
 # the bench (minift/course.py): a fresh TokenClassifier per method, the same head init, data and steps
 bench = course.Bench(METHODS, tok, (ner, items, train_items), steps=STEPS, batch=BATCH, width=13)
 col, fresh = bench.col, bench.fresh
-dev_batch = col([{"idx": it["idx"], "labels": it["labels"]} for it in items["dev"][:64]])
+dev_batch = to_device(col([{"idx": it["idx"], "labels": it["labels"]} for it in items["dev"][:64]]), DEV)
 print(f"task: NER (BIO tags over {', '.join(world.NER_TYPES)}), {len(ner['train'])} training sentences; dev = the "
       f"val split ({len(ner['dev'])}), test = the test split ({len(ner['test'])}); as in lessons 05 and 06.")
 
 # ==============================================================================================
 header(f"1. What LoReFT adds to a GPT-2 block (n_embd C = {C}, {L} blocks): no weight is replaced")
-body = apply_config(load_base()[0], REFT)
+body = apply_config(load_base(device=DEV)[0], REFT)
 blk = body.transformer.h[0]
 print("Φ(h) = h + Rᵀ (W h + b − R h) on the output h of a block, at the chosen positions;  R Rᵀ = I  (R = "
       "Gram–Schmidt of the trainable R_raw)")
@@ -100,7 +102,7 @@ for name, m in blk.named_children():
 print(f"    forward hooks on the block: {[h.__name__ for h in blk._forward_hooks.values()]};  pre-hooks on the GPT: "
       f"{[h.__name__ for h in body._forward_pre_hooks.values()]}")
 print("  new tensors in block 0: " + ", ".join(f"{n} {tuple(p.shape)}" for n, p in blk.reft.named_parameters()))
-n_reft, n_lora = count_adapter_parameters(body), count_adapter_parameters(apply_config(load_base()[0], LORA))
+n_reft, n_lora = count_adapter_parameters(body), count_adapter_parameters(apply_config(load_base(device=DEV)[0], LORA))
 print(f"  parameters: {L} layers x r (2C + 1) = {L} x {reft_parameter_count(C, REFT.r)} = {n_reft:,};   LoRA q,v at "
       f"r = {LORA.r}: {L} blocks x 2 slices x r (C + C) = {L * 2 * lora_parameter_count(C, C, LORA.r):,}  "
       f"({n_reft / n_lora - 1:+.1%})")
@@ -126,7 +128,7 @@ header(f"2. One NER model per method: {STEPS} steps x batch {BATCH}, AdamW, warm
        f"every position of every block")
 results = {m: bench.run(m, LR[m]) for m in METHODS}
 
-# forward CPU time of each trained classifier vs the base classifier, rounds interleaved, fastest kept
+# forward CPU time (GPU: synchronized wall) of each trained classifier vs the base, rounds interleaved, fastest kept
 timed = {"base": fresh("full"), **{m: results[m]["model"] for m in ("LoRA q,v r=2", "LoReFT r=4")}}
 best_t = course.forward_cpu_seconds(timed, dev_batch, TIMING_ROUNDS)
 
@@ -143,8 +145,8 @@ table(("method", "lr", "adapter", "trainable", "share", "final loss", "dev F1", 
        "vs LoRA", "forward"), rows)
 head = results["head-only"]["rep"]["trainable"]
 print(f"trainable = adapter + the task head ({head:,} = 9 tags x (C + 1)). vs LoRA = train time / LoRA q,v r=2's "
-      f"(same run). forward = the trained classifier's forward CPU time on 64 dev sentences / the base classifier's "
-      f"(fastest of {TIMING_ROUNDS} interleaved rounds: {best_t['base'] * 1e3:.1f} ms).")
+      f"(same run). forward = the trained classifier's forward {CLOCK} time on 64 dev sentences / the base "
+      f"classifier's (fastest of {TIMING_ROUNDS} interleaved rounds: {best_t['base'] * 1e3:.1f} ms).")
 print("\nThe commonest dev errors, word tags (gold -> predicted), and how many words each method gets wrong:")
 for m, r in results.items():
     errs = bench.tag_errors(r["pred"]["dev"])
@@ -177,7 +179,7 @@ for i, (name, m) in enumerate(reft_layers(gpt)):
     share = (s[:m.r] ** 2).sum() / (s ** 2).sum()                   # energy in the top r directions
     cosines = torch.linalg.svdvals(R0[name] @ R.T).clamp(max=1)     # principal angles, step 0 -> trained
     angle = torch.rad2deg(torch.arccos(cosines)).max()
-    rows.append((f"block {i}", f"{(R @ R.T - torch.eye(m.r, dtype=torch.float64)).abs().max():.1e}",
+    rows.append((f"block {i}", f"{(R @ R.T - torch.eye(m.r, dtype=torch.float64, device=DEV)).abs().max():.1e}",
                  f"{angle:.1f}°", f"{(m.W.detach().double() - R).norm():.2f}",
                  f"{(d.norm(dim=1) / h[real].double().norm(dim=1)).mean():.3f}", f"{resid:.1e}",
                  f"{share:.6f}", str(int((s > 1e-6 * s[0]).sum())), str(same)))
@@ -212,14 +214,14 @@ print(f"LoRA's ΔW has rank 2 per matrix, but the change it causes in the residu
 # ==============================================================================================
 header("4. Positions: first 2 and last 2 real prompt tokens (positions='prompt'), edited at the last block")
 pcfg = ReFTConfig(r=4, layers=[-1], positions="prompt", first=2, last=2, init="random")
-pm = apply_config(load_base()[0], pcfg).eval()                              # init="random": W != R, a real edit
+pm = apply_config(load_base(device=DEV)[0], pcfg).eval()                            # init="random": W != R, a real edit
 sents = ["Mara fed the cat.", "Ivo walked to Brookby with a friend.", "Tea."]
 rows_ids = [tok.encode(s) for s in sents]
 T = max(len(r) for r in rows_ids)
 print("X = edited (final hidden state differs from the base), o = real token left alone, . = padding")
 for side in ("left", "right"):
-    ids = torch.full((len(rows_ids), T), tok.pad_id)
-    am2 = torch.zeros(len(rows_ids), T, dtype=torch.long)
+    ids = torch.full((len(rows_ids), T), tok.pad_id, device=DEV)
+    am2 = torch.zeros(len(rows_ids), T, dtype=torch.long, device=DEV)
     for b, r in enumerate(rows_ids):
         sl = slice(T - len(r), T) if side == "left" else slice(0, len(r))
         ids[b, sl], am2[b, sl] = torch.tensor(r), 1
@@ -235,7 +237,7 @@ for side in ("left", "right"):
 print("  the rule: the first min(2, n) and the last min(2, n) real tokens, each edited once; 'Tea.' has "
       f"{len(rows_ids[2])} tokens < 2 + 2, so every one is edited.")
 
-prompt = torch.tensor([rows_ids[1]])
+prompt = torch.tensor([rows_ids[1]], device=DEV)
 layer = reft_layers(pm)[0][1]
 with torch.no_grad():
     out = pm(prompt, use_cache=True)

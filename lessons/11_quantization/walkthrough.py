@@ -37,13 +37,13 @@ from minift.report import header, table
 
 # --fast, the base-model check, one thread, the clock: minift/course.py
 args = course.start("11", course.parser(__doc__, "fewer evaluation windows and fact probes (seconds)"))
-FAST = args.fast
+FAST, DEV = args.fast, args.device     # DEV: --device (cpu unless told), where every model lives
 torch.set_grad_enabled(False)
 PROBE = dict(n_windows=2, n_facts=12) if FAST else dict(n_windows=16, n_facts=72)
 OUTLIER_FEATURES, OUTLIER_SCALE = (5, 77), 20.0          # part 2; part 3 also tries x150
 PLANT_SCALES = (20.0, 150.0)
 
-base, tok = load_base()
+base, tok = load_base(device=DEV)
 C = base.config.n_embd
 
 
@@ -67,7 +67,7 @@ from minift import world  # noqa: E402
 from minift.tasks import LMDataset  # noqa: E402
 
 val = LMDataset(tok, world.pretrain_corpus("val"), 128)
-batch = torch.stack([val[i]["idx"] for i in range(4)])                  # (4, 128) real text
+batch = torch.stack([val[i]["idx"] for i in range(4)]).to(DEV)          # (4, 128) real text
 inputs = layer_inputs(base, batch)
 
 # ==============================================================================================

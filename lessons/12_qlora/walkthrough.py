@@ -39,17 +39,17 @@ from minift.quant.ops import NF4Linear
 from minift.quant.qlora import QLoRAConfig, QLoRALinear, apply_qlora, merge_to_float, merge_to_quantized
 from minift.report import header, table
 from minift.tasks import collate_fn, entity_f1
-from minift.train import TrainConfig, train
+from minift.train import TrainConfig, to_device, train
 
 # --fast, the base-model check, one thread, the clock: minift/course.py
 args = course.start("12", course.parser(__doc__, "tiny budgets and eval slices, no 65B estimate (seconds)"),
                     kernel=True)       # the C++ kernel loaded (built once) now: no timed row pays for it
-FAST = args.fast
+FAST, DEV = args.fast, args.device     # DEV: --device (cpu unless told), where every model lives
 STEPS, BATCH, LR, R = (5, 8, 3e-3, 4) if FAST else (150, 32, 3e-3, 4)   # lesson 05's LoRA r=4 q,v recipe
 N_EVAL = 40 if FAST else None
 LOFTQ_ITERS = 5
 
-base, tok = load_base()
+base, tok = load_base(device=DEV)
 col = collate_fn(tok.pad_id)
 
 
@@ -112,8 +112,8 @@ METHODS = {
 
 def fresh(cfg):
     torch.manual_seed(0)                                          # the same head and A init everywhere
-    body, _ = load_base()
-    clf = TokenClassifier(body, len(world.NER_TAGS))
+    body, _ = load_base(device=DEV)
+    clf = TokenClassifier(body, len(world.NER_TAGS)).to(DEV)    # quantized below, on DEV
     if cfg is None:
         apply_lora(clf, LoRAConfig(**lcfg))
     else:
@@ -171,7 +171,7 @@ print(f"LoftQ on block 0's c_attn: ‖W - (Q_t + ΔW_t)‖_F for t = 0 (plain NF
 # ==============================================================================================
 header("4. Merging into float (exact) and back into NF4 (lossy)")
 clf = results["QLoRA, NF4 base"]["model"]
-batch = col([{"idx": it["idx"], "labels": it["labels"]} for it in items["val"][:64]])
+batch = to_device(col([{"idx": it["idx"], "labels": it["labels"]} for it in items["val"][:64]]), DEV)
 mask = batch["attention_mask"].bool()
 with torch.no_grad():
     y = clf(batch["idx"], attention_mask=batch["attention_mask"]).logits
@@ -205,6 +205,9 @@ rows = [(name, f"{real['trainable']:,}", *(f"{real[k] / 2 ** 20:.2f} ({pred[k] /
 table(("method", "trainable", "weights", "grads", "AdamW", "activations", "total"), rows)
 print(f"MiB, measured on the base-shaped language model at batch {B} x {T} in float32 (minift.memory.step_memory: "
       f"tensors held + what autograd saves), and in parentheses predicted on the meta device (minift.memory.estimate).")
+if DEV.type == "cuda":                     # the table counts tensor bytes on the CPU; the GPU's own peak of parts 1-4:
+    print(f"on {DEV}: torch.cuda.max_memory_allocated after parts 1-4 = "
+          f"{course.kib(torch.cuda.max_memory_allocated(DEV))}")
 if not FAST:
     big = PRESETS["llama-65b"]
     t0 = time.perf_counter()

@@ -44,10 +44,13 @@ from minift.report import format_table, header, table
 
 # --fast, one thread, the clock (minift/course.py); only part 6 loads the base model
 args = course.start("13", course.parser(__doc__, "small shapes, batch 1 and 8 (seconds)"), needs_base=False)
-FAST = args.fast
+FAST, DEV = args.fast, args.device     # DEV: --device; parts 1-5 are the CPU kernel's, part 6 decodes on DEV
 torch.manual_seed(0)
 ext = ops.extension()
 print(f"kernel path: {ops.backend()}; torch {torch.__version__}, {torch.get_num_threads()} thread")
+if DEV.type == "cuda":
+    print(f"--device {DEV}: parts 1-5 measure the CPU kernel, this lesson's subject, and run on the CPU whatever the "
+          f"device; the CUDA kernel's table is `minift bench kernels --device cuda`. Part 6 decodes on {DEV}.")
 
 # ---- 1. bytes per weight ------------------------------------------------------------------------
 header("1. Bytes per weight, counted from the stored tensors")
@@ -167,8 +170,8 @@ else:
 
 # ---- 6. decoding with the base model -------------------------------------------------------------
 header("6. Decoding with the base model (batch 1, greedy, KV cache)")
-model, tok = load_base()
-prompt = torch.tensor([tok.encode("the capital of")])
+model, tok = load_base(device=DEV)
+prompt = torch.tensor([tok.encode("the capital of")], device=DEV)
 n_new = 16 if FAST else 64
 
 
@@ -176,8 +179,10 @@ def tokens_per_s(m):
     m.generate(prompt, 4)                                           # warm-up
     best = float("inf")
     for _ in range(2 if FAST else 3):
+        course.sync()                                               # a GPU's queued work is done (no-op on the CPU)
         t0 = time.perf_counter()
         out = m.generate(prompt, n_new)
+        course.sync()
         best = min(best, time.perf_counter() - t0)
     return n_new / best, out
 

@@ -43,7 +43,8 @@ from minift.train import TrainConfig
 parser = course.parser(__doc__)
 parser.add_argument("--long", action="store_true", help="also rerun PPO for beta in {0, 0.05, 0.2} x seeds 0, 1, 2")
 args = course.start("14", parser)         # the base-model check, one thread, the clock: minift/course.py
-FAST = args.fast
+FAST, DEV = args.fast, args.device     # DEV: --device (cpu unless told), where every model lives
+CLOCK = course.clock_name()                # timed lines: "CPU" seconds; on a GPU "GPU wall" (synchronized)
 
 SFT_STEPS, RM_STEPS = (6, 4) if FAST else (150, 100)
 N_EVAL = 16 if FAST else 80
@@ -53,7 +54,7 @@ PPO = PPOConfig(steps=2 if FAST else 14, batch_size=8 if FAST else 32, minibatch
                 max_new_tokens=20, seed=0)
 EVERY = 1 if FAST else 2                                          # curve rows: means over EVERY iterations
 
-base, tok = load_base()
+base, tok = load_base(device=DEV)
 train_ex, val_ex = preference_examples("train"), preference_examples("val")
 eval_ex = val_ex[:N_EVAL]
 prompts = [e["prompt"] for e in train_ex]
@@ -67,7 +68,8 @@ def kind(ex):
 
 
 def cpu():
-    return time.process_time()
+    """CPU seconds of this process; on a GPU, wall seconds after a synchronize (course.clock)."""
+    return course.clock()
 
 
 print(f"data: TinyWorld's preference task, {len(train_ex)} training pairs, {len(val_ex)} val pairs (people never in "
@@ -80,7 +82,7 @@ header(f"1. Step 1, π_SFT: the base fully fine-tuned on (prompt, chosen), {SFT_
 t0 = cpu()
 sft, sft_hist = train_sft_policy(base, tok, steps=SFT_STEPS, batch_size=16, lr=1e-3, seed=0, progress=False)
 t_sft = cpu() - t0
-print(f"SFT loss {sft_hist[0]['loss']:.3f} -> {sft_hist[-1]['loss']:.3f} in {t_sft:.1f}s CPU")
+print(f"SFT loss {sft_hist[0]['loss']:.3f} -> {sft_hist[-1]['loss']:.3f} in {t_sft:.1f}s {CLOCK}")
 
 # ==============================================================================================
 header(f"2. Step 2, the reward model: π_SFT + a scalar head on the last real token, Bradley–Terry loss, "
@@ -90,7 +92,7 @@ rm, rm_hist = train_reward_model(sft, train_ex, RewardConfig(), TrainConfig(step
                                  desc="reward model", progress=False), tok=tok)
 t_rm = cpu() - t0
 print(f"loss {rm_hist[0]['loss']:.3f} -> {rm_hist[-1]['loss']:.3f} (log 2 = 0.693 is a coin), train accuracy of the "
-      f"last batch {rm_hist[-1]['acc']:.0%}, {t_rm:.1f}s CPU; rewards then standardised (mean 0, std 1 on training "
+      f"last batch {rm_hist[-1]['acc']:.0%}, {t_rm:.1f}s {CLOCK}; rewards then standardised (mean 0, std 1 on training "
       f"responses)")
 rows = []
 for k in ("fact", "format", "task", "all"):
@@ -119,7 +121,7 @@ def run_ppo(beta, seed=0):
 runs = {}
 for beta in BETAS:
     runs[beta] = run_ppo(beta)
-    print(f"β = {beta:g}: {runs[beta][2]:.1f}s CPU", flush=True)
+    print(f"β = {beta:g}: {runs[beta][2]:.1f}s {CLOCK}", flush=True)
 
 
 def window(hist, key, i):
@@ -148,9 +150,9 @@ for beta in BETAS:
                  f"{h[0]['value_loss']:.3f} -> {h[-1]['value_loss']:.3f}", f"{max(x['sample_logp_err'] for x in h):.1e}",
                  f"{runs[beta][2] / PPO.steps:.2f}s"))
 table(("PPO run", "clip fraction", "KL(π_old ‖ π_new) per update", "value loss", "max |sample − rescored logp|",
-       "CPU / iteration"), rows)
+       f"{CLOCK} / iteration"), rows)
 print(f"cost: one PPO run = {runs[BETAS[-1]][2] / t_rm:.2f}x the reward model's training and "
-      f"{runs[BETAS[-1]][2] / t_sft:.2f}x π_SFT's (CPU time, this run).")
+      f"{runs[BETAS[-1]][2] / t_sft:.2f}x π_SFT's ({CLOCK} time, this run).")
 
 # ==============================================================================================
 header(f"4. The reward model vs the truth, on {len(eval_ex)} val prompts (people unseen in PPO's prompts)")
@@ -215,4 +217,4 @@ if args.long:
     rows.append(("π_SFT", f"{s0['score']:+.2f}", f"{s0['kl']:.1f}", f"{s0['chosen']:.0%}", f"{g0['chosen']:.0%}"))
     table(("policy", "RM score sampled, seeds 0 1 2", "KL sampled", "= chosen sampled", "= chosen greedy"), rows)
 
-print(f"\ntotal {course.elapsed():.0f}s wall, {cpu():.0f}s CPU")
+print(f"\ntotal {course.elapsed():.0f}s wall, {time.process_time():.0f}s CPU{course.memory_note()}")

@@ -45,12 +45,13 @@ from minift.evals import (evaluate_preferences, evaluate_reward_model, generate_
 from minift.pretrain import forgetting_probe, load_base
 from minift.report import header, table
 from minift.tasks import collate
-from minift.train import TrainConfig
+from minift.train import TrainConfig, to_device
 
 parser = course.parser(__doc__)
 parser.add_argument("--variants", action="store_true", help="also conservative DPO and hinge in part 3")
 args = course.start("15", parser)         # the base-model check, one thread, the clock: minift/course.py
-FAST = args.fast
+FAST, DEV = args.fast, args.device     # DEV: --device (cpu unless told), where every model lives
+CLOCK = course.clock_name()                # timed lines: "CPU" seconds; on a GPU "GPU wall" (synchronized)
 c_start = time.process_time()
 
 SFT_STEPS, RM_STEPS = (4, 2) if FAST else (100, 24)
@@ -68,7 +69,7 @@ if args.variants:
 PPO = PPOConfig(steps=1 if FAST else 5, batch_size=8 if FAST else 32, minibatch_size=8 if FAST else 16,
                 ppo_epochs=4, lr=1e-4, kl_coef=0.2, max_new_tokens=20, seed=0)    # lesson 14's recipe, fewer steps
 
-base, tok = load_base()
+base, tok = load_base(device=DEV)
 train_ex, val_ex = preference_examples("train"), preference_examples("val")[:N_EVAL]
 dpo_ex = train_ex[:N_TRAIN]
 
@@ -93,10 +94,11 @@ def ranked(chosen: torch.Tensor, rejected: torch.Tensor, idx=None) -> str:
 
 
 def cpu(fn):
-    """fn()'s result and the CPU seconds it took (user + sys of this process: what load does not inflate)."""
-    t = time.process_time()
+    """fn()'s result and the CPU seconds it took (user + sys of this process: what load does not inflate);
+    on a GPU, the wall seconds between two synchronizes (course.clock)."""
+    t = course.clock()
     out = fn()
-    return out, time.process_time() - t
+    return out, course.clock() - t
 
 
 class SavedForBackward:
@@ -143,7 +145,7 @@ def n_params(*models) -> int:
 header(f"1. π_SFT: the base fine-tuned on the chosen AND the rejected answers, {SFT_STEPS} steps x 16, lr 1e-3")
 (sft, sft_hist), t_sft = cpu(lambda: train_sft_policy(base, tok, steps=SFT_STEPS, batch_size=16, lr=1e-3, seed=0,
                                                       responses="both", progress=False))
-print(f"SFT loss {sft_hist[0]['loss']:.3f} -> {sft_hist[-1]['loss']:.3f}, {t_sft:.1f}s CPU. It imitates a mixed "
+print(f"SFT loss {sft_hist[0]['loss']:.3f} -> {sft_hist[-1]['loss']:.3f}, {t_sft:.1f}s {CLOCK}. It imitates a mixed "
       f"population of good and bad answers, so ranking them is left to preference learning.")
 lp_base, lp_sft = score_pairs(base, tok, val_ex), score_pairs(sft, tok, val_ex)      # (2, N) each
 rows = [(name, ranked(lp[0], lp[1]), *(ranked(lp[0], lp[1], by_kind[k]) for k in KINDS))
@@ -162,7 +164,8 @@ results, gens = {}, {}
 def answer_tokens(examples) -> torch.Tensor:
     """Tokens scored in each answer (the response and its EOS), (2, N): averaged log π = summed log π / this."""
     data = PreferenceDataset(tok, examples, sft.config.block_size)
-    return torch.tensor([[float(sum(it[side])) for it in data] for side in ("chosen_mask", "rejected_mask")])
+    return torch.tensor([[float(sum(it[side])) for it in data] for side in ("chosen_mask", "rejected_mask")],
+                        device=DEV)
 
 
 ref_train, t_ref = cpu(lambda: score_pairs(sft, tok, dpo_ex))     # log π_ref of the train pairs, once for all runs
@@ -188,7 +191,7 @@ for name, loss_type, beta, eps, alpha in RUNS:
 main, fix = results[("DPO", MAIN_BETA)], results[("DPO + NLL α=1", MAIN_BETA)]
 h = main["hist"]
 print(f"train loss {h[0]['loss']:.3f} (log 2 = 0.693: π = π_ref at step 0) -> {h[-1]['loss']:.3f}; train reward "
-      f"accuracy of the last batch {h[-1]['reward_acc']:.0%}; {main['secs']:.1f}s CPU")
+      f"accuracy of the last batch {h[-1]['reward_acc']:.0%}; {main['secs']:.1f}s {CLOCK}")
 rows = [("π_SFT (= π_ref)", "0% (100% ties)", ranked(lp_sft[0], lp_sft[1]), "0.00", "0.00", "0.00")]
 for r in (main, fix):
     e = r["eval"]
@@ -242,7 +245,7 @@ for key, r in results.items():
                  f"{e['d_rejected']:+.2f}", f"{g['chosen']:.0%}", f"{g['rejected']:.0%}", f"{g['fact_correct']:.0%}",
                  f"{r['secs']:.1f}s"))
 table(("policy", "β", "target", "log π", "acc h > 0", "log π rank", "mean h", "Δ log π(y_w)", "Δ log π(y_l)",
-       "greedy = y_w", "= y_l", "facts right", "CPU"), rows)
+       "greedy = y_w", "= y_l", "facts right", CLOCK), rows)
 print("log π: summed or length-averaged over the answer (IPO is fed averages, so its target 1/(2β) is per token, "
       "and its h, Δ columns are per token). greedy = y_w / = y_l: share of held-out prompts whose greedy answer is "
       f"exactly the chosen / the rejected one; facts right: = y_w on the {len(facts)} fact prompts.")
@@ -271,8 +274,8 @@ meter_ppo = SavedForBackward(ppo_policy, ppo_ref, rm)
 with meter_ppo:
     ppo_hist, t_ppo = cpu(lambda: train_ppo(ppo_policy, [e["prompt"] for e in train_ex], PPO, ref=ppo_ref,
                                             reward_model=rm, tok=tok, progress=False))
-print(f"reward model: {t_rm:.1f}s CPU. PPO: score of the samples {ppo_hist[0]['score']:+.2f} -> "
-      f"{ppo_hist[-1]['score']:+.2f}, KL to π_SFT {ppo_hist[-1]['kl']:.2f} nats/response; {t_ppo:.1f}s CPU")
+print(f"reward model: {t_rm:.1f}s {CLOCK}. PPO: score of the samples {ppo_hist[0]['score']:+.2f} -> "
+      f"{ppo_hist[-1]['score']:+.2f}, KL to π_SFT {ppo_hist[-1]['kl']:.2f} nats/response; {t_ppo:.1f}s {CLOCK}")
 ev_ppo = evaluate_preferences(ppo_policy, lp_sft, tok, val_ex)
 acc = {"π_SFT": "0%", f"DPO β={MAIN_BETA}": f"{main['eval']['accuracy']:.0%}",
        "DPO + NLL": f"{fix['eval']['accuracy']:.0%}", "PPO": f"{ev_ppo['accuracy']:.0%}"}
@@ -280,7 +283,7 @@ acc = {"π_SFT": "0%", f"DPO β={MAIN_BETA}": f"{main['eval']['accuracy']:.0%}",
 
 def rm_score(responses) -> float:
     """The reward model's mean score of (prompt, answer) texts."""
-    b = collate([{"idx": tok.encode_pair(p, r)[0]} for p, r in zip(prompts_val, responses)], tok.pad_id)
+    b = to_device(collate([{"idx": tok.encode_pair(p, r)[0]} for p, r in zip(prompts_val, responses)], tok.pad_id), DEV)
     return float(reward_score(rm, b["idx"], b["attention_mask"]).mean())
 
 
@@ -310,10 +313,10 @@ rows = [("DPO", f"{cfg.steps}", f"{t_dpo / cfg.steps:.3f}s", f"{t_dpo / (cfg.ste
          f"{t_ppo / (PPO.steps * PPO.batch_size):.4f}s / prompt", "policy + value + ref + RM",
          f"{n_params(ppo_policy, ppo_ref, rm) + sft.config.n_embd + 1:,}",
          mib(meter_ppo.peak))]
-table(("method", "optimizer steps", "CPU / step", "CPU / example", "models held", "parameters held",
+table(("method", "optimizer steps", f"{CLOCK} / step", f"{CLOCK} / example", "models held", "parameters held",
        "peak saved for backward"), rows)
 per_dpo, per_ppo = t_dpo / (cfg.steps * cfg.batch_size), t_ppo / (PPO.steps * PPO.batch_size)
-print(f"PPO / DPO, CPU per training example: {per_ppo / per_dpo:.1f}x; whole runs: DPO {t_dpo:.1f}s for "
+print(f"PPO / DPO, {CLOCK} per training example: {per_ppo / per_dpo:.1f}x; whole runs: DPO {t_dpo:.1f}s for "
       f"{cfg.steps * cfg.batch_size} pairs, PPO {t_ppo:.1f}s for {PPO.steps * PPO.batch_size} prompts + the reward "
       f"model's {t_rm:.1f}s (DPO needs none).")
 print(f"per DPO step: 1 forward + backward of the policy on {2 * cfg.batch_size} sequences; the reference's "
@@ -337,4 +340,4 @@ else:
     print("(skipped in --fast)")
 
 print(f"\ntotal: {course.elapsed():.1f}s wall, {time.process_time() - c_start:.1f}s CPU "
-      f"({torch.get_num_threads()} thread; wall grows when other jobs share the cores)")
+      f"({torch.get_num_threads()} thread; wall grows when other jobs share the cores){course.memory_note()}")

@@ -26,7 +26,6 @@ EXPECTED_SECONDS = 89
 FAST_SECONDS = 10
 
 import re
-import time
 from collections import Counter
 
 import numpy as np
@@ -44,7 +43,8 @@ parser = course.parser(__doc__, "a few steps per recipe (seconds)")
 parser.add_argument("--ablation", action="store_true", help="also train the hard-negative recipe with mean pooling "
                                                             "and with dropout 0.1 (about 45 s more)")
 args = course.start("16", parser)         # the base-model check, one thread, the clock: minift/course.py
-FAST = args.fast
+FAST, DEV = args.fast, args.device     # DEV: --device (cpu unless told), where every model lives
+CLOCK = course.clock_name()                # timed lines: "CPU" seconds; on a GPU "GPU wall" (synchronized)
 
 STEPS, BATCH = (6, 16) if FAST else (80, 64)
 N_EVAL = 40 if FAST else None  # --fast: the first 40 examples of each evaluation split
@@ -91,7 +91,7 @@ print(f"training data (TinyWorld train split): {len(SUP)} supervised pairs ({len
 
 # ==============================================================================================
 header("1. The untrained base GPT as a sentence encoder: which pooling?")
-base, tok = load_base()
+base, tok = load_base(device=DEV)
 before = {p: evaluate_embeddings(base, tok, p, limit=N_EVAL) for p in ("last", "mean")}
 table(["pooling"] + METRICS, [[p] + summary(r) for p, r in before.items()])
 print(f"R@1 = the anchor's nearest positive is its own; R@1 fact = it states the anchor's fact (the {len(pairs_test)} "
@@ -104,26 +104,27 @@ header(f"2. Contrastive training, InfoNCE τ = {TAU}: {STEPS} steps x {BATCH} pa
 rows, results, models, seconds = [], {}, {}, {}
 for name, (items, lr, peft, pooling, dropout) in RECIPES.items():
     torch.manual_seed(0)
-    model, _ = load_base()
+    model, _ = load_base(device=DEV)
     if peft is not None:
         apply_lora(model, peft)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     cfg = ContrastiveConfig(temperature=TAU, pooling=pooling, dropout=dropout)
-    t0 = time.process_time()              # CPU time of this process: fairer than wall time on a shared machine
+    t0 = course.clock()                   # CPU time of this process: fairer than wall time on a shared machine
+                                          # (on a GPU: wall time after a synchronize)
     hist = train_contrastive(model, items, cfg, TrainConfig(steps=STEPS, batch_size=BATCH, lr=lr, seed=0,
                                                             progress=False, desc=name), tok=tok)
-    seconds[name] = time.process_time() - t0
+    seconds[name] = course.clock() - t0
     results[name], models[name] = evaluate_embeddings(model, tok, pooling, limit=N_EVAL), model
     rows.append((name, trainable, lr, hist[-1]["loss"]))
-    print(f"  trained {name}: {seconds[name]:.1f}s CPU", flush=True)
-table(["recipe", "trainable", "lr", "final loss", "train CPU s", "vs main"] + METRICS,
+    print(f"  trained {name}: {seconds[name]:.1f}s {CLOCK}", flush=True)
+table(["recipe", "trainable", "lr", "final loss", f"train {CLOCK} s", "vs main"] + METRICS,
       [[f"untrained ({p})", 0, "-", "-", "-", "-"] + summary(before[p]) for p in ("last", "mean")]
       + [[n, f"{k:,}", lr, f"{loss:.3f}", f"{seconds[n]:.1f}", f"{seconds[n] / seconds[MAIN]:.2f}x"]
          + summary(results[n]) for n, k, lr, loss in rows])
 print(f"dropout while training: 0.1 for SimCSE unsupervised (its augmentation), else 0 unless named. full "
       f"fine-tuning trains all {base.num_parameters():,} parameters; LoRA r={LORA.r} on every linear layer of every "
       f"block. final loss = InfoNCE on the last batch (unsupervised: two dropout views of one sentence; supervised "
-      f"with hard negatives: {BATCH} + up to {BATCH} candidates). vs main = train CPU time / that of '{MAIN}' "
+      f"with hard negatives: {BATCH} + up to {BATCH} candidates). vs main = train {CLOCK} time / that of '{MAIN}' "
       f"(same run).")
 
 # ==============================================================================================

@@ -42,13 +42,13 @@ from minift.model import GPT, GPTConfig
 from minift.pretrain import load_base
 from minift.report import header, table
 from minift.tasks import IGNORE_INDEX, collate_fn, entity_f1
-from minift.train import TrainConfig, train
+from minift.train import TrainConfig, to_device, train
 
 parser = course.parser(__doc__)
 parser.add_argument("--more", action="store_true", help="also: the transfer set without the held-out names, "
                                                         "and a second student seed (about 40 s more CPU)")
 args = course.start("17", parser)         # the base-model check, one thread, the clock: minift/course.py
-FAST = args.fast
+FAST, DEV = args.fast, args.device     # DEV: --device (cpu unless told), where every model lives
 
 BLOCK, BATCH = 128, 32
 TEACHER_STEPS, TEACHER_LR = (5, 3e-4) if FAST else (150, 3e-4)       # lesson 05's full fine-tuning
@@ -58,7 +58,7 @@ N_TRANSFER = 64 if FAST else 1500
 STUDENT = dict(n_layer=2, n_head=2, n_embd=64)
 KD = DistillConfig(alpha=0.5, temperature=2.0, divergence="forward", mask="labels")   # Hinton's recipe
 
-base, tok = load_base()
+base, tok = load_base(device=DEV)
 col = collate_fn(tok.pad_id)
 col_t = collate_with_teacher(col)
 ner, items, train_items = ner_splits(tok, BLOCK, N_EVAL)
@@ -73,7 +73,7 @@ def f1_on(clf, split):
 # ==============================================================================================
 header(f"1. The teacher: the base GPT fully fine-tuned for NER, {TEACHER_STEPS} steps x batch {BATCH}")
 torch.manual_seed(0)
-teacher = TokenClassifier(copy.deepcopy(base), K)
+teacher = TokenClassifier(copy.deepcopy(base), K).to(DEV)
 hist_t = train(teacher, train_items, TrainConfig(steps=TEACHER_STEPS, batch_size=BATCH, lr=TEACHER_LR,
                                                  warmup_steps=max(1, TEACHER_STEPS // 10), seed=0, progress=False,
                                                  desc="teacher"), loss_fn=classifier_loss, collate_fn=col)
@@ -109,10 +109,10 @@ scfg = GPTConfig(vocab_size=base.config.vocab_size, block_size=BLOCK, **STUDENT)
 def fresh_student(init: str, seed: int = 1):
     """The same student every time: seed 1 for the body, seed 0 for the head (the teacher's head init)."""
     torch.manual_seed(seed)
-    body = GPT(scfg)
+    body = GPT(scfg).to(DEV)                         # drawn on the CPU (the same numbers on every device), moved
     kept = init_from_teacher(body, base) if init == "projected" else None
     torch.manual_seed(0)
-    return TokenClassifier(body, K), kept
+    return TokenClassifier(body, K).to(DEV), kept
 
 
 def n_params(clf):
@@ -129,14 +129,16 @@ print(f"parameters include the tag head ({K} x (C + 1)); the token table alone i
       f"of the student's. 'projected' init: the teacher's token and position tables times the top-{scfg.n_embd} "
       f"principal directions of its token table, which keep {kept:.1%} of its variance.")
 
-val_batch = col([{"idx": it["idx"], "labels": it["labels"]} for it in items["val"]])
+val_batch = to_device(col([{"idx": it["idx"], "labels": it["labels"]} for it in items["val"]]), DEV)
 n_tok = int(val_batch["attention_mask"].sum())
 
 
 @torch.no_grad()
 def forward_ms(model):
+    course.sync()                                                   # a GPU's queued work is done (no-op on the CPU)
     t0 = time.perf_counter()
     model(val_batch["idx"], attention_mask=val_batch["attention_mask"])
+    course.sync()
     return 1000 * (time.perf_counter() - t0)
 
 

@@ -43,7 +43,10 @@ from minift.tasks import LMDataset, SFTDataset, collate_fn, perplexity
 from minift.train import evaluate_nll
 
 args = course.start("18", __doc__)       # --fast, the base-model check, one thread, the clock: minift/course.py
-FAST = args.fast
+FAST, DEV = args.fast, args.device     # DEV: --device (cpu unless told), where every model lives
+# train time: CPU seconds on the CPU (what load does not inflate); on a GPU the stage's wall seconds (CPU time
+# there is only the launching)
+SECS, TIME = ("cpu_seconds", "CPU") if DEV.type == "cpu" else ("seconds", "wall")
 
 STEPS = 3 if FAST else 50                   # optimizer steps of every stage (and of every single-task run)
 BATCH = 8
@@ -56,7 +59,7 @@ N_TRAIN = 100 if FAST else None             # training examples per task set (No
 N_DOCS = 100 if FAST else None              # domain-2 training documents (None: all)
 DOMAIN_BLOCK = 64
 
-base, tok = load_base()
+base, tok = load_base(device=DEV)
 T = base.config.block_size
 col = collate_fn(tok.pad_id)
 
@@ -107,7 +110,7 @@ def show(run, title):
     print("from right after its stage (base for the others) to the end: " + "; ".join(lost))
     print("forgetting f_j = max_(l<K-1) R[l, j] - R[K-1, j] over the stage columns: "
           + ", ".join(f"{c}{' (as -NLL)' if not COLUMNS[c].higher_is_better else ''} {x:.3f}" for c, x in zip(named, f))
-          + f"; train CPU {sum(run['cpu_seconds']):.1f}s ({' + '.join(f'{s:.1f}' for s in run['cpu_seconds'])})",
+          + f"; train {TIME} {sum(run[SECS]):.1f}s ({' + '.join(f'{s:.1f}' for s in run[SECS])})",
           flush=True)
 
 
@@ -143,7 +146,7 @@ print(f"\nthe sampler on the three stage sets, equal mixing, {n_draw} draws (the
 
 # ==============================================================================================
 header("2. Sequential full fine-tuning: domain -> closed-book QA -> summarization")
-model, _ = load_base()
+model, _ = load_base(device=DEV)
 plain = run_stages(model, stages(), COLUMNS, batch_size=BATCH, collate_fn=col, progress=False)
 BASE = plain["scores"][0]                      # every later run starts from the same base: not measured again
 show(plain, "full fine-tuning, in order")
@@ -151,7 +154,7 @@ del model
 
 # ==============================================================================================
 header(f"3. The same stages with replay: rho = {REPLAY:.0%} of each later stage's examples from the earlier stages")
-model, _ = load_base()
+model, _ = load_base(device=DEV)
 replay = run_stages(model, stages(), COLUMNS, batch_size=BATCH, replay=REPLAY, collate_fn=col, before=BASE,
                     progress=False)
 show(replay, f"with replay rho={REPLAY}")
@@ -170,7 +173,7 @@ def digest(m):
     return h.hexdigest()[:16]
 
 
-model, _ = load_base()
+model, _ = load_base(device=DEV)
 before = digest(model)
 with tempfile.TemporaryDirectory() as folder:
     ada = run_stages(model, stages(LORA_LR), COLUMNS, batch_size=BATCH, lora=LORA, folder=folder, collate_fn=col,
@@ -184,28 +187,28 @@ del model
 
 # ==============================================================================================
 header("5. Multitask vs single-task: one model on an equal mixture vs one model per set")
-model, _ = load_base()
+model, _ = load_base(device=DEV)
 multi = run_stages(model, [Stage("multitask", mix, 3 * STEPS, 1e-3)], COLUMNS, batch_size=BATCH, collate_fn=col,
                    before=BASE, progress=False)
 del model
 # single-task domain = stage 1 of part 2 (same start, data, steps and seed: the same run), reused
-single = {"domain": (plain["scores"][1], plain["cpu_seconds"][0])}
+single = {"domain": (plain["scores"][1], plain[SECS][0])}
 for st in stages()[1:]:
-    model, _ = load_base()
+    model, _ = load_base(device=DEV)
     r = run_stages(model, [st], COLUMNS, batch_size=BATCH, collate_fn=col, before=BASE, progress=False)
-    single[st.name] = (r["scores"][-1], r["cpu_seconds"][0])
+    single[st.name] = (r["scores"][-1], r[SECS][0])
     del model
 rows = [("base", *[fmt(c, BASE[c]) for c in COLUMNS], "-")]
 rows += [(f"single-task: {n}", *[fmt(c, sc[c]) for c in COLUMNS], f"{cpu:.1f}s") for n, (sc, cpu) in single.items()]
 rows += [(f"multitask (equal mix, {3 * STEPS} steps)", *[fmt(c, multi["scores"][-1][c]) for c in COLUMNS],
-          f"{multi['cpu_seconds'][0]:.1f}s")]
+          f"{multi[SECS][0]:.1f}s")]
 rows += [("sequential, end of part 2", *[fmt(c, plain["scores"][-1][c]) for c in COLUMNS],
-          f"{sum(plain['cpu_seconds']):.1f}s")]
+          f"{sum(plain[SECS]):.1f}s")]
 rows += [("sequential + replay, end of part 3", *[fmt(c, replay["scores"][-1][c]) for c in COLUMNS],
-          f"{sum(replay['cpu_seconds']):.1f}s")]
+          f"{sum(replay[SECS]):.1f}s")]
 rows += [("per-task LoRA, each with its adapter", *[fmt(c, ada["scores"][-1][c]) for c in COLUMNS],
-          f"{sum(ada['cpu_seconds']):.1f}s")]
-table(("model", *COLUMNS, "train CPU"), rows)
+          f"{sum(ada[SECS]):.1f}s")]
+table(("model", *COLUMNS, f"train {TIME}"), rows)
 print("single-task: domain is stage 1 of part 2 (the same run: same start, data, steps and seed).")
 print(f"same total steps: the multitask model trains {3 * STEPS} steps, the three single-task models {STEPS} each; "
       f"with equal mixing it also sees each set {STEPS * BATCH} times in expectation "

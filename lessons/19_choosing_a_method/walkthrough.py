@@ -50,6 +50,7 @@ from minift.pretrain import forgetting_probe, load_base
 from minift.quant.qlora import QLoRAConfig, merge_and_unload_qlora
 from minift.report import header, table
 from minift.tasks import LMDataset
+from minift.train import to_device
 
 parser = course.parser(__doc__)
 parser.add_argument("--full", action="store_true", help="the lessons' full recipes: 150 steps, seeds 0, 1, 2, "
@@ -57,7 +58,8 @@ parser.add_argument("--full", action="store_true", help="the lessons' full recip
 args = course.start("19", parser, kernel=True)     # the C++ kernel loaded (built once) before any timed row
 if args.fast and args.full:
     parser.error("argument --full: not allowed with argument --fast")
-FAST, FULL = args.fast, args.full
+FAST, FULL, DEV = args.fast, args.full, args.device   # DEV: --device (cpu unless told); the Bench builds there too
+CLOCK = course.clock_name()                # timed lines: "CPU" seconds; on a GPU "GPU wall" (synchronized)
 cpu_start = time.process_time()
 
 # ---- every method, with its own lesson's recipe ---------------------------------------------------
@@ -95,7 +97,7 @@ def mib(n):
     return f"{n / 2 ** 20:.2f}"
 
 
-base, tok = load_base()
+base, tok = load_base(device=DEV)
 ner, items, train_items = ner_splits(tok, BLOCK, N_EVAL)   # examples, encodings, train items
 before = forgetting_probe(base, tok, **PROBE)
 N_ALL = base.num_parameters()
@@ -135,7 +137,7 @@ for m in M:
 
 # ---- inference: forward CPU time of each trained classifier, unmerged and merged, vs the base ----
 # 64 val sentences, eval mode, no grad; rounds interleaved over the models, fastest kept.
-tbatch = col([{"idx": it["idx"], "labels": it["labels"]} for it in items["val"][:64]])
+tbatch = to_device(col([{"idx": it["idx"], "labels": it["labels"]} for it in items["val"][:64]]), DEV)
 timed = {"base": fresh("head-only"), **{m: results[m]["model"] for m in M if m not in SAME_AS_BASE}}
 merge_err = {}
 with torch.no_grad():
@@ -161,13 +163,14 @@ for m, r in results.items():
                  mib(mem["total"]), f"{r['cpu']:.1f}s", f"{r['cpu'] / full['cpu']:.2f}x", un, mg))
 print()
 table(("method", "lesson", "lr", "trainable", "share", "weights", "grads+AdamW", "activ.", "step MiB",
-       "train CPU", "vs full", "forward", "merged"), rows)
+       f"train {CLOCK}", "vs full", "forward", "merged"), rows)
 print(f"trainable: what AdamW updates, the task head (1,161 = 9 tags x (C + 1)) included; share: of all the "
       f"classifier's parameters (base + method + head; QLoRA's NF4 weights counted as the parameters they hold). "
       f"Memory (MiB): one training step of the body as a language model with the method applied, batch "
       f"{MEM_B} x {MEM_T}, float32 (minift.memory.step_memory: weights and buffers, gradients, two AdamW moments, "
-      f"what autograd saves); head-only trains nothing in the body, so its body saves no activations. train CPU: "
-      f"seconds of CPU in train(). forward: the trained classifier's forward CPU time on 64 val sentences / the base "
+      f"what autograd saves); head-only trains nothing in the body, so its body saves no activations. train {CLOCK}: "
+      f"seconds of {CLOCK} time in train(). forward: the trained classifier's forward {CLOCK} time on 64 val "
+      f"sentences / the base "
       f"classifier's ({best['base'] * 1e3:.1f} ms, fastest of {TIMING_ROUNDS} interleaved rounds); merged: after "
       f"merging the update into the weights (adapters, prefixes, prompts and LoReFT interventions cannot be merged).")
 print("max |logits merged - unmerged| over real tokens: " + ", ".join(f"{m} {e:.1e}" for m, e in merge_err.items())
@@ -175,7 +178,7 @@ print("max |logits merged - unmerged| over real tokens: " + ", ".join(f"{m} {e:.
 
 # ---- the base back? each body with its method switched off, on pretraining text, vs the base ----
 lm_val = LMDataset(tok, world.pretrain_corpus("val"), BLOCK)
-lm_batch = torch.stack([lm_val[i]["idx"] for i in range(4)])         # (4, 128)
+lm_batch = torch.stack([lm_val[i]["idx"] for i in range(4)]).to(DEV)  # (4, 128)
 with torch.no_grad():
     want = base(lm_batch).logits
     for m, r in results.items():
@@ -294,7 +297,8 @@ print(f"(c) 'QLoRA fits big models on one GPU'. Predicted for {BIG} at batch {B7
       f"{'fits' if p7['QLoRA NF4 r=4 q,v'] <= 24 else 'does not fit'}). Here, measured: QLoRA's weights "
       f"{mib(q['mem']['weights'])} MiB vs LoRA's {mib(lo['mem']['weights'])} MiB, but the step is "
       f"{mib(q['mem']['total'])} vs {mib(lo['mem']['total'])} MiB: activations dominate a 1M-parameter model; "
-      f"test F1 {q['f1']['test']:.3f} vs {lo['f1']['test']:.3f}; training {q['cpu'] / lo['cpu']:.2f}x LoRA's CPU time.")
+      f"test F1 {q['f1']['test']:.3f} vs {lo['f1']['test']:.3f}; training {q['cpu'] / lo['cpu']:.2f}x LoRA's "
+      f"{CLOCK} time.")
 print("(d) 'DPO is cheaper than PPO': not a fine-tuning method of this table (it needs preference pairs, not NER "
       "tags); lessons 14 (RLHF with PPO) and 15 (DPO) measure it on TinyWorld's preference task.")
-print(f"\ndone in {course.elapsed():.0f}s wall, {time.process_time() - cpu_start:.0f}s CPU")
+print(f"\ndone in {course.elapsed():.0f}s wall, {time.process_time() - cpu_start:.0f}s CPU{course.memory_note()}")

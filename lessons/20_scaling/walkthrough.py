@@ -26,6 +26,7 @@ EXPECTED_SECONDS = 51
 FAST_SECONDS = 14
 
 import os
+import sys
 import tempfile
 import time
 
@@ -44,7 +45,16 @@ parser.add_argument("--probe", action="store_true", help="first, the learning-ra
 parser.add_argument("--seeds", default="0,1,2", help="comma-separated seeds of the sweep (default 0,1,2: the shipped cache)")
 parser.add_argument("--cache", default=str(DATA_DIR / "scaling" / "sweep.json"), help="the cache file")
 args = course.start("20", parser, needs_base=False)      # one thread, the clock; its models are data/sizes/
-FAST = args.fast
+FAST, DEV = args.fast, args.device     # DEV: --device (cpu unless told), where every model lives
+if DEV.type != "cpu" and args.full and args.cache == parser.get_default("cache"):
+    sys.exit(f"--full --device {DEV}: the cells would be written into the shipped cache {args.cache}, which holds "
+             f"CPU runs (the README's numbers); give another file with --cache PATH")
+
+
+def load(size):
+    """A pretrained size (data/sizes/, or data/base/ for "base") and the tokenizer, on DEV."""
+    return load_base(size_dir(size), device=DEV)
+
 
 SIZE_NAMES = ("tiny", "small") if FAST else tuple(SIZES)
 METHOD_NAMES = ("full", "lora") if FAST else tuple(METHODS)
@@ -57,7 +67,7 @@ FAST_RUN = dict(steps=6, n_val=8, n_test=16)            # --fast: seconds, not a
 header("1. Three base models, one pretraining recipe")
 rows, X_of = [], {}
 for s in SIZE_NAMES:
-    model, _ = load_base(size_dir(s))
+    model, _ = load(s)
     cfg, meta = model.config, load_json(os.path.join(size_dir(s), "config.json"))
     X_of[s] = non_embedding_parameters(model)
     met = meta.get("metrics", {})
@@ -94,7 +104,7 @@ cells = [(s, m, n, seed) for s in SIZE_NAMES for m in METHOD_NAMES for n in DATA
 missing = [c for c in cells if cache.get(*c) is None]
 print(f"cache {cache_path}: {len(cells) - len(missing)} of {len(cells)} cells (recipe fingerprint {cache.fingerprint})")
 
-run = (lambda *c: finetune_cell(*c, **FAST_RUN)) if FAST else finetune_cell
+run = (lambda *c: finetune_cell(*c, load=load, **FAST_RUN)) if FAST else (lambda *c: finetune_cell(*c, load=load))
 if FAST or args.full:
     t0 = time.perf_counter()
     results = sweep(SIZE_NAMES, METHOD_NAMES, DATA_SIZES, SEEDS, cache, run=run)
@@ -113,7 +123,7 @@ if args.probe:
     rows = []
     for m, lrs in PROBE_LRS.items():
         for lr in lrs:
-            v = [finetune_cell(s, m, n, lr=lr)["val_nll"] for s, n in PROBE_CELLS]
+            v = [finetune_cell(s, m, n, lr=lr, load=load)["val_nll"] for s, n in PROBE_CELLS]
             rows.append((m, f"{lr:g}", *[f"{x:.4f}" for x in v], f"{sum(v) / len(v):.4f}",
                          "<- METHODS" if lr == METHODS[m].lr else ""))
     table(("method", "lr", *[f"val {s} D_f={n}" for s, n in PROBE_CELLS], "mean", ""), rows)

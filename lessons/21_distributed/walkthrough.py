@@ -14,6 +14,11 @@ Prints, top to bottom:
 
     python lessons/21_distributed/walkthrough.py          # or: minift run 21
     python lessons/21_distributed/walkthrough.py --fast   # 1 step per run (the tests)
+    python lessons/21_distributed/walkthrough.py --device cuda   # 2+ GPUs: nccl, one GPU per rank
+
+With --device cuda and at least two GPUs, each rank trains on its own GPU over nccl, and part 3's
+single process runs on the first GPU. With one GPU, nccl cannot give each rank a GPU: the ranks
+and part 3 stay on the CPU with gloo (said at the top of part 2), and part 1 loads on the GPU.
 
 The walkthrough launches its own workers with torchrun (the same file, `--worker`); everything it
 trains with is the library's (minift/distributed.py, minift/train.py, minift/peft/lora.py).
@@ -31,7 +36,7 @@ import time
 import torch
 
 from minift import course, world
-from minift.distributed import init_from_env, rank_and_world, ring_allreduce_bytes
+from minift.distributed import init_from_env, rank_and_world, rank_device, ring_allreduce_bytes
 from minift.memory import PRESETS, estimate
 from minift.peft.lora import LoRAConfig, apply_lora
 from minift.pretrain import load_base
@@ -48,12 +53,17 @@ STEPS = 1 if args.fast else 12
 BATCH = 4                       # per process: 2 processes x 4 = 8 windows of 128 tokens per step
 LORA = LoRAConfig(r=4, alpha=8, targets=("attn.c_attn",), qkv=("q", "v"))
 LR = {"full": 3e-4, "lora": 3e-3}
+DEV = args.device
+# Data-parallel on GPUs: nccl, one GPU per rank, so it needs as many GPUs as ranks (2); otherwise the
+# ranks use gloo on the CPU. Part 3's single process runs where the ranks ran, to compare like with like.
+DDP_ON_GPU = DEV.type == "cuda" and torch.cuda.device_count() >= 2
+RUN_DEV = DEV if DDP_ON_GPU else torch.device("cpu")
 
 
-def setup(method):
-    """The base model, fully trainable or with LoRA on W_q, W_v, and the second-domain windows:
-    the same in every process (load_base is deterministic; LoRA's A is drawn after seeding)."""
-    model, tok = load_base()
+def setup(method, device=RUN_DEV):
+    """The base model on `device`, fully trainable or with LoRA on W_q, W_v, and the second-domain
+    windows: the same in every process (load_base is deterministic; LoRA's A is drawn after seeding)."""
+    model, tok = load_base(device=device)
     torch.manual_seed(0)
     if method == "lora":
         apply_lora(model, LORA)
@@ -70,18 +80,20 @@ def recipe(method, grad_accum=1):
 
 
 def trainable(model):
-    return {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+    return {n: p.detach().cpu().clone() for n, p in model.named_parameters() if p.requires_grad}   # compared on the CPU
 
 
 # ---- the worker: what each of the two processes runs (both methods, one launch) ----------------
 if args.worker:
-    init_from_env("gloo")
+    init_from_env("nccl" if DEV.type == "cuda" else "gloo")           # nccl: this rank's GPU is cuda:LOCAL_RANK
     rank, W = rank_and_world()
     results = {}
     for method in ("full", "lora"):
-        model, data = setup(method)
+        model, data = setup(method, rank_device())
+        course.sync(rank_device())
         t0 = time.perf_counter()
         hist = train(model, data, recipe(method))
+        course.sync(rank_device())
         results[method] = {"state": trainable(model), "world": W, "seconds": time.perf_counter() - t0,
                            "comm": [h.get("comm_bytes", 0) for h in hist], "loss": [h["loss"] for h in hist]}
     if rank == 0:
@@ -93,7 +105,7 @@ header("1. What travels: the trainable gradients, once per step")
 rows = []
 counts = {}
 for method in ("full", "lora"):
-    m, _ = setup(method)
+    m, _ = setup(method, DEV)
     n = sum(p.numel() for p in m.parameters() if p.requires_grad)
     counts[method] = n
     rows.append((method, f"{n:,}", f"{4 * n:,}", *(f"{ring_allreduce_bytes(4 * n, w) / 2 ** 20:.2f}" for w in (2, 8, 64))))
@@ -104,13 +116,18 @@ print(f"LoRA r={LORA.r} on W_q, W_v all-reduces {counts['full'] / counts['lora']
       f"however many ranks there are.")
 
 # ==============================================================================================
-header("2. Two processes on this machine: torchrun --standalone --nproc_per_node 2 (gloo)")
+BACKEND = "nccl" if DDP_ON_GPU else "gloo"
+header(f"2. Two processes on this machine: torchrun --standalone --nproc_per_node 2 ({BACKEND})")
+if DEV.type == "cuda" and not DDP_ON_GPU:
+    print(f"--device {DEV}: {torch.cuda.device_count()} GPU here, and nccl needs one GPU per rank (2): the two ranks "
+          f"run gloo on the CPU, and so does part 3's single process (like with like).")
 tmp = tempfile.mkdtemp(prefix="minift-ddp-")
 out = os.path.join(tmp, "runs.pt")
 cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-       os.path.abspath(__file__), "--worker", "--out", out] + (["--fast"] if args.fast else [])
-print("+ torchrun --standalone --nproc_per_node 2 lessons/21_distributed/walkthrough.py --worker   "
-      "(full fine-tuning, then LoRA, in each process)", flush=True)
+       os.path.abspath(__file__), "--worker", "--out", out] + (["--fast"] if args.fast else []) \
+    + (["--device", "cuda"] if DDP_ON_GPU else [])
+print("+ torchrun --standalone --nproc_per_node 2 lessons/21_distributed/walkthrough.py --worker"
+      + (" --device cuda" if DDP_ON_GPU else "") + "   (full fine-tuning, then LoRA, in each process)", flush=True)
 t0 = time.perf_counter()
 r = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
 if r.returncode != 0:

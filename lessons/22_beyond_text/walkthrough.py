@@ -36,17 +36,17 @@ from minift.vision import SHAPES, ViT, ViTConfig, accuracy, image_items, image_l
 
 # --fast, one thread, the clock (minift/course.py); no language model here: its own ViT is pretrained below
 args = course.start("22", course.parser(__doc__, "small sets and few steps (seconds)"), needs_base=False)
-FAST = args.fast
+FAST, DEV = args.fast, args.device     # DEV: --device (cpu unless told): the ViT and the images live there
 S, P = 24, 6                                   # 24 x 24 images, 6 x 6 patches: 16 tokens + [CLS]
 N_PRE, N_ADAPT, N_TEST = (800, 400, 200) if FAST else (6000, 2000, 500)
 PRE_STEPS, ADAPT_STEPS = (40, 20) if FAST else (600, 300)
 
 # ==============================================================================================
 header("1. The images: four shapes, two worlds")
-solid, solid_y = shapes(N_PRE, "solid", 0, S)
-solid_test, solid_test_y = shapes(N_TEST, "solid", 1, S)
-shift, shift_y = shapes(N_ADAPT, "shifted", 0, S)
-shift_test, shift_test_y = shapes(N_TEST, "shifted", 1, S)
+solid, solid_y = (t.to(DEV) for t in shapes(N_PRE, "solid", 0, S))           # drawn on the CPU, then moved
+solid_test, solid_test_y = (t.to(DEV) for t in shapes(N_TEST, "solid", 1, S))
+shift, shift_y = (t.to(DEV) for t in shapes(N_ADAPT, "shifted", 0, S))
+shift_test, shift_test_y = (t.to(DEV) for t in shapes(N_TEST, "shifted", 1, S))
 
 
 def draw(img):
@@ -68,7 +68,7 @@ print(f"pretraining world: any bright colour on black; shifted world: the same s
 header("2. The ViT: patches are the tokens, the blocks are the GPT's")
 cfg = ViTConfig(image_size=S, patch_size=P)
 torch.manual_seed(0)
-vit = ViT(cfg)
+vit = ViT(cfg).to(DEV)                         # drawn on the CPU (the same numbers on every device), moved
 n_all = sum(p.numel() for p in vit.parameters())
 print(f"ViTConfig({S}x{S}, patch {P}): {cfg.n_patches} patches of 3 x {P} x {P} = {3 * P * P} values -> width "
       f"{cfg.n_embd}, + [CLS], {cfg.n_layer} blocks, {cfg.n_head} heads: {n_all:,} parameters.")
