@@ -71,7 +71,7 @@ def problems(draw):
 GEMV_MAX_N = 16                                                # cuda_ext/quant_lora_cuda.h
 
 
-def check(dev, x, wq, A, B, s, bias):
+def assert_equals_definition(dev, x, wq, A, B, s, bias):
     """y on the GPU vs the float64 definition on the CPU, within ops.error_bound for x's dtype. The GEMV
     (N <= GEMV_MAX_N) never rounds Ŵ, so it is held to the bound without that term (weight_rounded=False);
     above it the wrapper rounds Ŵ to x's dtype for cuBLAS, which error_bound's default covers (cuBLAS is
@@ -100,7 +100,7 @@ def no_reduced_precision(monkeypatch):
 @settings(max_examples=120, deadline=None)
 @given(p=problems())
 def test_cuda_kernel_equals_the_float64_definition(cuda_device, cuda_ext, p):
-    check(cuda_device, *p)
+    assert_equals_definition(cuda_device, *p)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -113,7 +113,7 @@ def test_every_template_width_over_several_k_tiles(cuda_device, cuda_ext, N, dty
     wq = quantize_nf4(torch.randn(out_f, in_f, generator=g), 64, True)
     x = torch.randn(N, in_f, generator=g).to(dtype)
     A, B, bias = torch.randn(8, in_f, generator=g), torch.randn(out_f, 8, generator=g), torch.randn(out_f, generator=g)
-    check(cuda_device, x, wq, A, B, 0.5, bias)
+    assert_equals_definition(cuda_device, x, wq, A, B, 0.5, bias)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
