@@ -197,8 +197,9 @@ with torch.no_grad():
 
 
 def n_same(a, b):
-    """How many generated tokens two runs share before the first difference."""
-    d = (a[0, prompt.shape[1]:] != b[0, prompt.shape[1]:]).nonzero()
+    """How many generated tokens two runs share before the first difference (generate returns only the
+    new tokens)."""
+    d = (a[0] != b[0]).nonzero()
     return int(d[0, 0]) if len(d) else n_new
 
 
