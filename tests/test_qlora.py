@@ -135,3 +135,15 @@ def test_loading_a_quantized_state_with_other_shapes_or_layout_is_refused():
     quantize_model(no_dq, QLoRAConfig(double_quant=False))                    # stores absmax, not absmax_q
     with pytest.raises(ValueError, match="absmax"):
         load_state_dict_strict(no_dq, small.state_dict(), source="dq.safetensors")
+
+
+def test_an_nf4_base_computes_in_the_model_dtype():
+    """QLoRA stores the base in 4 bits and computes in the model's dtype (bf16 on a GPU): a bf16 model's
+    NF4 layers take and return bf16, so no float32 activation appears between them."""
+    m = _base().to(torch.bfloat16)
+    apply_qlora(m, QLoRAConfig(r=2, quant="nf4", block_size=64))
+    layers = [mod for mod in m.modules() if isinstance(mod, NF4Linear)]
+    assert layers and all(mod.compute_dtype == torch.bfloat16 for mod in layers)
+    x = torch.randn(2, 3, CFG.n_embd, dtype=torch.bfloat16)
+    assert layers[0](x).dtype == torch.bfloat16
+    assert m(torch.randint(0, CFG.vocab_size, (2, 5))).logits.dtype == torch.bfloat16

@@ -97,7 +97,8 @@ class QLoRAConfig(MethodConfig):
 
     def quantized(self, linear: nn.Linear, weight: Optional[torch.Tensor] = None) -> nn.Module:
         if self.quant == "nf4":
-            return NF4Linear(linear, self.block_size, self.double_quant, weight=weight)
+            return NF4Linear(linear, self.block_size, self.double_quant, weight=weight,   # stored in 4 bits,
+                             compute_dtype=linear.weight.dtype)                      # computed in the model's dtype
         return Int8Linear(linear, self.threshold, weight=weight)
 
 
