@@ -110,8 +110,8 @@ def factory_calls_without_device(src: str) -> list[tuple[int, str, str]]:
     return found
 
 
-def test_the_detector_finds_a_factory_call_without_a_device():
-    src = '''
+# The detector's planted example: `good` must pass, `bad` and `Layer` must be flagged, line by line.
+PLANTED = '''
 import torch
 def good(x, g):
     kw = dict(device=x.device, dtype=x.dtype)
@@ -126,7 +126,10 @@ class Layer:
     def __init__(self, n):
         self.code = torch.linspace(-1, 1, n)
 '''
-    found = sorted(factory_calls_without_device(src))
+
+
+def test_the_detector_finds_a_factory_call_without_a_device():
+    found = sorted(factory_calls_without_device(PLANTED))
     assert [(line, qual) for line, qual, _ in found] == [(10, "bad"), (11, "bad"), (11, "bad"), (11, "bad"),
                                                           (14, "Layer.__init__")]
     assert {s.split("(")[0] for _, _, s in found} >= {"torch.ones", "torch.tensor", "torch.eye", "torch.linspace"}
