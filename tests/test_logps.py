@@ -43,8 +43,8 @@ def test_batched_scores_equal_each_pair_scored_alone_by_hand(examples, side, ave
     assert lp.shape == (2 * B,) and b["n_pairs"] == B
     for i, ex in enumerate(examples):
         for row, side_name in ((i, "chosen"), (B + i, "rejected")):
-            expected = _by_hand(ex["prompt"], ex[side_name], average).float()
-            torch.testing.assert_close(lp[row], expected, atol=2e-5, rtol=1e-5)
+            expected = _by_hand(ex["prompt"], ex[side_name], average)       # MODEL is float64: so is lp
+            torch.testing.assert_close(lp[row], expected, atol=1e-10, rtol=1e-10)
 
 
 @SET
@@ -78,3 +78,17 @@ def test_bad_masks_raise():
         masked_sum(torch.zeros(1, 4), torch.zeros(1, 4))
     with pytest.raises(TypeError, match="prompt"):
         PreferenceDataset(TOK, [{"prompt": "a", "chosen": "b"}], 48)
+
+
+
+def test_scores_keep_the_models_float64_and_upcast_half_precision():
+    """A float64 model scores in float64 (DPO's margins stay exact); bf16 logits score in float32."""
+    b = collate_preferences([PreferenceDataset(TOK, [{"prompt": "ab", "chosen": "cab", "rejected": "b"}], 48)[0]],
+                            TOK.pad_id)
+    assert next(MODEL.parameters()).dtype == torch.float64
+    with torch.no_grad():
+        logits = MODEL(b["ids"], attention_mask=b["attention_mask"]).logits      # (2, T, V)
+        assert sequence_logps(MODEL, b["ids"], b["attention_mask"], b["response_mask"]).dtype == torch.float64
+    half = token_logps(logits.bfloat16(), b["ids"])
+    assert half.dtype == torch.float32
+    torch.testing.assert_close(half, token_logps(logits.bfloat16().double(), b["ids"]).float())

@@ -25,6 +25,7 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
+from ..model import at_least_fp32
 from ..train import model_device, to_device
 
 
@@ -35,7 +36,7 @@ def token_logps(logits: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
     if logits.dim() != 3 or ids.dim() != 2 or logits.shape[:2] != ids.shape:
         raise ValueError(f"logits must be (B, T, V) and ids (B, T) with the same B, T; got logits "
                          f"{tuple(logits.shape)} and ids {tuple(ids.shape)}")
-    logp = F.log_softmax(logits[:, :-1].float(), dim=-1)              # (B, T-1, V) predicts tokens 1..T-1
+    logp = F.log_softmax(at_least_fp32(logits[:, :-1]), dim=-1)       # (B, T-1, V) predicts tokens 1..T-1
     return logp.gather(-1, ids[:, 1:, None]).squeeze(-1)              # (B, T-1)
 
 
@@ -110,8 +111,9 @@ def sequence_logps(model, ids: torch.Tensor, attention_mask: torch.Tensor, respo
     """log π(y | x) of the response tokens of each row (see the module docstring).
 
     model: a minift GPT (or anything called as model(ids, attention_mask=...) with .logits (B, T, V));
-    ids, attention_mask, response_mask: (B, T), moved to the model's device. Returns (B,) float32 on
-    that device, with gradients if the model has them; with return_logits=True also the logits
+    ids, attention_mask, response_mask: (B, T), moved to the model's device. Returns (B,) on that
+    device in float32, or float64 for a float64 model (half-precision logits are upcast, never
+    down), with gradients if the model has them; with return_logits=True also the logits
     (B, T, V), for losses that need more (e.g. entropy)."""
     check_masks(ids, attention_mask, response_mask)
     ids, attention_mask, response_mask = to_device((ids, attention_mask, response_mask), model_device(model))
