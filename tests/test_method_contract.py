@@ -307,21 +307,20 @@ def test_merge_equals_the_unmerged_forward_and_unmerge_restores_w0(method, data,
 @settings(deadline=None, max_examples=2)
 @given(data=st.data())
 def test_merge_and_unload_leaves_plain_layers_computing_the_adapted_function(method, data):
-    quantized = method.startswith(("qlora", "loftq"))
-    cfg, dtype, model = _adapted(method, data, dtype=torch.float32 if quantized else torch.float64)
+    # float64 for every method, the quantized bases too (their NF4 layers compute in the model's dtype):
+    # the merge is then exact up to float64 rounding; in float32 the rounding of 4 blocks reached 3e-5
+    cfg, dtype, model = _adapted(method, data, dtype=torch.float64)
     _perturb(model)
     y = model(_idx()).logits
     if isinstance(cfg, QLoRAConfig):
         with pytest.raises(ValueError, match="lossy"):
             next(m for m in model.modules() if isinstance(m, QLoRALinear)).merge()
         merge_and_unload_qlora(model)
-        tol = 1e-5
     else:
         merge_and_unload(model)
         assert set(model.state_dict()) == set(GPT(CFG).state_dict())    # a plain GPT again
-        tol = 1e-10
     assert not any(isinstance(m, AdapterLayer) for m in model.modules()) and not model.peft_methods
-    torch.testing.assert_close(model(_idx()).logits, y, rtol=tol, atol=tol)
+    torch.testing.assert_close(model(_idx()).logits, y, rtol=1e-10, atol=1e-10)
 
 
 def test_apply_config_takes_any_method_config_and_refuses_anything_else():
