@@ -63,6 +63,7 @@ def _find_lesson(nn: str) -> dict:
     raise SystemExit(_usage_error(f"minift: no lesson {nn!r}; lessons are {[les['nn'] for les in lessons]}"))
 
 
+REFERENCE_MACHINE = "a 2-core 2.0 GHz AMD EPYC VM"     # where every README's numbers and times were measured
 TIMES_FILE = ROOT / "runs" / "lesson_times.json"      # what `minift run` measured on this machine
 
 
@@ -100,10 +101,10 @@ def cmd_lessons(args) -> int:
         f = f"~{les['fast']}s" if les["fast"] else "?"
         print(f"{les['nn']:<4}{les['name']:<24}{t:>8}{f:>8}{measured(les['nn'], 'default'):>8}"
               f"{measured(les['nn'], 'fast'):>8}  {les['title']}")
-    print(f"\ntime, --fast: measured on the reference 2-core CPU, one torch thread: the default run's and --fast's "
-          f"CPU seconds, which is their wall time on an idle core (each walkthrough's EXPECTED_SECONDS / "
-          f"FAST_SECONDS, the one place these are kept). here: the wall time of the last `minift run` on this "
-          f"machine ({TIMES_FILE}; ! = it failed; other jobs on the cores inflate it)")
+    print(f"\ntime, --fast: the default run's and --fast's CPU seconds on the machine the READMEs are measured "
+          f"on ({REFERENCE_MACHINE}), one torch thread: their wall time on an idle core (each walkthrough's "
+          f"EXPECTED_SECONDS / FAST_SECONDS, the one place these are kept). here: the wall time of the last "
+          f"`minift run` on this machine ({TIMES_FILE}; ! = it failed; other jobs on the cores inflate it)")
     return 0
 
 
