@@ -59,11 +59,12 @@ def quantized_bytes(out_features: int, in_features: int, quant: str, block_size:
     n = out_features * in_features
     if quant == "int8":
         return n + 4 * out_features                                    # codes + one fp32 scale per row
-    if quant != "nf4":
-        raise ValueError(f"quant={quant!r} must be 'nf4' or 'int8'")
+    bits = {"nf4": 4, "nf3": 3, "nf2": 2}.get(quant)
+    if bits is None:
+        raise ValueError(f"quant={quant!r} must be 'nf4', 'nf3', 'nf2' or 'int8'")
     blocks = n // block_size
     consts = blocks + 4 * math.ceil(blocks / dq_block_size) + 4 if double_quant else 4 * blocks
-    return (n + 1) // 2 + consts                                       # two codes per byte + absmax
+    return -(-n * bits // 8) + consts                                  # the packed codes + absmax
 
 
 class _FusedAttentionSaves(torch.autograd.Function):

@@ -97,7 +97,7 @@ FIELDS = {
                       autocast=Spec("other", good=(None, "bf16", "fp16"), bad=("bfloat16", "fp32", "", 16, True))),
     LoRAConfig: dict(r=Int(1), alpha=POS, dropout=UNIT, targets=TARGETS, qkv=QKV_,
                      **bools("use_rslora", "use_dora", "include_head")),
-    QLoRAConfig: dict(r=Int(1), alpha=POS, dropout=UNIT, targets=TARGETS, qkv=QKV_, quant=Choice("nf4", "int8"),
+    QLoRAConfig: dict(r=Int(1), alpha=POS, dropout=UNIT, targets=TARGETS, qkv=QKV_, quant=Choice("nf4", "nf3", "nf2", "int8"),
                       block_size=Spec("int", 2, good=(2, 64, 256), bad=(3, 65)), loftq_iters=Int(0),
                       threshold=Real(0, finite=False, good=(0, 6.0, math.inf)),
                       **bools("use_rslora", "include_head", "double_quant", "quantize_rest")),

@@ -48,6 +48,10 @@ def test_quantized_bytes_is_what_the_quantized_layers_store(out_f, in_f, dq):
     nf4 = NF4Linear(lin, double_quant=dq)
     assert quantized_bytes(out_f, in_f, "nf4", double_quant=dq) == sum(b.numel() * b.element_size()
                                                                           for b in nf4.buffers())
+    for code in ("nf3", "nf2"):
+        low = NF4Linear(lin, double_quant=dq, code=code)
+        assert quantized_bytes(out_f, in_f, code, double_quant=dq) == sum(b.numel() * b.element_size()
+                                                                             for b in low.buffers())
     i8 = Int8Linear(lin)
     assert quantized_bytes(out_f, in_f, "int8") == sum(b.numel() * b.element_size() for b in i8.buffers())
 

@@ -1,5 +1,5 @@
-"""NF4, FP4 and int4 blockwise quantization, double quantization and 4-bit packing
-(minift/quant/nf4.py). Expected values are computed here in float64 numpy from the definitions."""
+"""NF4, FP4 and int4 blockwise quantization, double quantization and 4-bit packing, and the 3- and
+2-bit NormalFloat codes with their bit-stream packing (minift/quant/nf4.py). Expected values are computed here in float64 numpy from the definitions."""
 import math
 
 import numpy as np
@@ -10,9 +10,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from minift.quant.nf4 import (CODES, NF4_PUBLISHED, bits_per_parameter, dequantize_absmax, dequantize_nf4,
-                              fp4_code, nf4_code, pack_4bit, quantize_absmax, quantize_nf4,
-                              unpack_4bit)
+from minift.quant.nf4 import (CODE_BITS, CODES, NF4_PUBLISHED, bits_per_parameter, dequantize_absmax,
+                              dequantize_nf4, fp4_code, nf4_code, nf_code, pack_4bit, pack_bits, quantize_absmax,
+                              quantize_nf4, unpack_4bit, unpack_bits)
 from minift.quant.ops import NF4Linear
 
 pytestmark = pytest.mark.lesson12
@@ -41,6 +41,35 @@ def test_nf4_values_are_normal_quantiles():
     assert np.allclose(nf4_code()[8:].double().numpy(), pos, atol=1e-7)
 
 
+def _ppf(p):
+    """Φ⁻¹(p) by bisection on math.erf: independent of torch.special."""
+    lo, hi = -10.0, 10.0
+    for _ in range(200):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if 0.5 * (1 + math.erf(mid / math.sqrt(2))) < p else (lo, mid)
+    return (lo + hi) / 2
+
+
+@pytest.mark.parametrize("bits", [2, 3, 4, 5])
+def test_nf_k_has_2_to_the_k_normal_quantiles_with_an_exact_zero(bits):
+    code, h = nf_code(bits).double().numpy(), 2 ** (bits - 1)
+    off = 1 - (1 / 30 + 1 / 32) / 2                                          # NF4's δ' for every k
+    top = _ppf(off)
+    pos = sorted(_ppf(p) / top for p in np.linspace(off, 0.5, h + 1)[:-1])  # h values
+    neg = sorted(-_ppf(p) / top for p in np.linspace(off, 0.5, h)[:-1])     # h - 1 values
+    assert code.shape == (2 ** bits,) and np.all(np.diff(code) > 0)
+    assert np.allclose(code, neg + [0.0] + pos, atol=1e-7, rtol=0)
+    assert code[0] == -1 and code[-1] == 1 and np.sum(code == 0) == 1
+    if bits == 4:
+        assert torch.equal(nf_code(4), nf4_code())
+
+
+def _indices(state, n):
+    """The stored code indices of a state, whatever its width."""
+    bits = CODE_BITS[state.code_name]
+    return unpack_4bit(state.packed, n) if bits == 4 else unpack_bits(state.packed, n, bits)
+
+
 def _blocks_np(w, B):
     return np.asarray(w, np.float64).reshape(-1, B)
 
@@ -58,8 +87,8 @@ def test_dequantized_value_is_the_nearest_code_times_the_block_absmax(bw, code):
     c = np.abs(blocks).max(axis=1, keepdims=True)                           # the block's absmax
     vals = CODES[code]().double().numpy()
     scaled = np.divide(blocks, c, out=np.zeros_like(blocks), where=c > 0)
-    dist = np.abs(scaled[..., None] - vals)                                  # (n_blocks, B, 16)
-    chosen = unpack_4bit(st_.packed, w.size).long().numpy().reshape(-1, B)  # the stored indices
+    dist = np.abs(scaled[..., None] - vals)                                  # (n_blocks, B, 2^bits)
+    chosen = _indices(st_, w.size).long().numpy().reshape(-1, B)            # the stored indices
     # the chosen code is a nearest one (ties: either neighbour, up to float32 rounding of w / c)
     assert np.all(dist[np.arange(dist.shape[0])[:, None], np.arange(B), chosen] <= dist.min(-1) + 1e-6)
     assert np.allclose(got, vals[chosen] * c, atol=1e-6 * c.max() + 1e-30, rtol=0)
@@ -73,15 +102,15 @@ def test_quantizing_the_dequantized_weight_gives_the_same_codes(bw, code, dq):
     B, w = bw
     a = quantize_nf4(torch.from_numpy(w), block_size=B, code=code)
     b = quantize_nf4(dequantize_nf4(a), block_size=B, code=code)
-    qa, qb = unpack_4bit(a.packed, w.size), unpack_4bit(b.packed, w.size)
+    qa, qb = _indices(a, w.size), _indices(b, w.size)
     vals = CODES[code]()
     assert torch.equal(vals[qa.long()], vals[qb.long()])                    # the same code values ...
-    if vals.unique().numel() == 16:                                          # ... and indices, unless two
+    if vals.unique().numel() == vals.numel():                                # ... and indices, unless two
         assert torch.equal(qa, qb)                                           # patterns share a value (FP4 ±0)
     assert torch.equal(a.absmax, b.absmax)                                   # the absmax element is exact
     if dq:
         d = quantize_nf4(torch.from_numpy(w), block_size=B, code=code, double_quant=True)
-        assert torch.equal(d.packed, a.packed)                               # 4-bit codes do not depend on DQ
+        assert torch.equal(d.packed, a.packed)                               # the codes do not depend on DQ
 
 
 @given(q=hnp.arrays(np.uint8, st.integers(0, 41), elements=st.integers(0, 15)))
@@ -92,6 +121,34 @@ def test_pack_unpack_is_the_identity_for_odd_and_even_lengths(q):
     assert torch.equal(unpack_4bit(packed, q.size), t)
     if q.size >= 2:                                                          # the stated nibble order
         assert int(packed[0]) == 16 * int(q[0]) + int(q[1])
+
+
+@given(q=st.integers(2, 8).flatmap(lambda b: st.tuples(
+    st.just(b), hnp.arrays(np.int64, st.integers(0, 29), elements=st.integers(0, 2 ** b - 1)))))
+def test_the_bit_stream_holds_each_index_msb_first(q):
+    bits, idx = q
+    packed = pack_bits(torch.from_numpy(idx), bits)
+    stream = "".join(format(int(i), f"0{bits}b") for i in idx)               # the definition, as text
+    stream += "0" * (-len(stream) % 8)
+    assert packed.tolist() == [int(stream[j:j + 8], 2) for j in range(0, len(stream), 8)]
+    assert unpack_bits(packed, idx.size, bits).tolist() == idx.tolist()
+    if bits == 4:
+        assert torch.equal(packed, pack_4bit(torch.from_numpy(idx)))          # one layout for the kernels
+
+
+def test_fewer_bits_store_fewer_bytes_and_err_more():
+    torch.manual_seed(0)
+    w = torch.randn(256, 256)                                                # 1024 blocks of 64
+    err = {}
+    for code, bits in (("nf2", 2), ("nf3", 3), ("nf4", 4)):
+        st_ = quantize_nf4(w, code=code)
+        assert bits_per_parameter(st_) == bits + 32 / 64                     # k bits + the fp32 absmax
+        err[code] = float((dequantize_nf4(st_) - w).pow(2).mean())
+    assert err["nf4"] < err["nf3"] < err["nf2"], err
+    with pytest.raises(ValueError, match="0..3 for 2 bits"):
+        pack_bits(torch.tensor([4]), 2)
+    with pytest.raises(ValueError, match="need 3"):
+        unpack_bits(torch.zeros(2, dtype=torch.uint8), 8, 3)
 
 
 def test_all_zero_and_constant_blocks():
@@ -158,8 +215,8 @@ def test_bad_inputs_are_refused_with_their_names():
         quantize_nf4(torch.ones(64, dtype=torch.int32))
     with pytest.raises(ValueError, match="NaN or Inf"):
         quantize_nf4(torch.tensor([1.0, float("nan")] * 32))
-    with pytest.raises(ValueError, match="code='nf3' must be one of"):
-        quantize_nf4(torch.randn(64), code="nf3")
+    with pytest.raises(ValueError, match="code='nf5' must be one of"):
+        quantize_nf4(torch.randn(64), code="nf5")
     with pytest.raises(ValueError, match="indices must be in 0..15"):
         pack_4bit(torch.tensor([3, 16]))
     with pytest.raises(ValueError, match="cannot hold n=5"):

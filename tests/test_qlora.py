@@ -39,7 +39,7 @@ def test_no_float_copy_of_a_quantized_weight_is_kept():
     assert len(quantized_layers(m)) == 4 * CFG.n_layer                        # every linear of every block
 
 
-@pytest.mark.parametrize("quant", ["nf4", "int8"])
+@pytest.mark.parametrize("quant", ["nf4", "nf2", "int8"])
 def test_only_lora_trains_and_gradients_cross_the_quantized_layers(quant):
     m = _base()
     names = apply_qlora(m, QLoRAConfig(r=4, quant=quant, qkv=None))
@@ -77,7 +77,7 @@ mats = st.tuples(st.integers(4, 12), st.sampled_from([8, 16])).flatmap(
     lambda s: hnp.arrays(np.float32, s, elements=st.floats(-1, 1, width=32)))
 
 
-@given(W=mats, r=st.integers(1, 3), iters=st.integers(1, 4), quant=st.sampled_from(["nf4", "int8"]))
+@given(W=mats, r=st.integers(1, 3), iters=st.integers(1, 4), quant=st.sampled_from(["nf4", "nf3", "nf2", "int8"]))
 def test_loftq_never_increases_the_error_over_plain_quantization(W, r, iters, quant):
     cfg = QLoRAConfig(r=r, quant=quant, block_size=8, qkv=None)
     Wt = torch.from_numpy(W)

@@ -35,6 +35,16 @@ their mean (they are all positive, so centring halves the range), costs 8/64 + 3
 
 `bits_per_parameter(state)` counts the bytes actually stored, so the 4.127 and 4.5 are measured,
 not asserted. FP4 (E2M1) and int4 are here as comparison codes for lesson 12.
+
+**Fewer bits** (LoftQ's 2- and 3-bit experiments; lesson 12). NF-k is the same construction with
+2^k values: 2^(k-1) positive quantiles, 2^(k-1) - 1 negative ones and 0, at the same outermost
+quantile δ' for every k (bitsandbytes' and LoftQ's k-bit NormalFloat do the same):
+
+    NF3: 8 values  (4 positive, 3 negative, 0)       NF2: 4 values  (-1, 0, 0.44, 1)
+
+Their indices are packed as one big-endian bit stream (`pack_bits`): element 0's most significant
+bit first, k bits each, zero-padded to a whole byte. For k = 4 that is exactly `pack_4bit`'s layout
+(high nibble first), which the C++/CUDA kernels read; the 2- and 3-bit codes run in PyTorch only.
 """
 from __future__ import annotations
 
@@ -56,13 +66,21 @@ NF4_PUBLISHED = (-1.0, -0.6961928009986877, -0.5250730514526367, -0.394917488098
 # The code tables are built on the CPU (in float64 where there is arithmetic) and then moved to
 # `device`: the same 16 float32 values, bit for bit, on every device.
 
-def nf4_code(offset: float = NF4_OFFSET, device=None) -> torch.Tensor:
-    """The 16 NF4 values, sorted, built from normal quantiles in float64 (see the module doc)."""
-    cpu = dict(dtype=torch.float64, device="cpu")
-    pos = torch.special.ndtri(torch.linspace(offset, 0.5, 9, **cpu)[:-1])                  # (8,)  Φ⁻¹(p)
-    neg = -torch.special.ndtri(torch.linspace(offset, 0.5, 8, **cpu)[:-1])                 # (7,)
-    v = torch.cat([neg, torch.zeros(1, **cpu), pos]).sort().values                          # (16,)
+def nf_code(bits: int, offset: float = NF4_OFFSET, device=None) -> torch.Tensor:
+    """The 2^bits NF-k values, sorted, built from normal quantiles in float64 (see the module doc):
+    h = 2^(bits-1) positive ones, h - 1 negative ones and an exact 0. nf_code(4) is NF4."""
+    if not (isinstance(bits, int) and 2 <= bits <= 8):
+        raise ValueError(f"nf_code: bits={bits!r} must be an integer from 2 to 8")
+    h, cpu = 2 ** (bits - 1), dict(dtype=torch.float64, device="cpu")
+    pos = torch.special.ndtri(torch.linspace(offset, 0.5, h + 1, **cpu)[:-1])              # (h,)    Φ⁻¹(p)
+    neg = -torch.special.ndtri(torch.linspace(offset, 0.5, h, **cpu)[:-1])                 # (h-1,)
+    v = torch.cat([neg, torch.zeros(1, **cpu), pos]).sort().values                          # (2^bits,)
     return (v / v.max()).to(device=device, dtype=torch.float32)                             # in [-1, 1]
+
+
+def nf4_code(offset: float = NF4_OFFSET, device=None) -> torch.Tensor:
+    """The 16 NF4 values: 8 positive quantiles, 7 negative, 0."""
+    return nf_code(4, offset, device)
 
 
 def fp4_code(device=None) -> torch.Tensor:
@@ -79,7 +97,9 @@ def int4_code(device=None) -> torch.Tensor:
     return (torch.arange(-8, 8, dtype=torch.float32, device="cpu") / 7.0).to(device)        # (16,)
 
 
-CODES = {"nf4": nf4_code, "fp4": fp4_code, "int4": int4_code}
+CODES = {"nf4": nf4_code, "fp4": fp4_code, "int4": int4_code,
+         "nf3": lambda device=None: nf_code(3, device=device), "nf2": lambda device=None: nf_code(2, device=device)}
+CODE_BITS = {"nf4": 4, "fp4": 4, "int4": 4, "nf3": 3, "nf2": 2}     # bits per stored index
 _TABLES: dict = {}
 
 
@@ -130,7 +150,34 @@ def unpack_4bit(packed: torch.Tensor, n: int) -> torch.Tensor:
     return torch.stack([packed >> 4, packed & 0x0F], dim=1).reshape(-1)[:n]
 
 
-# ---- blockwise quantization with any 16-value code ------------------------------------------------
+def pack_bits(q: torch.Tensor, bits: int) -> torch.Tensor:
+    """(n,) integers in 0..2^bits - 1 -> (ceil(n·bits / 8),) uint8: one big-endian bit stream, element
+    0's most significant bit first, zero-padded to whole bytes (for bits = 4: pack_4bit's layout)."""
+    if q.dim() != 1:
+        raise ValueError(f"pack_bits expects a 1-D tensor of indices, got shape {tuple(q.shape)}")
+    if q.numel() and (int(q.min()) < 0 or int(q.max()) >= 2 ** bits):
+        raise ValueError(f"pack_bits: indices must be in 0..{2 ** bits - 1} for {bits} bits, "
+                         f"got range [{int(q.min())}, {int(q.max())}]")
+    shifts = torch.arange(bits - 1, -1, -1, device=q.device)                      # MSB first  (bits,)
+    stream = ((q.long()[:, None] >> shifts) & 1).reshape(-1)                       # (n·bits,) of 0/1
+    stream = torch.cat([stream, stream.new_zeros((-stream.numel()) % 8)])          # whole bytes
+    place = 2 ** torch.arange(7, -1, -1, device=q.device)                          # 128 .. 1  (8,)
+    return (stream.reshape(-1, 8) * place).sum(1).to(torch.uint8)                 # (ceil(n·bits/8),)
+
+
+def unpack_bits(packed: torch.Tensor, n: int, bits: int) -> torch.Tensor:
+    """Inverse of pack_bits: (ceil(n·bits / 8),) uint8 -> (n,) uint8 indices."""
+    if packed.dtype != torch.uint8 or packed.dim() != 1:
+        raise ValueError(f"unpack_bits expects a 1-D uint8 tensor, got {packed.dtype} of shape {tuple(packed.shape)}")
+    if packed.numel() != -(-n * bits // 8):
+        raise ValueError(f"unpack_bits: {packed.numel()} bytes cannot hold n={n} {bits}-bit codes "
+                         f"(need {-(-n * bits // 8)})")
+    stream = ((packed.long()[:, None] >> torch.arange(7, -1, -1, device=packed.device)) & 1).reshape(-1)
+    place = 2 ** torch.arange(bits - 1, -1, -1, device=packed.device)              # (bits,)
+    return (stream[:n * bits].reshape(n, bits) * place).sum(1).to(torch.uint8)    # (n,)
+
+
+# ---- blockwise quantization with any code --------------------------------------------------------
 
 def quantize_blockwise(w: torch.Tensor, code: torch.Tensor, block_size: int = 64):
     """Nearest-code indices and per-block absmax: returns (q (numel,) uint8, absmax (n_blocks,) fp32)."""
@@ -138,14 +185,14 @@ def quantize_blockwise(w: torch.Tensor, code: torch.Tensor, block_size: int = 64
     blocks = w.detach().to(torch.float32).reshape(-1, block_size)               # (n_blocks, B)
     absmax = blocks.abs().amax(dim=1)                                            # c_b   (n_blocks,)
     scaled = torch.where(absmax[:, None] > 0, blocks / absmax[:, None], 0.0)     # w / c_b in [-1, 1]
-    mid = (code[1:] + code[:-1]).to(scaled) / 2                                  # decision boundaries (15,)
+    mid = (code[1:] + code[:-1]).to(scaled) / 2                                  # decision boundaries (len - 1,)
     q = torch.bucketize(scaled, mid)                                             # nearest code  (n_blocks, B)
     return q.reshape(-1).to(torch.uint8), absmax
 
 
 def dequantize_blockwise(q: torch.Tensor, absmax: torch.Tensor, code: torch.Tensor, block_size: int = 64):
     """ŵ = code[q] · c_b, flat (numel,) float32, on q's device (the code table is moved there)."""
-    code = code.to(q.device)                                                    # (16,): a no-op when there
+    code = code.to(q.device)                                                    # (2^bits,): a no-op when there
     return (code[q.long()].reshape(-1, block_size) * absmax[:, None].to(torch.float32)).reshape(-1)
 
 
@@ -175,10 +222,10 @@ def dequantize_absmax(q8: torch.Tensor, scales: torch.Tensor, mean: torch.Tensor
 @dataclass
 class NF4State:
     """What is stored for one quantized weight: packed 4-bit indices + (double-)quantized absmax."""
-    packed: torch.Tensor                  # (ceil(numel/2),) uint8
+    packed: torch.Tensor                  # (ceil(numel·bits/8),) uint8: (ceil(numel/2),) at 4 bits
     shape: tuple
     block_size: int
-    code_name: str                        # "nf4" | "fp4" | "int4"
+    code_name: str                        # "nf4" | "fp4" | "int4" (4 bits) | "nf3" | "nf2"
     absmax: Optional[torch.Tensor] = None  # (n_blocks,) fp32, without double quantization
     absmax_q: Optional[torch.Tensor] = None     # (n_blocks,) int8, with it
     absmax_scales: Optional[torch.Tensor] = None  # (ceil(n_blocks/256),) fp32
@@ -188,6 +235,10 @@ class NF4State:
     @property
     def double_quant(self) -> bool:
         return self.absmax_q is not None
+
+    @property
+    def bits(self) -> int:
+        return CODE_BITS[self.code_name]
 
     def tensors(self) -> dict:
         """Every stored tensor by name (what a file of this state holds)."""
@@ -202,13 +253,16 @@ class NF4State:
 
 def quantize_nf4(w: torch.Tensor, block_size: int = 64, double_quant: bool = False, code: str = "nf4",
                  dq_block_size: int = 256) -> NF4State:
-    """Quantize a floating-point weight to 4 bits (NF4 by default; "fp4", "int4" for comparison)."""
+    """Quantize a floating-point weight to 4 bits (NF4 by default; "fp4", "int4" for comparison;
+    "nf3", "nf2": 3 and 2 bits)."""
     if code not in CODES:
         raise ValueError(f"code={code!r} must be one of {sorted(CODES)}")
     check_int("quantize_nf4", "dq_block_size", dq_block_size, lo=1)              # 256 in the paper
     check_bool("quantize_nf4", "double_quant", double_quant)
     q, absmax = quantize_blockwise(w, code_table(code, w.device), block_size)
-    st = NF4State(pack_4bit(q), tuple(w.shape), block_size, code, dq_block_size=dq_block_size)
+    bits = CODE_BITS[code]
+    packed = pack_4bit(q) if bits == 4 else pack_bits(q, bits)
+    st = NF4State(packed, tuple(w.shape), block_size, code, dq_block_size=dq_block_size)
     if double_quant:
         st.absmax_q, st.absmax_scales, st.absmax_mean = quantize_absmax(absmax, dq_block_size)
     else:
@@ -219,7 +273,7 @@ def quantize_nf4(w: torch.Tensor, block_size: int = 64, double_quant: bool = Fal
 def dequantize_nf4(st: NF4State, dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """The float weight the state stands for, shape st.shape."""
     n = math.prod(st.shape)
-    q = unpack_4bit(st.packed, n)
+    q = unpack_4bit(st.packed, n) if st.bits == 4 else unpack_bits(st.packed, n, st.bits)
     code = code_table(st.code_name, st.packed.device)                          # on the state's device
     return dequantize_blockwise(q, st.block_absmax(), code, st.block_size).reshape(st.shape).to(dtype)
 

@@ -210,8 +210,8 @@ _EXT_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
 
 def _ext_eligible(ext, x, wq) -> bool:
-    if ext is None or x.dtype not in _EXT_DTYPES:
-        return False
+    if ext is None or x.dtype not in _EXT_DTYPES or (isinstance(wq, NF4State) and wq.bits != 4):
+        return False                                   # the kernels read 4-bit indices; NF3/NF2 run in PyTorch
     if x.device.type == "cpu":
         return True
     return x.device.type == "cuda" and bool(ext.cuda) and isinstance(wq, NF4State)   # NF4 only on the GPU
@@ -316,7 +316,8 @@ def quant_lora_matmul(x: torch.Tensor, wq: QuantState, A: Optional[torch.Tensor]
                       bias: Optional[torch.Tensor] = None, use_extension: Optional[bool] = None) -> torch.Tensor:
     """y = x · dequant(wq)ᵀ + scaling · (x Aᵀ) Bᵀ + bias, shape (..., out).
 
-    wq: an NF4State (quantize_nf4, any code, double-quantized or not) or a per-row absmax Int8Tensor
+    wq: an NF4State (quantize_nf4, any code, double-quantized or not; the extension reads 4-bit codes,
+    NF3/NF2 take the reference) or a per-row absmax Int8Tensor
     (quantize_absmax(W, "row")). use_extension: None = the extension when it applies (see the module
     doc), False = the reference, True = the extension or a RuntimeError saying why not."""
     out_f, in_f = _validate(x, wq, A, B, bias)
@@ -327,8 +328,9 @@ def quant_lora_matmul(x: torch.Tensor, wq: QuantState, A: Optional[torch.Tensor]
         _announce()
     if not _ext_eligible(ext, x, wq):
         if use_extension:
+            low = f", a {wq.bits}-bit code" if isinstance(wq, NF4State) and wq.bits != 4 else ""
             raise RuntimeError(f"quant_lora_matmul(use_extension=True): the extension does not apply here "
-                               f"(x {x.dtype} on {x.device}; backend: {backend()})")
+                               f"(x {x.dtype} on {x.device}{low}; backend: {backend()})")
         ext = None
     lead = x.shape[:-1]
     x2 = x.reshape(-1, in_f)                                                   # (N, in)

@@ -44,7 +44,7 @@ from .int8 import Int8Linear, quantize_absmax
 from .nf4 import dequantize_nf4, quantize_nf4
 from .ops import NF4Linear
 
-QUANTS = ("nf4", "int8")
+QUANTS = ("nf4", "nf3", "nf2", "int8")     # NF3/NF2: LoftQ's low-bit experiments (lesson 12)
 
 
 @dataclass
@@ -58,7 +58,7 @@ class QLoRAConfig(MethodConfig):
     qkv: Optional[Sequence[str]] = ("q", "v")
     use_rslora: bool = False
     include_head: bool = True
-    quant: str = "nf4"                    # "nf4" | "int8"
+    quant: str = "nf4"                    # "nf4" | "int8" | "nf3", "nf2" (3 and 2 bits, PyTorch only)
     block_size: int = 64                  # NF4 block
     double_quant: bool = True             # NF4: 8-bit absmax in blocks of 256
     threshold: float = 6.0                # int8: LLM.int8() outlier threshold
@@ -91,14 +91,14 @@ class QLoRAConfig(MethodConfig):
 
     def quantize_fn(self) -> Callable[[torch.Tensor], torch.Tensor]:
         """W -> dequant(quant(W)): the quantizer training sees (what LoftQ must use)."""
-        if self.quant == "nf4":
-            return lambda W: dequantize_nf4(quantize_nf4(W, self.block_size, self.double_quant))
+        if self.quant != "int8":
+            return lambda W: dequantize_nf4(quantize_nf4(W, self.block_size, self.double_quant, self.quant))
         return lambda W: quantize_absmax(W, "row").dequantize()
 
     def quantized(self, linear: nn.Linear, weight: Optional[torch.Tensor] = None) -> nn.Module:
-        if self.quant == "nf4":
-            return NF4Linear(linear, self.block_size, self.double_quant, weight=weight,   # stored in 4 bits,
-                             compute_dtype=linear.weight.dtype)                      # computed in the model's dtype
+        if self.quant != "int8":
+            return NF4Linear(linear, self.block_size, self.double_quant, self.quant, weight=weight,   # stored in
+                             compute_dtype=linear.weight.dtype)              # 4 (3, 2) bits, computed in the model's dtype
         return Int8Linear(linear, self.threshold, weight=weight)
 
 
