@@ -29,6 +29,7 @@ COMPOSES = {
     "minift.quant.ops": {"minift.quant.int8", "minift.quant.nf4"},   # the kernels of both formats
     "minift.peft.io": {"*"},                                  # the adapter file formats name every method
     "minift.align.multitask": {"minift.peft.lora", "minift.peft.io"},  # one LoRA adapter per task
+    "minift.align.onpolicy": {"minift.align.ppo"},            # samples answers with PPO's sampler
 }
 
 
