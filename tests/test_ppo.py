@@ -12,6 +12,8 @@ from hypothesis import given, settings, strategies as st
 from minift.align.ppo import (PPOConfig, gae, kl_penalty, ppo_policy_loss, ppo_value_loss, rollout, sample,
                               train_ppo, whiten)
 from minift.model import GPTConfig
+from minift.peft.common import adapter_layers
+from minift.peft.lora import LoRAConfig, apply_lora
 from strategies import CharTok, tiny_model
 
 pytestmark = pytest.mark.lesson14
@@ -192,6 +194,32 @@ def test_ppo_raises_a_learnable_reward_logs_real_token_statistics_and_is_determi
     a, b = _run(steps=3)[2], _run(steps=3)[2]                             # the same seed: the same run
     assert [(h["score"], round(h["kl"], 6)) for h in a] == [(h["score"], round(h["kl"], 6)) for h in b]
     assert [(h["score"], round(h["kl"], 6)) for h in a] == [(h["score"], round(h["kl"], 6)) for h in hist[:3]]
+
+
+def test_a_lora_policy_with_ref_none_trains_as_against_a_frozen_copy_of_its_base():
+    """ref=None scores π_ref with the policy's adapters disabled: the same run as with a separate
+    frozen copy of the base (LoRA never moves the base), without the copy; a plain function rewards."""
+    P = len(TOK.encode_prompt("abc"))
+    reward = lambda ids, attention_mask=None: (ids[:, P] < 12).double()    # noqa: E731  (not a module)
+    runs = []
+    for ref_none in (True, False):
+        base = tiny_model(CFG, 4)                                          # float64: equal to 1e-10
+        ref = None if ref_none else copy.deepcopy(base)
+        policy = copy.deepcopy(base)
+        apply_lora(policy, LoRAConfig(r=2, alpha=4, qkv=None, include_head=False))
+        with torch.no_grad():
+            for _, m in adapter_layers(policy):
+                m.lora_B.normal_(0, 0.1)                                    # π ≠ π_ref from the first step
+        cfg = PPOConfig(steps=3, batch_size=8, minibatch_size=4, ppo_epochs=2, lr=3e-3, kl_coef=0.2, max_new_tokens=3)
+        hist = train_ppo(policy, ["abc"] * 8, cfg, ref=ref, reward_model=reward, tok=TOK, progress=False)
+        runs.append(([(h["score"], h["kl"], h["policy_loss"]) for h in hist], policy))
+    (a, pa), (b, pb) = runs
+    assert abs(a[0][1]) > 1e-3                                             # the KL term is really there
+    np.testing.assert_allclose(np.array(a), np.array(b), rtol=1e-10, atol=1e-12)
+    for (n, x), (_, y) in zip(pa.named_parameters(), pb.named_parameters()):
+        torch.testing.assert_close(x, y, rtol=1e-10, atol=1e-12, msg=n)
+    with pytest.raises(ValueError, match="ref=None needs a PEFT policy"):
+        train_ppo(tiny_model(CFG, 4), ["abc"] * 8, cfg, ref=None, reward_model=reward, tok=TOK, progress=False)
 
 
 def test_adaptive_kl_coefficient_moves_toward_the_target():

@@ -47,6 +47,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from ..model import GPT, at_least_fp32
+from ..peft.common import adapter_layers, disable_adapters
 from ..tasks import collate
 from ..train import TrainConfig, make_optimizer, model_device, to_device
 from ..validate import check_bool, check_float, check_int
@@ -236,13 +237,14 @@ def logps_of(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def rollout(policy: GPT, ref: GPT, reward_model, tok, prompts: Sequence[str], max_new_tokens: int,
+def rollout(policy: GPT, ref: Optional[GPT], reward_model, tok, prompts: Sequence[str], max_new_tokens: int,
             generator: Optional[torch.Generator] = None, value_head: Optional[nn.Module] = None,
             greedy: bool = False) -> dict:
     """Sample one response per prompt and score it: everything PPO (or an evaluation) needs.
     Returns tensors "ids", "attention_mask" (B, P + N), "tokens", "mask", "logp" (re-scored),
     "sample_logp" (at sampling time), "ref_logp", "entropy" (B, N), "score" (B,), "values" (B, N)
-    if a value head is given, and "P"; every tensor on the policy's device."""
+    if a value head is given, and "P"; every tensor on the policy's device. ref=None: π_ref is the
+    policy with its adapters disabled (a PEFT policy: no second copy of the model in memory)."""
     policy.eval()
     dev = model_device(policy)
     p = to_device(encode_prompts(tok, prompts, policy.config.block_size, max_new_tokens), dev)
@@ -254,7 +256,11 @@ def rollout(policy: GPT, ref: GPT, reward_model, tok, prompts: Sequence[str], ma
     logits, h = response_logits(policy, ids, attn, P, hidden=True)         # (B, N, V), (B, N, C)
     logp = zero_masked(logps_of(logits, tokens), mask)                     # the same numbers, re-scored
     ent = -(F.softmax(logits, -1) * F.log_softmax(logits, -1)).sum(-1)     # H(π(·|s_t))  (B, N)
-    ref_logits = response_logits(ref, ids, attn, P).to(dev)                # π_ref on its device, back here
+    if ref is None:                                                        # π_ref = the base under the adapters
+        with disable_adapters(policy):
+            ref_logits = response_logits(policy, ids, attn, P)
+    else:
+        ref_logits = response_logits(ref, ids, attn, P).to(dev)            # π_ref on its device, back here
     ref_logp = zero_masked(logps_of(ref_logits, tokens), mask)
     rm_dev = model_device(reward_model) if isinstance(reward_model, nn.Module) else dev   # any scorer works
     score = reward_model(ids.to(rm_dev), attention_mask=attn.to(rm_dev))    # r_φ at the last real token  (B,)
@@ -319,20 +325,24 @@ def _update(policy: GPT, value_head: nn.Module, opt, params: list, r: dict, adv:
     return {k: v / n_updates for k, v in stats.items()}
 
 
-def train_ppo(policy: GPT, prompts: Sequence[str], cfg: PPOConfig, *, ref: GPT, reward_model, tok,
+def train_ppo(policy: GPT, prompts: Sequence[str], cfg: PPOConfig, *, ref: Optional[GPT], reward_model, tok,
               value_head: Optional[nn.Module] = None, progress: bool = True) -> list[dict]:
     """PPO-RLHF on `policy` IN PLACE (whatever requires_grad: full fine-tuning, or LoRA after
-    minift.peft.apply_lora). `ref` and `reward_model` are frozen here. Each iteration draws
+    minift.peft.apply_lora). `ref` and `reward_model` are frozen here; ref=None takes a PEFT policy's
+    disabled adapters as π_ref (as train_dpo does), which saves the reference copy's memory. Each iteration draws
     cfg.batch_size prompts (without replacement, reshuffled each pass), samples, scores, then runs
     cfg.ppo_epochs epochs of minibatches. The value head is a fresh nn.Linear(C, 1), zero-initialised,
     unless one is passed (pass one to keep it), on the policy's device and in its dtype. Returns one
     dict of statistics per iteration."""
     if not isinstance(cfg, PPOConfig):
         raise TypeError(f"cfg must be a PPOConfig, got {type(cfg).__name__}")
-    if not isinstance(policy, GPT) or not isinstance(ref, GPT):
-        raise TypeError("policy and ref must be minift GPTs")
+    if not isinstance(policy, GPT) or not (ref is None or isinstance(ref, GPT)):
+        raise TypeError("policy and ref must be minift GPTs (ref=None: a PEFT policy's disabled adapters)")
     if policy is ref:
         raise ValueError("ref must be a separate frozen copy of the policy (copy.deepcopy(policy)), not the policy")
+    if ref is None and not any(True for _ in adapter_layers(policy)):
+        raise ValueError("train_ppo: ref=None needs a PEFT policy (e.g. apply_lora) whose disabled adapters "
+                         "give the reference; this policy has no adapter layer")
     if len(prompts) < cfg.batch_size:
         raise ValueError(f"{len(prompts)} prompts are fewer than PPOConfig.batch_size={cfg.batch_size}")
     torch.manual_seed(cfg.seed)
@@ -342,7 +352,7 @@ def train_ppo(policy: GPT, prompts: Sequence[str], cfg: PPOConfig, *, ref: GPT, 
         nn.init.zeros_(value_head.bias)
         w = policy.transformer.wte.weight
         value_head = value_head.to(device=w.device, dtype=w.dtype)
-    for m in (ref, reward_model):
+    for m in [x for x in (ref, reward_model) if isinstance(x, nn.Module)]:   # a reward may be a plain function
         m.eval()
         for p in m.parameters():
             p.requires_grad_(False)
