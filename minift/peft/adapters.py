@@ -55,6 +55,7 @@ class AdapterConfig(MethodConfig):
     layers: Optional[Sequence[int]] = None     # which blocks; None = all; negative counts from the end
     include_head: bool = True                  # keep a task head (head.*) trainable
     method = "adapters"                        # its name in an adapter file
+    family = "additive"                     # minift/taxonomy.py: adds modules or tokens the base does not have
 
     def __post_init__(self):
         check_choice(self, "kind", self.kind, KINDS)

@@ -66,6 +66,7 @@ class MethodConfig(ConfigIO):
     defining the class registers it, so importing a method's module is all a reader needs."""
 
     method: ClassVar[str] = ""                  # "" (SelectiveConfig): not stored in adapter files
+    family: ClassVar[str] = ""                  # its PEFT class (minift/taxonomy.py): selective, additive, ...
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)

@@ -75,6 +75,7 @@ class LoRAConfig(MethodConfig):
     use_dora: bool = False
     include_head: bool = True                     # keep a task head (head.*) trainable
     method = "lora"                               # its name in an adapter file (DoRA is LoRA with use_dora)
+    family = "reparameterization"           # minift/taxonomy.py: W = W0 + a compact update
 
     def __post_init__(self):
         check_int(self, "r", self.r, lo=1, hint=" (the rank; <= min(in, out) of every adapted matrix)")

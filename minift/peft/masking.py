@@ -58,6 +58,7 @@ class MaskingConfig(MethodConfig):
     seed: int = 0                                 # the mask's private generator
     include_head: bool = True                     # keep a task head (head.*) trainable
     method = "masking"                            # its name in an adapter file
+    family = "selective"                    # minift/taxonomy.py: trains a subset of W0's own entries
 
     def __post_init__(self):
         self.density = float(check_float(self, "density", self.density, 0, 1, lo_open=True, hint=": the share of "

@@ -61,6 +61,7 @@ class PrefixConfig(MethodConfig):
     init_ids: Optional[Sequence[int]] = None   # n_prefix token ids: start from their keys/values (below)
     include_head: bool = True            # keep a task head (head.*) trainable
     method = "prefix"                    # its name in an adapter file
+    family = "additive"                     # minift/taxonomy.py: adds modules or tokens the base does not have
 
     def __post_init__(self):
         check_int(self, "n_prefix", self.n_prefix, lo=1, hint=" (a length-0 prefix is the base model: don't apply one)")

@@ -64,6 +64,7 @@ class PromptConfig(MethodConfig):
     seed: int = 0                               # for "random" and "vocab"
     include_head: bool = True                   # keep a task head (head.*) trainable
     method = "prompt"                           # its name in an adapter file
+    family = "additive"                     # minift/taxonomy.py: adds modules or tokens the base does not have
 
     def __post_init__(self):
         check_int(self, "n_tokens", self.n_tokens, lo=1, hint=" (virtual tokens; n + length must fit block_size)")

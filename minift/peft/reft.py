@@ -67,6 +67,7 @@ class ReFTConfig(MethodConfig):
     init: str = "identity"                     # "identity": W = R, b = 0 (a no-op) | "random": W as nn.Linear
     include_head: bool = True                  # keep a task head (head.*) trainable
     method = "reft"                            # its name in an adapter file
+    family = "additive"                     # minift/taxonomy.py: adds modules or tokens the base does not have
 
     def __post_init__(self):
         check_int(self, "r", self.r, lo=1, hint=" (and <= n_embd)")

@@ -49,6 +49,7 @@ class SelectiveConfig(MethodConfig):
     """Which pretrained parameters train (see the module docstring); nothing is added to the model,
     so there is no adapter file: save the trainable tensors with checkpoint.save_trainable."""
 
+    family = "selective"                          # minift/taxonomy.py: trains a subset of the base's own parameters
     layers: Optional[Sequence[int]] = None        # block indices; negative counts from the end
     components: Optional[Sequence[str]] = None    # keys of COMPONENTS
     param_types: Optional[Sequence[str]] = None   # "weight" and/or "bias"

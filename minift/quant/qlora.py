@@ -65,6 +65,7 @@ class QLoRAConfig(MethodConfig):
     quantize_rest: bool = True            # quantize the linear layers LoRA does not adapt, too
     loftq_iters: int = 0                  # 0: plain QLoRA init (B = 0); T >= 1: LoftQ
     method = "qlora"                      # its name in an adapter file (int8, NF4 and LoftQ are options)
+    family = "reparameterization"           # minift/taxonomy.py: W = W0 + a compact update
 
     def __post_init__(self):
         check_int(self, "r", self.r, lo=1, hint=" (the rank; <= min(in, out) of every adapted matrix)")
