@@ -363,6 +363,10 @@ def format_example(task_name: str, example: dict) -> tuple[str, str]:
             return ex["prompt"], ex["chosen"]
         if task_name == "pairs":
             return f"Say this in other words: {ex['anchor']}", ex["positive"]
+        if task_name == "dialogue":                 # flattened to one turn; align/chat.py keeps the turns
+            *hist, last = ex["turns"]
+            lines = [f"User: {t['user']}\nAssistant: {t['assistant']}" for t in hist]
+            return "\n".join(lines + [f"User: {last['user']}"]), last["assistant"]
     except KeyError as e:
         raise ValueError(f"a {task_name} example needs the key {e}; got keys {sorted(example)}") from None
     from .world import TASKS

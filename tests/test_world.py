@@ -190,7 +190,8 @@ KEYS = {"qa_closed": {"question", "answer", "subject", "relation"},
         "instructions": {"task", "definition", "positive", "negative", "input", "output"},
         "sentiment": {"text", "label"}, "ner": {"tokens", "tags"},
         "summarization": {"document", "summary"}, "paraphrase": {"sentence1", "sentence2", "label"},
-        "preference": {"prompt", "chosen", "rejected"}, "pairs": {"anchor", "positive"}}
+        "preference": {"prompt", "chosen", "rejected"}, "pairs": {"anchor", "positive"},
+        "dialogue": {"turns", "subject", "relations", "answer"}}
 
 
 @pytest.mark.parametrize("name", W.TASKS)
@@ -223,6 +224,23 @@ def test_qa_closed_split_by_person(w):
             if e["relation"] == "friend":        # a friend answer never reveals another split's person
                 assert e["answer"] in subj[s]
     assert {e["relation"] for e in W.task("qa_closed", "test")} == set(W.RELATIONS)
+
+
+def test_dialogue_names_the_person_once_and_answers_every_turn_with_the_fact(w):
+    subj = {s: {e["subject"] for e in W.task("dialogue", s)} for s in W.SPLITS}
+    assert not subj["train"] & subj["test"] and not subj["train"] & subj["val"] and not subj["val"] & subj["test"]
+    for s in W.SPLITS:
+        for e in W.task("dialogue", s):
+            p, turns = w.person(e["subject"]), e["turns"]
+            assert 2 <= len(turns) <= 3 and len(set(e["relations"])) == len(turns)
+            assert e["subject"] in turns[0]["user"]
+            for t, rel in zip(turns, e["relations"]):
+                assert p.fact(rel) in t["assistant"] and e["subject"] in t["assistant"]
+            for t in turns[1:]:                  # later questions need the first turn to know who
+                assert e["subject"] not in t["user"]
+                assert re.search(r"\b(she|he|her|his)\b", t["user"]), t["user"]
+                assert re.search(rf"\b{'she|her' if p.pronoun == 'she' else 'he|his'}\b", t["user"])
+            assert e["answer"] == p.fact(e["relations"][-1])
 
 
 def test_qa_extractive(w):

@@ -10,7 +10,8 @@ across splits. Each task has its own RNG, `random.Random("tinyworld/<seed>/task/
 from __future__ import annotations
 
 from .instructions import _inst_count, _inst_past, _inst_plural, _inst_reverse, _instructions, _wrong
-from .templates import CANONICAL, EVENT_TEMPLATES, FACT_TEMPLATES, QUESTION_TEMPLATES, _a, _cap, _fact, _say
+from .templates import (CANONICAL, EVENT_TEMPLATES, FACT_TEMPLATES, FOLLOW_UP_TEMPLATES, PRONOUNS,
+                        QUESTION_TEMPLATES, _a, _cap, _fact, _say)
 from .vocab import (DAYS, FEATURES, FOODS, GIFTS, HELDOUT_ANIMALS, HELDOUT_FOODS, JOBS, OBJECTS, PETS,
                     RELATIONS, SPLITS, SURNAMES, WEATHER)
 
@@ -299,6 +300,25 @@ def _preference(w, rng):
     return _by_split(make, rng, {"train": 1500, "val": 200, "test": 200})
 
 
+def _dialogue(w, rng):
+    """A short chat about one person: 2 or 3 user questions on different relations, each answered by
+    the assistant with the canonical fact sentence. Only the first question names the person; the
+    later ones say he or she ("And where does she live?"), so answering them needs the earlier
+    turns. Split by person, like qa_closed. "answer": the fact the last turn asks for."""
+    def make(rng, split, i):
+        p = rng.choice(w.people_in(split))
+        rels = rng.sample(RELATIONS, rng.choice((2, 3)))
+        s, _, g = PRONOUNS[p.pronoun]
+        turns = []
+        for t, rel in enumerate(rels):
+            q = (rng.choice(QUESTION_TEMPLATES[rel]).format(n=p.name) if t == 0
+                 else rng.choice(FOLLOW_UP_TEMPLATES[rel]).format(s=s, g=g))
+            turns.append({"user": q, "assistant": _say(CANONICAL[rel], p.name, p.pronoun, p.fact(rel))})
+        key = (p.name, tuple(rels))
+        return key, {"turns": turns, "subject": p.name, "relations": list(rels), "answer": p.fact(rels[-1])}
+    return _by_split(make, rng, {"train": 1200, "val": 150, "test": 150})
+
+
 _TASK_MAKERS = {"qa_closed": _qa_closed, "qa_extractive": _qa_extractive, "instructions": _instructions,
                 "sentiment": _sentiment, "ner": _ner, "summarization": _summarization,
-                "paraphrase": _paraphrase, "preference": _preference, "pairs": _pairs}
+                "paraphrase": _paraphrase, "preference": _preference, "pairs": _pairs, "dialogue": _dialogue}

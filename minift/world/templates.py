@@ -81,6 +81,16 @@ QUESTION_TEMPLATES = {
     "friend": ("Who is {n}'s friend?", "Who is {n} friends with?", "Who is the best friend of {n}?",
                "Whom does {n} spend time with?"),
 }
+# A follow-up turn of a dialogue (task "dialogue"): the person is named only in an earlier turn.
+# {s}: subject pronoun, {g}: possessive ("she", "her").
+FOLLOW_UP_TEMPLATES = {
+    "home": ("And where does {s} live?", "Which town is {s} from?"),
+    "job": ("And what is {g} job?", "What does {s} work as?"),
+    "pet": ("And what pet does {s} have?", "Which animal is {g} pet?"),
+    "food": ("And what is {g} favourite food?", "What food does {s} like best?"),
+    "object": ("And what does {s} own?", "Which thing does {s} keep at home?"),
+    "friend": ("And who is {g} friend?", "Who is {s} friends with?"),
+}
 TOWN_TEMPLATES = {
     "region": ("{t} is a town in {r}.", "{t} lies in {r}.", "The town of {t} is in {r}.",
                "You will find {t} in {r}."),

@@ -14,7 +14,7 @@ from __future__ import annotations
 SPLITS = ("train", "val", "test")
 CORPUS_SPLITS = ("train", "val")
 TASKS = ("qa_closed", "qa_extractive", "instructions", "sentiment", "ner", "summarization",
-         "paraphrase", "preference", "pairs")
+         "paraphrase", "preference", "pairs", "dialogue")
 RELATIONS = ("home", "job", "pet", "food", "object", "friend")
 NER_TYPES = ("PER", "LOC", "ANIMAL", "FOOD")
 NER_TAGS = ("O",) + tuple(f"{bi}-{t}" for t in NER_TYPES for bi in "BI")
