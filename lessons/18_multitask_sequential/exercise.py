@@ -97,14 +97,14 @@ def run_example_loss(logits, targets):
 
 # ---- try it ------------------------------------------------------------------------------------
 
-def try_replay(replay_mix="proportional", pretrain_stage=False, rho=0.25, steps=50):
+def try_replay(replay_mix="proportional", pretrain_stage=False, rho=0.25, steps=40):
     """Part 3 of the walkthrough, with your changes: full fine-tuning through domain -> closed-book
-    QA -> summarization (each `steps` steps x batch 8 at 1e-3), a fraction rho of every later
+    QA -> summarization (each `steps` steps x batch 4 at 1e-3), a fraction rho of every later
     stage's examples replayed from the earlier stages, mixed by `replay_mix` ("proportional",
     "equal" or "temperature"). pretrain_stage=True adds a first, one-step stage on the pretraining
     corpus, so that later stages replay pretraining text too, and scores "pretrain ppl" as that
     stage's column. Prints the score matrix, the forgetting of each stage's column and the
-    examples drawn per stage. About a minute of CPU. Returns run_stages' result."""
+    examples drawn per stage. Under a minute of CPU. Returns run_stages' result."""
     from minift import world
     from minift.align.multitask import Column, MixtureConfig, Stage, forgetting, run_stages, stage_matrix
     from minift.evals import evaluate_task, mixture
@@ -118,7 +118,7 @@ def try_replay(replay_mix="proportional", pretrain_stage=False, rho=0.25, steps=
     dom_val = LMDataset(tok, world.domain2_corpus("val")[:100], 64)
     pre_val = LMDataset(tok, world.pretrain_corpus("val")[:100], 64)
     dom_val, pre_val = [dom_val[i] for i in range(8)], [pre_val[i] for i in range(8)]
-    qa_test, sum_test = world.task("qa_closed", "test")[:120], world.task("summarization", "test")[:40]
+    qa_test, sum_test = world.task("qa_closed", "test")[:80], world.task("summarization", "test")[:30]
     probes = probe_subset(72)
     columns = {
         "domain NLL": Column(lambda m: evaluate_nll(m, dom_val, batch_size=8), "domain", False),
@@ -135,7 +135,7 @@ def try_replay(replay_mix="proportional", pretrain_stage=False, rho=0.25, steps=
               Stage("summarization", SFTDataset(tok, mixture(["summarization"], "train", None), T), int(steps), 1e-3)]
     if pretrain_stage:
         stages.insert(0, Stage("pretrain", LMDataset(tok, world.pretrain_corpus("train"), 64), 1, 1e-3))
-    run = run_stages(model, stages, columns, batch_size=8, replay=float(rho), replay_mix=MixtureConfig(replay_mix),
+    run = run_stages(model, stages, columns, batch_size=4, replay=float(rho), replay_mix=MixtureConfig(replay_mix),
                      collate_fn=collate_fn(tok.pad_id), progress=False)
     table(("after", *columns), [(r, *[f"{sc[c]:.3f}" for c in columns]) for r, sc in zip(run["rows"], run["scores"])])
     f = forgetting(stage_matrix(run, columns)).tolist()

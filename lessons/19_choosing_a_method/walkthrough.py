@@ -16,16 +16,16 @@ Prints, top to bottom:
   3. the course's claims, each checked against parts 1-2: PEFT forgets less; LoRA cuts trainable
      parameters by > 10,000x at scale; QLoRA fits big models on one GPU; DPO is cheaper than PPO.
 
-    python lessons/19_choosing_a_method/walkthrough.py           # or: minift run 19 (one seed, 80 steps)
+    python lessons/19_choosing_a_method/walkthrough.py           # or: minift run 19 (one seed, 80 steps x 8)
     python lessons/19_choosing_a_method/walkthrough.py --fast    # the seconds-long version the tests run
-    python lessons/19_choosing_a_method/walkthrough.py --full    # the lessons' 150 steps, seeds 0, 1, 2
+    python lessons/19_choosing_a_method/walkthrough.py --full    # the lessons' 150 steps x 32, seeds 0, 1, 2
 
 Everything it uses lives in the library (minift/peft/*, minift/quant/qlora.py, minift/heads.py,
 minift/train.py, minift/pretrain.py, minift/memory.py; the train-and-measure bench:
 minift/course.py); this file only calls it and prints.
 """
-EXPECTED_SECONDS = 100
-FAST_SECONDS = 12
+EXPECTED_SECONDS = 106
+FAST_SECONDS = 15
 
 import copy
 import statistics
@@ -53,7 +53,7 @@ from minift.tasks import LMDataset
 from minift.train import to_device
 
 parser = course.parser(__doc__)
-parser.add_argument("--full", action="store_true", help="the lessons' full recipes: 150 steps, seeds 0, 1, 2, "
+parser.add_argument("--full", action="store_true", help="the lessons' full recipes: 150 steps x 32, seeds 0, 1, 2, "
                                                         "and the LLaMA-65B prediction (not with --fast)")
 args = course.start("19", parser, kernel=True)     # the C++ kernel loaded (built once) before any timed row
 if args.fast and args.full:
@@ -79,17 +79,21 @@ M = {
     "LoReFT r=4": ("10", ReFTConfig(r=4, positions="all"), 3e-3),
     "QLoRA NF4 r=4 q,v": ("12", QLoRAConfig(r=4, quant="nf4"), 3e-3),
 }
+if FAST:   # the smoke test: every code path (merged, unmerged, the base's shape, NF4), not all twelve methods
+    M = {m: M[m] for m in ("full", "head-only", "LoRA r=4 q,v", "series adapter (Houlsby) m=7", "prompt n=16 (vocab)",
+                           "random mask 1% q,v", "QLoRA NF4 r=4 q,v")}
 PEFT = [m for m in M if m != "full"]
 MERGES = {"LoRA r=4 q,v": merge_and_unload, "DoRA r=4 q,v": merge_and_unload,   # W = W0 + s B A (DoRA: m ⊙ ...)
           "random mask 1% q,v": merge_masking,                                  # W = W0 + scatter(idx, v)
           "QLoRA NF4 r=4 q,v": merge_and_unload_qlora}                          # c_attn to float; rest stays NF4
+MERGES = {m: f for m, f in MERGES.items() if m in M}         # --fast: those of its methods
 SAME_AS_BASE = ("full", "head-only", "BitFit")          # the base's architecture: nothing to merge
-STEPS, BATCH = (3, 8) if FAST else (150, 32) if FULL else (80, 32)
+STEPS, BATCH = (3, 8) if FAST else (150, 32) if FULL else (80, 8)
 SEEDS = (0, 1, 2) if FULL else (0,)
 N_EVAL = 16 if FAST else None
-PROBE = dict(n_windows=2, n_facts=12) if FAST else dict(n_windows=16, n_facts=72)
-TIMING_ROUNDS = 1 if FAST else 10
-MEM_B, MEM_T = 32, 32                                   # the step whose memory is measured
+PROBE = dict(n_windows=2, n_facts=4) if FAST else dict(n_windows=8, n_facts=72)
+TIMING_ROUNDS = 1 if FAST else 3
+MEM_B, MEM_T = (4, 8) if FAST else (32, 32)             # the step whose memory is measured
 BLOCK = 128
 
 
@@ -120,7 +124,7 @@ col, fresh = bench.col, bench.fresh
 print(f"task: NER (BIO tags over {', '.join(world.NER_TYPES)}), {len(ner['train'])} training sentences, val "
       f"{len(ner['val'])}, test {len(ner['test'])}. Every run: {STEPS} steps x batch {BATCH}, AdamW, warmup + "
       f"cosine, the same head init, seed{'s' if len(SEEDS) > 1 else ''} {', '.join(map(str, SEEDS))}"
-      + ("" if FULL or FAST else " (the lessons trained 150 steps: --full)") + ".")
+      + ("" if FULL or FAST else " (the lessons trained 150 steps x 32: --full)") + ".")
 print(f"base model: {N_ALL:,} parameters; before fine-tuning: pretraining perplexity {before['pretrain_ppl']:.3f}, "
       f"fact accuracy {before['fact_accuracy']:.1%} ({PROBE['n_facts']} probes)")
 
@@ -204,9 +208,10 @@ print(f"entity F1 (seed {SEEDS[0]}); of full: test F1 / full fine-tuning's. pret
       f"for bit (full and BitFit changed the base weights; QLoRA's base is the NF4 copy).")
 
 # ==============================================================================================
-BIG, B7, T7 = "llama-7b", 1, 512
+BIG, B7 = ("base" if FAST else "llama-7b"), 1            # --fast: the shipped model's shape (meta models are slow)
+cfg7 = base.config if FAST else PRESETS[BIG]
+T7 = min(512, cfg7.block_size)
 header(f"2. The same methods on a {BIG}-shaped model (meta device: shapes only), bf16, batch {B7} x {T7}")
-cfg7 = PRESETS[BIG]
 C7, L7 = cfg7.n_embd, cfg7.n_layer
 t0 = time.perf_counter()
 pred = {"full": estimate(cfg7, "full", batch=B7, seq=T7),
@@ -237,21 +242,22 @@ for m in M:
         rows.append((m, f"{n:,}", f"{N7 / n:,.0f}x" if n else "-", "-", "-", "-", "-", why))
 table((f"{BIG} shape", "trainable", "fewer than full", "weights GiB", "grads+AdamW GiB", "activ. GiB", "total GiB",
        "note"), rows)
-print(f"{N7:,} parameters (GPT-2 layout with LLaMA-7B's shapes: n_layer {L7}, n_embd {C7}, vocab "
+print(f"{N7:,} parameters (GPT-2 layout with {'the base model' if FAST else 'LLaMA-7B'}'s shapes: n_layer {L7}, n_embd {C7}, vocab "
       f"{cfg7.vocab_size}); weights and gradients bf16, AdamW moments fp32; QLoRA: every frozen linear weight "
       f"in NF4 + double quantization. minift.memory.estimate (full, LoRA, QLoRA) and step_memory on the meta "
       f"model with apply_config (the others), {time.perf_counter() - t0:.0f}s.")
 
-g3 = PRESETS["gpt3-175b"]
+G3_NAME = "base" if FAST else "GPT-3-175B"                # --fast: the shipped model's shape, as above
+g3 = base.config if FAST else PRESETS["gpt3-175b"]
 with torch.device("meta"):
     n175 = GPT(g3).num_parameters()
 rows = [(f"r = {r}", f"{g3.n_layer * 2 * lora_parameter_count(g3.n_embd, g3.n_embd, r):,}",
          f"{n175 / (g3.n_layer * 2 * lora_parameter_count(g3.n_embd, g3.n_embd, r)):,.0f}x",
          f"{L7 * 2 * lora_parameter_count(C7, C7, r):,}",
          f"{N7 / (L7 * 2 * lora_parameter_count(C7, C7, r)):,.0f}x") for r in (1, 2, 4, 8)]
-table(("LoRA on W_q, W_v", "GPT-3-175B trainable", "fewer than full", f"{BIG} trainable", "fewer than full"), rows)
-print(f"GPT-3-175B shape: {n175:,} parameters (n_layer 96, n_embd 12288); LoRA trains 2 r (C + C) per block "
-      f"on W_q and W_v.")
+table(("LoRA on W_q, W_v", f"{G3_NAME} trainable", "fewer than full", f"{BIG} trainable", "fewer than full"), rows)
+print(f"{G3_NAME} shape: {n175:,} parameters (n_layer {g3.n_layer}, n_embd {g3.n_embd}); LoRA trains 2 r (C + C) "
+      f"per block on W_q and W_v.")
 
 if FULL:
     t0 = time.perf_counter()
@@ -283,7 +289,7 @@ print(f"    Switched off, {len(off)} of the PEFT methods give the base back bit 
 lora = results["LoRA r=4 q,v"]
 print(f"(b) 'LoRA reduces trainable parameters by > 10,000x at scale'. LoRA r=4 on W_q, W_v: here "
       f"{lora['n_adapter']:,} of {N_ALL:,} ({N_ALL / lora['n_adapter']:,.0f}x fewer, the task head aside); {BIG} "
-      f"{N7 / pred['LoRA r=4 q,v']['trainable']:,.0f}x; GPT-3-175B "
+      f"{N7 / pred['LoRA r=4 q,v']['trainable']:,.0f}x; {G3_NAME} "
       f"{n175 / (g3.n_layer * 2 * lora_parameter_count(g3.n_embd, g3.n_embd, 4)):,.0f}x (r=1: "
       f"{n175 / (g3.n_layer * 2 * lora_parameter_count(g3.n_embd, g3.n_embd, 1)):,.0f}x). The ratio grows with C: "
       f"(12 C^2 L) / (4 r C L) = 3 C / r.")

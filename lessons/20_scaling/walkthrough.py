@@ -7,22 +7,22 @@ Prints, top to bottom:
   2. the sweep: summarization, fine-tuning data D_f in {48, 150, 480, 1500} (1.5 orders of
      magnitude) x the three models x {full fine-tuning, LoRA, prompt tuning}, and where its
      results are cached (data/scaling/sweep.json, shipped);
-  3. three cells (one per method) fine-tuned again now, beside their cached numbers (the cache is a record of runs
+  3. two cells (full fine-tuning, LoRA) fine-tuned again now, beside their cached numbers (the cache is a record of runs
      of this code, not numbers typed in);
   4. the table: test loss per method, model size and data size;
   5. the fit of the paper's multiplicative law L = A X^-α D^-β + E for each method, its error on
      the points fitted and on held-out points, and which factor matters more at this scale;
   6. the curves as a text plot, and the best method at each model and data size.
 
-    python lessons/20_scaling/walkthrough.py            # or: minift run 20 (the cache + 3 cells run again)
+    python lessons/20_scaling/walkthrough.py            # or: minift run 20 (the cache + 2 cells run again)
     python lessons/20_scaling/walkthrough.py --report   # the cache only: tables, fit, plot (seconds)
     python lessons/20_scaling/walkthrough.py --full     # run every cell the cache lacks (see README)
-    python lessons/20_scaling/walkthrough.py --probe    # + the learning-rate probe (about 10 minutes)
-    python lessons/20_scaling/walkthrough.py --fast     # a 2x2x2 corner, tiny steps (the tests)
+    python lessons/20_scaling/walkthrough.py --probe    # + the learning-rate probe (18 more cells)
+    python lessons/20_scaling/walkthrough.py --fast     # a 2x1x2 corner (LoRA), 3 steps a cell (the tests)
 
 Everything it uses lives in the library (minift/scaling.py, minift/pretrain.py, minift/peft/).
 """
-EXPECTED_SECONDS = 51
+EXPECTED_SECONDS = 85
 FAST_SECONDS = 14
 
 import os
@@ -37,11 +37,12 @@ from minift.report import ascii_plot, header, table
 from minift.scaling import (METHODS, Cache, finetune_cell, fit_scaling_law, non_embedding_parameters,
                             predict_loss, recipe_fingerprint, steps_for, sweep)
 
-parser = course.parser(__doc__, "a 2x2x2 corner with tiny steps, in a temporary cache")
+parser = course.parser(__doc__, "a 2x1x2 corner (tiny and small, LoRA, 48 and 150 examples), 3 steps a cell, "
+                                 "in a temporary cache")
 parser.add_argument("--report", action="store_true", help="print from the cache only; run nothing")
 parser.add_argument("--full", action="store_true", help="run every cell missing from the cache")
 parser.add_argument("--probe", action="store_true", help="first, the learning-rate probe behind METHODS' rates "
-                    "(3 rates x 3 methods x 2 cells, about 10 minutes)")
+                    "(3 rates x 3 methods x 2 cells: 18 cells of the sweep's recipe)")
 parser.add_argument("--seeds", default="0,1,2", help="comma-separated seeds of the sweep (default 0,1,2: the shipped cache)")
 parser.add_argument("--cache", default=str(DATA_DIR / "scaling" / "sweep.json"), help="the cache file")
 args = course.start("20", parser, needs_base=False)      # one thread, the clock; its models are data/sizes/
@@ -57,11 +58,12 @@ def load(size):
 
 
 SIZE_NAMES = ("tiny", "small") if FAST else tuple(SIZES)
-METHOD_NAMES = ("full", "lora") if FAST else tuple(METHODS)
+METHOD_NAMES = ("lora",) if FAST else tuple(METHODS)
 DATA_SIZES = (48, 150) if FAST else (48, 150, 480, 1500)
 SEEDS = (0,) if FAST else tuple(int(s) for s in args.seeds.split(","))
-LIVE = [("tiny", m, DATA_SIZES[0], SEEDS[0]) for m in METHOD_NAMES]     # one cheap cell per method, run again
-FAST_RUN = dict(steps=6, n_val=8, n_test=16)            # --fast: seconds, not a measurement
+LIVE = [("tiny", m, DATA_SIZES[0], SEEDS[0])                   # cheap cells, run again: full and LoRA (--fast: LoRA)
+        for m in (METHOD_NAMES if FAST else ("full", "lora"))]
+FAST_RUN = dict(steps=3, n_val=8, n_test=16)            # --fast: seconds, not a measurement
 
 # ==============================================================================================
 header("1. Three base models, one pretraining recipe")
@@ -114,7 +116,7 @@ else:
     if missing:
         print(f"{len(missing)} cells are missing (e.g. {'/'.join(map(str, missing[0]))}): the tables below leave them "
               f"out. `python lessons/20_scaling/walkthrough.py --full` runs them "
-              f"(about 16 minutes here for all 36).")
+              f"(36 cells per seed, 200 steps each: part 3's cells show what one costs on this machine).")
 
 if args.probe:
     header("2b. The learning-rate probe: validation loss at three rates per method")
@@ -137,11 +139,14 @@ else:
     rows = []
     for c in LIVE:
         cached = cache.get(*c)
+        c0 = course.clock()                                      # CPU seconds (GPU wall on a GPU)
         now = run(*c)
+        secs = course.clock() - c0                               # training and its evaluations
         rows.append(("/".join(map(str, c[:3])), f"{now['test_nll']:.4f}",
                      f"{cached['test_nll']:.4f}" if cached else "-",
-                     f"{abs(now['test_nll'] - cached['test_nll']):.1e}" if cached else "-", f"{now['seconds']:.1f}s"))
-    table(("size/method/D_f", "test loss now", "cached", "|difference|", "train time"), rows)
+                     f"{abs(now['test_nll'] - cached['test_nll']):.1e}" if cached else "-",
+                     f"{secs:.1f}s"))
+    table(("size/method/D_f", "test loss now", "cached", "|difference|", f"{course.clock_name()} time"), rows)
     print("Same code, seed and thread count give the same numbers; another CPU or torch version may differ in the "
           "last digits (floating-point sums in another order).")
 

@@ -13,7 +13,7 @@ Prints, top to bottom:
      save for a 7B-shaped model, from minift.memory's prediction.
 
     python lessons/21_distributed/walkthrough.py          # or: minift run 21
-    python lessons/21_distributed/walkthrough.py --fast   # 1 step per run (the tests)
+    python lessons/21_distributed/walkthrough.py --fast   # 1 step per run, no launch: a world of one (the tests)
     python lessons/21_distributed/walkthrough.py --device cuda   # 2+ GPUs: nccl, one GPU per rank
 
 With --device cuda and at least two GPUs, each rank trains on its own GPU over nccl, and part 3's
@@ -21,10 +21,12 @@ single process runs on the first GPU. With one GPU, nccl cannot give each rank a
 and part 3 stay on the CPU with gloo (said at the top of part 2), and part 1 loads on the GPU.
 
 The walkthrough launches its own workers with torchrun (the same file, `--worker`); everything it
-trains with is the library's (minift/distributed.py, minift/train.py, minift/peft/lora.py).
+trains with is the library's (minift/distributed.py, minift/train.py, minift/peft/lora.py). --fast
+launches nothing (three more Pythons importing torch would cost more than the smoke test's budget):
+the worker's code runs in this process as a world of one; tests/test_distributed.py launches the two.
 """
-EXPECTED_SECONDS = 45
-FAST_SECONDS = 15
+EXPECTED_SECONDS = 52
+FAST_SECONDS = 10
 
 import argparse
 import os
@@ -44,7 +46,7 @@ from minift.report import header, table
 from minift.tasks import LMDataset
 from minift.train import TrainConfig, train
 
-parser = course.parser(__doc__, "1 step per run (seconds)")
+parser = course.parser(__doc__, "1 step per run, no torchrun launch: the worker's code in this process, a world of one")
 parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
 parser.add_argument("--out", default=None, help=argparse.SUPPRESS)
 parser.add_argument("--grad-accum", type=int, default=1, help=argparse.SUPPRESS)
@@ -60,6 +62,16 @@ DDP_ON_GPU = DEV.type == "cuda" and torch.cuda.device_count() >= 2
 RUN_DEV = DEV if DDP_ON_GPU else torch.device("cpu")
 
 
+_WINDOWS = {}
+
+
+def windows(tok):
+    """The second domain's training text as 128-token windows, built once per process."""
+    if "train" not in _WINDOWS:
+        _WINDOWS["train"] = LMDataset(tok, world.domain2_corpus("train"), 128)
+    return _WINDOWS["train"]
+
+
 def setup(method, device=RUN_DEV):
     """The base model on `device`, fully trainable or with LoRA on W_q, W_v, and the second-domain
     windows: the same in every process (load_base is deterministic; LoRA's A is drawn after seeding)."""
@@ -70,8 +82,7 @@ def setup(method, device=RUN_DEV):
     else:
         for p in model.parameters():
             p.requires_grad_(True)
-    data = LMDataset(tok, world.domain2_corpus("train"), 128)
-    return model, data
+    return model, windows(tok)
 
 
 def recipe(method, grad_accum=1):
@@ -84,9 +95,8 @@ def trainable(model):
 
 
 # ---- the worker: what each of the two processes runs (both methods, one launch) ----------------
-if args.worker:
-    init_from_env("nccl" if DEV.type == "cuda" else "gloo")           # nccl: this rank's GPU is cuda:LOCAL_RANK
-    rank, W = rank_and_world()
+def worker():
+    rank, W = rank_and_world()                     # (0, 1) outside torchrun: --fast's world of one
     results = {}
     for method in ("full", "lora"):
         model, data = setup(method, rank_device())
@@ -96,6 +106,12 @@ if args.worker:
         course.sync(rank_device())
         results[method] = {"state": trainable(model), "world": W, "seconds": time.perf_counter() - t0,
                            "comm": [h.get("comm_bytes", 0) for h in hist], "loss": [h["loss"] for h in hist]}
+    return rank, results
+
+
+if args.worker:
+    init_from_env("nccl" if DEV.type == "cuda" else "gloo")           # nccl: this rank's GPU is cuda:LOCAL_RANK
+    rank, results = worker()
     if rank == 0:
         torch.save(results, args.out)
     sys.exit(0)
@@ -121,34 +137,39 @@ header(f"2. Two processes on this machine: torchrun --standalone --nproc_per_nod
 if DEV.type == "cuda" and not DDP_ON_GPU:
     print(f"--device {DEV}: {torch.cuda.device_count()} GPU here, and nccl needs one GPU per rank (2): the two ranks "
           f"run gloo on the CPU, and so does part 3's single process (like with like).")
-tmp = tempfile.mkdtemp(prefix="minift-ddp-")
-out = os.path.join(tmp, "runs.pt")
-cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-       os.path.abspath(__file__), "--worker", "--out", out] + (["--fast"] if args.fast else []) \
-    + (["--device", "cuda"] if DDP_ON_GPU else [])
-print("+ torchrun --standalone --nproc_per_node 2 lessons/21_distributed/walkthrough.py --worker"
-      + (" --device cuda" if DDP_ON_GPU else "") + "   (full fine-tuning, then LoRA, in each process)", flush=True)
-t0 = time.perf_counter()
-r = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
-if r.returncode != 0:
-    sys.exit(f"the torchrun workers failed:\n{r.stderr[-3000:]}")
-runs = torch.load(out)
-wall = time.perf_counter() - t0
+if args.fast:            # the smoke test: no launch (three more Pythons importing torch), the worker's code here
+    print("--fast: nothing launched; the worker's code runs in this process, a world of one "
+          "(tests/test_distributed.py launches the two processes)", flush=True)
+    runs = worker()[1]
+else:
+    tmp = tempfile.mkdtemp(prefix="minift-ddp-")
+    out = os.path.join(tmp, "runs.pt")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           os.path.abspath(__file__), "--worker", "--out", out] + (["--device", "cuda"] if DDP_ON_GPU else [])
+    print("+ torchrun --standalone --nproc_per_node 2 lessons/21_distributed/walkthrough.py --worker"
+          + (" --device cuda" if DDP_ON_GPU else "") + "   (full fine-tuning, then LoRA, in each process)", flush=True)
+    t0 = time.perf_counter()
+    r = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    if r.returncode != 0:
+        sys.exit(f"the torchrun workers failed:\n{r.stderr[-3000:]}")
+    runs = torch.load(out)
+    wall = time.perf_counter() - t0
 rows = []
 for method, res in runs.items():
     rows.append((method, str(res["world"]), f"{STEPS} x {BATCH} per rank", f"{res['comm'][0]:,}",
                  f"{res['loss'][0]:.3f} -> {res['loss'][-1]:.3f}", f"{1000 * res['seconds'] / STEPS:.0f} ms"))
 table(("method", "ranks", "steps x batch", "bytes all-reduced/step", "loss (mean of ranks)", "per step"), rows)
-print(f"measured by minift.train (history's comm_bytes): {runs['full']['comm'][0] / runs['lora']['comm'][0]:.0f}x "
-      f"fewer bytes per step for LoRA. The whole launch took {wall:.1f}s: starting two Python processes and "
-      f"importing torch in each costs more than training this small model.")
+if not args.fast:                  # a world of one all-reduces nothing
+    print(f"measured by minift.train (history's comm_bytes): {runs['full']['comm'][0] / runs['lora']['comm'][0]:.0f}x "
+          f"fewer bytes per step for LoRA. The whole launch took {wall:.1f}s: starting two Python processes and "
+          f"importing torch in each costs more than training this small model.")
 
 # ==============================================================================================
 header("3. The proof: 2 processes x batch b == 1 process accumulating 2 micro-batches of b")
 rows = []
 for method in ("full", "lora"):
     model, data = setup(method)
-    hist = train(model, data, recipe(method, grad_accum=2))
+    hist = train(model, data, recipe(method, grad_accum=runs[method]["world"]))   # 2 (--fast: 1)
     mine = trainable(model)
     theirs = runs[method]["state"]
     diff = max(float((mine[n] - theirs[n]).abs().max()) for n in mine)
@@ -167,16 +188,17 @@ print("The same file on 2 machines with 8 GPUs each (nccl on GPU; every node run
       "  torchrun --nnodes 2 --node_rank 0 --master_addr 10.0.0.1 --master_port 29500 --nproc_per_node 8 train.py\n"
       "  torchrun --nnodes 2 --node_rank 1 --master_addr 10.0.0.1 --master_port 29500 --nproc_per_node 8 train.py\n"
       "or with elastic rendezvous: --rdzv-backend c10d --rdzv-endpoint 10.0.0.1:29500 --rdzv-id job42.\n")
-cfg = PRESETS["llama-7b"]
+BIG = "gpt2-small" if args.fast else "llama-7b"   # --fast: a 12-layer shape (the meta model is slow to build)
+cfg = PRESETS[BIG]
 rows = []
 for method in ("full", "lora"):
-    e = estimate(cfg, method, batch=1, seq=2048, dtype=torch.bfloat16, r=8, checkpointing=True)
+    e = estimate(cfg, method, batch=1, seq=min(2048, cfg.block_size), dtype=torch.bfloat16, r=8, checkpointing=True)
     state = e["weights"] + e["gradients"] + e["optimizer"]
     rows.append((method, f"{e['weights'] / 2 ** 30:.1f}", f"{e['gradients'] / 2 ** 30:.2f}",
                  f"{e['optimizer'] / 2 ** 30:.2f}", f"{e['activations'] / 2 ** 30:.2f}",
                  f"{e['total'] / 2 ** 30:.1f}",
                  *(f"{(state / n + e['activations']) / 2 ** 30:.1f}" for n in (8, 64))))
-table(("llama-7b shape, bf16", "weights GiB", "grads", "optimizer", "activations", "DDP per GPU",
+table((f"{BIG} shape, bf16", "weights GiB", "grads", "optimizer", "activations", "DDP per GPU",
        "FSDP/8 GPUs", "FSDP/64"), rows)
 print("DDP keeps a whole copy of weights, gradients and optimizer state on every GPU: full fine-tuning of a 7B model "
       "needs the 'DDP per GPU' column on each one. FSDP (ZeRO-3) shards all three over the N GPUs and gathers each "

@@ -34,11 +34,11 @@ def run_patchify(x, patch_size):
 
 def try_lora_targets(*targets, r=4, alpha=8, lr=1e-2):
     """Part 3 and part 4's LoRA row of the walkthrough with the LoRA targets you choose: pretrain the
-    ViT on the solid world (600 steps x 64, as the walkthrough), then adapt it to the shifted world
-    with LoRA r on the linear layers whose names end with one of `targets` (300 steps x 64), and
+    ViT on the solid world (400 steps x 32, as the walkthrough), then adapt it to the shifted world
+    with LoRA r on the linear layers whose names end with one of `targets` (200 steps x 32), and
     print the shifted and solid test accuracy. The ViT's linear layers: patch_embed,
     h.<l>.attn.c_attn, h.<l>.attn.c_proj, h.<l>.mlp.c_fc, h.<l>.mlp.c_proj.
-    Default targets: the walkthrough's ("attn.c_attn", "mlp.c_fc"). About a minute of CPU
+    Default targets: the walkthrough's ("attn.c_attn", "mlp.c_fc"). Under a minute of CPU
     (the pretraining is most of it).
     Returns the shifted test accuracy."""
     from minift.peft.io import apply_config
@@ -54,11 +54,11 @@ def try_lora_targets(*targets, r=4, alpha=8, lr=1e-2):
     shift_test, shift_test_y = shapes(500, "shifted", 1, S)
     torch.manual_seed(0)
     vit = ViT(ViTConfig(image_size=S, patch_size=P))
-    train(vit, image_items(solid, solid_y), TrainConfig(steps=600, batch_size=64, lr=3e-3, seed=0, progress=False),
+    train(vit, image_items(solid, solid_y), TrainConfig(steps=400, batch_size=32, lr=3e-3, seed=0, progress=False),
           loss_fn=image_loss, collate_fn=stack_collate)
     apply_config(vit, LoRAConfig(r=int(r), alpha=float(alpha), targets=targets, include_head=False))
     n = sum(p.numel() for p in vit.parameters() if p.requires_grad)
-    train(vit, image_items(shift, shift_y), TrainConfig(steps=300, batch_size=64, lr=float(lr), seed=0, progress=False),
+    train(vit, image_items(shift, shift_y), TrainConfig(steps=200, batch_size=32, lr=float(lr), seed=0, progress=False),
           loss_fn=image_loss, collate_fn=stack_collate)
     acc = accuracy(vit, shift_test, shift_test_y)
     print(f"LoRA r={r} on {targets}: {n:,} trainable; shifted test {acc:.3f}, "
