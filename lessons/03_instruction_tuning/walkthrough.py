@@ -26,7 +26,7 @@ Everything it uses lives in the library (minift/align/sft.py, minift/evals.py, m
 minift/train.py, minift/pretrain.py); this file only calls it and prints.
 """
 EXPECTED_SECONDS = 86    # README "Run it": 86 s wall (85 s of CPU) on an idle 2-core CPU; --mask-ablation adds ~70 s
-FAST_SECONDS = 12
+FAST_SECONDS = 15
 
 import random
 import time
@@ -54,17 +54,17 @@ parser.add_argument("--lr", type=float, default=7e-4, help="peak learning rate o
 parser.add_argument("--seed", type=int, default=0, help="training seed of both SFT runs (batch order)")
 args = course.start("03", parser)         # the base-model check, one thread, the clock: minift/course.py
 FAST, DEV = args.fast, args.device         # DEV: --device (cpu unless told), where every model lives
-STEPS = args.steps or (8 if FAST else 1500 if args.long else 500)
+STEPS = args.steps or (4 if FAST else 1500 if args.long else 500)
 BATCH = 4
-N_INSTRUCTIONS = None if not FAST else 200     # training examples of "instructions": None = all of train
-N_OTHER = 300 if not FAST else 50              # ... and of each other task in the mixture
+N_INSTRUCTIONS = None if not FAST else 100     # training examples of "instructions": None = all of train
+N_OTHER = 300 if not FAST else 25              # ... and of each other task in the mixture
 # Evaluation slices (most of the default run's time is greedy generation for them). --long keeps the
 # full splits; the default run takes the first k examples of each instruction type, in split order.
-N_EVAL = 12 if FAST else 100 if args.long else 50       # test examples of each other task
+N_EVAL = 6 if FAST else 100 if args.long else 50       # test examples of each other task
 PER_TYPE_VAL = 1 if FAST else None if args.long else 8     # instructions val: 15 seen types (full: 10-20 each, 250)
-PER_TYPE_TEST = 4 if FAST else None if args.long else 30   # instructions test: 3 unseen types (full: 70-80 each, 230)
+PER_TYPE_TEST = 2 if FAST else None if args.long else 30   # instructions test: 3 unseen types (full: 70-80 each, 230)
 SLACK = 4                                      # new tokens allowed beyond the longest gold response (EOS included)
-PROBE = {} if not FAST else {"n_windows": 2, "n_facts": 12}     # forgetting_probe's size
+PROBE = {} if not FAST else {"n_windows": 2, "n_facts": 6}     # forgetting_probe's size
 OTHER_TASKS = tuple(t for t in (args.tasks or ("qa_closed" if args.long else "qa_closed,sentiment,summarization"))
                     .split(",") if t)
 ECHO = ("<|prompt|>", "<|response|>", "Definition:", "Positive example", "Negative example", "Now do the task",
@@ -272,7 +272,7 @@ print(f"\nforgetting_probe, base -> SFT: pretraining-val perplexity {p0['pretrai
 print(f"part 3: {time.perf_counter() - t3:.1f}s", flush=True)
 
 # ==============================================================================================
-ABLATION = args.mask_ablation or args.long or FAST
+ABLATION = args.mask_ablation or args.long      # --fast smoke-tests the default path
 t4 = time.perf_counter()
 if ABLATION:
     header("4. Why the loss mask matters: the same run with the loss on the prompt too")
