@@ -162,7 +162,7 @@ def _sft_and_reward_model(sft_steps, rm_steps, extra_pairs=(), seed=0):
 def try_reward_pairs(sft_steps=60, rm_steps=60, seed=0):
     """Exercise 5: train the reward model with EXTRA_PAIRS added (empty: the baseline) and print its
     held-out accuracy and the spurious-feature line: does it still prefer a fact answer without its
-    final '.'? About half a minute on an idle core. Run it once as it is, then with your pairs."""
+    final '.'? A little longer than the walkthrough's parts 1 and 2. Run it once as it is, then with your pairs."""
     from minift.evals import evaluate_reward_model, preference_examples
 
     _, tok, _, rm, hist = _sft_and_reward_model(sft_steps, rm_steps, EXTRA_PAIRS, seed)
@@ -181,8 +181,9 @@ def try_reward_pairs(sft_steps=60, rm_steps=60, seed=0):
 def try_ppo(beta=0.2, iterations=6, batch_size=16, sft_steps=60, rm_steps=40, seed=0):
     """Exercise 6: one PPO run at KL coefficient `beta` (lesson 14's recipe otherwise), printing per
     iteration the mean RM score of the samples, the KL to π_SFT (nats per response), and the objective
-    E[r_φ] − β KL the run maximises. About half a minute on an idle core at these defaults; the
-    walkthrough runs 14 iterations of 32 from a π_SFT of 150 steps and a reward model of 100."""
+    E[r_φ] − β KL the run maximises. About as long as the walkthrough's parts 1 and 2 plus one PPO
+    run at these defaults; the walkthrough runs 10 iterations of 16 from a π_SFT of 50 steps and a
+    reward model of 45."""
     import copy
 
     from minift.align.ppo import PPOConfig, frozen_copy, train_ppo

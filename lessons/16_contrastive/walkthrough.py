@@ -22,8 +22,8 @@ Prints, top to bottom:
 Everything it uses lives in the library (minift/align/contrastive.py, minift/peft/lora.py,
 minift/train.py, minift/pretrain.py); this file only calls it and prints.
 """
-EXPECTED_SECONDS = 89
-FAST_SECONDS = 10
+EXPECTED_SECONDS = 87
+FAST_SECONDS = 12
 
 import re
 from collections import Counter
@@ -41,13 +41,13 @@ from minift.train import TrainConfig
 
 parser = course.parser(__doc__, "a few steps per recipe (seconds)")
 parser.add_argument("--ablation", action="store_true", help="also train the hard-negative recipe with mean pooling "
-                                                            "and with dropout 0.1 (about 45 s more)")
+                                                            "and with dropout 0.1 (about 60 s more CPU)")
 args = course.start("16", parser)         # the base-model check, one thread, the clock: minift/course.py
 FAST, DEV = args.fast, args.device     # DEV: --device (cpu unless told), where every model lives
 CLOCK = course.clock_name()                # timed lines: "CPU" seconds; on a GPU "GPU wall" (synchronized)
 
-STEPS, BATCH = (6, 16) if FAST else (80, 64)
-N_EVAL = 40 if FAST else None  # --fast: the first 40 examples of each evaluation split
+STEPS, BATCH = (2, 8) if FAST else (40, 48)
+N_EVAL = 12 if FAST else None  # --fast: the first 12 examples of each evaluation split
 TAU = 0.05
 LORA = LoRAConfig(r=8, alpha=16, targets=("attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj"), qkv=None)
 SUP = supervised_pairs("train")
