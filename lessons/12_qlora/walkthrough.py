@@ -10,12 +10,14 @@ Prints, top to bottom:
      LoRA r=4 q,v run): LoRA on the
      float base, QLoRA on an int8 and on an NF4 base, and QLoRA-NF4 with LoftQ's initialisation;
      LoftQ's initial error ‖W - (Q + s B A)‖ against plain quantization's;
+     (with --low-bits) the same QLoRA and LoftQ runs on NF3 and NF2 bases: where LoftQ's gains are claimed;
   4. merging: into float (exact) and back into NF4 (lossy), measured;
   5. the memory of a training step, measured here and predicted from the meta device, and the
      prediction for a LLaMA-65B-shaped model: 16-bit full fine-tuning vs QLoRA.
 
     python lessons/12_qlora/walkthrough.py          # or: minift run 12
     python lessons/12_qlora/walkthrough.py --fast   # tiny budgets, no 65B estimate (the tests)
+    python lessons/12_qlora/walkthrough.py --low-bits   # also part 3b: 2 and 3 bits (four more runs)
 
 Everything it uses lives in the library (minift/quant/nf4.py, minift/quant/qlora.py,
 minift/memory.py, minift/peft/lora.py, minift/heads.py); this file only calls it and prints.
@@ -43,8 +45,10 @@ from minift.tasks import collate_fn, entity_f1
 from minift.train import TrainConfig, to_device, train
 
 # --fast, the base-model check, one thread, the clock: minift/course.py
-args = course.start("12", course.parser(__doc__, "tiny budgets and eval slices, no 65B estimate (seconds)"),
-                    kernel=True)       # the C++ kernel loaded (built once) now: no timed row pays for it
+parser = course.parser(__doc__, "tiny budgets and eval slices, no 65B estimate (seconds)")
+parser.add_argument("--low-bits", action="store_true",
+                    help="also part 3b: QLoRA and LoftQ on NF3 and NF2 bases (four more training runs)")
+args = course.start("12", parser, kernel=True)   # the C++ kernel loaded (built once) now: no timed row pays for it
 FAST, DEV = args.fast, args.device     # DEV: --device (cpu unless told), where every model lives
 STEPS, BATCH, LR, R = (2, 8, 1e-2, 4) if FAST else (80, 16, 1e-2, 4)   # lesson 09's LoRA r=4 q,v run (its lr pick)
 N_EVAL = 8 if FAST else None
@@ -137,8 +141,8 @@ def base_bytes(clf):
     return total
 
 
-results = {}
-for name, cfg in METHODS.items():
+def run(name, cfg):
+    """Train one row of the table (the same steps, head init and data for every row)."""
     clf = fresh(cfg)
     init_err = None
     layers = [m for m in clf.modules() if isinstance(m, QLoRALinear)]
@@ -150,11 +154,14 @@ for name, cfg in METHODS.items():
                            for m in layers)
     tc = TrainConfig(steps=STEPS, batch_size=BATCH, lr=LR, seed=0, progress=False, desc=name)
     hist = train(clf, train_items, tc, loss_fn=classifier_loss, collate_fn=col)
-    results[name] = dict(model=clf, val=f1(clf, "val"), test=f1(clf, "test"), time=hist[-1]["time"],
-                         trainable=sum(p.numel() for p in clf.parameters() if p.requires_grad),
-                         bytes=base_bytes(clf), init_err=init_err)
-    r = results[name]
+    r = dict(model=clf, val=f1(clf, "val"), test=f1(clf, "test"), time=hist[-1]["time"],
+             trainable=sum(p.numel() for p in clf.parameters() if p.requires_grad),
+             bytes=base_bytes(clf), init_err=init_err)
     print(f"{name:<30} val F1 {r['val']:.3f}, test F1 {r['test']:.3f}, {r['time']:.1f}s", flush=True)
+    return r
+
+
+results = {name: run(name, cfg) for name, cfg in METHODS.items()}
 ref = results["LoRA (float base)"]
 rows = [(n, f"{r['trainable']:,}", f"{r['bytes'] / 1024:,.0f} KiB", f"{r['val']:.3f}", f"{r['test']:.3f}",
          f"{r['test'] - ref['test']:+.3f}", f"{r['time']:.1f}s", f"{r['time'] / ref['time']:.2f}x",
@@ -168,6 +175,32 @@ nf4 = next(m for m in results["QLoRA, NF4 base"]["model"].modules() if isinstanc
 lq = next(m for m in results[f"QLoRA, NF4 + LoftQ ({LOFTQ_ITERS} iters)"]["model"].modules() if isinstance(m, QLoRALinear))
 print(f"LoftQ on block 0's c_attn: ‖W - (Q_t + ΔW_t)‖_F for t = 0 (plain NF4) .. {LOFTQ_ITERS}: "
       + ", ".join(f"{e:.4f}" for e in lq.loftq_errors))
+
+# ==============================================================================================
+# Part 3b (--low-bits): LoftQ's claim is about low bit widths. At 2 bits a plain QLoRA start (B = 0)
+# is the badly rounded base; LoftQ starts from Q + s B A fitted to W instead.
+if args.low_bits:
+    header(f"3b. Fewer bits: QLoRA vs LoftQ on NF4, NF3 and NF2 bases (the same r = {R} q, v runs)")
+    low = {"nf4": {"QLoRA": results["QLoRA, NF4 base"], "LoftQ": results[f"QLoRA, NF4 + LoftQ ({LOFTQ_ITERS} iters)"]}}
+    for q in ("nf3", "nf2"):
+        low[q] = {"QLoRA": run(f"QLoRA, {q.upper()} base", QLoRAConfig(quant=q, **lcfg)),
+                  "LoftQ": run(f"QLoRA, {q.upper()} + LoftQ ({LOFTQ_ITERS} iters)",
+                               QLoRAConfig(quant=q, loftq_iters=LOFTQ_ITERS, **lcfg))}
+    W_all = [m.weight.detach() for n, m in base.named_modules() if isinstance(m, torch.nn.Linear) and n != "lm_head"]
+    rows = []
+    for q, r in low.items():
+        st = quantize_nf4(W_all[0], 64, True, q)
+        q_err = rel_err(torch.cat([dequantize_nf4(quantize_nf4(w, 64, True, q)).reshape(-1) for w in W_all]),
+                        torch.cat([w.reshape(-1) for w in W_all]))
+        rows.append((q.upper(), f"{bits_per_parameter(st):.3f}", f"{q_err:.3f}", f"{r['QLoRA']['init_err']:.3f}",
+                     f"{r['LoftQ']['init_err']:.3f}", f"{r['LoftQ']['init_err'] / r['QLoRA']['init_err']:.2f}",
+                     f"{r['QLoRA']['val']:.3f} / {r['QLoRA']['test']:.3f}", f"{r['LoftQ']['val']:.3f} / {r['LoftQ']['test']:.3f}"))
+    table(("code", "bits / weight", "‖W - Q‖ / ‖W‖, all 16", "Σ‖W - (Q+sBA)‖ QLoRA", "LoftQ", "LoftQ / QLoRA",
+           "QLoRA val / test F1", "LoftQ val / test F1"), rows)
+    print(f"bits / weight: measured from the stored tensors (double quantization on). ‖W - Q‖ / ‖W‖: the relative error "
+          f"of all 16 linear layers quantized with that code. The Σ columns are part 3's: over the 4 adapted c_attn "
+          f"layers at initialisation (QLoRA: B = 0). LoRA on the float base: val / test F1 "
+          f"{ref['val']:.3f} / {ref['test']:.3f}.")
 
 # ==============================================================================================
 header("4. Merging into float (exact) and back into NF4 (lossy)")
