@@ -148,20 +148,20 @@ def run_unmerge_lora(model):
 
 # ---- "try it" starters (run: python lessons/05_lora/exercise.py try_<what>) ---------------------------
 
-def _bench(methods, probe=True, steps=150):
-    """Lesson 05's bench: NER on TinyWorld, 150 steps x 32, val and test F1, the body's forgetting."""
+def _bench(methods, probe=True, steps=100):
+    """Lesson 05's bench: NER on TinyWorld, 100 steps x 8, val and test F1, the body's forgetting."""
     from minift import course
     from minift.heads import ner_splits
     from minift.pretrain import load_base
 
     torch.set_num_threads(1)
     _, tok = load_base()
-    return course.Bench(methods, tok, ner_splits(tok, 128), steps=steps, batch=32, dev="val",
+    return course.Bench(methods, tok, ner_splits(tok, 128), steps=steps, batch=8, dev="val",
                         warmup_steps=max(1, steps // 10), probe=dict(n_windows=4, n_facts=24) if probe else None,
                         width=24)
 
 
-def try_lora_plus_wte(lr=3e-3):
+def try_lora_plus_wte(lr=1e-2):
     """Exercise 4's starter (about 20 s): LoRA r=4 on W_q, W_v with the lesson's recipe, then the same
     with the token embedding `transformer.wte.` trainable too. Prints trainable parameters, val and
     test F1, and the body's pretraining perplexity after training (a small probe: 4 windows)."""
@@ -175,7 +175,7 @@ def try_lora_plus_wte(lr=3e-3):
               flush=True)
 
 
-def try_rslora(ranks=(1, 4, 16), alpha=16.0, lr=3e-3):
+def try_rslora(ranks=(1, 4, 16), alpha=16.0, lr=1e-2):
     """Exercise 5's starter (about 20 s): prints s for LoRA and rsLoRA at each rank, then trains rsLoRA
     (W_q, W_v, alpha 16) at each rank with the lesson's recipe at one lr. Change lr to see where
     each rank's best rate moves."""

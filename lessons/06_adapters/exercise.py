@@ -59,8 +59,8 @@ def try_merge_identity_adapter(C=6, m=3, n=4, s=0.5, seed=0):
           f"{float((adapted - merged).abs().max()):.2e} (outputs up to {float(adapted.abs().max()):.1f})")
 
 
-def try_head_plus_wte(steps=150, lr=1e-2):
-    """Exercise 3's starter (about 15 s): lesson 06's NER recipe (150 steps x 32), head-only, then
+def try_head_plus_wte(steps=100, lr=3e-2):
+    """Exercise 3's starter (about 15 s): lesson 06's NER recipe (100 steps x 8), head-only, then
     head-only with the token embedding `transformer.wte.` unfrozen too (no adapter). Prints dev and
     test F1 and the trainable count of each."""
     from minift import course
@@ -71,7 +71,7 @@ def try_head_plus_wte(steps=150, lr=1e-2):
     torch.set_num_threads(1)
     _, tok = load_base()
     bench = course.Bench({"head-only": SelectiveConfig(patterns=())}, tok, ner_splits(tok, 128, None, dev_key="dev"),
-                         steps=steps, batch=32, width=16)
+                         steps=steps, batch=8, width=16)
     for unfreeze in ((), ("transformer.wte.",)):
         r = bench.train_and_measure("head-only", lr, unfreeze=unfreeze)
         print(f"head-only{' + wte' if unfreeze else '':<6}  trainable {r['rep']['trainable']:>9,}  dev F1 "

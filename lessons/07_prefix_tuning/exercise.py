@@ -145,10 +145,10 @@ def try_attention_share(init_ids=None, n_prefix=10, n_sentences=64):
     return share
 
 
-def try_prefix_mlp_width(hidden=128, steps=150, lr=1e-2, seed=0, init_ids=None):
+def try_prefix_mlp_width(hidden=128, steps=100, lr=1e-2, seed=0, init_ids=None):
     """Exercise 8: train one prefix model, PrefixConfig(n_prefix=10, hidden=hidden), on lesson
     05/06's NER task (the walkthrough's data, steps, batch and seed) and print its dev and test
-    F1; compare with the `--seeds 3` table. About 30 s of CPU time at 150 steps; pass steps=20
+    F1; compare with the `--seeds 3` table. About 20 s of CPU time at 100 steps; pass steps=20
     for a quick look (its F1 means little). init_ids: a list of token ids to start from."""
     from minift import course
     from minift.heads import ner_splits
@@ -156,7 +156,7 @@ def try_prefix_mlp_width(hidden=128, steps=150, lr=1e-2, seed=0, init_ids=None):
     from minift.pretrain import load_base
     _, tok = load_base()
     cfg = PrefixConfig(n_prefix=10, hidden=hidden, init_ids=init_ids)
-    bench = course.Bench({"prefix": cfg}, tok, ner_splits(tok, 128, None, dev_key="dev"), steps=steps, batch=32, width=10)
+    bench = course.Bench({"prefix": cfg}, tok, ner_splits(tok, 128, None, dev_key="dev"), steps=steps, batch=8, width=10)
     r = bench.train_and_measure("prefix", lr, seed=seed)
     bench.report(r)
     print(f"method parameters while training: {r['n_adapter']:,} (they fold to 10 x L 2 C all the same)")
