@@ -14,7 +14,10 @@ Prints, top to bottom:
      reduction against full fine-tuning, and the predicted memory of a training step; then LoRA's
      count on a GPT-3-175B shape at ranks 1, 2, 4, 8;
   3. the course's claims, each checked against parts 1-2: PEFT forgets less; LoRA cuts trainable
-     parameters by > 10,000x at scale; QLoRA fits big models on one GPU; DPO is cheaper than PPO.
+     parameters by > 10,000x at scale; QLoRA fits big models on one GPU; DPO is cheaper than PPO;
+  4. the PEFT taxonomy (minift/taxonomy.py): each method's class (selective, reparameterization,
+     additive) and what the class predicts (it merges into the base and then costs the base's FLOPs,
+     or it cannot and keeps its extra cost), against what each trained model does.
 
     python lessons/19_choosing_a_method/walkthrough.py           # or: minift run 19 (one seed, 80 steps x 8)
     python lessons/19_choosing_a_method/walkthrough.py --fast    # the seconds-long version the tests run
@@ -28,10 +31,12 @@ EXPECTED_SECONDS = 106
 FAST_SECONDS = 15
 
 import copy
+import os
 import statistics
 import time
 
 import torch
+from torch.utils.flop_counter import FlopCounterMode
 
 from minift import course, world
 from minift.heads import ner_splits
@@ -40,14 +45,15 @@ from minift.model import GPT
 from minift.peft.adapters import AdapterConfig
 from minift.peft.common import count_adapter_parameters, disable_adapters
 from minift.peft.io import apply_config
-from minift.peft.lora import LoRAConfig, lora_parameter_count, merge_and_unload
-from minift.peft.masking import MaskingConfig, masked_count, merge_masking
+from minift.peft.lora import LoRAConfig, lora_parameter_count
+from minift.peft.masking import MaskingConfig, masked_count
 from minift.peft.prefix import PrefixConfig
 from minift.peft.prompt import PromptConfig
 from minift.peft.reft import ReFTConfig, reft_parameter_count
 from minift.peft.selective import SelectiveConfig
 from minift.pretrain import forgetting_probe, load_base
-from minift.quant.qlora import QLoRAConfig, merge_and_unload_qlora
+from minift.quant.qlora import QLoRAConfig
+from minift.taxonomy import CONSEQUENCES, family, merge_into_base
 from minift.report import header, table
 from minift.tasks import LMDataset
 from minift.train import to_device
@@ -83,10 +89,9 @@ if FAST:   # the smoke test: every code path (merged, unmerged, the base's shape
     M = {m: M[m] for m in ("full", "head-only", "LoRA r=4 q,v", "series adapter (Houlsby) m=7", "prompt n=16 (vocab)",
                            "random mask 1% q,v", "QLoRA NF4 r=4 q,v")}
 PEFT = [m for m in M if m != "full"]
-MERGES = {"LoRA r=4 q,v": merge_and_unload, "DoRA r=4 q,v": merge_and_unload,   # W = W0 + s B A (DoRA: m ⊙ ...)
-          "random mask 1% q,v": merge_masking,                                  # W = W0 + scatter(idx, v)
-          "QLoRA NF4 r=4 q,v": merge_and_unload_qlora}                          # c_attn to float; rest stays NF4
-MERGES = {m: f for m, f in MERGES.items() if m in M}         # --fast: those of its methods
+# The PEFT class of each method (minift/taxonomy.py): selective, reparameterization or additive.
+# Full fine-tuning trains every parameter: not a PEFT method, listed as "-".
+FAMILY = {m: "-" if cfg is None else family(cfg) for m, (_, cfg, _) in M.items()}
 SAME_AS_BASE = ("full", "head-only", "BitFit")          # the base's architecture: nothing to merge
 STEPS, BATCH = (3, 8) if FAST else (150, 32) if FULL else (80, 8)
 SEEDS = (0, 1, 2) if FULL else (0,)
@@ -143,11 +148,16 @@ for m in M:
 # 64 val sentences, eval mode, no grad; rounds interleaved over the models, fastest kept.
 tbatch = to_device(col([{"idx": it["idx"], "labels": it["labels"]} for it in items["val"][:64]]), DEV)
 timed = {"base": fresh("head-only"), **{m: results[m]["model"] for m in M if m not in SAME_AS_BASE}}
-merge_err = {}
+merge_err, merged_ok = {}, {}
 with torch.no_grad():
-    for m, merge in MERGES.items():
+    for m in [m for m in M if m not in SAME_AS_BASE]:
         merged = copy.deepcopy(results[m]["model"])
-        merge(merged)
+        try:
+            merge_into_base(merged)          # W = W0 + s B A, W0 + scatter(idx, v); QLoRA's c_attn to float
+        except ValueError:                   # additive: nothing to fold the update into
+            merged_ok[m] = False
+            continue
+        merged_ok[m] = True
         timed[m + " merged"] = merged.eval()
         un = results[m]["model"].eval()(tbatch["idx"], attention_mask=tbatch["attention_mask"]).logits
         mg = merged(tbatch["idx"], attention_mask=tbatch["attention_mask"]).logits
@@ -160,7 +170,7 @@ rows = []
 for m, r in results.items():
     mem = r["mem"]
     un = "= base" if m in SAME_AS_BASE else f"{fwd[m]:.2f}x"
-    mg = "= base" if m in SAME_AS_BASE else f"{fwd[m + ' merged']:.2f}x" if m in MERGES else "cannot"
+    mg = "= base" if m in SAME_AS_BASE else f"{fwd[m + ' merged']:.2f}x" if merged_ok[m] else "cannot"
     n = r["rep"]["trainable"]
     rows.append((m, M[m][0], f"{r['lr']:g}", f"{n:,}", f"{n / r['total']:.2%}",
                  mib(mem["weights"]), mib(mem["gradients"] + mem["optimizer"]), mib(mem["activations"]),
@@ -307,4 +317,48 @@ print(f"(c) 'QLoRA fits big models on one GPU'. Predicted for {BIG} at batch {B7
       f"{CLOCK} time.")
 print("(d) 'DPO is cheaper than PPO': not a fine-tuning method of this table (it needs preference pairs, not NER "
       "tags); lessons 14 (RLHF with PPO) and 15 (DPO) measure it on TinyWorld's preference task.")
+
+# ==============================================================================================
+header("4. The PEFT taxonomy: what each class predicts, against what each method does")
+print("selective: train a subset of the base's own parameters; reparameterization: train a compact form of a "
+      "weight update, W = W0 + f(θ); additive: add modules or tokens the base does not have (minift/taxonomy.py).")
+
+
+def flops(model):
+    """Multiply-adds x 2 of one forward on the 64 timing sentences, counted by torch's FlopCounterMode
+    (matmuls and attention): deterministic, unlike a time. NF4 layers take the PyTorch path while counting
+    (the C++ kernel's work is invisible to the counter): dequantize, then the same matmul as a float layer."""
+    was, os.environ["MINIFT_NO_EXT"] = os.environ.get("MINIFT_NO_EXT"), "1"
+    try:
+        with torch.no_grad(), FlopCounterMode(display=False) as fc:
+            model.eval()(tbatch["idx"], attention_mask=tbatch["attention_mask"])
+    finally:
+        if was is None:
+            os.environ.pop("MINIFT_NO_EXT")
+        else:
+            os.environ["MINIFT_NO_EXT"] = was
+    return fc.get_total_flops()
+
+
+f_base = flops(timed["base"])
+rows, agree = [], []
+for m in PEFT:
+    c = CONSEQUENCES[FAMILY[m]]
+    merges = m in SAME_AS_BASE or merged_ok[m]
+    f_un = f_base if m in SAME_AS_BASE else flops(results[m]["model"])
+    f_after = f_base if m in SAME_AS_BASE else flops(timed[m + " merged"]) if merges else f_un
+    # holds: it merges exactly when predicted, and then costs the base's FLOPs exactly; or, refused,
+    # keeps more FLOPs than the base
+    ok = merges == c.mergeable and (f_after == f_base if merges else f_after > f_base)
+    agree.append(ok)
+    rows.append((m, FAMILY[m], "yes" if c.mergeable else "no", "= base" if m in SAME_AS_BASE else "yes" if merges
+                 else "refused", f"{f_un / f_base:.3f}x", f"{f_after / f_base:.3f}x"))
+table(("method", "class", "predicted: merges", "measured: merges", "FLOPs as trained", "FLOPs after merging"), rows)
+print(f"FLOPs: one forward of the classifier on the 64 val sentences (the base classifier: {f_base / 1e9:.3f} GFLOP), "
+      f"counted by torch.utils.flop_counter; 'after merging' is the model as it is served: merged where the method "
+      f"merges, as trained where it cannot. Predicted for every class: merging (selective, reparameterization) gives "
+      f"the base's cost exactly; an additive method cannot merge and keeps its extra modules or tokens.")
+course.verdict(f"    -> the class predicts mergeability and the served cost for {sum(agree)} of {len(agree)} methods"
+               + ("" if all(agree) else ": not for " + ", ".join(m for m, a in zip(PEFT, agree) if not a)))
+
 print(f"\ndone in {course.elapsed():.0f}s wall, {time.process_time() - cpu_start:.0f}s CPU{course.memory_note()}")
