@@ -72,7 +72,7 @@ METHODS = {                                                        # what trains
 if FAST:                                                           # the tests only need the matched pair
     METHODS = {k: v for k, v in METHODS.items() if k not in ("LoReFT r=1", "LoReFT r=16")}
 # Peak lr per method, picked on the dev split from LRS by `--sweep` (best dev F1; ties within
-# 0.005 go to the smaller lr); full and head-only are lesson 06's rates; r=1 and r=16 reuse r=4's.
+# 0.005 go to the smaller lr); full and head-only take 1e-3 and 1e-2 (not swept here); r=1 and r=16 reuse r=4's.
 LRS = (1e-3, 3e-3, 1e-2, 3e-2)
 LR = {"full": 1e-3, "head-only": 1e-2, "LoRA q,v r=2": 1e-2, "LoReFT r=4": 1e-2, "LoReFT r=1": 1e-2,
       "LoReFT r=16": 1e-2}

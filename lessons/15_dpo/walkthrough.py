@@ -67,7 +67,7 @@ if FAST:
 if args.variants:
     RUNS += [("cDPO ε=0.1", "sigmoid", MAIN_BETA, 0.1, 0.0), ("hinge (SLiC)", "hinge", MAIN_BETA, 0.0, 0.0)]
 PPO = PPOConfig(steps=1 if FAST else 2, batch_size=4 if FAST else 32, minibatch_size=4 if FAST else 16,
-                ppo_epochs=4, lr=1e-4, kl_coef=0.2, max_new_tokens=8 if FAST else 20, seed=0)    # lesson 14's recipe, fewer steps
+                ppo_epochs=4, lr=1e-4, kl_coef=0.2, max_new_tokens=8 if FAST else 20, seed=0)    # lesson 14's PPO settings, fewer iterations
 
 base, tok = load_base(device=DEV)
 train_ex, val_ex = preference_examples("train"), preference_examples("val")[:N_EVAL]

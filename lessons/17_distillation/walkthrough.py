@@ -2,7 +2,7 @@
 
 Prints, top to bottom:
 
-  1. the teacher: the base GPT fully fine-tuned for NER (lesson 05's recipe), its val and test
+  1. the teacher: the base GPT fully fine-tuned for NER (as in lesson 05), its val and test
      entity F1, and how confident it is on its own training sentences (the soft targets);
   2. the student: GPTConfig(n_layer=2, n_head=2, n_embd=64), parameters and speed against the
      teacher, measured in this run (a forward over the val sentences, and a training step);
@@ -51,7 +51,7 @@ args = course.start("17", parser)         # the base-model check, one thread, th
 FAST, DEV = args.fast, args.device     # DEV: --device (cpu unless told), where every model lives
 
 BLOCK, BATCH = 128, 32
-TEACHER_STEPS, TEACHER_LR = (2, 3e-4) if FAST else (100, 3e-4)       # lesson 05's full fine-tuning, shorter
+TEACHER_STEPS, TEACHER_LR = (2, 3e-4) if FAST else (100, 3e-4)       # full fine-tuning as in lesson 05, at lr 3e-4
 STUDENT_STEPS, STUDENT_LR = (2, 3e-3) if FAST else (80, 3e-3)
 N_EVAL = 16 if FAST else None
 N_TRANSFER = 16 if FAST else 1000
