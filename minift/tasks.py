@@ -221,6 +221,17 @@ def truncate_prompt(ids: list, mask: list, max_len: int) -> tuple[list, list]:
     return list(ids[:1]) + list(ids[cut:]), list(mask[:1]) + list(mask[cut:])
 
 
+def masked_lm_item(ids: list, mask: list | None) -> dict:
+    """A training item from a token sequence and its loss mask: idx = ids[:-1], targets = ids[1:]
+    with -100 where mask[1:] is 0 (mask None: every token is a target). On the CPU: the training
+    loop moves each batch. (SFT pairs here; chat dialogues: align/chat.py.)"""
+    x = torch.tensor(ids[:-1], dtype=torch.long, device="cpu")                   # (T,)
+    y = torch.tensor(ids[1:], dtype=torch.long, device="cpu")                    # (T,) the next tokens
+    if mask is not None:
+        y[torch.tensor(mask[1:], dtype=torch.bool, device="cpu").logical_not()] = IGNORE_INDEX
+    return {"idx": x, "targets": y}
+
+
 class SFTDataset(Dataset):
     """Supervised fine-tuning items from (prompt, response) pairs.
 
@@ -243,11 +254,7 @@ class SFTDataset(Dataset):
                 ids, mask = truncate_prompt(ids, mask, block_size + 1)
             except ValueError as e:
                 raise ValueError(f"example {k}: {e}") from None
-            x = torch.tensor(ids[:-1], dtype=torch.long, device="cpu")     # data lives on the CPU; the
-            y = torch.tensor(ids[1:], dtype=torch.long, device="cpu")      # training loop moves each batch
-            if not train_on_prompt:
-                y[torch.tensor(mask[1:], dtype=torch.bool, device="cpu").logical_not()] = IGNORE_INDEX
-            self.items.append({"idx": x, "targets": y})
+            self.items.append(masked_lm_item(ids, None if train_on_prompt else mask))
         if not self.items:
             raise ValueError("SFTDataset: no examples")
 

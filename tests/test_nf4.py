@@ -27,20 +27,6 @@ def test_nf4_construction_matches_the_published_table():
     assert int((code < 0).sum()) == 7 and int((code > 0).sum()) == 8        # asymmetric: 7 below, 8 above
 
 
-def test_nf4_values_are_normal_quantiles():
-    # Independent of torch.special: the 8 positive values divided by the largest are
-    # Phi^-1(p_i) / Phi^-1(p_0), p = linspace(0.9677083, 0.5, 9)[:-1]; invert Phi by bisection on erf.
-    def ppf(p):
-        lo, hi = -10.0, 10.0
-        for _ in range(200):
-            mid = (lo + hi) / 2
-            lo, hi = (mid, hi) if 0.5 * (1 + math.erf(mid / math.sqrt(2))) < p else (lo, mid)
-        return (lo + hi) / 2
-    ps = np.linspace(1 - (1 / 30 + 1 / 32) / 2, 0.5, 9)[:-1]
-    pos = sorted(ppf(p) / ppf(ps[0]) for p in ps)
-    assert np.allclose(nf4_code()[8:].double().numpy(), pos, atol=1e-7)
-
-
 def _ppf(p):
     """Φ⁻¹(p) by bisection on math.erf: independent of torch.special."""
     lo, hi = -10.0, 10.0
@@ -48,6 +34,14 @@ def _ppf(p):
         mid = (lo + hi) / 2
         lo, hi = (mid, hi) if 0.5 * (1 + math.erf(mid / math.sqrt(2))) < p else (lo, mid)
     return (lo + hi) / 2
+
+
+def test_nf4_values_are_normal_quantiles():
+    # Independent of torch.special: the 8 positive values divided by the largest are
+    # Phi^-1(p_i) / Phi^-1(p_0), p = linspace(0.9677083, 0.5, 9)[:-1].
+    ps = np.linspace(1 - (1 / 30 + 1 / 32) / 2, 0.5, 9)[:-1]
+    pos = sorted(_ppf(p) / _ppf(ps[0]) for p in ps)
+    assert np.allclose(nf4_code()[8:].double().numpy(), pos, atol=1e-7)
 
 
 @pytest.mark.parametrize("bits", [2, 3, 4, 5])

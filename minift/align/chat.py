@@ -28,7 +28,7 @@ from typing import Optional, Sequence
 
 import torch
 
-from ..tasks import IGNORE_INDEX, collate_fn
+from ..tasks import collate_fn, masked_lm_item
 from ..train import TrainConfig, model_device, to_device, train
 from ..validate import check_bool
 
@@ -91,10 +91,7 @@ class ChatDataset(torch.utils.data.Dataset):
                 ids, mask = encode_chat(tok, turns, block_size + 1, last_turn_only)
             except (ValueError, TypeError) as e:
                 raise type(e)(f"dialogue {k}: {e}") from None
-            x = torch.tensor(ids[:-1], dtype=torch.long, device="cpu")            # (T,) data lives on the CPU
-            y = torch.tensor(ids[1:], dtype=torch.long, device="cpu")             # (T,) next tokens
-            y[torch.tensor(mask[1:], dtype=torch.bool, device="cpu").logical_not()] = IGNORE_INDEX
-            self.items.append({"idx": x, "targets": y})
+            self.items.append(masked_lm_item(ids, mask))                          # targets -100 off A
         if not self.items:
             raise ValueError("ChatDataset: no dialogues")
 
