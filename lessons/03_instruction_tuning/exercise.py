@@ -61,7 +61,7 @@ def try_sft(steps=150, tasks="instructions", n_per_task=300, train_on_prompt=Fal
     n_per_task examples each), the loss on the response only unless train_on_prompt. Prints
     exact match on n_eval examples of the seen instruction types (val) and of the three unseen
     ones (test), with a few answers. 150 steps only start to learn the format; the walkthrough's
-    500-step run is the full-size version. Change tasks, steps, n_per_task, train_on_prompt or
+    300-step run is the full-size version. Change tasks, steps, n_per_task, train_on_prompt or
     lr and compare."""
     from minift import world
     from minift.evals import evaluate_task, mixture
