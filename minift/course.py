@@ -201,7 +201,8 @@ def _literal(text: str):
 def run_starter(namespace: dict, argv: Optional[list] = None):
     """`python lessons/NN_x/exercise.py try_<what> [value ...] [name=value ...]`: call the exercise's
     starter `try_<what>` with those arguments (each read as a Python literal, else a string), e.g.
-    `try_ppo 0.1 20`, `try_forgetting replay=0.25`, `try_lora_targets attn.c_attn mlp.c_fc`."""
+    `try_ppo 0.1 20`, `try_forgetting replay=0.25`, `try_lora_targets attn.c_attn mlp.c_fc`. One torch
+    thread, as in the walkthroughs."""
     argv = list(sys.argv[1:] if argv is None else argv)
     starters = sorted(n for n, f in namespace.items() if n.startswith("try_") and callable(f))
     if not argv or argv[0] not in starters:
@@ -209,6 +210,7 @@ def run_starter(namespace: dict, argv: Optional[list] = None):
         raise SystemExit(f"usage: python {sys.argv[0]} try_<what> [value ...] [name=value ...]; the starters:\n{usage}")
     args = [_literal(a) for a in argv[1:] if "=" not in a]
     kwargs = {k: _literal(v) for k, v in (a.split("=", 1) for a in argv[1:] if "=" in a)}
+    torch.set_num_threads(1)        # as `start` does: the walkthrough's numbers, and fair on a shared machine
     return namespace[argv[0]](*args, **kwargs)
 
 
