@@ -15,12 +15,15 @@ Prints, top to bottom:
      (`forgetting_probe`, before -> after);
   4. why the loss mask matters (with --mask-ablation, or --long): the same run (same budget, same
      seed) with the loss on the prompt too (`SFTDataset(..., train_on_prompt=True)`), side by side;
-     without it, the same per-task and per-type tables for base and SFT.
+     without it, the same per-task and per-type tables for base and SFT;
+  5. (with --chat, on its own) chat: dialogues of 2-3 turns, the loss on the assistant's turns
+     (minift/align/chat.py), and whether the tuned model reads the history.
 
     python lessons/03_instruction_tuning/walkthrough.py          # or: minift run 03
     python lessons/03_instruction_tuning/walkthrough.py --fast   # the seconds-long version the tests run
     python lessons/03_instruction_tuning/walkthrough.py --mask-ablation   # + part 4's loss-on-the-prompt run
     python lessons/03_instruction_tuning/walkthrough.py --long   # minutes: the run that transfers to unseen types
+    python lessons/03_instruction_tuning/walkthrough.py --chat   # part 5 alone: multi-turn chat (about 2 minutes)
 
 Everything it uses lives in the library (minift/align/sft.py, minift/evals.py, minift/tasks.py,
 minift/train.py, minift/pretrain.py); this file only calls it and prints.
@@ -52,6 +55,8 @@ parser.add_argument("--tasks", default=None,
                          "--long: qa_closed)")
 parser.add_argument("--lr", type=float, default=None, help="peak learning rate of each SFT run (default 1e-3; --long: 7e-4)")
 parser.add_argument("--seed", type=int, default=0, help="training seed of both SFT runs (batch order)")
+parser.add_argument("--chat", action="store_true",
+                    help="part 5 alone: multi-turn chat fine-tuning on TinyWorld dialogues (about 2 minutes)")
 args = course.start("03", parser)         # the base-model check, one thread, the clock: minift/course.py
 FAST, DEV = args.fast, args.device         # DEV: --device (cpu unless told), where every model lives
 STEPS = args.steps or (4 if FAST else 1500 if args.long else 300)
@@ -81,6 +86,52 @@ def show(tok, ids):
 base, tok = load_base(device=DEV)
 T = base.config.block_size
 W = world.get_world()
+
+# ==============================================================================================
+# Part 5 (--chat, on its own): multi-turn chat. The same SFT loss over a conversation: every
+# assistant turn is a response (minift/align/chat.py), <|endoftext|> ends a turn, and a later
+# question says "she" where the first one named the person, so answering it needs the history.
+if args.chat:
+    import copy
+
+    from minift.align.chat import encode_chat, last_turn_accuracy, reply, train_chat
+    CHAT_STEPS, CHAT_BATCH, N_CHAT = (2, 4, 4) if FAST else (120, 16, 60)
+    header(f"5. Chat: dialogues of 2-3 turns about one person, full fine-tuning, {CHAT_STEPS} steps x {CHAT_BATCH}, "
+           f"lr 3e-4")
+    dlg = {"train": world.task("dialogue", "train"), "val": world.task("dialogue", "val")[:N_CHAT]}
+    ex = dlg["val"][0]
+    ids, mask = encode_chat(tok, ex["turns"])
+    print(f"{len(dlg['train'])} training dialogues. One val dialogue as the model sees it ({len(ids)} tokens; the loss "
+          f"covers the {sum(mask)} marked ^):")
+    print("  " + show(tok, ids))
+    print("  " + "|".join(("^" if m else " ") * len(repr(tok.decode([i]))[1:-1]) for i, m in zip(ids, mask)))
+    rows = [("base", last_turn_accuracy(base, tok, dlg["val"]), last_turn_accuracy(base, tok, dlg["val"], False), "-")]
+    chat_models = {}
+    for name, last_only in (("loss on every assistant turn", False), ("loss on the last turn only", True)):
+        m = copy.deepcopy(base)
+        for q in m.parameters():
+            q.requires_grad_(True)
+        t0 = course.clock()
+        train_chat(m, dlg["train"], TrainConfig(steps=CHAT_STEPS, batch_size=CHAT_BATCH, lr=3e-4, seed=0,
+                                                warmup_steps=max(1, CHAT_STEPS // 10), progress=False, desc="chat"),
+                   tok=tok, last_turn_only=last_only)
+        rows.append((name, last_turn_accuracy(m, tok, dlg["val"]), last_turn_accuracy(m, tok, dlg["val"], False),
+                     f"{course.clock() - t0:.1f}s"))
+        chat_models[name] = m
+    table(("model", "last answer right, with the history", "without it", f"train + eval {course.clock_name()}"),
+          [(n, f"{a:.2f}", f"{b:.2f}", t) for n, a, b, t in rows])
+    print(f"last answer right: the fact the last question asks for is in the greedy reply, on {len(dlg['val'])} val "
+          f"dialogues (people no training dialogue is about). 'without it': the last question alone, which says "
+          f"only 'she' or 'he'.")
+    print("\na conversation with the tuned model, each reply generated after the model's own earlier replies "
+          "(it stops at its end-of-turn token):")
+    history = []
+    for turn in ex["turns"]:
+        got = reply(chat_models["loss on every assistant turn"], tok, history, turn["user"])
+        print(f"  user:      {turn['user']}\n  assistant: {got}")
+        history.append({"user": turn["user"], "assistant": got})
+    print(f"\ntotal: {course.elapsed():.1f}s")
+    raise SystemExit(0)
 
 
 def per_type(exs, k):
