@@ -71,7 +71,8 @@ def nf_code(bits: int, offset: float = NF4_OFFSET, device=None) -> torch.Tensor:
     h = 2^(bits-1) positive ones, h - 1 negative ones and an exact 0. nf_code(4) is NF4."""
     if not (isinstance(bits, int) and 2 <= bits <= 8):
         raise ValueError(f"nf_code: bits={bits!r} must be an integer from 2 to 8")
-    h, cpu = 2 ** (bits - 1), dict(dtype=torch.float64, device="cpu")
+    h = 2 ** (bits - 1)
+    cpu = dict(dtype=torch.float64, device="cpu")
     pos = torch.special.ndtri(torch.linspace(offset, 0.5, h + 1, **cpu)[:-1])              # (h,)    Φ⁻¹(p)
     neg = -torch.special.ndtri(torch.linspace(offset, 0.5, h, **cpu)[:-1])                 # (h-1,)
     v = torch.cat([neg, torch.zeros(1, **cpu), pos]).sort().values                          # (2^bits,)
