@@ -223,6 +223,28 @@ def test_fallback_when_disabled(monkeypatch):
         ops.quant_lora_matmul(x, wq, use_extension=True)
 
 
+def test_reference_path_block_switches_the_extension_off_and_back(monkeypatch):
+    """Inside `with ops.reference_path(why)`: the reference bit for bit, use_extension=True names `why`,
+    blocks nest, and on leaving, the backend is what it was (the extension when it is built)."""
+    monkeypatch.delenv("MINIFT_NO_EXT", raising=False)
+    before = ops.backend()
+    wq = quantize_nf4(torch.randn(8, 16), 8, True)
+    x, A, B = torch.randn(3, 16), torch.randn(2, 16), torch.randn(8, 2)
+    with ops.reference_path("counting FLOPs"):
+        assert ops.extension() is None and ops.backend() == "reference (counting FLOPs)"
+        assert torch.equal(ops.quant_lora_matmul(x, wq, A, B, 0.5), ops.quant_lora_matmul_reference(x, wq, A, B, 0.5))
+        with ops.reference_path("inner"):
+            assert ops.backend() == "reference (inner)"
+        assert ops.backend() == "reference (counting FLOPs)"
+        with pytest.raises(RuntimeError, match="counting FLOPs"):
+            ops.quant_lora_matmul(x, wq, use_extension=True)
+    assert ops.backend() == before
+    with pytest.raises(KeyError):                    # an exception inside the block still closes it
+        with ops.reference_path("raising"):
+            raise KeyError("x")
+    assert ops.backend() == before
+
+
 def test_fallback_log_line_in_a_fresh_process():
     code = ("import torch; from minift.quant import ops; from minift.quant.nf4 import quantize_nf4; "
             "ops.quant_lora_matmul(torch.randn(2, 16), quantize_nf4(torch.randn(4, 16), 16)); "

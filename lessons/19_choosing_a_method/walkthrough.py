@@ -31,7 +31,6 @@ EXPECTED_SECONDS = 106
 FAST_SECONDS = 15
 
 import copy
-import os
 import statistics
 import time
 
@@ -52,6 +51,7 @@ from minift.peft.prompt import PromptConfig
 from minift.peft.reft import ReFTConfig, reft_parameter_count
 from minift.peft.selective import SelectiveConfig
 from minift.pretrain import forgetting_probe, load_base
+from minift.quant import ops
 from minift.quant.qlora import QLoRAConfig
 from minift.taxonomy import CONSEQUENCES, family, merge_into_base
 from minift.report import header, table
@@ -328,15 +328,8 @@ def flops(model):
     """Multiply-adds x 2 of one forward on the 64 timing sentences, counted by torch's FlopCounterMode
     (matmuls and attention): deterministic, unlike a time. NF4 layers take the PyTorch path while counting
     (the C++ kernel's work is invisible to the counter): dequantize, then the same matmul as a float layer."""
-    was, os.environ["MINIFT_NO_EXT"] = os.environ.get("MINIFT_NO_EXT"), "1"
-    try:
-        with torch.no_grad(), FlopCounterMode(display=False) as fc:
-            model.eval()(tbatch["idx"], attention_mask=tbatch["attention_mask"])
-    finally:
-        if was is None:
-            os.environ.pop("MINIFT_NO_EXT")
-        else:
-            os.environ["MINIFT_NO_EXT"] = was
+    with ops.reference_path("counting FLOPs"), torch.no_grad(), FlopCounterMode(display=False) as fc:
+        model.eval()(tbatch["idx"], attention_mask=tbatch["attention_mask"])
     return fc.get_total_flops()
 
 

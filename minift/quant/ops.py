@@ -35,7 +35,8 @@ the 8-float vector width, which take the scalar path).
 
 **Dispatch.** `quant_lora_matmul` uses the extension when it loaded (JIT-built on first use by
 cuda_ext/loader.py, cached outside the repository), x is float32, bfloat16 or float16, and either on
-the CPU, or (NF4 only) on a GPU when the extension was built with CUDA; MINIFT_NO_EXT=1 turns it off.
+the CPU, or (NF4 only) on a GPU when the extension was built with CUDA; MINIFT_NO_EXT=1 turns it off,
+and so does a `with reference_path():` block.
 Otherwise the reference. On a GPU, batches of up to 16 rows take a fused GEMV; larger ones dequantize
 Ŵ once into x's dtype and multiply with cuBLAS. The stored tensors go to the kernel as they are (the
 double-quantized absmax is decoded inside it), so a call does no per-weight work in Python. One line
@@ -45,6 +46,7 @@ between forward and backward, and the base stays frozen.
 """
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import math
 import os
@@ -66,17 +68,26 @@ QuantState = Union[NF4State, Int8Tensor]
 
 _ext = None                     # the loaded module, once tried
 _ext_tried = False
-_ext_error: Optional[str] = None
+_ext_error: Optional[str] = None  # why the build failed, if it did
 _announced = False
+_forced: list = []               # the open reference_path() blocks' reasons, innermost last
 
 
 # ---- the extension: load once, lazily ------------------------------------------------------------
 
-def extension():
-    """The cuda_ext module, or None (MINIFT_NO_EXT=1, no compiler, a failed build). Built once."""
-    global _ext, _ext_tried, _ext_error
+def _switched_off() -> Optional[str]:
+    """Why the extension is off right now without having failed, or None: MINIFT_NO_EXT=1 (read on every
+    call) or an open reference_path() block."""
     if os.environ.get("MINIFT_NO_EXT") == "1":
-        _ext_error = "MINIFT_NO_EXT=1"
+        return "MINIFT_NO_EXT=1"
+    return _forced[-1] if _forced else None
+
+
+def extension():
+    """The cuda_ext module, or None (MINIFT_NO_EXT=1, inside reference_path(), no compiler, a failed
+    build). Built once."""
+    global _ext, _ext_tried, _ext_error
+    if _switched_off():
         return None
     if not _ext_tried:
         _ext_tried = True
@@ -90,12 +101,25 @@ def extension():
     return _ext
 
 
+@contextlib.contextmanager
+def reference_path(reason: str = "reference_path()"):
+    """Inside this block every quant_lora_matmul takes the PyTorch reference, whatever was built:
+    for code that must see the arithmetic as PyTorch ops (torch.utils.flop_counter counts none of the
+    kernel's work) or that times the reference against the kernel. use_extension=True raises inside it,
+    naming `reason`. Blocks nest; the switch is one for the whole process, not per thread."""
+    _forced.append(str(reason))
+    try:
+        yield
+    finally:
+        _forced.pop()
+
+
 def backend() -> str:
     """Which path quant_lora_matmul takes for CPU inputs: "extension (avx2)", "extension (scalar)" (with
     ", cuda built" when the CUDA kernels are in it too) or "reference (<why>)"."""
     ext = extension()
     if ext is None:
-        return f"reference ({_ext_error})"
+        return f"reference ({_switched_off() or _ext_error})"
     return f"extension ({'avx2' if ext.avx2 else 'scalar'}{', cuda built' if ext.cuda else ''})"
 
 
@@ -345,7 +369,7 @@ def quant_lora_matmul(x: torch.Tensor, wq: QuantState, A: Optional[torch.Tensor]
 
 
 __all__ = ["quant_lora_matmul", "quant_lora_matmul_reference", "dequantize", "error_bound", "extension",
-           "backend", "QuantLoRAMatmul"]
+           "backend", "reference_path", "QuantLoRAMatmul"]
 
 
 # ---- the NF4 layer: a frozen linear layer stored in 4 bits, multiplied through the kernel above ---
