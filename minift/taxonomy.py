@@ -91,8 +91,8 @@ def merge_into_base(model: nn.Module) -> nn.Module:
     for n, m in list(adapter_layers(model, MaskedLinear)):
         m.merge()                                                        # W0[idx] += v
         set_module(model, n, m.original())                               # the same tensors, a plain Linear
-    if hasattr(model, "peft_methods"):
-        model.peft_methods[:] = [r for r in model.peft_methods if r["method"] not in ("lora", "qlora", "masking")]
+    if hasattr(model, "peft_methods"):                                  # the two merges above drop their own records
+        model.peft_methods[:] = [r for r in model.peft_methods if r["method"] != "masking"]
     return model
 
 

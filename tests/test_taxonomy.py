@@ -53,6 +53,7 @@ def test_the_class_predicts_whether_the_method_merges_into_the_base(method, data
         return
     merge_into_base(model)
     assert not list(adapter_layers(model))
+    assert not getattr(model, "peft_methods", [])                        # nothing left to save as an adapter
     quantized = {"NF4Linear", "Int8Linear"} if isinstance(cfg, QLoRAConfig) else set()
     assert set(_types(model)) - quantized == set(_types(GPT(CFG)))          # the base's architecture
     assert all(isinstance(m, (NF4Linear, Int8Linear)) for m in model.modules()
