@@ -49,12 +49,14 @@ class Background:
         self._live: set = set()                  # processes running now (killed if the session ends)
         self._local = threading.local()           # each thread's fork server
 
-    def submit(self, key: str, argv: list, cwd: str, timeout: float, script: str | None = None) -> None:
+    def submit(self, key: str, argv: list, cwd: str, timeout: float, script: str | None = None,
+               front: bool = False) -> None:
+        """Queue a run (at the queue's head with `front`: the long ones first keep both cores busy)."""
         with self._lock:
             if key not in self._runs:
                 run = Run(key, list(argv), cwd, timeout, script)
                 self._runs[key] = run
-                self._pending.append(run)
+                self._pending.insert(0, run) if front else self._pending.append(run)
 
     def start(self, workers: int) -> None:
         for _ in range(workers):

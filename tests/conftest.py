@@ -14,6 +14,7 @@ from hypothesis import settings
 from minift.conformance.strategies import register_profiles
 
 import background
+import offload
 
 register_profiles()
 settings.load_profile("ci" if os.environ.get("CI") else "dev")
@@ -44,15 +45,23 @@ _EXTENSION_USERS = {"test_ops.py", "test_qlora.py", "test_nf4.py", "test_conform
                     "test_quant_checks.py"}
 
 
+@pytest.hookimpl(trylast=True)                  # after -m / -k have deselected
 def pytest_collection_modifyitems(config, items):
-    """The walkthrough runs go last: by the time the suite reaches them, the background has run them."""
-    items.sort(key=lambda item: item.path.name == "test_lessons.py")
+    """Some whole files run in a background subprocess (tests/offload.py); the walkthrough runs and those
+    files' stand-ins go last: by the time the suite reaches them, the background has run them."""
+    items[:] = offload.offload(config, items)
+    items.sort(key=lambda item: (isinstance(item, offload.Offloaded), item.path.name == "test_lessons.py"))
+
+
+def pytest_runtest_logreport(report):
+    offload.record(report)                      # only inside the offloaded subprocess
 
 
 def pytest_collection_finish(session):
     """Start the slow subprocesses the selected tests need (tests/background.py)."""
     if os.environ.get("MINIFT_NO_EXT") != "1" and any(i.path.name in _EXTENSION_USERS for i in session.items):
-        background.RUNS.submit("cuda_ext", background.extension_argv(), str(session.config.rootpath), 900)
+        background.RUNS.submit("cuda_ext", background.extension_argv(), str(session.config.rootpath), 900,
+                               front=True)
     for item in session.items:
         les = getattr(getattr(item, "callspec", None), "params", {}).get("les")
         if item.path.name == "test_lessons.py" and les is not None:
