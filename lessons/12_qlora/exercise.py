@@ -9,7 +9,8 @@ bit shifts, sort, torch.special.ndtri or statistics.NormalDist for Φ⁻¹, torc
 call minift. Inputs are float32 unless a docstring says otherwise.
 
 The NF4 table is yours to build: `run_nf4_code()` (the assignment's part 1) returns it, and the
-warm-ups use it. Write it first.
+warm-ups use it. Write it first. The last three functions (`run_nf_code`, `run_pack_bits`,
+`run_unpack_bits`) are the key step of part 3b, the 3- and 2-bit codes: README exercise 7.
 
 Starter for the "try it" exercise of the README: `python lessons/12_qlora/exercise.py try_memory_65b`.
 """
@@ -108,6 +109,43 @@ def run_nf4_roundtrip(W, block_size=64, double_quant=False, dq_block_size=256):
     """
     raise NotImplementedError("run_nf4_roundtrip: not written yet; lessons/12_qlora/README.md, "
                               "\"Assignment: NF4 end to end\", equation (12.16), says what it computes")
+
+
+# ---- Fewer bits: the NF-k code and k-bit packing (part 3b, --low-bits) ----
+
+def run_nf_code(bits):
+    """The 2^k NormalFloat values for k = bits (2 to 8), sorted, float32, with h = 2^(k−1):
+
+        p⁺_i = δ − i (δ − ½) / h,        i = 0 .. h − 1      (h positive values)
+        p⁻_i = δ − i (δ − ½) / (h − 1),  i = 0 .. h − 2      (h − 1 negative values)
+        NF-k = sort{ Φ⁻¹(p⁺_i), −Φ⁻¹(p⁻_i), 0 } / Φ⁻¹(δ),    δ = 1 − (1/30 + 1/32) / 2 for EVERY k
+
+    δ is NF4's outermost quantile, kept at every width (bitsandbytes and LoftQ do the same), so
+    run_nf_code(4) is NF4 again (within a float32 step of the paper's table) and NF2 has 4 values,
+    −1, 0, one positive quantile and 1. Returns a (2^k,) float32 tensor from −1 to 1.
+    """
+    raise NotImplementedError("run_nf_code: not written yet; lessons/12_qlora/README.md, "
+                              "\"Exercises\", equation (12.18), says what it computes")
+
+
+def run_pack_bits(codes, bits):
+    """The indices q_0 .. q_{n−1} (integers in 0 .. 2^k − 1, k = bits) as one big-endian bit stream:
+    write each q_i with its k binary digits, the most significant first, one index after the other,
+    append zero bits up to a whole number of bytes, and read every 8 consecutive bits as one byte
+    whose first bit is worth 128. At k = 4 this is run_pack_4bit's layout (the first code of a pair
+    in the high nibble). codes: (n,) integers. Returns (⌈n k / 8⌉,) torch.uint8.
+    """
+    raise NotImplementedError("run_pack_bits: not written yet; lessons/12_qlora/README.md, "
+                              "\"Exercises\", equation (12.19), says what it computes")
+
+
+def run_unpack_bits(packed, n, bits):
+    """The inverse of run_pack_bits: the n consecutive k-bit fields (k = bits) of the stream that the
+    bytes `packed` spell out, each byte's most significant bit first; the padding bits at the end are
+    ignored, whatever they hold. packed: (⌈n k / 8⌉,) torch.uint8. Returns (n,) torch.uint8.
+    """
+    raise NotImplementedError("run_unpack_bits: not written yet; lessons/12_qlora/README.md, "
+                              "\"Exercises\", equation (12.20), says what it computes")
 
 
 # ---- try it ---------------------------------------------------------------------------------------

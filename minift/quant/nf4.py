@@ -40,7 +40,7 @@ not asserted. FP4 (E2M1) and int4 are here as comparison codes for lesson 12.
 2^k values: 2^(k-1) positive quantiles, 2^(k-1) - 1 negative ones and 0, at the same outermost
 quantile δ' for every k (bitsandbytes' and LoftQ's k-bit NormalFloat do the same):
 
-    NF3: 8 values  (4 positive, 3 negative, 0)       NF2: 4 values  (-1, 0, 0.44, 1)
+    NF3: 8 values  (4 positive, 3 negative, 0)       NF2: 4 values  (-1, 0, 0.338, 1)
 
 Their indices are packed as one big-endian bit stream (`pack_bits`): element 0's most significant
 bit first, k bits each, zero-padded to a whole byte. For k = 4 that is exactly `pack_4bit`'s layout

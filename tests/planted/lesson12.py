@@ -110,3 +110,62 @@ def run_nf4_roundtrip__in_place(W, block_size=64, double_quant=False, dq_block_s
     blocks.div_(blocks.abs().amax(1, keepdim=True).clamp(min=1e-30))
     return packed, W_hat
 
+
+
+# ---- part 3b: the NF-k code and k-bit packing (minift/conformance/lesson12_lowbits.py) ----
+
+def _nf(bits, offset, pos_n, neg_n, zero=True):
+    """Φ⁻¹ of pos_n and neg_n evenly spaced p from `offset` towards 1/2, (0), sorted, divided by the largest."""
+    pos = torch.special.ndtri(torch.linspace(offset, 0.5, pos_n + 1, dtype=torch.float64)[:-1])
+    neg = -torch.special.ndtri(torch.linspace(offset, 0.5, neg_n + 1, dtype=torch.float64)[:-1])
+    v = torch.cat([neg] + ([torch.zeros(1, dtype=torch.float64)] if zero else []) + [pos]).sort().values
+    return (v / v.max()).float()
+
+
+def run_nf_code__offset_per_k(bits):
+    """recomputes the outermost quantile for each k, 1 - (1/(2(2^k - 1)) + 1/2^(k+1)) / 2, instead of NF4's δ"""
+    n = 2 ** bits
+    return _nf(bits, 1 - (1 / (2 * (n - 1)) + 1 / (2 * n)) / 2, n // 2, n // 2 - 1)
+
+
+def run_nf_code__symmetric(bits):
+    """takes 2^(k-1) quantiles on both sides (no exact 0, no asymmetry)"""
+    return _nf(bits, 0.9677083, 2 ** (bits - 1), 2 ** (bits - 1), zero=False)
+
+
+def run_nf_code__extra_value_negative(bits):
+    """puts the extra value on the negative side: 2^(k-1) negative quantiles, 2^(k-1) - 1 positive"""
+    return -ref.run_nf_code(bits).flip(0)
+
+
+def run_pack_bits__lsb_first(codes, bits):
+    """writes each index's bits least significant first"""
+    rev = sum(((codes.long() >> j) & 1) << (bits - 1 - j) for j in range(bits))
+    return ref.run_pack_bits(rev, bits)
+
+
+def run_pack_bits__one_byte_per_code(codes, bits):
+    """stores each index in its own byte (no packing)"""
+    return codes.to(torch.uint8)
+
+
+def run_pack_bits__padding_in_front(codes, bits):
+    """reads the stream as one big integer and writes its bytes, so the zero padding lands in front"""
+    value = 0
+    for q in codes.tolist():
+        value = (value << bits) | int(q)
+    nbytes = -(-codes.numel() * bits // 8)
+    return torch.tensor(list(value.to_bytes(nbytes, "big")), dtype=torch.uint8)
+
+
+def run_unpack_bits__lsb_first(packed, n, bits):
+    """reads each field least significant bit first"""
+    q = ref.run_unpack_bits(packed, n, bits).long()
+    return sum(((q >> j) & 1) << (bits - 1 - j) for j in range(bits)).to(torch.uint8) if n else q.to(torch.uint8)
+
+
+def run_unpack_bits__from_the_end(packed, n, bits):
+    """takes the last n fields of the bytes, as if the padding were in front"""
+    value = int.from_bytes(bytes(packed.tolist()), "big")
+    out = [(value >> (bits * (n - 1 - i))) & (2 ** bits - 1) for i in range(n)]
+    return torch.tensor(out, dtype=torch.uint8)

@@ -1,11 +1,16 @@
 """Planted bugs for lesson 19 (choosing a method): copies of `run_trainable_count`, each with one
-plausible learner mistake in one method's count. tests/test_planted.py checks that lesson 19's
+plausible learner mistake in one method's count, and copies of `run_merge_into_linear` (part 4, the
+taxonomy), each merging one class of method wrongly. tests/test_planted.py checks that lesson 19's
 checks catch every one. Do not copy from this file.
 
-The copies count from the closed forms (the reference builds the model and counts, which is slow
+The count copies count from the closed forms (the reference builds the model and counts, which is slow
 to repeat for every drawn shape), and each one gets one method wrong."""
 import math
 from fractions import Fraction
+
+import torch
+
+from minift.conformance import reference as ref
 
 
 def _count(method, L, C, V, T, hp, bug=None):
@@ -73,3 +78,59 @@ def run_trainable_count__masking_floor(method, n_layer, n_embd, vocab_size, bloc
 def run_trainable_count__reft_one_matrix(method, n_layer, n_embd, vocab_size, block_size, hp):
     """LoReFT counts R but not W: L r (C + 1)"""
     return _count(method, n_layer, n_embd, vocab_size, block_size, hp, "one_matrix")
+
+
+# ---- run_merge_into_linear (part 4: what the class of a method predicts) ----
+
+def run_merge_into_linear__lora_without_scaling(W0, b0, method, params):
+    """merges W0 + B A, forgetting the scaling s"""
+    if method in ("lora", "dora"):
+        params = dict(params, scaling=1.0)
+    return ref.run_merge_into_linear(W0, b0, method, params)
+
+
+def run_merge_into_linear__dora_as_lora(W0, b0, method, params):
+    """merges DoRA as plain LoRA: W0 + s B A, the magnitude and the normalisation dropped"""
+    return ref.run_merge_into_linear(W0, b0, "lora" if method == "dora" else method, params)
+
+
+def run_merge_into_linear__dora_column_norm(W0, b0, method, params):
+    """normalises W0 + s B A per input column instead of per output row"""
+    if method != "dora":
+        return ref.run_merge_into_linear(W0, b0, method, params)
+    V = W0.double() + params["scaling"] * (params["B"].double() @ params["A"].double())
+    cols = torch.linalg.vector_norm(V, dim=0, keepdim=True).clamp(min=1e-12)
+    return (V / cols * params["magnitude"].double()[:, None]).float(), b0.clone()
+
+
+def run_merge_into_linear__masking_column_major(W0, b0, method, params):
+    """reads the masked positions column-major (row idx mod out, column idx // out)"""
+    if method != "masking":
+        return ref.run_merge_into_linear(W0, b0, method, params)
+    out_f, in_f = W0.shape
+    flat = W0.detach().T.contiguous().reshape(-1)                          # column-major order
+    flat = flat.index_add(0, params["indices"].long(), params["values"])
+    return flat.reshape(in_f, out_f).T.contiguous(), b0.clone()
+
+
+def run_merge_into_linear__bitfit_bias_as_delta(W0, b0, method, params):
+    """adds the trained bias to b0 as if it were a difference"""
+    if method != "bitfit":
+        return ref.run_merge_into_linear(W0, b0, method, params)
+    return W0.clone(), b0 + params["bias"]
+
+
+def run_merge_into_linear__adapter_linearised(W0, b0, method, params):
+    """folds a series adapter into the layer as if its nonlinearity were the identity:
+    W = (I + W_up W_down) W0, b = (I + W_up W_down) b0 + W_up b_down + b_up"""
+    if method != "adapter":
+        return ref.run_merge_into_linear(W0, b0, method, params)
+    M = torch.eye(W0.shape[0]) + params["up"] @ params["down"]
+    return M @ W0, M @ b0 + params["up"] @ params["b_down"] + params["b_up"]
+
+
+def run_merge_into_linear__drops_additive(W0, b0, method, params):
+    """returns the base layer unchanged for an additive method instead of refusing (the update is lost)"""
+    if method in ("adapter", "prefix", "prompt", "reft"):
+        return W0.clone(), b0.clone()
+    return ref.run_merge_into_linear(W0, b0, method, params)
