@@ -121,6 +121,50 @@ def activation_bytes(model: nn.Module, batch: int, seq: int) -> int:
     return sum(saved.values())
 
 
+class SavedForBackward:
+    """Peak bytes autograd holds for backward over a whole run of real training steps: the rule of
+    `activation_bytes` (every tensor the pack hook sees, deduplicated by storage, the given models'
+    parameters and buffers excluded), summed between two backward() calls and the largest such sum kept.
+
+        with SavedForBackward(policy, ref) as meter:      # any number of models
+            train_ppo(...)                                # every backward() inside is measured
+        meter.peak                                        # bytes, an int
+
+    It patches torch.autograd.backward (which Tensor.backward calls) for the block's duration, so it
+    measures loops it cannot see into (the PPO and DPO trainers)."""
+
+    def __init__(self, *models: nn.Module):
+        if not all(isinstance(m, nn.Module) for m in models):
+            raise TypeError(f"SavedForBackward takes nn.Module models, got {[type(m).__name__ for m in models]}")
+        self.own = set(_unique(p for m in models for p in list(m.parameters()) + list(m.buffers())))
+        self.live: dict = {}
+        self.peak = 0
+
+    def _pack(self, t):
+        key = t.untyped_storage()._cdata
+        if key not in self.own:
+            self.live[key] = t.untyped_storage().nbytes()
+        return t
+
+    def __enter__(self):
+        real = torch.autograd.backward
+
+        def backward(*a, **k):                      # the bytes saved since the last backward: one step's
+            self.peak = max(self.peak, sum(self.live.values()))
+            self.live.clear()
+            return real(*a, **k)
+        self._patch = mock.patch.object(torch.autograd, "backward", backward)
+        self._patch.start()
+        self._hooks = torch.autograd.graph.saved_tensors_hooks(self._pack, lambda t: t)
+        self._hooks.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        self._hooks.__exit__(*exc)
+        self._patch.stop()
+        return False
+
+
 def step_memory(model: nn.Module, batch: int, seq: int, optimizer_states: int = 2,
                 quantized: Optional[dict] = None) -> dict:
     """The four parts of a training step's memory, in bytes, for `model` as it is (any device).

@@ -91,3 +91,19 @@ def test_bench_quant_orders_the_methods_by_memory(capsys):
     assert totals["full"] > totals["LoRA"] > totals["QLoRA-int8"] > totals["QLoRA-NF4"]
     printed = capsys.readouterr().out
     assert "vs copy" in printed and "QLoRA-NF4" in printed and "(predicted from the meta device)" in printed
+
+
+def test_saved_for_backward_keeps_the_largest_step_and_skips_the_models_own_tensors():
+    """A Linear saves its input for dW = gᵀ x: 4 bytes x B x in per step; the weight is the model's own."""
+    from minift.memory import SavedForBackward
+    lin = torch.nn.Linear(8, 4)
+    with SavedForBackward(lin) as meter:
+        for batch in (5, 11, 3):                                   # the 11-row step is the peak
+            lin(torch.randn(batch, 8)).sum().backward()
+    assert meter.peak == 4 * 11 * 8
+    with SavedForBackward() as meter:             # no model given: the weight, saved for dx = g W, counts too
+        lin(torch.randn(5, 8, requires_grad=True)).sum().backward()
+    assert meter.peak == 4 * 5 * 8 + 4 * 4 * 8
+    assert torch.autograd.backward.__module__ == "torch.autograd"   # the patch is gone after the block
+    with pytest.raises(TypeError, match="nn.Module"):
+        SavedForBackward(lin.weight)

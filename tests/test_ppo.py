@@ -222,6 +222,33 @@ def test_a_lora_policy_with_ref_none_trains_as_against_a_frozen_copy_of_its_base
         train_ppo(tiny_model(CFG, 4), ["abc"] * 8, cfg, ref=None, reward_model=reward, tok=TOK, progress=False)
 
 
+
+def test_lora_ppo_starts_at_zero_kl_and_moves_only_the_adapters_and_the_value_head():
+    """Lesson 14 part 6's LoRA run: with B = 0 the first rollout's policy IS π_ref (KL exactly 0); PPO
+    then moves A, B and the value head and leaves every base weight bit for bit as it was."""
+    P = len(TOK.encode_prompt("abc"))
+    reward = lambda ids, attention_mask=None: (ids[:, P] < 12).float()     # noqa: E731
+    base = tiny_model(CFG, 5).float()
+    policy = copy.deepcopy(base)
+    apply_lora(policy, LoRAConfig(r=2, alpha=4, qkv=None, include_head=False))
+    vhead = nn.Linear(CFG.n_embd, 1)
+    nn.init.zeros_(vhead.weight)
+    nn.init.zeros_(vhead.bias)
+    cfg = PPOConfig(steps=3, batch_size=8, minibatch_size=4, ppo_epochs=2, lr=3e-2, kl_coef=0.2, max_new_tokens=3)
+    hist = train_ppo(policy, ["abc"] * 8, cfg, ref=None, reward_model=reward, tok=TOK, value_head=vhead,
+                     progress=False)
+    assert hist[0]["kl"] == 0.0                                            # B = 0: π = π_ref exactly
+    assert hist[-1]["kl"] != 0.0                                           # ... and then it moved
+    trained = {n for n, p in policy.named_parameters() if p.requires_grad}
+    assert trained and all("lora_A" in n or "lora_B" in n for n in trained)
+    kept = dict(base.named_parameters())
+    for n, p in policy.named_parameters():
+        if n in trained:
+            continue
+        assert torch.equal(p, kept[n]), n                                  # the base never moves
+    assert any(bool(p.ne(0).any()) for n, p in policy.named_parameters() if "lora_B" in n)
+    assert bool(vhead.weight.ne(0).any()) or bool(vhead.bias.ne(0).any())
+
 def test_adaptive_kl_coefficient_moves_toward_the_target():
     policy = tiny_model(CFG, 4).float()
     for p in policy.parameters():

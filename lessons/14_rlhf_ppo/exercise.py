@@ -137,6 +137,24 @@ def run_ppo_step(logits, tokens, old_logp, values, old_values, rewards, mask, cl
                               "\"Assignment: one PPO update\", equation (14.10), says what it computes")
 
 
+def run_lora_kl(hidden, weight, lora_A, lora_B, scaling, tokens, mask):
+    """Part 6's key step: the KL penalty of a LoRA policy whose reference is the SAME layer with the
+    adapter switched off, so PPO needs no frozen copy of the model. One output layer stands in for the
+    policy: W0 = weight (V, C) frozen, lora_A (r, C), lora_B (V, r), s = scaling, over final hidden
+    states hidden (B, N, C):
+
+        π_θ(· | s_t)   = softmax(h_t (W0 + s B A)ᵀ)       the adapter on
+        π_ref(· | s_t) = softmax(h_t W0ᵀ)                 the adapter off
+        k1_t           = log π_θ(y_t | s_t) − log π_ref(y_t | s_t)
+
+    tokens (B, N) holds the sampled ids y_t (any id in [0, V) on padding); mask (B, N) is 1 on the real
+    tokens. Return k1 (B, N), exactly 0 on padding, whatever the padding's hidden states hold. With
+    B = 0 (LoRA's initialisation) every k1 is 0. README: "Part 6: PPO with LoRA on the policy".
+    """
+    raise NotImplementedError("run_lora_kl: not written yet; lessons/14_rlhf_ppo/README.md, \"Part 6: PPO with "
+                              "LoRA on the policy\", says what it computes")
+
+
 # ---- starters for the README's "try it" exercises (they call the library) ----
 
 EXTRA_PAIRS = []   # exercise 5: your {"prompt", "chosen", "rejected"} pairs, added to the reward model's training data
@@ -200,6 +218,38 @@ def try_ppo(beta=0.2, iterations=6, batch_size=16, sft_steps=60, rm_steps=40, se
     print(f"{'iteration':>9}  {'RM score':>8}  {'KL':>6}  {'score − β KL':>12}")
     for h in hist:
         print(f"{h['iter']:>9}  {h['score']:>+8.2f}  {h['kl']:>6.2f}  {h['score'] - beta * h['kl']:>+12.2f}")
+    return hist
+
+
+def try_lora_ppo(r=8, lr=1e-3, targets="all", beta=0.2, iterations=10, batch_size=16, sft_steps=60, rm_steps=40, seed=0):
+    """Exercise 8: PPO that trains LoRA adapters only, with π_ref = the same policy with its adapters
+    disabled (train_ppo(ref=None): no frozen copy). `targets`: "qv" (W_q, W_v) or "all" (every linear
+    layer of every block). Prints per iteration the mean RM score of the samples, the KL to π_SFT and
+    score − β KL, then how many numbers were trained. Compare with part 6's table in the README (its
+    π_SFT and reward model are trained longer: 50 and 45 steps of the walkthrough vs these defaults)."""
+    import copy
+
+    from minift.align.ppo import PPOConfig, train_ppo
+    from minift.evals import preference_examples
+    from minift.peft.lora import LoRAConfig, apply_lora
+
+    if targets not in ("qv", "all"):
+        raise ValueError(f"targets={targets!r} must be 'qv' or 'all'")
+    _, tok, sft, rm, _ = _sft_and_reward_model(sft_steps, rm_steps, (), seed)
+    policy = copy.deepcopy(sft)
+    lcfg = LoRAConfig(r=r, include_head=False) if targets == "qv" else \
+        LoRAConfig(r=r, targets=("attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj"), qkv=None, include_head=False)
+    apply_lora(policy, lcfg)                                       # every weight frozen but A and B
+    cfg = PPOConfig(steps=iterations, batch_size=batch_size, minibatch_size=min(16, batch_size), ppo_epochs=4, lr=lr,
+                    kl_coef=beta, max_new_tokens=20, seed=seed)
+    hist = train_ppo(policy, [e["prompt"] for e in preference_examples("train")], cfg, ref=None,
+                     reward_model=rm, tok=tok, progress=False)
+    print(f"{'iteration':>9}  {'RM score':>8}  {'KL':>6}  {'score − β KL':>12}")
+    for h in hist:
+        print(f"{h['iter']:>9}  {h['score']:>+8.2f}  {h['kl']:>6.2f}  {h['score'] - beta * h['kl']:>+12.2f}")
+    n = sum(p.numel() for p in policy.parameters() if p.requires_grad)
+    print(f"trained: {n:,} LoRA numbers (+ the value head's {sft.config.n_embd + 1}) of the policy's "
+          f"{sum(p.numel() for p in sft.parameters()):,}")
     return hist
 
 

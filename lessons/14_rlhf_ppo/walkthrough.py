@@ -18,10 +18,14 @@ Prints, top to bottom:
      final '.', measured on the val fact pairs); generations side by side.
   With --long: part 3 again for β in {0, 0.05, 0.2} and seeds 0, 1, 2 (the default run uses seed 0
   only), and the spread (about 2 more minutes of CPU).
+  With --lora, on its own (parts 1-2, then part 6): PPO at β = 0.2 with full fine-tuning (part 3's
+  recipe) against PPO that trains only LoRA adapters, whose disabled adapters are π_ref (no frozen
+  copy): reward, KL, parameters trained, models and bytes held, bytes saved for backward, CPU time.
 
     python lessons/14_rlhf_ppo/walkthrough.py           # or: minift run 14
     python lessons/14_rlhf_ppo/walkthrough.py --fast    # the seconds-long version the tests run
     python lessons/14_rlhf_ppo/walkthrough.py --long    # + 3 seeds x 3 values of beta
+    python lessons/14_rlhf_ppo/walkthrough.py --lora    # parts 1-2, then full fine-tuning vs LoRA PPO
 
 Everything it uses lives in the library (minift/align/ppo.py, minift/align/reward.py,
 minift/align/preference.py, minift/evals.py, minift/pretrain.py); this file only calls it and prints.
@@ -32,16 +36,23 @@ FAST_SECONDS = 12
 import copy
 import time
 
+import torch
+import torch.nn as nn
+
 from minift import course
 from minift.align.ppo import PPOConfig, frozen_copy, train_ppo
+from minift.peft.lora import LoRAConfig, apply_lora
 from minift.align.reward import RewardConfig, train_reward_model
 from minift.evals import evaluate_policy, evaluate_reward_model, preference_examples, train_sft_policy
+from minift.memory import SavedForBackward
 from minift.pretrain import load_base
 from minift.report import header, table
 from minift.train import TrainConfig
 
 parser = course.parser(__doc__)
 parser.add_argument("--long", action="store_true", help="also rerun PPO for beta in {0, 0.05, 0.2} x seeds 0, 1, 2")
+parser.add_argument("--lora", action="store_true", help="parts 1-2, then part 6 alone: PPO with full fine-tuning "
+                                                        "vs PPO with LoRA on the policy (about 2 minutes of CPU)")
 args = course.start("14", parser)         # the base-model check, one thread, the clock: minift/course.py
 FAST, DEV = args.fast, args.device     # DEV: --device (cpu unless told), where every model lives
 CLOCK = course.clock_name()                # timed lines: "CPU" seconds; on a GPU "GPU wall" (synchronized)
@@ -108,6 +119,121 @@ n_all = sum(m["n"] for m in rm_val.values())           # "all": the kinds' means
 m = {key: sum(v[key] * v["n"] for v in rm_val.values()) / n_all for key in ("accuracy", "ties", "margin")}
 rows.append(("all", n_all, f"{m['accuracy']:.1%}", f"{m['ties']:.1%}", f"{m['margin']:+.2f}"))
 table(("held-out val pairs", "n", "accuracy (r_w > r_l)", "ties", "mean r_w − r_l"), rows)
+
+# ==============================================================================================
+# Part 6 (--lora, on its own): the same PPO (β = 0.2, part 3's steps, batches, prompts and seed) with
+# every weight trained against PPO that trains LoRA adapters only. train_ppo(ref=None) takes the
+# policy with its adapters disabled as π_ref, so the LoRA runs hold no frozen copy of π_SFT.
+if args.lora:
+    ALL_LINEAR = ("attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj")
+    LORA_BETA, FULL_LR = 0.2, PPO.lr
+    # (row, LoRA config or None for full fine-tuning, lr). LoRA's lr: 10x full fine-tuning's, the ratio
+    # lesson 05's sweep picked (LoRA 1e-2 vs full 1e-3); the row at full fine-tuning's own lr shows why.
+    VARIANTS = [("full fine-tuning", None, FULL_LR),
+                ("LoRA r=8 q,v", LoRAConfig(r=8, include_head=False), 10 * FULL_LR),
+                ("LoRA r=8 all linear", LoRAConfig(r=8, targets=ALL_LINEAR, qkv=None, include_head=False), 10 * FULL_LR),
+                ("LoRA r=1 all linear", LoRAConfig(r=1, targets=ALL_LINEAR, qkv=None, include_head=False), 10 * FULL_LR),
+                ("LoRA r=8 all linear", LoRAConfig(r=8, targets=ALL_LINEAR, qkv=None, include_head=False), FULL_LR)]
+    if FAST:
+        VARIANTS = VARIANTS[:2]
+    header(f"6. PPO with LoRA on the policy vs full fine-tuning: β = {LORA_BETA:g}, {PPO.steps} iterations x "
+           f"{PPO.batch_size} prompts, {PPO.ppo_epochs} epochs of minibatches of {PPO.minibatch_size}, seed 0, the "
+           f"same reward model; every LoRA alpha = 16")
+
+    def held_bytes(*models) -> int:
+        """Bytes of every distinct parameter and buffer of the models held during PPO."""
+        seen = {id(t): t for m in models for t in list(m.parameters()) + list(m.buffers())}
+        return sum(t.numel() * t.element_size() for t in seen.values())
+
+    def mib(n: float) -> str:
+        return f"{n / 2 ** 20:.2f} MiB"
+
+    C = sft.config.n_embd
+    lora_rows = []
+    for name, lcfg, lr in VARIANTS:
+        policy = copy.deepcopy(sft)
+        for p in policy.parameters():
+            p.requires_grad_(True)
+        if lcfg is not None:
+            apply_lora(policy, lcfg)                               # freezes every weight but A and B
+        ref_ = frozen_copy(sft) if lcfg is None else None          # LoRA: π_ref = the adapters disabled
+        vhead = nn.Linear(C, 1)                                    # train_ppo's own head: V = 0 at the start
+        nn.init.zeros_(vhead.weight)
+        nn.init.zeros_(vhead.bias)
+        vhead = vhead.to(device=sft.transformer.wte.weight.device)
+        cfg = PPOConfig(**{**PPO.__dict__, "kl_coef": LORA_BETA, "lr": lr, "seed": 0})
+        held = [m for m in (policy, ref_, rm, vhead) if m is not None]
+        meter = SavedForBackward(*held)
+        t0 = cpu()
+        with meter:
+            hist = train_ppo(policy, prompts, cfg, ref=ref_, reward_model=rm, tok=tok, value_head=vhead,
+                             progress=False)
+        secs = cpu() - t0
+        trainable = sum(p.numel() for m in (policy, vhead) for p in m.parameters() if p.requires_grad)
+        s = evaluate_policy(policy, ref_, rm, tok, eval_ex, PPO.max_new_tokens, greedy=False, seed=1)
+        g = evaluate_policy(policy, ref_, rm, tok, eval_ex, PPO.max_new_tokens, greedy=True)
+        n = len(hist)
+        lora_rows.append({"name": name, "lr": lr, "trainable": trainable, "held": len(held),
+                          "models": "policy + ref + RM + V" if ref_ is not None else "policy (+adapters) + RM + V",
+                          "params_held": sum(p.numel() for m in held for p in m.parameters()),
+                          "weights": held_bytes(*held), "state": 12 * trainable, "saved": meter.peak,
+                          "secs": secs, "iter_secs": secs / n, "s": s, "g": g,
+                          "clip": sum(x["clip_frac"] for x in hist) / n, "step_kl": sum(x["approx_kl"] for x in hist) / n,
+                          "train_score": sum(x["score"] for x in hist[n // 2:]) / (n - n // 2),
+                          "train_kl": sum(x["kl"] for x in hist[n // 2:]) / (n - n // 2)})
+        print(f"{name}, lr {lr:g}: {secs:.1f}s {CLOCK}", flush=True)
+    sft_ref = frozen_copy(sft)
+    s0 = evaluate_policy(sft, sft_ref, rm, tok, eval_ex, PPO.max_new_tokens, greedy=False, seed=1)
+    g0 = evaluate_policy(sft, sft_ref, rm, tok, eval_ex, PPO.max_new_tokens, greedy=True)
+    n_full = sum(p.numel() for p in sft.parameters())
+    rows = [("π_SFT (no PPO)", "-", "-", f"{s0['score']:+.2f}", f"{s0['kl']:.2f}", f"{s0['score'] - LORA_BETA * s0['kl']:+.2f}",
+             f"{g0['chosen']:.1%}", "-", "-", "-", "-")]
+    for r in lora_rows:
+        rows.append((r["name"], f"{r['lr']:g}", f"{r['trainable']:,} ({r['trainable'] / n_full:.1%})",
+                     f"{r['s']['score']:+.2f}", f"{r['s']['kl']:.2f}", f"{r['s']['score'] - LORA_BETA * r['s']['kl']:+.2f}",
+                     f"{r['g']['chosen']:.1%}", f"{r['train_score']:+.2f}", f"{r['train_kl']:.2f}", f"{r['clip']:.3f}",
+                     f"{r['step_kl']:.4f}"))
+    table(("policy", "lr", "trained (of the model)", "RM score", "KL", f"score − {LORA_BETA:g} KL", "= chosen (greedy)",
+           f"train score, it {PPO.steps // 2 + 1}-{PPO.steps}", "train KL", "clip fraction",
+           "KL(π_old ‖ π_new) per update"), rows)
+    print(f"RM score, KL, score − β KL: one temperature-1 sample per held-out prompt ({len(eval_ex)} prompts, seed 1), "
+          f"KL to π_SFT in nats per response; = chosen: greedy answers exactly right. train: the rollouts' means over "
+          f"the last {PPO.steps - PPO.steps // 2} iterations. Trained: the policy's trainable weights + the value "
+          f"head's {C + 1}.")
+    rows = [(r["name"], f"{r['lr']:g}", r["models"], f"{r['params_held']:,}", mib(r["weights"]), mib(r["state"]),
+             mib(r["saved"]), f"{r['iter_secs']:.2f}s") for r in lora_rows]
+    table(("policy", "lr", "models held", "parameters held", "weights held", "grads + AdamW state",
+           "peak saved for backward", f"{CLOCK} / iteration"), rows)
+    print("weights held: every distinct parameter and buffer of the models PPO keeps (fp32); grads + AdamW state: "
+          "4 + 8 bytes per trained number; peak saved for backward: the most bytes autograd kept for one "
+          "backward (deduplicated by storage, parameters excluded), over the run.")
+    full = lora_rows[0]
+    for r in lora_rows[1:]:
+        less = r["weights"] + r["state"] < full["weights"] + full["state"]
+        course.verdict(f"  {r['name']}, lr {r['lr']:g}: weights + optimizer state {mib(r['weights'] + r['state'])} vs "
+                       f"full fine-tuning's {mib(full['weights'] + full['state'])} -> "
+                       f"{'holds' if less else 'fails'} (LoRA PPO needs less memory)")
+    same_lr = [r for r in lora_rows[1:] if r["lr"] == FULL_LR]
+    higher = [r for r in lora_rows[1:] if r["lr"] > FULL_LR and r["name"] in {x["name"] for x in same_lr}]
+    for lo, hi in [(lo, hi) for lo in same_lr for hi in higher if hi["name"] == lo["name"]]:
+        ok = lo["step_kl"] < hi["step_kl"] and lo["step_kl"] < full["step_kl"] / 2
+        course.verdict(f"  {lo['name']}: KL(π_old ‖ π_new) per update {lo['step_kl']:.4f} at full fine-tuning's lr "
+                       f"{FULL_LR:g}, {hi['step_kl']:.4f} at {hi['lr']:g}, full fine-tuning {full['step_kl']:.4f} -> "
+                       f"{'holds' if ok else 'fails'} (at the same lr LoRA moves the policy far less: it needs a "
+                       f"higher lr)")
+    SE = (2 / len(eval_ex)) ** 0.5   # one standard error of a difference of two n-sample means of a unit-variance reward
+    gain = full["s"]["score"] - s0["score"]
+    for r in lora_rows[1:]:
+        d = r["s"]["score"] - full["s"]["score"]
+        judged = ("not resolved: full fine-tuning's own gain over π_SFT is within the noise too" if gain < SE
+                  else "holds" if d >= -SE else "fails")
+        course.verdict(f"  {r['name']}, lr {r['lr']:g}: held-out RM score {r['s']['score']:+.2f} vs full fine-tuning's "
+                       f"{full['s']['score']:+.2f} (difference {d:+.2f}) and π_SFT's {s0['score']:+.2f} (full fine-"
+                       f"tuning's gain {gain:+.2f}); noise: {SE:.2f} = one standard error of a difference of two "
+                       f"{len(eval_ex)}-sample means of a unit-variance reward -> {judged} (LoRA PPO reaches full "
+                       f"fine-tuning's reward)")
+    print(f"\ntotal {course.elapsed():.0f}s wall, {time.process_time():.0f}s CPU{course.memory_note()}")
+    raise SystemExit(0)
 
 # ==============================================================================================
 header(f"3. Step 3, PPO from π_SFT against the reward model: {PPO.steps} iterations x {PPO.batch_size} prompts, "

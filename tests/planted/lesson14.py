@@ -220,3 +220,40 @@ def run_ppo_step__padding_in_logits(logits, tokens, old_logp, values, old_values
     lp = F.log_softmax(logits.float(), 1).gather(-1, tokens.long()[..., None])[..., 0]
     return (ref.run_ppo_loss(lp, old_logp, adv, mask, clip)
             + vf_coef * ref.run_ppo_value_loss(values, old_values, returns, mask, clip_value))
+
+
+# ---- run_lora_kl (part 6: PPO with a LoRA policy, π_ref = the adapters disabled) --------------------
+
+def _lora_logps(hidden, weight, lora_A, lora_B, scaling, tokens, adapter=True, normalise=True):
+    z = hidden @ weight.T + (scaling * (hidden @ lora_A.T) @ lora_B.T if adapter else 0.0)   # (B, N, V)
+    z = F.log_softmax(z, -1) if normalise else z
+    return z.gather(-1, tokens.long()[..., None])[..., 0]
+
+
+def run_lora_kl__adapter_left_on(hidden, weight, lora_A, lora_B, scaling, tokens, mask):
+    """scores the reference with the adapter still on (forgets to disable it): k1 is always 0."""
+    lp = _lora_logps(hidden, weight, lora_A, lora_B, scaling, tokens)
+    return torch.where(mask.bool(), lp - _lora_logps(hidden, weight, lora_A, lora_B, scaling, tokens), 0.0)
+
+
+def run_lora_kl__no_scaling(hidden, weight, lora_A, lora_B, scaling, tokens, mask):
+    """adds B A without its scale s = alpha / r."""
+    return ref.run_lora_kl(hidden, weight, lora_A, lora_B, 1.0, tokens, mask)
+
+
+def run_lora_kl__padding_kept(hidden, weight, lora_A, lora_B, scaling, tokens, mask):
+    """returns k1 on every position, padding included (forgets the mask)."""
+    return (_lora_logps(hidden, weight, lora_A, lora_B, scaling, tokens)
+            - _lora_logps(hidden, weight, lora_A, lora_B, scaling, tokens, adapter=False))
+
+
+def run_lora_kl__logits_not_logps(hidden, weight, lora_A, lora_B, scaling, tokens, mask):
+    """subtracts the raw logits of the token (no log-softmax): z[y] − z_ref[y]."""
+    k = (_lora_logps(hidden, weight, lora_A, lora_B, scaling, tokens, normalise=False)
+         - _lora_logps(hidden, weight, lora_A, lora_B, scaling, tokens, adapter=False, normalise=False))
+    return torch.where(mask.bool(), k, 0.0)
+
+
+def run_lora_kl__reversed(hidden, weight, lora_A, lora_B, scaling, tokens, mask):
+    """log π_ref − log π (the sign of the log-ratio reversed)."""
+    return -ref.run_lora_kl(hidden, weight, lora_A, lora_B, scaling, tokens, mask)
