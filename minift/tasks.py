@@ -341,12 +341,29 @@ LABEL_WORDS = {"sentiment": ("negative", "positive"), "paraphrase": ("no", "yes"
 NER_INSTRUCTION = "Tag each word with O, or B- / I- and one of PER, LOC, ANIMAL, FOOD."
 
 
-def format_example(task_name: str, example: dict) -> tuple[str, str]:
+INSTRUCTION_STYLES = ("full", "name", "plain")     # format_example(..., style=): what an instruction prompt keeps
+
+
+def format_example(task_name: str, example: dict, style: str = "full") -> tuple[str, str]:
     """(prompt, response) of one example of a TinyWorld task, so every task can be trained and
     generated from as text-to-text (SFT can mix them all). Classification tasks answer with a
-    label word (LABEL_WORDS), NER with one tag per word, separated by spaces."""
+    label word (LABEL_WORDS), NER with one tag per word, separated by spaces.
+
+    style (the `instructions` task only; the ablation of FLAN, Wei et al. 2022, sec. 4.3, and of the
+    no-instruction baseline of Natural Instructions, Mishra et al. 2022): "full" (the default) is the
+    whole Natural-Instructions prompt, definition + positive and negative example + instance;
+    "name" keeps only the task type's name and the instance ("Task: town_of_person\nInput: Tiken");
+    "plain" keeps only the instance ("Input: Tiken"): input -> output. The response never changes."""
     ex = example
+    if style not in INSTRUCTION_STYLES:
+        raise ValueError(f"format_example: style={style!r} must be one of {INSTRUCTION_STYLES}")
+    if style != "full" and task_name != "instructions":
+        raise ValueError(f"format_example: style={style!r} strips an instruction, so it needs task_name="
+                         f"'instructions', got {task_name!r} (other tasks have no definition to strip)")
     try:
+        if task_name == "instructions" and style != "full":
+            head = f"Task: {ex['task']}\n" if style == "name" else ""
+            return f"{head}Input: {ex['input']}", ex["output"]
         if task_name == "qa_closed":
             return f"Question: {ex['question']}", ex["answer"]
         if task_name == "qa_extractive":
@@ -405,3 +422,36 @@ def sft_pairs(task_names: Sequence[str], split: str = "train", seed: int = 0) ->
     if isinstance(task_names, str):
         task_names = [task_names]
     return [format_example(n, ex) for n in task_names for ex in task(n, split, seed)]
+
+
+# ============================================================================ table-to-text
+
+TABLE_FIELD_SEP, TABLE_VALUE_SEP = " | ", " : "     # between fields; between an attribute and its value
+
+
+def linearize_table(fields) -> str:
+    """A one-record table as one line of text, the way Li & Liang (2021) feed E2E's meaning
+    representations (Novikova et al., 2017) to GPT-2, "name : Alimentum | area : city centre":
+
+        [(a_1, v_1), ..., (a_n, v_n)]  ->  "a_1 : v_1 | a_2 : v_2 | ... | a_n : v_n"
+
+    Fields stay in the given order (the order is part of the input); each attribute and value is
+    written stripped of surrounding whitespace. fields: a non-empty sequence of (attribute, value)
+    pairs of strings, or a dict (in its order). Attributes and values must be non-empty after
+    stripping and hold no '|' or ':', so the line can be read back unambiguously."""
+    items = list(fields.items()) if isinstance(fields, dict) else fields
+    if isinstance(items, (str, bytes)) or not isinstance(items, Sequence) or not items:
+        raise ValueError(f"linearize_table: fields must be a non-empty sequence of (attribute, value) pairs "
+                         f"or a dict, got {fields!r}")
+    out = []
+    for i, pair in enumerate(items):
+        if isinstance(pair, (str, bytes)) or not isinstance(pair, Sequence) or len(pair) != 2:
+            raise ValueError(f"linearize_table: fields[{i}]={pair!r} must be an (attribute, value) pair")
+        for what, s in zip(("attribute", "value"), pair):
+            if not isinstance(s, str):
+                raise TypeError(f"linearize_table: the {what} of fields[{i}] must be a str, got {type(s).__name__}")
+            if not s.strip() or "|" in s or ":" in s:
+                raise ValueError(f"linearize_table: the {what} of fields[{i}]={s!r} must be non-empty and "
+                                 f"hold no '|' or ':'")
+        out.append(pair[0].strip() + TABLE_VALUE_SEP + pair[1].strip())         # "a_i : v_i"
+    return TABLE_FIELD_SEP.join(out)                                            # "a_1 : v_1 | a_2 : v_2"

@@ -53,6 +53,48 @@ def run_sft_loss(logits, targets):
                               "\"The maths\", equation (3.4), says what it computes")
 
 
+
+def run_format_instruction(example, style="full"):
+    """The prompt of one Natural-Instructions example, with or without its instruction (README,
+    part 6, equation (3.5)).
+
+    example has the fields "task" (the type's name), "definition", "positive" and "negative" (each
+    {"input", "output", "reason"}), "input" and "output". Return (prompt, response):
+
+        style="full":   the four lines
+                            Definition: <definition>
+                            Positive example. Input: <pi> Output: <po> Reason: <pr>
+                            Negative example. Input: <ni> Output: <no> Reason: <nr>
+                            Now do the task. Input: <input>
+                        joined by "\n" (no newline at the end);
+        style="name":   "Task: <task>", a newline, then "Input: <input>"  (FLAN's task-name ablation);
+        style="plain":  "Input: <input>" alone                            (input -> output, no instruction).
+
+    The response is example["output"] in every style: only the prompt is stripped.
+    """
+    raise NotImplementedError("run_format_instruction: not written yet; lessons/03_instruction_tuning/README.md, "
+                              "\"6. Instructions or plain input to output (`--plain`)\", equation (3.5), says what it computes")
+
+
+def run_encode_chat(turns, max_len=None, last_turn_only=False):
+    """The token ids and loss mask of a dialogue (README, part 5, equation (3.6)), on token ids.
+
+    turns: a list of (user_ids, assistant_ids), lists of content ids (>= 4). The markers are
+    <|prompt|> = 2, <|response|> = 3 and <|endoftext|> = 0. Turn (u, a) becomes
+
+        [2] + u + [3] + a + [0]          with mask  0 on [2] + u + [3],  1 on a + [0]
+
+    (the user's words are context; the reply and its end-of-turn token are trained), and the
+    dialogue is the turns end to end. last_turn_only=True: the mask is 0 on every turn but the
+    last. max_len (None: no limit): while the ids are longer than max_len, drop the oldest *whole*
+    turn; if the last turn alone is longer than max_len, raise ValueError.
+    Returns (ids, mask), two lists of ints of the same length.
+    """
+    raise NotImplementedError("run_encode_chat: not written yet; lessons/03_instruction_tuning/README.md, "
+                              "\"5. Chat: several turns, the loss on the assistant's (`--chat`)\", equation (3.6), "
+                              "says what it computes")
+
+
 # ---- try it ----
 
 def try_sft(steps=150, tasks="instructions", n_per_task=300, train_on_prompt=False, lr=2e-3, n_eval=24):
@@ -83,6 +125,31 @@ def try_sft(steps=150, tasks="instructions", n_per_task=300, train_on_prompt=Fal
         print(f"{name} ({split}, {len(exs)} examples): exact match {r['score']:.2f}")
         for ex, got in list(zip(exs, r["responses"]))[:3]:
             print(f"  [{ex['task']}] gold {ex['output']!r:<20} got {got!r}")
+
+
+def try_plain(style="plain", steps=150, lr=1e-3, n_eval=24):
+    """README part 6 at toy size, with YOUR run_format_instruction (exercise 6) writing the prompts:
+    `steps` steps of batch 4 on the training instructions written in `style` ("full", "name" or
+    "plain") + 300 closed-book questions, then exact match on n_eval seen (val) and unseen (test)
+    examples, prompted in `style` and with the full instructions. A step of style=full costs several
+    times one of style=plain (its prompts are about 20 times longer). Run it for two styles with the
+    same steps and compare."""
+    from minift import world
+    from minift.evals import generate_responses, mixture
+    from minift.pretrain import load_base
+    from minift.tasks import SFTDataset, collate_fn, exact_match
+    from minift.train import TrainConfig, train
+    model, tok = load_base()
+    pairs = [run_format_instruction(e, style) for e in world.task("instructions", "train")]
+    data = SFTDataset(tok, pairs + mixture(["qa_closed"], "train", 300), model.config.block_size)
+    train(model, data, TrainConfig(steps=steps, batch_size=4, lr=lr, progress=False), collate_fn=collate_fn(tok.pad_id))
+    for split, name in (("val", "seen types"), ("test", "unseen types")):
+        exs = world.task("instructions", split)[:n_eval]
+        for prompted in dict.fromkeys((style, "full")):
+            got = generate_responses(model, tok, [run_format_instruction(e, prompted)[0] for e in exs], 24)
+            em = sum(exact_match(g, e["output"]) for g, e in zip(got, exs)) / len(exs)
+            print(f"{name} ({split}, {len(exs)} examples), prompted {prompted}: exact match {em:.2f}; "
+                  f"first answers {got[:3]}")
 
 
 if __name__ == "__main__":         # python lessons/03_instruction_tuning/exercise.py try_<what> [value ...] [name=value ...]

@@ -17,13 +17,18 @@ Prints, top to bottom:
      seed) with the loss on the prompt too (`SFTDataset(..., train_on_prompt=True)`), side by side;
      without it, the same per-task and per-type tables for base and SFT;
   5. (with --chat, on its own) chat: dialogues of 2-3 turns, the loss on the assistant's turns
-     (minift/align/chat.py), and whether the tuned model reads the history.
+     (minift/align/chat.py), and whether the tuned model reads the history;
+  6. (with --plain, on its own) do the instructions matter? The same SFT run three times, the
+     instruction examples written with their instructions, with the task name only, and with the
+     input only (format_example(..., style=)), scored per seen and unseen type, each model prompted
+     as it was trained and with the full instructions.
 
     python lessons/03_instruction_tuning/walkthrough.py          # or: minift run 03
     python lessons/03_instruction_tuning/walkthrough.py --fast   # the seconds-long version the tests run
     python lessons/03_instruction_tuning/walkthrough.py --mask-ablation   # + part 4's loss-on-the-prompt run
     python lessons/03_instruction_tuning/walkthrough.py --long   # minutes: the run that transfers to unseen types
     python lessons/03_instruction_tuning/walkthrough.py --chat   # part 5 alone: multi-turn chat (about 2 minutes)
+    python lessons/03_instruction_tuning/walkthrough.py --plain  # part 6 alone: with vs without instructions (minutes)
 
 Everything it uses lives in the library (minift/align/sft.py, minift/evals.py, minift/tasks.py,
 minift/train.py, minift/pretrain.py); this file only calls it and prints.
@@ -57,6 +62,9 @@ parser.add_argument("--lr", type=float, default=None, help="peak learning rate o
 parser.add_argument("--seed", type=int, default=0, help="training seed of both SFT runs (batch order)")
 parser.add_argument("--chat", action="store_true",
                     help="part 5 alone: multi-turn chat fine-tuning on TinyWorld dialogues (about 2 minutes)")
+parser.add_argument("--plain", action="store_true",
+                    help="part 6 alone: the same SFT with the instructions, with the task name only and with the "
+                         "input only, on seen and unseen types (minutes; with --long: the --long budget)")
 args = course.start("03", parser)         # the base-model check, one thread, the clock: minift/course.py
 FAST, DEV = args.fast, args.device         # DEV: --device (cpu unless told), where every model lives
 STEPS = args.steps or (4 if FAST else 1500 if args.long else 300)
@@ -142,6 +150,103 @@ def per_type(exs, k):
         if k is None or seen[e["task"]] <= k:
             out.append(e)
     return out
+
+
+# ==============================================================================================
+# Part 6 (--plain, on its own): do the instructions matter? The same examples, steps, lr and seed,
+# with the prompt stripped (minift/tasks.py: format_example(..., style=)): "plain" keeps the input
+# only (Natural Instructions' no-instruction baseline), "name" the task type's name and the input
+# (FLAN's dataset-name ablation). Each model is then prompted as it was trained, and with the full
+# instructions (FLAN's protocol: otherwise an unseen task is not even named).
+if args.plain:
+    P_STEPS = args.steps or (4 if FAST else 1500 if args.long else 400)
+    P_LR = args.lr or (7e-4 if args.long else 1e-3)
+    P_TASKS = tuple(t for t in (args.tasks or "qa_closed").split(",") if t)
+    P_VAL, P_TEST, P_QA = (1, 1, 2) if FAST else (None, None, 100) if args.long else (8, 30, 50)
+    STYLES = {"full": "instructions", "name": "task name", "plain": "input only"}
+    header(f"6. Do the instructions matter? The same examples with the instructions, with the task name only, and "
+           f"with the input only: {P_STEPS} steps x {BATCH}, lr {P_LR:g}, seed {args.seed}")
+    ex = next(e for e in world.task("instructions", "train") if e["task"] == "town_of_person")
+    for style, what in STYLES.items():
+        p, r = format_example("instructions", ex, style=style)
+        print(f"format_example('instructions', example, style={style!r}) ({what}): "
+              f"{len(tok.encode_prompt(p))} prompt tokens, response {r!r}")
+        print("    " + p.replace("\n", "\n    "))
+    inst = world.task("instructions", "train")[:N_INSTRUCTIONS]
+    others = [pair for t in P_TASKS for pair in mixture([t], "train", N_OTHER)]
+    p_cfg = TrainConfig(steps=P_STEPS, batch_size=BATCH, lr=P_LR, min_lr_ratio=0.1, warmup_steps=max(1, P_STEPS // 10),
+                        weight_decay=0.0, seed=args.seed, progress=False, desc="sft")
+    print(f"\neach run: {len(inst):,} instruction examples in its style + the same {len(others)} of "
+          f"{', '.join(P_TASKS) or 'nothing else'}; full fine-tuning, {P_STEPS} steps x {BATCH}, AdamW lr {P_LR:g} "
+          f"(warmup {p_cfg.warmup_steps}, cosine to {P_LR * 0.1:g}), seed {args.seed}: the same examples in the same "
+          f"order, only the instruction prompts differ.")
+    p_val = per_type(world.task("instructions", "val"), P_VAL)
+    p_test = per_type(world.task("instructions", "test"), P_TEST)
+    p_qa = world.task("qa_closed", "test")[:P_QA]
+
+    def answers(model, exs, style):
+        """Greedy responses of model to the instruction examples exs, prompted in style; one batch per
+        type, with max_new_tokens its longest gold response (with EOS) + SLACK."""
+        out = [""] * len(exs)
+        for k in dict.fromkeys(e["task"] for e in exs):
+            idx = [i for i, e in enumerate(exs) if e["task"] == k]
+            n_new = max(len(tok.encode(tok.response_text(exs[i]["output"]))) + 1 for i in idx) + SLACK
+            got = generate_responses(model, tok, [format_example("instructions", exs[i], style=style)[0] for i in idx], n_new)
+            for i, x in zip(idx, got):
+                out[i] = x
+        return out
+
+    def p_measure(model, style):
+        """Exact match per instruction type (seen: val; unseen: test) and on closed-book QA."""
+        res = {}
+        for exs in (p_val, p_test):
+            for e, x in zip(exs, answers(model, exs, style)):
+                res.setdefault(e["task"], []).append(exact_match(x, e["output"]))
+        qa = generate_responses(model, tok, [format_example("qa_closed", e)[0] for e in p_qa], 8)
+        return {"type": {k: sum(v) / len(v) for k, v in res.items()},
+                "seen": sum(sum(v) for k, v in res.items() if k not in world.HELDOUT_INSTRUCTION_TYPES) / len(p_val),
+                "unseen": sum(sum(v) for k, v in res.items() if k in world.HELDOUT_INSTRUCTION_TYPES) / len(p_test),
+                "qa": score("qa_closed", qa, p_qa)}
+
+    cols = [("base", "full", base, None)]
+    for style in STYLES:
+        pairs6 = [format_example("instructions", e, style=style) for e in inst] + others
+        random.Random(0).shuffle(pairs6)                   # the same permutation for every style
+        m, _ = load_base(device=DEV)
+        t0 = course.clock()
+        train(m, SFTDataset(tok, pairs6, T), p_cfg, collate_fn=collate_fn(tok.pad_id))
+        print(f"  trained on {STYLES[style]}: {course.clock() - t0:.1f}s {course.clock_name()}", flush=True)
+        cols += [(STYLES[style], s, m, style) for s in dict.fromkeys((style, "full"))]
+    got = [p_measure(m, s) for _, s, m, _ in cols]
+    heads = [f"{tr} / {STYLES[s]}" if tr != "base" else "base" for tr, s, _, _ in cols]
+    print(f"\nexact match. Columns: trained on / prompted with. Seen types: the first {P_VAL or 'all'} val examples of "
+          f"each of the 15 ({len(p_val)}); unseen: the first {P_TEST or 'all'} test examples of each of the 3 "
+          f"({len(p_test)}); qa_closed: {len(p_qa)} test questions (the same prompt in every run).")
+    types = sorted(got[0]["type"], key=lambda k: (k in world.HELDOUT_INSTRUCTION_TYPES, k))
+    table(("", "n") + tuple(heads),
+          [("seen types (val)", str(len(p_val))) + tuple(f"{g['seen']:.3f}" for g in got),
+           ("unseen types (test)", str(len(p_test))) + tuple(f"{g['unseen']:.3f}" for g in got),
+           ("qa_closed test", str(len(p_qa))) + tuple(f"{g['qa']:.3f}" for g in got)]
+          + [(k + (" (unseen)" if k in world.HELDOUT_INSTRUCTION_TYPES else ""),
+              str(sum(e["task"] == k for e in p_val + p_test))) + tuple(f"{g['type'][k]:.2f}" for g in got)
+             for k in types])
+    print("\none unseen and one seen example, each model prompted as it was trained:")
+    for e in (next(e for e in p_test if e["task"] == "job_of_person"), next(e for e in p_val if e["task"] == "town_of_person")):
+        print(f"  [{e['task']}] Input: {e['input']!r}  gold: {e['output']!r}")
+        for h, (tr, s, m, own) in zip(heads, cols):
+            if own in (None, s):
+                print(f"      {h:<34} {answers(m, [e], s)[0][:60]!r}")
+    by = {(own, s): g for (_, s, _, own), g in zip(cols, got)}            # (trained style, prompt style) -> scores
+    full_, plain_ = by["full", "full"], max(by["plain", "plain"]["unseen"], by["plain", "full"]["unseen"])
+    course.verdict(f"\nclaim (Mishra et al. 2022; Wei et al. 2022, sec. 4.3): the same examples transfer better to "
+                   f"unseen task types with their instructions than without. Unseen types: instructions "
+                   f"{full_['unseen']:.3f}, input only {plain_:.3f} (the better of its two prompts), base "
+                   f"{got[0]['unseen']:.3f} -> {'holds' if full_['unseen'] > plain_ else 'does not hold'} at this budget")
+    course.verdict(f"seen types, instructions {full_['seen']:.3f} vs input only {by['plain', 'plain']['seen']:.3f}: "
+                   f"the instruction says which of the tasks that share an input is asked -> "
+                   f"{'holds' if full_['seen'] > by['plain', 'plain']['seen'] else 'does not hold'}")
+    print(f"\ntotal: {course.elapsed():.1f}s")
+    raise SystemExit(0)
 
 
 inst_val = per_type(world.task("instructions", "val"), PER_TYPE_VAL)

@@ -55,3 +55,47 @@ def run_sft_loss__divides_by_all_positions(logits, targets):
     """sums over the kept targets but divides by every position B T (prompt and padding included)."""
     n = int((targets != -100).sum())
     return ref.run_sft_loss(logits, targets) * n / targets.numel()
+
+
+def run_format_instruction__plain_keeps_now_do_the_task(example, style="full"):
+    """strips the definition and the demonstrations but keeps the full prompt's whole last line."""
+    if style == "plain":
+        return f"Now do the task. Input: {example['input']}", example["output"]
+    return ref.run_format_instruction(example, style)
+
+
+def run_format_instruction__name_is_the_definition(example, style="full"):
+    """writes the definition where the task's name belongs (the name run then still reads instructions)."""
+    if style == "name":
+        return f"Task: {example['definition']}\nInput: {example['input']}", example["output"]
+    return ref.run_format_instruction(example, style)
+
+
+def run_format_instruction__plain_keeps_positive_example(example, style="full"):
+    """drops the definition only, so the plain prompt still shows the positive demonstration."""
+    if style == "plain":
+        pos = example["positive"]
+        return (f"Positive example. Input: {pos['input']} Output: {pos['output']} Reason: {pos['reason']}\n"
+                f"Input: {example['input']}", example["output"])
+    return ref.run_format_instruction(example, style)
+
+
+def run_encode_chat__no_eos_in_mask(turns, max_len=None, last_turn_only=False):
+    """does not train the end-of-turn EOS: the model never learns to stop its turn."""
+    ids, mask = ref.run_encode_chat(turns, max_len, last_turn_only)
+    return ids, [0 if i == 0 else m for i, m in zip(ids, mask)]
+
+
+def run_encode_chat__ignores_last_turn_only(turns, max_len=None, last_turn_only=False):
+    """ignores last_turn_only: every turn's reply is trained in the ablation too."""
+    return ref.run_encode_chat(turns, max_len, False)
+
+
+def run_encode_chat__cuts_tokens_not_turns(turns, max_len=None, last_turn_only=False):
+    """truncates to the newest max_len ids, cutting the oldest kept turn in the middle."""
+    ids, mask = ref.run_encode_chat(turns, None, last_turn_only)
+    if max_len is not None and len(ids) > max_len:
+        if len(ref.run_encode_chat(turns[-1:])[0]) > max_len:
+            raise ValueError(f"the last turn alone is longer than max_len={max_len}")
+        ids, mask = ids[-max_len:], mask[-max_len:]
+    return ids, mask
