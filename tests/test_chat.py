@@ -55,7 +55,8 @@ def test_truncation_drops_whole_turns_from_the_start(turns, max_len):
     q = [TOK.prompt_id] + TOK.encode(user) + [TOK.response_id]
     if len(q) <= max_len:
         assert p[-len(q):] == q and len(p) <= max_len
-        assert p[:-len(q)] in [_by_hand(history[k:])[0] for k in range(len(history) + 1)]
+        fits = [k for k in range(len(history) + 1) if len(_by_hand(history[k:])[0]) + len(q) <= max_len]
+        assert p[:-len(q)] == _by_hand(history[min(fits):])[0]       # the oldest turns go, no more than needed
 
 
 def test_bad_dialogues_are_refused_with_their_index():

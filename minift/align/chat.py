@@ -68,12 +68,11 @@ def chat_prompt(tok, history: Sequence[dict], user: str, max_len: Optional[int] 
     hist = [] if not history else _check_turns(history, "history")
     if max_len is not None and len(q) > max_len:
         raise ValueError(f"the question alone is {len(q)} tokens > max_len={max_len}")
-    while hist:
-        h = encode_chat(tok, hist)[0]
-        if max_len is None or len(h) + len(q) <= max_len:
-            return h + q
-        hist = hist[1:]
-    return q
+    parts = [tok.encode_pair(t["user"], t["assistant"])[0] for t in hist]      # each turn encoded once
+    budget = None if max_len is None else max_len - len(q)
+    while parts and budget is not None and sum(map(len, parts)) > budget:
+        parts = parts[1:]                                                       # the oldest turn goes
+    return [i for p in parts for i in p] + q
 
 
 class ChatDataset(torch.utils.data.Dataset):
