@@ -430,8 +430,8 @@ TABLE_FIELD_SEP, TABLE_VALUE_SEP = " | ", " : "     # between fields; between an
 
 
 def linearize_table(fields) -> str:
-    """A one-record table as one line of text, the way Li & Liang (2021) feed E2E's meaning
-    representations (Novikova et al., 2017) to GPT-2, "name : Alimentum | area : city centre":
+    """A one-record table as one line of text, attribute : value pairs joined by '|', so that a
+    decoder-only LM (GPT-2 in Li & Liang, 2021) can read an E2E-style record (Novikova et al., 2017):
 
         [(a_1, v_1), ..., (a_n, v_n)]  ->  "a_1 : v_1 | a_2 : v_2 | ... | a_n : v_n"
 

@@ -18,10 +18,14 @@ Prints, top to bottom:
      training, and where the trained prefix's keys sit relative to the real tokens' keys.
   With --sweep, before part 2: the learning-rate sweep behind the prefix rows' rates (~4 minutes).
   With --seeds K, at the end: part 2 again with seeds 0..K-1, and the spread of the F1 scores.
+  With --generation, on its own (instead of parts 1-3): part 5, the paper's kind of task. Prefix tuning,
+  LoRA and full fine-tuning trained alike on table-to-text (TinyWorld records, E2E-style) and on
+  summarization; ROUGE-L and exact match of greedy generations on the test split (~4 minutes).
 
     python lessons/07_prefix_tuning/walkthrough.py           # or: minift run 07
     python lessons/07_prefix_tuning/walkthrough.py --fast    # the seconds-long version the tests run
     python lessons/07_prefix_tuning/walkthrough.py --sweep   # re-pick the prefix lrs from {3e-3, 1e-2, 3e-2, 1e-1}
+    python lessons/07_prefix_tuning/walkthrough.py --generation   # part 5 alone: prefix vs LoRA vs full on generation
 
 Everything it uses lives in the library (minift/peft/prefix.py, minift/peft/lora.py,
 minift/peft/common.py, minift/heads.py, minift/train.py, minift/pretrain.py; the
@@ -53,6 +57,9 @@ parser.add_argument("--sweep", action="store_true", help="sweep the prefix rows'
 parser.add_argument("--seeds", type=int, default=1, metavar="K",
                     help="at the end, retrain part 2's methods with seeds 0..K-1 (head and prefix init, data "
                          "order) and print the spread of dev/test F1 (K=3: about 3 more minutes)")
+parser.add_argument("--generation", action="store_true",
+                    help="part 5 alone: prefix tuning, LoRA and full fine-tuning on table-to-text and summarization, "
+                         "scored by ROUGE-L and exact match of greedy generations (about 4 minutes)")
 args = course.start("07", parser)
 FAST, DEV = args.fast, args.device     # DEV: --device (cpu unless told); the Bench builds its models there too
 CLOCK = course.clock_name()                # timed lines: "CPU" seconds; on a GPU "GPU wall" (synchronized)
@@ -81,6 +88,90 @@ STEPS, BATCH = (2, 4) if FAST else (100, 8)
 N_EVAL = 16 if FAST else None
 TIMING_ROUNDS = 1 if FAST else 20
 BLOCK = 128
+
+# ==============================================================================================
+# Part 5 (--generation, on its own): the paper's own kind of task. Li & Liang trained prefixes for
+# GPT-2 on table-to-text (E2E, WebNLG, DART) and BART on summarization (XSUM). Here: TinyWorld records
+# -> text (minift/evals.py: table_to_text_examples) and TinyWorld's summarization, each method trained
+# on the same pairs with the loss on the response (minift/align/sft.py), scored on greedy generations.
+if args.generation:
+    from minift.align.sft import SFTConfig, train_sft
+    from minift.evals import generate_responses, table_to_text_examples, table_to_text_pairs
+    from minift.tasks import exact_match, rouge_l, sft_pairs
+    from minift.train import TrainConfig
+    GEN_STEPS, GEN_BATCH, N_GEN, GEN_TOKENS = (2, 4, 4, 12) if FAST else (150, 8, 200, 64)
+    GEN_TASKS = {"table-to-text": table_to_text_pairs, "summarization": lambda s: sft_pairs("summarization", s)}
+    GEN_METHODS = {f"prefix P={P}": (METHODS[f"prefix P={P}"], LR[f"prefix P={P}"]),     # part 2's prefix and rate
+                   "LoRA r=4 q,v": (METHODS["LoRA r=4 q,v"], LR["LoRA r=4 q,v"]),       # lesson 05's recipe
+                   "full fine-tuning": (None, 3e-4)}                                     # lesson 20's full rate
+    header(f"5. Generation: table-to-text and summarization, {GEN_STEPS} steps x batch {GEN_BATCH}, seed 0, "
+           f"greedy decoding on {N_GEN} test examples")
+    n_all = sum(q.numel() for q in base.parameters())
+    rows, outs, scores = [], {}, {}
+    for task, pairs_of in GEN_TASKS.items():
+        train_pairs, test_pairs = pairs_of("train"), pairs_of("test")[:N_GEN]
+        prompt, gold = test_pairs[0]
+        print(f"{task}: {len(train_pairs)} training pairs; test example 0:\n  prompt:   {prompt!r}\n  response: {gold!r}")
+        for m, (cfg, lr) in GEN_METHODS.items():
+            torch.manual_seed(0)                                    # the method's init (LoRA's A, the prefix)
+            model = apply_config(load_base(device=DEV)[0], cfg)
+            if cfg is None:                                         # full fine-tuning: every weight trains
+                for q in model.parameters():
+                    q.requires_grad_(True)
+            n_train = sum(q.numel() for q in model.parameters() if q.requires_grad)
+            t0 = course.clock()
+            hist = train_sft(model, train_pairs, SFTConfig(), TrainConfig(
+                steps=GEN_STEPS, batch_size=GEN_BATCH, lr=lr, seed=0, progress=False, desc=f"{task}/{m}"), tok=tok)
+            t_train = course.clock() - t0
+            got = generate_responses(model, tok, [p for p, _ in test_pairs], max_new_tokens=GEN_TOKENS)
+            r = torch.tensor([rouge_l(g, want) for g, (_, want) in zip(got, test_pairs)], dtype=torch.float64)
+            em = sum(exact_match(g, want) for g, (_, want) in zip(got, test_pairs)) / len(test_pairs)
+            outs[task, m], scores[task, m] = got, r.mean().item()
+            rows.append((task, m, f"{lr:g}", f"{n_train:,}", f"{n_train / n_all:.2%}", f"{hist[-1]['loss']:.3f}",
+                         f"{r.mean():.3f}", f"{r.std() / len(r) ** 0.5:.3f}", f"{em:.3f}", f"{t_train:.1f}s"))
+    print()
+    table(("task", "method", "lr", "trained", "share", "final loss", "ROUGE-L", "+- s.e.", "exact match",
+           f"train {CLOCK}"), rows)
+    print(f"trained = the parameters that get gradients (the prefix: P' and its MLP, {prefix_parameter_count(L, C, P):,} "
+          f"numbers once folded); share = trained / the model's {n_all:,}. ROUGE-L = mean LCS F-measure over words "
+          f"(tasks.rouge_l), s.e. = its standard error over the {N_GEN} test examples; exact match after lowercasing "
+          f"and dropping punctuation at the ends (tasks.exact_match). Test records and documents are about people no "
+          f"training pair names. Rates: the prefix's from part 2's sweep, LoRA's from lessons 05 and 20, full "
+          f"fine-tuning's from lesson 20 (picked on summarization).")
+    for task in GEN_TASKS:
+        print(f"\n{task}, greedy generations for test examples 0 and 1 (gold first):")
+        for i in (0, 1):
+            print(f"  gold              {GEN_TASKS[task]('test')[i][1]!r}")
+            for m in GEN_METHODS:
+                print(f"  {m:<17} {outs[task, m][i]!r}")
+    # where the table-to-text points go: which sentences of the text are the record's, and which are not
+    import re
+    MARK = {"home": " lives in ", "job": " works as ", "pet": " has a pet ", "food": "'s favourite food is ",
+            "object": " owns ", "friend": " are friends"}                  # world.CANONICAL's sentences
+    split_s = lambda text: [x for x in re.split(r"(?<=[.!?])\s+", text.strip()) if x]
+    exs = table_to_text_examples("test")[:N_GEN]
+    rows = []
+    for m in GEN_METHODS:
+        n_got = n_gold = hit_p = hit_r = extra = rep = 0
+        for ex, got in zip(exs, outs["table-to-text", m]):
+            g, o, rels = split_s(ex["text"]), split_s(got), {r for r, _ in ex["fields"][1:]}
+            n_got, n_gold = n_got + len(o), n_gold + len(g)
+            hit_p, hit_r = hit_p + sum(x in g for x in o), hit_r + sum(x in o for x in g)
+            extra += any(k in x for x in o for r, k in MARK.items() if r not in rels)
+            rep += len(set(o)) < len(o)
+        rows.append((m, f"{n_got / len(exs):.2f}", f"{hit_p / max(n_got, 1):.3f}", f"{hit_r / n_gold:.3f}",
+                     f"{extra / len(exs):.3f}", f"{rep / len(exs):.3f}"))
+    print(f"\ntable-to-text, sentence by sentence ({N_GEN} test records, {n_gold / len(exs):.2f} gold sentences each):")
+    table(("method", "sentences", "precision", "recall", "states a field not in the record", "repeats a sentence"), rows)
+    print("precision = generated sentences that are sentences of the gold text; recall = gold sentences generated; "
+          "'states a field not in the record': outputs with a sentence about a relation the record leaves out (the "
+          "body knows every person's facts from pretraining); both last columns are shares of the outputs.")
+    for task in GEN_TASKS:
+        pre, lo, full = (scores[task, m] for m in GEN_METHODS)
+        course.verdict(f"{task}: prefix ROUGE-L {pre:.3f} vs full fine-tuning {full:.3f} ({pre - full:+.3f}) and LoRA "
+                       f"{lo:.3f} ({pre - lo:+.3f})")
+    print(f"\nlesson 07 --generation ran in {course.elapsed():.0f}s")
+    raise SystemExit(0)
 
 ner, items, train_items = ner_splits(tok, BLOCK, N_EVAL, dev_key="dev")   # examples, encodings, train items
 # the bench (minift/course.py): a fresh TokenClassifier per method, the same head init (the seed is

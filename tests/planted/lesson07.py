@@ -172,3 +172,21 @@ def run_prefix_attention_layer__padding_leaks(x, W_attn, b_attn, W_proj, b_proj,
     """ignores attention_mask: padding tokens, cached or new, stay visible."""
     return ref.run_prefix_attention_layer(x, W_attn, b_attn, W_proj, b_proj, n_head, prefix_k, prefix_v,
                                           cache_k, cache_v, torch.ones_like(attention_mask))
+
+
+def run_linearize_table__sorted(fields):
+    """sorts the fields by attribute, losing the record's order."""
+    items = list(fields.items()) if isinstance(fields, dict) else list(fields)
+    return " | ".join(f"{a.strip()} : {v.strip()}" for a, v in sorted(items))
+
+
+def run_linearize_table__not_stripped(fields):
+    """keeps the spaces around attributes and values."""
+    items = list(fields.items()) if isinstance(fields, dict) else list(fields)
+    return " | ".join(f"{a} : {v}" for a, v in items)
+
+
+def run_linearize_table__tight_separators(fields):
+    """writes the separators without their spaces, "a:v|b:w"."""
+    items = list(fields.items()) if isinstance(fields, dict) else list(fields)
+    return "|".join(f"{a.strip()}:{v.strip()}" for a, v in items)
