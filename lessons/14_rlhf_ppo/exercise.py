@@ -152,7 +152,7 @@ def run_lora_kl(hidden, weight, lora_A, lora_B, scaling, tokens, mask):
     B = 0 (LoRA's initialisation) every k1 is 0. README: "Part 6: PPO with LoRA on the policy".
     """
     raise NotImplementedError("run_lora_kl: not written yet; lessons/14_rlhf_ppo/README.md, \"Part 6: PPO with "
-                              "LoRA on the policy\", says what it computes")
+                              "LoRA on the policy (`--lora`)\", equation (14.11), says what it computes")
 
 
 # ---- starters for the README's "try it" exercises (they call the library) ----
