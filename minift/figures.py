@@ -345,3 +345,22 @@ def scaling_fits(loss: dict, fits: dict, X: dict, data_sizes, path) -> Path:
         ax.set(xlabel="fine-tuning examples D_f (log)", ylabel="test loss, nats/token (log)", title=f"{m}{sub}")
         ax.legend(fontsize=7)
     return _save(fig, path)
+
+
+# ---- lesson 15: the reward-KL frontier of sentiment control --------------------------------------
+
+def reward_kl_frontier(methods: dict, path, target: float = None) -> Path:
+    """{method: [(KL, reward, label), ...]}: each method's points (one per β or KL coefficient), joined in
+    order of KL, on axes KL from π_ref (nats per completion) and mean reward; `target` as a dotted line."""
+    fig, (ax,) = _figure(6.0, 4.2, 1)
+    for i, (name, pts) in enumerate(methods.items()):
+        pts = sorted(pts)
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], "o-", color=f"C{i % 10}", label=name)
+        for kl, r, label in pts:
+            ax.annotate(label, (kl, r), textcoords="offset points", xytext=(4, -10), fontsize=7, color=f"C{i % 10}")
+    if target is not None:
+        ax.axhline(target, ls=":", color="gray", label=f"target {target:g}")
+    ax.set(xlabel="KL(π ‖ π_ref), nats per completion (fresh samples)", ylabel="mean reward p(positive)",
+           title="sentiment control: reward against KL")
+    ax.legend(fontsize=7)
+    return _save(fig, path)

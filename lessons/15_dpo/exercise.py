@@ -88,3 +88,23 @@ def run_dpo_step(policy, ref, batch, beta, lr):
     """
     raise NotImplementedError("run_dpo_step: not written yet; lessons/15_dpo/README.md, "
                               "\"Assignment: a DPO training step\", equation (15.9), says what it computes")
+
+
+# ---- Preference data from the policy (README, "7. Sentiment control") ----
+
+def run_rank_pairs(prompts, responses, scores, pairs="best_worst", margin=0.0):
+    """The ranking step of on-policy preference data: k answers sampled per prompt, each scored by a
+    rater (here the sentiment classifier), become preference pairs.
+
+        prompts: n strings; responses: n lists of k strings; scores: n lists of k floats s_1 .. s_k
+        "best_worst": per prompt, ONE candidate pair: the first answer with the highest score (chosen)
+                      and the last answer with the lowest score (rejected)
+        "all":        every ordered (j, l) of the prompt's answers, j in the outer loop, l in the inner
+        keep a candidate only if s_j − s_l > margin (strictly) and the two texts differ
+
+    Return a list of {"prompt": x, "chosen": y_j, "rejected": y_l, "margin": s_j − s_l}, prompt by
+    prompt. A prompt whose answers all score alike, or are all the same text, gives no pair.
+    """
+    raise NotImplementedError("run_rank_pairs: not written yet; lessons/15_dpo/README.md, \"7. Sentiment control: "
+                              "the reward–KL frontier, and preference data from the policy (`--sentiment`)\", "
+                              "equation (15.12), says what it computes")

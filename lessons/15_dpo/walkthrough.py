@@ -17,21 +17,26 @@ Prints, top to bottom:
      reward model's score and exact match;
   5. the training cost of DPO vs PPO, measured in this run: CPU seconds per step and per training
      example, models held in memory, and the peak bytes autograd saved for one backward;
-  6. what each cost the language model (pretraining perplexity, cloze facts).
+  6. what each cost the language model (pretraining perplexity, cloze facts);
+  7. (with --sentiment, on its own) sentiment control, the DPO paper's first experiment: a classifier's
+     p(positive) as the reward, PPO, DPO on pairs sampled from π_SFT and ranked by the classifier
+     (minift/align/onpolicy.py) and DPO on TinyWorld's fixed pairs, each at three β; reward against KL
+     from π_SFT on fresh samples (the frontier), and the steps to reach a target reward.
 
     python lessons/15_dpo/walkthrough.py              # or: minift run 15
     python lessons/15_dpo/walkthrough.py --fast       # tiny budgets, 8 eval pairs (the tests)
     python lessons/15_dpo/walkthrough.py --variants   # also cDPO (ε = 0.1) and hinge (SLiC) in part 3
+    python lessons/15_dpo/walkthrough.py --sentiment  # part 7 alone: sentiment control (about 4 minutes of CPU)
 
 Everything it uses lives in the library (minift/align/dpo.py, preference.py, logps.py, reward.py,
-ppo.py, sft.py; minift/evals.py); this file only calls it, measures and prints.
+ppo.py, sft.py, onpolicy.py; minift/evals.py; minift/sentiment.py for part 7); this file only calls it,
+measures and prints.
 """
 EXPECTED_SECONDS = 76
 FAST_SECONDS = 10
 
 import copy
 import time
-from unittest import mock
 
 import torch
 
@@ -42,6 +47,7 @@ from minift.align.preference import PreferenceDataset
 from minift.align.reward import RewardConfig, score as reward_score, train_reward_model
 from minift.evals import (evaluate_preferences, evaluate_reward_model, generate_responses, preference_examples,
                           train_sft_policy)
+from minift.memory import SavedForBackward
 from minift.pretrain import forgetting_probe, load_base
 from minift.report import header, table
 from minift.tasks import collate
@@ -49,6 +55,8 @@ from minift.train import TrainConfig, to_device
 
 parser = course.parser(__doc__)
 parser.add_argument("--variants", action="store_true", help="also conservative DPO and hinge in part 3")
+parser.add_argument("--sentiment", action="store_true", help="part 7 alone: sentiment control, the reward-KL frontier "
+                    "of PPO, DPO on on-policy pairs and DPO on fixed pairs (about 4 minutes of CPU)")
 args = course.start("15", parser)         # the base-model check, one thread, the clock: minift/course.py
 FAST, DEV = args.fast, args.device     # DEV: --device (cpu unless told), where every model lives
 CLOCK = course.clock_name()                # timed lines: "CPU" seconds; on a GPU "GPU wall" (synchronized)
@@ -101,44 +109,123 @@ def cpu(fn):
     return out, course.clock() - t
 
 
-class SavedForBackward:
-    """Peak bytes autograd saves between two backward() calls (one optimizer step's activations), over a
-    whole run: the rule of minift/memory.py (deduplicated by storage, parameters and buffers excluded)."""
-
-    def __init__(self, *models):
-        self.own = {p.untyped_storage()._cdata for m in models for p in list(m.parameters()) + list(m.buffers())}
-        self.live, self.peak = {}, 0
-
-    def pack(self, t):
-        key = t.untyped_storage()._cdata
-        if key not in self.own:
-            self.live[key] = t.untyped_storage().nbytes()
-        return t
-
-    def __enter__(self):
-        real = torch.autograd.backward
-
-        def backward(*a, **k):
-            self.peak = max(self.peak, sum(self.live.values()))
-            self.live.clear()
-            return real(*a, **k)
-        self._patch = mock.patch.object(torch.autograd, "backward", backward)
-        self._patch.start()
-        self._hooks = torch.autograd.graph.saved_tensors_hooks(self.pack, lambda t: t)
-        self._hooks.__enter__()
-        return self
-
-    def __exit__(self, *exc):
-        self._hooks.__exit__(*exc)
-        self._patch.stop()
-
-
 def mib(n: float) -> str:
     return f"{n / 2 ** 20:.1f} MiB"
 
 
 def n_params(*models) -> int:
     return sum(p.numel() for m in models for p in m.parameters())
+
+
+# ==============================================================================================
+# Part 7 (--sentiment, on its own): sentiment control, the DPO paper's first experiment (§6.1).
+# π_SFT writes the judgement of a review ("My new lantern was" -> "not lovely."), a classifier
+# trained here scores it, and each method trades reward for KL from π_SFT (minift/sentiment.py).
+if args.sentiment:
+    from minift.align.onpolicy import rank_pairs, sample_responses
+    from minift.align.sft import SFTConfig, train_sft
+    from minift.sentiment import (classifier_reward, first_reaching, fixed_pairs, positive_prob, reward_and_kl,
+                                  sentiment_completions, train_sentiment_classifier)
+    S_SFT, S_CLF = (2, 2) if FAST else (200, 150)                  # π_SFT steps x 16; classifier steps x 32
+    N_PAIRS, K, NEW = (16, 4, 6) if FAST else (384, 4, 6)          # DPO prompts, samples per prompt, tokens
+    S_DPO, S_PPO, S_EVAL = (1, 1, 1) if FAST else (24, 12, 4)      # DPO steps x 16 pairs; PPO iterations; eval every
+    BETAS, KL_COEFS, TARGET = ([0.1], [0.1], 0.8) if FAST else ([0.2, 1.0, 5.0], [0.03, 0.1, 0.3], 0.8)
+    data = {s: sentiment_completions(s) for s in ("train", "val", "test")}
+    held = [e["prompt"] for e in data["val"] + data["test"]][:8 if FAST else None]
+    probe = held[:8 if FAST else 64]                               # the prompts scored during training
+    header(f"7. Sentiment control: {len(data['train'])} train reviews cut before the judgement, {len(held)} held-out "
+           f"prompts; π_SFT {S_SFT} steps x 16, classifier {S_CLF} steps x 32")
+    ex = data["train"][0]
+    print(f"example: prompt {ex['prompt']!r} -> response {ex['response']!r}, label {ex['label']} (1 = positive)")
+    s_sft = copy.deepcopy(base).requires_grad_(True)             # π_SFT: the base fine-tuned on the completions
+    hist, t_sft = cpu(lambda: train_sft(s_sft, [(e["prompt"], e["response"]) for e in data["train"]], SFTConfig(),
+                                        TrainConfig(steps=S_SFT, batch_size=16, lr=1e-3, seed=0, progress=False,
+                                                    desc="sft"), tok=tok))
+    s_sft.eval()
+    clf, t_clf = cpu(lambda: train_sentiment_classifier(copy.deepcopy(base), tok, data["train"], TrainConfig(
+        steps=S_CLF, batch_size=32, lr=1e-3, seed=0, progress=False, desc="classifier")))
+    acc = {s: float(((positive_prob(clf, tok, [e["prompt"] for e in data[s]], [e["response"] for e in data[s]]) > 0.5)
+                     .long() == torch.tensor([e["label"] for e in data[s]])).double().mean()) for s in ("val", "test")}
+    print(f"π_SFT: loss {hist[0]['loss']:.2f} -> {hist[-1]['loss']:.2f}, {t_sft:.1f}s {CLOCK}. Classifier p_φ "
+          f"(lesson 02's SequenceClassifier on the base, every weight, reading the completion only): held-out "
+          f"accuracy val {acc['val']:.3f} ({len(data['val'])} reviews), test {acc['test']:.3f} ({len(data['test'])}); "
+          f"{t_clf:.1f}s {CLOCK}. The train completions are {len({e['response'] for e in data['train']})} distinct "
+          f"phrases (adjective, 'not' or 'very' + adjective), which the held-out reviews reuse.")
+    reward = classifier_reward(clf, tok.response_id)
+    s_ref = frozen_copy(s_sft)
+    start = reward_and_kl(s_sft, s_ref, reward, tok, held, NEW, seed=1)
+    runs = []                                                      # (method, knob, policy, curve, secs, samples)
+
+    # PPO: the classifier as reward, KL penalty coefficient β_KL (minift/align/ppo.py)
+    for c in KL_COEFS:
+        pol = copy.deepcopy(s_sft)
+        cfg = PPOConfig(steps=S_PPO, batch_size=8 if FAST else 32, minibatch_size=8 if FAST else 16, ppo_epochs=2,
+                        lr=3e-4, kl_coef=c, max_new_tokens=NEW, seed=0)
+        h, secs = cpu(lambda: train_ppo(pol, [e["prompt"] for e in data["train"]], cfg, ref=s_ref,
+                                        reward_model=reward, tok=tok, progress=False))
+        curve = [(i + 1, r["score"]) for i, r in enumerate(h)]     # iteration, mean reward of its samples
+        runs.append(("PPO", f"β_KL={c:g}", pol, curve, secs, cfg.batch_size, "iterations"))
+
+    # DPO on pairs sampled from π_SFT and ranked by the classifier (minift/align/onpolicy.py), and on
+    # TinyWorld's own positive and negative completions for the same prompts
+    prompts = [e["prompt"] for e in data["train"][:N_PAIRS]]
+    (ys, t_samp) = cpu(lambda: sample_responses(s_sft, tok, prompts, K, NEW, seed=0))
+    scores = [positive_prob(clf, tok, [p] * K, y).tolist() for p, y in zip(prompts, ys)]
+    on_pairs = rank_pairs(prompts, ys, scores, "best_worst", margin=0.0)
+    off_pairs = fixed_pairs(data["train"][:N_PAIRS])
+    print(f"on-policy pairs: {K} samples from π_SFT for each of {len(prompts)} train prompts ({t_samp:.1f}s {CLOCK}), "
+          f"the classifier's best over its worst: {len(on_pairs)} pairs, mean p(positive) gap "
+          f"{sum(p['margin'] for p in on_pairs) / max(1, len(on_pairs)):.2f}; fixed pairs: {len(off_pairs)}, "
+          f"TinyWorld's positive over a negative completion.")
+    for name, pairs in (("DPO on-policy", on_pairs), ("DPO fixed", off_pairs)):
+        for b in BETAS:
+            pol = copy.deepcopy(s_sft)
+            probe_fn = lambda m: {"r": reward_and_kl(m, s_ref, reward, tok, probe, NEW, seed=2)["reward"]}
+            h, secs = cpu(lambda: train_dpo(pol, pairs, DPOConfig(beta=b), TrainConfig(
+                steps=S_DPO, batch_size=16, lr=5e-4, seed=0, eval_every=S_EVAL, progress=False), ref=s_ref, tok=tok,
+                eval_fn=probe_fn))
+            curve = [(r["step"], r["eval_r"]) for r in h if "eval_r" in r]
+            runs.append((name, f"β={b:g}", pol, curve, secs, 16, "steps"))
+
+    rows, points = [("π_SFT (= π_ref)", "", "0.00", f"{start['reward']:.3f}", "", "", "")], {}
+    for name, knob, pol, curve, secs, per, unit in runs:
+        ev = reward_and_kl(pol, s_ref, reward, tok, held, NEW, seed=1)
+        hit = first_reaching([r for _, r in curve], TARGET)
+        reach = "not reached" if hit is None else f"{curve[hit][0]} {unit} ({curve[hit][0] * per} "
+        reach += "" if hit is None else ("samples)" if name == "PPO" else "pairs)")
+        rows.append((name, knob, f"{ev['kl']:.2f}", f"{ev['reward']:.3f}", f"{max(r for _, r in curve):.3f}", reach,
+                     f"{secs:.1f}s"))
+        points.setdefault(name, []).append((ev["kl"], ev["reward"], knob))
+    table(("method", "β", "KL from π_SFT (nats)", "reward p(pos)", "best during training", f"to reach {TARGET:g}",
+           CLOCK), rows)
+    print(f"KL and reward: one fresh sample per held-out prompt ({len(held)}), KL = Σ_t log π(y_t) − log π_ref(y_t) "
+          f"over the completion, averaged. During training: PPO, the mean reward of each iteration's own samples "
+          f"({32 if not FAST else 8} prompts); DPO, a fresh sample on {len(probe)} held-out prompts every {S_EVAL} steps.")
+    print("fresh samples (seed 3) for the prompts: " + " | ".join(held[:4]))
+    for name, knob, pol, *_ in runs[::len(BETAS)]:
+        g = reward_and_kl(pol, s_ref, reward, tok, held[:4], NEW, seed=3)["responses"]
+        print(f"  {name + ' ' + knob:<24} " + " | ".join(g))
+    print(f"  {'π_SFT':<24} " + " | ".join(reward_and_kl(s_sft, s_ref, reward, tok, held[:4], NEW, seed=3)["responses"]))
+
+    def dominated(a, b):
+        """How many points of a have a point of b at least as far right in reward and as far left in KL."""
+        return sum(any(kb <= ka and rb >= ra and (kb, rb) != (ka, ra) for kb, rb, _ in b) for ka, ra, _ in a)
+    if not FAST:
+        print("\nThe DPO paper's claims (Fig. 2 left): DPO's frontier dominates PPO's; and here, on-policy pairs "
+              "give more reward per nat of KL than fixed ones.")
+
+        def judge(a, b):
+            """a's frontier dominates b's: some point of b is dominated by one of a, and none of a by one of b."""
+            da, db = dominated(points[a], points[b]), dominated(points[b], points[a])
+            word = "holds" if db and not da else "does not hold" if da and not db else "not resolved here"
+            return (f"{da} of {len(points[a])} {a} points dominated by a {b} point, {db} of {len(points[b])} {b} "
+                    f"points by a {a} point -> {word}")
+        course.verdict(f"  DPO on-policy dominates PPO: {judge('DPO on-policy', 'PPO')}")
+        course.verdict(f"  on-policy pairs dominate fixed pairs: {judge('DPO on-policy', 'DPO fixed')}")
+    if args.figures:
+        figures.reward_kl_frontier(points, figures.target("15", "sentiment_frontier.png", FAST), TARGET)
+    print(f"\ntotal: {course.elapsed():.1f}s wall, {time.process_time() - c_start:.1f}s CPU")
+    raise SystemExit(0)
 
 
 # ==============================================================================================
@@ -268,7 +355,7 @@ rm_ex = train_ex[:16] if FAST else train_ex
     steps=RM_STEPS, batch_size=16, lr=3e-4, seed=0, desc="reward model", progress=False), tok=tok))
 rm_eval = evaluate_reward_model(rm, tok, val_ex)
 header(f"4. PPO from the same π_SFT: reward model ({RM_STEPS} steps x 16 pairs, held-out accuracy "
-       f"{rm_eval['accuracy']:.0%}), then {PPO.steps} PPO iterations x {PPO.batch_size} prompts (lesson 14's recipe)")
+       f"{rm_eval['accuracy']:.0%}), then {PPO.steps} PPO iterations x {PPO.batch_size} prompts (lesson 14's lr, epochs and β; fewer, larger iterations)")
 ppo_policy, ppo_ref = copy.deepcopy(sft), frozen_copy(sft)
 meter_ppo = SavedForBackward(ppo_policy, ppo_ref, rm)
 with meter_ppo:

@@ -173,3 +173,47 @@ def run_dpo_step__loss_after_step(policy, ref_model, batch, beta, lr):
     B = batch["n_pairs"]
     with torch.no_grad():
         return _dpo_loss(_seq_logps(policy, batch, False), _seq_logps(ref_model, batch, False), B, beta)
+
+
+# ---- run_rank_pairs ------------------------------------------------------------------------------
+
+def _bw(s):
+    return s.index(max(s)), max(i for i in range(len(s)) if s[i] == min(s))
+
+
+def run_rank_pairs__last_top_first_bottom(prompts, responses, scores, pairs="best_worst", margin=0.0):
+    """breaks ties the other way: the LAST highest-scoring answer over the FIRST lowest-scoring one."""
+    if pairs != "best_worst":
+        return ref.run_rank_pairs(prompts, responses, scores, pairs, margin)
+    out = []
+    for x, y, s in zip(prompts, responses, scores):
+        j = max(i for i in range(len(s)) if s[i] == max(s))
+        l = s.index(min(s))
+        if s[j] - s[l] > margin and y[j] != y[l]:
+            out.append({"prompt": x, "chosen": y[j], "rejected": y[l], "margin": s[j] - s[l]})
+    return out
+
+
+def run_rank_pairs__margin_inclusive(prompts, responses, scores, pairs="best_worst", margin=0.0):
+    """keeps a pair whose gap EQUALS the margin (>= instead of >): at margin 0, tied answers become pairs."""
+    out = []
+    for x, y, s in zip(prompts, responses, scores):
+        cand = [_bw(s)] if pairs == "best_worst" else [(j, l) for j in range(len(s)) for l in range(len(s)) if j != l]
+        out += [{"prompt": x, "chosen": y[j], "rejected": y[l], "margin": s[j] - s[l]}
+                for j, l in cand if s[j] - s[l] >= margin and y[j] != y[l]]
+    return out
+
+
+def run_rank_pairs__same_text_kept(prompts, responses, scores, pairs="best_worst", margin=0.0):
+    """never drops a pair whose chosen and rejected answers are the same text."""
+    out = []
+    for x, y, s in zip(prompts, responses, scores):
+        cand = [_bw(s)] if pairs == "best_worst" else [(j, l) for j in range(len(s)) for l in range(len(s))]
+        out += [{"prompt": x, "chosen": y[j], "rejected": y[l], "margin": s[j] - s[l]}
+                for j, l in cand if s[j] - s[l] > margin]
+    return out
+
+
+def run_rank_pairs__best_worst_global(prompts, responses, scores, pairs="best_worst", margin=0.0):
+    """'all' falls back to one best-worst pair per prompt (misses the middle answers' pairs)."""
+    return ref.run_rank_pairs(prompts, responses, scores, "best_worst", margin)
