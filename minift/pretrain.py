@@ -6,7 +6,9 @@ TinyWorld's corpus, small enough to train on a 2-core laptop CPU in under ten mi
     minift pretrain --fast           # a seconds-long run that checks the pipeline
 
 `--size` (lesson 20, scaling) trains one of SIZES with the shipped tokenizer and the same recipe
-(data, steps, batch, learning-rate schedule, seed), so the models differ only in shape.
+(data, steps, batch, learning-rate schedule, seed), so the models differ only in shape. With
+`--steps N --out data/sizes/tiny_N` it trains the tiny shape on fewer tokens: lesson 20's
+pretraining-data axis (PRETRAIN_AMOUNTS, `pretraining_tokens`).
 
 data/base/ holds tokenizer.json, model.safetensors and config.json; config.json records the
 recipe and the measured validation perplexity and closed-book fact accuracy, so the numbers in
@@ -43,11 +45,34 @@ SIZES = {"tiny": dict(n_layer=2, n_head=2, n_embd=64),
 SIZES_DIR = DATA_DIR / "sizes"
 
 
+# Lesson 20's pretraining-data axis: the tiny shape pretrained by RECIPE for fewer steps (the
+# same warmup, a cosine decay over its own length), so it sees fewer pretraining tokens
+# (steps x batch x SEQ_LEN) of the same corpus. Each is written by
+#     minift pretrain --size tiny --steps N --out data/sizes/tiny_N
+# and the 3000-step point of the axis is data/sizes/tiny itself.
+PRETRAIN_AMOUNTS = {"tiny_375": ("tiny", 375), "tiny_750": ("tiny", 750)}
+
+
 def size_dir(size: str) -> Path:
-    """Where `minift pretrain --size SIZE` writes: data/base/ for "base", else data/sizes/SIZE/."""
-    if size not in SIZES:
-        raise ValueError(f"size={size!r} is not a model size; choose from {sorted(SIZES)}")
+    """Where `minift pretrain --size SIZE` writes: data/base/ for "base", else data/sizes/SIZE/
+    (also for the names of PRETRAIN_AMOUNTS, written with --out)."""
+    if size not in SIZES and size not in PRETRAIN_AMOUNTS:
+        raise ValueError(f"size={size!r} is not a model size; choose from {sorted(SIZES)} "
+                         f"(or a pretraining amount of lesson 20: {sorted(PRETRAIN_AMOUNTS)})")
     return BASE_DIR if size == "base" else SIZES_DIR / size
+
+
+def pretraining_tokens(folder) -> int:
+    """Tokens a checkpoint saw in pretraining, from the recipe in its config.json: steps x batch
+    x block_size (every window is full). Lesson 20's pretraining-data axis X = this number."""
+    meta = load_json(os.path.join(str(folder), "config.json"))
+    r, m = meta.get("recipe"), meta.get("model")
+    if not isinstance(r, dict) or not isinstance(m, dict) or not {"steps", "batch_size"} <= set(r) \
+            or "block_size" not in m:
+        raise ValueError(f"{folder}/config.json records no pretraining recipe (steps, batch_size, block_size)")
+    return int(r["steps"]) * int(r["batch_size"]) * int(r.get("grad_accum", 1)) * int(m["block_size"])
+
+
 RECIPE = TrainConfig(steps=3000, batch_size=8, lr=3e-3, min_lr_ratio=0.05, warmup_steps=100,
                      weight_decay=0.1, grad_clip=1.0, seed=0, desc="pretrain")
 

@@ -26,7 +26,9 @@ A and E stay positive:
 
 This module holds the two halves lesson 20 needs: `finetune_cell` (one fine-tuning run: a model
 size, a method, a data size, a seed -> the test loss at the best validation step) with a JSON
-`Cache` of finished cells, and `fit_scaling_law` / `predict_loss`. The task is TinyWorld's
+`Cache` of finished cells, and `fit_scaling_law` / `predict_loss`. The paper fits the same law with
+X = the pretraining data size P (tokens) as well; `equivalent_factor` compares two fitted axes:
+k times one is worth q = k^(α_from/α_to) times the other. The task is TinyWorld's
 summarization: its loss is smooth and cheap to measure (teacher-forced, no generation).
 """
 from __future__ import annotations
@@ -237,6 +239,28 @@ def predict_loss(params: dict, X, D) -> torch.Tensor:
     """L̂ = A X^(-α) D^(-β) + E, elementwise over X and D (tensors or numbers)."""
     X, D = torch.as_tensor(X, dtype=torch.float64), torch.as_tensor(D, dtype=torch.float64)
     return params["A"] * X.pow(-params["alpha"]) * D.pow(-params["beta"]) + params["E"]
+
+
+def equivalent_factor(alpha_from: float, alpha_to: float, k: float = 2.0) -> float:
+    """How far one axis of the law must grow to do what k times the other does. Multiplying the
+    first factor by k multiplies L - E by k^(-α_from); multiplying the second by q, by q^(-α_to).
+    They are equal when
+
+        q = k^(α_from / α_to)
+
+    (lesson 20: a model k times larger is worth q times more pretraining tokens, α_from = α of the
+    model-size fit, α_to = α of the pretraining-data fit). Only meaningful when both exponents are
+    positive: with α_to < 0 more of the second factor makes the loss worse, and no q helps."""
+    for name, v in (("alpha_from", alpha_from), ("alpha_to", alpha_to), ("k", k)):
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+            raise ValueError(f"equivalent_factor: {name}={v!r} must be a finite number")
+    if alpha_to == 0:
+        raise ValueError("equivalent_factor: alpha_to=0: the second factor does not change the loss, "
+                         "so no amount of it is equivalent; it must be nonzero")
+    if k <= 0:
+        raise ValueError(f"equivalent_factor: k={k!r} must be > 0 (a factor on a size)")
+    log_q = math.log(k) * alpha_from / alpha_to                        # log q = (α_from / α_to) log k
+    return math.exp(log_q) if log_q < 700 else math.inf               # beyond float64: infinitely far
 
 
 def _check_points(X, D, L):

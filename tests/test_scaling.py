@@ -12,11 +12,12 @@ from hypothesis import strategies as st
 
 from minift.checkpoint import load_json
 from minift.model import GPT, GPTConfig
-from minift.pretrain import BASE_DIR, DATA_DIR, RECIPE, SIZES, corpus_fingerprint, load_base, pretrain, size_dir
+from minift.pretrain import (BASE_DIR, DATA_DIR, PRETRAIN_AMOUNTS, RECIPE, SIZES, corpus_fingerprint, load_base,
+                             pretrain, pretraining_tokens, size_dir)
 from minift.report import ascii_plot
 from minift.train import TrainConfig
-from minift.scaling import (METHODS, Cache, finetune_cell, fit_scaling_law, non_embedding_parameters,
-                            predict_loss, recipe_fingerprint, steps_for, sweep, train_subset)
+from minift.scaling import (METHODS, Cache, equivalent_factor, finetune_cell, fit_scaling_law,
+                            non_embedding_parameters, predict_loss, recipe_fingerprint, steps_for, sweep, train_subset)
 
 from hypothesis import settings
 
@@ -275,3 +276,84 @@ def test_walkthrough_report_reads_the_shipped_cache():
                        cwd=str(root), capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
     assert "108 of 108 cells" in r.stdout and "Δe (fitted)" in r.stdout and "missing" not in r.stdout
+    if (DATA_DIR / "scaling" / "pretrain_axis.json").is_file():                   # part 7, from its own cache
+        n = len(PRETRAIN_AMOUNTS) * len(METHODS) * 4
+        assert f"{n} of {n} cells" in r.stdout and "α_p (pretraining)" in r.stdout and "not cached" not in r.stdout
+
+
+# ---- the pretraining-data axis (part 7) ----------------------------------------------------------
+
+@settings(max_examples=40, deadline=None)
+@given(a_from=st.floats(-1.0, 2.0), a_to=st.floats(0.02, 2.0), k=st.floats(1.01, 100.0),
+       x=st.floats(1e3, 1e7), p=st.floats(1e5, 1e9), d=st.floats(1.0, 1e4))
+def test_equivalent_factor_shrinks_the_other_axis_as_much(a_from, a_to, k, x, p, d):
+    """k on the first axis and q on the second give the same loss under A x^-a_from p^-a_to d^-β + E,
+    written out here, at any point and any D_f."""
+    q = equivalent_factor(a_from, a_to, k)
+    law = lambda x_, p_: 7.0 * x_ ** -a_from * p_ ** -a_to * d ** -0.4 + 0.3
+    assert law(k * x, p) == pytest.approx(law(x, q * p), rel=1e-9)
+    assert (q > 1) == (a_from > 0) or a_from == 0                                # growth needs both exponents > 0
+    if abs(a_from) >= 1e-3:                                                     # and back again
+        assert equivalent_factor(a_to, a_from, q) == pytest.approx(k, rel=1e-9)
+
+
+@pytest.mark.parametrize("args,msg", [((0.3, 0.0), "alpha_to=0"), ((0.3, 0.2, 0.0), "k=0.0"), ((0.3, 0.2, -2.0), "k="),
+                                      ((float("nan"), 0.2), "alpha_from"), ((0.3, float("inf")), "alpha_to"),
+                                      ((0.3, 0.2, True), "k=True"), (("0.3", 0.2), "alpha_from")])
+def test_equivalent_factor_rejects_bad_arguments(args, msg):
+    with pytest.raises(ValueError, match=msg):
+        equivalent_factor(*args)
+
+
+def test_equivalent_factor_is_infinite_beyond_float64():
+    assert equivalent_factor(1.0, 1e-5, 1e3) == math.inf and equivalent_factor(1.0, 1e-5, 1e-3) == 0.0
+
+
+def test_pretraining_tokens_reads_the_recipe(tmp_path):
+    (tmp_path / "config.json").write_text(json.dumps({"recipe": {"steps": 10, "batch_size": 4, "grad_accum": 2},
+                                                      "model": {"block_size": 32}}))
+    assert pretraining_tokens(tmp_path) == 10 * 4 * 2 * 32
+    (tmp_path / "config.json").write_text(json.dumps({"model": {"block_size": 32}}))
+    with pytest.raises(ValueError, match="no pretraining recipe"):
+        pretraining_tokens(tmp_path)
+
+
+def test_size_dir_knows_the_pretraining_amounts():
+    for name in PRETRAIN_AMOUNTS:
+        assert size_dir(name) == DATA_DIR / "sizes" / name
+    assert not set(PRETRAIN_AMOUNTS) & set(SIZES)                 # part 1's sweep and its fingerprint are unchanged
+
+
+@pytest.mark.parametrize("name", sorted(PRETRAIN_AMOUNTS))
+def test_shipped_pretraining_amounts_differ_only_in_steps(name):
+    """data/sizes/tiny_N/ was made by `minift pretrain --size tiny --steps N --out data/sizes/tiny_N`:
+    data/sizes/tiny's recipe, corpus, tokenizer and shape, only fewer steps."""
+    folder = size_dir(name)
+    if not (folder / "model.safetensors").is_file():
+        pytest.skip(f"{folder} not built")
+    shape, steps = PRETRAIN_AMOUNTS[name]
+    meta, ref = load_json(str(folder / "config.json")), load_json(str(size_dir(shape) / "config.json"))
+    assert meta["size"] == shape and meta["model"] == ref["model"]
+    assert meta["recipe"]["steps"] == steps < RECIPE.steps
+    shared = {k: v for k, v in meta["recipe"].items() if k in ref["recipe"] and k != "steps"}
+    newer = {k: v for k, v in meta["recipe"].items() if k not in ref["recipe"]}   # TrainConfig fields added since
+    assert shared == {k: v for k, v in ref["recipe"].items() if k != "steps"}
+    assert all(getattr(TrainConfig(), k) == v for k, v in newer.items()), newer
+    assert meta["corpus_fingerprint"] == corpus_fingerprint()
+    assert (folder / "tokenizer.json").read_bytes() == (BASE_DIR / "tokenizer.json").read_bytes()
+    assert pretraining_tokens(folder) == steps * RECIPE.batch_size * 256
+
+
+def test_shipped_pretrain_axis_cache_is_current():
+    """data/scaling/pretrain_axis.json: this recipe on these checkpoints (else re-run
+    `python lessons/20_scaling/walkthrough.py --pretrain-axis`)."""
+    path = DATA_DIR / "scaling" / "pretrain_axis.json"
+    if not path.is_file():
+        pytest.skip("no shipped pretraining-axis cache")
+    data = load_json(str(path))
+    assert data["fingerprint"] == recipe_fingerprint(tuple(PRETRAIN_AMOUNTS)), "stale: re-run --pretrain-axis"
+    assert {c["size"] for c in data["cells"].values()} <= set(PRETRAIN_AMOUNTS)
+    for key, cell in data["cells"].items():
+        assert key == f"{cell['size']}/{cell['method']}/{cell['n_train']}/{cell['seed']}"
+        assert cell["best_step"] <= cell["steps"] == steps_for(cell["n_train"])
+        assert math.isfinite(cell["test_nll"]) and cell["test_nll"] > 0

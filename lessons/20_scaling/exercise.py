@@ -1,6 +1,6 @@
 """Lesson 20 exercise: the multiplicative scaling law of fine-tuning, and fitting it.
 
-Fill in the two functions below (delete each `raise NotImplementedError`), then grade your file with
+Fill in the three functions below (delete each `raise NotImplementedError`), then grade your file with
 `minift check 20`. How grading works (points, counterexamples, your own copy, --impl, --pytest,
 minift verify): lessons/README.md, "Grading your exercise".
 
@@ -32,3 +32,12 @@ def run_fit_scaling_law(X, D, L):
     """
     raise NotImplementedError("run_fit_scaling_law: not written yet; lessons/20_scaling/README.md, "
                               "\"The maths\", equation (20.3), says what it computes")
+
+
+def run_equivalent_factor(alpha_from, alpha_to, k=2.0):
+    """Compare two axes of the law (20.1): multiplying the first factor (say the model size) by k
+    multiplies the reducible loss L − E by k^(−α_from); by what factor q must the second (say the
+    pretraining tokens, exponent α_to) grow to shrink L − E by as much? README, "The pretraining-data
+    axis", equation (20.5). Floats in, a float out (α_to is nonzero, k > 0)."""
+    raise NotImplementedError("run_equivalent_factor: not written yet; lessons/20_scaling/README.md, "
+                              "\"The pretraining-data axis\", equation (20.5), says what it computes")

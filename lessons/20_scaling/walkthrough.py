@@ -12,17 +12,21 @@ Prints, top to bottom:
   4. the table: test loss per method, model size and data size;
   5. the fit of the paper's multiplicative law L = A X^-α D^-β + E for each method, its error on
      the points fitted and on held-out points, and which factor matters more at this scale;
-  6. the curves as a text plot, and the best method at each model and data size.
+  6. the curves as a text plot, and the best method at each model and data size;
+  7. the pretraining-data axis: the tiny shape pretrained for 375, 750 and 3000 steps (0.77M to
+     6.1M tokens seen), fine-tuned by the same sweep (seed 0, cached in data/scaling/pretrain_axis.json),
+     and the same law fitted with X = pretraining tokens, beside the model-size axis's exponent.
 
     python lessons/20_scaling/walkthrough.py            # or: minift run 20 (the cache + 2 cells run again)
     python lessons/20_scaling/walkthrough.py --report   # the cache only: tables, fit, plot (seconds)
     python lessons/20_scaling/walkthrough.py --full     # run every cell the cache lacks (see README)
     python lessons/20_scaling/walkthrough.py --probe    # + the learning-rate probe (18 more cells)
+    python lessons/20_scaling/walkthrough.py --pretrain-axis   # part 7's missing cells, then one again
     python lessons/20_scaling/walkthrough.py --fast     # a 2x1x2 corner (LoRA), 3 steps a cell (the tests)
 
 Everything it uses lives in the library (minift/scaling.py, minift/pretrain.py, minift/peft/).
 """
-EXPECTED_SECONDS = 85
+EXPECTED_SECONDS = 90
 FAST_SECONDS = 14
 
 import os
@@ -32,10 +36,10 @@ import time
 
 from minift import course, figures
 from minift.checkpoint import load_json
-from minift.pretrain import DATA_DIR, SIZES, load_base, size_dir
+from minift.pretrain import DATA_DIR, PRETRAIN_AMOUNTS, SEQ_LEN, SIZES, load_base, pretraining_tokens, size_dir
 from minift.report import ascii_plot, header, table
-from minift.scaling import (METHODS, Cache, finetune_cell, fit_scaling_law, non_embedding_parameters,
-                            predict_loss, recipe_fingerprint, steps_for, sweep)
+from minift.scaling import (METHODS, Cache, equivalent_factor, finetune_cell, fit_scaling_law,
+                            non_embedding_parameters, predict_loss, recipe_fingerprint, steps_for, sweep)
 
 parser = course.parser(__doc__, "a 2x1x2 corner (tiny and small, LoRA, 48 and 150 examples), 3 steps a cell, "
                                  "in a temporary cache")
@@ -45,8 +49,16 @@ parser.add_argument("--probe", action="store_true", help="first, the learning-ra
                     "(3 rates x 3 methods x 2 cells: 18 cells of the sweep's recipe)")
 parser.add_argument("--seeds", default="0,1,2", help="comma-separated seeds of the sweep (default 0,1,2: the shipped cache)")
 parser.add_argument("--cache", default=str(DATA_DIR / "scaling" / "sweep.json"), help="the cache file")
+parser.add_argument("--pretrain-axis", action="store_true", help="part 7: run its cells missing from the cache (the "
+                    "tiny shape pretrained 375 and 750 steps x 3 methods x 4 D_f, seed 0), then one of them again "
+                    "(--fast: 2 cells of 3 steps, in a temporary cache)")
+parser.add_argument("--axis-cache", default=str(DATA_DIR / "scaling" / "pretrain_axis.json"),
+                    help="part 7's cache file")
 args = course.start("20", parser, needs_base=False)      # one thread, the clock; its models are data/sizes/
 FAST, DEV = args.fast, args.device     # DEV: --device (cpu unless told), where every model lives
+if DEV.type != "cpu" and args.pretrain_axis and args.axis_cache == parser.get_default("axis_cache"):
+    sys.exit(f"--pretrain-axis --device {DEV}: the cells would be written into the shipped cache {args.axis_cache}, "
+             f"which holds CPU runs (the README's numbers); give another file with --axis-cache PATH")
 if DEV.type != "cpu" and args.full and args.cache == parser.get_default("cache"):
     sys.exit(f"--full --device {DEV}: the cells would be written into the shipped cache {args.cache}, which holds "
              f"CPU runs (the README's numbers); give another file with --cache PATH")
@@ -236,4 +248,115 @@ for s in SIZE_NAMES:
         row.append(min(have, key=have.get) if have else "-")
     rows.append(tuple(row))
 table(("size", *[f"best at D_f={n}" for n in DATA_SIZES]), rows)
+
+# ==============================================================================================
+header("7. The pretraining-data axis: one shape, pretrained on less text")
+AXIS = (*PRETRAIN_AMOUNTS, "tiny")            # the tiny shape after 375, 750 and 3000 steps of RECIPE
+NEW = AXIS[:1] if FAST else AXIS[:-1]         # pretrained for this axis; "tiny" (3000 steps) is part 1's
+SHOWN = (*NEW, "tiny")                        # --fast: the first amount only
+AXIS_SEEDS = (0,)                             # one seed: the model-size axis's seeds show the noise (part 4)
+absent = [s for s in SHOWN if not (size_dir(s) / "model.safetensors").is_file()]
+if FAST and not args.pretrain_axis:
+    print("--fast: skipped (`--fast --pretrain-axis` runs its smoke test).")
+elif absent:
+    print(f"skipped: no checkpoint {size_dir(absent[0])}; build it with `minift pretrain --size tiny --steps "
+          f"{PRETRAIN_AMOUNTS.get(absent[0], ('tiny', 3000))[1]} --out {size_dir(absent[0])}`.")
+else:
+    from minift import world
+    from minift.tasks import LMDataset
+    P_of, rows, passes = {}, [], []
+    _, tok = load("tiny")
+    corpus_windows = len(LMDataset(tok, world.pretrain_corpus("train"), SEQ_LEN))     # RECIPE's windows
+    for s in SHOWN:
+        meta = load_json(os.path.join(size_dir(s), "config.json"))
+        P_of[s], met = pretraining_tokens(size_dir(s)), meta.get("metrics", {})
+        steps = meta["recipe"]["steps"]
+        passes.append(steps * meta["recipe"]["batch_size"] / corpus_windows)
+        rows.append((s, f"{steps}", f"{P_of[s] / 1e6:.2f}M", f"{passes[-1]:.1f}",
+                     f"{met.get('val_ppl', float('nan')):.3f}", f"{met.get('fact_accuracy', float('nan')):.1%}"))
+    table(("model", "pretraining steps", "P (tokens seen)", "passes over the corpus", "val ppl", "facts recalled"), rows)
+    print(f"The tiny shape (2 x 64), RECIPE's batch, warmup, peak rate and seed; the cosine decays over each run's own "
+          f"steps (`minift pretrain --size tiny --steps N --out data/sizes/tiny_N`). The corpus is {corpus_windows:,} "
+          f"windows of {SEQ_LEN} tokens, so fewer steps means fewer tokens seen, not less unique text: every model "
+          f"passed over all of it at least {min(passes):.1f} times. P = steps x 8 x 256 is the paper's pretraining-data axis.")
+
+    if FAST:
+        axis_path = os.path.join(tempfile.mkdtemp(prefix="minift-axis-"), "pretrain_axis.json")
+    else:
+        axis_path = args.axis_cache
+    axis_cache = Cache(axis_path, recipe_fingerprint(NEW))
+    axis_cells = [(s, m, n, seed) for s in NEW for m in METHOD_NAMES for n in DATA_SIZES for seed in AXIS_SEEDS]
+    todo = [c for c in axis_cells if axis_cache.get(*c) is None]
+    print(f"cache {axis_path}: {len(axis_cells) - len(todo)} of {len(axis_cells)} cells (recipe fingerprint "
+          f"{axis_cache.fingerprint}); the 3000-step row is the tiny model's seed-0 cells of part 4's cache.")
+    if args.pretrain_axis and todo:                              # fill the cache, one method at a time
+        t0 = course.clock()
+        for m in METHOD_NAMES:
+            sweep(NEW, (m,), DATA_SIZES, AXIS_SEEDS, axis_cache, run=run)
+        print(f"ran {len(todo)} cells in {course.clock() - t0:.0f}s ({course.clock_name()})")
+    if args.pretrain_axis and not todo:                          # all cached: one cell again, the cache is a record
+        c = (NEW[0], "lora", DATA_SIZES[0], AXIS_SEEDS[0])
+        c0 = course.clock()
+        now = run(*c)
+        secs = course.clock() - c0
+        table(("size/method/D_f", "test loss now", "cached", "|difference|", f"{course.clock_name()} time"),
+              [("/".join(map(str, c[:3])), f"{now['test_nll']:.4f}", f"{axis_cache.get(*c)['test_nll']:.4f}",
+                f"{abs(now['test_nll'] - axis_cache.get(*c)['test_nll']):.1e}", f"{secs:.1f}s")])
+    axis = sweep(NEW, METHOD_NAMES, DATA_SIZES, AXIS_SEEDS, axis_cache, only_cached=True)
+    if todo and not args.pretrain_axis:
+        print(f"{len(todo)} cells are not cached: `python lessons/20_scaling/walkthrough.py --pretrain-axis` runs "
+              f"them (one cell costs about what part 3's do).")
+    lp = {(r["size"], r["method"], r["n_train"]): r["test_nll"] for r in axis}
+    for m in METHOD_NAMES:                                       # the 3000-step row: part 4's tiny cells, seed 0
+        for n in DATA_SIZES:
+            hit = cache.get("tiny", m, n, AXIS_SEEDS[0])
+            if hit is not None:
+                lp[("tiny", m, n)] = hit["test_nll"]
+
+    rows = [(m, s, f"{P_of[s] / 1e6:.2f}M", *[f"{lp[(s, m, n)]:.3f}" if (s, m, n) in lp else "-" for n in DATA_SIZES])
+            for m in METHOD_NAMES for s in SHOWN]
+    table(("method", "model", "P", *[f"D_f={n}" for n in DATA_SIZES]), rows)
+    sp = [spread[("tiny", m, n)] for m in METHOD_NAMES for n in DATA_SIZES if ("tiny", m, n) in spread]
+    print("Test loss after fine-tuning (nats per summary token), seed 0." + (
+        f" For scale, part 4's ± on the tiny model ({len(n_seeds)} seeds) is {min(sp):.3f} to {max(sp):.3f}."
+        if sp and len(n_seeds) > 1 else ""))
+
+    pfits, rows = {}, []
+    for m in METHOD_NAMES:
+        pts = [(P_of[s], n, lp[(s, m, n)]) for s in SHOWN for n in DATA_SIZES if (s, m, n) in lp]
+        if len(pts) < 4 or len({p[0] for p in pts}) < 2 or len({p[1] for p in pts}) < 2:
+            print(f"{m}: too few cells to fit ({len(pts)})")
+            continue
+        f = pfits[m] = fit_scaling_law(*zip(*pts))
+        rest = [p for p in pts if p[1] != max(DATA_SIZES)]
+        dh = "-"
+        if len(rest) >= 4 and len({p[1] for p in rest}) >= 2:
+            g = fit_scaling_law(*zip(*rest))
+            held = [p for p in pts if p[1] == max(DATA_SIZES)]
+            dh = f"{sum(abs(float(predict_loss(g, x, n)) - y) for x, n, y in held) / len(held):.3f}"
+        am = fits[m]["alpha"] if m in fits else None
+        q = (equivalent_factor(am, f["alpha"]) if am is not None and am > 0 and f["alpha"] > 0 else None)
+        rows.append((m, f"{f['A']:.3g}", f"{f['alpha']:.3f}", f"{f['beta']:.3f}", f"{f['E']:.3f}", f"{f['mad']:.3f}", dh,
+                     f"{2 ** -f['alpha']:.3f}", "-" if am is None else f"{am:.3f}",
+                     "-" if am is None else f"{2 ** -am:.3f}", "-" if q is None else f"x{q:.3g}"))
+    table(("method", "A", "α_p (pretraining)", "β (data)", "E", "Δe", "Δh", "x2 P", "α (model, part 5)", "x2 model",
+           "x2 model = P times"), rows)
+    print(f"L = A P^-α_p D_f^-β + E, fitted to the {len(SHOWN) * len(DATA_SIZES)} cells of each method (Δh: fit without "
+          f"D_f = {max(DATA_SIZES)}, predict it). x2: the factor by which L - E shrinks when P (or the model) doubles; "
+          f"both double the pretraining compute (~6 x parameters x tokens), so they compare per FLOP. Last column: how "
+          f"many times more pretraining tokens shrink L - E as much as a twice larger model, 2^(α/α_p) "
+          f"(`equivalent_factor`; only where both exponents are > 0).")
+    lo, hi = SHOWN[0], SHOWN[-1]
+    rows = [(m, *[f"{lp[(hi, m, n)] - lp[(lo, m, n)]:+.3f}" if (hi, m, n) in lp and (lo, m, n) in lp else "-"
+                  for n in DATA_SIZES]) for m in METHOD_NAMES]
+    table(("method", *[f"{lo}->{hi} at D_f={n}" for n in DATA_SIZES]), rows)
+    print(f"Without the law: what {P_of[hi] // P_of[lo]}x the pretraining tokens gains at each D_f (negative: better).")
+    pairs = [(loss[(lo_s, m, n)] - loss[(hi_s, m, n)], lp[(lo, m, n)] - lp[(hi, m, n)]) for m in METHOD_NAMES
+             for n in DATA_SIZES if {(lo_s, m, n), (hi_s, m, n)} <= set(loss) and {(lo, m, n), (hi, m, n)} <= set(lp)]
+    if pairs:                                                    # the paper's finding 2, read off the two tables
+        wins = sum(dm > dp for dm, dp in pairs)
+        course.verdict(f"Finding 2, a larger model helps fine-tuning more than more pretraining data: the model's "
+                       f"x{X_of[hi_s] / X_of[lo_s]:.0f} ({lo_s}->{hi_s}) gains more than the tokens' x{P_of[hi] // P_of[lo]} "
+                       f"at {wins} of {len(pairs)} (method, D_f) points -> {'holds' if wins > len(pairs) / 2 else 'does not hold here'}")
+
 print(f"\ntotal: {course.elapsed():.1f}s")

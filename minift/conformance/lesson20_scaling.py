@@ -4,6 +4,8 @@ The reference `run_*` functions (scaling laws for fine-tuning, minift/scaling.py
 
     run_scaling_law(X, D, A, alpha, beta, E)   L̂ = A X^-α D^-β + E, elementwise (float64)
     run_fit_scaling_law(X, D, L)               (A, alpha, beta, E) fitted to the points (X_i, D_i, L_i)
+    run_equivalent_factor(alpha_from, alpha_to, k)   q = k^(α_from / α_to): the growth of one axis that
+                                               shrinks L - E as much as k times the other
 
 The checks, registered with lesson="lesson20". Expected values are computed here in numpy float64
 from the law's definition.
@@ -12,6 +14,8 @@ from the law's definition.
     run_fit_scaling_law   on noise-free points of a known law over a 3 x 4 grid of (X, D), the fit
                           gives the law back: its predictions within 1e-4 (relative), α and β
                           within 0.02, E within 2%
+    run_equivalent_factor q = k^(α_from/α_to); the law's reducible loss after k on the first axis
+                          equals it after q on the second; factors compose: q(k1 k2) = q(k1) q(k2)
 """
 from __future__ import annotations
 
@@ -21,7 +25,7 @@ import numpy as np
 import torch
 from hypothesis import strategies as st
 
-from minift.scaling import fit_scaling_law, predict_loss
+from minift.scaling import equivalent_factor, fit_scaling_law, predict_loss
 
 from .harness import assert_close, property_check
 
@@ -35,6 +39,10 @@ def run_scaling_law(X, D, A: float, alpha: float, beta: float, E: float):
 def run_fit_scaling_law(X, D, L) -> tuple:
     f = fit_scaling_law(X, D, L)
     return (f["A"], f["alpha"], f["beta"], f["E"])
+
+
+def run_equivalent_factor(alpha_from: float, alpha_to: float, k: float = 2.0) -> float:
+    return equivalent_factor(alpha_from, alpha_to, k)
 
 
 # ---- the checks ----------------------------------------------------------------------------------
@@ -96,3 +104,26 @@ def fit_recovers_law(f, logA, alpha, beta, E):
                  f"alpha={a2:.4g}, beta={b2:.4g}, E={E2:.4g})", atol=0, rtol=1e-4)
     if abs(a2 - alpha) > 0.02 or abs(b2 - beta) > 0.02 or abs(E2 - E) > 0.02 * E:
         raise AssertionError(f"{what}: fitted alpha={a2:.4g}, beta={b2:.4g}, E={E2:.4g}")
+
+
+@property_check("run_equivalent_factor", lesson=20, examples=40, alpha_from=st.floats(-1.0, 1.5),
+                alpha_to=st.floats(0.05, 1.5), k=st.floats(1.1, 16.0), k2=st.floats(1.1, 4.0))
+def equivalent_factor_matches_the_law(f, alpha_from, alpha_to, k, k2):
+    """q = k^(α_from/α_to); k times the first factor and q times the second shrink A X^-α_from P^-α_to
+    by the same amount; q(k k2) = q(k) q(k2)"""
+    what = f"run_equivalent_factor(alpha_from={alpha_from}, alpha_to={alpha_to}, k={k})"
+    try:
+        q = float(f(alpha_from, alpha_to, k))
+    except (TypeError, ValueError) as e:
+        raise AssertionError(f"{what}: did not return one number ({e})") from None
+    expected = np.exp(np.log(np.float64(k)) * alpha_from / alpha_to)
+    assert_close(np.float64(q), expected, what, atol=0, rtol=1e-9)
+    X, P = 3.0e5, 2.0e6                                           # a point of the law: only the ratio matters
+    red_model = (k * X) ** -alpha_from * P ** -alpha_to            # the model k times larger
+    red_tokens = X ** -alpha_from * (q * P) ** -alpha_to           # q times the pretraining tokens
+    assert_close(np.float64(red_tokens), np.float64(red_model), f"{what}={q:.6g}: the reducible loss after k on the "
+                 f"first axis and after q on the second", atol=0, rtol=1e-8)
+    both = float(f(alpha_from, alpha_to, k * k2))
+    assert_close(np.float64(both), np.float64(q) * float(f(alpha_from, alpha_to, k2)),
+                 f"run_equivalent_factor(..., k={k * k2:.6g}) against the product for k={k} and k={k2}",
+                 atol=0, rtol=1e-9)

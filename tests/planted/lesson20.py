@@ -39,3 +39,13 @@ def run_fit_scaling_law__log_linear_no_e(X, D, L):
     M = torch.stack([torch.ones_like(X), -X.log(), -D.log()], 1)                  # (n, 3)
     sol = torch.linalg.lstsq(M, L.log()[:, None]).solution[:, 0]
     return (float(sol[0].exp()), float(sol[1]), float(sol[2]), 0.0)
+
+
+def run_equivalent_factor__ratio_inverted(alpha_from, alpha_to, k=2.0):
+    """k^(α_to / α_from): the exponents' ratio upside down"""
+    return float(k) ** (alpha_to / alpha_from)
+
+
+def run_equivalent_factor__ratio_times_k(alpha_from, alpha_to, k=2.0):
+    """k · α_from / α_to: scales k by the ratio instead of raising it to that power"""
+    return float(k) * alpha_from / alpha_to
