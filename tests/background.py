@@ -35,7 +35,8 @@ class Run:
     argv: list
     cwd: str
     timeout: float
-    script: str | None = None                    # a walkthrough: run `script --fast` (the fork server)
+    script: str | None = None                    # a walkthrough: run `script --fast *flags` (the fork server)
+    flags: tuple = ()
     done: threading.Event = field(default_factory=threading.Event)
     result: object = None
     seconds: float = 0.0
@@ -50,11 +51,11 @@ class Background:
         self._local = threading.local()           # each thread's fork server
 
     def submit(self, key: str, argv: list, cwd: str, timeout: float, script: str | None = None,
-               front: bool = False) -> None:
+               front: bool = False, flags: tuple = ()) -> None:
         """Queue a run (at the queue's head with `front`: the long ones first keep both cores busy)."""
         with self._lock:
             if key not in self._runs:
-                run = Run(key, list(argv), cwd, timeout, script)
+                run = Run(key, list(argv), cwd, timeout, script, flags=tuple(flags))
                 self._runs[key] = run
                 self._pending.insert(0, run) if front else self._pending.append(run)
 
@@ -91,7 +92,7 @@ class Background:
             out, err = Path(d) / "out", Path(d) / "err"
             try:
                 srv.stdin.write(json.dumps({"path": run.script, "out": str(out), "err": str(err),
-                                            "timeout": run.timeout}) + "\n")
+                                            "timeout": run.timeout, "flags": list(run.flags)}) + "\n")
                 srv.stdin.flush()
                 line = srv.stdout.readline()
             except OSError:
@@ -135,11 +136,11 @@ class Background:
         for p in list(self._live):
             p.kill()
 
-    def result(self, key: str, argv: list, cwd: str, timeout: float,
-               script: str | None = None) -> tuple[subprocess.CompletedProcess, float]:
+    def result(self, key: str, argv: list, cwd: str, timeout: float, script: str | None = None,
+               flags: tuple = ()) -> tuple[subprocess.CompletedProcess, float]:
         """The finished run for `key`: waits for a worker that has it, or runs it here. Re-raises
         a timeout or a failure to start, as subprocess.run would have."""
-        self.submit(key, argv, cwd, timeout, script)
+        self.submit(key, argv, cwd, timeout, script, flags=flags)
         run = self._take(key)
         if run is not None:                      # no worker has started it: run it in this thread
             self._execute(run)
@@ -166,21 +167,22 @@ def workers() -> int:
 WALKTHROUGH_TIMEOUT = 120
 
 
-def _walkthrough(lesson_dir) -> tuple:
+def _walkthrough(lesson_dir, flags: tuple = ()) -> tuple:
     path = Path(lesson_dir) / "walkthrough.py"
-    return Path(lesson_dir).name, [sys.executable, str(path), "--fast"], str(path)
+    key = " ".join([Path(lesson_dir).name, *flags])
+    return key, [sys.executable, str(path), "--fast", *flags], str(path)
 
 
-def submit_walkthrough(lesson_dir, cwd: str) -> None:
-    """Queue `python lessons/NN_name/walkthrough.py --fast` (run from cwd, the repository root)."""
-    key, argv, script = _walkthrough(lesson_dir)
-    RUNS.submit(key, argv, cwd, WALKTHROUGH_TIMEOUT, script)
+def submit_walkthrough(lesson_dir, cwd: str, flags: tuple = ()) -> None:
+    """Queue `python lessons/NN_name/walkthrough.py --fast [flags]` (run from cwd, the repository root)."""
+    key, argv, script = _walkthrough(lesson_dir, flags)
+    RUNS.submit(key, argv, cwd, WALKTHROUGH_TIMEOUT, script, flags=flags)
 
 
-def walkthrough_result(lesson_dir, cwd: str) -> tuple[subprocess.CompletedProcess, float]:
+def walkthrough_result(lesson_dir, cwd: str, flags: tuple = ()) -> tuple[subprocess.CompletedProcess, float]:
     """That run's CompletedProcess and seconds (waiting for it, or running it here)."""
-    key, argv, script = _walkthrough(lesson_dir)
-    return RUNS.result(key, argv, cwd, WALKTHROUGH_TIMEOUT, script)
+    key, argv, script = _walkthrough(lesson_dir, flags)
+    return RUNS.result(key, argv, cwd, WALKTHROUGH_TIMEOUT, script, flags=flags)
 
 
 def extension_argv() -> list:

@@ -63,9 +63,9 @@ def pytest_collection_finish(session):
         background.RUNS.submit("cuda_ext", background.extension_argv(), str(session.config.rootpath), 900,
                                front=True)
     for item in session.items:
-        les = getattr(getattr(item, "callspec", None), "params", {}).get("les")
-        if item.path.name == "test_lessons.py" and les is not None:
-            background.submit_walkthrough(les["dir"], str(session.config.rootpath))
+        params = getattr(getattr(item, "callspec", None), "params", {})
+        if item.path.name == "test_lessons.py" and "les" in params:
+            background.submit_walkthrough(params["les"]["dir"], str(session.config.rootpath), params.get("flags", ()))
     background.RUNS.start(background.workers())
 
 

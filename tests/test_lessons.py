@@ -28,19 +28,34 @@ def test_lessons_exist_in_order_with_their_three_files():
         assert les["expected"] <= 120 and les["fast"] <= 15, f"{les['dir'].name} is over the time budget"
 
 
-@pytest.mark.parametrize("les", [pytest.param(les, id=les["dir"].name, marks=getattr(pytest.mark, f"lesson{les['nn']}"))
-                                 for les in LESSONS])
-def test_walkthrough_runs_in_fast_mode(les):
+# The sections a lesson runs only behind a flag of its own: each is smoke-tested too, as `--fast FLAG`.
+FLAG_SECTIONS = {"03": ["--chat", "--plain"], "07": ["--generation"], "12": ["--low-bits"], "14": ["--lora"],
+                 "15": ["--sentiment"], "20": ["--pretrain-axis"]}
+RUNS = [(les, ()) for les in LESSONS] + [(les, (flag,)) for les in LESSONS for flag in FLAG_SECTIONS.get(les["nn"], [])]
+
+
+def test_every_flag_section_names_a_flag_of_its_walkthrough():
+    for les in LESSONS:
+        src = (les["dir"] / "walkthrough.py").read_text()
+        for flag in FLAG_SECTIONS.get(les["nn"], []):
+            assert f'"{flag}"' in src, f"{les['dir'].name}: FLAG_SECTIONS names {flag}, which its walkthrough lacks"
+
+
+@pytest.mark.parametrize("les, flags", [pytest.param(les, flags, id=" ".join([les["dir"].name, *flags]),
+                                                     marks=getattr(pytest.mark, f"lesson{les['nn']}"))
+                                        for les, flags in RUNS])
+def test_walkthrough_runs_in_fast_mode(les, flags):
     """The run itself starts in the background when collection ends (tests/background.py)."""
-    r, seconds = walkthrough_result(les["dir"], str(ROOT))
+    r, seconds = walkthrough_result(les["dir"], str(ROOT), flags)
     alarm = getattr(signal, "SIGALRM", None)                                    # the fork server's timeout
     why = "ran out of time" if alarm is not None and r.returncode == -alarm else "failed"
-    assert r.returncode == 0, f"{les['dir'].name} --fast {why}:\n{r.stdout[-3000:]}\n{r.stderr[-3000:]}"
+    cmd = " ".join([les["dir"].name, "--fast", *flags])
+    assert r.returncode == 0, f"{cmd} {why}:\n{r.stdout[-3000:]}\n{r.stderr[-3000:]}"
     lines = [x for x in r.stdout.splitlines() if x.strip()]
     assert len(lines) >= 5, "a walkthrough prints what its README promises"
     note = FAST_NOTE.format(lesson=les["nn"])
     assert lines[0] == note and lines[-1] == note, \
-        f"{les['dir'].name} --fast: its first and last lines say it is a smoke test (course.start / course.end)"
+        f"{cmd}: its first and last lines say it is a smoke test (course.start / course.end)"
     verdicts = [x for x in lines if VERDICT.search(x)]
-    assert not verdicts, f"{les['dir'].name} --fast judges a claim (use course.verdict): {verdicts[:3]}"
-    print(f"{les['dir'].name} --fast: {seconds:.1f}s")
+    assert not verdicts, f"{cmd} judges a claim (use course.verdict): {verdicts[:3]}"
+    print(f"{cmd}: {seconds:.1f}s")

@@ -8,7 +8,8 @@ and exits with its status (printing what the walkthrough's exit hook would: `min
 the bottom line of a --fast run). The parent never runs a tensor operation, so each child starts from the
 same clean state a fresh interpreter would have after these imports.
 
-Protocol, one JSON object a line: in {"path", "out", "err", "timeout"}; out {"rc"}.
+Protocol, one JSON object a line: in {"path", "out", "err", "timeout", "flags" (optional, after --fast)};
+out {"rc"}.
 """
 import json
 import os
@@ -25,7 +26,7 @@ import minift.evals  # noqa: F401
 import minift.peft.io  # noqa: F401
 
 
-def run(path: str, out: str, err: str, timeout: float) -> int:
+def run(path: str, out: str, err: str, timeout: float, flags: tuple = ()) -> int:
     sys.stdout.flush()
     sys.stderr.flush()
     pid = os.fork()
@@ -37,7 +38,7 @@ def run(path: str, out: str, err: str, timeout: float) -> int:
                 os.dup2(f, fd)
                 os.close(f)
             signal.alarm(max(1, int(timeout)))                         # the default action ends the child
-            sys.argv = [path, "--fast"]
+            sys.argv = [path, "--fast", *flags]
             sys.path[0] = os.path.dirname(os.path.abspath(path))
             try:
                 runpy.run_path(path, run_name="__main__")
@@ -64,7 +65,7 @@ def run(path: str, out: str, err: str, timeout: float) -> int:
 def main() -> None:
     for line in sys.stdin:
         req = json.loads(line)
-        rc = run(req["path"], req["out"], req["err"], req["timeout"])
+        rc = run(req["path"], req["out"], req["err"], req["timeout"], tuple(req.get("flags", ())))
         sys.stdout.write(json.dumps({"rc": rc}) + "\n")
         sys.stdout.flush()
 
