@@ -12,6 +12,7 @@ has done the imports every walkthrough starts with once; a run it cannot serve f
 plain subprocess.
 
     MINIFT_TEST_WORKERS=0 pytest     # no background: every run starts when its test does
+    MINIFT_TEST_TIMELINE=FILE pytest # append "thread, run, start s, end s" of every run to FILE
 """
 from __future__ import annotations
 
@@ -26,6 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 SERVER = Path(__file__).resolve().parent / "walkthrough_server.py"
+T0 = time.perf_counter()                         # the suite's start, for MINIFT_TEST_TIMELINE
 
 
 @dataclass
@@ -104,6 +106,16 @@ class Background:
             return subprocess.CompletedProcess(run.argv, rc, out.read_text(), err.read_text())
 
     def _execute(self, run: Run) -> None:
+        t0 = time.perf_counter()
+        try:
+            self._execute_timed(run)
+        finally:
+            log = os.environ.get("MINIFT_TEST_TIMELINE")         # where each run's start and end go (tuning)
+            if log:
+                with open(log, "a") as f:
+                    f.write(f"{threading.current_thread().name}\t{run.key}\t{t0 - T0:.1f}\t{time.perf_counter() - T0:.1f}\n")
+
+    def _execute_timed(self, run: Run) -> None:
         t0 = time.perf_counter()
         if run.script is not None and hasattr(os, "fork") and os.environ.get("MINIFT_TEST_FORK", "1") == "1":
             run.result = self._via_server(run)
