@@ -63,7 +63,8 @@ def completion_mask(ids: torch.Tensor, attention_mask: torch.Tensor, response_id
 
 
 def _batch(tok, prompts: Sequence[str], responses: Sequence[str], dev) -> dict:
-    b = collate([{"idx": torch.tensor(tok.encode_pair(p, r)[0])} for p, r in zip(prompts, responses)], tok.pad_id)
+    b = collate([{"idx": torch.tensor(tok.encode_pair(p, r)[0], device="cpu")}              # collated on the CPU
+                 for p, r in zip(prompts, responses)], tok.pad_id)
     return {"idx": b["idx"].to(dev), "attention_mask": completion_mask(b["idx"], b["attention_mask"],
                                                                       tok.response_id).to(dev)}
 
@@ -80,7 +81,7 @@ def train_sentiment_classifier(body, tok, examples: Sequence[dict], train_cfg: T
 
     def col(batch):
         b = _batch(tok, [e["prompt"] for e in batch], [e["response"] for e in batch], "cpu")
-        return {**b, "labels": torch.tensor([e["label"] for e in batch])}
+        return {**b, "labels": torch.tensor([e["label"] for e in batch], device="cpu")}   # train() moves it
     train(clf, items, train_cfg, loss_fn=classifier_loss, collate_fn=col)
     return clf.eval()
 
@@ -138,7 +139,7 @@ def fixed_pairs(examples: Sequence[dict], seed: int = 0) -> list[dict]:
         raise ValueError("fixed_pairs: the examples need both labels")
     out = []
     for e in examples:
-        other = by[1 - e["label"]][int(torch.randint(len(by[1 - e["label"]]), (), generator=g))]
+        other = by[1 - e["label"]][int(torch.randint(len(by[1 - e["label"]]), (), generator=g, device="cpu"))]
         pos, neg = (e["response"], other) if e["label"] == 1 else (other, e["response"])
         out.append({"prompt": e["prompt"], "chosen": pos, "rejected": neg})
     return out
