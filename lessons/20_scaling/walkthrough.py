@@ -187,22 +187,28 @@ print("trainable parameters: " + "; ".join(f"{m} " + ", ".join(f"{s} {trainable[
 
 # ==============================================================================================
 header("5. The multiplicative law, one fit per method: L = A X^-α D_f^-β + E")
+def fit_and_hold_out(m: str, pts: list):
+    """The law fitted to (X, D_f, L) points, and Δh: fitted again without the largest D_f, the mean
+    |L̂ - L| on those cells ("-" when too few remain). None (said why) when the points cannot pin it."""
+    if len(pts) < 4 or len({p[0] for p in pts}) < 2 or len({p[1] for p in pts}) < 2:
+        print(f"{m}: too few cells to fit ({len(pts)})")
+        return None
+    held = [p for p in pts if p[1] == max(DATA_SIZES)]              # refit without the largest D_f, predict it
+    rest = [p for p in pts if p[1] != max(DATA_SIZES)]
+    dh = "-"
+    if len({p[1] for p in rest}) >= 2 and len(rest) >= 4:
+        g = fit_scaling_law(*zip(*rest))
+        dh = f"{sum(abs(float(predict_loss(g, x, n)) - y) for x, n, y in held) / len(held):.3f}"
+    return fit_scaling_law(*zip(*pts)), dh
+
+
 fits, rows = {}, []
 for m in METHOD_NAMES:
     pts = [(X_of[s], n, loss[(s, m, n)]) for s in SIZE_NAMES for n in DATA_SIZES if (s, m, n) in loss]
-    if len(pts) < 4 or len({p[0] for p in pts}) < 2 or len({p[1] for p in pts}) < 2:
-        print(f"{m}: too few cells to fit ({len(pts)})")
+    if (out := fit_and_hold_out(m, pts)) is None:
         continue
-    f = fit_scaling_law(*zip(*pts))
+    f, dh = out
     fits[m] = f
-    held = [p for p in pts if p[1] == max(DATA_SIZES)]              # refit without the largest D_f, predict it
-    rest = [p for p in pts if p[1] != max(DATA_SIZES)]
-    if len({p[1] for p in rest}) >= 2 and len(rest) >= 4:
-        g = fit_scaling_law(*zip(*rest))
-        dh = sum(abs(float(predict_loss(g, x, n)) - y) for x, n, y in held) / len(held)
-        dh = f"{dh:.3f}"
-    else:
-        dh = "-"
     rows.append((m, f"{f['A']:.3g}", f"{f['alpha']:.3f}", f"{f['beta']:.3f}", f"{f['E']:.3f}", f"{f['mad']:.3f}", dh))
 table(("method", "A", "α (model)", "β (data)", "E", "Δe (fitted)", "Δh (held out)"), rows)
 print(f"Δe: mean |L̂ - L| over the {len(SIZE_NAMES) * len(DATA_SIZES)} cells fitted. Δh: fit again without "
@@ -324,16 +330,10 @@ else:
     pfits, rows = {}, []
     for m in METHOD_NAMES:
         pts = [(P_of[s], n, lp[(s, m, n)]) for s in SHOWN for n in DATA_SIZES if (s, m, n) in lp]
-        if len(pts) < 4 or len({p[0] for p in pts}) < 2 or len({p[1] for p in pts}) < 2:
-            print(f"{m}: too few cells to fit ({len(pts)})")
+        if (out := fit_and_hold_out(m, pts)) is None:
             continue
-        f = pfits[m] = fit_scaling_law(*zip(*pts))
-        rest = [p for p in pts if p[1] != max(DATA_SIZES)]
-        dh = "-"
-        if len(rest) >= 4 and len({p[1] for p in rest}) >= 2:
-            g = fit_scaling_law(*zip(*rest))
-            held = [p for p in pts if p[1] == max(DATA_SIZES)]
-            dh = f"{sum(abs(float(predict_loss(g, x, n)) - y) for x, n, y in held) / len(held):.3f}"
+        f, dh = out
+        pfits[m] = f
         am = fits[m]["alpha"] if m in fits else None
         q = (equivalent_factor(am, f["alpha"]) if am is not None and am > 0 and f["alpha"] > 0 else None)
         rows.append((m, f"{f['A']:.3g}", f"{f['alpha']:.3f}", f"{f['beta']:.3f}", f"{f['E']:.3f}", f"{f['mad']:.3f}", dh,
