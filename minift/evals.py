@@ -360,22 +360,6 @@ def transfer_set(teacher, tok, collate_fn: Callable, n: int = 1500, max_words: i
 TABLE_PROMPT = "Describe this record in words."
 
 
-@functools.lru_cache(maxsize=8)
-def _table_to_text(seed: int) -> dict:
-    from .world.task_sets import _by_split
-    from .world.templates import _say
-    w, rng = world.get_world(seed), random.Random(f"tinyworld/{seed}/task/table_to_text")
-
-    def make(rng, split, i):
-        p = rng.choice(w.people_in(split))
-        rels = rng.sample(world.RELATIONS, rng.randint(2, 5))          # the record's fields, in its order
-        fields = [("name", p.name)] + [(r, p.fact(r)) for r in rels]
-        text = " ".join(_say(world.CANONICAL[r], p.name, p.pronoun, p.fact(r)) for r in world.RELATIONS if r in rels)
-        key = (p.name, tuple(sorted(rels)))                            # one record once, in any order
-        return key, {"fields": fields, "table": T.linearize_table(fields), "text": text}
-    return _by_split(make, rng, {"train": 1500, "val": 200, "test": 200})
-
-
 def table_to_text_examples(split: str = "train", seed: int = 0) -> list[dict]:
     """TinyWorld's table-to-text set, an E2E-style task (Novikova et al., 2017; Li & Liang, 2021's
     first benchmark) built from the world's facts: a record of one person, "name" and 2 to 5 of
@@ -387,9 +371,7 @@ def table_to_text_examples(split: str = "train", seed: int = 0) -> list[dict]:
     Split by person like qa_closed (val and test records are about their split's people, whose
     names no training record holds); a record (person, set of fields) occurs once over all splits.
     1500 / 200 / 200 examples {"fields", "table", "text"}; a copy, so callers may edit it."""
-    if split not in world.SPLITS:
-        raise ValueError(f"split={split!r} must be one of {world.SPLITS}")
-    return copy.deepcopy(_table_to_text(seed)[split])
+    return [{**r, "table": T.linearize_table(r["fields"])} for r in world.table_records(split, seed)]
 
 
 def table_to_text_pairs(split: str = "train", seed: int = 0) -> list[tuple[str, str]]:

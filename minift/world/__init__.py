@@ -88,7 +88,7 @@ import tempfile
 from .build import Event, Person, TinyWorld, Town, _check_seed, _check_split, _world, get_world
 from .corpus import _corpus
 from .instructions import HELDOUT_INSTRUCTION_TYPES, INSTRUCTION_TYPES
-from .task_sets import NER_TEMPLATES, SENTIMENT_FRAMES, _TASK_MAKERS
+from .task_sets import NER_TEMPLATES, SENTIMENT_FRAMES, _TASK_MAKERS, _table_to_text
 from .templates import (CANONICAL, DIALOGUE_LINES, EVENT_TEMPLATES, FACT_TEMPLATES, LETTER_LINES,
                         QUESTION_TEMPLATES, STORY_BEATS, TOWN_TEMPLATES, _a)
 from .vocab import (CORPUS_SPLITS, DAYS, DOMAIN2_CHARS, FEATURES, FOODS, GIFTS, HELDOUT_ANIMALS, HELDOUT_FOODS,
@@ -97,7 +97,8 @@ from .vocab import (CORPUS_SPLITS, DAYS, DOMAIN2_CHARS, FEATURES, FOODS, GIFTS, 
 
 __all__ = [
     # the public API
-    "get_world", "pretrain_corpus", "domain2_corpus", "task", "fingerprint", "write_jsonl", "clear_cache",
+    "get_world", "pretrain_corpus", "domain2_corpus", "task", "table_records", "fingerprint", "write_jsonl",
+    "clear_cache",
     # the world's types
     "TinyWorld", "Town", "Person", "Event",
     # sizes, splits, names of things
@@ -138,6 +139,18 @@ def task(name: str, split: str = "train", seed: int = 0) -> list:
         raise ValueError(f"unknown task {name!r}; valid task names are {list(TASKS)}")
     _check_split(split, SPLITS)
     return copy.deepcopy(_task(_check_seed(seed), name)[split])
+
+
+@functools.lru_cache(maxsize=8)
+def _table_records(seed: int) -> dict:
+    return _table_to_text(get_world(seed), random.Random(f"tinyworld/{seed}/task/table_to_text"))
+
+
+def table_records(split: str = "train", seed: int = 0) -> list:
+    """Lesson 07's table-to-text records of `split` (a fresh copy): {"fields": [(attribute, value)],
+    "text"}, split by person; 1500 / 200 / 200. Outside TASKS (and its files and fingerprint)."""
+    _check_split(split, SPLITS)
+    return copy.deepcopy(_table_records(_check_seed(seed))[split])
 
 
 def _jsonl(objs) -> bytes:
@@ -193,5 +206,5 @@ def write_jsonl(out_dir: str, seed: int = 0) -> dict:
 
 def clear_cache() -> None:
     """Forget every cached world, corpus and task (tests use it to time a cold build)."""
-    for f in (_world, _corpus, _task, _files):
+    for f in (_world, _corpus, _task, _table_records, _files):
         f.cache_clear()

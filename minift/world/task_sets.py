@@ -319,6 +319,20 @@ def _dialogue(w, rng):
     return _by_split(make, rng, {"train": 1200, "val": 150, "test": 150})
 
 
+def _table_to_text(w, rng):
+    """Records of one person ("name" and 2 to 5 of the six relations, in a random order) and the text
+    stating them, one canonical sentence per field in the order of RELATIONS (lesson 07's E2E-style
+    task). Not in `TASKS`: reached through `world.table_records`, so the fingerprint of the task files
+    stays what it was. A (person, set of fields) occurs once over all splits."""
+    def make(rng, split, i):
+        p = rng.choice(w.people_in(split))
+        rels = rng.sample(RELATIONS, rng.randint(2, 5))                  # the record's fields, in its order
+        fields = [("name", p.name)] + [(r, p.fact(r)) for r in rels]
+        text = " ".join(_say(CANONICAL[r], p.name, p.pronoun, p.fact(r)) for r in RELATIONS if r in rels)
+        return (p.name, tuple(sorted(rels))), {"fields": fields, "text": text}
+    return _by_split(make, rng, {"train": 1500, "val": 200, "test": 200})
+
+
 _TASK_MAKERS = {"qa_closed": _qa_closed, "qa_extractive": _qa_extractive, "instructions": _instructions,
                 "sentiment": _sentiment, "ner": _ner, "summarization": _summarization,
                 "paraphrase": _paraphrase, "preference": _preference, "pairs": _pairs, "dialogue": _dialogue}
