@@ -62,11 +62,10 @@ def completion_mask(ids: torch.Tensor, attention_mask: torch.Tensor, response_id
     return keep
 
 
-def _batch(tok, prompts: Sequence[str], responses: Sequence[str], dev) -> dict:
-    b = collate([{"idx": torch.tensor(tok.encode_pair(p, r)[0], device="cpu")}              # collated on the CPU
-                 for p, r in zip(prompts, responses)], tok.pad_id)
-    return {"idx": b["idx"].to(dev), "attention_mask": completion_mask(b["idx"], b["attention_mask"],
-                                                                      tok.response_id).to(dev)}
+def _batch(tok, prompts: Sequence[str], responses: Sequence[str]) -> dict:
+    """<|prompt|> x <|response|> y <|endoftext|> of each pair, padded: {"idx", "attention_mask"} (B, T) on the CPU."""
+    return collate([{"idx": torch.tensor(tok.encode_pair(p, r)[0], device="cpu")} for p, r in zip(prompts, responses)],
+                   tok.pad_id)
 
 
 def train_sentiment_classifier(body, tok, examples: Sequence[dict], train_cfg: TrainConfig) -> SequenceClassifier:
@@ -79,9 +78,10 @@ def train_sentiment_classifier(body, tok, examples: Sequence[dict], train_cfg: T
         p.requires_grad_(True)
     items = [{"prompt": e["prompt"], "response": e["response"], "label": e["label"]} for e in examples]
 
-    def col(batch):
-        b = _batch(tok, [e["prompt"] for e in batch], [e["response"] for e in batch], "cpu")
-        return {**b, "labels": torch.tensor([e["label"] for e in batch], device="cpu")}   # train() moves it
+    def col(batch):                                                         # train() moves it to the model
+        b = _batch(tok, [e["prompt"] for e in batch], [e["response"] for e in batch])
+        return {"idx": b["idx"], "attention_mask": completion_mask(b["idx"], b["attention_mask"], tok.response_id),
+                "labels": torch.tensor([e["label"] for e in batch], device="cpu")}
     train(clf, items, train_cfg, loss_fn=classifier_loss, collate_fn=col)
     return clf.eval()
 
@@ -92,11 +92,11 @@ def positive_prob(clf: SequenceClassifier, tok, prompts: Sequence[str], response
     """p_φ(positive | y) of each completion, reading the completion only: (N,) float32 on the CPU."""
     if len(prompts) != len(responses):
         raise ValueError(f"{len(prompts)} prompts and {len(responses)} responses: one response per prompt")
-    clf.eval()
+    reward, dev = classifier_reward(clf, tok.response_id), model_device(clf)
     out = []
     for a in range(0, len(prompts), batch_size):
-        b = _batch(tok, prompts[a:a + batch_size], responses[a:a + batch_size], model_device(clf))
-        out.append(clf(b["idx"], attention_mask=b["attention_mask"]).logits.float().softmax(-1)[:, 1].cpu())
+        b = _batch(tok, prompts[a:a + batch_size], responses[a:a + batch_size])
+        out.append(reward(b["idx"].to(dev), b["attention_mask"].to(dev)).cpu())             # (b,)
     return torch.cat(out)
 
 
