@@ -29,7 +29,7 @@ node has a GPU of its own (LOCAL_WORLD_SIZE <= torch.cuda.device_count()): rank 
 uses GPU r (torch.cuda.set_device(LOCAL_RANK)), and `rank_device()` says which, so the model goes
 there before training. Otherwise (no GPU, or more ranks than GPUs) it picks gloo and the ranks run
 on the CPU. NCCL reduces GPU tensors only: the gradient all-reduce works on a flat buffer made on
-the gradients' own device, and `mean_over_ranks` puts its one number on this rank's GPU.
+the gradients' own device, and `sum_over_ranks` puts its one number on this rank's GPU.
 """
 from __future__ import annotations
 
@@ -184,10 +184,11 @@ def allreduce_gradients(params: list[torch.Tensor]) -> int:
     return flat.numel() * flat.element_size()
 
 
-def mean_over_ranks(value: float) -> float:
-    """The mean of a Python number over the ranks (for logging the global loss)."""
+def sum_over_ranks(value: float) -> float:
+    """The sum of a Python number over the ranks (the step's loss, its count of targets); the number
+    itself outside a process group."""
     if not is_distributed():
         return value
     t = torch.tensor([float(value)], dtype=torch.float64, device=rank_device())   # nccl: GPU tensors only
     dist.all_reduce(t, op=dist.ReduceOp.SUM)
-    return float(t.item()) / dist.get_world_size()
+    return float(t.item())

@@ -9,6 +9,16 @@ calling `train`. The loss is pluggable: `loss_fn(model, batch) -> (loss, {name: 
 same loop trains a language model, a classifier, a reward model or DPO. Loss masks travel in the
 batch (targets = -100 where no loss is taken).
 
+Gradient accumulation. A step of k = grad_accum micro-batches (times W ranks) trains on one loss
+
+    L = sum_j w_j L_j,    sum_j w_j = 1 over every micro-batch of the step, on every rank
+
+A loss that is a mean over the batch's counted targets says so (`loss_fn.token_mean = True`, as
+`lm_loss` does); then w_j = n_j / N, with n_j the counted targets (targets != -100) of micro-batch j
+and N those of the whole step: one mean over the step's tokens, exactly the loss of one batch holding
+all its rows, however the masks and padding split the tokens (lesson 01's (1.8)). Any other loss is
+a mean over its batch's examples and w_j = 1 / (k W): the mean of the micro-batches' means.
+
 Runs are deterministic for a given seed: batches are drawn with a private torch.Generator, and
 dropout uses the global RNG seeded at the start. Under torchrun (after distributed.init_from_env())
 the same loop runs data-parallel: rank r of W takes micro-batches r, r + W, ... and the trainable
@@ -40,8 +50,8 @@ from typing import Callable, Optional
 import torch
 from tqdm.auto import tqdm
 
-from .distributed import (allreduce_gradients, broadcast_parameters, mean_over_ranks, rank_and_world,
-                          rank_micro_batches)
+from .distributed import (allreduce_gradients, broadcast_parameters, rank_and_world, rank_micro_batches,
+                          sum_over_ranks)
 from .model import IGNORE_INDEX, at_least_fp32, check_target_ids
 from .validate import FieldTypeError, check_bool, check_choice, check_float, check_int, check_str
 
@@ -128,9 +138,32 @@ def model_device(model) -> torch.device:
 
 
 def lm_loss(model, batch):
-    """Next-token cross-entropy over the positions whose target is not -100."""
+    """Next-token cross-entropy, the mean over the positions whose target is not -100."""
     out = model(batch["idx"], batch["targets"], attention_mask=batch.get("attention_mask"))
     return out.loss, {}
+
+
+lm_loss.token_mean = True      # a mean over counted targets: train weighs micro-batches by their counts
+
+
+def counted_targets(batch) -> int:
+    """The number of targets of a batch that a token-mean loss counts (targets != -100)."""
+    if not (isinstance(batch, dict) and "targets" in batch):
+        raise ValueError("train: a token-mean loss_fn (loss_fn.token_mean = True) needs batches with 'targets'; "
+                         f"this batch has {sorted(batch) if isinstance(batch, dict) else type(batch).__name__}")
+    return int((batch["targets"] != IGNORE_INDEX).sum())
+
+
+def micro_batch_weights(batches: list, token_mean: bool, grad_accum: int, world: int) -> list[float]:
+    """w_j for this rank's micro-batches of one step (see the module doc), summing to 1 over every rank:
+    w_j = n_j / N for a token-mean loss (N summed over the ranks), else 1 / (grad_accum * world)."""
+    if not token_mean:
+        return [1.0 / (grad_accum * world)] * len(batches)
+    counts = [counted_targets(b) for b in batches]          # n_j
+    total = round(sum_over_ranks(sum(counts)))               # N: the step's counted targets, all ranks
+    if total == 0:                                           # nothing to predict in the whole step: every
+        return [1.0 / (grad_accum * world)] * len(batches)   # L_j is 0 (GPT.forward), the gradient zero
+    return [n / total for n in counts]
 
 
 def stack_collate(items: list[dict]) -> dict:
@@ -231,6 +264,7 @@ def train(model, dataset, cfg: TrainConfig, *, loss_fn: Callable = lm_loss,
     rank, world = rank_and_world()                # data-parallel under torchrun (minift/distributed.py)
     broadcast_parameters(model)                   # every rank starts from rank 0's weights
     opt = optimizer or make_optimizer(model, cfg)
+    token_mean = bool(getattr(loss_fn, "token_mean", False))   # micro-batches weighed by counted targets
     sampler = (BucketSampler([item_length(dataset[i]) for i in range(len(dataset))], cfg.batch_size, cfg.seed,
                              cfg.length_buckets) if cfg.length_buckets else BatchSampler(len(dataset), cfg.batch_size, cfg.seed))
     history: list[dict] = []
@@ -243,26 +277,32 @@ def train(model, dataset, cfg: TrainConfig, *, loss_fn: Callable = lm_loss,
             g["lr"] = lr
         total, metrics = 0.0, {}
         mine = set(rank_micro_batches(cfg.grad_accum * world, world, rank))
+        micro = []
         for j in range(cfg.grad_accum * world):   # the same stream on every rank; rank r takes r, r + W, ...
             take = sampler.next()
-            if j not in mine:
+            if j in mine:
+                micro.append(collate_fn([dataset[i] for i in take]))
+        weights = micro_batch_weights(micro, token_mean, cfg.grad_accum, world)   # w_j, Σ_j w_j = 1 (all ranks)
+        mine_w = sum(weights) or 1.0              # this rank's share: its metrics are its own weighted mean
+        for batch, w in zip(micro, weights):
+            if "targets" in batch:
+                tokens += int((batch["targets"] != IGNORE_INDEX).sum())
+            if w == 0:                            # no counted target here (n_j = 0): nothing to learn from
                 continue
-            batch = to_device(collate_fn([dataset[i] for i in take]), device)
+            batch = to_device(batch, device)
             with amp:                             # forward + loss (autocast: in bf16 / fp16)
                 loss, m = loss_fn(model, batch)
             if not torch.isfinite(loss):
                 raise ValueError(f"train: loss became {loss.item()} at step {step}; lower the lr "
                                  f"(now {lr:.2e}) or check the inputs")
-            scaled = loss / cfg.grad_accum
+            scaled = loss * (w * world)           # the all-reduce divides by W: Σ_r W Σ_j w_j ∇L_j / W = ∇L
             (scaled if scaler is None else scaler.scale(scaled)).backward()   # fp16: d(S L)/dθ
-            total += loss.item() / cfg.grad_accum
+            total += w * loss.item()
             for k, v in m.items():
-                metrics[k] = metrics.get(k, 0.0) + float(v) / cfg.grad_accum
-            if "targets" in batch:
-                tokens += int((batch["targets"] != IGNORE_INDEX).sum())
+                metrics[k] = metrics.get(k, 0.0) + float(v) * w / mine_w
         params = [p for g in opt.param_groups for p in g["params"]]
         comm = allreduce_gradients(params)        # g = (1/W) Σ_r g_r over the trainable parameters only
-        total = mean_over_ranks(total)
+        total = sum_over_ranks(total)             # L = Σ over all ranks' micro-batches of w_j L_j
         if scaler is not None:
             scaler.unscale_(opt)                  # g / S: clipping sees the true gradient
         gn = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip if cfg.grad_clip > 0 else float("inf"))

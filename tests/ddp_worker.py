@@ -21,7 +21,9 @@ def setup(seed=0):
                 p.add_(0.1 * torch.randn_like(p))
     g = torch.Generator().manual_seed(seed + 1)
     seqs = torch.randint(0, 32, (24, 9), generator=g)
-    data = [{"idx": s[:-1], "targets": s[1:]} for s in seqs]
+    keep = torch.rand(24, 8, generator=g) < torch.rand(24, 1, generator=g)   # each row its own loss mask
+    keep[:, 0] = True
+    data = [{"idx": s[:-1], "targets": s[1:].masked_fill(~k, -100)} for s, k in zip(seqs, keep)]
     return model, data
 
 

@@ -23,7 +23,7 @@ from minift.align.ppo import PPOConfig, frozen_copy, train_ppo
 from minift.align.reward import RewardConfig, RewardModel, train_reward_model
 from minift.align.sft import SFTConfig, train_sft
 from minift.checkpoint import load_model, load_trainable, save_model, save_trainable
-from minift.distributed import gpus_for_every_rank, init_from_env, mean_over_ranks, rank_device
+from minift.distributed import gpus_for_every_rank, init_from_env, sum_over_ranks, rank_device
 from minift.evals import best_threshold, evaluate_preferences, evaluate_reward_model, threshold_accuracy
 from minift.model import GPTConfig
 from minift.tasks import SFTDataset, collate, collate_fn
@@ -221,4 +221,4 @@ def test_data_parallel_picks_nccl_only_with_a_gpu_per_rank(monkeypatch):
     monkeypatch.setenv("WORLD_SIZE", "2")
     with pytest.raises(ValueError, match="one GPU per rank"):          # before any process group is made
         init_from_env("nccl")
-    assert rank_device() == torch.device("cpu") and mean_over_ranks(2.5) == 2.5   # no process group: cpu
+    assert rank_device() == torch.device("cpu") and sum_over_ranks(2.5) == 2.5   # no process group: cpu

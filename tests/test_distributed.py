@@ -6,7 +6,7 @@ import sys
 import pytest
 import torch
 
-from minift.distributed import allreduce_gradients, mean_over_ranks, per_rank_batch, rank_and_world
+from minift.distributed import allreduce_gradients, sum_over_ranks, per_rank_batch, rank_and_world
 from minift.train import TrainConfig, train
 
 pytestmark = pytest.mark.core
@@ -30,7 +30,8 @@ def test_two_processes_equal_one_process_with_gradient_accumulation(tmp_path):
     assert set(mine) == set(got["state"])
     for n, p in mine.items():
         torch.testing.assert_close(got["state"][n], p, atol=1e-6, rtol=1e-5)
-    # the logged losses are the means over both ranks, as the single process averages its micro-batches
+    # the rows keep different numbers of targets: both runs take one mean over each step's tokens, so the
+    # weights n_j / N need N summed over the ranks; the logged losses are that mean too
     torch.testing.assert_close(torch.tensor(got["loss"]), torch.tensor([h["loss"] for h in hist]), atol=1e-6, rtol=1e-6)
     n_trainable = sum(p.numel() for p in mine.values())
     n_all = sum(p.numel() for p in model.parameters())
@@ -43,7 +44,7 @@ def test_outside_a_process_group_nothing_is_communicated():
     p = torch.nn.Parameter(torch.ones(3))
     p.grad = torch.full((3,), 2.0)
     assert allreduce_gradients([p]) == 0 and torch.equal(p.grad, torch.full((3,), 2.0))
-    assert mean_over_ranks(1.5) == 1.5
+    assert sum_over_ranks(1.5) == 1.5
 
 
 def test_a_world_size_that_does_not_divide_the_batch_raises():

@@ -60,6 +60,49 @@ def test_accumulation_equals_one_big_batch():
         torch.testing.assert_close(p1, p2, atol=1e-12, rtol=1e-10)
 
 
+@settings(deadline=None, max_examples=15)
+@given(k=st.integers(2, 4), b=st.integers(1, 3), keep=st.floats(0.05, 1.0), seed=st.integers(0, 2 ** 16))
+def test_accumulation_with_loss_masks_takes_one_mean_over_the_steps_tokens(k, b, keep, seed):
+    """k micro-batches of b rows whose loss masks keep different numbers of targets (one may keep
+    none) take the same step as one batch of all k*b rows: one mean over the step's tokens."""
+    g = torch.Generator().manual_seed(seed)
+    data = _data(k * b, seed)
+    for d in data:                                   # each row keeps a random share of its targets
+        drop = torch.rand(CFG.block_size, generator=g) > keep
+        d["targets"] = d["targets"].masked_fill(drop, -100)
+    if all(bool((d["targets"] == -100).all()) for d in data):
+        data[0]["targets"][0] = 1                   # the step needs one counted target
+
+    def step(bs, acc):
+        torch.manual_seed(0)
+        m = GPT(CFG).double()
+        opt = torch.optim.SGD(m.parameters(), lr=1.0)    # the update is the gradient itself
+        before = [p.detach().clone() for p in m.parameters()]
+        h = train(m, data, TrainConfig(steps=1, batch_size=bs, grad_accum=acc, lr=1.0, warmup_steps=0,
+                                       grad_clip=0, progress=False), optimizer=opt)
+        return [p0 - p.detach() for p0, p in zip(before, m.parameters())], h[0]["loss"]
+
+    (g_big, l_big), (g_small, l_small) = step(k * b, 1), step(b, k)
+    for a, c in zip(g_big, g_small):
+        torch.testing.assert_close(c, a, atol=1e-12, rtol=1e-9)
+    assert math.isclose(l_small, l_big, rel_tol=1e-10)
+    # the step's loss is the token mean of the rows' summed NLLs, computed here from scratch
+    torch.manual_seed(0)
+    m = GPT(CFG).double()
+    x = torch.stack([d["idx"] for d in data])
+    y = torch.stack([d["targets"] for d in data])
+    logits = m(x).logits
+    nll = torch.nn.functional.cross_entropy(logits.reshape(-1, CFG.vocab_size), y.reshape(-1), ignore_index=-100,
+                                            reduction="sum")
+    assert math.isclose(l_small, nll.item() / int((y != -100).sum()), rel_tol=1e-10)
+
+
+def test_a_token_mean_loss_needs_targets_in_its_batches():
+    data = [{"idx": d["idx"]} for d in _data(4)]
+    with pytest.raises(ValueError, match="needs batches with 'targets'"):
+        train(GPT(CFG), data, TrainConfig(steps=1, batch_size=2, progress=False))
+
+
 def test_frozen_parameters_do_not_move_and_masked_targets_give_no_gradient():
     torch.manual_seed(0)
     m = GPT(CFG)
