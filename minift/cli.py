@@ -156,8 +156,30 @@ def cmd_check(args) -> int:
         g = classroom.grade(les, impl)
     except ValueError as e:                    # not a Python file of run_* functions, or it does not import
         return _usage_error(f"minift check: {e}")
-    print(classroom.as_json(g) if args.json else classroom.report(g))
+    if args.json_out:
+        classroom.write_grade(g, args.json_out)
+    else:
+        print(classroom.as_json(g) if args.json else classroom.report(g))
     return 0 if g["points"] == g["max_points"] else 1
+
+
+def cmd_grade(args) -> int:
+    _need("hypothesis", "grade")
+    from .conformance import classroom
+    les = _find_lesson(args.lesson)
+    try:
+        rows = classroom.grade_class(les, args.paths, timeout=args.timeout, jobs=args.jobs)
+    except ValueError as e:
+        return _usage_error(f"minift grade: {e}")
+    print(classroom.gradebook_table(rows))
+    if args.out:
+        out = Path(args.out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = out.with_name(out.name + ".tmp")
+        tmp.write_text(classroom.gradebook_csv(rows))
+        tmp.replace(out)                        # a gradebook is never left half-written
+        print(f"wrote {out}")
+    return 0
 
 
 def cmd_exercise(args) -> int:
@@ -257,6 +279,17 @@ def main(argv=None) -> int:
                    "`minift exercise NN` made one, else the lesson's exercise.py)")
     c.add_argument("--json", action="store_true", help="print the grade as JSON (points per exercise, failures)")
     c.add_argument("--pytest", action="store_true", help="run pytest -m lessonNN --impl FILE instead (every test of the lesson)")
+    c.add_argument("--json-out", default=None, metavar="FILE", help="write the JSON grade to FILE instead of printing "
+                   "(what `minift grade` reads: a submission's own prints cannot spoil it)")
+    gr = sub.add_parser("grade", help="grade a class: every submission (files or folders of .py files) in a process "
+                        "of its own, with a time limit; a table, and a CSV gradebook with --out")
+    gr.add_argument("lesson")
+    gr.add_argument("paths", nargs="+", metavar="PATH", help="a student's .py file, or a folder of them (any depth)")
+    gr.add_argument("--out", default=None, metavar="CSV", help="write the gradebook here: submission, status, points, "
+                    "max_points, one column per exercise, note")
+    gr.add_argument("--timeout", type=float, default=600.0, help="seconds per submission (default 600); past it the "
+                    "row says timeout")
+    gr.add_argument("--jobs", "-j", type=int, default=1, help="submissions graded at once (default 1)")
     e = sub.add_parser("exercise", help="copy a lesson's exercise stubs to exercises/NN_name.py (--reset: put them back)")
     e.add_argument("lesson")
     e.add_argument("--reset", action="store_true", help="overwrite your copy with the stubs (kept as .bak)")
@@ -290,7 +323,7 @@ def main(argv=None) -> int:
     if argv[:1] == ["verify"]:
         return cmd_verify(None, argv[1:])
     args = p.parse_args(argv)
-    return {"lessons": cmd_lessons, "run": cmd_run, "check": cmd_check, "bench": cmd_bench,
+    return {"lessons": cmd_lessons, "run": cmd_run, "check": cmd_check, "grade": cmd_grade, "bench": cmd_bench,
             "pretrain": cmd_pretrain, "data": cmd_data, "golden": cmd_golden, "exercise": cmd_exercise,
             "notebook": cmd_notebook}[args.cmd](args)
 

@@ -69,3 +69,49 @@ def test_check_prints_json_points_and_exits_nonzero_when_an_exercise_fails(tmp_p
     assert 0 < g["points"] < g["max_points"]
     assert g["failures"] and all(f["status"] in ("FAIL", "NOT IMPLEMENTED", "MISSING") for f in g["failures"])
     assert any(f["adapter"] == "run_softmax" and f["counterexample"] for f in g["failures"])
+
+
+def test_grading_a_class_isolates_every_submission_and_writes_a_gradebook(tmp_path, capsys):
+    """`minift grade`: a full-marks file that prints, one in a subfolder that does not parse and one that
+    exits at import each get their own row, and the CSV holds them all; a file that never finishes
+    is stopped at its time limit."""
+    from minift.cli import main
+    les = next(le for le in GRADED if le["nn"] == "10")
+    names = sorted({c.adapter for c in CHECKS.values() if c.lesson == "lesson10"})
+    sub = tmp_path / "sub"
+    (sub / "bob").mkdir(parents=True)
+    (sub / "alice.py").write_text(f"from minift.conformance.reference import {', '.join(names)}  # noqa: F401\n"
+                                  f"print('{{\"points\": 0}}')\n")                  # its prints are not the grade
+    carol = tmp_path / "carol.py"                       # graded alone below, with a short time limit
+    carol.write_text("import time\nwhile True:\n    time.sleep(0.2)\n")
+    (sub / "bob" / "dave.py").write_text("def run_loreft(:\n")
+    (sub / "erin.py").write_text("import os\nos._exit(7)\n")
+    (sub / "notes.txt").write_text("not a submission\n")
+    out = tmp_path / "grades" / "g10.csv"
+    assert main(["grade", "10", str(sub), "--out", str(out), "--timeout", "300", "--jobs", "2"]) == 0
+    rows = list(__import__("csv").DictReader(out.open()))
+    got = {r["submission"].replace(str(sub), "sub"): r for r in rows}
+    assert list(got) == ["sub/alice.py", "sub/bob/dave.py", "sub/erin.py"]
+    n = sum(c.lesson == "lesson10" for c in CHECKS.values())
+    assert {r["max_points"] for r in rows} == {str(n)}
+    assert (got["sub/alice.py"]["status"], got["sub/alice.py"]["points"]) == ("graded", str(n))
+    assert sum(int(got["sub/alice.py"][a]) for a in names) == n
+    dave = got["sub/bob/dave.py"]                                               # folders: at any depth
+    assert (dave["status"], dave["points"]) == ("import error", "0") and dave["note"].startswith("line 1: SyntaxError")
+    assert got["sub/erin.py"]["status"] == "crashed" and got["sub/erin.py"]["note"] == "exit status 7"
+    assert "1 of 3 file(s) graded" in capsys.readouterr().out
+    row = classroom.grade_one(les, carol, timeout=2)      # never finishes: stopped, and the row says so
+    assert (row["status"], row["points"], row["note"]) == ("timeout", 0, "stopped after 2 s")
+
+
+def test_grade_refuses_what_is_not_a_submission(tmp_path):
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "a.txt").write_text("x")
+    for paths, match in (([tmp_path / "nope"], "no such file or folder"), ([tmp_path / "a.txt"], "not a .py file"),
+                         ([tmp_path / "empty"], "without any .py file")):
+        with pytest.raises(ValueError, match=match):
+            classroom.submissions(paths)
+    (tmp_path / "x.py").write_text("")
+    assert classroom.submissions([tmp_path / "x.py", tmp_path, tmp_path / "x.py"]) == [tmp_path / "x.py"]
+    with pytest.raises(ValueError, match="jobs"):
+        classroom.grade_class(LESSONS[0], [tmp_path / "x.py"], jobs=0)

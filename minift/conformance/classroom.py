@@ -5,6 +5,8 @@
     minift check 05                     grade exercises/05_lora.py (or, if you have none, the lesson's own file)
     minift check 05 --impl FILE         grade any file, e.g. a student's submission
     minift check 05 --json              the same, as one JSON object (for a gradebook or CI)
+    minift grade 05 submissions/ --out grades.csv
+                                        a whole class: every .py file, each in a process of its own
 
 An exercise is one `run_*` function of the lesson. Its points are the conformance checks that use it
 (one point per check, registered with the lesson's pytest marker, see harness.py); a check passes
@@ -12,11 +14,27 @@ only if every hypothesis example passes. The report is a table per exercise, the
 the property it tests and hypothesis' smallest counterexample.
 
 The lesson's own exercise.py is never written to, so `git pull` never conflicts with a student's work.
+
+Grading a class (`grade_class`). Each submission runs as `minift check NN --impl FILE --json-out F`
+in a process of its own, with the derandomized examples (CI=1: every student gets the same ones) and
+a time limit: a file that loops forever, exits at import or crashes the interpreter costs its own row
+("timeout", "crashed"), never the class. Printing in a student's file cannot spoil the grade, which
+travels in F. The gradebook is one row per file: status, points, max points, the points of each
+exercise, and a note (what stopped it). A process is isolation from mistakes, not a sandbox: a
+submission runs with the teacher's permissions, so grade untrusted code in a container.
 """
 from __future__ import annotations
 
+import csv
+import io
 import json
+import os
 import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
 
 from .harness import CHECKS, FAIL, MISSING, NOT_IMPLEMENTED, PASS
@@ -110,3 +128,126 @@ def as_json(g: dict) -> str:
         "failures": [{"check": r.name, "adapter": r.adapter, "status": r.status, "error": r.error,
                       "counterexample": r.counterexample, "calls": r.calls, "follows": list(r.follows)} for r in g["results"] if r.status in (FAIL, NOT_IMPLEMENTED, MISSING)]},
         indent=1)
+
+
+def write_grade(g: dict, path) -> None:
+    """The JSON grade written to `path` all at once (a temporary file, then renamed)."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(as_json(g))
+    tmp.replace(path)
+
+
+# ---- a whole class ----------------------------------------------------------------------------------
+
+STATUSES = ("graded", "import error", "timeout", "crashed")
+
+
+def submissions(paths) -> list[Path]:
+    """The .py files to grade: each path a .py file, or a folder whose .py files (at any depth, sorted)
+    are taken. Raises ValueError for a path that does not exist, a file that is not .py, or no file."""
+    found: list[Path] = []
+    for p in map(Path, paths):
+        if p.is_dir():
+            inside = sorted(q for q in p.rglob("*.py") if q.is_file() and "__pycache__" not in q.parts)
+            if not inside:
+                raise ValueError(f"{p}: a folder without any .py file to grade")
+            found += inside
+        elif p.is_file():
+            if p.suffix != ".py":
+                raise ValueError(f"{p}: not a .py file; a submission is a Python file of run_* functions")
+            found.append(p)
+        else:
+            raise ValueError(f"{p}: no such file or folder")
+    return list(dict.fromkeys(found))                      # each file once, in the order given
+
+
+def exercise_names(lesson: dict) -> list[str]:
+    """The lesson's graded run_* functions, in the order of its checks."""
+    marker = f"lesson{lesson['nn']}"
+    return list(dict.fromkeys(c.adapter for c in CHECKS.values() if c.lesson == marker))
+
+
+def grade_one(lesson: dict, path, timeout: float, threads: int = 1) -> dict:
+    """Grade one file in a child process (see the module doc). Returns the gradebook row
+    {"submission", "status", "points", "max_points", "exercises": {run_*: points}, "note"}."""
+    path = Path(path)
+    fd, name = tempfile.mkstemp(prefix="minift-grade-", suffix=".json")   # the child writes the grade here
+    os.close(fd)
+    out = Path(name)
+    row = {"submission": str(path), "status": "crashed", "points": 0,
+           "max_points": sum(c.lesson == f"lesson{lesson['nn']}" for c in CHECKS.values()),
+           "exercises": {name: 0 for name in exercise_names(lesson)}, "note": ""}
+    env = {**os.environ, "CI": "1", "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+    cmd = [sys.executable, "-m", "minift.cli", "check", lesson["nn"], "--impl", str(path.resolve()),
+           "--json-out", str(out.resolve())]
+    out.unlink(missing_ok=True)
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env,
+                            start_new_session=True)          # its own process group: a timeout kills it all
+    try:
+        _, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        if hasattr(os, "killpg"):
+            os.killpg(proc.pid, signal.SIGKILL)             # the child and whatever it started
+        else:                                               # Windows: no process groups here
+            proc.kill()
+        proc.communicate()
+        out.unlink(missing_ok=True)
+        return row | {"status": "timeout", "note": f"stopped after {timeout:g} s"}
+    try:
+        if proc.returncode in (0, 1) and out.is_file():     # 0: full marks, 1: not (minift check's codes)
+            g = json.loads(out.read_text())
+            return row | {"status": "graded", "points": g["points"], "max_points": g["max_points"],
+                          "exercises": {e["adapter"]: e["points"] for e in g["exercises"]},
+                          "note": ", ".join(sorted({f["adapter"] for f in g["failures"]}))}
+    finally:
+        out.unlink(missing_ok=True)
+    last = next((ln.strip() for ln in reversed(err.splitlines()) if ln.strip()), "")
+    if proc.returncode == 2 and "cannot import it: " in last:
+        return row | {"status": "import error", "note": last.split("cannot import it: ", 1)[1]}
+    why = f"signal {-proc.returncode}" if proc.returncode < 0 else f"exit status {proc.returncode}"
+    return row | {"note": f"{why}: {last}" if last else why}
+
+
+def grade_class(lesson: dict, paths, timeout: float = 600.0, jobs: int = 1, progress: bool = True) -> list[dict]:
+    """Grade every submission (see `submissions`), `jobs` at a time, each within `timeout` seconds.
+    Rows come back in the submissions' order."""
+    files = submissions(paths)
+    if not (isinstance(jobs, int) and jobs >= 1):
+        raise ValueError(f"jobs={jobs!r} must be an int >= 1")
+    if not timeout > 0:
+        raise ValueError(f"timeout={timeout!r} must be > 0 seconds")
+    threads = max(1, (os.cpu_count() or 1) // jobs)
+    from tqdm import tqdm
+    rows: dict = {}
+    with ThreadPoolExecutor(max_workers=jobs) as pool:
+        futures = {pool.submit(grade_one, lesson, f, timeout, threads): f for f in files}
+        for fut in tqdm(as_completed(futures), total=len(files), desc=f"grading lesson {lesson['nn']}",
+                        disable=not progress, leave=False):
+            rows[futures[fut]] = fut.result()
+    return [rows[f] for f in files]
+
+
+def gradebook_csv(rows: list[dict]) -> str:
+    """The rows as CSV: submission, status, points, max_points, one column per exercise, note."""
+    names = list(dict.fromkeys(n for r in rows for n in r["exercises"]))
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(["submission", "status", "points", "max_points", *names, "note"])
+    for r in rows:
+        w.writerow([r["submission"], r["status"], r["points"], r["max_points"],
+                    *(r["exercises"].get(n, 0) for n in names), r["note"]])
+    return buf.getvalue()
+
+
+def gradebook_table(rows: list[dict]) -> str:
+    """The rows as a text table (points as k/max), then how many files were graded."""
+    head = ("submission", "status", "points", "failing or why")
+    body = [(r["submission"], r["status"], f"{r['points']}/{r['max_points']}", r["note"]) for r in rows]
+    w = [max(len(x[i]) for x in [head, *body]) for i in range(3)]
+    lines = [f"{head[0]:<{w[0]}}  {head[1]:<{w[1]}}  {head[2]:>{w[2]}}  {head[3]}",
+             f"{'-' * w[0]}  {'-' * w[1]}  {'-' * w[2]}  {'-' * len(head[3])}"]
+    lines += [f"{a:<{w[0]}}  {b:<{w[1]}}  {c:>{w[2]}}  {d}" for a, b, c, d in body]
+    n = sum(r["status"] == "graded" for r in rows)
+    lines.append(f"{n} of {len(rows)} file(s) graded" + (f"; {len(rows) - n} could not be (see status)" if n < len(rows) else ""))
+    return "\n".join(lines)
