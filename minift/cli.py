@@ -156,9 +156,11 @@ def cmd_check(args) -> int:
         g = classroom.grade(les, impl)
     except ValueError as e:                    # not a Python file of run_* functions, or it does not import
         return _usage_error(f"minift check: {e}")
+    if args.report_out:
+        classroom.write_whole(args.report_out, classroom.report(g) + "\n")
     if args.json_out:
-        classroom.write_grade(g, args.json_out)
-    else:
+        classroom.write_whole(args.json_out, classroom.as_json(g))
+    if not (args.json_out or args.report_out):
         print(classroom.as_json(g) if args.json else classroom.report(g))
     return 0 if g["points"] == g["max_points"] else 1
 
@@ -168,17 +170,18 @@ def cmd_grade(args) -> int:
     from .conformance import classroom
     les = _find_lesson(args.lesson)
     try:
-        rows = classroom.grade_class(les, args.paths, timeout=args.timeout, jobs=args.jobs)
+        rows = classroom.grade_class(les, args.paths, timeout=args.timeout, jobs=args.jobs, reports=args.reports)
     except ValueError as e:
         return _usage_error(f"minift grade: {e}")
     print(classroom.gradebook_table(rows))
     if args.out:
         out = Path(args.out)
         out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = out.with_name(out.name + ".tmp")
-        tmp.write_text(classroom.gradebook_csv(rows))
-        tmp.replace(out)                        # a gradebook is never left half-written
+        classroom.write_whole(out, classroom.gradebook_csv(rows))   # never left half-written
         print(f"wrote {out}")
+    if args.reports:
+        print(f"wrote one report per file to {args.reports}/ (what `minift check` prints: every failure with "
+              f"its counterexample)")
     return 0
 
 
@@ -281,6 +284,7 @@ def main(argv=None) -> int:
     c.add_argument("--pytest", action="store_true", help="run pytest -m lessonNN --impl FILE instead (every test of the lesson)")
     c.add_argument("--json-out", default=None, metavar="FILE", help="write the JSON grade to FILE instead of printing "
                    "(what `minift grade` reads: a submission's own prints cannot spoil it)")
+    c.add_argument("--report-out", default=None, metavar="FILE", help="write the text report to FILE instead of printing")
     gr = sub.add_parser("grade", help="grade a class: every submission (files or folders of .py files) in a process "
                         "of its own, with a time limit; a table, and a CSV gradebook with --out")
     gr.add_argument("lesson")
@@ -290,6 +294,8 @@ def main(argv=None) -> int:
     gr.add_argument("--timeout", type=float, default=600.0, help="seconds per submission (default 600); past it the "
                     "row says timeout")
     gr.add_argument("--jobs", "-j", type=int, default=1, help="submissions graded at once (default 1)")
+    gr.add_argument("--reports", default=None, metavar="DIR", help="also write each file's report (what `minift "
+                    "check` prints, or why it could not be graded) to DIR/PATH.txt, to hand back")
     e = sub.add_parser("exercise", help="copy a lesson's exercise stubs to exercises/NN_name.py (--reset: put them back)")
     e.add_argument("lesson")
     e.add_argument("--reset", action="store_true", help="overwrite your copy with the stubs (kept as .bak)")

@@ -88,7 +88,9 @@ def test_grading_a_class_isolates_every_submission_and_writes_a_gradebook(tmp_pa
     (sub / "erin.py").write_text("import os\nos._exit(7)\n")
     (sub / "notes.txt").write_text("not a submission\n")
     out = tmp_path / "grades" / "g10.csv"
-    assert main(["grade", "10", str(sub), "--out", str(out), "--timeout", "300", "--jobs", "2"]) == 0
+    reports = tmp_path / "reports"
+    assert main(["grade", "10", str(sub), "--out", str(out), "--timeout", "300", "--jobs", "2",
+                 "--reports", str(reports)]) == 0
     rows = list(__import__("csv").DictReader(out.open()))
     got = {r["submission"].replace(str(sub), "sub"): r for r in rows}
     assert list(got) == ["sub/alice.py", "sub/bob/dave.py", "sub/erin.py"]
@@ -100,6 +102,11 @@ def test_grading_a_class_isolates_every_submission_and_writes_a_gradebook(tmp_pa
     assert (dave["status"], dave["points"]) == ("import error", "0") and dave["note"].startswith("line 1: SyntaxError")
     assert got["sub/erin.py"]["status"] == "crashed" and got["sub/erin.py"]["note"] == "exit status 7"
     assert "1 of 3 file(s) graded" in capsys.readouterr().out
+    back = {p.name: p.read_text() for p in reports.iterdir()}             # one report per file, to hand back
+    assert set(back) == {classroom.report_name(sub / f) for f in ("alice.py", "bob/dave.py", "erin.py")}
+    assert f"total: {n}/{n} points" in back[classroom.report_name(sub / "alice.py")]
+    assert "crashed: exit status 7" in back[classroom.report_name(sub / "erin.py")]
+    assert classroom.report_name("sub/bob/dave.py") == "sub__bob__dave.py.txt"
     row = classroom.grade_one(les, carol, timeout=2)      # never finishes: stopped, and the row says so
     assert (row["status"], row["points"], row["note"]) == ("timeout", 0, "stopped after 2 s")
 

@@ -5,8 +5,9 @@
     minift check 05                     grade exercises/05_lora.py (or, if you have none, the lesson's own file)
     minift check 05 --impl FILE         grade any file, e.g. a student's submission
     minift check 05 --json              the same, as one JSON object (for a gradebook or CI)
-    minift grade 05 submissions/ --out grades.csv
-                                        a whole class: every .py file, each in a process of its own
+    minift grade 05 submissions/ --out grades.csv --reports feedback/
+                                        a whole class: every .py file, each in a process of its own;
+                                        a CSV gradebook, and each file's report to hand back
 
 An exercise is one `run_*` function of the lesson. Its points are the conformance checks that use it
 (one point per check, registered with the lesson's pytest marker, see harness.py); a check passes
@@ -130,11 +131,13 @@ def as_json(g: dict) -> str:
         indent=1)
 
 
-def write_grade(g: dict, path) -> None:
-    """The JSON grade written to `path` all at once (a temporary file, then renamed)."""
+def write_whole(path, text: str) -> None:
+    """`text` written to `path` all at once (a temporary file, then renamed): a grade, a report or a
+    gradebook is never left half-written; the folder is made if needed."""
     path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(as_json(g))
+    tmp.write_text(text)
     tmp.replace(path)
 
 
@@ -168,10 +171,24 @@ def exercise_names(lesson: dict) -> list[str]:
     return list(dict.fromkeys(c.adapter for c in CHECKS.values() if c.lesson == marker))
 
 
-def grade_one(lesson: dict, path, timeout: float, threads: int = 1) -> dict:
+def report_name(path) -> str:
+    """The report file of a submission: its path with the folders joined by "__", e.g.
+    sub/bob/05.py -> sub__bob__05.py.txt (distinct paths, distinct names)."""
+    parts = [p for p in Path(path).parts if p not in ("/", "\\", ".", "..") and not p.endswith(":\\")]
+    return "__".join(parts) + ".txt"
+
+
+def grade_one(lesson: dict, path, timeout: float, threads: int = 1, report=None) -> dict:
     """Grade one file in a child process (see the module doc). Returns the gradebook row
-    {"submission", "status", "points", "max_points", "exercises": {run_*: points}, "note"}."""
-    path = Path(path)
+    {"submission", "status", "points", "max_points", "exercises": {run_*: points}, "note"}.
+    With `report` (a path), the file's text report is written there, or why it was not graded."""
+    row = _grade_child(lesson, Path(path), timeout, threads, report)
+    if report is not None and row["status"] != "graded":
+        write_whole(report, f"lesson {lesson['nn']}: grading {path}\n\n{row['status']}: {row['note']}\n")
+    return row
+
+
+def _grade_child(lesson: dict, path: Path, timeout: float, threads: int, report) -> dict:
     fd, name = tempfile.mkstemp(prefix="minift-grade-", suffix=".json")   # the child writes the grade here
     os.close(fd)
     out = Path(name)
@@ -179,8 +196,8 @@ def grade_one(lesson: dict, path, timeout: float, threads: int = 1) -> dict:
            "max_points": sum(c.lesson == f"lesson{lesson['nn']}" for c in CHECKS.values()),
            "exercises": {name: 0 for name in exercise_names(lesson)}, "note": ""}
     env = {**os.environ, "CI": "1", "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
-    cmd = [sys.executable, "-m", "minift.cli", "check", lesson["nn"], "--impl", str(path.resolve()),
-           "--json-out", str(out.resolve())]
+    cmd = [sys.executable, "-m", "minift.cli", "check", lesson["nn"], "--impl", str(path),
+           "--json-out", str(out.resolve())] + ([] if report is None else ["--report-out", str(Path(report).resolve())])
     out.unlink(missing_ok=True)
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env,
                             start_new_session=True)          # its own process group: a timeout kills it all
@@ -209,9 +226,11 @@ def grade_one(lesson: dict, path, timeout: float, threads: int = 1) -> dict:
     return row | {"note": f"{why}: {last}" if last else why}
 
 
-def grade_class(lesson: dict, paths, timeout: float = 600.0, jobs: int = 1, progress: bool = True) -> list[dict]:
-    """Grade every submission (see `submissions`), `jobs` at a time, each within `timeout` seconds.
-    Rows come back in the submissions' order."""
+def grade_class(lesson: dict, paths, timeout: float = 600.0, jobs: int = 1, progress: bool = True,
+                reports=None) -> list[dict]:
+    """Grade every submission (see `submissions`), `jobs` at a time, each within `timeout` seconds;
+    with `reports` (a folder), each file's report goes to reports/report_name(file). Rows come back
+    in the submissions' order."""
     files = submissions(paths)
     if not (isinstance(jobs, int) and jobs >= 1):
         raise ValueError(f"jobs={jobs!r} must be an int >= 1")
@@ -221,7 +240,8 @@ def grade_class(lesson: dict, paths, timeout: float = 600.0, jobs: int = 1, prog
     from tqdm import tqdm
     rows: dict = {}
     with ThreadPoolExecutor(max_workers=jobs) as pool:
-        futures = {pool.submit(grade_one, lesson, f, timeout, threads): f for f in files}
+        futures = {pool.submit(grade_one, lesson, f, timeout, threads,
+                               None if reports is None else Path(reports) / report_name(f)): f for f in files}
         for fut in tqdm(as_completed(futures), total=len(files), desc=f"grading lesson {lesson['nn']}",
                         disable=not progress, leave=False):
             rows[futures[fut]] = fut.result()
