@@ -30,7 +30,7 @@ def test_lessons_exist_in_order_with_their_three_files():
 
 # The sections a lesson runs only behind a flag of its own: each is smoke-tested too, as `--fast FLAG`.
 FLAG_SECTIONS = {"03": ["--chat", "--plain"], "07": ["--generation"], "12": ["--low-bits"], "14": ["--lora"],
-                 "15": ["--sentiment"], "20": ["--pretrain-axis"]}
+                 "15": ["--sentiment", "--long"], "20": ["--pretrain-axis"]}
 RUNS = [(les, ()) for les in LESSONS] + [(les, (flag,)) for les in LESSONS for flag in FLAG_SECTIONS.get(les["nn"], [])]
 
 

@@ -23,10 +23,14 @@ Prints, top to bottom:
      (minift/align/onpolicy.py) and DPO on TinyWorld's fixed pairs, each at three β; reward against KL
      from π_SFT on fresh samples (the frontier), and the steps to reach a target reward.
 
+With --long, parts 1-3 only, at budgets where the lesson's targets can be met (π_SFT 200 steps,
+DPO 128 steps x 8 pairs on 1,024 train pairs, all 200 held-out pairs); parts 4-6 are not run.
+
     python lessons/15_dpo/walkthrough.py              # or: minift run 15
     python lessons/15_dpo/walkthrough.py --fast       # tiny budgets, 8 eval pairs (the tests)
     python lessons/15_dpo/walkthrough.py --variants   # also cDPO (ε = 0.1) and hinge (SLiC) in part 3
     python lessons/15_dpo/walkthrough.py --sentiment  # part 7 alone: sentiment control (about 4 minutes of CPU)
+    python lessons/15_dpo/walkthrough.py --long       # parts 1-3 at the budgets of the targets (about 4 minutes of CPU)
 
 Everything it uses lives in the library (minift/align/dpo.py, preference.py, logps.py, reward.py,
 ppo.py, sft.py, onpolicy.py; minift/evals.py; minift/sentiment.py for part 7); this file only calls it,
@@ -57,15 +61,22 @@ parser = course.parser(__doc__)
 parser.add_argument("--variants", action="store_true", help="also conservative DPO and hinge in part 3")
 parser.add_argument("--sentiment", action="store_true", help="part 7 alone: sentiment control, the reward-KL frontier "
                     "of PPO, DPO on on-policy pairs and DPO on fixed pairs (about 4 minutes of CPU)")
+parser.add_argument("--long", action="store_true", help="parts 1-3 only (parts 4-6 are not run), at budgets where "
+                    "the lesson's targets can be met: π_SFT 200 steps x 16, DPO 128 steps x 8 pairs (1,024 train pairs, "
+                    "each once), all 200 held-out pairs (about 4 minutes of CPU); not with --sentiment")
 args = course.start("15", parser)         # the base-model check, one thread, the clock: minift/course.py
-FAST, DEV = args.fast, args.device     # DEV: --device (cpu unless told), where every model lives
+if args.long and args.sentiment:
+    parser.error("--long sizes parts 1-3; --sentiment runs part 7 alone: give one of them")
+FAST, LONG, DEV = args.fast, args.long, args.device     # DEV: --device (cpu unless told), where every model lives
 CLOCK = course.clock_name()                # timed lines: "CPU" seconds; on a GPU "GPU wall" (synchronized)
 c_start = time.process_time()
 
-SFT_STEPS, RM_STEPS = (2, 1) if FAST else (40, 12)
-N_EVAL = 8 if FAST else 64                       # held-out pairs (the first 64 of the 200 val pairs by default)
-N_TRAIN = 16 if FAST else 96                     # DPO sees each of these pairs once
-DPO = dict(steps=1 if FAST else 12, batch_size=8, lr=5e-4, seed=0)
+# --long (parts 1-3 only): π_SFT answers some held-out prompts exactly right at 200 steps (23%), so
+# the quality half of the targets can be judged, and 128 DPO steps take every row past 90%.
+SFT_STEPS, RM_STEPS = (2, 1) if FAST else (200, 12) if LONG else (40, 12)
+N_EVAL = 8 if FAST else 200 if LONG else 64      # held-out pairs (the first 64 of the 200 val pairs by default)
+N_TRAIN = 16 if FAST else 1024 if LONG else 96   # DPO sees each of these pairs once
+DPO = dict(steps=1 if FAST else 128 if LONG else 12, batch_size=8, lr=5e-4, seed=0)
 MAIN_BETA = 0.3
 # (row name, loss_type, β, label smoothing ε, NLL weight α)
 RUNS = [("DPO", "sigmoid", 0.1, 0.0, 0.0), ("DPO", "sigmoid", MAIN_BETA, 0.0, 0.0), ("DPO", "sigmoid", 1.0, 0.0, 0.0),
@@ -298,7 +309,7 @@ print("h = [log π(y_w) − log π_ref(y_w)] − [log π(y_l) − log π_ref(y_l
 
 if args.figures:                           # --figures: every run's curves as a picture (minift/figures.py)
     figures.dpo_curves({f"{r['name']} β={r['cfg'].beta:g}": (r["hist"], r["cfg"].beta) for r in results.values()},
-                       figures.target("15", "dpo_curves.png", FAST))
+                       figures.target("15", "dpo_curves.png", FAST or LONG))    # the README's figure: a default run
 
 # ==============================================================================================
 header("3. The effect of β, IPO for contrast, and the NLL term (same pairs, steps, lr, seed)")
@@ -348,6 +359,20 @@ for key, r in results.items():
     course.verdict(f"  {r['name'] + ' β=' + format(r['cfg'].beta, 'g'):<20} accuracy >= 90%: {'yes' if good else 'no '} "
           f"({e['accuracy']:.0%}) | quality kept: {'yes' if kept else 'no '} ({g['chosen']:.0%}, "
           f"{g['fact_correct']:.0%}) -> {'holds' if good and kept else 'fails'}")
+if LONG:                                   # --long: parts 1-3 only; what drift does to the answers π_SFT got right
+    right = [i for i, t in enumerate(g0["responses"]) if t == val_ex[i]["chosen"].strip()]
+    names = {key: key if key == "π_SFT" else f"{key[0]} β={key[1]:g}" for key in gens}
+    print(f"\nπ_SFT's greedy answer is exactly right on {len(right)} held-out prompts; still exactly right after "
+          "training: " + ", ".join(f"{names[key]} {sum(g['responses'][i] == g0['responses'][i] for i in right)}"
+                                   for key, g in gens.items() if key != "π_SFT"))
+    print("greedy answers to the first 4 of them:" if right else "")
+    for i in right[:4]:
+        print(f"\n[{kind(val_ex[i]['prompt'])}] {val_ex[i]['prompt']}\n  {'rejected':<20} {val_ex[i]['rejected']}")
+        for key, g in gens.items():
+            print(f"  {names[key]:<20} {g['responses'][i]}")
+    print(f"\n--long: parts 1-3 only. total: {course.elapsed():.1f}s wall, {time.process_time() - c_start:.1f}s CPU "
+          f"({torch.get_num_threads()} thread){course.memory_note()}")
+    raise SystemExit(0)
 
 # ==============================================================================================
 rm_ex = train_ex[:16] if FAST else train_ex
