@@ -21,7 +21,7 @@ def test_two_processes_equal_one_process_with_gradient_accumulation(tmp_path):
                         "tests/ddp_worker.py", str(out), str(STEPS)],
                        capture_output=True, text=True, timeout=180, env={**__import__("os").environ, "OMP_NUM_THREADS": "1"})
     assert r.returncode == 0, r.stderr[-3000:]
-    got = torch.load(out)
+    got = torch.load(out, weights_only=True)
     assert got["world"] == 2
     model, data = setup()
     hist = train(model, data, TrainConfig(steps=STEPS, batch_size=2, grad_accum=2, lr=1e-2, warmup_steps=0,

@@ -280,7 +280,7 @@ def test_every_decoder_equals_the_reference(ext):
         r = subprocess.run([sys.executable, "-c", code.replace("OUT", str(path))], capture_output=True, text=True,
                            cwd=str(ROOT), env={**os.environ, "MINIFT_EXT_DECODE": mode}, timeout=120)
         assert r.returncode == 0, r.stderr
-        y, ref, bound = torch.load(path)
+        y, ref, bound = torch.load(path, weights_only=True)
         path.unlink()
         assert bool(((y - ref).abs() <= bound).all()), (mode, float(((y - ref).abs() - bound).max()))
 

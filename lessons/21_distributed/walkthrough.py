@@ -152,7 +152,7 @@ else:
     r = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
     if r.returncode != 0:
         sys.exit(f"the torchrun workers failed:\n{r.stderr[-3000:]}")
-    runs = torch.load(out)
+    runs = torch.load(out, weights_only=True)          # tensors, numbers and lists only
     wall = time.perf_counter() - t0
 rows = []
 for method, res in runs.items():
