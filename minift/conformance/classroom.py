@@ -143,9 +143,6 @@ def write_whole(path, text: str) -> None:
 
 # ---- a whole class ----------------------------------------------------------------------------------
 
-STATUSES = ("graded", "import error", "timeout", "crashed")
-
-
 def submissions(paths) -> list[Path]:
     """The .py files to grade: each path a .py file, or a folder whose .py files (at any depth, sorted)
     are taken. Raises ValueError for a path that does not exist, a file that is not .py, or no file."""
@@ -189,36 +186,30 @@ def grade_one(lesson: dict, path, timeout: float, threads: int = 1, report=None)
 
 
 def _grade_child(lesson: dict, path: Path, timeout: float, threads: int, report) -> dict:
-    fd, name = tempfile.mkstemp(prefix="minift-grade-", suffix=".json")   # the child writes the grade here
-    os.close(fd)
-    out = Path(name)
     row = {"submission": str(path), "status": "crashed", "points": 0,
            "max_points": sum(c.lesson == f"lesson{lesson['nn']}" for c in CHECKS.values()),
            "exercises": {name: 0 for name in exercise_names(lesson)}, "note": ""}
     env = {**os.environ, "CI": "1", "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
-    cmd = [sys.executable, "-m", "minift.cli", "check", lesson["nn"], "--impl", str(path),
-           "--json-out", str(out.resolve())] + ([] if report is None else ["--report-out", str(Path(report).resolve())])
-    out.unlink(missing_ok=True)
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env,
-                            start_new_session=True)          # its own process group: a timeout kills it all
-    try:
-        _, err = proc.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        if hasattr(os, "killpg"):
-            os.killpg(proc.pid, signal.SIGKILL)             # the child and whatever it started
-        else:                                               # Windows: no process groups here
-            proc.kill()
-        proc.communicate()
-        out.unlink(missing_ok=True)
-        return row | {"status": "timeout", "note": f"stopped after {timeout:g} s"}
-    try:
+    with tempfile.TemporaryDirectory(prefix="minift-grade-") as tmp:
+        out = Path(tmp) / "grade.json"                      # the child writes the grade here
+        cmd = [sys.executable, "-m", "minift.cli", "check", lesson["nn"], "--impl", str(path), "--json-out", str(out)]
+        cmd += [] if report is None else ["--report-out", str(Path(report).resolve())]
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env,
+                                start_new_session=True)      # its own process group: a timeout kills it all
+        try:
+            _, err = proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            if hasattr(os, "killpg"):
+                os.killpg(proc.pid, signal.SIGKILL)         # the child and whatever it started
+            else:                                           # Windows: no process groups here
+                proc.kill()
+            proc.communicate()
+            return row | {"status": "timeout", "note": f"stopped after {timeout:g} s"}
         if proc.returncode in (0, 1) and out.is_file():     # 0: full marks, 1: not (minift check's codes)
             g = json.loads(out.read_text())
             return row | {"status": "graded", "points": g["points"], "max_points": g["max_points"],
                           "exercises": {e["adapter"]: e["points"] for e in g["exercises"]},
                           "note": ", ".join(sorted({f["adapter"] for f in g["failures"]}))}
-    finally:
-        out.unlink(missing_ok=True)
     last = next((ln.strip() for ln in reversed(err.splitlines()) if ln.strip()), "")
     if proc.returncode == 2 and "cannot import it: " in last:
         return row | {"status": "import error", "note": last.split("cannot import it: ", 1)[1]}
