@@ -175,10 +175,8 @@ def cmd_grade(args) -> int:
         return _usage_error(f"minift grade: {e}")
     print(classroom.gradebook_table(rows))
     if args.out:
-        out = Path(args.out)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        classroom.write_whole(out, classroom.gradebook_csv(rows))   # never left half-written
-        print(f"wrote {out}")
+        classroom.write_whole(args.out, classroom.gradebook_csv(rows))   # never left half-written
+        print(f"wrote {args.out}")
     if args.reports:
         print(f"wrote one report per file to {args.reports}/ (what `minift check` prints: every failure with "
               f"its counterexample)")

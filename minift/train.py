@@ -286,7 +286,7 @@ def train(model, dataset, cfg: TrainConfig, *, loss_fn: Callable = lm_loss,
         mine_w = sum(weights) or 1.0              # this rank's share: its metrics are its own weighted mean
         for batch, w in zip(micro, weights):
             if "targets" in batch:
-                tokens += int((batch["targets"] != IGNORE_INDEX).sum())
+                tokens += counted_targets(batch)
             if w == 0:                            # no counted target here (n_j = 0): nothing to learn from
                 continue
             batch = to_device(batch, device)

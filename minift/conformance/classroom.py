@@ -77,11 +77,15 @@ def default_impl(lesson: dict, work_dir: Path = WORK_DIR) -> Path:
     return mine if mine.is_file() else lesson["dir"] / "exercise.py"
 
 
+def check_names(lesson: dict) -> list[str]:
+    """The conformance checks that grade lesson NN (those carrying its pytest marker lessonNN)."""
+    return [n for n, c in CHECKS.items() if c.lesson == f"lesson{lesson['nn']}"]
+
+
 def grade(lesson: dict, impl_path) -> dict:
     """Run lesson NN's checks against the file; {"lesson", "impl", "points", "max_points",
     "exercises": [{"adapter", "points", "max_points", "checks": [...]}], "results": [Result]}."""
-    marker = f"lesson{lesson['nn']}"
-    names = [n for n, c in CHECKS.items() if c.lesson == marker]
+    names = check_names(lesson)
     if not names:
         return {"lesson": lesson["nn"], "impl": str(impl_path), "points": 0, "max_points": 0,
                 "exercises": [], "results": []}
@@ -164,8 +168,7 @@ def submissions(paths) -> list[Path]:
 
 def exercise_names(lesson: dict) -> list[str]:
     """The lesson's graded run_* functions, in the order of its checks."""
-    marker = f"lesson{lesson['nn']}"
-    return list(dict.fromkeys(c.adapter for c in CHECKS.values() if c.lesson == marker))
+    return list(dict.fromkeys(CHECKS[n].adapter for n in check_names(lesson)))
 
 
 def report_name(path) -> str:
@@ -187,7 +190,7 @@ def grade_one(lesson: dict, path, timeout: float, threads: int = 1, report=None)
 
 def _grade_child(lesson: dict, path: Path, timeout: float, threads: int, report) -> dict:
     row = {"submission": str(path), "status": "crashed", "points": 0,
-           "max_points": sum(c.lesson == f"lesson{lesson['nn']}" for c in CHECKS.values()),
+           "max_points": len(check_names(lesson)),
            "exercises": {name: 0 for name in exercise_names(lesson)}, "note": ""}
     env = {**os.environ, "CI": "1", "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
     with tempfile.TemporaryDirectory(prefix="minift-grade-") as tmp:
