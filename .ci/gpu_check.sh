@@ -5,7 +5,8 @@
 #   info         versions, nvidia-smi, the GPU torch sees
 #   install      pip install -e ".[test]", only if minift/pytest/hypothesis do not import (no internet: goes on)
 #   build        the extension with CUDA (cuda_ext/loader.py, verbose log), timed
-#   kernel_test  cuda_ext/test_quant_lora_cuda.cu (plain CUDA, no torch): nvcc it and run it (beside the build)
+#   kernel_test  cuda_ext/test_mma_layout.cu (the tensor-core layout, on the CPU), then
+#                cuda_ext/test_quant_lora_cuda.cu (plain CUDA, no torch): nvcc it and run it (beside the build)
 #   gpu_tests    the GPU tests (kernel, device, ops, method contract, bench), junit XML
 #   bench        minift bench kernels --device cuda  ->  $OUT/bench_kernels.txt (+ .json: every row, the verdicts)
 #   lessons      every lesson's walkthrough --fast --device cuda, each under its own timeout
@@ -140,6 +141,10 @@ stage_kernel_test() {
     if [[ ! -f $src ]]; then echo "no $src in this checkout"; return 3; fi
     arch=$("$PY" -c "import torch; print('sm_%d%d' % torch.cuda.get_device_capability() if torch.cuda.is_available() else 'sm_90')")
     bin="$(mktemp -d)/test_quant_lora_cuda"
+    if [[ -f cuda_ext/test_mma_layout.cu ]]; then               # the tensor-core layout, on the CPU: seconds
+        echo "+ nvcc -std=c++17 cuda_ext/test_mma_layout.cu -o $bin.layout && $bin.layout"
+        nvcc -std=c++17 cuda_ext/test_mma_layout.cu -o "$bin.layout" && "$bin.layout" || return 5
+    fi
     echo "+ nvcc -std=c++17 -O3 -arch=$arch $src cuda_ext/quant_lora_cuda.cu -o $bin"
     nvcc -std=c++17 -O3 -arch="$arch" -lineinfo "$src" cuda_ext/quant_lora_cuda.cu -o "$bin" || return 4
     if [[ "$GPU" != 1 ]]; then echo "compiled; not run: no GPU here"; return 0; fi

@@ -78,7 +78,7 @@ def plan() -> tuple[str, list[str], list[str], Path]:
     files = ["quant_lora.cpp"]
     cuda = bool(torch.cuda.is_available() and CUDA_HOME)
     if cuda:                                                   # the CUDA kernels and their interface
-        files += ["quant_lora_cuda.cu", "quant_lora_cuda.h"]
+        files += ["quant_lora_cuda.cu", "quant_lora_cuda.h", "quant_lora_mma.cuh"]
         cflags.append("-DMINIFT_WITH_CUDA")
     tag = ("_avx2" if "-mavx2" in cflags else "_scalar") + ("_cuda" if cuda else "")
     digest = hashlib.sha256(repr((torch.__version__, cflags)).encode())
@@ -103,7 +103,7 @@ def load(verbose: bool = False):
             if not dst.is_file() or dst.read_bytes() != (HERE / f).read_bytes():
                 dst.parent.mkdir(exist_ok=True)
                 shutil.copyfile(HERE / f, dst)
-            if not f.endswith(".h"):                           # a header is included, not compiled
+            if not f.endswith((".h", ".cuh")):                 # a header is included, not compiled
                 sources.append(str(dst))
         return _load(name=name, sources=sources, extra_cflags=cflags,
                      extra_ldflags=[f for f in cflags if f == "-fopenmp" or f.startswith("-fsanitize")] or None,

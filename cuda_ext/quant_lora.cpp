@@ -543,9 +543,12 @@ torch::Tensor int8_lora_matmul(torch::Tensor x, torch::Tensor q, torch::Tensor s
 #ifdef MINIFT_WITH_CUDA
 // ---- the CUDA wrapper: checks, then the kernels of quant_lora_cuda.cu on the current stream -----------
 // COMPILED-BUT-UNVERIFIED until the GPU tests of tests/test_ops.py have run on a GPU.
+// kernel = 0 (auto) or 1 (CUDA cores):
 //   N <= GEMV_MAX_N   nf4_lora_gemv: the GEMV with the LoRA branch (z = s·x Aᵀ, float32) and bias fused
 //   N >  GEMV_MAX_N   nf4_dequantize into Ŵ (out, in) of x's dtype, y = x Ŵᵀ by cuBLAS (float32 output),
 //                     + z Bᵀ + bias in float32, rounded to x's dtype once
+// kernel = 2 (tensor cores): nf4_lora_mma, any N, bf16 / fp16 x on sm_80+ (an error where it cannot run).
+// auto takes the tensor cores too where they can run, once minift_cuda::MMA_IN_AUTO says so.
 namespace {
 
 minift_cuda::Dtype cuda_dtype(at::ScalarType t) {
@@ -570,8 +573,10 @@ torch::Tensor mm_f32(const torch::Tensor& x, const torch::Tensor& wt) {   // x w
 torch::Tensor nf4_lora_matmul_cuda(torch::Tensor x, torch::Tensor packed, int64_t out, int64_t in, torch::Tensor absmax,
                                    torch::Tensor absmax_q, torch::Tensor dq_scales, double dq_mean, int64_t dq_block,
                                    torch::Tensor code, int64_t block_size, torch::Tensor A, torch::Tensor B,
-                                   double scaling, torch::Tensor bias) {
+                                   double scaling, torch::Tensor bias, int64_t kernel) {
   check_x(x, "nf4_lora_matmul_cuda");
+  TORCH_CHECK(kernel >= 0 && kernel <= 2, "nf4_lora_matmul_cuda: kernel must be 0 (auto), 1 (CUDA cores) or 2 ",
+              "(tensor cores), got ", kernel);
   TORCH_CHECK(x.is_cuda(), "nf4_lora_matmul_cuda: x must be a CUDA tensor, got ", x.device(),
               x.device().is_cpu() ? " (nf4_lora_matmul takes CPU tensors)" : "");
   const bool dq = check_nf4(x, packed, out, in, absmax, absmax_q, dq_scales, dq_block, code, block_size);
@@ -598,13 +603,15 @@ torch::Tensor nf4_lora_matmul_cuda(torch::Tensor x, torch::Tensor packed, int64_
   }
   torch::Tensor z;                                              // s · x Aᵀ  (N, r) float32
   if (L.r) z = at::mm(x.to(at::kFloat), L.A.t()).mul_(scaling).contiguous();
-  if (N <= minift_cuda::GEMV_MAX_N) {
+  const bool mma = kernel == 2 || (kernel == 0 && minift_cuda::MMA_IN_AUTO &&
+                                    minift_cuda::nf4_mma_unsupported(dt, xa.data_ptr(), N, W) == nullptr);
+  if (mma || N <= minift_cuda::GEMV_MAX_N) {
     auto y = torch::empty({N, out}, x.options());               // (N, out) in x's dtype
-    const char* err = minift_cuda::nf4_lora_gemv(dt, xa.data_ptr(), N, W, L.r ? z.data_ptr<float>() : nullptr,
-                                                 L.r ? L.B.data_ptr<float>() : nullptr, L.r,
-                                                 L.bias.defined() ? L.bias.data_ptr<float>() : nullptr, y.data_ptr(),
-                                                 stream);
-    TORCH_CHECK(err == nullptr, "nf4_lora_gemv failed: ", err ? err : "");
+    const auto fused = mma ? minift_cuda::nf4_lora_mma : minift_cuda::nf4_lora_gemv;
+    const char* err = fused(dt, xa.data_ptr(), N, W, L.r ? z.data_ptr<float>() : nullptr,
+                            L.r ? L.B.data_ptr<float>() : nullptr, L.r,
+                            L.bias.defined() ? L.bias.data_ptr<float>() : nullptr, y.data_ptr(), stream);
+    TORCH_CHECK(err == nullptr, mma ? "nf4_lora_mma" : "nf4_lora_gemv", " failed: ", err ? err : "");
     return y;
   }
   auto w = torch::empty({out, in}, x.options());                // Ŵ (out, in) in x's dtype, once per call
@@ -623,7 +630,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("int8_lora_matmul", &int8_lora_matmul, "y = x dequant(W_int8)^T + s (x A^T) B^T + bias (CPU)");
   m.attr("avx2") = static_cast<bool>(MINIFT_AVX2);
 #ifdef MINIFT_WITH_CUDA
-  m.def("nf4_lora_matmul_cuda", &nf4_lora_matmul_cuda, "the same NF4 op on CUDA (same arguments, no vectorize)");
+  m.def("nf4_lora_matmul_cuda", &nf4_lora_matmul_cuda,
+        "the same NF4 op on CUDA (same arguments; instead of vectorize, kernel: 0 auto, 1 CUDA cores, 2 tensor cores)");
   m.attr("cuda") = true;
 #else
   m.attr("cuda") = false;

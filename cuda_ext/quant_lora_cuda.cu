@@ -23,6 +23,7 @@
 // is bit-identical to the Python definition (minift/quant/nf4.py: dequantize_absmax), and so is ŵ in the
 // generic GEMV path and in nf4_dequantize.
 #include "quant_lora_cuda.h"
+#include "quant_lora_mma.cuh"
 
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
@@ -42,17 +43,6 @@ template <typename T> __device__ __forceinline__ T from_f(float v);
 template <> __device__ __forceinline__ float from_f<float>(float v) { return v; }
 template <> __device__ __forceinline__ __nv_bfloat16 from_f<__nv_bfloat16>(float v) { return __float2bfloat16_rn(v); }
 template <> __device__ __forceinline__ __half from_f<__half>(float v) { return __float2half_rn(v); }
-
-// Two floats packed as the dtype's pair, low half = a (lower address): for the 16-byte stores.
-template <typename T> __device__ __forceinline__ uint32_t pack2(float a, float b);
-template <> __device__ __forceinline__ uint32_t pack2<__nv_bfloat16>(float a, float b) {
-  __nv_bfloat162 p = __floats2bfloat162_rn(a, b);
-  return *reinterpret_cast<uint32_t*>(&p);
-}
-template <> __device__ __forceinline__ uint32_t pack2<__half>(float a, float b) {
-  __half2 p = __floats2half2_rn(a, b);
-  return *reinterpret_cast<uint32_t*>(&p);
-}
 
 // n / d for a divisor fixed per launch: a shift when d is a power of two (bs/32 = 1, 2, 4, 8; dq_block =
 // 256), else the hardware division. Unsigned 32-bit: the caller checks that n fits.
@@ -372,8 +362,8 @@ __global__ void dequant_vec8(const uint32_t* __restrict__ packed, int64_t groups
     dst[0] = make_float4(v[0], v[1], v[2], v[3]);
     dst[1] = make_float4(v[4], v[5], v[6], v[7]);
   } else {                                                     // bf16 / fp16: one 16-byte store
-    reinterpret_cast<uint4*>(w)[g] = make_uint4(pack2<T>(v[0], v[1]), pack2<T>(v[2], v[3]),
-                                                pack2<T>(v[4], v[5]), pack2<T>(v[6], v[7]));
+    reinterpret_cast<uint4*>(w)[g] = make_uint4(mma::pack2<T>(v[0], v[1]), mma::pack2<T>(v[2], v[3]),
+                                                mma::pack2<T>(v[4], v[5]), mma::pack2<T>(v[6], v[7]));
   }
 }
 
@@ -408,6 +398,232 @@ const char* dequant_typed(const NF4Weight& W, T* w, cudaStream_t st) {
         W.packed, nbytes, scales_of(W), W.block_size, W.code, w);
   }
   return launched();
+}
+
+// ---- the tensor-core path (sm_80+, bfloat16 / float16 x) ----------------------------------------------
+//
+// mma_gemm: y = x Ŵᵀ (+ LoRA, + bias) with Ŵ decoded straight into mma.sync registers (quant_lora_mma.cuh: the
+// layout). A block owns BM = 16·MT·WM rows of Ŵ and BN = 8·NT inputs; its WM × WK warps split the rows (WM)
+// and k (WK): warp (wm, wk) multiplies 16·MT rows by BN inputs over span wk of every tile of KT = 128·WK
+// columns. Per tile the block stages x[n0 .. n0+BN, tile] (already in T: no conversion) in shared memory,
+// each warp streams its weights from global memory into registers (the next tile's load is issued before
+// this tile's math), decodes them once and uses each decoded register NT times. With WK > 1 the warps' partial
+// sums meet in shared memory at the end. Ŵ is rounded to T, as nf4_dequantize's; products are exact and
+// accumulate in float32, so the result has the error bound of dequantize-then-cuBLAS.
+
+template <int MT, int NT, int WM, int WK>
+struct MmaCfg {
+  static constexpr int BM = 16 * MT * WM, BN = 8 * NT, KT = mma::SPAN * WK;
+  static constexpr int UNITS = KT / 8;                         // 16-byte units (8 values of T) per staged row
+  static constexpr int THREADS = 32 * WM * WK;
+  static constexpr int E = MT * NT * 4;                        // accumulators per lane
+  static constexpr size_t XS = size_t{BN} * KT * 2;            // the x tile, bytes
+  static constexpr size_t RED = WK > 1 ? size_t{WK} * WM * E * 32 * 4 : 0;   // the partial sums, bytes
+  static constexpr size_t SMEM = XS > RED ? XS : RED;
+};
+
+// D += A B, one m16n8k16 with float32 accumulators.
+template <typename T> __device__ __forceinline__ void mma16816(float d[4], const uint32_t a[4], const uint32_t b[2]);
+template <> __device__ __forceinline__ void mma16816<__nv_bfloat16>(float d[4], const uint32_t a[4], const uint32_t b[2]) {
+#if !defined(__CUDA_ARCH__) || __CUDA_ARCH__ >= 800
+  asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
+               : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+               : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+#endif
+}
+template <> __device__ __forceinline__ void mma16816<__half>(float d[4], const uint32_t a[4], const uint32_t b[2]) {
+#if !defined(__CUDA_ARCH__) || __CUDA_ARCH__ >= 800
+  asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
+               : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+               : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+#endif
+}
+
+template <typename T, int MT, int NT, int WM, int WK>
+__global__ void __launch_bounds__(32 * WM * WK)
+mma_gemm(const T* __restrict__ x, int N, int in, int out, const uint4* __restrict__ packed, Scales sc,
+         Div chunks_per_block, Div dq, const float* __restrict__ code, const float* __restrict__ z,
+         const float* __restrict__ Bl, int r, const float* __restrict__ bias, T* __restrict__ y) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 800
+  __trap();                                                    // never launched: nf4_mma_unsupported checks the arch
+#else
+  using C = MmaCfg<MT, NT, WM, WK>;
+  extern __shared__ uint4 smem[];                              // x tile (BN, UNITS) swizzled; then the partial sums
+  __shared__ float table[16];
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const int wm = warp % WM, wk = warp / WM;
+  const int g = lane >> 2, t = lane & 3;                       // the lane's group and place in it
+  const int n0 = blockIdx.y * C::BN;                           // the block's first input
+  const int row0 = blockIdx.x * C::BM + wm * 16 * MT;          // the warp's first row
+  const int cpr = in >> 5;                                     // 32-weight chunks per row (32 | in)
+  const int spans = in / mma::SPAN;                            // 128 | in
+  const int tiles = (spans + WK - 1) / WK;
+  if (threadIdx.x < 16) table[threadIdx.x] = code[threadIdx.x];
+
+  int rowc[MT][2];                                             // rows g and g+8 of each 16-row slice, clamped:
+#pragma unroll                                                 // valid memory, their results dropped
+  for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+    for (int h = 0; h < 2; ++h) rowc[mt][h] = min(row0 + 16 * mt + 8 * h + g, out - 1);
+
+  // The lane's 16 bytes of rows g, g+8 in span (tile·WK + wk), and their c_b (one block: 32 | bs).
+  auto load = [&](int tile, uint4 (&q)[MT][2], float (&c)[MT][2]) {
+    const uint32_t chunk = static_cast<uint32_t>((tile * WK + wk) * 4 + t);
+#pragma unroll
+    for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+      for (int h = 0; h < 2; ++h) {
+        const uint32_t ch = static_cast<uint32_t>(rowc[mt][h]) * cpr + chunk;
+        q[mt][h] = __ldg(packed + ch);
+        c[mt][h] = sc.at(chunks_per_block(ch), dq);
+      }
+  };
+
+  float acc[MT][NT][4];
+#pragma unroll
+  for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+    for (int nt = 0; nt < NT; ++nt)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) acc[mt][nt][e] = 0.f;
+
+  uint4 q[MT][2];
+  float c[MT][2];
+  if (wk < spans) load(0, q, c);
+  for (int i = 0; i < tiles; ++i) {                            // every warp runs every tile: the syncs match
+    const int k0 = i * C::KT, units = min(C::KT, in - k0) / 8; // units per row in this tile (16 | units)
+    __syncthreads();                                           // the previous tile is no longer read
+    for (int idx = threadIdx.x; idx < C::BN * units; idx += C::THREADS) {   // stage x: coalesced 16-byte loads
+      const int n = idx / units, v = idx - n * units;
+      uint4 u = make_uint4(0, 0, 0, 0);                        // inputs past N stage zeros
+      if (n0 + n < N) u = __ldg(reinterpret_cast<const uint4*>(x + static_cast<int64_t>(n0 + n) * in + k0) + v);
+      smem[n * C::UNITS + mma::swizzle(n, v)] = u;
+    }
+    __syncthreads();
+    uint4 qn[MT][2];
+    float cn[MT][2];
+    const bool next = i + 1 < tiles && (i + 1) * WK + wk < spans;
+    if (next) load(i + 1, qn, cn);                             // in flight while this tile's math runs
+    if (i * WK + wk < spans) {
+#pragma unroll
+      for (int j = 0; j < mma::STEPS / 2; ++j) {               // k-steps 2j, 2j+1: one x unit per input
+        uint32_t a0[MT][4], a1[MT][4];
+#pragma unroll
+        for (int mt = 0; mt < MT; ++mt) {                      // decode once, use NT times
+          mma::a_frag<T>(q[mt][0], q[mt][1], c[mt][0], c[mt][1], 2 * j, table, a0[mt]);
+          mma::a_frag<T>(q[mt][0], q[mt][1], c[mt][0], c[mt][1], 2 * j + 1, table, a1[mt]);
+        }
+#pragma unroll
+        for (int nt = 0; nt < NT; ++nt) {
+          const int n = nt * 8 + g;
+          const uint4 u = smem[n * C::UNITS + mma::swizzle(n, mma::unit_of(wk, t, j))];
+          uint32_t b[2];
+          mma::b_frag(u, 2 * j, b);
+#pragma unroll
+          for (int mt = 0; mt < MT; ++mt) mma16816<T>(acc[mt][nt], a0[mt], b);
+          mma::b_frag(u, 2 * j + 1, b);
+#pragma unroll
+          for (int mt = 0; mt < MT; ++mt) mma16816<T>(acc[mt][nt], a1[mt], b);
+        }
+      }
+    }
+    if (next) {
+#pragma unroll
+      for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+        for (int h = 0; h < 2; ++h) { q[mt][h] = qn[mt][h]; c[mt][h] = cn[mt][h]; }
+    }
+  }
+
+  if constexpr (WK > 1) {                                      // split k: warps wk > 0 hand their sums to wk = 0
+    float* red = reinterpret_cast<float*>(smem);               // (WK, WM, E, 32) float32
+    __syncthreads();                                           // the x tile is no longer read
+    if (wk > 0) {
+#pragma unroll
+      for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+        for (int nt = 0; nt < NT; ++nt)
+#pragma unroll
+          for (int e = 0; e < 4; ++e)
+            red[(((wk * WM + wm) * C::E) + (mt * NT + nt) * 4 + e) * 32 + lane] = acc[mt][nt][e];
+    }
+    __syncthreads();
+    if (wk > 0) return;                                        // no sync below
+    for (int w = 1; w < WK; ++w)
+#pragma unroll
+      for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+        for (int nt = 0; nt < NT; ++nt)
+#pragma unroll
+          for (int e = 0; e < 4; ++e) acc[mt][nt][e] += red[(((w * WM + wm) * C::E) + (mt * NT + nt) * 4 + e) * 32 + lane];
+  }
+
+  // Epilogue: + Σ_i z[n, i] B[o, i] (i outer: a lane loads 2·MT + 2·NT values per i), + bias, the write.
+  int nc[NT][2];                                               // the lane's inputs, clamped
+#pragma unroll
+  for (int nt = 0; nt < NT; ++nt)
+#pragma unroll
+    for (int e = 0; e < 2; ++e) nc[nt][e] = min(n0 + nt * 8 + mma::d_col(lane, e), N - 1);
+  for (int i = 0; i < r; ++i) {
+    float bo[MT][2], zn[NT][2];
+#pragma unroll
+    for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+      for (int h = 0; h < 2; ++h) bo[mt][h] = __ldg(Bl + static_cast<int64_t>(rowc[mt][h]) * r + i);
+#pragma unroll
+    for (int nt = 0; nt < NT; ++nt)
+#pragma unroll
+      for (int e = 0; e < 2; ++e) zn[nt][e] = __ldg(z + static_cast<int64_t>(nc[nt][e]) * r + i);
+#pragma unroll
+    for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+      for (int nt = 0; nt < NT; ++nt)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) acc[mt][nt][e] = fmaf(zn[nt][e & 1], bo[mt][e >> 1], acc[mt][nt][e]);
+  }
+#pragma unroll
+  for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+    for (int e = 0; e < 4; ++e) {
+      const int o = row0 + 16 * mt + mma::d_row(lane, e);
+      if (o >= out) continue;
+      const float bv = bias ? bias[o] : 0.f;
+#pragma unroll
+      for (int nt = 0; nt < NT; ++nt) {
+        const int n = n0 + nt * 8 + mma::d_col(lane, e);
+        if (n < N) y[static_cast<int64_t>(n) * out + o] = from_f<T>(acc[mt][nt][e] + bv);
+      }
+    }
+#endif
+}
+
+template <typename T, int MT, int NT, int WM, int WK>
+const char* launch_mma(const T* x, int64_t N, const NF4Weight& W, const float* z, const float* B, int64_t r,
+                       const float* bias, T* y, cudaStream_t st) {
+  using C = MmaCfg<MT, NT, WM, WK>;
+  if (C::SMEM > 48 * 1024) {
+    const cudaError_t e = cudaFuncSetAttribute(mma_gemm<T, MT, NT, WM, WK>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                               static_cast<int>(C::SMEM));
+    if (e != cudaSuccess) return cudaGetErrorString(e);
+  }
+  const dim3 grid(static_cast<unsigned>((W.out + C::BM - 1) / C::BM), static_cast<unsigned>((N + C::BN - 1) / C::BN));
+  mma_gemm<T, MT, NT, WM, WK><<<grid, C::THREADS, C::SMEM, st>>>(
+      x, static_cast<int>(N), static_cast<int>(W.in), static_cast<int>(W.out), reinterpret_cast<const uint4*>(W.packed),
+      scales_of(W), make_div(W.block_size / 32), make_div(W.am.dq_block), W.code, z, B, static_cast<int>(r), bias, y);
+  return launched();
+}
+
+// The block shape per batch. Decoding (N <= 16): 16 rows a block, its 8 warps split k (4096 rows = 256 blocks,
+// 8 warps each streaming weights). Larger batches: more rows and inputs a block, so each decoded weight
+// feeds more mma (NT of them) and each staged x value more rows.
+template <typename T>
+const char* mma_typed(const T* x, int64_t N, const NF4Weight& W, const float* z, const float* B, int64_t r,
+                      const float* bias, T* y, cudaStream_t st) {
+  if (N <= 8) return launch_mma<T, 1, 1, 1, 8>(x, N, W, z, B, r, bias, y, st);
+  if (N <= 16) return launch_mma<T, 1, 2, 1, 8>(x, N, W, z, B, r, bias, y, st);
+  if (N <= 32) return launch_mma<T, 1, 4, 2, 4>(x, N, W, z, B, r, bias, y, st);
+  if (N <= 64) return launch_mma<T, 2, 8, 2, 2>(x, N, W, z, B, r, bias, y, st);
+  return launch_mma<T, 2, 16, 4, 1>(x, N, W, z, B, r, bias, y, st);     // gridDim.y covers N > 128
 }
 
 const char* check(const NF4Weight& W) {                        // what the kernels assume; the wrapper checks first
@@ -448,6 +664,41 @@ const char* nf4_dequantize(Dtype dtype, const NF4Weight& W, void* w, void* strea
     case F16: return dequant_typed(W, static_cast<__half*>(w), st);
   }
   return "minift_cuda: unknown dtype";
+}
+
+
+const char* nf4_mma_unsupported(Dtype dtype, const void* x, int64_t N, const NF4Weight& W) {
+  if (dtype != BF16 && dtype != F16) return "the tensor-core path takes bfloat16 or float16 activations";
+  if (W.in % mma::SPAN) return "the tensor-core path needs in % 128 == 0";
+  if (W.block_size % 32) return "the tensor-core path needs a block size that is a multiple of 32";
+  if (reinterpret_cast<uintptr_t>(W.packed) % 16 || reinterpret_cast<uintptr_t>(x) % 16)
+    return "the tensor-core path needs packed and x 16-byte aligned";
+  if (W.out * W.in / 32 >= (int64_t{1} << 32) || W.out >= (int64_t{1} << 31) || W.in >= (int64_t{1} << 31) ||
+      N >= (int64_t{1} << 31) || (N + 127) / 128 > 65535 || W.am.dq_block >= (int64_t{1} << 32))
+    return "the tensor-core path takes at most 2^32 chunks, 2^31 rows, columns and inputs";
+  int dev = 0, major = 0;
+  cudaFuncAttributes fa{};
+  if (cudaGetDevice(&dev) != cudaSuccess || cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev) != cudaSuccess ||
+      cudaFuncGetAttributes(&fa, mma_gemm<__nv_bfloat16, 1, 1, 1, 8>) != cudaSuccess) {
+    const cudaError_t e = cudaGetLastError();                  // read and cleared: no later launch reports it
+    return cudaGetErrorString(e);
+  }
+  if (major < 8) return "the tensor-core path needs a GPU of compute capability 8.0 or newer";
+  if (fa.ptxVersion < 80 || fa.binaryVersion < 80) return "the extension was not compiled for sm_80 or newer";
+  return nullptr;
+}
+
+const char* nf4_lora_mma(Dtype dtype, const void* x, int64_t N, const NF4Weight& W, const float* z,
+                         const float* B, int64_t r, const float* bias, void* y, void* stream) {
+  if (N <= 0 || W.out == 0) return nullptr;
+  if (const char* e = check(W)) return e;
+  if (const char* e = nf4_mma_unsupported(dtype, x, N, W)) return e;
+  if (!z || !B) r = 0;
+  if (r >= (int64_t{1} << 31)) return "minift_cuda: nf4_lora_mma takes a LoRA rank below 2^31";
+  auto st = static_cast<cudaStream_t>(stream);
+  if (dtype == BF16)
+    return mma_typed(static_cast<const __nv_bfloat16*>(x), N, W, z, B, r, bias, static_cast<__nv_bfloat16*>(y), st);
+  return mma_typed(static_cast<const __half*>(x), N, W, z, B, r, bias, static_cast<__half*>(y), st);
 }
 
 }  // namespace minift_cuda

@@ -42,4 +42,19 @@ const char* nf4_dequantize(Dtype dtype, const NF4Weight& W, void* w, void* strea
 // The largest batch nf4_lora_gemv takes (the wrapper switches to nf4_dequantize + cuBLAS above it).
 constexpr int64_t GEMV_MAX_N = 16;
 
+// Any batch of bfloat16 / float16 activations on sm_80+: the tensor-core path (mma.sync, Ŵ decoded into the
+// mma's registers, rounded to the dtype like nf4_dequantize's; LoRA and bias fused). Same arguments and
+// return as nf4_lora_gemv; it also refuses (returns the reason) what nf4_mma_unsupported refuses.
+const char* nf4_lora_mma(Dtype dtype, const void* x, int64_t N, const NF4Weight& W, const float* z,
+                         const float* B, int64_t r, const float* bias, void* y, void* stream);
+
+// nullptr when nf4_lora_mma takes these arguments on the current GPU, else why not: a float32 x, in % 128,
+// block_size % 32, a pointer not 16-byte aligned, a GPU or a build older than sm_80.
+const char* nf4_mma_unsupported(Dtype dtype, const void* x, int64_t N, const NF4Weight& W);
+
+// Whether the wrapper's automatic choice (kernel = "auto") takes nf4_lora_mma where it is supported. Off until
+// the tensor-core path has been checked and timed on a GPU (minift bench kernels --device cuda: its row is
+// "NF4 fused, tensor cores"); the other paths stay the automatic choice until then.
+constexpr bool MMA_IN_AUTO = false;
+
 }  // namespace minift_cuda

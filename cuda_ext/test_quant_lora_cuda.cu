@@ -16,6 +16,8 @@
 // Part 2, timings (CUDA events, the L2 flushed before each run by a 512 MiB memset): the GEMV at 4096² and
 // 8192², batches 1, 8, 16, and nf4_dequantize (what batch 128 pays before cuBLAS, which is not linked
 // here), each against the bandwidth limit = bytes read once / the measured device-to-device copy bandwidth.
+// The tensor-core cases of part 1 (nf4_lora_mma; bf16 / fp16, in % 128 == 0, 32 | bs) are held to the same
+// bound with ŵ replaced by fl_T(ŵ), which is exactly what they multiply. Part 2 times them beside the GEMV.
 // Exit status 0 iff every case passed.
 #include "quant_lora_cuda.h"
 
@@ -63,7 +65,7 @@ static float load(Dtype d, const void* p, size_t i) {
 }
 static const char* dname(Dtype d) { return d == F32 ? "f32" : d == BF16 ? "bf16" : "f16"; }
 
-struct Case { int64_t out, in, bs, N, r; bool dq, bias; Dtype dt; int64_t offset; };   // offset: bytes before packed
+struct Case { int64_t out, in, bs, N, r; bool dq, bias; Dtype dt; int64_t offset; bool mma = false; };   // offset: bytes before packed
 
 // A random weight on the host: packed nibbles, absmax (plain or double-quantized), and its ŵ (float32).
 struct HostW {
@@ -141,7 +143,8 @@ static bool run_case(const Case& c, double* worst) {
   CK(cudaMemset(d_y, 0xFF, c.N * c.out * es));                  // NaN everywhere: an unwritten output fails
 
   bool ok = true;
-  const char* e = nf4_lora_gemv(c.dt, d_x, c.N, W, d_z, d_B, c.r, d_bias, d_y, nullptr);
+  const char* e = c.mma ? nf4_lora_mma(c.dt, d_x, c.N, W, d_z, d_B, c.r, d_bias, d_y, nullptr)
+                        : nf4_lora_gemv(c.dt, d_x, c.N, W, d_z, d_B, c.r, d_bias, d_y, nullptr);
   if (!e) e = nf4_dequantize(c.dt, W, d_w, nullptr);
   if (!e && cudaDeviceSynchronize() != cudaSuccess) e = cudaGetErrorString(cudaGetLastError());
   double ratio = 0;                                              // worst |err| / bound
@@ -157,7 +160,8 @@ static bool run_case(const Case& c, double* worst) {
       for (int64_t o = 0; o < c.out; ++o) {
         double s = 0, mag = 0;
         for (int64_t k = 0; k < c.in; ++k) {
-          const double p = static_cast<double>(xf[n * c.in + k]) * h.what[o * c.in + k];
+          const float wk = c.mma ? round_to(c.dt, h.what[o * c.in + k]) : h.what[o * c.in + k];   // what it multiplies
+          const double p = static_cast<double>(xf[n * c.in + k]) * wk;
           s += p; mag += std::fabs(p);
         }
         for (int64_t i = 0; i < c.r; ++i) {
@@ -184,8 +188,8 @@ static bool run_case(const Case& c, double* worst) {
     }
   }
   *worst = std::max(*worst, ratio);
-  std::printf("%s out=%lld in=%lld bs=%lld N=%lld r=%lld dq=%d bias=%d %s offset=%lld  (worst err/bound %.3f)\n",
-              ok ? "PASS" : "FAIL", (long long)c.out, (long long)c.in, (long long)c.bs, (long long)c.N, (long long)c.r,
+  std::printf("%s %s out=%lld in=%lld bs=%lld N=%lld r=%lld dq=%d bias=%d %s offset=%lld  (worst err/bound %.3f)\n",
+              ok ? "PASS" : "FAIL", c.mma ? "mma " : "gemv", (long long)c.out, (long long)c.in, (long long)c.bs, (long long)c.N, (long long)c.r,
               c.dq, c.bias, dname(c.dt), (long long)c.offset, ratio);
   for (void* p : {(void*)d_pk, (void*)d_am, (void*)d_sc, (void*)d_code, (void*)d_q8, (void*)d_x, (void*)d_z,
                   (void*)d_B, (void*)d_bias, d_y, d_w})
@@ -250,6 +254,11 @@ static void timings() {
         std::printf("gemv bf16 %lldx%lld dq=%d N=%-3lld %8.1f us   %.2fx the bandwidth limit (%.1f us)\n",
                     (long long)out, (long long)in, dq, (long long)N, t, t / limit, limit);
       }
+      for (int64_t N : {1, 8, 16, 32, 128}) {
+        const double t = timed([&] { return nf4_lora_mma(BF16, x, N, W, nullptr, nullptr, 0, nullptr, y, nullptr); });
+        std::printf("mma  bf16 %lldx%lld dq=%d N=%-3lld %8.1f us   %.2fx the bandwidth limit (%.1f us)\n",
+                    (long long)out, (long long)in, dq, (long long)N, t, t / limit, limit);
+      }
       const double t = timed([&] { return nf4_dequantize(BF16, W, w, nullptr); });
       const double lim_dq = (bytes + out * in * 2.0) / bw * 1e6;
       std::printf("dequantize bf16 %lldx%lld dq=%d (batch 128 pays this + cuBLAS) %8.1f us   %.2fx its limit (%.1f us)\n",
@@ -285,6 +294,20 @@ int main(int argc, char** argv) {
     cases.push_back({16, 64, 64, 40, 3, true, true, dt, 0});        // N > 16: gridDim.y
     cases.push_back({300, 36, 4, 21, 0, false, true, dt, 0});       // generic, N > 8
   }
+  // The tensor-core path: each block shape (N <= 8, 16, 32, 64, > 64), split k with spans past the end
+  // (in / 128 not a multiple of WK), rows and inputs past the end, dq, LoRA, bias; fp16 and bf16.
+  for (Dtype dt : {BF16, F16}) {
+    Case m{};
+    m.dt = dt; m.mma = true;
+    for (int64_t N : {1, 5, 8, 9, 16, 17, 32, 33, 64, 65, 128, 129, 300}) {
+      m.out = 16 * irand(1, 12) + irand(0, 15); m.in = 128 * irand(1, 11); m.bs = 64;
+      m.N = N; m.r = N % 2 ? 0 : irand(1, 24); m.dq = N % 3 != 0; m.bias = N % 4 != 1;
+      cases.push_back(m);
+    }
+    cases.push_back({1, 128, 32, 3, 0, false, false, dt, 0, true});            // one row: 15 of 16 clamped
+    cases.push_back({40, 1024 + 128, 256, 16, 5, true, true, dt, 0, true});    // 9 spans over 8 split-k warps
+    cases.push_back({130, 128 * 3, 96, 100, 7, true, true, dt, 0, true});      // bs = 96, 3 spans, gridDim.y = 1
+  }
   // Random: half on the fast path (in % 32 == 0, 32 | bs), half anywhere.
   const int n_random = argc > 2 ? std::atoi(argv[2]) : 150;      // `/tmp/t --no-timings 20`: fewer random cases
   for (int t = 0; t < n_random; ++t) {
@@ -300,6 +323,20 @@ int main(int argc, char** argv) {
     c.dq = irand(0, 1); c.bias = irand(0, 1);
     c.dt = dts[t % 3];
     c.offset = irand(0, 9) == 0 ? 1 : 0;
+    cases.push_back(c);
+  }
+  for (int t = 0; t < n_random / 3; ++t) {                       // the tensor-core path, random
+    Case c{};
+    c.mma = true;
+    c.dt = t % 2 ? F16 : BF16;
+    c.out = irand(1, 300);
+    c.in = 128 * irand(1, 12);
+    std::vector<int64_t> opts;
+    for (int64_t b = 32; b <= 256; b += 32) if ((c.out * c.in) % b == 0) opts.push_back(b);
+    c.bs = opts[irand(0, opts.size() - 1)];                      // 32 always divides out·in
+    c.N = irand(0, 2) ? irand(1, 40) : irand(41, 300);
+    c.r = irand(0, 1) ? irand(1, 40) : 0;
+    c.dq = irand(0, 1); c.bias = irand(0, 1);
     cases.push_back(c);
   }
   int fails = 0;

@@ -5,6 +5,9 @@
       fp32 / bf16 / fp16 F.linear        the dense matmul in that dtype (cuBLAS; TF32 as torch's default, off)
       NF4 dequantize + bf16 F.linear     ops.quant_lora_matmul_reference: the pure-PyTorch definition
       NF4 fused, raw kernel              the extension's CUDA entry point, its arguments prepared once
+                                         (kernel "auto": the GEMV to batch 16, then dequantize + cuBLAS)
+      NF4 fused, tensor cores            the same entry point forced onto the tensor-core kernel (mma.sync;
+                                         bf16 x, sm_80+), which "auto" does not take until it is measured
       NF4 fused, quant_lora_matmul       the public op (checks, dispatch), x in bf16
 
 **Timing.** CUDA events around each call, the median of >= 20 calls after a warm-up. Each call reads
@@ -37,7 +40,8 @@ COPY_BYTES = 2 ** 30                          # the copy that measures the bandw
 
 FP32, BF16, FP16 = "fp32 F.linear", "bf16 F.linear", "fp16 F.linear"
 DEQUANT, RAW, OP = "NF4 dequantize + bf16 F.linear", "NF4 fused, raw kernel", "NF4 fused, quant_lora_matmul"
-PATHS = (FP32, BF16, FP16, DEQUANT, RAW, OP)
+MMA = "NF4 fused, tensor cores"
+PATHS = (FP32, BF16, FP16, DEQUANT, RAW, MMA, OP)
 BIG = ("8192x8192", "14336x4096", "28672x8192")   # the shapes of the 2.5x target at batch 1
 
 
@@ -198,13 +202,13 @@ class _Recorder:
         return record
 
 
-def _raw_calls(ops, ext, x: torch.Tensor, states: list) -> list:
+def _raw_calls(ops, ext, x: torch.Tensor, states: list, kernel: str = "auto") -> list:
     """One prepared call of the extension's CUDA entry point per weight copy (no LoRA, no bias)."""
     calls = []
     for st in states:
         rec = _Recorder(ext)
         with torch.no_grad():
-            ops._ext_forward(rec, x, st, None, None, 1.0, None)
+            ops._ext_forward(rec, x, st, None, None, 1.0, None, kernel)
         fn, args, kwargs = rec.call
         calls.append(lambda fn=fn, args=args, kwargs=kwargs: fn(*args, **kwargs))
     return calls
@@ -252,12 +256,13 @@ def bench_kernels_cuda(fast: bool = False, device="cuda", repeat: int = 20) -> d
             cases = {p: [lambda w=w, x=xs[w.dtype]: F.linear(x, w) for w in ws] for p, ws in dense.items()}
             cases[DEQUANT] = [lambda s=s: ops.quant_lora_matmul_reference(x, s) for s in states]
             cases[OP] = [lambda s=s: ops.quant_lora_matmul(x, s, use_extension=True) for s in states]
-            try:
-                if ext is None:
-                    raise RuntimeError(f"no extension ({ops.backend()})")
-                cases[RAW] = _raw_calls(ops, ext, x, states)
-            except Exception as e:  # noqa: BLE001 (any failure: the row says why, the bench goes on)
-                skipped[RAW], cases[RAW] = _why(e), None
+            for path, kernel in ((RAW, "auto"), (MMA, "tensor")):
+                try:
+                    if ext is None:
+                        raise RuntimeError(f"no extension ({ops.backend()})")
+                    cases[path] = _raw_calls(ops, ext, x, states, kernel)
+                except Exception as e:  # noqa: BLE001 (any failure: the row says why, the bench goes on)
+                    skipped[path], cases[path] = _why(e), None
             for path in PATHS:
                 t = host = None
                 if cases.get(path) is not None:
@@ -266,7 +271,7 @@ def bench_kernels_cuda(fast: bool = False, device="cuda", repeat: int = 20) -> d
                             t, host = time_us(cases[path], repeat)
                     except Exception as e:  # noqa: BLE001
                         skipped[path] = _why(e)
-                w_bytes = nb if path in (DEQUANT, RAW, OP) else out_f * in_f * {FP32: 4}.get(path, 2)
+                w_bytes = nb if path in (DEQUANT, RAW, MMA, OP) else out_f * in_f * {FP32: 4}.get(path, 2)
                 rows.append({"shape": shape, "batch": N, "path": path, "us": t, "host_us": host, "limit_us": lim,
                              "GBps": None if t is None else w_bytes / (t * 1e3)})
             bf16 = next(r["us"] for r in rows if (r["shape"], r["batch"], r["path"]) == (shape, N, BF16))
@@ -306,7 +311,8 @@ def _print_legend(rows: list[dict], bw: float) -> None:
 
 
 def _print_verdicts(verdicts: list[dict]) -> None:
-    print("\nthe kernel's targets (judged on this run: on the raw kernel, activations bf16; the last on the op):")
+    print("\nthe kernel's targets (judged on this run: on the raw kernel's automatic choice, activations bf16; the "
+          "last on the op; the tensor-core row is not judged until \"auto\" takes it):")
     print(f"{'target':<64} {'wanted':>16} {'measured':>9} {'met':>4}")
     for v in verdicts:
         print(f"{v['target']:<64} {v['wanted']:>16} {v['measured']:>9} {'met' if v['met'] else 'NO':>4}")

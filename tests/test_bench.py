@@ -7,7 +7,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from minift import bench, bench_gpu
-from minift.bench_gpu import BF16, DEQUANT, OP, PATHS, RAW, judge, n_copies, nf4_bytes
+from minift.bench_gpu import BF16, DEQUANT, MMA, OP, PATHS, RAW, judge, n_copies, nf4_bytes
 from minift.quant.nf4 import quantize_nf4
 
 
@@ -165,8 +165,9 @@ def test_the_fast_cuda_bench_measures_every_row_and_judges_three_targets(cuda_de
     rows = res["rows"]
     assert {(r["batch"], r["path"]) for r in rows} == {(N, p) for N in (1, 16) for p in PATHS}
     fused_too = ext is not None and bool(ext.cuda)                             # the extension was built with CUDA
+    tensor_cores = fused_too and torch.cuda.get_device_capability(cuda_device) >= (8, 0)
     for r in rows:
-        if r["path"] not in (RAW, OP) or fused_too:
+        if r["path"] not in (RAW, MMA, OP) or (fused_too and r["path"] != MMA) or tensor_cores:
             assert r["us"] is not None and r["us"] > 0 and r["GBps"] > 0, (r, res["skipped"])
     assert len(res["verdicts"]) == 3 and res["copy_GBps"] > 0
 
@@ -211,10 +212,10 @@ def test_the_cuda_bench_runs_through_on_the_cpu_with_a_stand_in_clock(monkeypatc
     out = capsys.readouterr().out
     rows = res["rows"]
     assert [(r["batch"], r["path"]) for r in rows] == [(N, p) for N in (1, 16) for p in PATHS]
-    raw = [r for r in rows if r["path"] == RAW]
-    assert calls and all(r["us"] > 0 for r in raw)                             # the recorded call, replayed
+    raw = [r for r in rows if r["path"] in (RAW, MMA)]
+    assert calls and all(r["us"] > 0 for r in raw)                             # the recorded calls, replayed
     for r in rows:
-        if r["path"] not in (RAW, OP):
+        if r["path"] not in (RAW, MMA, OP):
             assert r["us"] > 0 and r["host_us"] > 0 and r["vs_bf16"] > 0
         if r["path"] == BF16:
             assert r["vs_bf16"] == 1.0

@@ -6,6 +6,9 @@ extension built with CUDA (cuda_ext/loader.py), x (N, in) in float32 / bfloat16 
     N <= 16:  nf4_lora_gemv (fast path: in % 32 == 0 and 32 | block_size; else the generic path)
     N >  16:  nf4_dequantize to x's dtype, then cuBLAS + the LoRA branch + bias
 
+(the automatic choice), and, forced with kernel="tensor", to nf4_lora_mma (bf16 / fp16 x, in % 128 == 0,
+32 | block_size, sm_80+; Ŵ rounded to x's dtype)
+
 and each result must lie within ops.error_bound of quant_lora_matmul_reference evaluated in float64 on the
 CPU (the definition: y = x Ŵᵀ + s (x Aᵀ) Bᵀ + b). The standalone cuda_ext/test_quant_lora_cuda.cu checks
 the same kernels without torch.
@@ -71,17 +74,22 @@ def problems(draw):
 GEMV_MAX_N = 16                                                # cuda_ext/quant_lora_cuda.h
 
 
-def assert_equals_definition(dev, x, wq, A, B, s, bias):
+def assert_equals_definition(dev, x, wq, A, B, s, bias, ext=None):
     """y on the GPU vs the float64 definition on the CPU, within ops.error_bound for x's dtype. The GEMV
     (N <= GEMV_MAX_N) never rounds Ŵ, so it is held to the bound without that term (weight_rounded=False);
     above it the wrapper rounds Ŵ to x's dtype for cuBLAS, which error_bound's default covers (cuBLAS is
-    held to float32 reductions by the no_reduced_precision fixture)."""
+    held to float32 reductions by the no_reduced_precision fixture). ext given: its tensor-core kernel,
+    which rounds Ŵ at every N, instead of quant_lora_matmul."""
     d64 = lambda t: None if t is None else t.double()          # noqa: E731
     ref = ops.quant_lora_matmul_reference(x.double(), wq, d64(A), d64(B), s, d64(bias))         # (N, out) float64
     cu = lambda t: None if t is None else t.to(dev)            # noqa: E731
-    y = ops.quant_lora_matmul(x.to(dev), on(wq, dev), cu(A), cu(B), s, cu(bias), use_extension=True)
+    if ext is None:
+        y = ops.quant_lora_matmul(x.to(dev), on(wq, dev), cu(A), cu(B), s, cu(bias), use_extension=True)
+    else:
+        y = ops._ext_forward(ext, x.to(dev), on(wq, dev), cu(A), cu(B), s, cu(bias), kernel="tensor")
     assert y.device.type == dev.type and y.dtype == x.dtype and y.shape == ref.shape
-    bound = ops.error_bound(x, wq, A, B, s, bias, weight_rounded=x.shape[0] > GEMV_MAX_N)      # (N, out) float64
+    rounded = ext is not None or x.shape[0] > GEMV_MAX_N
+    bound = ops.error_bound(x, wq, A, B, s, bias, weight_rounded=rounded)                       # (N, out) float64
     err = (y.cpu().double() - ref).abs()
     assert bool((err <= bound).all()), (f"N={x.shape[0]} out,in={tuple(wq.shape)} bs={wq.block_size} "
                                         f"dq={wq.double_quant} {x.dtype}: worst err - bound "
@@ -135,3 +143,51 @@ def test_an_empty_batch_launches_nothing(cuda_device, cuda_ext):
     y = ops.quant_lora_matmul(torch.empty(0, 64, device=cuda_device, dtype=torch.bfloat16), wq, use_extension=True)
     torch.cuda.synchronize()
     assert y.shape == (0, 8) and y.dtype == torch.bfloat16
+
+
+# ---- the tensor-core kernel (nf4_lora_mma), forced: "auto" does not take it until it is measured ------
+
+@pytest.fixture
+def tensor_cores(cuda_device, cuda_ext):
+    if torch.cuda.get_device_capability(cuda_device) < (8, 0):
+        pytest.skip("the tensor-core kernel needs compute capability 8.0 or newer")
+    return cuda_ext
+
+
+@st.composite
+def mma_problems(draw):
+    """A random op the tensor-core kernel takes: in a multiple of 128, a block size a multiple of 32,
+    x in bf16 / fp16; N 1..300 covers every block shape (N <= 8, 16, 32, 64, more) and several row tiles."""
+    out_f = draw(st.integers(1, 300))
+    in_f = 128 * draw(st.integers(1, 10))
+    bs = draw(st.sampled_from([b for b in range(32, 257, 32) if (out_f * in_f) % b == 0]))
+    N = draw(st.integers(1, 40) if draw(st.booleans()) else st.integers(41, 300))
+    g = torch.Generator().manual_seed(draw(st.integers(0, 2 ** 16)))
+    W = torch.randn(out_f, in_f, generator=g) * draw(st.sampled_from([0.02, 1.0]))
+    wq = quantize_nf4(W, bs, draw(st.booleans()), dq_block_size=draw(st.sampled_from([3, 256])))
+    x = torch.randn(N, in_f, generator=g).to(draw(st.sampled_from([torch.bfloat16, torch.float16])))
+    r = draw(st.integers(1, 40))
+    lora = draw(st.booleans())
+    A = torch.randn(r, in_f, generator=g) if lora else None
+    B = torch.randn(out_f, r, generator=g) if lora else None
+    bias = torch.randn(out_f, generator=g) if draw(st.booleans()) else None
+    return x, wq, A, B, draw(st.sampled_from([1.0, 0.5, -2.0])), bias
+
+
+@settings(max_examples=80, deadline=None)
+@given(p=mma_problems())
+def test_the_tensor_core_kernel_equals_the_float64_definition(cuda_device, tensor_cores, p):
+    assert_equals_definition(cuda_device, *p, ext=tensor_cores)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("N", [1, 8, 9, 16, 17, 32, 33, 64, 65, 128, 129])
+def test_the_tensor_core_kernel_at_every_block_shape(cuda_device, tensor_cores, N, dtype):
+    """in = 9 spans of 128: the split-k warps (8, 4, 2 of them) meet a last tile they only partly fill;
+    37 rows leave a partly filled row tile; dq, LoRA and bias on."""
+    g = torch.Generator().manual_seed(N)
+    out_f, in_f = 37, 9 * 128
+    wq = quantize_nf4(torch.randn(out_f, in_f, generator=g), 64, True)
+    x = torch.randn(N, in_f, generator=g).to(dtype)
+    A, B, bias = torch.randn(8, in_f, generator=g), torch.randn(out_f, 8, generator=g), torch.randn(out_f, generator=g)
+    assert_equals_definition(cuda_device, x, wq, A, B, 0.5, bias, ext=tensor_cores)

@@ -444,6 +444,31 @@ def test_cuda_kernel_matches_the_float64_definition(ext, cuda_device, dtype):
             assert np.all(err <= tol), (out_f, in_f, N, bs, dq, lora, float(np.max(err - tol)))
 
 
+def _nvcc():
+    """nvcc's path (PATH, else $CUDA_HOME/bin, else /usr/local/cuda/bin), or None."""
+    import shutil
+    for c in (shutil.which("nvcc"), Path(os.environ.get("CUDA_HOME", "/usr/local/cuda")) / "bin" / "nvcc"):
+        if c and Path(c).is_file():
+            return str(c)
+    return None
+
+
+def test_the_tensor_core_layout_is_the_ptx_fragment_layout(tmp_path):
+    """cuda_ext/test_mma_layout.cu, built and run on the CPU (no GPU needed, only nvcc): the registers each
+    lane builds for mma.sync, placed by the PTX ISA's fragment layout, multiply to Σ_k fl_T(ŵ) x; the x
+    tile's swizzle is free of bank conflicts. Skips where nvcc is not installed."""
+    nvcc = _nvcc()
+    if nvcc is None:
+        pytest.skip("no nvcc here (the CUDA toolkit is not installed)")
+    exe = tmp_path / "layout"
+    src = Path(__file__).resolve().parents[1] / "cuda_ext" / "test_mma_layout.cu"
+    build = subprocess.run([nvcc, "-std=c++17", str(src), "-o", str(exe)], capture_output=True, text=True, timeout=600)
+    assert build.returncode == 0, build.stderr[-3000:]
+    run = subprocess.run([str(exe)], capture_output=True, text=True, timeout=60)
+    assert run.returncode == 0 and run.stdout.strip().endswith("PASS"), run.stdout[-3000:]
+    assert run.stdout.count("PASS tensor-core layout") == 2                      # bf16 and fp16
+
+
 def test_the_cuda_entry_point_checks_its_inputs(ext, cuda_device):
     """The CUDA wrapper: every bad input (also a CPU or meta x, a tensor on another device) is a
     RuntimeError; an empty batch and an x at an odd offset (not 16-byte aligned) work."""
@@ -454,7 +479,7 @@ def test_the_cuda_entry_point_checks_its_inputs(ext, cuda_device):
     gq, gq_dq = _on(wq, cuda_device), _on(wq_dq, cuda_device)
     x = torch.randn(2, 16, generator=g)
     xg = x.to(cuda_device)
-    good = _raw_call(ext.nf4_lora_matmul_cuda, _raw_nf4_args(gq, xg, cuda_device))
+    good = _raw_call(ext.nf4_lora_matmul_cuda, _raw_nf4_args(gq, xg, cuda_device), 0)
     assert torch.allclose(good.cpu(), _raw_call(ext.nf4_lora_matmul, _raw_nf4_args(wq, x), True), rtol=1e-5, atol=1e-5)
     bad = _bad_raw_inputs(gq, gq_dq, cuda_device) + [
         ("x on the CPU", gq, dict(x=x)), ("packed on the CPU", gq, dict(packed=wq.packed)),
@@ -463,18 +488,25 @@ def test_the_cuda_entry_point_checks_its_inputs(ext, cuda_device):
         ("bias on the CPU", gq, dict(bias=torch.randn(8)))]
     for label, w, kw in bad:
         with pytest.raises(RuntimeError):
-            _raw_call(ext.nf4_lora_matmul_cuda, {**_raw_nf4_args(w, xg, cuda_device), **kw})
+            _raw_call(ext.nf4_lora_matmul_cuda, {**_raw_nf4_args(w, xg, cuda_device), **kw}, 0)
             torch.cuda.synchronize()
             pytest.fail(f"no error for {label}")
     with pytest.raises(RuntimeError):                                  # a CUDA x into the CPU entry point
         _raw_call(ext.nf4_lora_matmul, _raw_nf4_args(wq, xg), True)
-    empty = _raw_call(ext.nf4_lora_matmul_cuda, _raw_nf4_args(gq, torch.empty(0, 16, device=cuda_device), cuda_device))
+    empty = _raw_call(ext.nf4_lora_matmul_cuda, _raw_nf4_args(gq, torch.empty(0, 16, device=cuda_device), cuda_device), 0)
     assert empty.shape == (0, 8)
     odd = torch.randn(2 * 16 + 1, device=cuda_device)[1:].view(2, 16)             # 4 bytes past an allocation
-    y_odd = _raw_call(ext.nf4_lora_matmul_cuda, _raw_nf4_args(gq, odd, cuda_device))
-    assert torch.equal(y_odd, _raw_call(ext.nf4_lora_matmul_cuda, _raw_nf4_args(gq, odd.clone(), cuda_device)))
+    y_odd = _raw_call(ext.nf4_lora_matmul_cuda, _raw_nf4_args(gq, odd, cuda_device), 0)
+    assert torch.equal(y_odd, _raw_call(ext.nf4_lora_matmul_cuda, _raw_nf4_args(gq, odd.clone(), cuda_device), 0))
     torch.cuda.synchronize()
-    assert torch.equal(_raw_call(ext.nf4_lora_matmul_cuda, _raw_nf4_args(gq, xg, cuda_device)), good)
+    assert torch.equal(_raw_call(ext.nf4_lora_matmul_cuda, _raw_nf4_args(gq, xg, cuda_device), 0), good)
+    # kernel: only 0, 1, 2; the tensor cores (2) refuse a float32 x, and in = 16 (128 must divide in)
+    for label, kernel, xx in (("kernel 3", 3, xg), ("kernel -1", -1, xg), ("tensor cores, float32 x", 2, xg),
+                              ("tensor cores, in = 16", 2, xg.bfloat16())):
+        with pytest.raises(RuntimeError):
+            _raw_call(ext.nf4_lora_matmul_cuda, _raw_nf4_args(gq, xx, cuda_device), kernel)
+            torch.cuda.synchronize()
+            pytest.fail(f"no error for {label}")
 
 
 def test_bench_kernels_fast_prints_ratios_against_dense_measured_in_the_same_run(capsys):

@@ -279,10 +279,15 @@ def _mean(t: torch.Tensor) -> float:
     return hit[1]
 
 
-def _ext_forward(ext, x2, wq, A, B, scaling, bias) -> torch.Tensor:
+CUDA_KERNELS = {"auto": 0, "cores": 1, "tensor": 2}   # nf4_lora_matmul_cuda's `kernel` (cuda_ext/quant_lora.cpp)
+
+
+def _ext_forward(ext, x2, wq, A, B, scaling, bias, kernel: str = "auto") -> torch.Tensor:
     """The extension on a contiguous (N, in) input of float32, bfloat16 or float16: (N, out) in x's dtype.
     A, B, bias go as they are (the C++ converts them to float32 once); None is an empty tensor. Called
-    with grad off or nothing requiring it (QuantLoRAMatmul or inference), so nothing needs detaching."""
+    with grad off or nothing requiring it (QuantLoRAMatmul or inference), so nothing needs detaching.
+    kernel (NF4 on CUDA only): "auto"; "cores", the GEMV (N <= 16) or dequantize + cuBLAS; "tensor", the
+    tensor-core kernel (bf16 / fp16 x, sm_80+; an error where it cannot run)."""
     empty = _empty(x2.device)
     A_, B_, b_ = (empty if t is None else t for t in (A, B, bias))
     if isinstance(wq, Int8Tensor):
@@ -295,7 +300,7 @@ def _ext_forward(ext, x2, wq, A, B, scaling, bias) -> torch.Tensor:
     args = (x2, wq.packed.contiguous(), out_f, in_f, am, q8, sc, mean, wq.dq_block_size,
             _code(wq.code_name, x2.device), wq.block_size, A_, B_, float(scaling), b_)
     if x2.device.type == "cuda":
-        return ext.nf4_lora_matmul_cuda(*args)                                 # GEMV (N <= 16) or cuBLAS
+        return ext.nf4_lora_matmul_cuda(*args, CUDA_KERNELS[kernel])          # GEMV (N <= 16) or cuBLAS, or mma
     return ext.nf4_lora_matmul(*args, True)
 
 
