@@ -29,6 +29,8 @@
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
+#include <atomic>
+
 namespace minift_cuda {
 namespace {
 
@@ -667,6 +669,25 @@ const char* nf4_dequantize(Dtype dtype, const NF4Weight& W, void* w, void* strea
 }
 
 
+namespace {
+// Whether GPU dev and the kernel's binary for it are sm_80+: asked once per device (a few µs of driver calls),
+// then remembered. 0 not asked yet, 1 yes, 2 the GPU is older, 3 the binary is.
+const char* mma_arch_unsupported(int dev) {
+  static std::atomic<int> known[64];
+  const char* why[] = {nullptr, nullptr, "the tensor-core path needs a GPU of compute capability 8.0 or newer",
+                       "the extension was not compiled for sm_80 or newer"};
+  if (dev >= 0 && dev < 64 && known[dev].load() != 0) return why[known[dev].load()];
+  int major = 0;
+  cudaFuncAttributes fa{};
+  if (cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev) != cudaSuccess ||
+      cudaFuncGetAttributes(&fa, mma_gemm<__nv_bfloat16, 1, 1, 1, 8>) != cudaSuccess)
+    return cudaGetErrorString(cudaGetLastError());             // read and cleared: no later launch reports it
+  const int k = major < 8 ? 2 : (fa.ptxVersion < 80 || fa.binaryVersion < 80) ? 3 : 1;
+  if (dev >= 0 && dev < 64) known[dev].store(k);
+  return why[k];
+}
+}  // namespace
+
 const char* nf4_mma_unsupported(Dtype dtype, const void* x, int64_t N, const NF4Weight& W) {
   if (dtype != BF16 && dtype != F16) return "the tensor-core path takes bfloat16 or float16 activations";
   if (W.in % mma::SPAN) return "the tensor-core path needs in % 128 == 0";
@@ -676,16 +697,9 @@ const char* nf4_mma_unsupported(Dtype dtype, const void* x, int64_t N, const NF4
   if (W.out * W.in / 32 >= (int64_t{1} << 32) || W.out >= (int64_t{1} << 31) || W.in >= (int64_t{1} << 31) ||
       N >= (int64_t{1} << 31) || (N + 127) / 128 > 65535 || W.am.dq_block >= (int64_t{1} << 32))
     return "the tensor-core path takes at most 2^32 chunks, 2^31 rows, columns and inputs";
-  int dev = 0, major = 0;
-  cudaFuncAttributes fa{};
-  if (cudaGetDevice(&dev) != cudaSuccess || cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev) != cudaSuccess ||
-      cudaFuncGetAttributes(&fa, mma_gemm<__nv_bfloat16, 1, 1, 1, 8>) != cudaSuccess) {
-    const cudaError_t e = cudaGetLastError();                  // read and cleared: no later launch reports it
-    return cudaGetErrorString(e);
-  }
-  if (major < 8) return "the tensor-core path needs a GPU of compute capability 8.0 or newer";
-  if (fa.ptxVersion < 80 || fa.binaryVersion < 80) return "the extension was not compiled for sm_80 or newer";
-  return nullptr;
+  int dev = 0;
+  if (cudaGetDevice(&dev) != cudaSuccess) return cudaGetErrorString(cudaGetLastError());   // read and cleared
+  return mma_arch_unsupported(dev);
 }
 
 const char* nf4_lora_mma(Dtype dtype, const void* x, int64_t N, const NF4Weight& W, const float* z,
