@@ -14,7 +14,9 @@ Gradient accumulation. A step of k = grad_accum micro-batches (times W ranks) tr
     L = sum_j w_j L_j,    sum_j w_j = 1 over every micro-batch of the step, on every rank
 
 A loss that is a mean over the batch's counted targets says so (`loss_fn.token_mean = True`, as
-`lm_loss` does); then w_j = n_j / N, with n_j the counted targets (targets != -100) of micro-batch j
+`lm_loss` does, or a function giving the batch's target tensor where the targets are not
+batch["targets"], as distillation's with mask="labels"); then w_j = n_j / N, with n_j the counted
+targets (targets != -100) of micro-batch j
 and N those of the whole step: one mean over the step's tokens, exactly the loss of one batch holding
 all its rows, however the masks and padding split the tokens (lesson 01's (1.8)). Any other loss is
 a mean over its batch's examples and w_j = 1 / (k W): the mean of the micro-batches' means.
@@ -146,20 +148,24 @@ def lm_loss(model, batch):
 lm_loss.token_mean = True      # a mean over counted targets: train weighs micro-batches by their counts
 
 
-def counted_targets(batch) -> int:
-    """The number of targets of a batch that a token-mean loss counts (targets != -100)."""
+def counted_targets(batch, targets_of=None) -> int:
+    """The number of targets of a batch that a token-mean loss counts (!= -100): of batch["targets"], or
+    of targets_of(batch) when given (a loss_fn's token_mean that is a function)."""
+    if callable(targets_of):
+        return int((targets_of(batch) != IGNORE_INDEX).sum())
     if not (isinstance(batch, dict) and "targets" in batch):
         raise ValueError("train: a token-mean loss_fn (loss_fn.token_mean = True) needs batches with 'targets'; "
                          f"this batch has {sorted(batch) if isinstance(batch, dict) else type(batch).__name__}")
     return int((batch["targets"] != IGNORE_INDEX).sum())
 
 
-def micro_batch_weights(batches: list, token_mean: bool, grad_accum: int, world: int) -> list[float]:
+def micro_batch_weights(batches: list, token_mean, grad_accum: int, world: int) -> list[float]:
     """w_j for this rank's micro-batches of one step (see the module doc), summing to 1 over every rank:
-    w_j = n_j / N for a token-mean loss (N summed over the ranks), else 1 / (grad_accum * world)."""
+    w_j = n_j / N for a token-mean loss (N summed over the ranks), else 1 / (grad_accum * world).
+    token_mean: the loss_fn's attribute (False, True, or a function giving a batch's targets)."""
     if not token_mean:
         return [1.0 / (grad_accum * world)] * len(batches)
-    counts = [counted_targets(b) for b in batches]          # n_j
+    counts = [counted_targets(b, token_mean) for b in batches]   # n_j
     total = round(sum_over_ranks(sum(counts)))               # N: the step's counted targets, all ranks
     if total == 0:                                           # nothing to predict in the whole step: every
         return [1.0 / (grad_accum * world)] * len(batches)   # L_j is 0 (GPT.forward), the gradient zero
@@ -264,7 +270,7 @@ def train(model, dataset, cfg: TrainConfig, *, loss_fn: Callable = lm_loss,
     rank, world = rank_and_world()                # data-parallel under torchrun (minift/distributed.py)
     broadcast_parameters(model)                   # every rank starts from rank 0's weights
     opt = optimizer or make_optimizer(model, cfg)
-    token_mean = bool(getattr(loss_fn, "token_mean", False))   # micro-batches weighed by counted targets
+    token_mean = getattr(loss_fn, "token_mean", False)   # micro-batches weighed by counted targets
     sampler = (BucketSampler([item_length(dataset[i]) for i in range(len(dataset))], cfg.batch_size, cfg.seed,
                              cfg.length_buckets) if cfg.length_buckets else BatchSampler(len(dataset), cfg.batch_size, cfg.seed))
     history: list[dict] = []

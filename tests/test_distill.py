@@ -401,3 +401,33 @@ def test_language_model_distillation_masks_response_or_real_tokens(mask):
     keep = (targets != -100).numpy()
     hard = -np_log_softmax(s[keep])[np.arange(keep.sum()), targets.numpy()[keep]].mean()
     assert float(got.detach()) == pytest.approx(0.6 * soft + 0.4 * hard, rel=1e-9)
+
+
+def test_accumulated_distillation_takes_one_mean_over_the_steps_labels():
+    """mask="labels": both terms are means over labelled positions, so k micro-batches whose labels keep
+    different numbers of positions take the same step as one batch of all their rows (train weighs them
+    by their counted labels). With 1/k weights instead, the rows of the sparse micro-batch count for more."""
+    from minift.train import train
+    cfg = GPTConfig(vocab_size=16, block_size=8, n_layer=1, n_head=2, n_embd=8)
+    g = torch.Generator().manual_seed(0)
+    idx = torch.randint(0, 16, (4, 8), generator=g)
+    labels = torch.randint(0, 16, (4, 8), generator=g)
+    for row, keep in enumerate((1, 2, 4, 8)):        # rows keep 1, 2, 4, 8 labels: however two micro-batches
+        labels[row, keep:] = -100                    # of 2 rows split them, their counts differ
+    data = [{"idx": i, "labels": y} for i, y in zip(idx, labels)]
+    torch.manual_seed(1)
+    teacher = GPT(cfg).double()
+    loss_fn = distill_loss_fn(teacher, DistillConfig(alpha=0.5, temperature=2.0, mask="labels"))
+    assert callable(getattr(loss_fn, "token_mean", None))
+    assert not hasattr(distill_loss_fn(teacher, DistillConfig(mask="real")), "token_mean")   # soft and hard count differently
+
+    def step(bs, acc):
+        torch.manual_seed(0)
+        m = GPT(cfg).double()
+        before = [p.detach().clone() for p in m.parameters()]
+        train(m, data, TrainConfig(steps=1, batch_size=bs, grad_accum=acc, lr=1.0, warmup_steps=0, grad_clip=0,
+                                   progress=False), loss_fn=loss_fn, optimizer=torch.optim.SGD(m.parameters(), lr=1.0))
+        return [p0 - p.detach() for p0, p in zip(before, m.parameters())]
+
+    for a, c in zip(step(4, 1), step(2, 2)):
+        torch.testing.assert_close(c, a, atol=1e-12, rtol=1e-9)

@@ -216,6 +216,8 @@ def distill_loss_fn(teacher, cfg: DistillConfig) -> Callable:
         else:
             mask = torch.ones(s.shape[:-1], dtype=torch.bool, device=s.device) if am is None else am.bool()
         return kd_loss(s, t, y, mask, cfg.alpha, cfg.temperature, cfg.divergence, cfg.beta), {}
+    if cfg.mask == "labels":          # both terms are means over the labelled positions: a token mean, so
+        loss_fn.token_mean = _labels  # train weighs accumulated micro-batches by their labels (minift/train.py)
     return loss_fn
 
 
