@@ -10,27 +10,16 @@
 // 16-byte bank groups when it reads (each k-step pair, each tile width) and writes x. tests/test_ops.py builds
 // and runs this wherever nvcc is installed. Exit status 0 iff every check passed.
 #include "quant_lora_mma.cuh"
+#include "test_common.cuh"
 
 #include <cmath>
 #include <cstdio>
 #include <cstring>
-#include <random>
 #include <type_traits>
 #include <vector>
 
 using namespace minift_cuda;
-
-enum Dt { BF16, F16 };
-static std::mt19937_64 rng(1234);
-static float unif(float a, float b) { return std::uniform_real_distribution<float>(a, b)(rng); }
-static int irand(int a, int b) { return std::uniform_int_distribution<int>(a, b)(rng); }
-static const float NF4[16] = {-1.0f, -0.6961928f, -0.5250730f, -0.3949175f, -0.2844414f, -0.1848449f,
-                              -0.0910500f, 0.0f, 0.0795803f, 0.1609302f, 0.2461123f, 0.3379152f,
-                              0.4407098f, 0.5626170f, 0.7229568f, 1.0f};
-static float round_to(Dt d, float v) {
-  return d == BF16 ? __bfloat162float(__float2bfloat16_rn(v)) : __half2float(__float2half_rn(v));
-}
-static const char* dname(Dt d) { return d == BF16 ? "bf16" : "f16"; }
+using namespace minift_test;
 
 // The PTX ISA's m16n8k16 (.bf16 / .f16) fragments, element by element: lane l = 4g + t, element i of A (0..7),
 // B (0..3), D (0..3). Written from the ISA's formulas, not from quant_lora_mma.cuh.
@@ -61,7 +50,7 @@ template <typename T> static float half_of(uint32_t reg, int hi) {    // element
 // against Σ_k fl_T(ŵ) x. Also: every D element has one (lane, e) and d_row / d_col name it as the ISA does;
 // the swizzle is a bijection and every quarter-warp's reads (each j, each tile width) and writes hit 8
 // different 16-byte bank groups. Returns the number of failures.
-template <typename T> static int host_layout_check(Dt dt) {
+template <typename T> static int host_layout_check(Dtype dt) {
   int fails = 0;
   auto fail = [&](const char* what) { if (fails++ < 5) std::printf("  layout (%s): %s\n", dname(dt), what); };
   std::vector<uint8_t> pk(16 * 64);                             // rows o = 0..15, 64 bytes (128 weights) each

@@ -20,6 +20,7 @@
 // bound with ŵ replaced by fl_T(ŵ), which is exactly what they multiply. Part 2 times them beside the GEMV.
 // Exit status 0 iff every case passed.
 #include "quant_lora_cuda.h"
+#include "test_common.cuh"
 
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
@@ -30,28 +31,14 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
-#include <random>
 #include <vector>
 
 using namespace minift_cuda;
+using namespace minift_test;
 
 #define CK(call) do { cudaError_t e_ = (call); if (e_ != cudaSuccess) { \
   std::printf("CUDA error %s at %s:%d\n", cudaGetErrorString(e_), __FILE__, __LINE__); std::exit(2); } } while (0)
 
-static std::mt19937_64 rng(1234);
-static float unif(float a, float b) { return std::uniform_real_distribution<float>(a, b)(rng); }
-static int64_t irand(int64_t a, int64_t b) { return std::uniform_int_distribution<int64_t>(a, b)(rng); }
-
-static const float NF4[16] = {-1.0f, -0.6961928f, -0.5250730f, -0.3949175f, -0.2844414f, -0.1848449f,
-                              -0.0910500f, 0.0f, 0.0795803f, 0.1609302f, 0.2461123f, 0.3379152f,
-                              0.4407098f, 0.5626170f, 0.7229568f, 1.0f};
-
-// float -> the dtype -> float, on the host (cuda_bf16.h / cuda_fp16.h conversions are host-callable).
-static float round_to(Dtype d, float v) {
-  if (d == BF16) return __bfloat162float(__float2bfloat16_rn(v));
-  if (d == F16) return __half2float(__float2half_rn(v));
-  return v;
-}
 static size_t esize(Dtype d) { return d == F32 ? 4 : 2; }
 static void store(Dtype d, void* p, size_t i, float v) {
   if (d == F32) static_cast<float*>(p)[i] = v;
@@ -63,7 +50,6 @@ static float load(Dtype d, const void* p, size_t i) {
   if (d == BF16) return __bfloat162float(static_cast<const __nv_bfloat16*>(p)[i]);
   return __half2float(static_cast<const __half*>(p)[i]);
 }
-static const char* dname(Dtype d) { return d == F32 ? "f32" : d == BF16 ? "bf16" : "f16"; }
 
 struct Case { int64_t out, in, bs, N, r; bool dq, bias; Dtype dt; int64_t offset; bool mma = false; };   // offset: bytes before packed
 

@@ -58,11 +58,16 @@ def problems(draw):
         sizes = [b for b in range(2, 257, 2) if (out_f * in_f) % b == 0]
     bs = draw(st.sampled_from(sizes))
     N = draw(st.sampled_from([1, 2, 3, 4, 5, 8, 9, 16]) if draw(st.booleans()) else st.integers(1, 40))
+    return draw_op(draw, out_f, in_f, bs, N, DTYPES)
+
+
+def draw_op(draw, out_f, in_f, bs, N, dtypes):
+    """The rest of a random op of that shape: a weight (small or unit scale; plain or double-quantized
+    absmax), x (N, in) in one of dtypes, a LoRA pair of rank 1..40 or none, a bias or none, a scaling."""
     g = torch.Generator().manual_seed(draw(st.integers(0, 2 ** 16)))
     W = torch.randn(out_f, in_f, generator=g) * draw(st.sampled_from([0.02, 1.0]))
     wq = quantize_nf4(W, bs, draw(st.booleans()), dq_block_size=draw(st.sampled_from([3, 256])))
-    dtype = draw(st.sampled_from(DTYPES))
-    x = torch.randn(N, in_f, generator=g).to(dtype)
+    x = torch.randn(N, in_f, generator=g).to(draw(st.sampled_from(dtypes)))
     r = draw(st.integers(1, 40))
     lora = draw(st.booleans())
     A = torch.randn(r, in_f, generator=g) if lora else None
@@ -162,16 +167,7 @@ def mma_problems(draw):
     in_f = 128 * draw(st.integers(1, 10))
     bs = draw(st.sampled_from([b for b in range(32, 257, 32) if (out_f * in_f) % b == 0]))
     N = draw(st.integers(1, 40) if draw(st.booleans()) else st.integers(41, 300))
-    g = torch.Generator().manual_seed(draw(st.integers(0, 2 ** 16)))
-    W = torch.randn(out_f, in_f, generator=g) * draw(st.sampled_from([0.02, 1.0]))
-    wq = quantize_nf4(W, bs, draw(st.booleans()), dq_block_size=draw(st.sampled_from([3, 256])))
-    x = torch.randn(N, in_f, generator=g).to(draw(st.sampled_from([torch.bfloat16, torch.float16])))
-    r = draw(st.integers(1, 40))
-    lora = draw(st.booleans())
-    A = torch.randn(r, in_f, generator=g) if lora else None
-    B = torch.randn(out_f, r, generator=g) if lora else None
-    bias = torch.randn(out_f, generator=g) if draw(st.booleans()) else None
-    return x, wq, A, B, draw(st.sampled_from([1.0, 0.5, -2.0])), bias
+    return draw_op(draw, out_f, in_f, bs, N, [torch.bfloat16, torch.float16])
 
 
 @settings(max_examples=80, deadline=None)
