@@ -548,7 +548,7 @@ torch::Tensor int8_lora_matmul(torch::Tensor x, torch::Tensor q, torch::Tensor s
 //   N >  GEMV_MAX_N   nf4_dequantize into Ŵ (out, in) of x's dtype, y = x Ŵᵀ by cuBLAS (float32 output),
 //                     + z Bᵀ + bias in float32, rounded to x's dtype once
 // kernel = 2 (tensor cores): nf4_lora_mma, any N, bf16 / fp16 x on sm_80+ (an error where it cannot run).
-// auto takes the tensor cores too where they can run, once minift_cuda::MMA_IN_AUTO says so.
+// auto takes the tensor cores where they can run from batch minift_cuda::MMA_AUTO_MIN_N on (never, for now).
 namespace {
 
 minift_cuda::Dtype cuda_dtype(at::ScalarType t) {
@@ -603,7 +603,7 @@ torch::Tensor nf4_lora_matmul_cuda(torch::Tensor x, torch::Tensor packed, int64_
   }
   torch::Tensor z;                                              // s · x Aᵀ  (N, r) float32
   if (L.r) z = at::mm(x.to(at::kFloat), L.A.t()).mul_(scaling).contiguous();
-  const bool mma = kernel == 2 || (kernel == 0 && minift_cuda::MMA_IN_AUTO &&
+  const bool mma = kernel == 2 || (kernel == 0 && N >= minift_cuda::MMA_AUTO_MIN_N &&
                                     minift_cuda::nf4_mma_unsupported(dt, xa.data_ptr(), N, W) == nullptr);
   if (mma || N <= minift_cuda::GEMV_MAX_N) {
     auto y = torch::empty({N, out}, x.options());               // (N, out) in x's dtype

@@ -617,15 +617,58 @@ const char* launch_mma(const T* x, int64_t N, const NF4Weight& W, const float* z
 
 // The block shape per batch. Decoding (N <= 16): 16 rows a block, its 8 warps split k (4096 rows = 256 blocks,
 // 8 warps each streaming weights). Larger batches: more rows and inputs a block, so each decoded weight
-// feeds more mma (NT of them) and each staged x value more rows.
+// feeds more mma (NT of them) and each staged x value more rows: the largest shape that N fills (BN <= N,
+// so few mma multiply padding) and that still makes at least one block per SM.
 template <typename T>
 const char* mma_typed(const T* x, int64_t N, const NF4Weight& W, const float* z, const float* B, int64_t r,
-                      const float* bias, T* y, cudaStream_t st) {
+                      const float* bias, T* y, cudaStream_t st, int sms) {
   if (N <= 8) return launch_mma<T, 1, 1, 1, 8>(x, N, W, z, B, r, bias, y, st);
   if (N <= 16) return launch_mma<T, 1, 2, 1, 8>(x, N, W, z, B, r, bias, y, st);
-  if (N <= 32) return launch_mma<T, 1, 4, 2, 4>(x, N, W, z, B, r, bias, y, st);
-  if (N <= 64) return launch_mma<T, 2, 8, 2, 2>(x, N, W, z, B, r, bias, y, st);
-  return launch_mma<T, 2, 16, 4, 1>(x, N, W, z, B, r, bias, y, st);     // gridDim.y covers N > 128
+  auto blocks = [&](int64_t bm, int64_t bn) { return ((W.out + bm - 1) / bm) * ((N + bn - 1) / bn); };
+  if (N >= 128 && blocks(128, 128) >= sms) return launch_mma<T, 2, 16, 4, 1>(x, N, W, z, B, r, bias, y, st);
+  if (N >= 64 && blocks(64, 64) >= sms) return launch_mma<T, 2, 8, 2, 2>(x, N, W, z, B, r, bias, y, st);
+  return launch_mma<T, 1, 4, 2, 4>(x, N, W, z, B, r, bias, y, st);     // 32 x 32; gridDim.y covers N
+}
+
+// What the tensor-core path asks the driver about a GPU, once per device (a few µs of calls), then remembers:
+// whether the GPU and the kernel's binary for it are sm_80+ (state 0 not asked yet, 1 yes, 2 the GPU is
+// older, 3 the binary is), and its SM count.
+std::atomic<int> mma_state[64], mma_sms[64];
+
+const char* mma_arch_unsupported(int dev, int* sms) {
+  static const char* const why[] = {nullptr, nullptr, "the tensor-core path needs a GPU of compute capability 8.0 or newer",
+                                    "the extension was not compiled for sm_80 or newer"};
+  const bool cached = dev >= 0 && dev < 64;
+  if (cached && mma_state[dev].load() != 0) {
+    *sms = mma_sms[dev].load();
+    return why[mma_state[dev].load()];
+  }
+  int major = 0;
+  cudaFuncAttributes fa{};
+  if (cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev) != cudaSuccess ||
+      cudaDeviceGetAttribute(sms, cudaDevAttrMultiProcessorCount, dev) != cudaSuccess ||
+      cudaFuncGetAttributes(&fa, mma_gemm<__nv_bfloat16, 1, 1, 1, 8>) != cudaSuccess)
+    return cudaGetErrorString(cudaGetLastError());             // read and cleared: no later launch reports it
+  const int k = major < 8 ? 2 : (fa.ptxVersion < 80 || fa.binaryVersion < 80) ? 3 : 1;
+  if (cached) {
+    mma_sms[dev].store(*sms);
+    mma_state[dev].store(k);
+  }
+  return why[k];
+}
+
+const char* mma_unsupported(Dtype dtype, const void* x, int64_t N, const NF4Weight& W, int* sms) {
+  if (dtype != BF16 && dtype != F16) return "the tensor-core path takes bfloat16 or float16 activations";
+  if (W.in % mma::SPAN) return "the tensor-core path needs in % 128 == 0";
+  if (W.block_size % 32) return "the tensor-core path needs a block size that is a multiple of 32";
+  if (reinterpret_cast<uintptr_t>(W.packed) % 16 || reinterpret_cast<uintptr_t>(x) % 16)
+    return "the tensor-core path needs packed and x 16-byte aligned";
+  if (W.out * W.in / 32 >= (int64_t{1} << 32) || W.out >= (int64_t{1} << 31) || W.in >= (int64_t{1} << 31) ||
+      (N + 31) / 32 > 65535 || W.am.dq_block >= (int64_t{1} << 32))
+    return "the tensor-core path takes at most 2^32 chunks, 2^31 rows and columns, 2^21 inputs";
+  int dev = 0;
+  if (cudaGetDevice(&dev) != cudaSuccess) return cudaGetErrorString(cudaGetLastError());   // read and cleared
+  return mma_arch_unsupported(dev, sms);
 }
 
 const char* check(const NF4Weight& W) {                        // what the kernels assume; the wrapper checks first
@@ -668,51 +711,23 @@ const char* nf4_dequantize(Dtype dtype, const NF4Weight& W, void* w, void* strea
   return "minift_cuda: unknown dtype";
 }
 
-
-namespace {
-// Whether GPU dev and the kernel's binary for it are sm_80+: asked once per device (a few µs of driver calls),
-// then remembered. 0 not asked yet, 1 yes, 2 the GPU is older, 3 the binary is.
-const char* mma_arch_unsupported(int dev) {
-  static std::atomic<int> known[64];
-  const char* why[] = {nullptr, nullptr, "the tensor-core path needs a GPU of compute capability 8.0 or newer",
-                       "the extension was not compiled for sm_80 or newer"};
-  if (dev >= 0 && dev < 64 && known[dev].load() != 0) return why[known[dev].load()];
-  int major = 0;
-  cudaFuncAttributes fa{};
-  if (cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev) != cudaSuccess ||
-      cudaFuncGetAttributes(&fa, mma_gemm<__nv_bfloat16, 1, 1, 1, 8>) != cudaSuccess)
-    return cudaGetErrorString(cudaGetLastError());             // read and cleared: no later launch reports it
-  const int k = major < 8 ? 2 : (fa.ptxVersion < 80 || fa.binaryVersion < 80) ? 3 : 1;
-  if (dev >= 0 && dev < 64) known[dev].store(k);
-  return why[k];
-}
-}  // namespace
-
 const char* nf4_mma_unsupported(Dtype dtype, const void* x, int64_t N, const NF4Weight& W) {
-  if (dtype != BF16 && dtype != F16) return "the tensor-core path takes bfloat16 or float16 activations";
-  if (W.in % mma::SPAN) return "the tensor-core path needs in % 128 == 0";
-  if (W.block_size % 32) return "the tensor-core path needs a block size that is a multiple of 32";
-  if (reinterpret_cast<uintptr_t>(W.packed) % 16 || reinterpret_cast<uintptr_t>(x) % 16)
-    return "the tensor-core path needs packed and x 16-byte aligned";
-  if (W.out * W.in / 32 >= (int64_t{1} << 32) || W.out >= (int64_t{1} << 31) || W.in >= (int64_t{1} << 31) ||
-      N >= (int64_t{1} << 31) || (N + 127) / 128 > 65535 || W.am.dq_block >= (int64_t{1} << 32))
-    return "the tensor-core path takes at most 2^32 chunks, 2^31 rows, columns and inputs";
-  int dev = 0;
-  if (cudaGetDevice(&dev) != cudaSuccess) return cudaGetErrorString(cudaGetLastError());   // read and cleared
-  return mma_arch_unsupported(dev);
+  int sms = 0;
+  return mma_unsupported(dtype, x, N, W, &sms);
 }
 
 const char* nf4_lora_mma(Dtype dtype, const void* x, int64_t N, const NF4Weight& W, const float* z,
                          const float* B, int64_t r, const float* bias, void* y, void* stream) {
   if (N <= 0 || W.out == 0) return nullptr;
   if (const char* e = check(W)) return e;
-  if (const char* e = nf4_mma_unsupported(dtype, x, N, W)) return e;
+  int sms = 0;
+  if (const char* e = mma_unsupported(dtype, x, N, W, &sms)) return e;
   if (!z || !B) r = 0;
   if (r >= (int64_t{1} << 31)) return "minift_cuda: nf4_lora_mma takes a LoRA rank below 2^31";
   auto st = static_cast<cudaStream_t>(stream);
   if (dtype == BF16)
-    return mma_typed(static_cast<const __nv_bfloat16*>(x), N, W, z, B, r, bias, static_cast<__nv_bfloat16*>(y), st);
-  return mma_typed(static_cast<const __half*>(x), N, W, z, B, r, bias, static_cast<__half*>(y), st);
+    return mma_typed(static_cast<const __nv_bfloat16*>(x), N, W, z, B, r, bias, static_cast<__nv_bfloat16*>(y), st, sms);
+  return mma_typed(static_cast<const __half*>(x), N, W, z, B, r, bias, static_cast<__half*>(y), st, sms);
 }
 
 }  // namespace minift_cuda

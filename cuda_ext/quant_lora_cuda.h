@@ -52,9 +52,9 @@ const char* nf4_lora_mma(Dtype dtype, const void* x, int64_t N, const NF4Weight&
 // block_size % 32, a pointer not 16-byte aligned, a GPU or a build older than sm_80.
 const char* nf4_mma_unsupported(Dtype dtype, const void* x, int64_t N, const NF4Weight& W);
 
-// Whether the wrapper's automatic choice (kernel = "auto") takes nf4_lora_mma where it is supported. Off until
-// the tensor-core path has been checked and timed on a GPU (minift bench kernels --device cuda: its row is
-// "NF4 fused, tensor cores"); the other paths stay the automatic choice until then.
-constexpr bool MMA_IN_AUTO = false;
+// The smallest batch at which the wrapper's automatic choice (kernel = "auto") takes nf4_lora_mma, where it is
+// supported. Never, until the tensor-core path has been checked and timed on a GPU (minift bench kernels
+// --device cuda: its row is "NF4 fused, tensor cores"); then the batch from which that row beats "raw kernel".
+constexpr int64_t MMA_AUTO_MIN_N = INT64_MAX;
 
 }  // namespace minift_cuda
