@@ -407,9 +407,10 @@ const char* dequant_typed(const NF4Weight& W, T* w, cudaStream_t st) {
 // mma_gemm: y = x Ŵᵀ (+ LoRA, + bias) with Ŵ decoded straight into mma.sync registers (quant_lora_mma.cuh: the
 // layout). A block owns BM = 16·MT·WM rows of Ŵ and BN = 8·NT inputs; its WM × WK warps split the rows (WM)
 // and k (WK): warp (wm, wk) multiplies 16·MT rows by BN inputs over span wk of every tile of KT = 128·WK
-// columns. Per tile the block stages x[n0 .. n0+BN, tile] (already in T: no conversion) in shared memory,
-// each warp streams its weights from global memory into registers (the next tile's load is issued before
-// this tile's math), decodes them once and uses each decoded register NT times. With WK > 1 the warps' partial
+// columns. The block stages x[n0 .. n0+BN, tile] (already in T: no conversion) in shared memory with
+// asynchronous copies (cp.async), two buffers: tile i+1 is on its way while tile i is multiplied. Each warp
+// streams its weights from global memory into registers (the next tile's load is issued before this tile's
+// math), decodes them once and uses each decoded register NT times. With WK > 1 the warps' partial
 // sums meet in shared memory at the end. Ŵ is rounded to T, as nf4_dequantize's; products are exact and
 // accumulate in float32, so the result has the error bound of dequantize-then-cuBLAS.
 
@@ -419,10 +420,29 @@ struct MmaCfg {
   static constexpr int UNITS = KT / 8;                         // 16-byte units (8 values of T) per staged row
   static constexpr int THREADS = 32 * WM * WK;
   static constexpr int E = MT * NT * 4;                        // accumulators per lane
-  static constexpr size_t XS = size_t{BN} * KT * 2;            // the x tile, bytes
+  static constexpr size_t XS = size_t{BN} * KT * 2;            // one x tile, bytes (two are staged)
   static constexpr size_t RED = WK > 1 ? size_t{WK} * WM * E * 32 * 4 : 0;   // the partial sums, bytes
-  static constexpr size_t SMEM = XS > RED ? XS : RED;
+  static constexpr size_t SMEM = 2 * XS > RED ? 2 * XS : RED;
 };
+
+// 16 bytes from global to shared memory without passing through registers (sm_80+), in the current group of
+// copies; valid = false writes 16 zero bytes and reads nothing (src must still be a valid address).
+__device__ __forceinline__ void cp_async16(void* dst, const void* src, bool valid) {
+#if !defined(__CUDA_ARCH__) || __CUDA_ARCH__ >= 800
+  const unsigned d = static_cast<unsigned>(__cvta_generic_to_shared(dst));
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(d), "l"(src), "r"(valid ? 16 : 0));
+#endif
+}
+__device__ __forceinline__ void cp_async_commit() {
+#if !defined(__CUDA_ARCH__) || __CUDA_ARCH__ >= 800
+  asm volatile("cp.async.commit_group;\n" ::);
+#endif
+}
+template <int PENDING> __device__ __forceinline__ void cp_async_wait() {   // all but the newest PENDING groups landed
+#if !defined(__CUDA_ARCH__) || __CUDA_ARCH__ >= 800
+  asm volatile("cp.async.wait_group %0;\n" ::"n"(PENDING));
+#endif
+}
 
 // D += A B, one m16n8k16 with float32 accumulators.
 template <typename T> __device__ __forceinline__ void mma16816(float d[4], const uint32_t a[4], const uint32_t b[2]);
@@ -450,7 +470,7 @@ mma_gemm(const T* __restrict__ x, int N, int in, int out, const uint4* __restric
   __trap();                                                    // never launched: nf4_mma_unsupported checks the arch
 #else
   using C = MmaCfg<MT, NT, WM, WK>;
-  extern __shared__ uint4 smem[];                              // x tile (BN, UNITS) swizzled; then the partial sums
+  extern __shared__ uint4 smem[];                              // 2 x tiles (BN, UNITS) swizzled; then the partial sums
   __shared__ float table[16];
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const int wm = warp % WM, wk = warp / WM;
@@ -489,19 +509,32 @@ mma_gemm(const T* __restrict__ x, int N, int in, int out, const uint4* __restric
 #pragma unroll
       for (int e = 0; e < 4; ++e) acc[mt][nt][e] = 0.f;
 
+  // Stage tile i of x into buffer i % 2: unit v of input n (x[n0+n, k0+8v .. +8]) at row n, place swizzle(n, v);
+  // inputs past N are zeros (their source clamped to a real row, read not at all).
+  auto stage = [&](int i) {
+    const int k0 = i * C::KT, units = min(C::KT, in - k0) / 8;      // units per row in this tile (16 | units)
+    uint4* buf = smem + (i & 1) * C::BN * C::UNITS;
+    for (int idx = threadIdx.x; idx < C::BN * units; idx += C::THREADS) {   // coalesced 16-byte copies
+      const int n = idx / units, v = idx - n * units;
+      const T* src = x + static_cast<int64_t>(min(n0 + n, N - 1)) * in + k0 + 8 * v;
+      cp_async16(buf + n * C::UNITS + mma::swizzle(n, v), src, n0 + n < N);
+    }
+    cp_async_commit();
+  };
+
   uint4 q[MT][2];
   float c[MT][2];
   if (wk < spans) load(0, q, c);
+  stage(0);
   for (int i = 0; i < tiles; ++i) {                            // every warp runs every tile: the syncs match
-    const int k0 = i * C::KT, units = min(C::KT, in - k0) / 8; // units per row in this tile (16 | units)
-    __syncthreads();                                           // the previous tile is no longer read
-    for (int idx = threadIdx.x; idx < C::BN * units; idx += C::THREADS) {   // stage x: coalesced 16-byte loads
-      const int n = idx / units, v = idx - n * units;
-      uint4 u = make_uint4(0, 0, 0, 0);                        // inputs past N stage zeros
-      if (n0 + n < N) u = __ldg(reinterpret_cast<const uint4*>(x + static_cast<int64_t>(n0 + n) * in + k0) + v);
-      smem[n * C::UNITS + mma::swizzle(n, v)] = u;
+    if (i + 1 < tiles) {
+      stage(i + 1);                                            // into the buffer tile i-1 left (synced below)
+      cp_async_wait<1>();                                      // tile i has landed (i+1 may still be in flight)
+    } else {
+      cp_async_wait<0>();
     }
-    __syncthreads();
+    __syncthreads();                                           // ... for every thread's copies
+    const uint4* xs = smem + (i & 1) * C::BN * C::UNITS;
     uint4 qn[MT][2];
     float cn[MT][2];
     const bool next = i + 1 < tiles && (i + 1) * WK + wk < spans;
@@ -518,7 +551,7 @@ mma_gemm(const T* __restrict__ x, int N, int in, int out, const uint4* __restric
 #pragma unroll
         for (int nt = 0; nt < NT; ++nt) {
           const int n = nt * 8 + g;
-          const uint4 u = smem[n * C::UNITS + mma::swizzle(n, mma::unit_of(wk, t, j))];
+          const uint4 u = xs[n * C::UNITS + mma::swizzle(n, mma::unit_of(wk, t, j))];
           uint32_t b[2];
           mma::b_frag(u, 2 * j, b);
 #pragma unroll
@@ -535,11 +568,11 @@ mma_gemm(const T* __restrict__ x, int N, int in, int out, const uint4* __restric
 #pragma unroll
         for (int h = 0; h < 2; ++h) { q[mt][h] = qn[mt][h]; c[mt][h] = cn[mt][h]; }
     }
+    __syncthreads();                                           // buffer i % 2 is read: tile i+2 may go there
   }
 
   if constexpr (WK > 1) {                                      // split k: warps wk > 0 hand their sums to wk = 0
-    float* red = reinterpret_cast<float*>(smem);               // (WK, WM, E, 32) float32
-    __syncthreads();                                           // the x tile is no longer read
+    float* red = reinterpret_cast<float*>(smem);               // (WK, WM, E, 32) float32, over the x buffers
     if (wk > 0) {
 #pragma unroll
       for (int mt = 0; mt < MT; ++mt)
@@ -618,14 +651,15 @@ const char* launch_mma(const T* x, int64_t N, const NF4Weight& W, const float* z
 // The block shape per batch. Decoding (N <= 16): 16 rows a block, its 8 warps split k (4096 rows = 256 blocks,
 // 8 warps each streaming weights). Larger batches: more rows and inputs a block, so each decoded weight
 // feeds more mma (NT of them) and each staged x value more rows: the largest shape that N fills (BN <= N,
-// so few mma multiply padding) and that still makes at least one block per SM.
+// so few mma multiply padding) and that still makes at least one block per SM. (128 × 128 with MT = 2 needs
+// more than 255 registers a lane and spills: not offered.)
 template <typename T>
 const char* mma_typed(const T* x, int64_t N, const NF4Weight& W, const float* z, const float* B, int64_t r,
                       const float* bias, T* y, cudaStream_t st, int sms) {
   if (N <= 8) return launch_mma<T, 1, 1, 1, 8>(x, N, W, z, B, r, bias, y, st);
   if (N <= 16) return launch_mma<T, 1, 2, 1, 8>(x, N, W, z, B, r, bias, y, st);
   auto blocks = [&](int64_t bm, int64_t bn) { return ((W.out + bm - 1) / bm) * ((N + bn - 1) / bn); };
-  if (N >= 128 && blocks(128, 128) >= sms) return launch_mma<T, 2, 16, 4, 1>(x, N, W, z, B, r, bias, y, st);
+  if (N >= 64 && blocks(128, 64) >= sms) return launch_mma<T, 2, 8, 4, 1>(x, N, W, z, B, r, bias, y, st);
   if (N >= 64 && blocks(64, 64) >= sms) return launch_mma<T, 2, 8, 2, 2>(x, N, W, z, B, r, bias, y, st);
   return launch_mma<T, 1, 4, 2, 4>(x, N, W, z, B, r, bias, y, st);     // 32 x 32; gridDim.y covers N
 }
