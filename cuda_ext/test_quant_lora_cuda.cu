@@ -280,7 +280,8 @@ int main(int argc, char** argv) {
     cases.push_back({16, 64, 64, 40, 3, true, true, dt, 0});        // N > 16: gridDim.y
     cases.push_back({300, 36, 4, 21, 0, false, true, dt, 0});       // generic, N > 8
   }
-  // The tensor-core path: each block shape (N <= 8, 16, 32, 64, > 64), split k with spans past the end
+  // The tensor-core path: batches of every regime (the small rows here take the 8-, 16- and 32-input blocks;
+  // the last two cases count rows from the SMs to take 64 x 64 and 128 x 64), split k with spans past the end
   // (in / 128 not a multiple of WK), rows and inputs past the end, dq, LoRA, bias; fp16 and bf16.
   for (Dtype dt : {BF16, F16}) {
     Case m{};
@@ -292,7 +293,10 @@ int main(int argc, char** argv) {
     }
     cases.push_back({1, 128, 32, 3, 0, false, false, dt, 0, true});            // one row: 15 of 16 clamped
     cases.push_back({40, 1024 + 128, 256, 16, 5, true, true, dt, 0, true});    // 9 spans over 8 split-k warps
-    cases.push_back({130, 128 * 3, 96, 100, 7, true, true, dt, 0, true});      // bs = 96, 3 spans, gridDim.y = 1
+    cases.push_back({130, 128 * 3, 96, 100, 7, true, true, dt, 0, true});      // bs = 96, 3 spans
+    const int64_t sms = prop.multiProcessorCount;                              // the big block shapes are taken
+    cases.push_back({64 * sms - 32, 384, 64, 64, 3, true, true, dt, 0, true});  // when every SM gets a block:
+    cases.push_back({128 * ((sms + 1) / 2) + 5, 256, 64, 128, 0, false, true, dt, 0, true});   // 64 x 64, 128 x 64
   }
   // Random: half on the fast path (in % 32 == 0, 32 | bs), half anywhere.
   const int n_random = argc > 2 ? std::atoi(argv[2]) : 150;      // `/tmp/t --no-timings 20`: fewer random cases

@@ -177,12 +177,17 @@ def test_the_tensor_core_kernel_equals_the_float64_definition(cuda_device, tenso
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
-@pytest.mark.parametrize("N", [1, 8, 9, 16, 17, 32, 33, 64, 65, 128, 129])
-def test_the_tensor_core_kernel_at_every_block_shape(cuda_device, tensor_cores, N, dtype):
-    """in = 9 spans of 128: the split-k warps (8, 4, 2 of them) meet a last tile they only partly fill;
-    37 rows leave a partly filled row tile; dq, LoRA and bias on."""
+@pytest.mark.parametrize("shape", ["N<=8", "N<=16", "32x32", "64x64", "128x64"])
+def test_the_tensor_core_kernel_at_every_block_shape(cuda_device, tensor_cores, shape, dtype):
+    """Each block shape mma_typed picks, forced by the batch and by rows counted from this GPU's SMs (a shape is
+    taken when it still gives every SM a block): in = 9 spans of 128, so the split-k warps (8, 4, 2 of them)
+    meet a last tile they only partly fill; the rows leave a partly filled row tile; dq, LoRA and bias on."""
+    sms = torch.cuda.get_device_properties(cuda_device).multi_processor_count
+    N, out_f = {"N<=8": (7, 37), "N<=16": (13, 37), "32x32": (40, 37),
+                "64x64": (64, 64 * sms - 32),                  # ⌈out/64⌉ = sms blocks; ⌈out/128⌉ < sms
+                "128x64": (128, 128 * ((sms + 1) // 2) + 5)}[shape]   # 2⌈out/128⌉ >= sms blocks
     g = torch.Generator().manual_seed(N)
-    out_f, in_f = 37, 9 * 128
+    in_f = 9 * 128
     wq = quantize_nf4(torch.randn(out_f, in_f, generator=g), 64, True)
     x = torch.randn(N, in_f, generator=g).to(dtype)
     A, B, bias = torch.randn(8, in_f, generator=g), torch.randn(out_f, 8, generator=g), torch.randn(out_f, generator=g)
