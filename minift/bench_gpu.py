@@ -113,6 +113,26 @@ def judge(rows: list[dict]) -> list[dict]:
     return out
 
 
+def mma_from(rows: list[dict]) -> int | None:
+    """The smallest batch from which the tensor-core kernel is faster than the automatic choice at every
+    shape measured, at that batch and every larger one: what MMA_AUTO_MIN_N (cuda_ext/quant_lora_cuda.h)
+    should be. None: no such batch (or a row not measured)."""
+    at = {(r["shape"], r["batch"], r["path"]): r["us"] for r in rows}
+    batches = sorted({r["batch"] for r in rows})
+    shapes = list(dict.fromkeys(r["shape"] for r in rows))
+
+    def wins(N):
+        ts = [(at.get((sh, N, MMA)), at.get((sh, N, RAW))) for sh in shapes]
+        return all(m is not None and a is not None and m < a for m, a in ts)
+
+    best = None
+    for N in reversed(batches):                                                  # the longest winning tail
+        if not wins(N):
+            break
+        best = N
+    return best
+
+
 # ---- measuring (a GPU) ----------------------------------------------------------------------------
 
 _CYCLES_PER_US: list = []
@@ -285,7 +305,13 @@ def bench_kernels_cuda(fast: bool = False, device="cuda", repeat: int = 20) -> d
         print(f"not measured: {path}: {why}")
     verdicts = judge(rows)
     _print_verdicts(verdicts)
-    return {"rows": rows, "verdicts": verdicts, "copy_GBps": bw, "l2_bytes": l2, "skipped": skipped}
+    n_mma = mma_from(rows)
+    print(f"the tensor-core kernel beats the automatic choice at every shape from batch "
+          f"{n_mma} on: MMA_AUTO_MIN_N = {n_mma} would make it the automatic choice there" if n_mma is not None else
+          "the tensor-core kernel does not beat the automatic choice at every shape at the largest batch: "
+          "MMA_AUTO_MIN_N stays \"never\"")
+    return {"rows": rows, "verdicts": verdicts, "copy_GBps": bw, "l2_bytes": l2, "skipped": skipped,
+            "mma_from": n_mma}
 
 
 def _f(v, width: int, spec: str, unit: str = "") -> str:
@@ -319,4 +345,4 @@ def _print_verdicts(verdicts: list[dict]) -> None:
     print(f"{sum(v['met'] for v in verdicts)} of {len(verdicts)} targets met")
 
 
-__all__ = ["bench_kernels_cuda", "judge", "nf4_bytes", "limit_us", "copy_gbps", "n_copies", "time_us"]
+__all__ = ["bench_kernels_cuda", "judge", "mma_from", "nf4_bytes", "limit_us", "copy_gbps", "n_copies", "time_us"]

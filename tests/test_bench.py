@@ -94,6 +94,21 @@ def test_batch_8_16_and_128_targets():
     assert [x["met"] for x in slow] == [False, False]
 
 
+def test_mma_from_is_the_start_of_the_batches_where_the_tensor_cores_win_everywhere():
+    def rows(mma_us):                                   # {(shape, N): tensor-core µs}; the automatic choice: 10 µs
+        return [{"shape": sh, "batch": N, "path": p, "us": t, "limit_us": 1.0}
+                for (sh, N), m in mma_us.items() for p, t in ((RAW, 10.0), (MMA, m))]
+    wins_from_16 = {("a", 1): 12.0, ("a", 8): 9.0, ("a", 16): 5.0, ("a", 128): 4.0,
+                    ("b", 1): 11.0, ("b", 8): 11.0, ("b", 16): 9.9, ("b", 128): 2.0}
+    assert bench_gpu.mma_from(rows(wins_from_16)) == 16                 # "a" wins from 8 on, "b" only from 16
+    assert bench_gpu.mma_from(rows({**wins_from_16, ("b", 8): 9.0})) == 8
+    assert bench_gpu.mma_from(rows({**wins_from_16, ("a", 8): 9.0, ("b", 8): 9.0, ("b", 16): 10.0})) == 128   # a tail
+    assert bench_gpu.mma_from(rows({**wins_from_16, ("a", 128): 10.0})) is None        # a tie at the top: never
+    unmeasured = rows(wins_from_16)
+    next(r for r in unmeasured if r["path"] == MMA and r["batch"] == 128)["us"] = None
+    assert bench_gpu.mma_from(unmeasured) is None
+
+
 def test_a_row_that_was_not_measured_is_judged_no_with_na():
     rows = _table(["8192x8192"], [1], fused=3.0, limit=0.8)
     for r in rows:
