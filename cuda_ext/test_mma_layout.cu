@@ -1,6 +1,7 @@
 // The tensor-core path's data layout (cuda_ext/quant_lora_mma.cuh), checked on the CPU: no GPU, no torch.
 //
-//     nvcc -std=c++17 cuda_ext/test_mma_layout.cu -o /tmp/layout && /tmp/layout
+//     c++ -x c++ -std=c++17 -I/usr/local/cuda/include cuda_ext/test_mma_layout.cu -o /tmp/layout && /tmp/layout
+//     (or nvcc -std=c++17 cuda_ext/test_mma_layout.cu -o /tmp/layout: everything here is host code)
 //
 // For each lane of a warp, the registers a_frag / b_frag build for one span (16 rows of Ŵ × 128 k, 8 inputs,
 // x staged through the swizzle as mma_gemm stages it) are placed where the PTX ISA's m16n8k16 fragment layout
@@ -8,7 +9,7 @@
 // eight mma k-steps are then done in float64 and must give Σ_k fl_T(ŵ[o, k]) x[n, k] over the span. Also:
 // d_row / d_col name the ISA's accumulator elements, and the swizzle gives every quarter-warp 8 different
 // 16-byte bank groups when it reads (each k-step pair, each tile width) and writes x. tests/test_ops.py builds
-// and runs this wherever nvcc is installed. Exit status 0 iff every check passed.
+// and runs this wherever the CUDA headers are installed. Exit status 0 iff every check passed.
 #include "quant_lora_mma.cuh"
 #include "test_common.cuh"
 
