@@ -20,7 +20,9 @@
 //                  then multiplied by at::mm (the BLAS GEMM); the full float weight never exists
 // The LoRA branch rides along: z = s · x Aᵀ (N, r) is computed first, and each output row adds z · B_o.
 // A bad input is a TORCH_CHECK (a Python RuntimeError), checked before any pointer is taken.
-#include <torch/extension.h>
+#include <ATen/ATen.h>                                        // tensors, at::empty, TORCH_CHECK
+#include <torch/python.h>                                      // pybind11 + torch.Tensor conversions (not the
+                                                               // whole C++ frontend of torch/extension.h: 1/3 less to compile)
 #include <ATen/Parallel.h>
 
 #include <algorithm>
@@ -441,7 +443,7 @@ torch::Tensor finish(const Weight& W, const torch::Tensor& x_in, const Lora& L, 
   const torch::Tensor x = x_in.to(at::kFloat).contiguous();    // (N, in) f32; no copy when x is f32
   const int64_t N = x.size(0), out = W.out, in = W.in, r = L.r;
   const bool lora = r > 0;
-  auto y = torch::empty({N, out}, x.options());                 // (N, out) f32
+  auto y = at::empty({N, out}, x.options());                 // (N, out) f32
   torch::Tensor z;                                              // s · x Aᵀ  (N, r)
   if (lora) z = (at::mm(x, L.A.t()) * scaling).contiguous();
   const float* xp = x.data_ptr<float>();
@@ -484,7 +486,7 @@ torch::Tensor finish(const Weight& W, const torch::Tensor& x_in, const Lora& L, 
     });
     return y.to(x_in.scalar_type());                            // one rounding to x's dtype
   }
-  auto tile = torch::empty({std::min(TILE_ROWS, out), in}, x.options());   // big batch: decode a tile,
+  auto tile = at::empty({std::min(TILE_ROWS, out), in}, x.options());   // big batch: decode a tile,
   float* tp = tile.data_ptr<float>();                                         // then BLAS
   for (int64_t t0 = 0; t0 < out; t0 += TILE_ROWS) {
     const int64_t R = std::min(TILE_ROWS, out - t0);
@@ -583,7 +585,7 @@ torch::Tensor nf4_lora_matmul_cuda(torch::Tensor x, torch::Tensor packed, int64_
   const Lora L = check_lora(A, B, bias, out, in, x.device());  // everything checked: data_ptr from here on
   const c10::cuda::CUDAGuard guard(x.device());                 // allocations and the stream: x's GPU
   const int64_t N = x.size(0);
-  if (N == 0) return torch::empty({0, out}, x.options());      // an empty grid is a launch error
+  if (N == 0) return at::empty({0, out}, x.options());      // an empty grid is a launch error
   void* stream = c10::cuda::getCurrentCUDAStream().stream();
   const auto dt = cuda_dtype(x.scalar_type());
   const torch::Tensor xa = aligned16(x);                       // (packed is never copied: it is the weight)
@@ -606,7 +608,7 @@ torch::Tensor nf4_lora_matmul_cuda(torch::Tensor x, torch::Tensor packed, int64_
   const bool mma = kernel == 2 || (kernel == 0 && N >= minift_cuda::MMA_AUTO_MIN_N &&
                                     minift_cuda::nf4_mma_unsupported(dt, xa.data_ptr(), N, W) == nullptr);
   if (mma || N <= minift_cuda::GEMV_MAX_N) {
-    auto y = torch::empty({N, out}, x.options());               // (N, out) in x's dtype
+    auto y = at::empty({N, out}, x.options());               // (N, out) in x's dtype
     const auto fused = mma ? minift_cuda::nf4_lora_mma : minift_cuda::nf4_lora_gemv;
     const char* err = fused(dt, xa.data_ptr(), N, W, L.r ? z.data_ptr<float>() : nullptr,
                             L.r ? L.B.data_ptr<float>() : nullptr, L.r,
@@ -614,7 +616,7 @@ torch::Tensor nf4_lora_matmul_cuda(torch::Tensor x, torch::Tensor packed, int64_
     TORCH_CHECK(err == nullptr, mma ? "nf4_lora_mma" : "nf4_lora_gemv", " failed: ", err ? err : "");
     return y;
   }
-  auto w = torch::empty({out, in}, x.options());                // Ŵ (out, in) in x's dtype, once per call
+  auto w = at::empty({out, in}, x.options());                // Ŵ (out, in) in x's dtype, once per call
   const char* err = minift_cuda::nf4_dequantize(dt, W, w.data_ptr(), stream);
   TORCH_CHECK(err == nullptr, "nf4_dequantize failed: ", err ? err : "");
   torch::Tensor y = mm_f32(xa, w.t());                          // x Ŵᵀ  (N, out) f32, cuBLAS
