@@ -635,6 +635,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("nf4_lora_matmul_cuda", &nf4_lora_matmul_cuda,
         "the same NF4 op on CUDA (same arguments; instead of vectorize, kernel: 0 auto, 1 CUDA cores, 2 tensor cores)");
   m.attr("cuda") = true;
+  m.attr("mma_auto_min_n") = minift_cuda::MMA_AUTO_MIN_N;     // from this batch, "auto" may take the tensor cores
 #else
   m.attr("cuda") = false;
 #endif

@@ -82,7 +82,8 @@ GEMV_MAX_N = 16                                                # cuda_ext/quant_
 def assert_equals_definition(dev, x, wq, A, B, s, bias, ext=None):
     """y on the GPU vs the float64 definition on the CPU, within ops.error_bound for x's dtype. The GEMV
     (N <= GEMV_MAX_N) never rounds Ŵ, so it is held to the bound without that term (weight_rounded=False);
-    above it the wrapper rounds Ŵ to x's dtype for cuBLAS, which error_bound's default covers (cuBLAS is
+    above it (and from the extension's mma_auto_min_n on, for bf16 / fp16 x: the tensor cores may run)
+    the wrapper rounds Ŵ to x's dtype, which error_bound's default covers (cuBLAS is
     held to float32 reductions by the no_reduced_precision fixture). ext given: its tensor-core kernel,
     which rounds Ŵ at every N, instead of quant_lora_matmul."""
     d64 = lambda t: None if t is None else t.double()          # noqa: E731
@@ -93,7 +94,8 @@ def assert_equals_definition(dev, x, wq, A, B, s, bias, ext=None):
     else:
         y = ops._ext_forward(ext, x.to(dev), on(wq, dev), cu(A), cu(B), s, cu(bias), kernel="tensor")
     assert y.device.type == dev.type and y.dtype == x.dtype and y.shape == ref.shape
-    rounded = ext is not None or x.shape[0] > GEMV_MAX_N
+    mma_from = getattr(ops.extension(), "mma_auto_min_n", 2 ** 63 - 1)         # where "auto" may take the tensor cores
+    rounded = ext is not None or x.shape[0] > GEMV_MAX_N or (x.dtype != torch.float32 and x.shape[0] >= mma_from)
     bound = ops.error_bound(x, wq, A, B, s, bias, weight_rounded=rounded)                       # (N, out) float64
     err = (y.cpu().double() - ref).abs()
     assert bool((err <= bound).all()), (f"N={x.shape[0]} out,in={tuple(wq.shape)} bs={wq.block_size} "
