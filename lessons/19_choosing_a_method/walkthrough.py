@@ -73,7 +73,7 @@ cpu_start = time.process_time()
 # split at its own budget, 80-100 steps x batch 8-16 (their --sweep tables); a task head trains in every row.
 M = {
     "full": ("02/05", None, 1e-3),                                               # lesson 05's sweep
-    "head-only": ("04", SelectiveConfig(patterns=()), 1e-2),
+    "head-only": ("04", SelectiveConfig(patterns=()), 3e-2),
     "BitFit": ("04", SelectiveConfig(param_types=["bias"]), 1e-2),
     "LoRA r=4 q,v": ("05", LoRAConfig(r=4), 1e-2),
     "DoRA r=4 q,v": ("05", LoRAConfig(r=4, use_dora=True), 1e-2),
