@@ -26,7 +26,7 @@ import background
 
 # Chosen by their measured time (`CI=1 pytest --durations=0`), to balance the two cores: the worker also
 # builds the extension and runs every walkthrough's --fast (its queue: the build, this, the walkthroughs).
-OFFLOADED = ("test_distributed.py", "test_distill.py", "test_cli.py", "test_classroom.py")
+OFFLOADED = ("test_distributed.py", "test_distill.py", "test_cli.py", "test_classroom.py", "test_choosing.py")
 KEY = "pytest:offloaded"
 TIMEOUT = 900
 REPORT_ENV = "MINIFT_TEST_REPORT"          # set in the subprocess: where each test's outcome is written
