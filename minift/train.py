@@ -16,10 +16,10 @@ Gradient accumulation. A step of k = grad_accum micro-batches (times W ranks) tr
 A loss that is a mean over the batch's counted targets says so (`loss_fn.token_mean = True`, as
 `lm_loss` does, or a function giving the batch's target tensor where the targets are not
 batch["targets"], as distillation's with mask="labels"); then w_j = n_j / N, with n_j the counted
-targets (targets != -100) of micro-batch j
-and N those of the whole step: one mean over the step's tokens, exactly the loss of one batch holding
-all its rows, however the masks and padding split the tokens (lesson 01's (1.8)). Any other loss is
-a mean over its batch's examples and w_j = 1 / (k W): the mean of the micro-batches' means.
+targets (!= -100) of micro-batch j and N those of the whole step: one mean over the step's
+tokens, exactly the loss of one batch holding all its rows, however the masks and padding split
+the tokens (lesson 01's (1.8)). Any other loss is a mean over its batch's examples and
+w_j = 1 / (k W): the mean of the micro-batches' means.
 
 Runs are deterministic for a given seed: batches are drawn with a private torch.Generator, and
 dropout uses the global RNG seeded at the start. Under torchrun (after distributed.init_from_env())
@@ -151,12 +151,11 @@ lm_loss.token_mean = True      # a mean over counted targets: train weighs micro
 def counted_targets(batch, targets_of=None) -> int:
     """The number of targets of a batch that a token-mean loss counts (!= -100): of batch["targets"], or
     of targets_of(batch) when given (a loss_fn's token_mean that is a function)."""
-    if callable(targets_of):
-        return int((targets_of(batch) != IGNORE_INDEX).sum())
-    if not (isinstance(batch, dict) and "targets" in batch):
+    if not callable(targets_of) and not (isinstance(batch, dict) and "targets" in batch):
         raise ValueError("train: a token-mean loss_fn (loss_fn.token_mean = True) needs batches with 'targets'; "
                          f"this batch has {sorted(batch) if isinstance(batch, dict) else type(batch).__name__}")
-    return int((batch["targets"] != IGNORE_INDEX).sum())
+    y = targets_of(batch) if callable(targets_of) else batch["targets"]
+    return int((y != IGNORE_INDEX).sum())
 
 
 def micro_batch_weights(batches: list, token_mean, grad_accum: int, world: int) -> list[float]:
