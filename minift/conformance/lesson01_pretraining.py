@@ -118,8 +118,17 @@ def _ntl_inputs(key: str, lo: float, hi: float, other: bool = False) -> dict:
     return drawn
 
 
-@property_check("run_next_token_loss", lesson=1, examples=50, **_ntl_inputs("ntl1", -20, 20),
-                use_mask=st.booleans())
+def _unequal_rows() -> dict:
+    """Two rows with 1 and 3 counted targets and unequal losses (about 0 and log 3 each): the mean
+    over tokens (3 log 3 / 4) is not the mean of the two rows' means (log 3 / 2)."""
+    logits = np.zeros((2, 4, 3), np.float32)                          # row 1: uniform, log 3 per target
+    logits[0, 0, 2] = 20.0                                            # row 0: its one target, nearly certain
+    return dict(logits=logits, tokens=np.array([[0, 2, 0, 0], [0, 1, 2, 0]]),
+                loss_mask=np.array([[0, 1, 0, 0], [0, 1, 1, 1]]), use_mask=True)
+
+
+@property_check("run_next_token_loss", lesson=1, examples=50, explicit=[_unequal_rows()],
+                **_ntl_inputs("ntl1", -20, 20), use_mask=st.booleans())
 def next_token_loss_matches_formula(ntl, logits, tokens, loss_mask, use_mask):
     """next_token_loss(logits, tokens, loss_mask) equals the mean over (b, t) with loss_mask[b, t+1]
     = 1 of -log softmax(logits[b, t])[tokens[b, t+1]] (logits at t predict the token at t+1; mask None
