@@ -85,6 +85,23 @@ const char* launched() {                                       // the launch's e
   return e == cudaSuccess ? nullptr : cudaGetErrorString(e);
 }
 
+// Lets `kernel` take up to `smem` bytes of dynamic shared memory (above 48 KiB a kernel must opt in). The
+// attribute belongs to a kernel on a device, so it is set once per (kernel, device) and remembered in `done`,
+// one flag per device the caller keeps for its kernel: a decoding step launches every layer, and the driver
+// call would cost each launch a few µs.
+template <typename Kernel>
+const char* allow_smem(Kernel* kernel, size_t smem, std::atomic<bool> (&done)[64]) {
+  if (smem <= 48 * 1024) return nullptr;
+  int dev = 0;
+  if (cudaGetDevice(&dev) != cudaSuccess) return cudaGetErrorString(cudaGetLastError());   // read and cleared
+  const bool cached = dev >= 0 && dev < 64;
+  if (cached && done[dev].load(std::memory_order_acquire)) return nullptr;
+  const cudaError_t e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem));
+  if (e != cudaSuccess) return cudaGetErrorString(e);
+  if (cached) done[dev].store(true, std::memory_order_release);
+  return nullptr;
+}
+
 // ---- the GEMV, fast path -------------------------------------------------------------------------------
 
 // Tile width (columns of x staged per pass): NB·KT floats = 32 KiB of data (+1/8 padding), except NB = 16,
@@ -304,11 +321,9 @@ const char* launch_fast(const T* x, int64_t N, const NF4Weight& W, const float* 
   using C = Cfg<NB>;
   const int kt = static_cast<int>(W.in < kTile<NB>() ? W.in : kTile<NB>());
   const size_t smem = sizeof(float) * NB * (kt + kt / 8);      // (NB, kt + padding) float32
-  if (smem > 48 * 1024) {                                      // NB = 16: above the default limit, opt in
-    const cudaError_t e = cudaFuncSetAttribute(gemv_fast<T, NB>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                               static_cast<int>(smem));
-    if (e != cudaSuccess) return cudaGetErrorString(e);
-  }
+  static std::atomic<bool> opted[64];                          // NB = 16: above the default limit, opt in once
+  if (const char* e = allow_smem(gemv_fast<T, NB>, sizeof(float) * NB * (kTile<NB>() + kTile<NB>() / 8), opted))
+    return e;                                                  // (for the widest tile, so any in fits)
   const dim3 grid(static_cast<unsigned>((W.out + C::R * C::W - 1) / (C::R * C::W)),
                   static_cast<unsigned>((N + NB - 1) / NB));
   gemv_fast<T, NB><<<grid, 32 * C::W, smem, st>>>(
@@ -636,11 +651,8 @@ template <typename T, int MT, int NT, int WM, int WK>
 const char* launch_mma(const T* x, int64_t N, const NF4Weight& W, const float* z, const float* B, int64_t r,
                        const float* bias, T* y, cudaStream_t st) {
   using C = MmaCfg<MT, NT, WM, WK>;
-  if (C::SMEM > 48 * 1024) {
-    const cudaError_t e = cudaFuncSetAttribute(mma_gemm<T, MT, NT, WM, WK>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                               static_cast<int>(C::SMEM));
-    if (e != cudaSuccess) return cudaGetErrorString(e);
-  }
+  static std::atomic<bool> opted[64];
+  if (const char* e = allow_smem(mma_gemm<T, MT, NT, WM, WK>, C::SMEM, opted)) return e;
   const dim3 grid(static_cast<unsigned>((W.out + C::BM - 1) / C::BM), static_cast<unsigned>((N + C::BN - 1) / C::BN));
   mma_gemm<T, MT, NT, WM, WK><<<grid, C::THREADS, C::SMEM, st>>>(
       x, static_cast<int>(N), static_cast<int>(W.in), static_cast<int>(W.out), reinterpret_cast<const uint4*>(W.packed),
