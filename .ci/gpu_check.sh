@@ -145,8 +145,15 @@ stage_kernel_test() {
         echo "+ nvcc -std=c++17 cuda_ext/test_mma_layout.cu -o $bin.layout && $bin.layout"
         nvcc -std=c++17 cuda_ext/test_mma_layout.cu -o "$bin.layout" && "$bin.layout" || return 5
     fi
-    echo "+ nvcc -std=c++17 -O3 -arch=$arch $src cuda_ext/quant_lora_cuda.cu -o $bin"
-    nvcc -std=c++17 -O3 -arch="$arch" -lineinfo "$src" cuda_ext/quant_lora_cuda.cu -o "$bin" || return 4
+    local f pids=() objs=()                                     # the three files compile in parallel
+    for f in "$src" cuda_ext/quant_lora_cuda.cu cuda_ext/quant_lora_mma.cu; do
+        echo "+ nvcc -std=c++17 -O3 -arch=$arch -lineinfo -c $f -o $bin.${f##*/}.o"
+        nvcc -std=c++17 -O3 -arch="$arch" -lineinfo -c "$f" -o "$bin.${f##*/}.o" &
+        pids+=($!) objs+=("$bin.${f##*/}.o")
+    done
+    for f in "${pids[@]}"; do wait "$f" || return 4; done
+    echo "+ nvcc -arch=$arch ${objs[*]} -o $bin"
+    nvcc -arch="$arch" "${objs[@]}" -o "$bin" || return 4
     if [[ "$GPU" != 1 ]]; then echo "compiled; not run: no GPU here"; return 0; fi
     "$bin" | tee "$OUT/kernel_test.txt"
     return "${PIPESTATUS[0]}"

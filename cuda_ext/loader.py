@@ -1,8 +1,10 @@
 """Build and load cuda_ext (the fused quantized-LoRA matmul) with torch.utils.cpp_extension.load.
 
 One translation unit for the CPU (quant_lora.cpp, -O3 -fopenmp, plus -mavx2 -mfma when both the compiler
-and this CPU support them: otherwise the scalar path alone is compiled); quant_lora_cuda.cu (and its
-interface quant_lora_cuda.h, which quant_lora.cpp then includes) is added only when torch has CUDA.
+and this CPU support them: otherwise the scalar path alone is compiled). Only when torch has CUDA: two
+more, quant_lora_cuda.cu (the GEMV and dequantize kernels) and quant_lora_mma.cu (the tensor-core kernel),
+which ninja compiles in parallel, with their headers (the interface quant_lora_cuda.h, which
+quant_lora.cpp then includes, quant_lora_common.cuh and quant_lora_mma.cuh).
 
 The build is cached outside the repository: $MINIFT_EXT_DIR, else $XDG_CACHE_HOME/minift/cuda_ext,
 else ~/.cache/minift/cuda_ext: one sub-folder per flag set and content of the sources, which are
@@ -78,7 +80,8 @@ def plan() -> tuple[str, list[str], list[str], Path]:
     files = ["quant_lora.cpp"]
     cuda = bool(torch.cuda.is_available() and CUDA_HOME)
     if cuda:                                                   # the CUDA kernels and their interface
-        files += ["quant_lora_cuda.cu", "quant_lora_cuda.h", "quant_lora_mma.cuh"]
+        files += ["quant_lora_cuda.cu", "quant_lora_mma.cu", "quant_lora_cuda.h", "quant_lora_common.cuh",
+                  "quant_lora_mma.cuh"]
         cflags.append("-DMINIFT_WITH_CUDA")
     tag = ("_avx2" if "-mavx2" in cflags else "_scalar") + ("_cuda" if cuda else "")
     digest = hashlib.sha256(repr((torch.__version__, cflags)).encode())

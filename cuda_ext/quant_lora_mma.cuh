@@ -25,6 +25,7 @@
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <cstdint>
+#include <cstring>
 
 namespace minift_cuda {
 namespace mma {
@@ -37,12 +38,16 @@ constexpr int STEPS = SPAN / 16;     // mma k-steps per span (8)
 // Two floats as the dtype's pair, a in the low half (the lower address): a register of A or B.
 template <typename T> MINIFT_HD uint32_t pack2(float a, float b);
 template <> MINIFT_HD uint32_t pack2<__nv_bfloat16>(float a, float b) {
-  __nv_bfloat162 p = __floats2bfloat162_rn(a, b);
-  return *reinterpret_cast<uint32_t*>(&p);
+  const __nv_bfloat162 p = __floats2bfloat162_rn(a, b);
+  uint32_t u;
+  memcpy(&u, &p, 4);                 // not a pointer cast: the host compiler may assume those never alias
+  return u;
 }
 template <> MINIFT_HD uint32_t pack2<__half>(float a, float b) {
-  __half2 p = __floats2half2_rn(a, b);
-  return *reinterpret_cast<uint32_t*>(&p);
+  const __half2 p = __floats2half2_rn(a, b);
+  uint32_t u;
+  memcpy(&u, &p, 4);
+  return u;
 }
 
 // Byte β (0..15) of a 16-byte chunk as loaded (little-endian words). β is a constant in the unrolled loops.

@@ -1,7 +1,8 @@
-// Standalone check of quant_lora_cuda.cu on a GPU: plain CUDA + C++, no torch, so it runs even where the
-// extension does not build. Build and run (from the repository root):
+// Standalone check of the CUDA kernels (quant_lora_cuda.cu, quant_lora_mma.cu) on a GPU: plain CUDA + C++, no
+// torch, so it runs even where the extension does not build. Build and run (from the repository root):
 //
-//     nvcc -std=c++17 -O3 -arch=sm_90 cuda_ext/test_quant_lora_cuda.cu cuda_ext/quant_lora_cuda.cu -o /tmp/t && /tmp/t
+//     nvcc -std=c++17 -O3 -arch=sm_90 cuda_ext/test_quant_lora_cuda.cu cuda_ext/quant_lora_cuda.cu \
+//          cuda_ext/quant_lora_mma.cu -o /tmp/t && /tmp/t
 //
 // (`/tmp/t --no-timings`: the correctness part alone.)
 // Part 1, correctness: random cases (every dtype, fast and generic paths, every template width N = 1..16 and

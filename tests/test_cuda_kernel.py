@@ -1,4 +1,4 @@
-"""The CUDA kernels (cuda_ext/quant_lora_cuda.cu) through quant_lora_matmul, against the float64 definition.
+"""The CUDA kernels (cuda_ext/quant_lora_cuda.cu, quant_lora_mma.cu) through quant_lora_matmul, against the float64 definition.
 
 GPU-only: every test takes the `cuda_device` fixture and skips where torch sees no GPU. On a GPU with the
 extension built with CUDA (cuda_ext/loader.py), x (N, in) in float32 / bfloat16 / float16 goes to
