@@ -68,7 +68,16 @@ def _adapter_inputs(draw):
                 scaling=float(draw(st.one_of(st.sampled_from([1.0, 4.0]), f32(-4, 4)))))
 
 
-@property_check("run_adapter", lesson=6, examples=60, inp=_adapter_inputs())
+def _every_activation() -> list:
+    """One example per activation, every weight nonzero: random draws may pair an activation with
+    weights that hide it (W_up = 0, z = 0), so each one is also checked where it shows."""
+    f = lambda *rows: np.array(rows, np.float32)
+    fixed = dict(h=f([0.5, -1.5, 2.0], [1.0, 0.25, -0.75]), W_down=f([0.3, -0.7, 0.2], [-0.4, 0.1, 0.9]),
+                 b_down=f(0.1, -0.2), W_up=f([0.5, -0.3], [0.2, 0.8], [-0.6, 0.4]), b_up=f(0.05, -0.1, 0.2), scaling=2.0)
+    return [dict(inp={**fixed, "activation": a}) for a in sorted(_ACT64)]
+
+
+@property_check("run_adapter", lesson=6, examples=60, explicit=_every_activation(), inp=_adapter_inputs())
 def adapter_matches_formula(adapter, inp):
     """adapter(h, W_down, b_down, W_up, b_up, activation, scaling) equals h + scaling (f(h W_down^T
     + b_down) W_up^T + b_up) in float64 (nn.Linear layout; f relu, gelu (tanh approximation), silu,
