@@ -19,7 +19,7 @@ Prints, top to bottom:
   5. one base, two task adapters (all entities / people only) written by `save_adapter`, swapped
      at run time with `load_adapter`; `disable_adapters` gives the base back, bit for bit.
   With --sweep, before part 2: the learning-rate sweep behind the lr column (every method at three
-  rates, picked on the val split; part 2 then reuses those runs).
+  or four rates, picked on the val split; part 2 then reuses those runs).
 
     python lessons/05_lora/walkthrough.py            # or: minift run 05
     python lessons/05_lora/walkthrough.py --fast     # the seconds-long version the tests run
@@ -55,7 +55,7 @@ from minift.report import header, table
 
 parser = course.parser(__doc__)
 parser.add_argument("--sweep", action="store_true", help="pick every method's lr on the val split first "
-                                                         "(three rates each, about 4 minutes)")
+                                                         "(three or four rates each, about 4 minutes)")
 args = course.start("05", parser)
 FAST, DEV = args.fast, args.device     # DEV: --device (cpu unless told); the Bench builds its models there too
 
@@ -75,9 +75,13 @@ METHODS = {
 # Peak lr per method, picked on the val split by `--sweep` (best val F1; ties within 0.005 go to
 # the smaller rate). LoRA wants a larger rate than full fine-tuning: B starts at 0 and the update
 # is s B A, so it has further to go in the same 100 steps.
+# Each grid reaches one step past its pick on both sides, so no pick sits at an edge of its grid.
 GRID = {m: (3e-3, 1e-2, 3e-2) for m in METHODS}
-GRID["full"] = GRID["full, frozen embeddings"] = (3e-4, 1e-3, 3e-3)
-LR = {"full": 1e-3, "full, frozen embeddings": 3e-3, "head-only": 3e-2, "LoRA r=1 q,v": 1e-2,
+GRID["full"] = (3e-4, 1e-3, 3e-3)
+GRID["full, frozen embeddings"] = (3e-4, 1e-3, 3e-3, 1e-2)
+GRID["head-only"] = (1e-2, 3e-2, 1e-1, 3e-1)
+GRID["LoRA r=4 all linear"] = (1e-3, 3e-3, 1e-2, 3e-2)
+LR = {"full": 1e-3, "full, frozen embeddings": 3e-3, "head-only": 1e-1, "LoRA r=1 q,v": 1e-2,
       "LoRA r=4 q,v": 1e-2, "LoRA r=16 q,v": 1e-2, "LoRA r=4 all linear": 3e-3, "DoRA r=4 q,v": 1e-2}
 STEPS, BATCH = (2, 4) if FAST else (100, 8)
 N_EVAL = 16 if FAST else None
@@ -102,7 +106,7 @@ print(f"base body before fine-tuning: pretraining perplexity {before['pretrain_p
 
 # ==============================================================================================
 if args.sweep:
-    header("learning-rate sweep: every method at three rates, picked on val F1 (ties within 0.005: smaller lr)")
+    header("learning-rate sweep: every method at three or four rates, picked on val F1 (ties within 0.005: smaller lr)")
     bench.sweep(METHODS, GRID, LR, columns=("F1", "forgetting") if RUN_PROBE else ("F1",))     # keeps the picked models only
 
 # ==============================================================================================
