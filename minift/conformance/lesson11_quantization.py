@@ -54,10 +54,12 @@ MIN_SCALE = 2.0 ** -126           # the smallest normal float32: no group's step
 
 
 _TINY = np.array([[1.1e-39, 1.1e-39]], np.float32)          # subnormal: absmax / 127 underflows float32
+_SPREAD = np.array([[1.0, 50.0, -3.0, 7.0], [0.5, -20.0, 9.0, 2.0]], np.float32)   # blocks of 2 far finer than rows
 
 
 @property_check("run_int8_quantize", lesson=11, examples=60,
-                explicit=[dict(x=_TINY, granularity="tensor", zp=False), dict(x=_TINY, granularity="row", zp=True)],
+                explicit=[dict(x=_TINY, granularity="tensor", zp=False), dict(x=_TINY, granularity="row", zp=True),
+                          dict(x=_SPREAD, granularity="block", zp=False)],
                 x=arrays(st.tuples(st.integers(1, 4), st.sampled_from([2, 4, 6])),
                          st.one_of(f32(-50, 50), f32(-2.0 ** -120, 2.0 ** -120))),
                 granularity=st.sampled_from(["tensor", "row", "block"]), zp=st.booleans())

@@ -218,17 +218,35 @@ def backward_transfer_matches_definition(fn, data, K):
     assert_close(output(fn(torch.tensor(kept)), (), what), np.float64(0.0), f"{what} with no forgetting", atol=1e-9)
 
 
-@property_check("run_example_loss", lesson=18, examples=40, data=st.data(), B=st.integers(1, 3),
-                T=st.integers(1, 6), V=st.integers(2, 8))
-def example_loss_matches_formula(fn, data, B, T, V):
-    """the per-example loss is the mean over examples (with at least one target) of each example's mean
-    -log softmax(logits)[target] over its non-ignored positions; examples without a target do not count."""
-    logits = data.draw(arrays((B, T, V), f32(-8, 8)))
-    tg = np.array(data.draw(st.lists(st.integers(-1, V - 1), min_size=B * T, max_size=B * T))).reshape(B, T)
+@st.composite
+def _example_loss_case(draw):
+    """logits (B, T, V) and targets (B, T) with -100 ignored; maybe one example with no target."""
+    B, T, V = draw(st.integers(1, 3)), draw(st.integers(1, 6)), draw(st.integers(2, 8))
+    logits = draw(arrays((B, T, V), f32(-8, 8)))
+    tg = np.array(draw(st.lists(st.integers(-1, V - 1), min_size=B * T, max_size=B * T))).reshape(B, T)
     tg = np.where(tg < 0, -100, tg)
-    blank = data.draw(st.integers(-1, B - 1))             # an example with no target at all (B' < B)
+    blank = draw(st.integers(-1, B - 1))                  # an example with no target at all (B' < B)
     if blank >= 0 and B > 1:
         tg[blank] = -100
+    return logits, tg
+
+
+def _short_and_long() -> tuple:
+    """One target in example 0 (predicted with near certainty), three in example 1 (uniform: log 4
+    each), one example with none: the mean of the two examples' means (log 4 / 2) is not the mean
+    over the four targets (3 log 4 / 4), and B = 3 is not B' = 2."""
+    logits = np.zeros((3, 3, 4), np.float32)
+    logits[0, 0, 1] = 20.0
+    return logits, np.array([[1, -100, -100], [0, 2, 3], [-100, -100, -100]])
+
+
+@property_check("run_example_loss", lesson=18, examples=40, explicit=[dict(case=_short_and_long())],
+                case=_example_loss_case())
+def example_loss_matches_formula(fn, case):
+    """the per-example loss is the mean over examples (with at least one target) of each example's mean
+    -log softmax(logits)[target] over its non-ignored positions; examples without a target do not count."""
+    logits, tg = case
+    B, T, V = logits.shape
     assume((tg != -100).any())
     per = []
     for b in range(B):
