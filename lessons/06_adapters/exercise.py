@@ -59,10 +59,10 @@ def try_merge_identity_adapter(C=6, m=3, n=4, s=0.5, seed=0):
           f"{float((adapted - merged).abs().max()):.2e} (outputs up to {float(adapted.abs().max()):.1f})")
 
 
-def try_head_plus_wte(steps=100, lr=3e-2):
-    """Exercise 3's starter (about 15 s): lesson 06's NER recipe (100 steps x 8), head-only, then
-    head-only with the token embedding `transformer.wte.` unfrozen too (no adapter). Prints dev and
-    test F1 and the trainable count of each."""
+def try_head_plus_wte(steps=100, lr=1e-1):
+    """Exercise 3's starter (about 15 s): lesson 06's NER recipe (100 steps x 8, head-only's lr
+    1e-1), head-only, then head-only with the token embedding `transformer.wte.` unfrozen too (no
+    adapter). Prints dev and test F1 and the trainable count of each."""
     from minift import course
     from minift.heads import ner_splits
     from minift.peft.selective import SelectiveConfig

@@ -21,6 +21,7 @@ Prints, top to bottom:
     python lessons/06_adapters/walkthrough.py           # or: minift run 06
     python lessons/06_adapters/walkthrough.py --fast    # the seconds-long version the tests run
     python lessons/06_adapters/walkthrough.py --sweep   # re-pick every lr from {1e-3, 3e-3, 1e-2, 3e-2}
+                                                        # (head-only: {1e-2, 3e-2, 1e-1, 3e-1})
 
 Everything it uses lives in the library (minift/peft/adapters.py, minift/peft/lora.py,
 minift/peft/common.py, minift/peft/io.py, minift/heads.py, minift/train.py, minift/pretrain.py;
@@ -49,7 +50,8 @@ from minift.report import header, table
 
 parser = course.parser(__doc__)
 parser.add_argument("--sweep", action="store_true", help="sweep every method's lr over {1e-3, 3e-3, 1e-2, 3e-2} "
-                                                         "on the dev split first (about 4 minutes)")
+                                                         "(head-only: {1e-2, 3e-2, 1e-1, 3e-1}) on the dev "
+                                                         "split first (about 4 minutes)")
 parser.add_argument("--seeds", type=int, default=1, metavar="K",
                     help="at the end, retrain part 2's methods with seeds 0..K-1 (init and data order) and "
                          "print the spread of dev/test F1 (K=3: about 2 more minutes)")
@@ -82,10 +84,13 @@ METHODS = {                                                        # what trains
     "LoRA q,v": LORA,
 }
 PEFT = ["series Houlsby", "series Pfeiffer", "parallel", "LoRA q,v"]
-# Peak lr per method, picked on the dev split from LRS by `--sweep` (best dev F1; ties within
-# 0.005 go to the smaller lr). full and head-only are the reference rows of lessons 02 and 04.
+# Peak lr per method, picked on the dev split from GRID by `--sweep` (best dev F1; ties within
+# 0.005 go to the smaller lr). head-only's grid reaches one step past its pick on both sides; its
+# pick, 1e-1, is lesson 05's (the same run: data, steps, batch, seed, head init).
 LRS = (1e-3, 3e-3, 1e-2, 3e-2)
-LR = {"full": 1e-3, "head-only": 3e-2, "series Houlsby": 1e-2, "series Pfeiffer": 1e-2, "parallel": 1e-2,
+GRID = {m: LRS for m in METHODS}
+GRID["head-only"] = (1e-2, 3e-2, 1e-1, 3e-1)
+LR = {"full": 1e-3, "head-only": 1e-1, "series Houlsby": 1e-2, "series Pfeiffer": 1e-2, "parallel": 1e-2,
       "LoRA q,v": 1e-2}
 STEPS, BATCH = (2, 4) if FAST else (100, 8)
 N_EVAL = 16 if FAST else None
@@ -177,8 +182,9 @@ with torch.no_grad():
 
 # ==============================================================================================
 if args.sweep:
-    header(f"learning-rate sweep: every method at lr in {LRS}, {STEPS} steps x batch {BATCH}, picked on dev")
-    bench.sweep(METHODS, LRS, LR)                              # keeps the picked models only
+    header(f"learning-rate sweep: every method at lr in {LRS} (head-only: {GRID['head-only']}), {STEPS} steps "
+           f"x batch {BATCH}, picked on dev")
+    bench.sweep(METHODS, GRID, LR)                              # keeps the picked models only
 
 header(f"2. One NER model per method, at a matched budget: {STEPS} steps x batch {BATCH}, AdamW, warmup + cosine, "
        f"seed 0")

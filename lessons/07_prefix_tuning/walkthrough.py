@@ -80,9 +80,10 @@ METHODS = {                                                        # what trains
 }
 PREFIX = [m for m in METHODS if m.startswith("prefix")]
 # Peak lr per method, picked on the dev split (best dev F1; ties within 0.005 go to the smaller lr).
-# head-only and LoRA: lessons 05/06's rates; the prefix rows: `--sweep` (printed in the README).
+# head-only and LoRA r=4 q,v: lesson 05's picks, 1e-1 and 1e-2 (head-only is the same run as
+# lesson 05's: data, steps, batch, seed, head init); the prefix rows: `--sweep` (printed in the README).
 LRS = (3e-3, 1e-2, 3e-2, 1e-1)
-LR = {"head-only": 3e-2, "LoRA r=4 q,v": 1e-2, f"prefix P={P}": 1e-2, f"prefix P={P}, no MLP": 1e-1,
+LR = {"head-only": 1e-1, "LoRA r=4 q,v": 1e-2, f"prefix P={P}": 1e-2, f"prefix P={P}, no MLP": 1e-1,
       f"prefix P={P}, no MLP, init": 1e-1, "prefix P=1": 1e-2, "prefix P=32": 3e-2}
 STEPS, BATCH = (2, 4) if FAST else (100, 8)
 N_EVAL = 16 if FAST else None
