@@ -127,8 +127,15 @@ _ROWS_SHARE_A_BLOCK = dict(x=np.array([[1.0, -2.0, 3.0]], np.float32), packed=np
                            absmax=np.array([1.0, 2.0, 3.0], np.float32), out_f=2, block=2, A=None, B=None, b=None, s=1.0)
 
 
-@property_check("run_nf4_lora_matmul", lesson=13, examples=40, explicit=[dict(case=_ROWS_SHARE_A_BLOCK)],
-                case=_matmul_case())
+# One row of 2 weights (codes 15 and 0: +1 and -1), every term present and s = 2: x Ŵᵀ = 1 - 2 = -1, s (x Aᵀ) Bᵀ
+# = 2 · 3 = 6, bias 0.5, so y = 5.5 (without s, 2.5). Random draws often leave the LoRA branch out or s = 1.
+_EVERY_TERM = dict(x=np.array([[1.0, 2.0]], np.float32), packed=np.array([0xF0], np.uint8),
+                   absmax=np.array([1.0], np.float32), out_f=1, block=2, A=np.array([[1.0, 1.0]], np.float32),
+                   B=np.array([[1.0]], np.float32), b=np.array([0.5], np.float32), s=2.0)
+
+
+@property_check("run_nf4_lora_matmul", lesson=13, examples=40,
+                explicit=[dict(case=_ROWS_SHARE_A_BLOCK), dict(case=_EVERY_TERM)], case=_matmul_case())
 def nf4_lora_matmul_matches_float64(matmul, case):
     """nf4_lora_matmul(x, packed, absmax, out, block, A, B, s, bias) = x Ŵᵀ + s (x Aᵀ) Bᵀ + bias, Ŵ
     (out, in) decoded row-major from the packed NF4 bytes (rows may start mid-byte and mid-block)."""

@@ -171,8 +171,13 @@ def trainable_count_prefix_and_prompt(count, s, n, P, m, reparam):
         _expect(count, "prefix", s, hp, 2 * L * P * C, "2 L P C")
 
 
-@property_check("run_trainable_count", lesson=19, examples=25, s=SHAPES, r=st.integers(1, 4),
-                d=st.sampled_from([1.0, 0.5, 0.25, 0.1, 0.05]))
+# d · 2 L C² = 0.1 · 128 = 12.8 (L = 1, C = 8): the nearest count is 13, rounding down gives 12. Drawn shapes and
+# densities reach a fraction of one half or more too, but not in every run of 25 examples.
+_MASKING_ROUNDS_UP = dict(s={"n_layer": 1, "n_embd": 8, "vocab_size": 8, "block_size": 8}, r=1, d=0.1)
+
+
+@property_check("run_trainable_count", lesson=19, examples=25, explicit=[_MASKING_ROUNDS_UP], s=SHAPES,
+                r=st.integers(1, 4), d=st.sampled_from([1.0, 0.5, 0.25, 0.1, 0.05]))
 def trainable_count_reft_and_masking(count, s, r, d):
     """LoReFT of rank r on every block trains L r (2 C + 1) (R, W, b); random masking at density d on
     the W_q, W_v rows trains ⌊d · 2 L C² + ½⌋ values."""
