@@ -240,7 +240,8 @@ def cmd_golden(args) -> int:
         return 0
     out = args.out or str(golden.GOLDEN_DIR)
     info = golden.generate(out, args.only)
-    print(f"wrote {info['cases']} cases of {info['adapters']} adapters to {out}/ (index.json, tensors.safetensors)")
+    print(f"wrote {info['cases']} cases of {info['adapters']} adapters to {out}/ (index.json, tensors.safetensors)"
+          + (f"; only the cases of --only {args.only} were recorded again" if args.only else ""))
     if info["skipped"]:
         print(f"not recorded (their inputs or outputs are not plain tensors/numbers): {', '.join(info['skipped'])}")
     return 0
@@ -314,7 +315,8 @@ def main(argv=None) -> int:
     g = sub.add_parser("golden", help="regenerate data/golden/ (golden vectors), or run --impl FILE on them")
     g.add_argument("--out", default=None, help="folder to write (default: data/golden/, or golden-outputs/ with --impl)")
     g.add_argument("--impl", default=None, help="a Python file of run_* functions to run on the golden inputs ('minift': the reference)")
-    g.add_argument("--only", default=None, help="with no --impl: only these checks (names, adapters, lessons)")
+    g.add_argument("--only", default=None, help="with no --impl: record only these checks (names, adapters, "
+                   "lessons); their cases replace theirs in an existing folder, the rest are kept")
     g.add_argument("--against", default=None, help="with --impl: the golden folder to read (default: data/golden/)")
     nb = sub.add_parser("notebook", help="write a lesson (NN or all) as a Jupyter notebook: its README as markdown, "
                         "its walkthrough as code cells, its figures inline")

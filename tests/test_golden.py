@@ -88,3 +88,25 @@ def test_bad_folders_raise_clearly(tmp_path):
         golden.load(tmp_path)
     with pytest.raises(golden.Unsupported):
         golden.encode(torch.nn.Linear(2, 2), "k", {})
+
+
+def test_regenerating_some_checks_keeps_every_other_case(tmp_path):
+    """`minift golden --only X` over an existing folder records X's cases again and leaves the rest
+    as they were: the files are not cut down to X."""
+    out = tmp_path / "golden"
+    shutil.copytree(golden.GOLDEN_DIR, out)
+    before, before_t = golden.load(out)
+    check = "softmax_matches_formula"
+    for c in before:                                  # mark X's old cases, so that re-recording shows
+        if c["check"] == check:
+            c["atol"] = -1.0
+    (out / "index.json").write_text(json.dumps({**json.loads((out / "index.json").read_text()), "cases": before}))
+    golden.generate(out, only=check)
+    after, after_t = golden.load(out)
+    assert [c["id"] for c in after] == [c["id"] for c in before]          # same cases, same order
+    for b, a in zip(before, after):
+        assert (a["atol"] >= 0) if b["check"] == check else (a == b), b["id"]
+    assert after_t.keys() == before_t.keys()
+    bits = lambda t: t.reshape(-1).view(torch.uint8)                     # bit for bit (NaN inputs too)
+    assert all(after_t[k].dtype == before_t[k].dtype and torch.equal(bits(after_t[k]), bits(before_t[k]))
+               for k in after_t if not k.startswith(check + "."))

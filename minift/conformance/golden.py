@@ -188,21 +188,40 @@ def _few_examples():
 
 def generate(out_dir=GOLDEN_DIR, only=None) -> dict:
     """Run the selected checks against minift's reference, record the cases, write out_dir.
-    Returns {"cases": n, "adapters": n (run_* functions recorded), "skipped": [functions never recorded]}.
-    A function whose every call takes or returns what the files cannot hold (a model, an optimizer)
-    is listed in index.json's "unrecorded", with the reason."""
+    With `only` and an existing golden folder in out_dir, the selected checks' cases replace theirs
+    and every other check's cases are kept as they are. Returns {"cases": n (written), "adapters": n
+    (run_* functions recorded), "skipped": [selected functions never recorded]}. A function whose every
+    call takes or returns what the files cannot hold (a model, an optimizer) is listed in index.json's
+    "unrecorded", with the reason."""
+    names = select(only)
     rec = _Recorder(reference)
     torch.manual_seed(0)
     with _few_examples():
-        for name in select(only):
+        for name in names:
             rec.check = name
             res = run_check(CHECKS[name], rec)
             if not res.passed:
                 raise RuntimeError(f"minift's reference fails its own check {name}: {res.error}")
-    used = {c["adapter"] for c in rec.cases}
-    wanted = {CHECKS[n].adapter for n in select(only)}
-    _write(Path(out_dir), rec.cases, rec._tensors, {n: why for n, why in sorted(rec.unsupported.items()) if n not in used})
-    return {"cases": len(rec.cases), "adapters": len(used), "skipped": sorted(wanted - used)}
+    cases, tensors, unrecorded = rec.cases, rec._tensors, dict(rec.unsupported)
+    if only is not None and (Path(out_dir) / "index.json").is_file():
+        cases, tensors, unrecorded = _merged(Path(out_dir), set(names), rec)
+    used = {c["adapter"] for c in cases}
+    wanted = {CHECKS[n].adapter for n in names}
+    _write(Path(out_dir), cases, tensors, {n: why for n, why in sorted(unrecorded.items()) if n not in used})
+    return {"cases": len(cases), "adapters": len(used), "skipped": sorted(wanted - {c["adapter"] for c in rec.cases})}
+
+
+def _merged(golden_dir: Path, replaced: set, rec: "_Recorder") -> tuple[list, dict, dict]:
+    """The folder's cases with those of the `replaced` checks swapped for the new recording, in the
+    order of CHECKS (as a whole regeneration writes them), their tensors, and "unrecorded"."""
+    old, old_tensors = load(golden_dir)
+    kept = [c for c in old if c["check"] not in replaced]
+    ids = {c["id"] for c in kept}
+    tensors = {k: v for k, v in old_tensors.items() if ".".join(k.split(".")[:3]) in ids} | rec._tensors
+    order = {name: i for i, name in enumerate(CHECKS)}
+    cases = sorted(kept + rec.cases, key=lambda c: order.get(c["check"], len(order)))    # stable: calls keep their order
+    unrecorded = json.loads((golden_dir / "index.json").read_text()).get("unrecorded", {}) | rec.unsupported
+    return cases, tensors, unrecorded
 
 
 def load(golden_dir=GOLDEN_DIR) -> tuple[list, dict]:
