@@ -24,7 +24,7 @@ Prints, top to bottom:
 
     python lessons/07_prefix_tuning/walkthrough.py           # or: minift run 07
     python lessons/07_prefix_tuning/walkthrough.py --fast    # the seconds-long version the tests run
-    python lessons/07_prefix_tuning/walkthrough.py --sweep   # re-pick the prefix lrs from {3e-3, 1e-2, 3e-2, 1e-1}
+    python lessons/07_prefix_tuning/walkthrough.py --sweep   # re-pick the prefix lrs (3e-3 .. 1e-1; no MLP: .. 3e-1)
     python lessons/07_prefix_tuning/walkthrough.py --generation   # part 5 alone: prefix vs LoRA vs full on generation
 
 Everything it uses lives in the library (minift/peft/prefix.py, minift/peft/lora.py,
@@ -53,7 +53,8 @@ from minift.tasks import entity_f1
 
 parser = course.parser(__doc__)
 parser.add_argument("--sweep", action="store_true", help="sweep the prefix rows' lr over {3e-3, 1e-2, 3e-2, 1e-1} "
-                                                         "on the dev split first (about 4 minutes)")
+                                                         "(the no-MLP rows: + 3e-1) on the dev split first "
+                                                         "(about 4 minutes)")
 parser.add_argument("--seeds", type=int, default=1, metavar="K",
                     help="at the end, retrain part 2's methods with seeds 0..K-1 (head and prefix init, data "
                          "order) and print the spread of dev/test F1 (K=3: about 3 more minutes)")
@@ -82,7 +83,10 @@ PREFIX = [m for m in METHODS if m.startswith("prefix")]
 # Peak lr per method, picked on the dev split (best dev F1; ties within 0.005 go to the smaller lr).
 # head-only and LoRA r=4 q,v: lesson 05's picks, 1e-1 and 1e-2 (head-only is the same run as
 # lesson 05's: data, steps, batch, seed, head init); the prefix rows: `--sweep` (printed in the README).
+# Each grid reaches one step past its pick (as in lesson 05): the no-MLP rows pick 1e-1, so theirs goes to 3e-1.
 LRS = (3e-3, 1e-2, 3e-2, 1e-1)
+GRID = {m: LRS for m in PREFIX}
+GRID[f"prefix P={P}, no MLP"] = GRID[f"prefix P={P}, no MLP, init"] = LRS + (3e-1,)
 LR = {"head-only": 1e-1, "LoRA r=4 q,v": 1e-2, f"prefix P={P}": 1e-2, f"prefix P={P}, no MLP": 1e-1,
       f"prefix P={P}, no MLP, init": 1e-1, "prefix P=1": 1e-2, "prefix P=32": 3e-2}
 STEPS, BATCH = (2, 4) if FAST else (100, 8)
@@ -233,8 +237,9 @@ print(f"(c) greedy generation, 20 tokens, random prefix P = {P}: KV cache == unc
 
 # ==============================================================================================
 if args.sweep:
-    header(f"learning-rate sweep: the prefix rows at lr in {LRS}, {STEPS} steps x batch {BATCH}, picked on dev")
-    bench.sweep(PREFIX, LRS, LR)                               # keeps the picked models only
+    header(f"learning-rate sweep: the prefix rows at lr in {LRS} (no MLP: + 3e-1), {STEPS} steps x batch {BATCH}, "
+           f"picked on dev")
+    bench.sweep(PREFIX, GRID, LR)                             # keeps the picked models only
 
 header(f"2. One NER model per method: {STEPS} steps x batch {BATCH}, AdamW, warmup + cosine, seed 0")
 results = {m: bench.run(m, LR[m]) for m in METHODS}

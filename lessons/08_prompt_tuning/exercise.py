@@ -120,7 +120,7 @@ def try_crowd_direction(n_texts=64):
     return crowd, mu, cos
 
 
-def try_prompt_from_ids(ids=None, n=16, steps=100, lr=1e-1, seed=0):
+def try_prompt_from_ids(ids=None, n=16, steps=100, lr=3e-1, seed=0):
     """Exercise 6, second half: train one prompt (PromptConfig(n_tokens=n, init="text",
     init_ids=ids)) on the lesson's NER task with the walkthrough's data, steps, batch, rate and seed,
     and print dev and test F1. ids=None draws n token ids outside the crowd (seeded). About 20 s of
