@@ -202,13 +202,13 @@ def generate(out_dir=GOLDEN_DIR, only=None) -> dict:
             res = run_check(CHECKS[name], rec)
             if not res.passed:
                 raise RuntimeError(f"minift's reference fails its own check {name}: {res.error}")
-    cases, tensors, unrecorded = rec.cases, rec._tensors, dict(rec.unsupported)
+    cases, tensors, unrecorded = rec.cases, rec._tensors, rec.unsupported
     if only is not None and (Path(out_dir) / "index.json").is_file():
         cases, tensors, unrecorded = _merged(Path(out_dir), set(names), rec)
     used = {c["adapter"] for c in cases}
-    wanted = {CHECKS[n].adapter for n in names}
     _write(Path(out_dir), cases, tensors, {n: why for n, why in sorted(unrecorded.items()) if n not in used})
-    return {"cases": len(cases), "adapters": len(used), "skipped": sorted(wanted - {c["adapter"] for c in rec.cases})}
+    recorded, wanted = {c["adapter"] for c in rec.cases}, {CHECKS[n].adapter for n in names}
+    return {"cases": len(cases), "adapters": len(used), "skipped": sorted(wanted - recorded)}
 
 
 def _merged(golden_dir: Path, replaced: set, rec: "_Recorder") -> tuple[list, dict, dict]:
@@ -216,7 +216,7 @@ def _merged(golden_dir: Path, replaced: set, rec: "_Recorder") -> tuple[list, di
     order of CHECKS (as a whole regeneration writes them), their tensors, and "unrecorded"."""
     old, old_tensors = load(golden_dir)
     kept = [c for c in old if c["check"] not in replaced]
-    ids = {c["id"] for c in kept}
+    ids = {c["id"] for c in kept}                             # a case's tensors are keyed "{id}.args...", "{id}.output"
     tensors = {k: v for k, v in old_tensors.items() if ".".join(k.split(".")[:3]) in ids} | rec._tensors
     order = {name: i for i, name in enumerate(CHECKS)}
     cases = sorted(kept + rec.cases, key=lambda c: order.get(c["check"], len(order)))    # stable: calls keep their order
