@@ -170,9 +170,14 @@ RUNS = Background()
 
 
 def workers() -> int:
+    """Background threads for this pytest process: none inside a pytest-xdist worker (`pytest -n 8`, as
+    .ci/gpu_check.sh runs the suite), where xdist's own processes are the parallelism: each of them
+    would otherwise start every walkthrough and its own copy of the offloaded files (tests/offload.py)."""
     env = os.environ.get("MINIFT_TEST_WORKERS")
     if env is not None:
         return max(0, int(env))
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        return 0
     return max(1, (os.cpu_count() or 2) - 1)
 
 

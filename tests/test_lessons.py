@@ -5,6 +5,7 @@ import signal
 from pathlib import Path
 
 import pytest
+import background
 from background import walkthrough_result
 
 from minift.cli import list_lessons
@@ -59,3 +60,13 @@ def test_walkthrough_runs_in_fast_mode(les, flags):
     verdicts = [x for x in lines if VERDICT.search(x)]
     assert not verdicts, f"{cmd} judges a claim (use course.verdict): {verdicts[:3]}"
     print(f"{cmd}: {seconds:.1f}s")
+
+
+def test_an_xdist_worker_starts_no_background_threads(monkeypatch):
+    """Under `pytest -n N` each xdist worker is a whole pytest session: background threads there would run
+    every walkthrough and the offloaded files once per worker (tests/background.py, workers())."""
+    monkeypatch.delenv("MINIFT_TEST_WORKERS", raising=False)
+    monkeypatch.setenv("PYTEST_XDIST_WORKER", "gw0")
+    assert background.workers() == 0
+    monkeypatch.delenv("PYTEST_XDIST_WORKER")
+    assert background.workers() >= 1
