@@ -28,8 +28,8 @@ import background
 # queue (the extension build, this subprocess, then every walkthrough's --fast) outlasts the main thread's
 # own tests in both hypothesis profiles: the main thread, once its tests are done, takes walkthroughs from
 # the queue's far end (background.RUNS.result), so the two cores finish together. Too few files here and
-# the worker idles while the main thread works alone (6.5 minutes without CI, where the checks draw more
-# examples; 5 with CI).
+# the worker idles while the main thread works alone (without CI the checks draw more examples, all of
+# them in the main thread's test_conformance.py and test_planted.py).
 OFFLOADED = ("test_distributed.py", "test_distill.py", "test_cli.py", "test_classroom.py", "test_choosing.py",
              "test_world.py", "test_scaling.py", "test_harness_catches.py")
 KEY = "pytest:offloaded"
