@@ -6,7 +6,6 @@ from pathlib import Path
 
 import pytest
 import background
-from background import walkthrough_result
 
 from minift.cli import list_lessons
 from minift.course import FAST_NOTE
@@ -47,7 +46,7 @@ def test_every_flag_section_names_a_flag_of_its_walkthrough():
                                         for les, flags in RUNS])
 def test_walkthrough_runs_in_fast_mode(les, flags):
     """The run itself starts in the background when collection ends (tests/background.py)."""
-    r, seconds = walkthrough_result(les["dir"], str(ROOT), flags)
+    r, seconds = background.walkthrough_result(les["dir"], str(ROOT), flags)
     alarm = getattr(signal, "SIGALRM", None)                                    # the fork server's timeout
     why = "ran out of time" if alarm is not None and r.returncode == -alarm else "failed"
     cmd = " ".join([les["dir"].name, "--fast", *flags])
