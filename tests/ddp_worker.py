@@ -4,7 +4,7 @@ import sys
 
 import torch
 
-from minift.distributed import init_from_env, rank_and_world
+from minift.distributed import init_from_env, leave, rank_and_world
 from minift.train import TrainConfig, train
 
 
@@ -38,3 +38,4 @@ if __name__ == "__main__":
         state = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
         torch.save({"state": state, "world": world, "comm": [h["comm_bytes"] for h in hist],
                     "loss": [h["loss"] for h in hist]}, sys.argv[1])
+    leave()

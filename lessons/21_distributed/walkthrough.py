@@ -38,7 +38,7 @@ import time
 import torch
 
 from minift import course, world
-from minift.distributed import init_from_env, rank_and_world, rank_device, ring_allreduce_bytes
+from minift.distributed import init_from_env, leave, rank_and_world, rank_device, ring_allreduce_bytes
 from minift.memory import PRESETS, estimate
 from minift.peft.lora import LoRAConfig, apply_lora
 from minift.pretrain import load_base
@@ -114,7 +114,7 @@ if args.worker:
     rank, results = worker()
     if rank == 0:
         torch.save(results, args.out)
-    sys.exit(0)
+    leave()                                        # leave the process group and exit (see its docstring)
 
 # ==============================================================================================
 header("1. What travels: the trainable gradients, once per step")
