@@ -1,5 +1,6 @@
 """Data-parallel training: 2 gloo processes x batch b take the same steps as 1 process with
 gradient accumulation over 2 micro-batches of b, and only the trainable gradients travel."""
+import os
 import subprocess
 import sys
 
@@ -19,7 +20,7 @@ def test_two_processes_equal_one_process_with_gradient_accumulation(tmp_path):
     out = tmp_path / "ddp.pt"
     r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
                         "tests/ddp_worker.py", str(out), str(STEPS)],
-                       capture_output=True, text=True, timeout=180, env={**__import__("os").environ, "OMP_NUM_THREADS": "1"})
+                       capture_output=True, text=True, timeout=180, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert r.returncode == 0, r.stderr[-3000:]
     got = torch.load(out, weights_only=True)
     assert got["world"] == 2
@@ -53,3 +54,13 @@ def test_a_world_size_that_does_not_divide_the_batch_raises():
         per_rank_batch(16, 3)
     with pytest.raises(ValueError, match="world_size"):
         per_rank_batch(16, 0)
+
+
+def test_leave_exits_with_its_code_and_loses_no_output():
+    """leave() skips Python's shutdown (os._exit), so it must flush what was printed: to a pipe, print()
+    buffers, and os._exit alone would drop it."""
+    code = ("import sys; from minift.distributed import leave; print('out', end=''); "
+            "print('err', end='', file=sys.stderr); leave(3)")
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}   # buffered, as usual
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=env)
+    assert (r.returncode, r.stdout, r.stderr) == (3, "out", "err")
