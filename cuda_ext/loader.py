@@ -4,7 +4,7 @@ One translation unit for the CPU (quant_lora.cpp, -O3 -fopenmp, plus -mavx2 -mfm
 and this CPU support them: otherwise the scalar path alone is compiled). Only when torch has CUDA: two
 more, quant_lora_cuda.cu (the GEMV and dequantize kernels) and quant_lora_mma.cu (the tensor-core kernel),
 which ninja compiles in parallel, with their headers (the interface quant_lora_cuda.h, which
-quant_lora.cpp then includes, quant_lora_common.cuh and quant_lora_mma.cuh).
+quant_lora.cpp then includes, quant_lora_common.cuh, quant_lora_mma.cuh and quant_lora_ptx.cuh).
 
 The build is cached outside the repository: $MINIFT_EXT_DIR, else $XDG_CACHE_HOME/minift/cuda_ext,
 else ~/.cache/minift/cuda_ext: one sub-folder per flag set and content of the sources, which are
@@ -69,6 +69,12 @@ def flags() -> list[str]:
     return f + os.environ.get("MINIFT_EXT_CFLAGS", "").split()
 
 
+# The CUDA build's files: its two sources, then the headers they include (tests/test_ops.py checks that
+# every local #include of these and of quant_lora.cpp is listed, so none is missing on a GPU machine).
+CUDA_FILES = ["quant_lora_cuda.cu", "quant_lora_mma.cu", "quant_lora_cuda.h", "quant_lora_common.cuh",
+              "quant_lora_mma.cuh", "quant_lora_ptx.cuh"]
+
+
 def plan() -> tuple[str, list[str], list[str], Path]:
     """What load() builds: (module name, files, compiler flags, build folder). files: the sources the
     compiler gets, then the headers they include (copied and hashed, not compiled). The folder is
@@ -80,8 +86,7 @@ def plan() -> tuple[str, list[str], list[str], Path]:
     files = ["quant_lora.cpp"]
     cuda = bool(torch.cuda.is_available() and CUDA_HOME)
     if cuda:                                                   # the CUDA kernels and their interface
-        files += ["quant_lora_cuda.cu", "quant_lora_mma.cu", "quant_lora_cuda.h", "quant_lora_common.cuh",
-                  "quant_lora_mma.cuh"]
+        files += CUDA_FILES
         cflags.append("-DMINIFT_WITH_CUDA")
     tag = ("_avx2" if "-mavx2" in cflags else "_scalar") + ("_cuda" if cuda else "")
     digest = hashlib.sha256(repr((torch.__version__, cflags)).encode())

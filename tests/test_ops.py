@@ -547,3 +547,24 @@ def test_a_build_killed_half_way_does_not_block_later_loads(tmp_path, monkeypatc
     build.mkdir(parents=True)
     (build / "lock").write_text("")                                   # what a killed build leaves
     assert loader.load() == "module" and seen == [False]
+
+
+def test_the_cuda_build_copies_every_header_its_sources_include():
+    """The loader compiles in a build folder holding copies of quant_lora.cpp and CUDA_FILES only: a local header
+    missing from that list breaks the CUDA build, which no CPU machine runs. Every `#include "..."` reachable
+    from those files must be in the list (and exist)."""
+    import importlib.util
+    import re
+    spec = importlib.util.spec_from_file_location("loader_files", ROOT / "cuda_ext" / "loader.py")
+    loader = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(loader)
+    listed = {"quant_lora.cpp", *loader.CUDA_FILES}
+    todo, seen = list(listed), set()
+    while todo:
+        f = todo.pop()
+        if f in seen:
+            continue
+        seen.add(f)
+        text = (ROOT / "cuda_ext" / f).read_text()
+        todo += re.findall(r'^\s*#\s*include\s+"([^"]+)"', text, flags=re.M)
+    assert seen - listed == set(), f"included but not copied into the build: {sorted(seen - listed)}"
