@@ -5,6 +5,7 @@
 //          cuda_ext/quant_lora_mma.cu -o /tmp/t && /tmp/t
 //
 // (`/tmp/t --no-timings`: the correctness part alone.)
+// Without a GPU, `python cuda_ext/emulator/build.py` builds and runs the correctness part on the CPU emulator.
 // Part 1, correctness: random cases (every dtype, fast and generic paths, every template width N = 1..16 and
 // beyond, plain and double-quantized absmax, LoRA and bias on and off, odd in, small blocks, a misaligned
 // packed pointer, k tiled) against a float64 loop on the CPU:

@@ -31,7 +31,7 @@ import background
 # the worker idles while the main thread works alone (without CI the checks draw more examples, all of
 # them in the main thread's test_conformance.py and test_planted.py).
 OFFLOADED = ("test_distributed.py", "test_distill.py", "test_cli.py", "test_classroom.py", "test_choosing.py",
-             "test_world.py", "test_scaling.py", "test_harness_catches.py")
+             "test_world.py", "test_scaling.py", "test_harness_catches.py", "test_cuda_emulated.py")
 KEY = "pytest:offloaded"
 TIMEOUT = 900
 REPORT_ENV = "MINIFT_TEST_REPORT"          # set in the subprocess: where each test's outcome is written
