@@ -49,6 +49,8 @@ def emulated(text: str) -> str:
 # must pass: the emulator flags wrong results, not a different layout.
 PLANTED = [
     ("mma: no cp.async wait before reading a tile", "quant_lora_mma.cu", "      cp_async_wait<1>();", "", True),
+    ("mma: no barrier before a buffer is restaged", "quant_lora_mma.cu",
+     "    __syncthreads();                                           // buffer i % 2 is read", "    //", True),
     ("mma: the split-k sum skips the last warp", "quant_lora_mma.cu", "for (int w = 1; w < WK; ++w)",
      "for (int w = 1; w < WK - 1; ++w)", True),
     ("mma: the epilogue writes row g where D holds row g+8", "quant_lora_mma.cu",

@@ -5,7 +5,9 @@
 // cuda_fp16.h (host-callable conversions) and vector_types.h (uint4, float4, dim3) are used as they are.
 //
 // Execution model: one launch runs its blocks one after another; the threads of a block are fibers (ucontext) on
-// this one OS thread, each on its own stack, switched only at a barrier:
+// this one OS thread, each on its own stack, switched only at a barrier (each thread runs until it waits, in
+// thread order in one block and in reverse order in the next, so that a missing barrier shows whichever side of
+// it the writer is on):
 //   __syncthreads()        every thread of the block that has not returned is waiting -> all go on
 //   warp_sync() (shuffle, mma.sync)   all 32 lanes of the warp are waiting -> they go on; a lane that returned
 //                          while its warp still shuffles is an error (the hardware would read garbage)
@@ -113,13 +115,16 @@ inline void run_block(int n) {
   }
   ++block_serial;
   std::memset(dynamic_shared.data(), 0xFF, dynamic_shared.size());
+  const bool reverse = block_serial % 2 == 0;        // every other block runs its threads last to first
   for (;;) {
-    for (int i = 0; i < n; ++i)
+    for (int j = 0; j < n; ++j) {
+      const int i = reverse ? n - 1 - j : j;
       while (fibers[i].state == RUNNING) {
         current = i;
         threadIdx = make_uint3(i % blockDim.x, (i / blockDim.x) % blockDim.y, i / (blockDim.x * blockDim.y));
         swapcontext(&scheduler, &fibers[i].ctx);
       }
+    }
     bool released = false, live = false;
     for (int w = 0; w < (n + 31) / 32; ++w) {       // warp barriers: every lane of the warp waits
       int waiting = 0, done = 0, lanes = 0;

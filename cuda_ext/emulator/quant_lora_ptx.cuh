@@ -1,9 +1,11 @@
 // The CPU emulator's version of cuda_ext/quant_lora_ptx.cuh: the same four functions, written from the PTX ISA's
 // definitions (cuda_ext/emulator/build.py copies this file over the real one in the emulated build).
 //
-//   cp.async.cg.shared.global 16 bytes   the source is read when the copy is issued; the bytes land in shared
-//                                        memory only at the cp.async.wait_group that completes its group, so a
-//                                        kernel that reads a tile before waiting for it reads the 0xFF poison
+//   cp.async.cg.shared.global 16 bytes   the source is read when the copy is issued, and the destination is
+//                                        filled with 0xFF (NaN) then: the bytes land only at the
+//                                        cp.async.wait_group that completes their group. A kernel that reads a
+//                                        tile before waiting for it, or restages a buffer that another warp
+//                                        still reads, reads NaN (on a GPU the copy may land at any time between)
 //   mma.sync.aligned.m16n8k16.row.col.f32.{bf16,f16}   D (16 x 8) += A (16 x 16) B (16 x 8), gathered from the 32
 //                                        lanes' registers by the ISA's fragment layout (lane = 4 g + t):
 //       A: a_i (i = 0..7, two per register, a_{2j} in the low half of register j): row g + 8 ((i >> 1) & 1),
@@ -45,6 +47,7 @@ __device__ __forceinline__ void cp_async16(void* dst, const void* src, bool vali
     minift_emu::die("cp.async of 16 bytes needs 16-byte aligned addresses");
   PendingCopy c{dst, {}};
   if (valid) std::memcpy(c.bytes, src, 16);          // src-size 0: zeros, nothing read
+  std::memset(dst, 0xFF, 16);                        // in flight: neither the old bytes nor the new ones
   async_copies()[minift_emu::current].open.push_back(c);
 }
 __device__ __forceinline__ void cp_async_commit() {
