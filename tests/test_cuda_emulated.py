@@ -1,12 +1,13 @@
 """The CUDA kernels (cuda_ext/quant_lora_cuda.cu, quant_lora_mma.cu) run on the CPU emulator, no GPU needed.
 
 cuda_ext/emulator/build.py compiles the kernels and their torch-free test program (cuda_ext/test_quant_lora_cuda.cu)
-with the host C++ compiler, each block's threads run as fibers with real barriers, warp shuffles and mma.sync
-fragments (the PTX ISA's layout), and cp.async copies that land only when waited for (NaN until then). The program checks every
-path (GEMV fast and generic, every template width, dequantize, the tensor-core blocks of every regime) against its
-float64 definition, as it does on a GPU. `python cuda_ext/emulator/build.py --planted` shows the check failing for
-planted kernel bugs (a missing barrier, a missing cp.async wait, a buffer restaged too early, a dropped split-k
-warp, a wrong epilogue row, a wrong prefetch) and passing a neutral change. Skips where there is no C++ compiler or no CUDA toolkit headers.
+with the host C++ compiler: each block's threads run as fibers with real barriers, warp shuffles and mma.sync
+fragments (the PTX ISA's layout), and cp.async copies land only when waited for (NaN until then). The program
+checks every path (GEMV fast and generic, every template width, dequantize, the tensor-core blocks of every regime)
+against its float64 definition, as it does on a GPU. `python cuda_ext/emulator/build.py --planted` shows the check
+failing for planted kernel bugs (a missing barrier, a missing cp.async wait, a buffer restaged too early, a dropped
+split-k warp, a wrong epilogue row, a wrong prefetch) and passing a neutral change. Skips where there is no C++
+compiler or no CUDA toolkit headers.
 """
 import importlib.util
 import subprocess
