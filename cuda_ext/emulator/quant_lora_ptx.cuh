@@ -79,19 +79,23 @@ template <typename T> __device__ __forceinline__ void mma16816(float d[4], const
   mine[4] = b[0];
   mine[5] = b[1];
   warp_sync();                                       // every lane's fragments are published
-  float A[16][16], B[16][8];
-  for (int l = 0; l < 32; ++l) {
-    const uint32_t* s = slots(base + l);
-    const int g = l >> 2, t = l & 3;
-    for (int i = 0; i < 8; ++i) A[g + 8 * ((i >> 1) & 1)][2 * t + (i & 1) + 8 * (i >> 2)] = half_of<T>(s[i >> 1], i & 1);
-    for (int i = 0; i < 4; ++i) B[2 * t + (i & 1) + 8 * (i >> 1)][g] = half_of<T>(s[4 + (i >> 1)], i & 1);
-  }
+  // This lane's D elements need rows g, g+8 of A and columns 2t, 2t+1 of B: each element is fetched from the lane
+  // and register half that holds it, the layout above inverted (A: row & 7 = g', row >> 3 = (i >> 1) & 1,
+  // (col & 7) >> 1 = t', col & 1 = i & 1, col >> 3 = i >> 2;  B: (k & 7) >> 1 = t', k & 1 = i & 1, k >> 3 = i >> 1).
+  auto a_at = [&](int row, int col) {
+    const int i = (col & 1) + 2 * (row >> 3) + 4 * (col >> 3);
+    return half_of<T>(slots(base + 4 * (row & 7) + ((col & 7) >> 1))[i >> 1], i & 1);
+  };
+  auto b_at = [&](int k, int col) {
+    const int i = (k & 1) + 2 * (k >> 3);
+    return half_of<T>(slots(base + 4 * col + ((k & 7) >> 1))[4 + (i >> 1)], i & 1);
+  };
   const int g = lane >> 2, t = lane & 3;
   float out[4];
   for (int i = 0; i < 4; ++i) {
     const int row = g + 8 * (i >> 1), col = 2 * t + (i & 1);
     double s = 0;
-    for (int k = 0; k < 16; ++k) s += static_cast<double>(A[row][k]) * B[k][col];
+    for (int k = 0; k < 16; ++k) s += static_cast<double>(a_at(row, k)) * b_at(k, col);
     out[i] = d[i] + static_cast<float>(s);
   }
   warp_sync();                                       // every lane has read the slots before they change
