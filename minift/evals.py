@@ -19,6 +19,7 @@ Python numbers, or tensors on the CPU (similarities and labels, for histograms).
 """
 from __future__ import annotations
 
+import collections
 import copy
 import functools
 import random
@@ -233,6 +234,20 @@ def supervised_pairs(split: str = "train", hard_negatives: bool = True, seed: in
                     if other is not None:                                   # keep s the anchor
                         ex["anchor"], ex["positive"] = s, other
     return out
+
+
+PAIR_KINDS = ("paraphrase", "near-copy negative", "other negative")
+
+
+def pair_kind(ex: dict) -> str:
+    """The kind of a `paraphrase` pair, one of PAIR_KINDS: label 1 is a paraphrase; a label-0 pair whose
+    sentences differ by at most one word each way (counted as multisets: a value changed in the same
+    template, or the same words in another order) is a near-copy negative, what an average of word
+    embeddings cannot separate; any other label-0 pair is an other negative."""
+    if ex["label"] == 1:
+        return "paraphrase"
+    a, b = (collections.Counter(re.findall(r"[\w']+", ex[k].lower())) for k in ("sentence1", "sentence2"))
+    return "near-copy negative" if sum((a - b).values()) <= 1 and sum((b - a).values()) <= 1 else "other negative"
 
 
 def unsupervised_sentences(split: str = "train", seed: int = 0) -> list[dict]:

@@ -341,3 +341,16 @@ def test_retrieval_at_1_counts_own_positives_or_the_group():
     shifted = q[[1, 0, 2, 3]]                                # queries 0 and 1 find each other's key
     assert retrieval_at_1(q, shifted) == 0.5
     assert retrieval_at_1(q, shifted, groups=["x", "x", "y", "z"]) == 1.0
+
+
+def test_pair_kind_sorts_paraphrase_test_pairs_as_lesson_16_counts_them():
+    from minift.evals import PAIR_KINDS, pair_kind
+    pair = lambda s1, s2, label=0: {"sentence1": s1, "sentence2": s2, "label": label}   # noqa: E731
+    assert pair_kind(pair("Ana lives in Rome.", "The river is long.", 1)) == "paraphrase"
+    assert pair_kind(pair("Ana lives in Rome.", "Ana lives in Paris.")) == "near-copy negative"     # one value
+    assert pair_kind(pair("Ana helps Bo.", "Bo helps Ana.")) == "near-copy negative"               # roles swapped
+    assert pair_kind(pair("ANA lives in Rome", "Ana lives in Rome.")) == "near-copy negative"        # case, punctuation
+    assert pair_kind(pair("Ana lives in Rome.", "Ana works in Paris.")) == "other negative"          # two words differ
+    assert pair_kind(pair("Ana lives in Rome.", "The river is long.")) == "other negative"
+    kinds = [pair_kind(ex) for ex in world.task("paraphrase", "test")]
+    assert [kinds.count(k) for k in PAIR_KINDS] == [100, 40, 60]        # lesson 16's part 3 table header

@@ -97,12 +97,9 @@ def try_temperature(tau=0.5, steps=40, batch=48, seed=0):
     part 3 of the walkthrough print for it: paraphrase accuracy, R@1, the mean cosines, and the
     accuracy on each kind of test pair (paraphrase, near-copy negative, other negative).
     About as long as the walkthrough's main recipe plus one evaluation. Returns the evaluation dict."""
-    import re
-    from collections import Counter
-
     from minift import world
     from minift.align.contrastive import ContrastiveConfig, train_contrastive
-    from minift.evals import evaluate_embeddings, supervised_pairs
+    from minift.evals import PAIR_KINDS, evaluate_embeddings, pair_kind, supervised_pairs
     from minift.pretrain import load_base
     from minift.train import TrainConfig
 
@@ -118,18 +115,9 @@ def try_temperature(tau=0.5, steps=40, batch=48, seed=0):
           f"test acc {r['test_acc']:.3f}, R@1 {r['retrieval_at_1']:.3f}, R@1 fact {r['retrieval_fact_at_1']:.3f}, "
           f"cos para {float(sims[labels == 1].mean()):.3f}, cos non {float(sims[labels == 0].mean()):.3f}")
 
-    def words(s):
-        return Counter(re.findall(r"[\w']+", s.lower()))
-
-    def kind(ex):
-        if ex["label"] == 1:
-            return "paraphrase"
-        a, b = words(ex["sentence1"]), words(ex["sentence2"])
-        return "near-copy negative" if sum((a - b).values()) <= 1 and sum((b - a).values()) <= 1 else "other negative"
-
-    kinds = [kind(ex) for ex in world.task("paraphrase", "test")]
+    kinds = [pair_kind(ex) for ex in world.task("paraphrase", "test")]
     right = ((sims > r["threshold"]).long() == labels).tolist()
-    for g in ("paraphrase", "near-copy negative", "other negative"):
+    for g in PAIR_KINDS:
         ok = [x for x, k in zip(right, kinds) if k == g]
         print(f"  {g} ({len(ok)}): {sum(ok) / len(ok):.3f} right")
     return r

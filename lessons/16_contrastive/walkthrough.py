@@ -25,7 +25,6 @@ minift/train.py, minift/pretrain.py); this file only calls it and prints.
 EXPECTED_SECONDS = 87
 FAST_SECONDS = 12
 
-import re
 from collections import Counter
 
 import numpy as np
@@ -33,7 +32,8 @@ import torch
 
 from minift import course, world
 from minift.align.contrastive import ContrastiveConfig, embed_sentences, train_contrastive
-from minift.evals import cosine, evaluate_embeddings, fact_key, supervised_pairs, unsupervised_sentences
+from minift.evals import (PAIR_KINDS, cosine, evaluate_embeddings, fact_key, pair_kind, supervised_pairs,
+                          unsupervised_sentences)
 from minift.peft.lora import LoRAConfig, apply_lora
 from minift.pretrain import load_base
 from minift.report import header, table
@@ -131,19 +131,8 @@ print(f"dropout while training: 0.1 for SimCSE unsupervised (its augmentation), 
 header("3. Which paraphrase pairs each encoder gets right (test split, its own val-tuned threshold)")
 
 
-def words(s):
-    return Counter(re.findall(r"[\w']+", s.lower()))
-
-
-def kind(ex):
-    if ex["label"] == 1:
-        return "paraphrase"
-    a, b = words(ex["sentence1"]), words(ex["sentence2"])
-    return "near-copy negative" if sum((a - b).values()) <= 1 and sum((b - a).values()) <= 1 else "other negative"
-
-
-kinds = [kind(ex) for ex in para_test]
-groups = ["paraphrase", "near-copy negative", "other negative"]
+kinds = [pair_kind(ex) for ex in para_test]
+groups = PAIR_KINDS
 show = {"untrained (last)": before["last"], "untrained (mean)": before["mean"], **results}
 krows = []
 for name, r in show.items():
