@@ -9,7 +9,7 @@
 // thread order in one block and in reverse order in the next, so that a missing barrier shows whichever side of
 // it the writer is on):
 //   __syncthreads()        every thread of the block that has not returned is waiting -> all go on
-//   warp_sync() (shuffle, mma.sync)   all 32 lanes of the warp are waiting -> they go on; a lane that returned
+//   exchange_wait() (shuffle, mma.sync)   all 32 lanes of the warp are waiting -> they go on; a lane that returned
 //                          while its warp still shuffles is an error (the hardware would read garbage)
 // Anything else (a thread waiting at __syncthreads while its warp's others wait in a shuffle) is a deadlock:
 // the program stops with the states of the threads. Dynamic shared memory is filled with 0xFF bytes (NaN in
@@ -82,7 +82,8 @@ inline std::vector<Fiber> fibers;
 inline std::vector<std::vector<char>> stacks;
 inline int current = 0;                             // the running thread, flat index in the block
 inline unsigned long block_serial = 0;              // counts the blocks run (per-thread state keyed by it resets)
-inline std::vector<uint32_t> lane_slots;            // 16 words per thread: what a warp-wide op exchanges
+inline std::vector<uint32_t> lane_slots;            // 2 sets x 16 words per thread: what warp-wide ops exchange
+inline std::vector<unsigned> exchanges;             // per thread: the warp-wide exchanges it has done
 inline std::vector<unsigned char> dynamic_shared;
 inline const std::function<void()>* body = nullptr;
 constexpr size_t STACK = 256 * 1024;
@@ -100,8 +101,14 @@ inline void fiber_main() {
   fibers[current].state = DONE;
   swapcontext(&fibers[current].ctx, &scheduler);
 }
-inline uint32_t* slots(int thread) { return lane_slots.data() + 16 * thread; }
-inline void warp_sync() { yield(AT_WARP_SYNC); }
+// A warp-wide exchange (a shuffle, an mma.sync): each lane writes its words to exchange_slot(its thread), waits in
+// exchange_wait() until all 32 lanes have written, reads any lane's exchange_slot, then calls exchange_done().
+// Consecutive exchanges of a warp alternate between two sets of slots, so one barrier each is enough: a lane
+// writes a set again two exchanges later, and every lane has finished reading it before that (it read before it
+// arrived at the barrier in between).
+inline uint32_t* exchange_slot(int thread) { return lane_slots.data() + 16 * (2 * thread + (exchanges[current] & 1)); }
+inline void exchange_wait() { yield(AT_WARP_SYNC); }
+inline void exchange_done() { ++exchanges[current]; }
 
 // Runs every thread of the current block to its end.
 inline void run_block(int n) {
@@ -113,6 +120,7 @@ inline void run_block(int n) {
     makecontext(&fibers[i].ctx, fiber_main, 0);
     fibers[i].state = RUNNING;
   }
+  exchanges.assign(n, 0);
   ++block_serial;
   std::memset(dynamic_shared.data(), 0xFF, dynamic_shared.size());
   const bool reverse = block_serial % 2 == 0;        // every other block runs its threads last to first
@@ -177,7 +185,7 @@ void launch(Config c, void (*kernel)(P...), A&&... args) {
   gridDim = c.grid;
   fibers.assign(n, Fiber{});
   if (stacks.size() < static_cast<size_t>(n)) stacks.resize(n, std::vector<char>(STACK));
-  lane_slots.assign(16 * ((n + 31) / 32 * 32), 0);
+  lane_slots.assign(2 * 16 * ((n + 31) / 32 * 32), 0);
   dynamic_shared.assign(c.smem + 16, 0);
   for (unsigned z = 0; z < c.grid.z; ++z)
     for (unsigned y = 0; y < c.grid.y; ++y)
@@ -200,10 +208,10 @@ inline float __shfl_xor_sync(unsigned mask, float v, int lane_mask) {
   using namespace minift_emu;
   if (mask != 0xffffffffu) die("__shfl_xor_sync with a partial mask (not emulated)");
   const int lane = current % 32, base = current - lane;
-  std::memcpy(slots(current), &v, 4);
-  warp_sync();
+  std::memcpy(exchange_slot(current), &v, 4);
+  exchange_wait();
   float r;
-  std::memcpy(&r, slots(base + (lane ^ lane_mask)), 4);
-  warp_sync();                                      // every lane has read before any slot is written again
+  std::memcpy(&r, exchange_slot(base + (lane ^ lane_mask)), 4);
+  exchange_done();
   return r;
 }

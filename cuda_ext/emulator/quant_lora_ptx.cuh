@@ -74,32 +74,30 @@ template <typename T> inline float half_of(uint32_t reg, int hi) {   // element 
 template <typename T> __device__ __forceinline__ void mma16816(float d[4], const uint32_t a[4], const uint32_t b[2]) {
   using namespace minift_emu;
   const int lane = current % 32, base = current - lane;
-  uint32_t* mine = slots(current);
+  uint32_t* mine = exchange_slot(current);
   for (int j = 0; j < 4; ++j) mine[j] = a[j];
   mine[4] = b[0];
   mine[5] = b[1];
-  warp_sync();                                       // every lane's fragments are published
+  exchange_wait();                                   // every lane's fragments are published
   // This lane's D elements need rows g, g+8 of A and columns 2t, 2t+1 of B: each element is fetched from the lane
   // and register half that holds it, the layout above inverted (A: row & 7 = g', row >> 3 = (i >> 1) & 1,
   // (col & 7) >> 1 = t', col & 1 = i & 1, col >> 3 = i >> 2;  B: (k & 7) >> 1 = t', k & 1 = i & 1, k >> 3 = i >> 1).
   auto a_at = [&](int row, int col) {
     const int i = (col & 1) + 2 * (row >> 3) + 4 * (col >> 3);
-    return half_of<T>(slots(base + 4 * (row & 7) + ((col & 7) >> 1))[i >> 1], i & 1);
+    return half_of<T>(exchange_slot(base + 4 * (row & 7) + ((col & 7) >> 1))[i >> 1], i & 1);
   };
   auto b_at = [&](int k, int col) {
     const int i = (k & 1) + 2 * (k >> 3);
-    return half_of<T>(slots(base + 4 * col + ((k & 7) >> 1))[4 + (i >> 1)], i & 1);
+    return half_of<T>(exchange_slot(base + 4 * col + ((k & 7) >> 1))[4 + (i >> 1)], i & 1);
   };
   const int g = lane >> 2, t = lane & 3;
-  float out[4];
   for (int i = 0; i < 4; ++i) {
     const int row = g + 8 * (i >> 1), col = 2 * t + (i & 1);
     double s = 0;
     for (int k = 0; k < 16; ++k) s += static_cast<double>(a_at(row, k)) * b_at(k, col);
-    out[i] = d[i] + static_cast<float>(s);
+    d[i] += static_cast<float>(s);
   }
-  warp_sync();                                       // every lane has read the slots before they change
-  for (int i = 0; i < 4; ++i) d[i] = out[i];
+  exchange_done();
 }
 
 }  // namespace
