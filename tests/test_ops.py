@@ -444,12 +444,14 @@ def test_cuda_kernel_matches_the_float64_definition(ext, cuda_device, dtype):
             assert np.all(err <= tol), (out_f, in_f, N, bs, dq, lora, float(np.max(err - tol)))
 
 
-def _cuda_include():
-    """A CUDA toolkit's include folder (with cuda_bf16.h): $CUDA_HOME/include or /usr/local/cuda/include, or None."""
-    for home in (os.environ.get("CUDA_HOME"), "/usr/local/cuda"):
-        if home and (Path(home) / "include" / "cuda_bf16.h").is_file():
-            return str(Path(home) / "include")
-    return None
+def _host_toolchain():
+    """(CUDA include folder, host C++ compiler), either None where missing: the CPU emulator's own lookup
+    (cuda_ext/emulator/build.py), which the layout test shares."""
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("minift_emulator_build", ROOT / "cuda_ext" / "emulator" / "build.py")
+    emu = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(emu)
+    return emu.cuda_include(), emu.compiler()
 
 
 def test_the_tensor_core_layout_is_the_ptx_fragment_layout(tmp_path):
@@ -457,8 +459,7 @@ def test_the_tensor_core_layout_is_the_ptx_fragment_layout(tmp_path):
     (no GPU, no nvcc needed: everything it checks is host code): the registers each lane builds for mma.sync,
     placed by the PTX ISA's fragment layout, multiply to Σ_k fl_T(ŵ) x; the x tile's swizzle is free of bank
     conflicts. Skips where no CUDA toolkit's headers are installed."""
-    import shutil
-    inc, cxx = _cuda_include(), shutil.which(os.environ.get("CXX", "c++")) or shutil.which("g++")
+    inc, cxx = _host_toolchain()
     if inc is None or cxx is None:
         pytest.skip("no CUDA toolkit headers (cuda_bf16.h) or no C++ compiler here")
     exe = tmp_path / "layout"

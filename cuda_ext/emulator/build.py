@@ -101,6 +101,7 @@ def cuda_include() -> Path | None:
 
 
 def compiler() -> str | None:
+    """The host C++ compiler ($CXX, else c++, else g++), or None."""
     return shutil.which(os.environ.get("CXX", "c++")) or shutil.which("g++")
 
 
@@ -115,8 +116,7 @@ def build(out: Path, asan: bool = False, src: Path = CUDA_EXT) -> Path:
         if f.suffix in (".h", ".cuh"):
             shutil.copy(f, out / f.name)
     shutil.copy(HERE / "quant_lora_ptx.cuh", out / "quant_lora_ptx.cuh")   # the emulated instructions
-    sources: list[str] = []
-    sources.append(str(HERE / "runtime.cpp"))
+    sources = [str(HERE / "runtime.cpp")]
     for name in KERNELS + [PROGRAM]:
         dst = out / (name[:-3] + ".cpp")
         dst.write_text(emulated((Path(src) / name).read_text()))

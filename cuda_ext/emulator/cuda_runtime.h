@@ -10,12 +10,12 @@
 // it the writer is on):
 //   __syncthreads()        every thread of the block that has not returned is waiting -> all go on
 //   exchange_wait() (shuffle, mma.sync)   all 32 lanes of the warp are waiting -> they go on; a lane that returned
-//                          while its warp still shuffles is an error (the hardware would read garbage)
+//                          while its warp still exchanges is an error (the hardware would read garbage)
 // Anything else (a thread waiting at __syncthreads while its warp's others wait in a shuffle) is a deadlock:
 // the program stops with the states of the threads. Dynamic shared memory is filled with 0xFF bytes (NaN in
 // every float type) at the start of each block, so reading what was never staged shows in the result.
-// Not emulated: timing, memory coalescing, bank conflicts, the L2; events and async copies finish at once
-// (cp.async is emulated in quant_lora_ptx.cuh: its copies land at cp.async.wait_group, not before).
+// Not emulated: timing, memory coalescing, bank conflicts, caches, streams (a launch has finished when it
+// returns) and events (they report "not available"). cp.async is emulated in quant_lora_ptx.cuh.
 #pragma once
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
@@ -133,7 +133,7 @@ inline void run_block(int n) {
         swapcontext(&scheduler, &fibers[i].ctx);
       }
     }
-    bool released = false, live = false;
+    bool released = false;
     for (int w = 0; w < (n + 31) / 32; ++w) {       // warp barriers: every lane of the warp waits
       int waiting = 0, done = 0, lanes = 0;
       for (int i = 32 * w; i < n && i < 32 * w + 32; ++i, ++lanes)
@@ -151,8 +151,7 @@ inline void run_block(int n) {
         if (fibers[i].state == AT_SYNCTHREADS) fibers[i].state = RUNNING;
       released = true;
     }
-    live = done < n;
-    if (!live) return;
+    if (done == n) return;
     if (!released) {
       std::fprintf(stderr, "minift_emu: deadlock in block %u,%u; thread states (0 running, 1 __syncthreads, 2 warp op, 3 done):",
                    blockIdx.x, blockIdx.y);
