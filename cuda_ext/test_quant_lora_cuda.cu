@@ -4,7 +4,7 @@
 //     nvcc -std=c++17 -O3 -arch=sm_90 cuda_ext/test_quant_lora_cuda.cu cuda_ext/quant_lora_cuda.cu \
 //          cuda_ext/quant_lora_mma.cu -o /tmp/t && /tmp/t
 //
-// (`/tmp/t --no-timings`: the correctness part alone.)
+// (`/tmp/t --no-timings [N] [--big]`: the correctness part alone, N random cases; --big adds the bench's shapes.)
 // Without a GPU, `python cuda_ext/emulator/build.py` builds and runs the correctness part on the CPU emulator.
 // Part 1, correctness: random cases (every dtype, fast and generic paths, every template width N = 1..16 and
 // beyond, plain and double-quantized absmax, LoRA and bias on and off, odd in, small blocks, a misaligned
@@ -258,6 +258,8 @@ static void timings() {
 
 int main(int argc, char** argv) {
   const bool timing = !(argc > 1 && std::strcmp(argv[1], "--no-timings") == 0);   // --no-timings: correctness only
+  bool big = false;                                              // --big: also the bench's shapes (host time:
+  for (int i = 1; i < argc; ++i) big = big || std::strcmp(argv[i], "--big") == 0;   // half a minute)
   int ndev = 0;
   if (cudaGetDeviceCount(&ndev) != cudaSuccess || ndev == 0) { std::printf("no CUDA device\n"); return 2; }
   cudaDeviceProp prop;
@@ -300,6 +302,16 @@ int main(int argc, char** argv) {
     cases.push_back({64 * sms - 32, 384, 64, 64, 3, true, true, dt, 0, true});  // when every SM gets a block:
     cases.push_back({128 * ((sms + 1) / 2) + 5, 256, 64, 128, 0, false, true, dt, 0, true});   // 64 x 64, 128 x 64
   }
+  // --big: the bench's shapes (lesson 13: an 8B and a 70B model's layers), batches 1, 16 and 33: the widest k tiles,
+  // grids of hundreds of blocks, up to 2^26 weights.
+  if (big)
+    for (Dtype dt : {BF16, F16}) {
+      cases.push_back({14336, 4096, 64, 1, 16, true, true, dt, 0});            // GEMV, NB = 1: 896 blocks
+      cases.push_back({4096, 14336, 64, 16, 0, true, false, dt, 0});           // GEMV, NB = 16: 14 k tiles
+      cases.push_back({8192, 8192, 64, 1, 0, false, true, dt, 0, true});       // tensor cores, 512 blocks
+      cases.push_back({4096, 14336, 64, 16, 8, true, true, dt, 0, true});      // 112 spans over 8 split-k warps
+      cases.push_back({4096, 4096, 64, 33, 0, true, false, dt, 0, true});      // 32 x 32 blocks, 2 of inputs
+    }
   // Random: half on the fast path (in % 32 == 0, 32 | bs), half anywhere.
   const int n_random = argc > 2 ? std::atoi(argv[2]) : 150;      // `/tmp/t --no-timings 20`: fewer random cases
   for (int t = 0; t < n_random; ++t) {

@@ -1,7 +1,8 @@
 """Build cuda_ext/test_quant_lora_cuda.cu with the CUDA kernels on the CPU emulator, and run it.
 
     python cuda_ext/emulator/build.py                  # build, then run the correctness part (12 random cases)
-    python cuda_ext/emulator/build.py --random 150     # the GPU run's full set of random cases (minutes)
+    python cuda_ext/emulator/build.py --random 150     # the GPU run's full set of random cases (a minute)
+    python cuda_ext/emulator/build.py --big            # also the bench's shapes (4096 x 14336 ..., a few minutes)
     python cuda_ext/emulator/build.py --asan           # with AddressSanitizer: any read or write past a buffer
     python cuda_ext/emulator/build.py --planted        # planted bugs: each must fail the test, a neutral change pass
 
@@ -135,6 +136,7 @@ def build(out: Path, asan: bool = False, src: Path = CUDA_EXT) -> Path:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--random", type=int, default=12, help="random cases (the GPU run takes 150); default 12")
+    ap.add_argument("--big", action="store_true", help="add the bench's shapes (4096 x 14336 ...; minutes)")
     ap.add_argument("--asan", action="store_true", help="build with AddressSanitizer and UBSan")
     ap.add_argument("--keep", metavar="DIR", help="build in DIR (kept) instead of a temporary folder")
     ap.add_argument("--planted", action="store_true", help="run the planted bugs of PLANTED instead (about 2 minutes)")
@@ -159,7 +161,8 @@ def main(argv=None) -> int:
         env = dict(os.environ)
         if args.asan:   # fibers switch stacks: ASan's stack checks cannot follow them, its heap checks can
             env["ASAN_OPTIONS"] = "detect_stack_use_after_return=0:detect_leaks=0"
-        return subprocess.run([str(exe), "--no-timings", str(args.random)], env=env).returncode
+        cmd = [str(exe), "--no-timings", str(args.random)] + (["--big"] if args.big else [])
+        return subprocess.run(cmd, env=env).returncode
 
 
 if __name__ == "__main__":
