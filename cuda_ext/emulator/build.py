@@ -15,8 +15,8 @@ builds it against the CUDA toolkit's headers (cuda_bf16.h, cuda_fp16.h, vector_t
 CUDA runtime) with this folder's cuda_runtime.h first on the include path (see that file for the execution
 model). The test program then checks every kernel's output against its float64 definition, as on a GPU.
 
-Needs a C++17 compiler ($CXX, else c++ or g++) and a CUDA toolkit's headers ($CUDA_HOME/include, or where nvcc
-is); exits 2 when either is missing. Exit status otherwise: the test program's (0 = every case passed).
+Needs a POSIX system (the threads are ucontext fibers), a C++17 compiler ($CXX, else c++ or g++) and a CUDA
+toolkit's headers ($CUDA_HOME/include, or where nvcc is); exits 2 when the compiler or the headers are missing. Exit status otherwise: the test program's (0 = every case passed).
 """
 from __future__ import annotations
 
