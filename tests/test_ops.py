@@ -444,13 +444,19 @@ def test_cuda_kernel_matches_the_float64_definition(ext, cuda_device, dtype):
             assert np.all(err <= tol), (out_f, in_f, N, bs, dq, lora, float(np.max(err - tol)))
 
 
+def _cuda_ext_module(relpath: str, name: str):
+    """A script of cuda_ext/ (not a package) imported fresh as module `name`: the loader, the emulator's build.py."""
+    import importlib.util
+    spec = importlib.util.spec_from_file_location(name, ROOT / "cuda_ext" / relpath)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def _host_toolchain():
     """(CUDA include folder, host C++ compiler), either None where missing: the CPU emulator's own lookup
     (cuda_ext/emulator/build.py), which the layout test shares."""
-    import importlib.util
-    spec = importlib.util.spec_from_file_location("minift_emulator_build", ROOT / "cuda_ext" / "emulator" / "build.py")
-    emu = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(emu)
+    emu = _cuda_ext_module("emulator/build.py", "minift_emulator_build")
     return emu.cuda_include(), emu.compiler()
 
 
@@ -530,11 +536,8 @@ def test_bench_kernels_fast_prints_ratios_against_dense_measured_in_the_same_run
 def test_a_build_killed_half_way_does_not_block_later_loads(tmp_path, monkeypatch):
     """torch's build lock is a plain file that a killed build leaves behind (every later load would
     wait for it forever); the loader removes it once it holds its own lock, which the OS frees."""
-    import importlib.util
     import torch.utils.cpp_extension as cpp
-    spec = importlib.util.spec_from_file_location("loader_under_test", ROOT / "cuda_ext" / "loader.py")
-    loader = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(loader)
+    loader = _cuda_ext_module("loader.py", "loader_under_test")
     monkeypatch.setenv("MINIFT_EXT_DIR", str(tmp_path))
     seen = []
 
@@ -554,11 +557,8 @@ def test_the_cuda_build_copies_every_header_its_sources_include():
     """The loader compiles in a build folder holding copies of quant_lora.cpp and CUDA_FILES only: a local header
     missing from that list breaks the CUDA build, which no CPU machine runs. Every `#include "..."` reachable
     from those files must be in the list (and exist)."""
-    import importlib.util
     import re
-    spec = importlib.util.spec_from_file_location("loader_files", ROOT / "cuda_ext" / "loader.py")
-    loader = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(loader)
+    loader = _cuda_ext_module("loader.py", "loader_files")
     listed = {"quant_lora.cpp", *loader.CUDA_FILES}
     todo, seen = list(listed), set()
     while todo:

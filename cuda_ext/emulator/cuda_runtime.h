@@ -63,10 +63,7 @@ template <typename T> cudaError_t cudaMalloc(T** p, size_t n) { return cudaMallo
 inline uint3 threadIdx, blockIdx;                   // set by the scheduler before it resumes a thread
 inline dim3 blockDim, gridDim;
 
-inline int min(int a, int b) { return a < b ? a : b; }
-inline long long min(long long a, long long b) { return a < b ? a : b; }
-inline long min(long a, long b) { return a < b ? a : b; }
-inline unsigned min(unsigned a, unsigned b) { return a < b ? a : b; }
+inline int min(int a, int b) { return a < b ? a : b; }   // CUDA's integer min, the one the kernels call
 template <typename T> inline T __ldg(const T* p) { return *p; }
 inline float __fadd_rn(float a, float b) { return a + b; }     // built with -ffp-contract=off: no fused a*b+c
 inline float __fmul_rn(float a, float b) { return a * b; }
