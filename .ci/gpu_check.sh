@@ -41,6 +41,14 @@ export PY
 if [[ -z "${CUDA_HOME:-}" ]] && ! command -v nvcc >/dev/null 2>&1 && [[ -x /usr/local/cuda/bin/nvcc ]]; then
     export CUDA_HOME=/usr/local/cuda PATH="/usr/local/cuda/bin:$PATH"
 fi
+# torch guesses CUDA_HOME as two folders above the nvcc on PATH: for a wrapper script (/usr/local/bin/nvcc
+# exec-ing the real one) that is /usr/local, without the CUDA headers, and the build stage would build no CUDA.
+# Take the toolkit that nvcc itself reports (cuda_ext/loader.py's nvcc_toolkit).
+if [[ -z "${CUDA_HOME:-}" ]] && command -v nvcc >/dev/null 2>&1; then
+    home=$("$PY" -c 'import importlib.util as u; s = u.spec_from_file_location("loader", "cuda_ext/loader.py")
+m = u.module_from_spec(s); s.loader.exec_module(m); print(m.nvcc_toolkit() or "")' 2>/dev/null)
+    if [[ -n "$home" ]]; then export CUDA_HOME="$home"; fi
+fi
 
 budget="${MINIFT_GPU_CHECK_BUDGET:-540}"
 stages="${MINIFT_GPU_CHECK_STAGES:-}"
@@ -122,7 +130,7 @@ stage_install() {
 
 stage_build() {
     "$PY" - <<'EOF'
-import importlib.util, sys, time, torch
+import importlib.util, os, sys, time, torch
 spec = importlib.util.spec_from_file_location("loader", "cuda_ext/loader.py")
 loader = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(loader)
@@ -132,6 +140,21 @@ t = time.time()
 ext = loader.load(verbose=True)
 print(f"loaded in {time.time() - t:.1f} s; cuda built: {ext.cuda}; avx2: {getattr(ext, 'avx2', '?')}")
 want_cuda = torch.cuda.is_available()
+if not want_cuda and torch.version.cuda:
+    # A CUDA torch on a machine without a GPU: compile and link the CUDA build as well (what a GPU run builds;
+    # TORCH_CUDA_ARCH_LIST names the targets, as there is no GPU to ask) and import it, which runs no kernel.
+    from torch.utils.cpp_extension import CUDA_HOME
+    problem = loader.cuda_toolkit_problem(CUDA_HOME)
+    if problem:
+        sys.exit(f"the CUDA build cannot be compiled here: {problem}")
+    torch.cuda.is_available = lambda: True
+    print(f"no GPU, and torch {torch.__version__} has CUDA: compiling the CUDA build for "
+          f"TORCH_CUDA_ARCH_LIST={os.environ.setdefault('TORCH_CUDA_ARCH_LIST', '8.0;9.0')}", flush=True)
+    t = time.time()
+    ext = loader.load(verbose=True)
+    print(f"compiled and imported in {time.time() - t:.1f} s; cuda built: {ext.cuda}; "
+          f"entry points: {sorted(a for a in dir(ext) if not a.startswith('_'))}")
+    want_cuda = True
 sys.exit(0 if bool(ext.cuda) == want_cuda else 3)              # a GPU here but no CUDA build: a failure
 EOF
 }

@@ -1,7 +1,8 @@
 """Build and load cuda_ext (the fused quantized-LoRA matmul) with torch.utils.cpp_extension.load.
 
 One translation unit for the CPU (quant_lora.cpp, -O3 -fopenmp, plus -mavx2 -mfma when both the compiler
-and this CPU support them: otherwise the scalar path alone is compiled). Only when torch has CUDA: two
+and this CPU support them: otherwise the scalar path alone is compiled). Only when torch sees a GPU and
+a CUDA toolkit with its headers (cuda_toolkit_problem says what is missing, when one is): two
 more, quant_lora_cuda.cu (the GEMV and dequantize kernels) and quant_lora_mma.cu (the tensor-core kernel),
 which ninja compiles in parallel, with their headers (the interface quant_lora_cuda.h, which
 quant_lora.cpp then includes, quant_lora_common.cuh, quant_lora_mma.cuh and quant_lora_ptx.cuh).
@@ -22,6 +23,7 @@ import subprocess
 import sys
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Optional
 
 HERE = Path(__file__).resolve().parent
 NAME = "minift_quant_lora"
@@ -75,6 +77,40 @@ CUDA_FILES = ["quant_lora_cuda.cu", "quant_lora_mma.cu", "quant_lora_cuda.h", "q
               "quant_lora_mma.cuh", "quant_lora_ptx.cuh"]
 
 
+def nvcc_toolkit() -> Optional[str]:
+    """The CUDA toolkit folder of the `nvcc` on PATH, as nvcc itself reports it (`nvcc -dryrun` prints
+    `TOP=<its bin>/..`), when that folder holds the CUDA headers; else None."""
+    nvcc = shutil.which("nvcc")
+    if nvcc is None:
+        return None
+    try:
+        r = subprocess.run([nvcc, "-dryrun", "-x", "cu", "-c", os.devnull, "-o", os.devnull],
+                           capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    for line in (r.stdout + r.stderr).splitlines():
+        if line.startswith("#$ TOP="):
+            top = Path(line.split("=", 1)[1].strip().strip('"')).resolve()
+            return str(top) if (top / "include" / "cuda_runtime_api.h").is_file() else None
+    return None
+
+
+def cuda_toolkit_problem(cuda_home: Optional[str]) -> Optional[str]:
+    """Why the CUDA kernels cannot be compiled with torch's CUDA_HOME, or None when they can.
+
+    torch takes CUDA_HOME from the environment, else two folders above the `nvcc` on PATH. Where that
+    nvcc is a wrapper script (/usr/local/bin/nvcc running /usr/local/cuda-13.0/bin/nvcc), the guess is
+    /usr/local, which has no CUDA headers, and the build would fail on the first #include; the answer
+    then names the toolkit nvcc itself uses, for CUDA_HOME."""
+    if not cuda_home:
+        return "torch found no CUDA toolkit (no nvcc on PATH and no CUDA_HOME)"
+    if (Path(cuda_home) / "include" / "cuda_runtime_api.h").is_file():
+        return None
+    top = nvcc_toolkit()
+    fix = f"the nvcc on PATH uses {top}: export CUDA_HOME={top}" if top else "set CUDA_HOME to the CUDA toolkit"
+    return f"torch's CUDA_HOME={cuda_home} has no include/cuda_runtime_api.h; {fix}"
+
+
 def plan() -> tuple[str, list[str], list[str], Path]:
     """What load() builds: (module name, files, compiler flags, build folder). files: the sources the
     compiler gets, then the headers they include (copied and hashed, not compiled). The folder is
@@ -84,7 +120,7 @@ def plan() -> tuple[str, list[str], list[str], Path]:
 
     cflags = flags()
     files = ["quant_lora.cpp"]
-    cuda = bool(torch.cuda.is_available() and CUDA_HOME)
+    cuda = torch.cuda.is_available() and cuda_toolkit_problem(CUDA_HOME) is None
     if cuda:                                                   # the CUDA kernels and their interface
         files += CUDA_FILES
         cflags.append("-DMINIFT_WITH_CUDA")
@@ -97,13 +133,16 @@ def plan() -> tuple[str, list[str], list[str], Path]:
 
 def load(verbose: bool = False):
     """Build (or reuse the cached build) and import the extension module. Raises on any failure."""
-    from torch.utils.cpp_extension import load as _load
+    import torch
+    from torch.utils.cpp_extension import CUDA_HOME, load as _load
 
     name, files, cflags, build = plan()
     cuda = "-DMINIFT_WITH_CUDA" in cflags
     build.mkdir(parents=True, exist_ok=True)
     if not built(build, name):
         print(BUILD_NOTE, file=sys.stderr, flush=True)
+        if not cuda and torch.cuda.is_available():
+            print(f"  without its CUDA kernels: {cuda_toolkit_problem(CUDA_HOME)}", file=sys.stderr, flush=True)
     with _build_lock(build):
         sources = []
         for f in files:                                        # the build reads these copies, not the checkout

@@ -569,3 +569,38 @@ def test_the_cuda_build_copies_every_header_its_sources_include():
         text = (ROOT / "cuda_ext" / f).read_text()
         todo += re.findall(r'^\s*#\s*include\s+"([^"]+)"', text, flags=re.M)
     assert seen - listed == set(), f"included but not copied into the build: {sorted(seen - listed)}"
+
+
+@pytest.mark.skipif(os.name != "posix", reason="the stand-in nvcc is a shell script")
+def test_the_cuda_half_is_built_only_with_a_toolkit_that_has_its_headers(tmp_path, monkeypatch):
+    """torch guesses CUDA_HOME as two folders above the nvcc on PATH; a wrapper script (/usr/local/bin/nvcc
+    exec-ing the real one) makes that /usr/local, and a CUDA build then fails on its first #include, so
+    on a GPU machine the whole extension was lost. The loader builds the CUDA half only with headers there,
+    and names the toolkit that nvcc itself reports (`nvcc -dryrun`: TOP=...), for CUDA_HOME."""
+    import torch.utils.cpp_extension as cpp
+    loader = _cuda_ext_module("loader.py", "loader_toolkit")
+    real = tmp_path / "cuda-99.0"
+    (real / "bin").mkdir(parents=True)
+    wrapper = tmp_path / "wrap" / "bin" / "nvcc"                       # a wrapper, as on some images
+    wrapper.parent.mkdir(parents=True)
+    wrapper.write_text(f'#!/bin/sh\necho "#$ TOP={real}/bin/.." >&2\n')
+    wrapper.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{wrapper.parent}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(cpp, "CUDA_HOME", str(tmp_path / "wrap"))     # torch's guess from the wrapper
+
+    assert "no CUDA toolkit" in loader.cuda_toolkit_problem(None)
+    problem = loader.cuda_toolkit_problem(cpp.CUDA_HOME)              # nvcc's own toolkit has no headers either
+    assert "has no include/cuda_runtime_api.h" in problem and "set CUDA_HOME" in problem
+    assert "-DMINIFT_WITH_CUDA" not in loader.plan()[2] and loader.plan()[1] == ["quant_lora.cpp"]
+
+    (real / "include").mkdir()
+    (real / "include" / "cuda_runtime_api.h").write_text("")
+    assert loader.nvcc_toolkit() == str(real.resolve())
+    assert loader.cuda_toolkit_problem(cpp.CUDA_HOME).endswith(f"export CUDA_HOME={real.resolve()}")
+    assert "-DMINIFT_WITH_CUDA" not in loader.plan()[2]                # torch's own guess is still the wrong one
+
+    monkeypatch.setattr(cpp, "CUDA_HOME", str(real))                  # what `export CUDA_HOME=...` gives torch
+    assert loader.cuda_toolkit_problem(cpp.CUDA_HOME) is None
+    name, files, cflags, _ = loader.plan()
+    assert "-DMINIFT_WITH_CUDA" in cflags and name.endswith("_cuda") and files == ["quant_lora.cpp", *loader.CUDA_FILES]
