@@ -58,3 +58,6 @@ def test_the_readme_names_the_oldest_versions_it_is_tested_with():
     readme = " ".join((ROOT / "README.md").read_text().split())          # line breaks as spaces
     for name, v in _pins((ROOT / ".ci" / "oldest.txt").read_text(), "==").items():
         assert f"{name} {v}" in readme, f"README must say the oldest tested {name} is {v}"
+    python = re.search(r'requires-python = ">=([0-9.]+)"', (ROOT / "pyproject.toml").read_text()).group(1)
+    claims = re.findall(r"Python ≥ ?([0-9.]+)", readme)
+    assert claims and set(claims) == {python}, f"README says Python ≥ {claims}; pyproject requires {python}"
