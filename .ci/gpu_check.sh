@@ -7,9 +7,10 @@
 #   build        the extension with CUDA (cuda_ext/loader.py, verbose log), timed
 #   kernel_test  cuda_ext/test_mma_layout.cu (the tensor-core layout, on the CPU), then
 #                cuda_ext/test_quant_lora_cuda.cu (plain CUDA, no torch): nvcc it and run it (beside the build)
-#   gpu_tests    the GPU tests (kernel, device, ops, method contract, bench), junit XML
+#   gpu_tests    the GPU tests (kernel, device, ops, method contract, bench, figures), junit XML
 #   bench        minift bench kernels --device cuda  ->  $OUT/bench_kernels.txt (+ .json: every row, the verdicts)
-#   lessons      every lesson's walkthrough --fast --device cuda, each under its own timeout
+#   lessons      every lesson's walkthrough --fast --figures --device cuda (figures: when matplotlib
+#                imports), each under its own timeout
 #   suite        the whole test suite (pytest-xdist -n 8 if it imports), junit XML; whatever time is left
 #
 #   OUT=/some/dir bash .ci/gpu_check.sh     everything goes to $OUT (default ./gpu_check_out): one log per
@@ -189,7 +190,7 @@ pytest_args() {         # the parallel flags when pytest-xdist imports
 stage_gpu_tests() {
     local files=() f
     for f in tests/test_cuda_kernel.py tests/test_device.py tests/test_device_align.py tests/test_ops.py \
-             tests/test_method_contract.py tests/test_bench.py; do
+             tests/test_method_contract.py tests/test_bench.py tests/test_figures.py; do
         if [[ -f $f ]]; then files+=("$f"); else echo "(no $f in this checkout)"; fi
     done
     # shellcheck disable=SC2046
@@ -219,7 +220,7 @@ lesson_one() {          # one lesson, under its own timeout; a line per lesson i
     local dir=$1 nn s rc
     nn=$(basename "$dir")
     s=$SECONDS
-    timeout -k 5 "$LESSON_LIMIT" "$PY" "$dir/walkthrough.py" --fast --device "$DEVICE" > "$OUT/lessons/$nn.log" 2>&1
+    timeout -k 5 "$LESSON_LIMIT" "$PY" "$dir/walkthrough.py" --fast --figures --device "$DEVICE" > "$OUT/lessons/$nn.log" 2>&1
     rc=$?
     printf '%-28s exit %3s  %4ss\n' "$nn" "$rc" $(( SECONDS - s )) >> "$OUT/lessons.txt"
     return $(( rc != 0 ))

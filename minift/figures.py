@@ -139,6 +139,11 @@ def _log_y(ax) -> None:
     ax.tick_params(axis="y", which="minor", labelsize=7)
 
 
+def _cpu64(t: torch.Tensor) -> torch.Tensor:
+    """t as float64 on the CPU, where matplotlib reads it (a --device cuda run hands over GPU tensors)."""
+    return t.detach().to("cpu", torch.float64)
+
+
 def _values(t) -> list:
     return [float(v) for v in (t.tolist() if isinstance(t, torch.Tensor) else t)]
 
@@ -151,7 +156,7 @@ def attention_maps(maps: dict, labels: list, path) -> Path:
     T = len(labels)
     fig, axes = _figure(4.2 * len(maps), 4.4, len(maps))
     for ax, (title, w) in zip(axes, maps.items()):
-        w = w.detach().double().clone()                                              # (T, T)
+        w = _cpu64(w).clone()                                                         # (T, T)
         if tuple(w.shape) != (T, T):
             raise ValueError(f"attention_maps: {title!r} is {tuple(w.shape)}, expected ({T}, {T}) for {T} labels")
         w[torch.ones(T, T, dtype=torch.bool).triu(1)] = float("nan")                # the future: blank
@@ -212,7 +217,7 @@ def update_spectrum(W0: torch.Tensor, W: torch.Tensor) -> torch.Tensor:
     """Singular values of the update ΔW = W - W0, in float64, largest first."""
     if W0.shape != W.shape:
         raise ValueError(f"update_spectrum: W0 {tuple(W0.shape)} and W {tuple(W.shape)} must have the same shape")
-    return torch.linalg.svdvals(W.detach().double() - W0.detach().double())
+    return torch.linalg.svdvals(_cpu64(W) - _cpu64(W0))
 
 
 def delta_spectra(base, bodies: dict, matrices, seed: int = 0) -> dict:
@@ -265,7 +270,7 @@ def nf4_code(codes: dict, offset: float, weights: torch.Tensor, path, block_size
     the density of z / c for z ~ N(0, 1), c = Φ⁻¹(δ'), is c φ(c x); the histogram is of `weights`
     divided by the absmax of their block of `block_size`."""
     c = float(torch.special.ndtri(torch.tensor(offset, dtype=torch.float64)))       # Φ⁻¹(δ')
-    w = weights.detach().double().reshape(-1)
+    w = _cpu64(weights).reshape(-1)
     w = w[: w.numel() // block_size * block_size].view(-1, block_size)              # (blocks, 64)
     x = (w / w.abs().amax(1, keepdim=True)).reshape(-1)                             # in [-1, 1]
     fig, (ax,) = _figure(7.5, 4.0)

@@ -67,14 +67,16 @@ def test_committed_figures_are_embedded_small_and_present():
             assert png.name in names, f"{d.name}/{png.name} is not embedded in its README"
 
 
-def test_lora_update_spectrum_has_rank_r():
+def test_lora_update_spectrum_has_rank_r(device):
     """delta_spectra: a LoRA update of rank r has exactly r singular values above float noise, and
-    the body it is read from is left unchanged (LoRA merged into a copy)."""
+    the body it is read from is left unchanged (LoRA merged into a copy). The tuned body may sit on
+    another device than the base (lesson 05 with --device cuda)."""
     torch.manual_seed(0)
     base = GPT(GPTConfig(vocab_size=32, block_size=8, n_layer=1, n_head=2, n_embd=16))
     tuned = GPT(base.config)
     tuned.load_state_dict(base.state_dict())
     apply_lora(tuned, LoRAConfig(r=2))                       # on W_q and W_v
+    tuned.to(device)
     with torch.no_grad():
         for n, p in tuned.named_parameters():
             if "lora_B" in n:
@@ -94,10 +96,11 @@ def _hist(steps, **extra):
     return [{"step": s + 1, "loss": 2.0 / (s + 1), **{k: f(s) for k, f in extra.items()}} for s in range(steps)]
 
 
-def _draws():
+def _draws(device="cpu"):
+    """Each figure drawn from small fixed numbers, its tensors on `device`."""
     g = torch.Generator().manual_seed(0)
-    att = torch.randn(6, 6, generator=g).tril().softmax(-1)
-    weights = torch.randn(4, 64, generator=g)
+    att = torch.randn(6, 6, generator=g).tril().softmax(-1).to(device)
+    weights = torch.randn(4, 64, generator=g).to(device)
     tiny = [dict(h, eval_ppl=10.0 / h["step"]) if h["step"] % 4 == 0 else h for h in _hist(12)]
     cpt = [dict(h, eval_d2=5.0 / h["step"], eval_orig=2.0 + h["step"] / 10) for h in _hist(6)]
     dpo = _hist(10, reward_margin=lambda s: 0.1 * s, chosen_reward=lambda s: -0.01 * s,
@@ -109,8 +112,8 @@ def _draws():
         "attention": lambda p: figures.attention_maps({"head 0": att, "head 1": att.t().tril()}, list("abcdef"), p),
         "pretraining": lambda p: figures.pretraining_curves(tiny, 30.0, 64, cpt, {"d2": 9.0, "orig": 2.0}, p),
         "loss_curves": lambda p: figures.loss_curves({"full": [1 / (i + 1) for i in range(30)], "lora": [0.5] * 30}, p),
-        "spectra": lambda p: figures.lora_spectra({"W_q": {"full": torch.linspace(2, 0.1, 16),
-                                                          "LoRA r=2": torch.tensor([1.0, 0.5] + [0.0] * 14),
+        "spectra": lambda p: figures.lora_spectra({"W_q": {"full": torch.linspace(2, 0.1, 16, device=device),
+                                                          "LoRA r=2": torch.tensor([1.0, 0.5] + [0.0] * 14, device=device),
                                                           "random Gaussian": torch.ones(16)}}, p),
         "nf4": lambda p: figures.nf4_code({"nf4": torch.linspace(-1, 1, 16), "int4": torch.arange(-8, 8) / 7},
                                           0.9677, weights, p),
@@ -138,6 +141,14 @@ def test_each_figure_is_a_small_png_without_dates(name, tmp_path):
     assert not {b"tEXt", b"iTXt", b"zTXt", b"tIME"} & set(_png_chunks(data)), "no date or software metadata"
     w, h = struct.unpack(">II", data[16:24])
     assert 300 <= w <= 1500 and 200 <= h <= 600
+
+
+def test_figures_take_tensors_on_any_device(device, tmp_path):
+    """A --device cuda run hands GPU tensors to the figures: each draws the bytes it draws from CPU tensors."""
+    pytest.importorskip("matplotlib")
+    for name, draw in _draws(device).items():
+        got = Path(draw(tmp_path / f"{name}.png")).read_bytes()
+        assert got == Path(_draws()[name](tmp_path / f"{name}_cpu.png")).read_bytes(), name
 
 
 def test_the_same_numbers_give_the_same_bytes(tmp_path):
