@@ -179,7 +179,7 @@ def digest(m):
     h = hashlib.sha256()
     for n, p in sorted(m.state_dict().items()):
         if "lora_" not in n:
-            h.update(n.encode() + p.detach().contiguous().numpy().tobytes())
+            h.update(n.encode() + p.detach().cpu().contiguous().numpy().tobytes())   # (a GPU tensor has no .numpy())
     return h.hexdigest()[:16]
 
 
