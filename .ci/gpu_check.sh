@@ -7,7 +7,7 @@
 #   build        the extension with CUDA (cuda_ext/loader.py, verbose log), timed
 #   kernel_test  cuda_ext/test_mma_layout.cu (the tensor-core layout, on the CPU), then
 #                cuda_ext/test_quant_lora_cuda.cu (plain CUDA, no torch): nvcc it and run it (beside the build)
-#   gpu_tests    the GPU tests (kernel, device, ops, method contract, bench, figures), junit XML
+#   gpu_tests    the GPU tests (kernel, device, ops, method contract, bench, figures, heads), junit XML
 #   bench        minift bench kernels --device cuda  ->  $OUT/bench_kernels.txt (+ .json: every row, the verdicts)
 #   lessons      every lesson's walkthrough --fast --figures --device cuda (figures: when matplotlib
 #                imports), each under its own timeout
@@ -190,7 +190,7 @@ pytest_args() {         # the parallel flags when pytest-xdist imports
 stage_gpu_tests() {
     local files=() f
     for f in tests/test_cuda_kernel.py tests/test_device.py tests/test_device_align.py tests/test_ops.py \
-             tests/test_method_contract.py tests/test_bench.py tests/test_figures.py; do
+             tests/test_method_contract.py tests/test_bench.py tests/test_figures.py tests/test_heads.py; do
         if [[ -f $f ]]; then files+=("$f"); else echo "(no $f in this checkout)"; fi
     done
     # shellcheck disable=SC2046

@@ -26,6 +26,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .model import GPT, IGNORE_INDEX
+from .train import model_device, to_device
 from .validate import check_float
 
 
@@ -173,22 +174,25 @@ def encode_ner(tok, examples: Sequence[dict], tag_names: Sequence[str], block_si
 @torch.no_grad()
 def predict_sequence(model: SequenceClassifier, items: list[dict], collate, batch_size: int = 64) -> list[int]:
     model.eval()
-    preds = []
+    preds, dev = [], model_device(model)
     for i in range(0, len(items), batch_size):
-        b = collate([{k: v for k, v in it.items() if k in ("idx", "labels")} for it in items[i:i + batch_size]])
+        chunk = [{k: v for k, v in it.items() if k in ("idx", "labels")} for it in items[i:i + batch_size]]
+        b = to_device(collate(chunk), dev)
         preds += model(b["idx"], attention_mask=b["attention_mask"]).logits.argmax(-1).tolist()
     return preds
 
 
 @torch.no_grad()
 def predicted_classes(model: nn.Module, items: Sequence[dict], collate, batch_size: int = 64):
-    """(item, argmax class at every position (T_item,)) for each item, in order: the model (a
-    TokenClassifier, eval mode) run on batches of `batch_size` collated {idx, labels} (right padding)."""
+    """(item, argmax class at every position (T_item,), on the CPU) for each item, in order: the model
+    (a TokenClassifier, eval mode) run on batches of `batch_size` collated {idx, labels} (right padding),
+    moved to the model's device."""
     model.eval()
+    dev = model_device(model)
     for i in range(0, len(items), batch_size):
         chunk = items[i:i + batch_size]
-        b = collate([{"idx": it["idx"], "labels": it["labels"]} for it in chunk])
-        pred = model(b["idx"], attention_mask=b["attention_mask"]).logits.argmax(-1)   # (B, T)
+        b = to_device(collate([{"idx": it["idx"], "labels": it["labels"]} for it in chunk]), dev)
+        pred = model(b["idx"], attention_mask=b["attention_mask"]).logits.argmax(-1).cpu()   # (B, T), one copy
         for r, it in enumerate(chunk):
             yield it, pred[r, :len(it["idx"])]
 

@@ -4,7 +4,7 @@ import torch
 from hypothesis import given, settings, strategies as st
 
 from minift.heads import (SequenceClassifier, TokenClassifier, encode_classification, encode_ner,
-                          encode_words, last_real_index)
+                          encode_words, last_real_index, predict_sequence, predict_tags, predicted_classes)
 from minift.model import GPTConfig
 from minift.tasks import collate
 from strategies import gpt_configs, tiny_model
@@ -107,3 +107,27 @@ def test_ner_splits_cut_val_and_test_and_keep_train_whole():
     assert ex["dev"] == world.task("ner", "val")[:5] and len(ex["train"]) == len(world.task("ner", "train"))
     assert len(train_items) == len(ex["train"]) and set(train_items[0]) == {"idx", "labels"}
     assert torch.equal(train_items[0]["idx"], items["train"][0]["idx"])
+
+
+def test_predictions_run_where_the_model_is_and_come_back_on_the_cpu(device):
+    """predict_sequence, predicted_classes and predict_tags take CPU items (as encode_* makes them) and move
+    each collated batch to the model's device (lessons 02-10 with --device cuda); they give each row's own
+    argmax, computed here one row at a time on the CPU, and the classes come back on the CPU."""
+    cfg = GPTConfig(vocab_size=32, block_size=12, n_layer=1, n_head=2, n_embd=16)
+    torch.manual_seed(0)
+    clf, tc = SequenceClassifier(tiny_model(cfg), 3).double().eval(), TokenClassifier(tiny_model(cfg), 4).double().eval()
+    rows = _rows(cfg, [5, 12, 1, 7])
+    items = [{"idx": r, "labels": torch.zeros_like(r), "first": list(range(0, len(r), 2))} for r in rows]
+    with torch.no_grad():
+        want_seq = [int(clf(r[None]).logits.argmax(-1)) for r in rows]
+        want_cls = [tc(r[None]).logits.argmax(-1)[0] for r in rows]                # (T_i,) each
+    col = lambda b: collate(b, pad_id=0)  # noqa: E731
+    clf.to(device), tc.to(device)
+    assert predict_sequence(clf, items, col, batch_size=3) == want_seq
+    got = list(predicted_classes(tc, items, col, batch_size=3))
+    assert [it is x for (it, _), x in zip(got, items)] == [True] * 4
+    for (_, pred), want in zip(got, want_cls):
+        assert pred.device.type == "cpu" and torch.equal(pred, want)
+    names = ["O", "A", "B", "C"]
+    assert predict_tags(tc, items, col, names, batch_size=3) == [[names[int(w[p])] for p in it["first"]]
+                                                                 for it, w in zip(items, want_cls)]
