@@ -159,8 +159,8 @@ else:
                      f"{abs(now['test_nll'] - cached['test_nll']):.1e}" if cached else "-",
                      f"{secs:.1f}s"))
     table(("size/method/D_f", "test loss now", "cached", "|difference|", f"{course.clock_name()} time"), rows)
-    print("Same code, seed and thread count give the same numbers; another CPU or torch version may differ in the "
-          "last digits (floating-point sums in another order).")
+    print("Same code, seed and thread count give the same numbers; another CPU, a GPU or another torch version may "
+          "differ in the last digits (floating-point sums in another order).")
 
 by = {(r["size"], r["method"], r["n_train"]): [] for r in results}
 for r in results:

@@ -97,13 +97,14 @@ def trainable(model):
 # ---- the worker: what each of the two processes runs (both methods, one launch) ----------------
 def worker():
     rank, W = rank_and_world()                     # (0, 1) outside torchrun: --fast's world of one
+    dev = rank_device() if torch.distributed.is_initialized() else RUN_DEV    # --fast: where part 3 runs
     results = {}
     for method in ("full", "lora"):
-        model, data = setup(method, rank_device())
-        course.sync(rank_device())
+        model, data = setup(method, dev)
+        course.sync(dev)
         t0 = time.perf_counter()
         hist = train(model, data, recipe(method))
-        course.sync(rank_device())
+        course.sync(dev)
         results[method] = {"state": trainable(model), "world": W, "seconds": time.perf_counter() - t0,
                            "comm": [h.get("comm_bytes", 0) for h in hist], "loss": [h["loss"] for h in hist]}
     return rank, results
