@@ -82,9 +82,10 @@ def device(request) -> torch.device:
     return torch.device(request.param)
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def cuda_device() -> torch.device:
-    """The GPU, for the tests that compare a CUDA run with the CPU one; skipped where there is none."""
+    """The GPU, for the tests that compare a CUDA run with the CPU one; skipped where there is none.
+    Session-scoped: a @given test may take it (hypothesis refuses function-scoped fixtures there)."""
     if not torch.cuda.is_available():
         pytest.skip("no GPU here (torch.cuda.is_available() is False)")
     return torch.device("cuda")

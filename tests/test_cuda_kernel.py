@@ -154,7 +154,7 @@ def test_an_empty_batch_launches_nothing(cuda_device, cuda_ext):
 
 # ---- the tensor-core kernel (nf4_lora_mma), forced: "auto" does not take it until it is measured ------
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def tensor_cores(cuda_device, cuda_ext):
     if torch.cuda.get_device_capability(cuda_device) < (8, 0):
         pytest.skip("the tensor-core kernel needs compute capability 8.0 or newer")

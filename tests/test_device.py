@@ -296,7 +296,7 @@ LOSS_TOL, PARAM_TOL = dict(rtol=1e-4, atol=1e-5), dict(rtol=1e-3, atol=1e-5)
 
 
 @pytest.mark.parametrize("method", ALL)
-@settings(deadline=None, max_examples=1, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(deadline=None, max_examples=1)
 @given(data=st.data())
 def test_cuda_trains_like_the_cpu(method, data, cuda_device):
     runs, cfg = {}, _config(method, data)                                # one config, both devices
@@ -328,3 +328,31 @@ def test_a_qlora_layer_merges_into_a_float_layer_of_its_own_dtype_and_device(dev
     merge_and_unload_qlora(model)
     fc = model.transformer.h[0].mlp.c_fc
     assert type(fc) is torch.nn.Linear and fc.weight.dtype == torch.float64 and fc.weight.device.type == device.type
+
+
+def _function_scoped_fixtures_of_given_tests(items) -> list:
+    """(test, fixture) for each @given test and each fixture among its arguments that is function-scoped,
+    unless the test's settings suppress HealthCheck.function_scoped_fixture: the pairs hypothesis fails
+    at run time ("uses a function-scoped fixture"), which for a GPU-only test happens on a GPU only."""
+    found = []
+    for item in items:
+        fn = getattr(item, "obj", None)
+        if not hasattr(fn, "hypothesis"):
+            continue
+        suppressed = getattr(fn, "_hypothesis_internal_use_settings", settings.default).suppress_health_check
+        if HealthCheck.function_scoped_fixture in suppressed:
+            continue
+        # the fixtures as hypothesis looks them up (without @pytest.mark.parametrize's pseudo-fixtures)
+        info = item.session._fixturemanager.getfixtureinfo(node=item, func=item.function, cls=None)
+        for name in info.argnames:
+            defs = info.name2fixturedefs.get(name)
+            if defs and defs[-1].scope == "function":
+                found.append((item.nodeid, name))
+    return found
+
+
+def test_no_given_test_takes_a_function_scoped_fixture(request):
+    """Hypothesis fails a @given test whose arguments include a function-scoped fixture, but only when
+    the test runs; tests that skip without a GPU (cuda_device, the kernels' cuda_ext) would fail on a GPU
+    alone. Checked here on every collected test, wherever the suite runs."""
+    assert _function_scoped_fixtures_of_given_tests(request.session.items) == []
