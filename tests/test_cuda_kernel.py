@@ -121,10 +121,11 @@ def test_cuda_kernel_equals_the_float64_definition(cuda_device, cuda_ext, p):
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("N", [1, 2, 3, 4, 7, 8, 12, 16, 17, 128])
 def test_every_template_width_over_several_k_tiles(cuda_device, cuda_ext, N, dtype):
-    """in = 8192 + 96 spans two k tiles at every width (KT = 8192 / NB, 1024 at NB >= 8); 37 rows leave a
-    partly filled block of rows; dq on (block 64) and a LoRA pair and a bias."""
+    """in = 8192 + 96 spans two k tiles at every width (KT = 8192 / NB, 1024 at NB >= 8); 38 rows leave a
+    partly filled block of rows (16 a block); blocks of 64 weights straddle rows (in = 129.5 blocks; out·in
+    must be a multiple of the block size); dq on, a LoRA pair and a bias."""
     g = torch.Generator().manual_seed(N)
-    out_f, in_f = 37, 8192 + 96
+    out_f, in_f = 38, 8192 + 96
     wq = quantize_nf4(torch.randn(out_f, in_f, generator=g), 64, True)
     x = torch.randn(N, in_f, generator=g).to(dtype)
     A, B, bias = torch.randn(8, in_f, generator=g), torch.randn(out_f, 8, generator=g), torch.randn(out_f, generator=g)
