@@ -1,0 +1,133 @@
+"""minift against the libraries it follows, on identical weights: peft (LoRA, both ways) and bitsandbytes
+(NF4, int8), where they are installed. (transformers' GPT-2: tests/test_model.py.)
+
+None of them is a dependency of minift, and CI installs none of them, so each test skips without its
+library. To run them (CPU builds suffice):
+
+    pip install transformers peft bitsandbytes && python -m pytest -q tests/test_interop.py
+
+They last passed with transformers 5.25.0, peft 0.21.2 and bitsandbytes 0.50.2 (torch 2.13.0, CPU).
+
+One disagreement found this way is bitsandbytes', not ours: its CPU `dequantize_4bit` (0.50.2) decodes a
+block wrongly when the block is longer than a row of the weight (an 8 x 96 weight in blocks of 256 comes
+back with errors near 1), while its stored codes and absmax are right and equal ours. So ours is compared
+with bitsandbytes' storage decoded by the format's definition, and with its dequantize_4bit only where
+rows hold whole blocks.
+"""
+import pytest
+import torch
+
+from minift.checkpoint import load_gpt2
+from minift.model import GPTConfig
+from minift.peft.io import export_peft, import_peft
+from minift.peft.lora import LoRAConfig, apply_lora
+from minift.quant.int8 import quantize_absmax
+from minift.quant.nf4 import CODES, dequantize_nf4, quantize_nf4
+from test_model import _ids, _write_hf_gpt2
+
+CFG = GPTConfig(vocab_size=31, block_size=12, n_layer=2, n_head=2, n_embd=8)
+
+
+def _hf_gpt2(folder):
+    """A random GPT-2 in the Hugging Face layout, loaded by both: (minift's GPT, transformers' GPT2LMHeadModel)."""
+    transformers = pytest.importorskip("transformers")
+    _write_hf_gpt2(folder, CFG)
+    return load_gpt2(folder).eval(), transformers.GPT2LMHeadModel.from_pretrained(folder).eval()
+
+
+# ---- peft ----------------------------------------------------------------------------------------
+
+LORAS = {
+    "plain": LoRAConfig(r=2, alpha=4, targets=("attn.c_attn", "mlp.c_fc"), qkv=None),
+    "q,v slices": LoRAConfig(r=2, alpha=4, targets=("attn.c_attn",), qkv=("q", "v")),
+    "rsLoRA": LoRAConfig(r=4, alpha=4, targets=("attn.c_proj",), qkv=None, use_rslora=True),
+    "DoRA": LoRAConfig(r=2, alpha=4, targets=("attn.c_attn", "mlp.c_proj"), qkv=None, use_dora=True),
+}
+
+
+@pytest.mark.lesson05
+@pytest.mark.parametrize("name", sorted(LORAS))
+def test_lora_written_by_export_peft_gives_the_same_logits_in_peft(name, tmp_path):
+    """export_peft's folder, loaded by peft's PeftModel.from_pretrained onto transformers' GPT-2 with the
+    same base weights, gives minift's logits (the q,v slices as a block-diagonal LoRA of c_attn)."""
+    peft = pytest.importorskip("peft")
+    ours, hf = _hf_gpt2(str(tmp_path / "base"))
+    apply_lora(ours, LORAS[name])
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():                                      # B = 0 at init: give every tensor a value
+        for n, p in ours.named_parameters():
+            if "lora_" in n:
+                p.copy_(0.3 * torch.randn(p.shape, generator=g) + (1.0 if "magnitude" in n else 0.0))
+    export_peft(ours, str(tmp_path / "adapter"))
+    theirs = peft.PeftModel.from_pretrained(hf, str(tmp_path / "adapter")).eval()
+    idx = _ids(CFG, 2, 9, 5)
+    with torch.no_grad():
+        torch.testing.assert_close(ours(idx).logits, theirs(idx).logits)
+
+
+@pytest.mark.lesson05
+@pytest.mark.parametrize("kind", ["plain", "rsLoRA", "DoRA"])
+def test_lora_saved_by_peft_gives_the_same_logits_in_minift(kind, tmp_path):
+    """A LoRA that peft builds (random A and B, Conv1D's fan_in_fan_out) and saves, read by import_peft onto
+    minift's GPT with the same base weights, gives peft's logits."""
+    peft = pytest.importorskip("peft")
+    ours, hf = _hf_gpt2(str(tmp_path / "base"))
+    conf = peft.LoraConfig(r=2, lora_alpha=6, target_modules=["c_attn", "c_fc"], fan_in_fan_out=True,
+                           init_lora_weights=False, use_rslora=kind == "rsLoRA", use_dora=kind == "DoRA")
+    torch.manual_seed(0)
+    theirs = peft.get_peft_model(hf, conf).eval()
+    theirs.save_pretrained(str(tmp_path / "adapter"))
+    assert len(import_peft(ours, str(tmp_path / "adapter"))) == 2 * CFG.n_layer
+    idx = _ids(CFG, 2, 9, 5)
+    with torch.no_grad():
+        torch.testing.assert_close(ours(idx).logits, theirs(idx).logits)
+
+
+# ---- bitsandbytes --------------------------------------------------------------------------------
+
+# (rows, columns, block): rows holding whole blocks, blocks spanning rows, and a last block cut short
+NF4_CASES = [(8, 64, 64), (3, 64, 64), (16, 128, 128), (16, 256, 256), (24, 40, 64), (8, 96, 256), (32, 128, 512)]
+
+
+def _bnb():
+    bnb_f = pytest.importorskip("bitsandbytes.functional")
+    return bnb_f
+
+
+@pytest.mark.lesson12
+@pytest.mark.parametrize("rows,cols,block", NF4_CASES)
+@pytest.mark.parametrize("double_quant", [False, True])
+def test_nf4_stores_what_bitsandbytes_stores(rows, cols, block, double_quant):
+    """quantize_nf4 and bitsandbytes' quantize_4bit(quant_type="nf4") on one weight: the same packed bytes
+    (high nibble first) and, without double quantization, the same absmax; with it, the same storage
+    (one int8-sized code per block, one float32 per 256 blocks). The 16 values agree to float32 rounding
+    (ours from Φ⁻¹, theirs a printed table), and ŵ = NF4[q] · absmax of either's storage agrees."""
+    F = _bnb()
+    w = torch.randn(rows, cols, generator=torch.Generator().manual_seed(rows * cols + block))
+    q, st = F.quantize_4bit(w, blocksize=block, quant_type="nf4", compress_statistics=double_quant)
+    s = quantize_nf4(w, block, double_quant)
+    assert torch.equal(s.packed.reshape(-1), q.reshape(-1))
+    torch.testing.assert_close(CODES["nf4"](), st.code, atol=2 * torch.finfo(torch.float32).eps, rtol=0)
+    if double_quant:
+        assert s.absmax_q.numel() == st.absmax.numel() and st.absmax.element_size() == s.absmax_q.element_size()
+        assert s.absmax_scales.numel() == st.state2.absmax.numel() and st.state2.blocksize == s.dq_block_size
+        return
+    assert torch.equal(s.absmax, st.absmax)
+    codes = torch.stack([q.reshape(-1) >> 4, q.reshape(-1) & 15], 1).reshape(-1)[: w.numel()].long()
+    theirs = (st.code[codes] * st.absmax.repeat_interleave(block)[: w.numel()]).reshape(w.shape)   # by definition
+    torch.testing.assert_close(dequantize_nf4(s), theirs)
+    if cols % block == 0:                                      # see the module docstring
+        torch.testing.assert_close(dequantize_nf4(s), F.dequantize_4bit(q, st))
+
+
+@pytest.mark.lesson11
+def test_int8_rows_are_bitsandbytes_vectorwise_quantization():
+    """quantize_absmax(w, "row") is LLM.int8()'s row-wise absmax quantization: the same int8 codes as
+    bitsandbytes' int8_vectorwise_quant, and a scale of (its row absmax) / 127."""
+    F = _bnb()
+    w = 3 * torch.randn(6, 16, generator=torch.Generator().manual_seed(0))
+    q, row_absmax = F.int8_vectorwise_quant(w)[:2]
+    t = quantize_absmax(w, "row")
+    assert torch.equal(t.q, q)
+    torch.testing.assert_close(t.scale.reshape(-1), row_absmax / 127)
+
