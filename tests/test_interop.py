@@ -1,12 +1,13 @@
-"""minift against the libraries it follows, on identical weights: peft (LoRA, both ways) and bitsandbytes
-(NF4, int8), where they are installed. (transformers' GPT-2: tests/test_model.py.)
+"""minift against the libraries it follows, on identical weights: peft (LoRA, both ways), bitsandbytes
+(NF4, int8) and trl (the DPO losses), where they are installed. (transformers' GPT-2: tests/test_model.py.)
 
 None of them is a dependency of minift, and CI installs none of them, so each test skips without its
 library. To run them (CPU builds suffice):
 
-    pip install transformers peft bitsandbytes && python -m pytest -q tests/test_interop.py
+    pip install transformers peft bitsandbytes trl && python -m pytest -q tests/test_interop.py
 
-They last passed with transformers 5.25.0, peft 0.21.2 and bitsandbytes 0.50.2 (torch 2.13.0, CPU).
+They last passed with transformers 5.25.0, peft 0.21.2, bitsandbytes 0.50.2 and trl 1.16.0 (torch 2.13.0,
+CPU).
 
 One disagreement found this way is bitsandbytes', not ours: its CPU `dequantize_4bit` (0.50.2) decodes a
 block wrongly when the block is longer than a row of the weight (an 8 x 96 weight in blocks of 256 comes
@@ -17,6 +18,8 @@ rows hold whole blocks.
 import pytest
 import torch
 
+from minift.align.dpo import DPOConfig, dpo_loss
+from minift.align.logps import sequence_logps
 from minift.checkpoint import load_gpt2
 from minift.model import GPTConfig
 from minift.peft.io import export_peft, import_peft
@@ -131,3 +134,45 @@ def test_int8_rows_are_bitsandbytes_vectorwise_quantization():
     assert torch.equal(t.q, q)
     torch.testing.assert_close(t.scale.reshape(-1), row_absmax / 127)
 
+
+
+# ---- trl -----------------------------------------------------------------------------------------
+
+@pytest.mark.lesson15
+@pytest.mark.parametrize("loss_type", ["sigmoid", "hinge", "ipo"])
+def test_dpo_losses_are_trls_on_its_own_batch(loss_type, tmp_path):
+    """trl's DPOTrainer builds a batch from two preference pairs (its tokenization, EOS, padding and
+    completion mask) and computes its loss with a policy and a reference GPT-2; minift's sequence_logps
+    and dpo_loss on the same ids and masks, with the same weights in minift's GPT, give the same loss.
+    IPO on per-token averages in both (DPOConfig's default for IPO). trl's bf16 default is turned off:
+    it would run the forward passes under bf16 autocast. (trl 1.16's "sigmoid" has no label smoothing,
+    so conservative DPO is not compared.)"""
+    trl = pytest.importorskip("trl")
+    datasets = pytest.importorskip("datasets")
+    transformers = pytest.importorskip("transformers")
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    words = ["<pad>", "<eos>"] + [chr(ord("a") + i) for i in range(26)]
+    wl = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="<pad>"))
+    wl.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tok = transformers.PreTrainedTokenizerFast(tokenizer_object=wl, eos_token="<eos>", pad_token="<pad>")
+    folders = {}
+    for role, seed in (("policy", 0), ("ref", 1)):
+        folders[role] = str(tmp_path / role)
+        _write_hf_gpt2(folders[role], CFG, seed=seed)
+    pairs = datasets.Dataset.from_dict({"prompt": ["a b", "c"], "chosen": [" d e", " f"], "rejected": [" g", " h i j"]})
+    args = trl.DPOConfig(output_dir=str(tmp_path / "out"), beta=0.3, loss_type=[loss_type], report_to="none",
+                         per_device_train_batch_size=2, use_cpu=True, bf16=False, fp16=False)
+    trainer = trl.DPOTrainer(model=transformers.GPT2LMHeadModel.from_pretrained(folders["policy"]),
+                             ref_model=transformers.GPT2LMHeadModel.from_pretrained(folders["ref"]), args=args,
+                             train_dataset=pairs, processing_class=tok)
+    batch = next(iter(trainer.get_train_dataloader()))                 # rows: the chosen, then the rejected
+    trainer.model.eval()
+    with torch.no_grad():
+        theirs = trainer.compute_loss(trainer.model, batch)
+        average = DPOConfig(loss_type=loss_type).average_logps
+        ids, mask, completion = batch["input_ids"], batch["attention_mask"], batch["completion_mask"]
+        pol, ref = (sequence_logps(load_gpt2(folders[r]).eval(), ids, mask, completion, average)
+                    for r in ("policy", "ref"))
+        B = ids.shape[0] // 2
+        ours = dpo_loss(pol[:B], pol[B:], ref[:B], ref[B:], 0.3, loss_type)[0].mean()
+    torch.testing.assert_close(ours, theirs)
