@@ -1,13 +1,17 @@
 """minift against the libraries it follows, on identical weights: peft (LoRA, both ways), bitsandbytes
-(NF4, int8) and trl (the DPO losses), where they are installed. (transformers' GPT-2: tests/test_model.py.)
+(NF4, int8), trl (the DPO losses) and pyreft (LoReFT), where they are installed. (transformers' GPT-2:
+tests/test_model.py.)
 
 None of them is a dependency of minift, and CI installs none of them, so each test skips without its
 library. To run them (CPU builds suffice):
 
     pip install transformers peft bitsandbytes trl && python -m pytest -q tests/test_interop.py
 
-They last passed with transformers 5.25.0, peft 0.21.2, bitsandbytes 0.50.2 and trl 1.16.0 (torch 2.13.0,
-CPU).
+pyreft 0.1.0 pins transformers 4.45.1 and, through it, another torch; its intervention imports without
+them: `pip install --no-deps pyreft pyvene` beside the others (pyvene imports matplotlib).
+
+They last passed with transformers 5.25.0, peft 0.21.2, bitsandbytes 0.50.2, trl 1.16.0 and pyreft 0.1.0
+(torch 2.13.0, CPU).
 
 One disagreement found this way is bitsandbytes', not ours: its CPU `dequantize_4bit` (0.50.2) decodes a
 block wrongly when the block is longer than a row of the weight (an 8 x 96 weight in blocks of 256 comes
@@ -24,6 +28,7 @@ from minift.checkpoint import load_gpt2
 from minift.model import GPTConfig
 from minift.peft.io import export_peft, import_peft
 from minift.peft.lora import LoRAConfig, apply_lora
+from minift.peft.reft import loreft, orthonormal_rows
 from minift.quant.int8 import quantize_absmax
 from minift.quant.nf4 import CODES, dequantize_nf4, quantize_nf4
 from test_model import _ids, _write_hf_gpt2
@@ -176,3 +181,21 @@ def test_dpo_losses_are_trls_on_its_own_batch(loss_type, tmp_path):
         B = ids.shape[0] // 2
         ours = dpo_loss(pol[:B], pol[B:], ref[:B], ref[B:], 0.3, loss_type)[0].mean()
     torch.testing.assert_close(ours, theirs)
+
+
+# ---- pyreft --------------------------------------------------------------------------------------
+
+@pytest.mark.lesson10
+def test_loreft_is_pyrefts_intervention():
+    """pyreft's LoreftIntervention holding minift's R (as its rotate_layer, Rᵀ: C x r, orthonormal columns),
+    W and b (its learned_source) edits hidden states as minift's loreft: h + Rᵀ (W h + b − R h)."""
+    pyreft = pytest.importorskip("pyreft")
+    C, r = 16, 4
+    g = torch.Generator().manual_seed(0)
+    R = orthonormal_rows(torch.randn(r, C, generator=g))                     # (r, C), R Rᵀ = I
+    W, b = torch.randn(r, C, generator=g), torch.randn(r, generator=g)
+    theirs = pyreft.LoreftIntervention(embed_dim=C, low_rank_dimension=r, dtype=torch.float32)
+    theirs.load_state_dict({"weight": W, "bias": b, "rotate_layer": R.T.contiguous()})
+    h = torch.randn(3, 5, C, generator=g)
+    with torch.no_grad():
+        torch.testing.assert_close(loreft(h, R, W, b), theirs(h))
