@@ -1,6 +1,6 @@
-"""minift against the libraries it follows, on identical weights: peft (LoRA, both ways), bitsandbytes
-(NF4, int8), trl (the DPO losses) and pyreft (LoReFT), where they are installed. (transformers' GPT-2:
-tests/test_model.py.)
+"""minift against the libraries it follows, on identical weights, where they are installed: peft (LoRA both
+ways, prompt tuning), bitsandbytes (NF4, int8), trl (the DPO losses) and pyreft (LoReFT). (transformers'
+GPT-2: tests/test_model.py.)
 
 None of them is a dependency of minift, and CI installs none of them, so each test skips without its
 library. To run them (CPU builds suffice):
@@ -28,6 +28,7 @@ from minift.checkpoint import load_gpt2
 from minift.model import GPTConfig
 from minift.peft.io import export_peft, import_peft
 from minift.peft.lora import LoRAConfig, apply_lora
+from minift.peft.prompt import PromptConfig, apply_prompt, prompt_layers
 from minift.peft.reft import loreft, orthonormal_rows
 from minift.quant.int8 import quantize_absmax
 from minift.quant.nf4 import CODES, dequantize_nf4, quantize_nf4
@@ -41,6 +42,15 @@ def _hf_gpt2(folder):
     transformers = pytest.importorskip("transformers")
     _write_hf_gpt2(folder, CFG)
     return load_gpt2(folder).eval(), transformers.GPT2LMHeadModel.from_pretrained(folder).eval()
+
+
+def _word_tokenizer(transformers):
+    """A transformers tokenizer over CFG's vocabulary: <pad>, <eos>, then the words a .. z (ids 2 .. 27)."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    words = ["<pad>", "<eos>"] + [chr(ord("a") + i) for i in range(26)]
+    wl = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="<pad>"))
+    wl.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    return transformers.PreTrainedTokenizerFast(tokenizer_object=wl, eos_token="<eos>", pad_token="<pad>")
 
 
 # ---- peft ----------------------------------------------------------------------------------------
@@ -89,6 +99,28 @@ def test_lora_saved_by_peft_gives_the_same_logits_in_minift(kind, tmp_path):
     idx = _ids(CFG, 2, 9, 5)
     with torch.no_grad():
         torch.testing.assert_close(ours(idx).logits, theirs(idx).logits)
+
+
+@pytest.mark.lesson08
+@pytest.mark.parametrize("n,text", [(5, "a b"), (3, "c d e f g"), (4, "h i j k")])
+def test_prompt_tuning_starts_and_runs_as_peft(n, text, tmp_path):
+    """peft's prompt tuning with a text init (the text's embeddings, cut to n or repeated to fill n) and
+    minift's init="text" on the same token ids start from the same P; the models give the same logits
+    for the real tokens (peft's also cover the n virtual ones, in front): P takes positions 0 .. n-1."""
+    peft = pytest.importorskip("peft")
+    transformers = pytest.importorskip("transformers")
+    ours, hf = _hf_gpt2(str(tmp_path / "base"))
+    tok = _word_tokenizer(transformers)
+    tok.save_pretrained(str(tmp_path / "tok"))
+    theirs = peft.get_peft_model(hf, peft.PromptTuningConfig(
+        task_type="CAUSAL_LM", num_virtual_tokens=n, prompt_tuning_init="TEXT", prompt_tuning_init_text=text,
+        tokenizer_name_or_path=str(tmp_path / "tok"))).eval()
+    apply_prompt(ours, PromptConfig(n_tokens=n, init="text", init_ids=tok(text)["input_ids"]))
+    (_, layer), = prompt_layers(ours)
+    assert torch.equal(layer.prompt.detach(), theirs.prompt_encoder["default"].embedding.weight.detach())
+    idx = _ids(CFG, 2, CFG.block_size - n, 5)
+    with torch.no_grad():
+        torch.testing.assert_close(ours(idx).logits, theirs(input_ids=idx).logits[:, n:])
 
 
 # ---- bitsandbytes --------------------------------------------------------------------------------
@@ -155,11 +187,7 @@ def test_dpo_losses_are_trls_on_its_own_batch(loss_type, tmp_path):
     trl = pytest.importorskip("trl")
     datasets = pytest.importorskip("datasets")
     transformers = pytest.importorskip("transformers")
-    from tokenizers import Tokenizer, models, pre_tokenizers
-    words = ["<pad>", "<eos>"] + [chr(ord("a") + i) for i in range(26)]
-    wl = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="<pad>"))
-    wl.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    tok = transformers.PreTrainedTokenizerFast(tokenizer_object=wl, eos_token="<eos>", pad_token="<pad>")
+    tok = _word_tokenizer(transformers)
     folders = {}
     for role, seed in (("policy", 0), ("ref", 1)):
         folders[role] = str(tmp_path / role)
