@@ -1,6 +1,6 @@
 """minift against the libraries it follows, on identical weights, where they are installed: peft (LoRA both
-ways, prompt tuning), bitsandbytes (NF4, int8), trl (the DPO losses) and pyreft (LoReFT). (transformers'
-GPT-2: tests/test_model.py.)
+ways, prompt tuning, prefix tuning), bitsandbytes (NF4, int8), trl (the DPO losses) and pyreft (LoReFT).
+(transformers' GPT-2: tests/test_model.py.)
 
 None of them is a dependency of minift, and CI installs none of them, so each test skips without its
 library. To run them (CPU builds suffice):
@@ -28,6 +28,8 @@ from minift.checkpoint import load_gpt2
 from minift.model import GPTConfig
 from minift.peft.io import export_peft, import_peft
 from minift.peft.lora import LoRAConfig, apply_lora
+from minift.peft.common import disable_adapters
+from minift.peft.prefix import PrefixConfig, apply_prefix, prefix_modules
 from minift.peft.prompt import PromptConfig, apply_prompt, prompt_layers
 from minift.peft.reft import loreft, orthonormal_rows
 from minift.quant.int8 import quantize_absmax
@@ -121,6 +123,30 @@ def test_prompt_tuning_starts_and_runs_as_peft(n, text, tmp_path):
     idx = _ids(CFG, 2, CFG.block_size - n, 5)
     with torch.no_grad():
         torch.testing.assert_close(ours(idx).logits, theirs(input_ids=idx).logits[:, n:])
+
+
+@pytest.mark.lesson07
+def test_prefix_tuning_has_peft_layout_and_peft_shifts_the_positions(tmp_path):
+    """minift's prefix as peft's prefix-tuning embedding, P rows of L · 2 · C (block l's keys, then its
+    values, H heads of D each), gives in peft the logits of minift's base model with those keys and values
+    as a KV cache of P tokens: the same layout. peft passes the prefix as past key values, so its real
+    tokens take positions P .. P+T-1; minift's prefix takes no position (prefix.py), and differs."""
+    peft = pytest.importorskip("peft")
+    ours, hf = _hf_gpt2(str(tmp_path / "base"))
+    P = 3
+    apply_prefix(ours, PrefixConfig(n_prefix=P, reparam=False, init_std=0.5))
+    (_, enc), = prefix_modules(ours)
+    kv = enc.key_values().detach()                                            # (L, 2, H, P, D)
+    theirs = peft.get_peft_model(hf, peft.PrefixTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=P)).eval()
+    with torch.no_grad():
+        theirs.prompt_encoder["default"].embedding.weight.copy_(kv.permute(3, 0, 1, 2, 4).reshape(P, -1))
+        idx = _ids(CFG, 2, CFG.block_size - P, 5)
+        B = idx.shape[0]
+        cache = tuple((k[None].expand(B, -1, -1, -1), v[None].expand(B, -1, -1, -1)) for k, v in kv)
+        with disable_adapters(ours):
+            as_cache = ours(idx, past_kv=cache).logits                        # positions P .. P+T-1
+        torch.testing.assert_close(as_cache, theirs(input_ids=idx).logits)
+        assert not torch.allclose(ours(idx).logits, as_cache, atol=1e-3)    # minift: positions 0 .. T-1
 
 
 # ---- bitsandbytes --------------------------------------------------------------------------------

@@ -10,7 +10,8 @@ per head h; attention in block l becomes
 The prefix is always visible (M is 0 on its P columns); among the real tokens M stays causal and
 hides padding. The prefix has no token and no position: the real tokens keep positions 0..T-1,
 so with P = 0 the model is the base model exactly (the only exact no-op: a prefix of length >= 1
-always takes some attention away from the real tokens).
+always takes some attention away from the real tokens). Hugging Face PEFT stores the same P_θ (below)
+but passes it as a KV cache, so there the real tokens take positions P..P+T-1 (tests/test_interop.py).
 
 All prefixes together are one matrix P_θ of shape (P, L · 2 · C), a "virtual token" per row
 (C = H D). The paper found training P_θ directly unstable, and reparameterises it:
