@@ -13,11 +13,11 @@ them: `pip install --no-deps pyreft pyvene` beside the others (pyvene imports ma
 They last passed with transformers 5.25.0, peft 0.21.2, bitsandbytes 0.50.2, trl 1.16.0 and pyreft 0.1.0
 (torch 2.13.0, CPU).
 
-One disagreement found this way is bitsandbytes', not ours: its CPU `dequantize_4bit` (0.50.2) decodes a
-block wrongly when the block is longer than a row of the weight (an 8 x 96 weight in blocks of 256 comes
-back with errors near 1), while its stored codes and absmax are right and equal ours. So ours is compared
-with bitsandbytes' storage decoded by the format's definition, and with its dequantize_4bit only where
-rows hold whole blocks.
+One disagreement found this way is bitsandbytes', not ours: its CPU `dequantize_4bit` (0.50.2) returns
+wrong values for many weights whose rows do not hold whole blocks (8 x 96 in blocks of 64: errors up to 2;
+64 x 32 in blocks of 64; 16 x 256 in blocks of 512), and the right ones in every case tried whose rows do,
+while its stored codes and absmax are right and equal ours. So ours is compared with bitsandbytes' storage
+decoded by the format's definition, and with its dequantize_4bit only where rows hold whole blocks.
 """
 import pytest
 import torch
