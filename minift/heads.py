@@ -171,15 +171,20 @@ def encode_ner(tok, examples: Sequence[dict], tag_names: Sequence[str], block_si
     return items
 
 
+def _logits_by_batch(model: nn.Module, items: Sequence[dict], collate, batch_size: int):
+    """(chunk, logits) for consecutive chunks of `batch_size` items: their {idx, labels} collated (right
+    padding), moved to the model's device and run through it in eval mode."""
+    model.eval()
+    dev = model_device(model)
+    for i in range(0, len(items), batch_size):
+        chunk = items[i:i + batch_size]
+        b = to_device(collate([{k: v for k, v in it.items() if k in ("idx", "labels")} for it in chunk]), dev)
+        yield chunk, model(b["idx"], attention_mask=b["attention_mask"]).logits
+
+
 @torch.no_grad()
 def predict_sequence(model: SequenceClassifier, items: list[dict], collate, batch_size: int = 64) -> list[int]:
-    model.eval()
-    preds, dev = [], model_device(model)
-    for i in range(0, len(items), batch_size):
-        chunk = [{k: v for k, v in it.items() if k in ("idx", "labels")} for it in items[i:i + batch_size]]
-        b = to_device(collate(chunk), dev)
-        preds += model(b["idx"], attention_mask=b["attention_mask"]).logits.argmax(-1).tolist()
-    return preds
+    return [p for _, logits in _logits_by_batch(model, items, collate, batch_size) for p in logits.argmax(-1).tolist()]
 
 
 @torch.no_grad()
@@ -187,12 +192,8 @@ def predicted_classes(model: nn.Module, items: Sequence[dict], collate, batch_si
     """(item, argmax class at every position (T_item,), on the CPU) for each item, in order: the model
     (a TokenClassifier, eval mode) run on batches of `batch_size` collated {idx, labels} (right padding),
     moved to the model's device."""
-    model.eval()
-    dev = model_device(model)
-    for i in range(0, len(items), batch_size):
-        chunk = items[i:i + batch_size]
-        b = to_device(collate([{"idx": it["idx"], "labels": it["labels"]} for it in chunk]), dev)
-        pred = model(b["idx"], attention_mask=b["attention_mask"]).logits.argmax(-1).cpu()   # (B, T), one copy
+    for chunk, logits in _logits_by_batch(model, items, collate, batch_size):
+        pred = logits.argmax(-1).cpu()                                     # (B, T), one copy per batch
         for r, it in enumerate(chunk):
             yield it, pred[r, :len(it["idx"])]
 

@@ -33,7 +33,7 @@ from minift.peft.prefix import PrefixConfig, apply_prefix, prefix_modules
 from minift.peft.prompt import PromptConfig, apply_prompt, prompt_layers
 from minift.peft.reft import loreft, orthonormal_rows
 from minift.quant.int8 import quantize_absmax
-from minift.quant.nf4 import CODES, dequantize_nf4, quantize_nf4
+from minift.quant.nf4 import CODES, dequantize_nf4, quantize_nf4, unpack_4bit
 from test_model import _ids, _write_hf_gpt2
 
 CFG = GPTConfig(vocab_size=31, block_size=12, n_layer=2, n_head=2, n_embd=8)
@@ -179,7 +179,7 @@ def test_nf4_stores_what_bitsandbytes_stores(rows, cols, block, double_quant):
         assert s.absmax_scales.numel() == st.state2.absmax.numel() and st.state2.blocksize == s.dq_block_size
         return
     assert torch.equal(s.absmax, st.absmax)
-    codes = torch.stack([q.reshape(-1) >> 4, q.reshape(-1) & 15], 1).reshape(-1)[: w.numel()].long()
+    codes = unpack_4bit(q.reshape(-1), w.numel()).long()                 # high nibble first, as ours
     theirs = (st.code[codes] * st.absmax.repeat_interleave(block)[: w.numel()]).reshape(w.shape)   # by definition
     torch.testing.assert_close(dequantize_nf4(s), theirs)
     if cols % block == 0:                                      # see the module docstring
