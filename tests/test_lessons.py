@@ -69,3 +69,68 @@ def test_an_xdist_worker_starts_no_background_threads(monkeypatch):
     assert background.workers() == 0
     monkeypatch.delenv("PYTEST_XDIST_WORKER")
     assert background.workers() >= 1
+
+
+# ---- the code a README quotes is the code in the files ---------------------------------------------
+# A README's ```python / ```cpp blocks quote the files it names (DESIGN: "the ten lines that matter, quoted
+# from the file"). Code changes; a quote left behind teaches code that no longer exists. Each line of a
+# quote, stripped, must be a line of a file the README names (or of the lesson's own scripts); "..." in
+# a line stands for what the quote leaves out of it, and a line that is only "..." for left-out lines.
+SOURCE_PATH = re.compile(r"(?:minift|cuda_ext|lessons|tests)/[\w./]+\.(?:py|cpp|cu|cuh|h)\b")
+QUOTE = re.compile(r"^```(python|cpp|cuda|c\+\+)\n(.*?)^```", re.S | re.M)
+ELIDED = re.compile(r"\.\.\.|…")
+DOCS = sorted(ROOT.glob("lessons/*/README.md")) + [ROOT / "README.md", ROOT / "ARCHITECTURE.md"]
+
+
+def is_quoted(line: str, source: set) -> bool:
+    """line (stripped) is a line of source, or, with "..." in it, its pieces appear in order in one."""
+    if line in source:
+        return True
+    parts = [p.strip() for p in ELIDED.split(line)]
+    if len(parts) == 1:
+        return False
+    for s in source:
+        at = 0
+        for p in parts:
+            at = s.find(p, at)
+            if at < 0:
+                break
+            at += len(p)
+        else:
+            return True
+    return False
+
+
+def misquoted(text: str, source: set) -> list:
+    """(line number, line) of every quoted line that source does not hold."""
+    bad = []
+    for m in QUOTE.finditer(text):
+        first = text.count("\n", 0, m.start(2)) + 1
+        for k, line in enumerate(m.group(2).splitlines()):
+            s = line.strip()
+            if s and not ELIDED.fullmatch(s) and not is_quoted(s, source):
+                bad.append((first + k, s))
+    return bad
+
+
+def test_the_quote_check_finds_a_changed_line_and_takes_an_elided_one():
+    source = {"y = self.base_forward(x)  # W0 x + b", "return y + upd"}
+    text = "```python\n    y = self.base_forward(x)  # W0 x\n    ...\n    return y + upd\n```\n"
+    assert misquoted(text, source) == [(2, "y = self.base_forward(x)  # W0 x")]
+    assert misquoted(text.replace("# W0 x\n", "...\n"), source) == []
+    assert misquoted("```text\nanything\n```\n```bash\nminift run 05\n```\n", source) == []
+    assert misquoted("```python\nreturn upd + y ... \n```\n", source) == [(2, "return upd + y ...")]
+
+
+@pytest.mark.parametrize("doc", DOCS, ids=lambda p: str(p.relative_to(ROOT)))
+def test_every_line_a_readme_quotes_is_in_a_file_it_names(doc):
+    text = doc.read_text()
+    names = {n for n in SOURCE_PATH.findall(text) if "NN" not in n}
+    gone = sorted(n for n in names if not (ROOT / n).is_file())
+    assert not gone, f"{doc.relative_to(ROOT)} names files that do not exist: {gone}"
+    files = [ROOT / n for n in names] + (sorted(doc.parent.glob("*.py")) if doc.parent.parent.name == "lessons" else [])
+    source = {line.strip() for f in files for line in f.read_text().splitlines()}
+    bad = misquoted(text, source)
+    assert not bad, (f"{doc.relative_to(ROOT)} quotes lines that no file it names holds (quote the file as it "
+                     f"is now, or fence an illustration as text):\n"
+                     + "\n".join(f"  line {n}: {s}" for n, s in bad[:10]))
