@@ -1,5 +1,5 @@
 """minift against the libraries it follows, on identical weights, where they are installed: peft (LoRA both
-ways, prompt tuning, prefix tuning), bitsandbytes (NF4, int8), trl (the DPO losses) and pyreft (LoReFT).
+ways, prompt tuning, prefix tuning, LoftQ), bitsandbytes (NF4, int8), trl (the DPO losses) and pyreft (LoReFT).
 (transformers' GPT-2: tests/test_model.py.)
 
 None of them is a dependency of minift, and CI installs none of them, so each test skips without its
@@ -34,6 +34,7 @@ from minift.peft.prompt import PromptConfig, apply_prompt, prompt_layers
 from minift.peft.reft import loreft, orthonormal_rows
 from minift.quant.int8 import quantize_absmax
 from minift.quant.nf4 import CODES, dequantize_nf4, quantize_nf4, unpack_4bit
+from minift.quant.qlora import loftq
 from test_model import _ids, _write_hf_gpt2
 
 CFG = GPTConfig(vocab_size=31, block_size=12, n_layer=2, n_head=2, n_embd=8)
@@ -197,6 +198,48 @@ def test_int8_rows_are_bitsandbytes_vectorwise_quantization():
     assert torch.equal(t.q, q)
     torch.testing.assert_close(t.scale.reshape(-1), row_absmax / 127)
 
+
+
+def _peft_loftq_on_the_cpu():
+    """peft's loftq_init, run on the CPU: it moves the weight to "xpu" or "cuda" unconditionally, so its
+    source is run with that one line changed, and nothing else."""
+    lu = pytest.importorskip("peft.utils.loftq_utils")
+    _bnb()
+    import inspect
+    import textwrap
+    src = textwrap.dedent(inspect.getsource(lu.loftq_init))
+    line = 'compute_device = "xpu" if is_xpu_available() else "cuda"'
+    if src.count(line) != 1:
+        pytest.skip("this peft's loftq_init picks its device another way")
+    ns = dict(vars(lu))
+    exec(src.replace(line, 'compute_device = "cpu"'), ns)
+    return ns["loftq_init"]
+
+
+@pytest.mark.lesson12
+@pytest.mark.parametrize("rows,cols", [(64, 128), (96, 64), (32, 256)])
+@pytest.mark.parametrize("iters", [1, 2, 5])
+def test_loftq_is_pefts_at_alpha_equal_to_r_and_pefts_ignores_the_scaling(rows, cols, iters):
+    """loftq with s = 1 and NF4 in blocks of 64 (no double quantization) gives peft's loftq_init: the same A
+    (Σ_r^½ V_rᵀ), B (U_r Σ_r^½) and quantized base. peft puts the same A and B in its layer whatever its
+    scaling s = α / r; minift divides both by √s so that s B A is the rank-r fit at any α. At α = 2r, one
+    iteration of peft's then leaves exactly plain quantization's error (R − 2 R_r has R's norm, since the
+    best rank-r part R_r of R is orthogonal to R − R_r), and more leave a larger one (peft 0.21.2;
+    huggingface/peft#1982). Rows hold whole blocks (the module docstring)."""
+    peft_loftq = _peft_loftq_on_the_cpu()
+    w = 0.02 * torch.randn(rows, cols, generator=torch.Generator().manual_seed(rows + cols + iters))
+    nf4 = lambda t: dequantize_nf4(quantize_nf4(t, 64)).reshape(t.shape)   # noqa: E731
+    q_peft, A_peft, B_peft = peft_loftq(w.clone(), num_bits=4, reduced_rank=4, num_iter=iters)
+    ours = loftq(w, 4, 1.0, nf4, iters)
+    assert ours["best"] == iters                               # each iterate better: minift keeps the last, as peft
+    torch.testing.assert_close(ours["A"], A_peft, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(ours["B"], B_peft, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(nf4(ours["target"]), q_peft, atol=1e-7, rtol=0)
+    err = lambda q, s, B, A: float(torch.linalg.matrix_norm(w - (q + s * B @ A)))   # noqa: E731
+    twice = loftq(w, 4, 2.0, nf4, iters)                       # α = 2r: the same fit, s B A
+    assert abs(err(nf4(twice["target"]), 2.0, twice["B"], twice["A"]) - ours["errors"][-1]) < 1e-5
+    plain, theirs = ours["errors"][0], err(q_peft, 2.0, B_peft, A_peft)    # peft's A and B in a layer with s = 2
+    assert abs(theirs - plain) < 1e-5 if iters == 1 else theirs > plain + 1e-3
 
 
 # ---- trl -----------------------------------------------------------------------------------------
