@@ -1,5 +1,6 @@
 """minift against the libraries it follows, on identical weights, where they are installed: peft (LoRA both
-ways, prompt tuning, prefix tuning, LoftQ), bitsandbytes (NF4, int8), trl (the DPO losses) and pyreft (LoReFT).
+ways, prompt tuning, prefix tuning, LoftQ), bitsandbytes (NF4, int8 rows, LLM.int8()), trl (the DPO losses) and
+pyreft (LoReFT).
 (transformers' GPT-2: tests/test_model.py.)
 
 None of them is a dependency of minift, and CI installs none of them, so each test skips without its
@@ -13,12 +14,16 @@ them: `pip install --no-deps pyreft pyvene` beside the others (pyvene imports ma
 They last passed with transformers 5.25.0, peft 0.21.2, bitsandbytes 0.50.2, trl 1.16.0 and pyreft 0.1.0
 (torch 2.13.0, CPU).
 
-One disagreement found this way is bitsandbytes', not ours: its CPU `dequantize_4bit` (0.50.2) returns
+Two disagreements found this way are bitsandbytes', not ours. Its CPU int8_mm_dequant (0.50.2) scales
+LLM.int8()'s int32 sums by 6.200124e-05, not 1 / 127² = 6.2000124e-05 (test_llm_int8_is_bitsandbytes_linear8bitlt).
+Its CPU `dequantize_4bit` (0.50.2) returns
 wrong values for many weights whose rows do not hold whole blocks (8 x 96 in blocks of 64: errors up to 2;
 64 x 32 in blocks of 64; 16 x 256 in blocks of 512), and the right ones in every case tried whose rows do,
 while its stored codes and absmax are right and equal ours. So ours is compared with bitsandbytes' storage
 decoded by the format's definition, and with its dequantize_4bit only where rows hold whole blocks.
 """
+import math
+
 import pytest
 import torch
 
@@ -32,7 +37,7 @@ from minift.peft.common import disable_adapters
 from minift.peft.prefix import PrefixConfig, apply_prefix, prefix_modules
 from minift.peft.prompt import PromptConfig, apply_prompt, prompt_layers
 from minift.peft.reft import loreft, orthonormal_rows
-from minift.quant.int8 import quantize_absmax
+from minift.quant.int8 import int8_matmul, quantize_absmax
 from minift.quant.nf4 import CODES, dequantize_nf4, quantize_nf4, unpack_4bit
 from minift.quant.qlora import loftq
 from test_model import _ids, _write_hf_gpt2
@@ -198,6 +203,55 @@ def test_int8_rows_are_bitsandbytes_vectorwise_quantization():
     assert torch.equal(t.q, q)
     torch.testing.assert_close(t.scale.reshape(-1), row_absmax / 127)
 
+
+
+@pytest.mark.lesson11
+@pytest.mark.parametrize("seed", range(6))
+def test_llm_int8_is_bitsandbytes_linear8bitlt(seed):
+    """Int8Linear's product (int8_matmul on the stored codes) is bitsandbytes' Linear8bitLt in eval mode:
+    the same weight codes, the same outlier columns in float, the same int8 codes for the rest. Inputs sit
+    on grids (k / 32 and k / 64, integer k, a ±127 code in every row) where rounding has no ties: it
+    computes x · (127 / absmax) on float16-cast activations, we x / (absmax / 127), and off the grid a code
+    can differ by one.
+
+    Found this way: its CPU int8_mm_dequant (bitsandbytes 0.50.2) rescales the int32 sums by 6.200124e-05
+    where 1 / 127² = 6.2000124e-05, so its int8 part comes out 1.8e-5 too large (relative). The test
+    reads that factor from bitsandbytes and checks that it is all that differs. Two more differences,
+    not tested: its row scale of x skips only the outlier *elements* (|x| >= 6), so a smaller entry of an
+    outlier column still sets its row's scale (x = [[1, 2, 9], [.5, 1, 4]]: its scales are 2 and 4, the
+    paper's and ours 2 and 1); and in training mode its CPU path dequantizes W and multiplies in float."""
+    bnb = pytest.importorskip("bitsandbytes")
+    g = torch.Generator().manual_seed(seed)
+    N, n_in, n_out = 1 + seed, 24 + 8 * seed, 5 + seed
+
+    def grid(rows, cols, step):                               # k · step, k in [-126, 126], one ±127 per row
+        k = torch.randint(-126, 127, (rows, cols), generator=g).float()
+        k[torch.arange(rows), torch.randint(0, cols, (rows,), generator=g)] = 127.0
+        return k * step
+
+    x = grid(N, n_in, 1 / 32)                                  # |x| <= 3.97 < 6
+    O = torch.zeros(n_in, dtype=torch.bool)
+    O[torch.randperm(n_in, generator=g)[: seed % 3]] = True    # outlier features: every entry > 6
+    sign = 2 * (torch.rand(N, int(O.sum()), generator=g) > 0.5).float() - 1
+    x[:, O] = (7 + torch.randint(0, 40, (N, int(O.sum())), generator=g) / 8) * sign
+    W = grid(n_out, n_in, 1 / 64)
+    layer = bnb.nn.Linear8bitLt(n_in, n_out, bias=False, has_fp16_weights=False, threshold=6.0)
+    layer.weight = bnb.nn.Int8Params(W.clone(), requires_grad=False, has_fp16_weights=False)
+    layer = layer.to("cpu").eval()
+    wq = quantize_absmax(W, "row")
+    assert torch.equal(layer.weight.data, wq.q)
+
+    ours = int8_matmul(x, None, 6.0, W_q=wq)
+    in_float = int8_matmul(x * O, None, 6.0, W_q=wq)           # X[:, O] Ŵ[:, O]ᵀ alone
+    in_int8 = int8_matmul(x * ~O, None, math.inf, W_q=wq)      # s_x s_wᵀ ⊙ Q_x Q_wᵀ over ~O alone
+    torch.testing.assert_close(ours, in_float + in_int8)
+    one = torch.ones(1, 1, dtype=torch.int32)                  # its rescale of an int32 sum of 1 by 127 · 127
+    factor = float(torch.ops.bitsandbytes.int8_mm_dequant(one, torch.full((1,), 127.0), torch.full((1,), 127.0),
+                                                          dtype=torch.float32))
+    assert abs(factor - 1) < 3e-5
+    torch.testing.assert_close(layer(x.clone()).float(), in_float + factor * in_int8, atol=1e-6, rtol=1e-6)
+    if O.any():                                                # the decomposition matters on these inputs
+        assert (ours - int8_matmul(x, None, math.inf, W_q=wq)).abs().max() > 1e-2
 
 
 def _peft_loftq_on_the_cpu():
