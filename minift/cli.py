@@ -64,6 +64,12 @@ def _find_lesson(nn: str) -> dict:
 
 
 REFERENCE_MACHINE = "a 2-core 2.0 GHz AMD EPYC VM"     # where every README's numbers and times were measured
+# torch picks its CPU kernels by what the CPU offers (torch.backends.cpu.get_cpu_capability()). Kernels of
+# another width sum in another order, so a trained result moves in its last digits and, over hundreds of
+# steps, sometimes further. The READMEs were measured with the AVX2 kernels; ATEN_CPU_CAPABILITY=avx2 gives
+# them on a CPU that has AVX-512 too (torch reads it once, as it starts: `minift run` sets it).
+REFERENCE_KERNELS = "AVX2"
+KERNELS_ENV = "ATEN_CPU_CAPABILITY"
 TIMES_FILE = ROOT / "runs" / "lesson_times.json"      # what `minift run` measured on this machine
 
 
@@ -114,12 +120,26 @@ def walkthrough_argv(les: dict, args) -> list[str]:
         + (["--figures"] if args.figures else []) + (["--device", args.device] if args.device else [])
 
 
+def walkthrough_env(environ: dict, capability: str) -> dict:
+    """The environment `minift run` starts walkthroughs in: this one, plus the READMEs' CPU kernels where this
+    CPU runs wider ones that it can step down from (AVX-512 to AVX2) and nobody chose otherwise."""
+    env = dict(environ)
+    if capability == "AVX512" and KERNELS_ENV not in env:
+        env[KERNELS_ENV] = REFERENCE_KERNELS.lower()
+    return env
+
+
 def cmd_run(args) -> int:
     lessons = list_lessons() if args.lesson == "all" else [_find_lesson(args.lesson)]
+    import torch
+    env = walkthrough_env(os.environ, torch.backends.cpu.get_cpu_capability())
+    if env.get(KERNELS_ENV) != os.environ.get(KERNELS_ENV):
+        print(f"(torch's {REFERENCE_KERNELS} CPU kernels, as the READMEs' numbers were measured: "
+              f"{KERNELS_ENV}={env[KERNELS_ENV]}; set it yourself to choose others)", flush=True)
     for les in lessons:
         print(f"\n=== lesson {les['nn']}: {les['name']} ===", flush=True)
         t0 = time.perf_counter()
-        rc = subprocess.call(walkthrough_argv(les, args), cwd=str(ROOT))
+        rc = subprocess.call(walkthrough_argv(les, args), cwd=str(ROOT), env=env)
         secs = time.perf_counter() - t0
         _record_time(les["nn"], args.fast, secs, rc, args.device)
         print(f"=== lesson {les['nn']} finished in {secs:.1f}s (exit {rc}) ===", flush=True)
@@ -267,7 +287,8 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="minift", description="minift: fine-tuning from scratch")
     sub = p.add_subparsers(dest="cmd", required=True)
     sub.add_parser("lessons", help="list the lessons in order")
-    r = sub.add_parser("run", help="run a lesson walkthrough: NN or all")
+    r = sub.add_parser("run", help="run a lesson walkthrough: NN or all (on torch's AVX2 CPU kernels where the CPU "
+                       "also has AVX-512, as the READMEs were measured: ATEN_CPU_CAPABILITY=avx2 unless you set it)")
     r.add_argument("lesson")
     r.add_argument("--fast", action="store_true", help="the quick version used by the tests")
     r.add_argument("--figures", action="store_true", help="also draw the lesson's figures (needs the plots extra: "

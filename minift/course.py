@@ -65,6 +65,7 @@ from .pretrain import BASE_DIR, forgetting_probe, load_base
 from .report import table
 from .tasks import collate_fn, entity_f1
 from .train import TrainConfig, model_device, to_device, train
+from .cli import KERNELS_ENV, REFERENCE_KERNELS
 
 FAST_HELP = "tiny budgets and eval slices (seconds)"
 FAST_NOTE = ("--fast: a smoke test with tiny budgets; its numbers mean nothing. "
@@ -73,6 +74,17 @@ _t_start: Optional[float] = None
 _fast = False                   # this run is --fast: no verdicts (`verdict`)
 _note_due: Optional[str] = None  # the lesson whose bottom FAST_NOTE `end` still owes
 _device = torch.device("cpu")   # --device, set by `start` (`device()`)
+def kernels_note(capability: str, lesson: str) -> Optional[str]:
+    """What a default run on the CPU says first when torch's CPU kernels are not the READMEs' (cli.py:
+    REFERENCE_KERNELS); None when they are."""
+    if capability == REFERENCE_KERNELS:
+        return None
+    how = (f" `minift run {lesson}` runs it on the {REFERENCE_KERNELS} kernels ({KERNELS_ENV}=avx2, which torch "
+           f"reads as it starts)." if capability == "AVX512" else "")
+    return (f"note: torch runs its {capability} CPU kernels here; the README's numbers come from its "
+            f"{REFERENCE_KERNELS} kernels, so trained results can differ slightly from them.{how}")
+
+
 DEVICE_HELP = "where models and tensors live: cpu (default: the READMEs' numbers), cuda or cuda:N"
 
 
@@ -155,6 +167,9 @@ def start(lesson: str, p: argparse.ArgumentParser | str, *, needs_base: bool = T
         atexit.unregister(end)                  # registered once, however often start runs
         atexit.register(end)
         _note_due = lesson
+    note = kernels_note(torch.backends.cpu.get_cpu_capability(), lesson)      # other CPU kernels than the README's
+    if note and not _fast and _device.type == "cpu":
+        print(note, flush=True)
     if _device.type == "cuda":
         torch.cuda.set_device(_device)          # plain "cuda" tensors (library defaults) land on this GPU too
         print(f"device: {_device} ({torch.cuda.get_device_name(_device)}): the models and tensors live there; "

@@ -99,7 +99,7 @@ def test_run_passes_device_and_fast_to_the_walkthrough(tmp_path, monkeypatch):
     from minift import cli
     monkeypatch.setattr(cli, "TIMES_FILE", tmp_path / "lesson_times.json")
     started = []
-    monkeypatch.setattr(cli.subprocess, "call", lambda cmd, cwd=None: started.append(cmd) or 0)
+    monkeypatch.setattr(cli.subprocess, "call", lambda cmd, cwd=None, env=None: started.append(cmd) or 0)
     assert main(["run", "00", "--device", "cpu", "--fast"]) == 0
     assert started[-1][1].endswith("walkthrough.py") and started[-1][2:] == ["--fast", "--device", "cpu"]
     assert main(["run", "00", "--device", "cuda:1"]) == 0
@@ -114,7 +114,47 @@ def test_run_all_passes_the_device_to_every_lesson(tmp_path, monkeypatch):
     from minift import cli
     monkeypatch.setattr(cli, "TIMES_FILE", tmp_path / "lesson_times.json")
     started = []
-    monkeypatch.setattr(cli.subprocess, "call", lambda cmd, cwd=None: started.append(cmd) or 0)
+    monkeypatch.setattr(cli.subprocess, "call", lambda cmd, cwd=None, env=None: started.append(cmd) or 0)
     assert main(["run", "all", "--device", "cuda", "--fast"]) == 0
     assert len(started) == len(cli.list_lessons()) > 20
     assert all(cmd[-3:] == ["--fast", "--device", "cuda"] for cmd in started)
+
+
+@pytest.mark.parametrize("capability, preset, want", [
+    ("AVX512", None, "avx2"),              # steps down to the READMEs' kernels
+    ("AVX512", "default", "default"),      # the learner's choice stands
+    ("AVX2", None, None),                  # already the READMEs' kernels
+    ("DEFAULT", None, None),               # no AVX2 to step down to (another CPU family, an old x86)
+])
+def test_run_starts_walkthroughs_on_the_readmes_cpu_kernels_where_it_can(capability, preset, want, tmp_path,
+                                                                         monkeypatch, capsys):
+    import torch
+    from minift import cli
+    monkeypatch.setattr(cli, "TIMES_FILE", tmp_path / "lesson_times.json")
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: capability)
+    if preset is None:
+        monkeypatch.delenv(cli.KERNELS_ENV, raising=False)
+    else:
+        monkeypatch.setenv(cli.KERNELS_ENV, preset)
+    envs = []
+    monkeypatch.setattr(cli.subprocess, "call", lambda cmd, cwd=None, env=None: envs.append(env) or 0)
+    assert main(["run", "00"]) == 0
+    assert envs[-1].get(cli.KERNELS_ENV) == want
+    assert envs[-1]["PATH"] == __import__("os").environ["PATH"]                 # the rest passed on
+    said = capsys.readouterr().out
+    assert ("ATEN_CPU_CAPABILITY=avx2" in said) == (want == "avx2" and preset is None)
+
+
+def test_torch_takes_the_kernels_minift_run_asks_for():
+    """What walkthrough_env relies on: torch, started with ATEN_CPU_CAPABILITY=avx2 on a CPU with AVX-512,
+    runs its AVX2 kernels. (Skips elsewhere: there is nothing to step down from.)"""
+    import os
+    import subprocess
+    import sys
+    import torch
+    if torch.backends.cpu.get_cpu_capability() != "AVX512":
+        pytest.skip(f"this CPU runs torch's {torch.backends.cpu.get_cpu_capability()} kernels, not AVX512")
+    code = "import torch; print(torch.backends.cpu.get_cpu_capability())"
+    env = {**os.environ, "ATEN_CPU_CAPABILITY": "avx2"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "AVX2"

@@ -46,6 +46,7 @@ def test_start_parses_sets_one_thread_and_starts_the_clock():
 
 
 def test_a_fast_run_says_at_its_top_and_bottom_that_its_numbers_mean_nothing(capsys, monkeypatch):
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX2")   # (no kernels note)
     registered = []
     monkeypatch.setattr(course.atexit, "register", registered.append)
     threads = torch.get_num_threads()
@@ -64,6 +65,29 @@ def test_a_fast_run_says_at_its_top_and_bottom_that_its_numbers_mean_nothing(cap
         course.verdict("LoRA r=4 -> holds")
         course.end()
         assert capsys.readouterr().out == "LoRA r=4 -> holds\n"              # a default run: no note
+    finally:
+        torch.set_num_threads(threads)
+        course._fast, course._note_due = False, None
+
+
+@pytest.mark.parametrize("capability", ["AVX512", "DEFAULT", "AVX2"])
+def test_a_default_run_on_other_cpu_kernels_says_so_first(capability, capsys, monkeypatch):
+    """Where torch's CPU kernels are not the READMEs' (AVX2), a default CPU run says so before anything
+    else, and how to get the READMEs' kernels where that is possible; --fast runs (numbers that mean
+    nothing) and runs on a GPU say nothing of it."""
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: capability)
+    threads = torch.get_num_threads()
+    try:
+        course.start("05", DOC, needs_base=False, argv=[])
+        said = capsys.readouterr().out
+        if capability == "AVX2":
+            assert said == ""
+        else:
+            assert said.startswith(f"note: torch runs its {capability} CPU kernels here") and said.count("\n") == 1
+            assert ("`minift run 05` runs it on the AVX2 kernels (ATEN_CPU_CAPABILITY=avx2" in said) == \
+                (capability == "AVX512")
+        course.start("05", DOC, needs_base=False, argv=["--fast"])
+        assert "CPU kernels" not in capsys.readouterr().out
     finally:
         torch.set_num_threads(threads)
         course._fast, course._note_due = False, None
@@ -253,7 +277,8 @@ def test_resolve_device_checks_the_gpu_index(monkeypatch):
     assert course.resolve_device("cpu") == torch.device("cpu")
 
 
-def test_start_gives_a_torch_device_and_keeps_it_for_device(capsys):
+def test_start_gives_a_torch_device_and_keeps_it_for_device(capsys, monkeypatch):
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX2")   # (no kernels note)
     threads = torch.get_num_threads()
     try:
         args = course.start("99", DOC, needs_base=False, argv=["--device", "cpu"])
