@@ -23,6 +23,8 @@ import time
 from pathlib import Path
 from typing import Optional
 
+from .report import KERNELS_ENV, REFERENCE_KERNELS, REFERENCE_MACHINE
+
 ROOT = Path(__file__).resolve().parent.parent
 LESSONS_DIR = ROOT / "lessons"
 
@@ -63,13 +65,6 @@ def _find_lesson(nn: str) -> dict:
     raise SystemExit(_usage_error(f"minift: no lesson {nn!r}; lessons are {[les['nn'] for les in lessons]}"))
 
 
-REFERENCE_MACHINE = "a 2-core 2.0 GHz AMD EPYC VM"     # where every README's numbers and times were measured
-# torch picks its CPU kernels by what the CPU offers (torch.backends.cpu.get_cpu_capability()). Kernels of
-# another width sum in another order, so a trained result moves in its last digits and, over hundreds of
-# steps, sometimes further. The READMEs were measured with the AVX2 kernels; ATEN_CPU_CAPABILITY=avx2 gives
-# them on a CPU that has AVX-512 too (torch reads it once, as it starts: `minift run` sets it).
-REFERENCE_KERNELS = "AVX2"
-KERNELS_ENV = "ATEN_CPU_CAPABILITY"
 TIMES_FILE = ROOT / "runs" / "lesson_times.json"      # what `minift run` measured on this machine
 
 

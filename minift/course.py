@@ -62,10 +62,9 @@ from .peft.common import count_adapter_parameters
 from .peft.io import apply_config
 from .peft.selective import trainable_report
 from .pretrain import BASE_DIR, forgetting_probe, load_base
-from .report import table
+from .report import KERNELS_ENV, REFERENCE_KERNELS, table
 from .tasks import collate_fn, entity_f1
 from .train import TrainConfig, model_device, to_device, train
-from .cli import KERNELS_ENV, REFERENCE_KERNELS
 
 FAST_HELP = "tiny budgets and eval slices (seconds)"
 FAST_NOTE = ("--fast: a smoke test with tiny budgets; its numbers mean nothing. "
@@ -75,7 +74,7 @@ _fast = False                   # this run is --fast: no verdicts (`verdict`)
 _note_due: Optional[str] = None  # the lesson whose bottom FAST_NOTE `end` still owes
 _device = torch.device("cpu")   # --device, set by `start` (`device()`)
 def kernels_note(capability: str, lesson: str) -> Optional[str]:
-    """What a default run on the CPU says first when torch's CPU kernels are not the READMEs' (cli.py:
+    """What a default run on the CPU says first when torch's CPU kernels are not the READMEs' (report.py:
     REFERENCE_KERNELS); None when they are."""
     if capability == REFERENCE_KERNELS:
         return None

@@ -1,8 +1,18 @@
 """Plain-text output shared by the lessons and the benchmarks: a section banner and an aligned
-table. Kept here so that every walkthrough prints the same way and none re-defines it."""
+table. Kept here so that every walkthrough prints the same way and none re-defines it. Also where the
+READMEs' numbers were measured: the machine and torch's CPU kernels."""
 from __future__ import annotations
 
 from typing import Sequence
+
+# Where every README's numbers and times were measured.
+REFERENCE_MACHINE = "a 2-core 2.0 GHz AMD EPYC VM"
+# torch picks its CPU kernels by what the CPU offers (torch.backends.cpu.get_cpu_capability()). Kernels of
+# another width sum in another order, so a trained result moves in its last digits and, over hundreds of
+# steps, sometimes further. The READMEs were measured with the AVX2 kernels; ATEN_CPU_CAPABILITY=avx2 gives
+# them on a CPU that has AVX-512 too (torch reads it once, as it starts: `minift run` sets it).
+REFERENCE_KERNELS = "AVX2"
+KERNELS_ENV = "ATEN_CPU_CAPABILITY"
 
 
 def header(title: str, width: int = 88) -> None:
