@@ -1,6 +1,6 @@
 """minift against the libraries it follows, on identical weights, where they are installed: peft (LoRA both
-ways, prompt tuning, prefix tuning, LoftQ), bitsandbytes (NF4, int8 rows, LLM.int8()), trl (the DPO losses) and
-pyreft (LoReFT).
+ways, prompt tuning, prefix tuning, LoftQ), bitsandbytes (NF4 and its Linear4bit, int8 rows, LLM.int8()), trl
+(the DPO losses) and pyreft (LoReFT).
 (transformers' GPT-2: tests/test_model.py.)
 
 None of them is a dependency of minift, and CI installs none of them, so each test skips without its
@@ -204,6 +204,38 @@ def test_int8_rows_are_bitsandbytes_vectorwise_quantization():
     torch.testing.assert_close(t.scale.reshape(-1), row_absmax / 127)
 
 
+
+
+@pytest.mark.lesson12
+@pytest.mark.parametrize("n_out,n_in,batch", [(32, 64, 3), (32, 128, 1), (64, 256, 5), (96, 512, 2), (8, 64, 4)])
+def test_nf4_linear_is_bitsandbytes_linear4bit(n_out, n_in, batch):
+    """QLoRA's frozen layer (NF4Linear, blocks of 64, no double quantization) is bitsandbytes' Linear4bit
+    on the same nn.Linear: the same packed bytes, and its output within float32 rounding of a dot product
+    (each sums the same products in its own order), bias included.
+    Its layer runs in training mode, where its CPU path dequantizes and multiplies in float32. In eval
+    mode, on a CPU with AVX512-BF16, it repacks the weight and multiplies in bfloat16 (0.5% off), and
+    refuses out_features that are not a multiple of 32 (an AssertionError; bitsandbytes 0.50.2)."""
+    bnb = pytest.importorskip("bitsandbytes")
+    from minift.quant.ops import NF4Linear
+    g = torch.Generator().manual_seed(n_out * n_in)
+    lin = torch.nn.Linear(n_in, n_out)
+    with torch.no_grad():
+        lin.weight.copy_(torch.randn(n_out, n_in, generator=g))
+        lin.bias.copy_(torch.randn(n_out, generator=g))
+    x = torch.randn(batch, n_in, generator=g)
+    theirs = bnb.nn.Linear4bit(n_in, n_out, bias=True, compute_dtype=torch.float32, compress_statistics=False,
+                               quant_type="nf4")
+    theirs.weight = bnb.nn.Params4bit(lin.weight.detach().clone(), requires_grad=False, compress_statistics=False,
+                                      quant_type="nf4", blocksize=64)
+    theirs.bias = torch.nn.Parameter(lin.bias.detach().clone())
+    theirs = theirs.to("cpu").train()
+    ours = NF4Linear(lin, block_size=64, double_quant=False)
+    assert torch.equal(theirs.weight.data.reshape(-1), ours.packed.reshape(-1))
+    with torch.no_grad():
+        diff = (ours(x) - theirs(x)).abs()                     # (batch, out)
+        # two float32 sums of the same n_in products, each within n_in·eps·Σ|x_k ŵ_k| of the exact one
+        bound = 2 * n_in * torch.finfo(torch.float32).eps * (x.abs() @ ours.dequantized_weight().abs().T + lin.bias.abs())
+    assert (diff <= bound).all(), f"worst difference {diff.max():.3g} where the rounding bound is {bound.min():.3g}"
 
 @pytest.mark.lesson11
 @pytest.mark.parametrize("seed", range(6))
