@@ -14,8 +14,10 @@ and grade exactly as before; a file not selected is not run.
 """
 from __future__ import annotations
 
+import atexit
 import json
 import os
+import shutil
 import sys
 import tempfile
 from pathlib import Path
@@ -85,6 +87,7 @@ class Job:
 
     def __init__(self, nodeids: list, config):
         self.dir = tempfile.mkdtemp(prefix="minift-offload-")
+        atexit.register(shutil.rmtree, self.dir, True)          # (also when no outcome is ever read)
         self.report = os.path.join(self.dir, "outcomes.jsonl")
         self.cwd = str(config.rootpath)
         args = ["-q", "-p", "no:cacheprovider"]
@@ -113,6 +116,7 @@ class Job:
                     if prev is None or prev["outcome"] == "passed":     # setup/call/teardown: the worst counts
                         self._outcomes[rec["nodeid"]] = rec
             self._tail = tail
+            shutil.rmtree(self.dir, ignore_errors=True)
         return self._outcomes.get(nodeid) or {"outcome": "failed",
                                               "text": f"no outcome recorded for {nodeid}{self._tail}"}
 

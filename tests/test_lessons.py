@@ -134,3 +134,12 @@ def test_every_line_a_readme_quotes_is_in_a_file_it_names(doc):
     assert not bad, (f"{doc.relative_to(ROOT)} quotes lines that no file it names holds (quote the file as it "
                      f"is now, or fence an illustration as text):\n"
                      + "\n".join(f"  line {n}: {s}" for n, s in bad[:10]))
+
+
+def test_no_walkthrough_leaves_temporary_files_behind():
+    """A walkthrough's scratch files live in a tempfile.TemporaryDirectory, removed when the run ends;
+    mkdtemp / mkstemp leave theirs in the system's temporary folder, one more at every run."""
+    for les in LESSONS:
+        src = (les["dir"] / "walkthrough.py").read_text()
+        leaks = re.findall(r"tempfile\.(mkdtemp|mkstemp|NamedTemporaryFile\([^)]*delete=False)", src)
+        assert not leaks, f"{les['dir'].name}: tempfile.{leaks[0]} (use tempfile.TemporaryDirectory)"

@@ -14,8 +14,10 @@ out {"rc"}.
 import json
 import os
 import runpy
+import shutil
 import signal
 import sys
+import tempfile
 import traceback
 
 import torch  # noqa: F401
@@ -29,10 +31,12 @@ import minift.peft.io  # noqa: F401
 def run(path: str, out: str, err: str, timeout: float, flags: tuple = ()) -> int:
     sys.stdout.flush()
     sys.stderr.flush()
-    pid = os.fork()
+    scratch = tempfile.mkdtemp(prefix="minift-walkthrough-")          # the child's temporary files go here:
+    pid = os.fork()                                                    # os._exit skips what would remove them
     if pid == 0:                                                       # the child: the walkthrough
         code = 1
         try:
+            tempfile.tempdir = scratch
             for fd, name in ((1, out), (2, err)):
                 f = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
                 os.dup2(f, fd)
@@ -59,6 +63,7 @@ def run(path: str, out: str, err: str, timeout: float, flags: tuple = ()) -> int
             finally:
                 os._exit(code)
     _, status = os.waitpid(pid, 0)
+    shutil.rmtree(scratch, ignore_errors=True)
     return os.waitstatus_to_exitcode(status)
 
 

@@ -108,7 +108,8 @@ print(f"Task: summarization (one sentence from three). D_f = {', '.join(map(str,
       f"(96 examples) is measured every {steps_for(1) // 10} steps; the reported test loss (nats per summary token, 200 "
       f"test examples) is the one at the best of them: early stopping.")
 if FAST:
-    cache_path = os.path.join(tempfile.mkdtemp(prefix="minift-scaling-"), "sweep.json")
+    scratch = tempfile.TemporaryDirectory(prefix="minift-scaling-")        # removed when the run ends
+    cache_path = os.path.join(scratch.name, "sweep.json")
     print(f"--fast: {len(SIZE_NAMES)} x {len(METHOD_NAMES)} x {len(DATA_SIZES)} cells of {FAST_RUN['steps']} steps, "
           f"in a temporary cache {cache_path}: a check that the pipeline runs, not a measurement.")
 else:
@@ -287,7 +288,7 @@ else:
           f"passed over all of it at least {min(passes):.1f} times. P = steps x 8 x 256 is the paper's pretraining-data axis.")
 
     if FAST:
-        axis_path = os.path.join(tempfile.mkdtemp(prefix="minift-axis-"), "pretrain_axis.json")
+        axis_path = os.path.join(scratch.name, "pretrain_axis.json")
     else:
         axis_path = args.axis_cache
     axis_cache = Cache(axis_path, recipe_fingerprint(NEW))

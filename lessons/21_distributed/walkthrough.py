@@ -143,8 +143,8 @@ if args.fast:            # the smoke test: no launch (three more Pythons importi
           "(tests/test_distributed.py launches the two processes)", flush=True)
     runs = worker()[1]
 else:
-    tmp = tempfile.mkdtemp(prefix="minift-ddp-")
-    out = os.path.join(tmp, "runs.pt")
+    scratch = tempfile.TemporaryDirectory(prefix="minift-ddp-")           # removed when the run ends
+    out = os.path.join(scratch.name, "runs.pt")
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
            os.path.abspath(__file__), "--worker", "--out", out] + (["--device", "cuda"] if DDP_ON_GPU else [])
     print("+ torchrun --standalone --nproc_per_node 2 lessons/21_distributed/walkthrough.py --worker"
