@@ -20,7 +20,8 @@ def test_two_processes_equal_one_process_with_gradient_accumulation(tmp_path):
     out = tmp_path / "ddp.pt"
     r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
                         "tests/ddp_worker.py", str(out), str(STEPS)],
-                       capture_output=True, text=True, timeout=180, env={**os.environ, "OMP_NUM_THREADS": "1"})
+                       capture_output=True, text=True, timeout=180,
+                       env={**os.environ, "OMP_NUM_THREADS": "1", "TMPDIR": str(tmp_path)})   # torchrun's log folder
     assert r.returncode == 0, r.stderr[-3000:]
     got = torch.load(out, weights_only=True)
     assert got["world"] == 2

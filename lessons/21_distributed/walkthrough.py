@@ -150,7 +150,8 @@ else:
     print("+ torchrun --standalone --nproc_per_node 2 lessons/21_distributed/walkthrough.py --worker"
           + (" --device cuda" if DDP_ON_GPU else "") + "   (full fine-tuning, then LoRA, in each process)", flush=True)
     t0 = time.perf_counter()
-    r = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    r = subprocess.run(cmd, capture_output=True, text=True,     # (torchrun's own log folder goes in scratch too)
+                       env={**os.environ, "OMP_NUM_THREADS": "1", "TMPDIR": scratch.name})
     if r.returncode != 0:
         sys.exit(f"the torchrun workers failed:\n{r.stderr[-3000:]}")
     runs = torch.load(out, weights_only=True)          # tensors, numbers and lists only
