@@ -9,6 +9,8 @@
 #                cuda_ext/test_quant_lora_cuda.cu (plain CUDA, no torch): nvcc it and run it (beside the build)
 #   gpu_tests    the GPU tests (kernel, device, ops, method contract, bench, figures, heads), junit XML
 #   bench        minift bench kernels --device cuda  ->  $OUT/bench_kernels.txt (+ .json: every row, the verdicts)
+#   mma_auto     where the bench names a batch for MMA_AUTO_MIN_N: the kernel tests again with the automatic
+#                choice taking the tensor cores from it (MINIFT_MMA_AUTO_MIN_N, no rebuild), junit XML
 #   lessons      every lesson's walkthrough --fast --figures --device cuda (figures: when matplotlib
 #                imports), each under its own timeout
 #   suite        the whole test suite (pytest-xdist -n 8 if it imports), junit XML; whatever time is left
@@ -216,6 +218,16 @@ EOF
     [[ $rc == 2 ]]
 }
 
+stage_mma_auto() {      # the batch the bench suggests, tried at once: the auto path with the tensor cores on
+    local n
+    n=$("$PY" -c 'import json, os; print(json.load(open(os.environ["OUT"] + "/bench_kernels.json"))["mma_from"] or "")')
+    if [[ -z "$n" ]]; then echo "the bench names no batch for MMA_AUTO_MIN_N (or did not run): nothing to try"; return 0; fi
+    echo "+ MINIFT_MMA_AUTO_MIN_N=$n pytest tests/test_cuda_kernel.py"
+    # shellcheck disable=SC2046
+    MINIFT_MMA_AUTO_MIN_N="$n" "$PY" -m pytest -q -p no:cacheprovider -rfEs $(pytest_args) \
+        --junitxml="$OUT/junit_mma_auto.xml" tests/test_cuda_kernel.py
+}
+
 lesson_one() {          # one lesson, under its own timeout; a line per lesson in lessons.txt
     local dir=$1 nn s rc
     nn=$(basename "$dir")
@@ -244,7 +256,7 @@ stage_suite() {
 }
 
 export -f stage_info stage_install stage_build stage_kernel_test pytest_args stage_gpu_tests stage_bench \
-    lesson_one stage_lessons stage_suite
+    stage_mma_auto lesson_one stage_lessons stage_suite
 
 # ---- the run -----------------------------------------------------------------------------------------
 
@@ -274,6 +286,7 @@ cat "$OUT/kernel_test.stage"
 if grep -Eq "^kernel_test +(FAILED|TIMEOUT)" "$summary"; then failed=1; fi
 run_stage gpu_tests 180
 run_stage bench 180
+run_stage mma_auto 90
 run_stage lessons 180
 run_stage suite 600
 

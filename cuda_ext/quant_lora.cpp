@@ -550,8 +550,11 @@ torch::Tensor int8_lora_matmul(torch::Tensor x, torch::Tensor q, torch::Tensor s
 //   N >  GEMV_MAX_N   nf4_dequantize into Ŵ (out, in) of x's dtype, y = x Ŵᵀ by cuBLAS (float32 output),
 //                     + z Bᵀ + bias in float32, rounded to x's dtype once
 // kernel = 2 (tensor cores): nf4_lora_mma, any N, bf16 / fp16 x on sm_80+ (an error where it cannot run).
-// auto takes the tensor cores where they can run from batch minift_cuda::MMA_AUTO_MIN_N on (never, for now).
+// auto takes the tensor cores where they can run from batch mma_auto_min_n on: MMA_AUTO_MIN_N (never, for now),
+// or what set_mma_auto_min_n made it (minift.quant.ops calls it with MINIFT_MMA_AUTO_MIN_N when it loads this).
 namespace {
+
+int64_t mma_auto_min_n = minift_cuda::MMA_AUTO_MIN_N;
 
 minift_cuda::Dtype cuda_dtype(at::ScalarType t) {
   return t == at::kBFloat16 ? minift_cuda::BF16 : t == at::kHalf ? minift_cuda::F16 : minift_cuda::F32;
@@ -605,7 +608,7 @@ torch::Tensor nf4_lora_matmul_cuda(torch::Tensor x, torch::Tensor packed, int64_
   }
   torch::Tensor z;                                              // s · x Aᵀ  (N, r) float32
   if (L.r) z = at::mm(x.to(at::kFloat), L.A.t()).mul_(scaling).contiguous();
-  const bool mma = kernel == 2 || (kernel == 0 && N >= minift_cuda::MMA_AUTO_MIN_N &&
+  const bool mma = kernel == 2 || (kernel == 0 && N >= mma_auto_min_n &&
                                     minift_cuda::nf4_mma_unsupported(dt, xa.data_ptr(), N, W) == nullptr);
   if (mma || N <= minift_cuda::GEMV_MAX_N) {
     auto y = at::empty({N, out}, x.options());               // (N, out) in x's dtype
@@ -635,7 +638,11 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("nf4_lora_matmul_cuda", &nf4_lora_matmul_cuda,
         "the same NF4 op on CUDA (same arguments; instead of vectorize, kernel: 0 auto, 1 CUDA cores, 2 tensor cores)");
   m.attr("cuda") = true;
-  m.attr("mma_auto_min_n") = minift_cuda::MMA_AUTO_MIN_N;     // from this batch, "auto" may take the tensor cores
+  m.def("mma_auto_min_n", [] { return mma_auto_min_n; }, "the batch from which kernel 0 (auto) may take the tensor cores");
+  m.def("set_mma_auto_min_n", [](int64_t n) {
+        TORCH_CHECK(n >= 1, "set_mma_auto_min_n: the batch must be >= 1, got ", n);
+        mma_auto_min_n = n;
+      }, "change it for this process (MMA_AUTO_MIN_N in quant_lora_cuda.h is the built-in value)");
 #else
   m.attr("cuda") = false;
 #endif

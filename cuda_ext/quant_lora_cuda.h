@@ -55,6 +55,7 @@ const char* nf4_mma_unsupported(Dtype dtype, const void* x, int64_t N, const NF4
 // The smallest batch at which the wrapper's automatic choice (kernel = "auto") takes nf4_lora_mma, where it is
 // supported. Never, until the tensor-core path has been checked and timed on a GPU (minift bench kernels
 // --device cuda: its row is "NF4 fused, tensor cores"); then the batch from which that row beats "raw kernel".
+// The built-in value: the wrapper's set_mma_auto_min_n (MINIFT_MMA_AUTO_MIN_N) changes it for one process.
 constexpr int64_t MMA_AUTO_MIN_N = INT64_MAX;
 
 }  // namespace minift_cuda

@@ -94,7 +94,7 @@ def assert_equals_definition(dev, x, wq, A, B, s, bias, ext=None):
     else:
         y = ops._ext_forward(ext, x.to(dev), on(wq, dev), cu(A), cu(B), s, cu(bias), kernel="tensor")
     assert y.device.type == dev.type and y.dtype == x.dtype and y.shape == ref.shape
-    mma_from = getattr(ops.extension(), "mma_auto_min_n", 2 ** 63 - 1)         # where "auto" may take the tensor cores
+    mma_from = ops.extension().mma_auto_min_n()                # where "auto" may take the tensor cores
     rounded = ext is not None or x.shape[0] > GEMV_MAX_N or (x.dtype != torch.float32 and x.shape[0] >= mma_from)
     bound = ops.error_bound(x, wq, A, B, s, bias, weight_rounded=rounded)                       # (N, out) float64
     err = (y.cpu().double() - ref).abs()
@@ -160,6 +160,27 @@ def tensor_cores(cuda_device, cuda_ext):
     if torch.cuda.get_device_capability(cuda_device) < (8, 0):
         pytest.skip("the tensor-core kernel needs compute capability 8.0 or newer")
     return cuda_ext
+
+
+def test_the_automatic_choice_takes_the_tensor_cores_from_the_batch_it_is_given(cuda_device, tensor_cores):
+    """set_mma_auto_min_n (what MINIFT_MMA_AUTO_MIN_N sets as the extension loads) moves the batch from which
+    "auto" takes the tensor-core kernel, where that kernel can run: from it on, auto's output is the tensor
+    cores' bit for bit; below it, and for float32 x, it is the CUDA cores' path."""
+    g = torch.Generator().manual_seed(0)
+    wq = on(quantize_nf4(torch.randn(96, 256, generator=g), 64, True), cuda_device)
+    before = tensor_cores.mma_auto_min_n()
+    try:
+        tensor_cores.set_mma_auto_min_n(8)
+        assert tensor_cores.mma_auto_min_n() == 8
+        for N, dtype, want in [(8, torch.bfloat16, "tensor"), (40, torch.float16, "tensor"),
+                               (7, torch.bfloat16, "cores"), (40, torch.float32, "cores")]:
+            x = torch.randn(N, 256, generator=g).to(dtype).to(cuda_device)
+            run = lambda k: ops._ext_forward(tensor_cores, x, wq, None, None, 1.0, None, kernel=k)   # noqa: E731
+            assert torch.equal(run("auto"), run(want)), (N, dtype, want)
+        with pytest.raises(RuntimeError, match="must be >= 1"):
+            tensor_cores.set_mma_auto_min_n(0)
+    finally:
+        tensor_cores.set_mma_auto_min_n(before)
 
 
 @st.composite

@@ -245,6 +245,21 @@ def test_reference_path_block_switches_the_extension_off_and_back(monkeypatch):
     assert ops.backend() == before
 
 
+
+@pytest.mark.parametrize("value", ["x", "0", "-3", "1.5"])
+def test_a_bad_mma_batch_in_the_environment_is_an_error_before_anything_loads(value, monkeypatch):
+    """MINIFT_MMA_AUTO_MIN_N (the CUDA wrapper's tensor-core batch, for trying the bench's suggestion without
+    a rebuild) must be an integer >= 1: anything else raises, naming the variable, before the extension is
+    loaded, and again at the next call (it is not marked as tried)."""
+    monkeypatch.delenv("MINIFT_NO_EXT", raising=False)
+    monkeypatch.setattr(ops, "_ext_tried", False)
+    monkeypatch.setenv(ops.MMA_ENV, value)
+    for _ in range(2):
+        with pytest.raises(ValueError, match=f"MINIFT_MMA_AUTO_MIN_N={value!r} must be a batch size"):
+            ops.extension()
+    assert ops._ext_tried is False
+    assert ops.mma_batch("12") == 12
+
 def test_fallback_log_line_in_a_fresh_process():
     code = ("import torch; from minift.quant import ops; from minift.quant.nf4 import quantize_nf4; "
             "ops.quant_lora_matmul(torch.randn(2, 16), quantize_nf4(torch.randn(4, 16), 16)); "

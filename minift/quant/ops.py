@@ -90,6 +90,8 @@ def extension():
     if _switched_off():
         return None
     if not _ext_tried:
+        mma = os.environ.get(MMA_ENV)
+        mma = mma_batch(mma) if mma else None                   # a bad value: an error now, and at every call
         _ext_tried = True
         try:
             spec = importlib.util.spec_from_file_location("minift_cuda_ext_loader", EXT_DIR / "loader.py")
@@ -98,7 +100,26 @@ def extension():
             _ext = loader.load()
         except Exception as e:  # noqa: BLE001 (any build failure means: use the reference)
             _ext, _ext_error = None, f"{type(e).__name__}: {str(e).strip().splitlines()[-1] if str(e).strip() else ''}"
+        if _ext is not None and _ext.cuda and mma is not None:
+            _ext.set_mma_auto_min_n(mma)
     return _ext
+
+
+# From which batch the CUDA wrapper's automatic choice takes the tensor-core kernel, for this process:
+# MMA_AUTO_MIN_N (cuda_ext/quant_lora_cuda.h) unless this says otherwise. For trying a value the bench
+# suggested (`minift bench kernels --device cuda`, its last line) without rebuilding the extension.
+MMA_ENV = "MINIFT_MMA_AUTO_MIN_N"
+
+
+def mma_batch(text: str) -> int:
+    """MINIFT_MMA_AUTO_MIN_N's value as a batch size >= 1, or a ValueError that names the variable."""
+    try:
+        n = int(text)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise ValueError(f"{MMA_ENV}={text!r} must be a batch size, an integer >= 1")
+    return n
 
 
 @contextlib.contextmanager
