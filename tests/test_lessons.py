@@ -143,3 +143,22 @@ def test_no_walkthrough_leaves_temporary_files_behind():
         src = (les["dir"] / "walkthrough.py").read_text()
         leaks = re.findall(r"tempfile\.(mkdtemp|mkstemp|NamedTemporaryFile\([^)]*delete=False)", src)
         assert not leaks, f"{les['dir'].name}: tempfile.{leaks[0]} (use tempfile.TemporaryDirectory)"
+
+
+def test_the_readme_numbers_check_masks_times_and_leaves_out_what_flags_print():
+    """.ci/readme_numbers.py (for maintainers; it runs the walkthroughs, so the suite tests only its
+    comparison): a changed score is reported with its README line, a changed time is not, a block the
+    paragraph before says comes from a flag is left out unless that flag ran, and the README's flag
+    commands are found."""
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("readme_numbers", ROOT / ".ci" / "readme_numbers.py")
+    rn = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(rn)
+    readme = ("intro\n\n```\nlr 0.1: loss 2.000 -> 0.500, dev F1 0.876, 2.0s CPU\n```\n\n`--long` adds:\n\n"
+              "```\nlong run 0.9\n```\n\n```bash\npython lessons/05_lora/walkthrough.py --sweep   # the lr grid\n```\n")
+    same_but_time = ["lr 0.1: loss 2.000 -> 0.500, dev F1 0.876,   3.1s CPU"]
+    assert rn.unmatched(readme, same_but_time, set()) == ([], 1)
+    bad, _ = rn.unmatched(readme, ["lr 0.1: loss 2.000 -> 0.500, dev F1 0.873, 2.0s CPU"], set())
+    assert [b[:2] for b in bad] == [(4, "lr 0.1: loss 2.000 -> 0.500, dev F1 0.876, 2.0s CPU")]
+    assert [b[1] for b in rn.unmatched(readme, same_but_time, {"--long"})[0]] == ["long run 0.9"]
+    assert rn.flag_commands(readme, "05_lora") == [["--sweep"]]
