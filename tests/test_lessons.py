@@ -155,10 +155,17 @@ def test_the_readme_numbers_check_masks_times_and_leaves_out_what_flags_print():
     rn = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(rn)
     readme = ("intro\n\n```\nlr 0.1: loss 2.000 -> 0.500, dev F1 0.876, 2.0s CPU\n```\n\n`--long` adds:\n\n"
-              "```\nlong run 0.9\n```\n\n```bash\npython lessons/05_lora/walkthrough.py --sweep   # the lr grid\n```\n")
-    same_but_time = ["lr 0.1: loss 2.000 -> 0.500, dev F1 0.876,   3.1s CPU"]
-    assert rn.unmatched(readme, same_but_time, set()) == ([], 1)
-    bad, _ = rn.unmatched(readme, ["lr 0.1: loss 2.000 -> 0.500, dev F1 0.873, 2.0s CPU"], set())
+              "```\nlong run 0.9\n```\n\n### 6. Plain (`--plain`)\n\ntext\n\n```\nplain 0.5\n```\n\n"
+              "From `minift run 05` (`--report` prints the same):\n\n```\ndefault 0.7\n```\n\nafter\n\n"
+              "<!-- printed by: --sweep -->\n```\nsweep 0.3\n```\n")
+    assert [flags for _, flags in rn.output_blocks(readme)] == [set(), {"--long"}, {"--plain"}, set(), {"--sweep"}]
+    same_but_time = ["lr 0.1: loss 2.000 -> 0.500, dev F1 0.876,   3.1s CPU", "default 0.7"]
+    assert rn.unmatched(readme, same_but_time, set()) == ([], 3)
+    bad, _ = rn.unmatched(readme, ["lr 0.1: loss 2.000 -> 0.500, dev F1 0.873, 2.0s CPU", "default 0.7"], set())
     assert [b[:2] for b in bad] == [(4, "lr 0.1: loss 2.000 -> 0.500, dev F1 0.876, 2.0s CPU")]
-    assert [b[1] for b in rn.unmatched(readme, same_but_time, {"--long"})[0]] == ["long run 0.9"]
-    assert rn.flag_commands(readme, "05_lora") == [["--sweep"]]
+    assert [b[1] for b in rn.unmatched(readme, same_but_time, {"--long", "--sweep"})[0]] == ["long run 0.9", "sweep 0.3"]
+    assert rn.squeeze("train CPU 19.0s (8.2 + 3.1 + 7.7), 5.9x faster (14,930 vs 2,510 tokens/s), F1 0.9") == \
+        rn.squeeze("train CPU 4.5s (1.4 + 1.2 + 1.8),  5.0x faster (99,528 vs 19,851 tokens/s), F1 0.9") != \
+        rn.squeeze("train CPU 4.5s (1.4 + 1.2 + 1.8),  5.0x faster (99,528 vs 19,851 tokens/s), F1 0.8")
+    said = "Every number below was printed by `python lessons/03_instruction_tuning/walkthrough.py\n--mask-ablation` on"
+    assert rn.MAIN.search(said).group(1) == "--mask-ablation"
