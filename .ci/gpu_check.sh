@@ -219,8 +219,10 @@ EOF
 }
 
 stage_mma_auto() {      # the batch the bench suggests, tried at once: the auto path with the tensor cores on
-    local n
-    n=$("$PY" -c 'import json, os; print(json.load(open(os.environ["OUT"] + "/bench_kernels.json"))["mma_from"] or "")')
+    local n=
+    if [[ -f "$OUT/bench_kernels.json" ]]; then
+        n=$("$PY" -c 'import json, os; print(json.load(open(os.environ["OUT"] + "/bench_kernels.json"))["mma_from"] or "")')
+    fi
     if [[ -z "$n" ]]; then echo "the bench names no batch for MMA_AUTO_MIN_N (or did not run): nothing to try"; return 0; fi
     echo "+ MINIFT_MMA_AUTO_MIN_N=$n pytest tests/test_cuda_kernel.py"
     # shellcheck disable=SC2046

@@ -48,6 +48,7 @@ import argparse
 import ast
 import atexit
 import inspect
+import os
 import re
 import sys
 import time
@@ -73,13 +74,20 @@ _t_start: Optional[float] = None
 _fast = False                   # this run is --fast: no verdicts (`verdict`)
 _note_due: Optional[str] = None  # the lesson whose bottom FAST_NOTE `end` still owes
 _device = torch.device("cpu")   # --device, set by `start` (`device()`)
-def kernels_note(capability: str, lesson: str) -> Optional[str]:
+
+
+def kernels_note(capability: str, lesson: str, chosen: Optional[str] = None) -> Optional[str]:
     """What a default run on the CPU says first when torch's CPU kernels are not the READMEs' (report.py:
-    REFERENCE_KERNELS); None when they are."""
+    REFERENCE_KERNELS); None when they are. chosen: ATEN_CPU_CAPABILITY as set in the environment."""
     if capability == REFERENCE_KERNELS:
         return None
-    how = (f" `minift run {lesson}` runs it on the {REFERENCE_KERNELS} kernels ({KERNELS_ENV}=avx2, which torch "
-           f"reads as it starts)." if capability == "AVX512" else "")
+    if chosen is not None:
+        how = f" ({KERNELS_ENV}={chosen} is set.)"
+    elif capability == "AVX512":
+        how = (f" `minift run {lesson}` runs it on the {REFERENCE_KERNELS} kernels ({KERNELS_ENV}="
+               f"{REFERENCE_KERNELS.lower()}, which torch reads as it starts).")
+    else:
+        how = ""
     return (f"note: torch runs its {capability} CPU kernels here; the README's numbers come from its "
             f"{REFERENCE_KERNELS} kernels, so trained results can differ slightly from them.{how}")
 
@@ -166,7 +174,7 @@ def start(lesson: str, p: argparse.ArgumentParser | str, *, needs_base: bool = T
         atexit.unregister(end)                  # registered once, however often start runs
         atexit.register(end)
         _note_due = lesson
-    note = kernels_note(torch.backends.cpu.get_cpu_capability(), lesson)      # other CPU kernels than the README's
+    note = kernels_note(torch.backends.cpu.get_cpu_capability(), lesson, os.environ.get(KERNELS_ENV))
     if note and not _fast and _device.type == "cpu":
         print(note, flush=True)
     if _device.type == "cuda":

@@ -73,8 +73,9 @@ def test_a_fast_run_says_at_its_top_and_bottom_that_its_numbers_mean_nothing(cap
 @pytest.mark.parametrize("capability", ["AVX512", "DEFAULT", "AVX2"])
 def test_a_default_run_on_other_cpu_kernels_says_so_first(capability, capsys, monkeypatch):
     """Where torch's CPU kernels are not the READMEs' (AVX2), a default CPU run says so before anything
-    else, and how to get the READMEs' kernels where that is possible; --fast runs (numbers that mean
-    nothing) and runs on a GPU say nothing of it."""
+    else, and how to get the READMEs' kernels where that is possible (or that the learner chose others);
+    --fast runs (numbers that mean nothing) and runs on a GPU say nothing of it."""
+    monkeypatch.delenv("ATEN_CPU_CAPABILITY", raising=False)
     monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: capability)
     threads = torch.get_num_threads()
     try:
@@ -88,6 +89,10 @@ def test_a_default_run_on_other_cpu_kernels_says_so_first(capability, capsys, mo
                 (capability == "AVX512")
         course.start("05", DOC, needs_base=False, argv=["--fast"])
         assert "CPU kernels" not in capsys.readouterr().out
+        monkeypatch.setenv("ATEN_CPU_CAPABILITY", "avx512")              # chosen: no advice to use minift run
+        course.start("05", DOC, needs_base=False, argv=[])
+        said = capsys.readouterr().out
+        assert said == "" if capability == "AVX2" else said.endswith("(ATEN_CPU_CAPABILITY=avx512 is set.)\n")
     finally:
         torch.set_num_threads(threads)
         course._fast, course._note_due = False, None

@@ -141,8 +141,8 @@ def test_no_walkthrough_leaves_temporary_files_behind():
     mkdtemp / mkstemp leave theirs in the system's temporary folder, one more at every run."""
     for les in LESSONS:
         src = (les["dir"] / "walkthrough.py").read_text()
-        leaks = re.findall(r"tempfile\.(mkdtemp|mkstemp|NamedTemporaryFile\([^)]*delete=False)", src)
-        assert not leaks, f"{les['dir'].name}: tempfile.{leaks[0]} (use tempfile.TemporaryDirectory)"
+        leaks = re.findall(r"\b(mkdtemp|mkstemp)\(|(NamedTemporaryFile)\([^)]*delete=False", src)
+        assert not leaks, f"{les['dir'].name}: {''.join(leaks[0])} (use tempfile.TemporaryDirectory)"
 
 
 def test_the_readme_numbers_check_masks_times_and_leaves_out_what_flags_print():

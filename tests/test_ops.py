@@ -245,8 +245,7 @@ def test_reference_path_block_switches_the_extension_off_and_back(monkeypatch):
     assert ops.backend() == before
 
 
-
-@pytest.mark.parametrize("value", ["x", "0", "-3", "1.5"])
+@pytest.mark.parametrize("value", ["x", "0", "-3", "1.5", str(2 ** 63)])
 def test_a_bad_mma_batch_in_the_environment_is_an_error_before_anything_loads(value, monkeypatch):
     """MINIFT_MMA_AUTO_MIN_N (the CUDA wrapper's tensor-core batch, for trying the bench's suggestion without
     a rebuild) must be an integer >= 1: anything else raises, naming the variable, before the extension is
@@ -259,6 +258,7 @@ def test_a_bad_mma_batch_in_the_environment_is_an_error_before_anything_loads(va
             ops.extension()
     assert ops._ext_tried is False
     assert ops.mma_batch("12") == 12
+
 
 def test_fallback_log_line_in_a_fresh_process():
     code = ("import torch; from minift.quant import ops; from minift.quant.nf4 import quantize_nf4; "

@@ -83,6 +83,23 @@ def _switched_off() -> Optional[str]:
     return _forced[-1] if _forced else None
 
 
+# From which batch the CUDA wrapper's automatic choice takes the tensor-core kernel, for this process:
+# MMA_AUTO_MIN_N (cuda_ext/quant_lora_cuda.h) unless this says otherwise. For trying a value the bench
+# suggested (`minift bench kernels --device cuda`, its last line) without rebuilding the extension.
+MMA_ENV = "MINIFT_MMA_AUTO_MIN_N"
+
+
+def mma_batch(text: str) -> int:
+    """MINIFT_MMA_AUTO_MIN_N's value as a batch size >= 1, or a ValueError that names the variable."""
+    try:
+        n = int(text)
+    except ValueError:
+        n = 0
+    if not 1 <= n < 2 ** 63:
+        raise ValueError(f"{MMA_ENV}={text!r} must be a batch size, an integer >= 1 (and < 2**63)")
+    return n
+
+
 def extension():
     """The cuda_ext module, or None (MINIFT_NO_EXT=1, inside reference_path(), no compiler, a failed
     build). Built once."""
@@ -103,23 +120,6 @@ def extension():
         if _ext is not None and _ext.cuda and mma is not None:
             _ext.set_mma_auto_min_n(mma)
     return _ext
-
-
-# From which batch the CUDA wrapper's automatic choice takes the tensor-core kernel, for this process:
-# MMA_AUTO_MIN_N (cuda_ext/quant_lora_cuda.h) unless this says otherwise. For trying a value the bench
-# suggested (`minift bench kernels --device cuda`, its last line) without rebuilding the extension.
-MMA_ENV = "MINIFT_MMA_AUTO_MIN_N"
-
-
-def mma_batch(text: str) -> int:
-    """MINIFT_MMA_AUTO_MIN_N's value as a batch size >= 1, or a ValueError that names the variable."""
-    try:
-        n = int(text)
-    except ValueError:
-        n = 0
-    if n < 1:
-        raise ValueError(f"{MMA_ENV}={text!r} must be a batch size, an integer >= 1")
-    return n
 
 
 @contextlib.contextmanager
