@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 from typing import Optional
 
-from .report import KERNELS_ENV, MKL_ENV, REFERENCE_KERNELS, REFERENCE_MACHINE
+from .report import KERNELS_ENV, REFERENCE_KERNELS, REFERENCE_MACHINE
 
 ROOT = Path(__file__).resolve().parent.parent
 LESSONS_DIR = ROOT / "lessons"
@@ -117,12 +117,10 @@ def walkthrough_argv(les: dict, args) -> list[str]:
 
 def walkthrough_env(environ: dict, capability: str) -> dict:
     """The environment `minift run` starts walkthroughs in: this one, plus the READMEs' CPU kernels where this
-    CPU runs wider ones that it can step down from (AVX-512 to AVX2): torch's own (ATEN_CPU_CAPABILITY) and
-    MKL's (MKL_CBWR), each unless already set."""
+    CPU runs wider ones that it can step down from (AVX-512 to AVX2), unless ATEN_CPU_CAPABILITY is set."""
     env = dict(environ)
     if capability == "AVX512":
         env.setdefault(KERNELS_ENV, REFERENCE_KERNELS.lower())
-        env.setdefault(MKL_ENV, REFERENCE_KERNELS)
     return env
 
 
@@ -130,10 +128,9 @@ def cmd_run(args) -> int:
     lessons = list_lessons() if args.lesson == "all" else [_find_lesson(args.lesson)]
     import torch
     env = walkthrough_env(os.environ, torch.backends.cpu.get_cpu_capability())
-    chosen = [f"{k}={env[k]}" for k in (KERNELS_ENV, MKL_ENV) if env.get(k) != os.environ.get(k)]
-    if chosen:
-        print(f"(the {REFERENCE_KERNELS} CPU kernels, as the READMEs' numbers were measured: {' '.join(chosen)}; "
-              f"set them yourself to choose others)", flush=True)
+    if env.get(KERNELS_ENV) != os.environ.get(KERNELS_ENV):
+        print(f"(torch's {REFERENCE_KERNELS} CPU kernels, as the READMEs' numbers were measured: "
+              f"{KERNELS_ENV}={env[KERNELS_ENV]}; set it yourself to choose others)", flush=True)
     for les in lessons:
         print(f"\n=== lesson {les['nn']}: {les['name']} ===", flush=True)
         t0 = time.perf_counter()

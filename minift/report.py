@@ -13,7 +13,8 @@ REFERENCE_MACHINE = "a 2-core 2.0 GHz AMD EPYC VM"
 # them on a CPU that has AVX-512 too (torch reads it once, as it starts: `minift run` sets it).
 REFERENCE_KERNELS = "AVX2"
 KERNELS_ENV = "ATEN_CPU_CAPABILITY"
-MKL_ENV = "MKL_CBWR"            # MKL, which does torch's float32 matrix products on x86, picks its own path: AVX2
+# (Not MKL_CBWR=AVX2 for MKL's matrix products: on the AMD CPU the READMEs were checked on, it changed
+# lessons 10 and 14, which reproduce without it.)
 
 
 def header(title: str, width: int = 88) -> None:

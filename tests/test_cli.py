@@ -133,7 +133,6 @@ def test_run_starts_walkthroughs_on_the_readmes_cpu_kernels_where_it_can(capabil
     from minift import cli
     monkeypatch.setattr(cli, "TIMES_FILE", tmp_path / "lesson_times.json")
     monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: capability)
-    monkeypatch.delenv(cli.MKL_ENV, raising=False)
     if preset is None:
         monkeypatch.delenv(cli.KERNELS_ENV, raising=False)
     else:
@@ -142,11 +141,9 @@ def test_run_starts_walkthroughs_on_the_readmes_cpu_kernels_where_it_can(capabil
     monkeypatch.setattr(cli.subprocess, "call", lambda cmd, cwd=None, env=None: envs.append(env) or 0)
     assert main(["run", "00"]) == 0
     assert envs[-1].get(cli.KERNELS_ENV) == want
-    assert envs[-1].get(cli.MKL_ENV) == ("AVX2" if capability == "AVX512" else None)    # MKL's products too
     assert envs[-1]["PATH"] == os.environ["PATH"]                                   # the rest passed on
     said = capsys.readouterr().out
     assert ("ATEN_CPU_CAPABILITY=avx2" in said) == (want == "avx2" and preset is None)
-    assert ("MKL_CBWR=AVX2" in said) == (capability == "AVX512")
 
 
 def test_torch_takes_the_kernels_minift_run_asks_for():
