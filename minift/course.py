@@ -88,7 +88,8 @@ def kernels_note(capability: str, lesson: str, chosen: Optional[str] = None) -> 
                f"{REFERENCE_KERNELS.lower()}, which torch reads as it starts).")
     else:
         how = ""
-    return (f"note: torch runs its {capability} CPU kernels here; the README's numbers come from its "
+    kind = "generic (no AVX2)" if capability == "DEFAULT" else capability     # DEFAULT: an ARM CPU, an old x86
+    return (f"note: torch runs its {kind} CPU kernels here; the README's numbers come from its "
             f"{REFERENCE_KERNELS} kernels, so trained results can differ slightly from them.{how}")
 
 
