@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 from typing import Optional
 
-from .report import KERNELS_ENV, REFERENCE_KERNELS, REFERENCE_MACHINE
+from .report import KERNELS_ENV, REFERENCE_KERNELS, REFERENCE_MACHINE, kernels_to_reproduce
 
 ROOT = Path(__file__).resolve().parent.parent
 LESSONS_DIR = ROOT / "lessons"
@@ -119,8 +119,8 @@ def walkthrough_env(environ: dict, capability: str) -> dict:
     """The environment `minift run` starts walkthroughs in: this one, plus the READMEs' CPU kernels where this
     CPU runs wider ones that it can step down from (AVX-512 to AVX2), unless ATEN_CPU_CAPABILITY is set."""
     env = dict(environ)
-    if capability == "AVX512":
-        env.setdefault(KERNELS_ENV, REFERENCE_KERNELS.lower())
+    if want := kernels_to_reproduce(capability):
+        env.setdefault(KERNELS_ENV, want)
     return env
 
 

@@ -63,7 +63,7 @@ from .peft.common import count_adapter_parameters
 from .peft.io import apply_config
 from .peft.selective import trainable_report
 from .pretrain import BASE_DIR, forgetting_probe, load_base
-from .report import KERNELS_ENV, REFERENCE_KERNELS, table
+from .report import KERNELS_ENV, REFERENCE_KERNELS, kernels_to_reproduce, table
 from .tasks import collate_fn, entity_f1
 from .train import TrainConfig, model_device, to_device, train
 
@@ -83,9 +83,9 @@ def kernels_note(capability: str, lesson: str, chosen: Optional[str] = None) -> 
         return None
     if chosen is not None:
         how = f" ({KERNELS_ENV}={chosen} is set.)"
-    elif capability == "AVX512":
-        how = (f" `minift run {lesson}` runs it on the {REFERENCE_KERNELS} kernels ({KERNELS_ENV}="
-               f"{REFERENCE_KERNELS.lower()}, which torch reads as it starts).")
+    elif want := kernels_to_reproduce(capability):
+        how = (f" `minift run {lesson}` runs it on the {REFERENCE_KERNELS} kernels ({KERNELS_ENV}={want}, "
+               f"which torch reads as it starts).")
     else:
         how = ""
     kind = "generic (no AVX2)" if capability == "DEFAULT" else capability     # DEFAULT: an ARM CPU, an old x86

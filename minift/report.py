@@ -3,7 +3,7 @@ table. Kept here so that every walkthrough prints the same way and none re-defin
 READMEs' numbers were measured: the machine and torch's CPU kernels."""
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Optional, Sequence
 
 # Where every README's numbers and times were measured.
 REFERENCE_MACHINE = "a 2-core 2.0 GHz AMD EPYC VM"
@@ -15,6 +15,12 @@ REFERENCE_KERNELS = "AVX2"
 KERNELS_ENV = "ATEN_CPU_CAPABILITY"
 # (Not MKL_CBWR=AVX2 for MKL's matrix products: on the AMD CPU the READMEs were checked on, it changed
 # lessons 10 and 14, which reproduce without it.)
+
+
+def kernels_to_reproduce(capability: str) -> Optional[str]:
+    """The ATEN_CPU_CAPABILITY value that gives the READMEs' kernels where torch runs `capability` ones, or
+    None: they are the READMEs' already (AVX2), or there is nothing narrower to step down to (no AVX2)."""
+    return REFERENCE_KERNELS.lower() if capability == "AVX512" else None
 
 
 def header(title: str, width: int = 88) -> None:
