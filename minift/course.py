@@ -47,6 +47,7 @@ from __future__ import annotations
 import argparse
 import ast
 import atexit
+import dataclasses
 import inspect
 import os
 import re
@@ -444,15 +445,28 @@ class Bench:
         table(("method", "lr", *(t for t, _ in cols), "picked"), rows)
         return picks
 
-    def seed_spread(self, methods, lr: dict, seeds, results: dict) -> None:
-        """--seeds: each method again with seeds 1.. (head and method init, data order), beside
-        results[method] (seed 0); prints dev and test F1 per seed, their mean and the dev range."""
-        rows = []
+    def reseeded(self, method: str, seed: int):
+        """The method's config for a run with `seed`: a config that draws from a generator of its
+        own (a mask's positions, a prompt's random or vocabulary init) gets its seed moved by `seed`
+        too, so that seed 0 is the lesson's run and every other seed draws anew. Others: unchanged."""
+        cfg = self.methods[method]
+        if dataclasses.is_dataclass(cfg) and "seed" in {f.name for f in dataclasses.fields(cfg)}:
+            return dataclasses.replace(cfg, seed=cfg.seed + seed)
+        return cfg
+
+    def seed_spread(self, methods, lr: dict, seeds, results: dict) -> dict:
+        """--seeds: each method again with seeds 1.. (head init, the method's own draws, data order),
+        beside results[method] (seed 0); prints dev and test F1 per seed, their mean and the dev range.
+        Returns method -> its runs, seed by seed."""
+        rows, spread = [], {}
         for m in methods:
-            runs = [results[m]] + [self.train_and_measure(m, lr[m], seed=sd) for sd in seeds[1:]]
+            runs = [results[m]] + [self.train_and_measure(m, lr[m], seed=sd, cfg=self.reseeded(m, sd))
+                                   for sd in seeds[1:]]
+            spread[m] = runs
             dev, test = [r["f1"][self.dev] for r in runs], [r["f1"]["test"] for r in runs]
             rows.append((m, f"{lr[m]:g}", " ".join(f"{x:.3f}" for x in dev), f"{sum(dev) / len(dev):.3f}",
                          f"{max(dev) - min(dev):.3f}", " ".join(f"{x:.3f}" for x in test),
                          f"{sum(test) / len(test):.3f}"))
             print(f"  {m}: done", flush=True)
         table(("method", "lr", f"{self.dev} F1 per seed", "mean", "range", "test F1 per seed", "mean"), rows)
+        return spread

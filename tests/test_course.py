@@ -9,7 +9,8 @@ import torch
 from minift import course
 from minift.cli import list_lessons
 from minift.heads import ner_splits
-from minift.peft.lora import LoRAConfig
+from minift.peft.lora import LoRAConfig, lora_layers
+from minift.peft.masking import MaskingConfig, masked_layers
 from minift.peft.selective import SelectiveConfig
 from minift.pretrain import load_base
 
@@ -224,6 +225,34 @@ def test_sweep_picks_the_best_dev_rate_and_the_smaller_one_within_0005(bench, ca
     before = {"LoRA": 1.0}
     assert bench.sweep(["LoRA"], grid, columns=("F1",), progress=False) == {"LoRA": 3e-3}
     assert before == {"LoRA": 1.0}                                                  # no lr dict: nothing written
+
+
+def test_the_seed_spread_reuses_seed_0_and_redraws_what_each_method_draws(capsys):
+    """Seed k retrains with the head, the data order AND the method's own draws moved: a mask's
+    positions come from its config's seed, so a spread that kept it would not be a spread."""
+    _, tok = load_base()
+    methods = {"mask": MaskingConfig(density=0.01, seed=5), "LoRA": LoRAConfig(r=2)}
+    b = course.Bench(methods, tok, ner_splits(tok, 128, 8), steps=2, batch=4, dev="val", width=10)
+    assert b.reseeded("mask", 0) == methods["mask"] and b.reseeded("mask", 2) == MaskingConfig(density=0.01, seed=7)
+    assert b.reseeded("LoRA", 2) is methods["LoRA"]                              # no seed of its own
+    seed0 = {"mask": fake_run("mask", 1e-2, 0.25), "LoRA": fake_run("LoRA", 1e-2, 0.75)}
+    spread = b.seed_spread(["mask", "LoRA"], {"mask": 1e-2, "LoRA": 1e-2}, [0, 1, 2], seed0)
+    assert all(len(runs) == 3 and runs[0] is seed0[m] for m, runs in spread.items())   # seed 0: not retrained
+    idx = [masked_layers(r["model"])[0][1].mask_indices for r in spread["mask"][1:]]
+    assert not torch.equal(idx[0], idx[1])
+    assert torch.equal(idx[0], masked_layers(b.fresh("mask", cfg=MaskingConfig(density=0.01, seed=6)))[0][1].mask_indices)
+    a = [lora_layers(r["model"])[0][1].lora_A for r in spread["LoRA"][1:]]
+    assert not torch.equal(a[0], a[1])                                           # drawn after manual_seed(k)
+    rows = {line.split()[0]: line.split() for line in capsys.readouterr().out.splitlines()
+            if line.startswith(("mask ", "LoRA "))}
+    for m, dev0 in (("mask", 0.25), ("LoRA", 0.75)):
+        dev = [float(x) for x in rows[m][2:5]]
+        test = [float(x) for x in rows[m][7:10]]
+        assert dev[0] == dev0 and test[0] == 0.5
+        assert dev[1:] == [round(r["f1"]["val"], 3) for r in spread[m][1:]]
+        assert float(rows[m][5]) == pytest.approx(sum(dev) / 3, abs=1e-3)           # mean of the rounded cells
+        assert float(rows[m][6]) == pytest.approx(max(dev) - min(dev), abs=1e-3)     # the range
+        assert float(rows[m][10]) == pytest.approx(sum(test) / 3, abs=1e-3)
 
 
 def test_every_walkthrough_starts_with_the_course_preamble():
