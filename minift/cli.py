@@ -110,9 +110,11 @@ def cmd_lessons(args) -> int:
 
 
 def walkthrough_argv(les: dict, args) -> list[str]:
-    """The command `minift run` starts for lesson `les`: its walkthrough with the flags passed on."""
+    """The command `minift run` starts for lesson `les`: its walkthrough with the flags passed on
+    (its own flags, e.g. --seeds 3, after minift's)."""
     return [sys.executable, str(les["dir"] / "walkthrough.py")] + (["--fast"] if args.fast else []) \
-        + (["--figures"] if args.figures else []) + (["--device", args.device] if args.device else [])
+        + (["--figures"] if args.figures else []) + (["--device", args.device] if args.device else []) \
+        + list(getattr(args, "lesson_flags", []))
 
 
 def walkthrough_env(environ: dict, capability: str) -> dict:
@@ -125,6 +127,9 @@ def walkthrough_env(environ: dict, capability: str) -> dict:
 
 
 def cmd_run(args) -> int:
+    if args.lesson == "all" and args.lesson_flags:
+        return _usage_error(f"minift run all: a lesson's own flags ({' '.join(args.lesson_flags)}) go with one "
+                            f"lesson: minift run NN {' '.join(args.lesson_flags)}")
     lessons = list_lessons() if args.lesson == "all" else [_find_lesson(args.lesson)]
     import torch
     env = walkthrough_env(os.environ, torch.backends.cpu.get_cpu_capability())
@@ -136,7 +141,8 @@ def cmd_run(args) -> int:
         t0 = time.perf_counter()
         rc = subprocess.call(walkthrough_argv(les, args), cwd=str(ROOT), env=env)
         secs = time.perf_counter() - t0
-        _record_time(les["nn"], args.fast, secs, rc, args.device)
+        if not args.lesson_flags:                  # `minift lessons` compares the default and --fast runs only
+            _record_time(les["nn"], args.fast, secs, rc, args.device)
         print(f"=== lesson {les['nn']} finished in {secs:.1f}s (exit {rc}) ===", flush=True)
         if rc:
             return rc
@@ -283,7 +289,10 @@ def main(argv=None) -> int:
     sub = p.add_subparsers(dest="cmd", required=True)
     sub.add_parser("lessons", help="list the lessons in order")
     r = sub.add_parser("run", help="run a lesson walkthrough: NN or all (on torch's AVX2 CPU kernels where the CPU "
-                       "also has AVX-512, as the READMEs were measured: ATEN_CPU_CAPABILITY=avx2 unless you set it)")
+                       "also has AVX-512, as the READMEs were measured: ATEN_CPU_CAPABILITY=avx2 unless you set it); "
+                       "a lesson's own flags (`minift run 05 --seeds 5`) are passed on to its walkthrough",
+                       epilog="Any other flag is the lesson's own: `minift run NN --help-lesson` lists them "
+                       "(its walkthrough's --help).")
     r.add_argument("lesson")
     r.add_argument("--fast", action="store_true", help="the quick version used by the tests")
     r.add_argument("--figures", action="store_true", help="also draw the lesson's figures (needs the plots extra: "
@@ -344,7 +353,11 @@ def main(argv=None) -> int:
     d.add_argument("--seed", type=int, default=0)
     if argv[:1] == ["verify"]:
         return cmd_verify(None, argv[1:])
-    args = p.parse_args(argv)
+    args, rest = p.parse_known_args(argv)
+    if args.cmd == "run":
+        args.lesson_flags = ["--help" if x == "--help-lesson" else x for x in rest]   # the walkthrough's to judge
+    elif rest:
+        p.error(f"unrecognized arguments: {' '.join(rest)}")
     return {"lessons": cmd_lessons, "run": cmd_run, "check": cmd_check, "grade": cmd_grade, "bench": cmd_bench,
             "pretrain": cmd_pretrain, "data": cmd_data, "golden": cmd_golden, "exercise": cmd_exercise,
             "notebook": cmd_notebook}[args.cmd](args)

@@ -120,6 +120,26 @@ def test_run_all_passes_the_device_to_every_lesson(tmp_path, monkeypatch):
     assert all(cmd[-3:] == ["--fast", "--device", "cuda"] for cmd in started)
 
 
+def test_run_passes_a_lessons_own_flags_on_and_times_only_its_default_and_fast_runs(tmp_path, monkeypatch, capsys):
+    """`minift run 08 --seeds 3 --lengths 1 4` starts the walkthrough with those flags (it judges them),
+    after minift's own; `run all` refuses them, and no other command takes unknown flags."""
+    from minift import cli
+    monkeypatch.setattr(cli, "TIMES_FILE", tmp_path / "lesson_times.json")
+    started = []
+    monkeypatch.setattr(cli.subprocess, "call", lambda cmd, cwd=None, env=None: started.append(cmd) or 0)
+    assert main(["run", "08", "--seeds", "3", "--fast", "--lengths", "1", "4"]) == 0
+    assert started[-1][2:] == ["--fast", "--seeds", "3", "--lengths", "1", "4"]
+    assert main(["run", "08", "--help-lesson"]) == 0
+    assert started[-1][2:] == ["--help"]                                # the walkthrough's own --help
+    assert not (tmp_path / "lesson_times.json").exists()                # not the default run's time
+    n = len(started)
+    assert main(["run", "all", "--seeds", "3"]) == 2 and len(started) == n
+    assert "minift run NN --seeds 3" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as e:
+        main(["lessons", "--seeds", "3"])
+    assert e.value.code == 2 and "unrecognized arguments: --seeds 3" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("capability, preset, want", [
     ("AVX512", None, "avx2"),              # steps down to the READMEs' kernels
     ("AVX512", "default", "default"),      # the learner's choice stands
