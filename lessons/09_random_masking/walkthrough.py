@@ -18,10 +18,13 @@ Prints, top to bottom:
      disable_adapters gives the base model.
   With --sweep, before part 2: every density and head-only at six rates (1e-3 .. 3e-1), LoRA at
   three, picked on val F1 (part 2 then reuses those runs).
+  With --seeds K, at the end: part 2's methods again with seeds 0..K-1 (head and LoRA init, the
+  mask's positions, data order), at their rates, and the spread of val and test F1.
 
     python lessons/09_random_masking/walkthrough.py            # or: minift run 09
     python lessons/09_random_masking/walkthrough.py --fast     # the seconds-long version the tests run
     python lessons/09_random_masking/walkthrough.py --sweep    # re-pick every lr on val (40 runs, about 4 CPU-minutes)
+    python lessons/09_random_masking/walkthrough.py --seeds 5  # + the seed spread (about 2 more minutes)
 
 Everything it uses lives in the library (minift/peft/masking.py, minift/peft/lora.py,
 minift/peft/common.py, minift/peft/io.py, minift/heads.py, minift/train.py; the train-and-measure
@@ -50,6 +53,9 @@ from minift.report import header, table
 parser = course.parser(__doc__)
 parser.add_argument("--sweep", action="store_true", help="pick every method's lr on the val split first "
                                                          "(40 runs, about 4 CPU-minutes)")
+parser.add_argument("--seeds", type=int, default=1, metavar="K",
+                    help="at the end, retrain part 2's methods with seeds 0..K-1 (init, mask and data order) "
+                         "and print the spread of val/test F1 (K=5: about 2 more minutes)")
 args = course.start("09", parser)
 FAST, DEV = args.fast, args.device     # DEV: --device (cpu unless told); the Bench builds its models there too
 
@@ -208,6 +214,12 @@ with torch.no_grad():
 print(f"val logits, merged vs unmerged: max |diff| = {float((y_merged - y)[mask].abs().max()):.2e} (logits up to "
       f"{float(y[mask].abs().max()):.1f}); unmerge restores W0 bit for bit: {exact}; inside disable_adapters the "
       f"body's logits equal the base model's bit for bit: {torch.equal(lm_off, lm_base)}")
+
+# ==============================================================================================
+if args.seeds > 1:
+    seeds = list(range(args.seeds))
+    header(f"7. Seed spread: part 2's methods and rates, seeds {seeds} (head and LoRA init, the mask, data order)")
+    bench.seed_spread(SHOWN, LR, seeds, {r["method"]: r for r in results})
 
 print(f"\ntotal: {course.elapsed():.1f}s wall ({torch.get_num_threads()} thread; wall grows when "
       f"other jobs share the cores)")
