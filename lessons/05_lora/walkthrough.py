@@ -20,10 +20,13 @@ Prints, top to bottom:
      at run time with `load_adapter`; `disable_adapters` gives the base back, bit for bit.
   With --sweep, before part 2: the learning-rate sweep behind the lr column (every method at three
   or four rates, picked on the val split; part 2 then reuses those runs).
+  With --seeds K, at the end: part 2's methods again with seeds 0..K-1 (head and LoRA init, data
+  order), at their rates, and the spread of val and test F1.
 
     python lessons/05_lora/walkthrough.py            # or: minift run 05
     python lessons/05_lora/walkthrough.py --fast     # the seconds-long version the tests run
     python lessons/05_lora/walkthrough.py --sweep    # re-pick every lr on val (about 4 minutes)
+    python lessons/05_lora/walkthrough.py --seeds 5  # + the seed spread (about 5 more minutes)
 
 Everything it uses lives in the library (minift/peft/lora.py, minift/peft/common.py,
 minift/peft/io.py, minift/heads.py, minift/train.py, minift/pretrain.py; the train-and-measure
@@ -56,6 +59,9 @@ from minift.report import header, table
 parser = course.parser(__doc__)
 parser.add_argument("--sweep", action="store_true", help="pick every method's lr on the val split first "
                                                          "(three or four rates each, about 4 minutes)")
+parser.add_argument("--seeds", type=int, default=1, metavar="K",
+                    help="at the end, retrain part 2's methods with seeds 0..K-1 (init and data order) and "
+                         "print the spread of val/test F1 (K=5: about 5 more minutes)")
 args = course.start("05", parser)
 FAST, DEV = args.fast, args.device     # DEV: --device (cpu unless told); the Bench builds its models there too
 
@@ -331,6 +337,12 @@ print(f"\n{' '.join(ner['val'][ex]['tokens'])}")
 for k, p in tagged[:2]:
     print(f"  {k:<16} " + ", ".join(f"{w}/{t}" for w, t in zip(ner["val"][ex]["tokens"], p) if t != "O"))
 tmp.cleanup()
+
+# ==============================================================================================
+if args.seeds > 1:
+    seeds = list(range(args.seeds))
+    header(f"6. Seed spread: part 2's methods and rates, seeds {seeds} (head and LoRA init, data order)")
+    bench.seed_spread(METHODS, LR, seeds, quality)
 
 print(f"\ntotal: {course.elapsed():.1f}s wall ({torch.get_num_threads()} thread; wall grows when "
       f"other jobs share the cores)")
