@@ -343,13 +343,14 @@ class Bench:
         self.done: dict = {}                                    # (method, lr) -> result: reused across parts
 
     def fresh(self, method: str, seed: int = 0, cfg=None) -> TokenClassifier:
-        """A TokenClassifier on a fresh copy of the base with `method` (or `cfg`) applied. The
-        seed is set before the head is built, so every method starts from the same head (and
-        draws its own new tensors, LoRA's A, a prefix, a prompt, after it)."""
+        """A TokenClassifier on a fresh copy of the base with `method` (or `cfg`, as given) applied.
+        The seed is set before the head is built, so every method starts from the same head (and
+        draws its own new tensors, LoRA's A, a prefix, a prompt, after it); a method whose config
+        has a seed of its own gets it moved by `seed` too (`reseeded`)."""
         torch.manual_seed(seed)
         body, _ = load_base(device=self.device)
         clf = TokenClassifier(body, len(world.NER_TAGS)).to(self.device)      # the head too, wherever it was drawn
-        return self.apply(clf, self.methods[method] if cfg is None else cfg)
+        return self.apply(clf, self.reseeded(method, seed) if cfg is None else cfg)
 
     def predict(self, clf, split: str) -> tuple[float, list]:
         """Entity F1 on `split` and the predicted tags."""
@@ -446,9 +447,10 @@ class Bench:
         return picks
 
     def reseeded(self, method: str, seed: int):
-        """The method's config for a run with `seed`: a config that draws from a generator of its
-        own (a mask's positions, a prompt's random or vocabulary init) gets its seed moved by `seed`
-        too, so that seed 0 is the lesson's run and every other seed draws anew. Others: unchanged."""
+        """The method's config for a run with `seed` (what `fresh` applies): a config that draws from
+        a generator of its own (a mask's positions, a prompt's random or vocabulary init) gets its
+        seed moved by `seed` too, so that seed 0 is the lesson's run and every other seed draws
+        anew. Others: unchanged."""
         cfg = self.methods[method]
         if dataclasses.is_dataclass(cfg) and "seed" in {f.name for f in dataclasses.fields(cfg)}:
             return dataclasses.replace(cfg, seed=cfg.seed + seed)
@@ -460,8 +462,7 @@ class Bench:
         Returns method -> its runs, seed by seed."""
         rows, spread = [], {}
         for m in methods:
-            runs = [results[m]] + [self.train_and_measure(m, lr[m], seed=sd, cfg=self.reseeded(m, sd))
-                                   for sd in seeds[1:]]
+            runs = [results[m]] + [self.train_and_measure(m, lr[m], seed=sd) for sd in seeds[1:]]
             spread[m] = runs
             dev, test = [r["f1"][self.dev] for r in runs], [r["f1"]["test"] for r in runs]
             rows.append((m, f"{lr[m]:g}", " ".join(f"{x:.3f}" for x in dev), f"{sum(dev) / len(dev):.3f}",

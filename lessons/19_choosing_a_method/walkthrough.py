@@ -137,6 +137,7 @@ print(f"base model: {N_ALL:,} parameters; before fine-tuning: pretraining perple
 header(f"1. Every method on NER: {STEPS} steps x batch {BATCH}, each with its own lesson's recipe")
 results, spread = {}, {}
 for m in M:
+    # seed s moves the head init, the data order and the method's own draws (a mask, a prompt's init)
     runs = [bench.train_and_measure(m, M[m][2], seed=s) for s in SEEDS]
     r = results[m] = runs[0]
     spread[m] = [x["f1"]["test"] for x in runs]
