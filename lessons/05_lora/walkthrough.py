@@ -26,7 +26,7 @@ Prints, top to bottom:
     python lessons/05_lora/walkthrough.py            # or: minift run 05
     python lessons/05_lora/walkthrough.py --fast     # the seconds-long version the tests run
     python lessons/05_lora/walkthrough.py --sweep    # re-pick every lr on val (about 4 minutes)
-    python lessons/05_lora/walkthrough.py --seeds 5  # + the seed spread (about 5 more minutes)
+    python lessons/05_lora/walkthrough.py --seeds 5  # + the seed spread (3.7x the default run's time)
 
 Everything it uses lives in the library (minift/peft/lora.py, minift/peft/common.py,
 minift/peft/io.py, minift/heads.py, minift/train.py, minift/pretrain.py; the train-and-measure
@@ -61,7 +61,7 @@ parser.add_argument("--sweep", action="store_true", help="pick every method's lr
                                                          "(three or four rates each, about 4 minutes)")
 parser.add_argument("--seeds", type=int, default=1, metavar="K",
                     help="at the end, retrain part 2's methods with seeds 0..K-1 (init and data order) and "
-                         "print the spread of val/test F1 (K=5: about 5 more minutes)")
+                         "print the spread of val/test F1 (K=5: 3.7x the default run's time)")
 args = course.start("05", parser)
 FAST, DEV = args.fast, args.device     # DEV: --device (cpu unless told); the Bench builds its models there too
 

@@ -24,7 +24,7 @@ Prints, top to bottom:
     python lessons/09_random_masking/walkthrough.py            # or: minift run 09
     python lessons/09_random_masking/walkthrough.py --fast     # the seconds-long version the tests run
     python lessons/09_random_masking/walkthrough.py --sweep    # re-pick every lr on val (40 runs, about 4 CPU-minutes)
-    python lessons/09_random_masking/walkthrough.py --seeds 5  # + the seed spread (about 2 more minutes)
+    python lessons/09_random_masking/walkthrough.py --seeds 5  # + the seed spread (3.3x the default run's time)
 
 Everything it uses lives in the library (minift/peft/masking.py, minift/peft/lora.py,
 minift/peft/common.py, minift/peft/io.py, minift/heads.py, minift/train.py; the train-and-measure
@@ -55,7 +55,7 @@ parser.add_argument("--sweep", action="store_true", help="pick every method's lr
                                                          "(40 runs, about 4 CPU-minutes)")
 parser.add_argument("--seeds", type=int, default=1, metavar="K",
                     help="at the end, retrain part 2's methods with seeds 0..K-1 (init, mask and data order) "
-                         "and print the spread of val/test F1 (K=5: about 2 more minutes)")
+                         "and print the spread of val/test F1 (K=5: 3.3x the default run's time)")
 args = course.start("09", parser)
 FAST, DEV = args.fast, args.device     # DEV: --device (cpu unless told); the Bench builds its models there too
 
