@@ -460,14 +460,18 @@ class Bench:
         """--seeds: each method again with seeds 1.. (head init, the method's own draws, data order),
         beside results[method] (seed 0); prints dev and test F1 per seed, their mean and the dev range.
         Returns method -> its runs, seed by seed."""
-        rows, spread = [], {}
+        spread = {}
         for m in methods:
-            runs = [results[m]] + [self.train_and_measure(m, lr[m], seed=sd) for sd in seeds[1:]]
-            spread[m] = runs
-            dev, test = [r["f1"][self.dev] for r in runs], [r["f1"]["test"] for r in runs]
-            rows.append((m, f"{lr[m]:g}", " ".join(f"{x:.3f}" for x in dev), f"{sum(dev) / len(dev):.3f}",
-                         f"{max(dev) - min(dev):.3f}", " ".join(f"{x:.3f}" for x in test),
-                         f"{sum(test) / len(test):.3f}"))
+            spread[m] = [results[m]] + [self.train_and_measure(m, lr[m], seed=sd) for sd in seeds[1:]]
             print(f"  {m}: done", flush=True)
-        table(("method", "lr", f"{self.dev} F1 per seed", "mean", "range", "test F1 per seed", "mean"), rows)
+        seed_table([(m, lr[m], [r["f1"][self.dev] for r in runs], [r["f1"]["test"] for r in runs])
+                    for m, runs in spread.items()], self.dev)
         return spread
+
+
+def seed_table(rows, dev: str = "dev") -> None:
+    """The seed-spread table: rows of (method, lr, dev F1 per seed, test F1 per seed) -> each
+    seed's F1, the mean and the dev range (max - min)."""
+    cells = [(m, f"{lr:g}", " ".join(f"{x:.3f}" for x in d), f"{sum(d) / len(d):.3f}", f"{max(d) - min(d):.3f}",
+              " ".join(f"{x:.3f}" for x in t), f"{sum(t) / len(t):.3f}") for m, lr, d, t in rows]
+    table(("method", "lr", f"{dev} F1 per seed", "mean", "range", "test F1 per seed", "mean"), cells)

@@ -12,10 +12,13 @@ Prints, top to bottom:
      before -> after); then each method's commonest dev errors;
   with --sweep, before part 2: the learning-rate sweep behind those choices, every method at
   every rate of its grid (GRID; part 2 then uses the rates the sweep picked, and reuses its runs).
+  With --seeds K, at the end: part 2's methods again with seeds 0..K-1 (head init, data order), at
+  their rates, and the spread of dev and test F1.
 
     python lessons/04_selective/walkthrough.py           # or: minift run 04
     python lessons/04_selective/walkthrough.py --fast    # the seconds-long version the tests run
     python lessons/04_selective/walkthrough.py --sweep   # re-pick every lr from its GRID (~4.5 min)
+    python lessons/04_selective/walkthrough.py --seeds 5 # + the seed spread
 
 Everything it uses lives in the library (minift/peft/selective.py, minift/heads.py,
 minift/train.py, minift/tasks.py, minift/pretrain.py; the train-and-measure bench of the method
@@ -37,6 +40,9 @@ parser.add_argument("--sweep", action="store_true", help="sweep every method's l
                                                          "1e-2}; {3e-3, 1e-2, 3e-2} for BitFit and LayerNorm; "
                                                          "{3e-3, 1e-2, 3e-2, 1e-1} for head-only) on the dev "
                                                          "split first (about 4.5 minutes of CPU)")
+parser.add_argument("--seeds", type=int, default=1, metavar="K",
+                    help="at the end, retrain part 2's methods with seeds 0..K-1 (head init and data order) "
+                         "and print the spread of dev/test F1")
 args = course.start("04", parser)
 FAST, DEV = args.fast, args.device     # DEV: --device (cpu unless told); the Bench builds its models there too
 
@@ -139,5 +145,11 @@ print(f"\nBitFit trains {by['BitFit']['rep']['trainable'] / full['rep']['trainab
 order = sorted(results, key=lambda r: r["rep"]["trainable"])
 print("ordered by trainable parameters: " + ", ".join(
     f"{r['method']} ({r['rep']['trainable']:,}: ppl {r['after']['pretrain_ppl']:.2f})" for r in order))
+
+# ==============================================================================================
+if args.seeds > 1:
+    seeds = list(range(args.seeds))
+    header(f"3. Seed spread: part 2's methods and rates, seeds {seeds} (head init, data order)")
+    bench.seed_spread(METHODS, LR, seeds, by)
 print(f"\ntotal: {course.elapsed():.1f}s wall ({torch.get_num_threads()} thread; wall grows when "
       f"other jobs share the cores)")
