@@ -14,10 +14,13 @@ Prints, top to bottom:
   4. merging: into float (exact) and back into NF4 (lossy), measured;
   5. the memory of a training step, measured here and predicted from the meta device, and the
      prediction for a LLaMA-65B-shaped model: 16-bit full fine-tuning vs QLoRA.
+  With --seeds K, at the end: part 3's rows (and 3b's with --low-bits) again with seeds 0..K-1
+  (head and LoRA init, data order), and the spread of val and test F1.
 
     python lessons/12_qlora/walkthrough.py          # or: minift run 12
     python lessons/12_qlora/walkthrough.py --fast   # tiny budgets, no 65B estimate (the tests)
     python lessons/12_qlora/walkthrough.py --low-bits   # also part 3b: 2 and 3 bits (four more runs)
+    python lessons/12_qlora/walkthrough.py --seeds 5    # + the seed spread of part 3's four rows
 
 Everything it uses lives in the library (minift/quant/nf4.py, minift/quant/qlora.py,
 minift/memory.py, minift/peft/lora.py, minift/heads.py); this file only calls it and prints.
@@ -48,6 +51,9 @@ from minift.train import TrainConfig, to_device, train
 parser = course.parser(__doc__, "tiny budgets and eval slices, no 65B estimate (seconds)")
 parser.add_argument("--low-bits", action="store_true",
                     help="also part 3b: QLoRA and LoftQ on NF3 and NF2 bases (four more training runs)")
+parser.add_argument("--seeds", type=int, default=1, metavar="K",
+                    help="at the end, retrain part 3's rows (and 3b's) with seeds 0..K-1 (init and data order) "
+                         "and print the spread of val/test F1")
 args = course.start("12", parser, kernel=True)   # the C++ kernel loaded (built once) now: no timed row pays for it
 FAST, DEV = args.fast, args.device     # DEV: --device (cpu unless told), where every model lives
 STEPS, BATCH, LR, R = (2, 8, 1e-2, 4) if FAST else (80, 16, 1e-2, 4)   # lesson 09's LoRA r=4 q,v run (its lr pick)
@@ -115,8 +121,8 @@ METHODS = {
 }
 
 
-def fresh(cfg):
-    torch.manual_seed(0)                                          # the same head and A init everywhere
+def fresh(cfg, seed=0):
+    torch.manual_seed(seed)                                       # the same head and A init in every row
     body, _ = load_base(device=DEV)
     clf = TokenClassifier(body, len(world.NER_TAGS)).to(DEV)    # quantized below, on DEV
     if cfg is None:
@@ -141,9 +147,12 @@ def base_bytes(clf):
     return total
 
 
-def run(name, cfg):
+done = {}                                                         # name -> (cfg, its seed-0 run)
+
+
+def run(name, cfg, seed=0):
     """Train one row of the table (the same steps, head init and data for every row)."""
-    clf = fresh(cfg)
+    clf = fresh(cfg, seed)
     init_err = None
     layers = [m for m in clf.modules() if isinstance(m, QLoRALinear)]
     if layers:
@@ -152,12 +161,15 @@ def run(name, cfg):
         with torch.no_grad():
             init_err = sum(float(torch.linalg.matrix_norm(W0[id(m)] - m.dequantized_weight() - m.delta_weight()))
                            for m in layers)
-    tc = TrainConfig(steps=STEPS, batch_size=BATCH, lr=LR, seed=0, progress=False, desc=name)
+    tc = TrainConfig(steps=STEPS, batch_size=BATCH, lr=LR, seed=seed, progress=False, desc=name)
     hist = train(clf, train_items, tc, loss_fn=classifier_loss, collate_fn=col)
     r = dict(model=clf, val=f1(clf, "val"), test=f1(clf, "test"), time=hist[-1]["time"],
              trainable=sum(p.numel() for p in clf.parameters() if p.requires_grad),
              bytes=base_bytes(clf), init_err=init_err)
-    print(f"{name:<30} val F1 {r['val']:.3f}, test F1 {r['test']:.3f}, {r['time']:.1f}s", flush=True)
+    print(f"{name:<30} val F1 {r['val']:.3f}, test F1 {r['test']:.3f}, {r['time']:.1f}s"
+          + (f" (seed {seed})" if seed else ""), flush=True)
+    if seed == 0:
+        done[name] = (cfg, r)
     return r
 
 
@@ -262,4 +274,18 @@ if not FAST:
           f"trainable of {g3['parameters'] - g3['trainable']:,}; an fp16 checkpoint of them is "
           f"{2 * g3['trainable'] / 2 ** 20:.1f} MiB against {2 * (g3['parameters'] - g3['trainable']) / 1e9:.0f} GB for the "
           f"model (the LoRA paper: 'from 350GB to 35MB').")
+
+# ==============================================================================================
+if args.seeds > 1:
+    seeds = list(range(args.seeds))
+    header(f"6. Seed spread: part 3's rows{' and 3b' if args.low_bits else ''}, seeds {seeds} (head and LoRA init, "
+           f"data order; LoftQ's A and B are a fit, the same at every seed)")
+    spread = []
+    for name, (cfg, r0) in done.items():
+        runs = [r0] + [run(name, cfg, sd) for sd in seeds[1:]]
+        for r in runs[1:]:
+            del r["model"]
+        spread.append((name, LR, [r["val"] for r in runs], [r["test"] for r in runs]))
+    course.seed_table(spread, "val")
+
 print(f"\ndone in {course.elapsed():.1f}s")
