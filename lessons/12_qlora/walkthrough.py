@@ -20,7 +20,7 @@ Prints, top to bottom:
     python lessons/12_qlora/walkthrough.py          # or: minift run 12
     python lessons/12_qlora/walkthrough.py --fast   # tiny budgets, no 65B estimate (the tests)
     python lessons/12_qlora/walkthrough.py --low-bits   # also part 3b: 2 and 3 bits (four more runs)
-    python lessons/12_qlora/walkthrough.py --seeds 5    # + the seed spread of part 3's four rows
+    python lessons/12_qlora/walkthrough.py --seeds 5    # + the seed spread of part 3's rows (and 3b's)
 
 Everything it uses lives in the library (minift/quant/nf4.py, minift/quant/qlora.py,
 minift/memory.py, minift/peft/lora.py, minift/heads.py); this file only calls it and prints.
