@@ -291,8 +291,8 @@ def main(argv=None) -> int:
     r = sub.add_parser("run", help="run a lesson walkthrough: NN or all (on torch's AVX2 CPU kernels where the CPU "
                        "also has AVX-512, as the READMEs were measured: ATEN_CPU_CAPABILITY=avx2 unless you set it); "
                        "a lesson's own flags (`minift run 05 --seeds 5`) are passed on to its walkthrough",
-                       epilog="Any other flag is the lesson's own: `minift run NN --help-lesson` lists them "
-                       "(its walkthrough's --help).")
+                       epilog="Any other flag is the lesson's own, after the lesson: `minift run NN --help-lesson` "
+                       "lists them (its walkthrough's --help).", allow_abbrev=False)   # --dev is no --device
     r.add_argument("lesson")
     r.add_argument("--fast", action="store_true", help="the quick version used by the tests")
     r.add_argument("--figures", action="store_true", help="also draw the lesson's figures (needs the plots extra: "
@@ -355,6 +355,10 @@ def main(argv=None) -> int:
         return cmd_verify(None, argv[1:])
     args, rest = p.parse_known_args(argv)
     if args.cmd == "run":
+        before = argv[1:argv.index(args.lesson, 1)]
+        if any(x in rest for x in before):            # `run --seeds 3 05` would take 3 for the lesson
+            return _usage_error(f"minift run: the lesson comes before its own flags, as in `minift run 05 --seeds "
+                                f"5` (got: minift run {' '.join(argv[1:])})")
         args.lesson_flags = ["--help" if x == "--help-lesson" else x for x in rest]   # the walkthrough's to judge
     elif rest:
         p.error(f"unrecognized arguments: {' '.join(rest)}")

@@ -135,6 +135,10 @@ def test_run_passes_a_lessons_own_flags_on_and_times_only_its_default_and_fast_r
     n = len(started)
     assert main(["run", "all", "--seeds", "3"]) == 2 and len(started) == n
     assert "minift run NN --seeds 3" in capsys.readouterr().err
+    assert main(["run", "--seeds", "3", "05"]) == 2 and len(started) == n     # not lesson 03 with --seeds 05
+    assert "the lesson comes before its own flags" in capsys.readouterr().err
+    assert main(["run", "--fast", "05", "--dev", "x"]) == 0                      # --dev is the lesson's: no abbreviations
+    assert started[-1][2:] == ["--fast", "--dev", "x"]
     with pytest.raises(SystemExit) as e:
         main(["lessons", "--seeds", "3"])
     assert e.value.code == 2 and "unrecognized arguments: --seeds 3" in capsys.readouterr().err

@@ -29,9 +29,10 @@ def test_lessons_exist_in_order_with_their_three_files():
 
 
 # The sections a lesson runs only behind a flag of its own: each is smoke-tested too, as `--fast FLAG`.
-# (A flag with a value is written --flag=value.) 12's seed section trains outside the Bench, whose own
-# seed_spread is tested in test_course.py.
-FLAG_SECTIONS = {"03": ["--chat", "--plain"], "07": ["--generation"], "12": ["--low-bits", "--seeds=2"], "14": ["--lora"],
+# (A flag with a value is written --flag=value.) The seed sections added with Bench.fresh's reseeding
+# (04, 05, 09, 12) run as --seeds=2; Bench.seed_spread itself is tested in test_course.py.
+FLAG_SECTIONS = {"03": ["--chat", "--plain"], "04": ["--seeds=2"], "05": ["--seeds=2"], "07": ["--generation"],
+                 "09": ["--seeds=2"], "12": ["--low-bits", "--seeds=2"], "14": ["--lora"],
                  "15": ["--sentiment", "--long"], "20": ["--pretrain-axis"]}
 RUNS = [(les, ()) for les in LESSONS] + [(les, (flag,)) for les in LESSONS for flag in FLAG_SECTIONS.get(les["nn"], [])]
 

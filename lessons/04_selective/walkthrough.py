@@ -18,7 +18,7 @@ Prints, top to bottom:
     python lessons/04_selective/walkthrough.py           # or: minift run 04
     python lessons/04_selective/walkthrough.py --fast    # the seconds-long version the tests run
     python lessons/04_selective/walkthrough.py --sweep   # re-pick every lr from its GRID (~4.5 min)
-    python lessons/04_selective/walkthrough.py --seeds 5 # + the seed spread (4.5x the default run's time)
+    python lessons/04_selective/walkthrough.py --seeds 5 # + the seed spread (4.6x the default run's time)
 
 Everything it uses lives in the library (minift/peft/selective.py, minift/heads.py,
 minift/train.py, minift/tasks.py, minift/pretrain.py; the train-and-measure bench of the method
@@ -42,7 +42,7 @@ parser.add_argument("--sweep", action="store_true", help="sweep every method's l
                                                          "split first (about 4.5 minutes of CPU)")
 parser.add_argument("--seeds", type=int, default=1, metavar="K",
                     help="at the end, retrain part 2's methods with seeds 0..K-1 (head init and data order) "
-                         "and print the spread of dev/test F1 (K=5: 4.5x the default run's time)")
+                         "and print the spread of dev/test F1 (K=5: 4.6x the default run's time)")
 args = course.start("04", parser)
 FAST, DEV = args.fast, args.device     # DEV: --device (cpu unless told); the Bench builds its models there too
 
