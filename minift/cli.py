@@ -114,7 +114,7 @@ def walkthrough_argv(les: dict, args) -> list[str]:
     (its own flags, e.g. --seeds 3, after minift's)."""
     return [sys.executable, str(les["dir"] / "walkthrough.py")] + (["--fast"] if args.fast else []) \
         + (["--figures"] if args.figures else []) + (["--device", args.device] if args.device else []) \
-        + list(getattr(args, "lesson_flags", []))
+        + args.lesson_flags
 
 
 def walkthrough_env(environ: dict, capability: str) -> dict:
