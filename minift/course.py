@@ -64,7 +64,7 @@ from .peft.common import count_adapter_parameters
 from .peft.io import apply_config
 from .peft.selective import trainable_report
 from .pretrain import BASE_DIR, forgetting_probe, load_base
-from .report import KERNELS_ENV, REFERENCE_KERNELS, kernels_to_reproduce, table
+from .report import KERNELS_ENV, REFERENCE_KERNELS, header, kernels_to_reproduce, table
 from .tasks import collate_fn, entity_f1
 from .train import TrainConfig, model_device, to_device, train
 
@@ -117,6 +117,48 @@ def device_name(text: str) -> str:
     if t == "cpu" or t == "cuda" or re.fullmatch(r"cuda:\d+", t):
         return t
     raise argparse.ArgumentTypeError(f"{text!r} is not cpu, cuda or cuda:N")
+
+
+def add_seeds(p: argparse.ArgumentParser, what: str, draws: str, dev: str, cost: str = "") -> None:
+    """--seeds K: at the end of the run, retrain `what` with seeds 0..K-1 (`draws`: what a seed
+    redraws) and print the spread of `dev`/test F1; `cost` says what K seeds cost. K is checked by
+    `seed_count`; the section itself opens with `seeds_section`."""
+    p.add_argument("--seeds", type=seed_count, default=1, metavar="K",
+                   help=f"at the end, retrain {what} with seeds 0..K-1 ({draws}) and print the spread of "
+                        f"{dev}/test F1{f' ({cost})' if cost else ''}; 1, the default, trains seed 0 alone")
+
+
+def seed_count(text: str) -> int:
+    """--seeds' check (argparse `type`): a whole number of seeds, 1 or more."""
+    try:
+        k = int(text)
+    except ValueError:
+        k = 0
+    if k < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seeds: 1 or more (seeds 0..K-1)")
+    return k
+
+
+def seed_list(text: str) -> tuple[int, ...]:
+    """A comma-separated list of seeds (argparse `type`): distinct whole numbers, 0 or more."""
+    try:
+        seeds = tuple(int(t) for t in text.split(","))
+    except ValueError:
+        seeds = ()
+    if not seeds or min(seeds) < 0 or len(set(seeds)) < len(seeds):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a list of seeds: distinct whole numbers 0 or more, "
+                                         f"comma-separated (e.g. 0,1,2)")
+    return seeds
+
+
+def seeds_section(k: int, title: str, draws: str = "") -> list[int]:
+    """The seeds 0..k-1 of a --seeds section, after its header: "`title`, seeds [0, .., k-1]
+    (`draws`)". [] and no header when k is 1: seed 0 is the lesson's own run."""
+    if k < 2:
+        return []
+    seeds = list(range(k))
+    header(f"{title}, seeds {seeds}" + (f" ({draws})" if draws else ""))
+    return seeds
 
 
 def resolve_device(text: str) -> torch.device:

@@ -1,5 +1,6 @@
 """minift.course: the walkthroughs' shared preamble (arguments, base-model check, one thread, the
 clock) and the fine-tune-and-measure bench of the method lessons."""
+import argparse
 import re
 from pathlib import Path
 
@@ -271,6 +272,41 @@ def test_the_course_module_stays_on_the_lessons_side_of_the_imports():
         if f.name != "course.py":
             assert not re.search(r"^\s*(from \.+course import|from minift\.course|from minift import .*\bcourse\b|"
                                  r"import minift\.course)", f.read_text(), re.M), f"{f} imports minift.course"
+
+
+# ---- --seeds ------------------------------------------------------------------------------------
+
+def test_the_seeds_flag_takes_a_count_of_one_or_more_and_says_what_it_costs(capsys):
+    p = course.parser(DOC)
+    course.add_seeds(p, "part 2's methods", "head init, data order", "dev", "K=5: 4x the default run's time")
+    assert p.parse_args([]).seeds == 1 and p.parse_args(["--seeds", "5"]).seeds == 5
+    text = " ".join(p.format_help().split())
+    assert "retrain part 2's methods with seeds 0..K-1 (head init, data order)" in text
+    assert "dev/test F1 (K=5: 4x the default run's time)" in text
+    for bad in ["0", "-2", "x", "2.5", ""]:
+        with pytest.raises(SystemExit) as e:
+            p.parse_args(["--seeds", bad])
+        assert e.value.code == 2 and "argument --seeds: " in capsys.readouterr().err, bad
+
+
+@pytest.mark.parametrize("given, want", [("0,1,2", (0, 1, 2)), ("3", (3,)), ("4,0", (4, 0))])
+def test_a_seed_list_keeps_its_order(given, want):
+    assert course.seed_list(given) == want
+
+
+@pytest.mark.parametrize("bad", ["", "0,", "0,x", "-1", "1,1", "0;1"])
+def test_a_seed_list_refuses_what_is_not_distinct_seeds(bad):
+    with pytest.raises(argparse.ArgumentTypeError, match="not a list of seeds"):
+        course.seed_list(bad)
+
+
+def test_a_seeds_section_opens_only_for_two_seeds_or_more(capsys):
+    assert course.seeds_section(1, "3. Seed spread: x", "head init") == []
+    assert capsys.readouterr().out == ""                                      # seed 0 alone: no section
+    assert course.seeds_section(3, "3. Seed spread: x", "head init") == [0, 1, 2]
+    assert "3. Seed spread: x, seeds [0, 1, 2] (head init)" in capsys.readouterr().out
+    course.seeds_section(2, "4. Seed spread: y")
+    assert "4. Seed spread: y, seeds [0, 1]\n" in capsys.readouterr().out
 
 
 # ---- --device -----------------------------------------------------------------------------------

@@ -40,9 +40,7 @@ parser.add_argument("--sweep", action="store_true", help="sweep every method's l
                                                          "1e-2}; {3e-3, 1e-2, 3e-2} for BitFit and LayerNorm; "
                                                          "{3e-3, 1e-2, 3e-2, 1e-1} for head-only) on the dev "
                                                          "split first (about 4.5 minutes of CPU)")
-parser.add_argument("--seeds", type=int, default=1, metavar="K",
-                    help="at the end, retrain part 2's methods with seeds 0..K-1 (head init and data order) "
-                         "and print the spread of dev/test F1 (K=5: 4.6x the default run's time)")
+course.add_seeds(parser, "part 2's methods", "head init, data order", "dev", "K=5: 4.6x the default run's time")
 args = course.start("04", parser)
 FAST, DEV = args.fast, args.device     # DEV: --device (cpu unless told); the Bench builds its models there too
 
@@ -147,9 +145,7 @@ print("ordered by trainable parameters: " + ", ".join(
     f"{r['method']} ({r['rep']['trainable']:,}: ppl {r['after']['pretrain_ppl']:.2f})" for r in order))
 
 # ==============================================================================================
-if args.seeds > 1:
-    seeds = list(range(args.seeds))
-    header(f"3. Seed spread: part 2's methods and rates, seeds {seeds} (head init, data order)")
+if seeds := course.seeds_section(args.seeds, "3. Seed spread: part 2's methods and rates", "head init, data order"):
     bench.seed_spread(METHODS, LR, seeds, by)
 print(f"\ntotal: {course.elapsed():.1f}s wall ({torch.get_num_threads()} thread; wall grows when "
       f"other jobs share the cores)")

@@ -59,9 +59,8 @@ from minift.report import header, table
 parser = course.parser(__doc__)
 parser.add_argument("--sweep", action="store_true", help="pick every method's lr on the val split first "
                                                          "(three or four rates each, about 4 minutes)")
-parser.add_argument("--seeds", type=int, default=1, metavar="K",
-                    help="at the end, retrain part 2's methods with seeds 0..K-1 (init and data order) and "
-                         "print the spread of val/test F1 (K=5: 3.7x the default run's time)")
+course.add_seeds(parser, "part 2's methods", "head and LoRA init, data order", "val",
+                 "K=5: 3.7x the default run's time")
 args = course.start("05", parser)
 FAST, DEV = args.fast, args.device     # DEV: --device (cpu unless told); the Bench builds its models there too
 
@@ -339,9 +338,8 @@ for k, p in tagged[:2]:
 tmp.cleanup()
 
 # ==============================================================================================
-if args.seeds > 1:
-    seeds = list(range(args.seeds))
-    header(f"6. Seed spread: part 2's methods and rates, seeds {seeds} (head and LoRA init, data order)")
+if seeds := course.seeds_section(args.seeds, "6. Seed spread: part 2's methods and rates",
+                                  "head and LoRA init, data order"):
     bench.seed_spread(METHODS, LR, seeds, quality)
 
 print(f"\ntotal: {course.elapsed():.1f}s wall ({torch.get_num_threads()} thread; wall grows when "

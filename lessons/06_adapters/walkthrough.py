@@ -52,9 +52,8 @@ parser = course.parser(__doc__)
 parser.add_argument("--sweep", action="store_true", help="sweep every method's lr over {1e-3, 3e-3, 1e-2, 3e-2} "
                                                          "(head-only: {1e-2, 3e-2, 1e-1, 3e-1}) on the dev "
                                                          "split first (about 4 minutes)")
-parser.add_argument("--seeds", type=int, default=1, metavar="K",
-                    help="at the end, retrain part 2's methods with seeds 0..K-1 (init and data order) and "
-                         "print the spread of dev/test F1 (K=3: about 2 more minutes)")
+course.add_seeds(parser, "part 2's methods", "head and adapter init, data order", "dev",
+                 "K=3: about 2 more minutes")
 args = course.start("06", parser)
 FAST, DEV = args.fast, args.device     # DEV: --device (cpu unless told); the Bench builds its models there too
 CLOCK = course.clock_name()                # timed lines: "CPU" seconds; on a GPU "GPU wall" (synchronized)
@@ -321,8 +320,7 @@ print(f"\nreference: head-only dev F1 {results['head-only']['f1']['dev']:.3f}, f
       f"{full['f1']['dev']:.3f}. Total time {course.elapsed():.0f}s.")
 
 # ==============================================================================================
-if args.seeds > 1:
-    seeds = list(range(args.seeds))
-    header(f"4. Seed spread: part 2's methods and rates, seeds {seeds} (head and adapter init, data order)")
+if seeds := course.seeds_section(args.seeds, "4. Seed spread: part 2's methods and rates",
+                                  "head and adapter init, data order"):
     bench.seed_spread(METHODS, LR, seeds, results)
     print(f"Total time {course.elapsed():.0f}s.")

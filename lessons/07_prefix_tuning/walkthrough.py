@@ -55,9 +55,8 @@ parser = course.parser(__doc__)
 parser.add_argument("--sweep", action="store_true", help="sweep the prefix rows' lr over {3e-3, 1e-2, 3e-2, 1e-1} "
                                                          "(the no-MLP rows: + 3e-1) on the dev split first "
                                                          "(about 4 minutes)")
-parser.add_argument("--seeds", type=int, default=1, metavar="K",
-                    help="at the end, retrain part 2's methods with seeds 0..K-1 (head and prefix init, data "
-                         "order) and print the spread of dev/test F1 (K=3: about 3 more minutes)")
+course.add_seeds(parser, "part 2's methods", "head and prefix init, data order", "dev",
+                 "K=3: about 3 more minutes")
 parser.add_argument("--generation", action="store_true",
                     help="part 5 alone: prefix tuning, LoRA and full fine-tuning on table-to-text and summarization, "
                          "scored by ROUGE-L and exact match of greedy generations (about 4 minutes)")
@@ -328,9 +327,8 @@ print(f"scores = q_t . k_s / sqrt(D) over the real (query, key) pairs with s <= 
       f"norm per head (prefix P={P}: at init, and trained). max cos: each trained prefix key's best cosine match among "
       f"the real keys, averaged; near 1 would mean the prefix imitates tokens the body already knows.")
 
-if args.seeds > 1:
-    seeds = list(range(args.seeds))
-    header(f"4. Seed spread: part 2's methods and rates, seeds {seeds} (head and prefix init, data order)")
+if seeds := course.seeds_section(args.seeds, "4. Seed spread: part 2's methods and rates",
+                                  "head and prefix init, data order"):
     bench.seed_spread(METHODS, LR, seeds, results)
 
 print(f"\nlesson 07 ran in {course.elapsed():.0f}s")

@@ -44,7 +44,8 @@ from minift.report import header, table
 
 parser = course.parser(__doc__)
 parser.add_argument("--sweep", action="store_true", help="pick the n = 16 prompts' lr from {1e-2, 3e-2, 1e-1, 3e-1} (vocab: + 1) on dev first")
-parser.add_argument("--seeds", type=int, default=1, metavar="K", help="retrain part 2's n = 16 rows with seeds 0..K-1")
+course.add_seeds(parser, "head-only, LoRA and part 2's n = 16 prompts", "head init, the prompt's start, data order",
+                 "dev")
 parser.add_argument("--lengths", type=int, nargs="+", default=[1, 4], metavar="N",
                     help="the extra prompt lengths of part 2 (vocabulary init); default 1 4 (64 costs ~20 s more)")
 args = course.start("08", parser)
@@ -218,8 +219,6 @@ for m in (f"prompt n={N} text", f"prompt n={N} vocab"):
 print(f"\nTotal time {course.elapsed():.0f}s.")
 
 # ==============================================================================================
-if args.seeds > 1:
-    seeds = list(range(args.seeds))
-    header(f"4. Seed spread: head-only, LoRA and the n = {N} prompts, seeds {seeds}")
+if seeds := course.seeds_section(args.seeds, f"4. Seed spread: head-only, LoRA and the n = {N} prompts"):
     bench.seed_spread(["head-only", "LoRA r=4 q,v"] + PROMPTS[:3], LR, seeds, results)
     print(f"Total time {course.elapsed():.0f}s.")

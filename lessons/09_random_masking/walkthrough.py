@@ -53,9 +53,8 @@ from minift.report import header, table
 parser = course.parser(__doc__)
 parser.add_argument("--sweep", action="store_true", help="pick every method's lr on the val split first "
                                                          "(40 runs, about 4 CPU-minutes)")
-parser.add_argument("--seeds", type=int, default=1, metavar="K",
-                    help="at the end, retrain part 2's methods with seeds 0..K-1 (init, mask and data order) "
-                         "and print the spread of val/test F1 (K=5: 3.3x the default run's time)")
+course.add_seeds(parser, "part 2's methods", "head and LoRA init, the mask, data order", "val",
+                 "K=5: 3.3x the default run's time")
 args = course.start("09", parser)
 FAST, DEV = args.fast, args.device     # DEV: --device (cpu unless told); the Bench builds its models there too
 
@@ -216,9 +215,8 @@ print(f"val logits, merged vs unmerged: max |diff| = {float((y_merged - y)[mask]
       f"body's logits equal the base model's bit for bit: {torch.equal(lm_off, lm_base)}")
 
 # ==============================================================================================
-if args.seeds > 1:
-    seeds = list(range(args.seeds))
-    header(f"7. Seed spread: part 2's methods and rates, seeds {seeds} (head and LoRA init, the mask, data order)")
+if seeds := course.seeds_section(args.seeds, "7. Seed spread: part 2's methods and rates",
+                                  "head and LoRA init, the mask, data order"):
     bench.seed_spread(SHOWN, LR, seeds, {r["method"]: r for r in results})
 
 print(f"\ntotal: {course.elapsed():.1f}s wall ({torch.get_num_threads()} thread; wall grows when "

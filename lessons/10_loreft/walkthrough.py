@@ -47,9 +47,7 @@ from minift.report import header, table
 parser = course.parser(__doc__)
 parser.add_argument("--sweep", action="store_true", help="sweep LoRA's and LoReFT's lr over {1e-3, 3e-3, 1e-2, "
                                                          "3e-2} on the dev split first")
-parser.add_argument("--seeds", type=int, default=1, metavar="K",
-                    help="at the end, retrain LoRA q,v r=2 and LoReFT r=4 with seeds 0..K-1 (init and data order) "
-                         "and print the spread of dev/test F1")
+course.add_seeds(parser, "LoRA q,v r=2 and LoReFT r=4", "head and adapter init, data order", "dev")
 args = course.start("10", parser)
 FAST, DEV = args.fast, args.device     # DEV: --device (cpu unless told); the Bench builds its models there too
 CLOCK = course.clock_name()                # timed lines: "CPU" seconds; on a GPU "GPU wall" (synchronized)
@@ -261,8 +259,7 @@ print(f"\ngeneration (KV cache): positions edited per call = {edits} (the prompt
 print(f"\nTotal time {course.elapsed():.0f}s.")
 
 # ==============================================================================================
-if args.seeds > 1:
-    seeds = list(range(args.seeds))
-    header(f"5. Seed spread: the matched pair at part 2's rates, seeds {seeds} (head and adapter init, data order)")
+if seeds := course.seeds_section(args.seeds, "5. Seed spread: the matched pair at part 2's rates",
+                                  "head and adapter init, data order"):
     bench.seed_spread(SWEPT, LR, seeds, results)
     print(f"Total time {course.elapsed():.0f}s.")

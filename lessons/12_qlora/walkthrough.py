@@ -51,9 +51,8 @@ from minift.train import TrainConfig, to_device, train
 parser = course.parser(__doc__, "tiny budgets and eval slices, no 65B estimate (seconds)")
 parser.add_argument("--low-bits", action="store_true",
                     help="also part 3b: QLoRA and LoftQ on NF3 and NF2 bases (four more training runs)")
-parser.add_argument("--seeds", type=int, default=1, metavar="K",
-                    help="at the end, retrain part 3's rows (and 3b's) with seeds 0..K-1 (init and data order) "
-                         "and print the spread of val/test F1")
+course.add_seeds(parser, "part 3's rows (and 3b's)", "head and LoRA init, data order", "val",
+                 "K=5: 4.0x the --low-bits run's time")
 args = course.start("12", parser, kernel=True)   # the C++ kernel loaded (built once) now: no timed row pays for it
 FAST, DEV = args.fast, args.device     # DEV: --device (cpu unless told), where every model lives
 STEPS, BATCH, LR, R = (2, 8, 1e-2, 4) if FAST else (80, 16, 1e-2, 4)   # lesson 09's LoRA r=4 q,v run (its lr pick)
@@ -276,10 +275,8 @@ if not FAST:
           f"model (the LoRA paper: 'from 350GB to 35MB').")
 
 # ==============================================================================================
-if args.seeds > 1:
-    seeds = list(range(args.seeds))
-    header(f"6. Seed spread: part 3's rows{' and 3b' if args.low_bits else ''}, seeds {seeds} (head and LoRA init, "
-           f"data order; LoftQ's A and B are a fit, the same at every seed)")
+if seeds := course.seeds_section(args.seeds, f"6. Seed spread: part 3's rows{' and 3b' if args.low_bits else ''}",
+                                  "head and LoRA init, data order; LoftQ's A and B are a fit, the same at every seed"):
     spread = []
     for name, (cfg, r0) in done.items():
         runs = [r0] + [run(name, cfg, sd) for sd in seeds[1:]]

@@ -47,7 +47,7 @@ parser.add_argument("--report", action="store_true", help="print from the cache 
 parser.add_argument("--full", action="store_true", help="run every cell missing from the cache")
 parser.add_argument("--probe", action="store_true", help="first, the learning-rate probe behind METHODS' rates "
                     "(3 rates x 3 methods x 2 cells: 18 cells of the sweep's recipe)")
-parser.add_argument("--seeds", default="0,1,2", help="comma-separated seeds of the sweep (default 0,1,2: the shipped cache)")
+parser.add_argument("--seeds", type=course.seed_list, default="0,1,2", help="comma-separated seeds of the sweep (default 0,1,2: the shipped cache)")
 parser.add_argument("--cache", default=str(DATA_DIR / "scaling" / "sweep.json"), help="the cache file")
 parser.add_argument("--pretrain-axis", action="store_true", help="part 7: run its cells missing from the cache (the "
                     "tiny shape pretrained 375 and 750 steps x 3 methods x 4 D_f, seed 0), then one of them again "
@@ -72,7 +72,7 @@ def load(size):
 SIZE_NAMES = ("tiny", "small") if FAST else tuple(SIZES)
 METHOD_NAMES = ("lora",) if FAST else tuple(METHODS)
 DATA_SIZES = (48, 150) if FAST else (48, 150, 480, 1500)
-SEEDS = (0,) if FAST else tuple(int(s) for s in args.seeds.split(","))
+SEEDS = (0,) if FAST else args.seeds
 LIVE = [("tiny", m, DATA_SIZES[0], SEEDS[0])                   # cheap cells, run again: full and LoRA (--fast: LoRA)
         for m in (METHOD_NAMES if FAST else ("full", "lora"))]
 FAST_RUN = dict(steps=3, n_val=8, n_test=16)            # --fast: seconds, not a measurement
