@@ -511,9 +511,11 @@ class Bench:
         return spread
 
 
-def seed_table(rows, dev: str = "dev") -> None:
-    """The seed-spread table: rows of (method, lr, dev F1 per seed, test F1 per seed) -> each
-    seed's F1, the mean and the dev range (max - min)."""
-    cells = [(m, f"{lr:g}", " ".join(f"{x:.3f}" for x in d), f"{sum(d) / len(d):.3f}", f"{max(d) - min(d):.3f}",
-              " ".join(f"{x:.3f}" for x in t), f"{sum(t) / len(t):.3f}") for m, lr, d, t in rows]
-    table(("method", "lr", f"{dev} F1 per seed", "mean", "range", "test F1 per seed", "mean"), cells)
+def seed_table(rows, dev: str = "dev", metric: str = "F1") -> None:
+    """The seed-spread table: rows of (method, lr, `dev` score per seed, test score per seed) ->
+    each seed's score, the mean and the `dev` range (max - min). `metric` names the score (F1,
+    accuracy, ...); an lr that is not a number (a string: "-", "1e-3/3e-4") is printed as given."""
+    cells = [(m, lr if isinstance(lr, str) else f"{lr:g}", " ".join(f"{x:.3f}" for x in d), f"{sum(d) / len(d):.3f}",
+              f"{max(d) - min(d):.3f}", " ".join(f"{x:.3f}" for x in t), f"{sum(t) / len(t):.3f}")
+             for m, lr, d, t in rows]
+    table(("method", "lr", f"{dev} {metric} per seed", "mean", "range", f"test {metric} per seed", "mean"), cells)

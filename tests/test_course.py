@@ -289,6 +289,17 @@ def test_the_seeds_flag_takes_a_count_of_one_or_more_and_says_what_it_costs(caps
         assert e.value.code == 2 and "argument --seeds: " in capsys.readouterr().err, bad
 
 
+def test_the_seed_table_prints_each_seed_the_mean_and_the_dev_range(capsys):
+    course.seed_table([("a", 0.003, [0.5, 0.75, 1.0], [0.25, 0.5, 0.0]), ("b", "-", [0.125], [1.0])],
+                      "val", "accuracy")
+    lines = capsys.readouterr().out.splitlines()
+    assert "val accuracy per seed" in lines[0] and "test accuracy per seed" in lines[0]
+    row_a = next(x for x in lines if x.startswith("a ")).split()
+    assert row_a == ["a", "0.003", "0.500", "0.750", "1.000", "0.750", "0.500", "0.250", "0.500", "0.000", "0.250"]
+    assert next(x for x in lines if x.startswith("b ")).split() == ["b", "-", "0.125", "0.125", "0.000", "1.000",
+                                                                     "1.000"]
+
+
 @pytest.mark.parametrize("given, want", [("0,1,2", (0, 1, 2)), ("3", (3,)), ("4,0", (4, 0))])
 def test_a_seed_list_keeps_its_order(given, want):
     assert course.seed_list(given) == want
