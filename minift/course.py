@@ -119,13 +119,13 @@ def device_name(text: str) -> str:
     raise argparse.ArgumentTypeError(f"{text!r} is not cpu, cuda or cuda:N")
 
 
-def add_seeds(p: argparse.ArgumentParser, what: str, draws: str, dev: str, cost: str = "") -> None:
+def add_seeds(p: argparse.ArgumentParser, what: str, draws: str, scores: str, cost: str = "") -> None:
     """--seeds K: at the end of the run, retrain `what` with seeds 0..K-1 (`draws`: what a seed
-    redraws) and print the spread of `dev`/test F1; `cost` says what K seeds cost. K is checked by
-    `seed_count`; the section itself opens with `seeds_section`."""
+    redraws) and print the spread of `scores` ("val/test F1"); `cost` says what K seeds cost. K is
+    checked by `seed_count`; the section itself opens with `seeds_section`."""
     p.add_argument("--seeds", type=seed_count, default=1, metavar="K",
                    help=f"at the end, retrain {what} with seeds 0..K-1 ({draws}) and print the spread of "
-                        f"{dev}/test F1{f' ({cost})' if cost else ''}; 1, the default, trains seed 0 alone")
+                        f"{scores}{f' ({cost})' if cost else ''}; 1, the default, trains seed 0 alone")
 
 
 def seed_count(text: str) -> int:

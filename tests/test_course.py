@@ -278,7 +278,7 @@ def test_the_course_module_stays_on_the_lessons_side_of_the_imports():
 
 def test_the_seeds_flag_takes_a_count_of_one_or_more_and_says_what_it_costs(capsys):
     p = course.parser(DOC)
-    course.add_seeds(p, "part 2's methods", "head init, data order", "dev", "K=5: 4x the default run's time")
+    course.add_seeds(p, "part 2's methods", "head init, data order", "dev/test F1", "K=5: 4x the default run's time")
     assert p.parse_args([]).seeds == 1 and p.parse_args(["--seeds", "5"]).seeds == 5
     text = " ".join(p.format_help().split())
     assert "retrain part 2's methods with seeds 0..K-1 (head init, data order)" in text

@@ -34,7 +34,8 @@ def test_lessons_exist_in_order_with_their_three_files():
 FLAG_SECTIONS = {"03": ["--chat", "--plain"], "04": ["--seeds=2"], "05": ["--seeds=2"], "06": ["--seeds=2"],
                  "07": ["--generation", "--seeds=2"], "08": ["--seeds=2"], "10": ["--seeds=2"],
                  "09": ["--seeds=2"], "12": ["--low-bits", "--seeds=2"], "14": ["--lora"],
-                 "15": ["--sentiment", "--long"], "20": ["--pretrain-axis"]}
+                 "15": ["--sentiment", "--long", "--seeds=2"], "16": ["--seeds=2"], "17": ["--seeds=2"],
+                 "18": ["--seeds=2"], "20": ["--pretrain-axis"]}
 RUNS = [(les, ()) for les in LESSONS] + [(les, (flag,)) for les in LESSONS for flag in FLAG_SECTIONS.get(les["nn"], [])]
 
 

@@ -40,7 +40,7 @@ parser.add_argument("--sweep", action="store_true", help="sweep every method's l
                                                          "1e-2}; {3e-3, 1e-2, 3e-2} for BitFit and LayerNorm; "
                                                          "{3e-3, 1e-2, 3e-2, 1e-1} for head-only) on the dev "
                                                          "split first (about 4.5 minutes of CPU)")
-course.add_seeds(parser, "part 2's methods", "head init, data order", "dev", "K=5: 4.6x the default run's time")
+course.add_seeds(parser, "part 2's methods", "head init, data order", "dev/test F1", "K=5: 4.6x the default run's time")
 args = course.start("04", parser)
 FAST, DEV = args.fast, args.device     # DEV: --device (cpu unless told); the Bench builds its models there too
 

@@ -59,7 +59,7 @@ from minift.report import header, table
 parser = course.parser(__doc__)
 parser.add_argument("--sweep", action="store_true", help="pick every method's lr on the val split first "
                                                          "(three or four rates each, about 4 minutes)")
-course.add_seeds(parser, "part 2's methods", "head and LoRA init, data order", "val",
+course.add_seeds(parser, "part 2's methods", "head and LoRA init, data order", "val/test F1",
                  "K=5: 3.7x the default run's time")
 args = course.start("05", parser)
 FAST, DEV = args.fast, args.device     # DEV: --device (cpu unless told); the Bench builds its models there too

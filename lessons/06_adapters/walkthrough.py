@@ -52,7 +52,7 @@ parser = course.parser(__doc__)
 parser.add_argument("--sweep", action="store_true", help="sweep every method's lr over {1e-3, 3e-3, 1e-2, 3e-2} "
                                                          "(head-only: {1e-2, 3e-2, 1e-1, 3e-1}) on the dev "
                                                          "split first (about 4 minutes)")
-course.add_seeds(parser, "part 2's methods", "head and adapter init, data order", "dev",
+course.add_seeds(parser, "part 2's methods", "head and adapter init, data order", "dev/test F1",
                  "K=3: about 2 more minutes")
 args = course.start("06", parser)
 FAST, DEV = args.fast, args.device     # DEV: --device (cpu unless told); the Bench builds its models there too

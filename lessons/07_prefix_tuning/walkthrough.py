@@ -55,7 +55,7 @@ parser = course.parser(__doc__)
 parser.add_argument("--sweep", action="store_true", help="sweep the prefix rows' lr over {3e-3, 1e-2, 3e-2, 1e-1} "
                                                          "(the no-MLP rows: + 3e-1) on the dev split first "
                                                          "(about 4 minutes)")
-course.add_seeds(parser, "part 2's methods", "head and prefix init, data order", "dev",
+course.add_seeds(parser, "part 2's methods", "head and prefix init, data order", "dev/test F1",
                  "K=3: about 3 more minutes")
 parser.add_argument("--generation", action="store_true",
                     help="part 5 alone: prefix tuning, LoRA and full fine-tuning on table-to-text and summarization, "

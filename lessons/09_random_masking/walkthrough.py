@@ -53,7 +53,7 @@ from minift.report import header, table
 parser = course.parser(__doc__)
 parser.add_argument("--sweep", action="store_true", help="pick every method's lr on the val split first "
                                                          "(40 runs, about 4 CPU-minutes)")
-course.add_seeds(parser, "part 2's methods", "head and LoRA init, the mask, data order", "val",
+course.add_seeds(parser, "part 2's methods", "head and LoRA init, the mask, data order", "val/test F1",
                  "K=5: 3.3x the default run's time")
 args = course.start("09", parser)
 FAST, DEV = args.fast, args.device     # DEV: --device (cpu unless told); the Bench builds its models there too

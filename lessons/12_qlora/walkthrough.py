@@ -51,7 +51,7 @@ from minift.train import TrainConfig, to_device, train
 parser = course.parser(__doc__, "tiny budgets and eval slices, no 65B estimate (seconds)")
 parser.add_argument("--low-bits", action="store_true",
                     help="also part 3b: QLoRA and LoftQ on NF3 and NF2 bases (four more training runs)")
-course.add_seeds(parser, "part 3's rows (and 3b's)", "head and LoRA init, data order", "val",
+course.add_seeds(parser, "part 3's rows (and 3b's)", "head and LoRA init, data order", "val/test F1",
                  "K=5: 4.0x the --low-bits run's time")
 args = course.start("12", parser, kernel=True)   # the C++ kernel loaded (built once) now: no timed row pays for it
 FAST, DEV = args.fast, args.device     # DEV: --device (cpu unless told), where every model lives

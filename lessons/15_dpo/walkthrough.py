@@ -22,6 +22,9 @@ Prints, top to bottom:
      p(positive) as the reward, PPO, DPO on pairs sampled from π_SFT and ranked by the classifier
      (minift/align/onpolicy.py) and DPO on TinyWorld's fixed pairs, each at three β; reward against KL
      from π_SFT on fresh samples (the frontier), and the steps to reach a target reward.
+  With --seeds K, at the end (after part 6, or after part 3 with --long): π_SFT and part 3's rows again with
+  seeds 0..K-1 (π_SFT's and DPO's data order), and the spread of held-out accuracy, Δ log π(y_w), the greedy
+  answers' exact match and the targets.
 
 With --long, parts 1-3 only, at budgets where the lesson's targets can be met (π_SFT 200 steps,
 DPO 128 steps x 8 pairs on 1,024 train pairs, all 200 held-out pairs); parts 4-6 are not run.
@@ -31,6 +34,7 @@ DPO 128 steps x 8 pairs on 1,024 train pairs, all 200 held-out pairs); parts 4-6
     python lessons/15_dpo/walkthrough.py --variants   # also cDPO (ε = 0.1) and hinge (SLiC) in part 3
     python lessons/15_dpo/walkthrough.py --sentiment  # part 7 alone: sentiment control (about 4 minutes of CPU)
     python lessons/15_dpo/walkthrough.py --long       # parts 1-3 at the budgets of the targets (about 4 minutes of CPU)
+    python lessons/15_dpo/walkthrough.py --seeds 5    # + the seed spread of part 3's rows (3.2x the default run's time)
 
 Everything it uses lives in the library (minift/align/dpo.py, preference.py, logps.py, reward.py,
 ppo.py, sft.py, onpolicy.py; minift/evals.py; minift/sentiment.py for part 7); this file only calls it,
@@ -64,9 +68,14 @@ parser.add_argument("--sentiment", action="store_true", help="part 7 alone: sent
 parser.add_argument("--long", action="store_true", help="parts 1-3 only (parts 4-6 are not run), at budgets where "
                     "the lesson's targets can be met: π_SFT 200 steps x 16, DPO 128 steps x 8 pairs (1,024 train pairs, "
                     "each once), all 200 held-out pairs (about 4 minutes of CPU); not with --sentiment")
+course.add_seeds(parser, "π_SFT and part 3's rows", "π_SFT's and DPO's data order",
+                 "held-out accuracy, Δ log π(y_w), the greedy answers' exact match and the targets",
+                 "K=5: 3.2x the default run's time, 4.5x with --long; not with --sentiment")
 args = course.start("15", parser)         # the base-model check, one thread, the clock: minift/course.py
 if args.long and args.sentiment:
     parser.error("--long sizes parts 1-3; --sentiment runs part 7 alone: give one of them")
+if args.seeds > 1 and args.sentiment:
+    parser.error("--seeds retrains π_SFT and part 3's rows; --sentiment runs part 7 alone: give one of them")
 FAST, LONG, DEV = args.fast, args.long, args.device     # DEV: --device (cpu unless told), where every model lives
 CLOCK = course.clock_name()                # timed lines: "CPU" seconds; on a GPU "GPU wall" (synchronized)
 c_start = time.process_time()
@@ -270,14 +279,17 @@ ref_train, t_ref = cpu(lambda: score_pairs(sft, tok, dpo_ex))     # log π_ref o
 n_train, n_val = answer_tokens(dpo_ex), answer_tokens(val_ex)
 
 
-def run_dpo(name, loss_type, beta, eps, alpha):
+def run_dpo(name, loss_type, beta, eps, alpha, sft=sft, ref_train=ref_train, lp_sft=lp_sft, seed=0):
+    """One row of parts 2-3, trained from a copy of π_SFT (--seeds passes another seed's π_SFT, its log-probs
+    and the seed of DPO's data order)."""
     policy = copy.deepcopy(sft)
     cfg = DPOConfig(beta=beta, loss_type=loss_type, label_smoothing=eps, nll_weight=alpha)
     meter = SavedForBackward(policy, sft)
     avg = cfg.average_logps                                      # IPO: per-token log-probs, the same sums / length
     with meter:
-        hist, secs = cpu(lambda: train_dpo(policy, dpo_ex, cfg, TrainConfig(**DPO, progress=False, desc=name), ref=sft,
-                                           tok=tok, ref_logps=ref_train / n_train if avg else ref_train))
+        hist, secs = cpu(lambda: train_dpo(policy, dpo_ex, cfg, TrainConfig(**{**DPO, "seed": seed}, progress=False,
+                                                                            desc=name),
+                                           ref=sft, tok=tok, ref_logps=ref_train / n_train if avg else ref_train))
     own = score_pairs(policy, tok, val_ex)                                                # summed log π (2, N)
     ev = evaluate_preferences(own / n_val if avg else own, lp_sft / n_val if avg else lp_sft, tok, val_ex)
     return {"name": name, "policy": policy, "cfg": cfg, "hist": hist, "secs": secs, "eval": ev, "lp": own,
@@ -348,17 +360,65 @@ print("log π: summed or length-averaged over the answer (IPO is fed averages, s
       "and its h, Δ columns are per token). greedy = y_w / = y_l: share of held-out prompts whose greedy answer is "
       f"exactly the chosen / the rejected one; facts right: = y_w on the {len(facts)} fact prompts.")
 MARGIN = 0.02
+
+
+def targets(e, g, g0) -> tuple[bool, bool]:
+    """The lesson's two targets for a row's held-out metrics e and greedy answers g: accuracy (h > 0) >= 90%,
+    and π_SFT's answer quality (its greedy answers g0) kept within MARGIN."""
+    return e["accuracy"] >= 0.9, (g["chosen"] >= g0["chosen"] - MARGIN - 1e-9
+                                  and g["fact_correct"] >= g0["fact_correct"] - MARGIN - 1e-9)
+
+
 print(f"\nThe lesson's targets: held-out preference accuracy (h > 0) >= 90%, from π_SFT's own ranking "
       f"{ranked(lp_sft[0], lp_sft[1])} (the base's {ranked(lp_base[0], lp_base[1])}); and π_SFT's answer quality kept "
       f"within {100 * MARGIN:.0f} points (greedy = y_w >= {max(0, g0['chosen'] - MARGIN):.0%}, facts right >= "
       f"{max(0, g0['fact_correct'] - MARGIN):.0%}).")
 for key, r in results.items():
     g, e = gens[key], r["eval"]
-    good = e["accuracy"] >= 0.9
-    kept = g["chosen"] >= g0["chosen"] - MARGIN - 1e-9 and g["fact_correct"] >= g0["fact_correct"] - MARGIN - 1e-9
+    good, kept = targets(e, g, g0)
     course.verdict(f"  {r['name'] + ' β=' + format(r['cfg'].beta, 'g'):<20} accuracy >= 90%: {'yes' if good else 'no '} "
           f"({e['accuracy']:.0%}) | quality kept: {'yes' if kept else 'no '} ({g['chosen']:.0%}, "
           f"{g['fact_correct']:.0%}) -> {'holds' if good and kept else 'fails'}")
+
+
+def seed_spread():
+    """--seeds K, the run's last section (after part 3 with --long, part 6 otherwise): π_SFT and every row of
+    part 3 again with seeds 1..K-1, beside this run's seed 0; each seed's rows start from its own π_SFT."""
+    if not (seeds := course.seeds_section(args.seeds, "8. Seed spread: π_SFT and part 3's rows",
+                                          "π_SFT's and DPO's data order")):
+        return
+    runs = {0: (g0, {key: (r["eval"], gens[key]) for key, r in results.items()})}  # seed: (π_SFT's greedy, rows)
+    for sd in seeds[1:]:
+        pi, _ = train_sft_policy(base, tok, steps=SFT_STEPS, batch_size=16, lr=1e-3, seed=sd, responses="both",
+                                 progress=False)
+        lp, ref_lp = score_pairs(pi, tok, val_ex), score_pairs(pi, tok, dpo_ex)
+        rows = {}
+        for name, loss_type, beta, eps, alpha in RUNS:
+            r = run_dpo(name, loss_type, beta, eps, alpha, sft=pi, ref_train=ref_lp, lp_sft=lp, seed=sd)
+            rows[(name, beta)] = (r["eval"], greedy(r["policy"]))
+        runs[sd] = (greedy(pi), rows)
+
+    def spread(xs, f=".3f"):
+        """Each seed's value, and their mean."""
+        return " ".join(format(x, f) for x in xs), format(sum(xs) / len(xs), f)
+
+    rows = []
+    for key in results:
+        acc, dw = [runs[sd][1][key][0]["accuracy"] for sd in seeds], [runs[sd][1][key][0]["d_chosen"] for sd in seeds]
+        rows.append((key[0], f"{key[1]:g}", *spread(acc), f"{max(acc) - min(acc):.3f}", *spread(dw, "+.2f")))
+    table(("policy", "β", "acc h > 0 per seed", "mean", "range", "Δ log π(y_w) per seed", "mean"), rows)
+    rows = [("π_SFT", "", *spread([runs[sd][0]["chosen"] for sd in seeds]),
+             *spread([runs[sd][0]["fact_correct"] for sd in seeds]), "")]
+    for key in results:
+        gs = [runs[sd][1][key][1] for sd in seeds]
+        held = sum(all(targets(*runs[sd][1][key], runs[sd][0])) for sd in seeds)
+        rows.append((key[0], f"{key[1]:g}", *spread([g["chosen"] for g in gs]), *spread([g["fact_correct"] for g in gs]),
+                     f"{held} of {len(seeds)}"))
+    table(("policy", "β", "greedy = y_w per seed", "mean", "facts right per seed", "mean", "both targets hold"), rows)
+    print(f"acc h > 0 (a share, 0 to 1) and Δ log π(y_w) (nats): part 3's columns, on the {len(val_ex)} held-out "
+          f"pairs; greedy = y_w, facts right and both targets: part 3's, each seed's rows against its own π_SFT.")
+
+
 if LONG:                                   # --long: parts 1-3 only; what drift does to the answers π_SFT got right
     right = [i for i, t in enumerate(g0["responses"]) if t == val_ex[i]["chosen"].strip()]
     names = {key: key if key == "π_SFT" else f"{key[0]} β={key[1]:g}" for key in gens}
@@ -370,6 +430,7 @@ if LONG:                                   # --long: parts 1-3 only; what drift 
         print(f"\n[{kind(val_ex[i]['prompt'])}] {val_ex[i]['prompt']}\n  {'rejected':<20} {val_ex[i]['rejected']}")
         for key, g in gens.items():
             print(f"  {names[key]:<20} {g['responses'][i]}")
+    seed_spread()
     print(f"\n--long: parts 1-3 only. total: {course.elapsed():.1f}s wall, {time.process_time() - c_start:.1f}s CPU "
           f"({torch.get_num_threads()} thread){course.memory_note()}")
     raise SystemExit(0)
@@ -451,5 +512,6 @@ if not FAST:
 else:
     print("(skipped in --fast)")
 
+seed_spread()
 print(f"\ntotal: {course.elapsed():.1f}s wall, {time.process_time() - c_start:.1f}s CPU "
       f"({torch.get_num_threads()} thread; wall grows when other jobs share the cores){course.memory_note()}")

@@ -15,9 +15,13 @@ Prints, top to bottom:
   4. the similarity histograms of test paraphrases vs non-paraphrases, before and after, as text;
   5. nearest neighbours of a few test sentences among the test positives, before and after.
 
+  With --seeds K, at the end: part 2's recipes (--ablation's too) again with seeds 0..K-1 (LoRA
+  init, dropout masks, data order), and the spread of val/test accuracy and of R@1 fact.
+
     python lessons/16_contrastive/walkthrough.py           # or: minift run 16
     python lessons/16_contrastive/walkthrough.py --fast    # the seconds-long version the tests run
     python lessons/16_contrastive/walkthrough.py --ablation   # + mean pooling and dropout 0.1 (trained)
+    python lessons/16_contrastive/walkthrough.py --seeds 5    # + the seed spread (4.1x the default run's time)
 
 Everything it uses lives in the library (minift/align/contrastive.py, minift/peft/lora.py,
 minift/train.py, minift/pretrain.py); this file only calls it and prints.
@@ -42,6 +46,8 @@ from minift.train import TrainConfig
 parser = course.parser(__doc__, "a few steps per recipe (seconds)")
 parser.add_argument("--ablation", action="store_true", help="also train the hard-negative recipe with mean pooling "
                                                             "and with dropout 0.1 (about 60 s more CPU)")
+course.add_seeds(parser, "part 2's recipes", "LoRA init, dropout masks, data order",
+                 "val/test accuracy and R@1 fact", "K=5: 4.1x the default run's time")
 args = course.start("16", parser)         # the base-model check, one thread, the clock: minift/course.py
 FAST, DEV = args.fast, args.device     # DEV: --device (cpu unless told), where every model lives
 CLOCK = course.clock_name()                # timed lines: "CPU" seconds; on a GPU "GPU wall" (synchronized)
@@ -101,22 +107,31 @@ print(f"R@1 = the anchor's nearest positive is its own; R@1 fact = it states the
 
 # ==============================================================================================
 header(f"2. Contrastive training, InfoNCE τ = {TAU}: {STEPS} steps x {BATCH} pairs, seed 0, from the same base")
-rows, results, models, seconds = [], {}, {}, {}
-for name, (items, lr, peft, pooling, dropout) in RECIPES.items():
-    torch.manual_seed(0)
+
+
+def train_recipe(name, seed=0):
+    """One encoder of part 2, trained from a fresh copy of the base: (model, history, train seconds)."""
+    items, lr, peft, pooling, dropout = RECIPES[name]
+    torch.manual_seed(seed)
     model, _ = load_base(device=DEV)
     if peft is not None:
         apply_lora(model, peft)
-    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     cfg = ContrastiveConfig(temperature=TAU, pooling=pooling, dropout=dropout)
     t0 = course.clock()                   # CPU time of this process: fairer than wall time on a shared machine
                                           # (on a GPU: wall time after a synchronize)
-    hist = train_contrastive(model, items, cfg, TrainConfig(steps=STEPS, batch_size=BATCH, lr=lr, seed=0,
+    hist = train_contrastive(model, items, cfg, TrainConfig(steps=STEPS, batch_size=BATCH, lr=lr, seed=seed,
                                                             progress=False, desc=name), tok=tok)
-    seconds[name] = course.clock() - t0
+    took = course.clock() - t0
+    print(f"  trained {name}: {took:.1f}s {CLOCK}" + (f" (seed {seed})" if seed else ""), flush=True)
+    return model, hist, took
+
+
+rows, results, models, seconds = [], {}, {}, {}
+for name, (items, lr, peft, pooling, dropout) in RECIPES.items():
+    model, hist, seconds[name] = train_recipe(name)
     results[name], models[name] = evaluate_embeddings(model, tok, pooling, limit=N_EVAL), model
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     rows.append((name, trainable, lr, hist[-1]["loss"]))
-    print(f"  trained {name}: {seconds[name]:.1f}s {CLOCK}", flush=True)
 table(["recipe", "trainable", "lr", "final loss", f"train {CLOCK} s", "vs main"] + METRICS,
       [[f"untrained ({p})", 0, "-", "-", "-", "-"] + summary(before[p]) for p in ("last", "mean")]
       + [[n, f"{k:,}", lr, f"{loss:.3f}", f"{seconds[n]:.1f}", f"{seconds[n] / seconds[MAIN]:.2f}x"]
@@ -179,5 +194,24 @@ for name, model in (("untrained (last)", base), (MAIN, models[MAIN])):
         for j in top:
             ok = "same fact" if fact_key(positives[j]) == fact_key(pairs_test[qi]["anchor"]) else "other fact"
             print(f"      {float(sims[j]):.3f}  {ok:<10}  {positives[j]!r}")
+
+# ==============================================================================================
+if seeds := course.seeds_section(args.seeds, "6. Seed spread: part 2's recipes",
+                                 "LoRA init, dropout masks, data order; the same base"):
+    runs = {}                                        # recipe -> its evaluations, seed 0 (part 2's) first
+    for name, (items, lr, peft, pooling, dropout) in RECIPES.items():
+        runs[name] = [results[name]] + [evaluate_embeddings(train_recipe(name, sd)[0], tok, pooling, limit=N_EVAL)
+                                        for sd in seeds[1:]]
+    course.seed_table([(n, RECIPES[n][1], [r["val_acc"] for r in rs], [r["test_acc"] for r in rs])
+                       for n, rs in runs.items()], "val", "accuracy")
+
+    def spread(v):                                   # each seed's value, then their mean
+        return [" ".join(f"{x:.3f}" for x in v), f"{np.mean(v):.3f}"]
+
+    table(["recipe", "R@1 fact per seed", "mean", "R@1 per seed", "mean"],
+          [[n] + spread([r["retrieval_fact_at_1"] for r in rs]) + spread([r["retrieval_at_1"] for r in rs])
+           for n, rs in runs.items()])
+    print(f"(the untrained base: val / test accuracy {before['last']['val_acc']:.3f} / "
+          f"{before['last']['test_acc']:.3f}, R@1 fact {before['last']['retrieval_fact_at_1']:.3f}: no seed)")
 
 print(f"\ntotal {course.elapsed():.1f}s")

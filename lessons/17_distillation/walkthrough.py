@@ -15,10 +15,13 @@ Prints, top to bottom:
   4. the quality target, row by row, and where the points go (the commonest val errors).
   With --more, at the end: the transfer set without the sentences that name val/test people, and
   the baseline and forward-KL students from a second init seed.
+  With --seeds K, at the end (part 6): part 3's students again with seeds 0..K-1 (student body and
+  head init, data order; the same teacher and transfer set), their val and test F1 per seed.
 
     python lessons/17_distillation/walkthrough.py           # or: minift run 17
     python lessons/17_distillation/walkthrough.py --fast    # the seconds-long version the tests run
     python lessons/17_distillation/walkthrough.py --more    # + part 5 (about 40 s more CPU)
+    python lessons/17_distillation/walkthrough.py --seeds 5 # + part 6, five seeds (2.8x the default run's CPU)
 
 Everything it uses lives in the library (minift/align/distill.py, minift/heads.py, minift/train.py,
 minift/pretrain.py); this file only calls it and prints.
@@ -47,6 +50,8 @@ from minift.train import TrainConfig, to_device, train
 parser = course.parser(__doc__)
 parser.add_argument("--more", action="store_true", help="also: the transfer set without the held-out names, "
                                                         "and a second student seed (about 40 s more CPU)")
+course.add_seeds(parser, "part 3's students", "student body and head init, data order", "val/test F1",
+                 "K=5: 2.8x the default run's time")
 args = course.start("17", parser)         # the base-model check, one thread, the clock: minift/course.py
 FAST, DEV = args.fast, args.device     # DEV: --device (cpu unless told), where every model lives
 
@@ -108,12 +113,13 @@ header("2. The student: 2 layers of width 64 against the teacher's 4 of width 12
 scfg = GPTConfig(vocab_size=base.config.vocab_size, block_size=BLOCK, **STUDENT)
 
 
-def fresh_student(init: str, seed: int = 1):
-    """The same student every time: seed 1 for the body, seed 0 for the head (the teacher's head init)."""
+def fresh_student(init: str, seed: int = 1, head: int = 0):
+    """The same student every time: the body drawn with `seed`, the head with `head` (by default 1 and 0: the head
+    gets the teacher's head init)."""
     torch.manual_seed(seed)
     body = GPT(scfg).to(DEV)                         # drawn on the CPU (the same numbers on every device), moved
     kept = init_from_teacher(body, base) if init == "projected" else None
-    torch.manual_seed(0)
+    torch.manual_seed(head)
     return TokenClassifier(body, K).to(DEV), kept
 
 
@@ -193,22 +199,27 @@ DATA = {("labelled", False): train_items, ("labelled", True): cached,
         ("+ transfer", False): train_items + transfer, ("+ transfer", True): cached + transfer_c}
 
 
-def run_student(name, init, signal, data, kd, d, seed=1):
-    """Train one student on the items d (cross-entropy if kd is None, else distillation from cached logits)."""
-    student, _ = fresh_student(init, seed)
+def run_student(name, init, signal, data, kd, d, seed=1, sd=0):
+    """Train one student on the items d (cross-entropy if kd is None, else distillation from cached logits).
+    seed: the body's init; sd (--seeds): moves the body's seed, the head's and the data order's all at once."""
+    student, _ = fresh_student(init, seed + sd, sd)
     tc = TrainConfig(steps=STUDENT_STEPS, batch_size=BATCH, lr=STUDENT_LR, warmup_steps=max(1, STUDENT_STEPS // 10),
-                     seed=0, progress=False, desc=name)
+                     seed=sd, progress=False, desc=name)
     if kd is None:
         hist = train(student, d, tc, loss_fn=classifier_loss, collate_fn=col)
     else:                                                          # cached teacher logits: no teacher forward
         hist = train_student(student, d, kd, tc, collate_fn=col_t)
     f1 = {s: f1_on(student, s) for s in ("val", "test")}
-    print(f"{name:<30} val F1 {f1['val'][0]:.3f}, test F1 {f1['test'][0]:.3f}, {hist[-1]['time']:.1f}s", flush=True)
+    print(f"{name:<30} val F1 {f1['val'][0]:.3f}, test F1 {f1['test'][0]:.3f}, {hist[-1]['time']:.1f}s"
+          + (f" (seed {sd})" if sd else ""), flush=True)
     return dict(name=name, init=init, signal=signal, data=data, f1=f1, time=hist[-1]["time"], n=len(d))
 
 
-results = [run_student(name, init, signal, data, kd,
-                       onehot if name.startswith("control") else DATA[(data, kd is not None)])
+def data_of(name, data, kd):
+    return onehot if name.startswith("control") else DATA[(data, kd is not None)]
+
+
+results = [run_student(name, init, signal, data, kd, data_of(name, data, kd))
            for name, init, signal, data, kd in RUNS]
 
 ms_t = 1000 * hist_t[-1]["time"] / TEACHER_STEPS
@@ -276,4 +287,16 @@ if args.more:
             f"{r['f1']['test'][0] / ft:.1%}" if ft >= 0.05 else "n/a") for r in more])
     print("'w/o names': the transfer set with every sentence that names a val or test person left out. 'seed 2': "
           "the student body drawn with seed 2 instead of 1 (the head and the data order unchanged).")
+
+# ==============================================================================================
+if seeds := course.seeds_section(args.seeds, "6. Seed spread: part 3's students",
+                                 "student body and head init, data order; the same teacher and transfer set"):
+    spread = []
+    for r0, (name, init, signal, data, kd) in zip(results, RUNS):
+        runs = [r0] + [run_student(name, init, signal, data, kd, data_of(name, data, kd), sd=sd) for sd in seeds[1:]]
+        spread.append((name, STUDENT_LR, [r["f1"]["val"][0] for r in runs], [r["f1"]["test"][0] for r in runs]))
+    print()
+    course.seed_table(spread, "val")
+    print(f"seed s: the student body drawn with seed 1 + s, the head with seed s, the batches with seed s (seed 0 is "
+          f"part 3's run). The teacher's test F1 is {ft:.3f}; 90% of it is {0.9 * ft:.3f}.")
 print(f"\ntotal {course.elapsed():.0f}s")

@@ -14,9 +14,12 @@ Prints, top to bottom:
      scored with its own adapter loaded: its row never moves; the base weights bit for bit;
   5. multitask vs single-task: one model trained on an equal mixture of the three sets for the
      three stages' steps together, vs one model per set, each from the base for its stage's steps.
+  With --seeds K, at the end: parts 2, 3 and 5's full fine-tuning runs again with seeds 0..K-1 (the
+  examples each stage draws and their order), and the spread of the scores parts 3 and 5 compare.
 
     python lessons/18_multitask_sequential/walkthrough.py          # or: minift run 18
     python lessons/18_multitask_sequential/walkthrough.py --fast   # the seconds-long version the tests run
+    python lessons/18_multitask_sequential/walkthrough.py --seeds 5   # + the seed spread (3.5x the default run's time)
 
 Everything it uses lives in the library (minift/align/multitask.py, minift/evals.py,
 minift/peft/lora.py, minift/peft/io.py, minift/train.py, minift/pretrain.py); this file only
@@ -43,7 +46,10 @@ from minift.report import header, table
 from minift.tasks import LMDataset, SFTDataset, collate_fn, perplexity
 from minift.train import evaluate_nll
 
-args = course.start("18", __doc__)       # --fast, the base-model check, one thread, the clock: minift/course.py
+parser = course.parser(__doc__)
+course.add_seeds(parser, "parts 2, 3 and 5's full fine-tuning", "the examples each stage draws and their order",
+                 "the scores parts 3 and 5 compare", "K=5: 3.5x the default run's time")
+args = course.start("18", parser)       # --fast, the base-model check, one thread, the clock: minift/course.py
 FAST, DEV = args.fast, args.device     # DEV: --device (cpu unless told), where every model lives
 # train time: CPU seconds on the CPU (what load does not inflate); on a GPU the stage's wall seconds (CPU time
 # there is only the launching)
@@ -223,5 +229,51 @@ print("single-task: domain is stage 1 of part 2 (the same run: same start, data,
 print(f"same total steps: the multitask model trains {3 * STEPS} steps, the three single-task models {STEPS} each; "
       f"with equal mixing it also sees each set {STEPS * BATCH} times in expectation "
       f"({', '.join(f'{k} {v}' for k, v in cnt.items())} drawn).")
+
+# ==============================================================================================
+if seeds := course.seeds_section(args.seeds, "6. Seed spread: parts 3 and 5's comparisons",
+                                 "the examples each stage draws and their order; nothing is initialised"):
+    def scores(plain, replay, multi, single):
+        """The rows the spread compares: {model: its scores}."""
+        return {"single-task: domain": plain[1], **{f"single-task: {n}": single[n] for n in single},
+                "multitask": multi, "sequential, after stage 2": plain[2],
+                "sequential + replay, after stage 2": replay[2], "sequential, end": plain[3],
+                "sequential + replay, end": replay[3]}
+
+    def rerun(seed):
+        """Parts 2, 3 and 5 (not 4) with `seed`: the mixture's draws and every stage's data order redrawn."""
+        def go(st, **kw):
+            return run_stages(fresh_base(), st, COLUMNS, batch_size=BATCH, collate_fn=col, before=BASE, seed=seed,
+                              progress=False, **kw)["scores"]
+        mix_s = MixtureDataset(sets, MixtureConfig("equal").weights(three), 3 * STEPS * BATCH, seed=seed)
+        return scores(go(stages()), go(stages(), replay=REPLAY), go([Stage("multitask", mix_s, 3 * STEPS, 1e-3)])[-1],
+                      {st.name: go([st])[-1] for st in stages()[1:]})
+
+    single0 = {n: sc for n, (sc, _) in single.items() if n != "domain"}      # domain: part 2's stage 1, in scores
+    runs = [scores(plain["scores"], replay["scores"], multi["scores"][-1], single0)]      # seed 0: the runs above
+    runs += [rerun(s) for s in seeds[1:]]
+    SEQ, REP = "sequential", "sequential + replay"
+    PAIRS = {"multitask better than the single-task model": [
+                 ("domain NLL", "single-task: domain", "multitask"), ("QA EM", "single-task: qa_closed", "multitask"),
+                 ("summary ROUGE-L", "single-task: summarization", "multitask")],
+             "replay better than none": [("QA EM", f"{SEQ}, after stage 2", f"{REP}, after stage 2"),
+                                         ("QA EM", f"{SEQ}, end", f"{REP}, end"),
+                                         ("summary ROUGE-L", f"{SEQ}, end", f"{REP}, end"),
+                                         ("domain NLL", f"{SEQ}, end", f"{REP}, end")]}
+    rows, ahead = [], []
+    for claim, pairs in PAIRS.items():
+        wins = []
+        for c, a, b in pairs:
+            for m in (a, b):
+                v = [r[m][c] for r in runs]
+                rows.append((m, c + (" (lower is better)" if not COLUMNS[c].higher_is_better else ""),
+                             " ".join(fmt(c, x) for x in v), fmt(c, sum(v) / len(v)), fmt(c, max(v) - min(v))))
+            sign = 1 if COLUMNS[c].higher_is_better else -1
+            when = a.partition(", ")[2]                              # "after stage 2", "end" or none
+            wins.append(f"{c}{f' ({when})' if when else ''} at {sum(sign * (r[b][c] - r[a][c]) > 0 for r in runs)} "
+                        f"of {len(runs)}")
+        ahead.append(f"{claim}: " + ", ".join(wins) + " seeds")
+    table(("model", "score", f"per seed {seeds[0]}..{seeds[-1]}", "mean", "range"), rows)
+    print("\n".join(ahead) + " (a tie is not better)")
 
 print(f"\ntotal: {course.elapsed():.1f}s wall, {time.process_time():.1f}s CPU of this process")
