@@ -70,7 +70,7 @@ parser.add_argument("--long", action="store_true", help="parts 1-3 only (parts 4
                     "each once), all 200 held-out pairs (about 4 minutes of CPU); not with --sentiment")
 course.add_seeds(parser, "π_SFT and part 3's rows", "π_SFT's and DPO's data order",
                  "held-out accuracy, Δ log π(y_w), the greedy answers' exact match and the targets",
-                 "K=5: 3.2x the default run's time, 4.5x with --long; not with --sentiment")
+                 "K=5: 3.2x the default run's time, 4.6x with --long; not with --sentiment")
 args = course.start("15", parser)         # the base-model check, one thread, the clock: minift/course.py
 if args.long and args.sentiment:
     parser.error("--long sizes parts 1-3; --sentiment runs part 7 alone: give one of them")
