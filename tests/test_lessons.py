@@ -35,7 +35,7 @@ FLAG_SECTIONS = {"03": ["--chat", "--plain"], "04": ["--seeds=2"], "05": ["--see
                  "07": ["--generation", "--seeds=2"], "08": ["--seeds=2"], "10": ["--seeds=2"],
                  "09": ["--seeds=2"], "12": ["--low-bits", "--seeds=2"], "14": ["--lora"],
                  "15": ["--sentiment", "--long", "--seeds=2"], "16": ["--seeds=2"], "17": ["--seeds=2"],
-                 "18": ["--seeds=2"], "20": ["--pretrain-axis"]}
+                 "18": ["--seeds=2"], "20": ["--pretrain-axis"], "22": ["--seeds=2"]}
 RUNS = [(les, ()) for les in LESSONS] + [(les, (flag,)) for les in LESSONS for flag in FLAG_SECTIONS.get(les["nn"], [])]
 
 

@@ -11,8 +11,12 @@ Prints, top to bottom:
      bottleneck adapters, full fine-tuning; trainable share, accuracy on the shifted test set, what
      is left of the solid world, time; and LoRA merged equals LoRA unmerged.
 
+  With --seeds K, at the end: part 4's methods again with seeds 0..K-1 (LoRA and adapter init, data
+  order; the same pretrained ViT), and the spread of their shifted and solid test accuracy.
+
     python lessons/22_beyond_text/walkthrough.py          # or: minift run 22
     python lessons/22_beyond_text/walkthrough.py --fast   # small sets, few steps (the tests)
+    python lessons/22_beyond_text/walkthrough.py --seeds 5  # + the seed spread (3.0x the default run's time)
 
 Everything it uses lives in the library (minift/vision.py, minift/peft/, minift/train.py).
 """
@@ -34,7 +38,10 @@ from minift.train import TrainConfig, stack_collate, train
 from minift.vision import SHAPES, ViT, ViTConfig, accuracy, image_items, image_loss, shapes
 
 # --fast, one thread, the clock (minift/course.py); no language model here: its own ViT is pretrained below
-args = course.start("22", course.parser(__doc__, "small sets and few steps (seconds)"), needs_base=False)
+parser = course.parser(__doc__, "small sets and few steps (seconds)")
+course.add_seeds(parser, "part 4's methods", "LoRA and adapter init, data order; the same pretrained ViT",
+                 "shifted/solid test accuracy", "K=5: 3.0x the default run's time")
+args = course.start("22", parser, needs_base=False)
 FAST, DEV = args.fast, args.device     # DEV: --device (cpu unless told): the ViT and the images live there
 S, P = 24, 6                                   # 24 x 24 images, 6 x 6 patches: 16 tokens + [CLS]
 N_PRE, N_ADAPT, N_TEST = (800, 400, 200) if FAST else (6000, 2000, 500)
@@ -93,25 +100,34 @@ METHODS = [("head-only", SelectiveConfig(patterns=()), 3e-3),
                                                    include_head=False), 1e-2),
            ("adapters (bottleneck 8)", AdapterConfig(bottleneck=8, include_head=False), 1e-2),
            ("full fine-tuning", None, 1e-3)]
-rows, lora_model = [], None
-for name, mcfg, lr in METHODS:
+
+
+def adapt(mcfg, lr, seed=0):
+    """A copy of the pretrained ViT adapted to the shifted world with `mcfg` (None: every weight) at `lr`.
+    `seed` draws the LoRA / adapter init and the order of the batches. -> (model, trainable count, train time)."""
     m = copy.deepcopy(vit)
+    torch.manual_seed(seed)                    # LoRA's A and the adapters' down-projections come from the global RNG
     if mcfg is not None:
         apply_config(m, mcfg)
     n = sum(p.numel() for p in m.parameters() if p.requires_grad)
     t0 = course.clock()
-    train(m, image_items(shift, shift_y), TrainConfig(steps=ADAPT_STEPS, batch_size=BATCH, lr=lr, seed=0, progress=False),
+    train(m, image_items(shift, shift_y), TrainConfig(steps=ADAPT_STEPS, batch_size=BATCH, lr=lr, seed=seed, progress=False),
           loss_fn=image_loss, collate_fn=stack_collate)
-    secs = course.clock() - t0
-    after = accuracy(m, solid_test, solid_test_y)
+    return m, n, course.clock() - t0
+
+
+rows, scores, lora_model = [], {}, None        # scores: method -> (shifted test, solid test after) of seed 0
+for name, mcfg, lr in METHODS:
+    m, n, secs = adapt(mcfg, lr)
+    scores[name] = (accuracy(m, shift_test, shift_test_y), accuracy(m, solid_test, solid_test_y))
     if isinstance(mcfg, (LoRAConfig, AdapterConfig)):
         with disable_adapters(m):
             off = accuracy(m, solid_test, solid_test_y)
         off = f"{off:.3f}"
     else:
         off = "-"
-    rows.append((name, f"{n:,}", f"{n / n_all:.2%}", f"{lr:g}", f"{accuracy(m, shift_test, shift_test_y):.3f}",
-                 f"{after:.3f}", off, f"{secs:.1f}s"))
+    rows.append((name, f"{n:,}", f"{n / n_all:.2%}", f"{lr:g}", f"{scores[name][0]:.3f}",
+                 f"{scores[name][1]:.3f}", off, f"{secs:.1f}s"))
     if isinstance(mcfg, LoRAConfig):
         lora_model = m
 table(("method", "trainable", "share", "lr", "shifted test", "solid test after", "solid, adapter off", f"train {course.clock_name()}"),
@@ -128,4 +144,23 @@ with torch.no_grad():
     diff = float((lora_model(x) - before).abs().max())
 print(f"LoRA merged into the ViT's weights (merge_lora) changes the logits by at most {diff:.1e}: no extra cost "
       f"at inference, as for the GPT.")
+
+# ==============================================================================================
+if seeds := course.seeds_section(args.seeds, "5. Seed spread: part 4's methods",
+                                 "LoRA and adapter init, data order; the same pretrained ViT and images"):
+    spread = {name: [scores[name]] for name, _, _ in METHODS}     # seed 0: part 4's runs
+    for sd in seeds[1:]:
+        for name, mcfg, lr in METHODS:
+            m = adapt(mcfg, lr, sd)[0]
+            spread[name].append((accuracy(m, shift_test, shift_test_y), accuracy(m, solid_test, solid_test_y)))
+
+    def cells(v):                              # each seed's score, the mean, the range (max - min)
+        return [" ".join(f"{x:.3f}" for x in v), f"{sum(v) / len(v):.3f}", f"{max(v) - min(v):.3f}"]
+
+    table(("method", "lr", "shifted test per seed", "mean", "range", "solid test after per seed", "mean", "range"),
+          [[name, f"{lr:g}"] + cells([a for a, _ in spread[name]]) + cells([b for _, b in spread[name]])
+           for name, _, lr in METHODS])
+    print(f"accuracy on the {N_TEST} shifted and {N_TEST} solid test images; the pretrained ViT (no seed here): "
+          f"{acc_zero:.3f} shifted, {acc_solid:.3f} solid.")
+
 print(f"\ntotal: {course.elapsed():.1f}s")
