@@ -64,7 +64,7 @@ from .peft.common import count_adapter_parameters
 from .peft.io import apply_config
 from .peft.selective import trainable_report
 from .pretrain import BASE_DIR, forgetting_probe, load_base
-from .report import KERNELS_ENV, REFERENCE_KERNELS, header, kernels_to_reproduce, table
+from .report import KERNELS_ENV, header, kernels_note, seed_table, table
 from .tasks import collate_fn, entity_f1
 from .train import TrainConfig, model_device, to_device, train
 
@@ -75,23 +75,6 @@ _t_start: Optional[float] = None
 _fast = False                   # this run is --fast: no verdicts (`verdict`)
 _note_due: Optional[str] = None  # the lesson whose bottom FAST_NOTE `end` still owes
 _device = torch.device("cpu")   # --device, set by `start` (`device()`)
-
-
-def kernels_note(capability: str, lesson: str, chosen: Optional[str] = None) -> Optional[str]:
-    """What a default run on the CPU says first when torch's CPU kernels are not the READMEs' (report.py:
-    REFERENCE_KERNELS); None when they are. chosen: ATEN_CPU_CAPABILITY as set in the environment."""
-    if capability == REFERENCE_KERNELS:
-        return None
-    if chosen is not None:
-        how = f" ({KERNELS_ENV}={chosen} is set.)"
-    elif want := kernels_to_reproduce(capability):
-        how = (f" `minift run {lesson}` runs it on the {REFERENCE_KERNELS} kernels ({KERNELS_ENV}={want}, "
-               f"which torch reads as it starts).")
-    else:
-        how = ""
-    kind = "generic (no AVX2)" if capability == "DEFAULT" else capability     # DEFAULT: an ARM CPU, an old x86
-    return (f"note: torch runs its {kind} CPU kernels here; the README's numbers come from its "
-            f"{REFERENCE_KERNELS} kernels, so trained results can differ slightly from them.{how}")
 
 
 DEVICE_HELP = "where models and tensors live: cpu (default: the READMEs' numbers), cuda or cuda:N"
@@ -509,13 +492,3 @@ class Bench:
         seed_table([(m, lr[m], [r["f1"][self.dev] for r in runs], [r["f1"]["test"] for r in runs])
                     for m, runs in spread.items()], self.dev)
         return spread
-
-
-def seed_table(rows, dev: str = "dev", metric: str = "F1") -> None:
-    """The seed-spread table: rows of (method, lr, `dev` score per seed, test score per seed) ->
-    each seed's score, the mean and the `dev` range (max - min). `metric` names the score (F1,
-    accuracy, ...); an lr that is not a number (a string: "-", "1e-3/3e-4") is printed as given."""
-    cells = [(m, lr if isinstance(lr, str) else f"{lr:g}", " ".join(f"{x:.3f}" for x in d), f"{sum(d) / len(d):.3f}",
-              f"{max(d) - min(d):.3f}", " ".join(f"{x:.3f}" for x in t), f"{sum(t) / len(t):.3f}")
-             for m, lr, d, t in rows]
-    table(("method", "lr", f"{dev} {metric} per seed", "mean", "range", f"test {metric} per seed", "mean"), cells)

@@ -1,5 +1,5 @@
-"""Plain-text output shared by the lessons and the benchmarks: a section banner and an aligned
-table. Kept here so that every walkthrough prints the same way and none re-defines it. Also where the
+"""Plain-text output shared by the lessons and the benchmarks: a section banner, an aligned table
+and the seed-spread table. Kept here so that every walkthrough prints the same way and none re-defines it. Also where the
 READMEs' numbers were measured: the machine and torch's CPU kernels."""
 from __future__ import annotations
 
@@ -21,6 +21,23 @@ def kernels_to_reproduce(capability: str) -> Optional[str]:
     """The ATEN_CPU_CAPABILITY value that gives the READMEs' kernels where torch runs `capability` ones, or
     None: they are the READMEs' already (AVX2), or there is nothing narrower to step down to (no AVX2)."""
     return REFERENCE_KERNELS.lower() if capability == "AVX512" else None
+
+
+def kernels_note(capability: str, lesson: str, chosen: Optional[str] = None) -> Optional[str]:
+    """What a default run on the CPU says first (`course.start`) when torch's CPU kernels are not the
+    READMEs' (REFERENCE_KERNELS); None when they are. chosen: ATEN_CPU_CAPABILITY as set in the environment."""
+    if capability == REFERENCE_KERNELS:
+        return None
+    if chosen is not None:
+        how = f" ({KERNELS_ENV}={chosen} is set.)"
+    elif want := kernels_to_reproduce(capability):
+        how = (f" `minift run {lesson}` runs it on the {REFERENCE_KERNELS} kernels ({KERNELS_ENV}={want}, "
+               f"which torch reads as it starts).")
+    else:
+        how = ""
+    kind = "generic (no AVX2)" if capability == "DEFAULT" else capability     # DEFAULT: an ARM CPU, an old x86
+    return (f"note: torch runs its {kind} CPU kernels here; the README's numbers come from its "
+            f"{REFERENCE_KERNELS} kernels, so trained results can differ slightly from them.{how}")
 
 
 def header(title: str, width: int = 88) -> None:
@@ -45,6 +62,16 @@ def format_table(headers: Sequence, rows: Sequence[Sequence]) -> str:
 def table(headers: Sequence, rows: Sequence[Sequence]) -> None:
     """Print format_table(headers, rows)."""
     print(format_table(headers, rows), flush=True)
+
+
+def seed_table(rows, dev: str = "dev", metric: str = "F1") -> None:
+    """The seed-spread table: rows of (method, lr, `dev` score per seed, test score per seed) ->
+    each seed's score, the mean and the `dev` range (max - min). `metric` names the score (F1,
+    accuracy, ...); an lr that is not a number (a string: "-", "1e-3/3e-4") is printed as given."""
+    cells = [(m, lr if isinstance(lr, str) else f"{lr:g}", " ".join(f"{x:.3f}" for x in d), f"{sum(d) / len(d):.3f}",
+              f"{max(d) - min(d):.3f}", " ".join(f"{x:.3f}" for x in t), f"{sum(t) / len(t):.3f}")
+             for m, lr, d, t in rows]
+    table(("method", "lr", f"{dev} {metric} per seed", "mean", "range", f"test {metric} per seed", "mean"), cells)
 
 
 def ascii_plot(series: dict, width: int = 56, height: int = 14, logx: bool = True, logy: bool = True,
