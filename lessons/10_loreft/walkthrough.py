@@ -47,7 +47,8 @@ from minift.report import header, table
 parser = course.parser(__doc__)
 parser.add_argument("--sweep", action="store_true", help="sweep LoRA's and LoReFT's lr over {1e-3, 3e-3, 1e-2, "
                                                          "3e-2} on the dev split first")
-course.add_seeds(parser, "LoRA q,v r=2 and LoReFT r=4", "head and adapter init, data order", "dev/test F1")
+course.add_seeds(parser, "LoRA q,v r=2 and LoReFT r=4", "head and adapter init, data order", "dev/test F1",
+                 "K=5: 1.9x the default run's time")
 args = course.start("10", parser)
 FAST, DEV = args.fast, args.device     # DEV: --device (cpu unless told); the Bench builds its models there too
 CLOCK = course.clock_name()                # timed lines: "CPU" seconds; on a GPU "GPU wall" (synchronized)
