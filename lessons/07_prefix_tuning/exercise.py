@@ -164,7 +164,7 @@ def try_attention_share(init_ids=None, n_prefix=10, n_sentences=64):
 def try_prefix_mlp_width(hidden=128, steps=100, lr=1e-2, seed=0, init_ids=None):
     """Exercise 8: train one prefix model, PrefixConfig(n_prefix=10, hidden=hidden), on lesson
     05/06's NER task (the walkthrough's data, steps, batch and seed) and print its dev and test
-    F1; compare with the `--seeds 3` table. About 20 s of CPU time at 100 steps; pass steps=20
+    F1; compare with the `--seeds 5` table. About 20 s of CPU time at 100 steps; pass steps=20
     for a quick look (its F1 means little). init_ids: a list of token ids to start from."""
     from minift import course
     from minift.heads import ner_splits

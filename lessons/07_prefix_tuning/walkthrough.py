@@ -56,7 +56,7 @@ parser.add_argument("--sweep", action="store_true", help="sweep the prefix rows'
                                                          "(the no-MLP rows: + 3e-1) on the dev split first "
                                                          "(about 4 minutes)")
 course.add_seeds(parser, "part 2's methods", "head and prefix init, data order", "dev/test F1",
-                 "K=3: about 3 more minutes")
+                 "K=5: 2.8x the default run's time")
 parser.add_argument("--generation", action="store_true",
                     help="part 5 alone: prefix tuning, LoRA and full fine-tuning on table-to-text and summarization, "
                          "scored by ROUGE-L and exact match of greedy generations (about 4 minutes)")
