@@ -45,7 +45,7 @@ from minift.report import header, table
 parser = course.parser(__doc__)
 parser.add_argument("--sweep", action="store_true", help="pick the n = 16 prompts' lr from {1e-2, 3e-2, 1e-1, 3e-1} (vocab: + 1) on dev first")
 course.add_seeds(parser, "head-only, LoRA and part 2's n = 16 prompts", "head init, the prompt's start, data order",
-                 "dev/test F1")
+                 "dev/test F1", "K=5: 3.0x the default run's time")
 parser.add_argument("--lengths", type=int, nargs="+", default=[1, 4], metavar="N",
                     help="the extra prompt lengths of part 2 (vocabulary init); default 1 4 (64 costs ~20 s more)")
 args = course.start("08", parser)
