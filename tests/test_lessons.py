@@ -29,20 +29,22 @@ def test_lessons_exist_in_order_with_their_three_files():
 
 
 # The sections a lesson runs only behind a flag of its own: each is smoke-tested too, as `--fast FLAG`.
-# (A flag with a value is written --flag=value.) The seed sections added with Bench.fresh's reseeding
-# (04, 05, 09, 12) run as --seeds=2; Bench.seed_spread itself is tested in test_course.py.
+# (A flag with a value is written --flag=value.) Every --seeds section runs as --seeds=2 (14's with
+# --lora); course.add_seeds, seeds_section and Bench.seed_spread themselves are tested in test_course.py.
 FLAG_SECTIONS = {"03": ["--chat", "--plain"], "04": ["--seeds=2"], "05": ["--seeds=2"], "06": ["--seeds=2"],
                  "07": ["--generation", "--seeds=2"], "08": ["--seeds=2"], "10": ["--seeds=2"],
-                 "09": ["--seeds=2"], "12": ["--low-bits", "--seeds=2"], "14": ["--lora"],
+                 "09": ["--seeds=2"], "12": ["--low-bits", "--seeds=2"], "14": ["--lora --seeds=2"],
                  "15": ["--sentiment", "--long", "--seeds=2"], "16": ["--seeds=2"], "17": ["--seeds=2"],
                  "18": ["--seeds=2"], "20": ["--pretrain-axis"], "22": ["--seeds=2"]}
-RUNS = [(les, ()) for les in LESSONS] + [(les, (flag,)) for les in LESSONS for flag in FLAG_SECTIONS.get(les["nn"], [])]
+# A section's flags are one string: "--lora --seeds=2" runs the two together.
+RUNS = [(les, ()) for les in LESSONS] + [(les, tuple(flags.split())) for les in LESSONS
+                                         for flags in FLAG_SECTIONS.get(les["nn"], [])]
 
 
 def test_every_flag_section_names_a_flag_of_its_walkthrough():
     for les in LESSONS:
         src = (les["dir"] / "walkthrough.py").read_text()
-        for flag in FLAG_SECTIONS.get(les["nn"], []):
+        for flag in " ".join(FLAG_SECTIONS.get(les["nn"], [])).split():
             name = flag.split("=")[0]
             given = f'"{name}"' in src or (name == "--seeds" and "course.add_seeds(parser" in src)
             assert given, f"{les['dir'].name}: FLAG_SECTIONS names {name}, which its walkthrough lacks"

@@ -21,11 +21,16 @@ Prints, top to bottom:
   With --lora, on its own (parts 1-2, then part 6): PPO at β = 0.2 with full fine-tuning (part 3's
   recipe) against PPO that trains only LoRA adapters, whose disabled adapters are π_ref (no frozen
   copy): reward, KL, parameters trained, models and bytes held, bytes saved for backward, CPU time.
+  With --lora --seeds K, at the end: part 6's rows again with seeds 0..K-1 (LoRA init, the prompts' order,
+  PPO's sampling and minibatch order; the same π_SFT and reward model), and the spread of the held-out RM
+  score, score − β KL, the training rollouts' score and KL, and the KL per update. --seeds needs --lora
+  (part 3's β rows have --long's three seeds).
 
     python lessons/14_rlhf_ppo/walkthrough.py           # or: minift run 14
     python lessons/14_rlhf_ppo/walkthrough.py --fast    # the seconds-long version the tests run
     python lessons/14_rlhf_ppo/walkthrough.py --long    # + 3 seeds x 3 values of beta
     python lessons/14_rlhf_ppo/walkthrough.py --lora    # parts 1-2, then full fine-tuning vs LoRA PPO
+    python lessons/14_rlhf_ppo/walkthrough.py --lora --seeds 5   # + part 6's rows with seeds 1-4 (3.5x --lora's time)
 
 Everything it uses lives in the library (minift/align/ppo.py, minift/align/reward.py,
 minift/align/preference.py, minift/evals.py, minift/pretrain.py); this file only calls it and prints.
@@ -53,7 +58,12 @@ parser = course.parser(__doc__)
 parser.add_argument("--long", action="store_true", help="also rerun PPO for beta in {0, 0.05, 0.2} x seeds 0, 1, 2")
 parser.add_argument("--lora", action="store_true", help="parts 1-2, then part 6 alone: PPO with full fine-tuning "
                                                         "vs PPO with LoRA on the policy (about 2 minutes of CPU)")
+course.add_seeds(parser, "part 6's rows (with --lora)", "LoRA init, the prompts' order, PPO's sampling and "
+                 "minibatch order", "the held-out RM score and KL, the training rollouts' score and KL, and the KL "
+                 "per update", "K=5: 3.5x --lora's time; only with --lora")
 args = course.start("14", parser)         # the base-model check, one thread, the clock: minift/course.py
+if args.seeds > 1 and not args.lora:
+    parser.error("--seeds K reruns part 6's rows: give it with --lora (--long reruns part 3's PPO with 3 seeds)")
 FAST, DEV = args.fast, args.device     # DEV: --device (cpu unless told), where every model lives
 CLOCK = course.clock_name()                # timed lines: "CPU" seconds; on a GPU "GPU wall" (synchronized)
 
@@ -149,19 +159,22 @@ if args.lora:
         return f"{n / 2 ** 20:.2f} MiB"
 
     C = sft.config.n_embd
-    lora_rows = []
-    for name, lcfg, lr in VARIANTS:
+
+    def lora_run(name, lcfg, lr, seed=0):
+        """One row: PPO from a copy of π_SFT (LoRA when lcfg is given), then its held-out evaluation."""
         policy = copy.deepcopy(sft)
         for p in policy.parameters():
             p.requires_grad_(True)
         if lcfg is not None:
+            if seed:                                               # seed 0: the RNG as the runs before left it
+                torch.manual_seed(seed)
             apply_lora(policy, lcfg)                               # freezes every weight but A and B
         ref_ = frozen_copy(sft) if lcfg is None else None          # LoRA: π_ref = the adapters disabled
         vhead = nn.Linear(C, 1)                                    # train_ppo's own head: V = 0 at the start
         nn.init.zeros_(vhead.weight)
         nn.init.zeros_(vhead.bias)
         vhead = vhead.to(device=sft.transformer.wte.weight.device)
-        cfg = PPOConfig(**{**PPO.__dict__, "kl_coef": LORA_BETA, "lr": lr, "seed": 0})
+        cfg = PPOConfig(**{**PPO.__dict__, "kl_coef": LORA_BETA, "lr": lr, "seed": seed})
         held = [m for m in (policy, ref_, rm, vhead) if m is not None]
         meter = SavedForBackward(*held)
         t0 = cpu()
@@ -173,15 +186,19 @@ if args.lora:
         s = evaluate_policy(policy, ref_, rm, tok, eval_ex, PPO.max_new_tokens, greedy=False, seed=1)
         g = evaluate_policy(policy, ref_, rm, tok, eval_ex, PPO.max_new_tokens, greedy=True)
         n = len(hist)
-        lora_rows.append({"name": name, "lr": lr, "trainable": trainable, "held": len(held),
-                          "models": "policy + ref + RM + V" if ref_ is not None else "policy (+adapters) + RM + V",
-                          "params_held": sum(p.numel() for m in held for p in m.parameters()),
-                          "weights": held_bytes(*held), "state": 12 * trainable, "saved": meter.peak,
-                          "secs": secs, "iter_secs": secs / n, "s": s, "g": g,
-                          "clip": sum(x["clip_frac"] for x in hist) / n, "step_kl": sum(x["approx_kl"] for x in hist) / n,
-                          "train_score": sum(x["score"] for x in hist[n // 2:]) / (n - n // 2),
-                          "train_kl": sum(x["kl"] for x in hist[n // 2:]) / (n - n // 2)})
-        print(f"{name}, lr {lr:g}: {secs:.1f}s {CLOCK}", flush=True)
+        return {"name": name, "lr": lr, "trainable": trainable, "held": len(held),
+                "models": "policy + ref + RM + V" if ref_ is not None else "policy (+adapters) + RM + V",
+                "params_held": sum(p.numel() for m in held for p in m.parameters()),
+                "weights": held_bytes(*held), "state": 12 * trainable, "saved": meter.peak,
+                "secs": secs, "iter_secs": secs / n, "s": s, "g": g,
+                "clip": sum(x["clip_frac"] for x in hist) / n, "step_kl": sum(x["approx_kl"] for x in hist) / n,
+                "train_score": sum(x["score"] for x in hist[n // 2:]) / (n - n // 2),
+                "train_kl": sum(x["kl"] for x in hist[n // 2:]) / (n - n // 2)}
+
+    lora_rows = []
+    for name, lcfg, lr in VARIANTS:
+        lora_rows.append(lora_run(name, lcfg, lr))
+        print(f"{name}, lr {lr:g}: {lora_rows[-1]['secs']:.1f}s {CLOCK}", flush=True)
     sft_ref = frozen_copy(sft)
     s0 = evaluate_policy(sft, sft_ref, rm, tok, eval_ex, PPO.max_new_tokens, greedy=False, seed=1)
     g0 = evaluate_policy(sft, sft_ref, rm, tok, eval_ex, PPO.max_new_tokens, greedy=True)
@@ -232,6 +249,44 @@ if args.lora:
                        f"tuning's gain {gain:+.2f}); noise: {SE:.2f} = one standard error of a difference of two "
                        f"{len(eval_ex)}-sample means of a unit-variance reward -> {judged} (LoRA PPO reaches full "
                        f"fine-tuning's reward)")
+
+    # --seeds K: every row of part 6 again with seeds 1..K-1, beside the seed-0 runs above
+    if seeds := course.seeds_section(args.seeds, "7. Seed spread: part 6's rows", "LoRA init, the prompts' order, "
+                                     "PPO's sampling and minibatch order; the same π_SFT and reward model"):
+        per = [[r] for r in lora_rows]                             # per[row][seed]; seed 0: the runs above
+        for sd in seeds[1:]:
+            t0 = cpu()
+            for by_seed, (name, lcfg, lr) in zip(per, VARIANTS):
+                by_seed.append(lora_run(name, lcfg, lr, sd))
+            print(f"seed {sd}: {len(VARIANTS)} PPO runs, {cpu() - t0:.1f}s {CLOCK}", flush=True)
+
+        def cells(xs, f="+.3f", spread=False):                     # each seed's value, the mean (and max − min)
+            return [" ".join(format(x, f) for x in xs), format(sum(xs) / len(xs), f)] + \
+                ([format(max(xs) - min(xs), f.lstrip("+"))] if spread else [])
+
+        full = [r["s"]["score"] for r in per[0]]                   # the first row: full fine-tuning
+        diffs = [("full fine-tuning − π_SFT", [x - s0["score"] for x in full])]
+        rows, rows2 = [], []
+        for by_seed in per:
+            name, lr, score = by_seed[0]["name"], f"{by_seed[0]['lr']:g}", [r["s"]["score"] for r in by_seed]
+            rows.append([name, lr, *cells(score, spread=True),
+                         *cells([r["s"]["score"] - LORA_BETA * r["s"]["kl"] for r in by_seed]),
+                         *cells([r["train_score"] for r in by_seed])])
+            rows2.append([name, lr, *cells([r["s"]["kl"] for r in by_seed], ".3f"),
+                          *cells([r["train_kl"] for r in by_seed], ".3f"),
+                          *cells([r["step_kl"] for r in by_seed], ".4f", spread=True)])
+            if by_seed is not per[0]:
+                diffs.append((f"{name}, lr {lr} − full fine-tuning", [x - y for x, y in zip(score, full)]))
+        table(("policy", "lr", "held-out RM score per seed", "mean", "range", f"score − {LORA_BETA:g} KL per seed",
+               "mean", f"train score, it {PPO.steps // 2 + 1}-{PPO.steps}, per seed", "mean"), rows)
+        table(("policy", "lr", "held-out KL per seed", "mean", "train KL per seed", "mean",
+               "KL(π_old ‖ π_new) per update per seed", "mean", "range"), rows2)
+        table(("held-out RM score, difference", "per seed", "mean", f"above +{SE:.3f}", f"below −{SE:.3f}"),
+              [[name, *cells(d), f"{sum(x > SE for x in d)} of {len(d)}", f"{sum(x < -SE for x in d)} of {len(d)}"]
+               for name, d in diffs])
+        print(f"held-out: part 6's columns, one temperature-1 sample per held-out prompt (the same sampling seed 1 for "
+              f"every training seed); π_SFT's RM score {s0['score']:+.3f} (no seed). {SE:.3f}: one standard error of a "
+              f"difference of two {len(eval_ex)}-sample means of a unit-variance reward.")
     print(f"\ntotal {course.elapsed():.0f}s wall, {time.process_time():.0f}s CPU{course.memory_note()}")
     raise SystemExit(0)
 
