@@ -40,8 +40,7 @@ change only the method (what trains, what is added), and measure. `Bench` is tha
     r = bench.run("LoRA r=4 q,v", 3e-3)     # trained once per (method, lr), measured, printed on one line
     r["f1"]["dev"], r["rep"]["trainable"], r["time"], r["model"]
 
-and `bench.sweep(...)` is the `--sweep` that picks each method's learning rate on the dev split.
-"""
+`bench.sweep(...)` is the `--sweep` that picks each method's rate on dev; `bench.seed_spread` --seeds."""
 from __future__ import annotations
 
 import argparse
@@ -64,7 +63,7 @@ from .peft.common import count_adapter_parameters
 from .peft.io import apply_config
 from .peft.selective import trainable_report
 from .pretrain import BASE_DIR, forgetting_probe, load_base
-from .report import KERNELS_ENV, header, kernels_note, seed_table, table
+from .report import KERNELS_ENV, header, kernels_note, kib, seed_table, table
 from .tasks import collate_fn, entity_f1
 from .train import TrainConfig, model_device, to_device, train
 
@@ -272,11 +271,6 @@ def elapsed() -> float:
 
 # ---- measuring helpers ------------------------------------------------------------------------
 
-def kib(n: int) -> str:
-    """A byte count as KiB, or MiB from 1 MiB on."""
-    return f"{n / 1024:,.1f} KiB" if n < 1024 ** 2 else f"{n / 1024 ** 2:,.2f} MiB"
-
-
 def sync(dev=None) -> None:
     """Wait for the GPU's queued work (a no-op on the CPU): a CUDA call returns before it is done,
     so a clock read after it without this times the launch, not the work."""
@@ -335,6 +329,12 @@ def forward_cpu_seconds(models: dict, batch: dict, rounds: int) -> dict:
 
 
 # ---- the bench --------------------------------------------------------------------------------
+
+def _pick(runs: list, k: int) -> float:
+    """The sweep's pick on each run's mean dev F1 over its first k seeds: the best, ties within 0.005 -> the smaller lr."""
+    score = {r["lr"]: sum(r["dev_seeds"][:k]) / k for r in runs}
+    return min(lr for lr, x in score.items() if x >= max(score.values()) - 0.005)
+
 
 class Bench:
     """One NER model per method, on a fresh copy of the base, trained and measured alike.
@@ -435,12 +435,13 @@ class Bench:
               f"F1 {r['f1'][self.dev]:.3f}, test F1 {r['f1']['test']:.3f}, {took}", flush=True)
 
     def sweep(self, methods, grid, lr: Optional[dict] = None, columns=("final loss", "F1"),
-              keep: Callable = lambda r: False, progress: bool = True) -> dict:
+              keep: Callable = lambda r: False, progress: bool = True, seeds=(0,)) -> dict:
         """The learning-rate sweep: every method at every rate of `grid` (one tuple, or a tuple per
         method), picked on dev F1, ties within 0.005 going to the smaller rate. With `lr`, the
         picks are written into it and the models of the other runs are dropped (memory) unless
         keep(run). Prints a table: method, lr, the `columns` ("final loss", "F1": dev and test,
-        "forgetting": the probe's ppl and facts, or (title, fn(run) -> str)), picked. Returns the picks."""
+        "forgetting": the probe's ppl and facts, or (title, fn(run) -> str)), picked. Returns the picks.
+        seeds (0, 1, ..): each rate at every seed, picked on the mean dev F1 ("seed 0": seed 0's pick)."""
         cols = []
         for c in columns:
             if c == "final loss":
@@ -453,14 +454,19 @@ class Bench:
                          ("facts", lambda r: f"{r['after']['fact_accuracy']:.0%}")]
             else:
                 cols.append(c)
+        if len(seeds) > 1:
+            cols += [(f"{self.dev} F1 per seed", lambda r: " ".join(f"{x:.3f}" for x in r["dev_seeds"])),
+                     ("mean", lambda r: f"{sum(r['dev_seeds']) / len(seeds):.3f}")]
         rows, picks = [], {}
         for method in methods:
             runs = [self.run(method, x, quiet=True) for x in (grid[method] if isinstance(grid, dict) else grid)]
-            best = max(r["f1"][self.dev] for r in runs)
-            picks[method] = min(r["lr"] for r in runs if r["f1"][self.dev] >= best - 0.005)
+            for r in runs:                               # the other seeds' runs: their dev F1 only
+                r["dev_seeds"] = [r["f1"][self.dev]] + [self.train_and_measure(method, r["lr"], seed=sd)["f1"][self.dev]
+                                                        for sd in seeds[1:]]
+            first, picks[method] = _pick(runs, 1), _pick(runs, len(seeds))
             for r in runs:
-                rows.append((method, f"{r['lr']:g}", *(fn(r) for _, fn in cols),
-                             "<-" if r["lr"] == picks[method] else ""))
+                rows.append((method, f"{r['lr']:g}", *(fn(r) for _, fn in cols), "<-" if r["lr"] == picks[method] else "",
+                             *(("<-" if r["lr"] == first else "",) if len(seeds) > 1 else ())))
             if lr is not None:
                 lr[method] = picks[method]
                 for r in runs:
@@ -468,7 +474,7 @@ class Bench:
                         r["model"] = None
             if progress:
                 print(f"  {method}: done", flush=True)
-        table(("method", "lr", *(t for t, _ in cols), "picked"), rows)
+        table(("method", "lr", *(t for t, _ in cols), "picked", *(("seed 0",) if len(seeds) > 1 else ())), rows)
         return picks
 
     def reseeded(self, method: str, seed: int):

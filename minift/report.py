@@ -40,6 +40,11 @@ def kernels_note(capability: str, lesson: str, chosen: Optional[str] = None) -> 
             f"{REFERENCE_KERNELS} kernels, so trained results can differ slightly from them.{how}")
 
 
+def kib(n: int) -> str:
+    """A byte count as KiB, or MiB from 1 MiB on."""
+    return f"{n / 1024:,.1f} KiB" if n < 1024 ** 2 else f"{n / 1024 ** 2:,.2f} MiB"
+
+
 def header(title: str, width: int = 88) -> None:
     """A section banner: a rule, the title, a rule."""
     print(f"\n{'=' * width}\n{title}\n{'=' * width}", flush=True)

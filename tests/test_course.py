@@ -228,6 +228,33 @@ def test_sweep_picks_the_best_dev_rate_and_the_smaller_one_within_0005(bench, ca
     assert before == {"LoRA": 1.0}                                                  # no lr dict: nothing written
 
 
+def test_a_sweep_over_seeds_picks_on_the_mean_dev_f1_and_marks_seed_0s_pick(bench, capsys, monkeypatch):
+    dev = {1e-3: [0.80, 0.70, 0.72], 3e-3: [0.78, 0.79, 0.80], 1e-2: [0.50, 0.90, 0.91]}   # (seed 0, 1, 2)
+    for x in dev:                                         # means 0.740, 0.790, 0.770: seed 0 alone picks 1e-3
+        bench.done[("LoRA", x)] = fake_run("LoRA", x, dev[x][0])
+    trained = []
+
+    def other_seed(method, lr, *, seed):
+        trained.append((lr, seed))
+        return {"f1": {bench.dev: dev[lr][seed]}}
+
+    monkeypatch.setattr(bench, "train_and_measure", other_seed)
+    lr = {"LoRA": 1.0}
+    assert bench.sweep(["LoRA"], {"LoRA": tuple(dev)}, lr, columns=("F1",), seeds=(0, 1, 2)) == lr == {"LoRA": 3e-3}
+    assert sorted(trained) == sorted((x, sd) for x in dev for sd in (1, 2))           # seed 0: the sweep's own runs
+    out = capsys.readouterr().out.splitlines()
+    head = next(ln for ln in out if ln.startswith("method"))
+    rows = {float(ln.split()[1]): ln for ln in out if ln.startswith("LoRA ")}
+
+    def cell(x, title):                                                         # right-aligned under its title
+        return rows[x][head.index(title):head.index(title) + len(title)].strip()
+
+    assert [cell(x, "picked") for x in dev] == ["", "<-", ""]                 # on the mean
+    assert [cell(x, "seed 0") for x in dev] == ["<-", "", ""]                 # on seed 0 alone
+    assert rows[3e-3].split()[-4:-1] == ["0.790", "0.800", "0.790"]             # seeds 1, 2; the mean
+    assert "0.500 0.900 0.910" in rows[1e-2] and "0.770" in rows[1e-2]
+
+
 def test_the_seed_spread_reuses_seed_0_and_redraws_what_each_method_draws(capsys):
     """Seed k retrains with the head, the data order AND the method's own draws moved: a mask's
     positions come from its config's seed, so a spread that kept it would not be a spread."""

@@ -19,13 +19,15 @@ Prints, top to bottom:
   5. one base, two task adapters (all entities / people only) written by `save_adapter`, swapped
      at run time with `load_adapter`; `disable_adapters` gives the base back, bit for bit.
   With --sweep, before part 2: the learning-rate sweep behind the lr column (every method at three
-  or four rates, picked on the val split; part 2 then reuses those runs).
+  or four rates, picked on the val split; part 2 then reuses those runs). With --sweep-seeds K too,
+  every rate is trained at seeds 0..K-1 and picked on the mean val F1.
   With --seeds K, at the end: part 2's methods again with seeds 0..K-1 (head and LoRA init, data
   order), at their rates, and the spread of val and test F1.
 
     python lessons/05_lora/walkthrough.py            # or: minift run 05
     python lessons/05_lora/walkthrough.py --fast     # the seconds-long version the tests run
     python lessons/05_lora/walkthrough.py --sweep    # re-pick every lr on val (about 4 minutes)
+    python lessons/05_lora/walkthrough.py --sweep --sweep-seeds 3   # ... on the mean over seeds 0, 1, 2
     python lessons/05_lora/walkthrough.py --seeds 5  # + the seed spread (3.7x the default run's time)
 
 Everything it uses lives in the library (minift/peft/lora.py, minift/peft/common.py,
@@ -59,9 +61,14 @@ from minift.report import header, table
 parser = course.parser(__doc__)
 parser.add_argument("--sweep", action="store_true", help="pick every method's lr on the val split first "
                                                          "(three or four rates each, about 4 minutes)")
+parser.add_argument("--sweep-seeds", type=course.seed_count, default=1, metavar="K",
+                    help="with --sweep: train every rate at seeds 0..K-1 too and pick on the mean val F1 (a seed 0 "
+                         "column marks seed 0's own pick; K times the sweep's time)")
 course.add_seeds(parser, "part 2's methods", "head and LoRA init, data order", "val/test F1",
                  "K=5: 3.7x the default run's time")
 args = course.start("05", parser)
+if args.sweep_seeds > 1 and not args.sweep:
+    parser.error("--sweep-seeds K picks the sweep's rates on K seeds: give it with --sweep")
 FAST, DEV = args.fast, args.device     # DEV: --device (cpu unless told); the Bench builds its models there too
 
 ALL_LINEAR = ("attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj")
@@ -111,8 +118,10 @@ print(f"base body before fine-tuning: pretraining perplexity {before['pretrain_p
 
 # ==============================================================================================
 if args.sweep:
-    header("learning-rate sweep: every method at three or four rates, picked on val F1 (ties within 0.005: smaller lr)")
-    bench.sweep(METHODS, GRID, LR, columns=("F1", "forgetting") if RUN_PROBE else ("F1",))     # keeps the picked models only
+    header("learning-rate sweep: every method at three or four rates, picked on val F1 (ties within 0.005: smaller lr)"
+           + (f"; val F1 as the mean over seeds 0..{args.sweep_seeds - 1}" if args.sweep_seeds > 1 else ""))
+    bench.sweep(METHODS, GRID, LR, columns=("F1", "forgetting") if RUN_PROBE else ("F1",),      # keeps the picked models only
+                seeds=tuple(range(args.sweep_seeds)))
 
 # ==============================================================================================
 header("1. The low-rank idea: how many directions does full fine-tuning's ΔW use?")
