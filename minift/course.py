@@ -63,7 +63,7 @@ from .peft.common import count_adapter_parameters
 from .peft.io import apply_config
 from .peft.selective import trainable_report
 from .pretrain import BASE_DIR, forgetting_probe, load_base
-from .report import KERNELS_ENV, header, kernels_note, kib, seed_table, table
+from .report import KERNELS_ENV, header, kernels_note, kib, per_seed, seed_table, table
 from .tasks import collate_fn, entity_f1
 from .train import TrainConfig, model_device, to_device, train
 
@@ -455,8 +455,8 @@ class Bench:
             else:
                 cols.append(c)
         if len(seeds) > 1:
-            cols += [(f"{self.dev} F1 per seed", lambda r: " ".join(f"{x:.3f}" for x in r["dev_seeds"])),
-                     ("mean", lambda r: f"{sum(r['dev_seeds']) / len(seeds):.3f}")]
+            cols += [(f"{self.dev} F1 per seed", lambda r: per_seed(r["dev_seeds"])[0]),
+                     ("mean", lambda r: per_seed(r["dev_seeds"])[1])]
         rows, picks = [], {}
         for method in methods:
             runs = [self.run(method, x, quiet=True) for x in (grid[method] if isinstance(grid, dict) else grid)]

@@ -69,13 +69,18 @@ def table(headers: Sequence, rows: Sequence[Sequence]) -> None:
     print(format_table(headers, rows), flush=True)
 
 
+def per_seed(xs, fmt: str = ".3f", spread: bool = False) -> list[str]:
+    """One score's cells in a seed table: each seed's value, their mean, and with `spread` their range
+    (max - min, unsigned), all in `fmt`."""
+    return [" ".join(format(x, fmt) for x in xs), format(sum(xs) / len(xs), fmt)] + \
+        ([format(max(xs) - min(xs), fmt.lstrip("+"))] if spread else [])
+
+
 def seed_table(rows, dev: str = "dev", metric: str = "F1") -> None:
     """The seed-spread table: rows of (method, lr, `dev` score per seed, test score per seed) ->
     each seed's score, the mean and the `dev` range (max - min). `metric` names the score (F1,
     accuracy, ...); an lr that is not a number (a string: "-", "1e-3/3e-4") is printed as given."""
-    cells = [(m, lr if isinstance(lr, str) else f"{lr:g}", " ".join(f"{x:.3f}" for x in d), f"{sum(d) / len(d):.3f}",
-              f"{max(d) - min(d):.3f}", " ".join(f"{x:.3f}" for x in t), f"{sum(t) / len(t):.3f}")
-             for m, lr, d, t in rows]
+    cells = [(m, lr if isinstance(lr, str) else f"{lr:g}", *per_seed(d, spread=True), *per_seed(t)) for m, lr, d, t in rows]
     table(("method", "lr", f"{dev} {metric} per seed", "mean", "range", f"test {metric} per seed", "mean"), cells)
 
 

@@ -51,7 +51,7 @@ from minift.align.reward import RewardConfig, train_reward_model
 from minift.evals import evaluate_policy, evaluate_reward_model, preference_examples, train_sft_policy
 from minift.memory import SavedForBackward
 from minift.pretrain import load_base
-from minift.report import header, table
+from minift.report import header, per_seed, table
 from minift.train import TrainConfig
 
 parser = course.parser(__doc__)
@@ -260,21 +260,17 @@ if args.lora:
                 by_seed.append(lora_run(name, lcfg, lr, sd))
             print(f"seed {sd}: {len(VARIANTS)} PPO runs, {cpu() - t0:.1f}s {CLOCK}", flush=True)
 
-        def cells(xs, f="+.3f", spread=False):                     # each seed's value, the mean (and max − min)
-            return [" ".join(format(x, f) for x in xs), format(sum(xs) / len(xs), f)] + \
-                ([format(max(xs) - min(xs), f.lstrip("+"))] if spread else [])
-
         full = [r["s"]["score"] for r in per[0]]                   # the first row: full fine-tuning
         diffs = [("full fine-tuning − π_SFT", [x - s0["score"] for x in full])]
         rows, rows2 = [], []
         for by_seed in per:
             name, lr, score = by_seed[0]["name"], f"{by_seed[0]['lr']:g}", [r["s"]["score"] for r in by_seed]
-            rows.append([name, lr, *cells(score, spread=True),
-                         *cells([r["s"]["score"] - LORA_BETA * r["s"]["kl"] for r in by_seed]),
-                         *cells([r["train_score"] for r in by_seed])])
-            rows2.append([name, lr, *cells([r["s"]["kl"] for r in by_seed], ".3f"),
-                          *cells([r["train_kl"] for r in by_seed], ".3f"),
-                          *cells([r["step_kl"] for r in by_seed], ".4f", spread=True)])
+            rows.append([name, lr, *per_seed(score, "+.3f", spread=True),
+                         *per_seed([r["s"]["score"] - LORA_BETA * r["s"]["kl"] for r in by_seed], "+.3f"),
+                         *per_seed([r["train_score"] for r in by_seed], "+.3f")])
+            rows2.append([name, lr, *per_seed([r["s"]["kl"] for r in by_seed]),
+                          *per_seed([r["train_kl"] for r in by_seed]),
+                          *per_seed([r["step_kl"] for r in by_seed], ".4f", spread=True)])
             if by_seed is not per[0]:
                 diffs.append((f"{name}, lr {lr} − full fine-tuning", [x - y for x, y in zip(score, full)]))
         table(("policy", "lr", "held-out RM score per seed", "mean", "range", f"score − {LORA_BETA:g} KL per seed",
@@ -282,7 +278,7 @@ if args.lora:
         table(("policy", "lr", "held-out KL per seed", "mean", "train KL per seed", "mean",
                "KL(π_old ‖ π_new) per update per seed", "mean", "range"), rows2)
         table(("held-out RM score, difference", "per seed", "mean", f"above +{SE:.3f}", f"below −{SE:.3f}"),
-              [[name, *cells(d), f"{sum(x > SE for x in d)} of {len(d)}", f"{sum(x < -SE for x in d)} of {len(d)}"]
+              [[name, *per_seed(d, "+.3f"), f"{sum(x > SE for x in d)} of {len(d)}", f"{sum(x < -SE for x in d)} of {len(d)}"]
                for name, d in diffs])
         print(f"held-out: part 6's columns, one temperature-1 sample per held-out prompt (the same sampling seed 1 for "
               f"every training seed); π_SFT's RM score {s0['score']:+.3f} (no seed). {SE:.3f}: one standard error of a "

@@ -57,7 +57,7 @@ from minift.evals import (evaluate_preferences, evaluate_reward_model, generate_
                           train_sft_policy)
 from minift.memory import SavedForBackward
 from minift.pretrain import forgetting_probe, load_base
-from minift.report import header, table
+from minift.report import header, per_seed, table
 from minift.tasks import collate
 from minift.train import TrainConfig, to_device
 
@@ -398,21 +398,17 @@ def seed_spread():
             rows[(name, beta)] = (r["eval"], greedy(r["policy"]))
         runs[sd] = (greedy(pi), rows)
 
-    def spread(xs, f=".3f"):
-        """Each seed's value, and their mean."""
-        return " ".join(format(x, f) for x in xs), format(sum(xs) / len(xs), f)
-
     rows = []
     for key in results:
         acc, dw = [runs[sd][1][key][0]["accuracy"] for sd in seeds], [runs[sd][1][key][0]["d_chosen"] for sd in seeds]
-        rows.append((key[0], f"{key[1]:g}", *spread(acc), f"{max(acc) - min(acc):.3f}", *spread(dw, "+.2f")))
+        rows.append((key[0], f"{key[1]:g}", *per_seed(acc, spread=True), *per_seed(dw, "+.2f")))
     table(("policy", "β", "acc h > 0 per seed", "mean", "range", "Δ log π(y_w) per seed", "mean"), rows)
-    rows = [("π_SFT", "", *spread([runs[sd][0]["chosen"] for sd in seeds]),
-             *spread([runs[sd][0]["fact_correct"] for sd in seeds]), "")]
+    rows = [("π_SFT", "", *per_seed([runs[sd][0]["chosen"] for sd in seeds]),
+             *per_seed([runs[sd][0]["fact_correct"] for sd in seeds]), "")]
     for key in results:
         gs = [runs[sd][1][key][1] for sd in seeds]
         held = sum(all(targets(*runs[sd][1][key], runs[sd][0])) for sd in seeds)
-        rows.append((key[0], f"{key[1]:g}", *spread([g["chosen"] for g in gs]), *spread([g["fact_correct"] for g in gs]),
+        rows.append((key[0], f"{key[1]:g}", *per_seed([g["chosen"] for g in gs]), *per_seed([g["fact_correct"] for g in gs]),
                      f"{held} of {len(seeds)}"))
     table(("policy", "β", "greedy = y_w per seed", "mean", "facts right per seed", "mean", "both targets hold"), rows)
     print(f"acc h > 0 (a share, 0 to 1) and Δ log π(y_w) (nats): part 3's columns, on the {len(val_ex)} held-out "

@@ -40,7 +40,7 @@ from minift.evals import (PAIR_KINDS, cosine, evaluate_embeddings, fact_key, pai
                           unsupervised_sentences)
 from minift.peft.lora import LoRAConfig, apply_lora
 from minift.pretrain import load_base
-from minift.report import header, table
+from minift.report import header, per_seed, table
 from minift.train import TrainConfig
 
 parser = course.parser(__doc__, "a few steps per recipe (seconds)")
@@ -205,11 +205,8 @@ if seeds := course.seeds_section(args.seeds, "6. Seed spread: part 2's recipes",
     course.seed_table([(n, RECIPES[n][1], [r["val_acc"] for r in rs], [r["test_acc"] for r in rs])
                        for n, rs in runs.items()], "val", "accuracy")
 
-    def spread(v):                                   # each seed's value, then their mean
-        return [" ".join(f"{x:.3f}" for x in v), f"{np.mean(v):.3f}"]
-
     table(["recipe", "R@1 fact per seed", "mean", "R@1 per seed", "mean"],
-          [[n] + spread([r["retrieval_fact_at_1"] for r in rs]) + spread([r["retrieval_at_1"] for r in rs])
+          [[n] + per_seed([r["retrieval_fact_at_1"] for r in rs]) + per_seed([r["retrieval_at_1"] for r in rs])
            for n, rs in runs.items()])
     print(f"(the untrained base: val / test accuracy {before['last']['val_acc']:.3f} / "
           f"{before['last']['test_acc']:.3f}, R@1 fact {before['last']['retrieval_fact_at_1']:.3f}: no seed)")

@@ -33,7 +33,7 @@ from minift.peft.common import disable_adapters
 from minift.peft.io import apply_config
 from minift.peft.lora import LoRAConfig, merge_lora
 from minift.peft.selective import SelectiveConfig
-from minift.report import header, table
+from minift.report import header, per_seed, table
 from minift.train import TrainConfig, stack_collate, train
 from minift.vision import SHAPES, ViT, ViTConfig, accuracy, image_items, image_loss, shapes
 
@@ -154,11 +154,9 @@ if seeds := course.seeds_section(args.seeds, "5. Seed spread: part 4's methods",
             m = adapt(mcfg, lr, sd)[0]
             spread[name].append((accuracy(m, shift_test, shift_test_y), accuracy(m, solid_test, solid_test_y)))
 
-    def cells(v):                              # each seed's score, the mean, the range (max - min)
-        return [" ".join(f"{x:.3f}" for x in v), f"{sum(v) / len(v):.3f}", f"{max(v) - min(v):.3f}"]
-
     table(("method", "lr", "shifted test per seed", "mean", "range", "solid test after per seed", "mean", "range"),
-          [[name, f"{lr:g}"] + cells([a for a, _ in spread[name]]) + cells([b for _, b in spread[name]])
+          [[name, f"{lr:g}"] + per_seed([a for a, _ in spread[name]], spread=True)
+           + per_seed([b for _, b in spread[name]], spread=True)
            for name, _, lr in METHODS])
     print(f"accuracy on the {N_TEST} shifted and {N_TEST} solid test images; the pretrained ViT (no seed here): "
           f"{acc_zero:.3f} shifted, {acc_solid:.3f} solid.")
