@@ -316,6 +316,26 @@ def test_the_seeds_flag_takes_a_count_of_one_or_more_and_says_what_it_costs(caps
         assert e.value.code == 2 and "argument --seeds: " in capsys.readouterr().err, bad
 
 
+def test_sweep_seeds_pick_over_seeds_only_with_the_sweep_itself(capsys):
+    p = course.parser(DOC)
+    course.add_sweep(p, "pick every rate on dev first")
+    assert "pick every rate on dev first" in " ".join(p.format_help().split())
+    threads = torch.get_num_threads()
+    try:
+        args = course.start("99", p, needs_base=False, argv=[])
+        assert (args.sweep, course.sweep_seeds(args)) == (False, (0,))
+        args = course.start("99", p, needs_base=False, argv=["--sweep", "--sweep-seeds", "3"])
+        assert (args.sweep, course.sweep_seeds(args)) == (True, (0, 1, 2))
+        capsys.readouterr()
+        for argv in (["--sweep-seeds", "3"], ["--sweep", "--sweep-seeds", "0"]):
+            with pytest.raises(SystemExit) as e:
+                course.start("99", p, needs_base=False, argv=argv)
+            assert e.value.code == 2 and "--sweep-seeds" in capsys.readouterr().err, argv
+        course.start("99", p, needs_base=False, argv=["--sweep-seeds", "1"])      # one seed: the plain sweep's
+    finally:
+        torch.set_num_threads(threads)
+
+
 def test_the_seed_table_prints_each_seed_the_mean_and_the_dev_range(capsys):
     course.seed_table([("a", 0.003, [0.5, 0.75, 1.0], [0.25, 0.5, 0.0]), ("b", "-", [0.125], [1.0])],
                       "val", "accuracy")

@@ -17,6 +17,7 @@ LAYERS = {
     "minift.peft": 2, "minift.quant": 2, "minift.align": 2,
     # what is built on the methods: accounting, the course's experiments, the conformance suite
     "minift.memory": 3, "minift.pretrain": 3, "minift.scaling": 3, "minift.bench": 3, "minift.bench_gpu": 3, "minift.course": 3,
+    "minift.measure": 3, "minift.method_bench": 3,
     "minift.evals": 3, "minift.sentiment": 3, "minift.conformance": 3, "minift.figures": 3, "minift.notebook": 3,
     "minift.taxonomy": 3,
     "minift.cli": 4,

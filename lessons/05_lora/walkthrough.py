@@ -59,16 +59,10 @@ from minift.train import to_device
 from minift.report import header, table
 
 parser = course.parser(__doc__)
-parser.add_argument("--sweep", action="store_true", help="pick every method's lr on the val split first "
-                                                         "(three or four rates each, about 4 minutes)")
-parser.add_argument("--sweep-seeds", type=course.seed_count, default=1, metavar="K",
-                    help="with --sweep: train every rate at seeds 0..K-1 too and pick on the mean val F1 (a seed 0 "
-                         "column marks seed 0's own pick; K times the sweep's time)")
+course.add_sweep(parser, "pick every method's lr on the val split first (three or four rates each, about 4 minutes)")
 course.add_seeds(parser, "part 2's methods", "head and LoRA init, data order", "val/test F1",
                  "K=5: 3.7x the default run's time")
 args = course.start("05", parser)
-if args.sweep_seeds > 1 and not args.sweep:
-    parser.error("--sweep-seeds K picks the sweep's rates on K seeds: give it with --sweep")
 FAST, DEV = args.fast, args.device     # DEV: --device (cpu unless told); the Bench builds its models there too
 
 ALL_LINEAR = ("attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj")
@@ -121,7 +115,7 @@ if args.sweep:
     header("learning-rate sweep: every method at three or four rates, picked on val F1 (ties within 0.005: smaller lr)"
            + (f"; val F1 as the mean over seeds 0..{args.sweep_seeds - 1}" if args.sweep_seeds > 1 else ""))
     bench.sweep(METHODS, GRID, LR, columns=("F1", "forgetting") if RUN_PROBE else ("F1",),      # keeps the picked models only
-                seeds=tuple(range(args.sweep_seeds)))
+                seeds=course.sweep_seeds(args))
 
 # ==============================================================================================
 header("1. The low-rank idea: how many directions does full fine-tuning's ΔW use?")
