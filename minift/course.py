@@ -116,6 +116,11 @@ def sweep_seeds(args: argparse.Namespace) -> tuple[int, ...]:
     return tuple(range(args.sweep_seeds))
 
 
+def sweep_note(args: argparse.Namespace, dev: str = "dev") -> str:
+    """The end of a sweep's header under --sweep-seeds K > 1: "; dev F1 as the mean over seeds 0..K-1"."""
+    return f"; {dev} F1 as the mean over seeds 0..{args.sweep_seeds - 1}" if args.sweep_seeds > 1 else ""
+
+
 def seed_count(text: str) -> int:
     """--seeds' check (argparse `type`): a whole number of seeds, 1 or more."""
     try:

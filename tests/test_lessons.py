@@ -30,10 +30,12 @@ def test_lessons_exist_in_order_with_their_three_files():
 
 # The sections a lesson runs only behind a flag of its own: each is smoke-tested too, as `--fast FLAG`.
 # (A flag with a value is written --flag=value.) Every --seeds section runs as --seeds=2 (14's with
-# --lora); course.add_seeds, seeds_section and Bench.seed_spread themselves are tested in test_course.py.
-FLAG_SECTIONS = {"03": ["--chat", "--plain"], "04": ["--seeds=2"], "05": ["--seeds=2", "--sweep --sweep-seeds=2"],
-                 "06": ["--seeds=2"], "07": ["--generation", "--seeds=2"], "08": ["--seeds=2"], "09": ["--seeds=2"],
-                 "10": ["--seeds=2"], "12": ["--low-bits", "--seeds=2"], "14": ["--lora --seeds=2"],
+# --lora), every --sweep as --sweep --sweep-seeds=2 (which runs the plain sweep's code too); course.add_seeds,
+# add_sweep, seeds_section, Bench.sweep and Bench.seed_spread themselves are tested in test_course.py.
+SWEEP = "--sweep --sweep-seeds=2"
+FLAG_SECTIONS = {"03": ["--chat", "--plain"], "04": ["--seeds=2", SWEEP], "05": ["--seeds=2", SWEEP],
+                 "06": ["--seeds=2", SWEEP], "07": ["--generation", "--seeds=2", SWEEP], "08": ["--seeds=2", SWEEP],
+                 "09": ["--seeds=2"], "10": ["--seeds=2", SWEEP], "12": ["--low-bits", "--seeds=2"], "14": ["--lora --seeds=2"],
                  "15": ["--sentiment", "--long", "--seeds=2"], "16": ["--seeds=2"], "17": ["--seeds=2"],
                  "18": ["--seeds=2"], "20": ["--pretrain-axis"], "22": ["--seeds=2"]}
 # A section's flags are one string: "--lora --seeds=2" runs the two together.
@@ -46,7 +48,8 @@ def test_every_flag_section_names_a_flag_of_its_walkthrough():
         src = (les["dir"] / "walkthrough.py").read_text()
         for flag in " ".join(FLAG_SECTIONS.get(les["nn"], [])).split():
             name = flag.split("=")[0]
-            given = f'"{name}"' in src or (name == "--seeds" and "course.add_seeds(parser" in src)
+            given = (f'"{name}"' in src or (name == "--seeds" and "course.add_seeds(parser" in src)
+                     or (name in ("--sweep", "--sweep-seeds") and "course.add_sweep(parser" in src))
             assert given, f"{les['dir'].name}: FLAG_SECTIONS names {name}, which its walkthrough lacks"
 
 

@@ -36,10 +36,9 @@ from minift.pretrain import forgetting_probe, load_base
 from minift.report import header, table
 
 parser = course.parser(__doc__)
-parser.add_argument("--sweep", action="store_true", help="sweep every method's lr over its grid ({1e-3, 3e-3, "
-                                                         "1e-2}; {3e-3, 1e-2, 3e-2} for BitFit and LayerNorm; "
-                                                         "{3e-3, 1e-2, 3e-2, 1e-1} for head-only) on the dev "
-                                                         "split first (about 4.5 minutes of CPU)")
+course.add_sweep(parser, "sweep every method's lr over its grid ({1e-3, 3e-3, 1e-2}; {3e-3, 1e-2, 3e-2} for BitFit "
+                         "and LayerNorm; {3e-3, 1e-2, 3e-2, 1e-1} for head-only) on the dev split first (about 4.5 "
+                         "minutes of CPU)")
 course.add_seeds(parser, "part 2's methods", "head init, data order", "dev/test F1", "K=5: 4.6x the default run's time")
 args = course.start("04", parser)
 FAST, DEV = args.fast, args.device     # DEV: --device (cpu unless told); the Bench builds its models there too
@@ -106,8 +105,9 @@ print(format_report(trainable_report(bench.fresh("BitFit"))))
 
 # ==============================================================================================
 if args.sweep:
-    header(f"learning-rate sweep: every method at every rate of its grid, {STEPS} steps x batch {BATCH}")
-    bench.sweep(METHODS, GRID, LR, columns=("F1", "forgetting"), keep=lambda r: True)
+    header(f"learning-rate sweep: every method at every rate of its grid, {STEPS} steps x batch {BATCH}"
+           + course.sweep_note(args))
+    bench.sweep(METHODS, GRID, LR, columns=("F1", "forgetting"), keep=lambda r: True, seeds=course.sweep_seeds(args))
 
 header(f"2. One NER model per method: {STEPS} steps x batch {BATCH}, AdamW, warmup + cosine, seed 0")
 results = [bench.run(m, LR[m]) for m in METHODS]

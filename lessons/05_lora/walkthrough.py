@@ -113,7 +113,7 @@ print(f"base body before fine-tuning: pretraining perplexity {before['pretrain_p
 # ==============================================================================================
 if args.sweep:
     header("learning-rate sweep: every method at three or four rates, picked on val F1 (ties within 0.005: smaller lr)"
-           + (f"; val F1 as the mean over seeds 0..{args.sweep_seeds - 1}" if args.sweep_seeds > 1 else ""))
+           + course.sweep_note(args, "val"))
     bench.sweep(METHODS, GRID, LR, columns=("F1", "forgetting") if RUN_PROBE else ("F1",),      # keeps the picked models only
                 seeds=course.sweep_seeds(args))
 

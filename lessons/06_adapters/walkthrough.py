@@ -49,9 +49,8 @@ from minift.train import to_device
 from minift.report import header, table
 
 parser = course.parser(__doc__)
-parser.add_argument("--sweep", action="store_true", help="sweep every method's lr over {1e-3, 3e-3, 1e-2, 3e-2} "
-                                                         "(head-only: {1e-2, 3e-2, 1e-1, 3e-1}) on the dev "
-                                                         "split first (about 4 minutes)")
+course.add_sweep(parser, "sweep every method's lr over {1e-3, 3e-3, 1e-2, 3e-2} (head-only: {1e-2, 3e-2, 1e-1, "
+                         "3e-1}) on the dev split first (about 4 minutes)")
 course.add_seeds(parser, "part 2's methods", "head and adapter init, data order", "dev/test F1",
                  "K=5: 2.4x the default run's time")
 args = course.start("06", parser)
@@ -182,8 +181,8 @@ with torch.no_grad():
 # ==============================================================================================
 if args.sweep:
     header(f"learning-rate sweep: every method at lr in {LRS} (head-only: {GRID['head-only']}), {STEPS} steps "
-           f"x batch {BATCH}, picked on dev")
-    bench.sweep(METHODS, GRID, LR)                              # keeps the picked models only
+           f"x batch {BATCH}, picked on dev" + course.sweep_note(args))
+    bench.sweep(METHODS, GRID, LR, seeds=course.sweep_seeds(args))  # keeps the picked models only
 
 header(f"2. One NER model per method, at a matched budget: {STEPS} steps x batch {BATCH}, AdamW, warmup + cosine, "
        f"seed 0")

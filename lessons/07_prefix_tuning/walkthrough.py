@@ -52,9 +52,8 @@ from minift.report import header, table
 from minift.tasks import entity_f1
 
 parser = course.parser(__doc__)
-parser.add_argument("--sweep", action="store_true", help="sweep the prefix rows' lr over {3e-3, 1e-2, 3e-2, 1e-1} "
-                                                         "(the no-MLP rows: + 3e-1) on the dev split first "
-                                                         "(about 4 minutes)")
+course.add_sweep(parser, "sweep the prefix rows' lr over {3e-3, 1e-2, 3e-2, 1e-1} (the no-MLP rows: + 3e-1) on the "
+                         "dev split first (about 4 minutes)")
 course.add_seeds(parser, "part 2's methods", "head and prefix init, data order", "dev/test F1",
                  "K=5: 2.8x the default run's time")
 parser.add_argument("--generation", action="store_true",
@@ -237,8 +236,8 @@ print(f"(c) greedy generation, 20 tokens, random prefix P = {P}: KV cache == unc
 # ==============================================================================================
 if args.sweep:
     header(f"learning-rate sweep: the prefix rows at lr in {LRS} (no MLP: + 3e-1), {STEPS} steps x batch {BATCH}, "
-           f"picked on dev")
-    bench.sweep(PREFIX, GRID, LR)                             # keeps the picked models only
+           f"picked on dev" + course.sweep_note(args))
+    bench.sweep(PREFIX, GRID, LR, seeds=course.sweep_seeds(args))  # keeps the picked models only
 
 header(f"2. One NER model per method: {STEPS} steps x batch {BATCH}, AdamW, warmup + cosine, seed 0")
 results = {m: bench.run(m, LR[m]) for m in METHODS}

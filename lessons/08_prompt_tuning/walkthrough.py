@@ -43,7 +43,7 @@ from minift.train import to_device
 from minift.report import header, table
 
 parser = course.parser(__doc__)
-parser.add_argument("--sweep", action="store_true", help="pick the n = 16 prompts' lr from {1e-2, 3e-2, 1e-1, 3e-1} (vocab: + 1) on dev first")
+course.add_sweep(parser, "pick the n = 16 prompts' lr from {1e-2, 3e-2, 1e-1, 3e-1} (vocab: + 1) on dev first")
 course.add_seeds(parser, "head-only, LoRA and part 2's n = 16 prompts", "head init, the prompt's start, data order",
                  "dev/test F1", "K=5: 3.0x the default run's time")
 parser.add_argument("--lengths", type=int, nargs="+", default=[1, 4], metavar="N",
@@ -144,8 +144,8 @@ print(f"  inside disable_adapters(model) == the base:         {torch.equal(off, 
 # ==============================================================================================
 if args.sweep:
     header(f"learning-rate sweep: the n = {N} prompts at lr in {PROMPT_LRS} (vocab: {GRID[f'prompt n={N} vocab']}), "
-           f"picked on dev F1")
-    bench.sweep(PROMPTS[:3], GRID, LR)                         # the picks go into LR; the other runs are dropped
+           f"picked on dev F1" + course.sweep_note(args))
+    bench.sweep(PROMPTS[:3], GRID, LR, seeds=course.sweep_seeds(args))  # the picks go into LR; the other runs are dropped
     for m in PROMPTS[3:]:                                       # the other lengths: the vocabulary init's pick
         LR[m] = LR[f"prompt n={N} vocab"]
     print(f"part 2 uses the picks; the other lengths take the vocabulary init's ({LR[f'prompt n={N} vocab']:g}).")

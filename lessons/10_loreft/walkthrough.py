@@ -45,8 +45,7 @@ from minift.train import to_device
 from minift.report import header, table
 
 parser = course.parser(__doc__)
-parser.add_argument("--sweep", action="store_true", help="sweep LoRA's and LoReFT's lr over {1e-3, 3e-3, 1e-2, "
-                                                         "3e-2} on the dev split first")
+course.add_sweep(parser, "sweep LoRA's and LoReFT's lr over {1e-3, 3e-3, 1e-2, 3e-2} on the dev split first")
 course.add_seeds(parser, "LoRA q,v r=2 and LoReFT r=4", "head and adapter init, data order", "dev/test F1",
                  "K=5: 1.9x the default run's time")
 args = course.start("10", parser)
@@ -120,8 +119,9 @@ with torch.no_grad():
 
 # ==============================================================================================
 if args.sweep:
-    header(f"learning-rate sweep: {', '.join(SWEPT)} at lr in {LRS}, {STEPS} steps x batch {BATCH}, picked on dev")
-    bench.sweep(SWEPT, LRS, LR, progress=False)
+    header(f"learning-rate sweep: {', '.join(SWEPT)} at lr in {LRS}, {STEPS} steps x batch {BATCH}, picked on dev"
+           + course.sweep_note(args))
+    bench.sweep(SWEPT, LRS, LR, progress=False, seeds=course.sweep_seeds(args))
     for m in METHODS:
         if m.startswith("LoReFT r=") and m != "LoReFT r=4":
             LR[m] = LR["LoReFT r=4"]
