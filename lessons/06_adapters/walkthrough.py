@@ -152,7 +152,7 @@ for method in PEFT:
     tree(body.transformer.h[0], "    ")
     if isinstance(cfg, AdapterConfig):
         per = adapter_parameter_count(C, cfg.bottleneck)
-        print(f"  new tensors in block 0: " + ", ".join(
+        print("  new tensors in block 0: " + ", ".join(
             f"{k.split('h.0.')[1]} {tuple(v.shape)}" for k, v in adapters_state_dict(body).items() if ".h.0." in k))
         print(f"  parameters: {len(names)} adapters x (2 C m + m + C = {per:,}) = {n:,}")
     else:
@@ -240,7 +240,7 @@ print(f"LoRA merged (W = W0 + s B A, merge_lora): forward {ratio['LoRA q,v merge
       f"merged - unmerged| = {(mg - un).abs().max().item():.1e}. Adapters cannot merge: f sits between W_down "
       f"and W_up.")
 full = results["full"]
-print(f"train time vs full fine-tuning: " + ", ".join(f"{m} {results[m]['time'] / full['time']:.2f}x" for m in PEFT)
+print("train time vs full fine-tuning: " + ", ".join(f"{m} {results[m]['time'] / full['time']:.2f}x" for m in PEFT)
       + ": backpropagation still runs through every frozen block below the lowest adapter.")
 
 sizes = {}

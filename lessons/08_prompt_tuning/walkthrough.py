@@ -133,7 +133,7 @@ with torch.no_grad():
     with disable_adapters(lm):
         off = lm(batch["idx"], attention_mask=batch["attention_mask"]).logits
 real = batch["attention_mask"].bool()
-print(f"\nchecks on 16 dev sentences, the shipped base as a language model:")
+print("\nchecks on 16 dev sentences, the shipped base as a language model:")
 print(f"  length-0 prompt == the base:                        {torch.equal(zero, want)}   (the only no-op length)")
 print(f"  text-init prompt == the text typed in front:        max |logit difference| at real tokens = "
       f"{(prompted - typed)[real].abs().max().item():.1e}")
@@ -174,7 +174,7 @@ print(f"trainable = adapter + the task head (1,161). train time = {CLOCK} second
       f"(fastest of {TIMING_ROUNDS} interleaved rounds: {best_t['base'] * 1e3:.1f} ms). The sentences are "
       f"{sum(lens) / len(lens):.0f} tokens on average: a prompt of n = 16 doubles what every layer computes.")
 head, best = results["head-only"]["f1"], max(PROMPTS, key=lambda m: results[m]["f1"]["dev"])
-print(f"prompt tuning vs head-only: dev F1 " + ", ".join(f"{m.removeprefix('prompt ')} "
+print("prompt tuning vs head-only: dev F1 " + ", ".join(f"{m.removeprefix('prompt ')} "
       f"{results[m]['f1']['dev'] - head['dev']:+.3f}" for m in PROMPTS) + f";  vs LoRA: best prompt ({best}) "
       f"{results[best]['f1']['dev'] - lora['f1']['dev']:+.3f} dev, {results[best]['f1']['test'] - lora['f1']['test']:+.3f} test.")
 shipped = load_base(device=DEV)[0].state_dict()

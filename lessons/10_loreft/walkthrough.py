@@ -210,8 +210,8 @@ for i in range(L):
                  str(int((s > 1e-6 * s[0]).sum()))))
 print("\nLoRA q,v r=2, the same measure: the change of each block's output (LoRA on - off, on the same input):")
 table(("layer", "‖Δh‖/‖h‖", "energy in 4 dirs", "in 16 dirs", "rank"), rows)
-print(f"LoRA's ΔW has rank 2 per matrix, but the change it causes in the residual stream passes through softmax, "
-      f"c_proj and the MLP's GELU: it is not confined to a small subspace. LoReFT's edit is, by construction.")
+print("LoRA's ΔW has rank 2 per matrix, but the change it causes in the residual stream passes through softmax, "
+      "c_proj and the MLP's GELU: it is not confined to a small subspace. LoReFT's edit is, by construction.")
 
 # ==============================================================================================
 header("4. Positions: first 2 and last 2 real prompt tokens (positions='prompt'), edited at the last block")
