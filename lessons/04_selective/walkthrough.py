@@ -18,11 +18,12 @@ Prints, top to bottom:
     python lessons/04_selective/walkthrough.py           # or: minift run 04
     python lessons/04_selective/walkthrough.py --fast    # the seconds-long version the tests run
     python lessons/04_selective/walkthrough.py --sweep   # re-pick every lr from its GRID (~4.5 min)
+    python lessons/04_selective/walkthrough.py --sweep --sweep-seeds 3   # ... on the mean over seeds 0, 1, 2
     python lessons/04_selective/walkthrough.py --seeds 5 # + the seed spread (4.6x the default run's time)
 
 Everything it uses lives in the library (minift/peft/selective.py, minift/heads.py,
 minift/train.py, minift/tasks.py, minift/pretrain.py; the train-and-measure bench of the method
-lessons: minift/course.py); this file only calls it and prints.
+lessons: minift/method_bench.py); this file only calls it and prints.
 """
 EXPECTED_SECONDS = 77     # CPU seconds on the 2-core EPYC VM the READMEs are measured on
 FAST_SECONDS = 11
@@ -80,7 +81,7 @@ ner = {"train": ner_all[:-200] if not FAST else ner_all[:200], "dev": cut(ner_al
        "test": cut(world.task("ner", "test"))}
 items = {s: encode_ner(tok, v, world.NER_TAGS, BLOCK) for s, v in ner.items()}
 train_items = [{"idx": it["idx"], "labels": it["labels"]} for it in items["train"]]
-# the bench (minift/course.py): a fresh TokenClassifier per method, the same head init, data and steps
+# the bench (minift/method_bench.py): a fresh TokenClassifier per method, the same head init, data and steps
 bench = course.Bench(METHODS, tok, (ner, items, train_items), steps=STEPS, batch=BATCH,
                      warmup_steps=max(1, STEPS // 10), probe=PROBE, width=14)
 print(f"task: NER (BIO tags over {', '.join(world.NER_TYPES)}), {len(ner['train'])} training sentences; "

@@ -32,7 +32,7 @@ Prints, top to bottom:
 
 Everything it uses lives in the library (minift/peft/lora.py, minift/peft/common.py,
 minift/peft/io.py, minift/heads.py, minift/train.py, minift/pretrain.py; the train-and-measure
-bench: minift/course.py); this file only calls it and prints.
+bench: minift/method_bench.py); this file only calls it and prints.
 """
 EXPECTED_SECONDS = 100    # CPU seconds on the 2-core EPYC VM the READMEs are measured on
 FAST_SECONDS = 13
@@ -98,7 +98,7 @@ BLOCK = 128
 base, tok = load_base(device=DEV)
 before = forgetting_probe(base, tok, **PROBE)
 ner, items, train_items = ner_splits(tok, BLOCK, N_EVAL)   # examples, encodings, train items
-# the bench (minift/course.py): a fresh TokenClassifier per method, the same head init, data and steps
+# the bench (minift/method_bench.py): a fresh TokenClassifier per method, the same head init, data and steps
 bench = course.Bench(METHODS, tok, (ner, items, train_items), steps=STEPS, batch=BATCH, dev="val",
                      warmup_steps=max(1, STEPS // 10), probe=RUN_PROBE, width=24)
 col, f1_on = bench.col, bench.predict

@@ -21,11 +21,12 @@ Prints, top to bottom:
     python lessons/06_adapters/walkthrough.py           # or: minift run 06
     python lessons/06_adapters/walkthrough.py --fast    # the seconds-long version the tests run
     python lessons/06_adapters/walkthrough.py --sweep   # re-pick every lr from {1e-3, 3e-3, 1e-2, 3e-2}
+    python lessons/06_adapters/walkthrough.py --sweep --sweep-seeds 3   # ... on the mean over seeds 0, 1, 2
                                                         # (head-only: {1e-2, 3e-2, 1e-1, 3e-1})
 
 Everything it uses lives in the library (minift/peft/adapters.py, minift/peft/lora.py,
 minift/peft/common.py, minift/peft/io.py, minift/heads.py, minift/train.py, minift/pretrain.py;
-the train-and-measure bench: minift/course.py); this file only calls it and prints.
+the train-and-measure bench: minift/method_bench.py); this file only calls it and prints.
 """
 EXPECTED_SECONDS = 102   # CPU seconds on the 2-core EPYC VM the READMEs are measured on
 FAST_SECONDS = 11
@@ -98,7 +99,7 @@ TIMING_ROUNDS = 1 if FAST else 20
 BLOCK = 128
 
 ner, items, train_items = ner_splits(tok, BLOCK, N_EVAL, dev_key="dev")   # examples, encodings, train items
-# the bench (minift/course.py): a fresh TokenClassifier per method, the same head init, data and steps
+# the bench (minift/method_bench.py): a fresh TokenClassifier per method, the same head init, data and steps
 bench = course.Bench(METHODS, tok, (ner, items, train_items), steps=STEPS, batch=BATCH, width=16)
 col, fresh = bench.col, bench.fresh
 lm_val = LMDataset(tok, world.pretrain_corpus("val"), BLOCK)

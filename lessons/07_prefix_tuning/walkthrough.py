@@ -25,11 +25,12 @@ Prints, top to bottom:
     python lessons/07_prefix_tuning/walkthrough.py           # or: minift run 07
     python lessons/07_prefix_tuning/walkthrough.py --fast    # the seconds-long version the tests run
     python lessons/07_prefix_tuning/walkthrough.py --sweep   # re-pick the prefix lrs (3e-3 .. 1e-1; no MLP: .. 3e-1)
+    python lessons/07_prefix_tuning/walkthrough.py --sweep --sweep-seeds 3   # ... on the mean over seeds 0, 1, 2
     python lessons/07_prefix_tuning/walkthrough.py --generation   # part 5 alone: prefix vs LoRA vs full on generation
 
 Everything it uses lives in the library (minift/peft/prefix.py, minift/peft/lora.py,
 minift/peft/common.py, minift/heads.py, minift/train.py, minift/pretrain.py; the
-train-and-measure bench: minift/course.py); this file only calls it and prints.
+train-and-measure bench: minift/method_bench.py); this file only calls it and prints.
 """
 EXPECTED_SECONDS = 75    # CPU seconds on the 2-core EPYC VM the READMEs are measured on
 FAST_SECONDS = 11
@@ -177,7 +178,7 @@ if args.generation:
     raise SystemExit(0)
 
 ner, items, train_items = ner_splits(tok, BLOCK, N_EVAL, dev_key="dev")   # examples, encodings, train items
-# the bench (minift/course.py): a fresh TokenClassifier per method, the same head init (the seed is
+# the bench (minift/method_bench.py): a fresh TokenClassifier per method, the same head init (the seed is
 # set before the head is built; the prefix is drawn after it), data and steps
 bench = course.Bench(METHODS, tok, (ner, items, train_items), steps=STEPS, batch=BATCH, width=26)
 col, fresh = bench.col, bench.fresh

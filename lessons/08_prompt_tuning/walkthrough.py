@@ -16,6 +16,7 @@ Prints, top to bottom:
      before and after training, and how far the vectors moved.
   With --sweep, before part 2: the learning-rate sweep behind the prompts' rate (~1.5 more minutes
   of CPU); part 2 then uses its picks for the n = 16 rows (the shipped rates are the picks).
+  With --sweep-seeds K too: every rate at seeds 0..K-1, picked on the mean dev F1.
   With --seeds K, at the end: head-only, LoRA and the n = 16 prompts again with seeds 0..K-1.
   With --lengths N [N ...]: the extra prompt lengths of part 2 (default 1 4).
 
@@ -24,7 +25,7 @@ Prints, top to bottom:
 
 Everything it uses lives in the library (minift/peft/prompt.py, minift/peft/lora.py,
 minift/peft/common.py, minift/heads.py, minift/train.py, minift/pretrain.py; the
-train-and-measure bench: minift/course.py); this file only calls it and prints.
+train-and-measure bench: minift/method_bench.py); this file only calls it and prints.
 """
 EXPECTED_SECONDS = 64    # CPU seconds on the 2-core EPYC VM the READMEs are measured on
 FAST_SECONDS = 9     # the same, for --fast
@@ -96,7 +97,7 @@ def piece(i):
 
 
 ner, items, train_items = ner_splits(tok, BLOCK, N_EVAL, dev_key="dev")   # examples, encodings, train items
-# the bench (minift/course.py): a fresh TokenClassifier per method, the same head init, data and steps;
+# the bench (minift/method_bench.py): a fresh TokenClassifier per method, the same head init, data and steps;
 # each prompt at init is kept (P0) for part 3; train time as CPU seconds
 bench = course.Bench(METHODS, tok, (ner, items, train_items), steps=STEPS, batch=BATCH, width=20, cpu_time=True,
                      apply=apply, on_fresh=lambda clf: {"P0": clf.body.soft_prompt.prompt.detach().clone()

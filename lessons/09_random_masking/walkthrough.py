@@ -28,7 +28,7 @@ Prints, top to bottom:
 
 Everything it uses lives in the library (minift/peft/masking.py, minift/peft/lora.py,
 minift/peft/common.py, minift/peft/io.py, minift/heads.py, minift/train.py; the train-and-measure
-bench: minift/course.py); this file only calls it and prints.
+bench: minift/method_bench.py); this file only calls it and prints.
 """
 EXPECTED_SECONDS = 86
 FAST_SECONDS = 11
@@ -94,7 +94,7 @@ def moved(clf):
     return sq ** 0.5
 
 
-# the bench (minift/course.py): a fresh TokenClassifier per method (the same head and LoRA A init as
+# the bench (minift/method_bench.py): a fresh TokenClassifier per method (the same head and LoRA A init as
 # lesson 05; the mask has its own generator, seed 0), the same data and steps
 bench = course.Bench(METHODS, tok, (ner, items, train_items), steps=STEPS, batch=BATCH, dev="val",
                      warmup_steps=max(1, STEPS // 10), width=18)

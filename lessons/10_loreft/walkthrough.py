@@ -22,10 +22,11 @@ Prints, top to bottom:
     python lessons/10_loreft/walkthrough.py           # or: minift run 10
     python lessons/10_loreft/walkthrough.py --fast    # the seconds-long version the tests run
     python lessons/10_loreft/walkthrough.py --sweep   # re-pick LoRA's and LoReFT's lr on dev
+    python lessons/10_loreft/walkthrough.py --sweep --sweep-seeds 3   # ... on the mean over seeds 0, 1, 2
 
 Everything it uses lives in the library (minift/peft/reft.py, minift/peft/lora.py,
 minift/peft/common.py, minift/heads.py, minift/train.py, minift/pretrain.py; the
-train-and-measure bench: minift/course.py); this file only calls it and prints.
+train-and-measure bench: minift/method_bench.py); this file only calls it and prints.
 """
 EXPECTED_SECONDS = 67
 FAST_SECONDS = 10
@@ -83,7 +84,7 @@ TIMING_ROUNDS = 3 if FAST else 20
 BLOCK = 128
 
 ner, items, train_items = ner_splits(tok, BLOCK, N_EVAL, dev_key="dev")   # examples, encodings, train items
-# the bench (minift/course.py): a fresh TokenClassifier per method, the same head init, data and steps
+# the bench (minift/method_bench.py): a fresh TokenClassifier per method, the same head init, data and steps
 bench = course.Bench(METHODS, tok, (ner, items, train_items), steps=STEPS, batch=BATCH, width=13,
                      cpu_time=True)                         # train times: CPU seconds (GPU: synchronized wall)
 col, fresh = bench.col, bench.fresh

@@ -25,7 +25,7 @@ Prints, top to bottom:
 
 Everything it uses lives in the library (minift/peft/*, minift/quant/qlora.py, minift/heads.py,
 minift/train.py, minift/pretrain.py, minift/memory.py; the train-and-measure bench:
-minift/course.py); this file only calls it and prints.
+minift/method_bench.py); this file only calls it and prints.
 """
 EXPECTED_SECONDS = 85
 FAST_SECONDS = 13
@@ -120,7 +120,7 @@ def before_training(clf):
     return {"total": n_total, "mem": step_memory(clf.body, MEM_B, MEM_T)}
 
 
-# the bench (minift/course.py): a fresh TokenClassifier per method, the same head init, data and steps;
+# the bench (minift/method_bench.py): a fresh TokenClassifier per method, the same head init, data and steps;
 # train time as CPU seconds (one thread, not inflated by other jobs); forgetting with the adapter on
 bench = course.Bench({m: cfg for m, (_, cfg, _) in M.items()}, tok, (ner, items, train_items), steps=STEPS,
                      batch=BATCH, dev="val", warmup_steps=max(1, STEPS // 10), probe=PROBE, width=29,

@@ -85,7 +85,7 @@ print(f"its linear layers: {', '.join(linears[:5])}, ... ({len(linears)} in all)
 
 # ==============================================================================================
 header("3. Pretraining on the solid world")
-t0 = course.clock()                            # CPU seconds here (GPU wall on a GPU): minift/course.py
+t0 = course.clock()                            # CPU seconds here (GPU wall on a GPU): minift/measure.py
 train(vit, image_items(solid, solid_y), TrainConfig(steps=PRE_STEPS, batch_size=BATCH, lr=3e-3, seed=0, progress=False),
       loss_fn=image_loss, collate_fn=stack_collate)
 t_pre = course.clock() - t0
