@@ -18,7 +18,6 @@ import numpy as np
 import torch
 import torch.nn as nn
 from hypothesis import strategies as st
-from hypothesis.extra import numpy as hnp
 
 from minift.peft.adapters import AdapterConfig
 from minift.peft.common import linear_around

@@ -109,10 +109,10 @@ def save_adapter(model: nn.Module, folder: str) -> None:
     if not methods:
         raise ValueError("save_adapter: the model carries no adapter; apply_lora / apply_adapters first")
     cfg = base_config(model)
-    adapters = adapter_state_dict(model)
-    extra = sorted(n for n, p in model.named_parameters() if p.requires_grad and n not in adapters)
+    tensors = adapter_state_dict(model)                 # (not `adapters`: that name is the module imported above)
+    extra = sorted(n for n, p in model.named_parameters() if p.requires_grad and n not in tensors)
     params = dict(model.named_parameters())
-    state = {**adapters, **{n: params[n] for n in extra}}
+    state = {**tensors, **{n: params[n] for n in extra}}
     meta = {"format": FORMAT, "version": VERSION, "methods": methods, "extra_trainable": extra,
             "base_model": {"fingerprint": cfg.fingerprint(), "config": cfg.to_dict()}}
     save_folder(folder, {ADAPTER_WEIGHTS: lambda p: save_tensors(state, p, metadata={"format": "pt"}),
