@@ -29,6 +29,20 @@ ROOT = Path(__file__).resolve().parent.parent
 LESSONS_DIR = ROOT / "lessons"
 
 
+CHECK_SECONDS = 60.0    # the default time limit of one conformance check (minift.conformance.classroom's, kept equal)
+
+
+def _seconds(text: str) -> float:
+    """A time limit (argparse `type`): a number of seconds > 0."""
+    try:
+        x = float(text)
+    except ValueError:
+        x = float("nan")
+    if not (x > 0 and x != float("inf")):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a time limit: a number of seconds > 0")
+    return x
+
+
 def _usage_error(message: str) -> int:
     """One line on stderr and exit status 2: the command could not run (a failed check is 1)."""
     print(message, file=sys.stderr)
@@ -174,7 +188,7 @@ def cmd_check(args) -> int:
     if not impl.is_file():
         return _usage_error(f"minift check: no such file {impl}")
     try:
-        g = classroom.grade(les, impl)
+        g = classroom.grade(les, impl, seconds=args.check_timeout or classroom.CHECK_SECONDS)
     except ValueError as e:                    # not a Python file of run_* functions, or it does not import
         return _usage_error(f"minift check: {e}")
     if args.report_out:
@@ -191,7 +205,8 @@ def cmd_grade(args) -> int:
     from .conformance import classroom
     les = _find_lesson(args.lesson)
     try:
-        rows = classroom.grade_class(les, args.paths, timeout=args.timeout, jobs=args.jobs, reports=args.reports)
+        rows = classroom.grade_class(les, args.paths, timeout=args.timeout, jobs=args.jobs, reports=args.reports,
+                                     check_seconds=args.check_timeout or classroom.CHECK_SECONDS)
     except ValueError as e:
         return _usage_error(f"minift grade: {e}")
     print(classroom.gradebook_table(rows))
@@ -309,14 +324,20 @@ def main(argv=None) -> int:
     c.add_argument("--json-out", default=None, metavar="FILE", help="write the JSON grade to FILE instead of printing "
                    "(what `minift grade` reads: a submission's own prints cannot spoil it)")
     c.add_argument("--report-out", default=None, metavar="FILE", help="write the text report to FILE instead of printing")
+    c.add_argument("--check-timeout", type=_seconds, default=None, metavar="S",
+                   help=f"seconds one check may run (default {CHECK_SECONDS:g}; the reference's slowest takes about 1): "
+                        "past it the check fails, and the others still run")
     gr = sub.add_parser("grade", help="grade a class: every submission (files or folders of .py files) in a process "
                         "of its own, with a time limit; a table, and a CSV gradebook with --out")
     gr.add_argument("lesson")
     gr.add_argument("paths", nargs="+", metavar="PATH", help="a student's .py file, or a folder of them (any depth)")
     gr.add_argument("--out", default=None, metavar="CSV", help="write the gradebook here: submission, status, points, "
                     "max_points, one column per exercise, note")
-    gr.add_argument("--timeout", type=float, default=600.0, help="seconds per submission (default 600); past it the "
+    gr.add_argument("--timeout", type=_seconds, default=600.0, help="seconds per submission (default 600); past it the "
                     "row says timeout")
+    gr.add_argument("--check-timeout", type=_seconds, default=None, metavar="S",
+                    help=f"seconds one check may run (default {CHECK_SECONDS:g}): an endless loop in one exercise costs "
+                         "that exercise's checks, not the whole file")
     gr.add_argument("--jobs", "-j", type=int, default=1, help="submissions graded at once (default 1)")
     gr.add_argument("--reports", default=None, metavar="DIR", help="also write each file's report (what `minift "
                     "check` prints, or why it could not be graded) to DIR/PATH.txt, to hand back")

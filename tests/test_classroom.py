@@ -111,6 +111,52 @@ def test_grading_a_class_isolates_every_submission_and_writes_a_gradebook(tmp_pa
     assert (row["status"], row["points"], row["note"]) == ("timeout", 0, "stopped after 2 s")
 
 
+def test_a_check_past_its_time_limit_fails_alone_and_shows_the_call_it_was_stopped_in():
+    """run_check(..., seconds): an endless loop (one that even swallows Exception) fails its check after
+    the limit, with the example it was stopped in; the alarm is put back as it was."""
+    import signal
+    import time
+
+    from minift.conformance.harness import FAIL, PASS, run_check
+
+    class Looping:
+        @staticmethod
+        def run_softmax(x, dim):
+            while True:
+                try:
+                    time.sleep(0.01)
+                except Exception:                  # noqa: BLE001 - the student's catch-all cannot hold it
+                    pass
+    before = signal.getsignal(signal.SIGALRM)
+    t0 = time.perf_counter()
+    r = run_check(CHECKS["softmax_sums_to_one"], Looping, seconds=0.5)
+    assert time.perf_counter() - t0 < 10
+    assert r.status == FAIL and r.error.startswith("stopped after 0.5 s, the time limit of one check: run_softmax")
+    assert "run_softmax(" in r.calls and r.counterexample.startswith("softmax_sums_to_one(")
+    assert signal.getsignal(signal.SIGALRM) is before and signal.getitimer(signal.ITIMER_REAL) == (0.0, 0.0)
+    assert run_check(CHECKS["softmax_sums_to_one"], reference, seconds=60).status == PASS
+    with pytest.raises(ValueError, match="seconds"):
+        run_check(CHECKS["softmax_sums_to_one"], reference, seconds=0)
+
+
+def test_one_endless_exercise_costs_its_own_checks_not_the_whole_file(tmp_path):
+    les = next(le for le in GRADED if le["nn"] == "10")
+    names = sorted({c.adapter for c in CHECKS.values() if c.lesson == "lesson10"})
+    stuck = names[0]
+    f = tmp_path / "frank.py"
+    f.write_text(f"from minift.conformance.reference import {', '.join(names)}  # noqa: F401\n"
+                 f"import time\n\n\ndef {stuck}(*args, **kwargs):\n    while True:\n        time.sleep(0.05)\n")
+    n = sum(c.lesson == "lesson10" for c in CHECKS.values())
+    lost = sum(c.lesson == "lesson10" and c.adapter == stuck for c in CHECKS.values())
+    row = classroom.grade_one(les, f, timeout=240, check_seconds=1)
+    assert (row["status"], row["points"], row["note"]) == ("graded", n - lost, stuck)
+    assert row["exercises"][stuck] == 0 and all(row["exercises"][a] > 0 for a in names if a != stuck)
+    with pytest.raises(ValueError, match="check_seconds"):
+        classroom.grade_class(les, [f], check_seconds=0)
+    from minift.cli import CHECK_SECONDS
+    assert CHECK_SECONDS == classroom.CHECK_SECONDS                     # what `--help` says is the default
+
+
 def test_grade_refuses_what_is_not_a_submission(tmp_path):
     (tmp_path / "empty").mkdir()
     (tmp_path / "a.txt").write_text("x")

@@ -19,7 +19,9 @@ The lesson's own exercise.py is never written to, so `git pull` never conflicts 
 Grading a class (`grade_class`). Each submission runs as `minift check NN --impl FILE --json-out F`
 in a process of its own, with the derandomized examples (CI=1: every student gets the same ones) and
 a time limit: a file that loops forever, exits at import or crashes the interpreter costs its own row
-("timeout", "crashed"), never the class. Printing in a student's file cannot spoil the grade, which
+("timeout", "crashed"), never the class. Each check also has a time limit of its own (`CHECK_SECONDS`,
+`--check-timeout`; SIGALRM, where the OS has it): an exercise that never returns fails its checks,
+with the call it was stopped in, and the file's other exercises are still graded. Printing in a student's file cannot spoil the grade, which
 travels in F. The gradebook is one row per file: status, points, max points, the points of each
 exercise, and a note (what stopped it). A process is isolation from mistakes, not a sandbox: a
 submission runs with the teacher's permissions, so grade untrusted code in a container.
@@ -42,6 +44,7 @@ from .harness import CHECKS, FAIL, MISSING, NOT_IMPLEMENTED, PASS
 from .runner import run_checks
 
 WORK_DIR = Path("exercises")          # relative to where the student runs minift
+CHECK_SECONDS = 60.0                  # one check's time limit (the reference's slowest check takes about 1 s)
 
 
 def workspace_file(lesson: dict, work_dir: Path = WORK_DIR) -> Path:
@@ -82,8 +85,9 @@ def check_names(lesson: dict) -> list[str]:
     return [n for n, c in CHECKS.items() if c.lesson == f"lesson{lesson['nn']}"]
 
 
-def grade(lesson: dict, impl_path) -> dict:
-    """Run lesson NN's checks against the file; {"lesson", "impl", "points", "max_points",
+def grade(lesson: dict, impl_path, seconds: float | None = CHECK_SECONDS) -> dict:
+    """Run lesson NN's checks against the file, each within `seconds` (None: no limit; past it the
+    check fails, and the others still run); {"lesson", "impl", "points", "max_points",
     "exercises": [{"adapter", "points", "max_points", "checks": [...]}], "results": [Result]}."""
     names = check_names(lesson)
     if not names:
@@ -91,7 +95,7 @@ def grade(lesson: dict, impl_path) -> dict:
                 "exercises": [], "results": []}
     from .strategies import register_profiles
     register_profiles()
-    results = run_checks(str(impl_path), names)
+    results = run_checks(str(impl_path), names, seconds)
     exercises: dict = {}
     for r in results:
         e = exercises.setdefault(r.adapter, {"adapter": r.adapter, "points": 0, "max_points": 0, "checks": []})
@@ -178,24 +182,26 @@ def report_name(path) -> str:
     return "__".join(parts) + ".txt"
 
 
-def grade_one(lesson: dict, path, timeout: float, threads: int = 1, report=None) -> dict:
+def grade_one(lesson: dict, path, timeout: float, threads: int = 1, report=None,
+              check_seconds: float = CHECK_SECONDS) -> dict:
     """Grade one file in a child process (see the module doc). Returns the gradebook row
     {"submission", "status", "points", "max_points", "exercises": {run_*: points}, "note"}.
     With `report` (a path), the file's text report is written there, or why it was not graded."""
-    row = _grade_child(lesson, Path(path), timeout, threads, report)
+    row = _grade_child(lesson, Path(path), timeout, threads, report, check_seconds)
     if report is not None and row["status"] != "graded":
         write_whole(report, f"lesson {lesson['nn']}: grading {path}\n\n{row['status']}: {row['note']}\n")
     return row
 
 
-def _grade_child(lesson: dict, path: Path, timeout: float, threads: int, report) -> dict:
+def _grade_child(lesson: dict, path: Path, timeout: float, threads: int, report, check_seconds: float) -> dict:
     row = {"submission": str(path), "status": "crashed", "points": 0,
            "max_points": len(check_names(lesson)),
            "exercises": {name: 0 for name in exercise_names(lesson)}, "note": ""}
     env = {**os.environ, "CI": "1", "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
     with tempfile.TemporaryDirectory(prefix="minift-grade-") as tmp:
         out = Path(tmp) / "grade.json"                      # the child writes the grade here
-        cmd = [sys.executable, "-m", "minift.cli", "check", lesson["nn"], "--impl", str(path), "--json-out", str(out)]
+        cmd = [sys.executable, "-m", "minift.cli", "check", lesson["nn"], "--impl", str(path), "--json-out", str(out),
+               "--check-timeout", repr(float(check_seconds))]
         cmd += [] if report is None else ["--report-out", str(Path(report).resolve())]
         proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env,
                                 start_new_session=True)      # its own process group: a timeout kills it all
@@ -221,21 +227,24 @@ def _grade_child(lesson: dict, path: Path, timeout: float, threads: int, report)
 
 
 def grade_class(lesson: dict, paths, timeout: float = 600.0, jobs: int = 1, progress: bool = True,
-                reports=None) -> list[dict]:
-    """Grade every submission (see `submissions`), `jobs` at a time, each within `timeout` seconds;
+                reports=None, check_seconds: float = CHECK_SECONDS) -> list[dict]:
+    """Grade every submission (see `submissions`), `jobs` at a time, each within `timeout` seconds
+    and each of its checks within `check_seconds` (so one endless loop costs that exercise's checks);
     with `reports` (a folder), each file's report goes to reports/report_name(file). Rows come back
     in the submissions' order."""
     files = submissions(paths)
     if not (isinstance(jobs, int) and jobs >= 1):
         raise ValueError(f"jobs={jobs!r} must be an int >= 1")
-    if not timeout > 0:
-        raise ValueError(f"timeout={timeout!r} must be > 0 seconds")
+    for name, x in (("timeout", timeout), ("check_seconds", check_seconds)):
+        if not x > 0:
+            raise ValueError(f"{name}={x!r} must be > 0 seconds")
     threads = max(1, (os.cpu_count() or 1) // jobs)
     from tqdm import tqdm
     rows: dict = {}
     with ThreadPoolExecutor(max_workers=jobs) as pool:
         futures = {pool.submit(grade_one, lesson, f, timeout, threads,
-                               None if reports is None else Path(reports) / report_name(f)): f for f in files}
+                               None if reports is None else Path(reports) / report_name(f), check_seconds): f
+                   for f in files}
         for fut in tqdm(as_completed(futures), total=len(files), desc=f"grading lesson {lesson['nn']}",
                         disable=not progress, leave=False):
             rows[futures[fut]] = fut.result()

@@ -32,9 +32,12 @@ Inputs are float32 (what a model runs in); tolerances allow float32 rounding, no
 """
 from __future__ import annotations
 
+import contextlib
 import inspect
 import math
 import os
+import signal
+import threading
 import time
 import traceback
 import warnings
@@ -133,6 +136,12 @@ class MissingFunction(AttributeError):
     """The implementation has no such run_* function."""
 
 
+class CheckTimeout(BaseException):
+    """A check ran past its time limit. A BaseException, like KeyboardInterrupt, so that neither
+    hypothesis (which would shrink it, running the endless loop again) nor an impl's own
+    `except Exception` can swallow it."""
+
+
 class _Unimplemented(BaseException):
     """NotImplementedError from the impl, re-raised as a BaseException so that hypothesis lets it
     through at once instead of shrinking a stub's failure (turned back into NotImplementedError)."""
@@ -197,7 +206,7 @@ def _recording(inner: Callable, failures: list, calls: Optional[list] = None) ->
                   for k, v in kwargs.items()}
         try:
             return inner(*args, **kwargs)
-        except Exception:
+        except (Exception, CheckTimeout):                      # a timeout: the example it stopped in
             failures.append(({k: (draws if isinstance(v, _DrawRecorder) else v) for k, v in kwargs.items()},
                              list(calls or ())))
             raise
@@ -215,7 +224,7 @@ def run_property(prop: Callable[[], None], calls: Optional[list] = None) -> None
         prop()
     except _Unimplemented as e:
         raise NotImplementedError(str(e)) from None
-    except Exception as e:
+    except (Exception, CheckTimeout) as e:
         if failures:
             drawn, made = failures[-1]
             e.counterexample = format_counterexample(prop.__name__, drawn)
@@ -398,8 +407,32 @@ def _describe(e: BaseException) -> str:
     return msg
 
 
-def run_check(check: Check, impl) -> Result:
-    """Run one check against `impl` and return its Result; never raises for a failing impl."""
+@contextlib.contextmanager
+def time_limit(seconds: Optional[float]):
+    """Raise CheckTimeout in this thread after `seconds` of wall time (SIGALRM: Python code is
+    interrupted between bytecodes, a long C call when it returns). A no-op for None, off the main
+    thread, or where the OS has no SIGALRM (Windows): the caller's own limit still holds there."""
+    if seconds is None or not hasattr(signal, "setitimer") or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def stop(signum, frame):
+        raise CheckTimeout()
+
+    old = signal.signal(signal.SIGALRM, stop)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, old)
+
+
+def run_check(check: Check, impl, seconds: Optional[float] = None) -> Result:
+    """Run one check against `impl` and return its Result; never raises for a failing impl.
+    seconds: the check's time limit (`time_limit`); past it the check FAILs with "stopped after"."""
+    if seconds is not None and not seconds > 0:
+        raise ValueError(f"run_check: seconds={seconds!r} must be > 0 (or None: no limit)")
     res = Result(check.name, check.adapter, check.lesson, check.description, PASS)
     t0 = time.perf_counter()
     try:
@@ -407,7 +440,13 @@ def run_check(check: Check, impl) -> Result:
             raise MissingFunction(f"the implementation has no callable {check.adapter}")
         with with_reporter(lambda text: None), warnings.catch_warnings():   # hypothesis' own report: ours is run_property's
             warnings.simplefilter("ignore")                   # an impl's warning, x hundreds of examples
-            check.fn(impl)
+            with time_limit(seconds):
+                check.fn(impl)
+    except CheckTimeout as e:
+        res.status, res.error = FAIL, (f"stopped after {seconds:g} s, the time limit of one check: "
+                                       f"{check.adapter} loops forever or is far too slow (the example "
+                                       f"below is the one it was stopped in)")
+        res.counterexample, res.calls = _attached(e, "counterexample"), _attached(e, "calls")
     except MissingFunction as e:
         res.status, res.error = MISSING, str(e)
     except NotImplementedError as e:

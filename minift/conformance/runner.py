@@ -79,17 +79,18 @@ def load_impl(path) -> ModuleType:
     return module
 
 
-def run_checks(impl=None, only=None) -> list[Result]:
+def run_checks(impl=None, only=None, seconds=None) -> list[Result]:
     """Run the checks (all, or those `select(only)` names) against `impl`.
 
     impl: a module/object with run_* attributes, a path to a Python file (see `load_impl`), or
-    None for minift's reference functions.
+    None for minift's reference functions. seconds: each check's time limit (`run_check`), so that
+    one endless loop costs its own checks only.
     """
     if impl is None:
         impl = reference
     elif isinstance(impl, (str, bytes)) or hasattr(impl, "__fspath__"):
         impl = load_impl(impl)
-    results = [run_check(CHECKS[name], impl) for name in select(only)]
+    results = [run_check(CHECKS[name], impl, seconds) for name in select(only)]
     failing = {r.adapter for r in results if r.status in (FAIL, NOT_IMPLEMENTED)}
     for r in results:
         if r.status == FAIL:
