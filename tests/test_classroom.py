@@ -137,6 +137,12 @@ def test_a_check_past_its_time_limit_fails_alone_and_shows_the_call_it_was_stopp
     assert run_check(CHECKS["softmax_sums_to_one"], reference, seconds=60).status == PASS
     with pytest.raises(ValueError, match="seconds"):
         run_check(CHECKS["softmax_sums_to_one"], reference, seconds=0)
+    signal.setitimer(signal.ITIMER_REAL, 300)                   # someone else's alarm: left as it is
+    try:
+        assert run_check(CHECKS["softmax_sums_to_one"], reference, seconds=60).status == PASS
+        assert 250 < signal.getitimer(signal.ITIMER_REAL)[0] <= 300
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
 
 
 def test_one_endless_exercise_costs_its_own_checks_not_the_whole_file(tmp_path):

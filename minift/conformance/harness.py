@@ -411,8 +411,10 @@ def _describe(e: BaseException) -> str:
 def time_limit(seconds: Optional[float]):
     """Raise CheckTimeout in this thread after `seconds` of wall time (SIGALRM: Python code is
     interrupted between bytecodes, a long C call when it returns). A no-op for None, off the main
-    thread, or where the OS has no SIGALRM (Windows): the caller's own limit still holds there."""
-    if seconds is None or not hasattr(signal, "setitimer") or threading.current_thread() is not threading.main_thread():
+    thread, where the OS has no SIGALRM (Windows), or while another alarm is pending (it stays
+    untouched): the caller's own limit still holds there."""
+    if (seconds is None or not hasattr(signal, "setitimer") or threading.current_thread() is not threading.main_thread()
+            or signal.getitimer(signal.ITIMER_REAL) != (0.0, 0.0)):
         yield
         return
 
