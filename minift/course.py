@@ -117,8 +117,10 @@ def sweep_seeds(args: argparse.Namespace) -> tuple[int, ...]:
 
 
 def sweep_note(args: argparse.Namespace, dev: str = "dev") -> str:
-    """The end of a sweep's header under --sweep-seeds K > 1: "; dev F1 as the mean over seeds 0..K-1"."""
-    return f"; {dev} F1 as the mean over seeds 0..{args.sweep_seeds - 1}" if args.sweep_seeds > 1 else ""
+    """The end of a sweep's header under --sweep-seeds K > 1: "; with seeds 0..K-1: on their mean dev
+    F1 (the F1 columns are seed 0's)"."""
+    k = args.sweep_seeds
+    return f"; with seeds 0..{k - 1}: on their mean {dev} F1 (the F1 columns are seed 0's)" if k > 1 else ""
 
 
 def seed_count(text: str) -> int:

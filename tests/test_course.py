@@ -324,8 +324,10 @@ def test_sweep_seeds_pick_over_seeds_only_with_the_sweep_itself(capsys):
     try:
         args = course.start("99", p, needs_base=False, argv=[])
         assert (args.sweep, course.sweep_seeds(args)) == (False, (0,))
+        assert course.sweep_note(args) == ""
         args = course.start("99", p, needs_base=False, argv=["--sweep", "--sweep-seeds", "3"])
         assert (args.sweep, course.sweep_seeds(args)) == (True, (0, 1, 2))
+        assert course.sweep_note(args, "val") == "; with seeds 0..2: on their mean val F1 (the F1 columns are seed 0's)"
         capsys.readouterr()
         for argv in (["--sweep-seeds", "3"], ["--sweep", "--sweep-seeds", "0"]):
             with pytest.raises(SystemExit) as e:
