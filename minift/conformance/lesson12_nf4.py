@@ -197,7 +197,9 @@ def double_quantize_matches_formula(dq, cb):
 
 
 @property_check("run_double_quantize", lesson=12, examples=40,
-                explicit=[dict(cb=(np.array([100.0, 100.125, 101.0, 100.5, 100.25], np.float32), 4))], cb=_constants())
+                explicit=[dict(cb=(np.array([100.0, 100.125, 101.0, 100.5, 100.25], np.float32), 4)),
+                          dict(cb=(np.array([0.0, 1.1754944e-38, 1.1754944e-38], np.float32), 2))],   # subnormal s
+                cb=_constants())
 def double_quantize_reconstructs_within_half_a_step(dq, cb):
     """mean + s_k q8_j rebuilds every absmax c_j within half a step s_k / 2 (s_k = max |c - mean(c)| / 127
     of its block, in float64), exactly (to float32 rounding) at the value of each block farthest from
@@ -208,7 +210,9 @@ def double_quantize_reconstructs_within_half_a_step(dq, cb):
     c64 = c.astype(np.float64)
     m64, s64, _ = _dq64(c64, block)
     rebuilt = mean + np.repeat(s, block)[:c.size] * q8
-    slack = (c.size + 8) * 2.0 ** -23 * (np.abs(c64) + abs(m64))                # float32 mean and scales
+    # float32 mean and scales: relative rounding (2^-24 an operation), and where they are subnormal
+    # (absmax near 1e-38) absolute rounding, 2^-150 an operation: the mean's sum and the scale, x |q8| <= 127
+    slack = (c.size + 8) * 2.0 ** -23 * (np.abs(c64) + abs(m64)) + (c.size + 128) * 2.0 ** -150
     assert_close(rebuilt, c64, what + " mean + s q8 vs absmax (half a step, s = max |c - mean| / 127)",
                  atol=s64 / 2 * (1 + 1e-5) + slack, rtol=0)
     pad = np.concatenate([np.abs(c64 - m64), np.full((-c.size) % block, -1.0)]).reshape(-1, block)
