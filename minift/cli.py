@@ -24,23 +24,13 @@ from pathlib import Path
 from typing import Optional
 
 from .report import KERNELS_ENV, REFERENCE_KERNELS, REFERENCE_MACHINE, kernels_to_reproduce
+from .validate import seconds_arg
 
 ROOT = Path(__file__).resolve().parent.parent
 LESSONS_DIR = ROOT / "lessons"
 
 
 CHECK_SECONDS = 60.0    # the default time limit of one conformance check (minift.conformance.classroom's, kept equal)
-
-
-def _seconds(text: str) -> float:
-    """A time limit (argparse `type`): a number of seconds > 0."""
-    try:
-        x = float(text)
-    except ValueError:
-        x = float("nan")
-    if not (x > 0 and x != float("inf")):
-        raise argparse.ArgumentTypeError(f"{text!r} is not a time limit: a number of seconds > 0")
-    return x
 
 
 def _usage_error(message: str) -> int:
@@ -324,7 +314,7 @@ def main(argv=None) -> int:
     c.add_argument("--json-out", default=None, metavar="FILE", help="write the JSON grade to FILE instead of printing "
                    "(what `minift grade` reads: a submission's own prints cannot spoil it)")
     c.add_argument("--report-out", default=None, metavar="FILE", help="write the text report to FILE instead of printing")
-    c.add_argument("--check-timeout", type=_seconds, default=None, metavar="S",
+    c.add_argument("--check-timeout", type=seconds_arg, default=None, metavar="S",
                    help=f"seconds one check may run (default {CHECK_SECONDS:g}; the reference's slowest takes about 1): "
                         "past it the check fails, and the others still run")
     gr = sub.add_parser("grade", help="grade a class: every submission (files or folders of .py files) in a process "
@@ -333,9 +323,9 @@ def main(argv=None) -> int:
     gr.add_argument("paths", nargs="+", metavar="PATH", help="a student's .py file, or a folder of them (any depth)")
     gr.add_argument("--out", default=None, metavar="CSV", help="write the gradebook here: submission, status, points, "
                     "max_points, one column per exercise, note")
-    gr.add_argument("--timeout", type=_seconds, default=600.0, help="seconds per submission (default 600); past it the "
+    gr.add_argument("--timeout", type=seconds_arg, default=600.0, help="seconds per submission (default 600); past it the "
                     "row says timeout")
-    gr.add_argument("--check-timeout", type=_seconds, default=None, metavar="S",
+    gr.add_argument("--check-timeout", type=seconds_arg, default=None, metavar="S",
                     help=f"seconds one check may run (default {CHECK_SECONDS:g}): an endless loop in one exercise costs "
                          "that exercise's checks, not the whole file")
     gr.add_argument("--jobs", "-j", type=int, default=1, help="submissions graded at once (default 1)")

@@ -151,3 +151,16 @@ def check_qkv(owner, name: str, value):
         raise ValueError(f"{_where(owner, name, value)} must be None (the whole c_attn) or distinct "
                          f"slices from {QKV}, e.g. ('q', 'v')")
     return tuple(s for s in QKV if s in chosen)
+
+
+def seconds_arg(text: str) -> float:
+    """A time limit on a command line (an argparse `type`: `minift check --check-timeout S`, `minift grade
+    --timeout S`): a finite number of seconds > 0, else argparse's one-line error and exit status 2."""
+    import argparse
+    try:
+        x = float(text)
+    except ValueError:
+        x = math.nan
+    if not (x > 0 and math.isfinite(x)):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a time limit: a number of seconds > 0")
+    return x

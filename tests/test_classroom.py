@@ -145,6 +145,21 @@ def test_a_check_past_its_time_limit_fails_alone_and_shows_the_call_it_was_stopp
         signal.setitimer(signal.ITIMER_REAL, 0)
 
 
+def test_verify_takes_the_same_time_limit_and_every_time_flag_refuses_what_is_not_one(tmp_path, capsys):
+    import argparse
+
+    from minift.conformance.verify import verify_main
+    from minift.validate import seconds_arg
+    f = tmp_path / "looping.py"
+    f.write_text("import time\n\n\ndef run_softmax(x, dim):\n    while True:\n        time.sleep(0.05)\n")
+    assert verify_main(["--impl", str(f), "--only", "softmax_sums_to_one", "--check-timeout", "0.5"]) == 1
+    assert "stopped after 0.5 s, the time limit of one check: run_softmax" in capsys.readouterr().out
+    assert seconds_arg("2.5") == 2.5
+    for bad in ("0", "-1", "nan", "inf", "x", ""):
+        with pytest.raises(argparse.ArgumentTypeError, match="not a time limit"):
+            seconds_arg(bad)
+
+
 def test_one_endless_exercise_costs_its_own_checks_not_the_whole_file(tmp_path):
     les = next(le for le in GRADED if le["nn"] == "10")
     names = sorted({c.adapter for c in CHECKS.values() if c.lesson == "lesson10"})

@@ -3,6 +3,7 @@
     minift verify                          # minift's own reference functions
     minift verify --impl my_impl.py        # any file defining run_* functions
     minift verify --impl FILE --only softmax_stable_large,run_gelu
+    minift verify --impl FILE --check-timeout 60   # a check that runs past 60 s fails; the others still run
     minift verify --list
     minift verify --golden DIR             # outputs another implementation wrote for data/golden/'s inputs
 
@@ -21,6 +22,7 @@ from . import golden, reference
 from .harness import CHECKS, FAIL, MISSING, NOT_IMPLEMENTED, PASS, Result, select
 from .runner import load_impl, run_checks
 from .strategies import register_profiles
+from ..validate import seconds_arg
 
 
 STATUS_LEGEND = {
@@ -145,6 +147,9 @@ def verify_main(argv=None) -> int:
                              "tensors.safetensors, see minift/conformance/golden.py) with data/golden/")
     parser.add_argument("--against", metavar="DIR", default=None,
                         help="with --golden: the reference folder (default: data/golden/)")
+    parser.add_argument("--check-timeout", type=seconds_arg, default=None, metavar="S",
+                        help="seconds one check may run (default: no limit); past it the check fails, with the "
+                             "call it was stopped in, and the others still run")
     try:
         args = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
     except SystemExit as e:                      # --help, or a usage error argparse already printed
@@ -170,7 +175,7 @@ def verify_main(argv=None) -> int:
         print(f"minift verify: error: {e}", file=sys.stderr)
         return 2
 
-    results = run_checks(impl, names)
+    results = run_checks(impl, names, args.check_timeout)
     named = set(names) if only else set()      # what --only asked for must be there
     print(f"implementation: {args.impl or 'minift reference functions (minift/conformance/lesson*.py)'}")
     blocks = [failure_text(r) for r in results if r.status == FAIL]
