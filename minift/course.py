@@ -1,5 +1,5 @@
-"""What every walkthrough shares: its arguments, the base-model check, the clock, and the
-fine-tune-and-measure bench of the method lessons.
+"""What every walkthrough shares: its arguments, the base-model check, the clock, and (re-exported)
+the fine-tune-and-measure bench of the method lessons.
 
 A walkthrough (`lessons/NN_name/walkthrough.py`) is a story told top to bottom; this module holds
 the scaffolding around the story, so that each lesson keeps only its own part. It lives in the
@@ -13,7 +13,7 @@ The preamble. Every walkthrough starts the same way:
     from minift import course
 
     parser = course.parser(__doc__)                     # --fast, and the title as the description
-    parser.add_argument("--sweep", action="store_true", help="...")   # the lesson's own flags
+    parser.add_argument("--long", action="store_true", help="...")    # the lesson's own flags
     args = course.start("05", parser)                   # parse, check the base model, 1 thread, clock
     FAST, DEV = args.fast, args.device                  # DEV: a torch.device, cpu unless --device says
 
