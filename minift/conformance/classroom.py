@@ -135,7 +135,7 @@ def report(g: dict) -> str:
 def as_json(g: dict) -> str:
     return json.dumps({k: v for k, v in g.items() if k != "results"} | {
         "failures": [{"check": r.name, "adapter": r.adapter, "status": r.status, "error": r.error,
-                      "counterexample": r.counterexample, "calls": r.calls, "follows": list(r.follows)} for r in g["results"] if r.status in (FAIL, NOT_IMPLEMENTED, MISSING)]},
+                      "counterexample": r.counterexample, "calls": r.calls, "follows": list(r.follows), "stopped": r.stopped} for r in g["results"] if r.status in (FAIL, NOT_IMPLEMENTED, MISSING)]},
         indent=1)
 
 
@@ -218,12 +218,19 @@ def _grade_child(lesson: dict, path: Path, timeout: float, threads: int, report,
             g = json.loads(out.read_text())
             return row | {"status": "graded", "points": g["points"], "max_points": g["max_points"],
                           "exercises": {e["adapter"]: e["points"] for e in g["exercises"]},
-                          "note": ", ".join(sorted({f["adapter"] for f in g["failures"]}))}
+                          "note": _failing_note(g["failures"])}
     last = next((ln.strip() for ln in reversed(err.splitlines()) if ln.strip()), "")
     if proc.returncode == 2 and "cannot import it: " in last:
         return row | {"status": "import error", "note": last.split("cannot import it: ", 1)[1]}
     why = f"signal {-proc.returncode}" if proc.returncode < 0 else f"exit status {proc.returncode}"
     return row | {"note": f"{why}: {last}" if last else why}
+
+
+def _failing_note(failures: list) -> str:
+    """The gradebook's note for a graded file: the exercises that lose points, sorted, each marked
+    "(time limit)" when one of its checks was stopped at --check-timeout."""
+    stopped = {f["adapter"] for f in failures if f.get("stopped")}
+    return ", ".join(a + (" (time limit)" if a in stopped else "") for a in sorted({f["adapter"] for f in failures}))
 
 
 def grade_class(lesson: dict, paths, timeout: float = 600.0, jobs: int = 1, progress: bool = True,

@@ -83,6 +83,7 @@ class Result:
     counterexample: str = ""      # "softmax_stable_large(x=array([89.], dtype=float32))": the failing example
     calls: str = ""               # the calls of the implementation in that example, as torch code to paste
     follows: tuple = ()           # run_* functions it calls that fail their own checks (fix those first)
+    stopped: bool = False         # a FAIL because it ran past its time limit (run_check's seconds)
 
     @property
     def passed(self) -> bool:
@@ -445,6 +446,7 @@ def run_check(check: Check, impl, seconds: Optional[float] = None) -> Result:
             with time_limit(seconds):
                 check.fn(impl)
     except CheckTimeout as e:
+        res.stopped = True
         res.status, res.error = FAIL, (f"stopped after {seconds:g} s, the time limit of one check: "
                                        f"{check.adapter} loops forever or is far too slow (the example "
                                        f"below is the one it was stopped in)")
