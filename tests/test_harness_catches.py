@@ -127,7 +127,7 @@ def test_verify_wrong_impl_exits_1_and_prints_counterexamples(wrong_results, cap
     # run), the other lessons' checks are MISSING (wrong_impl has none of their functions)
     import minift.conformance.verify as verify
     real = verify.run_checks
-    monkeypatch.setattr(verify, "run_checks", lambda impl, names: [
+    monkeypatch.setattr(verify, "run_checks", lambda impl, names, seconds=None: [
         wrong_results[n] if n in wrong_results else real(impl, [n])[0] for n in names])
     assert verify_main(["--impl", str(WRONG)]) == 1
     out = capsys.readouterr().out

@@ -174,7 +174,9 @@ def _dq_outputs(dq, c, block, what):
 
 @property_check("run_double_quantize", lesson=12, examples=40,
                 explicit=[dict(cb=(np.array([10.0, 10.5, 10.25, 10.75], np.float32), 2)),
-                          dict(cb=(np.array([6.59375, 7.4375, 7.4375], np.float32), 2))],   # (c_1 - mean) / s = 63.5
+                          dict(cb=(np.array([6.59375, 7.4375, 7.4375], np.float32), 2)),    # (c_1 - mean) / s = 63.5
+                          dict(cb=(np.array([1e-42, 5e-43, 0.0, 2e-43], np.float32), 4)),   # subnormal s: x = 136.7
+                          dict(cb=(np.array([1e-45, 0.0], np.float32), 2))],                 # a subnormal mean
                 cb=_constants())
 def double_quantize_matches_formula(dq, cb):
     """double_quantize(c, block) returns mean = mean(c), per block k scales s_k = max |c_j - mean| / 127
@@ -184,12 +186,15 @@ def double_quantize_matches_formula(dq, cb):
     what = f"run_double_quantize(absmax ({c.size},), block_size={block})"
     q8, s, mean = _dq_outputs(dq, c, block, what)
     c64 = c.astype(np.float64)
-    assert_close(mean, c64.mean(), what + " mean vs the mean of absmax", atol=0, rtol=(c.size + 2) * 2.0 ** -24)
+    # float32 rounding: relative, or one subnormal step (2^-149) where the mean is subnormal (absmax near 1e-45)
+    assert_close(mean, c64.mean(), what + " mean vs the mean of absmax", atol=2.0 ** -149, rtol=(c.size + 2) * 2.0 ** -24)
     centred = c64 - mean                                                         # with their mean: no knock-on
     pad = np.concatenate([centred, np.zeros((-c.size) % block)]).reshape(-1, block)
     s64 = np.abs(pad).max(1) / 127
     assert_close(s, s64, what + " scales vs max |c - mean| / 127 per block", atol=1e-30, rtol=2.0 ** -22)
-    x = np.divide(centred, np.repeat(s64, block)[:c.size], out=np.zeros_like(c64), where=np.repeat(s64, block)[:c.size] > 0)
+    sj = np.repeat(s, block)[:c.size]              # their scales too (within float32 rounding of s64, checked
+    x = np.divide(centred, sj, out=np.zeros_like(c64), where=sj > 0)   # above): a subnormal s rounds by up to 2^-150,
+    x = np.clip(x, -127, 127)                      # so x may pass 127 there; the codes stop at ±127
     # within half a step of x: round(x) itself, or either neighbour at an exact tie (x = 63.5 may be 63 or 64)
     assert_close(q8, x, what + " q8 vs round((c - mean) / s): |q8 - (c - mean) / s| <= 1/2", atol=0.5 + 1e-3, rtol=0)
     if np.abs(q8).max() > 127:
@@ -198,7 +203,8 @@ def double_quantize_matches_formula(dq, cb):
 
 @property_check("run_double_quantize", lesson=12, examples=40,
                 explicit=[dict(cb=(np.array([100.0, 100.125, 101.0, 100.5, 100.25], np.float32), 4)),
-                          dict(cb=(np.array([0.0, 1.1754944e-38, 1.1754944e-38], np.float32), 2))],   # subnormal s
+                          dict(cb=(np.array([0.0, 1.1754944e-38, 1.1754944e-38], np.float32), 2)),    # subnormal s
+                          dict(cb=(np.array([1e-42, 5e-43, 0.0, 2e-43], np.float32), 4))],             # s rounded far down
                 cb=_constants())
 def double_quantize_reconstructs_within_half_a_step(dq, cb):
     """mean + s_k q8_j rebuilds every absmax c_j within half a step s_k / 2 (s_k = max |c - mean(c)| / 127

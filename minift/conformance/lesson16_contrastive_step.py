@@ -30,6 +30,7 @@ import copy
 
 import numpy as np
 import torch
+from hypothesis import assume
 from hypothesis import strategies as st
 
 from minift.align.contrastive import ContrastiveConfig, contrastive_loss, embed
@@ -268,7 +269,10 @@ def contrastive_step_is_one_sgd_step(fn, seed, N, M, tau, symmetric, lr):
                 tau=TAUS, symmetric=st.booleans())
 def contrastive_step_lowers_the_loss(fn, seed, N, M, tau, symmetric):
     """one small step (lr = 0.002 τ) lowers the float64 InfoNCE of the batch: the step goes down the
-    gradient, not up it, and it moves the model."""
+    gradient, not up it, and it moves the model (for sentences that all differ: two equal candidates,
+    e.g. two positives [5], make the loss log 2 with a zero gradient, and no step lowers it)."""
+    sents = sentences(seed, 2 * N + M)
+    assume(len({tuple(x) for x in sents}) == len(sents))
     model = tiny_gpt(seed)
     batch = step_batch(seed, N, M, left=bool(seed % 2))
     before = _loss64(model, batch, tau, symmetric)

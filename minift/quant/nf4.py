@@ -208,6 +208,9 @@ def quantize_absmax(absmax: torch.Tensor, block_size: int = 256):
     blocks = torch.cat([centred, centred.new_zeros(pad)]).reshape(-1, block_size)  # (m, 256)
     scales = blocks.abs().amax(dim=1) / 127                                     # s_k   (m,)
     q8 = torch.round(torch.where(scales[:, None] > 0, blocks / scales[:, None], 0.0))
+    # |q8| <= 127, but a subnormal s_k (absmax near 1e-42) is rounded by up to 2^-150, a large part of
+    # it, and (c - mean) / s_k can pass 127: clamp, so that the int8 cast never wraps to the other sign
+    q8 = q8.clamp(-127, 127)
     return q8.reshape(-1)[:absmax.numel()].to(torch.int8), scales, mean
 
 
