@@ -21,8 +21,8 @@ in a process of its own, with the derandomized examples (CI=1: every student get
 a time limit: a file that loops forever, exits at import or crashes the interpreter costs its own row
 ("timeout", "crashed"), never the class. Each check also has a time limit of its own (`CHECK_SECONDS`,
 `--check-timeout`; SIGALRM, where the OS has it): an exercise that never returns fails its checks,
-with the call it was stopped in, and the file's other exercises are still graded. Printing in a student's file cannot spoil the grade, which
-travels in F. The gradebook is one row per file: status, points, max points, the points of each
+with the call it was stopped in, and the file's other exercises are still graded. Printing in a
+student's file cannot spoil the grade, which travels in F. The gradebook is one row per file: status, points, max points, the points of each
 exercise, and a note (what stopped it). A process is isolation from mistakes, not a sandbox: a
 submission runs with the teacher's permissions, so grade untrusted code in a container.
 """
