@@ -178,7 +178,7 @@ def cmd_check(args) -> int:
     if not impl.is_file():
         return _usage_error(f"minift check: no such file {impl}")
     try:
-        g = classroom.grade(les, impl, seconds=args.check_timeout or classroom.CHECK_SECONDS)
+        g = classroom.grade(les, impl, seconds=args.check_timeout)
     except ValueError as e:                    # not a Python file of run_* functions, or it does not import
         return _usage_error(f"minift check: {e}")
     if args.report_out:
@@ -196,7 +196,7 @@ def cmd_grade(args) -> int:
     les = _find_lesson(args.lesson)
     try:
         rows = classroom.grade_class(les, args.paths, timeout=args.timeout, jobs=args.jobs, reports=args.reports,
-                                     check_seconds=args.check_timeout or classroom.CHECK_SECONDS)
+                                     check_seconds=args.check_timeout)
     except ValueError as e:
         return _usage_error(f"minift grade: {e}")
     print(classroom.gradebook_table(rows))
@@ -314,7 +314,7 @@ def main(argv=None) -> int:
     c.add_argument("--json-out", default=None, metavar="FILE", help="write the JSON grade to FILE instead of printing "
                    "(what `minift grade` reads: a submission's own prints cannot spoil it)")
     c.add_argument("--report-out", default=None, metavar="FILE", help="write the text report to FILE instead of printing")
-    c.add_argument("--check-timeout", type=seconds_arg, default=None, metavar="S",
+    c.add_argument("--check-timeout", type=seconds_arg, default=CHECK_SECONDS, metavar="S",
                    help=f"seconds one check may run (default {CHECK_SECONDS:g}; the reference's slowest takes about 1): "
                         "past it the check fails, and the others still run")
     gr = sub.add_parser("grade", help="grade a class: every submission (files or folders of .py files) in a process "
@@ -325,7 +325,7 @@ def main(argv=None) -> int:
                     "max_points, one column per exercise, note")
     gr.add_argument("--timeout", type=seconds_arg, default=600.0, help="seconds per submission (default 600); past it the "
                     "row says timeout")
-    gr.add_argument("--check-timeout", type=seconds_arg, default=None, metavar="S",
+    gr.add_argument("--check-timeout", type=seconds_arg, default=CHECK_SECONDS, metavar="S",
                     help=f"seconds one check may run (default {CHECK_SECONDS:g}): an endless loop in one exercise costs "
                          "that exercise's checks, not the whole file")
     gr.add_argument("--jobs", "-j", type=int, default=1, help="submissions graded at once (default 1)")
