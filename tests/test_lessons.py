@@ -35,7 +35,7 @@ def test_lessons_exist_in_order_with_their_three_files():
 SWEEP = "--sweep --sweep-seeds=2"
 FLAG_SECTIONS = {"03": ["--chat", "--plain"], "04": ["--seeds=2", SWEEP], "05": ["--seeds=2", SWEEP],
                  "06": ["--seeds=2", SWEEP], "07": ["--generation", "--seeds=2", SWEEP], "08": ["--seeds=2", SWEEP],
-                 "09": ["--seeds=2"], "10": ["--seeds=2", SWEEP], "12": ["--low-bits", "--seeds=2"], "14": ["--lora --seeds=2"],
+                 "09": ["--seeds=2", SWEEP], "10": ["--seeds=2", SWEEP], "12": ["--low-bits", "--seeds=2"], "14": ["--lora --seeds=2"],
                  "15": ["--sentiment", "--long", "--seeds=2"], "16": ["--seeds=2"], "17": ["--seeds=2"],
                  "18": ["--seeds=2"], "20": ["--pretrain-axis"], "22": ["--seeds=2"]}
 # A section's flags are one string: "--lora --seeds=2" runs the two together.

@@ -17,13 +17,15 @@ Prints, top to bottom:
   6. merging W0[idx] += v: merged vs unmerged outputs, unmerge gives W0 back bit for bit,
      disable_adapters gives the base model.
   With --sweep, before part 2: every density and head-only at six rates (1e-3 .. 3e-1), LoRA at
-  three, picked on val F1 (part 2 then reuses those runs).
+  three, picked on val F1 (part 2 then reuses those runs). --sweep-seeds K: every rate at seeds
+  0..K-1, picked on their mean val F1.
   With --seeds K, at the end: part 2's methods again with seeds 0..K-1 (head and LoRA init, the
   mask's positions, data order), at their rates, and the spread of val and test F1.
 
     python lessons/09_random_masking/walkthrough.py            # or: minift run 09
     python lessons/09_random_masking/walkthrough.py --fast     # the seconds-long version the tests run
-    python lessons/09_random_masking/walkthrough.py --sweep    # re-pick every lr on val (40 runs, about 4 CPU-minutes)
+    python lessons/09_random_masking/walkthrough.py --sweep    # re-pick every lr on val (39 runs, about 4 CPU-minutes)
+    python lessons/09_random_masking/walkthrough.py --sweep --sweep-seeds 3   # ... on the mean over seeds 0, 1, 2
     python lessons/09_random_masking/walkthrough.py --seeds 5  # + the seed spread (3.3x the default run's time)
 
 Everything it uses lives in the library (minift/peft/masking.py, minift/peft/lora.py,
@@ -51,8 +53,7 @@ from minift.train import to_device
 from minift.report import header, table
 
 parser = course.parser(__doc__)
-parser.add_argument("--sweep", action="store_true", help="pick every method's lr on the val split first "
-                                                         "(40 runs, about 4 CPU-minutes)")
+course.add_sweep(parser, "pick every method's lr on the val split first (39 runs, about 4 CPU-minutes)")
 course.add_seeds(parser, "part 2's methods", "head and LoRA init, the mask, data order", "val/test F1",
                  "K=5: 3.3x the default run's time")
 args = course.start("09", parser)
@@ -124,9 +125,10 @@ del probe
 
 # ==============================================================================================
 if args.sweep:
-    header("learning-rate sweep: picked on val F1 (ties within 0.005: the smaller lr)")
+    header("learning-rate sweep: picked on val F1 (ties within 0.005: the smaller lr)" + course.sweep_note(args, "val"))
     bench.sweep(METHODS, GRID, LR, columns=("final loss", "F1", ("|ΔW|_F", lambda r: f"{moved(r['model']):.2f}")),
-                keep=lambda r: (r["method"], r["lr"]) in [(m, lr) for m in SLICE for lr in SLICE_LRS])
+                keep=lambda r: (r["method"], r["lr"]) in [(m, lr) for m in SLICE for lr in SLICE_LRS],
+                seeds=course.sweep_seeds(args))
 
 # ==============================================================================================
 header(f"2. Random masking vs LoRA r=4 vs head-only: NER, {STEPS} steps x batch {BATCH}")
