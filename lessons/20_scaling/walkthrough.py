@@ -33,6 +33,7 @@ import os
 import sys
 import tempfile
 import time
+from pathlib import Path
 
 from minift import course, figures
 from minift.checkpoint import load_json
@@ -97,6 +98,13 @@ print(f"Each: the shipped tokenizer, {r.get('steps')} steps x {r.get('batch_size
       f"paper's model-size axis, without the embeddings (Kaplan et al.'s convention).")
 
 # ==============================================================================================
+def shown(path) -> str:
+    """A cache's path as printed: relative to the repository when it lies inside it (the same in every clone)."""
+    root = Path(__file__).resolve().parents[2]
+    full = Path(path).resolve()
+    return str(full.relative_to(root)) if full.is_relative_to(root) else str(path)
+
+
 header("2. The sweep: data size x model size x method")
 for name in METHOD_NAMES:
     m = METHODS[name]
@@ -117,7 +125,7 @@ else:
 cache = Cache(cache_path, recipe_fingerprint(SIZE_NAMES))
 cells = [(s, m, n, seed) for s in SIZE_NAMES for m in METHOD_NAMES for n in DATA_SIZES for seed in SEEDS]
 missing = [c for c in cells if cache.get(*c) is None]
-print(f"cache {cache_path}: {len(cells) - len(missing)} of {len(cells)} cells (recipe fingerprint {cache.fingerprint})")
+print(f"cache {shown(cache_path)}: {len(cells) - len(missing)} of {len(cells)} cells (recipe fingerprint {cache.fingerprint})")
 
 run = (lambda *c: finetune_cell(*c, load=load, **FAST_RUN)) if FAST else (lambda *c: finetune_cell(*c, load=load))
 if FAST or args.full:
@@ -294,7 +302,7 @@ else:
     axis_cache = Cache(axis_path, recipe_fingerprint(NEW))
     axis_cells = [(s, m, n, seed) for s in NEW for m in METHOD_NAMES for n in DATA_SIZES for seed in AXIS_SEEDS]
     todo = [c for c in axis_cells if axis_cache.get(*c) is None]
-    print(f"cache {axis_path}: {len(axis_cells) - len(todo)} of {len(axis_cells)} cells (recipe fingerprint "
+    print(f"cache {shown(axis_path)}: {len(axis_cells) - len(todo)} of {len(axis_cells)} cells (recipe fingerprint "
           f"{axis_cache.fingerprint}); the 3000-step row is the tiny model's seed-0 cells of part 4's cache.")
     if args.pretrain_axis and todo:                              # fill the cache, one method at a time
         t0 = course.clock()
