@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Optional
 
 from .report import KERNELS_ENV, REFERENCE_KERNELS, REFERENCE_MACHINE, kernels_to_reproduce
-from .validate import seconds_arg
+from .validate import count_arg, seconds_arg, seed_arg
 
 ROOT = Path(__file__).resolve().parent.parent
 LESSONS_DIR = ROOT / "lessons"
@@ -328,7 +328,7 @@ def main(argv=None) -> int:
     gr.add_argument("--check-timeout", type=seconds_arg, default=CHECK_SECONDS, metavar="S",
                     help=f"seconds one check may run (default {CHECK_SECONDS:g}): an endless loop in one exercise costs "
                          "that exercise's checks, not the whole file")
-    gr.add_argument("--jobs", "-j", type=int, default=1, help="submissions graded at once (default 1)")
+    gr.add_argument("--jobs", "-j", type=count_arg, default=1, help="submissions graded at once (default 1)")
     gr.add_argument("--reports", default=None, metavar="DIR", help="also write each file's report (what `minift "
                     "check` prints, or why it could not be graded) to DIR/PATH.txt, to hand back")
     e = sub.add_parser("exercise", help="copy a lesson's exercise stubs to exercises/NN_name.py (--reset: put them back)")
@@ -346,7 +346,7 @@ def main(argv=None) -> int:
     pt.add_argument("--out", default=None, help="folder to write (default: data/base/, or data/sizes/SIZE/ with --size)")
     pt.add_argument("--size", default=None, help="train one model size of lesson 20 (tiny, small, base) on the shipped "
                     "tokenizer, same recipe")
-    pt.add_argument("--steps", type=int, default=None)
+    pt.add_argument("--steps", type=count_arg, default=None, help="optimizer steps (default: the recipe's)")
     pt.add_argument("--fast", action="store_true", help="a tiny run, to check the pipeline")
     g = sub.add_parser("golden", help="regenerate data/golden/ (golden vectors), or run --impl FILE on them")
     g.add_argument("--out", default=None, help="folder to write (default: data/golden/, or golden-outputs/ with --impl)")
@@ -361,7 +361,7 @@ def main(argv=None) -> int:
                     "(default: notebooks/NN_name.ipynb)")
     d = sub.add_parser("data", help="regenerate TinyWorld as JSONL")
     d.add_argument("--out", default=os.path.join("runs", "tinyworld"))
-    d.add_argument("--seed", type=int, default=0)
+    d.add_argument("--seed", type=seed_arg, default=0, help="the world's seed (default 0: the shipped world)")
     if argv[:1] == ["verify"]:
         return cmd_verify(None, argv[1:])
     args, rest = p.parse_known_args(argv)

@@ -53,6 +53,7 @@ import torch
 
 from . import figures, measure
 from .pretrain import BASE_DIR
+from .validate import number_arg
 from .report import KERNELS_ENV, header, kernels_note
 # Re-exported, so that a walkthrough needs `course` alone: course.clock(), course.Bench(...), ...
 from .measure import clock, clock_name, device, forward_cpu_seconds, memory_note, sync  # noqa: F401
@@ -125,13 +126,7 @@ def sweep_note(args: argparse.Namespace, dev: str = "dev") -> str:
 
 def seed_count(text: str) -> int:
     """--seeds' check (argparse `type`): a whole number of seeds, 1 or more."""
-    try:
-        k = int(text)
-    except ValueError:
-        k = 0
-    if k < 1:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seeds: 1 or more (seeds 0..K-1)")
-    return k
+    return number_arg(text, int, lambda k: k >= 1, "a number of seeds: 1 or more (seeds 0..K-1)")
 
 
 def seed_list(text: str) -> tuple[int, ...]:

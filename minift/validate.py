@@ -153,14 +153,40 @@ def check_qkv(owner, name: str, value):
     return tuple(s for s in QKV if s in chosen)
 
 
-def seconds_arg(text: str) -> float:
-    """A time limit on a command line (an argparse `type`: `minift check --check-timeout S`, `minift grade
-    --timeout S`): a finite number of seconds > 0, else argparse's one-line error and exit status 2."""
+def number_arg(text: str, convert, ok, what: str):
+    """An argparse `type`: convert(text) if it converts and passes ok, else argparse's one-line error
+    "'text' is not `what`" and exit status 2, before any work starts."""
     import argparse
     try:
-        x = float(text)
+        x = convert(text)
     except ValueError:
-        x = math.nan
-    if not (x > 0 and math.isfinite(x)):
-        raise argparse.ArgumentTypeError(f"{text!r} is not a time limit: a number of seconds > 0")
+        x = None
+    if x is None or not ok(x):
+        raise argparse.ArgumentTypeError(f"{text!r} is not {what}")
     return x
+
+
+def seconds_arg(text: str) -> float:
+    """A time limit on a command line (`minift check --check-timeout S`, `minift grade --timeout S`):
+    a finite number of seconds > 0."""
+    return number_arg(text, float, lambda x: x > 0 and math.isfinite(x), "a time limit: a number of seconds > 0")
+
+
+def count_arg(text: str) -> int:
+    """A number of things on a command line (steps, tokens, ...): a whole number >= 1."""
+    return number_arg(text, int, lambda x: x >= 1, "a count: a whole number >= 1")
+
+
+def rate_arg(text: str) -> float:
+    """A learning rate on a command line: a finite number > 0."""
+    return number_arg(text, float, lambda x: x > 0 and math.isfinite(x), "a learning rate: a finite number > 0")
+
+
+def seed_arg(text: str) -> int:
+    """A random seed on a command line: a whole number >= 0."""
+    return number_arg(text, int, lambda x: x >= 0, "a seed: a whole number >= 0")
+
+
+def share_arg(text: str) -> float:
+    """A share of something on a command line (a replay fraction): a number in [0, 1)."""
+    return number_arg(text, float, lambda x: 0 <= x < 1, "a share: a number in [0, 1)")

@@ -1,6 +1,7 @@
 """minift.course: the walkthroughs' shared preamble (arguments, base-model check, one thread, the
 clock) and the fine-tune-and-measure bench of the method lessons."""
 import argparse
+import ast
 import re
 from pathlib import Path
 
@@ -14,6 +15,7 @@ from minift.peft.lora import LoRAConfig, lora_layers
 from minift.peft.masking import MaskingConfig, masked_layers
 from minift.peft.selective import SelectiveConfig
 from minift.pretrain import load_base
+from minift.validate import count_arg, rate_arg, seed_arg, share_arg
 
 DOC = """Lesson 99: a title line.
 
@@ -314,6 +316,40 @@ def test_the_seeds_flag_takes_a_count_of_one_or_more_and_says_what_it_costs(caps
         with pytest.raises(SystemExit) as e:
             p.parse_args(["--seeds", bad])
         assert e.value.code == 2 and "argument --seeds: " in capsys.readouterr().err, bad
+
+
+# ---- numbers on a walkthrough's command line -----------------------------------------------------
+
+def test_every_number_a_command_takes_is_checked_as_it_is_parsed():
+    """No flag of a walkthrough or of `minift` is parsed with a bare type=int or type=float. Before,
+    `--steps 0` ran lesson 03's default budget (`args.steps or 300`) and `minift pretrain --steps 0` the
+    recipe's 3000 steps without a word, and `--lengths 0` or `--cpt-lr -1` failed minutes into the run
+    instead of at once."""
+    root, bare = Path(__file__).resolve().parents[1], []
+    for f in sorted([*root.glob("lessons/*/walkthrough.py"), *root.glob("minift/**/*.py")]):
+        for node in ast.walk(ast.parse(f.read_text())):
+            if isinstance(node, ast.Call) and getattr(node.func, "attr", "") == "add_argument":
+                bare += [f"{f.relative_to(root)} {ast.unparse(node.args[0])}" for kw in node.keywords
+                         if kw.arg == "type" and isinstance(kw.value, ast.Name) and kw.value.id in ("int", "float")]
+    assert not bare, f"parsed without a check (minift.validate: count_arg, rate_arg, seed_arg, share_arg): {bare}"
+
+
+@pytest.mark.parametrize("fn, good, bad, says", [
+    (count_arg, {"1": 1, "250": 250}, ["0", "-3", "2.5", "x", ""], "is not a count: a whole number >= 1"),
+    (rate_arg, {"1e-3": 1e-3, "0.3": 0.3}, ["0", "-1e-3", "nan", "inf", "x"], "is not a learning rate: a finite number > 0"),
+    (seed_arg, {"0": 0, "7": 7}, ["-1", "1.5", "x"], "is not a seed: a whole number >= 0"),
+    (share_arg, {"0": 0.0, "0.25": 0.25}, ["1", "-0.1", "nan", "x"], "is not a share: a number in [0, 1)"),
+])
+def test_a_number_flag_takes_its_range_and_refuses_the_rest_in_one_line(fn, good, bad, says, capsys):
+    p = argparse.ArgumentParser(prog="walkthrough.py")
+    p.add_argument("--n", type=fn)
+    for text, want in good.items():
+        assert p.parse_args(["--n", text]).n == want
+    for text in bad:
+        with pytest.raises(SystemExit) as e:
+            p.parse_args([f"--n={text}"])
+        err = capsys.readouterr().err.strip().splitlines()
+        assert e.value.code == 2 and err[-1] == f"walkthrough.py: error: argument --n: {text!r} {says}", (text, err)
 
 
 def test_sweep_seeds_pick_over_seeds_only_with_the_sweep_itself(capsys):

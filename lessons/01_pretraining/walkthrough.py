@@ -22,7 +22,6 @@ EXPECTED_SECONDS = 91    # CPU seconds on the 2-core EPYC VM the READMEs are mea
 FAST_SECONDS = 15
 
 import random
-import sys
 import time
 
 import torch
@@ -35,16 +34,15 @@ from minift.pretrain import (BASE_DIR, base_metrics, fact_accuracy, fact_probes,
 from minift.tasks import LMDataset, perplexity
 from minift.train import TrainConfig, evaluate_nll, train
 from minift.report import header, table
+from minift.validate import count_arg, rate_arg, share_arg
 
 parser = course.parser(__doc__)
-parser.add_argument("--replay", type=float, default=0.0, metavar="R",
+parser.add_argument("--replay", type=share_arg, default=0.0, metavar="R",
                     help="part 2: share R of the training windows drawn from the original corpus "
                          "(0 = pure domain 2; try 0.25 to see forgetting shrink)")
-parser.add_argument("--cpt-lr", type=float, default=1e-3, help="part 2: peak learning rate")
-parser.add_argument("--cpt-steps", type=int, default=None, help="part 2: optimizer steps")
+parser.add_argument("--cpt-lr", type=rate_arg, default=1e-3, help="part 2: peak learning rate")
+parser.add_argument("--cpt-steps", type=count_arg, default=None, help="part 2: optimizer steps")
 args = course.start("01", parser)         # the base-model check, one thread, the clock: minift/course.py
-if not 0.0 <= args.replay < 1.0:
-    sys.exit(f"--replay={args.replay} must be in [0, 1)")
 FAST, DEV = args.fast, args.device         # DEV: --device (cpu unless told), where every model lives
 # budgets: (default, --fast)
 TINY_STEPS, TINY_EVAL_EVERY = (100, 20) if not FAST else (6, 3)

@@ -46,6 +46,7 @@ from minift.pretrain import forgetting_probe, load_base
 from minift.tasks import IGNORE_INDEX, SFTDataset, collate_fn, exact_match, format_example
 from minift.train import TrainConfig, evaluate_nll, train
 from minift.report import header, table
+from minift.validate import count_arg, rate_arg, seed_arg
 
 parser = course.parser(__doc__)
 parser.add_argument("--long", action="store_true",
@@ -54,12 +55,12 @@ parser.add_argument("--long", action="store_true",
 parser.add_argument("--mask-ablation", action="store_true",
                     help="also train the same run with the loss on the prompt too (part 4; on with --long): "
                          "about as long again as the SFT run")
-parser.add_argument("--steps", type=int, default=None, help="optimizer steps of each SFT run")
+parser.add_argument("--steps", type=count_arg, default=None, help="optimizer steps of each SFT run")
 parser.add_argument("--tasks", default=None,
                     help="the other tasks of the mixture, comma-separated (default qa_closed,sentiment,summarization; "
                          "--long: qa_closed)")
-parser.add_argument("--lr", type=float, default=None, help="peak learning rate of each SFT run (default 1e-3; --long: 7e-4)")
-parser.add_argument("--seed", type=int, default=0, help="training seed of both SFT runs (batch order)")
+parser.add_argument("--lr", type=rate_arg, default=None, help="peak learning rate of each SFT run (default 1e-3; --long: 7e-4)")
+parser.add_argument("--seed", type=seed_arg, default=0, help="training seed of both SFT runs (batch order)")
 parser.add_argument("--chat", action="store_true",
                     help="part 5 alone: multi-turn chat fine-tuning on TinyWorld dialogues (about 2 minutes)")
 parser.add_argument("--plain", action="store_true",

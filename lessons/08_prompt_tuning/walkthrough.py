@@ -42,12 +42,13 @@ from minift.peft.selective import SelectiveConfig
 from minift.pretrain import load_base
 from minift.train import to_device
 from minift.report import header, table
+from minift.validate import count_arg
 
 parser = course.parser(__doc__)
 course.add_sweep(parser, "pick the n = 16 prompts' lr from {1e-2, 3e-2, 1e-1, 3e-1} (vocab: + 1) on dev first")
 course.add_seeds(parser, "head-only, LoRA and part 2's n = 16 prompts", "head init, the prompt's start, data order",
                  "dev/test F1", "K=5: 3.0x the default run's time")
-parser.add_argument("--lengths", type=int, nargs="+", default=[1, 4], metavar="N",
+parser.add_argument("--lengths", type=count_arg, nargs="+", default=[1, 4], metavar="N",
                     help="the extra prompt lengths of part 2 (vocabulary init); default 1 4 (64 costs ~20 s more)")
 args = course.start("08", parser)
 FAST, DEV = args.fast, args.device     # DEV: --device (cpu unless told); the Bench builds its models there too

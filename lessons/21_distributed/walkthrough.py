@@ -45,11 +45,12 @@ from minift.pretrain import load_base
 from minift.report import header, table
 from minift.tasks import LMDataset
 from minift.train import TrainConfig, train
+from minift.validate import count_arg
 
 parser = course.parser(__doc__, "1 step per run, no torchrun launch: the worker's code in this process, a world of one")
 parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
 parser.add_argument("--out", default=None, help=argparse.SUPPRESS)
-parser.add_argument("--grad-accum", type=int, default=1, help=argparse.SUPPRESS)
+parser.add_argument("--grad-accum", type=count_arg, default=1, help=argparse.SUPPRESS)
 args = course.start("21", parser)   # the base-model check, one thread (two processes on two cores), the clock
 STEPS = 1 if args.fast else 12
 BATCH = 4                       # per process: 2 processes x 4 = 8 windows of 128 tokens per step
