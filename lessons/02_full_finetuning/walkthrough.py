@@ -23,7 +23,7 @@ Everything it uses lives in the library (minift/heads.py, minift/peft/selective.
 minift/train.py, minift/tasks.py, minift/pretrain.py); this file only calls it and prints.
 """
 EXPECTED_SECONDS = 29     # CPU seconds on the 2-core EPYC VM the READMEs are measured on
-FAST_SECONDS = 11
+FAST_SECONDS = 10
 
 import re
 from collections import Counter
@@ -43,7 +43,7 @@ from minift.report import header, table
 # intra-op thread buys little, and on a shared machine two threads per process thrash), the clock
 parser = course.parser(__doc__)
 parser.add_argument("--long", action="store_true", help="also fine-tune every weight on sentiment: 600 steps x 32, "
-                                                        "about 3 more minutes of CPU (README)")
+                                                        "about 2.5 more minutes of CPU (README)")
 args = course.start("02", parser)
 FAST, DEV = args.fast, args.device     # DEV: --device (cpu unless told), where every model lives
 
@@ -157,7 +157,7 @@ SENT_FULL = args.long or FAST        # --fast smoke-tests that path too, with it
 header("2. Sentiment: SequenceClassifier, head-only" + (" vs full fine-tuning" if SENT_FULL else ""))
 results = [run("sentiment", "head-only")] + ([run("sentiment", "full")] if SENT_FULL else [])
 if not SENT_FULL:
-    print("\nsentiment, full: not in the default run (600 steps x 32, about 3 more minutes): add --long")
+    print("\nsentiment, full: not in the default run (600 steps x 32, about 2.5 more minutes): add --long")
 header("3. NER: TokenClassifier, head-only vs full fine-tuning")
 results += [run("ner", "head-only"), run("ner", "full")]
 

@@ -26,7 +26,7 @@ Prints, top to bottom:
 
     python lessons/05_lora/walkthrough.py            # or: minift run 05
     python lessons/05_lora/walkthrough.py --fast     # the seconds-long version the tests run
-    python lessons/05_lora/walkthrough.py --sweep    # re-pick every lr on val (about 4 minutes)
+    python lessons/05_lora/walkthrough.py --sweep    # re-pick every lr on val (about 3.5 minutes)
     python lessons/05_lora/walkthrough.py --sweep --sweep-seeds 3   # ... on the mean over seeds 0, 1, 2
     python lessons/05_lora/walkthrough.py --seeds 5  # + the seed spread (3.7x the default run's time)
 
@@ -35,7 +35,7 @@ minift/peft/io.py, minift/heads.py, minift/train.py, minift/pretrain.py; the tra
 bench: minift/method_bench.py); this file only calls it and prints.
 """
 EXPECTED_SECONDS = 100    # CPU seconds on the 2-core EPYC VM the READMEs are measured on
-FAST_SECONDS = 13
+FAST_SECONDS = 12
 
 import copy
 import os
@@ -59,7 +59,7 @@ from minift.train import to_device
 from minift.report import header, table
 
 parser = course.parser(__doc__)
-course.add_sweep(parser, "pick every method's lr on the val split first (three or four rates each, about 4 minutes)")
+course.add_sweep(parser, "pick every method's lr on the val split first (three or four rates each, about 3.5 minutes)")
 course.add_seeds(parser, "part 2's methods", "head and LoRA init, data order", "val/test F1",
                  "K=5: 3.7x the default run's time")
 args = course.start("05", parser)

@@ -16,7 +16,8 @@ Prints, top to bottom:
      block's output;
   4. positions: a prompt-position config (first 2, last 2 real tokens) on left- and right-padded
      rows (one shorter than 2 + 2), and what a generation step edits.
-  With --sweep, before part 2: the lr sweep behind part 2's rates (8 more training runs).
+  With --sweep, before part 2: the lr sweep behind part 2's rates (8 runs, 6 more than the default run:
+  part 2 reuses the two it picks).
   With --seeds K, at the end: the matched pair again with seeds 0..K-1, and the spread of F1.
 
     python lessons/10_loreft/walkthrough.py           # or: minift run 10

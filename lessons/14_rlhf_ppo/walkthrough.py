@@ -35,7 +35,7 @@ Prints, top to bottom:
 Everything it uses lives in the library (minift/align/ppo.py, minift/align/reward.py,
 minift/align/preference.py, minift/evals.py, minift/pretrain.py); this file only calls it and prints.
 """
-EXPECTED_SECONDS = 104
+EXPECTED_SECONDS = 103
 FAST_SECONDS = 12
 
 import copy

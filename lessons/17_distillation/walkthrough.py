@@ -10,8 +10,9 @@ Prints, top to bottom:
      teacher (the baseline), with Hinton's soft targets (forward KL, T = 2, alpha = 0.5), with the
      soft term on every real token instead of the labelled ones, with reverse KL and with
      JSD(beta = 0.5); then with a transfer set (pretraining sentences tagged by the teacher:
-     sequence-level distillation, and soft targets on it); and the same two baselines from the
-     teacher's embeddings projected to the student's width (init_from_teacher);
+     sequence-level distillation, and soft targets on it); the baseline again from the teacher's
+     embeddings projected to the student's width (init_from_teacher); and a control, Hinton's loss
+     with one-hot gold logits in place of the teacher's;
   4. the quality target, row by row, and where the points go (the commonest val errors).
   With --more, at the end: the transfer set without the sentences that name val/test people, and
   the baseline and forward-KL students from a second init seed.
@@ -26,7 +27,7 @@ Prints, top to bottom:
 Everything it uses lives in the library (minift/align/distill.py, minift/heads.py, minift/train.py,
 minift/pretrain.py); this file only calls it and prints.
 """
-EXPECTED_SECONDS = 89
+EXPECTED_SECONDS = 88
 FAST_SECONDS = 12
 
 import copy
