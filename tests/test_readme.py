@@ -61,3 +61,19 @@ def test_the_readme_names_the_oldest_versions_it_is_tested_with():
     python = re.search(r'requires-python = ">=([0-9.]+)"', (ROOT / "pyproject.toml").read_text()).group(1)
     claims = re.findall(r"Python ≥ ?([0-9.]+)", readme)
     assert claims and set(claims) == {python}, f"README says Python ≥ {claims}; pyproject requires {python}"
+
+
+def test_every_only_selection_a_readme_shows_names_checks():
+    """`minift verify --only X` in a README selects checks: a check name, a run_* function or a lesson
+    marker. (README.md once showed `--only softmax`, which names none: exit 2.) Placeholders in capitals
+    (`--only NAMES`) are not commands."""
+    from minift.conformance.harness import select
+    import minift.conformance.reference  # noqa: F401  (importing it registers every check)
+    docs = [ROOT / "README.md", ROOT / "lessons" / "README.md", *sorted(ROOT.glob("lessons/*/README.md"))]
+    shown = [(d.relative_to(ROOT), m.group(1)) for d in docs
+             for m in re.finditer(r"minift verify [^`\n]*?--only[ =]([\w,]+)", d.read_text())]
+    assert len(shown) >= 10, shown
+    for doc, only in shown:
+        if only.isupper():
+            continue
+        assert select(only), (doc, only)
