@@ -237,7 +237,15 @@ def cmd_pretrain(args) -> int:
     from .pretrain import SIZES, pretrain
     if args.size is not None and args.size not in SIZES:
         raise SystemExit(_usage_error(f"minift pretrain: --size {args.size!r} is not a model size; choose from {sorted(SIZES)}"))
-    pretrain(out=args.out, steps=args.steps, fast=args.fast, size=args.size)
+    out = args.out
+    if args.fast and out is None:       # the pipeline check never lands on the shipped model the lessons load
+        out = os.path.join("runs", "pretrain_fast" + (f"_{args.size}" if args.size else ""))
+    try:
+        pretrain(out=out, steps=args.steps, fast=args.fast, size=args.size)
+    except ValueError as e:
+        return _usage_error(f"minift pretrain: {e}")
+    if out is not None:
+        print(f"wrote {out}/")
     return 0
 
 
@@ -343,11 +351,13 @@ def main(argv=None) -> int:
     b.add_argument("--device", default="cpu", help="cpu (default), or cuda / cuda:N for `kernels`: the fused "
                    "NF4 kernel against cuBLAS on a GPU (exit status 2 where there is none)")
     pt = sub.add_parser("pretrain", help="train the shipped tokenizer + base model")
-    pt.add_argument("--out", default=None, help="folder to write (default: data/base/, or data/sizes/SIZE/ with --size)")
+    pt.add_argument("--out", default=None, help="folder to write (default: data/base/, or data/sizes/SIZE/ with --size; "
+                    "with --fast runs/pretrain_fast/; --steps other than the recipe's needs --out)")
     pt.add_argument("--size", default=None, help="train one model size of lesson 20 (tiny, small, base) on the shipped "
                     "tokenizer, same recipe")
     pt.add_argument("--steps", type=count_arg, default=None, help="optimizer steps (default: the recipe's)")
-    pt.add_argument("--fast", action="store_true", help="a tiny run, to check the pipeline")
+    pt.add_argument("--fast", action="store_true", help="a tiny run, to check the pipeline (into runs/pretrain_fast/ "
+                    "unless --out)")
     g = sub.add_parser("golden", help="regenerate data/golden/ (golden vectors), or run --impl FILE on them")
     g.add_argument("--out", default=None, help="folder to write (default: data/golden/, or golden-outputs/ with --impl)")
     g.add_argument("--impl", default=None, help="a Python file of run_* functions to run on the golden inputs ('minift': the reference)")

@@ -52,7 +52,7 @@ from typing import Optional
 import torch
 
 from . import figures, measure
-from .pretrain import BASE_DIR
+from .pretrain import BASE_DIR, recipe_differences
 from .validate import number_arg
 from .report import KERNELS_ENV, header, kernels_note
 # Re-exported, so that a walkthrough needs `course` alone: course.clock(), course.Bench(...), ...
@@ -178,6 +178,20 @@ def base_model_error(lesson: str) -> Optional[str]:
             f"(or rebuild it with `minift pretrain`).")
 
 
+def base_model_note() -> Optional[str]:
+    """One line when data/base/ holds a model made by another recipe than the shipped one (say by
+    `minift pretrain --out data/base --steps 20`): every lesson would run on it, and no README number
+    would come out. None for the shipped recipe's model."""
+    try:
+        diffs = recipe_differences()
+    except OSError:                                     # no config.json: load_base says what is wrong
+        return None
+    if not diffs:
+        return None
+    return (f"note: {BASE_DIR}/ holds a model made by another recipe ({', '.join(diffs)}), so no README number "
+            f"will come out; `git checkout -- data/base` puts the shipped one back, `minift pretrain` retrains it.")
+
+
 def start(lesson: str, p: argparse.ArgumentParser | str, *, needs_base: bool = True, kernel: bool = False,
           argv: Optional[list[str]] = None) -> argparse.Namespace:
     """Parse the arguments (`p`: a parser from `parser`, or a docstring for one with --fast only),
@@ -209,6 +223,8 @@ def start(lesson: str, p: argparse.ArgumentParser | str, *, needs_base: bool = T
         atexit.unregister(end)                  # registered once, however often start runs
         atexit.register(end)
         _note_due = lesson
+    if needs_base and (base_note := base_model_note()):
+        print(base_note, flush=True)
     note = kernels_note(torch.backends.cpu.get_cpu_capability(), lesson, os.environ.get(KERNELS_ENV))
     if note and not _fast and dev.type == "cpu":
         print(note, flush=True)

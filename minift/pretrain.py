@@ -151,7 +151,13 @@ def pretrain(out: Optional[str] = None, steps: Optional[int] = None, fast: bool 
     shipped tokenizer (data/base/tokenizer.json), by the same recipe."""
     if size is not None and size not in SIZES:
         raise ValueError(f"size={size!r} is not a model size; choose from {sorted(SIZES)}")
-    out = str(out or (size_dir(size) if size else BASE_DIR))
+    shipped = size_dir(size) if size else BASE_DIR
+    if out is None and (fast or steps not in (None, RECIPE.steps)):
+        what = "fast=True (--fast)" if fast else f"steps={steps} (--steps {steps})"
+        raise ValueError(f"{what} is not the shipped recipe ({RECIPE.steps} steps): written to the default folder it "
+                         f"would replace the shipped model in {shipped}/, which the lessons load. Give an out folder "
+                         f"(--out DIR); --out {shipped} replaces the shipped model on purpose")
+    out = str(out or shipped)
     t0 = time.perf_counter()
     texts = world.pretrain_corpus("train")
     if fast:
@@ -186,6 +192,19 @@ def pretrain(out: Optional[str] = None, steps: Optional[int] = None, fast: bool 
                                   **({"size": size} if size else {})},
                files={"tokenizer.json": tok.save})           # one atomic checkpoint: weights, config, tokenizer
     return metrics
+
+
+def recipe_differences(folder: Optional[str] = None, size: Optional[str] = None) -> list[str]:
+    """How the checkpoint in `folder` (default: the shipped base) was made differently from the shipped
+    recipe: ["steps 20 (the recipe: 3000)", "n_layer 1 (4)", ...], from its config.json; [] when it is
+    the recipe's. (`minift pretrain --out data/base --steps 20` would leave such a model there.)"""
+    cfg = load_json(os.path.join(str(folder or BASE_DIR), "config.json"))
+    want_model = {**BASE_CONFIG, **(SIZES[size] if size else {})}
+    want_recipe = {k: RECIPE.__dict__[k] for k in ("steps", "batch_size", "lr", "min_lr_ratio", "warmup_steps",
+                                                    "weight_decay", "grad_clip", "seed")}
+    return [f"{k} {got.get(k)} (the recipe: {v})"
+            for got, want in ((cfg.get("model", {}), want_model), (cfg.get("recipe", {}), want_recipe))
+            for k, v in want.items() if got.get(k) != v]
 
 
 def base_metrics(folder: Optional[str] = None) -> dict:

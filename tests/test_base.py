@@ -65,3 +65,47 @@ def test_generation_from_the_base_model_is_deterministic_and_in_the_world(base):
     a = model.generate(idx, 6)
     assert torch.equal(a, model.generate(idx, 6, use_cache=False))
     assert tok.decode(a[0].tolist()).strip() != ""
+
+
+# ---- nothing overwrites the shipped model by accident -----------------------------------------------
+
+def _digest(folder) -> dict:
+    import hashlib
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.iterdir())}
+
+
+def test_a_run_other_than_the_recipe_never_lands_on_the_shipped_model(tmp_path, monkeypatch, capsys):
+    """`minift pretrain --fast` ("a tiny run, to check the pipeline") used to write its 1-layer, 20-step
+    model over data/base/, which every lesson then loaded without a word."""
+    from minift.cli import main
+    from minift.pretrain import pretrain, size_dir
+    for kw in ({"fast": True}, {"steps": 20}, {"steps": 20, "size": "tiny"}):
+        shipped = size_dir(kw["size"]) if "size" in kw else BASE_DIR
+        with pytest.raises(ValueError, match=f"would replace the shipped model in {shipped}/"):
+            pretrain(**kw)                                   # refused before any work: nothing is trained
+    assert main(["pretrain", "--steps", "20"]) == 2
+    assert "--out DIR" in capsys.readouterr().err
+    before = _digest(BASE_DIR)
+    monkeypatch.chdir(tmp_path)
+    assert main(["pretrain", "--fast"]) == 0                 # the pipeline check: into runs/pretrain_fast/
+    assert (tmp_path / "runs" / "pretrain_fast" / "model.safetensors").is_file()
+    assert "wrote runs/pretrain_fast/" in capsys.readouterr().out
+    assert _digest(BASE_DIR) == before
+
+
+def test_a_lesson_says_when_data_base_holds_another_recipes_model(tmp_path, monkeypatch):
+    import json
+    import shutil
+
+    from minift import course, pretrain
+    assert pretrain.recipe_differences() == [] and course.base_model_note() is None      # the shipped one
+    fake = tmp_path / "base"
+    shutil.copytree(BASE_DIR, fake)
+    cfg = json.loads((fake / "config.json").read_text())
+    cfg["model"]["n_layer"], cfg["recipe"]["steps"] = 1, 20
+    (fake / "config.json").write_text(json.dumps(cfg))
+    assert pretrain.recipe_differences(fake) == ["n_layer 1 (the recipe: 4)", "steps 20 (the recipe: 3000)"]
+    monkeypatch.setattr(pretrain, "BASE_DIR", fake)
+    note = course.base_model_note()
+    assert "another recipe (n_layer 1 (the recipe: 4), steps 20 (the recipe: 3000))" in note
+    assert "git checkout -- data/base" in note
