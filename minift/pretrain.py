@@ -176,7 +176,7 @@ def pretrain(out: Optional[str] = None, steps: Optional[int] = None, fast: bool 
     if fast:
         cfg = GPTConfig(vocab_size=tok.vocab_size, block_size=64, n_layer=1, n_head=2, n_embd=32)
     data = LMDataset(tok, texts, cfg.block_size)
-    rc = TrainConfig(**{**RECIPE.__dict__, "steps": steps or (20 if fast else RECIPE.steps),
+    rc = TrainConfig(**{**RECIPE.__dict__, "steps": steps if steps is not None else 20 if fast else RECIPE.steps,
                         "warmup_steps": 2 if fast else RECIPE.warmup_steps})
     print(f"model: {cfg}\n{GPT(cfg).num_parameters():,} parameters; {len(data):,} windows of "
           f"{cfg.block_size} tokens; {rc.steps} steps x {rc.batch_size}", flush=True)
