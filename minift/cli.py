@@ -244,8 +244,6 @@ def cmd_pretrain(args) -> int:
         pretrain(out=out, steps=args.steps, fast=args.fast, size=args.size)
     except ValueError as e:
         return _usage_error(f"minift pretrain: {e}")
-    if out is not None:
-        print(f"wrote {out}/")
     return 0
 
 

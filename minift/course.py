@@ -53,8 +53,8 @@ import torch
 
 from . import figures, measure
 from .pretrain import BASE_DIR, recipe_differences
-from .validate import number_arg
 from .report import KERNELS_ENV, header, kernels_note
+from .validate import number_arg
 # Re-exported, so that a walkthrough needs `course` alone: course.clock(), course.Bench(...), ...
 from .measure import clock, clock_name, device, forward_cpu_seconds, memory_note, sync  # noqa: F401
 from .method_bench import Bench  # noqa: F401

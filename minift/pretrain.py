@@ -191,15 +191,16 @@ def pretrain(out: Optional[str] = None, steps: Optional[int] = None, fast: bool 
                                   "metrics": metrics, "corpus_fingerprint": corpus_fingerprint(),
                                   **({"size": size} if size else {})},
                files={"tokenizer.json": tok.save})           # one atomic checkpoint: weights, config, tokenizer
+    print(f"saved to {out}/", flush=True)
     return metrics
 
 
-def recipe_differences(folder: Optional[str] = None, size: Optional[str] = None) -> list[str]:
-    """How the checkpoint in `folder` (default: the shipped base) was made differently from the shipped
-    recipe: ["steps 20 (the recipe: 3000)", "n_layer 1 (4)", ...], from its config.json; [] when it is
-    the recipe's. (`minift pretrain --out data/base --steps 20` would leave such a model there.)"""
+def recipe_differences(folder: Optional[str] = None) -> list[str]:
+    """How the base checkpoint in `folder` (default: the shipped one) was made differently from the
+    shipped recipe and shape, from its config.json: ["n_layer 1 (the recipe: 4)", "steps 20 (the recipe:
+    3000)", ...]; [] when it is the recipe's. (`minift pretrain --out data/base --steps 20` leaves one.)"""
     cfg = load_json(os.path.join(str(folder or BASE_DIR), "config.json"))
-    want_model = {**BASE_CONFIG, **(SIZES[size] if size else {})}
+    want_model = BASE_CONFIG
     want_recipe = {k: RECIPE.__dict__[k] for k in ("steps", "batch_size", "lr", "min_lr_ratio", "warmup_steps",
                                                     "weight_decay", "grad_clip", "seed")}
     return [f"{k} {got.get(k)} (the recipe: {v})"

@@ -89,7 +89,7 @@ def test_a_run_other_than_the_recipe_never_lands_on_the_shipped_model(tmp_path, 
     monkeypatch.chdir(tmp_path)
     assert main(["pretrain", "--fast"]) == 0                 # the pipeline check: into runs/pretrain_fast/
     assert (tmp_path / "runs" / "pretrain_fast" / "model.safetensors").is_file()
-    assert "wrote runs/pretrain_fast/" in capsys.readouterr().out
+    assert "saved to runs/pretrain_fast/" in capsys.readouterr().out
     assert _digest(BASE_DIR) == before
 
 
