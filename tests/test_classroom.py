@@ -189,3 +189,24 @@ def test_grade_refuses_what_is_not_a_submission(tmp_path):
     assert classroom.submissions([tmp_path / "x.py", tmp_path, tmp_path / "x.py"]) == [tmp_path / "x.py"]
     with pytest.raises(ValueError, match="jobs"):
         classroom.grade_class(LESSONS[0], [tmp_path / "x.py"], jobs=0)
+
+
+def test_two_files_that_differ_only_in_their_numbers_are_checked_on_the_same_examples(tmp_path, monkeypatch):
+    """Hypothesis mixes literals of loaded local modules into its draws; a graded file is one. Without
+    strategies.no_local_constants, a file with a few more numbers in it drew other examples (a student's
+    own constants chose their tests)."""
+    from minift.conformance import run_check
+    monkeypatch.setenv("CI", "1")                                  # derandomized, as when grading
+    body = ("from minift.conformance.reference import run_response_logps as _reference\n"
+            "SEEN = []\n\n\n"
+            "def run_response_logps(logits, input_ids, response_mask):\n"
+            "    SEEN.append(repr(logits.flatten()[:4].tolist()))\n"
+            "    return _reference(logits, input_ids, response_mask)\n")
+    seen = []
+    for i, extra in enumerate(["", "WIDTHS = (7, 9, 11, 13, 4096, 0.123, -77.5, 3.75, 1e-3, 2.5e4)\n"]):
+        f = tmp_path / f"student_{i}.py"
+        f.write_text(body + extra)
+        impl = load_impl(str(f))
+        assert run_check(CHECKS["response_logps_ignore_unscored"], impl).status == "PASS"
+        seen.append(impl.SEEN)
+    assert len(seen[0]) >= 10 and seen[0] == seen[1]           # (repr: a drawn NaN equals itself)

@@ -130,8 +130,16 @@ def response_logps_match_loop(fn, x, dtype):
     assert_close(y, want, f"{what} vs Σ_t m_t log softmax(z_(t−1))[y_t]", atol=2e-5 * z.shape[1], rtol=1e-5)
 
 
+def _prompt_then_response() -> tuple:
+    """One row [prompt, prompt, response, padding]: logits at positions 0 and 3 score nothing, and
+    position 0 is one of the T − 1 that predict a token (a NaN there reaches a sum that multiplies)."""
+    z = np.linspace(-2, 2, 4 * 3, dtype=np.float32).reshape(1, 4, 3)
+    return z, np.array([[2, 0, 1, 2]], np.int64), np.array([[0, 0, 1, 0]], np.int64)
+
+
 @property_check("run_response_logps", lesson=15, examples=40, x=_scored_rows(),
-                fill=st.sampled_from([float("nan"), 1e4, -1e4]), seed=st.integers(0, 2 ** 16))
+                fill=st.sampled_from([float("nan"), 1e4, -1e4]), seed=st.integers(0, 2 ** 16),
+                explicit=[dict(x=_prompt_then_response(), fill=float("nan"), seed=0)])
 def response_logps_ignore_unscored(fn, x, fill, seed):
     """what is not scored changes nothing: the logits at every position t − 1 whose token t is not in
     the response (prompt, padding, the last position) set to NaN or ±1e4, and the ids of the prompt and
