@@ -56,8 +56,8 @@ def no_shrinking():
 
 @contextlib.contextmanager
 def no_local_constants():
-    """Within this block hypothesis draws no constants from the code under test. Since 6.13x it mixes
-    literals it finds in every loaded "local" module (not stdlib or site-packages) into its draws:
+    """Within this block hypothesis draws no constants from the code under test. Recent versions mix
+    literals they find in every loaded "local" module (not stdlib or site-packages) into their draws:
     minift's own source when installed with `pip install -e .`, and a student's or an engineer's
     --impl file. The examples would then depend on the graded file's own numbers, and derandomized
     runs would not give everyone the same examples. Hypothesis has no setting for it, so for the
