@@ -234,7 +234,7 @@ def cmd_bench(args) -> int:
 
 
 def cmd_pretrain(args) -> int:
-    from .pretrain import SIZES, pretrain
+    from .pretrain import SIZES, ShippedModelError, pretrain
     if args.size is not None and args.size not in SIZES:
         raise SystemExit(_usage_error(f"minift pretrain: --size {args.size!r} is not a model size; choose from {sorted(SIZES)}"))
     out = args.out
@@ -242,7 +242,7 @@ def cmd_pretrain(args) -> int:
         out = os.path.join("runs", "pretrain_fast" + (f"_{args.size}" if args.size else ""))
     try:
         pretrain(out=out, steps=args.steps, fast=args.fast, size=args.size)
-    except ValueError as e:
+    except ShippedModelError as e:                   # refused before any work
         return _usage_error(f"minift pretrain: {e}")
     return 0
 

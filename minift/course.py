@@ -184,7 +184,7 @@ def base_model_note() -> Optional[str]:
     would come out. None for the shipped recipe's model."""
     try:
         diffs = recipe_differences()
-    except OSError:                                     # no config.json: load_base says what is wrong
+    except (OSError, ValueError):                       # no or no readable config.json: load_base says what is wrong
         return None
     if not diffs:
         return None

@@ -145,6 +145,11 @@ def evaluate_base(model: GPT, tok: Tokenizer, max_val_windows: Optional[int] = N
             "n_fact_probes": len(probes)}
 
 
+class ShippedModelError(ValueError):
+    """pretrain() was asked to write where it must not: a run other than the recipe into the shipped
+    model's folder (the default one), or an empty folder name."""
+
+
 def pretrain(out: Optional[str] = None, steps: Optional[int] = None, fast: bool = False,
              size: Optional[str] = None) -> dict:
     """Train the tokenizer and base model (size None), or, with size, one model of SIZES on the
@@ -152,12 +157,14 @@ def pretrain(out: Optional[str] = None, steps: Optional[int] = None, fast: bool 
     if size is not None and size not in SIZES:
         raise ValueError(f"size={size!r} is not a model size; choose from {sorted(SIZES)}")
     shipped = size_dir(size) if size else BASE_DIR
+    if out is not None and not str(out).strip():
+        raise ShippedModelError(f"out={out!r} names no folder")
     if out is None and (fast or steps not in (None, RECIPE.steps)):
         what = "fast=True (--fast)" if fast else f"steps={steps} (--steps {steps})"
-        raise ValueError(f"{what} is not the shipped recipe ({RECIPE.steps} steps): written to the default folder it "
-                         f"would replace the shipped model in {shipped}/, which the lessons load. Give an out folder "
-                         f"(--out DIR); --out {shipped} replaces the shipped model on purpose")
-    out = str(out or shipped)
+        raise ShippedModelError(f"{what} is not the shipped recipe ({RECIPE.steps} steps): written to the default "
+                                f"folder it would replace the shipped model in {shipped}/, which the lessons load. "
+                                f"Give an out folder (--out DIR); --out {shipped} replaces the shipped model on purpose")
+    out = str(shipped if out is None else out)
     t0 = time.perf_counter()
     texts = world.pretrain_corpus("train")
     if fast:
@@ -176,8 +183,11 @@ def pretrain(out: Optional[str] = None, steps: Optional[int] = None, fast: bool 
     if fast:
         cfg = GPTConfig(vocab_size=tok.vocab_size, block_size=64, n_layer=1, n_head=2, n_embd=32)
     data = LMDataset(tok, texts, cfg.block_size)
-    rc = TrainConfig(**{**RECIPE.__dict__, "steps": steps if steps is not None else 20 if fast else RECIPE.steps,
-                        "warmup_steps": 2 if fast else RECIPE.warmup_steps})
+    n = steps if steps is not None else 20 if fast else RECIPE.steps
+    warmup = 2 if fast else RECIPE.warmup_steps
+    if warmup >= n:                                  # a run too short for the warmup warms up for a tenth of it
+        warmup = n // 10
+    rc = TrainConfig(**{**RECIPE.__dict__, "steps": n, "warmup_steps": warmup})
     print(f"model: {cfg}\n{GPT(cfg).num_parameters():,} parameters; {len(data):,} windows of "
           f"{cfg.block_size} tokens; {rc.steps} steps x {rc.batch_size}", flush=True)
     torch.manual_seed(rc.seed)

@@ -183,8 +183,8 @@ def rate_arg(text: str) -> float:
 
 
 def seed_arg(text: str) -> int:
-    """A random seed on a command line: a whole number >= 0."""
-    return number_arg(text, int, lambda x: x >= 0, "a seed: a whole number >= 0")
+    """A random seed on a command line: a whole number from 0 to 2^32 - 1 (every seeder takes those)."""
+    return number_arg(text, int, lambda x: 0 <= x < 2 ** 32, "a seed: a whole number from 0 to 2^32 - 1")
 
 
 def share_arg(text: str) -> float:

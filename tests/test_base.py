@@ -85,12 +85,16 @@ def test_a_run_other_than_the_recipe_never_lands_on_the_shipped_model(tmp_path, 
             pretrain(**kw)                                   # refused before any work: nothing is trained
     assert main(["pretrain", "--steps", "20"]) == 2
     assert "--out DIR" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="names no folder"):
+        pretrain(out="", fast=True)                          # "" must not fall back to the shipped folder
     before = _digest(BASE_DIR)
     monkeypatch.chdir(tmp_path)
     assert main(["pretrain", "--fast"]) == 0                 # the pipeline check: into runs/pretrain_fast/
     assert (tmp_path / "runs" / "pretrain_fast" / "model.safetensors").is_file()
     assert "saved to runs/pretrain_fast/" in capsys.readouterr().out
     assert _digest(BASE_DIR) == before
+    assert main(["pretrain", "--fast", "--steps", "1", "--out", "short"]) == 0     # shorter than the warmup: runs
+    assert (tmp_path / "short" / "model.safetensors").is_file()
 
 
 def test_a_lesson_says_when_data_base_holds_another_recipes_model(tmp_path, monkeypatch):
@@ -109,3 +113,5 @@ def test_a_lesson_says_when_data_base_holds_another_recipes_model(tmp_path, monk
     note = course.base_model_note()
     assert "another recipe (n_layer 1 (the recipe: 4), steps 20 (the recipe: 3000))" in note
     assert "git checkout -- data/base" in note
+    (fake / "config.json").unlink()                            # unreadable: load_base will say what is wrong
+    assert course.base_model_note() is None

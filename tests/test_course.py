@@ -337,7 +337,8 @@ def test_every_number_a_command_takes_is_checked_as_it_is_parsed():
 @pytest.mark.parametrize("fn, good, bad, says", [
     (count_arg, {"1": 1, "250": 250}, ["0", "-3", "2.5", "x", ""], "is not a count: a whole number >= 1"),
     (rate_arg, {"1e-3": 1e-3, "0.3": 0.3}, ["0", "-1e-3", "nan", "inf", "x"], "is not a learning rate: a finite number > 0"),
-    (seed_arg, {"0": 0, "7": 7}, ["-1", "1.5", "x"], "is not a seed: a whole number >= 0"),
+    (seed_arg, {"0": 0, "4294967295": 2 ** 32 - 1}, ["-1", "1.5", "x", "4294967296"],
+     "is not a seed: a whole number from 0 to 2^32 - 1"),
     (share_arg, {"0": 0.0, "0.25": 0.25}, ["1", "-0.1", "nan", "x"], "is not a share: a number in [0, 1)"),
 ])
 def test_a_number_flag_takes_its_range_and_refuses_the_rest_in_one_line(fn, good, bad, says, capsys):

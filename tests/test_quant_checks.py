@@ -60,3 +60,13 @@ def test_each_bug_fails_its_check_with_a_counterexample():
         assert res[name].status == FAIL, name
         assert res[name].counterexample.startswith(f"{name}("), name
     assert res["nf4_dequantize_matches_table"].status == PASS                # the one function left correct
+
+
+def test_loftq_that_returns_nan_fails():
+    """NaN compares False with everything: `if off.max() > 0` let an all-NaN Q through as on the grid."""
+    def nan_q(W, r, iters, block_size=64):
+        Q, A, B = ref.run_loftq(W, r, iters, block_size)
+        return torch.full_like(Q, math.nan), A, B
+    res = {r.name: r for r in run_checks(SimpleNamespace(run_loftq=nan_q), only="loftq_not_worse_than_plain")}
+    assert res["loftq_not_worse_than_plain"].status == FAIL
+    assert "not on the NF4 grid" in res["loftq_not_worse_than_plain"].error

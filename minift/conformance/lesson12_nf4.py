@@ -366,7 +366,7 @@ def nf4_roundtrip_error_bound(run, wb):
 
 
 @property_check("run_nf4_roundtrip", lesson=12, examples=30, wb=_weights(dq=False),
-                explicit=[dict(wb=(np.array([1, -0.8, 0.3, -0.05], np.float32) * np.float32(2.0 ** -126), 2, False, 256))])
+                explicit=[dict(wb=(np.array([1, -0.8, 0.3, -0.05], np.float32) * np.float32(2.0 ** -126), 4, False, 256))])
 def nf4_roundtrip_is_idempotent(run, wb):
     """Without double quantization nf4_roundtrip is a projection: quantizing W_hat again gives the same
     packed bytes and the same W_hat bit for bit (and W itself is left unchanged). Where a block's absmax

@@ -158,7 +158,7 @@ def loftq_not_worse_than_plain(run, W, r, iters):
     # on the grid: within 1e-5 absmax of some NF4 * absmax, plus float32's rounding of that product where
     # it is subnormal (2^-150 absolute: a relative test fails every block whose absmax is below ~2^-133)
     off = np.abs(blocks[..., None] - NF4_TABLE * am[..., None]).min(-1) - (1e-5 * am + 2.0 ** -150)
-    if off.max() > 0:
+    if not off.max() <= 0:                                     # (a NaN in Q fails too)
         k = np.unravel_index(off.argmax(), off.shape)
         raise AssertionError(f"{what}: Q is not on the NF4 grid of its blocks (entry {k} of the (blocks, 8) view, "
                              f"{blocks[k]!r}, is {off[k] + 1e-5 * am[k[0], 0] + 2.0 ** -150:.2e} from the nearest "
@@ -169,5 +169,5 @@ def loftq_not_worse_than_plain(run, W, r, iters):
     plain = (NF4_TABLE[np.abs(s[..., None] - NF4_TABLE).argmin(-1)] * am_w).reshape(W.shape)
     e_plain = np.linalg.norm(W - plain)
     e = np.linalg.norm(W - (Q + B @ A))
-    if e > e_plain * (1 + 1e-5) + 1e-6:
+    if not e <= e_plain * (1 + 1e-5) + 1e-6:
         raise AssertionError(f"{what}: ||W - (Q + B A)|| = {e:.6g} is larger than plain NF4's {e_plain:.6g}")

@@ -70,16 +70,20 @@ def no_local_constants():
     except ImportError:                                    # pragma: no cover (no such feature)
         yield
         return
-    saved = {name: getattr(providers, name, None) for name in ("_get_local_constants", "CONSTANTS_CACHE")}
-    if None in saved.values():                              # pragma: no cover (another layout)
+    get, cache = getattr(providers, "_get_local_constants", None), getattr(providers, "CONSTANTS_CACHE", None)
+    if get is None or cache is None:                        # pragma: no cover (another layout)
         yield
         return
-    providers._get_local_constants, providers.CONSTANTS_CACHE = Constants, {}
+    # a stand-in of the cache's own type: whichever of the two names a time limit leaves swapped, the
+    # other works with it. Checks run on the main thread (the swap is process-wide).
+    stand_in = type(cache)(cache.max_size) if hasattr(cache, "max_size") else {}
     try:
+        providers.CONSTANTS_CACHE = stand_in
+        providers._get_local_constants = Constants
         yield
     finally:
-        for name, value in saved.items():
-            setattr(providers, name, value)
+        providers._get_local_constants = get
+        providers.CONSTANTS_CACHE = cache
 
 
 def check_settings(max_examples: int) -> settings:
