@@ -28,11 +28,18 @@ from minift.quant.nf4 import (dequantize_absmax, dequantize_blockwise, pack_4bit
 from minift.validate import check_bool, check_int
 
 from .harness import assert_close, output, property_check, tensor, tensor_arg
-from .lesson12_qlora import NF4_TABLE
+from .lesson12_qlora import NF4_TABLE, SUBNORMAL_ROUNDING
 from .strategies import arrays, f32
 
 NF4_DELTA = 0.9677083                    # δ = 1 - (1/30 + 1/32) / 2, rounded as bitsandbytes writes it
 GAPS = np.diff(NF4_TABLE)                # (15,) distances between neighbouring NF4 values
+
+
+def _rebuild_slack(n: int, magnitude):
+    """float32's rounding of c_hat = mean + s q8 over n absmax values (the mean's sum, the scale, x |q8| <= 127):
+    relative, 2^-24 an operation, of `magnitude`; and where the mean or s is subnormal, SUBNORMAL_ROUNDING an
+    operation."""
+    return (n + 8) * 2.0 ** -23 * magnitude + (n + 128) * SUBNORMAL_ROUNDING
 
 
 # ---- the reference functions --------------------------------------------------------------------
@@ -216,9 +223,7 @@ def double_quantize_reconstructs_within_half_a_step(dq, cb):
     c64 = c.astype(np.float64)
     m64, s64, _ = _dq64(c64, block)
     rebuilt = mean + np.repeat(s, block)[:c.size] * q8
-    # float32 mean and scales: relative rounding (2^-24 an operation), and where they are subnormal
-    # (absmax near 1e-38) absolute rounding, 2^-150 an operation: the mean's sum and the scale, x |q8| <= 127
-    slack = (c.size + 8) * 2.0 ** -23 * (np.abs(c64) + abs(m64)) + (c.size + 128) * 2.0 ** -150
+    slack = _rebuild_slack(c.size, np.abs(c64) + abs(m64))     # float32 mean and scales (subnormal near 1e-38)
     assert_close(rebuilt, c64, what + " mean + s q8 vs absmax (half a step, s = max |c - mean| / 127)",
                  atol=s64 / 2 * (1 + 1e-5) + slack, rtol=0)
     pad = np.concatenate([np.abs(c64 - m64), np.full((-c.size) % block, -1.0)]).reshape(-1, block)
@@ -356,11 +361,10 @@ def nf4_roundtrip_error_bound(run, wb):
     blocks, c = _absmax64(w, block)
     scaled = np.divide(blocks, c[:, None], out=np.zeros_like(blocks), where=c[:, None] > 0).reshape(-1)
     i = np.clip(np.searchsorted(NF4_TABLE, scaled) - 1, 0, 14)                   # NF4[i] <= w / c <= NF4[i + 1]
-    bound = np.repeat(c, block) * GAPS[i] / 2 * (1 + 1e-6) + 2.0 ** -23 * np.abs(w.reshape(-1)) + 2.0 ** -150
+    bound = np.repeat(c, block) * GAPS[i] / 2 * (1 + 1e-6) + 2.0 ** -23 * np.abs(w.reshape(-1)) + SUBNORMAL_ROUNDING
     if dq:
         mean, s, _ = _dq64(c, dqb)
-        bound = bound + np.repeat(s / 2 * (1 + 1e-5) + (c.size + 8) * 2.0 ** -23 * (abs(mean) + 127 * s)
-                                  + (c.size + 128) * 2.0 ** -150, block)
+        bound = bound + np.repeat(s / 2 * (1 + 1e-5) + _rebuild_slack(c.size, abs(mean) + 127 * s), block)
     assert_close(W_hat, w.reshape(-1).astype(np.float64), what + " W_hat vs W (half the NF4 gap times c_b"
                  + (", plus s_k / 2)" if dq else ")"), atol=bound, rtol=0)
 

@@ -64,6 +64,7 @@ NF4_TABLE = np.array([-1.0, -0.6961928009986877, -0.5250730514526367, -0.3949174
                       -0.28444138169288635, -0.18477343022823334, -0.09105003625154495, 0.0,
                       0.07958029955625534, 0.16093020141124725, 0.24611230194568634, 0.33791524171829224,
                       0.44070982933044434, 0.5626170039176941, 0.7229568362236023, 1.0])
+SUBNORMAL_ROUNDING = 2.0 ** -150   # float32 rounds a subnormal result by up to half of 2^-149, absolutely
 
 
 @st.composite
@@ -156,13 +157,13 @@ def loftq_not_worse_than_plain(run, W, r, iters):
     blocks = Q.reshape(-1, 8)
     am = np.abs(blocks).max(1, keepdims=True)
     # on the grid: within 1e-5 absmax of some NF4 * absmax, plus float32's rounding of that product where
-    # it is subnormal (2^-150 absolute: a relative test fails every block whose absmax is below ~2^-133)
-    off = np.abs(blocks[..., None] - NF4_TABLE * am[..., None]).min(-1) - (1e-5 * am + 2.0 ** -150)
-    if not off.max() <= 0:                                     # (a NaN in Q fails too)
-        k = np.unravel_index(off.argmax(), off.shape)
+    # it is subnormal (absolute: a relative test fails every block whose absmax is below ~2^-133)
+    dist = np.abs(blocks[..., None] - NF4_TABLE * am[..., None]).min(-1)          # (blocks, 8)
+    over = dist - (1e-5 * am + SUBNORMAL_ROUNDING)
+    if not over.max() <= 0:                                    # (a NaN in Q fails too)
+        k = np.unravel_index(over.argmax(), over.shape)
         raise AssertionError(f"{what}: Q is not on the NF4 grid of its blocks (entry {k} of the (blocks, 8) view, "
-                             f"{blocks[k]!r}, is {off[k] + 1e-5 * am[k[0], 0] + 2.0 ** -150:.2e} from the nearest "
-                             f"NF4 * absmax, absmax {am[k[0], 0]!r})")
+                             f"{blocks[k]!r}, is {dist[k]:.2e} from the nearest NF4 * absmax, absmax {am[k[0], 0]!r})")
     W64 = W.astype(np.float64).reshape(-1, 8)
     am_w = np.abs(W64).max(1, keepdims=True)
     s = np.divide(W64, am_w, out=np.zeros_like(W64), where=am_w > 0)
