@@ -264,13 +264,22 @@ def cmd_golden(args) -> int:
         if impl in ("minift", "reference"):                   # minift's own reference functions (a module, not a file)
             from .conformance import reference as impl
         try:
-            info = golden.run_impl(impl, out, args.against or golden.GOLDEN_DIR)
+            info = golden.run_impl(impl, out, args.against or golden.GOLDEN_DIR, args.only)
         except ValueError as e:
             return _usage_error(f"minift golden: {e}")
         print(f"wrote the outputs of {args.impl} for {info['cases']} golden cases to {out}/; "
-              f"compare them with `minift verify --golden {out}`")
+              f"compare them with `minift verify --golden {out}" + (f" --only {args.only}" if args.only else "") + "`")
+        if info["missing"]:
+            print(f"left without outputs (counted missing): the cases of {', '.join(info['missing'])}, which "
+                  f"{args.impl} does not define")
         return 0
+    if args.against:
+        return _usage_error("minift golden: --against applies with --impl FILE")
     out = args.out or str(golden.GOLDEN_DIR)
+    try:
+        golden.select(args.only)                             # an unknown name: one line before any recording
+    except ValueError as e:
+        return _usage_error(f"minift golden: {e}")
     info = golden.generate(out, args.only)
     print(f"wrote {info['cases']} cases of {info['adapters']} adapters to {out}/ (index.json, tensors.safetensors)"
           + (f"; only the cases of --only {args.only} were recorded again" if args.only else ""))
@@ -356,11 +365,16 @@ def main(argv=None) -> int:
     pt.add_argument("--steps", type=count_arg, default=None, help="optimizer steps (default: the recipe's)")
     pt.add_argument("--fast", action="store_true", help="a tiny run, to check the pipeline (into runs/pretrain_fast/ "
                     "unless --out)")
-    g = sub.add_parser("golden", help="regenerate data/golden/ (golden vectors), or run --impl FILE on them")
+    g = sub.add_parser("golden", help="regenerate data/golden/ (golden vectors), or run --impl FILE on them",
+                       description="Golden vectors: fixed inputs of the property checks and minift's outputs "
+                       "(data/golden/: index.json + tensors.safetensors, the layout in minift/conformance/golden.py). "
+                       "Without --impl, regenerate them from minift's reference; with --impl FILE, run FILE's run_* "
+                       "functions on their inputs and write the outputs to --out, for `minift verify --golden`.")
     g.add_argument("--out", default=None, help="folder to write (default: data/golden/, or golden-outputs/ with --impl)")
     g.add_argument("--impl", default=None, help="a Python file of run_* functions to run on the golden inputs ('minift': the reference)")
-    g.add_argument("--only", default=None, help="with no --impl: record only these checks (names, adapters, "
-                   "lessons); their cases replace theirs in an existing folder, the rest are kept")
+    g.add_argument("--only", default=None, help="only these checks (names, run_* functions, lessons): without --impl, "
+                   "their cases are recorded again and replace theirs in an existing folder, the rest are kept; "
+                   "with --impl, only their cases are run")
     g.add_argument("--against", default=None, help="with --impl: the golden folder to read (default: data/golden/)")
     nb = sub.add_parser("notebook", help="write a lesson (NN or all) as a Jupyter notebook: its README as markdown, "
                         "its walkthrough as code cells, its figures inline")

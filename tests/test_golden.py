@@ -27,7 +27,7 @@ def test_the_shipped_golden_files_are_current_for_the_reference(tmp_path):
     assert all(why.startswith(("its inputs include a", "its output includes a")) for why in unrecorded.values()), unrecorded
 
 
-def test_a_wrong_implementation_fails_where_it_is_wrong_and_a_missing_adapter_is_reported(tmp_path):
+def test_a_wrong_implementation_fails_where_it_is_wrong_and_a_function_it_lacks_is_missing(tmp_path):
     golden.run_impl(load_impl(WRONG), tmp_path / "out")
     rows = golden.verify(tmp_path / "out")
     by = {}
@@ -38,7 +38,7 @@ def test_a_wrong_implementation_fails_where_it_is_wrong_and_a_missing_adapter_is
     wrong_names = {n for n in dir(load_impl(WRONG)) if n.startswith("run_")}
     absent = next(a for a in by if a not in wrong_names)
     fails = [r for r in rows if r["adapter"] == absent]
-    assert all(r["status"] == "FAIL" and "no callable" in r["error"] for r in fails)
+    assert fails and all(r["status"] == "MISSING" for r in fails)   # not defined: missing, as with --impl
 
 
 def test_one_changed_value_in_a_candidate_is_found(tmp_path):
@@ -110,3 +110,59 @@ def test_regenerating_some_checks_keeps_every_other_case(tmp_path):
     bits = lambda t: t.reshape(-1).view(torch.uint8)                     # bit for bit (NaN inputs too)
     assert all(after_t[k].dtype == before_t[k].dtype and torch.equal(bits(after_t[k]), bits(before_t[k]))
                for k in after_t if not k.startswith(check + "."))
+
+
+def _candidate_with(tmp_path, adapter: str, change):
+    """The reference's outputs, with the first tensor output of `adapter`'s first case replaced by
+    change(tensor) (or the whole output JSON by change(None) when that returns a non-tensor)."""
+    out = tmp_path / "out"
+    golden.run_impl(reference, out, only=adapter)
+    from safetensors.torch import load_file, save_file
+    t = load_file(str(out / "tensors.safetensors"))
+    index = json.loads((out / "index.json").read_text())
+    case = index["cases"][0]
+    o = case["output"]
+    leaf = o if "tensor" in o else next(v for v in o.get("tuple", o.get("list", [])) if "tensor" in v)
+    new = change(t[leaf["tensor"]])
+    if isinstance(new, torch.Tensor):
+        t[leaf["tensor"]] = new.contiguous()
+    else:
+        case["output"] = new
+    save_file(t, str(out / "tensors.safetensors"))
+    (out / "index.json").write_text(json.dumps(index))
+    return out, case["id"]
+
+
+@pytest.mark.parametrize("adapter, change, says", [
+    ("run_softmax", lambda y: y.double(), "dtype float64, expected float32"),           # right values, wrong dtype
+    ("run_nf4_quantize", lambda c: c.float() + 0.7, "dtype float32, expected uint8"),  # a cast would round 3.7 to 3
+    ("run_nf4_quantize", lambda c: c.long() + 256, "dtype int64, expected uint8"),     # a cast would wrap 259 to 3
+    ("run_nf4_quantize", lambda c: c ^ 1, "integer values differ"),
+    ("run_softmax", lambda y: 0.5, "must be a JSON object"),                             # a bare number, not {"value": ...}
+])
+def test_a_candidate_is_compared_without_casting_and_never_crashes_the_comparison(tmp_path, adapter, change, says):
+    out, cid = _candidate_with(tmp_path, adapter, change)
+    rows = {r["id"]: r for r in golden.verify(out, only=adapter)}
+    assert rows[cid]["status"] == "FAIL" and says in rows[cid]["error"], rows[cid]
+    assert sum(r["status"] != "PASS" for r in rows.values()) == 1
+
+
+def test_only_selects_cases_and_a_cut_tensor_file_is_one_clear_error(tmp_path, capsys):
+    from minift.conformance.verify import verify_main
+    out = tmp_path / "out"
+    info = golden.run_impl(load_impl(WRONG), out, only="run_softmax,run_dpo_loss")
+    cases = json.loads((out / "index.json").read_text())["cases"]
+    chosen = {n for n, c in CHECKS.items() if c.adapter in ("run_softmax", "run_dpo_loss")}
+    assert {c["check"] for c in cases} == chosen and info["cases"] == len(cases)      # (a check may call others too)
+    assert "run_dpo_loss" in info["missing"] and all("output" not in c for c in cases if c["adapter"] == "run_dpo_loss")
+    assert {r["adapter"] for r in golden.verify(out, only="run_softmax")} == {"run_softmax"}
+    assert verify_main(["--golden", str(out), "--only", "run_dpo_loss"]) == 1          # named, and absent
+    assert "no outputs at all for: run_dpo_loss" in capsys.readouterr().out
+    assert verify_main(["--golden", str(out), "--impl", WRONG]) == 2                   # --impl means the property checks
+    assert "minift golden --impl FILE" in capsys.readouterr().err
+    ten = out / "tensors.safetensors"
+    ten.write_bytes(ten.read_bytes()[:100])
+    with pytest.raises(ValueError, match="not a readable safetensors file"):
+        golden.load(out)
+    assert verify_main(["--golden", str(out)]) == 2
+    assert capsys.readouterr().err.count("\n") == 1

@@ -193,10 +193,12 @@ def test_verify_only_selects_checks(capsys):
     assert verify_main(["--impl", str(WRONG), "--only", "softmax_stable_large"]) == 1
 
 
-def test_verify_unknown_only_name_lists_valid_names(capsys):
+def test_verify_unknown_only_name_names_it_suggests_the_nearest_and_stays_one_short_line(capsys):
     assert verify_main(["--only", "softmax_sums_to_one,no_such_check"]) == 2
     err = capsys.readouterr().err
-    assert "no_such_check" in err and "softmax_sums_to_one" in err and "gpt_block_is_causal" in err
+    assert "no_such_check" in err and "verify --list" in err and len(err) < 300
+    assert verify_main(["--only", "softmax_sums_to_on"]) == 2                  # a typo: the check it meant
+    assert "did you mean softmax_sums_to_one" in capsys.readouterr().err
     with pytest.raises(ValueError, match="no_such_check"):
         run_checks(only=["no_such_check"])
 
@@ -235,3 +237,18 @@ def test_verify_list(capsys):
     assert verify_main(["--list"]) == 0
     out = capsys.readouterr().out
     assert all(name in out for name in CHECKS)
+
+
+def test_verify_list_shows_only_what_only_selects(capsys):
+    assert verify_main(["--list", "--only", "run_lora_merge"]) == 0
+    out = capsys.readouterr().out
+    rows = [line.split() for line in out.splitlines() if line and not line.startswith(" ")]
+    assert rows and all(r[1] == "run_lora_merge" and r[2] == "lesson05" for r in rows)      # columns apart
+    assert verify_main(["--list"]) == 0
+    every = [line.split() for line in capsys.readouterr().out.splitlines() if line and not line.startswith(" ")]
+    assert len(every) == len(CHECKS) and all(len(r) == 3 for r in every)
+
+
+def test_a_folder_given_as_impl_is_named_a_folder(tmp_path):
+    with pytest.raises(ValueError, match="is a folder"):
+        load_impl(tmp_path)

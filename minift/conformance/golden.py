@@ -12,20 +12,26 @@ minift's reference returned, stored as
 A value in the index is encoded as one of
     {"tensor": KEY}                       a tensor stored under KEY (dtype and shape in the file)
     {"value": 3.5} / {"value": "mean"}    a JSON number, bool or string
+    {"value": "inf", "float": true}       a float JSON cannot write: "inf", "-inf" or "nan"
     {"none": true}
     {"list": [...]} / {"tuple": [...]} / {"dict": {"name": ..., ...}}   nesting of the above
 
 so an implementation in any language reads index.json and tensors.safetensors, calls its own
-version of each case's function ("adapter": its run_* name) on "args"/"kwargs", and writes its outputs in the same layout (its
-own index.json whose cases carry its "output", and its own tensors.safetensors). Then
+version of each case's function ("adapter": its run_* name) on "args"/"kwargs", and writes its
+outputs in the same layout: its own index.json {"format": 1, "cases": [...]}, where each case needs
+only its "id" and its "output" (or {"error": "why"} for a call that failed; a case left out, or
+without "output", counts as missing), and its own tensors.safetensors. Then
 
     minift verify --golden DIR            compares DIR's outputs with minift's, case by case:
-                                          |got - expected| <= atol + rtol |expected|, integers and
-                                          booleans exactly, shapes and structure exactly
+                                          |got - expected| <= atol + rtol |expected| for floats,
+                                          integers and booleans exactly; tensors' dtypes, shapes
+                                          and the nesting exactly (a float32 output written as
+                                          float64, or uint8 codes as int64, is a mismatch)
 
 `minift golden` regenerates data/golden/ from the reference; `minift golden --impl FILE --out DIR`
 runs a Python implementation on the golden inputs and writes DIR in the layout above (the way
-to produce DIR from Python, and how the tests check that a wrong implementation is caught).
+to produce DIR from Python, and how the tests check that a wrong implementation is caught; a
+function FILE does not define is left without outputs, so its cases count as missing).
 """
 from __future__ import annotations
 
@@ -86,7 +92,9 @@ def encode(value, key: str, tensors: dict):
 
 
 def decode(obj, tensors: dict):
-    """The inverse of `encode` (tensors looked up in `tensors`)."""
+    """The inverse of `encode` (tensors looked up in `tensors`); ValueError for anything else."""
+    if not isinstance(obj, dict):
+        raise ValueError(f"golden file: a value must be a JSON object such as {{\"value\": 3}}, got {json.dumps(obj)[:80]}")
     if "tensor" in obj:
         if obj["tensor"] not in tensors:
             raise ValueError(f"golden file refers to tensor {obj['tensor']!r}, which tensors.safetensors lacks")
@@ -238,23 +246,39 @@ def load(golden_dir=GOLDEN_DIR) -> tuple[list, dict]:
         raise ValueError(f"{idx} is not valid JSON: {e}") from None
     if not isinstance(meta, dict) or meta.get("format") != FORMAT or not isinstance(meta.get("cases"), list):
         raise ValueError(f"{idx}: expected {{'format': {FORMAT}, 'cases': [...]}}")
-    return meta["cases"], load_file(str(ten))
+    try:
+        tensors = load_file(str(ten))
+    except Exception as e:                                  # safetensors' own error type: a cut or foreign file
+        raise ValueError(f"{ten} is not a readable safetensors file ({type(e).__name__}: {e})") from None
+    return meta["cases"], tensors
 
 
-def run_impl(impl, out_dir, golden_dir=GOLDEN_DIR) -> dict:
-    """Call `impl` (a module or a path to a .py file with run_* functions) on every golden input and
-    write its outputs to out_dir in the golden layout. A case whose function is missing, or that
-    raises, is written with {"error": "..."} as its output."""
+def _selected(cases: list, only) -> list:
+    """The cases of the checks `only` selects (harness.select's names), or all of them for None."""
+    if only is None:
+        return cases
+    names = set(select(only))
+    return [c for c in cases if c.get("check") in names]
+
+
+def run_impl(impl, out_dir, golden_dir=GOLDEN_DIR, only=None) -> dict:
+    """Call `impl` (a module or a path to a .py file with run_* functions) on every golden input (of
+    the checks `only` selects) and write its outputs to out_dir in the golden layout. A case that
+    raises is written with {"error": "..."} as its output; one whose function impl lacks, without an
+    output (missing). Returns {"cases": n written, "missing": [functions impl lacks]}."""
     if isinstance(impl, (str, os.PathLike)):
         impl = load_impl(impl)
     cases, tensors = load(golden_dir)
-    out_cases, out_tensors = [], {}
+    cases = _selected(cases, only)
+    out_cases, out_tensors, missing = [], {}, []
     for c in cases:
         fn = getattr(impl, c["adapter"], None)
         new = {k: v for k, v in c.items() if k != "output"}
+        if not callable(fn):
+            missing += [c["adapter"]] * (c["adapter"] not in missing)
+            out_cases.append(new)
+            continue
         try:
-            if not callable(fn):
-                raise AttributeError(f"no callable {c['adapter']}")
             y = fn(*decode(c["args"], tensors), **decode(c["kwargs"], tensors))
             local: dict = {}
             new["output"] = encode(y, f"{c['id']}.output", local)
@@ -263,7 +287,7 @@ def run_impl(impl, out_dir, golden_dir=GOLDEN_DIR) -> dict:
             new["output"] = {"error": f"{type(e).__name__}: {e}"[:300]}
         out_cases.append(new)
     _write(Path(out_dir), out_cases, out_tensors)
-    return {"cases": len(out_cases)}
+    return {"cases": len(out_cases), "missing": missing}
 
 
 # ---- comparing -------------------------------------------------------------------------------
@@ -275,6 +299,8 @@ def compare(expected, got, atol: float, rtol: float, where: str = "output") -> s
             return f"{where}: expected a tensor, got {type(got).__name__}"
         if tuple(got.shape) != tuple(expected.shape):
             return f"{where}: shape {tuple(got.shape)}, expected {tuple(expected.shape)}"
+        if got.dtype != expected.dtype:                             # values are never compared after a cast
+            return f"{where}: dtype {str(got.dtype).removeprefix('torch.')}, expected {str(expected.dtype).removeprefix('torch.')}"
         if expected.dtype.is_floating_point:
             e, g = expected.double(), got.double()
             bad = ~((g - e).abs() <= atol + rtol * e.abs()) & ~(g == e) & ~(torch.isnan(e) & torch.isnan(g))   # inf == inf
@@ -284,9 +310,10 @@ def compare(expected, got, atol: float, rtol: float, where: str = "output") -> s
                         f"got {g.flatten()[i].item():.7g}, expected {e.flatten()[i].item():.7g} "
                         f"(atol {atol:g}, rtol {rtol:g})")
             return ""
-        if not torch.equal(got.to(expected.dtype), expected):
-            i = int(torch.nonzero((got.to(expected.dtype) != expected).flatten())[0])
-            return f"{where}: integer values differ; first at flat index {i}"
+        if not torch.equal(got, expected):
+            i = int(torch.nonzero((got != expected).flatten())[0])
+            return (f"{where}: {int((got != expected).sum())} of {got.numel()} integer values differ; first at flat "
+                    f"index {i}: got {got.flatten()[i].item()}, expected {expected.flatten()[i].item()}")
         return ""
     if isinstance(expected, (list, tuple)):
         if not isinstance(got, (list, tuple)) or len(got) != len(expected):
@@ -309,13 +336,16 @@ def compare(expected, got, atol: float, rtol: float, where: str = "output") -> s
         ok = got == expected or abs(got - expected) <= atol + rtol * abs(expected) or (
             np.isnan(expected) and np.isnan(got))
         return "" if ok else f"{where}: got {got!r}, expected {expected!r} (atol {atol:g}, rtol {rtol:g})"
+    if isinstance(expected, bool) != isinstance(got, bool):
+        return f"{where}: got {got!r}, expected {expected!r} (a boolean and a number)"
     return "" if got == expected else f"{where}: got {got!r}, expected {expected!r}"
 
 
-def verify(candidate_dir, golden_dir=GOLDEN_DIR) -> list[dict]:
-    """Compare a candidate folder's outputs with the golden ones: one row per case,
-    {"id", "adapter", "status": PASS | FAIL | MISSING, "error"}."""
+def verify(candidate_dir, golden_dir=GOLDEN_DIR, only=None) -> list[dict]:
+    """Compare a candidate folder's outputs with the golden ones (the cases of the checks `only`
+    selects, default all): one row per case, {"id", "adapter", "status": PASS | FAIL | MISSING, "error"}."""
     ref_cases, ref_t = load(golden_dir)
+    ref_cases = _selected(ref_cases, only)
     got_cases, got_t = load(candidate_dir)
     got = {c.get("id"): c for c in got_cases if isinstance(c, dict)}
     rows = []
@@ -324,8 +354,8 @@ def verify(candidate_dir, golden_dir=GOLDEN_DIR) -> list[dict]:
         g = got.get(c["id"])
         if g is None or "output" not in g:
             row["status"], row["error"] = "MISSING", "no output for this case"
-        elif "error" in g["output"]:
-            row["status"], row["error"] = "FAIL", g["output"]["error"]
+        elif isinstance(g["output"], dict) and "error" in g["output"]:
+            row["status"], row["error"] = "FAIL", str(g["output"]["error"])
         else:
             try:
                 msg = compare(decode(c["output"], ref_t), decode(g["output"], got_t), c["atol"], c["rtol"])

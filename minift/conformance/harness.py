@@ -481,9 +481,12 @@ def select(only: Optional[Iterable[str] | str] = None) -> list[str]:
             unknown.append(name)
         chosen += [h for h in hits if h not in chosen]
     if unknown:
-        raise ValueError(f"unknown check name(s) {unknown}; valid names: {', '.join(CHECKS)} "
-                         f"(or a run_* function: {', '.join(sorted({c.adapter for c in CHECKS.values()}))}; "
-                         f"or a lesson: {', '.join(sorted({c.lesson for c in CHECKS.values()}))})")
+        import difflib
+        known = list(CHECKS) + sorted({c.adapter for c in CHECKS.values()}) + sorted({c.lesson for c in CHECKS.values()})
+        near = [m for u in unknown for m in difflib.get_close_matches(u, known, n=3, cutoff=0.6)]
+        raise ValueError(f"unknown check name(s) {unknown}" + (f"; did you mean {', '.join(dict.fromkeys(near))}?" if near else "")
+                         + " (a name is a check, a run_* function or a lesson such as lesson05: `minift verify --list` "
+                         "lists them)")
     if not chosen:
-        raise ValueError(f"no check selected by only={list(only)!r}; valid names: {', '.join(CHECKS)}")
+        raise ValueError(f"no check selected by only={list(only)!r} (`minift verify --list` lists the checks)")
     return chosen

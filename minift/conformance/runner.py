@@ -48,6 +48,8 @@ def load_impl(path) -> ModuleType:
     path = os.fspath(path)
     if isinstance(path, bytes):
         path = os.fsdecode(path)
+    if os.path.isdir(path):
+        raise ValueError(f"--impl {path!r} is a folder; expected a Python file defining run_* functions")
     if not os.path.isfile(path):
         raise ValueError(f"--impl {path!r}: no such file; expected a Python file defining run_* functions")
     if not path.endswith(".py"):

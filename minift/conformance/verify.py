@@ -95,19 +95,22 @@ def missing_line(results: list[Result]) -> str:
                          subsequent_indent="  ")
 
 
-def _list() -> str:
-    width = max(len(n) for n in CHECKS)
+def _list(names=None) -> str:
+    """The checks (those `names` lists, default all): name, function, lesson, then the property."""
+    checks = [CHECKS[n] for n in (names or CHECKS)]
+    width = max(len(c.name) for c in checks)
+    fn_width = max(len(c.adapter) for c in checks)
     lines = []
-    for c in CHECKS.values():
-        lines.append(f"{c.name.ljust(width)}  {c.adapter:<22}{c.lesson}")
+    for c in checks:
+        lines.append(f"{c.name.ljust(width)}  {c.adapter.ljust(fn_width)}  {c.lesson}")
         lines.append(_indent(textwrap.fill(c.description, 88), " " * (width + 2)))
     return "\n".join(lines)
 
 
-def _verify_golden(candidate: str, against) -> int:
+def _verify_golden(candidate: str, against, only=None) -> int:
     """`minift verify --golden DIR`: per run_* function, how many golden cases match; the first few failures."""
     try:
-        rows = golden.verify(candidate, against or golden.GOLDEN_DIR)
+        rows = golden.verify(candidate, against or golden.GOLDEN_DIR, only)
     except ValueError as e:
         print(f"minift verify: error: {e}", file=sys.stderr)
         return 2
@@ -122,14 +125,19 @@ def _verify_golden(candidate: str, against) -> int:
     lines.insert(1, "  ".join("-" * w for w in widths))
     print(f"golden cases: {against or golden.GOLDEN_DIR}; outputs under test: {candidate}")
     print("\n".join(lines))
-    bad = [r for r in rows if r["status"] != "PASS"]
-    print(f"\n{len(rows)} cases: {len(rows) - len(bad)} passed, {sum(r['status'] == 'FAIL' for r in rows)} failed, "
-          f"{sum(r['status'] == 'MISSING' for r in rows)} missing")
+    bad = [r for r in rows if r["status"] == "FAIL"]                # failures shown; missing cases counted
+    absent = [name for name, rs in per.items() if all(r["status"] == "MISSING" for r in rs)]
+    print(f"\n{len(rows)} cases: {len(rows) - len(bad) - sum(r['status'] == 'MISSING' for r in rows)} passed, "
+          f"{len(bad)} failed, {sum(r['status'] == 'MISSING' for r in rows)} missing")
+    if absent:
+        print(textwrap.fill(f"no outputs at all for: {', '.join(absent)}", 100, subsequent_indent="  "))
     for r in bad[:20]:
         print(f"\n=== {r['status']} {r['id']}\n{_indent(r['error'])}")
     if len(bad) > 20:
-        print(f"\n... and {len(bad) - 20} more")
-    return 1 if bad else 0
+        print(f"\n... and {len(bad) - 20} more failures (--only NAME shows one function's or check's)")
+    partial = [name for name, rs in per.items() if name not in absent and any(r["status"] == "MISSING" for r in rs)]
+    passed = any(r["status"] == "PASS" for r in rows)
+    return 1 if bad or partial or not passed or (only and absent) else 0    # as --impl: an absent function fails only if named
 
 
 def verify_main(argv=None) -> int:
@@ -155,14 +163,22 @@ def verify_main(argv=None) -> int:
     except SystemExit as e:                      # --help, or a usage error argparse already printed
         return int(e.code or 0)
 
-    if args.list:
-        print(_list())
-        return 0
-    if args.golden:
-        return _verify_golden(args.golden, args.against)
     only = None if not args.only else [n for part in args.only for n in part.split(",")]
+    if args.golden and (args.impl or args.check_timeout is not None):
+        print("minift verify: error: --golden compares a folder of outputs already written; --impl and "
+              "--check-timeout apply to the property checks (to run a Python file on the golden inputs: "
+              "minift golden --impl FILE --out DIR, then minift verify --golden DIR)", file=sys.stderr)
+        return 2
+    if args.against and not args.golden:
+        print("minift verify: error: --against applies with --golden DIR", file=sys.stderr)
+        return 2
     try:
         names = select(only)
+        if args.list:
+            print(_list(names if only else None))
+            return 0
+        if args.golden:
+            return _verify_golden(args.golden, args.against, only)
         register_profiles()
         if os.environ.get("CI"):
             from hypothesis import settings
