@@ -15,6 +15,8 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import json
 import os
 import re
 import subprocess
@@ -177,17 +179,56 @@ def cmd_check(args) -> int:
     impl = Path(args.impl) if args.impl else classroom.default_impl(les)
     if not impl.is_file():
         return _usage_error(f"minift check: no such file {impl}")
+    quiet = args.json and not (args.json_out or args.report_out)
     try:
-        g = classroom.grade(les, impl, seconds=args.check_timeout)
-    except ValueError as e:                    # not a Python file of run_* functions, or it does not import
+        with _stdout_to_stderr(quiet), _derandomized(not args.random):   # grade's examples; prints kept off stdout
+            g = classroom.grade(les, impl, seconds=args.check_timeout, log=args.log)
+    except ValueError as e:                    # not a Python file, or it does not import
+        if quiet:
+            print(json.dumps({"lesson": les["nn"], "impl": str(impl), "status": "import error", "error": str(e),
+                              "points": 0, "max_points": len(classroom.check_names(les))}, indent=1))
         return _usage_error(f"minift check: {e}")
     if args.report_out:
-        classroom.write_whole(args.report_out, classroom.report(g) + "\n")
+        classroom.write_whole(args.report_out, classroom.report_text(g) + "\n")
     if args.json_out:
         classroom.write_whole(args.json_out, classroom.as_json(g))
     if not (args.json_out or args.report_out):
-        print(classroom.as_json(g) if args.json else classroom.report(g))
+        print(classroom.as_json(g) if args.json else classroom.report_text(g))
     return 0 if g["points"] == g["max_points"] else 1
+
+
+@contextlib.contextmanager
+def _derandomized(on: bool):
+    """While on, CI=1: the checks draw the derandomized examples `minift grade` draws (put back after)."""
+    before = os.environ.get("CI")
+    if on:
+        os.environ["CI"] = "1"
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop("CI", None)
+        else:
+            os.environ["CI"] = before
+
+
+@contextlib.contextmanager
+def _stdout_to_stderr(on: bool):
+    """While on, whatever writes to standard output (print, or C code on file descriptor 1) goes to
+    standard error instead."""
+    if not on:
+        yield
+        return
+    sys.stdout.flush()
+    saved = os.dup(1)
+    os.dup2(2, 1)
+    try:
+        with contextlib.redirect_stdout(sys.stderr):
+            yield
+    finally:
+        sys.stdout.flush()
+        os.dup2(saved, 1)
+        os.close(saved)
 
 
 def cmd_grade(args) -> int:
@@ -200,11 +241,15 @@ def cmd_grade(args) -> int:
     except ValueError as e:
         return _usage_error(f"minift grade: {e}")
     print(classroom.gradebook_table(rows))
+    other = classroom.not_submissions(args.paths)
+    if other:
+        print(f"not graded, not .py files ({len(other)}): {', '.join(map(str, other[:10]))}"
+              + (f" and {len(other) - 10} more" if len(other) > 10 else ""))
     if args.out:
         classroom.write_whole(args.out, classroom.gradebook_csv(rows))   # never left half-written
         print(f"wrote {args.out}")
     if args.reports:
-        print(f"wrote one report per file to {args.reports}/ (what `minift check` prints: every failure with "
+        print(f"wrote one report per file to {Path(args.reports)}/ (what `minift check` prints: every failure with "
               f"its counterexample)")
     return 0
 
@@ -329,6 +374,9 @@ def main(argv=None) -> int:
     c.add_argument("--json-out", default=None, metavar="FILE", help="write the JSON grade to FILE instead of printing "
                    "(what `minift grade` reads: a submission's own prints cannot spoil it)")
     c.add_argument("--report-out", default=None, metavar="FILE", help="write the text report to FILE instead of printing")
+    c.add_argument("--random", action="store_true", help="draw new random examples (default: the derandomized "
+                   "examples `minift grade` uses, the same on every run with the same hypothesis version)")
+    c.add_argument("--log", default=None, help=argparse.SUPPRESS)       # minift grade's record of a child's progress
     c.add_argument("--check-timeout", type=seconds_arg, default=CHECK_SECONDS, metavar="S",
                    help=f"seconds one check may run (default {CHECK_SECONDS:g}; the reference's slowest takes about 1): "
                         "past it the check fails, and the others still run")

@@ -2,8 +2,10 @@
 student's copy is never lost, and `minift check` reports points a gradebook can read."""
 import inspect
 import json
+import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -100,15 +102,16 @@ def test_grading_a_class_isolates_every_submission_and_writes_a_gradebook(tmp_pa
     assert sum(int(got["sub/alice.py"][a]) for a in names) == n
     dave = got["sub/bob/dave.py"]                                               # folders: at any depth
     assert (dave["status"], dave["points"]) == ("import error", "0") and dave["note"].startswith("line 1: SyntaxError")
-    assert got["sub/erin.py"]["status"] == "crashed" and got["sub/erin.py"]["note"] == "exit status 7"
+    assert got["sub/erin.py"]["status"] == "crashed"
+    assert got["sub/erin.py"]["note"].startswith("exited while being imported (exit status 7")
     assert "1 of 3 file(s) graded" in capsys.readouterr().out
     back = {p.name: p.read_text() for p in reports.iterdir()}             # one report per file, to hand back
     assert set(back) == {classroom.report_name(sub / f) for f in ("alice.py", "bob/dave.py", "erin.py")}
     assert f"total: {n}/{n} points" in back[classroom.report_name(sub / "alice.py")]
-    assert "crashed: exit status 7" in back[classroom.report_name(sub / "erin.py")]
+    assert "crashed: exited while being imported" in back[classroom.report_name(sub / "erin.py")]
     assert classroom.report_name("sub/bob/dave.py") == "sub__bob__dave.py.txt"
     row = classroom.grade_one(les, carol, timeout=2)      # never finishes: stopped, and the row says so
-    assert (row["status"], row["points"], row["note"]) == ("timeout", 0, "stopped after 2 s")
+    assert (row["status"], row["points"], row["note"]) == ("timeout", 0, "stopped after 2 s while being imported")
 
 
 def test_a_check_past_its_time_limit_fails_alone_and_shows_the_call_it_was_stopped_in():
@@ -170,7 +173,8 @@ def test_one_endless_exercise_costs_its_own_checks_not_the_whole_file(tmp_path):
     n = sum(c.lesson == "lesson10" for c in CHECKS.values())
     lost = sum(c.lesson == "lesson10" and c.adapter == stuck for c in CHECKS.values())
     row = classroom.grade_one(les, f, timeout=240, check_seconds=1)
-    assert (row["status"], row["points"], row["note"]) == ("graded", n - lost, f"{stuck} (time limit)")
+    assert (row["status"], row["points"]) == ("graded", n - lost)
+    assert row["note"].endswith(f"{stuck} (time limit)") and row["note"].startswith("CHECK BY HAND")   # (it imports the reference)
     assert row["exercises"][stuck] == 0 and all(row["exercises"][a] > 0 for a in names if a != stuck)
     with pytest.raises(ValueError, match="check_seconds"):
         classroom.grade_class(les, [f], check_seconds=0)
@@ -210,3 +214,107 @@ def test_two_files_that_differ_only_in_their_numbers_are_checked_on_the_same_exa
         assert run_check(CHECKS["response_logps_ignore_unscored"], impl).status == "PASS"
         seen.append(impl.SEEN)
     assert len(seen[0]) >= 10 and seen[0] == seen[1]           # (repr: a drawn NaN equals itself)
+
+
+def test_the_suites_own_derandomized_draws_ignore_the_sources_numbers():
+    """With CI set, tests/conftest.py gives every @given test of the suite the same treatment: no
+    constants from minift's source, so editing a number in minift/ leaves the suite's examples as they
+    were (without the fixture this pool holds the ~100 literals of minift/ and tests/)."""
+    if not os.environ.get("CI"):
+        pytest.skip("runs without CI keep hypothesis' local constants on purpose")
+    providers = pytest.importorskip("hypothesis.internal.conjecture.providers")
+    if not hasattr(providers, "_get_local_constants"):
+        pytest.skip("this hypothesis draws no local constants")
+    import minift.model, minift.quant.nf4            # noqa: F401  (local modules full of numbers)
+    assert len(list(providers._get_local_constants())) == 0
+
+
+L04 = "from minift.conformance.reference import run_bitfit_select, run_layer_select  # noqa: F401\n"
+
+
+def test_a_function_that_ends_the_interpreter_costs_its_own_checks_and_the_rest_are_graded(tmp_path):
+    """os._exit inside one exercise: that check fails (a new process grades the rest), and the note
+    says which exercise ended the interpreter."""
+    les = next(le for le in GRADED if le["nn"] == "04")
+    f = tmp_path / "olivia.py"
+    f.write_text(L04 + "import os\n\n\ndef run_trainable_share(*args, **kwargs):\n    os._exit(3)\n")
+    row = classroom.grade_one(les, f, timeout=240, report=tmp_path / "olivia.txt")
+    assert (row["status"], row["points"], row["max_points"]) == ("graded", 2, 3)
+    assert row["exercises"] == {"run_bitfit_select": 1, "run_layer_select": 1, "run_trainable_share": 0}
+    assert "1 check ended the interpreter, in run_trainable_share" in row["note"]
+    assert "the interpreter ended during this check (exit status 3)" in (tmp_path / "olivia.txt").read_text()
+
+
+def test_a_file_stopped_at_its_time_limit_keeps_the_points_it_had_earned(tmp_path):
+    les = next(le for le in GRADED if le["nn"] == "04")
+    f = tmp_path / "tim.py"                             # the last check loops, and its own limit is longer
+    f.write_text(L04 + "\n\ndef run_trainable_share(*args, **kwargs):\n    while True:\n        pass\n")
+    row = classroom.grade_one(les, f, timeout=25, check_seconds=600, report=tmp_path / "tim.txt")
+    assert (row["status"], row["points"]) == ("timeout", 2)
+    assert "stopped after 25 s in run_trainable_share, 2 of 3 checks graded" in row["note"]
+    assert "the file's time limit struck during this check" in (tmp_path / "tim.txt").read_text()
+
+
+def test_sys_exit_in_a_function_fails_its_checks_and_at_import_is_an_import_error(tmp_path):
+    from minift.conformance.harness import FAIL, run_check
+    les = next(le for le in GRADED if le["nn"] == "04")
+    f = tmp_path / "gil.py"
+    f.write_text(L04 + "import sys\n\n\ndef run_trainable_share(*args, **kwargs):\n    sys.exit('bye')\n")
+    g = classroom.grade(les, f)
+    assert (g["points"], g["max_points"]) == (2, 3)
+    r = run_check(CHECKS["trainable_share_matches_count"], load_impl(str(f)))
+    assert r.status == FAIL and "run_trainable_share called sys.exit('bye')" in r.error
+    f.write_text("import sys\nsys.exit(0)\n")
+    with pytest.raises(ValueError, match="calls sys.exit while being imported"):
+        load_impl(str(f))
+
+
+def test_a_file_without_the_lessons_functions_scores_zero_with_every_check_missing(tmp_path):
+    les = next(le for le in GRADED if le["nn"] == "04")
+    for text in ("", "def bitfit_select(name):\n    return True\n"):      # empty, or the names without run_
+        f = tmp_path / "olga.py"
+        f.write_text(text)
+        g = classroom.grade(les, f)
+        assert (g["points"], g["max_points"]) == (0, 3) and {r.status for r in g["results"]} == {"MISSING"}
+
+
+def test_a_file_that_reaches_into_minift_is_flagged_for_the_teacher(tmp_path):
+    cases = {
+        "from minift.conformance.lesson00_transformer import *\n": "line 1: minift.conformance.lesson00_transformer",
+        "import minift.peft.lora as L\n": "line 1: minift.peft.lora (at module level)",
+        "def run_x(a):\n    from minift.model import GPT\n    return a\n": "line 2: minift.model (in run_x)",
+        "import importlib\nM = importlib.import_module('minift.conformance.reference')\n": "minift.conformance.reference",
+        "def try_it():\n    from minift import course\n": "",                    # a "try it" starter may
+        "import math\n\n\ndef run_x(a):\n    return math.sqrt(a)\n": "",
+        "def run_x(:\n": "",                                                     # does not parse: no flag
+    }
+    for text, flag in cases.items():
+        f = tmp_path / "s.py"
+        f.write_text(text)
+        got = classroom.uses_minift(f)
+        assert (flag in got and got.startswith("uses minift")) if flag else got == "", (text, got)
+
+
+def test_reports_never_overwrite_each_other_and_other_files_are_named(tmp_path):
+    files = [Path("sec1/alice.py"), Path("sec1__alice.py"), Path("bob.py")]
+    names = classroom.report_names(files)
+    assert len(set(names.values())) == 3 and names[files[1]] == "sec1__alice.py~2.txt"
+    (tmp_path / "a.py").write_text("")
+    (tmp_path / "uma.ipynb").write_text("{}")
+    (tmp_path / ".git").mkdir()
+    (tmp_path / ".git" / "HEAD").write_text("x")
+    assert classroom.not_submissions([tmp_path]) == [tmp_path / "uma.ipynb"]
+
+
+def test_check_json_stays_parseable_when_the_file_prints_and_an_import_error_is_json_too(tmp_path):
+    f = tmp_path / "judy.py"
+    f.write_text(L04 + "import os\nprint('x' * 5000)\nos.write(1, b'raw bytes on fd 1\\n')\n")
+    r = subprocess.run([sys.executable, "-m", "minift.cli", "check", "04", "--impl", str(f), "--json"],
+                       capture_output=True, text=True, timeout=300, cwd=str(tmp_path))
+    g = json.loads(r.stdout)
+    assert r.returncode == 1 and (g["points"], g["max_points"]) == (2, 3) and "raw bytes" in r.stderr
+    f.write_text("def run_x(:\n")
+    r = subprocess.run([sys.executable, "-m", "minift.cli", "check", "04", "--impl", str(f), "--json"],
+                       capture_output=True, text=True, timeout=300, cwd=str(tmp_path))
+    g = json.loads(r.stdout)
+    assert r.returncode == 2 and g["status"] == "import error" and "SyntaxError" in g["error"]

@@ -17,17 +17,23 @@ the property it tests and hypothesis' smallest counterexample.
 The lesson's own exercise.py is never written to, so `git pull` never conflicts with a student's work.
 
 Grading a class (`grade_class`). Each submission runs as `minift check NN --impl FILE --json-out F`
-in a process of its own, with the derandomized examples (CI=1: every student gets the same ones) and
-a time limit: a file that loops forever, exits at import or crashes the interpreter costs its own row
-("timeout", "crashed"), never the class. Each check also has a time limit of its own (`CHECK_SECONDS`,
-`--check-timeout`; SIGALRM, where the OS has it): an exercise that never returns fails its checks,
-with the call it was stopped in, and the file's other exercises are still graded. Printing in a
-student's file cannot spoil the grade, which travels in F. The gradebook is one row per file: status, points, max points, the points of each
-exercise, and a note (what stopped it). A process is isolation from mistakes, not a sandbox: a
-submission runs with the teacher's permissions, so grade untrusted code in a container.
+in a process of its own, in a temporary folder, with the derandomized examples (CI=1: every student
+gets the same ones; `minift check` alone draws the same unless --random) and a time limit. Each check
+also has a time limit of its own (`CHECK_SECONDS`, `--check-timeout`; SIGALRM, where the OS has it):
+an exercise that never returns fails its checks, with the call it was stopped in, and the file's
+other exercises are still graded. The child logs the grading as it goes (`grade`'s log): when the
+interpreter dies inside a check (os._exit, a crash in C), that check fails and a new child grades
+the rest; when the whole file runs past its time limit, the checks graded so far keep their points
+("timeout"). A file that exits or crashes while being imported costs its own row ("crashed"), never
+the class. Printing in a student's file cannot spoil the grade, which travels in F. The gradebook is
+one row per file: status, points, max points, the points of each exercise, and a note (what lost
+points, what stopped it, and CHECK BY HAND when the file imports minift where the rules forbid it:
+`uses_minift`). A process is isolation from mistakes, not a sandbox: a submission runs with the
+teacher's permissions, so grade untrusted code in a container.
 """
 from __future__ import annotations
 
+import ast
 import csv
 import io
 import json
@@ -37,11 +43,13 @@ import signal
 import subprocess
 import sys
 import tempfile
+import time
 from concurrent.futures import ThreadPoolExecutor, as_completed
+from dataclasses import asdict
 from pathlib import Path
 
-from .harness import CHECKS, FAIL, MISSING, NOT_IMPLEMENTED, PASS
-from .runner import run_checks
+from .harness import CHECKS, FAIL, MISSING, NOT_IMPLEMENTED, PASS, Result, run_check
+from .runner import attach_follows, load_impl
 
 WORK_DIR = Path("exercises")          # relative to where the student runs minift
 CHECK_SECONDS = 60.0                  # one check's time limit (the reference's slowest check takes about 1 s)
@@ -85,17 +93,37 @@ def check_names(lesson: dict) -> list[str]:
     return [n for n, c in CHECKS.items() if c.lesson == f"lesson{lesson['nn']}"]
 
 
-def grade(lesson: dict, impl_path, seconds: float | None = CHECK_SECONDS) -> dict:
+def grade(lesson: dict, impl_path, seconds: float | None = CHECK_SECONDS, log=None) -> dict:
     """Run lesson NN's checks against the file, each within `seconds` (None: no limit; past it the
     check fails, and the others still run); {"lesson", "impl", "points", "max_points",
-    "exercises": [{"adapter", "points", "max_points", "checks": [...]}], "results": [Result]}."""
+    "exercises": [{"adapter", "points", "max_points", "checks": [...]}], "results": [Result]}.
+    A file that defines none of the lesson's functions scores 0 (every check MISSING).
+
+    log: a file that records the grading as it goes, one JSON line per event ({"imported": true},
+    {"start": check}, {"result": {...}}), so that the process that started this one can tell which
+    check was running when the interpreter died, and what was graded before. Checks whose results the
+    log already holds (from an earlier, stopped run) are not run again."""
     names = check_names(lesson)
     if not names:
-        return {"lesson": lesson["nn"], "impl": str(impl_path), "points": 0, "max_points": 0,
-                "exercises": [], "results": []}
+        return summary(lesson, impl_path, [])
     from .strategies import register_profiles
     register_profiles()
-    results = run_checks(str(impl_path), names, seconds)
+    impl = load_impl(impl_path, need_run=False)
+    earlier = {r.name: r for r in logged_results(log)} if log else {}
+    _log(log, {"imported": True})
+    results = []
+    for name in names:
+        if name in earlier:
+            results.append(earlier[name])
+            continue
+        _log(log, {"start": name})
+        results.append(run_check(CHECKS[name], impl, seconds))
+        _log(log, {"result": asdict(results[-1])})
+    return summary(lesson, impl_path, attach_follows(impl, results))
+
+
+def summary(lesson: dict, impl_path, results: list) -> dict:
+    """The grade of a list of Results: points per exercise (one per passing check) and in all."""
     exercises: dict = {}
     for r in results:
         e = exercises.setdefault(r.adapter, {"adapter": r.adapter, "points": 0, "max_points": 0, "checks": []})
@@ -106,7 +134,41 @@ def grade(lesson: dict, impl_path, seconds: float | None = CHECK_SECONDS) -> dic
             "max_points": len(results), "exercises": list(exercises.values()), "results": results}
 
 
-def report(g: dict) -> str:
+def _log(log, event: dict) -> None:
+    """One line appended, the file closed at once: what a crash a moment later cannot take back."""
+    if log is not None:
+        with open(log, "a") as f:
+            f.write(json.dumps(event) + "\n")
+
+
+def _events(log) -> list[dict]:
+    try:
+        lines = Path(log).read_text().splitlines()
+    except OSError:
+        return []
+    out = []
+    for line in lines:
+        try:
+            out.append(json.loads(line))
+        except json.JSONDecodeError:                        # a line cut by the crash
+            pass
+    return out
+
+
+def logged_results(log) -> list[Result]:
+    """The Results a grading log holds, in order."""
+    return [Result(**(e["result"] | {"follows": tuple(e["result"].get("follows", ()))}))
+            for e in _events(log) if "result" in e]
+
+
+def _running(log) -> str | None:
+    """The check a log started last and holds no result of (None: none)."""
+    done = {r.name for r in logged_results(log)}
+    started = [e["start"] for e in _events(log) if "start" in e]
+    return started[-1] if started and started[-1] not in done else None
+
+
+def report_text(g: dict) -> str:
     """The grade as text: every failure first (the failing call as code), then one row per exercise
     with its points, the total, and what each status means."""
     from .verify import failure_text, legend, missing_line, stubs_text
@@ -188,49 +250,152 @@ def grade_one(lesson: dict, path, timeout: float, threads: int = 1, report=None,
     {"submission", "status", "points", "max_points", "exercises": {run_*: points}, "note"}.
     With `report` (a path), the file's text report is written there, or why it was not graded."""
     row = _grade_child(lesson, Path(path), timeout, threads, report, check_seconds)
-    if report is not None and row["status"] != "graded":
+    uses = uses_minift(path)
+    if uses:
+        row["note"] = "; ".join(x for x in (f"CHECK BY HAND: {uses}", row["note"]) if x)
+    if report is not None and row["status"] not in ("graded", "timeout"):
         write_whole(report, f"lesson {lesson['nn']}: grading {path}\n\n{row['status']}: {row['note']}\n")
+    if report is not None and uses:                          # the student reads it too: the rule it breaks
+        Path(report).write_text(f"note: {uses}; the exercises' rules say not to call minift, so a teacher "
+                                f"checks this file by hand.\n\n" + Path(report).read_text())
     return row
 
 
-def _grade_child(lesson: dict, path: Path, timeout: float, threads: int, report, check_seconds: float) -> dict:
-    row = {"submission": str(path), "status": "crashed", "points": 0,
-           "max_points": len(check_names(lesson)),
-           "exercises": {name: 0 for name in exercise_names(lesson)}, "note": ""}
-    env = {**os.environ, "CI": "1", "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
-    with tempfile.TemporaryDirectory(prefix="minift-grade-") as tmp:
-        out = Path(tmp) / "grade.json"                      # the child writes the grade here
-        cmd = [sys.executable, "-m", "minift.cli", "check", lesson["nn"], "--impl", str(path), "--json-out", str(out),
-               "--check-timeout", repr(float(check_seconds))]
-        cmd += [] if report is None else ["--report-out", str(Path(report).resolve())]
-        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env,
-                                start_new_session=True)      # its own process group: a timeout kills it all
+def uses_minift(path) -> str:
+    """'' or what in the file reaches into minift where an exercise must not: an import of
+    minift.conformance (the reference solutions and the checks themselves) anywhere, or of any minift
+    module at module level or inside a run_* function (the "try it" starters may import minift)."""
+    try:
+        tree = ast.parse(Path(path).read_text(errors="replace"))
+    except (SyntaxError, ValueError, OSError):
+        return ""
+    hits = []
+
+    def visit(node, where: str):
+        for child in ast.iter_child_nodes(node):
+            inside = f"in {child.name}" if isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef)) else where
+            mods = ([a.name for a in child.names] if isinstance(child, ast.Import)
+                    else [child.module or ""] if isinstance(child, ast.ImportFrom) and not child.level else [])
+            if isinstance(child, ast.Constant) and isinstance(child.value, str) and "minift.conformance" in child.value:
+                mods = [child.value]                          # importlib.import_module("minift.conformance...")
+            for m in mods:
+                ours = m == "minift" or m.startswith("minift.")
+                if ours and ("conformance" in m or where == "at module level" or where.startswith("in run_")):
+                    hits.append(f"line {child.lineno}: {m} ({where})")
+            visit(child, inside)
+    visit(tree, "at module level")
+    return ("uses minift: " + ", ".join(dict.fromkeys(hits))[:200]) if hits else ""
+
+
+def _child_env(threads: int) -> dict:
+    """The child's environment: the derandomized examples, its threads, and minift importable from anywhere
+    (it runs in a folder of its own)."""
+    here = str(Path(__file__).resolve().parents[2])
+    paths = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
+    return {**os.environ, "CI": "1", "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads),
+            "PYTHONPATH": os.pathsep.join([here, *(os.path.abspath(p) for p in paths)])}
+
+
+def _why(code: int) -> str:
+    """A child's end, in words."""
+    if code < 0:
         try:
-            _, err = proc.communicate(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            if hasattr(os, "killpg"):
-                os.killpg(proc.pid, signal.SIGKILL)         # the child and whatever it started
-            else:                                           # Windows: no process groups here
-                proc.kill()
-            proc.communicate()
-            return row | {"status": "timeout", "note": f"stopped after {timeout:g} s"}
-        if proc.returncode in (0, 1) and out.is_file():     # 0: full marks, 1: not (minift check's codes)
-            g = json.loads(out.read_text())
-            return row | {"status": "graded", "points": g["points"], "max_points": g["max_points"],
-                          "exercises": {e["adapter"]: e["points"] for e in g["exercises"]},
-                          "note": _failing_note(g["failures"])}
-    last = next((ln.strip() for ln in reversed(err.splitlines()) if ln.strip()), "")
-    if proc.returncode == 2 and "cannot import it: " in last:
-        return row | {"status": "import error", "note": last.split("cannot import it: ", 1)[1]}
-    why = f"signal {-proc.returncode}" if proc.returncode < 0 else f"exit status {proc.returncode}"
-    return row | {"note": f"{why}: {last}" if last else why}
+            return f"killed by signal {-code} ({signal.Signals(-code).name})"
+        except ValueError:
+            return f"killed by signal {-code}"
+    return f"exit status {code}"
+
+
+def _grade_child(lesson: dict, path: Path, timeout: float, threads: int, report, check_seconds: float) -> dict:
+    """Run `minift check` on the file in a child process, in a folder of its own (what the file writes
+    lands there), with a log of the grading (`grade`'s). When the interpreter dies during a check
+    (os._exit, a crash in C), that check fails and a new child grades the rest; when the file's time
+    runs out, the checks graded so far keep their points."""
+    names = check_names(lesson)
+    row = {"submission": str(path), "status": "crashed", "points": 0, "max_points": len(names),
+           "exercises": {name: 0 for name in exercise_names(lesson)}, "note": ""}
+    started = time.monotonic()
+    with tempfile.TemporaryDirectory(prefix="minift-grade-") as tmp:
+        out, log, work = Path(tmp) / "grade.json", Path(tmp) / "log.jsonl", Path(tmp) / "cwd"
+        work.mkdir()
+        cmd = [sys.executable, "-m", "minift.cli", "check", lesson["nn"], "--impl", str(path.resolve()),
+               "--json-out", str(out), "--log", str(log), "--check-timeout", repr(float(check_seconds))]
+        cmd += [] if report is None else ["--report-out", str(Path(report).resolve())]
+        crashes = []
+        while True:
+            left = timeout - (time.monotonic() - started)
+            proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                                    env=_child_env(threads), cwd=work, start_new_session=True)  # its own group
+            try:
+                _, err = proc.communicate(timeout=max(left, 0.01))
+            except subprocess.TimeoutExpired:
+                if hasattr(os, "killpg"):
+                    os.killpg(proc.pid, signal.SIGKILL)     # the child and whatever it started
+                else:                                       # Windows: no process groups here
+                    proc.kill()
+                proc.communicate()
+                return _stopped(lesson, path, row, log, timeout, report)
+            if proc.returncode in (0, 1) and out.is_file():  # 0: full marks, 1: not (minift check's codes)
+                g = json.loads(out.read_text())
+                note = _failing_note(g["failures"])
+                return row | {"status": "graded", "points": g["points"], "max_points": g["max_points"],
+                              "exercises": {e["adapter"]: e["points"] for e in g["exercises"]},
+                              "note": note + (f" ({len(crashes)} check{'s' * (len(crashes) > 1)} ended the "
+                                              f"interpreter, in {', '.join(dict.fromkeys(crashes))})" if crashes else "")}
+            last = next((ln.strip() for ln in reversed(err.splitlines()) if ln.strip()), "")
+            if proc.returncode == 2 and "cannot import it: " in last:
+                return row | {"status": "import error", "note": last.split("cannot import it: ", 1)[1]}
+            running = _running(log)
+            if not any("imported" in e for e in _events(log)) or running is None:
+                where = "while being imported" if not any("imported" in e for e in _events(log)) else "between checks"
+                return row | {"note": f"exited {where} ({_why(proc.returncode)}: sys.exit, os._exit or a crash)"
+                              + (f": {last}" if last else "")}
+            check = CHECKS[running]
+            crashes.append(check.adapter)
+            _log(log, {"result": asdict(Result(
+                check.name, check.adapter, check.lesson, check.description, FAIL,
+                error=f"the interpreter ended during this check ({_why(proc.returncode)}): {check.adapter} "
+                      f"exits (os._exit) or crashes the process" + (f"; its last words: {last}" if last else ""),
+                counterexample="(none: the process ended before the check could report the example)"))})
+
+
+def _stopped(lesson: dict, path: Path, row: dict, log: Path, timeout: float, report) -> dict:
+    """The row (and report) of a file stopped at its time limit: the checks the log holds keep their
+    points; the one it was stopped in and those never reached fail."""
+    done = {r.name: r for r in logged_results(log)}
+    running = _running(log)
+    results = []
+    for name in check_names(lesson):
+        c = CHECKS[name]
+        if name not in done:
+            why = ("the file's time limit struck during this check" if name == running
+                   else "not run: the file's time limit struck before it")
+            done[name] = Result(c.name, c.adapter, c.lesson, c.description, FAIL,
+                                error=f"{why} (--timeout {timeout:g} s)", stopped=True)
+        results.append(done[name])
+    g = summary(lesson, path, results)
+    graded = sum(r.name in {x.name for x in logged_results(log)} for r in results)
+    if report is not None and any("imported" in e for e in _events(log)):
+        write_whole(report, report_text(g) + "\n")
+    if not any("imported" in e for e in _events(log)):
+        return row | {"status": "timeout", "note": f"stopped after {timeout:g} s while being imported"}
+    return row | {"status": "timeout", "points": g["points"],
+                  "exercises": {e["adapter"]: e["points"] for e in g["exercises"]},
+                  "note": f"stopped after {timeout:g} s" + (f" in {CHECKS[running].adapter}" if running else "")
+                          + f", {graded} of {len(results)} checks graded (their points kept)"}
 
 
 def _failing_note(failures: list) -> str:
-    """The gradebook's note for a graded file: the exercises that lose points, sorted, each marked
-    "(time limit)" when one of its checks was stopped at --check-timeout."""
-    stopped = {f["adapter"] for f in failures if f.get("stopped")}
-    return ", ".join(a + (" (time limit)" if a in stopped else "") for a in sorted({f["adapter"] for f in failures}))
+    """The gradebook's note for a graded file: the exercises that lose points, sorted, each marked with
+    what went wrong when it is not a wrong answer: "(not implemented)", "(missing)", "(time limit)"
+    when one of its checks was stopped at --check-timeout."""
+    marks = {}
+    for f in failures:
+        mark = (" (time limit)" if f.get("stopped") else " (not implemented)" if f["status"] == NOT_IMPLEMENTED
+                else " (missing)" if f["status"] == MISSING else "")
+        if f["adapter"] not in marks or mark == " (time limit)":
+            marks[f["adapter"]] = mark
+    return ", ".join(a + marks[a] for a in sorted(marks))
 
 
 def grade_class(lesson: dict, paths, timeout: float = 600.0, jobs: int = 1, progress: bool = True,
@@ -246,16 +411,43 @@ def grade_class(lesson: dict, paths, timeout: float = 600.0, jobs: int = 1, prog
         if not x > 0:
             raise ValueError(f"{name}={x!r} must be > 0 seconds")
     threads = max(1, (os.cpu_count() or 1) // jobs)
+    names = report_names(files)
     from tqdm import tqdm
     rows: dict = {}
     with ThreadPoolExecutor(max_workers=jobs) as pool:
         futures = {pool.submit(grade_one, lesson, f, timeout, threads,
-                               None if reports is None else Path(reports) / report_name(f), check_seconds): f
+                               None if reports is None else Path(reports) / names[f], check_seconds): f
                    for f in files}
         for fut in tqdm(as_completed(futures), total=len(files), desc=f"grading lesson {lesson['nn']}",
                         disable=not progress, leave=False):
             rows[futures[fut]] = fut.result()
     return [rows[f] for f in files]
+
+
+def report_names(files: list[Path]) -> dict:
+    """Each file's report name (`report_name`); when two paths give the same name (sec1/alice.py and
+    sec1__alice.py), the later ones get ~2, ~3 before .txt, so no report overwrites another."""
+    names, seen = {}, set()
+    for f in files:
+        base = report_name(f)
+        name, k = base, 1
+        while name in seen:
+            k += 1
+            name = f"{base[:-4]}~{k}.txt"
+        seen.add(name)
+        names[f] = name
+    return names
+
+
+def not_submissions(paths) -> list[Path]:
+    """Files in the given folders that are not graded (not .py): a notebook or a text handed in by
+    mistake, which the gradebook would otherwise not mention."""
+    out = []
+    for p in map(Path, paths):
+        if p.is_dir():
+            out += sorted(q for q in p.rglob("*") if q.is_file() and q.suffix not in (".py", ".pyc")
+                          and "__pycache__" not in q.parts and not any(part.startswith(".") for part in q.relative_to(p).parts))
+    return out
 
 
 def gradebook_csv(rows: list[dict]) -> str:

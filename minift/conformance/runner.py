@@ -37,12 +37,12 @@ def _where(e: Exception, full: str) -> str:
     return at + text.splitlines()[0] if text else at + type(e).__name__
 
 
-def load_impl(path) -> ModuleType:
+def load_impl(path, need_run: bool = True) -> ModuleType:
     """Import the Python file at `path` as a module holding run_* functions.
 
-    Raises ValueError when the file does not exist, is not a .py file, or defines no run_* function,
-    and ImplImportError (a ValueError) with a one-line message naming the file and the line when
-    importing it fails.
+    Raises ValueError when the file does not exist, is not a .py file, or (with `need_run`) defines no
+    run_* function, and ImplImportError (a ValueError) with a one-line message naming the file and the
+    line when importing it fails, or when it calls sys.exit while being imported.
     The file's folder is on sys.path while it is imported, so it may import its neighbours.
     """
     path = os.fspath(path)
@@ -68,6 +68,10 @@ def load_impl(path) -> ModuleType:
     except Exception as e:                   # a syntax error, a missing module, a crash at import time
         sys.modules.pop(name, None)
         raise ImplImportError(f"--impl {path}: cannot import it: {_where(e, full)}") from e
+    except SystemExit as e:                  # sys.exit() at module level: the file's mistake, not ours to exit on
+        sys.modules.pop(name, None)
+        raise ImplImportError(f"--impl {path}: cannot import it: {_where(e, full)} (it calls sys.exit while "
+                              f"being imported)") from None
     except BaseException:
         sys.modules.pop(name, None)
         raise
@@ -75,7 +79,7 @@ def load_impl(path) -> ModuleType:
         if sys.path and sys.path[0] == folder:
             sys.path.pop(0)
     found = [n for n in vars(module) if n.startswith("run_") and callable(getattr(module, n))]
-    if not found:
+    if not found and need_run:
         wanted = ", ".join(sorted({c.adapter for c in CHECKS.values()}))
         raise ValueError(f"--impl {path!r} defines no run_* function; expected some of: {wanted}")
     return module
@@ -93,6 +97,11 @@ def run_checks(impl=None, only=None, seconds=None) -> list[Result]:
     elif isinstance(impl, (str, bytes)) or hasattr(impl, "__fspath__"):
         impl = load_impl(impl)
     results = [run_check(CHECKS[name], impl, seconds) for name in select(only)]
+    return attach_follows(impl, results)
+
+
+def attach_follows(impl, results: list[Result]) -> list[Result]:
+    """Mark each FAIL whose function calls another of impl's run_* functions that fails (or is a stub)."""
     failing = {r.adapter for r in results if r.status in (FAIL, NOT_IMPLEMENTED)}
     for r in results:
         if r.status == FAIL:

@@ -61,11 +61,22 @@ def failure_text(r: Result) -> str:
         lines.append(f"  note: {r.adapter} calls {' and '.join(r.follows)}, which fail{'s' if len(r.follows) == 1 else ''} "
                      f"{'its' if len(r.follows) == 1 else 'their'} own checks: fix {'that' if len(r.follows) == 1 else 'those'} "
                      f"first, this failure may follow from {'it' if len(r.follows) == 1 else 'them'}")
-    if r.calls:
-        lines += ["  the failing call (paste it into Python, after importing your function):", _indent(r.calls)]
-    lines += ["  counterexample (the example hypothesis drew):",
-              _indent(r.counterexample or "(none recorded: the failure came before any example ran)")]
+    calls, drawn = r.calls, r.counterexample or "(none recorded: the failure came before any example ran)"
+    if r.stopped:                               # the example it was stopped in is not shrunk: it can be huge
+        calls, drawn = _first_lines(calls, STOPPED_LINES), _first_lines(drawn, STOPPED_LINES)
+    if calls:
+        lines += ["  the failing call (paste it into Python, after importing your function):", _indent(calls)]
+    lines += ["  counterexample (the example hypothesis drew):", _indent(drawn)]
     return "\n".join(lines)
+
+
+STOPPED_LINES = 40                  # of a stopped check's example (never shrunk), shown in a report
+
+
+def _first_lines(text: str, n: int) -> str:
+    lines = text.splitlines()
+    return text if len(lines) <= n else "\n".join(lines[:n] + [
+        f"... ({len(lines) - n} more lines: the example it was stopped in, never shrunk)"])
 
 
 def stubs_text(results: list[Result]) -> str:
