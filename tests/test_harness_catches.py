@@ -252,3 +252,31 @@ def test_verify_list_shows_only_what_only_selects(capsys):
 def test_a_folder_given_as_impl_is_named_a_folder(tmp_path):
     with pytest.raises(ValueError, match="is a folder"):
         load_impl(tmp_path)
+
+
+def test_a_function_that_writes_into_its_inputs_fails_naming_the_argument(tmp_path):
+    """An in-place LayerNorm (x -= mean) computes the right values, but the caller's x is gone: with
+    the harness's copies it passed every check, and the pasted counterexample did not reproduce."""
+    f = tmp_path / "inplace.py"
+    f.write_text("import torch\n\n\ndef run_layer_norm(x, weight, bias, eps=1e-5):\n"
+                 "    x.sub_(x.mean(-1, keepdim=True))\n"
+                 "    return x / torch.sqrt((x * x).mean(-1, keepdim=True) + eps) * weight + bias\n")
+    res = run_checks(str(f), only="layer_norm_matches_formula")[0]
+    assert res.status == FAIL and "run_layer_norm changed its argument x in place" in res.error
+    g = tmp_path / "nested.py"                                 # any argument, not only the first
+    g.write_text("from minift.conformance.reference import run_lora_merge as _m\n\n\n"
+                 "def run_lora_merge(W0, A, B, scaling):\n    out = _m(W0, A, B, scaling)\n    A.zero_()\n    return out\n")
+    res = run_checks(str(g), only="lora_merge_matches_formula")[0]
+    assert res.status == FAIL and "changed its argument A in place" in res.error
+
+
+def test_an_output_in_another_dtype_fails_and_a_gradient_checks_call_pastes_with_requires_grad(tmp_path):
+    f = tmp_path / "f64.py"
+    f.write_text("import torch\n\n\ndef run_softmax(x, dim):\n    return torch.softmax(x.double(), dim)\n\n\n"
+                 "def run_dpo_loss(pc, pr, rc, rr, beta, label_smoothing=0.0, loss_type='sigmoid'):\n"
+                 "    h = (pc - rc) - (pr - rr)\n"
+                 "    return -torch.nn.functional.logsigmoid(beta * h.detach()) + 0 * h   # no gradient\n")
+    res = run_checks(str(f), only="softmax_sums_to_one")[0]
+    assert res.status == FAIL and "returned a float64 tensor, expected float32" in res.error
+    res = run_checks(str(f), only="dpo_gradient")[0]
+    assert res.status == FAIL and "requires_grad=True" in res.calls      # as the check passed it: pasted, it differentiates

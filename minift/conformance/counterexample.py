@@ -7,7 +7,9 @@
         x = torch.tensor([89.], dtype=torch.float32)                   as torch code to paste
         run_softmax(x, dim=0)
 
-Floats are written at full precision (the shortest decimal that reads back as the same float32), so
+`snapshot` copies a call's arguments as they went in; `written` tells where a call changed them
+(the harness fails such a call: a function's inputs stay the caller's, and the pasted call
+reproduces). Floats are written at full precision (the shortest decimal that reads back as the same float32), so
 a pasted example reproduces the failure bit for bit.
 """
 from __future__ import annotations
@@ -16,6 +18,38 @@ import re
 
 import numpy as np
 import torch
+
+
+def snapshot(v):
+    """A copy of a call's arguments for the report: tensors cloned, containers copied, others as is."""
+    if isinstance(v, torch.Tensor):
+        t = v.detach().clone()
+        return t.requires_grad_() if v.requires_grad else t      # a gradient check's call pastes as one
+    if isinstance(v, (list, tuple)):
+        return type(v)(snapshot(x) for x in v) if not hasattr(v, "_fields") else v
+    if isinstance(v, dict):
+        return {k: snapshot(x) for k, x in v.items()}
+    return v
+
+
+def written(before, now, where: str) -> str:
+    """'' when `now` holds the same tensors (values, NaNs, shapes, dtypes) as the snapshot `before`,
+    else where the first difference is (`W0`, `params[1]`, `batch['ids']`). Modules are not compared:
+    the steps that train one change it by contract."""
+    if isinstance(now, torch.Tensor) and isinstance(before, torch.Tensor):
+        now = now.detach()
+        if now.shape != before.shape or now.dtype != before.dtype:
+            return where
+        if now.is_floating_point() or now.is_complex():
+            same = (now == before) | (torch.isnan(now) & torch.isnan(before))
+        else:
+            same = now == before
+        return "" if bool(same.all()) else where
+    if isinstance(now, (list, tuple)) and isinstance(before, (list, tuple)) and len(now) == len(before):
+        return next((w for i, (b, n) in enumerate(zip(before, now)) for w in [written(b, n, f"{where}[{i}]")] if w), "")
+    if isinstance(now, dict) and isinstance(before, dict):
+        return next((w for k in before if k in now for w in [written(before[k], now[k], f"{where}[{k!r}]")] if w), "")
+    return ""
 
 
 def _format_value(v) -> str:
@@ -52,7 +86,7 @@ def _torch_literal(t: torch.Tensor) -> str:
         body = repr(t.tolist())
     if t.dim() == 0:
         body = body.strip("[]") or body
-    return f"torch.tensor({body}, dtype={dtype})"
+    return f"torch.tensor({body}, dtype={dtype}" + (", requires_grad=True)" if t.requires_grad else ")")
 
 
 def _code_value(v, defs: dict, hint: str) -> str:

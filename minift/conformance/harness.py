@@ -28,7 +28,8 @@ numpy float64, so a bug in minift fails its own checks. The formulas several les
 here (`softmax64`, `gelu64`, `layer_norm64`, `cross_entropy64`, `attention64`, `gpt_block64`);
 a lesson's own stay in its file.
 
-Inputs are float32 (what a model runs in); tolerances allow float32 rounding, no more.
+Inputs are float32 (what a model runs in); tolerances allow float32 rounding, no more. `output`
+checks the dtype too; `function_under_test` fails a call that writes into a tensor argument.
 """
 from __future__ import annotations
 
@@ -49,7 +50,7 @@ import torch
 from hypothesis import example, given
 from hypothesis.reporting import with_reporter
 
-from .counterexample import format_calls, format_counterexample
+from .counterexample import format_calls, format_counterexample, snapshot as _snapshot, written as _written
 from .strategies import check_settings, no_local_constants
 
 PASS, FAIL, NOT_IMPLEMENTED, MISSING = "PASS", "FAIL", "NOT IMPLEMENTED", "MISSING"
@@ -165,7 +166,18 @@ def function_under_test(impl, name: str, calls: Optional[list] = None) -> Callab
         if calls is not None:
             calls.append((name, params, _snapshot(args), _snapshot(kwargs)))
         try:
-            return fn(*args, **kwargs)
+            out = fn(*args, **kwargs)
+            if calls is not None:                              # its inputs are inputs: never written to
+                _, _, before_args, before_kwargs = calls[-1]
+                named = [(params[i] if i < len(params) else f"args[{i}]", a) for i, a in enumerate(args)]
+                named += list(kwargs.items())
+                before = list(before_args) + list(before_kwargs.values())
+                for (pname, now), was in zip(named, before):
+                    where = _written(was, now, pname)
+                    if where:
+                        raise AssertionError(f"{name} changed its argument {where} in place: a function's "
+                                             f"inputs must be left as they were (the caller still uses them)")
+            return out
         except NotImplementedError as e:
             raise _Unimplemented(f"{name}: {e}" if str(e) else f"{name} raises NotImplementedError") from e
         except SystemExit as e:                              # a failure of this call, not the end of the grading
@@ -185,17 +197,6 @@ class _DrawRecorder:
         value = self._data.draw(strategy, label=label)
         self._draws.append(value)
         return value
-
-
-def _snapshot(v):
-    """A copy of a call's arguments for the report: tensors cloned, containers copied, others as is."""
-    if isinstance(v, torch.Tensor):
-        return v.detach().clone()
-    if isinstance(v, (list, tuple)):
-        return type(v)(_snapshot(x) for x in v) if not hasattr(v, "_fields") else v
-    if isinstance(v, dict):
-        return {k: _snapshot(x) for k, x in v.items()}
-    return v
 
 
 def _recording(inner: Callable, failures: list, calls: Optional[list] = None) -> Callable:
@@ -244,12 +245,16 @@ def tensor(a: np.ndarray) -> torch.Tensor:
     return torch.tensor(np.array(a, dtype=np.float32))
 
 
-def output(y, shape, what: str) -> np.ndarray:
-    """The impl's output as float64 numpy, after checking it is a tensor of the expected shape."""
+def output(y, shape, what: str, dtype: Optional[torch.dtype] = torch.float32) -> np.ndarray:
+    """The impl's output as float64 numpy, after checking it is a tensor of the expected shape and
+    dtype (float32 unless said otherwise, the dtype of the inputs; None: any)."""
     if not isinstance(y, torch.Tensor):
         raise AssertionError(f"{what} must return a torch.Tensor, got {type(y).__name__}")
     if tuple(y.shape) != tuple(shape):
         raise AssertionError(f"{what} returned shape {tuple(y.shape)}, expected {tuple(shape)}")
+    if dtype is not None and y.dtype != dtype:
+        raise AssertionError(f"{what} returned a {str(y.dtype).removeprefix('torch.')} tensor, expected "
+                             f"{str(dtype).removeprefix('torch.')} (the dtype of its inputs)")
     return y.detach().cpu().to(torch.float64).numpy()
 
 

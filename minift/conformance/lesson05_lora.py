@@ -275,7 +275,7 @@ def lora_merge_bfloat16_rounds_once(merge, inp):
     W, a, b_ = (t.to(torch.float64).numpy() for t in (W0, A, B))
     expected = W + s * (b_ @ a)
     tol = 2.0 ** -8 * np.abs(expected) + 2.0 ** -20 * (np.abs(W) + abs(s) * (np.abs(b_) @ np.abs(a))) + 1e-30
-    assert_close(output(y, W.shape, what), expected, f"{what} vs W0 + scaling B A rounded once to bfloat16",
+    assert_close(output(y, W.shape, what, torch.bfloat16), expected, f"{what} vs W0 + scaling B A rounded once to bfloat16",
                  atol=tol, rtol=0)
 
 
@@ -316,7 +316,7 @@ def lora_unmerge_round_trip(unmerge, merge, inp, bf16):
         raise AssertionError(f"{what} returned {getattr(y, 'dtype', type(y).__name__)}; expected {dt}, W0's dtype")
     W64, a, b_ = (t.to(torch.float64).numpy() for t in (W0t, At, Bt))
     scale = np.abs(W64) + abs(s) * (np.abs(b_) @ np.abs(a))
-    assert_close(output(y, W64.shape, what), W64, f"{what} vs W0", atol=(2.0 ** -7 if bf16 else 2.0 ** -22) * scale
+    assert_close(output(y, W64.shape, what, dt), W64, f"{what} vs W0", atol=(2.0 ** -7 if bf16 else 2.0 ** -22) * scale
                  + 1e-30, rtol=0)
 
 

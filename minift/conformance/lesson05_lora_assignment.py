@@ -346,7 +346,7 @@ def apply_lora_forward_matches_formula(apply, case):
     _, base, _, what, pairs, idx, y = _perturbed(apply, case)
     cfg, r, alpha = case[0], case[3], case[4]
     expected = gpt64(cfg, _merged64(base, pairs, alpha / r), idx.numpy())
-    assert_close(output(torch.from_numpy(y), expected.shape, f"{what}, logits with A, B set"), expected, f"{what}: logits vs a float64 GPT with W0 + (alpha / r) B A", atol=_logit_tol(expected),
+    assert_close(output(torch.from_numpy(y), expected.shape, f"{what}, logits with A, B set", None), expected, f"{what}: logits vs a float64 GPT with W0 + (alpha / r) B A", atol=_logit_tol(expected),
                  rtol=0)
 
 

@@ -133,7 +133,7 @@ def soft_prompt_prepends(soft, inp):
     what = f"run_soft_prompt(embeds {e.shape}, prompt {p.shape}, attention_mask)"
     x, mask = _pair(soft(tensor(e), tensor(p), torch.tensor(m)), what)
     assert_close(output(x, x64.shape, what + "[0]"), x64, f"{what}: inputs_embeds vs [P ; embeds]", atol=0, rtol=0)
-    assert_close(output(mask, m64.shape, what + "[1]"), m64, f"{what}: mask vs [1 ... 1 ; mask]", atol=0, rtol=0)
+    assert_close(output(mask, m64.shape, what + "[1]", None), m64, f"{what}: mask vs [1 ... 1 ; mask]", atol=0, rtol=0)
 
 
 @property_check("run_soft_prompt", lesson=8, examples=30, inp=_prompt_inputs())
@@ -145,7 +145,7 @@ def soft_prompt_length_zero_is_identity(soft, inp):
     what = f"run_soft_prompt(embeds {e.shape}, prompt (0, {e.shape[2]}), attention_mask)"
     x, mask = _pair(soft(tensor(e), tensor(empty), torch.tensor(m)), what)
     assert_close(output(x, e.shape, what + "[0]"), e, f"{what}: inputs_embeds vs embeds", atol=0, rtol=0)
-    assert_close(output(mask, m.shape, what + "[1]"), m, f"{what}: mask vs mask", atol=0, rtol=0)
+    assert_close(output(mask, m.shape, what + "[1]", None), m, f"{what}: mask vs mask", atol=0, rtol=0)
 
 
 @property_check("run_prompt_init_from_text", lesson=8, examples=50, m=st.integers(1, 2 * MAX_N),
@@ -180,7 +180,7 @@ def prompt_positions_shift_by_n(pos_fn, inp):
     m, n = inp["mask"], inp["n"]
     B, T = m.shape
     what = f"run_prompt_positions(attention_mask {m.tolist()}, n={n})"
-    got = output(pos_fn(torch.tensor(m), n), (B, n + T), what)
+    got = output(pos_fn(torch.tensor(m), n), (B, n + T), what, torch.int64)   # ids for an embedding lookup
     for b in range(B):
         want = list(range(n))                                           # the prompt: 0 .. n-1
         seen = 0

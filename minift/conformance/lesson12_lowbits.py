@@ -103,7 +103,7 @@ def _fields(data: list[int], n: int, bits: int) -> list[int]:
 def _uint8(y, n: int, what: str) -> np.ndarray:
     if not isinstance(y, torch.Tensor) or y.dtype != torch.uint8:
         raise AssertionError(f"{what} must return a torch.uint8 tensor, got {getattr(y, 'dtype', type(y).__name__)}")
-    return output(y, (n,), what).astype(np.int64)
+    return output(y, (n,), what, torch.uint8).astype(np.int64)
 
 
 # ---- the code ---------------------------------------------------------------------------------------

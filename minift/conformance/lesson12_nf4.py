@@ -176,7 +176,7 @@ def _dq_outputs(dq, c, block, what):
     m = output(mean, tuple(mean.shape), what + " mean") if isinstance(mean, torch.Tensor) else None
     if m is None or m.size != 1:
         raise AssertionError(f"{what}: mean must be a one-element tensor")
-    return (output(q8, (c.size,), what + " q8"), output(scales, (nb,), what + " scales"), float(m.reshape(())))
+    return (output(q8, (c.size,), what + " q8", torch.int8), output(scales, (nb,), what + " scales"), float(m.reshape(())))
 
 
 @property_check("run_double_quantize", lesson=12, examples=40,

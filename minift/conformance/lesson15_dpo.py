@@ -191,8 +191,8 @@ def dpo_gradient(loss, x, beta, eps):
 
 @property_check("run_dpo_rewards", lesson=15, examples=40, x=_logps(), beta=BETAS)
 def dpo_rewards_are_beta_log_ratios(rewards, x, beta):
-    """run_dpo_rewards returns the implicit rewards [β (pc − rc), β (pr − rr)] as a (2, B) tensor,
-    in float64."""
+    """run_dpo_rewards returns the implicit rewards [β (pc − rc), β (pr − rr)] as a (2, B) float32
+    tensor (compared with the float64 formula)."""
     pc, pr, rc, rr = (a.astype(np.float64) for a in x)
     y = output(rewards(*(tensor(a) for a in x), beta), (2,) + x[0].shape, f"run_dpo_rewards(pc, pr, rc, rr, beta={beta})")
     assert_close(y, np.stack([beta * (pc - rc), beta * (pr - rr)]), "run_dpo_rewards vs β (log π − log π_ref)",

@@ -99,7 +99,7 @@ def mixture_weights_match_formula(fn, sizes, T, cap):
     """mixture weights are p_i = min(n_i, K)^(1/T) / Σ_j min(n_j, K)^(1/T) for any sizes, temperature T
     (inf: equal) and cap K (None: no cap), and sum to 1."""
     what = f"run_mixture_weights(sizes={sizes}, temperature={T!r}, cap={cap})"
-    got = output(fn(torch.tensor(sizes), T, cap), (len(sizes),), what)
+    got = output(fn(torch.tensor(sizes), T, cap), (len(sizes),), what, None)
     assert_close(got, _weights64(sizes, T, cap), what, atol=1e-7, rtol=1e-6)
     if abs(got.sum() - 1) > 1e-6:
         raise AssertionError(f"{what} sums to {got.sum()!r}, not 1")
@@ -110,9 +110,9 @@ def mixture_weights_limits(fn, sizes):
     """T = 1 without a cap is examples-proportional (p_i = n_i / Σ n) and T = inf is equal mixing (p_i
     = 1/K), whatever the sizes."""
     n = np.array(sizes, np.float64)
-    got = output(fn(torch.tensor(sizes), 1.0, None), (len(sizes),), f"run_mixture_weights({sizes}, 1.0, None)")
+    got = output(fn(torch.tensor(sizes), 1.0, None), (len(sizes),), f"run_mixture_weights({sizes}, 1.0, None)", None)
     assert_close(got, n / n.sum(), f"run_mixture_weights({sizes}, temperature=1) (proportional)", atol=1e-7)
-    got = output(fn(torch.tensor(sizes), math.inf, None), (len(sizes),), f"run_mixture_weights({sizes}, inf, None)")
+    got = output(fn(torch.tensor(sizes), math.inf, None), (len(sizes),), f"run_mixture_weights({sizes}, inf, None)", None)
     assert_close(got, np.full(len(sizes), 1 / len(sizes)), f"run_mixture_weights({sizes}, temperature=inf) "
                  f"(equal)", atol=1e-7)
 
@@ -124,13 +124,13 @@ def mixture_weights_cap(fn, sizes, cap, T):
     """the cap K (T5's examples-proportional mixing with limit K): every set of size >= K gets the same
     weight, and a cap no set reaches changes nothing."""
     what = f"run_mixture_weights(sizes={sizes}, temperature={T!r}, cap={cap})"
-    got = output(fn(torch.tensor(sizes), T, cap), (len(sizes),), what)
+    got = output(fn(torch.tensor(sizes), T, cap), (len(sizes),), what, None)
     big = [i for i, s in enumerate(sizes) if s >= cap]
     if len(big) > 1 and got[big].max() - got[big].min() > 1e-7:
         raise AssertionError(f"{what}: sets {big} all have size >= K={cap} but weights {got[big].tolist()}; "
                              f"capped sets count as K each")
     if cap >= max(sizes):
-        free = output(fn(torch.tensor(sizes), T, None), (len(sizes),), what)
+        free = output(fn(torch.tensor(sizes), T, None), (len(sizes),), what, None)
         assert_close(got, free, f"{what} vs cap=None (no set reaches the cap)", atol=1e-7)
 
 
@@ -200,7 +200,7 @@ def forgetting_matches_definition(fn, data, K):
     R = data.draw(_matrix(K)).astype(np.float64)
     want = np.array([max(R[l, j] for l in range(K - 1)) - R[K - 1, j] for j in range(K - 1)])
     what = f"run_forgetting(R={R.tolist()})"
-    assert_close(output(fn(torch.tensor(R)), (K - 1,), what), want, what, atol=1e-9)
+    assert_close(output(fn(torch.tensor(R)), (K - 1,), what, None), want, what, atol=1e-9)
 
 
 @property_check("run_backward_transfer", lesson=18, examples=40, data=st.data(), K=st.integers(2, 6))
@@ -210,12 +210,12 @@ def backward_transfer_matches_definition(fn, data, K):
     R = data.draw(_matrix(K)).astype(np.float64)
     want = sum(R[K - 1, j] - R[j, j] for j in range(K - 1)) / (K - 1)
     what = f"run_backward_transfer(R={R.tolist()})"
-    assert_close(output(fn(torch.tensor(R)), (), what), np.float64(want), what, atol=1e-9)
+    assert_close(output(fn(torch.tensor(R)), (), what, None), np.float64(want), what, atol=1e-9)
     kept = R.copy()
     for i in range(K):                                   # every row after stage j holds R[j, j] in column j
         for j in range(i + 1):
             kept[i, j] = R[j, j]
-    assert_close(output(fn(torch.tensor(kept)), (), what), np.float64(0.0), f"{what} with no forgetting", atol=1e-9)
+    assert_close(output(fn(torch.tensor(kept)), (), what, None), np.float64(0.0), f"{what} with no forgetting", atol=1e-9)
 
 
 @st.composite
