@@ -10,8 +10,8 @@ them is the point (your lesson 00 cross-entropy is fair game if you copy it in).
 assignment F.cross_entropy is allowed; torch.optim, torch.nn.utils.clip_grad_norm_ and
 minift.train are not. Inputs are float32 / int64 tensors.
 
-Try it: `python lessons/01_pretraining/exercise.py try_train_tiny_gpt` trains a tiny GPT with
-your run_train (once it passes) and prints its loss curve.
+Try it: `python exercises/01_pretraining.py try_train_tiny_gpt` (your copy: a starter runs the
+functions of the file it is in) trains a tiny GPT with your run_train and prints its loss curve.
 """
 import math  # noqa: F401  (math.cos, math.pi, math.exp, math.sqrt)
 

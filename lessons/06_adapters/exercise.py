@@ -8,7 +8,7 @@ Rules: plain PyTorch (torch, torch.nn.functional: @, .T, relu, tanh, sigmoid, ..
 
 Below the stub, the starters of the README's "try it" exercises (they may call minift):
 
-    python lessons/06_adapters/exercise.py try_merge_identity_adapter   # exercise 2, uses your run_adapter
+    python exercises/06_adapters.py try_merge_identity_adapter          # exercise 2, uses your run_adapter (your copy)
     python lessons/06_adapters/exercise.py try_head_plus_wte            # exercise 3, about 15 s
     python lessons/06_adapters/exercise.py try_adapter_timing           # exercise 4, about 10 s
 """

@@ -7,8 +7,10 @@ minift verify): lessons/README.md, "Grading your exercise".
 
 Rules: plain PyTorch (torch, torch.linalg); do not call minift in the run_* functions.
 
-The try_* functions at the bottom are complete starters for the README's "try" exercise. Run one
-with `python lessons/10_loreft/exercise.py try_scaled_r`.
+The try_* functions at the bottom are complete starters for the README's "try" exercise. Run them
+from your own copy (`minift exercise 10` makes it): `python exercises/10_loreft.py try_scaled_r`.
+try_scaled_r uses the run_loreft of the file it runs in: run from lessons/10_loreft/exercise.py,
+whose run_loreft stays a stub, it uses minift's.
 """
 import time
 
@@ -37,7 +39,7 @@ def run_loreft(h, R, W, b):
 def run_orthonormal_rows(A):
     """Gram–Schmidt on the rows of a full-rank A (r, C), r <= C: returns R (r, C) with
 
-        R Rᵀ = I_r        and        A = L R,   L (r, r) lower triangular with a positive diagonal.
+        R Rᵀ = I_r        and        A = G R,   G (r, r) lower triangular with a positive diagonal.
 
     Row i of R is row i of A minus its projections on rows 0..i-1 of R, divided by its norm. (A QR
     decomposition of Aᵀ gives the same R up to the sign of each row: flip the rows where the
@@ -93,6 +95,6 @@ def try_qr_cost(r=4, sizes=(128, 4096), repeats=20, seed=0):
         print(f"r={r}, C={C}: one QR forward + backward {best * 1e6:.0f} µs")
 
 
-if __name__ == "__main__":         # python lessons/10_loreft/exercise.py try_<what> [value ...] [name=value ...]
+if __name__ == "__main__":         # python exercises/10_loreft.py try_<what> [value ...] [name=value ...]
     from minift.course import run_starter
     run_starter(globals())

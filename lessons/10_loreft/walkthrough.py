@@ -9,7 +9,8 @@ Prints, top to bottom:
      initialisation of lessons 05 and 06, lesson 09's 80 steps x 16; LoReFT edits every position of
      every block):
      full fine-tuning, head-only, LoRA q,v at r = 2 and LoReFT at r = 4 (the matched budget), and
-     LoReFT at r = 1 and r = 16: dev/test F1, train time and forward time against LoRA's;
+     LoReFT at r = 1 and r = 16: dev/test F1, train time against LoRA's, and the forward time against
+     the base's (timed for LoRA and LoReFT r=4 only; full and head-only keep the base's forward);
   3. the geometry after training: ‖R Rᵀ − I‖ per layer, how far the subspace turned, and the edit
      h' − h measured on dev sentences: its part outside the row space of R (0 up to rounding) and
      the share of its energy in r directions, next to the same measure for LoRA's change of a
@@ -133,14 +134,16 @@ header(f"2. One NER model per method: {STEPS} steps x batch {BATCH}, AdamW, warm
 results = {m: bench.run(m, LR[m]) for m in METHODS if not (FAST and m == "full")}      # --fast: no full FT run
 
 # forward CPU time (GPU: synchronized wall) of each trained classifier vs the base, rounds interleaved, fastest kept
-timed = {"base": fresh("full"), **{m: results[m]["model"] for m in ("LoRA q,v r=2", "LoReFT r=4")}}
+TIMED = ("LoRA q,v r=2", "LoReFT r=4")                              # the matched pair
+SAME_FORWARD = ("full", "head-only")                                # the base's forward, other weights
+timed = {"base": fresh("full"), **{m: results[m]["model"] for m in TIMED}}
 best_t = course.forward_cpu_seconds(timed, dev_batch, TIMING_ROUNDS)
 
 print()
 rows = []
 lora_t = results["LoRA q,v r=2"]["cpu"]
 for m, r in results.items():
-    fwd = f"{best_t[m] / best_t['base']:.2f}x" if m in best_t else "= base"
+    fwd = f"{best_t[m] / best_t['base']:.2f}x" if m in best_t else "= base" if m in SAME_FORWARD else "-"
     rows.append((m, f"{r['lr']:g}", f"{r['n_adapter']:,}" if m not in ("full", "head-only") else "-",
                  f"{r['rep']['trainable']:,}", f"{r['rep']['trainable'] / r['rep']['params']:.2%}",
                  f"{r['loss'][1]:.3f}", f"{r['f1']['dev']:.3f}", f"{r['f1']['test']:.3f}", f"{r['cpu']:.1f}s",
@@ -150,7 +153,9 @@ table(("method", "lr", "adapter", "trainable", "share", "final loss", "dev F1", 
 head = results["head-only"]["rep"]["trainable"]
 print(f"trainable = adapter + the task head ({head:,} = 9 tags x (C + 1)). train time: {CLOCK} seconds of the "
       f"training loop; vs LoRA = train time / LoRA q,v r=2's (same run). forward = the trained classifier's forward {CLOCK} time on 64 dev sentences / the base "
-      f"classifier's (fastest of {TIMING_ROUNDS} interleaved rounds: {best_t['base'] * 1e3:.1f} ms).")
+      f"classifier's (fastest of {TIMING_ROUNDS} interleaved rounds: {best_t['base'] * 1e3:.1f} ms), timed for "
+      f"{' and '.join(TIMED)} only: '= base' = the base's forward with other weights ({' and '.join(SAME_FORWARD)}), "
+      f"'-' = not timed.")
 print("\nThe commonest dev errors, word tags (gold -> predicted), and how many words each method gets wrong:")
 for m, r in results.items():
     errs = bench.tag_errors(r["pred"]["dev"])
@@ -193,7 +198,9 @@ print(f"orthonormality_error(model) = {orthonormality_error(gpt):.1e} after {STE
       f"from R_raw by Gram–Schmidt at every forward, so it cannot drift. 'R turned by' = the largest principal "
       f"angle between R at step 0 and after training: the subspace itself is learned. 'outside span(R)' = "
       f"‖(h' − h) − (h' − h) Rᵀ R‖ / ‖h' − h‖ over {int(real.sum())} real dev tokens; rank = singular values of "
-      f"h' − h above 1e-6 of the largest.")
+      f"h' − h above 1e-6 of the largest. \"h' = model's\" = True when h' computed here equals, bit for bit, the "
+      f"hidden state the model's own forward passes to the next block; the last block's cannot be compared, since "
+      f"the model's last hidden state is after ln_f ('(ln_f)').")
 
 lo = results["LoRA q,v r=2"]["model"].eval().body
 with torch.no_grad():
@@ -259,10 +266,9 @@ print(f"\ngeneration (KV cache): positions edited per call = {edits} (the prompt
       f"new tokens through the cached keys and values; generated tokens are not edited (positions='all' edits "
       f"them too).")
 
-print(f"\nTotal time {course.elapsed():.0f}s.")
-
 # ==============================================================================================
 if seeds := course.seeds_section(args.seeds, "5. Seed spread: the matched pair at part 2's rates",
                                   "head and adapter init, data order"):
     bench.seed_spread(SWEPT, LR, seeds, results)
-    print(f"Total time {course.elapsed():.0f}s.")
+
+print(f"\nTotal time {course.elapsed():.0f}s.")

@@ -1,5 +1,5 @@
-"""Lesson 16 exercise: the two functions a contrastive sentence encoder is made of (the pooling that
-turns a GPT's hidden states into one vector per sentence, and the InfoNCE loss), then the
+"""Lesson 16 exercise: the two functions a contrastive sentence encoder is made of (the InfoNCE loss,
+and the pooling that turns a GPT's hidden states into one vector per sentence), then the
 assignment: a contrastive training step.
 
 Fill in the two warm-up functions, then the assignment's two (delete each
@@ -32,7 +32,8 @@ def run_info_nce(a, b, temperature=0.05, negatives=None, symmetric=False):
     a, b: (N, C) float tensors, row i of b the positive of row i of a (every other row of b is a
     negative for a_i); negatives: None or (M, C); temperature τ > 0. Returns a 0-dim tensor.
     It is a cross-entropy over the N + M candidates of each anchor whose right answer for anchor
-    i is candidate i. All-equal embeddings give log(N + M).
+    i is candidate i. All-equal embeddings give log(N + M) one-way, and (log(N + M) + log N) / 2
+    symmetric (the b -> a direction has N candidates).
     """
     raise NotImplementedError("run_info_nce: not written yet; lessons/16_contrastive/README.md, "
                               "\"The maths\", equation (16.3), says what it computes")

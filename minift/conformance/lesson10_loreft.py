@@ -4,7 +4,7 @@ The reference `run_*` functions: plain tensors and hyperparameters in, tensors o
 minift's own module (`minift/peft/reft.py`).
 
     run_loreft(h, R, W, b)          h + (h W^T + b - h R^T) R        Φ(h) = h + Rᵀ(W h + b − R h), rows h
-    run_orthonormal_rows(A)         R with R Rᵀ = I and A = L R, L lower triangular, diag(L) > 0
+    run_orthonormal_rows(A)         R with R Rᵀ = I and A = G R, G lower triangular, diag(G) > 0
 
 The checks, registered into `CHECKS` with lesson="lesson10". Expected values are computed here
 independently (float64 numpy or a textbook construction), never by calling minift's reference
@@ -48,7 +48,7 @@ def run_loreft(h: torch.Tensor, R: torch.Tensor, W: torch.Tensor, b: torch.Tenso
 
 def run_orthonormal_rows(A: torch.Tensor) -> torch.Tensor:
     """Gram–Schmidt on the rows of a full-rank A (r, C), r <= C, as `minift.peft.reft.orthonormal_rows`
-    turns ReFTLayer.R_raw into R: the unique R (r, C) with R Rᵀ = I_r and A = L R, L lower triangular
+    turns ReFTLayer.R_raw into R: the unique R (r, C) with R Rᵀ = I_r and A = G R, G lower triangular
     with a positive diagonal (row i of R is row i of A minus its projection on rows 0..i-1, normalised)."""
     A = tensor_arg("A", A)
     if A.dim() != 2 or not 1 <= A.shape[0] <= A.shape[1]:
@@ -61,7 +61,7 @@ def run_orthonormal_rows(A: torch.Tensor) -> torch.Tensor:
 
 def _gram_schmidt64(A: np.ndarray) -> np.ndarray:
     """Modified Gram–Schmidt on the rows of A, in float64: row i minus its projections on the
-    rows already done, normalised. Returns Q (r, C) with A = L Q, L lower triangular, diag > 0."""
+    rows already done, normalised. Returns Q (r, C) with A = G Q, G lower triangular, diag > 0."""
     Q = []
     for a in np.asarray(A, np.float64):
         v = a.copy()
@@ -87,13 +87,16 @@ def _matrix(draw, min_c=1):
 
 
 @st.composite
-def _loreft_inputs(draw):
-    """h (N, C), R (r, C) with orthonormal rows (float32, from float64 Gram–Schmidt), W (r, C), b (r,)."""
+def _loreft_inputs(draw, edit=True):
+    """h (N, C), R (r, C) with orthonormal rows (float32, from float64 Gram–Schmidt), and with
+    edit=True W (r, C), b (r,) (a check that sets W and b itself draws only h and R)."""
     R = _gram_schmidt64(draw(_matrix())).astype(np.float32)
     r, C = R.shape
     n = draw(st.integers(1, 2 * MAX_B))
-    return dict(h=draw(arrays((n, C), f32(-3, 3))), R=R, W=draw(arrays((r, C), f32(-2, 2))),
-                b=draw(arrays((r,), f32(-2, 2))))
+    inp = dict(h=draw(arrays((n, C), f32(-3, 3))), R=R)
+    if edit:
+        inp.update(W=draw(arrays((r, C), f32(-2, 2))), b=draw(arrays((r,), f32(-2, 2))))
+    return inp
 
 
 def _call(loreft, inp, W=None, b=None):
@@ -119,11 +122,11 @@ def loreft_matches_formula(loreft, inp):
     assert_close(y, expected, f"{what} vs h + (h Wᵀ + b − h Rᵀ) R", atol=1e-5 * _bound(inp) + 1e-6, rtol=0)
 
 
-@property_check("run_loreft", lesson=10, examples=40, inp=_loreft_inputs())
+@property_check("run_loreft", lesson=10, examples=40, inp=_loreft_inputs(edit=False))
 def loreft_w_equals_r_is_identity(loreft, inp):
     """LoReFT's initialisation W = R, b = 0 is an exact no-op: run_loreft(h, R, R, 0) returns h bit for
     bit (compute W h + b − R h first: it is exactly 0)."""
-    y, what = _call(loreft, inp, W=inp["R"].copy(), b=np.zeros_like(inp["b"]))
+    y, what = _call(loreft, inp, W=inp["R"].copy(), b=np.zeros(inp["R"].shape[0], np.float32))
     assert_close(y, inp["h"], f"{what.replace('W, b', 'W=R, b=0')} vs h (the edit is exactly 0)", atol=0, rtol=0)
 
 
@@ -152,7 +155,7 @@ def loreft_subspace_coordinates(loreft, inp):
 @property_check("run_orthonormal_rows", lesson=10, examples=60, A=_matrix())
 def orthonormal_rows_matches_gram_schmidt(ortho, A):
     """run_orthonormal_rows(A) is Gram–Schmidt on the rows of A (r <= C, full rank): row i minus its
-    projections on rows 0..i-1, normalised; i.e. A = L R, L lower triangular with a positive
+    projections on rows 0..i-1, normalised; i.e. A = G R, G lower triangular with a positive
     diagonal (float64 loop)."""
     what = f"run_orthonormal_rows(A {A.shape})"
     y = output(ortho(tensor(A)), A.shape, what)

@@ -11,7 +11,8 @@ independently (a float64 loop over anchors), never by calling minift's reference
 
     run_info_nce(a, b, τ, negatives, symmetric)   the textbook loss, anchor by anchor, in float64;
                                                   invariant to permuting the batch consistently;
-                                                  log(N + M) for identical embeddings; lower as
+                                                  log(N + M) for identical embeddings (symmetric:
+                                                  (log(N + M) + log N) / 2); lower as
                                                   each positive turns towards its anchor
     run_sentence_embedding(h, mask, pooling)      the masked mean / the last real token, in float64;
                                                   whatever sits at padded positions never matters
@@ -41,7 +42,8 @@ def run_info_nce(a: torch.Tensor, b: torch.Tensor, temperature: float = 0.05,
         L = mean_i ℓ_i;   symmetric: (L + L_{b -> a}) / 2, the b -> a direction over the a_j only
 
     a, b: (N, C), row i of b the positive of row i of a; negatives: None or (M, C). Returns a
-    0-dim tensor. Uninformative (all equal) embeddings give log(N + M)."""
+    0-dim tensor. Uninformative (all equal) embeddings give log(N + M); symmetric,
+    (log(N + M) + log N) / 2 (the b -> a direction has N candidates)."""
     a, b = tensor_arg("a", a), tensor_arg("b", b)
     if negatives is not None:
         negatives = tensor_arg("negatives", negatives)
@@ -149,7 +151,8 @@ def info_nce_uninformative_is_log_n(info_nce, v, N, M, C, tau, symmetric, scales
                negatives=rows[-M:].copy() if M else None, temperature=tau, symmetric=symmetric)
     got, what = _call(info_nce, inp)
     expected = 0.5 * (math.log(N + M) + math.log(N)) if symmetric else math.log(N + M)
-    assert_close(np.array(got), np.array(expected), f"{what} on identical directions vs log(N + M)",
+    formula = "(log(N + M) + log N) / 2" if symmetric else "log(N + M)"
+    assert_close(np.array(got), np.array(expected), f"{what} on identical directions vs {formula}",
                  atol=_tol(tau), rtol=1e-5)
 
 

@@ -13,8 +13,8 @@ left alone. Every edit h' − h = Rᵀ (...) lies in the row space of R.
 
 R is kept orthonormal by a parametrisation: the trainable tensor is any full-rank (r, C) matrix
 A (`R_raw`), and R = orthonormal_rows(A) is its Gram–Schmidt orthonormalisation (a QR
-decomposition of Aᵀ, signs fixed so that the triangular factor has a positive diagonal: A = L R
-with L lower triangular). Gradients flow through the QR, and R Rᵀ = I holds after every step, up
+decomposition of Aᵀ, signs fixed so that the triangular factor has a positive diagonal: A = G R
+with G lower triangular). Gradients flow through the QR, and R Rᵀ = I holds after every step, up
 to float rounding. W starts as a copy of R and b at 0, so W h + b − R h = 0 and Φ is the identity,
 exactly (`init="identity"`; `init="random"` starts W as nn.Linear does, as pyreft does).
 Parameters per intervention: r C (R) + r C (W) + r (b) = r (2C + 1).
@@ -99,7 +99,7 @@ def reft_parameter_count(n_embd: int, r: int) -> int:
 
 def orthonormal_rows(A: torch.Tensor) -> torch.Tensor:
     """Gram–Schmidt on the rows of a full-rank A (r, C), r <= C: R (r, C) with R Rᵀ = I and
-    A = L R, L lower triangular with a positive diagonal (the unique such R). Computed in float32
+    A = G R, G lower triangular with a positive diagonal (the unique such R). Computed in float32
     at least (float64 stays float64), returned in A's dtype."""
     Q, T = torch.linalg.qr(A.mT.to(torch.promote_types(A.dtype, torch.float32)))   # Aᵀ = Q T, Q (C, r)
     sign = torch.where(T.diagonal() < 0, -1.0, 1.0).to(Q.dtype)                     # make diag(T) > 0
