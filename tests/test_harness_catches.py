@@ -13,6 +13,7 @@ from minift.conformance import (CHECKS, FAIL, MISSING, NOT_IMPLEMENTED, PASS, lo
                                 verify_main)
 from minift.conformance import reference
 from minift.conformance.harness import format_counterexample, run_property
+from minift.conformance.verify import failure_text
 
 pytestmark = pytest.mark.conformance
 
@@ -172,7 +173,7 @@ def test_a_failure_that_follows_from_another_says_so(wrong_results, capsys):
     assert verify_main(["--impl", str(WRONG), "--only", "run_gpt_block,run_layer_norm"]) == 1
     out = capsys.readouterr().out
     assert "run_gpt_block calls run_causal_attention" not in out        # attention was not run here
-    assert "note: run_gpt_block calls run_layer_norm, which fails its own checks" in out
+    assert "note: run_gpt_block or this check calls run_layer_norm, which fails its own checks" in out
 
 
 def test_verify_reference_exits_0(capsys):
@@ -280,3 +281,20 @@ def test_an_output_in_another_dtype_fails_and_a_gradient_checks_call_pastes_with
     assert res.status == FAIL and "returned a float64 tensor, expected float32" in res.error
     res = run_checks(str(f), only="dpo_gradient")[0]
     assert res.status == FAIL and "requires_grad=True" in res.calls      # as the check passed it: pasted, it differentiates
+
+
+def test_a_check_that_calls_a_second_failing_function_says_so(tmp_path, capsys):
+    """lora_merge_then_forward grades run_lora_merge but also calls run_lora_linear: a right merge
+    beside a wrong forward fails, and the note points at the forward."""
+    f = tmp_path / "impl2.py"
+    f.write_text("from minift.conformance.reference import run_lora_merge  # noqa: F401\n\n\n"
+                 "def run_lora_linear(x, W0, b, A, B, alpha, r):\n"
+                 "    y = x @ W0.T + alpha * (x @ A.T) @ B.T                  # alpha, not alpha / r\n"
+                 "    return y if b is None else y + b\n")
+    res = {r.name: r for r in run_checks(str(f), only="run_lora_merge,run_lora_linear")}
+    merged = res["lora_merge_then_forward"]
+    assert merged.status == FAIL and merged.follows == ("run_lora_linear",)
+    assert "or this check calls run_lora_linear" in failure_text(merged)
+    assert verify_main(["--impl", str(f), "--only", "run_lora_unmerge"]) == 1       # named, and not defined
+    out = capsys.readouterr().out
+    assert out.count("=== MISSING") == 1 and "=== MISSING run_lora_unmerge (named by --only)" in out

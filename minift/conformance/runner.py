@@ -104,8 +104,9 @@ def attach_follows(impl, results: list[Result]) -> list[Result]:
     """Mark each FAIL whose function calls another of impl's run_* functions that fails (or is a stub)."""
     failing = {r.adapter for r in results if r.status in (FAIL, NOT_IMPLEMENTED)}
     for r in results:
-        if r.status == FAIL:
-            r.follows = tuple(sorted((calls_of(impl, r.adapter) & failing) - {r.adapter}))
+        if r.status == FAIL:                   # what it calls, and the other functions its check calls itself
+            others = calls_of(impl, r.adapter) | set(CHECKS[r.name].runs if r.name in CHECKS else ())
+            r.follows = tuple(sorted((others & failing) - {r.adapter}))
     return results
 
 

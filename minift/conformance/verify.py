@@ -58,9 +58,10 @@ def failure_text(r: Result) -> str:
     lines = [f"=== FAIL {r.name} ({r.adapter}, {r.lesson})", f"  property: {r.description}", "  error:",
              _indent(r.error)]
     if r.follows:
-        lines.append(f"  note: {r.adapter} calls {' and '.join(r.follows)}, which fail{'s' if len(r.follows) == 1 else ''} "
-                     f"{'its' if len(r.follows) == 1 else 'their'} own checks: fix {'that' if len(r.follows) == 1 else 'those'} "
-                     f"first, this failure may follow from {'it' if len(r.follows) == 1 else 'them'}")
+        one = len(r.follows) == 1
+        lines.append(f"  note: {r.adapter} or this check calls {' and '.join(r.follows)}, which fail{'s' * one} "
+                     f"{'its' if one else 'their'} own checks: fix {'that' if one else 'those'} first, this failure "
+                     f"may follow from {'it' if one else 'them'}")
     calls, drawn = r.calls, r.counterexample or "(none recorded: the failure came before any example ran)"
     if r.stopped:                               # the example it was stopped in is not shrunk: it can be huge
         calls, drawn = _first_lines(calls, STOPPED_LINES), _first_lines(drawn, STOPPED_LINES)
@@ -207,7 +208,12 @@ def verify_main(argv=None) -> int:
     print(f"implementation: {args.impl or 'minift reference functions (minift/conformance/lesson*.py)'}")
     blocks = [failure_text(r) for r in results if r.status == FAIL]
     blocks += [stubs_text(results)] if any(r.status == NOT_IMPLEMENTED for r in results) else []
-    blocks += [f"=== MISSING {r.name}: {r.error} (named by --only)" for r in results if r.status == MISSING and r.name in named]
+    absent: dict = {}                           # what --only named and the file lacks, one line per function
+    for r in results:
+        if r.status == MISSING and r.name in named:
+            absent.setdefault(r.adapter, []).append(r.name)
+    blocks += [f"=== MISSING {fn} (named by --only): the file defines no {fn}; {len(ns)} check{'s' * (len(ns) > 1)} "
+               f"not run: {', '.join(ns)}" for fn, ns in absent.items()]
     for b in blocks:                            # failures first
         print("\n" + b)
     ran = [r for r in results if r.status != MISSING]
