@@ -27,6 +27,7 @@ def run_nf4_quantize(w, block_size=64):
         c_b  = max over j in block b of |w_j|                         (n_blocks,) float32
         q_j  = the index i in 0..15 minimising |w_j / c_b - NF4_i|     (numel,) uint8
 
+    A w_j / c_b exactly halfway between two NF4 values takes the lower index (bitsandbytes' rule).
     An all-zero block has c_b = 0 and every q_j pointing at NF4's 0 (index 7). Returns (q, c).
     """
     raise NotImplementedError("run_nf4_quantize: not written yet; lessons/12_qlora/README.md, "

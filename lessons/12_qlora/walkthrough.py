@@ -40,7 +40,7 @@ from minift.memory import PRESETS, estimate
 from minift.peft.lora import LoRAConfig, LoRALinear, apply_lora
 from minift.pretrain import load_base
 from minift.quant.int8 import Int8Linear
-from minift.quant.nf4 import CODES, NF4_OFFSET, NF4_PUBLISHED, bits_per_parameter, dequantize_nf4, nf4_code, quantize_nf4
+from minift.quant.nf4 import CODES, NF4_OFFSET, NF4_PUBLISHED, bits_per_parameter, dequantize_nf4, nf_code, quantize_nf4
 from minift.quant.ops import NF4Linear
 from minift.quant.qlora import QLoRAConfig, QLoRALinear, apply_qlora, merge_to_float, merge_to_quantized
 from minift.report import header, table
@@ -69,8 +69,8 @@ def rel_err(a, b):
 
 # ==============================================================================================
 header("1. The NF4 code, and its error next to FP4 and int4")
-code = nf4_code()
-print("NF4, built from quantiles of N(0, 1) (minift.quant.nf4.nf4_code), and the paper's table:")
+code = nf_code(4)                                   # the construction; minift quantizes with the published table
+print("NF4, built from quantiles of N(0, 1) (minift.quant.nf4.nf_code(4)), and the paper's table:")
 print("  built:     " + " ".join(f"{v:+.4f}" for v in code.tolist()))
 print("  published: " + " ".join(f"{v:+.4f}" for v in NF4_PUBLISHED))
 print(f"  max |built - published| = {float((code - torch.tensor(NF4_PUBLISHED)).abs().max()):.1e} "

@@ -52,7 +52,9 @@ from .runner import load_impl
 
 FORMAT = 1
 GOLDEN_DIR = Path(__file__).resolve().parents[2] / "data" / "golden"
-PER_CHECK = 3                       # cases recorded per (check, run_* function): the first calls it makes
+PER_CHECK = 3                       # cases recorded per (check, run_* function): its first calls,
+VARIED = 2                          # and the most varied of its next ones
+CANDIDATES = 12                     # calls looked at per (check, function)
 ATOL, RTOL = 1e-5, 1e-4             # float32 outputs; integer and bool outputs must match exactly
 TOLERANCES = {                      # functions whose outputs go through long float32 reductions
     "run_gpt_block": (1e-4, 1e-3), "run_quant_lora_matmul": (1e-4, 1e-3),
@@ -115,8 +117,9 @@ def decode(obj, tensors: dict):
 # ---- recording the reference -----------------------------------------------------------------
 
 class _Recorder:
-    """Stands in for an implementation: forwards run_* calls to `impl` and keeps the first
-    PER_CHECK calls of each run_* function per check whose arguments and output can be stored."""
+    """Stands in for an implementation: forwards run_* calls to `impl` and keeps the first CANDIDATES
+    calls of each run_* function per check whose arguments and output can be stored; `chosen()`
+    keeps PER_CHECK + VARIED of them."""
 
     def __init__(self, impl):
         self._impl, self.cases, self._tensors, self.check = impl, [], {}, ""
@@ -131,7 +134,7 @@ class _Recorder:
         def call(*args, **kwargs):
             k = (self.check, name)
             case, local = None, {}
-            if self._count.get(k, 0) < PER_CHECK:
+            if self._count.get(k, 0) < CANDIDATES:
                 cid = f"{self.check}.{name}.{self._count.get(k, 0)}"
                 try:                                              # the inputs before the call can touch them
                     case = {"id": cid, "adapter": name, "check": self.check,
@@ -148,11 +151,54 @@ class _Recorder:
                     self.unsupported.setdefault(name, f"its output includes {e}")
                     return out
                 case["atol"], case["rtol"] = TOLERANCES.get(name, (ATOL, RTOL))
+                case["_variety"] = _variety(list(args) + list(kwargs.values()))
                 self.cases.append(case)
                 self._tensors.update(local)
                 self._count[k] = self._count.get(k, 0) + 1
             return out
         return call
+
+    def chosen(self) -> tuple[list, dict]:
+        """Per (check, function): the first PER_CHECK calls (hypothesis starts with the simplest inputs
+        and the edges: zeros, one element, the explicit examples), then the VARIED most varied of the
+        others (`_variety`), in call order, with ids numbered 0.. again; and their tensors."""
+        groups: dict = {}
+        for c in self.cases:
+            groups.setdefault((c["check"], c["adapter"]), []).append(c)
+        keep = set()
+        for cs in groups.values():
+            rest = sorted(range(PER_CHECK, len(cs)), key=lambda i: (-cs[i]["_variety"], i))[:VARIED]
+            keep |= {id(cs[i]) for i in [*range(min(PER_CHECK, len(cs))), *rest]}
+        cases, tensors, renumber = [], {}, {}
+        for c in self.cases:
+            if id(c) not in keep:
+                continue
+            n = renumber.setdefault((c["check"], c["adapter"]), 0)
+            renumber[(c["check"], c["adapter"])] += 1
+            old, new = c["id"], f"{c['check']}.{c['adapter']}.{n}"
+            c = {k: v for k, v in c.items() if k != "_variety"} | {"id": new}
+            c = json.loads(json.dumps(c).replace(f'"{old}.', f'"{new}.'))       # its tensor keys follow its id
+            tensors |= {new + k[len(old):]: v for k, v in self._tensors.items() if k.startswith(old + ".")}
+            cases.append(c)
+        return cases, tensors
+
+
+def _variety(values) -> int:
+    """How much a call's inputs hold: distinct values over its tensors plus its distinct numbers, so
+    that golden cases are not all zeros and rank 1 (the simplest examples come first)."""
+    seen: set = set()
+    count = 0
+    for v in values:
+        if isinstance(v, torch.Tensor) and v.numel():
+            count += int(torch.unique(v.detach().reshape(-1).float()).numel())
+        elif isinstance(v, (list, tuple)):
+            count += _variety(list(v))
+        elif isinstance(v, dict):
+            count += _variety(list(v.values()))
+        elif isinstance(v, (int, float)) and not isinstance(v, bool) and v not in seen:
+            seen.add(v)
+            count += 1 + (abs(v) not in (0, 1))
+    return count
 
 
 def _write(out_dir: Path, cases: list, tensors: dict, unrecorded: dict | None = None) -> None:
@@ -184,7 +230,7 @@ def _write(out_dir: Path, cases: list, tensors: dict, unrecorded: dict | None = 
 @contextlib.contextmanager
 def _few_examples():
     """Checks run derandomized with a handful of examples (the same inputs on every machine)."""
-    settings.register_profile("minift-golden", max_examples=PER_CHECK + 1, derandomize=True, deadline=None,
+    settings.register_profile("minift-golden", max_examples=CANDIDATES + 1, derandomize=True, deadline=None,
                               database=None, print_blob=False)
     settings.register_profile("minift-golden-before", settings.default)    # to put back afterwards
     settings.load_profile("minift-golden")
@@ -210,6 +256,7 @@ def generate(out_dir=GOLDEN_DIR, only=None) -> dict:
             res = run_check(CHECKS[name], rec)
             if not res.passed:
                 raise RuntimeError(f"minift's reference fails its own check {name}: {res.error}")
+    rec.cases, rec._tensors = rec.chosen()
     cases, tensors, unrecorded = rec.cases, rec._tensors, rec.unsupported
     if only is not None and (Path(out_dir) / "index.json").is_file():
         cases, tensors, unrecorded = _merged(Path(out_dir), set(names), rec)

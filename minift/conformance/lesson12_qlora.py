@@ -108,6 +108,29 @@ def nf4_quantize_picks_the_nearest_code(quantize, wb):
                              f"{NF4_TABLE[dist[j].argmin()]:.6f} is nearer")
 
 
+def _ties() -> list[tuple[int, float]]:
+    """(k, m): the midpoints m = (NF4[k] + NF4[k+1]) / 2 that float32 holds exactly (6 of the 15),
+    so that w / absmax can land on one."""
+    t = NF4_TABLE.astype(np.float32).astype(np.float64)
+    mids = [(k, (t[k] + t[k + 1]) / 2) for k in range(15)]                   # exact in float64
+    return [(k, m) for k, m in mids if float(np.float32(m)) == m]
+
+
+@property_check("run_nf4_quantize", lesson=12, examples=4, scale=st.sampled_from([1.0, 0.5, 4.0, 2.0 ** -20]))
+def nf4_quantize_ties_go_to_the_lower_code(quantize, scale):
+    """a value exactly halfway between two NF4 values gets the lower index, as bitsandbytes'
+    comparisons (x > midpoint) send it: every midpoint float32 holds, in blocks [scale, m · scale]
+    (scale a power of two, so w / absmax is m exactly)."""
+    ties = _ties()
+    w = np.array([[scale, m * scale] for _, m in ties], np.float32).reshape(-1)   # (2 · ties,)
+    codes, _ = quantize(tensor(w), block_size=2)
+    what = f"run_nf4_quantize(w, block_size=2), blocks [{scale!r}, m · {scale!r}]"
+    for (k, m), got in zip(ties, _int_codes(codes, w.size, what)[1::2]):
+        if got != k:
+            raise AssertionError(f"{what}: w / absmax = {m!r}, halfway between NF4[{k}] = {NF4_TABLE[k]:.9f} and "
+                                 f"NF4[{k + 1}] = {NF4_TABLE[k + 1]:.9f}, got index {got}: a tie takes the lower one")
+
+
 @property_check("run_nf4_dequantize", lesson=12, examples=40, B=st.sampled_from([2, 4, 8]), data=st.data())
 def nf4_dequantize_matches_table(dequantize, B, data):
     """nf4_dequantize(codes, absmax, block) equals NF4[codes[j]] * absmax[j // block] with the paper's

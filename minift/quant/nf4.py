@@ -12,8 +12,11 @@ for the two halves so that 0 is exactly representable (padding and exact zeros s
 
 δ' = 1 - (1/(2·15) + 1/(2·16)) / 2 = 0.9677083: the outermost quantile is taken halfway between
 the 15- and 16-slice choices, since Φ⁻¹(1) = ∞. The code is asymmetric: 8 positive values, 7
-negative. `nf4_code()` builds it; `NF4_PUBLISHED` is the table printed in the paper's appendix
-(and used by bitsandbytes), checked against the construction in tests/test_nf4.py.
+negative. `nf_code(4)` builds it in float64 from the unrounded δ'; `NF4_PUBLISHED` is the table
+printed in the paper's appendix and used by bitsandbytes: the same construction with δ rounded to
+0.9677083 and p in float32 (lesson 12, part 1), up to 1.8e-7 from nf_code(4). `nf4_code()`, the table
+minift quantizes with, is the published one, so minift stores the codes bitsandbytes stores for
+every weight (with nf_code(4), a weight within 1.8e-7 of a decision boundary would differ).
 
 **Blockwise quantization** (block B = 64 by default), for a weight flattened in row-major order:
 
@@ -79,8 +82,11 @@ def nf_code(bits: int, offset: float = NF4_OFFSET, device=None) -> torch.Tensor:
     return (v / v.max()).to(device=device, dtype=torch.float32)                             # in [-1, 1]
 
 
-def nf4_code(offset: float = NF4_OFFSET, device=None) -> torch.Tensor:
-    """The 16 NF4 values: 8 positive quantiles, 7 negative, 0."""
+def nf4_code(offset: float | None = None, device=None) -> torch.Tensor:
+    """The 16 NF4 values: 8 positive quantiles, 7 negative, 0: the published table (bitsandbytes'),
+    or, with another `offset`, nf_code(4, offset) built from it."""
+    if offset is None:
+        return torch.tensor(NF4_PUBLISHED, dtype=torch.float32, device=device)          # (16,)
     return nf_code(4, offset, device)
 
 
@@ -105,7 +111,7 @@ _TABLES: dict = {}
 
 
 def code_table(name: str, device) -> torch.Tensor:
-    """CODES[name]() on `device`, built once per (code, device) (nf4_code runs ndtri). Read-only:
+    """CODES[name]() on `device`, built once per (code, device) (nf_code runs ndtri). Read-only:
     every caller shares the tensor."""
     key = (name, str(torch.device(device)))
     if key not in _TABLES:

@@ -266,7 +266,7 @@ _CODE_CACHE: dict = {}
 
 
 def _code(name: str, device: torch.device) -> torch.Tensor:
-    """The 16-value code table, built once per (code, device): nf4_code() runs ndtri, ~0.1 ms."""
+    """The 16-value code table, built once per (code, device): nf_code() runs ndtri, ~0.1 ms."""
     key = (name, str(device))
     if key not in _CODE_CACHE:
         _CODE_CACHE[key] = CODES[name]().to(device).contiguous()

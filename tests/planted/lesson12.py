@@ -4,7 +4,7 @@ that run_<fn>'s conformance checks catch every one."""
 import torch
 
 from minift.conformance import reference as ref
-from minift.quant.nf4 import NF4_PUBLISHED, dequantize_absmax, nf4_code, quantize_absmax, quantize_blockwise
+from minift.quant.nf4 import NF4_PUBLISHED, dequantize_absmax, nf4_code, nf_code, quantize_absmax, quantize_blockwise
 
 CODE = torch.tensor(NF4_PUBLISHED)
 
@@ -54,8 +54,8 @@ def run_loftq__swapped_factors(W, r, iters, block_size=64):
 
 
 def run_nf4_code__float64_exact_delta():
-    """builds the code in float64 from the exact δ (minift's nf4_code): 1.8e-7 off the printed table"""
-    return nf4_code()
+    """builds the code in float64 from the exact δ (minift's nf_code(4)): 1.8e-7 off the printed table"""
+    return nf_code(4)
 
 
 def run_nf4_code__symmetric():
