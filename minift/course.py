@@ -45,6 +45,7 @@ import atexit
 import inspect
 import os
 import re
+import subprocess
 import sys
 import time
 from typing import Optional
@@ -53,7 +54,7 @@ import torch
 
 from . import figures, measure
 from .pretrain import BASE_DIR, recipe_differences
-from .report import KERNELS_ENV, header, kernels_note
+from .report import KERNELS_ENV, header, kernels_note, kernels_to_reproduce
 from .validate import number_arg
 # Re-exported, so that a walkthrough needs `course` alone: course.clock(), course.Bench(...), ...
 from .measure import clock, clock_name, device, forward_cpu_seconds, memory_note, sync  # noqa: F401
@@ -275,7 +276,9 @@ def run_starter(namespace: dict, argv: Optional[list] = None):
     """`python lessons/NN_x/exercise.py try_<what> [value ...] [name=value ...]`: call the exercise's
     starter `try_<what>` with those arguments (each read as a Python literal, else a string), e.g.
     `try_ppo 0.1 20`, `try_forgetting replay=0.25`, `try_lora_targets attn.c_attn mlp.c_fc`. One torch
-    thread, as in the walkthroughs."""
+    thread and, from the command line, the READMEs' CPU kernels, as in the walkthroughs: where torch
+    would run AVX-512 ones, the command runs again with ATEN_CPU_CAPABILITY=avx2 (unless it is set)."""
+    from_command_line = argv is None
     argv = list(sys.argv[1:] if argv is None else argv)
     starters = sorted(n for n, f in namespace.items() if n.startswith("try_") and callable(f))
     if not argv or argv[0] not in starters:
@@ -283,6 +286,11 @@ def run_starter(namespace: dict, argv: Optional[list] = None):
         raise SystemExit(f"usage: python {sys.argv[0]} try_<what> [value ...] [name=value ...]; the starters:\n{usage}")
     args = [_literal(a) for a in argv[1:] if "=" not in a]
     kwargs = {k: _literal(v) for k, v in (a.split("=", 1) for a in argv[1:] if "=" in a)}
+    want = kernels_to_reproduce(torch.backends.cpu.get_cpu_capability())
+    if from_command_line and want and os.environ.get(KERNELS_ENV) is None:   # as `minift run`: the READMEs'
+        print(f"note: running again on torch's {want.upper()} CPU kernels, the READMEs' ({KERNELS_ENV}={want}, "
+              f"which torch reads as it starts; set it yourself to choose others)", flush=True)
+        raise SystemExit(subprocess.call([sys.executable, sys.argv[0], *argv], env={**os.environ, KERNELS_ENV: want}))
     torch.set_num_threads(1)        # as `start` does: the walkthrough's numbers, and fair on a shared machine
     return namespace[argv[0]](*args, **kwargs)
 
