@@ -199,10 +199,13 @@ def cmd_check(args) -> int:
 
 @contextlib.contextmanager
 def _derandomized(on: bool):
-    """While on, CI=1: the checks draw the derandomized examples `minift grade` draws (put back after)."""
+    """While on, CI=1: the checks draw the derandomized examples `minift grade` draws; while off (--random),
+    no CI, which would derandomize them too. Put back after."""
     before = os.environ.get("CI")
     if on:
         os.environ["CI"] = "1"
+    else:
+        os.environ.pop("CI", None)
     try:
         yield
     finally:
@@ -312,7 +315,8 @@ def cmd_golden(args) -> int:
             info = golden.run_impl(impl, out, args.against or golden.GOLDEN_DIR, args.only)
         except ValueError as e:
             return _usage_error(f"minift golden: {e}")
-        print(f"wrote the outputs of {args.impl} for {info['cases']} golden cases to {out}/; "
+        print(f"wrote the outputs of {args.impl} for {info['cases'] - info['missing_cases']} of {info['cases']} "
+              f"golden cases to {out}/; "
               f"compare them with `minift verify --golden {out}" + (f" --only {args.only}" if args.only else "") + "`")
         if info["missing"]:
             print(f"left without outputs (counted missing): the cases of {', '.join(info['missing'])}, which "

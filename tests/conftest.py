@@ -20,6 +20,24 @@ register_profiles()
 settings.load_profile("ci" if os.environ.get("CI") else "dev")
 
 
+try:                                            # hypothesis' own lookup, before the fixture below swaps it
+    from hypothesis.internal.conjecture import providers as _providers
+    _LOCALS = (_providers._get_local_constants, _providers.CONSTANTS_CACHE)
+except (ImportError, AttributeError):           # a hypothesis without local constants
+    _providers, _LOCALS = None, None
+
+
+@pytest.fixture
+def hypothesis_local_constants(monkeypatch):
+    """hypothesis' local constants as it draws them outside this suite (for a test of the harness's own
+    switch, which the session fixture below would otherwise hide under CI)."""
+    if _LOCALS is not None:
+        get, cache = _LOCALS
+        monkeypatch.setattr(_providers, "_get_local_constants", get)
+        monkeypatch.setattr(_providers, "CONSTANTS_CACHE", type(cache)(cache.max_size) if hasattr(cache, "max_size") else {})
+    return _LOCALS is not None
+
+
 @pytest.fixture(scope="session", autouse=True)
 def _examples_of_the_test_alone():
     """With CI set, every @given test draws the same examples until the test itself changes. Hypothesis

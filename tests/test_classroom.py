@@ -195,7 +195,8 @@ def test_grade_refuses_what_is_not_a_submission(tmp_path):
         classroom.grade_class(LESSONS[0], [tmp_path / "x.py"], jobs=0)
 
 
-def test_two_files_that_differ_only_in_their_numbers_are_checked_on_the_same_examples(tmp_path, monkeypatch):
+def test_two_files_that_differ_only_in_their_numbers_are_checked_on_the_same_examples(tmp_path, monkeypatch,
+                                                                                     hypothesis_local_constants):
     """Hypothesis mixes literals of loaded local modules into its draws; a graded file is one. Without
     strategies.no_local_constants, a file with a few more numbers in it drew other examples (a student's
     own constants chose their tests)."""
@@ -284,7 +285,10 @@ def test_a_file_that_reaches_into_minift_is_flagged_for_the_teacher(tmp_path):
         "import minift.peft.lora as L\n": "line 1: minift.peft.lora (at module level)",
         "def run_x(a):\n    from minift.model import GPT\n    return a\n": "line 2: minift.model (in run_x)",
         "import importlib\nM = importlib.import_module('minift.conformance.reference')\n": "minift.conformance.reference",
-        "def try_it():\n    from minift import course\n": "",                    # a "try it" starter may
+        "def _h(a):\n    from minift.peft import lora\n\n\ndef run_x(a):\n    return _h(a)\n":
+            "line 2: minift.peft (in _h)",                                      # a helper of a run_* function
+        "def try_it():\n    from minift.conformance import lesson01_training_loop\n": "",   # a starter may
+        "if __name__ == '__main__':\n    from minift.course import run_starter\n": "",     # every stub's last lines
         "import math\n\n\ndef run_x(a):\n    return math.sqrt(a)\n": "",
         "def run_x(:\n": "",                                                     # does not parse: no flag
     }
@@ -293,6 +297,8 @@ def test_a_file_that_reaches_into_minift_is_flagged_for_the_teacher(tmp_path):
         f.write_text(text)
         got = classroom.uses_minift(f)
         assert (flag in got and got.startswith("uses minift")) if flag else got == "", (text, got)
+    flagged = {les["nn"]: classroom.uses_minift(les["dir"] / "exercise.py") for les in GRADED}
+    assert not any(flagged.values()), flagged                                # the stubs themselves: never
 
 
 def test_reports_never_overwrite_each_other_and_other_files_are_named(tmp_path):
@@ -318,3 +324,30 @@ def test_check_json_stays_parseable_when_the_file_prints_and_an_import_error_is_
                        capture_output=True, text=True, timeout=300, cwd=str(tmp_path))
     g = json.loads(r.stdout)
     assert r.returncode == 2 and g["status"] == "import error" and "SyntaxError" in g["error"]
+
+
+def test_a_file_stopped_while_imported_still_gets_its_report_and_a_nonzero_exit_after_grading_keeps_the_grade(tmp_path):
+    les = next(le for le in GRADED if le["nn"] == "04")
+    slow = tmp_path / "bob.py"                         # stopped while imported, and flagged: it imports minift
+    slow.write_text("import time\nfrom minift.conformance import reference  # noqa: F401\ntime.sleep(100)\n")
+    row = classroom.grade_one(les, slow, timeout=5, report=tmp_path / "bob.txt")
+    assert (row["status"], row["points"]) == ("timeout", 0) and "while being imported" in row["note"]
+    text = (tmp_path / "bob.txt").read_text()
+    assert text.startswith("note: uses minift") and "timeout: stopped after 5 s while being imported" in text
+    late = tmp_path / "ann.py"                         # right answers, then an exit status 3 at interpreter exit
+    late.write_text(L04 + "import atexit\nimport os\nfrom minift.conformance.reference import run_trainable_share"
+                    "  # noqa: F401\natexit.register(os._exit, 3)\n")
+    row = classroom.grade_one(les, late, timeout=240)
+    assert (row["status"], row["points"]) == ("graded", 3)
+
+
+def test_check_random_draws_random_examples_even_under_ci(monkeypatch):
+    from minift import cli
+    from minift.conformance.strategies import derandomize
+    monkeypatch.setenv("CI", "1")
+    seen = []
+    monkeypatch.setattr(classroom, "grade", lambda *a, **k: seen.append(derandomize()) or {"points": 0, "max_points": 0})
+    monkeypatch.setattr(classroom, "report_text", lambda g: "")
+    for flags in ([], ["--random"]):
+        cli.main(["check", "04", "--impl", str(ROOT / "lessons" / "04_selective" / "exercise.py"), *flags])
+    assert seen == [True, False] and os.environ["CI"] == "1"                  # and CI put back

@@ -183,3 +183,16 @@ def test_the_golden_inputs_are_varied_not_hypothesis_first_simplest_draws():
     assert zeros < 0.05 * len(args), (zeros, len(args))
     ranks = [c["args"]["list"][-1]["value"] for c in cases if c["adapter"] == "run_lora_linear"]
     assert sum(r > 1 for r in ranks) >= 5, ranks
+
+
+@pytest.mark.parametrize("bad", [{"tensor": ["a"]}, {"list": 5}, {"dict": [1]}, {"tuple": "ab"}])
+def test_a_malformed_candidate_value_is_a_failed_case_not_a_traceback(tmp_path, bad):
+    out = tmp_path / "out"
+    golden.run_impl(reference, out, only="run_softmax")
+    index = json.loads((out / "index.json").read_text())
+    index["cases"][0]["output"] = bad
+    index["cases"].append({"id": ["not", "a", "string"], "output": {"value": 1}})     # ignored, not a crash
+    (out / "index.json").write_text(json.dumps(index))
+    rows = {r["id"]: r for r in golden.verify(out, only="run_softmax")}
+    first = rows[index["cases"][0]["id"]]
+    assert first["status"] == "FAIL" and "golden file" in first["error"], first

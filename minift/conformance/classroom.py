@@ -207,7 +207,7 @@ def write_whole(path, text: str) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
+    tmp.write_text(text, encoding="utf-8")
     tmp.replace(path)
 
 
@@ -253,36 +253,53 @@ def grade_one(lesson: dict, path, timeout: float, threads: int = 1, report=None,
     uses = uses_minift(path)
     if uses:
         row["note"] = "; ".join(x for x in (f"CHECK BY HAND: {uses}", row["note"]) if x)
-    if report is not None and row["status"] not in ("graded", "timeout"):
+    if report is not None and row["status"] not in ("graded", "timeout"):      # those two wrote theirs
         write_whole(report, f"lesson {lesson['nn']}: grading {path}\n\n{row['status']}: {row['note']}\n")
     if report is not None and uses:                          # the student reads it too: the rule it breaks
-        Path(report).write_text(f"note: {uses}; the exercises' rules say not to call minift, so a teacher "
-                                f"checks this file by hand.\n\n" + Path(report).read_text())
+        write_whole(report, f"note: {uses}; the exercises' rules say not to call minift, so a teacher checks "
+                            f"this file by hand.\n\n" + Path(report).read_text(encoding="utf-8"))
     return row
 
 
 def uses_minift(path) -> str:
-    """'' or what in the file reaches into minift where an exercise must not: an import of
-    minift.conformance (the reference solutions and the checks themselves) anywhere, or of any minift
-    module at module level or inside a run_* function (the "try it" starters may import minift)."""
+    """'' or where the graded code reaches into minift, which the exercises' rules forbid: an import of
+    a minift module (or the string "minift.conformance", as importlib would take it) at module level,
+    in a run_* function, or in a function a run_* function calls. The "try it" starters, the
+    `if __name__ == "__main__":` block and the helpers only they use may import minift: every stub does."""
     try:
-        tree = ast.parse(Path(path).read_text(errors="replace"))
+        tree = ast.parse(Path(path).read_text(encoding="utf-8", errors="replace"))
     except (SyntaxError, ValueError, OSError):
         return ""
+    functions = {n.name: n for n in ast.walk(tree) if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))}
+    graded, todo = set(), [name for name in functions if name.startswith("run_")]
+    while todo:                                               # run_* and what they call, by name, in this file
+        name = todo.pop()
+        if name in graded:
+            continue
+        graded.add(name)
+        todo += [c.id for c in ast.walk(functions[name]) if isinstance(c, ast.Name) and c.id in functions]
     hits = []
+
+    def imports(node) -> list[str]:
+        if isinstance(node, ast.Import):
+            return [a.name for a in node.names]
+        if isinstance(node, ast.ImportFrom) and not node.level:
+            return [node.module or ""]
+        if isinstance(node, ast.Constant) and isinstance(node.value, str) and "minift.conformance" in node.value:
+            return [node.value]
+        return []
 
     def visit(node, where: str):
         for child in ast.iter_child_nodes(node):
-            inside = f"in {child.name}" if isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef)) else where
-            mods = ([a.name for a in child.names] if isinstance(child, ast.Import)
-                    else [child.module or ""] if isinstance(child, ast.ImportFrom) and not child.level else [])
-            if isinstance(child, ast.Constant) and isinstance(child.value, str) and "minift.conformance" in child.value:
-                mods = [child.value]                          # importlib.import_module("minift.conformance...")
-            for m in mods:
-                ours = m == "minift" or m.startswith("minift.")
-                if ours and ("conformance" in m or where == "at module level" or where.startswith("in run_")):
-                    hits.append(f"line {child.lineno}: {m} ({where})")
-            visit(child, inside)
+            if isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+                if child.name in graded:
+                    visit(child, f"in {child.name}")
+                continue                                      # a starter or a helper of starters: free
+            if isinstance(child, ast.If) and "__main__" in ast.unparse(child.test):
+                continue                                      # the command-line block of every stub
+            hits.extend(f"line {child.lineno}: {m} ({where})" for m in imports(child)
+                        if m == "minift" or m.startswith("minift."))
+            visit(child, where)
     visit(tree, "at module level")
     return ("uses minift: " + ", ".join(dict.fromkeys(hits))[:200]) if hits else ""
 
@@ -334,8 +351,10 @@ def _grade_child(lesson: dict, path: Path, timeout: float, threads: int, report,
                 else:                                       # Windows: no process groups here
                     proc.kill()
                 proc.communicate()
-                return _stopped(lesson, path, row, log, timeout, report)
-            if proc.returncode in (0, 1) and out.is_file():  # 0: full marks, 1: not (minift check's codes)
+                row = _stopped(lesson, path, row, log, timeout, report)
+                return row | ({"note": row["note"] + f" ({len(crashes)} check{'s' * (len(crashes) > 1)} ended the "
+                               f"interpreter, in {', '.join(dict.fromkeys(crashes))})"} if crashes else {})
+            if out.is_file():      # written whole at the end: the grade, whatever the exit after it (atexit, teardown)
                 g = json.loads(out.read_text())
                 note = _failing_note(g["failures"])
                 return row | {"status": "graded", "points": g["points"], "max_points": g["max_points"],
@@ -378,7 +397,10 @@ def _stopped(lesson: dict, path: Path, row: dict, log: Path, timeout: float, rep
     if report is not None and any("imported" in e for e in _events(log)):
         write_whole(report, report_text(g) + "\n")
     if not any("imported" in e for e in _events(log)):
-        return row | {"status": "timeout", "note": f"stopped after {timeout:g} s while being imported"}
+        row = row | {"status": "timeout", "note": f"stopped after {timeout:g} s while being imported"}
+        if report is not None:
+            write_whole(report, f"lesson {lesson['nn']}: grading {path}\n\ntimeout: {row['note']}\n")
+        return row
     return row | {"status": "timeout", "points": g["points"],
                   "exercises": {e["adapter"]: e["points"] for e in g["exercises"]},
                   "note": f"stopped after {timeout:g} s" + (f" in {CHECKS[running].adapter}" if running else "")
@@ -471,5 +493,8 @@ def gradebook_table(rows: list[dict]) -> str:
              f"{'-' * w[0]}  {'-' * w[1]}  {'-' * w[2]}  {'-' * len(head[3])}"]
     lines += [f"{a:<{w[0]}}  {b:<{w[1]}}  {c:>{w[2]}}  {d}" for a, b, c, d in body]
     n = sum(r["status"] == "graded" for r in rows)
-    lines.append(f"{n} of {len(rows)} file(s) graded" + (f"; {len(rows) - n} could not be (see status)" if n < len(rows) else ""))
+    part = sum(r["status"] == "timeout" and "checks graded" in r["note"] for r in rows)   # stopped, points kept
+    lines.append(f"{n} of {len(rows)} file(s) graded" + (f"; {part} stopped at the time limit, with the points of "
+                 f"the checks graded before" if part else "") + (f"; {len(rows) - n - part} could not be (see status)"
+                                                                  if n + part < len(rows) else ""))
     return "\n".join(lines)

@@ -54,7 +54,7 @@ FORMAT = 1
 GOLDEN_DIR = Path(__file__).resolve().parents[2] / "data" / "golden"
 PER_CHECK = 3                       # cases recorded per (check, run_* function): its first calls,
 VARIED = 2                          # and the most varied of its next ones
-CANDIDATES = 12                     # calls looked at per (check, function)
+CANDIDATES = 12                     # calls looked at per (check, function): the first 3 and the next 9
 ATOL, RTOL = 1e-5, 1e-4             # float32 outputs; integer and bool outputs must match exactly
 TOLERANCES = {                      # functions whose outputs go through long float32 reductions
     "run_gpt_block": (1e-4, 1e-3), "run_quant_lora_matmul": (1e-4, 1e-3),
@@ -97,6 +97,11 @@ def decode(obj, tensors: dict):
     """The inverse of `encode` (tensors looked up in `tensors`); ValueError for anything else."""
     if not isinstance(obj, dict):
         raise ValueError(f"golden file: a value must be a JSON object such as {{\"value\": 3}}, got {json.dumps(obj)[:80]}")
+    kinds = {"tensor": str, "list": list, "tuple": list, "dict": dict}
+    for kind, want in kinds.items():
+        if kind in obj and not isinstance(obj[kind], want):
+            raise ValueError(f"golden file: {{\"{kind}\": ...}} holds a {type(obj[kind]).__name__}, expected a "
+                             f"{want.__name__}: {json.dumps(obj)[:80]}")
     if "tensor" in obj:
         if obj["tensor"] not in tensors:
             raise ValueError(f"golden file refers to tensor {obj['tensor']!r}, which tensors.safetensors lacks")
@@ -312,7 +317,8 @@ def run_impl(impl, out_dir, golden_dir=GOLDEN_DIR, only=None) -> dict:
     """Call `impl` (a module or a path to a .py file with run_* functions) on every golden input (of
     the checks `only` selects) and write its outputs to out_dir in the golden layout. A case that
     raises is written with {"error": "..."} as its output; one whose function impl lacks, without an
-    output (missing). Returns {"cases": n written, "missing": [functions impl lacks]}."""
+    output (missing). Returns {"cases": n written, "missing": [functions impl lacks], "missing_cases": n
+    of the cases without an output}."""
     if isinstance(impl, (str, os.PathLike)):
         impl = load_impl(impl)
     cases, tensors = load(golden_dir)
@@ -334,7 +340,8 @@ def run_impl(impl, out_dir, golden_dir=GOLDEN_DIR, only=None) -> dict:
             new["output"] = {"error": f"{type(e).__name__}: {e}"[:300]}
         out_cases.append(new)
     _write(Path(out_dir), out_cases, out_tensors)
-    return {"cases": len(out_cases), "missing": missing}
+    return {"cases": len(out_cases), "missing": missing,
+            "missing_cases": sum("output" not in c for c in out_cases)}
 
 
 # ---- comparing -------------------------------------------------------------------------------
@@ -394,7 +401,7 @@ def verify(candidate_dir, golden_dir=GOLDEN_DIR, only=None) -> list[dict]:
     ref_cases, ref_t = load(golden_dir)
     ref_cases = _selected(ref_cases, only)
     got_cases, got_t = load(candidate_dir)
-    got = {c.get("id"): c for c in got_cases if isinstance(c, dict)}
+    got = {c["id"]: c for c in got_cases if isinstance(c, dict) and isinstance(c.get("id"), str)}
     rows = []
     for c in ref_cases:
         row = {"id": c["id"], "adapter": c["adapter"], "status": "PASS", "error": ""}

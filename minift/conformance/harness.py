@@ -246,15 +246,15 @@ def tensor(a: np.ndarray) -> torch.Tensor:
 
 
 def output(y, shape, what: str, dtype: Optional[torch.dtype] = torch.float32) -> np.ndarray:
-    """The impl's output as float64 numpy, after checking it is a tensor of the expected shape and
-    dtype (float32 unless said otherwise, the dtype of the inputs; None: any)."""
+    """The impl's output as float64 numpy, once it is a tensor of the expected shape and dtype (None: any)."""
     if not isinstance(y, torch.Tensor):
         raise AssertionError(f"{what} must return a torch.Tensor, got {type(y).__name__}")
     if tuple(y.shape) != tuple(shape):
         raise AssertionError(f"{what} returned shape {tuple(y.shape)}, expected {tuple(shape)}")
     if dtype is not None and y.dtype != dtype:
-        raise AssertionError(f"{what} returned a {str(y.dtype).removeprefix('torch.')} tensor, expected "
-                             f"{str(dtype).removeprefix('torch.')} (the dtype of its inputs)")
+        got, want = (str(t).removeprefix("torch.") for t in (y.dtype, dtype))
+        raise AssertionError(f"{what} returned a{'n' * (got[0] in 'aeiou')} {got} tensor, expected {want}"
+                             + " (the dtype of its inputs)" * (dtype == torch.float32))
     return y.detach().cpu().to(torch.float64).numpy()
 
 

@@ -9,8 +9,8 @@
                                                        dequantize, the whole storage path of QLoRA
 
 The reference delegates to `minift/quant/nf4.py` (`quantize_blockwise`, `pack_4bit`,
-`quantize_absmax` and their inverses). `nf4_code()` there builds the code in float64 from the exact δ and lands within
-1.8e-7 of the paper's table; `run_nf4_code` follows bitsandbytes' recipe (δ rounded to 0.9677083,
+`quantize_absmax` and their inverses). `nf_code(4)` there builds the code in float64 from the exact δ and lands
+within 1.8e-7 of the paper's table, and `nf4_code()` is that table; `run_nf4_code` follows bitsandbytes' recipe (δ rounded to 0.9677083,
 p in float32, Φ⁻¹ in float64, the division by the largest value in float32), which gives the
 printed table bit for bit. The checks compare with that table (`NF4_TABLE`), with the golden
 vectors in data/golden (loaded through `golden.load`), and with float64 numpy formulas.

@@ -15,8 +15,10 @@ the 15- and 16-slice choices, since Φ⁻¹(1) = ∞. The code is asymmetric: 8 
 negative. `nf_code(4)` builds it in float64 from the unrounded δ'; `NF4_PUBLISHED` is the table
 printed in the paper's appendix and used by bitsandbytes: the same construction with δ rounded to
 0.9677083 and p in float32 (lesson 12, part 1), up to 1.8e-7 from nf_code(4). `nf4_code()`, the table
-minift quantizes with, is the published one, so minift stores the codes bitsandbytes stores for
-every weight (with nf_code(4), a weight within 1.8e-7 of a decision boundary would differ).
+minift quantizes with, is the published one, and its float32 decision boundaries are bitsandbytes'
+thresholds, so minift stores the codes bitsandbytes computes by w / c_b (its CUDA kernel multiplies
+by 1 / c_b, which can round a weight a float32 step from a boundary the other way); with nf_code(4),
+a weight within 1.8e-7 of a boundary would differ.
 
 **Blockwise quantization** (block B = 64 by default), for a weight flattened in row-major order:
 

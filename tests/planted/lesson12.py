@@ -53,6 +53,16 @@ def run_loftq__swapped_factors(W, r, iters, block_size=64):
     return Q, B.T.contiguous(), A.T.contiguous()
 
 
+def run_nf4_quantize__ties_go_up(w, block_size=64):
+    """a value exactly between two NF4 values takes the upper index (bucketize right=True), not
+    bitsandbytes' lower one"""
+    blocks = w.float().reshape(-1, block_size)
+    absmax = blocks.abs().amax(1)
+    x = torch.where(absmax[:, None] > 0, blocks / absmax[:, None], 0.0)
+    mid = (CODE[1:] + CODE[:-1]) / 2
+    return torch.bucketize(x, mid, right=True).reshape(-1).to(torch.uint8), absmax
+
+
 def run_nf4_code__float64_exact_delta():
     """builds the code in float64 from the exact δ (minift's nf_code(4)): 1.8e-7 off the printed table"""
     return nf_code(4)
