@@ -13,8 +13,8 @@ functions. Inputs are float32 unless a docstring says otherwise; return tensors.
 
 Below the stubs, the starters of the README's "try it" exercises (they call minift):
 
-    python lessons/05_lora/exercise.py try_lora_plus_wte    # exercise 4, about 20 s
-    python lessons/05_lora/exercise.py try_rslora           # exercise 5, about 20 s
+    python lessons/05_lora/exercise.py try_lora_plus_wte    # exercise 6, about 12 s of CPU
+    python lessons/05_lora/exercise.py try_rslora           # exercise 7, about 10 s of CPU
 """
 import math  # noqa: F401
 
@@ -149,7 +149,8 @@ def run_unmerge_lora(model):
 # ---- "try it" starters (run: python lessons/05_lora/exercise.py try_<what>) ---------------------------
 
 def _bench(methods, probe=True, steps=100):
-    """Lesson 05's bench: NER on TinyWorld, 100 steps x 8, val and test F1, the body's forgetting."""
+    """Lesson 05's bench: NER on TinyWorld, 100 steps x 8, val and test F1, the body's forgetting (the
+    walkthrough's probe: 16 pretraining windows, 72 facts)."""
     from minift import course
     from minift.heads import ner_splits
     from minift.pretrain import load_base
@@ -157,14 +158,15 @@ def _bench(methods, probe=True, steps=100):
     torch.set_num_threads(1)
     _, tok = load_base()
     return course.Bench(methods, tok, ner_splits(tok, 128), steps=steps, batch=8, dev="val",
-                        warmup_steps=max(1, steps // 10), probe=dict(n_windows=4, n_facts=24) if probe else None,
+                        warmup_steps=max(1, steps // 10), probe=dict(n_windows=16, n_facts=72) if probe else None,
                         width=24)
 
 
 def try_lora_plus_wte(lr=1e-2):
-    """Exercise 4's starter (about 20 s): LoRA r=4 on W_q, W_v with the lesson's recipe, then the same
+    """Exercise 6's starter (about 12 s of CPU): LoRA r=4 on W_q, W_v with the lesson's recipe, then the same
     with the token embedding `transformer.wte.` trainable too. Prints trainable parameters, val and
-    test F1, and the body's pretraining perplexity after training (a small probe: 4 windows)."""
+    test F1, and the body's pretraining perplexity after training (the walkthrough's probe, so the
+    first line is part 2's LoRA r=4 q,v row)."""
     from minift.peft.lora import LoRAConfig
 
     bench = _bench({"LoRA r=4 q,v": LoRAConfig(r=4)})
@@ -176,7 +178,7 @@ def try_lora_plus_wte(lr=1e-2):
 
 
 def try_rslora(ranks=(1, 4, 16), alpha=16.0, lr=1e-2):
-    """Exercise 5's starter (about 20 s): prints s for LoRA and rsLoRA at each rank, then trains rsLoRA
+    """Exercise 7's starter (about 10 s of CPU): prints s for LoRA and rsLoRA at each rank, then trains rsLoRA
     (W_q, W_v, alpha 16) at each rank with the lesson's recipe at one lr. Change lr to see where
     each rank's best rate moves."""
     from minift.peft.lora import LoRAConfig

@@ -123,7 +123,7 @@ def try_crowd_direction(n_texts=64):
 def try_prompt_from_ids(ids=None, n=16, steps=100, lr=3e-1, seed=0):
     """Exercise 6, second half: train one prompt (PromptConfig(n_tokens=n, init="text",
     init_ids=ids)) on the lesson's NER task with the walkthrough's data, steps, batch, rate and seed,
-    and print dev and test F1. ids=None draws n token ids outside the crowd (seeded). About 20 s of
+    and print dev and test F1. ids=None draws n token ids outside the crowd (seeded). About 9 s of
     CPU time at 100 steps; steps=20 for a quick look (its F1 means little)."""
     from minift import course
     from minift.heads import ner_splits

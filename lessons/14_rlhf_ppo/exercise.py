@@ -13,8 +13,9 @@ EOS) and 0 on padding. "mean over real tokens" is Σ m x / Σ m over the whole b
 
 Rules: the run_* functions are plain PyTorch (torch, torch.nn.functional; `@`, indexing and
 slicing are fine); do not call minift. The try_* starters at the bottom call the library: they
-run small experiments for the README's "try it" exercises
-(`python lessons/14_rlhf_ppo/exercise.py try_reward_pairs`).
+run small experiments for the README's "try it" exercises. Run them from your copy
+(`python exercises/14_rlhf_ppo.py try_reward_pairs`, after `minift exercise 14`): try_reward_pairs
+reads the EXTRA_PAIRS of the file it is in.
 """
 
 import torch  # noqa: F401
@@ -67,7 +68,7 @@ def run_ppo_loss(logp, old_logp, adv, mask, clip=0.2):
     """PPO's clipped surrogate (Schulman et al., 2017), to MINIMISE, a scalar:
 
         ρ_t = exp(logp_t − old_logp_t)
-        L   = −(1/n) Σ_t m_t min(ρ_t A_t, clip(ρ_t, 1 − ε, 1 + ε) A_t)       n = Σ_t m_t, ε = clip
+        L   = −(1/M) Σ_t m_t min(ρ_t A_t, clip(ρ_t, 1 − ε, 1 + ε) A_t)       M = Σ_t m_t, ε = clip
 
     logp (with gradients), old_logp, adv, mask: (B, N). It must stay differentiable in logp: the
     gradient is what trains the policy, and it is 0 exactly where the clip is active.
@@ -80,7 +81,7 @@ def run_ppo_value_loss(v, old_v, returns, mask, clip=0.2):
     """PPO's clipped value loss, a scalar:
 
         v_clip = old_v + clip(v − old_v, −ε_V, ε_V)                            ε_V = clip
-        L_V    = ½ (1/n) Σ_t m_t max((v_t − R_t)², (v_clip,t − R_t)²)
+        L_V    = ½ (1/M) Σ_t m_t max((v_t − R_t)², (v_clip,t − R_t)²)       M = Σ_t m_t
 
     v, old_v, returns, mask: (B, N).
     """
@@ -157,12 +158,15 @@ def run_lora_kl(hidden, weight, lora_A, lora_B, scaling, tokens, mask):
 
 # ---- starters for the README's "try it" exercises (they call the library) ----
 
-EXTRA_PAIRS = []   # exercise 5: your {"prompt", "chosen", "rejected"} pairs, added to the reward model's training data
+# exercise 5: your {"prompt", "chosen", "rejected"} pairs, added to the reward model's training data. Fill them in
+# your copy and run that file (python exercises/14_rlhf_ppo.py try_reward_pairs): it reads this list.
+EXTRA_PAIRS = []
 
 
 def _sft_and_reward_model(sft_steps, rm_steps, extra_pairs=(), seed=0):
     """π_SFT (the base fine-tuned on the chosen answers) and a reward model trained from it on the train
-    pairs plus `extra_pairs`: the walkthrough's parts 1 and 2 at a smaller budget (it uses 150 and 100)."""
+    pairs plus `extra_pairs`: the walkthrough's parts 1 and 2 with sft_steps and rm_steps steps (the
+    walkthrough uses 50 and 45)."""
     from minift.align.reward import RewardConfig, train_reward_model
     from minift.evals import preference_examples, train_sft_policy
     from minift.pretrain import load_base
@@ -180,7 +184,10 @@ def _sft_and_reward_model(sft_steps, rm_steps, extra_pairs=(), seed=0):
 def try_reward_pairs(sft_steps=60, rm_steps=60, seed=0):
     """Exercise 5: train the reward model with EXTRA_PAIRS added (empty: the baseline) and print its
     held-out accuracy and the spurious-feature line: does it still prefer a fact answer without its
-    final '.'? A little longer than the walkthrough's parts 1 and 2. Run it once as it is, then with your pairs."""
+    final '.'? π_SFT and the reward model train 60 steps each by default, longer than the walkthrough's
+    50 and 45, so the baseline's numbers are not part 4's. Run it once with the list empty, then with
+    your pairs, from your copy (python exercises/14_rlhf_ppo.py try_reward_pairs): it reads the
+    EXTRA_PAIRS of the file it is in."""
     from minift.evals import evaluate_reward_model, preference_examples
 
     _, tok, _, rm, hist = _sft_and_reward_model(sft_steps, rm_steps, EXTRA_PAIRS, seed)
@@ -197,15 +204,17 @@ def try_reward_pairs(sft_steps=60, rm_steps=60, seed=0):
 
 
 def try_ppo(beta=0.2, iterations=6, batch_size=16, sft_steps=60, rm_steps=40, seed=0):
-    """Exercise 6: one PPO run at KL coefficient `beta` (lesson 14's recipe otherwise), printing per
-    iteration the mean RM score of the samples, the KL to π_SFT (nats per response), and the objective
-    E[r_φ] − β KL the run maximises. About as long as the walkthrough's parts 1 and 2 plus one PPO
-    run at these defaults; the walkthrough runs 10 iterations of 16 from a π_SFT of 50 steps and a
-    reward model of 45."""
+    """Exercise 6: one PPO run at KL coefficient `beta` (lesson 14's recipe otherwise). Prints per
+    iteration the mean RM score of that iteration's training samples, their KL to π_SFT (nats per
+    response) and score − β KL, the objective the run maximises; then the same three on held-out
+    prompts, measured as in part 4 (the first 32 val prompts, one temperature-1 sample each, seed 1),
+    for π_SFT and for the trained policy. About as long as the walkthrough's parts 1 and 2 plus one
+    PPO run at these defaults; the walkthrough runs 10 iterations of 16 from a π_SFT of 50 steps and a
+    reward model of 45, so these numbers are not part 4's."""
     import copy
 
     from minift.align.ppo import PPOConfig, frozen_copy, train_ppo
-    from minift.evals import preference_examples
+    from minift.evals import evaluate_policy, preference_examples
 
     _, tok, sft, rm, _ = _sft_and_reward_model(sft_steps, rm_steps, (), seed)
     policy = copy.deepcopy(sft)                                    # trained in place; sft stays the reference
@@ -213,11 +222,16 @@ def try_ppo(beta=0.2, iterations=6, batch_size=16, sft_steps=60, rm_steps=40, se
         p.requires_grad_(True)
     cfg = PPOConfig(steps=iterations, batch_size=batch_size, minibatch_size=min(16, batch_size), ppo_epochs=4, lr=1e-4,
                     kl_coef=beta, max_new_tokens=20, seed=seed)
-    hist = train_ppo(policy, [e["prompt"] for e in preference_examples("train")], cfg, ref=frozen_copy(sft),
+    ref = frozen_copy(sft)
+    hist = train_ppo(policy, [e["prompt"] for e in preference_examples("train")], cfg, ref=ref,
                      reward_model=rm, tok=tok, progress=False)
-    print(f"{'iteration':>9}  {'RM score':>8}  {'KL':>6}  {'score − β KL':>12}")
+    print(f"{'iteration':>15}  {'RM score':>8}  {'KL':>6}  {'score − β KL':>12}")
     for h in hist:
-        print(f"{h['iter']:>9}  {h['score']:>+8.2f}  {h['kl']:>6.2f}  {h['score'] - beta * h['kl']:>+12.2f}")
+        print(f"{h['iter']:>15}  {h['score']:>+8.2f}  {h['kl']:>6.2f}  {h['score'] - beta * h['kl']:>+12.2f}")
+    held_out = preference_examples("val")[:32]                     # part 4's prompts: people PPO never saw
+    for name, pol in (("held-out π_SFT", sft), ("held-out PPO", policy)):
+        e = evaluate_policy(pol, ref, rm, tok, held_out, cfg.max_new_tokens, greedy=False, seed=1)
+        print(f"{name:>15}  {e['score']:>+8.2f}  {e['kl']:>6.2f}  {e['score'] - beta * e['kl']:>+12.2f}")
     return hist
 
 
@@ -225,8 +239,9 @@ def try_lora_ppo(r=8, lr=1e-3, targets="all", beta=0.2, iterations=10, batch_siz
     """Exercise 8: PPO that trains LoRA adapters only, with π_ref = the same policy with its adapters
     disabled (train_ppo(ref=None): no frozen copy). `targets`: "qv" (W_q, W_v) or "all" (every linear
     layer of every block). Prints per iteration the mean RM score of the samples, the KL to π_SFT and
-    score − β KL, then how many numbers were trained. Compare with part 6's table in the README (its
-    π_SFT and reward model are trained longer: 50 and 45 steps of the walkthrough vs these defaults)."""
+    score − β KL, then how many numbers were trained. Compare with part 6's table in the README, whose
+    π_SFT and reward model train 50 and 45 steps (these defaults: 60 and 40), so the numbers differ.
+    Each iteration's KL is a k1 estimate from that iteration's samples: near π_SFT it can come out below 0."""
     import copy
 
     from minift.align.ppo import PPOConfig, train_ppo
