@@ -25,7 +25,7 @@ temperatures = st.one_of(st.sampled_from([1.0, 2.0, 1 / 0.3, 0.5, math.inf]), st
 
 
 def _expected(sizes, T, cap=None):
-    """p_i = min(n_i, K)^(1/T) / Σ_j min(n_j, K)^(1/T) in float64 numpy (no log-space shift)."""
+    """p_i = min(n_i, K_cap)^(1/T) / Σ_j min(n_j, K_cap)^(1/T) in float64 numpy (no log-space shift)."""
     n = np.minimum(np.array(sizes, np.float64), cap if cap is not None else np.inf)
     w = np.ones_like(n) if math.isinf(T) else n ** (1.0 / T)
     return w / w.sum()

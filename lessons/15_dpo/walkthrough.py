@@ -359,6 +359,11 @@ table(("policy", "β", "target", "log π", "acc h > 0", "log π rank", "mean h",
 print("log π: summed or length-averaged over the answer (IPO is fed averages, so its target 1/(2β) is per token, "
       "and its h, Δ columns are per token). greedy = y_w / = y_l: share of held-out prompts whose greedy answer is "
       f"exactly the chosen / the rejected one; facts right: = y_w on the {len(facts)} fact prompts.")
+for r in results.values():                 # a per-token row's drift in the other rows' unit: summed over the answer
+    if r["cfg"].average_logps:
+        d = r["lp"] - lp_sft                                                              # summed log π (2, N)
+        print(f"{r['name']} β={r['cfg'].beta:g}, Δ log π summed over the answer (the unit of the other rows): "
+              f"y_w {float(d[0].mean()):+.2f}, y_l {float(d[1].mean()):+.2f} nats")
 MARGIN = 0.02
 
 
@@ -411,7 +416,9 @@ def seed_spread():
         rows.append((key[0], f"{key[1]:g}", *per_seed([g["chosen"] for g in gs]), *per_seed([g["fact_correct"] for g in gs]),
                      f"{held} of {len(seeds)}"))
     table(("policy", "β", "greedy = y_w per seed", "mean", "facts right per seed", "mean", "both targets hold"), rows)
-    print(f"acc h > 0 (a share, 0 to 1) and Δ log π(y_w) (nats): part 3's columns, on the {len(val_ex)} held-out "
+    per_token = sorted({key[0] for key, r in results.items() if r["cfg"].average_logps})
+    unit = "nats, summed over the answer" + (f"; {', '.join(per_token)}: per token" if per_token else "")
+    print(f"acc h > 0 (a share, 0 to 1) and Δ log π(y_w) ({unit}): part 3's columns, on the {len(val_ex)} held-out "
           f"pairs; greedy = y_w, facts right and both targets: part 3's, each seed's rows against its own π_SFT.")
 
 

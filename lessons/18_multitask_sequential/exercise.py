@@ -23,12 +23,12 @@ def run_mixture_weights(sizes, temperature=1.0, cap=None):
     """Temperature-scaled mixing (T5, Raffel et al. 2020; mT5, Xue et al. 2021) of K task sets,
     equation (18.1) of the README:
 
-        p_i = min(n_i, K)^(1/T) / Σ_j min(n_j, K)^(1/T)
+        p_i = min(n_i, K_cap)^(1/T) / Σ_j min(n_j, K_cap)^(1/T)
 
     sizes: (K,) integer tensor of set sizes n_i >= 1; temperature: T > 0, or math.inf for equal
-    mixing (every p_i = 1/K); cap: None (no cap) or an int K >= 1 (T5's "limit K").
+    mixing (every p_i = 1/K); cap: None (no cap) or an int K_cap >= 1 (T5's "limit K").
     T = 1 and no cap: examples-proportional, p_i = n_i / Σ n. Returns (K,) float64 summing to 1.
-    For huge n_i and small T, work in log space: (1/T) log min(n_i, K), shifted by its maximum.
+    For huge n_i and small T, work in log space: (1/T) log min(n_i, K_cap), shifted by its maximum.
     """
     raise NotImplementedError("run_mixture_weights: not written yet; lessons/18_multitask_sequential/README.md, "
                               "\"The maths\", equation (18.1), says what it computes")

@@ -2,8 +2,8 @@
 
 Prints, top to bottom:
 
-  1. mixture weights p_i ∝ min(n_i, K)^(1/T) for TinyWorld's task sets: proportional (T = 1),
-     T = 2, mT5's T = 3.3, equal (T = inf), T5's cap K; then what the sampler actually draws;
+  1. mixture weights p_i ∝ min(n_i, K_cap)^(1/T) for TinyWorld's task sets: proportional (T = 1),
+     T = 2, mT5's T = 3.3, equal (T = inf), T5's cap K_cap; then what the sampler actually draws;
   2. sequential full fine-tuning through three stages, domain text (word problems, recipes,
      notices) -> closed-book QA -> summarization, and the score matrix: every skill (the domain's
      NLL in nats per token, the pretraining text's perplexity, fact recall, QA exact match, summary ROUGE-L)
@@ -137,15 +137,15 @@ print(f"stages, each {STEPS} steps x batch {BATCH} (AdamW, warmup + cosine, seed
       f"documents.")
 
 # ==============================================================================================
-header("1. Mixing task sets: p_i ∝ min(n_i, K)^(1/T)")
+header("1. Mixing task sets: p_i ∝ min(n_i, K_cap)^(1/T)")
 SETS = (("qa_closed", "summarization") if FAST          # --fast: the two sets already built
         else ("qa_closed", "qa_extractive", "instructions", "sentiment", "ner", "summarization", "paraphrase"))
 sizes = {n: len(world.task(n, "train")) for n in SETS}
 sizes["domain"] = len(sets["domain"])
 sizes["ner (100 kept)"] = 100                                  # a low-resource set, to see the strategies differ
 rules = [("proportional (T=1)", 1.0, None), ("T=2", 2.0, None), ("T=3.3 (mT5)", 1 / 0.3, None),
-         ("equal (T=inf)", math.inf, None), ("T=1, cap K=1000", 1.0, 1000)]
-W = {r: mixture_weights(sizes, T_, K) for r, T_, K in rules}
+         ("equal (T=inf)", math.inf, None), ("T=1, K_cap=1000", 1.0, 1000)]
+W = {r: mixture_weights(sizes, T_, cap) for r, T_, cap in rules}
 table(("task set", "n_i", *[r for r, _, _ in rules]),
       [(n, f"{s:,}", *[f"{W[r][n]:.1%}" for r, _, _ in rules]) for n, s in sizes.items()])
 small = "ner (100 kept)"

@@ -193,7 +193,7 @@ def dpo_step(policy, ref, batch: dict, cfg: DPOConfig):
                               cfg.label_smoothing)
     m = preference_metrics(rw, rl)
     loss, extra = losses.mean(), {}
-    if cfg.nll_weight > 0:                                                # + α (−log π(y_w|x)) per token
+    if cfg.nll_weight > 0:          # + α NLL: per chosen token (summed log-probs), or a mean of per-answer means
         n = batch["response_mask"][:B, 1:].sum()
         nll = -logps[:B].mean() if cfg.average_logps else -logps[:B].sum() / n
         loss, extra = loss + cfg.nll_weight * nll, {"nll": float(nll.detach())}

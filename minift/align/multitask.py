@@ -6,7 +6,7 @@ example from a mixture of K task sets of sizes n_1 .. n_K. Each draw picks task 
     p_i = min(n_i, K_cap)^(1/T) / Σ_j min(n_j, K_cap)^(1/T)      T > 0 the temperature, K_cap the cap
 
     T = 1, no cap     examples-proportional: every example is equally likely (big sets dominate)
-    T = 1, cap K      "examples-proportional mixing with limit K" (T5): no set counts as more than K
+    T = 1, cap K_cap  T5's "examples-proportional mixing with limit K": no set counts as more than K_cap
     T → ∞             equal mixing: p_i = 1/K whatever the sizes (small sets are repeated a lot)
     1 < T < ∞         in between (mT5 samples languages with T = 1/0.3 ≈ 3.3)
 
@@ -16,7 +16,7 @@ so after c draws of task i every example has been seen ⌊c/n_i⌋ or ⌈c/n_i�
 Sequential fine-tuning trains stage after stage (domain text -> task A -> task B ...) and measures
 every skill after every stage: the score matrix R, R[i, j] = score of task j after stage i. What a
 later stage destroys is catastrophic forgetting (McCloskey & Cohen, 1989); two measures of it, for
-K tasks trained in order (task j at stage j, higher scores better):
+K tasks trained in order, one per stage (task j at stage j, higher scores better):
 
     forgetting f_j = max_{l < K-1} R[l, j] - R[K-1, j]          j < K-1   (Chaudhry et al., 2018)
     BWT           = 1/(K-1) Σ_{j < K-1} (R[K-1, j] - R[j, j])            (Lopez-Paz & Ranzato, 2017)
@@ -78,9 +78,9 @@ def mixture_weights(sizes, temperature: float = 1.0, cap: Optional[int] = None):
     if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not temperature > 0:
         raise ValueError(f"mixture: temperature={temperature!r} must be > 0 (1 = proportional, math.inf = equal)")
     if cap is not None and (isinstance(cap, bool) or int(cap) != cap or cap < 1):
-        raise ValueError(f"mixture: cap={cap!r} must be None or an integer >= 1 (T5's limit K)")
-    m = [min(x, cap) if cap is not None else x for x in n]                 # min(n_i, K)
-    logs = [math.log(x) / temperature for x in m]                          # (1/T) log min(n_i, K)
+        raise ValueError(f"mixture: cap={cap!r} must be None or an integer >= 1 (T5's limit K_cap)")
+    m = [min(x, cap) if cap is not None else x for x in n]                 # min(n_i, K_cap)
+    logs = [math.log(x) / temperature for x in m]                          # (1/T) log min(n_i, K_cap)
     top = max(logs)
     w = [math.exp(v - top) for v in logs]                                  # shifted: no overflow for huge n
     p = [x / sum(w) for x in w]
@@ -90,7 +90,7 @@ def mixture_weights(sizes, temperature: float = 1.0, cap: Optional[int] = None):
 @dataclass
 class MixtureConfig:
     """How to mix task sets: "proportional" (T = 1), "equal" (T = inf) or "temperature" (T given),
-    each optionally capped at `cap` examples per set (T5's K)."""
+    each optionally capped at `cap` examples per set (K_cap; T5's "limit K")."""
     strategy: str = "proportional"
     temperature: float = 2.0                  # used by "temperature" only
     cap: Optional[int] = None
@@ -99,7 +99,7 @@ class MixtureConfig:
         check_choice(self, "strategy", self.strategy, STRATEGIES)
         check_float(self, "temperature", self.temperature, lo=0, lo_open=True, finite=False,
                     hint=" (1 = proportional, math.inf = equal)")
-        check_int(self, "cap", self.cap, lo=1, optional=True, hint=" (T5's limit K)")
+        check_int(self, "cap", self.cap, lo=1, optional=True, hint=" (T5's limit K_cap)")
 
     @property
     def T(self) -> float:

@@ -3,7 +3,7 @@
 The reference `run_*` functions, multitask and sequential fine-tuning (minift/align/multitask.py):
 plain tensors and hyperparameters in, tensors out.
 
-    run_mixture_weights(sizes, temperature, cap)   p_i = min(n_i, K)^(1/T) / Σ_j min(n_j, K)^(1/T)   (K,)
+    run_mixture_weights(sizes, temperature, cap)   p_i = min(n_i, K_cap)^(1/T) / Σ_j min(n_j, K_cap)^(1/T)   (K,)
     run_sample_mixture(weights, sizes, n, seed)     n draws (task, example): task ~ weights, examples in epochs  (n, 2)
     run_forgetting(R)                               f_j = max_{l<K-1} R[l, j] - R[K-1, j], j < K-1   (K-1,)
     run_backward_transfer(R)                        BWT = mean_{j<K-1} (R[K-1, j] - R[j, j])          ()
@@ -87,7 +87,7 @@ TEMPS = st.one_of(st.sampled_from([1.0, 2.0, 1 / 0.3, 0.5, math.inf]), st.floats
 
 
 def _weights64(sizes, T, cap):
-    """p_i = min(n_i, K)^(1/T) / Σ_j min(n_j, K)^(1/T), written out (T = inf: all equal)."""
+    """p_i = min(n_i, K_cap)^(1/T) / Σ_j min(n_j, K_cap)^(1/T), written out (K_cap = cap; T = inf: all equal)."""
     n = np.array([min(s, cap) if cap is not None else s for s in sizes], np.float64)
     w = np.ones_like(n) if math.isinf(T) else n ** (1.0 / T)
     return w / w.sum()
@@ -96,8 +96,8 @@ def _weights64(sizes, T, cap):
 @property_check("run_mixture_weights", lesson=18, examples=60, sizes=SIZES, T=TEMPS,
                 cap=st.one_of(st.none(), st.integers(1, 3000)))
 def mixture_weights_match_formula(fn, sizes, T, cap):
-    """mixture weights are p_i = min(n_i, K)^(1/T) / Σ_j min(n_j, K)^(1/T) for any sizes, temperature T
-    (inf: equal) and cap K (None: no cap), and sum to 1."""
+    """mixture weights are p_i = min(n_i, K_cap)^(1/T) / Σ_j min(n_j, K_cap)^(1/T) for any sizes, temperature
+    T (inf: equal) and cap K_cap (None: no cap), and sum to 1."""
     what = f"run_mixture_weights(sizes={sizes}, temperature={T!r}, cap={cap})"
     got = output(fn(torch.tensor(sizes), T, cap), (len(sizes),), what, None)
     assert_close(got, _weights64(sizes, T, cap), what, atol=1e-7, rtol=1e-6)
@@ -121,14 +121,14 @@ def mixture_weights_limits(fn, sizes):
                 sizes=st.lists(st.integers(1, 5000), min_size=2, max_size=6), cap=st.integers(1, 5000),
                 T=TEMPS)
 def mixture_weights_cap(fn, sizes, cap, T):
-    """the cap K (T5's examples-proportional mixing with limit K): every set of size >= K gets the same
-    weight, and a cap no set reaches changes nothing."""
+    """the cap K_cap (T5's examples-proportional mixing with limit K): every set of size >= K_cap gets the
+    same weight, and a cap no set reaches changes nothing."""
     what = f"run_mixture_weights(sizes={sizes}, temperature={T!r}, cap={cap})"
     got = output(fn(torch.tensor(sizes), T, cap), (len(sizes),), what, None)
     big = [i for i, s in enumerate(sizes) if s >= cap]
     if len(big) > 1 and got[big].max() - got[big].min() > 1e-7:
-        raise AssertionError(f"{what}: sets {big} all have size >= K={cap} but weights {got[big].tolist()}; "
-                             f"capped sets count as K each")
+        raise AssertionError(f"{what}: sets {big} all have size >= K_cap={cap} but weights {got[big].tolist()}; "
+                             f"capped sets count as K_cap each")
     if cap >= max(sizes):
         free = output(fn(torch.tensor(sizes), T, None), (len(sizes),), what, None)
         assert_close(got, free, f"{what} vs cap=None (no set reaches the cap)", atol=1e-7)
