@@ -333,7 +333,8 @@ def cmd_golden(args) -> int:
     print(f"wrote {info['cases']} cases of {info['adapters']} adapters to {out}/ (index.json, tensors.safetensors)"
           + (f"; only the cases of --only {args.only} were recorded again" if args.only else ""))
     if info["skipped"]:
-        print(f"not recorded (their inputs or outputs are not plain tensors/numbers): {', '.join(info['skipped'])}")
+        print(f"not recorded (a model among their inputs or outputs, or a draw from torch's random streams; the "
+              f"reasons are in index.json): {', '.join(info['skipped'])}")
     return 0
 
 

@@ -24,7 +24,9 @@ def test_the_shipped_golden_files_are_current_for_the_reference(tmp_path):
     unrecorded = json.loads((golden.GOLDEN_DIR / "index.json").read_text()).get("unrecorded", {})
     # every checked function has cases, except those whose inputs the files cannot hold (a model), named with why
     assert covered | set(unrecorded) == {c.adapter for c in CHECKS.values()} and not covered & set(unrecorded)
-    assert all(why.startswith(("its inputs include a", "its output includes a")) for why in unrecorded.values()), unrecorded
+    assert all(why.startswith(("its inputs include a", "its output includes a", "its output is a draw from torch's"))
+               for why in unrecorded.values()), unrecorded
+    assert set(golden.SEEDED) <= set(unrecorded)         # torch's random streams differ between versions (2.4 and 2.13)
 
 
 def test_a_wrong_implementation_fails_where_it_is_wrong_and_a_function_it_lacks_is_missing(tmp_path):
