@@ -262,7 +262,9 @@ def lora_merge_matches_formula(merge, inp):
     _fold_matches_formula(merge, inp, +1, "run_lora_merge")
 
 
-@property_check("run_lora_merge", lesson=5, examples=60, inp=_merge_inputs())
+@property_check("run_lora_merge", lesson=5, examples=60, inp=_merge_inputs(),   # in bfloat16 throughout: 1.171875, not 1.1796875
+                explicit=[dict(inp=(np.array([[0.5]], np.float32), np.array([[0.75]], np.float32),
+                                    np.array([[0.3]], np.float32), 3.0))])
 def lora_merge_bfloat16_rounds_once(merge, inp):
     """merging a bfloat16 W0 is computed in float32 and rounded once: the result is bfloat16 and within
     half a bfloat16 step (2^-8 relative) of W0 + scaling B A (float64)."""
