@@ -352,59 +352,63 @@ def _grade_child(lesson: dict, path: Path, timeout: float, threads: int, report,
                     proc.kill()
                 proc.communicate()
                 row = _stopped(lesson, path, row, log, timeout, report)
-                return row | ({"note": row["note"] + f" ({len(crashes)} check{'s' * (len(crashes) > 1)} ended the "
-                               f"interpreter, in {', '.join(dict.fromkeys(crashes))})"} if crashes else {})
+                return row | {"note": row["note"] + _crash_note(crashes)}
             if out.is_file():      # written whole at the end: the grade, whatever the exit after it (atexit, teardown)
                 g = json.loads(out.read_text())
-                note = _failing_note(g["failures"])
                 return row | {"status": "graded", "points": g["points"], "max_points": g["max_points"],
                               "exercises": {e["adapter"]: e["points"] for e in g["exercises"]},
-                              "note": note + (f" ({len(crashes)} check{'s' * (len(crashes) > 1)} ended the "
-                                              f"interpreter, in {', '.join(dict.fromkeys(crashes))})" if crashes else "")}
+                              "note": _failing_note(g["failures"]) + _crash_note(crashes)}
             last = next((ln.strip() for ln in reversed(err.splitlines()) if ln.strip()), "")
             if proc.returncode == 2 and "cannot import it: " in last:
                 return row | {"status": "import error", "note": last.split("cannot import it: ", 1)[1]}
             running = _running(log)
-            if not any("imported" in e for e in _events(log)) or running is None:
-                where = "while being imported" if not any("imported" in e for e in _events(log)) else "between checks"
+            if not _imported(log) or running is None:
+                where = "while being imported" if not _imported(log) else "between checks"
                 return row | {"note": f"exited {where} ({_why(proc.returncode)}: sys.exit, os._exit or a crash)"
                               + (f": {last}" if last else "")}
-            check = CHECKS[running]
-            crashes.append(check.adapter)
-            _log(log, {"result": asdict(Result(
-                check.name, check.adapter, check.lesson, check.description, FAIL,
-                error=f"the interpreter ended during this check ({_why(proc.returncode)}): {check.adapter} "
-                      f"exits (os._exit) or crashes the process" + (f"; its last words: {last}" if last else ""),
+            crashes.append(CHECKS[running].adapter)
+            _log(log, {"result": asdict(_failed(
+                running, f"the interpreter ended during this check ({_why(proc.returncode)}): {CHECKS[running].adapter} "
+                         f"exits (os._exit) or crashes the process" + (f"; its last words: {last}" if last else ""),
                 counterexample="(none: the process ended before the check could report the example)"))})
 
 
 def _stopped(lesson: dict, path: Path, row: dict, log: Path, timeout: float, report) -> dict:
     """The row (and report) of a file stopped at its time limit: the checks the log holds keep their
     points; the one it was stopped in and those never reached fail."""
-    done = {r.name: r for r in logged_results(log)}
-    running = _running(log)
-    results = []
-    for name in check_names(lesson):
-        c = CHECKS[name]
-        if name not in done:
-            why = ("the file's time limit struck during this check" if name == running
-                   else "not run: the file's time limit struck before it")
-            done[name] = Result(c.name, c.adapter, c.lesson, c.description, FAIL,
-                                error=f"{why} (--timeout {timeout:g} s)", stopped=True)
-        results.append(done[name])
-    g = summary(lesson, path, results)
-    graded = sum(r.name in {x.name for x in logged_results(log)} for r in results)
-    if report is not None and any("imported" in e for e in _events(log)):
-        write_whole(report, report_text(g) + "\n")
-    if not any("imported" in e for e in _events(log)):
+    if not _imported(log):
         row = row | {"status": "timeout", "note": f"stopped after {timeout:g} s while being imported"}
         if report is not None:
             write_whole(report, f"lesson {lesson['nn']}: grading {path}\n\ntimeout: {row['note']}\n")
         return row
+    done, running = {r.name: r for r in logged_results(log)}, _running(log)
+    results = [done.get(name) or _failed(name, ("the file's time limit struck during this check" if name == running
+                                                else "not run: the file's time limit struck before it")
+                                         + f" (--timeout {timeout:g} s)", stopped=True)
+               for name in check_names(lesson)]
+    g = summary(lesson, path, results)
+    if report is not None:
+        write_whole(report, report_text(g) + "\n")
     return row | {"status": "timeout", "points": g["points"],
                   "exercises": {e["adapter"]: e["points"] for e in g["exercises"]},
                   "note": f"stopped after {timeout:g} s" + (f" in {CHECKS[running].adapter}" if running else "")
-                          + f", {graded} of {len(results)} checks graded (their points kept)"}
+                          + f", {len(done)} of {len(results)} checks graded (their points kept)"}
+
+
+def _failed(name: str, error: str, **more) -> Result:
+    """A FAIL of check `name` that the parent records itself (the child could not)."""
+    c = CHECKS[name]
+    return Result(c.name, c.adapter, c.lesson, c.description, FAIL, error=error, **more)
+
+
+def _imported(log) -> bool:
+    return any("imported" in e for e in _events(log))
+
+
+def _crash_note(crashes: list) -> str:
+    """' (2 checks ended the interpreter, in run_gelu)', or '' for none."""
+    return (f" ({len(crashes)} check{'s' * (len(crashes) > 1)} ended the interpreter, in "
+            f"{', '.join(dict.fromkeys(crashes))})") if crashes else ""
 
 
 def _failing_note(failures: list) -> str:
@@ -468,7 +472,7 @@ def not_submissions(paths) -> list[Path]:
     for p in map(Path, paths):
         if p.is_dir():
             out += sorted(q for q in p.rglob("*") if q.is_file() and q.suffix not in (".py", ".pyc")
-                          and "__pycache__" not in q.parts and not any(part.startswith(".") for part in q.relative_to(p).parts))
+                          and not any(part == "__pycache__" or part.startswith(".") for part in q.relative_to(p).parts))
     return out
 
 

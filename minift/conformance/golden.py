@@ -61,12 +61,9 @@ TOLERANCES = {                      # functions whose outputs go through long fl
 }
 
 
-SEEDED = {                          # functions whose output is a draw from torch's seeded random streams
-    "run_random_mask": "its output is a draw from torch's random number streams, which no other "
-                       "implementation (nor every torch version) reproduces",
-    "run_sample_mixture": "its output is a draw from torch's random number streams, which no other "
-                          "implementation (nor every torch version) reproduces",
-}
+SEEDED = {"run_random_mask", "run_sample_mixture"}      # their outputs are draws from torch's seeded streams
+DRAWN = ("its output is a draw from torch's random number streams, which no other implementation (nor every torch "
+         "version) reproduces")
 
 
 class Unsupported(TypeError):
@@ -148,7 +145,7 @@ class _Recorder:
             k = (self.check, name)
             case, local = None, {}
             if name in SEEDED:
-                self.unsupported.setdefault(name, SEEDED[name])
+                self.unsupported.setdefault(name, DRAWN)
             elif self._count.get(k, 0) < CANDIDATES:
                 cid = f"{self.check}.{name}.{self._count.get(k, 0)}"
                 try:                                              # the inputs before the call can touch them
@@ -364,7 +361,8 @@ def compare(expected, got, atol: float, rtol: float, where: str = "output") -> s
         if tuple(got.shape) != tuple(expected.shape):
             return f"{where}: shape {tuple(got.shape)}, expected {tuple(expected.shape)}"
         if got.dtype != expected.dtype:                             # values are never compared after a cast
-            return f"{where}: dtype {str(got.dtype).removeprefix('torch.')}, expected {str(expected.dtype).removeprefix('torch.')}"
+            g, e = (str(t.dtype).removeprefix("torch.") for t in (got, expected))
+            return f"{where}: dtype {g}, expected {e}"
         if expected.dtype.is_floating_point:
             e, g = expected.double(), got.double()
             bad = ~((g - e).abs() <= atol + rtol * e.abs()) & ~(g == e) & ~(torch.isnan(e) & torch.isnan(g))   # inf == inf
