@@ -315,12 +315,8 @@ def _child_env(threads: int) -> dict:
 
 def _why(code: int) -> str:
     """A child's end, in words."""
-    if code < 0:
-        try:
-            return f"killed by signal {-code} ({signal.Signals(-code).name})"
-        except ValueError:
-            return f"killed by signal {-code}"
-    return f"exit status {code}"
+    names = {int(n): n.name for n in signal.Signals}
+    return f"exit status {code}" if code >= 0 else f"killed by signal {-code} ({names.get(-code, '?')})"
 
 
 def _grade_child(lesson: dict, path: Path, timeout: float, threads: int, report, check_seconds: float) -> dict:
